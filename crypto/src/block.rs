@@ -1,0 +1,311 @@
+//! 128-bit blocks, fixed-key AES hashing and AES-CTR pseudorandom generators.
+
+use std::fmt;
+use std::ops::{BitAnd, BitXor, BitXorAssign};
+
+use aes::cipher::{BlockEncrypt, KeyInit};
+use aes::Aes128;
+use rand::{CryptoRng, RngCore, SeedableRng};
+use zeroize::Zeroize;
+
+/// A 128-bit block: a wire label, an OT message, a hash output.
+///
+/// Blocks usually hold secrets, so `Debug` does not print them. On the wire a
+/// block is 16 little-endian bytes.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[repr(transparent)]
+pub struct Block(pub u128);
+
+impl Block {
+    /// The all-zero block.
+    pub const ZERO: Block = Block(0);
+
+    /// The least significant bit (the point-and-permute colour of a label).
+    #[inline(always)]
+    pub fn lsb(self) -> bool {
+        self.0 & 1 == 1
+    }
+
+    /// `self` if `bit`, else zero, without a branch.
+    #[inline(always)]
+    pub fn and_bit(self, bit: bool) -> Block {
+        Block(self.0 & (bit as u128).wrapping_neg())
+    }
+
+    /// The little-endian bytes.
+    #[inline]
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_le_bytes()
+    }
+
+    /// From little-endian bytes.
+    #[inline]
+    pub fn from_bytes(b: [u8; 16]) -> Block {
+        Block(u128::from_le_bytes(b))
+    }
+
+    /// The linear orthomorphism σ(x_L ‖ x_R) = (x_L ⊕ x_R) ‖ x_L used by the
+    /// circular-correlation-robust hash (Guo et al., eprint 2019/074, §7.3).
+    #[inline(always)]
+    pub fn sigma(self) -> Block {
+        let hi = (self.0 >> 64) as u64;
+        let lo = self.0 as u64;
+        Block((((hi ^ lo) as u128) << 64) | hi as u128)
+    }
+
+    /// A uniformly random block.
+    pub fn random<R: RngCore + CryptoRng + ?Sized>(rng: &mut R) -> Block {
+        let mut b = [0u8; 16];
+        rng.fill_bytes(&mut b);
+        Block::from_bytes(b)
+    }
+}
+
+impl fmt::Debug for Block {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Block(..)")
+    }
+}
+
+impl BitXor for Block {
+    type Output = Block;
+    #[inline(always)]
+    fn bitxor(self, rhs: Block) -> Block {
+        Block(self.0 ^ rhs.0)
+    }
+}
+
+impl BitXorAssign for Block {
+    #[inline(always)]
+    fn bitxor_assign(&mut self, rhs: Block) {
+        self.0 ^= rhs.0;
+    }
+}
+
+impl BitAnd for Block {
+    type Output = Block;
+    #[inline(always)]
+    fn bitand(self, rhs: Block) -> Block {
+        Block(self.0 & rhs.0)
+    }
+}
+
+impl Zeroize for Block {
+    fn zeroize(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+/// Views blocks as their in-memory bytes.
+///
+/// Only used on little-endian targets, where that is also the wire format.
+#[cfg(target_endian = "little")]
+pub(crate) fn blocks_as_bytes(b: &[Block]) -> &[u8] {
+    // SAFETY: Block is repr(transparent) over u128, which has no padding; any
+    // byte view of initialised u128s is valid and u8 has alignment 1.
+    unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<u8>(), std::mem::size_of_val(b)) }
+}
+
+/// Views blocks as mutable bytes (every bit pattern is a valid block).
+#[cfg(target_endian = "little")]
+pub(crate) fn blocks_as_bytes_mut(b: &mut [Block]) -> &mut [u8] {
+    // SAFETY: as above; additionally every byte pattern is a valid u128, so
+    // writes through the byte view cannot create an invalid Block.
+    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(b)) }
+}
+
+/// An AES-128 permutation π under a public key, applied to many blocks at a
+/// time so that AES-NI pipelines (8 blocks in flight).
+#[derive(Clone)]
+pub struct AesPerm {
+    aes: Aes128,
+}
+
+impl AesPerm {
+    /// The permutation keyed by `key`.
+    pub fn new(key: Block) -> Self {
+        AesPerm {
+            aes: Aes128::new(&key.to_bytes().into()),
+        }
+    }
+
+    /// Encrypts blocks in place.
+    #[inline]
+    pub fn encrypt_in_place(&self, blocks: &mut [Block]) {
+        #[cfg(target_endian = "little")]
+        {
+            // SAFETY: aes::Block is GenericArray<u8, U16>, a repr(transparent)
+            // wrapper of [u8; 16]; Block is 16 bytes with alignment 16 >= 1.
+            // The AES state is read as the block's little-endian bytes, which
+            // is exactly its memory layout here.
+            let view = unsafe {
+                std::slice::from_raw_parts_mut(
+                    blocks.as_mut_ptr().cast::<aes::Block>(),
+                    blocks.len(),
+                )
+            };
+            self.aes.encrypt_blocks(view);
+        }
+        #[cfg(not(target_endian = "little"))]
+        for b in blocks.iter_mut() {
+            let mut g = aes::Block::from(b.to_bytes());
+            self.aes.encrypt_block(&mut g);
+            *b = Block::from_bytes(g.into());
+        }
+    }
+}
+
+/// Tweakable circular-correlation-robust hash from one AES call:
+/// H(x, t) = π(σ(x) ⊕ t) ⊕ σ(x) ⊕ t, with π keyed per session.
+///
+/// This is the σ-MMO construction of Guo et al. (eprint 2019/074) with the
+/// tweak folded into the input. The permutation key is drawn fresh for every
+/// garbling session and sent in the clear, so no precomputation made before a
+/// session helps an attacker; within a session the multi-instance loss is the
+/// number of distinct tweaks (< 2^32 per bundle here).
+#[derive(Clone)]
+pub struct TweakHash {
+    perm: AesPerm,
+}
+
+impl TweakHash {
+    /// The hash under a (public) session key.
+    pub fn new(key: Block) -> Self {
+        TweakHash {
+            perm: AesPerm::new(key),
+        }
+    }
+
+    /// Hashes `xs[i]` in place; the caller has already formed σ(x) ⊕ t
+    /// (see [`TweakHash::prepare`]). Pipelined over the whole slice.
+    #[inline]
+    pub fn hash_prepared(&self, xs: &mut [Block], scratch: &mut [Block]) {
+        let n = xs.len();
+        let s = &mut scratch[..n];
+        s.copy_from_slice(xs);
+        self.perm.encrypt_in_place(s);
+        for (x, y) in xs.iter_mut().zip(s.iter()) {
+            *x ^= *y;
+        }
+    }
+
+    /// σ(x) ⊕ t, the input to the permutation.
+    #[inline(always)]
+    pub fn prepare(x: Block, tweak: u128) -> Block {
+        Block(x.sigma().0 ^ tweak)
+    }
+
+    /// Hashes one block (slow path; for tests and small uses).
+    pub fn hash(&self, x: Block, tweak: u128) -> Block {
+        let mut v = [Self::prepare(x, tweak)];
+        let mut s = [Block::ZERO];
+        self.hash_prepared(&mut v, &mut s);
+        v[0]
+    }
+}
+
+/// An AES-128-CTR pseudorandom generator: the stream expanded from a seed.
+pub struct AesPrg {
+    perm: AesPerm,
+    counter: u128,
+}
+
+impl AesPrg {
+    /// The generator seeded by `seed`.
+    pub fn new(seed: Block) -> Self {
+        AesPrg {
+            perm: AesPerm::new(seed),
+            counter: 0,
+        }
+    }
+
+    /// Fills `out` with the next blocks of the stream.
+    pub fn fill_blocks(&mut self, out: &mut [Block]) {
+        for b in out.iter_mut() {
+            *b = Block(self.counter);
+            self.counter += 1;
+        }
+        self.perm.encrypt_in_place(out);
+    }
+
+    /// Fills `out` with the next bytes of the stream (whole blocks are consumed).
+    pub fn fill_bytes_blocks(&mut self, out: &mut [u8]) {
+        let mut buf = [Block::ZERO; 64];
+        for chunk in out.chunks_mut(64 * 16) {
+            let nb = chunk.len().div_ceil(16);
+            self.fill_blocks(&mut buf[..nb]);
+            for (i, c) in chunk.chunks_mut(16).enumerate() {
+                c.copy_from_slice(&buf[i].to_bytes()[..c.len()]);
+            }
+        }
+        buf.zeroize();
+    }
+}
+
+/// The generator for secret randomness (labels, masks, keys): ChaCha20
+/// seeded from the operating system unless a test fixes the seed.
+pub type SecretRng = rand_chacha::ChaCha20Rng;
+
+/// A secret-randomness generator seeded from the operating system.
+pub fn secret_rng() -> SecretRng {
+    SecretRng::from_entropy()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aes_matches_fips197_vector() {
+        // FIPS-197 appendix C.1.
+        let key = Block::from_bytes([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
+        let pt = Block::from_bytes([
+            0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+            0xee, 0xff,
+        ]);
+        let mut v = vec![pt; 19];
+        AesPerm::new(key).encrypt_in_place(&mut v);
+        let want = [
+            0x69, 0xc4, 0xe0, 0xd8, 0x6a, 0x7b, 0x04, 0x30, 0xd8, 0xcd, 0xb7, 0x80, 0x70, 0xb4,
+            0xc5, 0x5a,
+        ];
+        assert!(v.iter().all(|b| b.to_bytes() == want));
+    }
+
+    #[test]
+    fn sigma_is_an_orthomorphism_on_samples() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+        for _ in 0..1000 {
+            let x = Block::random(&mut rng);
+            let y = Block::random(&mut rng);
+            assert_eq!((x ^ y).sigma(), x.sigma() ^ y.sigma());
+            if x != y {
+                assert_ne!(x.sigma(), y.sigma());
+                assert_ne!(x.sigma() ^ x, y.sigma() ^ y);
+            }
+        }
+    }
+
+    #[test]
+    fn hash_depends_on_tweak_and_input() {
+        let h = TweakHash::new(Block(5));
+        let x = Block(42);
+        assert_ne!(h.hash(x, 0), h.hash(x, 1));
+        assert_ne!(h.hash(x, 0), h.hash(Block(43), 0));
+        assert_eq!(h.hash(x, 9), h.hash(x, 9));
+    }
+
+    #[test]
+    fn prg_streams_continue() {
+        let mut a = AesPrg::new(Block(3));
+        let mut b = AesPrg::new(Block(3));
+        let mut one = vec![Block::ZERO; 10];
+        a.fill_blocks(&mut one);
+        let mut first = vec![Block::ZERO; 4];
+        let mut rest = vec![Block::ZERO; 6];
+        b.fill_blocks(&mut first);
+        b.fill_blocks(&mut rest);
+        assert_eq!(&one[..4], &first[..]);
+        assert_eq!(&one[4..], &rest[..]);
+    }
+}

@@ -1,0 +1,456 @@
+//! Batched half-gates garbling and evaluation.
+//!
+//! Free-XOR with a global offset Δ (lsb(Δ) = 1), point-and-permute, and
+//! half-gates (Zahur–Rosulek–Evans 2015): two ciphertexts per AND, four
+//! hashes to garble it and two to evaluate it. The hash is
+//! [`TweakHash`](crate::block::TweakHash), one AES call per use.
+//!
+//! The circuit is run over [`BATCH`] instances side by side: every gate is
+//! applied to all instances before the next, so the hashes of one gate are
+//! independent and AES-NI works on many blocks at once even though a ReLU's
+//! carry chain is sequential. All buffers are allocated once per engine.
+//!
+//! Table order (both sides rely on it): for each batch, for each AND gate in
+//! circuit order, for each instance of the batch: T_G then T_E.
+//!
+//! Tweaks: AND gate a of instance i uses 2·(i·n_and + a) and that plus one;
+//! arithmetic output j of instance i uses 2^127 + i·n_out + j. Instance
+//! numbers must never repeat under one Δ and hash key.
+
+use std::fmt;
+
+use subtle::{Choice, ConditionallySelectable};
+use zeroize::Zeroize;
+
+use super::circuit::{Circuit, Gate};
+use crate::block::{Block, TweakHash};
+use crate::field::F;
+
+/// Instances garbled or evaluated side by side.
+pub const BATCH: usize = 32;
+
+const OUTPUT_DOMAIN: u128 = 1 << 127;
+
+#[inline(always)]
+fn and_tweak(inst: u64, n_and: usize, a: usize) -> u128 {
+    ((inst as u128 * n_and as u128) + a as u128) << 1
+}
+
+#[inline(always)]
+fn out_tweak(inst: u64, n_out: usize, j: usize) -> u128 {
+    OUTPUT_DOMAIN | (inst as u128 * n_out as u128 + j as u128)
+}
+
+fn load_inputs(wires: &mut [Block], first_wire: usize, per: usize, k: usize, src: &[Block]) {
+    assert_eq!(src.len(), per * k, "input labels for {k} instances");
+    for i in 0..k {
+        for j in 0..per {
+            wires[(first_wire + j) * BATCH + i] = src[i * per + j];
+        }
+    }
+}
+
+fn instances(c: &Circuit, ev: &[Block], ga: &[Block]) -> usize {
+    ev.len()
+        .checked_div(c.evaluator_inputs)
+        .unwrap_or_else(|| ga.len() / c.garbler_inputs.max(1))
+}
+
+fn store_outputs(circ: &Circuit, wires: &[Block], k: usize, out: &mut [Block]) {
+    let no = circ.outputs.len();
+    assert_eq!(out.len(), no * k, "output buffer for {k} instances");
+    for i in 0..k {
+        for (j, &w) in circ.outputs.iter().enumerate() {
+            out[i * no + j] = wires[w as usize * BATCH + i];
+        }
+    }
+}
+
+/// The garbler's engine for one circuit, one Δ and one hash key.
+pub struct Garbler<'c> {
+    circ: &'c Circuit,
+    hash: TweakHash,
+    delta: Block,
+    sigma_delta: Block,
+    wires: Vec<Block>,
+    x: Vec<Block>,
+    scratch: Vec<Block>,
+}
+
+impl fmt::Debug for Garbler<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Garbler").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Garbler<'_> {
+    fn drop(&mut self) {
+        self.delta.zeroize();
+        self.sigma_delta.zeroize();
+        self.wires.zeroize();
+        self.x.zeroize();
+        self.scratch.zeroize();
+    }
+}
+
+impl<'c> Garbler<'c> {
+    /// An engine for `circ` with offset `delta` (lsb must be 1) and the
+    /// session's public hash key.
+    pub fn new(circ: &'c Circuit, hash_key: Block, delta: Block) -> Self {
+        assert!(delta.lsb(), "point-and-permute needs lsb(Δ) = 1");
+        Garbler {
+            circ,
+            hash: TweakHash::new(hash_key),
+            delta,
+            sigma_delta: delta.sigma(),
+            wires: vec![Block::ZERO; circ.n_wires * BATCH],
+            x: vec![Block::ZERO; 4 * BATCH],
+            scratch: vec![Block::ZERO; 4 * BATCH],
+        }
+    }
+
+    /// Garbles instances `first .. first + k` (k ≤ [`BATCH`]).
+    ///
+    /// `ev_zero` and `ga_zero` hold the zero labels of the evaluator's and
+    /// the garbler's inputs, instance by instance; 2·n_and·k table blocks are
+    /// appended to `tables`; the outputs' zero labels go to `out_zero`.
+    pub fn garble_batch(
+        &mut self,
+        first: u64,
+        ev_zero: &[Block],
+        ga_zero: &[Block],
+        tables: &mut Vec<Block>,
+        out_zero: &mut [Block],
+    ) {
+        let c = self.circ;
+        let k = instances(c, ev_zero, ga_zero);
+        assert!(k <= BATCH && k > 0);
+        load_inputs(&mut self.wires, 0, c.evaluator_inputs, k, ev_zero);
+        load_inputs(
+            &mut self.wires,
+            c.evaluator_inputs,
+            c.garbler_inputs,
+            k,
+            ga_zero,
+        );
+        let (delta, sd) = (self.delta, self.sigma_delta);
+        let w = &mut self.wires;
+        let mut and_idx = 0usize;
+        tables.reserve(2 * c.n_and * k);
+        for g in &c.gates {
+            match *g {
+                Gate::Xor(a, b, o) => {
+                    let (a, b, o) = (a as usize * BATCH, b as usize * BATCH, o as usize * BATCH);
+                    for i in 0..k {
+                        w[o + i] = w[a + i] ^ w[b + i];
+                    }
+                }
+                Gate::Not(a, o) => {
+                    let (a, o) = (a as usize * BATCH, o as usize * BATCH);
+                    for i in 0..k {
+                        w[o + i] = w[a + i] ^ delta;
+                    }
+                }
+                Gate::And(a, b, o) => {
+                    let (a, b, o) = (a as usize * BATCH, b as usize * BATCH, o as usize * BATCH);
+                    let x = &mut self.x[..4 * k];
+                    for i in 0..k {
+                        let t = and_tweak(first + i as u64, c.n_and, and_idx);
+                        let sa = TweakHash::prepare(w[a + i], t);
+                        let sb = TweakHash::prepare(w[b + i], t | 1);
+                        x[4 * i] = sa;
+                        x[4 * i + 1] = sa ^ sd;
+                        x[4 * i + 2] = sb;
+                        x[4 * i + 3] = sb ^ sd;
+                    }
+                    self.hash.hash_prepared(x, &mut self.scratch);
+                    for i in 0..k {
+                        let (a0, b0) = (w[a + i], w[b + i]);
+                        let (ha0, ha1, hb0, hb1) =
+                            (x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3]);
+                        let (pa, pb) = (a0.lsb(), b0.lsb());
+                        // Garbler half-gate: a ∧ p_b.
+                        let tg = ha0 ^ ha1 ^ delta.and_bit(pb);
+                        let wg = ha0 ^ tg.and_bit(pa);
+                        // Evaluator half-gate: a ∧ (b ⊕ p_b).
+                        let te = hb0 ^ hb1 ^ a0;
+                        let we = hb0 ^ (te ^ a0).and_bit(pb);
+                        w[o + i] = wg ^ we;
+                        tables.push(tg);
+                        tables.push(te);
+                    }
+                    and_idx += 1;
+                }
+            }
+        }
+        store_outputs(c, w, k, out_zero);
+    }
+
+    /// Turns the output labels of one instance into an additive share of
+    /// Σ_j weight_j·out_j mod p.
+    ///
+    /// For each output wire one field element is written to `cts` (sent to
+    /// the evaluator). Returns the garbler's offset G: the evaluator's
+    /// result is G + Σ_j weight_j·out_j, so G's negation is the garbler's share.
+    pub fn arith_outputs(&mut self, inst: u64, zero: &[Block], weights: &[F], cts: &mut [F]) -> F {
+        let n = zero.len();
+        assert!(n == weights.len() && n == cts.len());
+        if self.x.len() < 2 * n {
+            self.x.resize(2 * n, Block::ZERO);
+            self.scratch.resize(2 * n, Block::ZERO);
+        }
+        let x = &mut self.x[..2 * n];
+        for (j, z) in zero.iter().enumerate() {
+            let t = out_tweak(inst, n, j);
+            x[2 * j] = TweakHash::prepare(*z, t);
+            x[2 * j + 1] = TweakHash::prepare(*z ^ self.delta, t);
+        }
+        self.hash.hash_prepared(x, &mut self.scratch);
+        let mut offset = F::ZERO;
+        for j in 0..n {
+            let h0 = F::from_u128(x[2 * j].0);
+            let h1 = F::from_u128(x[2 * j + 1].0);
+            let p = Choice::from(zero[j].lsb() as u8);
+            let c = weights[j] - h1 + h0;
+            let c = F::conditional_select(&c, &-c, p);
+            cts[j] = c;
+            offset += h0 + F::conditional_select(&F::ZERO, &c, p);
+        }
+        offset
+    }
+}
+
+/// The evaluator's engine for one circuit and one hash key.
+pub struct Evaluator<'c> {
+    circ: &'c Circuit,
+    hash: TweakHash,
+    wires: Vec<Block>,
+    x: Vec<Block>,
+    scratch: Vec<Block>,
+}
+
+impl fmt::Debug for Evaluator<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Evaluator").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Evaluator<'_> {
+    fn drop(&mut self) {
+        self.wires.zeroize();
+        self.x.zeroize();
+        self.scratch.zeroize();
+    }
+}
+
+impl<'c> Evaluator<'c> {
+    /// An engine for `circ` under the session's public hash key.
+    pub fn new(circ: &'c Circuit, hash_key: Block) -> Self {
+        Evaluator {
+            circ,
+            hash: TweakHash::new(hash_key),
+            wires: vec![Block::ZERO; circ.n_wires * BATCH],
+            x: vec![Block::ZERO; 2 * BATCH],
+            scratch: vec![Block::ZERO; 2 * BATCH],
+        }
+    }
+
+    /// Evaluates instances `first .. first + k` on active input labels and
+    /// the batch's `tables` (exactly 2·n_and·k blocks); writes output labels.
+    pub fn eval_batch(
+        &mut self,
+        first: u64,
+        ev: &[Block],
+        ga: &[Block],
+        tables: &[Block],
+        out: &mut [Block],
+    ) {
+        let c = self.circ;
+        let k = instances(c, ev, ga);
+        assert!(k <= BATCH && k > 0);
+        assert_eq!(
+            tables.len(),
+            2 * c.n_and * k,
+            "garbled tables for {k} instances"
+        );
+        load_inputs(&mut self.wires, 0, c.evaluator_inputs, k, ev);
+        load_inputs(&mut self.wires, c.evaluator_inputs, c.garbler_inputs, k, ga);
+        let w = &mut self.wires;
+        let mut and_idx = 0usize;
+        let mut tab = tables.chunks_exact(2 * k);
+        for g in &c.gates {
+            match *g {
+                Gate::Xor(a, b, o) => {
+                    let (a, b, o) = (a as usize * BATCH, b as usize * BATCH, o as usize * BATCH);
+                    for i in 0..k {
+                        w[o + i] = w[a + i] ^ w[b + i];
+                    }
+                }
+                Gate::Not(a, o) => {
+                    let (a, o) = (a as usize * BATCH, o as usize * BATCH);
+                    for i in 0..k {
+                        w[o + i] = w[a + i];
+                    }
+                }
+                Gate::And(a, b, o) => {
+                    let (a, b, o) = (a as usize * BATCH, b as usize * BATCH, o as usize * BATCH);
+                    let t = match tab.next() {
+                        Some(t) => t,
+                        None => unreachable!("table length checked above"),
+                    };
+                    let x = &mut self.x[..2 * k];
+                    for i in 0..k {
+                        let tw = and_tweak(first + i as u64, c.n_and, and_idx);
+                        x[2 * i] = TweakHash::prepare(w[a + i], tw);
+                        x[2 * i + 1] = TweakHash::prepare(w[b + i], tw | 1);
+                    }
+                    self.hash.hash_prepared(x, &mut self.scratch);
+                    for i in 0..k {
+                        let (la, lb) = (w[a + i], w[b + i]);
+                        let (tg, te) = (t[2 * i], t[2 * i + 1]);
+                        let wg = x[2 * i] ^ tg.and_bit(la.lsb());
+                        let we = x[2 * i + 1] ^ (te ^ la).and_bit(lb.lsb());
+                        w[o + i] = wg ^ we;
+                    }
+                    and_idx += 1;
+                }
+            }
+        }
+        store_outputs(c, w, k, out);
+    }
+
+    /// The evaluator's half of [`Garbler::arith_outputs`]: returns
+    /// G + Σ_j weight_j·out_j for the instance's output labels.
+    pub fn arith_outputs(&mut self, inst: u64, labels: &[Block], cts: &[F]) -> F {
+        let n = labels.len();
+        assert_eq!(n, cts.len());
+        if self.x.len() < n {
+            self.x.resize(n, Block::ZERO);
+            self.scratch.resize(n, Block::ZERO);
+        }
+        let x = &mut self.x[..n];
+        for (j, l) in labels.iter().enumerate() {
+            x[j] = TweakHash::prepare(*l, out_tweak(inst, n, j));
+        }
+        self.hash.hash_prepared(x, &mut self.scratch);
+        let mut acc = F::ZERO;
+        for j in 0..n {
+            let c = F::conditional_select(&F::ZERO, &cts[j], Choice::from(labels[j].lsb() as u8));
+            acc += F::from_u128(x[j].0) + c;
+        }
+        acc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gc::{Circuit, Fancy};
+    use rand::{Rng, SeedableRng};
+
+    /// A 16-bit adder with a comparison: exercises XOR, NOT and AND.
+    fn adder() -> Circuit {
+        Circuit::record(16, 16, |f, a, b| {
+            let mut c = f.and(&a[0], &b[0]);
+            let mut out = vec![f.xor(&a[0], &b[0])];
+            for i in 1..16 {
+                let s = f.xor(&a[i], &b[i]);
+                out.push(f.xor(&s, &c));
+                let x = f.xor(&a[i], &c);
+                let y = f.xor(&b[i], &c);
+                let z = f.and(&x, &y);
+                c = f.xor(&c, &z);
+            }
+            let nc = f.not(&c);
+            out.push(nc);
+            out
+        })
+    }
+
+    #[test]
+    fn garbled_matches_plaintext_on_random_inputs() {
+        let circ = adder();
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+        let mut delta = Block::random(&mut rng);
+        delta.0 |= 1;
+        let key = Block::random(&mut rng);
+        let mut g = Garbler::new(&circ, key, delta);
+        let mut e = Evaluator::new(&circ, key);
+        for first in [0u64, 1000] {
+            let k = if first == 0 { BATCH } else { 7 };
+            let ev_zero: Vec<Block> = (0..16 * k).map(|_| Block::random(&mut rng)).collect();
+            let ga_zero: Vec<Block> = (0..16 * k).map(|_| Block::random(&mut rng)).collect();
+            let mut tables = Vec::new();
+            let no = circ.outputs();
+            let mut out_zero = vec![Block::ZERO; no * k];
+            g.garble_batch(first, &ev_zero, &ga_zero, &mut tables, &mut out_zero);
+            let ebits: Vec<bool> = (0..16 * k).map(|_| rng.gen()).collect();
+            let gbits: Vec<bool> = (0..16 * k).map(|_| rng.gen()).collect();
+            let act = |z: &[Block], bits: &[bool]| -> Vec<Block> {
+                z.iter()
+                    .zip(bits)
+                    .map(|(z, b)| *z ^ delta.and_bit(*b))
+                    .collect()
+            };
+            let mut out = vec![Block::ZERO; no * k];
+            e.eval_batch(
+                first,
+                &act(&ev_zero, &ebits),
+                &act(&ga_zero, &gbits),
+                &tables,
+                &mut out,
+            );
+            for i in 0..k {
+                let want =
+                    circ.eval_plain(&ebits[i * 16..(i + 1) * 16], &gbits[i * 16..(i + 1) * 16]);
+                for j in 0..no {
+                    let z = out_zero[i * no + j];
+                    let l = out[i * no + j];
+                    assert!(
+                        l == z || l == z ^ delta,
+                        "label is neither zero nor one label"
+                    );
+                    assert_eq!(l == z ^ delta, want[j]);
+                }
+                // Arithmetic output: Σ 2^j out_j.
+                let weights: Vec<F> = (0..no).map(|j| F::from_u64(1 << j)).collect();
+                let mut cts = vec![F::ZERO; no];
+                let off = g.arith_outputs(
+                    first + i as u64,
+                    &out_zero[i * no..(i + 1) * no],
+                    &weights,
+                    &mut cts,
+                );
+                let got = e.arith_outputs(first + i as u64, &out[i * no..(i + 1) * no], &cts);
+                let value: u64 = want.iter().enumerate().map(|(j, &b)| (b as u64) << j).sum();
+                assert_eq!(got - off, F::from_u64(value));
+            }
+        }
+    }
+
+    #[test]
+    fn corrupted_table_breaks_the_output() {
+        let circ = adder();
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(6);
+        let mut delta = Block::random(&mut rng);
+        delta.0 |= 1;
+        let mut g = Garbler::new(&circ, Block(1), delta);
+        let mut e = Evaluator::new(&circ, Block(1));
+        let ev_zero: Vec<Block> = (0..16).map(|_| Block::random(&mut rng)).collect();
+        let ga_zero: Vec<Block> = (0..16).map(|_| Block::random(&mut rng)).collect();
+        let mut tables = Vec::new();
+        let mut out_zero = vec![Block::ZERO; 17];
+        g.garble_batch(0, &ev_zero, &ga_zero, &mut tables, &mut out_zero);
+        for t in tables.iter_mut() {
+            t.0 ^= 1 << 77;
+        }
+        let mut out = vec![Block::ZERO; 17];
+        e.eval_batch(0, &ev_zero, &ga_zero, &tables, &mut out);
+        let valid = out
+            .iter()
+            .zip(&out_zero)
+            .filter(|(l, z)| **l == **z || **l == **z ^ delta)
+            .count();
+        assert!(valid < 17, "tampered tables still decoded everywhere");
+    }
+}

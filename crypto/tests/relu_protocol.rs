@@ -1,0 +1,147 @@
+//! The two-party ReLU layer over real TCP, checked against plaintext ReLU.
+#![allow(clippy::unwrap_used)]
+
+use std::net::TcpListener;
+use std::thread;
+
+use delphi_crypto::block::SecretRng;
+use delphi_crypto::channel::{Channel, Counting, TcpChannel};
+use delphi_crypto::field::{F, HALF, P};
+use delphi_crypto::relu::{client_offline, relu_reference, server_offline, CLIENT_BITS};
+use delphi_crypto::Error;
+use rand::{Rng, SeedableRng};
+
+fn tcp_pair() -> (TcpChannel, TcpChannel) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = thread::spawn(move || TcpChannel::connect(addr).unwrap());
+    let s = TcpChannel::new(l.accept().unwrap().0).unwrap();
+    (s, h.join().unwrap())
+}
+
+/// Runs offline and online for the given shares; returns (client out, server ρ).
+fn run(client_shares: Vec<F>, server_shares: Vec<F>) -> (Vec<F>, Vec<F>) {
+    let (s, c) = tcp_pair();
+    let n = client_shares.len();
+    let server = thread::spawn(move || {
+        let mut ch = s;
+        let mut rng = SecretRng::seed_from_u64(1);
+        let mut bundle = server_offline(&mut ch, n, &mut rng).unwrap();
+        let rho = bundle.online(&mut ch, &server_shares).unwrap();
+        // A second online run of the same bundle must be refused.
+        assert!(matches!(
+            bundle.online(&mut ch, &server_shares),
+            Err(Error::BundleConsumed)
+        ));
+        rho
+    });
+    let mut ch = c;
+    let mut rng = SecretRng::seed_from_u64(2);
+    let mut bundle = client_offline(&mut ch, &client_shares, &mut rng).unwrap();
+    let out = bundle.online(&mut ch).unwrap();
+    assert!(matches!(bundle.online(&mut ch), Err(Error::BundleConsumed)));
+    (out, server.join().unwrap())
+}
+
+#[test]
+fn ten_thousand_random_relus_over_tcp() {
+    let mut rng = SecretRng::seed_from_u64(3);
+    let n = 10_007; // not a multiple of the batch size
+    let mut ys: Vec<F> = (0..n)
+        .map(|i| match i % 3 {
+            // Fixed-point sized values of both signs, and arbitrary field values.
+            0 => F::from_i64(rng.gen_range(-(1i64 << 24)..(1 << 24))),
+            1 => F::from_i64(rng.gen_range(-300i64..300)),
+            _ => F::random(&mut rng),
+        })
+        .collect();
+    ys[..6].copy_from_slice(&[
+        F::ZERO,
+        F::ONE,
+        F::from_u64(P - 1),
+        F::from_u64(HALF - 1),
+        F::from_u64(HALF),
+        F::from_u64(HALF + 1),
+    ]);
+    let a: Vec<F> = (0..n).map(|_| F::random(&mut rng)).collect();
+    let b: Vec<F> = ys.iter().zip(&a).map(|(y, a)| *y - *a).collect();
+    let (out, rho) = run(a, b);
+    let mut wrong = 0;
+    for ((y, o), r) in ys.iter().zip(&out).zip(&rho) {
+        if *o + *r != relu_reference(*y) {
+            wrong += 1;
+        }
+    }
+    assert_eq!(
+        wrong, 0,
+        "{wrong} of {n} secure ReLUs differ from plaintext"
+    );
+    // The server's shares are masks: not all equal, not the ReLU values.
+    assert!(
+        rho.iter()
+            .zip(&ys)
+            .filter(|(r, y)| **r == relu_reference(**y))
+            .count()
+            < 5
+    );
+}
+
+#[test]
+fn online_traffic_is_one_label_per_server_bit() {
+    let (s, c) = tcp_pair();
+    let n = 100;
+    let server = thread::spawn(move || {
+        let mut ch = Counting::new(s);
+        let mut rng = SecretRng::seed_from_u64(4);
+        let mut bundle = server_offline(&mut ch, n, &mut rng).unwrap();
+        let before = ch.stats();
+        bundle.online(&mut ch, &vec![F::ZERO; n]).unwrap();
+        ch.stats().since(&before)
+    });
+    let mut ch = Counting::new(c);
+    let mut rng = SecretRng::seed_from_u64(5);
+    let mut bundle = client_offline(&mut ch, &vec![F::ONE; n], &mut rng).unwrap();
+    let before = ch.stats();
+    bundle.online(&mut ch).unwrap();
+    let client = ch.stats().since(&before);
+    let server = server.join().unwrap();
+    assert_eq!(server.sent, 16 + (n * CLIENT_BITS * 16) as u64);
+    assert_eq!(client.sent, 0);
+    assert_eq!(client.received, server.sent);
+}
+
+#[test]
+fn mismatched_bundle_is_rejected_and_dropped_peer_is_an_error() {
+    // Server and client disagree on the number of ReLUs: a typed mismatch.
+    let (s, c) = tcp_pair();
+    let h = thread::spawn(move || {
+        let mut ch = s;
+        server_offline(&mut ch, 10, &mut SecretRng::seed_from_u64(6)).map(|_| ())
+    });
+    let mut ch = c;
+    let r = client_offline(&mut ch, &[F::ZERO; 11], &mut SecretRng::seed_from_u64(7));
+    assert!(matches!(
+        r,
+        Err(Error::Mismatch {
+            ours: 11,
+            theirs: 10,
+            ..
+        })
+    ));
+    assert!(matches!(h.join().unwrap(), Err(Error::Mismatch { .. })));
+
+    // The server vanishes after the offline phase: the client's online run fails cleanly.
+    let (s, c) = tcp_pair();
+    let h = thread::spawn(move || {
+        let mut ch = s;
+        let b = server_offline(&mut ch, 40, &mut SecretRng::seed_from_u64(8)).unwrap();
+        drop(b);
+        drop(ch);
+    });
+    let mut ch = c;
+    let mut bundle =
+        client_offline(&mut ch, &[F::ZERO; 40], &mut SecretRng::seed_from_u64(9)).unwrap();
+    h.join().unwrap();
+    assert!(matches!(bundle.online(&mut ch), Err(Error::Closed)));
+    let _ = ch.flush();
+}
