@@ -67,7 +67,9 @@ pub fn cpu_model() -> String {
 
 /// Logical CPUs available.
 pub fn cores() -> usize {
-    thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Garbles and evaluates `count` ReLU instances on this thread with random
@@ -95,11 +97,23 @@ pub fn gate_throughput(count: usize, seed: u64) -> (f64, f64) {
         prg.fill_blocks(&mut ga0[..k * ng]);
         tables.clear();
         let t = Instant::now();
-        g.garble_batch(start as u64, &ev0[..k * ne], &ga0[..k * ng], &mut tables, &mut out0[..k * no]);
+        g.garble_batch(
+            start as u64,
+            &ev0[..k * ne],
+            &ga0[..k * ng],
+            &mut tables,
+            &mut out0[..k * no],
+        );
         tg += t.elapsed().as_secs_f64();
         // Evaluate on the zero labels (all-zero inputs): same work as any input.
         let t = Instant::now();
-        e.eval_batch(start as u64, &ev0[..k * ne], &ga0[..k * ng], &tables, &mut out[..k * no]);
+        e.eval_batch(
+            start as u64,
+            &ev0[..k * ne],
+            &ga0[..k * ng],
+            &tables,
+            &mut out[..k * no],
+        );
         te += t.elapsed().as_secs_f64();
     }
     let ands = (count * c.and_gates()) as f64;

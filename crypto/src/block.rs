@@ -129,6 +129,34 @@ impl AesPerm {
         }
     }
 
+    /// Encrypts `input` into `output` (same length).
+    #[inline]
+    pub fn encrypt_to(&self, input: &[Block], output: &mut [Block]) {
+        assert_eq!(input.len(), output.len());
+        #[cfg(target_endian = "little")]
+        {
+            // SAFETY: as in `encrypt_in_place`; both views cover exactly the
+            // given slices, which do not overlap (one is shared, one unique).
+            let (i, o) = unsafe {
+                (
+                    std::slice::from_raw_parts(input.as_ptr().cast::<aes::Block>(), input.len()),
+                    std::slice::from_raw_parts_mut(
+                        output.as_mut_ptr().cast::<aes::Block>(),
+                        output.len(),
+                    ),
+                )
+            };
+            if self.aes.encrypt_blocks_b2b(i, o).is_err() {
+                unreachable!("lengths checked above");
+            }
+        }
+        #[cfg(not(target_endian = "little"))]
+        {
+            output.copy_from_slice(input);
+            self.encrypt_in_place(output);
+        }
+    }
+
     /// Encrypts blocks in place.
     #[inline]
     pub fn encrypt_in_place(&self, blocks: &mut [Block]) {
@@ -182,8 +210,7 @@ impl TweakHash {
     pub fn hash_prepared(&self, xs: &mut [Block], scratch: &mut [Block]) {
         let n = xs.len();
         let s = &mut scratch[..n];
-        s.copy_from_slice(xs);
-        self.perm.encrypt_in_place(s);
+        self.perm.encrypt_to(xs, s);
         for (x, y) in xs.iter_mut().zip(s.iter()) {
             *x ^= *y;
         }

@@ -519,6 +519,34 @@ mod tests {
         assert_eq!(relu_reference(F::from_u64(0)), F::ZERO);
     }
 
+    #[test]
+    fn garbled_protocol_matches_plaintext_on_every_edge_split() {
+        use crate::channel::MemChannel;
+        use rand::SeedableRng;
+        let (mut a_shares, mut b_shares, mut ys) = (Vec::new(), Vec::new(), Vec::new());
+        for y in edge_values() {
+            for (a, b) in splits(y) {
+                a_shares.push(a);
+                b_shares.push(b);
+                ys.push(F::from_u64(y));
+            }
+        }
+        let n = ys.len();
+        let (mut sc, mut cc) = MemChannel::pair();
+        let server = std::thread::spawn(move || {
+            let mut rng = crate::block::SecretRng::seed_from_u64(21);
+            let mut bundle = server_offline(&mut sc, n, &mut rng).unwrap();
+            bundle.online(&mut sc, &b_shares).unwrap()
+        });
+        let mut rng = crate::block::SecretRng::seed_from_u64(22);
+        let mut bundle = client_offline(&mut cc, &a_shares, &mut rng).unwrap();
+        let out = bundle.online(&mut cc).unwrap();
+        let rho = server.join().unwrap();
+        for i in 0..n {
+            assert_eq!(out[i] + rho[i], relu_reference(ys[i]), "y = {:?}", ys[i]);
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn plaintext_circuit_is_relu(a in 0..P, b in 0..P) {

@@ -6,7 +6,11 @@ use anyhow::{ensure, Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "delphi", version, about = "Private neural-network prediction: the two-party protocol engine")]
+#[command(
+    name = "delphi",
+    version,
+    about = "Private neural-network prediction: the two-party protocol engine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,16 +44,24 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Bench(Bench::Relu { count, out, seed }) => {
             ensure!(count > 0, "--count must be at least 1");
-            let r = delphi_crypto::bench::relu_bench(count, seed, &|m| eprintln!("[relu bench] {m}"))
-                .context("ReLU benchmark failed")?;
+            let r =
+                delphi_crypto::bench::relu_bench(count, seed, &|m| eprintln!("[relu bench] {m}"))
+                    .context("ReLU benchmark failed")?;
             if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
             }
             let json = serde_json::to_string_pretty(&r)?;
-            std::fs::write(&out, format!("{json}\n")).with_context(|| format!("writing {}", out.display()))?;
+            std::fs::write(&out, format!("{json}\n"))
+                .with_context(|| format!("writing {}", out.display()))?;
             println!("{json}");
             eprintln!("[relu bench] wrote {}", out.display());
-            ensure!(r.correct == r.relus, "{} of {} secure ReLUs were wrong", r.relus - r.correct, r.relus);
+            ensure!(
+                r.correct == r.relus,
+                "{} of {} secure ReLUs were wrong",
+                r.relus - r.correct,
+                r.relus
+            );
         }
     }
     Ok(())

@@ -27,13 +27,20 @@ use crate::block::{Block, TweakHash};
 use crate::field::F;
 
 /// Instances garbled or evaluated side by side.
-pub const BATCH: usize = 32;
+pub const BATCH: usize = 64;
 
 const OUTPUT_DOMAIN: u128 = 1 << 127;
 
+/// Tweak of AND gate `a` given the instance's base `inst·n_and`.
 #[inline(always)]
-fn and_tweak(inst: u64, n_and: usize, a: usize) -> u128 {
-    ((inst as u128 * n_and as u128) + a as u128) << 1
+fn and_tweak(base: u128, a: usize) -> u128 {
+    (base + a as u128) << 1
+}
+
+fn tweak_bases(first: u64, k: usize, n_and: usize, out: &mut [u128; BATCH]) {
+    for (i, b) in out.iter_mut().take(k).enumerate() {
+        *b = (first + i as u64) as u128 * n_and as u128;
+    }
 }
 
 #[inline(always)]
@@ -136,6 +143,8 @@ impl<'c> Garbler<'c> {
         let (delta, sd) = (self.delta, self.sigma_delta);
         let w = &mut self.wires;
         let mut and_idx = 0usize;
+        let mut bases = [0u128; BATCH];
+        tweak_bases(first, k, c.n_and, &mut bases);
         tables.reserve(2 * c.n_and * k);
         for g in &c.gates {
             match *g {
@@ -155,7 +164,7 @@ impl<'c> Garbler<'c> {
                     let (a, b, o) = (a as usize * BATCH, b as usize * BATCH, o as usize * BATCH);
                     let x = &mut self.x[..4 * k];
                     for i in 0..k {
-                        let t = and_tweak(first + i as u64, c.n_and, and_idx);
+                        let t = and_tweak(bases[i], and_idx);
                         let sa = TweakHash::prepare(w[a + i], t);
                         let sb = TweakHash::prepare(w[b + i], t | 1);
                         x[4 * i] = sa;
@@ -277,6 +286,8 @@ impl<'c> Evaluator<'c> {
         load_inputs(&mut self.wires, c.evaluator_inputs, c.garbler_inputs, k, ga);
         let w = &mut self.wires;
         let mut and_idx = 0usize;
+        let mut bases = [0u128; BATCH];
+        tweak_bases(first, k, c.n_and, &mut bases);
         let mut tab = tables.chunks_exact(2 * k);
         for g in &c.gates {
             match *g {
@@ -300,7 +311,7 @@ impl<'c> Evaluator<'c> {
                     };
                     let x = &mut self.x[..2 * k];
                     for i in 0..k {
-                        let tw = and_tweak(first + i as u64, c.n_and, and_idx);
+                        let tw = and_tweak(bases[i], and_idx);
                         x[2 * i] = TweakHash::prepare(w[a + i], tw);
                         x[2 * i + 1] = TweakHash::prepare(w[b + i], tw | 1);
                     }
