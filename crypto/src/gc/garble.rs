@@ -73,15 +73,73 @@ fn store_outputs(circ: &Circuit, wires: &[Block], k: usize, out: &mut [Block]) {
     }
 }
 
+/// Buffers shared by both engines: the batch's wire labels and the hash
+/// inputs/outputs. Allocated once, zeroized on drop.
+struct Work {
+    wires: Vec<Block>,
+    x: Vec<Block>,
+    scratch: Vec<Block>,
+}
+
+impl Work {
+    fn new(circ: &Circuit, hashes_per_and: usize) -> Self {
+        Work {
+            wires: vec![Block::ZERO; circ.n_wires * BATCH],
+            x: vec![Block::ZERO; hashes_per_and * BATCH],
+            scratch: vec![Block::ZERO; hashes_per_and * BATCH],
+        }
+    }
+
+    /// Makes room for `n` hash inputs.
+    fn reserve_hashes(&mut self, n: usize) {
+        if self.x.len() < n {
+            self.x.resize(n, Block::ZERO);
+            self.scratch.resize(n, Block::ZERO);
+        }
+    }
+
+    /// Loads the batch's input labels.
+    fn load(&mut self, c: &Circuit, k: usize, ev: &[Block], ga: &[Block]) {
+        load_inputs(&mut self.wires, 0, c.evaluator_inputs, k, ev);
+        load_inputs(&mut self.wires, c.evaluator_inputs, c.garbler_inputs, k, ga);
+    }
+
+    /// out = a ⊕ b for the batch: free-XOR, the same on both sides.
+    #[inline(always)]
+    fn xor(&mut self, a: u32, b: u32, o: u32, k: usize) {
+        let w = &mut self.wires;
+        let (a, b, o) = (a as usize * BATCH, b as usize * BATCH, o as usize * BATCH);
+        for i in 0..k {
+            w[o + i] = w[a + i] ^ w[b + i];
+        }
+    }
+
+    /// out = a ⊕ `offset` (Δ for the garbler's NOT, zero for the evaluator's).
+    #[inline(always)]
+    fn xor_const(&mut self, a: u32, o: u32, k: usize, offset: Block) {
+        let w = &mut self.wires;
+        let (a, o) = (a as usize * BATCH, o as usize * BATCH);
+        for i in 0..k {
+            w[o + i] = w[a + i] ^ offset;
+        }
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        self.wires.zeroize();
+        self.x.zeroize();
+        self.scratch.zeroize();
+    }
+}
+
 /// The garbler's engine for one circuit, one Δ and one hash key.
 pub struct Garbler<'c> {
     circ: &'c Circuit,
     hash: TweakHash,
     delta: Block,
     sigma_delta: Block,
-    wires: Vec<Block>,
-    x: Vec<Block>,
-    scratch: Vec<Block>,
+    work: Work,
 }
 
 impl fmt::Debug for Garbler<'_> {
@@ -94,9 +152,6 @@ impl Drop for Garbler<'_> {
     fn drop(&mut self) {
         self.delta.zeroize();
         self.sigma_delta.zeroize();
-        self.wires.zeroize();
-        self.x.zeroize();
-        self.scratch.zeroize();
     }
 }
 
@@ -110,9 +165,7 @@ impl<'c> Garbler<'c> {
             hash: TweakHash::new(hash_key),
             delta,
             sigma_delta: delta.sigma(),
-            wires: vec![Block::ZERO; circ.n_wires * BATCH],
-            x: vec![Block::ZERO; 4 * BATCH],
-            scratch: vec![Block::ZERO; 4 * BATCH],
+            work: Work::new(circ, 4),
         }
     }
 
@@ -132,37 +185,24 @@ impl<'c> Garbler<'c> {
         let c = self.circ;
         let k = instances(c, ev_zero, ga_zero);
         assert!(k <= BATCH && k > 0);
-        load_inputs(&mut self.wires, 0, c.evaluator_inputs, k, ev_zero);
-        load_inputs(
-            &mut self.wires,
-            c.evaluator_inputs,
-            c.garbler_inputs,
-            k,
-            ga_zero,
-        );
+        self.work.load(c, k, ev_zero, ga_zero);
         let (delta, sd) = (self.delta, self.sigma_delta);
-        let w = &mut self.wires;
         let mut and_idx = 0usize;
         let mut bases = [0u128; BATCH];
         tweak_bases(first, k, c.n_and, &mut bases);
         tables.reserve(2 * c.n_and * k);
         for g in &c.gates {
             match *g {
-                Gate::Xor(a, b, o) => {
-                    let (a, b, o) = (a as usize * BATCH, b as usize * BATCH, o as usize * BATCH);
-                    for i in 0..k {
-                        w[o + i] = w[a + i] ^ w[b + i];
-                    }
-                }
-                Gate::Not(a, o) => {
-                    let (a, o) = (a as usize * BATCH, o as usize * BATCH);
-                    for i in 0..k {
-                        w[o + i] = w[a + i] ^ delta;
-                    }
-                }
+                Gate::Xor(a, b, o) => self.work.xor(a, b, o, k),
+                Gate::Not(a, o) => self.work.xor_const(a, o, k, delta),
                 Gate::And(a, b, o) => {
                     let (a, b, o) = (a as usize * BATCH, b as usize * BATCH, o as usize * BATCH);
-                    let x = &mut self.x[..4 * k];
+                    let Work {
+                        wires: w,
+                        x,
+                        scratch,
+                    } = &mut self.work;
+                    let x = &mut x[..4 * k];
                     for i in 0..k {
                         let t = and_tweak(bases[i], and_idx);
                         let sa = TweakHash::prepare(w[a + i], t);
@@ -172,7 +212,7 @@ impl<'c> Garbler<'c> {
                         x[4 * i + 2] = sb;
                         x[4 * i + 3] = sb ^ sd;
                     }
-                    self.hash.hash_prepared(x, &mut self.scratch);
+                    self.hash.hash_prepared(x, scratch);
                     for i in 0..k {
                         let (a0, b0) = (w[a + i], w[b + i]);
                         let (ha0, ha1, hb0, hb1) =
@@ -192,7 +232,7 @@ impl<'c> Garbler<'c> {
                 }
             }
         }
-        store_outputs(c, w, k, out_zero);
+        store_outputs(c, &self.work.wires, k, out_zero);
     }
 
     /// Turns the output labels of one instance into an additive share of
@@ -204,17 +244,15 @@ impl<'c> Garbler<'c> {
     pub fn arith_outputs(&mut self, inst: u64, zero: &[Block], weights: &[F], cts: &mut [F]) -> F {
         let n = zero.len();
         assert!(n == weights.len() && n == cts.len());
-        if self.x.len() < 2 * n {
-            self.x.resize(2 * n, Block::ZERO);
-            self.scratch.resize(2 * n, Block::ZERO);
-        }
-        let x = &mut self.x[..2 * n];
+        self.work.reserve_hashes(2 * n);
+        let Work { x, scratch, .. } = &mut self.work;
+        let x = &mut x[..2 * n];
         for (j, z) in zero.iter().enumerate() {
             let t = out_tweak(inst, n, j);
             x[2 * j] = TweakHash::prepare(*z, t);
             x[2 * j + 1] = TweakHash::prepare(*z ^ self.delta, t);
         }
-        self.hash.hash_prepared(x, &mut self.scratch);
+        self.hash.hash_prepared(x, scratch);
         let mut offset = F::ZERO;
         for j in 0..n {
             let h0 = F::from_u128(x[2 * j].0);
@@ -233,22 +271,12 @@ impl<'c> Garbler<'c> {
 pub struct Evaluator<'c> {
     circ: &'c Circuit,
     hash: TweakHash,
-    wires: Vec<Block>,
-    x: Vec<Block>,
-    scratch: Vec<Block>,
+    work: Work,
 }
 
 impl fmt::Debug for Evaluator<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Evaluator").finish_non_exhaustive()
-    }
-}
-
-impl Drop for Evaluator<'_> {
-    fn drop(&mut self) {
-        self.wires.zeroize();
-        self.x.zeroize();
-        self.scratch.zeroize();
     }
 }
 
@@ -258,9 +286,7 @@ impl<'c> Evaluator<'c> {
         Evaluator {
             circ,
             hash: TweakHash::new(hash_key),
-            wires: vec![Block::ZERO; circ.n_wires * BATCH],
-            x: vec![Block::ZERO; 2 * BATCH],
-            scratch: vec![Block::ZERO; 2 * BATCH],
+            work: Work::new(circ, 2),
         }
     }
 
@@ -282,40 +308,33 @@ impl<'c> Evaluator<'c> {
             2 * c.n_and * k,
             "garbled tables for {k} instances"
         );
-        load_inputs(&mut self.wires, 0, c.evaluator_inputs, k, ev);
-        load_inputs(&mut self.wires, c.evaluator_inputs, c.garbler_inputs, k, ga);
-        let w = &mut self.wires;
+        self.work.load(c, k, ev, ga);
         let mut and_idx = 0usize;
         let mut bases = [0u128; BATCH];
         tweak_bases(first, k, c.n_and, &mut bases);
         let mut tab = tables.chunks_exact(2 * k);
         for g in &c.gates {
             match *g {
-                Gate::Xor(a, b, o) => {
-                    let (a, b, o) = (a as usize * BATCH, b as usize * BATCH, o as usize * BATCH);
-                    for i in 0..k {
-                        w[o + i] = w[a + i] ^ w[b + i];
-                    }
-                }
-                Gate::Not(a, o) => {
-                    let (a, o) = (a as usize * BATCH, o as usize * BATCH);
-                    for i in 0..k {
-                        w[o + i] = w[a + i];
-                    }
-                }
+                Gate::Xor(a, b, o) => self.work.xor(a, b, o, k),
+                Gate::Not(a, o) => self.work.xor_const(a, o, k, Block::ZERO),
                 Gate::And(a, b, o) => {
                     let (a, b, o) = (a as usize * BATCH, b as usize * BATCH, o as usize * BATCH);
                     let t = match tab.next() {
                         Some(t) => t,
                         None => unreachable!("table length checked above"),
                     };
-                    let x = &mut self.x[..2 * k];
+                    let Work {
+                        wires: w,
+                        x,
+                        scratch,
+                    } = &mut self.work;
+                    let x = &mut x[..2 * k];
                     for i in 0..k {
                         let tw = and_tweak(bases[i], and_idx);
                         x[2 * i] = TweakHash::prepare(w[a + i], tw);
                         x[2 * i + 1] = TweakHash::prepare(w[b + i], tw | 1);
                     }
-                    self.hash.hash_prepared(x, &mut self.scratch);
+                    self.hash.hash_prepared(x, scratch);
                     for i in 0..k {
                         let (la, lb) = (w[a + i], w[b + i]);
                         let (tg, te) = (t[2 * i], t[2 * i + 1]);
@@ -327,7 +346,7 @@ impl<'c> Evaluator<'c> {
                 }
             }
         }
-        store_outputs(c, w, k, out);
+        store_outputs(c, &self.work.wires, k, out);
     }
 
     /// The evaluator's half of [`Garbler::arith_outputs`]: returns
@@ -335,15 +354,13 @@ impl<'c> Evaluator<'c> {
     pub fn arith_outputs(&mut self, inst: u64, labels: &[Block], cts: &[F]) -> F {
         let n = labels.len();
         assert_eq!(n, cts.len());
-        if self.x.len() < n {
-            self.x.resize(n, Block::ZERO);
-            self.scratch.resize(n, Block::ZERO);
-        }
-        let x = &mut self.x[..n];
+        self.work.reserve_hashes(n);
+        let Work { x, scratch, .. } = &mut self.work;
+        let x = &mut x[..n];
         for (j, l) in labels.iter().enumerate() {
             x[j] = TweakHash::prepare(*l, out_tweak(inst, n, j));
         }
-        self.hash.hash_prepared(x, &mut self.scratch);
+        self.hash.hash_prepared(x, scratch);
         let mut acc = F::ZERO;
         for j in 0..n {
             let c = F::conditional_select(&F::ZERO, &cts[j], Choice::from(labels[j].lsb() as u8));
