@@ -24,6 +24,8 @@ pub struct ReluBench {
     pub relus: usize,
     /// AND gates in one ReLU circuit.
     pub and_gates_per_relu: usize,
+    /// AND gates in the ReLU circuit that also truncates by 8 bits (as in a network).
+    pub and_gates_per_relu_truncating_8_bits: usize,
     /// Garbling throughput on one core (AND gates per second, no network).
     pub garble_and_gates_per_s: f64,
     /// Evaluation throughput on one core (AND gates per second, no network).
@@ -75,7 +77,7 @@ pub fn cores() -> usize {
 /// Garbles and evaluates `count` ReLU instances on this thread with random
 /// inputs, timing each side separately. Returns (garble AND/s, eval AND/s).
 pub fn gate_throughput(count: usize, seed: u64) -> (f64, f64) {
-    let rc = relu_circuit();
+    let rc = relu_circuit(0);
     let c = rc.circuit();
     let (ne, ng, no) = (c.evaluator_inputs(), c.garbler_inputs(), c.outputs());
     let mut rng = SecretRng::seed_from_u64(seed);
@@ -143,7 +145,7 @@ pub fn relu_bench(count: usize, seed: u64, progress: &dyn Fn(&str)) -> Result<Re
         let mut ch = Counting::new(TcpChannel::new(stream)?);
         let mut rng = crate::block::secret_rng();
         let t = Instant::now();
-        let mut bundle = server_offline(&mut ch, count, &mut rng)?;
+        let mut bundle = server_offline(&mut ch, count, 0, &mut rng)?;
         let offline_s = t.elapsed().as_secs_f64();
         let off = ch.stats();
         sb.wait();
@@ -155,7 +157,7 @@ pub fn relu_bench(count: usize, seed: u64, progress: &dyn Fn(&str)) -> Result<Re
     let mut crng = crate::block::secret_rng();
     progress("offline phase (OT, garbling, transfer)");
     let t = Instant::now();
-    let mut bundle = client_offline(&mut ch, &a, &mut crng)?;
+    let mut bundle = client_offline(&mut ch, &a, 0, &mut crng)?;
     let client_offline_s = t.elapsed().as_secs_f64();
     let off = ch.stats();
     barrier.wait();
@@ -177,7 +179,8 @@ pub fn relu_bench(count: usize, seed: u64, progress: &dyn Fn(&str)) -> Result<Re
     let online_bytes = on.sent + s_on_sent;
     Ok(ReluBench {
         relus: count,
-        and_gates_per_relu: relu_circuit().circuit().and_gates(),
+        and_gates_per_relu: relu_circuit(0).circuit().and_gates(),
+        and_gates_per_relu_truncating_8_bits: relu_circuit(8).circuit().and_gates(),
         garble_and_gates_per_s: garble,
         eval_and_gates_per_s: eval,
         offline_bytes_per_relu: offline_bytes as f64 / count as f64,

@@ -15,6 +15,10 @@
 //! * ReLU(y) ≡ pos·(s' − K) (mod p), because s ≡ y: the circuit outputs the
 //!   42 bits pos ∧ s'_j (42 ANDs) and pos, never reducing s mod p.
 //!
+//! With a truncation `shift` f > 0 the outputs give ReLU(y) >> f exactly
+//! (132 ANDs for f = 8), so no probabilistic truncation is needed after a
+//! linear layer that feeds a ReLU.
+//!
 //! # Output masking
 //!
 //! The outputs are not decoded. Each output label is turned into an additive
@@ -57,14 +61,26 @@ pub const CLIENT_OFFSET: u64 = (1 << 37) - 1;
 /// The largest number of ReLUs in one bundle (bounds what a peer can ask for).
 pub const MAX_RELUS: usize = 1 << 24;
 
+/// The largest truncation the circuit applies after ReLU.
+pub const MAX_SHIFT: u32 = 30;
+
 /// Writes the ReLU circuit for any interpreter.
 ///
 /// `a` holds the bits of a + [`CLIENT_OFFSET`] (client), `b` the bits of b
-/// (server), least significant first. Returns 43 outputs: pos ∧ s'_j for
-/// j = 0..42 and pos, to be combined with [`ReluCircuit::weights`].
-pub fn relu_gadget<Fy: Fancy>(f: &mut Fy, a: &[Fy::Item], b: &[Fy::Item]) -> Vec<Fy::Item> {
+/// (server), least significant first. The outputs, combined with
+/// [`ReluCircuit::weights`], give ReLU(y) >> `shift` exactly (floor of the
+/// non-negative value): with shift 0, pos ∧ s'_j for j = 0..42 and pos
+/// (131 ANDs); with shift f > 0 the low f bits are dropped and one carry is
+/// kept (see [`ReluCircuit::weights`]; 132 ANDs for f = 8).
+pub fn relu_gadget<Fy: Fancy>(
+    f: &mut Fy,
+    a: &[Fy::Item],
+    b: &[Fy::Item],
+    shift: u32,
+) -> Vec<Fy::Item> {
     assert_eq!(a.len(), CLIENT_BITS);
     assert_eq!(b.len(), SERVER_BITS);
+    assert!(shift <= MAX_SHIFT, "shift {shift} above {MAX_SHIFT}");
     // Ripple-carry adder, one AND per bit; keep the propagate bits.
     let mut sum = Vec::with_capacity(42);
     let mut propagate = Vec::with_capacity(36);
@@ -104,17 +120,37 @@ pub fn relu_gadget<Fy: Fancy>(f: &mut Fy, a: &[Fy::Item], b: &[Fy::Item]) -> Vec
     let neg = f.xor(&x, &ge_t2);
     let pos = f.not(&neg);
 
-    let mut out: Vec<Fy::Item> = sum.iter().map(|s| f.and(&pos, s)).collect();
+    if shift == 0 {
+        // ReLU(y) ≡ pos·(s' − K): weights 2^j and −K.
+        let mut out: Vec<Fy::Item> = sum.iter().map(|s| f.and(&pos, s)).collect();
+        out.push(pos);
+        return out;
+    }
+    // With W = s'_41: if W, y = s' − 2^41 (as p + K = 2^41) and y >> f is
+    // bits f..40 of s'; otherwise y = (s' + 1) − 2^37 and
+    // y >> f = (s' >> f) + [low f bits of s' all ones] − 2^(37−f). Hence
+    // ReLU(y) >> f = pos·(Σ_{j=f}^{40} 2^(j−f) s'_j + (¬W ∧ c) − 2^(37−f) + 2^(37−f)·W).
+    let sh = shift as usize;
+    let mut out: Vec<Fy::Item> = sum[sh..].iter().map(|s| f.and(&pos, s)).collect();
+    let carry = f.and_all(&sum[..sh]);
+    let not_w = f.not(s41);
+    let c = f.and(&not_w, &carry);
+    out.push(f.and(&pos, &c));
     out.push(pos);
     out
 }
 
 /// The plaintext reference: ReLU on the field's signed reading.
 pub fn relu_reference(y: F) -> F {
+    relu_trunc_reference(y, 0)
+}
+
+/// The plaintext reference with truncation: ReLU(y) >> shift.
+pub fn relu_trunc_reference(y: F, shift: u32) -> F {
     if y.value() >= HALF {
         F::ZERO
     } else {
-        y
+        F::from_u64(y.value() >> shift)
     }
 }
 
@@ -134,6 +170,7 @@ pub fn server_bits(b: F) -> [bool; SERVER_BITS] {
 pub struct ReluCircuit {
     circuit: Circuit,
     weights: Vec<F>,
+    shift: u32,
 }
 
 impl ReluCircuit {
@@ -142,9 +179,16 @@ impl ReluCircuit {
         &self.circuit
     }
 
-    /// Output j's weight: 2^j for the 42 masked sum bits, −K for `pos`.
+    /// The output weights. Shift 0: 2^j for the 42 masked sum bits, −K for
+    /// `pos`. Shift f: 2^(j−f) for bits j = f..40, 2^(37−f) for bit 41,
+    /// 1 for the carry term, −2^(37−f) for `pos`.
     pub fn weights(&self) -> &[F] {
         &self.weights
+    }
+
+    /// The truncation this circuit applies after ReLU.
+    pub fn shift(&self) -> u32 {
+        self.shift
     }
 
     /// Combines plaintext output bits into ReLU(y).
@@ -156,14 +200,34 @@ impl ReluCircuit {
     }
 }
 
-/// The ReLU circuit, recorded once.
-pub fn relu_circuit() -> &'static ReluCircuit {
-    static C: OnceLock<ReluCircuit> = OnceLock::new();
-    C.get_or_init(|| {
-        let circuit = Circuit::record(CLIENT_BITS, SERVER_BITS, relu_gadget);
-        let mut weights: Vec<F> = (0..42).map(|j| F::from_u64(1 << j)).collect();
-        weights.push(-F::from_u64(CLIENT_OFFSET));
-        ReluCircuit { circuit, weights }
+/// The ReLU circuit that truncates by `shift` bits, recorded once per shift.
+///
+/// # Panics
+/// If `shift` exceeds [`MAX_SHIFT`].
+pub fn relu_circuit(shift: u32) -> &'static ReluCircuit {
+    static C: [OnceLock<ReluCircuit>; MAX_SHIFT as usize + 1] =
+        [const { OnceLock::new() }; MAX_SHIFT as usize + 1];
+    assert!(shift <= MAX_SHIFT, "shift {shift} above {MAX_SHIFT}");
+    C[shift as usize].get_or_init(|| {
+        let circuit = Circuit::record(CLIENT_BITS, SERVER_BITS, |f, a, b| {
+            relu_gadget(f, a, b, shift)
+        });
+        let weights: Vec<F> = if shift == 0 {
+            let mut w: Vec<F> = (0..42).map(|j| F::from_u64(1 << j)).collect();
+            w.push(-F::from_u64(CLIENT_OFFSET));
+            w
+        } else {
+            let mut w: Vec<F> = (shift..41).map(|j| F::from_u64(1 << (j - shift))).collect();
+            w.push(F::from_u64(1 << (37 - shift)));
+            w.push(F::ONE);
+            w.push(-F::from_u64(1 << (37 - shift)));
+            w
+        };
+        ReluCircuit {
+            circuit,
+            weights,
+            shift,
+        }
     })
 }
 
@@ -184,6 +248,7 @@ struct ServerSecrets {
 /// Client's half of an offline ReLU bundle.
 pub struct ClientReluBundle {
     n: usize,
+    shift: u32,
     inner: Option<ClientSecrets>,
 }
 
@@ -214,6 +279,15 @@ impl fmt::Debug for ClientReluBundle {
     }
 }
 
+fn check_shift(shift: u32) -> Result<()> {
+    if shift > MAX_SHIFT {
+        return Err(Error::InvalidArgument(format!(
+            "ReLU truncation of {shift} bits (at most {MAX_SHIFT})"
+        )));
+    }
+    Ok(())
+}
+
 fn check_count(n: usize) -> Result<()> {
     if n == 0 || n > MAX_RELUS {
         return Err(Error::InvalidArgument(format!(
@@ -227,10 +301,13 @@ fn check_count(n: usize) -> Result<()> {
 pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
     ch: &mut C,
     n: usize,
+    shift: u32,
     rng: &mut R,
 ) -> Result<ServerReluBundle> {
     check_count(n)?;
+    check_shift(shift)?;
     ch.agree_u64("ReLU count", n as u64)?;
+    ch.agree_u64("ReLU truncation", shift as u64)?;
     let mut id = [0u8; 16];
     rng.fill_bytes(&mut id);
     let hash_key = Block::random(rng);
@@ -241,7 +318,7 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
     let ev_zero = cot.send(ch, n * CLIENT_BITS)?;
     let delta = cot.delta();
 
-    let rc = relu_circuit();
+    let rc = relu_circuit(shift);
     let no = rc.circuit.outputs();
     let label_seed = Block::random(rng);
     let mut prg = AesPrg::new(label_seed);
@@ -296,11 +373,14 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
 pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     ch: &mut C,
     shares: &[F],
+    shift: u32,
     rng: &mut R,
 ) -> Result<ClientReluBundle> {
     let n = shares.len();
     check_count(n)?;
+    check_shift(shift)?;
     ch.agree_u64("ReLU count", n as u64)?;
+    ch.agree_u64("ReLU truncation", shift as u64)?;
     let mut id = [0u8; 16];
     ch.recv_bytes(&mut id)?;
     let hash_key = ch.recv_block()?;
@@ -309,7 +389,7 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     let labels = cot.receive(ch, &choices)?;
     choices.zeroize();
 
-    let rc = relu_circuit();
+    let rc = relu_circuit(shift);
     let no = rc.circuit.outputs();
     let per = 2 * rc.circuit.and_gates();
     let mut tables = vec![Block::ZERO; n * per];
@@ -321,6 +401,7 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     }
     Ok(ClientReluBundle {
         n,
+        shift,
         inner: Some(ClientSecrets {
             id,
             hash_key,
@@ -397,7 +478,7 @@ impl ClientReluBundle {
                 what: "online message belongs to a different offline bundle",
             });
         }
-        let rc = relu_circuit();
+        let rc = relu_circuit(self.shift);
         let no = rc.circuit.outputs();
         let per = 2 * rc.circuit.and_gates();
         let mut ev = Evaluator::new(&rc.circuit, s.hash_key);
@@ -486,27 +567,34 @@ mod tests {
         let mut c = GateCounter::default();
         let a = vec![(); CLIENT_BITS];
         let b = vec![(); SERVER_BITS];
-        let outs = relu_gadget(&mut c, &a, &b);
+        let outs = relu_gadget(&mut c, &a, &b, 0);
         assert_eq!(outs.len(), 43);
         assert_eq!(c.ands, 131);
-        assert_eq!(relu_circuit().circuit().and_gates(), 131);
+        assert_eq!(relu_circuit(0).circuit().and_gates(), 131);
+        assert_eq!(relu_circuit(8).circuit().and_gates(), 132);
+        for shift in 0..=MAX_SHIFT {
+            let rc = relu_circuit(shift);
+            assert_eq!(rc.weights().len(), rc.circuit().outputs());
+        }
     }
 
     #[test]
     fn plaintext_interpreters_agree_with_relu_on_edges() {
-        let rc = relu_circuit();
-        for y in edge_values() {
-            for (a, b) in splits(y) {
-                let ab = client_bits(a);
-                let bb = server_bits(b);
-                let direct = relu_gadget(&mut PlainEval, &ab, &bb);
-                let recorded = rc.circuit().eval_plain(&ab, &bb);
-                assert_eq!(direct, recorded);
-                assert_eq!(
-                    rc.combine(&direct),
-                    relu_reference(a + b),
-                    "y = {y}, a = {a:?}"
-                );
+        for shift in [0, 1, 8, 13, MAX_SHIFT] {
+            let rc = relu_circuit(shift);
+            for y in edge_values() {
+                for (a, b) in splits(y) {
+                    let ab = client_bits(a);
+                    let bb = server_bits(b);
+                    let direct = relu_gadget(&mut PlainEval, &ab, &bb, shift);
+                    let recorded = rc.circuit().eval_plain(&ab, &bb);
+                    assert_eq!(direct, recorded);
+                    assert_eq!(
+                        rc.combine(&direct),
+                        relu_trunc_reference(a + b, shift),
+                        "y = {y}, a = {a:?}, shift = {shift}"
+                    );
+                }
             }
         }
     }
@@ -535,24 +623,30 @@ mod tests {
         let (mut sc, mut cc) = MemChannel::pair();
         let server = std::thread::spawn(move || {
             let mut rng = crate::block::SecretRng::seed_from_u64(21);
-            let mut bundle = server_offline(&mut sc, n, &mut rng).unwrap();
+            let mut bundle = server_offline(&mut sc, n, 8, &mut rng).unwrap();
             bundle.online(&mut sc, &b_shares).unwrap()
         });
         let mut rng = crate::block::SecretRng::seed_from_u64(22);
-        let mut bundle = client_offline(&mut cc, &a_shares, &mut rng).unwrap();
+        let mut bundle = client_offline(&mut cc, &a_shares, 8, &mut rng).unwrap();
         let out = bundle.online(&mut cc).unwrap();
         let rho = server.join().unwrap();
         for i in 0..n {
-            assert_eq!(out[i] + rho[i], relu_reference(ys[i]), "y = {:?}", ys[i]);
+            assert_eq!(
+                out[i] + rho[i],
+                relu_trunc_reference(ys[i], 8),
+                "y = {:?}",
+                ys[i]
+            );
         }
     }
 
     proptest::proptest! {
         #[test]
-        fn plaintext_circuit_is_relu(a in 0..P, b in 0..P) {
+        fn plaintext_circuit_is_relu(a in 0..P, b in 0..P, shift in 0..=MAX_SHIFT) {
             let (a, b) = (F::from_u64(a), F::from_u64(b));
-            let bits = relu_circuit().circuit().eval_plain(&client_bits(a), &server_bits(b));
-            proptest::prop_assert_eq!(relu_circuit().combine(&bits), relu_reference(a + b));
+            let rc = relu_circuit(shift);
+            let bits = rc.circuit().eval_plain(&client_bits(a), &server_bits(b));
+            proptest::prop_assert_eq!(rc.combine(&bits), relu_trunc_reference(a + b, shift));
         }
     }
 }

@@ -26,7 +26,7 @@ fn run(client_shares: Vec<F>, server_shares: Vec<F>) -> (Vec<F>, Vec<F>) {
     let server = thread::spawn(move || {
         let mut ch = s;
         let mut rng = SecretRng::seed_from_u64(1);
-        let mut bundle = server_offline(&mut ch, n, &mut rng).unwrap();
+        let mut bundle = server_offline(&mut ch, n, 0, &mut rng).unwrap();
         let rho = bundle.online(&mut ch, &server_shares).unwrap();
         // A second online run of the same bundle must be refused.
         assert!(matches!(
@@ -37,7 +37,7 @@ fn run(client_shares: Vec<F>, server_shares: Vec<F>) -> (Vec<F>, Vec<F>) {
     });
     let mut ch = c;
     let mut rng = SecretRng::seed_from_u64(2);
-    let mut bundle = client_offline(&mut ch, &client_shares, &mut rng).unwrap();
+    let mut bundle = client_offline(&mut ch, &client_shares, 0, &mut rng).unwrap();
     let out = bundle.online(&mut ch).unwrap();
     assert!(matches!(bundle.online(&mut ch), Err(Error::BundleConsumed)));
     (out, server.join().unwrap())
@@ -93,14 +93,14 @@ fn online_traffic_is_one_label_per_server_bit() {
     let server = thread::spawn(move || {
         let mut ch = Counting::new(s);
         let mut rng = SecretRng::seed_from_u64(4);
-        let mut bundle = server_offline(&mut ch, n, &mut rng).unwrap();
+        let mut bundle = server_offline(&mut ch, n, 0, &mut rng).unwrap();
         let before = ch.stats();
         bundle.online(&mut ch, &vec![F::ZERO; n]).unwrap();
         ch.stats().since(&before)
     });
     let mut ch = Counting::new(c);
     let mut rng = SecretRng::seed_from_u64(5);
-    let mut bundle = client_offline(&mut ch, &vec![F::ONE; n], &mut rng).unwrap();
+    let mut bundle = client_offline(&mut ch, &vec![F::ONE; n], 0, &mut rng).unwrap();
     let before = ch.stats();
     bundle.online(&mut ch).unwrap();
     let client = ch.stats().since(&before);
@@ -116,10 +116,10 @@ fn mismatched_bundle_is_rejected_and_dropped_peer_is_an_error() {
     let (s, c) = tcp_pair();
     let h = thread::spawn(move || {
         let mut ch = s;
-        server_offline(&mut ch, 10, &mut SecretRng::seed_from_u64(6)).map(|_| ())
+        server_offline(&mut ch, 10, 0, &mut SecretRng::seed_from_u64(6)).map(|_| ())
     });
     let mut ch = c;
-    let r = client_offline(&mut ch, &[F::ZERO; 11], &mut SecretRng::seed_from_u64(7));
+    let r = client_offline(&mut ch, &[F::ZERO; 11], 0, &mut SecretRng::seed_from_u64(7));
     assert!(matches!(
         r,
         Err(Error::Mismatch {
@@ -134,13 +134,13 @@ fn mismatched_bundle_is_rejected_and_dropped_peer_is_an_error() {
     let (s, c) = tcp_pair();
     let h = thread::spawn(move || {
         let mut ch = s;
-        let b = server_offline(&mut ch, 40, &mut SecretRng::seed_from_u64(8)).unwrap();
+        let b = server_offline(&mut ch, 40, 0, &mut SecretRng::seed_from_u64(8)).unwrap();
         drop(b);
         drop(ch);
     });
     let mut ch = c;
     let mut bundle =
-        client_offline(&mut ch, &[F::ZERO; 40], &mut SecretRng::seed_from_u64(9)).unwrap();
+        client_offline(&mut ch, &[F::ZERO; 40], 0, &mut SecretRng::seed_from_u64(9)).unwrap();
     h.join().unwrap();
     assert!(matches!(bundle.online(&mut ch), Err(Error::Closed)));
     let _ = ch.flush();
