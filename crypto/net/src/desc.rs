@@ -1,0 +1,778 @@
+//! The network description format (version 1).
+//!
+//! A description is JSON:
+//!
+//! ```json
+//! {
+//!   "format": "delphi-network",
+//!   "version": 1,
+//!   "name": "small-cnn",
+//!   "input": { "channels": 1, "height": 28, "width": 28 },
+//!   "fixed_point": { "frac_bits": 8 },
+//!   "layers": [
+//!     { "type": "conv2d", "out_channels": 16, "kernel": 3, "stride": 1, "padding": "same",
+//!       "bias": true, "weight": [ ... ], "bias_values": [ ... ] },
+//!     { "type": "batch_norm", "eps": 1e-5, "gamma": [..], "beta": [..], "mean": [..], "var": [..] },
+//!     { "type": "activation", "kind": "relu" },
+//!     { "type": "activation", "kind": "quad", "a": 0.2, "b": 0.5, "c": 0.2 },
+//!     { "type": "avg_pool", "kernel": 2, "stride": 2 },
+//!     { "type": "conv2d", "input": 2, ... },
+//!     { "type": "residual", "from": 4 },
+//!     { "type": "flatten" },
+//!     { "type": "dense", "out_features": 10, "bias": true, "weight": [ ... ], "bias_values": [ ... ] }
+//!   ],
+//!   "weights_file": null,
+//!   "metadata": { "dataset": "fashion-mnist" }
+//! }
+//! ```
+//!
+//! Layers run in order; each reads the previous layer's output unless it
+//! names another earlier layer in `input` (a shortcut branch). `residual`
+//! adds the output of layer `from` to its input. Tensors are CHW; conv
+//! weights are `[out][in][kh][kw]`, dense weights `[out][in]`, flattening is
+//! in CHW order. `padding: "same"` pads (k−1)/2 on every side (odd kernels),
+//! `"valid"` pads nothing. Weights are inline, or in a safetensors sidecar
+//! named by `weights_file` (tensors `layers.<i>.<field>`, f32) — then the
+//! inline arrays are empty. Batch norm folds into the conv or dense layer it
+//! follows. Quadratic coefficients are part of the architecture and are
+//! known to the client.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{layer_err, NetError, Result};
+
+/// The `format` field's value.
+pub const FORMAT: &str = "delphi-network";
+/// The format version this build reads and writes.
+pub const VERSION: u32 = 1;
+/// The largest description file read (inline weights included): 1 GiB.
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// A tensor shape: channels × height × width (a flat vector is n × 1 × 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    /// Channels.
+    pub channels: usize,
+    /// Height.
+    pub height: usize,
+    /// Width.
+    pub width: usize,
+}
+
+impl Shape {
+    /// A CHW shape.
+    pub const fn new(channels: usize, height: usize, width: usize) -> Self {
+        Shape {
+            channels,
+            height,
+            width,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// Whether the shape holds no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}×{}×{}", self.channels, self.height, self.width)
+    }
+}
+
+/// Convolution padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Padding {
+    /// (k − 1)/2 on every side.
+    Same,
+    /// No padding.
+    Valid,
+}
+
+/// An activation function.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Activation {
+    /// max(x, 0), run as a garbled circuit.
+    Relu,
+    /// a·x² + b·x + c, run with a Beaver multiplication.
+    Quad {
+        /// Coefficient of x².
+        a: f32,
+        /// Coefficient of x.
+        b: f32,
+        /// Constant.
+        c: f32,
+    },
+}
+
+impl Activation {
+    /// The default quadratic, 0.2·x² + 0.5·x + 0.2 (close to ReLU on [−2, 2]).
+    pub const DEFAULT_QUAD: Activation = Activation::Quad {
+        a: 0.2,
+        b: 0.5,
+        c: 0.2,
+    };
+
+    /// Whether this is a ReLU.
+    pub fn is_relu(&self) -> bool {
+        matches!(self, Activation::Relu)
+    }
+}
+
+/// One layer's operation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Op {
+    /// 2-D convolution.
+    Conv2d {
+        /// Output channels.
+        out_channels: usize,
+        /// Square kernel size.
+        kernel: usize,
+        /// Stride (1 or 2).
+        stride: usize,
+        /// Padding.
+        padding: Padding,
+        /// Whether the layer has a bias.
+        bias: bool,
+        /// Weights `[out][in][kh][kw]` (empty when in the sidecar).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        weight: Vec<f32>,
+        /// Bias values `[out]` (empty when in the sidecar or without bias).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        bias_values: Vec<f32>,
+    },
+    /// Fully connected layer on a flat input.
+    Dense {
+        /// Output features.
+        out_features: usize,
+        /// Whether the layer has a bias.
+        bias: bool,
+        /// Weights `[out][in]`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        weight: Vec<f32>,
+        /// Bias values `[out]`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        bias_values: Vec<f32>,
+    },
+    /// Average pooling over square windows (no padding).
+    AvgPool {
+        /// Window size.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+    },
+    /// Batch normalisation (inference form), folded into the preceding linear layer.
+    BatchNorm {
+        /// Numerical epsilon.
+        eps: f32,
+        /// Scale per channel.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        gamma: Vec<f32>,
+        /// Shift per channel.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        beta: Vec<f32>,
+        /// Running mean per channel.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        mean: Vec<f32>,
+        /// Running variance per channel.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        var: Vec<f32>,
+    },
+    /// Adds the output of layer `from` to this layer's input.
+    Residual {
+        /// The earlier layer whose output is added.
+        from: usize,
+    },
+    /// CHW → flat vector.
+    Flatten,
+    /// An activation.
+    Activation(Activation),
+}
+
+impl Op {
+    /// The layer type's name as written in the file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Conv2d { .. } => "conv2d",
+            Op::Dense { .. } => "dense",
+            Op::AvgPool { .. } => "avg_pool",
+            Op::BatchNorm { .. } => "batch_norm",
+            Op::Residual { .. } => "residual",
+            Op::Flatten => "flatten",
+            Op::Activation(Activation::Relu) => "relu",
+            Op::Activation(Activation::Quad { .. }) => "quad",
+        }
+    }
+
+    /// The named parameter tensors of this layer (for the sidecar).
+    fn tensors_mut(&mut self) -> Vec<(&'static str, &mut Vec<f32>)> {
+        match self {
+            Op::Conv2d {
+                weight,
+                bias_values,
+                ..
+            }
+            | Op::Dense {
+                weight,
+                bias_values,
+                ..
+            } => {
+                vec![("weight", weight), ("bias_values", bias_values)]
+            }
+            Op::BatchNorm {
+                gamma,
+                beta,
+                mean,
+                var,
+                ..
+            } => {
+                vec![
+                    ("gamma", gamma),
+                    ("beta", beta),
+                    ("mean", mean),
+                    ("var", var),
+                ]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A layer: an operation and, optionally, which earlier layer it reads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Layer {
+    /// The operation.
+    #[serde(flatten)]
+    pub op: Op,
+    /// The layer whose output this layer reads (default: the previous one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<usize>,
+}
+
+impl Layer {
+    /// A layer reading the previous layer's output.
+    pub fn new(op: Op) -> Self {
+        Layer { op, input: None }
+    }
+}
+
+/// Fixed-point parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FixedPointSpec {
+    /// Fractional bits of activations and weights.
+    pub frac_bits: u32,
+}
+
+/// Free-form facts about where a description came from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// Dataset the network was trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    /// Test accuracy in floating point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy_float: Option<f64>,
+    /// Test accuracy in fixed point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy_fixed: Option<f64>,
+    /// Predicted cost, as the cost model wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_cost: Option<serde_json::Value>,
+    /// The planner run that produced the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planner_run: Option<String>,
+    /// Anything else.
+    #[serde(default, flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// A network description.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Network {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// The format version.
+    pub version: u32,
+    /// A name for people.
+    pub name: String,
+    /// The input's shape.
+    pub input: Shape,
+    /// Fixed-point parameters.
+    pub fixed_point: FixedPointSpec,
+    /// The layers, in order.
+    pub layers: Vec<Layer>,
+    /// Safetensors sidecar holding the weights, relative to the description file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_file: Option<String>,
+    /// Provenance.
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+/// Where weights go when saving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightStorage {
+    /// Inside the JSON.
+    Inline,
+    /// In a `.safetensors` file beside the JSON.
+    Sidecar,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NetError + '_ {
+    move |source| NetError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Network {
+    /// An empty network on `input` with `frac_bits` fractional bits.
+    pub fn new(name: &str, input: Shape, frac_bits: u32) -> Self {
+        Network {
+            format: FORMAT.into(),
+            version: VERSION,
+            name: name.into(),
+            input,
+            fixed_point: FixedPointSpec { frac_bits },
+            layers: Vec::new(),
+            weights_file: None,
+            metadata: Metadata::default(),
+        }
+    }
+
+    /// Appends a layer; returns its index.
+    pub fn push(&mut self, op: Op) -> usize {
+        self.layers.push(Layer::new(op));
+        self.layers.len() - 1
+    }
+
+    /// Appends a layer reading the output of `input`; returns its index.
+    pub fn push_from(&mut self, input: usize, op: Op) -> usize {
+        self.layers.push(Layer {
+            op,
+            input: Some(input),
+        });
+        self.layers.len() - 1
+    }
+
+    /// Indices of the activation layers, in order.
+    pub fn activation_layers(&self) -> Vec<usize> {
+        self.layers
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| matches!(l.op, Op::Activation(_)))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Parses a description from JSON text (weights must be inline).
+    pub fn from_json(text: &str) -> std::result::Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// Loads and validates a description, reading its sidecar if it names one.
+    pub fn load(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).map_err(io_err(path))?;
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(NetError::Invalid(format!(
+                "{} is {} bytes (at most {MAX_FILE_BYTES})",
+                path.display(),
+                meta.len()
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        // Check the header first so an unknown version is reported as such.
+        #[derive(Deserialize)]
+        struct Header {
+            format: Option<String>,
+            version: Option<u32>,
+        }
+        let header: Header = serde_json::from_str(&text).map_err(|source| NetError::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if header.format.as_deref() != Some(FORMAT) {
+            return Err(NetError::Invalid(format!(
+                "{}: \"format\" must be \"{FORMAT}\"",
+                path.display()
+            )));
+        }
+        match header.version {
+            Some(VERSION) => {}
+            Some(found) => {
+                return Err(NetError::Version {
+                    found,
+                    supported: VERSION,
+                })
+            }
+            None => {
+                return Err(NetError::Invalid(format!(
+                    "{}: no \"version\"",
+                    path.display()
+                )))
+            }
+        }
+        let mut net: Network = serde_json::from_str(&text).map_err(|source| NetError::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if let Some(w) = net.weights_file.clone() {
+            let side = path.parent().unwrap_or(Path::new(".")).join(&w);
+            net.read_sidecar(&side)?;
+        }
+        net.validate()?;
+        Ok(net)
+    }
+
+    /// Saves the description (validated first).
+    pub fn save(&self, path: &Path, storage: WeightStorage) -> Result<()> {
+        self.validate()?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        let mut out = self.clone();
+        match storage {
+            WeightStorage::Inline => out.weights_file = None,
+            WeightStorage::Sidecar => {
+                let side: PathBuf = path.with_extension("safetensors");
+                let name = side
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .ok_or_else(|| {
+                        NetError::Invalid(format!("{}: no file name", path.display()))
+                    })?;
+                out.write_sidecar(&side)?;
+                out.weights_file = Some(name);
+            }
+        }
+        let json = serde_json::to_string(&out).map_err(|e| NetError::Invalid(e.to_string()))?;
+        std::fs::write(path, json).map_err(io_err(path))
+    }
+
+    /// Moves every parameter tensor into a safetensors file (and empties them here).
+    fn write_sidecar(&mut self, path: &Path) -> Result<()> {
+        let mut tensors: Vec<(String, Vec<u8>, usize)> = Vec::new();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for (name, t) in layer.op.tensors_mut() {
+                if t.is_empty() {
+                    continue;
+                }
+                let bytes: Vec<u8> = t.iter().flat_map(|v| v.to_le_bytes()).collect();
+                tensors.push((format!("layers.{i}.{name}"), bytes, t.len()));
+                t.clear();
+            }
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+            .iter()
+            .map(|(n, b, len)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![*len], b)
+                    .map(|v| (n.clone(), v))
+                    .map_err(|e| NetError::Weights {
+                        path: path.to_path_buf(),
+                        reason: e.to_string(),
+                    })
+            })
+            .collect::<Result<_>>()?;
+        safetensors::serialize_to_file(views, None, path).map_err(|e| NetError::Weights {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Fills parameter tensors from a safetensors file.
+    fn read_sidecar(&mut self, path: &Path) -> Result<()> {
+        let bad = |reason: String| NetError::Weights {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let meta = std::fs::metadata(path).map_err(io_err(path))?;
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(bad(format!(
+                "{} bytes (at most {MAX_FILE_BYTES})",
+                meta.len()
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(io_err(path))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for (name, t) in layer.op.tensors_mut() {
+                let key = format!("layers.{i}.{name}");
+                let Ok(view) = st.tensor(&key) else { continue };
+                if view.dtype() != safetensors::Dtype::F32 {
+                    return Err(bad(format!("{key} is {:?}, not F32", view.dtype())));
+                }
+                *t = view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the engine can run this description and returns every
+    /// layer's output shape. Errors name the layer and the reason.
+    pub fn validate(&self) -> Result<Vec<Shape>> {
+        if self.format != FORMAT {
+            return Err(NetError::Invalid(format!(
+                "\"format\" must be \"{FORMAT}\""
+            )));
+        }
+        if self.version != VERSION {
+            return Err(NetError::Version {
+                found: self.version,
+                supported: VERSION,
+            });
+        }
+        if self.fixed_point.frac_bits == 0 || self.fixed_point.frac_bits > 16 {
+            return Err(NetError::Invalid(format!(
+                "frac_bits {} (1 to 16: products carry twice as many)",
+                self.fixed_point.frac_bits
+            )));
+        }
+        if self.input.is_empty() {
+            return Err(NetError::Invalid("the input shape is empty".into()));
+        }
+        if self.layers.is_empty() {
+            return Err(NetError::Invalid("no layers".into()));
+        }
+        let mut shapes: Vec<Shape> = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let kind = layer.op.kind();
+            let err = |reason: String| layer_err(i, kind, reason);
+            let src = match layer.input {
+                Some(j) if j >= i => {
+                    return Err(err(format!("input {j} is not an earlier layer")));
+                }
+                Some(j) => Some(j),
+                None => i.checked_sub(1),
+            };
+            let x = src.map(|j| shapes[j]).unwrap_or(self.input);
+            let out = match &layer.op {
+                Op::Conv2d {
+                    out_channels,
+                    kernel,
+                    stride,
+                    padding,
+                    bias,
+                    weight,
+                    bias_values,
+                } => {
+                    if *stride != 1 && *stride != 2 {
+                        return Err(err(format!("stride {stride} unsupported (1 or 2)")));
+                    }
+                    if *kernel == 0 || *out_channels == 0 {
+                        return Err(err("kernel and out_channels must be positive".into()));
+                    }
+                    let pad = match padding {
+                        Padding::Same if kernel % 2 == 0 => {
+                            return Err(err(format!(
+                                "\"same\" padding needs an odd kernel, not {kernel}"
+                            )));
+                        }
+                        Padding::Same => (kernel - 1) / 2,
+                        Padding::Valid => 0,
+                    };
+                    if x.height + 2 * pad < *kernel || x.width + 2 * pad < *kernel {
+                        return Err(err(format!(
+                            "kernel {kernel} larger than the padded input {x}"
+                        )));
+                    }
+                    let want = out_channels * x.channels * kernel * kernel;
+                    if weight.len() != want {
+                        return Err(err(format!(
+                            "weights of the wrong size: {} values, expected {want} ({out_channels}×{}×{kernel}×{kernel})",
+                            weight.len(),
+                            x.channels
+                        )));
+                    }
+                    check_bias(*bias, bias_values, *out_channels).map_err(err)?;
+                    Shape::new(
+                        *out_channels,
+                        (x.height + 2 * pad - kernel) / stride + 1,
+                        (x.width + 2 * pad - kernel) / stride + 1,
+                    )
+                }
+                Op::Dense {
+                    out_features,
+                    bias,
+                    weight,
+                    bias_values,
+                } => {
+                    if x.height != 1 || x.width != 1 {
+                        return Err(err(format!("input {x} is not flat (add a flatten layer)")));
+                    }
+                    if *out_features == 0 {
+                        return Err(err("out_features must be positive".into()));
+                    }
+                    let want = out_features * x.channels;
+                    if weight.len() != want {
+                        return Err(err(format!(
+                            "weights of the wrong size: {} values, expected {want} ({out_features}×{})",
+                            weight.len(),
+                            x.channels
+                        )));
+                    }
+                    check_bias(*bias, bias_values, *out_features).map_err(err)?;
+                    Shape::new(*out_features, 1, 1)
+                }
+                Op::AvgPool { kernel, stride } => {
+                    if *kernel == 0 || *stride == 0 {
+                        return Err(err("kernel and stride must be positive".into()));
+                    }
+                    if x.height < *kernel || x.width < *kernel {
+                        return Err(err(format!("window {kernel} larger than the input {x}")));
+                    }
+                    Shape::new(
+                        x.channels,
+                        (x.height - kernel) / stride + 1,
+                        (x.width - kernel) / stride + 1,
+                    )
+                }
+                Op::BatchNorm {
+                    eps,
+                    gamma,
+                    beta,
+                    mean,
+                    var,
+                } => {
+                    let prev = src.map(|j| &self.layers[j].op);
+                    if !matches!(prev, Some(Op::Conv2d { .. } | Op::Dense { .. })) {
+                        return Err(err(
+                            "batch norm must read a conv2d or dense layer (it is folded into it)"
+                                .into(),
+                        ));
+                    }
+                    if let Some(j) = src {
+                        if self.readers(j) > 1 {
+                            return Err(err(format!(
+                                "layer {j} is also read elsewhere, so this batch norm cannot be folded into it"
+                            )));
+                        }
+                    }
+                    for (name, v) in [
+                        ("gamma", gamma),
+                        ("beta", beta),
+                        ("mean", mean),
+                        ("var", var),
+                    ] {
+                        if v.len() != x.channels {
+                            return Err(err(format!(
+                                "{name} has {} values for {} channels",
+                                v.len(),
+                                x.channels
+                            )));
+                        }
+                    }
+                    if eps.is_nan()
+                        || *eps < 0.0
+                        || var.iter().any(|v| (*v + eps).is_nan() || *v + eps <= 0.0)
+                    {
+                        return Err(err("variance + eps must be positive".into()));
+                    }
+                    x
+                }
+                Op::Residual { from } => {
+                    if *from >= i {
+                        return Err(err(format!(
+                            "residual points forward (from {from}, at layer {i})"
+                        )));
+                    }
+                    if shapes[*from] != x {
+                        return Err(err(format!(
+                            "shape mismatch: input {x} but layer {from} gives {}",
+                            shapes[*from]
+                        )));
+                    }
+                    x
+                }
+                Op::Flatten => Shape::new(x.len(), 1, 1),
+                Op::Activation(Activation::Quad { a, b, c }) => {
+                    if ![a, b, c].iter().all(|v| v.is_finite()) {
+                        return Err(err("quadratic coefficients must be finite".into()));
+                    }
+                    x
+                }
+                Op::Activation(Activation::Relu) => x,
+            };
+            for v in layer_values(&layer.op) {
+                if !v.is_finite() {
+                    return Err(err("a parameter is not finite".into()));
+                }
+            }
+            shapes.push(out);
+        }
+        Ok(shapes)
+    }
+
+    /// How many layers read the output of layer `j` (as input or residual).
+    pub fn readers(&self, j: usize) -> usize {
+        self.layers
+            .iter()
+            .enumerate()
+            .filter(|(i, l)| {
+                let reads = l.input.unwrap_or(i.wrapping_sub(1)) == j;
+                let adds = matches!(l.op, Op::Residual { from } if from == j);
+                reads || adds
+            })
+            .count()
+    }
+
+    /// The output shape (validates).
+    pub fn output_shape(&self) -> Result<Shape> {
+        let shapes = self.validate()?;
+        shapes
+            .last()
+            .copied()
+            .ok_or_else(|| NetError::Invalid("no layers".into()))
+    }
+}
+
+fn layer_values(op: &Op) -> impl Iterator<Item = &f32> {
+    let slices: Vec<&[f32]> = match op {
+        Op::Conv2d {
+            weight,
+            bias_values,
+            ..
+        }
+        | Op::Dense {
+            weight,
+            bias_values,
+            ..
+        } => {
+            vec![weight, bias_values]
+        }
+        Op::BatchNorm {
+            gamma,
+            beta,
+            mean,
+            var,
+            ..
+        } => vec![gamma, beta, mean, var],
+        _ => Vec::new(),
+    };
+    slices.into_iter().flatten()
+}
+
+fn check_bias(bias: bool, values: &[f32], n: usize) -> std::result::Result<(), String> {
+    match (bias, values.len()) {
+        (true, len) if len != n => Err(format!(
+            "bias of the wrong size: {len} values, expected {n}"
+        )),
+        (false, len) if len != 0 => Err(format!("{len} bias values but \"bias\": false")),
+        _ => Ok(()),
+    }
+}

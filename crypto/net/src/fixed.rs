@@ -1,0 +1,498 @@
+//! Lowering to the fixed-point program the protocol runs, and its plaintext
+//! reference evaluator.
+//!
+//! Values are field elements read as signed fixed-point numbers with f
+//! fractional bits ("scale 1") or 2f ("scale 2"). The rules, shared by the
+//! reference and the two-party protocol so that they agree bit for bit:
+//!
+//! * a linear layer (conv or dense, batch norm folded in) takes its input at
+//!   scale 1 and produces scale 2: weights are round(w·2^f), biases
+//!   round(b·d·2^2f) where d is the input's pending divisor (below);
+//! * average pooling is a window *sum* (local, exact); the 1/k² it owes is
+//!   carried as a pending divisor d through ReLUs and linear layers and
+//!   divided out when the logits are decoded, so no precision is lost;
+//! * a ReLU takes scale 1 or 2 and returns scale 1: after a linear layer the
+//!   garbled circuit truncates by f bits exactly (`Relu { shift: f }`);
+//! * a quadratic a·x² + b·x + c takes scale 1 (d = 1) and returns scale 2:
+//!   x² is truncated once (`Trunc` inside), a and b are encoded with f bits,
+//!   c with 2f;
+//! * where a value at scale 2 must enter a linear layer or a quadratic, a
+//!   `Trunc` node divides by 2^f (floor). In the protocol this is the only
+//!   probabilistic step (local share truncation: off by one with probability
+//!   about ½, badly wrong with probability ≈ |x|/p); all-ReLU networks have
+//!   no `Trunc` at all;
+//! * residual additions align the two operands (multiplying a scale-1
+//!   operand by 2^f, normalising pending divisors) and add.
+
+use delphi_crypto::field::{F, HALF, P};
+use delphi_crypto::relu::relu_trunc_reference;
+
+use crate::desc::{Activation, Network, Op, Padding, Shape};
+use crate::error::{layer_err, NetError, Result};
+use crate::linear::{sum_pool, LinearOp};
+
+/// One step of the fixed-point program.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FixedOp {
+    /// The client's input, encoded at scale 1.
+    Input,
+    /// A conv or dense layer: weights at scale 1, bias at scale 2 (times the divisor).
+    Linear {
+        /// Geometry.
+        op: LinearOp,
+        /// Integer weights `[out][in][k][k]`.
+        weight: Vec<i64>,
+        /// Integer biases `[out]`.
+        bias: Vec<i64>,
+    },
+    /// ReLU, then an exact floor division by 2^shift.
+    Relu {
+        /// Bits dropped.
+        shift: u32,
+    },
+    /// a·trunc(x²) + b·x + c.
+    Quad {
+        /// Coefficient of x², scale 1.
+        a: i64,
+        /// Coefficient of x, scale 1.
+        b: i64,
+        /// Constant, scale 2.
+        c: i64,
+    },
+    /// Floor division by 2^f (probabilistic in the protocol).
+    Trunc,
+    /// Multiplication by a public integer.
+    MulConst(i64),
+    /// Window sums.
+    SumPool {
+        /// Window.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+    },
+    /// Element-wise sum of the two inputs.
+    Add,
+}
+
+impl FixedOp {
+    /// A short name for reports.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FixedOp::Input => "input",
+            FixedOp::Linear { op, .. } if op.kernel == 1 && op.input.height == 1 => "dense",
+            FixedOp::Linear { .. } => "conv2d",
+            FixedOp::Relu { .. } => "relu",
+            FixedOp::Quad { .. } => "quad",
+            FixedOp::Trunc => "trunc",
+            FixedOp::MulConst(_) => "mul_const",
+            FixedOp::SumPool { .. } => "sum_pool",
+            FixedOp::Add => "add",
+        }
+    }
+}
+
+/// A node: an operation on earlier nodes' outputs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    /// The operation.
+    pub op: FixedOp,
+    /// The nodes it reads (one, or two for `Add`).
+    pub inputs: Vec<usize>,
+    /// Its output shape.
+    pub shape: Shape,
+    /// The description layer it comes from (none for the input).
+    pub layer: Option<usize>,
+}
+
+/// The fixed-point program of a network.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FixedProgram {
+    /// Fractional bits f.
+    pub frac_bits: u32,
+    /// Nodes in topological order; node 0 is the input.
+    pub nodes: Vec<Node>,
+    /// The node holding the logits.
+    pub output: usize,
+    /// The logits' scale (1 or 2, in units of f bits).
+    pub output_scale: u32,
+    /// The logits' pending divisor.
+    pub output_divisor: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Tensor {
+    node: usize,
+    scale: u32,
+    div: u64,
+    shape: Shape,
+}
+
+fn round_fixed(v: f64, bits: u32, index: usize, kind: &'static str) -> Result<i64> {
+    let x = (v * (1u64 << bits) as f64).round();
+    // Keep weights far from the field's range so that sums cannot wrap.
+    if !x.is_finite() || x.abs() > (1u64 << 36) as f64 {
+        return Err(layer_err(
+            index,
+            kind,
+            format!("parameter {v} too large for fixed point"),
+        ));
+    }
+    Ok(x as i64)
+}
+
+struct Lowering {
+    f: u32,
+    nodes: Vec<Node>,
+}
+
+impl Lowering {
+    fn push(&mut self, op: FixedOp, inputs: Vec<usize>, shape: Shape, layer: usize) -> usize {
+        self.nodes.push(Node {
+            op,
+            inputs,
+            shape,
+            layer: Some(layer),
+        });
+        self.nodes.len() - 1
+    }
+
+    /// Brings a tensor to scale 1 with no pending divisor.
+    fn normalize(&mut self, mut t: Tensor, layer: usize) -> Tensor {
+        if t.div > 1 {
+            let m = ((1u64 << self.f) as f64 / t.div as f64).round() as i64;
+            t.node = self.push(FixedOp::MulConst(m), vec![t.node], t.shape, layer);
+            t.scale += 1;
+            t.div = 1;
+        }
+        while t.scale > 1 {
+            t.node = self.push(FixedOp::Trunc, vec![t.node], t.shape, layer);
+            t.scale -= 1;
+        }
+        t
+    }
+
+    /// Brings a tensor to scale 1, keeping its divisor.
+    fn rescale_to_1(&mut self, mut t: Tensor, layer: usize) -> Tensor {
+        while t.scale > 1 {
+            t.node = self.push(FixedOp::Trunc, vec![t.node], t.shape, layer);
+            t.scale -= 1;
+        }
+        t
+    }
+}
+
+impl FixedProgram {
+    /// Lowers a (validated) network.
+    pub fn lower(net: &Network) -> Result<FixedProgram> {
+        let shapes = net.validate()?;
+        let f = net.fixed_point.frac_bits;
+        // Batch norms fold into the layer they read.
+        let mut bn_of: Vec<Option<usize>> = vec![None; net.layers.len()];
+        for (j, l) in net.layers.iter().enumerate() {
+            if let Op::BatchNorm { .. } = l.op {
+                let src = l
+                    .input
+                    .or(j.checked_sub(1))
+                    .ok_or_else(|| layer_err(j, "batch_norm", "no input"))?;
+                bn_of[src] = Some(j);
+            }
+        }
+        let mut lw = Lowering {
+            f,
+            nodes: vec![Node {
+                op: FixedOp::Input,
+                inputs: vec![],
+                shape: net.input,
+                layer: None,
+            }],
+        };
+        let input = Tensor {
+            node: 0,
+            scale: 1,
+            div: 1,
+            shape: net.input,
+        };
+        let mut out: Vec<Tensor> = Vec::with_capacity(net.layers.len());
+        for (i, layer) in net.layers.iter().enumerate() {
+            let kind = layer.op.kind();
+            let src = layer.input.or(i.checked_sub(1));
+            let t = src.map(|j| out[j]).unwrap_or(input);
+            let res = match &layer.op {
+                Op::Conv2d { .. } | Op::Dense { .. } => {
+                    let t = lw.rescale_to_1(t, i);
+                    let (op, w, b) = linear_params(net, i, t.shape, bn_of[i])?;
+                    let weight = w
+                        .iter()
+                        .map(|&v| round_fixed(v, f, i, kind))
+                        .collect::<Result<Vec<_>>>()?;
+                    let bias = b
+                        .iter()
+                        .map(|&v| round_fixed(v * t.div as f64, 2 * f, i, kind))
+                        .collect::<Result<Vec<_>>>()?;
+                    let node = lw.push(
+                        FixedOp::Linear { op, weight, bias },
+                        vec![t.node],
+                        op.output,
+                        i,
+                    );
+                    Tensor {
+                        node,
+                        scale: 2,
+                        div: t.div,
+                        shape: op.output,
+                    }
+                }
+                Op::BatchNorm { .. } => t,
+                Op::AvgPool { kernel, stride } => {
+                    let shape = shapes[i];
+                    let node = lw.push(
+                        FixedOp::SumPool {
+                            kernel: *kernel,
+                            stride: *stride,
+                        },
+                        vec![t.node],
+                        shape,
+                        i,
+                    );
+                    Tensor {
+                        node,
+                        scale: t.scale,
+                        div: t.div * (kernel * kernel) as u64,
+                        shape,
+                    }
+                }
+                Op::Residual { from } => {
+                    let mut a = t;
+                    let mut b = out[*from];
+                    if a.div != b.div {
+                        a = lw.normalize(a, i);
+                        b = lw.normalize(b, i);
+                    }
+                    for x in [&mut a, &mut b] {
+                        if x.scale == 1 {
+                            x.node = lw.push(FixedOp::MulConst(1 << f), vec![x.node], x.shape, i);
+                            x.scale = 2;
+                        }
+                    }
+                    let node = lw.push(FixedOp::Add, vec![a.node, b.node], a.shape, i);
+                    Tensor {
+                        node,
+                        scale: 2,
+                        div: a.div,
+                        shape: a.shape,
+                    }
+                }
+                Op::Flatten => Tensor {
+                    shape: shapes[i],
+                    ..t
+                },
+                Op::Activation(Activation::Relu) => {
+                    let shift = if t.scale == 2 { f } else { 0 };
+                    let node = lw.push(FixedOp::Relu { shift }, vec![t.node], t.shape, i);
+                    Tensor {
+                        node,
+                        scale: 1,
+                        div: t.div,
+                        shape: t.shape,
+                    }
+                }
+                Op::Activation(Activation::Quad { a, b, c }) => {
+                    let t = lw.normalize(t, i);
+                    let op = FixedOp::Quad {
+                        a: round_fixed(*a as f64, f, i, kind)?,
+                        b: round_fixed(*b as f64, f, i, kind)?,
+                        c: round_fixed(*c as f64, 2 * f, i, kind)?,
+                    };
+                    let node = lw.push(op, vec![t.node], t.shape, i);
+                    Tensor {
+                        node,
+                        scale: 2,
+                        div: 1,
+                        shape: t.shape,
+                    }
+                }
+            };
+            out.push(res);
+        }
+        let last = *out
+            .last()
+            .ok_or_else(|| NetError::Invalid("no layers".into()))?;
+        Ok(FixedProgram {
+            frac_bits: f,
+            nodes: lw.nodes,
+            output: last.node,
+            output_scale: last.scale,
+            output_divisor: last.div,
+        })
+    }
+
+    /// Encodes a real input at scale 1.
+    pub fn encode_input(&self, x: &[f32]) -> Result<Vec<F>> {
+        let fp = delphi_crypto::fixed::FixedPoint::new(self.frac_bits)?;
+        x.iter()
+            .map(|&v| fp.encode(v as f64).map_err(NetError::from))
+            .collect()
+    }
+
+    /// Decodes the logits.
+    pub fn decode_output(&self, y: &[F]) -> Vec<f64> {
+        let denom =
+            (1u64 << (self.output_scale * self.frac_bits)) as f64 * self.output_divisor as f64;
+        y.iter().map(|v| v.to_signed() as f64 / denom).collect()
+    }
+
+    /// Number of ReLUs and quadratic activations (element counts).
+    pub fn activation_counts(&self) -> (usize, usize) {
+        let mut relus = 0;
+        let mut quads = 0;
+        for n in &self.nodes {
+            match n.op {
+                FixedOp::Relu { .. } => relus += n.shape.len(),
+                FixedOp::Quad { .. } => quads += n.shape.len(),
+                _ => {}
+            }
+        }
+        (relus, quads)
+    }
+
+    /// Runs the program on an encoded input; returns every node's value.
+    pub fn eval_all(&self, input: &[F]) -> Result<Vec<Vec<F>>> {
+        if input.len() != self.nodes[0].shape.len() {
+            return Err(NetError::Invalid(format!(
+                "input has {} values, the network takes {}",
+                input.len(),
+                self.nodes[0].shape.len()
+            )));
+        }
+        let f = self.frac_bits;
+        let mut vals: Vec<Vec<F>> = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let x = node.inputs.first().map(|&j| &vals[j][..]).unwrap_or(input);
+            let v = match &node.op {
+                FixedOp::Input => input.to_vec(),
+                FixedOp::Linear { op, weight, bias } => linear_field(op, x, weight, bias),
+                FixedOp::Relu { shift } => {
+                    x.iter().map(|&v| relu_trunc_reference(v, *shift)).collect()
+                }
+                FixedOp::Quad { a, b, c } => {
+                    let (a, b, c) = (F::from_i64(*a), F::from_i64(*b), F::from_i64(*c));
+                    x.iter().map(|&v| a * trunc(v * v, f) + b * v + c).collect()
+                }
+                FixedOp::Trunc => x.iter().map(|&v| trunc(v, f)).collect(),
+                FixedOp::MulConst(m) => {
+                    let m = F::from_i64(*m);
+                    x.iter().map(|&v| v * m).collect()
+                }
+                FixedOp::SumPool { kernel, stride } => {
+                    let src = self.nodes[node.inputs[0]].shape;
+                    sum_pool(x, src, *kernel, *stride, F::ZERO, |a, b| a + b).0
+                }
+                FixedOp::Add => {
+                    let y = &vals[node.inputs[1]];
+                    x.iter().zip(y).map(|(a, b)| *a + *b).collect()
+                }
+            };
+            vals.push(v);
+        }
+        Ok(vals)
+    }
+
+    /// Runs the program; returns the logits (field elements).
+    pub fn eval(&self, input: &[F]) -> Result<Vec<F>> {
+        let mut all = self.eval_all(input)?;
+        Ok(std::mem::take(&mut all[self.output]))
+    }
+}
+
+/// floor(signed(v) / 2^f), back in the field.
+pub fn trunc(v: F, f: u32) -> F {
+    F::from_i64(v.to_signed() >> f)
+}
+
+/// A linear layer on field elements: Σ w·x + b mod p, exactly.
+pub fn linear_field(op: &LinearOp, x: &[F], w: &[i64], b: &[i64]) -> Vec<F> {
+    op.apply(
+        x,
+        w,
+        |oc| b.get(oc).copied().unwrap_or(0) as i128,
+        |acc, w, x| *acc += w as i128 * x.to_signed() as i128,
+        |acc| {
+            let r = acc.rem_euclid(P as i128) as u64;
+            F::from_u64(r)
+        },
+    )
+}
+
+/// The geometry and float parameters of linear layer `i`, batch norm folded.
+fn linear_params(
+    net: &Network,
+    i: usize,
+    xs: Shape,
+    bn: Option<usize>,
+) -> Result<(LinearOp, Vec<f64>, Vec<f64>)> {
+    let (op, weight, bias_values, out_c) = match &net.layers[i].op {
+        Op::Conv2d {
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            weight,
+            bias_values,
+            ..
+        } => {
+            let pad = if *padding == Padding::Same {
+                (kernel - 1) / 2
+            } else {
+                0
+            };
+            (
+                LinearOp::conv(xs, *out_channels, *kernel, *stride, pad),
+                weight,
+                bias_values,
+                *out_channels,
+            )
+        }
+        Op::Dense {
+            out_features,
+            weight,
+            bias_values,
+            ..
+        } => (
+            LinearOp::dense(xs.channels, *out_features),
+            weight,
+            bias_values,
+            *out_features,
+        ),
+        _ => return Err(layer_err(i, net.layers[i].op.kind(), "not a linear layer")),
+    };
+    let mut w: Vec<f64> = weight.iter().map(|&v| v as f64).collect();
+    let mut b: Vec<f64> = (0..out_c)
+        .map(|c| bias_values.get(c).copied().unwrap_or(0.0) as f64)
+        .collect();
+    if let Some(j) = bn {
+        if let Op::BatchNorm {
+            eps,
+            gamma,
+            beta,
+            mean,
+            var,
+        } = &net.layers[j].op
+        {
+            let per = w.len() / out_c;
+            for c in 0..out_c {
+                let s = gamma[c] as f64 / (var[c] as f64 + *eps as f64).sqrt();
+                for v in &mut w[c * per..(c + 1) * per] {
+                    *v *= s;
+                }
+                b[c] = (b[c] - mean[c] as f64) * s + beta[c] as f64;
+            }
+        }
+    }
+    Ok((op, w, b))
+}
+
+/// Whether a field value is far enough from the wrap-around that the signed
+/// reading is trustworthy (|v| below a quarter of p).
+pub fn in_safe_range(v: F) -> bool {
+    v.to_signed().unsigned_abs() < HALF / 2
+}

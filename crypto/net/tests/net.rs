@@ -1,0 +1,221 @@
+//! The network description: built-ins, files, validation, evaluators.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+
+use delphi_net::builtin::{apply_placement, build, placement_string, quad_last};
+use delphi_net::eval::{argmax, eval_float};
+use delphi_net::{FixedOp, FixedProgram, NetError, Network, Op, WeightStorage};
+use rand::{Rng, SeedableRng};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("delphi-net-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn random_input(net: &Network, seed: u64) -> Vec<f32> {
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+    (0..net.input.len())
+        .map(|_| rng.gen_range(-1.0f32..1.0))
+        .collect()
+}
+
+#[test]
+fn builtins_have_the_documented_shape() {
+    for (arch, acts, classes) in [
+        ("small-cnn", 3, 10),
+        ("minionn", 7, 10),
+        ("resnet32", 31, 100),
+    ] {
+        let net = build(arch, classes, 1).unwrap();
+        assert_eq!(net.activation_layers().len(), acts, "{arch}");
+        assert_eq!(net.output_shape().unwrap().len(), classes);
+    }
+    let r = build("resnet32", 100, 1).unwrap();
+    let residuals = r
+        .layers
+        .iter()
+        .filter(|l| matches!(l.op, Op::Residual { .. }))
+        .count();
+    let bns = r
+        .layers
+        .iter()
+        .filter(|l| matches!(l.op, Op::BatchNorm { .. }))
+        .count();
+    assert_eq!(residuals, 15);
+    assert_eq!(bns, 1 + 30 + 2);
+    assert!(matches!(build("vgg", 10, 1), Err(NetError::Invalid(_))));
+}
+
+#[test]
+fn files_round_trip_inline_and_with_a_sidecar() {
+    let dir = tmp("roundtrip");
+    let mut net = build("small-cnn", 10, 3).unwrap();
+    apply_placement(&mut net, "relu,quad,relu").unwrap();
+    for (storage, file) in [
+        (WeightStorage::Inline, "inline.json"),
+        (WeightStorage::Sidecar, "side.json"),
+    ] {
+        let p = dir.join(file);
+        net.save(&p, storage).unwrap();
+        let back = Network::load(&p).unwrap();
+        let mut expect = net.clone();
+        expect.weights_file = back.weights_file.clone();
+        assert_eq!(back, expect, "{file}");
+    }
+    assert!(dir.join("side.safetensors").exists());
+    // A sidecar with the wrong number of values is a weights-size error naming the layer.
+    let p = dir.join("side.json");
+    let mut text: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    text["layers"][0]["out_channels"] = 8.into();
+    std::fs::write(&p, text.to_string()).unwrap();
+    let e = Network::load(&p).unwrap_err();
+    assert!(matches!(e, NetError::Layer { index: 0, .. }), "{e}");
+    assert!(e.to_string().contains("weights of the wrong size"), "{e}");
+}
+
+#[test]
+fn unrunnable_descriptions_are_rejected_with_the_layer_named() {
+    let base = build("resnet32", 10, 2).unwrap();
+    let first_residual = base
+        .layers
+        .iter()
+        .position(|l| matches!(l.op, Op::Residual { .. }))
+        .unwrap();
+
+    let mut n = base.clone();
+    n.layers[first_residual].op = Op::Residual {
+        from: first_residual + 3,
+    };
+    let e = n.validate().unwrap_err();
+    assert!(matches!(e, NetError::Layer { index, .. } if index == first_residual));
+    assert!(e.to_string().contains("points forward"), "{e}");
+
+    let mut n = base.clone();
+    let last_dense = n.layers.len() - 1;
+    n.layers.push(delphi_net::Layer {
+        op: Op::Residual { from: 2 },
+        input: None,
+    });
+    let e = n.validate().unwrap_err();
+    assert!(
+        matches!(e, NetError::Layer { index, kind: "residual", .. } if index == last_dense + 1)
+    );
+    assert!(e.to_string().contains("shape mismatch"), "{e}");
+
+    let mut n = base.clone();
+    if let Op::Conv2d { stride, .. } = &mut n.layers[0].op {
+        *stride = 3;
+    }
+    let e = n.validate().unwrap_err();
+    assert!(matches!(
+        e,
+        NetError::Layer {
+            index: 0,
+            kind: "conv2d",
+            ..
+        }
+    ));
+    assert!(e.to_string().contains("stride 3"), "{e}");
+
+    let mut n = base.clone();
+    if let Op::Dense { weight, .. } = &mut n.layers[last_dense].op {
+        weight.pop();
+    }
+    let e = n.validate().unwrap_err();
+    assert!(
+        e.to_string().contains(&format!(
+            "layer {last_dense} (dense): weights of the wrong size"
+        )),
+        "{e}"
+    );
+
+    let dir = tmp("version");
+    let p = dir.join("v2.json");
+    let mut j = serde_json::to_value(build("small-cnn", 10, 1).unwrap()).unwrap();
+    j["version"] = 2.into();
+    std::fs::write(&p, j.to_string()).unwrap();
+    assert!(matches!(
+        Network::load(&p),
+        Err(NetError::Version {
+            found: 2,
+            supported: 1
+        })
+    ));
+    std::fs::write(&p, b"{ not json").unwrap();
+    assert!(matches!(Network::load(&p), Err(NetError::Json { .. })));
+}
+
+#[test]
+fn placements_apply_in_order() {
+    let mut n = build("small-cnn", 10, 1).unwrap();
+    apply_placement(&mut n, "RQR").unwrap();
+    assert_eq!(placement_string(&n), "RQR");
+    apply_placement(&mut n, "quad, quad, relu").unwrap();
+    assert_eq!(placement_string(&n), "QQR");
+    assert!(apply_placement(&mut n, "RQ").is_err());
+    assert!(apply_placement(&mut n, "RXR").is_err());
+    let mut r = build("resnet32", 100, 1).unwrap();
+    quad_last(&mut r, 26).unwrap();
+    assert_eq!(
+        placement_string(&r),
+        format!("{}{}", "R".repeat(5), "Q".repeat(26))
+    );
+}
+
+fn max_rel_err(a: &[f64], b: &[f32]) -> f64 {
+    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs() as f64)).max(1.0);
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - *y as f64).abs())
+        .fold(0.0, f64::max)
+        / scale
+}
+
+#[test]
+fn fixed_point_reference_tracks_the_float_network() {
+    for (arch, classes) in [("small-cnn", 10), ("minionn", 10), ("resnet32", 100)] {
+        let net = build(arch, classes, 5).unwrap();
+        let prog = FixedProgram::lower(&net).unwrap();
+        // All-ReLU networks need no probabilistic truncation anywhere.
+        assert!(!prog.nodes.iter().any(|n| n.op == FixedOp::Trunc), "{arch}");
+        for seed in 0..2 {
+            let x = random_input(&net, seed);
+            let fl = eval_float(&net, &x).unwrap();
+            let fx = prog.decode_output(&prog.eval(&prog.encode_input(&x).unwrap()).unwrap());
+            let err = max_rel_err(&fx, &fl);
+            // 8 fractional bits through up to 33 random layers.
+            assert!(
+                err < 0.1,
+                "{arch}: fixed point off by {err} of the logit range"
+            );
+        }
+    }
+}
+
+#[test]
+fn mixed_placements_lower_and_evaluate() {
+    let mut net = build("small-cnn", 10, 9).unwrap();
+    apply_placement(&mut net, "RQQ").unwrap();
+    let prog = FixedProgram::lower(&net).unwrap();
+    assert!(prog.nodes.iter().any(|n| n.op == FixedOp::Trunc));
+    let (relus, quads) = prog.activation_counts();
+    assert_eq!(relus, 16 * 28 * 28);
+    assert_eq!(quads, 32 * 14 * 14 + 128);
+    let mut agree = 0;
+    for seed in 0..10 {
+        let x = random_input(&net, seed);
+        let fl = eval_float(&net, &x).unwrap();
+        let fx = prog.decode_output(&prog.eval(&prog.encode_input(&x).unwrap()).unwrap());
+        assert!(max_rel_err(&fx, &fl) < 0.05);
+        let fx32: Vec<f32> = fx.iter().map(|v| *v as f32).collect();
+        agree += (argmax(&fx32) == argmax(&fl)) as usize;
+    }
+    assert!(
+        agree >= 9,
+        "fixed and float disagree on {} of 10 classes",
+        10 - agree
+    );
+}
