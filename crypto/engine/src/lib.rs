@@ -1,3 +1,9 @@
-//! The DELPHI protocol engine's front end: the `delphi` command line. The
-//! engine's building blocks live in `delphi-crypto` (field, OT, garbling,
-//! ReLU layers) and `delphi-net` (the network description).
+//! The DELPHI protocol engine: BFV linear layers, Beaver triples and the
+//! two-party network protocol, on top of `delphi-crypto` (field, OT,
+//! garbling, ReLU layers) and `delphi-net` (the network description); and the
+//! `delphi` command line.
+
+pub mod error;
+pub mod he;
+
+pub use error::{EngineError, Result};
