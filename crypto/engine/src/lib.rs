@@ -5,5 +5,6 @@
 
 pub mod error;
 pub mod he;
+pub mod protocol;
 
 pub use error::{EngineError, Result};

@@ -1,0 +1,423 @@
+//! The two-party network protocol: offline preprocessing and online inference.
+//!
+//! Every tensor is shared as v = c + s with the client's share c fixed
+//! offline and the server's share s known online:
+//!
+//! * input: the client draws c, sends x − c online;
+//! * linear: offline the client sends Enc(c) and gets M·c − σ back; online
+//!   the server computes M·s + b + σ (σ its random mask);
+//! * ReLU: a garbled circuit on (c offline, s online) gives the client
+//!   ReLU(v) >> shift − ρ; the client sends that minus a fresh offline share
+//!   c', and the server adds ρ;
+//! * quadratic: a square triple (a, a²) from BFV; the client sends c − a_c
+//!   offline, the server opens e = v − a online, both compute shares of v²
+//!   (truncated locally), then a·v² + b·v + c and the client re-masks as
+//!   for ReLU;
+//! * truncation: local (probabilistic, see `delphi_net::fixed`); sums,
+//!   pools and constant products: local;
+//! * output: the server sends its share of the logits; only the client
+//!   learns them.
+//!
+//! The server learns only values masked by client randomness; the client
+//! learns only masked values and the logits.
+
+use rand::{CryptoRng, RngCore};
+use seal_fhe::Ciphertext;
+
+use delphi_crypto::channel::Channel;
+use delphi_crypto::field::F;
+use delphi_crypto::relu::{
+    client_offline as relu_client_offline, server_offline as relu_server_offline,
+};
+use delphi_crypto::relu::{ClientReluBundle, ServerReluBundle};
+use delphi_net::fixed::{linear_field, FixedOp, FixedProgram};
+use delphi_net::linear::sum_pool;
+
+use crate::error::{EngineError, Result};
+use crate::he::{ClientHe, Packing, ServerHe, SLOTS};
+
+/// The largest serialised key or ciphertext accepted from the peer.
+pub const MAX_HE_FRAME: u64 = 16 << 20;
+
+fn send_ct<C: Channel>(ch: &mut C, c: &Ciphertext) -> Result<()> {
+    ch.send_frame(&ServerHe::to_bytes(c)?)?;
+    Ok(())
+}
+
+/// Local truncation of the client's share.
+fn trunc_client(c: F, f: u32) -> F {
+    F::from_u64(c.value() >> f)
+}
+
+/// Local truncation of the server's share.
+fn trunc_server(s: F, f: u32) -> F {
+    -F::from_u64((-s).value() >> f)
+}
+
+fn packing(prog: &FixedProgram, node: usize) -> Result<Packing> {
+    match &prog.nodes[node].op {
+        FixedOp::Linear { op, .. } => Packing::new(op).map_err(|reason| EngineError::Unsupported {
+            layer: prog.nodes[node].layer.unwrap_or(0),
+            reason,
+        }),
+        _ => Err(EngineError::Unsupported {
+            layer: 0,
+            reason: "not a linear node".into(),
+        }),
+    }
+}
+
+/// Applies the local operations (the same on both sides) to node `i`.
+fn local_op(prog: &FixedProgram, i: usize, vals: &[Vec<F>], server_side: bool) -> Option<Vec<F>> {
+    let node = &prog.nodes[i];
+    let x = node.inputs.first().map(|&j| &vals[j][..])?;
+    let f = prog.frac_bits;
+    Some(match &node.op {
+        FixedOp::MulConst(m) => {
+            let m = F::from_i64(*m);
+            x.iter().map(|v| *v * m).collect()
+        }
+        FixedOp::SumPool { kernel, stride } => {
+            sum_pool(
+                x,
+                prog.nodes[node.inputs[0]].shape,
+                *kernel,
+                *stride,
+                F::ZERO,
+                |a, b| a + b,
+            )
+            .0
+        }
+        FixedOp::Add => x
+            .iter()
+            .zip(&vals[node.inputs[1]])
+            .map(|(a, b)| *a + *b)
+            .collect(),
+        FixedOp::Trunc if server_side => x.iter().map(|v| trunc_server(*v, f)).collect(),
+        FixedOp::Trunc => x.iter().map(|v| trunc_client(*v, f)).collect(),
+        _ => return None,
+    })
+}
+
+/// Client state for one inference.
+pub struct ClientBundle {
+    shares: Vec<Vec<F>>,
+    relus: Vec<Option<ClientReluBundle>>,
+    quads: Vec<Option<(Vec<F>, Vec<F>)>>,
+    used: bool,
+}
+
+/// Server state for one inference.
+pub struct ServerBundle {
+    sigmas: Vec<Option<Vec<F>>>,
+    relus: Vec<Option<ServerReluBundle>>,
+    quads: Vec<Option<(Vec<F>, Vec<F>)>>,
+    used: bool,
+}
+
+impl std::fmt::Debug for ClientBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBundle")
+            .field("used", &self.used)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for ServerBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBundle")
+            .field("used", &self.used)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Session setup, client side: makes keys and sends the public key.
+pub fn client_setup<C: Channel>(ch: &mut C) -> Result<ClientHe> {
+    let he = ClientHe::new()?;
+    ch.send_frame(&he.public_key_bytes()?)?;
+    ch.flush()?;
+    Ok(he)
+}
+
+/// Session setup, server side: receives the client's public key.
+pub fn server_setup<C: Channel>(ch: &mut C) -> Result<ServerHe> {
+    let pk = ch.recv_frame_bounded(MAX_HE_FRAME)?;
+    ServerHe::new(&pk)
+}
+
+/// Offline phase, client side. `prog` needs the architecture only (weights unused).
+pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
+    ch: &mut C,
+    prog: &FixedProgram,
+    he: &ClientHe,
+    rng: &mut R,
+) -> Result<ClientBundle> {
+    let n = prog.nodes.len();
+    ch.agree_u64("program nodes", n as u64)?;
+    let mut shares: Vec<Vec<F>> = Vec::with_capacity(n);
+    let mut relus: Vec<Option<ClientReluBundle>> = (0..n).map(|_| None).collect();
+    let mut quads: Vec<Option<(Vec<F>, Vec<F>)>> = vec![None; n];
+    let random = |len: usize, rng: &mut R| -> Vec<F> { (0..len).map(|_| F::random(rng)).collect() };
+    for i in 0..n {
+        let node = &prog.nodes[i];
+        let len = node.shape.len();
+        let share = match &node.op {
+            FixedOp::Input => random(len, rng),
+            FixedOp::Linear { .. } => {
+                let p = packing(prog, i)?;
+                for c in he.encrypt_input(&p, &shares[node.inputs[0]])? {
+                    send_ct(ch, &c)?;
+                }
+                ch.flush()?;
+                let mut res = Vec::with_capacity(p.output_polys());
+                for _ in 0..p.output_polys() {
+                    res.push(he.ciphertext_from_bytes(&ch.recv_frame_bounded(MAX_HE_FRAME)?)?);
+                }
+                he.decrypt_output(&p, &res)?
+            }
+            FixedOp::Relu { shift } => {
+                relus[i] = Some(relu_client_offline(
+                    ch,
+                    &shares[node.inputs[0]],
+                    *shift,
+                    rng,
+                )?);
+                random(len, rng)
+            }
+            FixedOp::Quad { .. } => {
+                let x = &shares[node.inputs[0]];
+                let a_c = random(len, rng);
+                let mut sq = Vec::with_capacity(len);
+                for chunk in a_c.chunks(SLOTS) {
+                    send_ct(ch, &he.encrypt_slots(chunk)?)?;
+                    ch.flush()?;
+                    let u = he.decrypt_slots(
+                        &he.ciphertext_from_bytes(&ch.recv_frame_bounded(MAX_HE_FRAME)?)?,
+                        chunk.len(),
+                    )?;
+                    sq.extend(chunk.iter().zip(u).map(|(a, u)| *a * *a + u));
+                }
+                let opened: Vec<F> = x.iter().zip(&a_c).map(|(x, a)| *x - *a).collect();
+                ch.send_fields(&opened)?;
+                ch.flush()?;
+                quads[i] = Some((a_c, sq));
+                random(len, rng)
+            }
+            _ => local_op(prog, i, &shares, false).ok_or_else(|| EngineError::Unsupported {
+                layer: node.layer.unwrap_or(0),
+                reason: format!("{} has no input", node.op.kind()),
+            })?,
+        };
+        shares.push(share);
+    }
+    Ok(ClientBundle {
+        shares,
+        relus,
+        quads,
+        used: false,
+    })
+}
+
+/// Offline phase, server side.
+pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
+    ch: &mut C,
+    prog: &FixedProgram,
+    he: &ServerHe,
+    rng: &mut R,
+) -> Result<ServerBundle> {
+    let n = prog.nodes.len();
+    ch.agree_u64("program nodes", n as u64)?;
+    let mut sigmas: Vec<Option<Vec<F>>> = vec![None; n];
+    let mut relus: Vec<Option<ServerReluBundle>> = (0..n).map(|_| None).collect();
+    let mut quads: Vec<Option<(Vec<F>, Vec<F>)>> = vec![None; n];
+    for i in 0..n {
+        let node = &prog.nodes[i];
+        let len = node.shape.len();
+        match &node.op {
+            FixedOp::Linear { weight, .. } => {
+                let p = packing(prog, i)?;
+                let mut cts = Vec::with_capacity(p.input_polys());
+                for _ in 0..p.input_polys() {
+                    cts.push(he.ciphertext_from_bytes(&ch.recv_frame_bounded(MAX_HE_FRAME)?)?);
+                }
+                let (res, sigma) = he.linear(&p, weight, &cts, rng)?;
+                for c in &res {
+                    send_ct(ch, c)?;
+                }
+                ch.flush()?;
+                sigmas[i] = Some(sigma);
+            }
+            FixedOp::Relu { shift } => {
+                relus[i] = Some(relu_server_offline(ch, len, *shift, rng)?);
+            }
+            FixedOp::Quad { .. } => {
+                let mut a_s = Vec::with_capacity(len);
+                let mut sq = Vec::with_capacity(len);
+                let mut remaining = len;
+                while remaining > 0 {
+                    let k = remaining.min(SLOTS);
+                    let enc = he.ciphertext_from_bytes(&ch.recv_frame_bounded(MAX_HE_FRAME)?)?;
+                    let a: Vec<F> = (0..k).map(|_| F::random(rng)).collect();
+                    let t: Vec<F> = (0..k).map(|_| F::random(rng)).collect();
+                    send_ct(ch, &he.square_cross(&enc, &a, &t)?)?;
+                    ch.flush()?;
+                    sq.extend(a.iter().zip(&t).map(|(a, t)| *a * *a + *t));
+                    a_s.extend(a);
+                    remaining -= k;
+                }
+                let mut opened = vec![F::ZERO; len];
+                ch.recv_fields(&mut opened)?;
+                // e's offline part: (c − a_c) − a_s; the online part adds the server's share.
+                let pre: Vec<F> = opened.iter().zip(&a_s).map(|(o, a)| *o - *a).collect();
+                quads[i] = Some((
+                    pre,
+                    a_s.into_iter().zip(sq).flat_map(|(a, s)| [a, s]).collect(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(ServerBundle {
+        sigmas,
+        relus,
+        quads,
+        used: false,
+    })
+}
+
+impl ClientBundle {
+    /// Online phase, client side: returns the logits (field elements at the
+    /// program's output scale). A bundle runs once.
+    pub fn online<C: Channel>(
+        &mut self,
+        ch: &mut C,
+        prog: &FixedProgram,
+        input: &[F],
+    ) -> Result<Vec<F>> {
+        if std::mem::replace(&mut self.used, true) {
+            return Err(delphi_crypto::Error::BundleConsumed.into());
+        }
+        if input.len() != prog.nodes[0].shape.len() {
+            return Err(EngineError::Malformed(format!(
+                "input of {} values",
+                input.len()
+            )));
+        }
+        let f = prog.frac_bits;
+        let masked: Vec<F> = input
+            .iter()
+            .zip(&self.shares[0])
+            .map(|(x, r)| *x - *r)
+            .collect();
+        ch.send_fields(&masked)?;
+        ch.flush()?;
+        for i in 0..prog.nodes.len() {
+            let node = &prog.nodes[i];
+            match &node.op {
+                FixedOp::Relu { .. } => {
+                    let bundle = self.relus[i]
+                        .as_mut()
+                        .ok_or(delphi_crypto::Error::BundleConsumed)?;
+                    let out = bundle.online(ch)?;
+                    let msg: Vec<F> = out
+                        .iter()
+                        .zip(&self.shares[i])
+                        .map(|(o, r)| *o - *r)
+                        .collect();
+                    ch.send_fields(&msg)?;
+                    ch.flush()?;
+                }
+                FixedOp::Quad { a, b, .. } => {
+                    let (a_c, sq_c) = self.quads[i]
+                        .take()
+                        .ok_or(delphi_crypto::Error::BundleConsumed)?;
+                    let mut e = vec![F::ZERO; node.shape.len()];
+                    ch.recv_fields(&mut e)?;
+                    let (a, b) = (F::from_i64(*a), F::from_i64(*b));
+                    let x = &self.shares[node.inputs[0]];
+                    let msg: Vec<F> = (0..e.len())
+                        .map(|k| {
+                            let sq = e[k] * a_c[k] + e[k] * a_c[k] + sq_c[k];
+                            a * trunc_client(sq, f) + b * x[k] - self.shares[i][k]
+                        })
+                        .collect();
+                    ch.send_fields(&msg)?;
+                    ch.flush()?;
+                }
+                _ => {}
+            }
+        }
+        let mut theirs = vec![F::ZERO; prog.nodes[prog.output].shape.len()];
+        ch.recv_fields(&mut theirs)?;
+        Ok(theirs
+            .iter()
+            .zip(&self.shares[prog.output])
+            .map(|(s, c)| *s + *c)
+            .collect())
+    }
+}
+
+impl ServerBundle {
+    /// Online phase, server side. A bundle runs once.
+    pub fn online<C: Channel>(&mut self, ch: &mut C, prog: &FixedProgram) -> Result<()> {
+        if std::mem::replace(&mut self.used, true) {
+            return Err(delphi_crypto::Error::BundleConsumed.into());
+        }
+        let f = prog.frac_bits;
+        let mut vals: Vec<Vec<F>> = Vec::with_capacity(prog.nodes.len());
+        for i in 0..prog.nodes.len() {
+            let node = &prog.nodes[i];
+            let len = node.shape.len();
+            let v = match &node.op {
+                FixedOp::Input => {
+                    let mut x = vec![F::ZERO; len];
+                    ch.recv_fields(&mut x)?;
+                    x
+                }
+                FixedOp::Linear { op, weight, bias } => {
+                    let sigma = self.sigmas[i]
+                        .take()
+                        .ok_or(delphi_crypto::Error::BundleConsumed)?;
+                    let y = linear_field(op, &vals[node.inputs[0]], weight, bias);
+                    y.into_iter().zip(sigma).map(|(y, s)| y + s).collect()
+                }
+                FixedOp::Relu { .. } => {
+                    let bundle = self.relus[i]
+                        .as_mut()
+                        .ok_or(delphi_crypto::Error::BundleConsumed)?;
+                    let rho = bundle.online(ch, &vals[node.inputs[0]])?;
+                    let mut msg = vec![F::ZERO; len];
+                    ch.recv_fields(&mut msg)?;
+                    msg.into_iter().zip(rho).map(|(m, r)| m + r).collect()
+                }
+                FixedOp::Quad { a, b, c } => {
+                    let (pre, pairs) = self.quads[i]
+                        .take()
+                        .ok_or(delphi_crypto::Error::BundleConsumed)?;
+                    let x = &vals[node.inputs[0]];
+                    let e: Vec<F> = pre.iter().zip(x).map(|(p, x)| *p + *x).collect();
+                    ch.send_fields(&e)?;
+                    ch.flush()?;
+                    let mut msg = vec![F::ZERO; len];
+                    ch.recv_fields(&mut msg)?;
+                    let (a, b, c) = (F::from_i64(*a), F::from_i64(*b), F::from_i64(*c));
+                    (0..len)
+                        .map(|k| {
+                            let (a_s, sq_s) = (pairs[2 * k], pairs[2 * k + 1]);
+                            let sq = e[k] * e[k] + e[k] * a_s + e[k] * a_s + sq_s;
+                            a * trunc_server(sq, f) + b * x[k] + c + msg[k]
+                        })
+                        .collect()
+                }
+                _ => local_op(prog, i, &vals, true).ok_or_else(|| EngineError::Unsupported {
+                    layer: node.layer.unwrap_or(0),
+                    reason: format!("{} has no input", node.op.kind()),
+                })?,
+            };
+            vals.push(v);
+        }
+        ch.send_fields(&vals[prog.output])?;
+        ch.flush()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,153 @@
+//! Whole networks between two parties over real TCP, against the fixed-point reference.
+#![allow(clippy::unwrap_used)]
+
+use std::net::TcpListener;
+use std::thread;
+
+use delphi_crypto::block::SecretRng;
+use delphi_crypto::channel::{Channel, Counting, TcpChannel};
+use delphi_crypto::field::F;
+use delphi_engine::protocol::{client_offline, client_setup, server_offline, server_setup};
+use delphi_net::builtin::{apply_placement, build};
+use delphi_net::{Activation, FixedProgram, Network, Op, Padding, Shape};
+use rand::{Rng, SeedableRng};
+
+fn tcp_pair() -> (TcpChannel, TcpChannel) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = thread::spawn(move || TcpChannel::connect(addr).unwrap());
+    let s = TcpChannel::new(l.accept().unwrap().0).unwrap();
+    (s, h.join().unwrap())
+}
+
+/// Runs `inputs.len()` inferences; returns the secure logits of each.
+fn run(prog: &FixedProgram, inputs: &[Vec<F>]) -> Vec<Vec<F>> {
+    let (s, c) = tcp_pair();
+    let sp = prog.clone();
+    let n = inputs.len();
+    let server = thread::spawn(move || {
+        let mut ch = Counting::new(s);
+        let mut rng = SecretRng::seed_from_u64(1);
+        let he = server_setup(&mut ch).unwrap();
+        for _ in 0..n {
+            let mut b = server_offline(&mut ch, &sp, &he, &mut rng).unwrap();
+            b.online(&mut ch, &sp).unwrap();
+            assert!(b.online(&mut ch, &sp).is_err(), "a bundle ran twice");
+        }
+    });
+    let mut ch = c;
+    let mut rng = SecretRng::seed_from_u64(2);
+    let he = client_setup(&mut ch).unwrap();
+    let mut out = Vec::new();
+    for x in inputs {
+        let mut b = client_offline(&mut ch, prog, &he, &mut rng).unwrap();
+        out.push(b.online(&mut ch, prog, x).unwrap());
+        assert!(b.online(&mut ch, prog, x).is_err(), "a bundle ran twice");
+    }
+    server.join().unwrap();
+    let _ = ch.flush();
+    out
+}
+
+fn random_inputs(prog: &FixedProgram, n: usize, seed: u64) -> Vec<Vec<F>> {
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let x: Vec<f32> = (0..prog.nodes[0].shape.len())
+                .map(|_| rng.gen_range(-1.0..1.0))
+                .collect();
+            prog.encode_input(&x).unwrap()
+        })
+        .collect()
+}
+
+/// A network with every layer kind: conv (stride 1 and 2, same and valid),
+/// batch norm, ReLU, quadratic, residual, average pool, flatten, dense.
+fn every_kind(seed: u64) -> Network {
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+    let mut w = |n: usize, s: f32| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-s..s)).collect() };
+    let mut net = Network::new("every-kind", Shape::new(2, 8, 8), 8);
+    let conv = |w: &mut dyn FnMut(usize, f32) -> Vec<f32>,
+                cin: usize,
+                cout: usize,
+                k: usize,
+                stride: usize,
+                pad: Padding| Op::Conv2d {
+        out_channels: cout,
+        kernel: k,
+        stride,
+        padding: pad,
+        bias: true,
+        weight: w(cout * cin * k * k, 0.5),
+        bias_values: w(cout, 0.1),
+    };
+    let bn = |w: &mut dyn FnMut(usize, f32) -> Vec<f32>, c: usize| Op::BatchNorm {
+        eps: 1e-5,
+        gamma: w(c, 0.2).into_iter().map(|v| 1.0 + v).collect(),
+        beta: w(c, 0.1),
+        mean: w(c, 0.1),
+        var: w(c, 0.2).into_iter().map(|v| 1.0 + v.abs()).collect(),
+    };
+    net.push(conv(&mut w, 2, 4, 3, 1, Padding::Same));
+    net.push(bn(&mut w, 4));
+    let a = net.push(Op::Activation(Activation::Relu));
+    net.push(conv(&mut w, 4, 4, 3, 1, Padding::Same));
+    let main = net.push(bn(&mut w, 4));
+    net.push_from(a, Op::Residual { from: main });
+    net.push(Op::Activation(Activation::Relu));
+    net.push(Op::AvgPool {
+        kernel: 2,
+        stride: 2,
+    });
+    net.push(conv(&mut w, 4, 3, 3, 2, Padding::Valid));
+    net.push(Op::Activation(Activation::Quad {
+        a: 0.25,
+        b: 0.5,
+        c: 0.1,
+    }));
+    net.push(Op::Flatten);
+    net.push(Op::Dense {
+        out_features: 5,
+        bias: true,
+        weight: w(5 * 3, 0.5),
+        bias_values: w(5, 0.1),
+    });
+    net.validate().unwrap();
+    net
+}
+
+#[test]
+fn all_relu_networks_equal_the_reference_exactly() {
+    // Small CNN with ReLUs and a residual block with batch norm (no quadratic: no
+    // probabilistic truncation anywhere, so the secure logits are bit-exact).
+    let mut net = every_kind(3);
+    net.layers[9].op = Op::Activation(Activation::Relu);
+    for net in [net, build("small-cnn", 10, 4).unwrap()] {
+        let prog = FixedProgram::lower(&net).unwrap();
+        let inputs = random_inputs(&prog, 2, 5);
+        for (x, got) in inputs.iter().zip(run(&prog, &inputs)) {
+            assert_eq!(got, prog.eval(x).unwrap(), "{}", net.name);
+        }
+    }
+}
+
+#[test]
+fn mixed_placements_match_the_reference_up_to_truncation() {
+    let mut cnn = build("small-cnn", 10, 6).unwrap();
+    apply_placement(&mut cnn, "RQQ").unwrap();
+    for net in [every_kind(7), cnn] {
+        let prog = FixedProgram::lower(&net).unwrap();
+        let inputs = random_inputs(&prog, 2, 8);
+        for (x, got) in inputs.iter().zip(run(&prog, &inputs)) {
+            let want = prog.eval(x).unwrap();
+            let want = prog.decode_output(&want);
+            let got = prog.decode_output(&got);
+            let range = want.iter().fold(1f64, |m, v| m.max(v.abs()));
+            for (g, w) in got.iter().zip(&want) {
+                // Local truncation is off by one unit in the last place now and then;
+                // through a few layers that stays far below the logits' spread.
+                assert!((g - w).abs() <= 0.02 * range, "{}: {g} vs {w}", net.name);
+            }
+        }
+    }
+}
