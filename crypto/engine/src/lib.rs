@@ -6,5 +6,6 @@
 pub mod error;
 pub mod he;
 pub mod protocol;
+pub mod run;
 
 pub use error::{EngineError, Result};

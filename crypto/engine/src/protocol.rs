@@ -71,7 +71,6 @@ fn packing(prog: &FixedProgram, node: usize) -> Result<Packing> {
 fn local_op(prog: &FixedProgram, i: usize, vals: &[Vec<F>], server_side: bool) -> Option<Vec<F>> {
     let node = &prog.nodes[i];
     let x = node.inputs.first().map(|&j| &vals[j][..])?;
-    let f = prog.frac_bits;
     Some(match &node.op {
         FixedOp::MulConst(m) => {
             let m = F::from_i64(*m);
@@ -93,8 +92,10 @@ fn local_op(prog: &FixedProgram, i: usize, vals: &[Vec<F>], server_side: bool) -
             .zip(&vals[node.inputs[1]])
             .map(|(a, b)| *a + *b)
             .collect(),
-        FixedOp::Trunc if server_side => x.iter().map(|v| trunc_server(*v, f)).collect(),
-        FixedOp::Trunc => x.iter().map(|v| trunc_client(*v, f)).collect(),
+        FixedOp::Trunc { shift } if server_side => {
+            x.iter().map(|v| trunc_server(*v, *shift)).collect()
+        }
+        FixedOp::Trunc { shift } => x.iter().map(|v| trunc_client(*v, *shift)).collect(),
         _ => return None,
     })
 }

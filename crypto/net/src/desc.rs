@@ -8,7 +8,7 @@
 //!   "version": 1,
 //!   "name": "small-cnn",
 //!   "input": { "channels": 1, "height": 28, "width": 28 },
-//!   "fixed_point": { "frac_bits": 8 },
+//!   "fixed_point": { "frac_bits": 8, "weight_frac_bits": 12 },
 //!   "layers": [
 //!     { "type": "conv2d", "out_channels": 16, "kernel": 3, "stride": 1, "padding": "same",
 //!       "bias": true, "weight": [ ... ], "bias_values": [ ... ] },
@@ -271,9 +271,20 @@ impl Layer {
 /// Fixed-point parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FixedPointSpec {
-    /// Fractional bits of activations and weights.
+    /// Fractional bits of activations.
     pub frac_bits: u32,
+    /// Fractional bits of weights (default 12: batch-norm folding makes small
+    /// weights that 8 bits would round by tens of percent).
+    #[serde(default = "default_weight_bits")]
+    pub weight_frac_bits: u32,
 }
+
+fn default_weight_bits() -> u32 {
+    DEFAULT_WEIGHT_FRAC_BITS
+}
+
+/// Default fractional bits of weights.
+pub const DEFAULT_WEIGHT_FRAC_BITS: u32 = 12;
 
 /// Free-form facts about where a description came from.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -345,7 +356,10 @@ impl Network {
             version: VERSION,
             name: name.into(),
             input,
-            fixed_point: FixedPointSpec { frac_bits },
+            fixed_point: FixedPointSpec {
+                frac_bits,
+                weight_frac_bits: DEFAULT_WEIGHT_FRAC_BITS,
+            },
             layers: Vec::new(),
             weights_file: None,
             metadata: Metadata::default(),
@@ -537,10 +551,14 @@ impl Network {
                 supported: VERSION,
             });
         }
-        if self.fixed_point.frac_bits == 0 || self.fixed_point.frac_bits > 16 {
+        let (f, fw) = (
+            self.fixed_point.frac_bits,
+            self.fixed_point.weight_frac_bits,
+        );
+        if f == 0 || fw == 0 || f + fw > 28 || 2 * f > 28 {
             return Err(NetError::Invalid(format!(
-                "frac_bits {} (1 to 16: products carry twice as many)",
-                self.fixed_point.frac_bits
+                "frac_bits {f} and weight_frac_bits {fw}: each at least 1, products carry f + f_w \
+                 (and 2f) bits, at most 28 in a 41-bit field"
             )));
         }
         if self.input.is_empty() {

@@ -8,6 +8,16 @@ use crate::linear::{sum_pool, LinearOp};
 /// returns the logits. Batch norm is applied as written (not folded).
 pub fn eval_float(net: &Network, input: &[f32]) -> Result<Vec<f32>> {
     let shapes = net.validate()?;
+    check_input(net, input)?;
+    let mut outs: Vec<Vec<f32>> = Vec::with_capacity(net.layers.len());
+    for i in 0..net.layers.len() {
+        let y = eval_layer(net, &shapes, i, &outs, input);
+        outs.push(y);
+    }
+    Ok(outs.pop().unwrap_or_default())
+}
+
+fn check_input(net: &Network, input: &[f32]) -> Result<()> {
     if input.len() != net.input.len() {
         return Err(crate::error::NetError::Invalid(format!(
             "input has {} values, the network takes {}",
@@ -15,73 +25,119 @@ pub fn eval_float(net: &Network, input: &[f32]) -> Result<Vec<f32>> {
             net.input.len()
         )));
     }
-    let mut outs: Vec<Vec<f32>> = Vec::with_capacity(net.layers.len());
-    for (i, layer) in net.layers.iter().enumerate() {
-        let src = layer.input.or(i.checked_sub(1));
-        let (x, xs) = match src {
-            Some(j) => (&outs[j][..], shapes[j]),
-            None => (input, net.input),
-        };
-        let y = match &layer.op {
-            Op::Conv2d {
-                out_channels,
-                kernel,
-                stride,
-                padding,
-                weight,
-                bias_values,
-                ..
-            } => {
-                let pad = if *padding == Padding::Same {
-                    (kernel - 1) / 2
-                } else {
-                    0
-                };
-                let op = LinearOp::conv(xs, *out_channels, *kernel, *stride, pad);
-                linear_f32(&op, x, weight, bias_values)
-            }
-            Op::Dense {
-                out_features,
-                weight,
-                bias_values,
-                ..
-            } => linear_f32(
-                &LinearOp::dense(xs.channels, *out_features),
-                x,
-                weight,
-                bias_values,
-            ),
-            Op::AvgPool { kernel, stride } => {
-                let (v, _) = sum_pool(x, xs, *kernel, *stride, 0f32, |a, b| a + b);
-                let inv = 1.0 / (kernel * kernel) as f32;
-                v.into_iter().map(|s| s * inv).collect()
-            }
-            Op::BatchNorm {
-                eps,
-                gamma,
-                beta,
-                mean,
-                var,
-            } => {
-                let per = xs.height * xs.width;
-                x.iter()
-                    .enumerate()
-                    .map(|(k, v)| {
-                        let c = k / per;
-                        (v - mean[c]) / (var[c] + eps).sqrt() * gamma[c] + beta[c]
-                    })
-                    .collect()
-            }
-            Op::Residual { from } => x.iter().zip(&outs[*from]).map(|(a, b)| a + b).collect(),
-            Op::Flatten => x.to_vec(),
-            Op::Activation(Activation::Relu) => x.iter().map(|v| v.max(0.0)).collect(),
-            Op::Activation(Activation::Quad { a, b, c }) => {
-                x.iter().map(|v| a * v * v + b * v + c).collect()
-            }
-        };
-        outs.push(y);
+    Ok(())
+}
+
+/// Sets every batch norm's running statistics to the per-channel mean and
+/// variance its input actually has on `inputs` (γ and β are kept), the way
+/// a data-dependent initialisation does: a random network then keeps its
+/// activations near unit scale at any depth, as a trained one would.
+pub fn calibrate_batch_norm(net: &mut Network, inputs: &[Vec<f32>]) -> Result<()> {
+    let shapes = net.validate()?;
+    for x in inputs {
+        check_input(net, x)?;
     }
-    Ok(outs.pop().unwrap_or_default())
+    let mut outs: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(net.layers.len()); inputs.len()];
+    for i in 0..net.layers.len() {
+        if let Op::BatchNorm { .. } = net.layers[i].op {
+            let src = net.layers[i].input.or(i.checked_sub(1));
+            let (c, per) = (shapes[i].channels, shapes[i].height * shapes[i].width);
+            let (mut sum, mut sq) = (vec![0f64; c], vec![0f64; c]);
+            for (k, o) in outs.iter().enumerate() {
+                let x = src.map(|j| &o[j][..]).unwrap_or(&inputs[k][..]);
+                for (idx, v) in x.iter().enumerate() {
+                    sum[idx / per] += *v as f64;
+                    sq[idx / per] += (*v as f64) * (*v as f64);
+                }
+            }
+            let cnt = (per * inputs.len()).max(1) as f64;
+            if let Op::BatchNorm { mean, var, .. } = &mut net.layers[i].op {
+                for ch in 0..c {
+                    let m = sum[ch] / cnt;
+                    mean[ch] = m as f32;
+                    var[ch] = (sq[ch] / cnt - m * m).max(1e-4) as f32;
+                }
+            }
+        }
+        for (k, o) in outs.iter_mut().enumerate() {
+            let y = eval_layer(net, &shapes, i, o, &inputs[k]);
+            o.push(y);
+        }
+    }
+    Ok(())
+}
+
+/// Evaluates layer `i` given the outputs of the layers before it.
+fn eval_layer(
+    net: &Network,
+    shapes: &[crate::desc::Shape],
+    i: usize,
+    outs: &[Vec<f32>],
+    input: &[f32],
+) -> Vec<f32> {
+    let layer = &net.layers[i];
+    let src = layer.input.or(i.checked_sub(1));
+    let (x, xs) = match src {
+        Some(j) => (&outs[j][..], shapes[j]),
+        None => (input, net.input),
+    };
+    match &layer.op {
+        Op::Conv2d {
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            weight,
+            bias_values,
+            ..
+        } => {
+            let pad = if *padding == Padding::Same {
+                (kernel - 1) / 2
+            } else {
+                0
+            };
+            let op = LinearOp::conv(xs, *out_channels, *kernel, *stride, pad);
+            linear_f32(&op, x, weight, bias_values)
+        }
+        Op::Dense {
+            out_features,
+            weight,
+            bias_values,
+            ..
+        } => linear_f32(
+            &LinearOp::dense(xs.channels, *out_features),
+            x,
+            weight,
+            bias_values,
+        ),
+        Op::AvgPool { kernel, stride } => {
+            let (v, _) = sum_pool(x, xs, *kernel, *stride, 0f32, |a, b| a + b);
+            let inv = 1.0 / (kernel * kernel) as f32;
+            v.into_iter().map(|s| s * inv).collect()
+        }
+        Op::BatchNorm {
+            eps,
+            gamma,
+            beta,
+            mean,
+            var,
+        } => {
+            let per = xs.height * xs.width;
+            x.iter()
+                .enumerate()
+                .map(|(k, v)| {
+                    let c = k / per;
+                    (v - mean[c]) / (var[c] + eps).sqrt() * gamma[c] + beta[c]
+                })
+                .collect()
+        }
+        Op::Residual { from } => x.iter().zip(&outs[*from]).map(|(a, b)| a + b).collect(),
+        Op::Flatten => x.to_vec(),
+        Op::Activation(Activation::Relu) => x.iter().map(|v| v.max(0.0)).collect(),
+        Op::Activation(Activation::Quad { a, b, c }) => {
+            x.iter().map(|v| a * v * v + b * v + c).collect()
+        }
+    }
 }
 
 fn linear_f32(op: &LinearOp, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {

@@ -2,27 +2,29 @@
 //! reference evaluator.
 //!
 //! Values are field elements read as signed fixed-point numbers with f
-//! fractional bits ("scale 1") or 2f ("scale 2"). The rules, shared by the
-//! reference and the two-party protocol so that they agree bit for bit:
+//! fractional bits ("scale 1") or f + f_w ("scale 2"; f_w is the weights'
+//! fractional bits). The rules, shared by the reference and the two-party
+//! protocol so that they agree bit for bit:
 //!
 //! * a linear layer (conv or dense, batch norm folded in) takes its input at
-//!   scale 1 and produces scale 2: weights are round(w·2^f), biases
-//!   round(b·d·2^2f) where d is the input's pending divisor (below);
+//!   scale 1 and produces scale 2: weights are round(w·2^f_w), biases
+//!   round(b·d·2^(f+f_w)) where d is the input's pending divisor (below);
 //! * average pooling is a window *sum* (local, exact); the 1/k² it owes is
 //!   carried as a pending divisor d through ReLUs and linear layers and
 //!   divided out when the logits are decoded, so no precision is lost;
 //! * a ReLU takes scale 1 or 2 and returns scale 1: after a linear layer the
-//!   garbled circuit truncates by f bits exactly (`Relu { shift: f }`);
+//!   garbled circuit truncates by f_w bits exactly (`Relu { shift: f_w }`);
 //! * a quadratic a·x² + b·x + c takes scale 1 (d = 1) and returns scale 2:
-//!   x² is truncated once (`Trunc` inside), a and b are encoded with f bits,
-//!   c with 2f;
+//!   x² (2f bits) is truncated by f once inside, a and b are encoded with
+//!   f_w bits, c with f + f_w;
 //! * where a value at scale 2 must enter a linear layer or a quadratic, a
-//!   `Trunc` node divides by 2^f (floor). In the protocol this is the only
-//!   probabilistic step (local share truncation: off by one with probability
-//!   about ½, badly wrong with probability ≈ |x|/p); all-ReLU networks have
-//!   no `Trunc` at all;
+//!   `Trunc` node divides by 2^f_w (rounding to nearest in the reference).
+//!   In the protocol this is the only probabilistic step (local share
+//!   truncation rounds stochastically, so it is off by one unit now and
+//!   then, and badly wrong with probability ≈ |x|/p); all-ReLU networks
+//!   have no `Trunc` at all;
 //! * residual additions align the two operands (multiplying a scale-1
-//!   operand by 2^f, normalising pending divisors) and add.
+//!   operand by 2^f_w, normalising pending divisors) and add.
 
 use delphi_crypto::field::{F, HALF, P};
 use delphi_crypto::relu::relu_trunc_reference;
@@ -50,7 +52,7 @@ pub enum FixedOp {
         /// Bits dropped.
         shift: u32,
     },
-    /// a·trunc(x²) + b·x + c.
+    /// a·trunc_f(x²) + b·x + c.
     Quad {
         /// Coefficient of x², scale 1.
         a: i64,
@@ -59,8 +61,11 @@ pub enum FixedOp {
         /// Constant, scale 2.
         c: i64,
     },
-    /// Floor division by 2^f (probabilistic in the protocol).
-    Trunc,
+    /// Floor division by 2^shift (probabilistic in the protocol).
+    Trunc {
+        /// Bits dropped.
+        shift: u32,
+    },
     /// Multiplication by a public integer.
     MulConst(i64),
     /// Window sums.
@@ -83,7 +88,7 @@ impl FixedOp {
             FixedOp::Linear { .. } => "conv2d",
             FixedOp::Relu { .. } => "relu",
             FixedOp::Quad { .. } => "quad",
-            FixedOp::Trunc => "trunc",
+            FixedOp::Trunc { .. } => "trunc",
             FixedOp::MulConst(_) => "mul_const",
             FixedOp::SumPool { .. } => "sum_pool",
             FixedOp::Add => "add",
@@ -102,13 +107,18 @@ pub struct Node {
     pub shape: Shape,
     /// The description layer it comes from (none for the input).
     pub layer: Option<usize>,
+    /// The output's scale in units of f bits and its pending divisor:
+    /// the real value is signed(v) / (2^(scale·f) · divisor).
+    pub scale: (u32, u64),
 }
 
 /// The fixed-point program of a network.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FixedProgram {
-    /// Fractional bits f.
+    /// Fractional bits f of activations.
     pub frac_bits: u32,
+    /// Fractional bits f_w of weights.
+    pub weight_frac_bits: u32,
     /// Nodes in topological order; node 0 is the input.
     pub nodes: Vec<Node>,
     /// The node holding the logits.
@@ -141,7 +151,7 @@ fn round_fixed(v: f64, bits: u32, index: usize, kind: &'static str) -> Result<i6
 }
 
 struct Lowering {
-    f: u32,
+    fw: u32,
     nodes: Vec<Node>,
 }
 
@@ -152,6 +162,7 @@ impl Lowering {
             inputs,
             shape,
             layer: Some(layer),
+            scale: (0, 0),
         });
         self.nodes.len() - 1
     }
@@ -159,13 +170,18 @@ impl Lowering {
     /// Brings a tensor to scale 1 with no pending divisor.
     fn normalize(&mut self, mut t: Tensor, layer: usize) -> Tensor {
         if t.div > 1 {
-            let m = ((1u64 << self.f) as f64 / t.div as f64).round() as i64;
+            let m = ((1u64 << self.fw) as f64 / t.div as f64).round() as i64;
             t.node = self.push(FixedOp::MulConst(m), vec![t.node], t.shape, layer);
             t.scale += 1;
             t.div = 1;
         }
         while t.scale > 1 {
-            t.node = self.push(FixedOp::Trunc, vec![t.node], t.shape, layer);
+            t.node = self.push(
+                FixedOp::Trunc { shift: self.fw },
+                vec![t.node],
+                t.shape,
+                layer,
+            );
             t.scale -= 1;
         }
         t
@@ -174,7 +190,12 @@ impl Lowering {
     /// Brings a tensor to scale 1, keeping its divisor.
     fn rescale_to_1(&mut self, mut t: Tensor, layer: usize) -> Tensor {
         while t.scale > 1 {
-            t.node = self.push(FixedOp::Trunc, vec![t.node], t.shape, layer);
+            t.node = self.push(
+                FixedOp::Trunc { shift: self.fw },
+                vec![t.node],
+                t.shape,
+                layer,
+            );
             t.scale -= 1;
         }
         t
@@ -186,6 +207,7 @@ impl FixedProgram {
     pub fn lower(net: &Network) -> Result<FixedProgram> {
         let shapes = net.validate()?;
         let f = net.fixed_point.frac_bits;
+        let fw = net.fixed_point.weight_frac_bits;
         // Batch norms fold into the layer they read.
         let mut bn_of: Vec<Option<usize>> = vec![None; net.layers.len()];
         for (j, l) in net.layers.iter().enumerate() {
@@ -198,12 +220,13 @@ impl FixedProgram {
             }
         }
         let mut lw = Lowering {
-            f,
+            fw,
             nodes: vec![Node {
                 op: FixedOp::Input,
                 inputs: vec![],
                 shape: net.input,
                 layer: None,
+                scale: (1, 1),
             }],
         };
         let input = Tensor {
@@ -223,11 +246,11 @@ impl FixedProgram {
                     let (op, w, b) = linear_params(net, i, t.shape, bn_of[i])?;
                     let weight = w
                         .iter()
-                        .map(|&v| round_fixed(v, f, i, kind))
+                        .map(|&v| round_fixed(v, fw, i, kind))
                         .collect::<Result<Vec<_>>>()?;
                     let bias = b
                         .iter()
-                        .map(|&v| round_fixed(v * t.div as f64, 2 * f, i, kind))
+                        .map(|&v| round_fixed(v * t.div as f64, f + fw, i, kind))
                         .collect::<Result<Vec<_>>>()?;
                     let node = lw.push(
                         FixedOp::Linear { op, weight, bias },
@@ -270,7 +293,7 @@ impl FixedProgram {
                     }
                     for x in [&mut a, &mut b] {
                         if x.scale == 1 {
-                            x.node = lw.push(FixedOp::MulConst(1 << f), vec![x.node], x.shape, i);
+                            x.node = lw.push(FixedOp::MulConst(1 << fw), vec![x.node], x.shape, i);
                             x.scale = 2;
                         }
                     }
@@ -287,7 +310,7 @@ impl FixedProgram {
                     ..t
                 },
                 Op::Activation(Activation::Relu) => {
-                    let shift = if t.scale == 2 { f } else { 0 };
+                    let shift = if t.scale == 2 { fw } else { 0 };
                     let node = lw.push(FixedOp::Relu { shift }, vec![t.node], t.shape, i);
                     Tensor {
                         node,
@@ -299,9 +322,9 @@ impl FixedProgram {
                 Op::Activation(Activation::Quad { a, b, c }) => {
                     let t = lw.normalize(t, i);
                     let op = FixedOp::Quad {
-                        a: round_fixed(*a as f64, f, i, kind)?,
-                        b: round_fixed(*b as f64, f, i, kind)?,
-                        c: round_fixed(*c as f64, 2 * f, i, kind)?,
+                        a: round_fixed(*a as f64, fw, i, kind)?,
+                        b: round_fixed(*b as f64, fw, i, kind)?,
+                        c: round_fixed(*c as f64, f + fw, i, kind)?,
                     };
                     let node = lw.push(op, vec![t.node], t.shape, i);
                     Tensor {
@@ -312,6 +335,7 @@ impl FixedProgram {
                     }
                 }
             };
+            lw.nodes[res.node].scale = (res.scale, res.div);
             out.push(res);
         }
         let last = *out
@@ -319,11 +343,21 @@ impl FixedProgram {
             .ok_or_else(|| NetError::Invalid("no layers".into()))?;
         Ok(FixedProgram {
             frac_bits: f,
+            weight_frac_bits: fw,
             nodes: lw.nodes,
             output: last.node,
             output_scale: last.scale,
             output_divisor: last.div,
         })
+    }
+
+    /// Fractional bits of a value at `scale` (1: f, 2: f + f_w).
+    pub fn scale_bits(&self, scale: u32) -> u32 {
+        if scale <= 1 {
+            self.frac_bits
+        } else {
+            self.frac_bits + self.weight_frac_bits
+        }
     }
 
     /// Encodes a real input at scale 1.
@@ -378,7 +412,7 @@ impl FixedProgram {
                     let (a, b, c) = (F::from_i64(*a), F::from_i64(*b), F::from_i64(*c));
                     x.iter().map(|&v| a * trunc(v * v, f) + b * v + c).collect()
                 }
-                FixedOp::Trunc => x.iter().map(|&v| trunc(v, f)).collect(),
+                FixedOp::Trunc { shift } => x.iter().map(|&v| trunc(v, *shift)).collect(),
                 FixedOp::MulConst(m) => {
                     let m = F::from_i64(*m);
                     x.iter().map(|&v| v * m).collect()
@@ -404,9 +438,17 @@ impl FixedProgram {
     }
 }
 
-/// floor(signed(v) / 2^f), back in the field.
+/// signed(v) / 2^f rounded to nearest (ties up), back in the field.
+///
+/// The protocol truncates shares locally, which rounds stochastically
+/// (down or up with probability given by the dropped fraction, so without
+/// bias); rounding to nearest is the deterministic rule with the same mean,
+/// and the two differ by at most one unit per truncation.
 pub fn trunc(v: F, f: u32) -> F {
-    F::from_i64(v.to_signed() >> f)
+    if f == 0 {
+        return v;
+    }
+    F::from_i64((v.to_signed() + (1 << (f - 1))) >> f)
 }
 
 /// A linear layer on field elements: Σ w·x + b mod p, exactly.

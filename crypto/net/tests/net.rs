@@ -180,7 +180,13 @@ fn fixed_point_reference_tracks_the_float_network() {
         let net = build(arch, classes, 5).unwrap();
         let prog = FixedProgram::lower(&net).unwrap();
         // All-ReLU networks need no probabilistic truncation anywhere.
-        assert!(!prog.nodes.iter().any(|n| n.op == FixedOp::Trunc), "{arch}");
+        assert!(
+            !prog
+                .nodes
+                .iter()
+                .any(|n| matches!(n.op, FixedOp::Trunc { .. })),
+            "{arch}"
+        );
         for seed in 0..2 {
             let x = random_input(&net, seed);
             let fl = eval_float(&net, &x).unwrap();
@@ -200,7 +206,10 @@ fn mixed_placements_lower_and_evaluate() {
     let mut net = build("small-cnn", 10, 9).unwrap();
     apply_placement(&mut net, "RQQ").unwrap();
     let prog = FixedProgram::lower(&net).unwrap();
-    assert!(prog.nodes.iter().any(|n| n.op == FixedOp::Trunc));
+    assert!(prog
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, FixedOp::Trunc { .. })));
     let (relus, quads) = prog.activation_counts();
     assert_eq!(relus, 16 * 28 * 28);
     assert_eq!(quads, 32 * 14 * 14 + 128);

@@ -4,8 +4,13 @@ use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, Subcommand};
-use delphi_net::builtin::{apply_placement, build, placement_string, quad_last, ARCHITECTURES};
-use delphi_net::{FixedProgram, WeightStorage};
+use delphi_engine::run::{run_local, RunReport};
+use delphi_net::builtin::{
+    apply_placement, build, placement_string, quad_last, quad_last_with, ARCHITECTURES, BENCH_QUAD,
+};
+use delphi_net::eval::calibrate_batch_norm;
+use delphi_net::{FixedProgram, Network, WeightStorage};
+use rand::{Rng, SeedableRng};
 
 #[derive(Parser)]
 #[command(
@@ -23,6 +28,22 @@ enum Command {
     /// Benchmarks that write machine-readable figures under results/.
     #[command(subcommand)]
     Bench(Bench),
+    /// Runs a plan between a server and a client (two threads, loopback TCP) and checks
+    /// every secure result against the plaintext fixed-point reference.
+    Verify {
+        /// The network description (plan) to run.
+        #[arg(long)]
+        plan: PathBuf,
+        /// Number of inferences (random inputs in [-1, 1]).
+        #[arg(long, default_value_t = 1)]
+        inputs: usize,
+        /// Seed for the random inputs.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Writes a built-in architecture with random weights as a network description.
     Export {
         /// Architecture: small-cnn, minionn or resnet32.
@@ -51,6 +72,24 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// A whole network under the protocol (random weights): time, bytes, memory.
+    Network {
+        /// Architecture: small-cnn, minionn or resnet32.
+        #[arg(long, default_value = "resnet32")]
+        arch: String,
+        /// Number of output classes.
+        #[arg(long, default_value_t = 100)]
+        classes: usize,
+        /// Make the last N activation layers quadratic.
+        #[arg(long, default_value_t = 0)]
+        quad_layers: usize,
+        /// Number of inferences.
+        #[arg(long, default_value_t = 1)]
+        inputs: usize,
+        /// Where to write the JSON figures.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Garbled-circuit ReLU layer: throughput, bytes and end-to-end time over loopback TCP.
     Relu {
         /// Number of ReLUs.
@@ -63,6 +102,86 @@ enum Bench {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+}
+
+fn random_inputs(
+    prog: &FixedProgram,
+    n: usize,
+    seed: u64,
+) -> Result<Vec<Vec<delphi_crypto::field::F>>> {
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let x: Vec<f32> = (0..prog.nodes[0].shape.len())
+                .map(|_| rng.gen_range(-1.0..1.0))
+                .collect();
+            Ok(prog.encode_input(&x)?)
+        })
+        .collect()
+}
+
+fn mean(r: &RunReport, f: impl Fn(&delphi_engine::run::Inference) -> f64) -> f64 {
+    r.inferences.iter().map(f).sum::<f64>() / r.inferences.len().max(1) as f64
+}
+
+fn write_json(out: &std::path::Path, v: &serde_json::Value) -> Result<()> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(out, format!("{}\n", serde_json::to_string_pretty(v)?))
+        .with_context(|| format!("writing {}", out.display()))
+}
+
+fn verify_json(r: &RunReport) -> serde_json::Value {
+    let exact = r.inferences.iter().filter(|i| i.correct).count();
+    serde_json::json!({
+        "offline_s": mean(r, |i| i.offline_s),
+        "online_s": mean(r, |i| i.online_s),
+        "offline_bytes": mean(r, |i| i.offline_bytes as f64),
+        "online_bytes": mean(r, |i| i.online_bytes as f64),
+        "correct": exact == r.inferences.len(),
+        "exact_inferences": exact,
+        "same_class": r.inferences.iter().filter(|i| i.same_class).count(),
+        "truncation_error_rate": r.inferences.iter().map(|i| i.logits_differing as f64).sum::<f64>()
+            / r.inferences.len().max(1) as f64,
+        "relus": r.relus,
+        "quads": r.quads,
+        "setup_s": r.setup_s,
+        "setup_bytes": r.setup_bytes,
+        "peak_rss_bytes_both_parties": r.peak_rss_bytes,
+        "inferences": r.inferences,
+    })
+}
+
+fn print_table(r: &RunReport) {
+    println!(
+        "ReLUs {}  quadratics {}  key setup {:.2} s, {:.1} MB",
+        r.relus,
+        r.quads,
+        r.setup_s,
+        r.setup_bytes as f64 / 1e6
+    );
+    println!(
+        "{:>4} {:>11} {:>13} {:>10} {:>12} {:>7} {:>8} {:>9}",
+        "#", "offline s", "offline MB", "online s", "online MB", "exact", "class", "max ulp"
+    );
+    for (k, i) in r.inferences.iter().enumerate() {
+        println!(
+            "{:>4} {:>11.2} {:>13.1} {:>10.3} {:>12.1} {:>7} {:>8} {:>9}",
+            k + 1,
+            i.offline_s,
+            i.offline_bytes as f64 / 1e6,
+            i.online_s,
+            i.online_bytes as f64 / 1e6,
+            if i.correct { "yes" } else { "no" },
+            if i.same_class { "same" } else { "differs" },
+            i.max_ulp_error
+        );
+    }
+    println!(
+        "peak memory (both parties, one process): {:.0} MB",
+        r.peak_rss_bytes as f64 / 1e6
+    );
 }
 
 fn main() -> Result<()> {
@@ -88,6 +207,86 @@ fn main() -> Result<()> {
                 r.relus - r.correct,
                 r.relus
             );
+        }
+        Command::Bench(Bench::Network {
+            arch,
+            classes,
+            quad_layers,
+            inputs,
+            out,
+        }) => {
+            let mut net = build(&arch, classes, 1)?;
+            // Random weights: a contractive quadratic and batch-norm statistics
+            // calibrated for this placement keep values in range, as training would.
+            quad_last_with(&mut net, quad_layers, BENCH_QUAD)?;
+            let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
+            let calib: Vec<Vec<f32>> = (0..2)
+                .map(|_| {
+                    (0..net.input.len())
+                        .map(|_| rng.gen_range(-1.0f32..1.0))
+                        .collect()
+                })
+                .collect();
+            calibrate_batch_norm(&mut net, &calib)?;
+            let prog = FixedProgram::lower(&net)?;
+            let report = run_local(&prog, &random_inputs(&prog, inputs, 1)?, &|m| {
+                eprintln!("[network bench] {m}")
+            })?;
+            let summary = serde_json::json!({
+                "arch": arch,
+                "classes": classes,
+                "quad_layers": quad_layers,
+                "placement": placement_string(&net),
+                "relus": report.relus,
+                "quads": report.quads,
+                "offline_s": mean(&report, |i| i.offline_s),
+                "online_s": mean(&report, |i| i.online_s),
+                "offline_bytes": mean(&report, |i| i.offline_bytes as f64),
+                "online_bytes": mean(&report, |i| i.online_bytes as f64),
+                "correct": report.inferences.iter().all(|i| i.correct),
+                "setup_s": report.setup_s,
+                "setup_bytes": report.setup_bytes,
+                "peak_rss_bytes_both_parties": report.peak_rss_bytes,
+                "cores": delphi_crypto::bench::cores(),
+                "cpu_model": delphi_crypto::bench::cpu_model(),
+                "inferences": report.inferences,
+                "rerun": format!("cargo run --release --bin delphi -- bench network --arch {arch} --classes {classes} --quad-layers {quad_layers} --out {}", out.display()),
+            });
+            write_json(&out, &summary)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        Command::Verify {
+            plan,
+            inputs,
+            seed,
+            json,
+        } => {
+            ensure!(inputs > 0, "--inputs must be at least 1");
+            let net =
+                Network::load(&plan).with_context(|| format!("loading {}", plan.display()))?;
+            let prog = FixedProgram::lower(&net)?;
+            let report = run_local(&prog, &random_inputs(&prog, inputs, seed)?, &|m| {
+                if !json {
+                    eprintln!("[verify] {m}")
+                }
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&verify_json(&report))?);
+            } else {
+                print_table(&report);
+            }
+            let exact = report.inferences.iter().filter(|i| i.correct).count();
+            if prog
+                .nodes
+                .iter()
+                .all(|n| !matches!(n.op, delphi_net::FixedOp::Trunc { .. }))
+            {
+                ensure!(
+                    exact == inputs,
+                    "{} of {inputs} secure results differ from the reference",
+                    inputs - exact
+                );
+            }
         }
         Command::Export {
             arch,

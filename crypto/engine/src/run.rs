@@ -1,0 +1,169 @@
+//! Running both parties in one process over loopback TCP: the engine behind
+//! `delphi verify` and `delphi bench network`.
+
+use std::net::TcpListener;
+use std::thread;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use delphi_crypto::block::secret_rng;
+use delphi_crypto::channel::{Counting, TcpChannel};
+use delphi_crypto::field::F;
+use delphi_net::fixed::FixedProgram;
+
+use crate::error::{EngineError, Result};
+use crate::protocol::{client_offline, client_setup, server_offline, server_setup};
+
+/// Measurements of one inference.
+#[derive(Clone, Debug, Serialize)]
+pub struct Inference {
+    /// Offline wall time (both parties done), seconds.
+    pub offline_s: f64,
+    /// Online wall time (client sends its input to client holding the logits), seconds.
+    pub online_s: f64,
+    /// Offline bytes, both directions.
+    pub offline_bytes: u64,
+    /// Online bytes, both directions.
+    pub online_bytes: u64,
+    /// The secure logits equal the fixed-point reference exactly.
+    pub correct: bool,
+    /// Logits that differ from the reference (probabilistic truncation).
+    pub logits_differing: usize,
+    /// Largest difference from the reference, in units of the last place.
+    pub max_ulp_error: u64,
+    /// The predicted class agrees with the reference's.
+    pub same_class: bool,
+}
+
+/// Summary of a local two-party run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    /// ReLUs per inference.
+    pub relus: usize,
+    /// Quadratic activations per inference.
+    pub quads: usize,
+    /// Key generation and key transfer, seconds.
+    pub setup_s: f64,
+    /// Public-key bytes sent.
+    pub setup_bytes: u64,
+    /// One entry per inference.
+    pub inferences: Vec<Inference>,
+    /// Peak resident memory of the process holding both parties, bytes.
+    pub peak_rss_bytes: u64,
+}
+
+/// Peak resident set size of this process (Linux), or 0.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+fn argmax(v: &[F]) -> usize {
+    v.iter()
+        .enumerate()
+        .max_by_key(|(_, x)| x.to_signed())
+        .map(|(i, _)| i)
+        .unwrap_or(0)
+}
+
+/// Runs one inference per input between a server thread and a client
+/// thread over loopback TCP, and compares each result with the reference.
+pub fn run_local(
+    prog: &FixedProgram,
+    inputs: &[Vec<F>],
+    progress: &dyn Fn(&str),
+) -> Result<RunReport> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(delphi_crypto::Error::from)?;
+    let addr = listener.local_addr().map_err(delphi_crypto::Error::from)?;
+    let sp = prog.clone();
+    let n = inputs.len();
+    let server = thread::spawn(move || -> Result<Vec<(u64, u64)>> {
+        let (stream, _) = listener.accept().map_err(delphi_crypto::Error::from)?;
+        let mut ch = Counting::new(TcpChannel::new(stream)?);
+        let mut rng = secret_rng();
+        let he = server_setup(&mut ch)?;
+        let mut bytes = Vec::with_capacity(n);
+        for _ in 0..n {
+            let a = ch.stats();
+            let mut b = server_offline(&mut ch, &sp, &he, &mut rng)?;
+            let m = ch.stats();
+            b.online(&mut ch, &sp)?;
+            let e = ch.stats();
+            bytes.push((m.since(&a).sent, e.since(&m).sent));
+        }
+        Ok(bytes)
+    });
+    let mut ch = Counting::new(TcpChannel::connect(addr)?);
+    let mut rng = secret_rng();
+    let t = Instant::now();
+    progress("generating keys");
+    let he = client_setup(&mut ch)?;
+    let setup_s = t.elapsed().as_secs_f64();
+    let setup_bytes = ch.stats().sent;
+    let mut runs = Vec::with_capacity(n);
+    for (k, x) in inputs.iter().enumerate() {
+        progress(&format!("inference {}/{n}: offline", k + 1));
+        let a = ch.stats();
+        let t = Instant::now();
+        let mut b = client_offline(&mut ch, prog, &he, &mut rng)?;
+        let offline_s = t.elapsed().as_secs_f64();
+        let m = ch.stats();
+        progress(&format!("inference {}/{n}: online", k + 1));
+        let t = Instant::now();
+        let got = b.online(&mut ch, prog, x)?;
+        let online_s = t.elapsed().as_secs_f64();
+        let e = ch.stats();
+        let want = prog.eval(x)?;
+        let diffs: Vec<u64> = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g.to_signed() - w.to_signed()).unsigned_abs())
+            .collect();
+        runs.push((
+            offline_s,
+            online_s,
+            m.since(&a).sent,
+            e.since(&m).sent,
+            Inference {
+                offline_s,
+                online_s,
+                offline_bytes: 0,
+                online_bytes: 0,
+                correct: got == want,
+                logits_differing: diffs.iter().filter(|d| **d != 0).count(),
+                max_ulp_error: diffs.iter().copied().max().unwrap_or(0),
+                same_class: argmax(&got) == argmax(&want),
+            },
+        ));
+    }
+    let server_bytes = server
+        .join()
+        .map_err(|_| EngineError::Malformed("the server thread panicked".into()))??;
+    let inferences = runs
+        .into_iter()
+        .zip(server_bytes)
+        .map(|((_, _, c_off, c_on, mut inf), (s_off, s_on))| {
+            inf.offline_bytes = c_off + s_off;
+            inf.online_bytes = c_on + s_on;
+            inf
+        })
+        .collect();
+    let (relus, quads) = prog.activation_counts();
+    Ok(RunReport {
+        relus,
+        quads,
+        setup_s,
+        setup_bytes,
+        inferences,
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
