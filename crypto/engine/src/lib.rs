@@ -7,5 +7,6 @@ pub mod error;
 pub mod he;
 pub mod protocol;
 pub mod run;
+pub mod session;
 
 pub use error::{EngineError, Result};

@@ -381,6 +381,45 @@ impl Network {
         self.layers.len() - 1
     }
 
+    /// The same network with every weight replaced by a neutral value
+    /// (zeros; identity batch norm): what a client may learn.
+    pub fn architecture_only(&self) -> Network {
+        let mut n = self.clone();
+        n.weights_file = None;
+        n.metadata = Metadata::default();
+        for l in &mut n.layers {
+            match &mut l.op {
+                Op::Conv2d {
+                    weight,
+                    bias_values,
+                    ..
+                }
+                | Op::Dense {
+                    weight,
+                    bias_values,
+                    ..
+                } => {
+                    weight.iter_mut().for_each(|v| *v = 0.0);
+                    bias_values.iter_mut().for_each(|v| *v = 0.0);
+                }
+                Op::BatchNorm {
+                    gamma,
+                    beta,
+                    mean,
+                    var,
+                    ..
+                } => {
+                    gamma.iter_mut().for_each(|v| *v = 1.0);
+                    beta.iter_mut().for_each(|v| *v = 0.0);
+                    mean.iter_mut().for_each(|v| *v = 0.0);
+                    var.iter_mut().for_each(|v| *v = 1.0);
+                }
+                _ => {}
+            }
+        }
+        n
+    }
+
     /// Indices of the activation layers, in order.
     pub fn activation_layers(&self) -> Vec<usize> {
         self.layers

@@ -1,6 +1,7 @@
 //! `delphi`: the protocol engine's command line.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, Subcommand};
@@ -41,6 +42,39 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serves private predictions of a plan to clients (`delphi infer`), one session at a time.
+    Serve {
+        /// The network description (plan) to serve.
+        #[arg(long)]
+        plan: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        listen: String,
+        /// Offline bundles each client prepares ahead of its inputs.
+        #[arg(long, default_value_t = 1)]
+        preprocess: usize,
+        /// Seconds to wait for the peer before giving up.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// Stop after this many sessions (default: serve forever).
+        #[arg(long)]
+        sessions: Option<usize>,
+    },
+    /// Gets private predictions from a server: the input stays hidden from it.
+    Infer {
+        /// The server's address.
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        connect: String,
+        /// JSON file: one input (array of CHW numbers) or an array of inputs.
+        #[arg(long)]
+        input: PathBuf,
+        /// Seconds to wait for the peer before giving up.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -118,6 +152,19 @@ fn random_inputs(
             Ok(prog.encode_input(&x)?)
         })
         .collect()
+}
+
+fn parse_inputs(v: &serde_json::Value) -> Option<Vec<Vec<f32>>> {
+    let arr = v.as_array()?;
+    let one = |a: &Vec<serde_json::Value>| {
+        a.iter()
+            .map(|x| x.as_f64().map(|f| f as f32))
+            .collect::<Option<Vec<f32>>>()
+    };
+    if arr.iter().all(|x| x.is_number()) {
+        return Some(vec![one(arr)?]);
+    }
+    arr.iter().map(|x| one(x.as_array()?)).collect()
 }
 
 fn mean(r: &RunReport, f: impl Fn(&delphi_engine::run::Inference) -> f64) -> f64 {
@@ -286,6 +333,96 @@ fn main() -> Result<()> {
                     "{} of {inputs} secure results differ from the reference",
                     inputs - exact
                 );
+            }
+        }
+        Command::Serve {
+            plan,
+            listen,
+            preprocess,
+            timeout,
+            sessions,
+        } => {
+            let net =
+                Network::load(&plan).with_context(|| format!("loading {}", plan.display()))?;
+            let prog = FixedProgram::lower(&net)?;
+            let listener = std::net::TcpListener::bind(&listen)
+                .with_context(|| format!("listening on {listen}"))?;
+            let (relus, quads) = prog.activation_counts();
+            eprintln!(
+                "serving {} on {} ({relus} ReLUs, {quads} quadratics per inference; {preprocess} bundle(s) ahead)",
+                net.name,
+                listener.local_addr()?
+            );
+            let mut done = 0;
+            for stream in listener.incoming() {
+                let stream = match stream {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("accept failed: {e}");
+                        continue;
+                    }
+                };
+                let peer = stream
+                    .peer_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|_| "?".into());
+                match delphi_engine::session::serve_connection(
+                    stream,
+                    &net,
+                    &prog,
+                    preprocess,
+                    Duration::from_secs(timeout),
+                ) {
+                    Ok(n) => eprintln!("session with {peer}: {n} prediction(s) served"),
+                    Err(e) => eprintln!("session with {peer} failed: {e}"),
+                }
+                done += 1;
+                if sessions.is_some_and(|s| done >= s) {
+                    break;
+                }
+            }
+        }
+        Command::Infer {
+            connect,
+            input,
+            timeout,
+            json,
+        } => {
+            let text = std::fs::read_to_string(&input)
+                .with_context(|| format!("reading {}", input.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", input.display()))?;
+            let inputs = parse_inputs(&v).with_context(|| {
+                format!(
+                    "{}: expected an array of numbers or an array of such arrays",
+                    input.display()
+                )
+            })?;
+            let preds = delphi_engine::session::infer(
+                connect.as_str(),
+                &inputs,
+                Duration::from_secs(timeout),
+                &|m| {
+                    if !json {
+                        eprintln!("[infer] {m}")
+                    }
+                },
+            )
+            .with_context(|| format!("private inference with {connect}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&preds)?);
+            } else {
+                for (k, p) in preds.iter().enumerate() {
+                    let logits: Vec<String> = p.logits.iter().map(|v| format!("{v:.4}")).collect();
+                    println!(
+                        "input {}: class {}  (online {:.3} s, {:.1} MB)  logits [{}]",
+                        k + 1,
+                        p.class,
+                        p.online_s,
+                        p.online_bytes as f64 / 1e6,
+                        logits.join(", ")
+                    );
+                }
             }
         }
         Command::Export {
