@@ -371,7 +371,7 @@ impl FixedProgram {
     /// Decodes the logits.
     pub fn decode_output(&self, y: &[F]) -> Vec<f64> {
         let denom =
-            (1u64 << (self.output_scale * self.frac_bits)) as f64 * self.output_divisor as f64;
+            (1u64 << self.scale_bits(self.output_scale)) as f64 * self.output_divisor as f64;
         y.iter().map(|v| v.to_signed() as f64 / denom).collect()
     }
 
