@@ -1,7 +1,6 @@
 //! The two-party ReLU layer over real TCP, checked against plaintext ReLU.
 #![allow(clippy::unwrap_used)]
 
-use std::net::TcpListener;
 use std::thread;
 
 use delphi_crypto::block::SecretRng;
@@ -12,11 +11,7 @@ use delphi_crypto::Error;
 use rand::{Rng, SeedableRng};
 
 fn tcp_pair() -> (TcpChannel, TcpChannel) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let h = thread::spawn(move || TcpChannel::connect(addr).unwrap());
-    let s = TcpChannel::new(l.accept().unwrap().0).unwrap();
-    (s, h.join().unwrap())
+    TcpChannel::loopback_pair().unwrap()
 }
 
 /// Runs offline and online for the given shares; returns (client out, server ρ).

@@ -1,7 +1,6 @@
 //! Whole networks between two parties over real TCP, against the fixed-point reference.
 #![allow(clippy::unwrap_used)]
 
-use std::net::TcpListener;
 use std::thread;
 
 use delphi_crypto::block::SecretRng;
@@ -13,11 +12,7 @@ use delphi_net::{Activation, FixedProgram, Network, Op, Padding, Shape};
 use rand::{Rng, SeedableRng};
 
 fn tcp_pair() -> (TcpChannel, TcpChannel) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let h = thread::spawn(move || TcpChannel::connect(addr).unwrap());
-    let s = TcpChannel::new(l.accept().unwrap().0).unwrap();
-    (s, h.join().unwrap())
+    TcpChannel::loopback_pair().unwrap()
 }
 
 /// Runs `inputs.len()` inferences; returns the secure logits of each.

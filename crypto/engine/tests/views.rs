@@ -1,7 +1,6 @@
 //! What each party sees: the online messages are masked.
 #![allow(clippy::unwrap_used)]
 
-use std::net::TcpListener;
 use std::thread;
 
 use delphi_crypto::block::SecretRng;
@@ -37,11 +36,7 @@ impl<C: Channel> Channel for Recorder<C> {
 }
 
 fn pair() -> (TcpChannel, TcpChannel) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let a = l.local_addr().unwrap();
-    let h = thread::spawn(move || TcpChannel::connect(a).unwrap());
-    let s = TcpChannel::new(l.accept().unwrap().0).unwrap();
-    (s, h.join().unwrap())
+    TcpChannel::loopback_pair().unwrap()
 }
 
 /// Runs one inference; returns (bytes the client received online except the

@@ -175,16 +175,7 @@ impl Lowering {
             t.scale += 1;
             t.div = 1;
         }
-        while t.scale > 1 {
-            t.node = self.push(
-                FixedOp::Trunc { shift: self.fw },
-                vec![t.node],
-                t.shape,
-                layer,
-            );
-            t.scale -= 1;
-        }
-        t
+        self.rescale_to_1(t, layer)
     }
 
     /// Brings a tensor to scale 1, keeping its divisor.

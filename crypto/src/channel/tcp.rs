@@ -37,6 +37,15 @@ impl TcpChannel {
         Self::new(TcpStream::connect(addr)?)
     }
 
+    /// Two connected ends over loopback TCP (for tests and single-process runs).
+    pub fn loopback_pair() -> Result<(TcpChannel, TcpChannel)> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let client = TcpStream::connect(addr)?;
+        let (server, _) = listener.accept()?;
+        Ok((Self::new(server)?, Self::new(client)?))
+    }
+
     /// Sets how long a read may wait (`None`: forever).
     pub fn with_timeout(self, t: Option<Duration>) -> Result<Self> {
         self.reader.get_ref().set_read_timeout(t)?;
