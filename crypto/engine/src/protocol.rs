@@ -100,8 +100,56 @@ fn local_op(prog: &FixedProgram, i: usize, vals: &[Vec<F>], server_side: bool) -
     })
 }
 
+/// Time and bytes (both directions, seen by the client) of one program node.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct NodeTrace {
+    /// The program node.
+    pub node: usize,
+    /// The description layer it implements.
+    pub layer: Option<usize>,
+    /// The node's operation.
+    pub kind: &'static str,
+    /// Seconds spent.
+    pub seconds: f64,
+    /// Bytes exchanged (0 where the channel does not count).
+    pub bytes: u64,
+}
+
+struct Tracer {
+    nodes: Vec<NodeTrace>,
+    start: std::time::Instant,
+    bytes: u64,
+}
+
+impl Tracer {
+    fn new<C: Channel>(ch: &C) -> Self {
+        Tracer {
+            nodes: Vec::new(),
+            start: std::time::Instant::now(),
+            bytes: ch.counted_bytes().unwrap_or(0),
+        }
+    }
+
+    fn mark<C: Channel>(&mut self, ch: &C, prog: &FixedProgram, i: usize) {
+        let now = std::time::Instant::now();
+        let b = ch.counted_bytes().unwrap_or(0);
+        let n = &prog.nodes[i];
+        self.nodes.push(NodeTrace {
+            node: i,
+            layer: n.layer,
+            kind: n.op.kind(),
+            seconds: now.duration_since(self.start).as_secs_f64(),
+            bytes: b - self.bytes,
+        });
+        self.start = now;
+        self.bytes = b;
+    }
+}
+
 /// Client state for one inference.
 pub struct ClientBundle {
+    offline_trace: Vec<NodeTrace>,
+    online_trace: Vec<NodeTrace>,
     shares: Vec<Vec<F>>,
     relus: Vec<Option<ClientReluBundle>>,
     quads: Vec<Option<(Vec<F>, Vec<F>)>>,
@@ -159,6 +207,7 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     let mut relus: Vec<Option<ClientReluBundle>> = (0..n).map(|_| None).collect();
     let mut quads: Vec<Option<(Vec<F>, Vec<F>)>> = vec![None; n];
     let random = |len: usize, rng: &mut R| -> Vec<F> { (0..len).map(|_| F::random(rng)).collect() };
+    let mut tracer = Tracer::new(ch);
     for i in 0..n {
         let node = &prog.nodes[i];
         let len = node.shape.len();
@@ -210,8 +259,11 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
             })?,
         };
         shares.push(share);
+        tracer.mark(ch, prog, i);
     }
     Ok(ClientBundle {
+        offline_trace: tracer.nodes,
+        online_trace: Vec::new(),
         shares,
         relus,
         quads,
@@ -287,6 +339,16 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
 }
 
 impl ClientBundle {
+    /// Per-node time and bytes of the offline phase.
+    pub fn offline_trace(&self) -> &[NodeTrace] {
+        &self.offline_trace
+    }
+
+    /// Per-node time and bytes of the online phase (after it ran).
+    pub fn online_trace(&self) -> &[NodeTrace] {
+        &self.online_trace
+    }
+
     /// Online phase, client side: returns the logits (field elements at the
     /// program's output scale). A bundle runs once.
     pub fn online<C: Channel>(
@@ -305,6 +367,7 @@ impl ClientBundle {
             )));
         }
         let f = prog.frac_bits;
+        let mut tracer = Tracer::new(ch);
         let masked: Vec<F> = input
             .iter()
             .zip(&self.shares[0])
@@ -313,6 +376,9 @@ impl ClientBundle {
         ch.send_fields(&masked)?;
         ch.flush()?;
         for i in 0..prog.nodes.len() {
+            if i > 0 {
+                tracer.mark(ch, prog, i - 1);
+            }
             let node = &prog.nodes[i];
             match &node.op {
                 FixedOp::Relu { .. } => {
@@ -350,6 +416,8 @@ impl ClientBundle {
         }
         let mut theirs = vec![F::ZERO; prog.nodes[prog.output].shape.len()];
         ch.recv_fields(&mut theirs)?;
+        tracer.mark(ch, prog, prog.nodes.len() - 1);
+        self.online_trace = tracer.nodes;
         Ok(theirs
             .iter()
             .zip(&self.shares[prog.output])

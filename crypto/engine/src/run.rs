@@ -13,7 +13,7 @@ use delphi_crypto::field::F;
 use delphi_net::fixed::FixedProgram;
 
 use crate::error::{EngineError, Result};
-use crate::protocol::{client_offline, client_setup, server_offline, server_setup};
+use crate::protocol::{client_offline, client_setup, server_offline, server_setup, NodeTrace};
 
 /// Measurements of one inference.
 #[derive(Clone, Debug, Serialize)]
@@ -34,6 +34,58 @@ pub struct Inference {
     pub max_ulp_error: u64,
     /// The predicted class agrees with the reference's.
     pub same_class: bool,
+    /// Per description layer, measured on the client's side of the channel: the
+    /// server's online work on a linear layer shows up in the layer that waits
+    /// for it (the next ReLU or quadratic).
+    pub layers: Vec<LayerCost>,
+}
+
+/// Time and bytes of one description layer in one inference.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LayerCost {
+    /// Index in the description's `layers` (none: the input).
+    pub layer: Option<usize>,
+    /// The program operations that implement it.
+    pub ops: Vec<&'static str>,
+    /// Offline seconds.
+    pub offline_s: f64,
+    /// Online seconds.
+    pub online_s: f64,
+    /// Offline bytes, both directions.
+    pub offline_bytes: u64,
+    /// Online bytes, both directions.
+    pub online_bytes: u64,
+}
+
+fn per_layer(offline: &[NodeTrace], online: &[NodeTrace]) -> Vec<LayerCost> {
+    fn slot(out: &mut Vec<LayerCost>, t: &NodeTrace) -> usize {
+        match out.iter().position(|l| l.layer == t.layer) {
+            Some(p) => p,
+            None => {
+                out.push(LayerCost {
+                    layer: t.layer,
+                    ..Default::default()
+                });
+                out.len() - 1
+            }
+        }
+    }
+    let mut out: Vec<LayerCost> = Vec::new();
+    for t in offline {
+        let p = slot(&mut out, t);
+        let l = &mut out[p];
+        l.offline_s += t.seconds;
+        l.offline_bytes += t.bytes;
+        if !l.ops.contains(&t.kind) {
+            l.ops.push(t.kind);
+        }
+    }
+    for t in online {
+        let p = slot(&mut out, t);
+        out[p].online_s += t.seconds;
+        out[p].online_bytes += t.bytes;
+    }
+    out
 }
 
 /// Summary of a local two-party run.
@@ -142,6 +194,7 @@ pub fn run_local(
                 logits_differing: diffs.iter().filter(|d| **d != 0).count(),
                 max_ulp_error: diffs.iter().copied().max().unwrap_or(0),
                 same_class: argmax(&got) == argmax(&want),
+                layers: per_layer(b.offline_trace(), b.online_trace()),
             },
         ));
     }

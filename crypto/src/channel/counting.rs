@@ -83,4 +83,8 @@ impl<C: Channel> Channel for Counting<C> {
     fn max_frame(&self) -> u64 {
         self.inner.max_frame()
     }
+
+    fn counted_bytes(&self) -> Option<u64> {
+        Some(self.stats.total())
+    }
 }

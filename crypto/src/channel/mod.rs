@@ -36,6 +36,11 @@ pub trait Channel {
     fn max_frame(&self) -> u64 {
         DEFAULT_MAX_FRAME
     }
+    /// Bytes moved so far in both directions, where the channel counts them
+    /// (the [`Counting`] decorator does); used for per-layer reports.
+    fn counted_bytes(&self) -> Option<u64> {
+        None
+    }
 
     /// Sends a `u64` (little endian).
     fn send_u64(&mut self, v: u64) -> Result<()> {
@@ -175,6 +180,9 @@ impl<C: Channel + ?Sized> Channel for &mut C {
     }
     fn max_frame(&self) -> u64 {
         (**self).max_frame()
+    }
+    fn counted_bytes(&self) -> Option<u64> {
+        (**self).counted_bytes()
     }
 }
 
