@@ -45,14 +45,9 @@ fn run(prog: &FixedProgram, inputs: &[Vec<F>]) -> Vec<Vec<F>> {
 }
 
 fn random_inputs(prog: &FixedProgram, n: usize, seed: u64) -> Vec<Vec<F>> {
-    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| {
-            let x: Vec<f32> = (0..prog.nodes[0].shape.len())
-                .map(|_| rng.gen_range(-1.0..1.0))
-                .collect();
-            prog.encode_input(&x).unwrap()
-        })
+    delphi_net::eval::random_inputs(prog.nodes[0].shape.len(), n, seed)
+        .iter()
+        .map(|x| prog.encode_input(x).unwrap())
         .collect()
 }
 

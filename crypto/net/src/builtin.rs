@@ -185,13 +185,7 @@ pub fn build(arch: &str, classes: usize, seed: u64) -> Result<Network> {
     // Data-dependent batch-norm statistics on two random inputs, so that the
     // random network keeps unit-scale activations (and stays inside the
     // fixed-point range even with many quadratic layers).
-    let inputs: Vec<Vec<f32>> = (0..2)
-        .map(|_| {
-            (0..net.input.len())
-                .map(|_| init.rng.gen_range(-1.0f32..1.0))
-                .collect()
-        })
-        .collect();
+    let inputs = crate::eval::random_inputs(net.input.len(), 2, seed ^ 0xca1b);
     crate::eval::calibrate_batch_norm(&mut net, &inputs)?;
     Ok(net)
 }

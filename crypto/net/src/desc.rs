@@ -388,33 +388,13 @@ impl Network {
         n.weights_file = None;
         n.metadata = Metadata::default();
         for l in &mut n.layers {
-            match &mut l.op {
-                Op::Conv2d {
-                    weight,
-                    bias_values,
-                    ..
-                }
-                | Op::Dense {
-                    weight,
-                    bias_values,
-                    ..
-                } => {
-                    weight.iter_mut().for_each(|v| *v = 0.0);
-                    bias_values.iter_mut().for_each(|v| *v = 0.0);
-                }
-                Op::BatchNorm {
-                    gamma,
-                    beta,
-                    mean,
-                    var,
-                    ..
-                } => {
-                    gamma.iter_mut().for_each(|v| *v = 1.0);
-                    beta.iter_mut().for_each(|v| *v = 0.0);
-                    mean.iter_mut().for_each(|v| *v = 0.0);
-                    var.iter_mut().for_each(|v| *v = 1.0);
-                }
-                _ => {}
+            for (name, t) in l.op.tensors_mut() {
+                let neutral = if name == "gamma" || name == "var" {
+                    1.0
+                } else {
+                    0.0
+                };
+                t.iter_mut().for_each(|v| *v = neutral);
             }
         }
         n

@@ -150,6 +150,16 @@ fn linear_f32(op: &LinearOp, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
     )
 }
 
+/// `n` reproducible random inputs of `len` values, uniform in [−1, 1)
+/// (ChaCha20 from `seed`): for benchmarks, calibration and tests.
+pub fn random_inputs(len: usize, n: usize, seed: u64) -> Vec<Vec<f32>> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect())
+        .collect()
+}
+
 /// Index of the largest logit.
 pub fn argmax(v: &[f32]) -> usize {
     v.iter()

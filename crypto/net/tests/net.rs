@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use delphi_net::builtin::{apply_placement, build, placement_string, quad_last};
 use delphi_net::eval::{argmax, eval_float};
 use delphi_net::{FixedOp, FixedProgram, NetError, Network, Op, WeightStorage};
-use rand::{Rng, SeedableRng};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("delphi-net-test-{}-{name}", std::process::id()));
@@ -15,10 +14,7 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn random_input(net: &Network, seed: u64) -> Vec<f32> {
-    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
-    (0..net.input.len())
-        .map(|_| rng.gen_range(-1.0f32..1.0))
-        .collect()
+    delphi_net::eval::random_inputs(net.input.len(), 1, seed).remove(0)
 }
 
 #[test]

@@ -9,9 +9,8 @@ use delphi_engine::run::{run_local, RunReport};
 use delphi_net::builtin::{
     apply_placement, build, placement_string, quad_last, quad_last_with, ARCHITECTURES, BENCH_QUAD,
 };
-use delphi_net::eval::calibrate_batch_norm;
+use delphi_net::eval::{calibrate_batch_norm, random_inputs as random_inputs_f32};
 use delphi_net::{FixedProgram, Network, WeightStorage};
-use rand::{Rng, SeedableRng};
 
 #[derive(Parser)]
 #[command(
@@ -143,14 +142,9 @@ fn random_inputs(
     n: usize,
     seed: u64,
 ) -> Result<Vec<Vec<delphi_crypto::field::F>>> {
-    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| {
-            let x: Vec<f32> = (0..prog.nodes[0].shape.len())
-                .map(|_| rng.gen_range(-1.0..1.0))
-                .collect();
-            Ok(prog.encode_input(&x)?)
-        })
+    random_inputs_f32(prog.nodes[0].shape.len(), n, seed)
+        .iter()
+        .map(|x| Ok(prog.encode_input(x)?))
         .collect()
 }
 
@@ -266,14 +260,7 @@ fn main() -> Result<()> {
             // Random weights: a contractive quadratic and batch-norm statistics
             // calibrated for this placement keep values in range, as training would.
             quad_last_with(&mut net, quad_layers, BENCH_QUAD)?;
-            let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
-            let calib: Vec<Vec<f32>> = (0..2)
-                .map(|_| {
-                    (0..net.input.len())
-                        .map(|_| rng.gen_range(-1.0f32..1.0))
-                        .collect()
-                })
-                .collect();
+            let calib = random_inputs_f32(net.input.len(), 2, 2);
             calibrate_batch_norm(&mut net, &calib)?;
             let prog = FixedProgram::lower(&net)?;
             let report = run_local(&prog, &random_inputs(&prog, inputs, 1)?, &|m| {
