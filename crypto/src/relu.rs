@@ -46,6 +46,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::block::{AesPrg, Block};
 use crate::channel::Channel;
+use crate::codec::{Decoder, Encoder};
 use crate::error::{Error, Result};
 use crate::field::{F, HALF};
 use crate::gc::{Circuit, Evaluator, Fancy, Garbler, BATCH};
@@ -507,6 +508,96 @@ impl ClientReluBundle {
         ga.zeroize();
         out.zeroize();
         Ok(result)
+    }
+}
+
+/// Tags that start each stored bundle (catch a file read as the wrong type).
+const SERVER_TAG: u64 = u64::from_le_bytes(*b"dlRELUs1");
+const CLIENT_TAG: u64 = u64::from_le_bytes(*b"dlRELUc1");
+
+impl ServerReluBundle {
+    /// Writes the bundle (secrets included: the file must be protected like
+    /// a key). A consumed bundle cannot be stored.
+    pub fn store<W: std::io::Write>(&self, e: &mut Encoder<W>) -> Result<()> {
+        let s = self.inner.as_ref().ok_or(Error::BundleConsumed)?;
+        e.u64(SERVER_TAG)?;
+        e.u64(self.n as u64)?;
+        e.bytes(&s.id)?;
+        e.block(s.delta)?;
+        e.block(s.label_seed)?;
+        e.fields(&s.rho)
+    }
+
+    /// Reads a bundle written by [`ServerReluBundle::store`].
+    pub fn load<R: std::io::Read>(d: &mut Decoder<R>) -> Result<Self> {
+        if d.u64()? != SERVER_TAG {
+            return Err(Error::Malformed {
+                what: "not a stored server ReLU bundle",
+            });
+        }
+        let n = d.u64_at_most(MAX_RELUS as u64, "stored ReLU count")? as usize;
+        check_count(n)?;
+        let mut id = [0u8; 16];
+        d.bytes(&mut id)?;
+        let delta = d.block()?;
+        let label_seed = d.block()?;
+        let rho = d.fields(n, "stored ReLU masks")?;
+        Ok(ServerReluBundle {
+            n,
+            inner: Some(ServerSecrets {
+                id,
+                delta,
+                label_seed,
+                rho,
+            }),
+        })
+    }
+}
+
+impl ClientReluBundle {
+    /// Writes the bundle. A consumed bundle cannot be stored.
+    pub fn store<W: std::io::Write>(&self, e: &mut Encoder<W>) -> Result<()> {
+        let s = self.inner.as_ref().ok_or(Error::BundleConsumed)?;
+        e.u64(CLIENT_TAG)?;
+        e.u64(self.n as u64)?;
+        e.u64(self.shift as u64)?;
+        e.bytes(&s.id)?;
+        e.block(s.hash_key)?;
+        e.blocks(&s.labels)?;
+        e.blocks(&s.tables)?;
+        e.fields(&s.cts)
+    }
+
+    /// Reads a bundle written by [`ClientReluBundle::store`].
+    pub fn load<R: std::io::Read>(d: &mut Decoder<R>) -> Result<Self> {
+        if d.u64()? != CLIENT_TAG {
+            return Err(Error::Malformed {
+                what: "not a stored client ReLU bundle",
+            });
+        }
+        let n = d.u64_at_most(MAX_RELUS as u64, "stored ReLU count")? as usize;
+        check_count(n)?;
+        let shift = d.u64_at_most(MAX_SHIFT as u64, "stored ReLU truncation")? as u32;
+        let rc = relu_circuit(shift);
+        let no = rc.circuit.outputs();
+        let per = 2 * rc.circuit.and_gates();
+        let mut id = [0u8; 16];
+        d.bytes(&mut id)?;
+        let hash_key = d.block()?;
+        let labels = d.blocks(n * CLIENT_BITS, "stored ReLU labels")?;
+        let tables = d.blocks(n * per, "stored garbled tables")?;
+        let cts = d.fields(n * no, "stored output conversions")?;
+        Ok(ClientReluBundle {
+            n,
+            shift,
+            inner: Some(ClientSecrets {
+                id,
+                hash_key,
+                labels,
+                tables,
+                cts,
+            }),
+        })
     }
 }
 

@@ -16,6 +16,14 @@ pub enum EngineError {
     /// The peer sent something malformed.
     #[error("malformed message from the peer: {0}")]
     Malformed(String),
+    /// A bundle store on disk failed.
+    #[error("bundle store {path}: {reason}")]
+    Store {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// A layer the engine cannot run under the protocol.
     #[error("layer {layer}: {reason}")]
     Unsupported {

@@ -8,5 +8,6 @@ pub mod he;
 pub mod protocol;
 pub mod run;
 pub mod session;
+pub mod store;
 
 pub use error::{EngineError, Result};

@@ -10,26 +10,33 @@
 //!   ReLU(v) >> shift − ρ; the client sends that minus a fresh offline share
 //!   c', and the server adds ρ;
 //! * quadratic: a square triple (a, a²) from BFV; the client sends c − a_c
-//!   offline, the server opens e = v − a online, both compute shares of v²
-//!   (truncated locally), then a·v² + b·v + c and the client re-masks as
-//!   for ReLU;
-//! * truncation: local (probabilistic, see `delphi_net::fixed`); sums,
-//!   pools and constant products: local;
+//!   offline, the server opens e = v − a online, both compute shares of
+//!   a·v² + b·v + c and the client re-masks as for ReLU;
+//! * truncation: the faithful protocol of [`delphi_crypto::trunc`] (one OT
+//!   per value offline, one field element online), then the client re-masks;
+//!   sums, pools and constant products: local.
+//!
+//! Every client share is therefore fixed offline, which is what the HE
+//! linear layers, the garbled ReLUs and the truncation all rely on.
 //! * output: the server sends its share of the logits; only the client
 //!   learns them.
 //!
 //! The server learns only values masked by client randomness; the client
 //! learns only masked values and the logits.
 
+use std::io::{Read, Write};
+
 use rand::{CryptoRng, RngCore};
 use seal_fhe::Ciphertext;
 
 use delphi_crypto::channel::Channel;
+use delphi_crypto::codec::{Decoder, Encoder};
 use delphi_crypto::field::F;
 use delphi_crypto::relu::{
     client_offline as relu_client_offline, server_offline as relu_server_offline,
 };
 use delphi_crypto::relu::{ClientReluBundle, ServerReluBundle};
+use delphi_crypto::trunc::{self, ClientTruncBundle, ServerTruncBundle};
 use delphi_net::fixed::{linear_field, FixedOp, FixedProgram};
 use delphi_net::linear::sum_pool;
 
@@ -42,16 +49,6 @@ pub const MAX_HE_FRAME: u64 = 16 << 20;
 fn send_ct<C: Channel>(ch: &mut C, c: &Ciphertext) -> Result<()> {
     ch.send_frame(&ServerHe::to_bytes(c)?)?;
     Ok(())
-}
-
-/// Local truncation of the client's share.
-fn trunc_client(c: F, f: u32) -> F {
-    F::from_u64(c.value() >> f)
-}
-
-/// Local truncation of the server's share.
-fn trunc_server(s: F, f: u32) -> F {
-    -F::from_u64((-s).value() >> f)
 }
 
 fn packing(prog: &FixedProgram, node: usize) -> Result<Packing> {
@@ -68,7 +65,7 @@ fn packing(prog: &FixedProgram, node: usize) -> Result<Packing> {
 }
 
 /// Applies the local operations (the same on both sides) to node `i`.
-fn local_op(prog: &FixedProgram, i: usize, vals: &[Vec<F>], server_side: bool) -> Option<Vec<F>> {
+fn local_op(prog: &FixedProgram, i: usize, vals: &[Vec<F>]) -> Option<Vec<F>> {
     let node = &prog.nodes[i];
     let x = node.inputs.first().map(|&j| &vals[j][..])?;
     Some(match &node.op {
@@ -92,10 +89,6 @@ fn local_op(prog: &FixedProgram, i: usize, vals: &[Vec<F>], server_side: bool) -
             .zip(&vals[node.inputs[1]])
             .map(|(a, b)| *a + *b)
             .collect(),
-        FixedOp::Trunc { shift } if server_side => {
-            x.iter().map(|v| trunc_server(*v, *shift)).collect()
-        }
-        FixedOp::Trunc { shift } => x.iter().map(|v| trunc_client(*v, *shift)).collect(),
         _ => return None,
     })
 }
@@ -148,18 +141,22 @@ impl Tracer {
 
 /// Client state for one inference.
 pub struct ClientBundle {
+    id: [u8; 16],
     offline_trace: Vec<NodeTrace>,
     online_trace: Vec<NodeTrace>,
     shares: Vec<Vec<F>>,
     relus: Vec<Option<ClientReluBundle>>,
+    truncs: Vec<Option<ClientTruncBundle>>,
     quads: Vec<Option<(Vec<F>, Vec<F>)>>,
     used: bool,
 }
 
 /// Server state for one inference.
 pub struct ServerBundle {
+    id: [u8; 16],
     sigmas: Vec<Option<Vec<F>>>,
     relus: Vec<Option<ServerReluBundle>>,
+    truncs: Vec<Option<ServerTruncBundle>>,
     quads: Vec<Option<(Vec<F>, Vec<F>)>>,
     used: bool,
 }
@@ -203,8 +200,11 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
 ) -> Result<ClientBundle> {
     let n = prog.nodes.len();
     ch.agree_u64("program nodes", n as u64)?;
+    let mut id = [0u8; 16];
+    ch.recv_bytes(&mut id)?;
     let mut shares: Vec<Vec<F>> = Vec::with_capacity(n);
     let mut relus: Vec<Option<ClientReluBundle>> = (0..n).map(|_| None).collect();
+    let mut truncs: Vec<Option<ClientTruncBundle>> = (0..n).map(|_| None).collect();
     let mut quads: Vec<Option<(Vec<F>, Vec<F>)>> = vec![None; n];
     let random = |len: usize, rng: &mut R| -> Vec<F> { (0..len).map(|_| F::random(rng)).collect() };
     let mut tracer = Tracer::new(ch);
@@ -234,6 +234,15 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
                 )?);
                 random(len, rng)
             }
+            FixedOp::Trunc { shift } => {
+                truncs[i] = Some(trunc::client_offline(
+                    ch,
+                    &shares[node.inputs[0]],
+                    *shift,
+                    rng,
+                )?);
+                random(len, rng)
+            }
             FixedOp::Quad { .. } => {
                 let x = &shares[node.inputs[0]];
                 let a_c = random(len, rng);
@@ -253,7 +262,7 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
                 quads[i] = Some((a_c, sq));
                 random(len, rng)
             }
-            _ => local_op(prog, i, &shares, false).ok_or_else(|| EngineError::Unsupported {
+            _ => local_op(prog, i, &shares).ok_or_else(|| EngineError::Unsupported {
                 layer: node.layer.unwrap_or(0),
                 reason: format!("{} has no input", node.op.kind()),
             })?,
@@ -262,10 +271,12 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
         tracer.mark(ch, prog, i);
     }
     Ok(ClientBundle {
+        id,
         offline_trace: tracer.nodes,
         online_trace: Vec::new(),
         shares,
         relus,
+        truncs,
         quads,
         used: false,
     })
@@ -280,8 +291,13 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
 ) -> Result<ServerBundle> {
     let n = prog.nodes.len();
     ch.agree_u64("program nodes", n as u64)?;
+    let mut id = [0u8; 16];
+    rng.fill_bytes(&mut id);
+    ch.send_bytes(&id)?;
+    ch.flush()?;
     let mut sigmas: Vec<Option<Vec<F>>> = vec![None; n];
     let mut relus: Vec<Option<ServerReluBundle>> = (0..n).map(|_| None).collect();
+    let mut truncs: Vec<Option<ServerTruncBundle>> = (0..n).map(|_| None).collect();
     let mut quads: Vec<Option<(Vec<F>, Vec<F>)>> = vec![None; n];
     for i in 0..n {
         let node = &prog.nodes[i];
@@ -302,6 +318,9 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
             }
             FixedOp::Relu { shift } => {
                 relus[i] = Some(relu_server_offline(ch, len, *shift, rng)?);
+            }
+            FixedOp::Trunc { shift } => {
+                truncs[i] = Some(trunc::server_offline(ch, len, *shift, rng)?);
             }
             FixedOp::Quad { .. } => {
                 let mut a_s = Vec::with_capacity(len);
@@ -331,14 +350,21 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
         }
     }
     Ok(ServerBundle {
+        id,
         sigmas,
         relus,
+        truncs,
         quads,
         used: false,
     })
 }
 
 impl ClientBundle {
+    /// The bundle's id (shared with the server's half).
+    pub fn id(&self) -> [u8; 16] {
+        self.id
+    }
+
     /// Per-node time and bytes of the offline phase.
     pub fn offline_trace(&self) -> &[NodeTrace] {
         &self.offline_trace
@@ -366,7 +392,6 @@ impl ClientBundle {
                 input.len()
             )));
         }
-        let f = prog.frac_bits;
         let mut tracer = Tracer::new(ch);
         let masked: Vec<F> = input
             .iter()
@@ -394,6 +419,19 @@ impl ClientBundle {
                     ch.send_fields(&msg)?;
                     ch.flush()?;
                 }
+                FixedOp::Trunc { .. } => {
+                    let bundle = self.truncs[i]
+                        .as_mut()
+                        .ok_or(delphi_crypto::Error::BundleConsumed)?;
+                    let out = bundle.online(ch)?;
+                    let msg: Vec<F> = out
+                        .iter()
+                        .zip(&self.shares[i])
+                        .map(|(o, r)| *o - *r)
+                        .collect();
+                    ch.send_fields(&msg)?;
+                    ch.flush()?;
+                }
                 FixedOp::Quad { a, b, .. } => {
                     let (a_c, sq_c) = self.quads[i]
                         .take()
@@ -405,7 +443,7 @@ impl ClientBundle {
                     let msg: Vec<F> = (0..e.len())
                         .map(|k| {
                             let sq = e[k] * a_c[k] + e[k] * a_c[k] + sq_c[k];
-                            a * trunc_client(sq, f) + b * x[k] - self.shares[i][k]
+                            a * sq + b * x[k] - self.shares[i][k]
                         })
                         .collect();
                     ch.send_fields(&msg)?;
@@ -427,12 +465,16 @@ impl ClientBundle {
 }
 
 impl ServerBundle {
+    /// The bundle's id (shared with the client's half).
+    pub fn id(&self) -> [u8; 16] {
+        self.id
+    }
+
     /// Online phase, server side. A bundle runs once.
     pub fn online<C: Channel>(&mut self, ch: &mut C, prog: &FixedProgram) -> Result<()> {
         if std::mem::replace(&mut self.used, true) {
             return Err(delphi_crypto::Error::BundleConsumed.into());
         }
-        let f = prog.frac_bits;
         let mut vals: Vec<Vec<F>> = Vec::with_capacity(prog.nodes.len());
         for i in 0..prog.nodes.len() {
             let node = &prog.nodes[i];
@@ -459,6 +501,15 @@ impl ServerBundle {
                     ch.recv_fields(&mut msg)?;
                     msg.into_iter().zip(rho).map(|(m, r)| m + r).collect()
                 }
+                FixedOp::Trunc { .. } => {
+                    let bundle = self.truncs[i]
+                        .as_mut()
+                        .ok_or(delphi_crypto::Error::BundleConsumed)?;
+                    let t = bundle.online(ch, &vals[node.inputs[0]])?;
+                    let mut msg = vec![F::ZERO; len];
+                    ch.recv_fields(&mut msg)?;
+                    msg.into_iter().zip(t).map(|(m, t)| m + t).collect()
+                }
                 FixedOp::Quad { a, b, c } => {
                     let (pre, pairs) = self.quads[i]
                         .take()
@@ -474,11 +525,11 @@ impl ServerBundle {
                         .map(|k| {
                             let (a_s, sq_s) = (pairs[2 * k], pairs[2 * k + 1]);
                             let sq = e[k] * e[k] + e[k] * a_s + e[k] * a_s + sq_s;
-                            a * trunc_server(sq, f) + b * x[k] + c + msg[k]
+                            a * sq + b * x[k] + c + msg[k]
                         })
                         .collect()
                 }
-                _ => local_op(prog, i, &vals, true).ok_or_else(|| EngineError::Unsupported {
+                _ => local_op(prog, i, &vals).ok_or_else(|| EngineError::Unsupported {
                     layer: node.layer.unwrap_or(0),
                     reason: format!("{} has no input", node.op.kind()),
                 })?,
@@ -488,5 +539,240 @@ impl ServerBundle {
         ch.send_fields(&vals[prog.output])?;
         ch.flush()?;
         Ok(())
+    }
+}
+
+/// A digest of what both halves of a bundle depend on: the program's
+/// operations, wiring, shapes and public parameters (not the weights).
+pub fn program_digest(prog: &FixedProgram) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"delphi program v1");
+    for n in &prog.nodes {
+        h.update(n.op.kind().as_bytes());
+        let params: [i64; 3] = match &n.op {
+            FixedOp::Relu { shift } | FixedOp::Trunc { shift } => [*shift as i64, 0, 0],
+            FixedOp::Quad { a, b, c } => [*a, *b, *c],
+            FixedOp::MulConst(m) => [*m, 0, 0],
+            FixedOp::SumPool { kernel, stride } => [*kernel as i64, *stride as i64, 0],
+            FixedOp::Linear { op, .. } => [op.kernel as i64, op.stride as i64, op.pad as i64],
+            FixedOp::Input | FixedOp::Add => [0; 3],
+        };
+        for v in params {
+            h.update(v.to_le_bytes());
+        }
+        for v in [n.shape.channels, n.shape.height, n.shape.width] {
+            h.update((v as u64).to_le_bytes());
+        }
+        for &i in &n.inputs {
+            h.update((i as u64).to_le_bytes());
+        }
+        h.update(b";");
+    }
+    h.finalize().into()
+}
+
+const BUNDLE_MAGIC: u64 = u64::from_le_bytes(*b"DLPHBND1");
+const SIDE_CLIENT: u64 = 1;
+const SIDE_SERVER: u64 = 2;
+const HAS_SIGMA: u64 = 1;
+const HAS_RELU: u64 = 2;
+const HAS_TRUNC: u64 = 4;
+const HAS_QUAD: u64 = 8;
+
+fn write_header<W: Write>(
+    e: &mut Encoder<W>,
+    side: u64,
+    prog: &FixedProgram,
+    id: &[u8; 16],
+) -> Result<()> {
+    e.u64(BUNDLE_MAGIC)?;
+    e.u64(side)?;
+    e.bytes(&program_digest(prog))?;
+    e.bytes(id)?;
+    e.u64(prog.nodes.len() as u64)?;
+    Ok(())
+}
+
+fn read_header<R: Read>(d: &mut Decoder<R>, side: u64, prog: &FixedProgram) -> Result<[u8; 16]> {
+    if d.u64()? != BUNDLE_MAGIC {
+        return Err(EngineError::Malformed("not a stored DELPHI bundle".into()));
+    }
+    let s = d.u64()?;
+    if s != side {
+        return Err(EngineError::Malformed(format!(
+            "a stored {} bundle where a {} bundle was expected",
+            if s == SIDE_CLIENT { "client" } else { "server" },
+            if side == SIDE_CLIENT {
+                "client"
+            } else {
+                "server"
+            },
+        )));
+    }
+    let mut digest = [0u8; 32];
+    d.bytes(&mut digest)?;
+    if digest != program_digest(prog) {
+        return Err(EngineError::Malformed(
+            "the stored bundle was made for a different network".into(),
+        ));
+    }
+    let mut id = [0u8; 16];
+    d.bytes(&mut id)?;
+    if d.u64()? != prog.nodes.len() as u64 {
+        return Err(EngineError::Malformed(
+            "stored bundle: wrong node count".into(),
+        ));
+    }
+    Ok(id)
+}
+
+fn flag(present: bool, bit: u64) -> u64 {
+    if present {
+        bit
+    } else {
+        0
+    }
+}
+
+fn flags_of(flags: u64, allowed: u64) -> Result<u64> {
+    if flags & !allowed != 0 {
+        return Err(EngineError::Malformed(
+            "stored bundle: unknown node flags".into(),
+        ));
+    }
+    Ok(flags)
+}
+
+impl ClientBundle {
+    /// Writes the bundle (secret material: protect the file like a key).
+    /// A consumed bundle cannot be stored.
+    pub fn store<W: Write>(&self, prog: &FixedProgram, w: W) -> Result<()> {
+        if self.used {
+            return Err(delphi_crypto::Error::BundleConsumed.into());
+        }
+        let mut e = Encoder::new(w);
+        write_header(&mut e, SIDE_CLIENT, prog, &self.id)?;
+        for i in 0..prog.nodes.len() {
+            let flags = flag(self.relus[i].is_some(), HAS_RELU)
+                | flag(self.truncs[i].is_some(), HAS_TRUNC)
+                | flag(self.quads[i].is_some(), HAS_QUAD);
+            e.u64(flags)?;
+            e.fields(&self.shares[i])?;
+            if let Some(r) = &self.relus[i] {
+                r.store(&mut e)?;
+            }
+            if let Some(t) = &self.truncs[i] {
+                t.store(&mut e)?;
+            }
+            if let Some((a, sq)) = &self.quads[i] {
+                e.fields(a)?;
+                e.fields(sq)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a bundle written by [`ClientBundle::store`] for the same program.
+    pub fn load<R: Read>(prog: &FixedProgram, r: R) -> Result<Self> {
+        let mut d = Decoder::new(r);
+        let id = read_header(&mut d, SIDE_CLIENT, prog)?;
+        let n = prog.nodes.len();
+        let mut b = ClientBundle {
+            id,
+            offline_trace: Vec::new(),
+            online_trace: Vec::new(),
+            shares: Vec::with_capacity(n),
+            relus: (0..n).map(|_| None).collect(),
+            truncs: (0..n).map(|_| None).collect(),
+            quads: vec![None; n],
+            used: false,
+        };
+        for (i, node) in prog.nodes.iter().enumerate() {
+            let len = node.shape.len();
+            let flags = flags_of(d.u64()?, HAS_RELU | HAS_TRUNC | HAS_QUAD)?;
+            b.shares.push(d.fields(len, "stored shares")?);
+            if flags & HAS_RELU != 0 {
+                b.relus[i] = Some(ClientReluBundle::load(&mut d)?);
+            }
+            if flags & HAS_TRUNC != 0 {
+                b.truncs[i] = Some(ClientTruncBundle::load(&mut d)?);
+            }
+            if flags & HAS_QUAD != 0 {
+                b.quads[i] = Some((
+                    d.fields(len, "stored triples")?,
+                    d.fields(len, "stored triples")?,
+                ));
+            }
+        }
+        Ok(b)
+    }
+}
+
+impl ServerBundle {
+    /// Writes the bundle (secret material: protect the file like a key).
+    /// A consumed bundle cannot be stored.
+    pub fn store<W: Write>(&self, prog: &FixedProgram, w: W) -> Result<()> {
+        if self.used {
+            return Err(delphi_crypto::Error::BundleConsumed.into());
+        }
+        let mut e = Encoder::new(w);
+        write_header(&mut e, SIDE_SERVER, prog, &self.id)?;
+        for i in 0..prog.nodes.len() {
+            let flags = flag(self.sigmas[i].is_some(), HAS_SIGMA)
+                | flag(self.relus[i].is_some(), HAS_RELU)
+                | flag(self.truncs[i].is_some(), HAS_TRUNC)
+                | flag(self.quads[i].is_some(), HAS_QUAD);
+            e.u64(flags)?;
+            if let Some(s) = &self.sigmas[i] {
+                e.fields(s)?;
+            }
+            if let Some(r) = &self.relus[i] {
+                r.store(&mut e)?;
+            }
+            if let Some(t) = &self.truncs[i] {
+                t.store(&mut e)?;
+            }
+            if let Some((pre, pairs)) = &self.quads[i] {
+                e.fields(pre)?;
+                e.fields(pairs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a bundle written by [`ServerBundle::store`] for the same program.
+    pub fn load<R: Read>(prog: &FixedProgram, r: R) -> Result<Self> {
+        let mut d = Decoder::new(r);
+        let id = read_header(&mut d, SIDE_SERVER, prog)?;
+        let n = prog.nodes.len();
+        let mut b = ServerBundle {
+            id,
+            sigmas: vec![None; n],
+            relus: (0..n).map(|_| None).collect(),
+            truncs: (0..n).map(|_| None).collect(),
+            quads: vec![None; n],
+            used: false,
+        };
+        for (i, node) in prog.nodes.iter().enumerate() {
+            let len = node.shape.len();
+            let flags = flags_of(d.u64()?, HAS_SIGMA | HAS_RELU | HAS_TRUNC | HAS_QUAD)?;
+            if flags & HAS_SIGMA != 0 {
+                b.sigmas[i] = Some(d.fields(len, "stored masks")?);
+            }
+            if flags & HAS_RELU != 0 {
+                b.relus[i] = Some(ServerReluBundle::load(&mut d)?);
+            }
+            if flags & HAS_TRUNC != 0 {
+                b.truncs[i] = Some(ServerTruncBundle::load(&mut d)?);
+            }
+            if flags & HAS_QUAD != 0 {
+                b.quads[i] = Some((
+                    d.fields(len, "stored triples")?,
+                    d.fields(2 * len, "stored triples")?,
+                ));
+            }
+        }
+        Ok(b)
     }
 }

@@ -32,6 +32,9 @@ pub struct Inference {
     pub logits_differing: usize,
     /// Largest difference from the reference, in units of the last place.
     pub max_ulp_error: u64,
+    /// Largest difference from the reference over the largest reference logit
+    /// (magnitudes): how much truncation errors moved the logits.
+    pub max_rel_error: f64,
     /// The predicted class agrees with the reference's.
     pub same_class: bool,
     /// Per description layer, measured on the client's side of the channel: the
@@ -193,6 +196,13 @@ pub fn run_local(
                 correct: got == want,
                 logits_differing: diffs.iter().filter(|d| **d != 0).count(),
                 max_ulp_error: diffs.iter().copied().max().unwrap_or(0),
+                max_rel_error: diffs.iter().copied().max().unwrap_or(0) as f64
+                    / want
+                        .iter()
+                        .map(|w| w.to_signed().unsigned_abs())
+                        .max()
+                        .unwrap_or(0)
+                        .max(1) as f64,
                 same_class: argmax(&got) == argmax(&want),
                 layers: per_layer(b.offline_trace(), b.online_trace()),
             },

@@ -13,6 +13,10 @@ fn delphi() -> Command {
 
 /// Starts `delphi serve` on a free port; returns the child and its address.
 fn serve(plan: &std::path::Path, sessions: usize) -> (Child, String) {
+    serve_with(plan, sessions, &[])
+}
+
+fn serve_with(plan: &std::path::Path, sessions: usize, extra: &[&str]) -> (Child, String) {
     let mut child = delphi()
         .args([
             "serve",
@@ -25,6 +29,7 @@ fn serve(plan: &std::path::Path, sessions: usize) -> (Child, String) {
             "--plan",
         ])
         .arg(plan)
+        .args(extra)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -78,12 +83,18 @@ fn two_processes_give_the_reference_logits() {
     );
     assert!(server.wait().unwrap().success());
 
-    let preds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let prog = FixedProgram::lower(&net).unwrap();
-    for (k, xi) in [x.clone(), x.iter().map(|v| -v).collect::<Vec<f32>>()]
-        .iter()
-        .enumerate()
-    {
+    let out: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out["client_peak_rss_bytes"].as_u64().unwrap() > 0);
+    check_logits(
+        &net,
+        &[x.clone(), x.iter().map(|v| -v).collect()],
+        &out["predictions"],
+    );
+}
+
+fn check_logits(net: &delphi_net::Network, inputs: &[Vec<f32>], preds: &serde_json::Value) {
+    let prog = FixedProgram::lower(net).unwrap();
+    for (k, xi) in inputs.iter().enumerate() {
         let want = prog.decode_output(&prog.eval(&prog.encode_input(xi).unwrap()).unwrap());
         let got: Vec<f64> = preds[k]["logits"]
             .as_array()
@@ -100,6 +111,92 @@ fn two_processes_give_the_reference_logits() {
             );
         }
     }
+}
+
+#[test]
+fn bundles_prepared_in_one_process_are_used_once_in_another() {
+    let d = dir("store");
+    let net = build("small-cnn", 10, 23).unwrap();
+    let plan = d.join("plan.json");
+    net.save(&plan, WeightStorage::Inline).unwrap();
+    let (sdir, cdir) = (d.join("server-bundles"), d.join("client-bundles"));
+    let (mut server, addr) = serve_with(&plan, 2, &["--bundle-dir", sdir.to_str().unwrap()]);
+    let out = delphi()
+        .args([
+            "infer",
+            "--connect",
+            &addr,
+            "--preprocess-only",
+            "2",
+            "--bundle-dir",
+        ])
+        .arg(&cdir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let count = |p: &std::path::Path| {
+        std::fs::read_dir(p)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "bundle")
+            })
+            .count()
+    };
+    assert_eq!((count(&sdir), count(&cdir)), (2, 2));
+    // A copy of a client bundle, to try to use it a second time.
+    let file = std::fs::read_dir(&cdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "bundle"))
+        .unwrap();
+    let copy = std::fs::read(&file).unwrap();
+
+    let inputs: Vec<Vec<f32>> = (0..2)
+        .map(|k| {
+            (0..784)
+                .map(|i| ((i * (k + 3)) % 17) as f32 / 9.0 - 0.9)
+                .collect()
+        })
+        .collect();
+    let input = d.join("inputs.json");
+    std::fs::write(&input, serde_json::to_string(&inputs).unwrap()).unwrap();
+    let out = delphi()
+        .args(["infer", "--json", "--connect", &addr, "--bundle-dir"])
+        .arg(&cdir)
+        .arg("--input")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(server.wait().unwrap().success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    check_logits(&net, &inputs, &v["predictions"]);
+    // Both stores are empty: the stored bundles were used, none prepared anew.
+    assert_eq!((count(&sdir), count(&cdir)), (0, 0));
+    // Restoring the used file does not make it usable again.
+    std::fs::write(&file, copy).unwrap();
+    let store =
+        delphi_engine::store::BundleStore::open(&cdir, delphi_engine::store::Side::Client).unwrap();
+    let id = store.ids().unwrap()[0];
+    let prog = FixedProgram::lower(&net.architecture_only()).unwrap();
+    assert!(matches!(
+        store.take_client(&prog, &id),
+        Err(delphi_engine::EngineError::Crypto(
+            delphi_crypto::Error::BundleConsumed
+        ))
+    ));
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use std::thread;
 
 use delphi_crypto::block::SecretRng;
-use delphi_crypto::channel::{Channel, TcpChannel};
+use delphi_crypto::channel::{Channel, TcpChannel, FIELD_BYTES};
 use delphi_crypto::field::{F, P};
 use delphi_crypto::Result as CResult;
 use delphi_engine::protocol::{client_offline, client_setup, server_offline, server_setup};
@@ -68,11 +68,15 @@ fn views(prog: &FixedProgram, input: &[F]) -> (Vec<u8>, Vec<F>) {
     ch.recording = true;
     b.online(&mut ch, prog, input).unwrap();
     let server_seen = server.join().unwrap();
-    let out_len = prog.nodes[prog.output].shape.len() * 8;
+    let out_len = prog.nodes[prog.output].shape.len() * FIELD_BYTES;
     let client_seen = ch.seen[..ch.seen.len() - out_len].to_vec();
     let fields = server_seen
-        .chunks_exact(8)
-        .map(|c| F::new(u64::from_le_bytes(c.try_into().unwrap())).unwrap())
+        .chunks_exact(FIELD_BYTES)
+        .map(|c| {
+            let mut w = [0u8; 8];
+            w[..FIELD_BYTES].copy_from_slice(c);
+            F::new(u64::from_le_bytes(w)).unwrap()
+        })
         .collect();
     (client_seen, fields)
 }

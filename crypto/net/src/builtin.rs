@@ -246,8 +246,8 @@ pub fn quad_last(net: &mut Network, count: usize) -> Result<()> {
 /// bounded, where the default (0.2·x² + 0.5·x + 0.2, unstable above x = 2)
 /// overflows any fixed-point range after a few untrained blocks.
 pub const BENCH_QUAD: Activation = Activation::Quad {
-    a: 0.05,
-    b: 0.5,
+    a: 0.02,
+    b: 0.25,
     c: 0.0,
 };
 

@@ -1,30 +1,34 @@
 //! Lowering to the fixed-point program the protocol runs, and its plaintext
 //! reference evaluator.
 //!
-//! Values are field elements read as signed fixed-point numbers with f
-//! fractional bits ("scale 1") or f + f_w ("scale 2"; f_w is the weights'
-//! fractional bits). The rules, shared by the reference and the two-party
-//! protocol so that they agree bit for bit:
+//! Values are field elements read as signed fixed-point numbers; every node
+//! records its number of fractional bits: f for activations, f + f_w after a
+//! linear layer (f_w is the weights' fractional bits), 2f + f_w inside a
+//! quadratic. The rules, shared by the reference and the two-party protocol:
 //!
 //! * a linear layer (conv or dense, batch norm folded in) takes its input at
-//!   scale 1 and produces scale 2: weights are round(w·2^f_w), biases
+//!   f bits and produces f + f_w: weights are round(w·2^f_w), biases
 //!   round(b·d·2^(f+f_w)) where d is the input's pending divisor (below);
 //! * average pooling is a window *sum* (local, exact); the 1/k² it owes is
 //!   carried as a pending divisor d through ReLUs and linear layers and
 //!   divided out when the logits are decoded, so no precision is lost;
-//! * a ReLU takes scale 1 or 2 and returns scale 1: after a linear layer the
+//! * a ReLU takes f or f + f_w bits and returns f: after a linear layer the
 //!   garbled circuit truncates by f_w bits exactly (`Relu { shift: f_w }`);
-//! * a quadratic a·x² + b·x + c takes scale 1 (d = 1) and returns scale 2:
-//!   x² (2f bits) is truncated by f once inside, a and b are encoded with
-//!   f_w bits, c with f + f_w;
-//! * where a value at scale 2 must enter a linear layer or a quadratic, a
-//!   `Trunc` node divides by 2^f_w (rounding to nearest in the reference).
-//!   In the protocol this is the only probabilistic step (local share
-//!   truncation rounds stochastically, so it is off by one unit now and
-//!   then, and badly wrong with probability ≈ |x|/p); all-ReLU networks
-//!   have no `Trunc` at all;
-//! * residual additions align the two operands (multiplying a scale-1
-//!   operand by 2^f_w, normalising pending divisors) and add.
+//! * a quadratic A·x² + B·x + C takes x at f bits (d = 1) and computes
+//!   a·x² + b·x + c at 2f + f_w bits (a = round(A·2^f_w),
+//!   b = round(B·2^(f+f_w)), c = round(C·2^(2f+f_w))), followed by one
+//!   `Trunc` by f + f_w back to f bits;
+//! * where a value with more than f bits must enter a linear layer or a
+//!   quadratic, a `Trunc` node divides by 2^(bits − f), rounding to nearest.
+//!   The protocol truncates faithfully ([`delphi_crypto::trunc`]): never a
+//!   wrap-around error, but off by one unit now and then, so networks with
+//!   `Trunc` nodes match the reference within a small tolerance, and
+//!   all-ReLU networks (which have none) match it exactly. Values entering a
+//!   `Trunc` must stay below 2^38 in magnitude (2^10 in real terms at
+//!   2f + f_w = 28 bits);
+//! * residual additions align the two operands (multiplying the one with
+//!   fewer fractional bits by a power of two, normalising pending divisors)
+//!   and add.
 
 use delphi_crypto::field::{F, HALF, P};
 use delphi_crypto::relu::relu_trunc_reference;
@@ -36,9 +40,9 @@ use crate::linear::{sum_pool, LinearOp};
 /// One step of the fixed-point program.
 #[derive(Clone, Debug, PartialEq)]
 pub enum FixedOp {
-    /// The client's input, encoded at scale 1.
+    /// The client's input, encoded with f fractional bits.
     Input,
-    /// A conv or dense layer: weights at scale 1, bias at scale 2 (times the divisor).
+    /// A conv or dense layer: weights at f_w bits, bias at f + f_w (times the divisor).
     Linear {
         /// Geometry.
         op: LinearOp,
@@ -52,16 +56,16 @@ pub enum FixedOp {
         /// Bits dropped.
         shift: u32,
     },
-    /// a·trunc_f(x²) + b·x + c.
+    /// a·x² + b·x + c, exactly (x at f bits, the result at 2f + f_w).
     Quad {
-        /// Coefficient of x², scale 1.
+        /// Coefficient of x², f_w fractional bits.
         a: i64,
-        /// Coefficient of x, scale 1.
+        /// Coefficient of x, f + f_w fractional bits.
         b: i64,
-        /// Constant, scale 2.
+        /// Constant, 2f + f_w fractional bits.
         c: i64,
     },
-    /// Floor division by 2^shift (probabilistic in the protocol).
+    /// Division by 2^shift rounded to nearest (within one unit in the protocol).
     Trunc {
         /// Bits dropped.
         shift: u32,
@@ -107,8 +111,8 @@ pub struct Node {
     pub shape: Shape,
     /// The description layer it comes from (none for the input).
     pub layer: Option<usize>,
-    /// The output's scale in units of f bits and its pending divisor:
-    /// the real value is signed(v) / (2^(scale·f) · divisor).
+    /// The output's fractional bits and its pending divisor: the real
+    /// value is signed(v) / (2^bits · divisor).
     pub scale: (u32, u64),
 }
 
@@ -123,8 +127,8 @@ pub struct FixedProgram {
     pub nodes: Vec<Node>,
     /// The node holding the logits.
     pub output: usize,
-    /// The logits' scale (1 or 2, in units of f bits).
-    pub output_scale: u32,
+    /// The logits' fractional bits.
+    pub output_bits: u32,
     /// The logits' pending divisor.
     pub output_divisor: u64,
 }
@@ -132,7 +136,8 @@ pub struct FixedProgram {
 #[derive(Clone, Copy)]
 struct Tensor {
     node: usize,
-    scale: u32,
+    /// Fractional bits.
+    bits: u32,
     div: u64,
     shape: Shape,
 }
@@ -151,6 +156,7 @@ fn round_fixed(v: f64, bits: u32, index: usize, kind: &'static str) -> Result<i6
 }
 
 struct Lowering {
+    f: u32,
     fw: u32,
     nodes: Vec<Node>,
 }
@@ -167,27 +173,25 @@ impl Lowering {
         self.nodes.len() - 1
     }
 
-    /// Brings a tensor to scale 1 with no pending divisor.
+    /// Brings a tensor to f bits with no pending divisor.
     fn normalize(&mut self, mut t: Tensor, layer: usize) -> Tensor {
         if t.div > 1 {
             let m = ((1u64 << self.fw) as f64 / t.div as f64).round() as i64;
             t.node = self.push(FixedOp::MulConst(m), vec![t.node], t.shape, layer);
-            t.scale += 1;
+            t.bits += self.fw;
             t.div = 1;
+            self.nodes[t.node].scale = (t.bits, 1);
         }
-        self.rescale_to_1(t, layer)
+        self.rescale(t, layer)
     }
 
-    /// Brings a tensor to scale 1, keeping its divisor.
-    fn rescale_to_1(&mut self, mut t: Tensor, layer: usize) -> Tensor {
-        while t.scale > 1 {
-            t.node = self.push(
-                FixedOp::Trunc { shift: self.fw },
-                vec![t.node],
-                t.shape,
-                layer,
-            );
-            t.scale -= 1;
+    /// Brings a tensor to f bits, keeping its divisor.
+    fn rescale(&mut self, mut t: Tensor, layer: usize) -> Tensor {
+        if t.bits > self.f {
+            let shift = t.bits - self.f;
+            t.node = self.push(FixedOp::Trunc { shift }, vec![t.node], t.shape, layer);
+            self.nodes[t.node].scale = (self.f, t.div);
+            t.bits = self.f;
         }
         t
     }
@@ -211,18 +215,19 @@ impl FixedProgram {
             }
         }
         let mut lw = Lowering {
+            f,
             fw,
             nodes: vec![Node {
                 op: FixedOp::Input,
                 inputs: vec![],
                 shape: net.input,
                 layer: None,
-                scale: (1, 1),
+                scale: (f, 1),
             }],
         };
         let input = Tensor {
             node: 0,
-            scale: 1,
+            bits: f,
             div: 1,
             shape: net.input,
         };
@@ -233,7 +238,7 @@ impl FixedProgram {
             let t = src.map(|j| out[j]).unwrap_or(input);
             let res = match &layer.op {
                 Op::Conv2d { .. } | Op::Dense { .. } => {
-                    let t = lw.rescale_to_1(t, i);
+                    let t = lw.rescale(t, i);
                     let (op, w, b) = linear_params(net, i, t.shape, bn_of[i])?;
                     let weight = w
                         .iter()
@@ -251,7 +256,7 @@ impl FixedProgram {
                     );
                     Tensor {
                         node,
-                        scale: 2,
+                        bits: f + fw,
                         div: t.div,
                         shape: op.output,
                     }
@@ -270,7 +275,7 @@ impl FixedProgram {
                     );
                     Tensor {
                         node,
-                        scale: t.scale,
+                        bits: t.bits,
                         div: t.div * (kernel * kernel) as u64,
                         shape,
                     }
@@ -282,16 +287,19 @@ impl FixedProgram {
                         a = lw.normalize(a, i);
                         b = lw.normalize(b, i);
                     }
+                    let bits = a.bits.max(b.bits);
                     for x in [&mut a, &mut b] {
-                        if x.scale == 1 {
-                            x.node = lw.push(FixedOp::MulConst(1 << fw), vec![x.node], x.shape, i);
-                            x.scale = 2;
+                        if x.bits < bits {
+                            let m = 1i64 << (bits - x.bits);
+                            x.node = lw.push(FixedOp::MulConst(m), vec![x.node], x.shape, i);
+                            lw.nodes[x.node].scale = (bits, x.div);
+                            x.bits = bits;
                         }
                     }
                     let node = lw.push(FixedOp::Add, vec![a.node, b.node], a.shape, i);
                     Tensor {
                         node,
-                        scale: 2,
+                        bits,
                         div: a.div,
                         shape: a.shape,
                     }
@@ -301,11 +309,11 @@ impl FixedProgram {
                     ..t
                 },
                 Op::Activation(Activation::Relu) => {
-                    let shift = if t.scale == 2 { fw } else { 0 };
+                    let shift = t.bits - f;
                     let node = lw.push(FixedOp::Relu { shift }, vec![t.node], t.shape, i);
                     Tensor {
                         node,
-                        scale: 1,
+                        bits: f,
                         div: t.div,
                         shape: t.shape,
                     }
@@ -314,19 +322,23 @@ impl FixedProgram {
                     let t = lw.normalize(t, i);
                     let op = FixedOp::Quad {
                         a: round_fixed(*a as f64, fw, i, kind)?,
-                        b: round_fixed(*b as f64, fw, i, kind)?,
-                        c: round_fixed(*c as f64, f + fw, i, kind)?,
+                        b: round_fixed(*b as f64, f + fw, i, kind)?,
+                        c: round_fixed(*c as f64, 2 * f + fw, i, kind)?,
                     };
                     let node = lw.push(op, vec![t.node], t.shape, i);
-                    Tensor {
-                        node,
-                        scale: 2,
-                        div: 1,
-                        shape: t.shape,
-                    }
+                    lw.nodes[node].scale = (2 * f + fw, 1);
+                    lw.rescale(
+                        Tensor {
+                            node,
+                            bits: 2 * f + fw,
+                            div: 1,
+                            shape: t.shape,
+                        },
+                        i,
+                    )
                 }
             };
-            lw.nodes[res.node].scale = (res.scale, res.div);
+            lw.nodes[res.node].scale = (res.bits, res.div);
             out.push(res);
         }
         let last = *out
@@ -337,21 +349,12 @@ impl FixedProgram {
             weight_frac_bits: fw,
             nodes: lw.nodes,
             output: last.node,
-            output_scale: last.scale,
+            output_bits: last.bits,
             output_divisor: last.div,
         })
     }
 
-    /// Fractional bits of a value at `scale` (1: f, 2: f + f_w).
-    pub fn scale_bits(&self, scale: u32) -> u32 {
-        if scale <= 1 {
-            self.frac_bits
-        } else {
-            self.frac_bits + self.weight_frac_bits
-        }
-    }
-
-    /// Encodes a real input at scale 1.
+    /// Encodes a real input with f fractional bits.
     pub fn encode_input(&self, x: &[f32]) -> Result<Vec<F>> {
         let fp = delphi_crypto::fixed::FixedPoint::new(self.frac_bits)?;
         x.iter()
@@ -361,8 +364,7 @@ impl FixedProgram {
 
     /// Decodes the logits.
     pub fn decode_output(&self, y: &[F]) -> Vec<f64> {
-        let denom =
-            (1u64 << self.scale_bits(self.output_scale)) as f64 * self.output_divisor as f64;
+        let denom = (1u64 << self.output_bits) as f64 * self.output_divisor as f64;
         y.iter().map(|v| v.to_signed() as f64 / denom).collect()
     }
 
@@ -382,6 +384,17 @@ impl FixedProgram {
 
     /// Runs the program on an encoded input; returns every node's value.
     pub fn eval_all(&self, input: &[F]) -> Result<Vec<Vec<F>>> {
+        self.eval_all_with(input, &mut trunc)
+    }
+
+    /// [`FixedProgram::eval_all`] with another rule for `Trunc` nodes (for
+    /// example one that is off by a unit now and then, as the protocol is,
+    /// to measure how a network amplifies truncation errors).
+    pub fn eval_all_with(
+        &self,
+        input: &[F],
+        truncate: &mut dyn FnMut(F, u32) -> F,
+    ) -> Result<Vec<Vec<F>>> {
         if input.len() != self.nodes[0].shape.len() {
             return Err(NetError::Invalid(format!(
                 "input has {} values, the network takes {}",
@@ -389,7 +402,6 @@ impl FixedProgram {
                 self.nodes[0].shape.len()
             )));
         }
-        let f = self.frac_bits;
         let mut vals: Vec<Vec<F>> = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
             let x = node.inputs.first().map(|&j| &vals[j][..]).unwrap_or(input);
@@ -401,9 +413,9 @@ impl FixedProgram {
                 }
                 FixedOp::Quad { a, b, c } => {
                     let (a, b, c) = (F::from_i64(*a), F::from_i64(*b), F::from_i64(*c));
-                    x.iter().map(|&v| a * trunc(v * v, f) + b * v + c).collect()
+                    x.iter().map(|&v| a * v * v + b * v + c).collect()
                 }
-                FixedOp::Trunc { shift } => x.iter().map(|&v| trunc(v, *shift)).collect(),
+                FixedOp::Trunc { shift } => x.iter().map(|&v| truncate(v, *shift)).collect(),
                 FixedOp::MulConst(m) => {
                     let m = F::from_i64(*m);
                     x.iter().map(|&v| v * m).collect()
@@ -429,17 +441,10 @@ impl FixedProgram {
     }
 }
 
-/// signed(v) / 2^f rounded to nearest (ties up), back in the field.
-///
-/// The protocol truncates shares locally, which rounds stochastically
-/// (down or up with probability given by the dropped fraction, so without
-/// bias); rounding to nearest is the deterministic rule with the same mean,
-/// and the two differ by at most one unit per truncation.
+/// signed(v) / 2^f rounded to nearest (ties up), back in the field: the
+/// rule the protocol's truncation follows to within one unit.
 pub fn trunc(v: F, f: u32) -> F {
-    if f == 0 {
-        return v;
-    }
-    F::from_i64((v.to_signed() + (1 << (f - 1))) >> f)
+    delphi_crypto::trunc::trunc_reference(v, f)
 }
 
 /// A linear layer on field elements: Σ w·x + b mod p, exactly.

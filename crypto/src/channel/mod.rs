@@ -21,6 +21,10 @@ use crate::field::F;
 /// The default bound on a single length-prefixed frame: 64 MiB.
 pub const DEFAULT_MAX_FRAME: u64 = 64 << 20;
 
+/// Bytes per field element on the wire: p < 2^41 fits in six.
+pub const FIELD_BYTES: usize = 6;
+const _: () = assert!(crate::field::P < 1 << (8 * FIELD_BYTES));
+
 /// A reliable, ordered, bidirectional byte stream to the other party.
 ///
 /// Writes may be buffered: a party must [`Channel::flush`] before it waits
@@ -96,27 +100,28 @@ pub trait Channel {
         }
     }
 
-    /// Sends field elements, 8 bytes each (no allocation).
+    /// Sends field elements, [`FIELD_BYTES`] bytes each, little-endian
+    /// (no allocation).
     fn send_fields(&mut self, xs: &[F]) -> Result<()> {
-        let mut buf = [0u8; 512];
+        let mut buf = [0u8; 64 * FIELD_BYTES];
         for chunk in xs.chunks(64) {
-            for (c, x) in buf.chunks_exact_mut(8).zip(chunk) {
-                c.copy_from_slice(&x.value().to_le_bytes());
+            for (c, x) in buf.chunks_exact_mut(FIELD_BYTES).zip(chunk) {
+                c.copy_from_slice(&x.value().to_le_bytes()[..FIELD_BYTES]);
             }
-            self.send_bytes(&buf[..chunk.len() * 8])?;
+            self.send_bytes(&buf[..chunk.len() * FIELD_BYTES])?;
         }
         Ok(())
     }
 
     /// Receives `out.len()` field elements; a value at or above p is rejected.
     fn recv_fields(&mut self, out: &mut [F]) -> Result<()> {
-        let mut buf = [0u8; 512];
+        let mut buf = [0u8; 64 * FIELD_BYTES];
         for chunk in out.chunks_mut(64) {
-            let bytes = &mut buf[..chunk.len() * 8];
+            let bytes = &mut buf[..chunk.len() * FIELD_BYTES];
             self.recv_bytes(bytes)?;
-            for (o, c) in chunk.iter_mut().zip(bytes.chunks_exact(8)) {
+            for (o, c) in chunk.iter_mut().zip(bytes.chunks_exact(FIELD_BYTES)) {
                 let mut w = [0u8; 8];
-                w.copy_from_slice(c);
+                w[..FIELD_BYTES].copy_from_slice(c);
                 *o = F::new(u64::from_le_bytes(w)).ok_or(Error::Malformed {
                     what: "field element not below the modulus",
                 })?;
@@ -277,7 +282,7 @@ mod tests {
     #[test]
     fn bad_field_element_is_malformed() {
         let (mut a, mut b) = MemChannel::pair();
-        a.send_u64(u64::MAX).unwrap();
+        a.send_bytes(&[0xff; FIELD_BYTES]).unwrap();
         a.flush().unwrap();
         let mut f = [F::ZERO];
         assert!(matches!(

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, Subcommand};
-use delphi_engine::run::{run_local, RunReport};
+use delphi_engine::run::{peak_rss_bytes, run_local, RunReport};
+use delphi_engine::session::ClientOptions;
+use delphi_engine::store::{BundleStore, Side};
 use delphi_net::builtin::{
     apply_placement, build, placement_string, quad_last, quad_last_with, ARCHITECTURES, BENCH_QUAD,
 };
@@ -61,6 +63,11 @@ enum Command {
         /// Stop after this many sessions (default: serve forever).
         #[arg(long)]
         sessions: Option<usize>,
+        /// Keep the server's offline bundles in this directory (private, one
+        /// file per bundle, each used once) so that clients can preprocess in
+        /// one connection and predict in a later one.
+        #[arg(long)]
+        bundle_dir: Option<PathBuf>,
     },
     /// Gets private predictions from a server: the input stays hidden from it.
     Infer {
@@ -68,14 +75,28 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7878")]
         connect: String,
         /// JSON file: one input (array of CHW numbers) or an array of inputs.
-        #[arg(long)]
-        input: PathBuf,
+        #[arg(long, required_unless_present = "preprocess_only")]
+        input: Option<PathBuf>,
         /// Seconds to wait for the peer before giving up.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Keep the client's offline bundles in this directory; stored
+        /// bundles are used first (needs a server started with --bundle-dir).
+        #[arg(long)]
+        bundle_dir: Option<PathBuf>,
+        /// Only run N offline phases and store the bundles (with
+        /// --bundle-dir); a later `infer` uses them, so its online phase
+        /// starts at once.
+        #[arg(
+            long,
+            value_name = "N",
+            requires = "bundle_dir",
+            conflicts_with = "input"
+        )]
+        preprocess_only: Option<usize>,
     },
     /// Writes a built-in architecture with random weights as a network description.
     Export {
@@ -194,6 +215,48 @@ fn verify_json(r: &RunReport) -> serde_json::Value {
     })
 }
 
+/// Per-layer costs, averaged over the inferences.
+fn print_layers(r: &RunReport) {
+    let Some(first) = r.inferences.first() else {
+        return;
+    };
+    let n = r.inferences.len() as f64;
+    println!(
+        "\nper layer (mean of {} inference{}; client's view of the channel):",
+        r.inferences.len(),
+        if r.inferences.len() == 1 { "" } else { "s" }
+    );
+    println!(
+        "{:>6}  {:<28} {:>10} {:>11} {:>10} {:>11}",
+        "layer", "operations", "offline s", "offline MB", "online ms", "online kB"
+    );
+    for (k, l) in first.layers.iter().enumerate() {
+        let sum = |f: &dyn Fn(&delphi_engine::run::LayerCost) -> f64| {
+            r.inferences
+                .iter()
+                .filter_map(|i| i.layers.get(k))
+                .map(f)
+                .sum::<f64>()
+                / n
+        };
+        let name = l.layer.map_or("input".to_string(), |i| i.to_string());
+        let mut ops = l.ops.join("+");
+        if ops.len() > 28 {
+            ops.truncate(25);
+            ops.push_str("...");
+        }
+        println!(
+            "{:>6}  {:<28} {:>10.3} {:>11.2} {:>10.2} {:>11.1}",
+            name,
+            ops,
+            sum(&|c| c.offline_s),
+            sum(&|c| c.offline_bytes as f64) / 1e6,
+            sum(&|c| c.online_s) * 1e3,
+            sum(&|c| c.online_bytes as f64) / 1e3,
+        );
+    }
+}
+
 fn print_table(r: &RunReport) {
     println!(
         "ReLUs {}  quadratics {}  key setup {:.2} s, {:.1} MB",
@@ -203,12 +266,20 @@ fn print_table(r: &RunReport) {
         r.setup_bytes as f64 / 1e6
     );
     println!(
-        "{:>4} {:>11} {:>13} {:>10} {:>12} {:>7} {:>8} {:>9}",
-        "#", "offline s", "offline MB", "online s", "online MB", "exact", "class", "max ulp"
+        "{:>4} {:>11} {:>13} {:>10} {:>12} {:>7} {:>8} {:>9} {:>9}",
+        "#",
+        "offline s",
+        "offline MB",
+        "online s",
+        "online MB",
+        "exact",
+        "class",
+        "max ulp",
+        "max rel"
     );
     for (k, i) in r.inferences.iter().enumerate() {
         println!(
-            "{:>4} {:>11.2} {:>13.1} {:>10.3} {:>12.1} {:>7} {:>8} {:>9}",
+            "{:>4} {:>11.2} {:>13.1} {:>10.3} {:>12.1} {:>7} {:>8} {:>9} {:>9.2e}",
             k + 1,
             i.offline_s,
             i.offline_bytes as f64 / 1e6,
@@ -216,9 +287,11 @@ fn print_table(r: &RunReport) {
             i.online_bytes as f64 / 1e6,
             if i.correct { "yes" } else { "no" },
             if i.same_class { "same" } else { "differs" },
-            i.max_ulp_error
+            i.max_ulp_error,
+            i.max_rel_error
         );
     }
+    print_layers(r);
     println!(
         "peak memory (both parties, one process): {:.0} MB",
         r.peak_rss_bytes as f64 / 1e6
@@ -328,10 +401,14 @@ fn main() -> Result<()> {
             preprocess,
             timeout,
             sessions,
+            bundle_dir,
         } => {
             let net =
                 Network::load(&plan).with_context(|| format!("loading {}", plan.display()))?;
             let prog = FixedProgram::lower(&net)?;
+            let store = bundle_dir
+                .map(|d| BundleStore::open(d, Side::Server))
+                .transpose()?;
             let listener = std::net::TcpListener::bind(&listen)
                 .with_context(|| format!("listening on {listen}"))?;
             let (relus, quads) = prog.activation_counts();
@@ -340,6 +417,13 @@ fn main() -> Result<()> {
                 net.name,
                 listener.local_addr()?
             );
+            if let Some(st) = &store {
+                eprintln!(
+                    "bundle store {}: {} bundle(s) ready",
+                    st.dir().display(),
+                    st.len()?
+                );
+            }
             let mut done = 0;
             for stream in listener.incoming() {
                 let stream = match stream {
@@ -359,8 +443,12 @@ fn main() -> Result<()> {
                     &prog,
                     preprocess,
                     Duration::from_secs(timeout),
+                    store.as_ref(),
                 ) {
-                    Ok(n) => eprintln!("session with {peer}: {n} prediction(s) served"),
+                    Ok(n) => eprintln!(
+                        "session with {peer}: {n} prediction(s) served; server peak memory {:.0} MB",
+                        peak_rss_bytes() as f64 / 1e6
+                    ),
                     Err(e) => eprintln!("session with {peer} failed: {e}"),
                 }
                 done += 1;
@@ -374,7 +462,28 @@ fn main() -> Result<()> {
             input,
             timeout,
             json,
+            bundle_dir,
+            preprocess_only,
         } => {
+            let options = ClientOptions {
+                timeout: Duration::from_secs(timeout),
+                store: bundle_dir
+                    .map(|d| BundleStore::open(d, Side::Client))
+                    .transpose()?,
+            };
+            if let Some(count) = preprocess_only {
+                let held =
+                    delphi_engine::session::preprocess(connect.as_str(), count, &options, &|m| {
+                        eprintln!("[infer] {m}")
+                    })
+                    .with_context(|| format!("preprocessing with {connect}"))?;
+                eprintln!(
+                    "{held} bundle(s) stored; client peak memory {:.0} MB",
+                    peak_rss_bytes() as f64 / 1e6
+                );
+                return Ok(());
+            }
+            let input = input.context("--input is required")?;
             let text = std::fs::read_to_string(&input)
                 .with_context(|| format!("reading {}", input.display()))?;
             let v: serde_json::Value = serde_json::from_str(&text)
@@ -385,19 +494,21 @@ fn main() -> Result<()> {
                     input.display()
                 )
             })?;
-            let preds = delphi_engine::session::infer(
-                connect.as_str(),
-                &inputs,
-                Duration::from_secs(timeout),
-                &|m| {
-                    if !json {
-                        eprintln!("[infer] {m}")
-                    }
-                },
-            )
+            let preds = delphi_engine::session::infer(connect.as_str(), &inputs, &options, &|m| {
+                if !json {
+                    eprintln!("[infer] {m}")
+                }
+            })
             .with_context(|| format!("private inference with {connect}"))?;
+            let peak = peak_rss_bytes();
             if json {
-                println!("{}", serde_json::to_string_pretty(&preds)?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "predictions": preds,
+                        "client_peak_rss_bytes": peak,
+                    }))?
+                );
             } else {
                 for (k, p) in preds.iter().enumerate() {
                     let logits: Vec<String> = p.logits.iter().map(|v| format!("{v:.4}")).collect();
@@ -410,6 +521,7 @@ fn main() -> Result<()> {
                         logits.join(", ")
                     );
                 }
+                eprintln!("client peak memory {:.0} MB", peak as f64 / 1e6);
             }
         }
         Command::Export {

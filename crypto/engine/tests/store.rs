@@ -1,0 +1,100 @@
+//! Offline bundles written to disk, read back, and used exactly once.
+#![allow(clippy::unwrap_used)]
+
+use std::thread;
+
+use delphi_crypto::block::SecretRng;
+use delphi_crypto::channel::TcpChannel;
+use delphi_engine::protocol::{
+    client_offline, client_setup, server_offline, server_setup, ClientBundle,
+};
+use delphi_engine::store::{BundleStore, Side};
+use delphi_engine::EngineError;
+use delphi_net::builtin::{apply_placement, build};
+use delphi_net::FixedProgram;
+use rand::SeedableRng;
+
+fn dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("delphi-store-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn stored_bundles_run_like_fresh_ones_and_only_once() {
+    let mut net = build("small-cnn", 10, 31).unwrap();
+    apply_placement(&mut net, "RQR").unwrap();
+    let prog = FixedProgram::lower(&net).unwrap();
+    let arch = FixedProgram::lower(&net.architecture_only()).unwrap();
+    let d = dir("run");
+    let (sdir, cdir) = (d.join("s"), d.join("c"));
+
+    // Offline in one "session", stored by both parties.
+    let (s, c) = TcpChannel::loopback_pair().unwrap();
+    let (sp, sd) = (prog.clone(), sdir.clone());
+    let server = thread::spawn(move || {
+        let mut ch = s;
+        let mut rng = SecretRng::seed_from_u64(1);
+        let he = server_setup(&mut ch).unwrap();
+        let b = server_offline(&mut ch, &sp, &he, &mut rng).unwrap();
+        BundleStore::open(&sd, Side::Server)
+            .unwrap()
+            .put_server(&sp, &b)
+            .unwrap();
+        b.id()
+    });
+    let mut ch = c;
+    let mut rng = SecretRng::seed_from_u64(2);
+    let he = client_setup(&mut ch).unwrap();
+    let b = client_offline(&mut ch, &arch, &he, &mut rng).unwrap();
+    let cstore = BundleStore::open(&cdir, Side::Client).unwrap();
+    cstore.put_client(&arch, &b).unwrap();
+    let id = server.join().unwrap();
+    assert_eq!(id, b.id());
+    drop(b);
+
+    // A truncated copy and a bundle for another network are refused by name.
+    let file = cdir.join(format!(
+        "{}.client.bundle",
+        id.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    ));
+    let bytes = std::fs::read(&file).unwrap();
+    let err = ClientBundle::load(&arch, &bytes[..bytes.len() / 2]).unwrap_err();
+    assert!(err.to_string().contains("truncated stored bundle"), "{err}");
+    let other = FixedProgram::lower(&build("small-cnn", 10, 31).unwrap()).unwrap();
+    let err = ClientBundle::load(&other, &bytes[..]).unwrap_err();
+    assert!(err.to_string().contains("different network"), "{err}");
+
+    // Online in a later "session", from the stores.
+    let x = prog
+        .encode_input(&delphi_net::eval::random_inputs(784, 1, 9)[0])
+        .unwrap();
+    let (s, c) = TcpChannel::loopback_pair().unwrap();
+    let (sp, sd) = (prog.clone(), sdir.clone());
+    let server = thread::spawn(move || {
+        let mut ch = s;
+        let st = BundleStore::open(&sd, Side::Server).unwrap();
+        let mut b = st.take_server(&sp, &id).unwrap();
+        b.online(&mut ch, &sp).unwrap();
+        assert!(st.is_empty().unwrap());
+    });
+    let mut ch = c;
+    let mut b = cstore.take_client(&arch, &id).unwrap();
+    let got = b.online(&mut ch, &arch, &x).unwrap();
+    server.join().unwrap();
+    let want = prog.decode_output(&prog.eval(&x).unwrap());
+    let got = prog.decode_output(&got);
+    let range = want.iter().fold(1f64, |m, v| m.max(v.abs()));
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= 0.02 * range, "{g} vs {w}");
+    }
+
+    // Taken once: gone, and a restored copy is refused.
+    assert!(cstore.take_client(&arch, &id).is_err());
+    std::fs::write(&file, &bytes).unwrap();
+    assert!(matches!(
+        cstore.take_client(&arch, &id),
+        Err(EngineError::Crypto(delphi_crypto::Error::BundleConsumed))
+    ));
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -1,0 +1,176 @@
+//! A small binary codec for storing preprocessed material on disk.
+//!
+//! Little-endian integers, length-prefixed vectors. Everything read is
+//! untrusted: every length is checked against a caller-supplied bound before
+//! anything is allocated, field elements are checked below p, and a short
+//! file is [`Error::Malformed`] ("truncated"), not an I/O error.
+
+use std::io::{self, Read, Write};
+
+use crate::block::Block;
+use crate::error::{Error, Result};
+use crate::field::F;
+
+/// Writes values to a byte sink.
+pub struct Encoder<W: Write> {
+    w: W,
+}
+
+impl<W: Write> Encoder<W> {
+    /// An encoder over `w` (buffer it: values are written one by one).
+    pub fn new(w: W) -> Self {
+        Encoder { w }
+    }
+
+    /// The sink back.
+    pub fn into_inner(self) -> W {
+        self.w
+    }
+
+    /// Writes raw bytes.
+    pub fn bytes(&mut self, b: &[u8]) -> Result<()> {
+        self.w.write_all(b).map_err(Error::Io)
+    }
+
+    /// Writes a `u64`.
+    pub fn u64(&mut self, v: u64) -> Result<()> {
+        self.bytes(&v.to_le_bytes())
+    }
+
+    /// Writes a block.
+    pub fn block(&mut self, b: Block) -> Result<()> {
+        self.bytes(&b.to_bytes())
+    }
+
+    /// Writes a length-prefixed vector of blocks.
+    pub fn blocks(&mut self, bs: &[Block]) -> Result<()> {
+        self.u64(bs.len() as u64)?;
+        bs.iter().try_for_each(|b| self.block(*b))
+    }
+
+    /// Writes a length-prefixed vector of field elements.
+    pub fn fields(&mut self, xs: &[F]) -> Result<()> {
+        self.u64(xs.len() as u64)?;
+        xs.iter().try_for_each(|x| self.u64(x.value()))
+    }
+}
+
+/// Reads values from a byte source, bounding every length.
+pub struct Decoder<R: Read> {
+    r: R,
+}
+
+fn read_err(e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        Error::Malformed {
+            what: "truncated stored bundle",
+        }
+    } else {
+        Error::Io(e)
+    }
+}
+
+impl<R: Read> Decoder<R> {
+    /// A decoder over `r`.
+    pub fn new(r: R) -> Self {
+        Decoder { r }
+    }
+
+    /// Fills `out` with raw bytes.
+    pub fn bytes(&mut self, out: &mut [u8]) -> Result<()> {
+        self.r.read_exact(out).map_err(read_err)
+    }
+
+    /// Reads a `u64`.
+    pub fn u64(&mut self) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.bytes(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Reads a `u64` that must not exceed `max`.
+    pub fn u64_at_most(&mut self, max: u64, what: &'static str) -> Result<u64> {
+        let v = self.u64()?;
+        if v > max {
+            return Err(Error::Malformed { what });
+        }
+        Ok(v)
+    }
+
+    /// Reads a block.
+    pub fn block(&mut self) -> Result<Block> {
+        let mut b = [0u8; 16];
+        self.bytes(&mut b)?;
+        Ok(Block::from_bytes(b))
+    }
+
+    /// Reads a vector of exactly `len` blocks (the stored length must match).
+    pub fn blocks(&mut self, len: usize, what: &'static str) -> Result<Vec<Block>> {
+        if self.u64()? != len as u64 {
+            return Err(Error::Malformed { what });
+        }
+        (0..len).map(|_| self.block()).collect()
+    }
+
+    /// Reads a vector of exactly `len` field elements.
+    pub fn fields(&mut self, len: usize, what: &'static str) -> Result<Vec<F>> {
+        if self.u64()? != len as u64 {
+            return Err(Error::Malformed { what });
+        }
+        (0..len)
+            .map(|_| {
+                F::new(self.u64()?).ok_or(Error::Malformed {
+                    what: "stored field element not below the modulus",
+                })
+            })
+            .collect()
+    }
+
+    /// Reads a length-prefixed vector of field elements of at most `max`.
+    pub fn fields_at_most(&mut self, max: usize, what: &'static str) -> Result<Vec<F>> {
+        let len = self.u64_at_most(max as u64, what)? as usize;
+        (0..len)
+            .map(|_| {
+                F::new(self.u64()?).ok_or(Error::Malformed {
+                    what: "stored field element not below the modulus",
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_rejections() {
+        let mut e = Encoder::new(Vec::new());
+        e.u64(7).unwrap();
+        e.blocks(&[Block(1), Block(u128::MAX)]).unwrap();
+        e.fields(&[F::from_u64(3), -F::ONE]).unwrap();
+        let buf = e.into_inner();
+        let mut d = Decoder::new(&buf[..]);
+        assert_eq!(d.u64().unwrap(), 7);
+        assert_eq!(d.blocks(2, "b").unwrap(), vec![Block(1), Block(u128::MAX)]);
+        assert_eq!(d.fields(2, "f").unwrap(), vec![F::from_u64(3), -F::ONE]);
+        // Wrong length, truncation, out-of-range element.
+        assert!(Decoder::new(&buf[..]).blocks(3, "b").is_err());
+        let short = &buf[..buf.len() - 3];
+        let mut d = Decoder::new(short);
+        d.u64().unwrap();
+        d.blocks(2, "b").unwrap();
+        assert!(matches!(
+            d.fields(2, "f"),
+            Err(Error::Malformed {
+                what: "truncated stored bundle"
+            })
+        ));
+        let mut e = Encoder::new(Vec::new());
+        e.u64(1).unwrap();
+        e.u64(u64::MAX).unwrap();
+        let bad = e.into_inner();
+        assert!(Decoder::new(&bad[..]).fields(1, "f").is_err());
+        assert!(Decoder::new(&bad[..]).u64_at_most(0, "n").is_err());
+    }
+}
