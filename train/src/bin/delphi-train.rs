@@ -1,0 +1,3 @@
+//! `delphi-train`: trains a network for a DELPHI plan (work in progress).
+
+fn main() {}

@@ -1,0 +1,553 @@
+//! Datasets: Fashion-MNIST (IDX, gzip) and CIFAR-10/100 (binary version).
+//!
+//! Nothing is downloaded. Files are looked for in the `--data-dir` given,
+//! then `$DELPHI_DATA`, then (Fashion-MNIST) Debian's
+//! `/usr/share/datasets/fashion-mnist/` from the package
+//! `dataset-fashion-mnist`. Every file is checked as it is read: a wrong
+//! magic number, a short file or a label out of range is a [`DataError`]
+//! naming the file.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use flate2::read::GzDecoder;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+/// What can go wrong reading a dataset.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataError {
+    /// No directory holds the dataset's files.
+    #[error("{dataset}: {file} not found (looked in {looked}); {hint}")]
+    Missing {
+        /// The dataset.
+        dataset: &'static str,
+        /// The file looked for.
+        file: String,
+        /// The directories tried.
+        looked: String,
+        /// How to get it.
+        hint: &'static str,
+    },
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file's header is not what the format requires.
+    #[error("{path}: bad magic number {found:#010x} (expected {expected:#010x})")]
+    BadMagic {
+        /// The file.
+        path: PathBuf,
+        /// What it starts with.
+        found: u32,
+        /// What the format says.
+        expected: u32,
+    },
+    /// The file ends before its last record.
+    #[error("{path}: truncated record ({got} bytes where {expected} were expected)")]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// Bytes the header or format promises.
+        expected: usize,
+        /// Bytes present.
+        got: usize,
+    },
+    /// A label is not a valid class.
+    #[error("{path}: label {label} of record {index} out of range (classes 0..{classes})")]
+    LabelOutOfRange {
+        /// The file.
+        path: PathBuf,
+        /// The record.
+        index: usize,
+        /// The label read.
+        label: u8,
+        /// The number of classes.
+        classes: usize,
+    },
+    /// Two files that belong together disagree.
+    #[error("{0}")]
+    Inconsistent(String),
+    /// An unknown dataset name.
+    #[error("unknown dataset {0:?} (known: fashion-mnist, cifar10, cifar100)")]
+    Unknown(String),
+}
+
+/// Result alias for data loading.
+pub type Result<T> = std::result::Result<T, DataError>;
+
+/// The datasets the toolkit reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    /// Fashion-MNIST, 28×28 grey, 10 classes.
+    FashionMnist,
+    /// CIFAR-10, 32×32 RGB, 10 classes.
+    Cifar10,
+    /// CIFAR-100 (fine labels), 32×32 RGB, 100 classes.
+    Cifar100,
+}
+
+impl std::str::FromStr for DatasetKind {
+    type Err = DataError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().replace('_', "-").as_str() {
+            "fashion-mnist" | "fashionmnist" | "fmnist" => Ok(DatasetKind::FashionMnist),
+            "cifar10" | "cifar-10" => Ok(DatasetKind::Cifar10),
+            "cifar100" | "cifar-100" => Ok(DatasetKind::Cifar100),
+            _ => Err(DataError::Unknown(s.into())),
+        }
+    }
+}
+
+impl DatasetKind {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetKind::FashionMnist => "fashion-mnist",
+            DatasetKind::Cifar10 => "cifar10",
+            DatasetKind::Cifar100 => "cifar100",
+        }
+    }
+
+    /// Channels, height, width.
+    pub fn shape(self) -> [usize; 3] {
+        match self {
+            DatasetKind::FashionMnist => [1, 28, 28],
+            _ => [3, 32, 32],
+        }
+    }
+
+    /// Number of classes.
+    pub fn classes(self) -> usize {
+        match self {
+            DatasetKind::Cifar100 => 100,
+            _ => 10,
+        }
+    }
+
+    /// Per-channel mean and standard deviation of the training set (pixels in [0, 1]).
+    pub fn normalization(self) -> (Vec<f32>, Vec<f32>) {
+        match self {
+            DatasetKind::FashionMnist => (vec![0.2860], vec![0.3530]),
+            DatasetKind::Cifar10 => (vec![0.4914, 0.4822, 0.4465], vec![0.2470, 0.2435, 0.2616]),
+            DatasetKind::Cifar100 => (vec![0.5071, 0.4865, 0.4409], vec![0.2673, 0.2564, 0.2762]),
+        }
+    }
+
+    /// The architecture a plan uses by default.
+    pub fn default_arch(self) -> &'static str {
+        match self {
+            DatasetKind::FashionMnist => "small-cnn",
+            DatasetKind::Cifar10 => "minionn",
+            DatasetKind::Cifar100 => "resnet32",
+        }
+    }
+
+    /// Whether training uses random crops and flips.
+    pub fn augment(self) -> bool {
+        self != DatasetKind::FashionMnist
+    }
+}
+
+/// Images (u8 pixels, CHW) and labels.
+#[derive(Clone, Debug)]
+pub struct Split {
+    /// Which dataset.
+    pub kind: DatasetKind,
+    /// Pixels, `len × C × H × W`.
+    pub pixels: Vec<u8>,
+    /// Labels.
+    pub labels: Vec<u8>,
+}
+
+impl Split {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no images.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    fn image_len(&self) -> usize {
+        self.kind.shape().iter().product()
+    }
+
+    /// The first `n` images (or all).
+    pub fn take(mut self, n: usize) -> Split {
+        let n = n.min(self.len());
+        self.pixels.truncate(n * self.image_len());
+        self.labels.truncate(n);
+        self
+    }
+
+    /// The images at `idx`, in that order.
+    pub fn select(&self, idx: &[usize]) -> Split {
+        let l = self.image_len();
+        let mut pixels = Vec::with_capacity(idx.len() * l);
+        for &i in idx {
+            pixels.extend_from_slice(&self.pixels[i * l..(i + 1) * l]);
+        }
+        Split {
+            kind: self.kind,
+            pixels,
+            labels: idx.iter().map(|&i| self.labels[i]).collect(),
+        }
+    }
+
+    /// One image as normalised floats (CHW), optionally augmented.
+    pub fn image(&self, i: usize, augment: Option<&mut dyn rand::RngCore>) -> Vec<f32> {
+        let [c, h, w] = self.kind.shape();
+        let l = c * h * w;
+        let px = &self.pixels[i * l..(i + 1) * l];
+        let (mean, std) = self.kind.normalization();
+        let (dy, dx, flip) = match augment {
+            // Random crop with padding 4 (zero padding in normalised space
+            // would be −mean/std; padding the raw image with black is the
+            // usual choice) and a horizontal flip with probability ½.
+            Some(rng) => (
+                rng.gen_range(-4i32..=4),
+                rng.gen_range(-4i32..=4),
+                rng.gen_bool(0.5),
+            ),
+            None => (0, 0, false),
+        };
+        let mut out = vec![0f32; l];
+        for ch in 0..c {
+            for y in 0..h {
+                for x in 0..w {
+                    let sx = if flip { w - 1 - x } else { x } as i32 + dx;
+                    let sy = y as i32 + dy;
+                    let v = if sx < 0 || sy < 0 || sx >= w as i32 || sy >= h as i32 {
+                        0.0
+                    } else {
+                        px[ch * h * w + sy as usize * w + sx as usize] as f32 / 255.0
+                    };
+                    out[ch * h * w + y * w + x] = (v - mean[ch]) / std[ch];
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Training, validation and test splits.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    /// Training images (the validation images removed).
+    pub train: Split,
+    /// Validation images, carved from the training set.
+    pub valid: Split,
+    /// Test images (for the final report only).
+    pub test: Split,
+}
+
+/// Where to look for a dataset's files.
+pub fn search_dirs(kind: DatasetKind, data_dir: Option<&Path>) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = data_dir {
+        dirs.push(d.to_path_buf());
+        dirs.push(d.join(kind.name()));
+    }
+    if let Some(d) = std::env::var_os("DELPHI_DATA") {
+        let d = PathBuf::from(d);
+        dirs.push(d.join(kind.name()));
+        dirs.push(d);
+    }
+    match kind {
+        DatasetKind::FashionMnist => dirs.push("/usr/share/datasets/fashion-mnist".into()),
+        DatasetKind::Cifar10 => dirs.push("cifar-10-batches-bin".into()),
+        DatasetKind::Cifar100 => dirs.push("cifar-100-binary".into()),
+    }
+    dirs
+}
+
+fn find(kind: DatasetKind, data_dir: Option<&Path>, file: &str) -> Result<PathBuf> {
+    let dirs = search_dirs(kind, data_dir);
+    for d in &dirs {
+        for sub in ["", "cifar-10-batches-bin", "cifar-100-binary"] {
+            let p = d.join(sub).join(file);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    Err(DataError::Missing {
+        dataset: kind.name(),
+        file: file.into(),
+        looked: dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        hint: match kind {
+            DatasetKind::FashionMnist => {
+                "install Debian's dataset-fashion-mnist or pass --data-dir"
+            }
+            _ => "put the CIFAR \"binary version\" files in --data-dir or $DELPHI_DATA",
+        },
+    })
+}
+
+fn read_all(path: &Path) -> Result<Vec<u8>> {
+    let io = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = File::open(path).map_err(io)?;
+    let mut buf = Vec::new();
+    if path.extension().is_some_and(|e| e == "gz") {
+        GzDecoder::new(f).read_to_end(&mut buf).map_err(io)?;
+    } else {
+        f.read_to_end(&mut buf).map_err(io)?;
+    }
+    Ok(buf)
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[at..at + 4]);
+    u32::from_be_bytes(w)
+}
+
+/// Reads an IDX file: checks the magic for `dims` dimensions of unsigned
+/// bytes and returns (dimensions, data).
+pub fn read_idx(path: &Path, dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
+    let buf = read_all(path)?;
+    let header = 4 + 4 * dims;
+    if buf.len() < header {
+        return Err(DataError::Truncated {
+            path: path.into(),
+            expected: header,
+            got: buf.len(),
+        });
+    }
+    let expected = 0x0800 | dims as u32;
+    let magic = be32(&buf, 0);
+    if magic != expected {
+        return Err(DataError::BadMagic {
+            path: path.into(),
+            found: magic,
+            expected,
+        });
+    }
+    let shape: Vec<usize> = (0..dims).map(|i| be32(&buf, 4 + 4 * i) as usize).collect();
+    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let n = n.ok_or_else(|| DataError::Truncated {
+        path: path.into(),
+        expected: usize::MAX,
+        got: buf.len() - header,
+    })?;
+    if buf.len() - header < n {
+        return Err(DataError::Truncated {
+            path: path.into(),
+            expected: n,
+            got: buf.len() - header,
+        });
+    }
+    Ok((shape, buf[header..header + n].to_vec()))
+}
+
+fn check_labels(path: &Path, labels: &[u8], classes: usize) -> Result<()> {
+    match labels.iter().position(|&l| l as usize >= classes) {
+        Some(index) => Err(DataError::LabelOutOfRange {
+            path: path.into(),
+            index,
+            label: labels[index],
+            classes,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn fashion_split(data_dir: Option<&Path>, prefix: &str) -> Result<Split> {
+    let kind = DatasetKind::FashionMnist;
+    let ip = find(kind, data_dir, &format!("{prefix}-images-idx3-ubyte.gz"))?;
+    let lp = find(kind, data_dir, &format!("{prefix}-labels-idx1-ubyte.gz"))?;
+    let (ishape, pixels) = read_idx(&ip, 3)?;
+    let (lshape, labels) = read_idx(&lp, 1)?;
+    if ishape[1..] != [28, 28] || ishape[0] != lshape[0] {
+        return Err(DataError::Inconsistent(format!(
+            "{} holds {:?} images but {} {} labels (images must be 28×28)",
+            ip.display(),
+            ishape,
+            lp.display(),
+            lshape[0]
+        )));
+    }
+    check_labels(&lp, &labels, 10)?;
+    Ok(Split {
+        kind,
+        pixels,
+        labels,
+    })
+}
+
+/// Reads CIFAR binary files (10: one label byte per record; 100: coarse
+/// then fine label, the fine one kept).
+pub fn read_cifar(kind: DatasetKind, paths: &[PathBuf]) -> Result<Split> {
+    let label_bytes = if kind == DatasetKind::Cifar100 { 2 } else { 1 };
+    let rec = label_bytes + 3072;
+    let mut pixels = Vec::new();
+    let mut labels = Vec::new();
+    for p in paths {
+        let buf = read_all(p)?;
+        if buf.is_empty() || buf.len() % rec != 0 {
+            return Err(DataError::Truncated {
+                path: p.clone(),
+                expected: (buf.len() / rec + 1) * rec,
+                got: buf.len(),
+            });
+        }
+        let first = labels.len();
+        for r in buf.chunks_exact(rec) {
+            labels.push(r[label_bytes - 1]);
+            pixels.extend_from_slice(&r[label_bytes..]);
+        }
+        check_labels(p, &labels[first..], kind.classes())?;
+    }
+    Ok(Split {
+        kind,
+        pixels,
+        labels,
+    })
+}
+
+/// Loads a dataset, carving `valid` images (a seeded random choice) out of
+/// the training set.
+pub fn load(
+    kind: DatasetKind,
+    data_dir: Option<&Path>,
+    valid: usize,
+    seed: u64,
+) -> Result<Dataset> {
+    let (train, test) = match kind {
+        DatasetKind::FashionMnist => (
+            fashion_split(data_dir, "train")?,
+            fashion_split(data_dir, "t10k")?,
+        ),
+        DatasetKind::Cifar10 => {
+            let train = (1..=5)
+                .map(|i| find(kind, data_dir, &format!("data_batch_{i}.bin")))
+                .collect::<Result<Vec<_>>>()?;
+            let test = find(kind, data_dir, "test_batch.bin")?;
+            (read_cifar(kind, &train)?, read_cifar(kind, &[test])?)
+        }
+        DatasetKind::Cifar100 => (
+            read_cifar(kind, &[find(kind, data_dir, "train.bin")?])?,
+            read_cifar(kind, &[find(kind, data_dir, "test.bin")?])?,
+        ),
+    };
+    Ok(split_valid(train, test, valid, seed))
+}
+
+/// Splits `valid` images off `train` (seeded), keeping `test` as is.
+pub fn split_valid(train: Split, test: Split, valid: usize, seed: u64) -> Dataset {
+    let mut idx: Vec<usize> = (0..train.len()).collect();
+    idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+        seed ^ 0x5eed_da7a,
+    ));
+    let valid = valid.min(train.len() / 2);
+    let (v, t) = idx.split_at(valid);
+    let (mut v, mut t) = (v.to_vec(), t.to_vec());
+    v.sort_unstable();
+    t.sort_unstable();
+    Dataset {
+        valid: train.select(&v),
+        train: train.select(&t),
+        test,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("delphi-data-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap_or_default();
+        d
+    }
+
+    #[test]
+    fn cifar_files_are_read_and_checked() {
+        let d = tmp("cifar");
+        let mut rec = vec![3u8];
+        rec.extend((0..3072).map(|i| (i % 251) as u8));
+        let good = d.join("good.bin");
+        std::fs::write(&good, [rec.clone(), rec.clone()].concat()).unwrap_or_default();
+        let s = read_cifar(DatasetKind::Cifar10, &[good]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((s.len(), s.labels[1], s.pixels[5]), (2, 3, 5));
+
+        let short = d.join("short.bin");
+        std::fs::write(&short, &rec[..3000]).unwrap_or_default();
+        let e = read_cifar(DatasetKind::Cifar10, &[short]).unwrap_err();
+        assert!(matches!(e, DataError::Truncated { .. }), "{e}");
+        assert!(e.to_string().contains("short.bin"));
+
+        let mut bad = rec.clone();
+        bad[0] = 10;
+        let badp = d.join("label.bin");
+        std::fs::write(&badp, &bad).unwrap_or_default();
+        let e = read_cifar(DatasetKind::Cifar10, &[badp]).unwrap_err();
+        assert!(
+            matches!(e, DataError::LabelOutOfRange { label: 10, .. }),
+            "{e}"
+        );
+
+        // CIFAR-100: the fine label (second byte) is the class.
+        let mut r100 = vec![1u8, 99];
+        r100.extend(vec![0u8; 3072]);
+        let p100 = d.join("c100.bin");
+        std::fs::write(&p100, &r100).unwrap_or_default();
+        let s = read_cifar(DatasetKind::Cifar100, &[p100]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.labels, vec![99]);
+    }
+
+    #[test]
+    fn idx_magic_and_length_are_checked() {
+        let d = tmp("idx");
+        let p = d.join("x.idx");
+        let mut b = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2];
+        b.extend([1u8; 8]);
+        std::fs::write(&p, &b).unwrap_or_default();
+        assert_eq!(
+            read_idx(&p, 3).map(|x| x.0).unwrap_or_default(),
+            vec![2, 2, 2]
+        );
+        let e = read_idx(&p, 1).unwrap_err();
+        assert!(matches!(e, DataError::BadMagic { .. }), "{e}");
+        std::fs::write(&p, &b[..20]).unwrap_or_default();
+        assert!(matches!(
+            read_idx(&p, 3).unwrap_err(),
+            DataError::Truncated { .. }
+        ));
+    }
+
+    #[test]
+    fn augmentation_keeps_shape_and_normalises() {
+        let mut s = Split {
+            kind: DatasetKind::Cifar10,
+            pixels: vec![255; 3072],
+            labels: vec![0],
+        };
+        let plain = s.image(0, None);
+        let (m, sd) = DatasetKind::Cifar10.normalization();
+        assert!((plain[0] - (1.0 - m[0]) / sd[0]).abs() < 1e-6);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let aug = s.image(0, Some(&mut rng));
+        assert_eq!(aug.len(), 3072);
+        s.pixels[0] = 0;
+        assert_eq!(s.image(0, None)[0], -m[0] / sd[0]);
+    }
+}

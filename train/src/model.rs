@@ -1,0 +1,461 @@
+//! A Burn module built from the shared network description, so that what is
+//! trained is exactly what the protocol engine runs.
+//!
+//! Every layer of the description becomes one [`Layer`]: conv2d → Burn
+//! `Conv2d`, dense → `Linear` (on the flattened CHW vector), batch norm →
+//! `BatchNorm` (running statistics are what the engine folds into the
+//! preceding conv), average pool, flatten and residual add are stateless,
+//! and every activation layer holds learnable quadratic coefficients
+//! (a, b, c) whatever its current [`ActMode`], so that the planner can switch
+//! a layer between ReLU, quadratic and the blend (1−t)·quad + t·ReLU between
+//! steps without rebuilding the model or the optimizer state.
+
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::module::avg_pool2d;
+use burn::tensor::ops::AvgPoolOptions;
+use burn::tensor::{activation, Device, Tensor, TensorData};
+
+use delphi_net::{Activation, Network, Op, Padding, Shape};
+
+/// What an activation layer computes now.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase", tag = "mode")]
+pub enum ActMode {
+    /// max(x, 0).
+    Relu,
+    /// a·x² + b·x + c with the layer's learnable coefficients.
+    Quad,
+    /// (1 − t)·quad + t·ReLU: t goes from 1 to 0 during a gradual swap.
+    Blend {
+        /// Weight of the ReLU.
+        t: f32,
+    },
+}
+
+/// Errors building or exporting a model.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// The description is invalid.
+    #[error(transparent)]
+    Net(#[from] delphi_net::NetError),
+    /// A layer or setting the trainer does not support.
+    #[error("layer {layer}: {reason}")]
+    Unsupported {
+        /// The description layer.
+        layer: usize,
+        /// Why.
+        reason: String,
+    },
+    /// A placement with the wrong number of activation layers.
+    #[error("{given} activation modes for a network with {expected} activation layers")]
+    Placement {
+        /// Modes given.
+        given: usize,
+        /// Activation layers in the network.
+        expected: usize,
+    },
+}
+
+/// Result alias of the model code.
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// The learnable coefficients of an activation layer (scalars).
+#[derive(Module, Debug)]
+pub struct QuadCoeffs {
+    /// Coefficient of x².
+    pub a: Param<Tensor<1>>,
+    /// Coefficient of x.
+    pub b: Param<Tensor<1>>,
+    /// Constant.
+    pub c: Param<Tensor<1>>,
+}
+
+/// The stateless part of a layer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kind {
+    /// Convolution (module in `conv`).
+    Conv,
+    /// Dense layer (module in `dense`), output `[n, out, 1, 1]`.
+    Dense,
+    /// Batch norm (module in `bn`).
+    BatchNorm,
+    /// Average pooling.
+    AvgPool {
+        /// Window.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+    },
+    /// Adds the output of layer `from`.
+    Residual {
+        /// The other operand.
+        from: usize,
+    },
+    /// Reshapes (C, H, W) to (C·H·W, 1, 1).
+    Flatten,
+    /// Activation (coefficients in `act`).
+    Activation(ActMode),
+}
+
+/// One layer of the description.
+#[derive(Module, Debug)]
+pub struct Layer {
+    /// Convolution weights.
+    pub conv: Option<Conv2d>,
+    /// Dense weights.
+    pub dense: Option<Linear>,
+    /// Batch-norm parameters and statistics.
+    pub bn: Option<BatchNorm>,
+    /// Quadratic coefficients (activation layers).
+    pub act: Option<QuadCoeffs>,
+    /// What the layer does.
+    #[module(skip)]
+    pub kind: Kind,
+    /// The layer it reads (none: the previous one, or the input).
+    #[module(skip)]
+    pub input: Option<usize>,
+}
+
+/// A network as a Burn module.
+#[derive(Module, Debug)]
+pub struct Net {
+    /// The layers, in description order.
+    pub layers: Vec<Layer>,
+    /// The input shape.
+    #[module(skip)]
+    pub input: Shape,
+}
+
+fn scalar(v: f32, device: &Device) -> Param<Tensor<1>> {
+    Param::from_tensor(Tensor::from_data(TensorData::new(vec![v], [1]), device))
+}
+
+fn tensor<const D: usize>(v: &[f32], shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(v.to_vec(), shape), device)
+}
+
+/// Reads a tensor's values.
+pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default()
+}
+
+impl Net {
+    /// Builds the module for `net`. With `load_weights` the description's
+    /// weights (and batch-norm statistics, quadratic coefficients) are
+    /// copied in; otherwise Burn's initialisers are used (Kaiming uniform,
+    /// batch norm γ = 1, β = 0) and quadratics start at 0.2·x² + 0.5·x + 0.2,
+    /// the least-squares fit of ReLU on N(0, 1).
+    pub fn from_description(net: &Network, load_weights: bool, device: &Device) -> Result<Net> {
+        let shapes = net.validate()?;
+        let mut layers = Vec::with_capacity(net.layers.len());
+        for (i, l) in net.layers.iter().enumerate() {
+            let src = l.input.or(i.checked_sub(1));
+            let in_shape = src.map(|j| shapes[j]).unwrap_or(net.input);
+            let mut layer = Layer {
+                conv: None,
+                dense: None,
+                bn: None,
+                act: None,
+                kind: Kind::Flatten,
+                input: l.input,
+            };
+            match &l.op {
+                Op::Conv2d {
+                    out_channels,
+                    kernel,
+                    stride,
+                    padding,
+                    bias,
+                    weight,
+                    bias_values,
+                } => {
+                    let pad = if *padding == Padding::Same {
+                        (kernel - 1) / 2
+                    } else {
+                        0
+                    };
+                    let mut conv =
+                        Conv2dConfig::new([in_shape.channels, *out_channels], [*kernel; 2])
+                            .with_stride([*stride; 2])
+                            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+                            .with_bias(*bias)
+                            .init(device);
+                    if load_weights {
+                        conv.weight = Param::from_tensor(tensor(
+                            weight,
+                            [*out_channels, in_shape.channels, *kernel, *kernel],
+                            device,
+                        ));
+                        if *bias {
+                            conv.bias = Some(Param::from_tensor(tensor(
+                                bias_values,
+                                [*out_channels],
+                                device,
+                            )));
+                        }
+                    }
+                    layer.conv = Some(conv);
+                    layer.kind = Kind::Conv;
+                }
+                Op::Dense {
+                    out_features,
+                    bias,
+                    weight,
+                    bias_values,
+                } => {
+                    let d_in = in_shape.len();
+                    let mut lin = LinearConfig::new(d_in, *out_features)
+                        .with_bias(*bias)
+                        .init(device);
+                    if load_weights {
+                        // Burn stores [in, out]; the description [out][in].
+                        let w = tensor(weight, [*out_features, d_in], device).transpose();
+                        lin.weight = Param::from_tensor(w);
+                        if *bias {
+                            lin.bias = Some(Param::from_tensor(tensor(
+                                bias_values,
+                                [*out_features],
+                                device,
+                            )));
+                        }
+                    }
+                    layer.dense = Some(lin);
+                    layer.kind = Kind::Dense;
+                }
+                Op::BatchNorm {
+                    eps,
+                    gamma,
+                    beta,
+                    mean,
+                    var,
+                } => {
+                    let c = in_shape.channels;
+                    let mut bn = BatchNormConfig::new(c)
+                        .with_epsilon(*eps as f64)
+                        .init(device);
+                    if load_weights {
+                        bn.gamma = Param::from_tensor(tensor(gamma, [c], device));
+                        bn.beta = Param::from_tensor(tensor(beta, [c], device));
+                        bn.running_mean =
+                            burn::module::RunningState::new(tensor(mean, [c], device));
+                        bn.running_var = burn::module::RunningState::new(tensor(var, [c], device));
+                    }
+                    layer.bn = Some(bn);
+                    layer.kind = Kind::BatchNorm;
+                }
+                Op::AvgPool { kernel, stride } => {
+                    layer.kind = Kind::AvgPool {
+                        kernel: *kernel,
+                        stride: *stride,
+                    }
+                }
+                Op::Residual { from } => layer.kind = Kind::Residual { from: *from },
+                Op::Flatten => layer.kind = Kind::Flatten,
+                Op::Activation(a) => {
+                    let (mode, (qa, qb, qc)) = match a {
+                        Activation::Relu => (ActMode::Relu, (0.2, 0.5, 0.2)),
+                        Activation::Quad { a, b, c } if load_weights => {
+                            (ActMode::Quad, (*a, *b, *c))
+                        }
+                        Activation::Quad { .. } => (ActMode::Quad, (0.2, 0.5, 0.2)),
+                    };
+                    layer.act = Some(QuadCoeffs {
+                        a: scalar(qa, device),
+                        b: scalar(qb, device),
+                        c: scalar(qc, device),
+                    });
+                    layer.kind = Kind::Activation(mode);
+                }
+            }
+            layers.push(layer);
+        }
+        Ok(Net {
+            layers,
+            input: net.input,
+        })
+    }
+
+    /// Logits `[n, classes]` for a batch `[n, c, h, w]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut outs: Vec<Tensor<4>> = Vec::with_capacity(self.layers.len());
+        for (i, l) in self.layers.iter().enumerate() {
+            let src = match l.input.or(i.checked_sub(1)) {
+                Some(j) => outs[j].clone(),
+                None => x.clone(),
+            };
+            let y = match (&l.kind, &l.conv, &l.dense, &l.bn, &l.act) {
+                (Kind::Conv, Some(conv), ..) => conv.forward(src),
+                (Kind::Dense, _, Some(lin), ..) => {
+                    let [n, c, h, w] = src.dims();
+                    let y = lin.forward(src.reshape([n, c * h * w]));
+                    let out = y.dims()[1];
+                    y.reshape([n, out, 1, 1])
+                }
+                (Kind::BatchNorm, _, _, Some(bn), _) => bn.forward(src),
+                (Kind::AvgPool { kernel, stride }, ..) => avg_pool2d(
+                    src,
+                    AvgPoolOptions::new([*kernel; 2]).with_stride([*stride; 2]),
+                ),
+                (Kind::Residual { from }, ..) => src + outs[*from].clone(),
+                (Kind::Flatten, ..) => {
+                    let [n, c, h, w] = src.dims();
+                    src.reshape([n, c * h * w, 1, 1])
+                }
+                (Kind::Activation(mode), _, _, _, Some(q)) => activate(*mode, q, src),
+                // A layer whose module is missing cannot be built by `from_description`.
+                _ => src,
+            };
+            outs.push(y);
+        }
+        let last = outs.pop().unwrap_or(x);
+        let [n, c, h, w] = last.dims();
+        last.reshape([n, c * h * w])
+    }
+
+    /// Indices of the activation layers.
+    pub fn activation_layers(&self) -> Vec<usize> {
+        (0..self.layers.len())
+            .filter(|&i| matches!(self.layers[i].kind, Kind::Activation(_)))
+            .collect()
+    }
+
+    /// The current mode of every activation layer.
+    pub fn modes(&self) -> Vec<ActMode> {
+        self.layers
+            .iter()
+            .filter_map(|l| match l.kind {
+                Kind::Activation(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Sets the mode of every activation layer.
+    pub fn set_modes(&mut self, modes: &[ActMode]) -> Result<()> {
+        let idx = self.activation_layers();
+        if idx.len() != modes.len() {
+            return Err(ModelError::Placement {
+                given: modes.len(),
+                expected: idx.len(),
+            });
+        }
+        for (i, m) in idx.into_iter().zip(modes) {
+            self.layers[i].kind = Kind::Activation(*m);
+        }
+        Ok(())
+    }
+
+    /// Writes the trained weights into a copy of `template` (the description
+    /// this module was built from). Blended layers cannot be exported.
+    pub fn to_description(&self, template: &Network) -> Result<Network> {
+        let mut net = template.clone();
+        net.weights_file = None;
+        for (i, (l, d)) in self.layers.iter().zip(net.layers.iter_mut()).enumerate() {
+            match (&mut d.op, &l.kind) {
+                (
+                    Op::Conv2d {
+                        weight,
+                        bias_values,
+                        bias,
+                        ..
+                    },
+                    Kind::Conv,
+                ) => {
+                    if let Some(conv) = &l.conv {
+                        *weight = values(conv.weight.val());
+                        *bias_values = match (&conv.bias, *bias) {
+                            (Some(b), true) => values(b.val()),
+                            _ => Vec::new(),
+                        };
+                    }
+                }
+                (
+                    Op::Dense {
+                        weight,
+                        bias_values,
+                        bias,
+                        ..
+                    },
+                    Kind::Dense,
+                ) => {
+                    if let Some(lin) = &l.dense {
+                        *weight = values(lin.weight.val().transpose());
+                        *bias_values = match (&lin.bias, *bias) {
+                            (Some(b), true) => values(b.val()),
+                            _ => Vec::new(),
+                        };
+                    }
+                }
+                (
+                    Op::BatchNorm {
+                        gamma,
+                        beta,
+                        mean,
+                        var,
+                        ..
+                    },
+                    Kind::BatchNorm,
+                ) => {
+                    if let Some(bn) = &l.bn {
+                        *gamma = values(bn.gamma.val());
+                        *beta = values(bn.beta.val());
+                        *mean = values(bn.running_mean.value());
+                        *var = values(bn.running_var.value());
+                    }
+                }
+                (Op::Activation(a), Kind::Activation(mode)) => {
+                    *a = match (mode, &l.act) {
+                        (ActMode::Relu, _) => Activation::Relu,
+                        (ActMode::Quad, Some(q)) => {
+                            let v = |p: &Param<Tensor<1>>| {
+                                values(p.val()).first().copied().unwrap_or(0.0)
+                            };
+                            Activation::Quad {
+                                a: v(&q.a),
+                                b: v(&q.b),
+                                c: v(&q.c),
+                            }
+                        }
+                        (ActMode::Blend { t }, _) => return Err(ModelError::Unsupported {
+                            layer: i,
+                            reason: format!(
+                                "activation is mid-swap (t = {t}); finish the swap before export"
+                            ),
+                        }),
+                        (ActMode::Quad, None) => {
+                            return Err(ModelError::Unsupported {
+                                layer: i,
+                                reason: "quadratic without coefficients".into(),
+                            })
+                        }
+                    };
+                }
+                _ => {}
+            }
+        }
+        net.validate()?;
+        Ok(net)
+    }
+}
+
+fn activate(mode: ActMode, q: &QuadCoeffs, x: Tensor<4>) -> Tensor<4> {
+    let quad = |x: Tensor<4>| {
+        let a = q.a.val().reshape([1, 1, 1, 1]);
+        let b = q.b.val().reshape([1, 1, 1, 1]);
+        let c = q.c.val().reshape([1, 1, 1, 1]);
+        x.clone().powi_scalar(2).mul(a) + x.mul(b) + c
+    };
+    match mode {
+        ActMode::Relu => activation::relu(x),
+        ActMode::Quad => quad(x),
+        ActMode::Blend { t } => {
+            quad(x.clone()).mul_scalar(1.0 - t) + activation::relu(x).mul_scalar(t)
+        }
+    }
+}

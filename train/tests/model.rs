@@ -1,0 +1,51 @@
+//! The Burn module computes what the description says.
+#![allow(clippy::unwrap_used)]
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use delphi_net::builtin::{apply_placement, build};
+use delphi_net::eval::{eval_float, random_inputs};
+use delphi_train::model::{values, Net};
+
+fn close(net: &delphi_net::Network) {
+    let device = Device::flex();
+    let model = Net::from_description(net, true, &device).unwrap().valid();
+    let xs = random_inputs(net.input.len(), 3, 7);
+    let flat: Vec<f32> = xs.concat();
+    let s = net.input;
+    let x = Tensor::<4>::from_data(
+        TensorData::new(flat, [3, s.channels, s.height, s.width]),
+        &device,
+    );
+    let got = values(model.forward(x));
+    let classes = got.len() / 3;
+    for (k, x) in xs.iter().enumerate() {
+        let want = eval_float(net, x).unwrap();
+        for (g, w) in got[k * classes..(k + 1) * classes].iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-3 * w.abs().max(1.0),
+                "{}: {g} vs {w}",
+                net.name
+            );
+        }
+    }
+    // Export gives the description back.
+    let back = model.to_description(net).unwrap();
+    assert_eq!(back.layers.len(), net.layers.len());
+    let again = eval_float(&back, &xs[0]).unwrap();
+    let want = eval_float(net, &xs[0]).unwrap();
+    for (a, b) in again.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0));
+    }
+}
+
+#[test]
+fn burn_forward_equals_the_float_evaluator() {
+    let mut cnn = build("small-cnn", 10, 3).unwrap();
+    apply_placement(&mut cnn, "RQR").unwrap();
+    close(&cnn);
+    let mut r = build("resnet32", 10, 4).unwrap();
+    delphi_net::builtin::quad_last_with(&mut r, 3, delphi_net::builtin::BENCH_QUAD).unwrap();
+    close(&r);
+    close(&build("minionn", 10, 5).unwrap());
+}
