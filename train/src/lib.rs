@@ -3,5 +3,8 @@
 //! float and fixed-point evaluation, export to the description the protocol
 //! engine runs.
 
+pub mod bench;
 pub mod data;
+pub mod device;
 pub mod model;
+pub mod train;

@@ -422,12 +422,14 @@ impl Net {
                                 c: v(&q.c),
                             }
                         }
-                        (ActMode::Blend { t }, _) => return Err(ModelError::Unsupported {
-                            layer: i,
-                            reason: format!(
+                        (ActMode::Blend { t }, _) => {
+                            return Err(ModelError::Unsupported {
+                                layer: i,
+                                reason: format!(
                                 "activation is mid-swap (t = {t}); finish the swap before export"
                             ),
-                        }),
+                            })
+                        }
                         (ActMode::Quad, None) => {
                             return Err(ModelError::Unsupported {
                                 layer: i,

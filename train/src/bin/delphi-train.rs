@@ -1,3 +1,334 @@
-//! `delphi-train`: trains a network for a DELPHI plan (work in progress).
+//! `delphi-train`: trains a network with ReLU and/or quadratic activations
+//! and exports the description the protocol engine runs.
 
-fn main() {}
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use delphi_train::data::{self, DatasetKind};
+use delphi_train::device::DeviceChoice;
+use delphi_train::train::{
+    fixed_accuracy, Distill, OptimizerKind, Schedule, Swap, TrainConfig, Trainer,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "delphi-train",
+    version,
+    about = "Train networks for private inference (ReLU or quadratic activations) and export them",
+    long_about = "Trains a built-in architecture on Fashion-MNIST, CIFAR-10 or CIFAR-100 with Burn, \
+                  evaluates it in floating point and in the protocol's fixed point, and writes a run \
+                  folder with metrics.json and model.json (loadable by `delphi verify`/`serve`).\n\n\
+                  Example: delphi-train train --dataset fashion-mnist --arch small-cnn --epochs 5 \
+                  --activations relu,quad,relu --out results/train/x"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Opt {
+    Sgd,
+    Adam,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Sched {
+    Cosine,
+    Constant,
+    Step,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Trains one network and writes metrics.json and model.json to --out.
+    Train(Box<TrainArgs>),
+    /// Measures training images/s for resnet32 and minionn on 32×32×3 inputs.
+    Bench {
+        /// Where to write the figures.
+        #[arg(long, default_value = "results/bench/train.json")]
+        out: PathBuf,
+        /// Images per step.
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        /// Timed steps per architecture (after one warm-up step).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Compute device.
+        #[arg(long, default_value = "cpu")]
+        device: DeviceChoice,
+    },
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// fashion-mnist, cifar10 or cifar100.
+    #[arg(long, default_value = "fashion-mnist")]
+    dataset: DatasetKind,
+    /// Folder with the dataset's files (default: $DELPHI_DATA, then Debian's
+    /// /usr/share/datasets/fashion-mnist).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// small-cnn, minionn or resnet32 (default: per dataset).
+    #[arg(long)]
+    arch: Option<String>,
+    /// Start from this description's weights (e.g. a trained all-ReLU model).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Activation per layer: `relu,quad,relu` or `RQR` (default: all ReLU).
+    #[arg(long)]
+    activations: Option<String>,
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Optimizer.
+    #[arg(long, value_enum, default_value = "sgd")]
+    optimizer: Opt,
+    /// Peak learning rate (default: 0.05 for SGD, 0.001 for Adam).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// L2 weight decay.
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f64,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum, default_value = "cosine")]
+    schedule: Sched,
+    /// Clip each parameter's gradient to this L2 norm (default: 1 when the
+    /// network has quadratic layers, which diverge now and then without it;
+    /// none otherwise).
+    #[arg(long)]
+    grad_clip: Option<f32>,
+    /// Label smoothing (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f32,
+    /// Distil from this teacher description (with weights).
+    #[arg(long)]
+    teacher: Option<PathBuf>,
+    /// Weight of the distillation term.
+    #[arg(long, default_value_t = 0.5)]
+    distill_weight: f32,
+    /// Distillation temperature.
+    #[arg(long, default_value_t = 4.0)]
+    temperature: f32,
+    /// Swap ReLU → quadratic gradually between these fractions of the run
+    /// (e.g. `0.1,0.6`); default: quadratic from the start.
+    #[arg(long, value_parser = parse_swap)]
+    swap: Option<Swap>,
+    /// Seed of everything random.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Use only the first N training images.
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Validation images carved from the training set.
+    #[arg(long, default_value_t = 5000)]
+    valid_size: usize,
+    /// Use only the first N test images.
+    #[arg(long)]
+    test_limit: Option<usize>,
+    /// Compute device: cpu (Burn's flex backend), wgpu or cuda (need the
+    /// crate built with the matching feature).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    /// Run folder: metrics.json, model.json, checkpoint/.
+    #[arg(long)]
+    out: PathBuf,
+    /// Start over even if --out holds a checkpoint (default: resume).
+    #[arg(long)]
+    restart: bool,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_swap(s: &str) -> std::result::Result<Swap, String> {
+    let (a, b) = s
+        .split_once(',')
+        .ok_or_else(|| "expected START,END (fractions of the run)".to_string())?;
+    let p = |x: &str| x.trim().parse::<f32>().map_err(|e| format!("{x:?}: {e}"));
+    Ok(Swap {
+        start: p(a)?,
+        end: p(b)?,
+    })
+}
+
+fn config(a: &TrainArgs) -> TrainConfig {
+    let mut c = TrainConfig::new(a.dataset);
+    if let Some(arch) = &a.arch {
+        c.arch = arch.clone();
+    }
+    c.data_dir = a.data_dir.clone();
+    c.init = a.init.clone();
+    c.activations = a.activations.clone();
+    c.epochs = a.epochs;
+    c.batch_size = a.batch_size;
+    c.optimizer = match a.optimizer {
+        Opt::Sgd => OptimizerKind::Sgd,
+        Opt::Adam => OptimizerKind::Adam,
+    };
+    c.lr = a.lr.unwrap_or(match c.optimizer {
+        OptimizerKind::Sgd => 0.05,
+        OptimizerKind::Adam => 1e-3,
+    });
+    c.momentum = a.momentum;
+    c.weight_decay = a.weight_decay;
+    c.schedule = match a.schedule {
+        Sched::Cosine => Schedule::Cosine,
+        Sched::Constant => Schedule::Constant,
+        Sched::Step => Schedule::Step {
+            every: (a.epochs / 3).max(1),
+            gamma: 0.1,
+        },
+    };
+    let has_quad = a
+        .activations
+        .as_deref()
+        .is_some_and(|p| p.to_ascii_lowercase().contains('q'));
+    c.grad_clip = a.grad_clip.or(has_quad.then_some(1.0));
+    c.label_smoothing = a.label_smoothing;
+    c.distill = a.teacher.as_ref().map(|t| Distill {
+        teacher: t.clone(),
+        weight: a.distill_weight,
+        temperature: a.temperature,
+    });
+    c.swap = a.swap;
+    c.seed = a.seed;
+    c.train_limit = a.train_limit;
+    c.valid_size = a.valid_size;
+    c.test_limit = a.test_limit;
+    c
+}
+
+fn train(a: &TrainArgs) -> Result<()> {
+    let device = a.device.device()?;
+    let ckpt = a.out.join("checkpoint");
+    let mut tr = if !a.restart && Trainer::has_checkpoint(&ckpt) {
+        let tr = Trainer::load_checkpoint(&ckpt, &device)
+            .with_context(|| format!("resuming from {}", ckpt.display()))?;
+        if tr.config != config(a) {
+            bail!(
+                "{} holds a run with another configuration; pass --restart to start over",
+                a.out.display()
+            );
+        }
+        eprintln!(
+            "resuming {} at epoch {}, step {}",
+            a.out.display(),
+            tr.epoch + 1,
+            tr.step_in_epoch
+        );
+        tr
+    } else {
+        Trainer::new(config(a), &device)?
+    };
+    let c = tr.config.clone();
+    let mut data = data::load(c.dataset, c.data_dir.as_deref(), c.valid_size, c.seed)?;
+    if let Some(n) = c.train_limit {
+        data.train = data.train.take(n);
+    }
+    if let Some(n) = c.test_limit {
+        data.test = data.test.take(n);
+    }
+    eprintln!(
+        "{} on {}: {} training, {} validation, {} test images; activations {}",
+        c.arch,
+        c.dataset.name(),
+        data.train.len(),
+        data.valid.len(),
+        data.test.len(),
+        c.activations.as_deref().unwrap_or("all ReLU")
+    );
+    let start = Instant::now();
+    let per_epoch = tr.steps_per_epoch(&data.train);
+    while !tr.finished() {
+        // Checkpoint every epoch (and every 200 steps on long epochs).
+        tr.train_steps(&data, per_epoch.min(200), a.quiet)?;
+        tr.save_checkpoint(&ckpt)?;
+        if tr.step_in_epoch == 0 {
+            if let Some(m) = tr.history.last() {
+                eprintln!(
+                    "epoch {}/{}: loss {:.4}, train {:.2}%, valid {:.2}%, {:.0} images/s",
+                    m.epoch,
+                    c.epochs,
+                    m.loss,
+                    100.0 * m.train_accuracy,
+                    100.0 * m.valid_accuracy,
+                    m.images_per_s
+                );
+            }
+        }
+    }
+    let float_acc = tr.accuracy(&data.test);
+    let mut net = tr.export()?;
+    eprintln!("evaluating {} test images in fixed point", data.test.len());
+    let fixed_acc = fixed_accuracy(&net, &data.test)?;
+    net.metadata.accuracy_float = Some(float_acc);
+    net.metadata.accuracy_fixed = Some(fixed_acc);
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let model = a.out.join("model.json");
+    net.save(&model, delphi_net::WeightStorage::Inline)
+        .with_context(|| format!("writing {}", model.display()))?;
+    let metrics = serde_json::json!({
+        "dataset": c.dataset.name(),
+        "arch": c.arch,
+        "activations": net
+            .layers
+            .iter()
+            .filter_map(|l| match &l.op {
+                delphi_net::Op::Activation(delphi_net::Activation::Relu) => Some("relu"),
+                delphi_net::Op::Activation(_) => Some("quad"),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        "test_accuracy_float": float_acc,
+        "test_accuracy_fixed": fixed_acc,
+        "test_images": data.test.len(),
+        "epochs": c.epochs,
+        "seconds": tr.history.iter().map(|m| m.seconds).sum::<f64>(),
+        "wall_seconds_this_process": start.elapsed().as_secs_f64(),
+        "history": tr.history,
+        "config": c,
+        "rerun": std::env::args().collect::<Vec<_>>().join(" "),
+    });
+    let mpath = a.out.join("metrics.json");
+    std::fs::write(&mpath, serde_json::to_string_pretty(&metrics)? + "\n")
+        .with_context(|| format!("writing {}", mpath.display()))?;
+    println!(
+        "test accuracy: float {:.2}%, fixed point {:.2}%  ({} and {} written)",
+        100.0 * float_acc,
+        100.0 * fixed_acc,
+        model.display(),
+        mpath.display()
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Train(a) => train(&a),
+        Command::Bench {
+            out,
+            batch_size,
+            steps,
+            device,
+        } => {
+            let report = delphi_train::bench::train_bench(batch_size, steps, device)?;
+            if let Some(d) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(d)?;
+            }
+            std::fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+    }
+}

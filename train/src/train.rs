@@ -1,0 +1,788 @@
+//! The training loop: a custom loop that can be paused, copied and
+//! perturbed between steps (what population-based search needs), seeded and
+//! resumable from checkpoints.
+//!
+//! Reproducibility: the order of the training images in epoch e is a
+//! permutation drawn from (seed, e); the augmentation of step s from
+//! (seed, e, s). A checkpoint stores the model, the optimizer state, the
+//! configuration, the activation modes and the position (epoch, step), so
+//! resuming replays exactly the batches an uninterrupted run would have seen.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::{activation, Device, Int, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use delphi_net::builtin::{build, ARCHITECTURES};
+use delphi_net::{FixedProgram, Network};
+
+use crate::data::{Dataset, DatasetKind, Split};
+use crate::model::{values, ActMode, ModelError, Net};
+
+/// Errors of the training code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    /// Reading the dataset failed.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    /// Building or exporting the model failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The network description is unusable.
+    #[error(transparent)]
+    Net(#[from] delphi_net::NetError),
+    /// A setting is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A checkpoint could not be written or read.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The checkpoint directory or file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Result alias of the training code.
+pub type Result<T> = std::result::Result<T, TrainError>;
+
+/// Which optimizer.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// SGD with (heavy-ball) momentum.
+    Sgd,
+    /// Adam.
+    Adam,
+}
+
+/// Learning-rate schedule over the whole run.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Schedule {
+    /// The same rate throughout.
+    Constant,
+    /// Cosine decay from the rate to 0.
+    Cosine,
+    /// Multiply by `gamma` every `every` epochs.
+    Step {
+        /// Epochs between decays.
+        every: usize,
+        /// Factor.
+        gamma: f64,
+    },
+}
+
+/// Knowledge distillation from a teacher network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Distill {
+    /// The teacher's description (with weights).
+    pub teacher: PathBuf,
+    /// Weight of the distillation term (the label term gets 1 − weight).
+    pub weight: f32,
+    /// Softmax temperature.
+    pub temperature: f32,
+}
+
+/// The gradual swap: quadratic layers start as ReLU and blend into their
+/// quadratic between two points of the run (fractions of all steps).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Swap {
+    /// Where the blend starts (t = 1, pure ReLU).
+    pub start: f32,
+    /// Where it ends (t = 0, pure quadratic).
+    pub end: f32,
+}
+
+/// Everything that defines a training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// The dataset.
+    pub dataset: DatasetKind,
+    /// Folder with the dataset's files (else `$DELPHI_DATA`, else Debian's).
+    pub data_dir: Option<PathBuf>,
+    /// Built-in architecture (small-cnn, minionn, resnet32).
+    pub arch: String,
+    /// Start from this description's weights instead of a fresh initialisation.
+    pub init: Option<PathBuf>,
+    /// Per activation layer: relu or quad (`RQR` or `relu,quad,relu`); none: all ReLU.
+    pub activations: Option<String>,
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Optimizer.
+    pub optimizer: OptimizerKind,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Momentum (SGD).
+    pub momentum: f64,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Clip each parameter's gradient to this norm.
+    pub grad_clip: Option<f32>,
+    /// Label smoothing (0: off).
+    pub label_smoothing: f32,
+    /// Knowledge distillation.
+    pub distill: Option<Distill>,
+    /// Gradual ReLU → quadratic swap.
+    pub swap: Option<Swap>,
+    /// Seed of everything random.
+    pub seed: u64,
+    /// Use only the first N training images (after the validation split).
+    pub train_limit: Option<usize>,
+    /// Validation images carved from the training set.
+    pub valid_size: usize,
+    /// Use only the first N test images.
+    pub test_limit: Option<usize>,
+}
+
+impl TrainConfig {
+    /// Defaults for a dataset: its default architecture, SGD 0.05 with
+    /// momentum 0.9, weight decay 5e-4, cosine schedule, batch 64.
+    pub fn new(dataset: DatasetKind) -> Self {
+        TrainConfig {
+            dataset,
+            data_dir: None,
+            arch: dataset.default_arch().into(),
+            init: None,
+            activations: None,
+            epochs: 5,
+            batch_size: 64,
+            optimizer: OptimizerKind::Sgd,
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            schedule: Schedule::Cosine,
+            grad_clip: None,
+            label_smoothing: 0.0,
+            distill: None,
+            swap: None,
+            seed: 1,
+            train_limit: None,
+            valid_size: 5000,
+            test_limit: None,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        if !ARCHITECTURES.contains(&self.arch.as_str()) {
+            return bad(format!(
+                "unknown architecture {:?} (known: {})",
+                self.arch,
+                ARCHITECTURES.join(", ")
+            ));
+        }
+        if self.epochs == 0 || self.batch_size == 0 {
+            return bad("epochs and batch size must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("learning rate {} must be positive", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return bad("label smoothing must be in [0, 1)".into());
+        }
+        if let Some(s) = self.swap {
+            if !(0.0 <= s.start && s.start <= s.end && s.end <= 1.0) {
+                return bad("swap needs 0 ≤ start ≤ end ≤ 1".into());
+            }
+        }
+        if let Some(d) = &self.distill {
+            if !(0.0..=1.0).contains(&d.weight) || d.temperature <= 0.0 {
+                return bad("distillation weight in [0, 1] and temperature > 0".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses a placement (`RQR`, `relu,quad,relu`) into target modes.
+pub fn parse_placement(s: &str) -> Result<Vec<bool>> {
+    let items: Vec<String> = if s.contains(',') {
+        s.split(',')
+            .map(|x| x.trim().to_ascii_lowercase())
+            .collect()
+    } else {
+        s.chars()
+            .map(|c| c.to_ascii_lowercase().to_string())
+            .collect()
+    };
+    items
+        .iter()
+        .map(|x| match x.as_str() {
+            "r" | "relu" => Ok(false),
+            "q" | "quad" => Ok(true),
+            other => Err(TrainError::Config(format!(
+                "activation {other:?} (use relu/quad or R/Q)"
+            ))),
+        })
+        .collect()
+}
+
+/// One epoch's figures.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// Epoch number (from 1).
+    pub epoch: usize,
+    /// Mean training loss.
+    pub loss: f64,
+    /// Training accuracy (on augmented batches).
+    pub train_accuracy: f64,
+    /// Validation accuracy (float).
+    pub valid_accuracy: f64,
+    /// Images per second of training.
+    pub images_per_s: f64,
+    /// Seconds of the epoch.
+    pub seconds: f64,
+}
+
+/// A training run in progress.
+pub struct Trainer {
+    /// The run's configuration.
+    pub config: TrainConfig,
+    /// The description the model was built from (architecture, start weights).
+    pub template: Network,
+    /// The model (on the autodiff device).
+    pub model: Net,
+    optim: ModuleOptimizer,
+    device: Device,
+    teacher: Option<Net>,
+    /// Which activation layers end up quadratic.
+    pub target_quad: Vec<bool>,
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Steps completed in the current epoch.
+    pub step_in_epoch: usize,
+    /// Per-epoch figures so far.
+    pub history: Vec<EpochMetrics>,
+    running: (f64, usize, usize, f64),
+}
+
+fn build_optimizer(c: &TrainConfig) -> ModuleOptimizer {
+    let wd = (c.weight_decay > 0.0).then(|| WeightDecayConfig::new(c.weight_decay as f32));
+    let clip = c.grad_clip.map(GradientClippingConfig::Norm);
+    match c.optimizer {
+        OptimizerKind::Sgd => SgdConfig::new()
+            .with_weight_decay(wd)
+            .with_momentum((c.momentum > 0.0).then(|| {
+                MomentumConfig::new()
+                    .with_momentum(c.momentum)
+                    .with_dampening(0.0)
+            }))
+            .with_gradient_clipping(clip)
+            .init(),
+        OptimizerKind::Adam => AdamConfig::new()
+            .with_weight_decay(wd)
+            .with_grad_clipping(clip)
+            .init(),
+    }
+}
+
+/// Converts host images and labels into a batch on `device`.
+pub fn batch(
+    split: &Split,
+    idx: &[usize],
+    augment: Option<u64>,
+    device: &Device,
+) -> (Tensor<4>, Tensor<1, Int>) {
+    let [c, h, w] = split.kind.shape();
+    let mut rng = augment.map(ChaCha8Rng::seed_from_u64);
+    let mut px = Vec::with_capacity(idx.len() * c * h * w);
+    for &i in idx {
+        let img = match rng.as_mut() {
+            Some(r) => split.image(i, Some(r)),
+            None => split.image(i, None),
+        };
+        px.extend(img);
+    }
+    let labels: Vec<i64> = idx.iter().map(|&i| split.labels[i] as i64).collect();
+    (
+        Tensor::from_data(TensorData::new(px, [idx.len(), c, h, w]), device),
+        Tensor::from_data(TensorData::new(labels, [idx.len()]), device),
+    )
+}
+
+fn argmax_rows(v: &[f32], classes: usize) -> Vec<usize> {
+    v.chunks(classes)
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
+                    if x > bv {
+                        (i, x)
+                    } else {
+                        (bi, bv)
+                    }
+                })
+                .0
+        })
+        .collect()
+}
+
+/// A progress bar on stderr, hidden when stderr is not a terminal.
+pub fn progress_bar(len: u64, template: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    if !std::io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb
+}
+
+impl Trainer {
+    /// Starts a run: builds the architecture (or loads `init`), sets the
+    /// activation placement, the optimizer and the teacher.
+    pub fn new(config: TrainConfig, device: &Device) -> Result<Trainer> {
+        config.check()?;
+        let device = device.clone().autodiff();
+        let [c, h, w] = config.dataset.shape();
+        let (template, load) = match &config.init {
+            Some(p) => (Network::load(p)?, true),
+            None => (
+                build(&config.arch, config.dataset.classes(), config.seed)?,
+                false,
+            ),
+        };
+        if (
+            template.input.channels,
+            template.input.height,
+            template.input.width,
+        ) != (c, h, w)
+        {
+            return Err(TrainError::Config(format!(
+                "{} takes {} inputs but {} images are {c}×{h}×{w}",
+                template.name,
+                template.input,
+                config.dataset.name()
+            )));
+        }
+        device.seed(config.seed);
+        let mut model = Net::from_description(&template, load, &device)?;
+        let n_act = model.activation_layers().len();
+        let target_quad = match &config.activations {
+            Some(p) => parse_placement(p)?,
+            None => vec![false; n_act],
+        };
+        if target_quad.len() != n_act {
+            return Err(ModelError::Placement {
+                given: target_quad.len(),
+                expected: n_act,
+            }
+            .into());
+        }
+        let teacher = match &config.distill {
+            Some(d) => {
+                let t = Network::load(&d.teacher)?;
+                Some(Net::from_description(&t, true, &Device::flex())?.valid())
+            }
+            None => None,
+        };
+        let optim = build_optimizer(&config);
+        let mut tr = Trainer {
+            config,
+            template,
+            model: Net {
+                layers: Vec::new(),
+                input: delphi_net::Shape::new(c, h, w),
+            },
+            optim,
+            device,
+            teacher,
+            target_quad,
+            epoch: 0,
+            step_in_epoch: 0,
+            history: Vec::new(),
+            running: (0.0, 0, 0, 0.0),
+        };
+        model.set_modes(&tr.modes_at(0.0))?;
+        tr.model = model;
+        Ok(tr)
+    }
+
+    /// The activation modes at a point of the run (fraction of all steps).
+    pub fn modes_at(&self, progress: f32) -> Vec<ActMode> {
+        self.target_quad
+            .iter()
+            .map(|&q| match (q, self.config.swap) {
+                (false, _) => ActMode::Relu,
+                (true, None) => ActMode::Quad,
+                (true, Some(s)) if progress >= s.end => ActMode::Quad,
+                (true, Some(s)) if progress <= s.start => ActMode::Blend { t: 1.0 },
+                (true, Some(s)) => ActMode::Blend {
+                    t: 1.0 - (progress - s.start) / (s.end - s.start).max(1e-9),
+                },
+            })
+            .collect()
+    }
+
+    /// Steps per epoch for `train`.
+    pub fn steps_per_epoch(&self, train: &Split) -> usize {
+        train.len().div_ceil(self.config.batch_size)
+    }
+
+    /// Whether all epochs are done.
+    pub fn finished(&self) -> bool {
+        self.epoch >= self.config.epochs
+    }
+
+    fn lr_at(&self, progress: f64) -> f64 {
+        let lr = self.config.lr;
+        match self.config.schedule {
+            Schedule::Constant => lr,
+            Schedule::Cosine => 0.5 * lr * (1.0 + (std::f64::consts::PI * progress).cos()),
+            Schedule::Step { every, gamma } => {
+                let e = (progress * self.config.epochs as f64).floor() as usize;
+                lr * gamma.powi((e / every.max(1)) as i32)
+            }
+        }
+    }
+
+    /// Trains at most `max_steps` steps (stopping at the end of the run);
+    /// returns the steps taken. Validation runs at the end of each epoch.
+    pub fn train_steps(&mut self, data: &Dataset, max_steps: usize, quiet: bool) -> Result<usize> {
+        let train = &data.train;
+        if train.is_empty() {
+            return Err(TrainError::Config("no training images".into()));
+        }
+        let per_epoch = self.steps_per_epoch(train);
+        let total = per_epoch * self.config.epochs;
+        let bs = self.config.batch_size;
+        let classes = self.config.dataset.classes();
+        let loss_fn = CrossEntropyLossConfig::new()
+            .with_smoothing(
+                (self.config.label_smoothing > 0.0).then_some(self.config.label_smoothing),
+            )
+            .init(&self.device);
+        let mut taken = 0;
+        while taken < max_steps && !self.finished() {
+            let epoch = self.epoch;
+            let mut order: Vec<usize> = (0..train.len()).collect();
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+                self.config.seed ^ ((epoch as u64 + 1) << 20),
+            ));
+            let pb = progress_bar(
+                per_epoch as u64,
+                "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({eta})",
+            );
+            if quiet {
+                pb.set_draw_target(ProgressDrawTarget::hidden());
+            }
+            pb.set_prefix(format!("{}/{}", epoch + 1, self.config.epochs));
+            pb.set_position(self.step_in_epoch as u64);
+            while self.step_in_epoch < per_epoch && taken < max_steps {
+                let s = self.step_in_epoch;
+                let global = epoch * per_epoch + s;
+                let progress = global as f32 / total as f32;
+                let modes = self.modes_at(progress);
+                self.model.set_modes(&modes)?;
+                let idx = &order[s * bs..((s + 1) * bs).min(train.len())];
+                let aug = self.config.dataset.augment().then_some(
+                    self.config.seed
+                        ^ ((epoch as u64) << 32)
+                        ^ (s as u64).wrapping_mul(0x9e37_79b9),
+                );
+                let t0 = Instant::now();
+                let (x, y) = batch(train, idx, aug, &self.device);
+                let logits = self.model.forward(x.clone());
+                let mut loss = loss_fn.forward(logits.clone(), y.clone());
+                if let (Some(teacher), Some(d)) = (&self.teacher, &self.config.distill) {
+                    let tx = Tensor::<4>::from_data(x.into_data(), &Device::flex());
+                    let tl = teacher.forward(tx).div_scalar(d.temperature);
+                    let p_t = activation::softmax(
+                        Tensor::<2>::from_data(tl.into_data(), &self.device),
+                        1,
+                    );
+                    let log_s =
+                        activation::log_softmax(logits.clone().div_scalar(d.temperature), 1);
+                    let log_t = p_t.clone().clamp_min(1e-12).log();
+                    let kl = (p_t * (log_t - log_s)).sum_dim(1).mean();
+                    let t2 = d.temperature * d.temperature;
+                    loss = loss.mul_scalar(1.0 - d.weight) + kl.mul_scalar(d.weight * t2);
+                }
+                let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+                let lr = self.lr_at(global as f64 / total as f64);
+                let model = std::mem::replace(
+                    &mut self.model,
+                    Net {
+                        layers: Vec::new(),
+                        input: self.template.input,
+                    },
+                );
+                self.model = self.optim.step(lr, model, grads);
+                let lv = values(loss).first().copied().unwrap_or(f32::NAN) as f64;
+                let pred = argmax_rows(&values(logits), classes);
+                let correct = pred
+                    .iter()
+                    .zip(idx)
+                    .filter(|(p, &i)| **p == train.labels[i] as usize)
+                    .count();
+                let r = &mut self.running;
+                r.0 += lv * idx.len() as f64;
+                r.1 += correct;
+                r.2 += idx.len();
+                r.3 += t0.elapsed().as_secs_f64();
+                self.step_in_epoch += 1;
+                taken += 1;
+                pb.set_position(self.step_in_epoch as u64);
+                pb.set_message(format!(
+                    "loss {:.3} acc {:.3} {:.0} img/s",
+                    r.0 / r.2 as f64,
+                    r.1 as f64 / r.2 as f64,
+                    r.2 as f64 / r.3.max(1e-9)
+                ));
+                if !lv.is_finite() {
+                    pb.finish_and_clear();
+                    return Err(TrainError::Config(format!(
+                        "training diverged (loss {lv}) at epoch {} step {s}; lower the learning rate",
+                        epoch + 1
+                    )));
+                }
+            }
+            pb.finish_and_clear();
+            if self.step_in_epoch == per_epoch {
+                let r = std::mem::take(&mut self.running);
+                let valid_accuracy = if data.valid.is_empty() {
+                    f64::NAN
+                } else {
+                    self.accuracy(&data.valid)
+                };
+                self.history.push(EpochMetrics {
+                    epoch: epoch + 1,
+                    loss: r.0 / r.2.max(1) as f64,
+                    train_accuracy: r.1 as f64 / r.2.max(1) as f64,
+                    valid_accuracy,
+                    images_per_s: r.2 as f64 / r.3.max(1e-9),
+                    seconds: r.3,
+                });
+                self.epoch += 1;
+                self.step_in_epoch = 0;
+            }
+        }
+        // Past the end of the swap the modes are final.
+        if self.finished() {
+            let modes = self.modes_at(1.0);
+            self.model.set_modes(&modes)?;
+        }
+        Ok(taken)
+    }
+
+    /// Trains to the end of the run.
+    pub fn train(&mut self, data: &Dataset, quiet: bool) -> Result<()> {
+        self.train_steps(data, usize::MAX, quiet).map(|_| ())
+    }
+
+    /// Float accuracy on a split (inference mode: batch-norm running statistics).
+    pub fn accuracy(&self, split: &Split) -> f64 {
+        float_accuracy(&self.model.valid(), split, &self.device)
+    }
+
+    /// The trained network as a description (activation modes must be final).
+    pub fn export(&self) -> Result<Network> {
+        let mut net = self.model.valid().to_description(&self.template)?;
+        net.name = format!("{}-{}", self.template.name, self.config.dataset.name());
+        let (mean, std) = self.config.dataset.normalization();
+        net.metadata.extra.insert(
+            "input_normalization".into(),
+            serde_json::json!({"mean": mean, "std": std, "pixels": "u8 / 255, CHW"}),
+        );
+        net.metadata.dataset = Some(self.config.dataset.name().into());
+        Ok(net)
+    }
+
+    /// Writes a checkpoint: `model.bin` (Burn record), `optim.bin`, `state.json`.
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
+        let err = |reason: String| TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        let tmp = dir.join("tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| err(e.to_string()))?;
+        self.model
+            .clone()
+            .save_file(tmp.join("model"))
+            .map_err(|e| err(format!("model: {e:?}")))?;
+        self.optim
+            .save(tmp.join("optim"))
+            .map_err(|e| err(format!("optimizer: {e:?}")))?;
+        let state = serde_json::json!({
+            "format": "delphi-train checkpoint",
+            "version": 1,
+            "config": self.config,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "running": [self.running.0, self.running.1, self.running.2, self.running.3],
+            "history": self.history,
+            "template": self.template,
+        });
+        std::fs::write(
+            tmp.join("state.json"),
+            serde_json::to_vec(&state).map_err(|e| err(e.to_string()))?,
+        )
+        .map_err(|e| err(e.to_string()))?;
+        let done = dir.join("current");
+        let old = dir.join("previous");
+        let _ = std::fs::remove_dir_all(&old);
+        if done.exists() {
+            std::fs::rename(&done, &old).map_err(|e| err(e.to_string()))?;
+        }
+        std::fs::rename(&tmp, &done).map_err(|e| err(e.to_string()))?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    }
+
+    /// Whether `dir` holds a checkpoint.
+    pub fn has_checkpoint(dir: &Path) -> bool {
+        dir.join("current").join("state.json").is_file()
+    }
+
+    /// Resumes from a checkpoint written by [`Trainer::save_checkpoint`].
+    pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<Trainer> {
+        let cur = dir.join("current");
+        let err = |reason: String| TrainError::Checkpoint {
+            path: cur.clone(),
+            reason,
+        };
+        let text =
+            std::fs::read_to_string(cur.join("state.json")).map_err(|e| err(e.to_string()))?;
+        let state: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        if state["version"] != 1 {
+            return Err(err(format!(
+                "unknown checkpoint version {}",
+                state["version"]
+            )));
+        }
+        let config: TrainConfig = serde_json::from_value(state["config"].clone())
+            .map_err(|e| err(format!("config: {e}")))?;
+        let template: Network = serde_json::from_value(state["template"].clone())
+            .map_err(|e| err(format!("template: {e}")))?;
+        let mut tr = Trainer::new(
+            TrainConfig {
+                init: None,
+                ..config.clone()
+            },
+            device,
+        )?;
+        tr.config = config;
+        tr.model = Net::from_description(&template, true, &tr.device)?;
+        tr.template = template;
+        let modes = tr.modes_at(0.0);
+        tr.model.set_modes(&modes)?;
+        let model = std::mem::replace(
+            &mut tr.model,
+            Net {
+                layers: Vec::new(),
+                input: tr.template.input,
+            },
+        );
+        tr.model = model
+            .try_load_file(cur.join("model"))
+            .map_err(|e| err(format!("model: {e:?}")))?;
+        let optim = std::mem::replace(&mut tr.optim, build_optimizer(&tr.config));
+        tr.optim = optim
+            .load(cur.join("optim"))
+            .map_err(|e| err(format!("optimizer: {e:?}")))?;
+        let num = |k: &str| {
+            state[k]
+                .as_u64()
+                .map(|v| v as usize)
+                .ok_or_else(|| err(format!("missing {k}")))
+        };
+        tr.epoch = num("epoch")?;
+        tr.step_in_epoch = num("step_in_epoch")?;
+        let r = &state["running"];
+        tr.running = (
+            r[0].as_f64().unwrap_or(0.0),
+            r[1].as_u64().unwrap_or(0) as usize,
+            r[2].as_u64().unwrap_or(0) as usize,
+            r[3].as_f64().unwrap_or(0.0),
+        );
+        tr.history = serde_json::from_value(state["history"].clone())
+            .map_err(|e| err(format!("history: {e}")))?;
+        Ok(tr)
+    }
+}
+
+/// Float accuracy of a model (in inference mode) on a split.
+pub fn float_accuracy(model: &Net, split: &Split, device: &Device) -> f64 {
+    let device = device.clone().without_autodiff();
+    let classes = split.kind.classes();
+    let mut correct = 0;
+    let idx: Vec<usize> = (0..split.len()).collect();
+    for chunk in idx.chunks(256) {
+        let (x, _) = batch(split, chunk, None, &device);
+        let x = Tensor::<4>::from_data(x.into_data(), &device);
+        let pred = argmax_rows(&values(model.forward(x)), classes);
+        correct += pred
+            .iter()
+            .zip(chunk)
+            .filter(|(p, &i)| **p == split.labels[i] as usize)
+            .count();
+    }
+    correct as f64 / split.len().max(1) as f64
+}
+
+/// Accuracy of the fixed-point program (the protocol engine's plaintext
+/// reference, bit-exact with the two-party protocol for all-ReLU networks)
+/// on a split. Uses every core.
+pub fn fixed_accuracy(net: &Network, split: &Split) -> Result<f64> {
+    let prog = FixedProgram::lower(net)?;
+    let n = split.len();
+    let threads = std::thread::available_parallelism()
+        .map(|t| t.get())
+        .unwrap_or(1);
+    let per = n.div_ceil(threads.max(1)).max(1);
+    let correct: Result<usize> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .step_by(per)
+            .map(|start| {
+                let prog = &prog;
+                s.spawn(move || -> Result<usize> {
+                    let mut c = 0;
+                    for i in start..(start + per).min(n) {
+                        let x = prog.encode_input(&split.image(i, None))?;
+                        let y = prog.eval(&x)?;
+                        let pred = y
+                            .iter()
+                            .enumerate()
+                            .max_by_key(|(_, v)| v.to_signed())
+                            .map(|(k, _)| k)
+                            .unwrap_or(0);
+                        c += usize::from(pred == split.labels[i] as usize);
+                    }
+                    Ok(c)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(TrainError::Config("evaluation thread panicked".into()))
+                })
+            })
+            .sum()
+    });
+    Ok(correct? as f64 / n.max(1) as f64)
+}

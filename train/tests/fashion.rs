@@ -1,0 +1,107 @@
+//! Training on Fashion-MNIST (Debian's dataset-fashion-mnist, installed by
+//! `.ci/run`): accuracy, fixed point, export round trip, resume.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use burn::tensor::Device;
+use delphi_train::data::{self, Dataset, DatasetKind};
+use delphi_train::train::{fixed_accuracy, TrainConfig, Trainer};
+
+fn dataset(train: usize) -> Dataset {
+    let mut d = data::load(DatasetKind::FashionMnist, None, 1000, 1)
+        .expect("Fashion-MNIST (install Debian's dataset-fashion-mnist or set DELPHI_DATA)");
+    d.train = d.train.take(train);
+    d
+}
+
+fn config(activations: &str, epochs: usize) -> TrainConfig {
+    let mut c = TrainConfig::new(DatasetKind::FashionMnist);
+    c.activations = Some(activations.into());
+    c.epochs = epochs;
+    c.valid_size = 1000;
+    // As the command line does for networks with quadratic layers.
+    c.grad_clip = activations.contains('Q').then_some(1.0);
+    c
+}
+
+/// Trains, then checks float accuracy, fixed point against float, and that
+/// the exported description predicts what the Burn model predicts.
+fn train_and_check(activations: &str, min_accuracy: f64) {
+    let data = dataset(20_000);
+    let mut tr = Trainer::new(config(activations, 3), &Device::flex()).unwrap();
+    tr.train(&data, true).unwrap();
+    let float = tr.accuracy(&data.test);
+    let net = tr.export().unwrap();
+    let fixed = fixed_accuracy(&net, &data.test).unwrap();
+    eprintln!("{activations}: float {float:.4}, fixed {fixed:.4}");
+    assert!(
+        float >= min_accuracy,
+        "{activations}: float accuracy {float}"
+    );
+    assert!(
+        (fixed - float).abs() <= 0.005,
+        "{activations}: fixed {fixed} vs float {float}"
+    );
+
+    // Export round trip: the description's float evaluator predicts what Burn predicts.
+    let probe = data.test.take(300);
+    let burn_acc = tr.accuracy(&probe);
+    let mut agree = 0;
+    let mut correct = 0;
+    let model = burn::module::Module::valid(&tr.model);
+    for i in 0..probe.len() {
+        let x = probe.image(i, None);
+        let want = delphi_net::eval::argmax(&delphi_net::eval::eval_float(&net, &x).unwrap());
+        let (xb, _) = delphi_train::train::batch(&probe, &[i], None, &Device::flex());
+        let got = delphi_train::model::values(model.forward(xb));
+        let got = delphi_net::eval::argmax(&got);
+        agree += usize::from(got == want);
+        correct += usize::from(want == probe.labels[i] as usize);
+    }
+    assert_eq!(
+        agree,
+        probe.len(),
+        "{activations}: Burn and the exported description disagree"
+    );
+    assert!((correct as f64 / probe.len() as f64 - burn_acc).abs() < 1e-9);
+}
+
+#[test]
+fn all_relu_small_cnn_reaches_85_percent() {
+    train_and_check("RRR", 0.85);
+}
+
+#[test]
+fn quadratic_small_cnn_reaches_80_percent() {
+    train_and_check("RQR", 0.80);
+}
+
+#[test]
+fn resuming_from_a_checkpoint_gives_the_same_weights() {
+    let data = dataset(1500);
+    let mut c = config("RQR", 2);
+    c.swap = Some(delphi_train::train::Swap {
+        start: 0.1,
+        end: 0.7,
+    });
+    let dir = std::env::temp_dir().join(format!("delphi-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let mut straight = Trainer::new(c.clone(), &Device::flex()).unwrap();
+    straight.train(&data, true).unwrap();
+
+    let mut first = Trainer::new(c, &Device::flex()).unwrap();
+    first.train_steps(&data, 30, true).unwrap(); // stops mid-epoch (24 steps per epoch)
+    first.save_checkpoint(&dir).unwrap();
+    drop(first);
+    let mut resumed = Trainer::load_checkpoint(&dir, &Device::flex()).unwrap();
+    assert_eq!((resumed.epoch, resumed.step_in_epoch), (1, 6));
+    resumed.train(&data, true).unwrap();
+
+    let (a, b) = (straight.export().unwrap(), resumed.export().unwrap());
+    assert_eq!(
+        a.layers, b.layers,
+        "resumed run differs from the uninterrupted one"
+    );
+    assert_eq!(straight.history.len(), resumed.history.len());
+    std::fs::remove_dir_all(&dir).ok();
+}
