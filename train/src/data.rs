@@ -515,6 +515,32 @@ mod tests {
     }
 
     #[test]
+    fn a_cifar10_folder_loads_with_a_validation_split() {
+        let d = tmp("cifar-dir");
+        let rec = |label: u8| {
+            let mut r = vec![label];
+            r.extend(vec![label; 3072]);
+            r
+        };
+        for i in 1..=5 {
+            let recs: Vec<u8> = (0..3).flat_map(|k| rec((i + k) as u8 % 10)).collect();
+            std::fs::write(d.join(format!("data_batch_{i}.bin")), recs).unwrap();
+        }
+        let e = load(DatasetKind::Cifar10, Some(&d), 2, 1).unwrap_err();
+        assert!(e.to_string().contains("test_batch.bin"), "{e}");
+        std::fs::write(d.join("test_batch.bin"), rec(7)).unwrap();
+        let ds = load(DatasetKind::Cifar10, Some(&d), 2, 1).unwrap();
+        assert_eq!((ds.train.len(), ds.valid.len(), ds.test.len()), (13, 2, 1));
+        assert_eq!(ds.test.labels, vec![7]);
+        // Each image's pixels still carry its label (records stay whole).
+        for s in [&ds.train, &ds.valid] {
+            for i in 0..s.len() {
+                assert_eq!(s.pixels[i * 3072], s.labels[i]);
+            }
+        }
+    }
+
+    #[test]
     fn idx_magic_and_length_are_checked() {
         let d = tmp("idx");
         let p = d.join("x.idx");

@@ -595,9 +595,14 @@ impl Trainer {
         float_accuracy(&self.model.valid(), split, &self.device)
     }
 
-    /// The trained network as a description (activation modes must be final).
+    /// The trained network as a description, batch norm folded into the
+    /// layers it follows (activation modes must be final).
     pub fn export(&self) -> Result<Network> {
-        let mut net = self.model.valid().to_description(&self.template)?;
+        let mut net = self
+            .model
+            .valid()
+            .to_description(&self.template)?
+            .fold_batch_norm()?;
         net.name = format!("{}-{}", self.template.name, self.config.dataset.name());
         let (mean, std) = self.config.dataset.normalization();
         net.metadata.extra.insert(

@@ -768,6 +768,99 @@ impl Network {
             .count()
     }
 
+    /// The same network with every batch norm folded into the conv2d or
+    /// dense layer it reads (w·γ/√(σ²+ε), (b − μ)·γ/√(σ²+ε) + β, computed
+    /// in f64) and removed; layer references are renumbered. The engine
+    /// folds the same way when lowering, so both forms compute the same
+    /// function (up to f32 rounding of the folded weights).
+    pub fn fold_batch_norm(&self) -> Result<Network> {
+        self.validate()?;
+        let n = self.layers.len();
+        let src = |k: usize| self.layers[k].input.or(k.checked_sub(1));
+        let mut layers: Vec<Layer> = self.layers.clone();
+        let mut keep = vec![true; n];
+        for (j, layer) in self.layers.iter().enumerate() {
+            if let Op::BatchNorm {
+                eps,
+                gamma,
+                beta,
+                mean,
+                var,
+            } = &layer.op
+            {
+                let Some(i) = src(j) else { continue };
+                let scale: Vec<f64> = gamma
+                    .iter()
+                    .zip(var)
+                    .map(|(g, v)| *g as f64 / (*v as f64 + *eps as f64).sqrt())
+                    .collect();
+                let fold = |weight: &mut Vec<f32>, bias: &mut bool, bias_values: &mut Vec<f32>| {
+                    let out = scale.len();
+                    let per = weight.len() / out.max(1);
+                    for (c, s) in scale.iter().enumerate() {
+                        for w in &mut weight[c * per..(c + 1) * per] {
+                            *w = (*w as f64 * s) as f32;
+                        }
+                    }
+                    let old: Vec<f64> = (0..out)
+                        .map(|c| bias_values.get(c).copied().unwrap_or(0.0) as f64)
+                        .collect();
+                    *bias_values = (0..out)
+                        .map(|c| ((old[c] - mean[c] as f64) * scale[c] + beta[c] as f64) as f32)
+                        .collect();
+                    *bias = true;
+                };
+                match &mut layers[i].op {
+                    Op::Conv2d {
+                        weight,
+                        bias,
+                        bias_values,
+                        ..
+                    }
+                    | Op::Dense {
+                        weight,
+                        bias,
+                        bias_values,
+                        ..
+                    } => fold(weight, bias, bias_values),
+                    _ => continue,
+                }
+                keep[j] = false;
+            }
+        }
+        // Old index -> new index (a removed batch norm maps to its conv's).
+        let mut map = vec![0usize; n];
+        let mut next = 0;
+        for k in 0..n {
+            if keep[k] {
+                map[k] = next;
+                next += 1;
+            } else if let Some(i) = src(k) {
+                map[k] = map[i];
+            }
+        }
+        let mut out = Vec::with_capacity(next);
+        for k in 0..n {
+            if !keep[k] {
+                continue;
+            }
+            let mut l = layers[k].clone();
+            let new_src = src(k).map(|s| map[s]);
+            l.input = match new_src {
+                Some(s) if s + 1 == map[k] => None,
+                other => other,
+            };
+            if let Op::Residual { from } = &mut l.op {
+                *from = map[*from];
+            }
+            out.push(l);
+        }
+        let mut net = self.clone();
+        net.layers = out;
+        net.validate()?;
+        Ok(net)
+    }
+
     /// The output shape (validates).
     pub fn output_shape(&self) -> Result<Shape> {
         let shapes = self.validate()?;

@@ -224,3 +224,30 @@ fn mixed_placements_lower_and_evaluate() {
         10 - agree
     );
 }
+
+#[test]
+fn folding_batch_norm_keeps_the_function_and_renumbers_references() {
+    let mut net = build("resnet32", 10, 9).unwrap();
+    delphi_net::builtin::quad_last_with(&mut net, 2, delphi_net::builtin::BENCH_QUAD).unwrap();
+    let folded = net.fold_batch_norm().unwrap();
+    let bns = net
+        .layers
+        .iter()
+        .filter(|l| matches!(l.op, Op::BatchNorm { .. }))
+        .count();
+    assert!(bns > 30);
+    assert_eq!(folded.layers.len(), net.layers.len() - bns);
+    assert!(folded
+        .layers
+        .iter()
+        .all(|l| !matches!(l.op, Op::BatchNorm { .. })));
+    for x in delphi_net::eval::random_inputs(net.input.len(), 2, 3) {
+        let a = delphi_net::eval::eval_float(&net, &x).unwrap();
+        let b = delphi_net::eval::eval_float(&folded, &x).unwrap();
+        for (p, q) in a.iter().zip(&b) {
+            assert!((p - q).abs() <= 1e-3 * p.abs().max(1.0), "{p} vs {q}");
+        }
+    }
+    // Folding twice changes nothing.
+    assert_eq!(folded.fold_batch_norm().unwrap(), folded);
+}
