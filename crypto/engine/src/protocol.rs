@@ -46,9 +46,48 @@ use crate::he::{ClientHe, Packing, ServerHe, SLOTS};
 /// The largest serialised key or ciphertext accepted from the peer.
 pub const MAX_HE_FRAME: u64 = 16 << 20;
 
-fn send_ct<C: Channel>(ch: &mut C, c: &Ciphertext) -> Result<()> {
-    ch.send_frame(&ServerHe::to_bytes(c)?)?;
-    Ok(())
+/// Sends a ciphertext frame; returns its bytes on the wire (with the prefix).
+fn send_ct<C: Channel>(ch: &mut C, c: &Ciphertext) -> Result<u64> {
+    let b = ServerHe::to_bytes(c)?;
+    ch.send_frame(&b)?;
+    Ok(8 + b.len() as u64)
+}
+
+/// Receives a ciphertext frame; adds its bytes on the wire to `count`.
+fn recv_ct_bytes<C: Channel>(ch: &mut C, count: &mut HeCount) -> Result<Vec<u8>> {
+    let b = ch.recv_frame_bounded(MAX_HE_FRAME)?;
+    count.received(8 + b.len() as u64);
+    Ok(b)
+}
+
+/// Ciphertext traffic of one node, as the client sees it.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct HeCount {
+    /// Ciphertext frames sent.
+    pub sent_frames: u64,
+    /// Their bytes (length prefixes included).
+    pub sent_bytes: u64,
+    /// Ciphertext frames received.
+    pub received_frames: u64,
+    /// Their bytes (length prefixes included).
+    pub received_bytes: u64,
+}
+
+impl HeCount {
+    fn sent(&mut self, bytes: u64) {
+        self.sent_frames += 1;
+        self.sent_bytes += bytes;
+    }
+
+    fn received(&mut self, bytes: u64) {
+        self.received_frames += 1;
+        self.received_bytes += bytes;
+    }
+
+    /// Bytes both ways.
+    pub fn bytes(&self) -> u64 {
+        self.sent_bytes + self.received_bytes
+    }
 }
 
 fn packing(prog: &FixedProgram, node: usize) -> Result<Packing> {
@@ -106,6 +145,8 @@ pub struct NodeTrace {
     pub seconds: f64,
     /// Bytes exchanged (0 where the channel does not count).
     pub bytes: u64,
+    /// Of which ciphertext frames (offline only).
+    pub he: HeCount,
 }
 
 struct Tracer {
@@ -133,6 +174,7 @@ impl Tracer {
             kind: n.op.kind(),
             seconds: now.duration_since(self.start).as_secs_f64(),
             bytes: b - self.bytes,
+            he: HeCount::default(),
         });
         self.start = now;
         self.bytes = b;
@@ -211,17 +253,18 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     for i in 0..n {
         let node = &prog.nodes[i];
         let len = node.shape.len();
+        let mut hc = HeCount::default();
         let share = match &node.op {
             FixedOp::Input => random(len, rng),
             FixedOp::Linear { .. } => {
                 let p = packing(prog, i)?;
                 for c in he.encrypt_input(&p, &shares[node.inputs[0]])? {
-                    send_ct(ch, &c)?;
+                    hc.sent(send_ct(ch, &c)?);
                 }
                 ch.flush()?;
                 let mut res = Vec::with_capacity(p.output_polys());
                 for _ in 0..p.output_polys() {
-                    res.push(he.ciphertext_from_bytes(&ch.recv_frame_bounded(MAX_HE_FRAME)?)?);
+                    res.push(he.ciphertext_from_bytes(&recv_ct_bytes(ch, &mut hc)?)?);
                 }
                 he.decrypt_output(&p, &res)?
             }
@@ -248,10 +291,10 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
                 let a_c = random(len, rng);
                 let mut sq = Vec::with_capacity(len);
                 for chunk in a_c.chunks(SLOTS) {
-                    send_ct(ch, &he.encrypt_slots(chunk)?)?;
+                    hc.sent(send_ct(ch, &he.encrypt_slots(chunk)?)?);
                     ch.flush()?;
                     let u = he.decrypt_slots(
-                        &he.ciphertext_from_bytes(&ch.recv_frame_bounded(MAX_HE_FRAME)?)?,
+                        &he.ciphertext_from_bytes(&recv_ct_bytes(ch, &mut hc)?)?,
                         chunk.len(),
                     )?;
                     sq.extend(chunk.iter().zip(u).map(|(a, u)| *a * *a + u));
@@ -269,6 +312,9 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
         };
         shares.push(share);
         tracer.mark(ch, prog, i);
+        if let Some(t) = tracer.nodes.last_mut() {
+            t.he = hc;
+        }
     }
     Ok(ClientBundle {
         id,

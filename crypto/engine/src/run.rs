@@ -37,6 +37,8 @@ pub struct Inference {
     pub max_rel_error: f64,
     /// The predicted class agrees with the reference's.
     pub same_class: bool,
+    /// Ciphertext traffic of the offline phase (included in `offline_bytes`).
+    pub offline_he: crate::protocol::HeCount,
     /// Per description layer, measured on the client's side of the channel: the
     /// server's online work on a linear layer shows up in the layer that waits
     /// for it (the next ReLU or quadratic).
@@ -204,6 +206,16 @@ pub fn run_local(
                         .unwrap_or(0)
                         .max(1) as f64,
                 same_class: argmax(&got) == argmax(&want),
+                offline_he: b.offline_trace().iter().fold(
+                    crate::protocol::HeCount::default(),
+                    |mut acc, t| {
+                        acc.sent_frames += t.he.sent_frames;
+                        acc.sent_bytes += t.he.sent_bytes;
+                        acc.received_frames += t.he.received_frames;
+                        acc.received_bytes += t.he.received_bytes;
+                        acc
+                    },
+                ),
                 layers: per_layer(b.offline_trace(), b.online_trace()),
             },
         ));

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, Subcommand};
+use delphi_cost::CostModel;
 use delphi_engine::run::{peak_rss_bytes, run_local, RunReport};
 use delphi_engine::session::ClientOptions;
 use delphi_engine::store::{BundleStore, Side};
@@ -45,7 +46,17 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also predict the costs with the cost model and print them beside
+        /// the measured ones.
+        #[arg(long)]
+        compare_cost: bool,
+        /// The cost model (from `delphi cost calibrate`).
+        #[arg(long, default_value = "results/cost-model.json")]
+        cost_model: PathBuf,
     },
+    /// The cost model: calibrate it on this machine, predict a plan's costs.
+    #[command(subcommand)]
+    Cost(CostCmd),
     /// Serves private predictions of a plan to clients (`delphi infer`), one session at a time.
     Serve {
         /// The network description (plan) to serve.
@@ -121,6 +132,39 @@ enum Command {
         /// Output path of the description (JSON).
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CostCmd {
+    /// Measures the primitive costs with the real crypto over loopback TCP
+    /// (≈ 20 s on a 2-core machine; --quick ≈ 5 s) and writes the model.
+    Calibrate {
+        /// Where to write the model.
+        #[arg(long, default_value = "results/cost-model.json")]
+        out: PathBuf,
+        /// Fewer, smaller samples.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Predicts a plan's offline and online time and bytes, per layer.
+    Predict {
+        /// The network description (plan).
+        #[arg(long)]
+        plan: PathBuf,
+        /// The cost model.
+        #[arg(long, default_value = "results/cost-model.json")]
+        cost_model: PathBuf,
+        /// Link bandwidth, e.g. 100Mbit, 1Gbit, 500MB/s (default: the
+        /// calibration's loopback).
+        #[arg(long, requires = "rtt")]
+        bandwidth: Option<String>,
+        /// Link round-trip time, e.g. 20ms.
+        #[arg(long, requires = "bandwidth")]
+        rtt: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -257,6 +301,50 @@ fn print_layers(r: &RunReport) {
     }
 }
 
+/// Predicted beside measured (means over the inferences).
+fn compare(r: &RunReport, p: &delphi_cost::Prediction) -> serde_json::Value {
+    serde_json::json!({
+        "predicted": {
+            "offline_s": p.total.offline_s,
+            "online_s": p.total.online_s,
+            "offline_bytes": p.total.offline_bytes,
+            "online_bytes": p.total.online_bytes,
+        },
+        "measured": {
+            "offline_s": mean(r, |i| i.offline_s),
+            "online_s": mean(r, |i| i.online_s),
+            "offline_bytes": mean(r, |i| i.offline_bytes as f64),
+            "online_bytes": mean(r, |i| i.online_bytes as f64),
+        },
+    })
+}
+
+fn print_comparison(c: &serde_json::Value) {
+    println!("\ncost model vs measurement:");
+    println!(
+        "{:<14} {:>14} {:>14} {:>8}",
+        "", "predicted", "measured", "error"
+    );
+    for (k, unit, scale) in [
+        ("offline_s", "s", 1.0),
+        ("online_s", "s", 1.0),
+        ("offline_bytes", "MB", 1e-6),
+        ("online_bytes", "MB", 1e-6),
+    ] {
+        let p = c["predicted"][k].as_f64().unwrap_or(f64::NAN);
+        let m = c["measured"][k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "{:<14} {:>11.3} {:<2} {:>11.3} {:<2} {:>+7.1}%",
+            k,
+            p * scale,
+            unit,
+            m * scale,
+            unit,
+            100.0 * (p - m) / m
+        );
+    }
+}
+
 fn print_table(r: &RunReport) {
     println!(
         "ReLUs {}  quadratics {}  key setup {:.2} s, {:.1} MB",
@@ -295,6 +383,45 @@ fn print_table(r: &RunReport) {
     println!(
         "peak memory (both parties, one process): {:.0} MB",
         r.peak_rss_bytes as f64 / 1e6
+    );
+}
+
+fn print_prediction(net: &Network, p: &delphi_cost::Prediction, link: &delphi_cost::Link) {
+    println!(
+        "{}: predicted per inference over {:.0} MB/s, RTT {:.2} ms",
+        net.name,
+        link.bytes_per_s / 1e6,
+        link.rtt_s * 1e3
+    );
+    println!(
+        "{:>6}  {:<28} {:>10} {:>11} {:>10} {:>11}",
+        "layer", "operations", "offline s", "offline MB", "online ms", "online kB"
+    );
+    for (l, ops, c) in &p.layers {
+        let mut ops = ops.join("+");
+        if ops.len() > 28 {
+            ops.truncate(25);
+            ops.push_str("...");
+        }
+        println!(
+            "{:>6}  {:<28} {:>10.3} {:>11.2} {:>10.2} {:>11.1}",
+            l.map_or("-".to_string(), |i| i.to_string()),
+            ops,
+            c.offline_s,
+            c.offline_bytes / 1e6,
+            c.online_s * 1e3,
+            c.online_bytes / 1e3
+        );
+    }
+    let t = &p.total;
+    println!(
+        "total: offline {:.2} s, {:.1} MB; online {:.3} s, {:.1} MB; key setup {:.2} s, {:.1} MB once per client",
+        t.offline_s,
+        t.offline_bytes / 1e6,
+        t.online_s,
+        t.online_bytes / 1e6,
+        p.setup_s,
+        p.setup_bytes / 1e6
     );
 }
 
@@ -367,20 +494,43 @@ fn main() -> Result<()> {
             inputs,
             seed,
             json,
+            compare_cost,
+            cost_model,
         } => {
             ensure!(inputs > 0, "--inputs must be at least 1");
             let net =
                 Network::load(&plan).with_context(|| format!("loading {}", plan.display()))?;
             let prog = FixedProgram::lower(&net)?;
+            let model = if compare_cost {
+                Some(CostModel::load(&cost_model).with_context(|| {
+                    format!(
+                        "loading the cost model (run `delphi cost calibrate --out {}` first)",
+                        cost_model.display()
+                    )
+                })?)
+            } else {
+                None
+            };
             let report = run_local(&prog, &random_inputs(&prog, inputs, seed)?, &|m| {
                 if !json {
                     eprintln!("[verify] {m}")
                 }
             })?;
+            let compared = model
+                .as_ref()
+                .map(|m| compare(&report, &m.predict(&prog, None)));
             if json {
-                println!("{}", serde_json::to_string_pretty(&verify_json(&report))?);
+                let mut v = verify_json(&report);
+                if let (Some(c), Some(obj)) = (compared, v.as_object_mut()) {
+                    obj.insert("predicted".into(), c["predicted"].clone());
+                    obj.insert("measured".into(), c["measured"].clone());
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_table(&report);
+                if let Some(c) = compared {
+                    print_comparison(&c);
+                }
             }
             let exact = report.inferences.iter().filter(|i| i.correct).count();
             if prog
@@ -393,6 +543,52 @@ fn main() -> Result<()> {
                     "{} of {inputs} secure results differ from the reference",
                     inputs - exact
                 );
+            }
+        }
+        Command::Cost(CostCmd::Calibrate { out, quick }) => {
+            let model = delphi_cost::calibrate::calibrate(quick, &|m| eprintln!("[calibrate] {m}"))
+                .context("calibration failed")?;
+            model.save(&out)?;
+            eprintln!(
+                "wrote {} ({:.0} s; rerun: delphi cost calibrate{} --out {})",
+                out.display(),
+                model.provenance.seconds,
+                if quick { " --quick" } else { "" },
+                out.display()
+            );
+        }
+        Command::Cost(CostCmd::Predict {
+            plan,
+            cost_model,
+            bandwidth,
+            rtt,
+            json,
+        }) => {
+            let net =
+                Network::load(&plan).with_context(|| format!("loading {}", plan.display()))?;
+            let prog = FixedProgram::lower(&net)?;
+            let model = CostModel::load(&cost_model).with_context(|| {
+                format!(
+                    "loading the cost model (run `delphi cost calibrate --out {}` first)",
+                    cost_model.display()
+                )
+            })?;
+            let link = match (bandwidth, rtt) {
+                (Some(b), Some(r)) => Some(delphi_cost::Link::parse(&b, &r)?),
+                _ => None,
+            };
+            let t = std::time::Instant::now();
+            let reps = 100;
+            for _ in 1..reps {
+                std::hint::black_box(model.predict(&prog, link.as_ref()));
+            }
+            let p = model.predict(&prog, link.as_ref());
+            let micros = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
+            eprintln!("(one prediction: {micros:.0} µs)");
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                print_prediction(&net, &p, link.as_ref().unwrap_or(&model.loopback));
             }
         }
         Command::Serve {

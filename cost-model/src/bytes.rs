@@ -1,0 +1,176 @@
+//! Exact traffic of every protocol step, both directions, from the protocol
+//! itself (message by message). Only the sizes of serialised ciphertexts are
+//! not known in advance — SEAL compresses them with zstd — so ciphertext
+//! traffic is counted in *frames*, and a [`CtSizes`] (measured by
+//! calibration) turns frames into bytes.
+//!
+//! The test `tests/bytes.rs` runs real networks and checks every non-
+//! ciphertext byte and every ciphertext frame against these formulas.
+
+use delphi_crypto::channel::FIELD_BYTES;
+use delphi_crypto::ot::iknp::KAPPA;
+use delphi_crypto::relu::{relu_circuit, CLIENT_BITS, SERVER_BITS};
+use delphi_engine::he::{Packing, SLOTS};
+use delphi_net::fixed::{FixedOp, FixedProgram};
+
+/// A `u64` agreed by both sides: 8 bytes each way.
+const AGREE: u64 = 16;
+/// A bundle id (16) and a hash key (16), server to client.
+const ID_AND_KEY: u64 = 32;
+/// One bundle id.
+const ID: u64 = 16;
+/// Chou–Orlandi base OTs for the extension: one point from the sender and
+/// one per base OT from the receiver, 32 bytes each.
+pub const BASE_OT: u64 = 32 + KAPPA as u64 * 32;
+/// Bytes of a frame's length prefix.
+pub const FRAME_PREFIX: u64 = 8;
+
+/// Field elements on the wire.
+fn fields(n: usize) -> u64 {
+    (n * FIELD_BYTES) as u64
+}
+
+/// Correlated-OT extension of `m` OTs: one 128-bit column per OT, padded to
+/// a multiple of 128.
+fn cot(m: usize) -> u64 {
+    (m.div_ceil(KAPPA) * KAPPA * KAPPA / 8) as u64
+}
+
+/// Mean serialised ciphertext sizes (zstd-compressed, so measured).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CtSizes {
+    /// A fresh encryption (the client's Enc(r) for linear layers and triples).
+    pub fresh: f64,
+    /// A linear layer's result after switching to the last prime.
+    pub linear_result: f64,
+    /// A square-triple reply.
+    pub triple_reply: f64,
+    /// The client's public key (setup).
+    pub public_key: f64,
+}
+
+/// Traffic of one step: plain bytes (exact) and ciphertext frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Traffic {
+    /// Non-ciphertext bytes, both directions.
+    pub bytes: u64,
+    /// Fresh ciphertext frames (client to server).
+    pub fresh_frames: u64,
+    /// Linear-result frames (server to client).
+    pub result_frames: u64,
+    /// Triple-reply frames (server to client).
+    pub triple_frames: u64,
+    /// Round trips (a message each way that the other side waits for).
+    pub rounds: f64,
+}
+
+impl Traffic {
+    /// Total bytes with ciphertext frames at the given sizes.
+    pub fn total(&self, ct: &CtSizes) -> f64 {
+        self.bytes as f64
+            + self.fresh_frames as f64 * (FRAME_PREFIX as f64 + ct.fresh)
+            + self.result_frames as f64 * (FRAME_PREFIX as f64 + ct.linear_result)
+            + self.triple_frames as f64 * (FRAME_PREFIX as f64 + ct.triple_reply)
+    }
+
+    /// Ciphertext frames of all kinds.
+    pub fn frames(&self) -> u64 {
+        self.fresh_frames + self.result_frames + self.triple_frames
+    }
+}
+
+/// Offline and online traffic of one program node.
+pub fn node_traffic(prog: &FixedProgram, i: usize) -> (Traffic, Traffic) {
+    let node = &prog.nodes[i];
+    let n = node.shape.len();
+    let mut off = Traffic::default();
+    let mut on = Traffic::default();
+    match &node.op {
+        FixedOp::Input => {
+            on.bytes = fields(n);
+            on.rounds = 0.5;
+        }
+        FixedOp::Linear { op, .. } => {
+            if let Ok(p) = Packing::new(op) {
+                off.fresh_frames = p.input_polys() as u64;
+                off.result_frames = p.output_polys() as u64;
+                off.rounds = 1.0;
+            }
+        }
+        FixedOp::Relu { shift } => return relu_traffic(n, *shift),
+        FixedOp::Trunc { .. } => return node_traffic_trunc(n),
+        FixedOp::Quad { .. } => {
+            let chunks = n.div_ceil(SLOTS) as u64;
+            off.fresh_frames = chunks;
+            off.triple_frames = chunks;
+            off.bytes = fields(n);
+            off.rounds = chunks as f64 + 0.5;
+            on.bytes = 2 * fields(n);
+            on.rounds = 1.0;
+        }
+        FixedOp::MulConst(_) | FixedOp::SumPool { .. } | FixedOp::Add => {}
+    }
+    (off, on)
+}
+
+/// Offline and online traffic of a ReLU layer of `n` values (truncating by `shift`).
+pub fn relu_traffic(n: usize, shift: u32) -> (Traffic, Traffic) {
+    let rc = relu_circuit(shift);
+    let off = Traffic {
+        bytes: 2 * AGREE
+            + ID_AND_KEY
+            + BASE_OT
+            + cot(n * CLIENT_BITS)
+            + (n * 2 * rc.circuit().and_gates() * 16) as u64
+            + fields(n * rc.circuit().outputs()),
+        rounds: 4.0,
+        ..Traffic::default()
+    };
+    let on = Traffic {
+        bytes: ID + (n * SERVER_BITS * 16) as u64 + fields(n),
+        rounds: 1.0,
+        ..Traffic::default()
+    };
+    (off, on)
+}
+
+/// [`relu_traffic`] with the engine's usual truncation (12 bits).
+pub fn node_traffic_relu(n: usize) -> (Traffic, Traffic) {
+    relu_traffic(n, 12)
+}
+
+/// Offline and online traffic of a truncation layer of `n` values.
+pub fn node_traffic_trunc(n: usize) -> (Traffic, Traffic) {
+    let off = Traffic {
+        bytes: 2 * AGREE + ID_AND_KEY + BASE_OT + cot(n) + fields(n),
+        rounds: 4.0,
+        ..Traffic::default()
+    };
+    let on = Traffic {
+        bytes: ID + n.div_ceil(8) as u64 + fields(n),
+        rounds: 1.0,
+        ..Traffic::default()
+    };
+    (off, on)
+}
+
+/// Per-inference traffic outside the nodes: the program agreement and bundle
+/// id offline, the logits online.
+pub fn program_traffic(prog: &FixedProgram) -> (Traffic, Traffic) {
+    let off = Traffic {
+        bytes: AGREE + ID,
+        rounds: 1.5,
+        ..Traffic::default()
+    };
+    let on = Traffic {
+        bytes: fields(prog.nodes[prog.output].shape.len()),
+        rounds: 0.5,
+        ..Traffic::default()
+    };
+    (off, on)
+}
+
+/// Session setup: the public-key frame.
+pub fn setup_bytes(ct: &CtSizes) -> f64 {
+    FRAME_PREFIX as f64 + ct.public_key
+}

@@ -1,0 +1,474 @@
+//! `delphi cost calibrate`: measures the primitive costs with the real
+//! crypto over real loopback TCP.
+//!
+//! Each primitive runs at two sizes (both parties in two threads of this
+//! process); its computation is the measured wall time minus the transfer
+//! predicted for the loopback link (bytes / bandwidth + round trips × RTT),
+//! fitted as a + b·n. Linear layers are measured on several convolution and
+//! dense shapes and fitted per input polynomial, output polynomial and
+//! plaintext–ciphertext product (least squares), which extrapolates to
+//! ResNet-32 sizes because those are exactly the operations it performs.
+
+use std::thread;
+use std::time::Instant;
+
+use rand::SeedableRng;
+
+use delphi_crypto::block::SecretRng;
+use delphi_crypto::channel::{Channel, TcpChannel};
+use delphi_crypto::field::F;
+use delphi_engine::he::{ClientHe, Packing, ServerHe, SLOTS};
+use delphi_engine::protocol::{client_setup, server_setup};
+use delphi_net::fixed::linear_field;
+use delphi_net::linear::LinearOp;
+use delphi_net::Shape;
+
+use crate::bytes::{CtSizes, Traffic};
+use crate::model::{Affine, CostModel, HeLinear, Link, Provenance, Result, FORMAT};
+
+fn pair() -> Result<(TcpChannel, TcpChannel)> {
+    Ok(TcpChannel::loopback_pair()?)
+}
+
+fn rng(seed: u64) -> SecretRng {
+    SecretRng::seed_from_u64(seed)
+}
+
+fn random_fields(n: usize, seed: u64) -> Vec<F> {
+    let mut r = rng(seed);
+    (0..n).map(|_| F::random(&mut r)).collect()
+}
+
+/// Runs `server` and `client` on a fresh loopback pair; returns the wall time
+/// until both are done and the client's result.
+fn timed<S, C, T>(server: S, client: C) -> Result<(f64, T)>
+where
+    S: FnOnce(&mut TcpChannel) -> Result<()> + Send + 'static,
+    C: FnOnce(&mut TcpChannel) -> Result<T>,
+{
+    let (mut s, mut c) = pair()?;
+    let t = Instant::now();
+    let h = thread::spawn(move || {
+        let r = server(&mut s);
+        let _ = s.flush();
+        r
+    });
+    let out = client(&mut c)?;
+    let _ = c.flush();
+    h.join()
+        .map_err(|_| crate::model::CostError::Invalid("calibration thread panicked".into()))??;
+    Ok((t.elapsed().as_secs_f64(), out))
+}
+
+fn measure_link() -> Result<Link> {
+    const BYTES: usize = 64 << 20;
+    let (secs, _) = timed(
+        |s| {
+            let buf = vec![7u8; 1 << 20];
+            for _ in 0..BYTES >> 20 {
+                s.send_bytes(&buf)?;
+            }
+            s.flush()?;
+            Ok(())
+        },
+        |c| {
+            let mut buf = vec![0u8; 1 << 20];
+            for _ in 0..BYTES >> 20 {
+                c.recv_bytes(&mut buf)?;
+            }
+            Ok(())
+        },
+    )?;
+    const PINGS: u64 = 2000;
+    let (rtt, _) = timed(
+        |s| {
+            for _ in 0..PINGS {
+                let v = s.recv_u64()?;
+                s.send_u64(v)?;
+                s.flush()?;
+            }
+            Ok(())
+        },
+        |c| {
+            for i in 0..PINGS {
+                c.send_u64(i)?;
+                c.flush()?;
+                c.recv_u64()?;
+            }
+            Ok(())
+        },
+    )?;
+    Ok(Link {
+        bytes_per_s: BYTES as f64 / secs,
+        rtt_s: rtt / PINGS as f64,
+    })
+}
+
+fn transfer(t: &Traffic, ct: &CtSizes, link: &Link) -> f64 {
+    t.total(ct) / link.bytes_per_s + t.rounds * link.rtt_s
+}
+
+/// Offline and online wall times of a ReLU layer of `n` values.
+fn relu_times(n: usize) -> Result<(f64, f64)> {
+    use delphi_crypto::relu::{client_offline, server_offline};
+    let shares = random_fields(n, 3);
+    let theirs = random_fields(n, 4);
+    let (s, mut c) = pair()?;
+    let h = thread::spawn(move || -> Result<f64> {
+        let mut s = s;
+        let mut r = rng(1);
+        let t = Instant::now();
+        let mut b = server_offline(&mut s, n, 12, &mut r)?;
+        s.flush()?;
+        let off = t.elapsed().as_secs_f64();
+        let _ = s.recv_u64()?;
+        b.online(&mut s, &theirs)?;
+        let mut msg = vec![F::ZERO; n];
+        s.recv_fields(&mut msg)?;
+        Ok(off)
+    });
+    let mut r = rng(2);
+    let t = Instant::now();
+    let mut b = client_offline(&mut c, &shares, 12, &mut r)?;
+    let off_c = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    c.send_u64(0)?;
+    c.flush()?;
+    let out = b.online(&mut c)?;
+    c.send_fields(&out)?;
+    c.flush()?;
+    let on = t.elapsed().as_secs_f64();
+    let off_s = h
+        .join()
+        .map_err(|_| crate::model::CostError::Invalid("calibration thread panicked".into()))??;
+    Ok((off_c.max(off_s), on))
+}
+
+/// Offline and online wall times of a truncation layer of `n` values.
+fn trunc_times(n: usize) -> Result<(f64, f64)> {
+    use delphi_crypto::trunc::{client_offline, server_offline};
+    let shares = random_fields(n, 5);
+    let theirs = random_fields(n, 6);
+    let (s, mut c) = pair()?;
+    let h = thread::spawn(move || -> Result<()> {
+        let mut s = s;
+        let mut r = rng(1);
+        let mut b = server_offline(&mut s, n, 12, &mut r)?;
+        s.flush()?;
+        let _ = s.recv_u64()?;
+        b.online(&mut s, &theirs)?;
+        let mut msg = vec![F::ZERO; n];
+        s.recv_fields(&mut msg)?;
+        Ok(())
+    });
+    let mut r = rng(2);
+    let t = Instant::now();
+    let mut b = client_offline(&mut c, &shares, 12, &mut r)?;
+    let off = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    c.send_u64(0)?;
+    c.flush()?;
+    let out = b.online(&mut c)?;
+    c.send_fields(&out)?;
+    c.flush()?;
+    let on = t.elapsed().as_secs_f64();
+    h.join()
+        .map_err(|_| crate::model::CostError::Invalid("calibration thread panicked".into()))??;
+    Ok((off, on))
+}
+
+/// Computation of one linear layer under BFV (client encrypts, server
+/// multiplies and masks, client decrypts; serialisation included), and the
+/// ciphertext sizes seen.
+fn he_linear_time(
+    he_c: &ClientHe,
+    he_s: &ServerHe,
+    op: &LinearOp,
+) -> Result<(f64, Packing, f64, f64)> {
+    let p = Packing::new(op).map_err(crate::model::CostError::Invalid)?;
+    let x = random_fields(op.input.len(), 7);
+    let w: Vec<i64> = (0..op.weights()).map(|i| (i as i64 % 255) - 127).collect();
+    let mut r = rng(8);
+    let t = Instant::now();
+    let cts = he_c.encrypt_input(&p, &x)?;
+    let mut fresh = 0.0;
+    let mut received = Vec::with_capacity(cts.len());
+    for c in &cts {
+        let b = ServerHe::to_bytes(c)?;
+        fresh += b.len() as f64;
+        received.push(he_s.ciphertext_from_bytes(&b)?);
+    }
+    let (res, _) = he_s.linear(&p, &w, &received, &mut r)?;
+    let mut result = 0.0;
+    let mut back = Vec::with_capacity(res.len());
+    for c in &res {
+        let b = ServerHe::to_bytes(c)?;
+        result += b.len() as f64;
+        back.push(he_c.ciphertext_from_bytes(&b)?);
+    }
+    he_c.decrypt_output(&p, &back)?;
+    let secs = t.elapsed().as_secs_f64();
+    Ok((
+        secs,
+        p,
+        fresh / cts.len().max(1) as f64,
+        result / res.len().max(1) as f64,
+    ))
+}
+
+/// Least squares for t ≈ a·x₀ + b·x₁ + c·x₂ (normal equations, 3×3).
+fn least_squares(rows: &[([f64; 3], f64)]) -> [f64; 3] {
+    let mut m = [[0f64; 4]; 3];
+    for (x, t) in rows {
+        for i in 0..3 {
+            for j in 0..3 {
+                m[i][j] += x[i] * x[j];
+            }
+            m[i][3] += x[i] * t;
+        }
+    }
+    // Gaussian elimination with partial pivoting.
+    for col in 0..3 {
+        let piv = (col..3)
+            .max_by(|&a, &b| m[a][col].abs().total_cmp(&m[b][col].abs()))
+            .unwrap_or(col);
+        m.swap(col, piv);
+        let d = m[col][col];
+        if d.abs() < 1e-300 {
+            continue;
+        }
+        let pivot_row = m[col].map(|v| v / d);
+        m[col] = pivot_row;
+        for (i, row) in m.iter_mut().enumerate() {
+            if i != col {
+                let f = row[col];
+                for (v, p) in row.iter_mut().zip(pivot_row) {
+                    *v -= f * p;
+                }
+            }
+        }
+    }
+    [m[0][3].max(0.0), m[1][3].max(0.0), m[2][3].max(0.0)]
+}
+
+/// Runs the calibration. `quick` uses fewer and smaller samples (≈ 5 s on
+/// the 2-core reference machine; the full one ≈ 20 s). `progress` receives a
+/// line per step.
+pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
+    let start = Instant::now();
+    let steps = 7;
+    let mut step = 0;
+    let mut say = |m: &str| {
+        step += 1;
+        progress(&format!("[{step}/{steps}] {m}"));
+    };
+
+    say("loopback bandwidth and round trip");
+    let link = measure_link()?;
+
+    say("key generation and setup");
+    let (setup_wall, pk_len) = timed(
+        |s| {
+            server_setup(s)?;
+            Ok(())
+        },
+        |c| {
+            let he = client_setup(c)?;
+            Ok(he.public_key_bytes()?.len())
+        },
+    )?;
+    let mut ct = CtSizes {
+        fresh: 0.0,
+        linear_result: 0.0,
+        triple_reply: 0.0,
+        public_key: pk_len as f64,
+    };
+    let setup_s = (setup_wall - (8.0 + pk_len as f64) / link.bytes_per_s).max(0.0);
+
+    say("linear layers under BFV (several shapes)");
+    let he_c = ClientHe::new()?;
+    let he_s = ServerHe::new(&he_c.public_key_bytes()?)?;
+    let mut shapes = vec![
+        LinearOp::conv(Shape::new(16, 32, 32), 16, 3, 1, 1),
+        LinearOp::conv(Shape::new(32, 16, 16), 32, 3, 1, 1),
+        LinearOp::conv(Shape::new(16, 32, 32), 32, 1, 2, 0),
+        LinearOp::dense(1024, 100),
+    ];
+    // Both modes measure all eight shapes; the full calibration twice.
+    {
+        shapes.extend([
+            LinearOp::conv(Shape::new(64, 8, 8), 64, 3, 1, 1),
+            LinearOp::conv(Shape::new(3, 32, 32), 64, 3, 1, 1),
+            LinearOp::conv(Shape::new(32, 16, 16), 64, 3, 2, 1),
+            LinearOp::dense(4096, 256),
+        ]);
+    }
+    let reps = if quick { 1 } else { 2 };
+    let shapes: Vec<LinearOp> = (0..reps).flat_map(|_| shapes.clone()).collect();
+    let mut rows = Vec::new();
+    let (mut fresh, mut result, mut nf, mut nr) = (0.0, 0.0, 0.0, 0.0);
+    for op in &shapes {
+        let (secs, p, f, r) = he_linear_time(&he_c, &he_s, op)?;
+        let x = [
+            p.input_polys() as f64,
+            p.output_polys() as f64,
+            p.products() as f64,
+        ];
+        rows.push((x, secs));
+        fresh += f * x[0];
+        nf += x[0];
+        result += r * x[1];
+        nr += x[1];
+    }
+    ct.fresh = fresh / nf.max(1.0);
+    ct.linear_result = result / nr.max(1.0);
+    let [a, b, c] = least_squares(&rows);
+    let he_linear = HeLinear {
+        per_input_poly_s: a,
+        per_output_poly_s: b,
+        per_product_s: c,
+    };
+
+    say("linear layers online (plaintext field arithmetic)");
+    let op = LinearOp::conv(Shape::new(32, 16, 16), 32, 3, 1, 1);
+    let x = random_fields(op.input.len(), 9);
+    let w: Vec<i64> = (0..op.weights()).map(|i| (i as i64 % 255) - 127).collect();
+    let bias = vec![0i64; 32];
+    let reps = if quick { 3 } else { 10 };
+    let t = Instant::now();
+    for _ in 0..reps {
+        std::hint::black_box(linear_field(&op, &x, &w, &bias));
+    }
+    let macs = (op.output.len() * op.macs_per_output() * reps) as f64;
+    let linear_online_per_mac_s = t.elapsed().as_secs_f64() / macs;
+
+    say("ReLU layers (garbling, OT extension, evaluation)");
+    // Sizes of real layers (very large bundles page more and run slower).
+    let (n1, n2) = if quick { (4096, 32768) } else { (8192, 65536) };
+    let rt = |n: usize| {
+        let (off, on) = crate::bytes::node_traffic_relu(n);
+        (off, on)
+    };
+    let (o1, p1) = relu_times(n1)?;
+    let (o2, p2) = relu_times(n2)?;
+    let (t1, t2) = (rt(n1), rt(n2));
+    let relu_offline = Affine::fit(
+        n1 as f64,
+        o1 - transfer(&t1.0, &ct, &link),
+        n2 as f64,
+        o2 - transfer(&t2.0, &ct, &link),
+    );
+    let relu_online = Affine::fit(
+        n1 as f64,
+        p1 - transfer(&t1.1, &ct, &link),
+        n2 as f64,
+        p2 - transfer(&t2.1, &ct, &link),
+    );
+
+    say("truncations (OT)");
+    let (m1, m2) = if quick {
+        (4096, 32768)
+    } else {
+        (16384, 262144)
+    };
+    let tt = crate::bytes::node_traffic_trunc;
+    let (o1, p1) = trunc_times(m1)?;
+    let (o2, p2) = trunc_times(m2)?;
+    let trunc_offline = Affine::fit(
+        m1 as f64,
+        o1 - transfer(&tt(m1).0, &ct, &link),
+        m2 as f64,
+        o2 - transfer(&tt(m2).0, &ct, &link),
+    );
+    let trunc_online = Affine::fit(
+        m1 as f64,
+        p1 - transfer(&tt(m1).1, &ct, &link),
+        m2 as f64,
+        p2 - transfer(&tt(m2).1, &ct, &link),
+    );
+
+    say("square triples and local operations");
+    let chunks = if quick { 4 } else { 12 };
+    let a = random_fields(SLOTS, 10);
+    let mut r = rng(11);
+    let t = Instant::now();
+    let mut reply = 0.0;
+    for _ in 0..chunks {
+        let enc = he_c.encrypt_slots(&a)?;
+        let bytes = ServerHe::to_bytes(&enc)?;
+        let enc = he_s.ciphertext_from_bytes(&bytes)?;
+        let a_s: Vec<F> = (0..SLOTS).map(|_| F::random(&mut r)).collect();
+        let tv: Vec<F> = (0..SLOTS).map(|_| F::random(&mut r)).collect();
+        let rep = ServerHe::to_bytes(&he_s.square_cross(&enc, &a_s, &tv)?)?;
+        reply += rep.len() as f64;
+        he_c.decrypt_slots(&he_c.ciphertext_from_bytes(&rep)?, SLOTS)?;
+    }
+    ct.triple_reply = reply / chunks as f64;
+    let quad_offline = Affine {
+        fixed_s: 0.0,
+        per_item_s: t.elapsed().as_secs_f64() / (chunks * SLOTS) as f64,
+    };
+    // Online: e and the client's message are field arithmetic (a few
+    // multiplications per value); local operations likewise.
+    let v = random_fields(1 << 20, 12);
+    let t = Instant::now();
+    let s: F = v.iter().fold(F::ZERO, |acc, x| acc + *x * *x + *x);
+    std::hint::black_box(s);
+    let per = t.elapsed().as_secs_f64() / v.len() as f64;
+    let quad_online = Affine {
+        fixed_s: 0.0,
+        per_item_s: 6.0 * per,
+    };
+
+    Ok(CostModel {
+        format: FORMAT.into(),
+        version: 1,
+        provenance: Provenance {
+            cores: delphi_crypto::bench::cores(),
+            cpu_model: delphi_crypto::bench::cpu_model(),
+            delphi_version: env!("CARGO_PKG_VERSION").into(),
+            seal_fhe_version: "0.8.1".into(),
+            date: iso_now(),
+            quick,
+            seconds: start.elapsed().as_secs_f64(),
+        },
+        loopback: link,
+        ct,
+        setup_s,
+        he_linear,
+        linear_online_per_mac_s,
+        relu_offline,
+        relu_online,
+        trunc_offline,
+        trunc_online,
+        quad_offline,
+        quad_online,
+        local_per_value_s: per,
+    })
+}
+
+/// The current UTC time as ISO 8601 (no time-zone database needed).
+fn iso_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}

@@ -1,0 +1,366 @@
+//! The cost model (what `delphi cost calibrate` writes) and predictions.
+//!
+//! Time of a step = its computation (measured on this machine, with the
+//! transfer on loopback taken out) + its bytes over the link's bandwidth +
+//! its round trips × the link's RTT. Bytes are exact ([`crate::bytes`])
+//! except for ciphertexts, counted in frames times their measured mean size.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use delphi_engine::he::Packing;
+use delphi_net::fixed::{FixedOp, FixedProgram};
+
+use crate::bytes::{node_traffic, program_traffic, setup_bytes, CtSizes, Traffic};
+
+/// Errors of the cost model.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CostError {
+    /// The model file could not be read or written.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The engine failed during calibration.
+    #[error(transparent)]
+    Engine(#[from] delphi_engine::EngineError),
+    /// The crypto core failed during calibration.
+    #[error(transparent)]
+    Crypto(#[from] delphi_crypto::Error),
+    /// The network is unusable.
+    #[error(transparent)]
+    Net(#[from] delphi_net::NetError),
+    /// A bad argument (e.g. a link speed that does not parse).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Result alias of the cost model.
+pub type Result<T> = std::result::Result<T, CostError>;
+
+/// a + b·n seconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Affine {
+    /// Fixed seconds per call.
+    pub fixed_s: f64,
+    /// Seconds per element.
+    pub per_item_s: f64,
+}
+
+impl Affine {
+    /// Seconds for `n` elements.
+    pub fn at(&self, n: f64) -> f64 {
+        self.fixed_s + self.per_item_s * n
+    }
+
+    /// The line through two measurements (clamped to be non-negative).
+    pub fn fit(n1: f64, t1: f64, n2: f64, t2: f64) -> Affine {
+        let per = ((t2 - t1) / (n2 - n1)).max(0.0);
+        Affine {
+            fixed_s: (t1 - per * n1).max(0.0),
+            per_item_s: per,
+        }
+    }
+}
+
+/// Offline cost of a linear layer under BFV: seconds per input polynomial
+/// (client encryption + server deserialisation), per output polynomial
+/// (masking, re-randomising, switching, serialising, client decryption) and
+/// per plaintext–ciphertext product (encoding and multiplying the weights).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeLinear {
+    /// Seconds per input polynomial.
+    pub per_input_poly_s: f64,
+    /// Seconds per output polynomial.
+    pub per_output_poly_s: f64,
+    /// Seconds per product.
+    pub per_product_s: f64,
+}
+
+/// A network link.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    /// Bytes per second (one direction).
+    pub bytes_per_s: f64,
+    /// Round-trip time, seconds.
+    pub rtt_s: f64,
+}
+
+impl Link {
+    /// Parses `100Mbit`, `1Gbit`, `3.5GB` (bytes), `500MB/s`… and an RTT
+    /// such as `20ms`, `0.5ms`, `1s`.
+    pub fn parse(bandwidth: &str, rtt: &str) -> Result<Link> {
+        let bad = |s: &str, what: &str| {
+            CostError::Invalid(format!("{what} {s:?} (e.g. 100Mbit, 1Gbit, 500MB/s; 20ms)"))
+        };
+        let b = bandwidth
+            .trim()
+            .trim_end_matches("/s")
+            .trim_end_matches("ps");
+        let lower = b.to_ascii_lowercase();
+        let (num, mult) = [
+            ("gbit", 1e9 / 8.0),
+            ("mbit", 1e6 / 8.0),
+            ("kbit", 1e3 / 8.0),
+            ("gb", 1e9),
+            ("mb", 1e6),
+            ("kb", 1e3),
+            ("b", 1.0),
+        ]
+        .iter()
+        .find_map(|(suffix, m)| {
+            lower
+                .strip_suffix(suffix)
+                .map(|n| (n.trim().to_string(), *m))
+        })
+        .ok_or_else(|| bad(bandwidth, "bandwidth"))?;
+        let bytes_per_s = num
+            .parse::<f64>()
+            .map_err(|_| bad(bandwidth, "bandwidth"))?
+            * mult;
+        let r = rtt.trim().to_ascii_lowercase();
+        let rtt_s = if let Some(v) = r.strip_suffix("ms") {
+            v.trim().parse::<f64>().map(|v| v / 1e3)
+        } else if let Some(v) = r.strip_suffix("us") {
+            v.trim().parse::<f64>().map(|v| v / 1e6)
+        } else if let Some(v) = r.strip_suffix('s') {
+            v.trim().parse::<f64>()
+        } else {
+            r.parse::<f64>()
+        }
+        .map_err(|_| bad(rtt, "RTT"))?;
+        if !(bytes_per_s > 0.0 && rtt_s >= 0.0) {
+            return Err(bad(bandwidth, "bandwidth"));
+        }
+        Ok(Link { bytes_per_s, rtt_s })
+    }
+}
+
+/// Where and when the model was measured.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// Logical cores.
+    pub cores: usize,
+    /// CPU model.
+    pub cpu_model: String,
+    /// Toolkit version.
+    pub delphi_version: String,
+    /// SEAL binding version.
+    pub seal_fhe_version: String,
+    /// UTC date of the calibration (seconds since the epoch, and ISO).
+    pub date: String,
+    /// `--quick` or full.
+    pub quick: bool,
+    /// Seconds the calibration took.
+    pub seconds: f64,
+}
+
+/// Measured primitive costs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CostModel {
+    /// Always "delphi cost model".
+    pub format: String,
+    /// Format version (1).
+    pub version: u32,
+    /// Machine and versions.
+    pub provenance: Provenance,
+    /// The loopback link the calibration ran on.
+    pub loopback: Link,
+    /// Ciphertext sizes.
+    pub ct: CtSizes,
+    /// Key generation and setup computation, seconds.
+    pub setup_s: f64,
+    /// Linear layers offline (BFV).
+    pub he_linear: HeLinear,
+    /// Linear layers online: seconds per multiply-accumulate.
+    pub linear_online_per_mac_s: f64,
+    /// ReLU offline (garbling, OT), per bundle and per ReLU.
+    pub relu_offline: Affine,
+    /// ReLU online (labels, evaluation).
+    pub relu_online: Affine,
+    /// Truncation offline (OT).
+    pub trunc_offline: Affine,
+    /// Truncation online.
+    pub trunc_online: Affine,
+    /// Square triples offline, per value (BFV chunks amortised).
+    pub quad_offline: Affine,
+    /// Quadratic online, per value.
+    pub quad_online: Affine,
+    /// Local operations (sums, pools, constant products), per output value.
+    pub local_per_value_s: f64,
+}
+
+/// The current format name.
+pub const FORMAT: &str = "delphi cost model";
+
+impl CostModel {
+    /// Reads a model written by `delphi cost calibrate`.
+    pub fn load(path: &Path) -> Result<CostModel> {
+        let err = |reason: String| CostError::File {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let m: CostModel = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        if m.format != FORMAT || m.version != 1 {
+            return Err(err(format!("not a version-1 {FORMAT} file")));
+        }
+        Ok(m)
+    }
+
+    /// Writes the model as JSON.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let err = |reason: String| CostError::File {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(d).map_err(|e| err(e.to_string()))?;
+        }
+        let text = serde_json::to_string_pretty(self).map_err(|e| err(e.to_string()))?;
+        std::fs::write(path, text + "\n").map_err(|e| err(e.to_string()))
+    }
+}
+
+/// Predicted cost of one description layer (or of the whole network).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Cost {
+    /// Offline seconds.
+    pub offline_s: f64,
+    /// Online seconds.
+    pub online_s: f64,
+    /// Offline bytes, both directions.
+    pub offline_bytes: f64,
+    /// Online bytes, both directions.
+    pub online_bytes: f64,
+}
+
+impl std::ops::AddAssign<&Cost> for Cost {
+    fn add_assign(&mut self, o: &Cost) {
+        self.offline_s += o.offline_s;
+        self.online_s += o.online_s;
+        self.offline_bytes += o.offline_bytes;
+        self.online_bytes += o.online_bytes;
+    }
+}
+
+/// A prediction: per layer and in total.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Prediction {
+    /// Per description layer (index, operations, cost); `None` is the input
+    /// and the per-inference extras.
+    pub layers: Vec<(Option<usize>, Vec<&'static str>, Cost)>,
+    /// Sum over the layers (per inference).
+    pub total: Cost,
+    /// Session setup (keys), once per client.
+    pub setup_s: f64,
+    /// Setup bytes.
+    pub setup_bytes: f64,
+    /// Exact traffic (non-ciphertext bytes and ciphertext frames), per inference.
+    pub offline_traffic: Traffic,
+    /// Exact online traffic.
+    pub online_traffic: Traffic,
+}
+
+fn add_traffic(a: &mut Traffic, b: &Traffic) {
+    a.bytes += b.bytes;
+    a.fresh_frames += b.fresh_frames;
+    a.result_frames += b.result_frames;
+    a.triple_frames += b.triple_frames;
+    a.rounds += b.rounds;
+}
+
+impl CostModel {
+    fn transfer(&self, t: &Traffic, link: &Link) -> f64 {
+        t.total(&self.ct) / link.bytes_per_s + t.rounds * link.rtt_s
+    }
+
+    /// The computation of one node (no transfer), offline and online.
+    fn compute(&self, prog: &FixedProgram, i: usize) -> (f64, f64) {
+        let node = &prog.nodes[i];
+        let n = node.shape.len() as f64;
+        match &node.op {
+            FixedOp::Input => (0.0, 0.0),
+            FixedOp::Linear { op, .. } => {
+                let off = Packing::new(op)
+                    .map(|p| {
+                        let h = &self.he_linear;
+                        h.per_input_poly_s * p.input_polys() as f64
+                            + h.per_output_poly_s * p.output_polys() as f64
+                            + h.per_product_s * p.products() as f64
+                    })
+                    .unwrap_or(0.0);
+                let macs = (op.output.len() * op.macs_per_output()) as f64;
+                (off, self.linear_online_per_mac_s * macs)
+            }
+            FixedOp::Relu { .. } => (self.relu_offline.at(n), self.relu_online.at(n)),
+            FixedOp::Trunc { .. } => (self.trunc_offline.at(n), self.trunc_online.at(n)),
+            FixedOp::Quad { .. } => (self.quad_offline.at(n), self.quad_online.at(n)),
+            FixedOp::MulConst(_) | FixedOp::SumPool { .. } | FixedOp::Add => {
+                (0.0, self.local_per_value_s * n)
+            }
+        }
+    }
+
+    /// Predicts a program's costs over `link` (default: the loopback the
+    /// model was measured on). Microseconds per network: no allocation
+    /// beyond the per-layer list.
+    pub fn predict(&self, prog: &FixedProgram, link: Option<&Link>) -> Prediction {
+        let link = link.unwrap_or(&self.loopback);
+        let mut p = Prediction::default();
+        let (poff, pon) = program_traffic(prog);
+        add_traffic(&mut p.offline_traffic, &poff);
+        add_traffic(&mut p.online_traffic, &pon);
+        let extra = Cost {
+            offline_s: self.transfer(&poff, link),
+            online_s: self.transfer(&pon, link),
+            offline_bytes: poff.total(&self.ct),
+            online_bytes: pon.total(&self.ct),
+        };
+        let mut current: Option<(Option<usize>, Vec<&'static str>, Cost)> = None;
+        for i in 0..prog.nodes.len() {
+            let (off, on) = node_traffic(prog, i);
+            add_traffic(&mut p.offline_traffic, &off);
+            add_traffic(&mut p.online_traffic, &on);
+            let (c_off, c_on) = self.compute(prog, i);
+            let cost = Cost {
+                offline_s: c_off + self.transfer(&off, link),
+                online_s: c_on + self.transfer(&on, link),
+                offline_bytes: off.total(&self.ct),
+                online_bytes: on.total(&self.ct),
+            };
+            let layer = prog.nodes[i].layer;
+            let kind = prog.nodes[i].op.kind();
+            match &mut current {
+                Some((l, kinds, c)) if *l == layer => {
+                    if !kinds.contains(&kind) {
+                        kinds.push(kind);
+                    }
+                    *c += &cost;
+                }
+                _ => {
+                    if let Some(done) = current.take() {
+                        p.layers.push(done);
+                    }
+                    current = Some((layer, vec![kind], cost));
+                }
+            }
+        }
+        if let Some(done) = current.take() {
+            p.layers.push(done);
+        }
+        for (_, _, c) in &p.layers {
+            p.total += c;
+        }
+        p.total += &extra;
+        p.layers.push((None, vec!["program"], extra));
+        p.setup_s = self.setup_s + setup_bytes(&self.ct) / link.bytes_per_s + link.rtt_s;
+        p.setup_bytes = setup_bytes(&self.ct);
+        p
+    }
+}

@@ -1,0 +1,58 @@
+//! The byte predictions against real two-party runs: every non-ciphertext
+//! byte and every ciphertext frame, exactly.
+#![allow(clippy::unwrap_used)]
+
+use delphi_cost::bytes::{node_traffic, program_traffic, Traffic};
+use delphi_engine::run::run_local;
+use delphi_net::builtin::{apply_placement, build};
+use delphi_net::FixedProgram;
+
+fn predicted(prog: &FixedProgram) -> (Traffic, Traffic) {
+    let (mut off, mut on) = program_traffic(prog);
+    for i in 0..prog.nodes.len() {
+        let (a, b) = node_traffic(prog, i);
+        off.bytes += a.bytes;
+        off.fresh_frames += a.fresh_frames;
+        off.result_frames += a.result_frames;
+        off.triple_frames += a.triple_frames;
+        on.bytes += b.bytes;
+        on.fresh_frames += b.fresh_frames;
+    }
+    (off, on)
+}
+
+#[test]
+fn byte_predictions_are_exact_on_real_runs() {
+    let mut mixed = build("small-cnn", 10, 41).unwrap();
+    apply_placement(&mut mixed, "RQR").unwrap();
+    for net in [mixed, build("small-cnn", 10, 42).unwrap()] {
+        let prog = FixedProgram::lower(&net).unwrap();
+        let inputs: Vec<_> = delphi_net::eval::random_inputs(784, 1, 3)
+            .iter()
+            .map(|x| prog.encode_input(x).unwrap())
+            .collect();
+        let report = run_local(&prog, &inputs, &|_| {}).unwrap();
+        let (off, on) = predicted(&prog);
+        for inf in &report.inferences {
+            assert_eq!(inf.online_bytes, on.bytes, "{}: online bytes", net.name);
+            assert_eq!(on.frames(), 0);
+            assert_eq!(
+                inf.offline_he.sent_frames, off.fresh_frames,
+                "{}: fresh ciphertexts",
+                net.name
+            );
+            assert_eq!(
+                inf.offline_he.received_frames,
+                off.result_frames + off.triple_frames,
+                "{}: returned ciphertexts",
+                net.name
+            );
+            assert_eq!(
+                inf.offline_bytes - inf.offline_he.bytes(),
+                off.bytes,
+                "{}: offline bytes outside ciphertexts",
+                net.name
+            );
+        }
+    }
+}
