@@ -364,3 +364,24 @@ impl CostModel {
         p
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_parse_in_the_usual_units() {
+        let l = Link::parse("100Mbit", "20ms").unwrap();
+        assert_eq!((l.bytes_per_s, l.rtt_s), (12.5e6, 0.02));
+        assert_eq!(Link::parse("1Gbit", "0.5ms").unwrap().bytes_per_s, 125e6);
+        assert_eq!(Link::parse("500MB/s", "1s").unwrap().bytes_per_s, 500e6);
+        assert!(Link::parse("fast", "20ms").is_err());
+        assert!(Link::parse("10Mbit", "soon").is_err());
+    }
+
+    #[test]
+    fn affine_fit_goes_through_both_points() {
+        let a = Affine::fit(10.0, 3.0, 110.0, 13.0);
+        assert!((a.at(10.0) - 3.0).abs() < 1e-12 && (a.at(110.0) - 13.0).abs() < 1e-12);
+    }
+}
