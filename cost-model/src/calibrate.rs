@@ -108,9 +108,19 @@ fn transfer(t: &Traffic, ct: &CtSizes, link: &Link) -> f64 {
     t.total(ct) / link.bytes_per_s + t.rounds * link.rtt_s
 }
 
-/// Offline and online wall times of a ReLU layer of `n` values.
-fn relu_times(n: usize) -> Result<(f64, f64)> {
-    use delphi_crypto::relu::{client_offline, server_offline};
+type ServerOffline<B> = fn(&mut TcpChannel, usize, &mut SecretRng) -> delphi_crypto::Result<B>;
+type ServerOnline<B> = fn(&mut B, &mut TcpChannel, &[F]) -> delphi_crypto::Result<Vec<F>>;
+type ClientOffline<B> = fn(&mut TcpChannel, &[F], &mut SecretRng) -> delphi_crypto::Result<B>;
+type ClientOnline<B> = fn(&mut B, &mut TcpChannel) -> delphi_crypto::Result<Vec<F>>;
+
+/// Offline and online wall times of a layer of `n` values run with a
+/// single-use bundle protocol (ReLU, truncation), the client re-masking its
+/// output as the network protocol does.
+fn bundle_times<S: Send + 'static, C>(
+    n: usize,
+    server: (ServerOffline<S>, ServerOnline<S>),
+    client: (ClientOffline<C>, ClientOnline<C>),
+) -> Result<(f64, f64)> {
     let shares = random_fields(n, 3);
     let theirs = random_fields(n, 4);
     let (s, mut c) = pair()?;
@@ -118,23 +128,23 @@ fn relu_times(n: usize) -> Result<(f64, f64)> {
         let mut s = s;
         let mut r = rng(1);
         let t = Instant::now();
-        let mut b = server_offline(&mut s, n, 12, &mut r)?;
+        let mut b = (server.0)(&mut s, n, &mut r)?;
         s.flush()?;
         let off = t.elapsed().as_secs_f64();
         let _ = s.recv_u64()?;
-        b.online(&mut s, &theirs)?;
+        (server.1)(&mut b, &mut s, &theirs)?;
         let mut msg = vec![F::ZERO; n];
         s.recv_fields(&mut msg)?;
         Ok(off)
     });
     let mut r = rng(2);
     let t = Instant::now();
-    let mut b = client_offline(&mut c, &shares, 12, &mut r)?;
+    let mut b = (client.0)(&mut c, &shares, &mut r)?;
     let off_c = t.elapsed().as_secs_f64();
     let t = Instant::now();
     c.send_u64(0)?;
     c.flush()?;
-    let out = b.online(&mut c)?;
+    let out = (client.1)(&mut b, &mut c)?;
     c.send_fields(&out)?;
     c.flush()?;
     let on = t.elapsed().as_secs_f64();
@@ -144,37 +154,36 @@ fn relu_times(n: usize) -> Result<(f64, f64)> {
     Ok((off_c.max(off_s), on))
 }
 
+/// Offline and online wall times of a ReLU layer of `n` values.
+fn relu_times(n: usize) -> Result<(f64, f64)> {
+    use delphi_crypto::relu::{client_offline, server_offline};
+    bundle_times(
+        n,
+        (
+            |ch, n, r| server_offline(ch, n, 12, r),
+            |b, ch, x| b.online(ch, x),
+        ),
+        (
+            |ch, x, r| client_offline(ch, x, 12, r),
+            |b, ch| b.online(ch),
+        ),
+    )
+}
+
 /// Offline and online wall times of a truncation layer of `n` values.
 fn trunc_times(n: usize) -> Result<(f64, f64)> {
     use delphi_crypto::trunc::{client_offline, server_offline};
-    let shares = random_fields(n, 5);
-    let theirs = random_fields(n, 6);
-    let (s, mut c) = pair()?;
-    let h = thread::spawn(move || -> Result<()> {
-        let mut s = s;
-        let mut r = rng(1);
-        let mut b = server_offline(&mut s, n, 12, &mut r)?;
-        s.flush()?;
-        let _ = s.recv_u64()?;
-        b.online(&mut s, &theirs)?;
-        let mut msg = vec![F::ZERO; n];
-        s.recv_fields(&mut msg)?;
-        Ok(())
-    });
-    let mut r = rng(2);
-    let t = Instant::now();
-    let mut b = client_offline(&mut c, &shares, 12, &mut r)?;
-    let off = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    c.send_u64(0)?;
-    c.flush()?;
-    let out = b.online(&mut c)?;
-    c.send_fields(&out)?;
-    c.flush()?;
-    let on = t.elapsed().as_secs_f64();
-    h.join()
-        .map_err(|_| crate::model::CostError::Invalid("calibration thread panicked".into()))??;
-    Ok((off, on))
+    bundle_times(
+        n,
+        (
+            |ch, n, r| server_offline(ch, n, 12, r),
+            |b, ch, x| b.online(ch, x),
+        ),
+        (
+            |ch, x, r| client_offline(ch, x, 12, r),
+            |b, ch| b.online(ch),
+        ),
+    )
 }
 
 /// Computation of one linear layer under BFV (client encrypts, server
