@@ -10,8 +10,8 @@
 use delphi_crypto::channel::FIELD_BYTES;
 use delphi_crypto::ot::iknp::KAPPA;
 use delphi_crypto::relu::{relu_circuit, CLIENT_BITS, SERVER_BITS};
-use delphi_engine::he::{Packing, SLOTS};
 use delphi_net::fixed::{FixedOp, FixedProgram};
+use delphi_net::packing::{Packing, N as SLOTS};
 
 /// A `u64` agreed by both sides: 8 bytes each way.
 const AGREE: u64 = 16;

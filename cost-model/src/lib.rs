@@ -1,10 +1,14 @@
-//! The DELPHI cost model: primitive costs measured from the real protocol
-//! engine on this machine ([`calibrate`]), exact traffic formulas
-//! ([`bytes`]) and fast per-plan predictions ([`model::CostModel::predict`])
-//! for any link (bandwidth, RTT). The planner scores candidates with it.
+//! The DELPHI cost model: exact traffic formulas ([`bytes`]) and fast
+//! per-plan predictions ([`model::CostModel::predict`]) for any link
+//! (bandwidth, RTT), from primitive costs measured on this machine by the
+//! `delphi-cost-calibrate` crate (`delphi cost calibrate`). The planner
+//! scores candidates with it.
+//!
+//! This crate links no homomorphic-encryption library: the planner, which
+//! also links polars, cannot link SEAL (both bundle zstd, and the linker
+//! refuses the duplicate symbols).
 
 pub mod bytes;
-pub mod calibrate;
 pub mod model;
 
 pub use model::{Cost, CostError, CostModel, Link, Prediction};

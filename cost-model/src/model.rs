@@ -9,8 +9,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use delphi_engine::he::Packing;
 use delphi_net::fixed::{FixedOp, FixedProgram};
+use delphi_net::packing::Packing;
 
 use crate::bytes::{node_traffic, program_traffic, setup_bytes, CtSizes, Traffic};
 
@@ -26,9 +26,6 @@ pub enum CostError {
         /// Why.
         reason: String,
     },
-    /// The engine failed during calibration.
-    #[error(transparent)]
-    Engine(#[from] delphi_engine::EngineError),
     /// The crypto core failed during calibration.
     #[error(transparent)]
     Crypto(#[from] delphi_crypto::Error),

@@ -264,8 +264,9 @@ pub struct Trainer {
     optim: ModuleOptimizer,
     device: Device,
     teacher: Option<Net>,
-    /// Which activation layers end up quadratic.
-    pub target_quad: Vec<bool>,
+    /// Per activation layer: `None` for ReLU, or the fractions of the run
+    /// between which it blends from ReLU into its quadratic.
+    pub quad_from: Vec<Option<(f32, f32)>>,
     /// Epochs completed.
     pub epoch: usize,
     /// Steps completed in the current epoch.
@@ -397,6 +398,8 @@ impl Trainer {
             None => None,
         };
         let optim = build_optimizer(&config);
+        let window = config.swap.map_or((0.0, 0.0), |s| (s.start, s.end));
+        let quad_from = target_quad.iter().map(|&q| q.then_some(window)).collect();
         let mut tr = Trainer {
             config,
             template,
@@ -407,7 +410,7 @@ impl Trainer {
             optim,
             device,
             teacher,
-            target_quad,
+            quad_from,
             epoch: 0,
             step_in_epoch: 0,
             history: Vec::new(),
@@ -420,18 +423,65 @@ impl Trainer {
 
     /// The activation modes at a point of the run (fraction of all steps).
     pub fn modes_at(&self, progress: f32) -> Vec<ActMode> {
-        self.target_quad
+        self.quad_from
             .iter()
-            .map(|&q| match (q, self.config.swap) {
-                (false, _) => ActMode::Relu,
-                (true, None) => ActMode::Quad,
-                (true, Some(s)) if progress >= s.end => ActMode::Quad,
-                (true, Some(s)) if progress <= s.start => ActMode::Blend { t: 1.0 },
-                (true, Some(s)) => ActMode::Blend {
-                    t: 1.0 - (progress - s.start) / (s.end - s.start).max(1e-9),
+            .map(|q| match *q {
+                None => ActMode::Relu,
+                Some((_, end)) if progress >= end => ActMode::Quad,
+                Some((start, _)) if progress <= start => ActMode::Blend { t: 1.0 },
+                Some((start, end)) => ActMode::Blend {
+                    t: 1.0 - (progress - start) / (end - start).max(1e-9),
                 },
             })
             .collect()
+    }
+
+    /// Which activation layers are (or are becoming) quadratic.
+    pub fn placement(&self) -> Vec<bool> {
+        self.quad_from.iter().map(Option::is_some).collect()
+    }
+
+    /// Fraction of the run done.
+    pub fn progress(&self, train: &Split) -> f32 {
+        let per = self.steps_per_epoch(train);
+        (self.epoch * per + self.step_in_epoch) as f32 / (per * self.config.epochs).max(1) as f32
+    }
+
+    /// Fraction of the run done, by epochs only (before the data is known).
+    fn progress_fraction(&self) -> f32 {
+        self.epoch as f32 / self.config.epochs.max(1) as f32
+    }
+
+    /// Starts swapping activation layer `k` (0-based among the activation
+    /// layers) to its quadratic: it blends from now over `span` of the run
+    /// (never past its end). A layer already quadratic is left as it is.
+    pub fn swap_to_quad(&mut self, k: usize, now: f32, span: f32) {
+        if let Some(q @ None) = self.quad_from.get_mut(k) {
+            *q = Some((now, (now + span).min(1.0)));
+        }
+    }
+
+    /// Changes the optimizer's hyperparameters (the optimizer state restarts).
+    pub fn set_hyperparameters(&mut self, lr: f64, momentum: f64, weight_decay: f64) {
+        self.config.lr = lr;
+        self.config.momentum = momentum;
+        self.config.weight_decay = weight_decay;
+        self.optim = build_optimizer(&self.config);
+    }
+
+    /// Sets the weight of the distillation term (if distilling).
+    pub fn set_distill_weight(&mut self, w: f32) {
+        if let Some(d) = &mut self.config.distill {
+            d.weight = w.clamp(0.0, 1.0);
+        }
+    }
+
+    /// Copies another member's weights and activation plan (exploit); the
+    /// optimizer state restarts, the position in the run is kept.
+    pub fn copy_from(&mut self, other: &Trainer) {
+        self.model = other.model.clone();
+        self.quad_from = other.quad_from.clone();
+        self.optim = build_optimizer(&self.config);
     }
 
     /// Steps per epoch for `train`.
@@ -638,6 +688,7 @@ impl Trainer {
             "step_in_epoch": self.step_in_epoch,
             "running": [self.running.0, self.running.1, self.running.2, self.running.3],
             "history": self.history,
+            "quad_from": self.quad_from,
             "template": self.template,
         });
         std::fs::write(
@@ -725,6 +776,12 @@ impl Trainer {
         );
         tr.history = serde_json::from_value(state["history"].clone())
             .map_err(|e| err(format!("history: {e}")))?;
+        if !state["quad_from"].is_null() {
+            tr.quad_from = serde_json::from_value(state["quad_from"].clone())
+                .map_err(|e| err(format!("quad_from: {e}")))?;
+        }
+        let modes = tr.modes_at(tr.progress_fraction());
+        tr.model.set_modes(&modes)?;
         Ok(tr)
     }
 }

@@ -546,7 +546,7 @@ fn main() -> Result<()> {
             }
         }
         Command::Cost(CostCmd::Calibrate { out, quick }) => {
-            let model = delphi_cost::calibrate::calibrate(quick, &|m| eprintln!("[calibrate] {m}"))
+            let model = delphi_cost_calibrate::calibrate(quick, &|m| eprintln!("[calibrate] {m}"))
                 .context("calibration failed")?;
             model.save(&out)?;
             eprintln!(

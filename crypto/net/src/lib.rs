@@ -11,6 +11,7 @@ pub mod error;
 pub mod eval;
 pub mod fixed;
 pub mod linear;
+pub mod packing;
 
 pub use desc::{Activation, Layer, Network, Op, Padding, Shape, WeightStorage};
 pub use error::{NetError, Result};

@@ -1,5 +1,5 @@
-//! `delphi cost calibrate`: measures the primitive costs with the real
-//! crypto over real loopback TCP.
+//! `delphi cost calibrate`: measures the primitive costs of the DELPHI cost
+//! model with the real crypto over real loopback TCP.
 //!
 //! Each primitive runs at two sizes (both parties in two threads of this
 //! process); its computation is the measured wall time minus the transfer
@@ -23,8 +23,26 @@ use delphi_net::fixed::linear_field;
 use delphi_net::linear::LinearOp;
 use delphi_net::Shape;
 
-use crate::bytes::{CtSizes, Traffic};
-use crate::model::{Affine, CostModel, HeLinear, Link, Provenance, Result, FORMAT};
+use delphi_cost::bytes::{CtSizes, Traffic};
+use delphi_cost::model::{Affine, CostModel, HeLinear, Link, Provenance, FORMAT};
+
+/// What can go wrong while calibrating.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CalibrateError {
+    /// The protocol engine failed.
+    #[error(transparent)]
+    Engine(#[from] delphi_engine::EngineError),
+    /// The crypto core failed.
+    #[error(transparent)]
+    Crypto(#[from] delphi_crypto::Error),
+    /// Something else (a thread, a packing).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Result alias of the calibration.
+pub type Result<T> = std::result::Result<T, CalibrateError>;
 
 fn pair() -> Result<(TcpChannel, TcpChannel)> {
     Ok(TcpChannel::loopback_pair()?)
@@ -56,7 +74,7 @@ where
     let out = client(&mut c)?;
     let _ = c.flush();
     h.join()
-        .map_err(|_| crate::model::CostError::Invalid("calibration thread panicked".into()))??;
+        .map_err(|_| CalibrateError::Invalid("calibration thread panicked".into()))??;
     Ok((t.elapsed().as_secs_f64(), out))
 }
 
@@ -150,7 +168,7 @@ fn bundle_times<S: Send + 'static, C>(
     let on = t.elapsed().as_secs_f64();
     let off_s = h
         .join()
-        .map_err(|_| crate::model::CostError::Invalid("calibration thread panicked".into()))??;
+        .map_err(|_| CalibrateError::Invalid("calibration thread panicked".into()))??;
     Ok((off_c.max(off_s), on))
 }
 
@@ -194,7 +212,7 @@ fn he_linear_time(
     he_s: &ServerHe,
     op: &LinearOp,
 ) -> Result<(f64, Packing, f64, f64)> {
-    let p = Packing::new(op).map_err(crate::model::CostError::Invalid)?;
+    let p = Packing::new(op).map_err(CalibrateError::Invalid)?;
     let x = random_fields(op.input.len(), 7);
     let w: Vec<i64> = (0..op.weights()).map(|i| (i as i64 % 255) - 127).collect();
     let mut r = rng(8);
@@ -355,7 +373,7 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
     // Sizes of real layers (very large bundles page more and run slower).
     let (n1, n2) = if quick { (4096, 32768) } else { (8192, 65536) };
     let rt = |n: usize| {
-        let (off, on) = crate::bytes::node_traffic_relu(n);
+        let (off, on) = delphi_cost::bytes::node_traffic_relu(n);
         (off, on)
     };
     let (o1, p1) = relu_times(n1)?;
@@ -380,7 +398,7 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
     } else {
         (16384, 262144)
     };
-    let tt = crate::bytes::node_traffic_trunc;
+    let tt = delphi_cost::bytes::node_traffic_trunc;
     let (o1, p1) = trunc_times(m1)?;
     let (o2, p2) = trunc_times(m2)?;
     let trunc_offline = Affine::fit(

@@ -1,0 +1,222 @@
+//! How a linear layer's input and output are laid out in the coefficients
+//! of BFV polynomials (ring dimension [`N`]): coefficient encoding (Cheetah,
+//! Huang et al. 2022). Pure arithmetic, shared by the protocol engine (which
+//! encrypts with it) and the cost model (which counts its polynomials and
+//! products without linking any homomorphic-encryption library).
+
+use delphi_crypto::field::F;
+
+use crate::linear::LinearOp;
+
+/// Ring dimension of the BFV parameters.
+pub const N: usize = 8192;
+
+/// How a linear layer's input and output are laid out in polynomials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Packing {
+    /// Convolution: input blocks of `per_block` padded channel planes.
+    Conv {
+        /// The layer.
+        op: LinearOp,
+        /// Padded plane height.
+        hp: usize,
+        /// Padded plane width.
+        wp: usize,
+        /// Channels per input polynomial.
+        per_block: usize,
+        /// Input polynomials.
+        blocks: usize,
+    },
+    /// Dense: input chunks of `chunk` values, `rows` outputs per polynomial.
+    Dense {
+        /// The layer.
+        op: LinearOp,
+        /// Inputs per chunk.
+        chunk: usize,
+        /// Input polynomials.
+        chunks: usize,
+        /// Outputs per result polynomial.
+        rows: usize,
+        /// Result polynomials.
+        groups: usize,
+    },
+}
+
+impl Packing {
+    /// Chooses the packing of a linear layer, or says why it cannot be packed.
+    pub fn new(op: &LinearOp) -> std::result::Result<Packing, String> {
+        let i = op.input;
+        if i.height == 1 && i.width == 1 && op.kernel == 1 && op.pad == 0 {
+            let chunk = i.channels.min(N);
+            let chunks = i.channels.div_ceil(chunk);
+            let rows = (N / chunk).max(1);
+            let groups = op.output.channels.div_ceil(rows);
+            return Ok(Packing::Dense {
+                op: *op,
+                chunk,
+                chunks,
+                rows,
+                groups,
+            });
+        }
+        let (hp, wp) = (i.height + 2 * op.pad, i.width + 2 * op.pad);
+        if hp * wp > N {
+            return Err(format!(
+                "a padded input plane of {hp}×{wp} does not fit one ciphertext of {N}"
+            ));
+        }
+        let per_block = (N / (hp * wp)).min(i.channels);
+        let blocks = i.channels.div_ceil(per_block);
+        Ok(Packing::Conv {
+            op: *op,
+            hp,
+            wp,
+            per_block,
+            blocks,
+        })
+    }
+
+    /// Input polynomials (ciphertexts the client sends).
+    pub fn input_polys(&self) -> usize {
+        match self {
+            Packing::Conv { blocks, .. } => *blocks,
+            Packing::Dense { chunks, .. } => *chunks,
+        }
+    }
+
+    /// Result polynomials (ciphertexts the server returns).
+    pub fn output_polys(&self) -> usize {
+        match self {
+            Packing::Conv { op, .. } => op.output.channels,
+            Packing::Dense { groups, .. } => *groups,
+        }
+    }
+
+    /// Plaintext–ciphertext products the server computes.
+    pub fn products(&self) -> usize {
+        match self {
+            Packing::Conv { op, blocks, .. } => op.output.channels * blocks,
+            Packing::Dense { chunks, groups, .. } => chunks * groups,
+        }
+    }
+
+    /// Lays the layer's input vector (CHW) out as coefficient vectors.
+    pub fn pack_input(&self, x: &[F]) -> Vec<Vec<u64>> {
+        match *self {
+            Packing::Conv {
+                op,
+                hp,
+                wp,
+                per_block,
+                blocks,
+            } => {
+                let i = op.input;
+                (0..blocks)
+                    .map(|b| {
+                        let mut v = vec![0u64; N];
+                        for cb in 0..per_block {
+                            let c = b * per_block + cb;
+                            if c >= i.channels {
+                                break;
+                            }
+                            for y in 0..i.height {
+                                for xx in 0..i.width {
+                                    v[cb * hp * wp + (y + op.pad) * wp + xx + op.pad] =
+                                        x[(c * i.height + y) * i.width + xx].value();
+                                }
+                            }
+                        }
+                        v
+                    })
+                    .collect()
+            }
+            Packing::Dense {
+                op, chunk, chunks, ..
+            } => (0..chunks)
+                .map(|q| {
+                    let mut v = vec![0u64; N];
+                    for j in 0..chunk.min(op.input.channels - q * chunk) {
+                        v[j] = x[q * chunk + j].value();
+                    }
+                    v
+                })
+                .collect(),
+        }
+    }
+
+    /// The weight polynomial multiplying input polynomial `inp` to produce
+    /// result polynomial `out`, as signed coefficients.
+    pub fn weight_poly(&self, w: &[i64], out: usize, inp: usize) -> Vec<i64> {
+        let mut v = vec![0i64; N];
+        match *self {
+            Packing::Conv {
+                op,
+                hp,
+                wp,
+                per_block,
+                ..
+            } => {
+                let (k, cin) = (op.kernel, op.input.channels);
+                let o = (per_block - 1) * hp * wp + (k - 1) * wp + (k - 1);
+                for cb in 0..per_block {
+                    let c = inp * per_block + cb;
+                    if c >= cin {
+                        break;
+                    }
+                    for l in 0..k {
+                        for l2 in 0..k {
+                            v[o - cb * hp * wp - l * wp - l2] =
+                                w[((out * cin + c) * k + l) * k + l2];
+                        }
+                    }
+                }
+            }
+            Packing::Dense {
+                op, chunk, rows, ..
+            } => {
+                let nin = op.input.channels;
+                for r in 0..rows {
+                    let row = out * rows + r;
+                    if row >= op.output.channels {
+                        break;
+                    }
+                    for j in 0..chunk.min(nin - inp * chunk) {
+                        v[r * chunk + chunk - 1 - j] = w[row * nin + inp * chunk + j];
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    /// Where each layer output sits: (result polynomial, coefficient), in CHW order.
+    pub fn output_positions(&self) -> Vec<(usize, usize)> {
+        match *self {
+            Packing::Conv {
+                op,
+                wp,
+                per_block,
+                hp,
+                ..
+            } => {
+                let k = op.kernel;
+                let o = (per_block - 1) * hp * wp + (k - 1) * wp + (k - 1);
+                let out = op.output;
+                let mut pos = Vec::with_capacity(out.len());
+                for m in 0..out.channels {
+                    for oy in 0..out.height {
+                        for ox in 0..out.width {
+                            pos.push((m, o + oy * op.stride * wp + ox * op.stride));
+                        }
+                    }
+                }
+                pos
+            }
+            Packing::Dense {
+                op, chunk, rows, ..
+            } => (0..op.output.channels)
+                .map(|row| (row / rows, (row % rows) * chunk + chunk - 1))
+                .collect(),
+        }
+    }
+}
