@@ -270,13 +270,15 @@ pub fn write(out: &Path, c: &crate::config::PlanConfig, o: &Outcome, fin: &Final
     }
     md += &format!(
         "All-ReLU base: validation {:.2} %.\n\nSearch: {} members, {} epochs each, {} intervals per epoch, \
-         {} evaluations ({}), {:.0} s in all{}.\n\n",
+         {} evaluations ({}), {:.0} s of search (base network and all intervals) and {:.0} s \
+         in this process{}.\n\n",
         o.base_valid_accuracy * 100.0,
         c.population,
         c.epochs,
         c.intervals_per_epoch,
         o.evaluations.len(),
         "`members.csv`",
+        o.search_seconds,
         fin.seconds,
         if o.resumed { ", resumed from a saved state" } else { "" }
     );
@@ -290,10 +292,18 @@ pub fn write(out: &Path, c: &crate::config::PlanConfig, o: &Outcome, fin: &Final
         );
     }
     if let Some(v) = &fin.verify {
-        md += &format!(
-            "\nProtocol check (`--verify`): predicted {} / measured {}.\n",
-            v["predicted"], v["measured"]
-        );
+        md += "\nProtocol check (`--verify`, `delphi verify --compare-cost`):\n\n\
+               | | offline s | online s | offline MB | online MB |\n|---|---|---|---|---|\n";
+        for side in ["predicted", "measured"] {
+            let g = |k: &str| v[side][k].as_f64().unwrap_or(f64::NAN);
+            md += &format!(
+                "| {side} | {:.3} | {:.4} | {:.2} | {:.3} |\n",
+                g("offline_s"),
+                g("online_s"),
+                g("offline_bytes") / 1e6,
+                g("online_bytes") / 1e6
+            );
+        }
     }
     md += "\nEvery exploit/explore step is in `lineage.log`.\n";
     let mp = out.join("summary.md");

@@ -218,6 +218,9 @@ struct State {
     genomes: Vec<Genome>,
     evaluations: Vec<Evaluation>,
     best: Option<Evaluation>,
+    /// Seconds spent searching, over all processes (base training included).
+    #[serde(default)]
+    seconds: f64,
 }
 
 /// What a finished search returns.
@@ -237,6 +240,8 @@ pub struct Outcome {
     pub base_valid_accuracy: f64,
     /// Whether this run resumed a saved state.
     pub resumed: bool,
+    /// Seconds spent searching, over all processes.
+    pub search_seconds: f64,
 }
 
 /// Loads the dataset the configuration names.
@@ -464,6 +469,7 @@ pub fn run(c: &PlanConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Outcome> {
                 genomes,
                 evaluations: Vec::new(),
                 best: None,
+                seconds: start.elapsed().as_secs_f64(),
             },
             members,
             false,
@@ -497,6 +503,7 @@ pub fn run(c: &PlanConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Outcome> {
         .map_err(|e| file_err(&lineage_path, e))?;
     let plan_path = out.join("plan.json");
 
+    let mut last = Instant::now();
     while st.interval < intervals {
         if let Some(b) = c.budget_minutes {
             if start.elapsed().as_secs_f64() > b * 60.0 {
@@ -616,6 +623,8 @@ pub fn run(c: &PlanConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Outcome> {
             }
         }
         st.evaluations.extend(evals);
+        st.seconds += last.elapsed().as_secs_f64();
+        last = Instant::now();
         // Save: members first, then the state that points at them.
         for (k, tr) in members.iter().enumerate() {
             tr.save_checkpoint(&out.join(format!("members/{k}")))?;
@@ -680,5 +689,6 @@ pub fn run(c: &PlanConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Outcome> {
         relu_cost,
         base_valid_accuracy,
         resumed,
+        search_seconds: st.seconds,
     })
 }
