@@ -23,7 +23,7 @@ pub enum DeviceChoice {
 
 /// A device that is not available in this build.
 #[derive(Debug, thiserror::Error)]
-#[error("device {0:?} is not compiled in: rebuild with `--features {1}` (e.g. cargo build --release -p delphi-train --features {1})")]
+#[error("device {0:?} is not compiled in: rebuild with `--features {1}` (cargo build --release -p delphi-train --features {1}, or -p delphi-planner for delphi-plan)")]
 pub struct NotCompiled(pub String, pub &'static str);
 
 impl FromStr for DeviceChoice {
