@@ -592,13 +592,17 @@ pub fn run(c: &PlanConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Outcome> {
                     continue;
                 }
                 let hi = top[rng.gen_range(0..top.len())];
-                let source = members[hi].model.clone();
-                let quad_from = members[hi].quad_from.clone();
+                let (lo_tr, hi_tr) = if lo < hi {
+                    let (a, b) = members.split_at_mut(hi);
+                    (&mut a[lo], &b[0])
+                } else {
+                    let (a, b) = members.split_at_mut(lo);
+                    (&mut b[0], &a[hi])
+                };
+                lo_tr.copy_from(hi_tr);
                 let mut g = st.genomes[hi].clone();
                 g.perturb(&mut rng);
-                let tr = &mut members[lo];
-                tr.model = source;
-                tr.quad_from = quad_from;
+                let tr = lo_tr;
                 tr.set_hyperparameters(g.lr, g.momentum, g.weight_decay);
                 tr.set_distill_weight(g.distill_weight);
                 let mut flipped = None;

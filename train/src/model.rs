@@ -17,7 +17,7 @@ use burn::tensor::module::avg_pool2d;
 use burn::tensor::ops::AvgPoolOptions;
 use burn::tensor::{activation, Device, Tensor, TensorData};
 
-use delphi_net::{Activation, Network, Op, Padding, Shape};
+use delphi_net::{Activation, Network, Op, Shape};
 
 /// What an activation layer computes now.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -175,11 +175,7 @@ impl Net {
                     weight,
                     bias_values,
                 } => {
-                    let pad = if *padding == Padding::Same {
-                        (kernel - 1) / 2
-                    } else {
-                        0
-                    };
+                    let pad = padding.amount(*kernel);
                     let mut conv =
                         Conv2dConfig::new([in_shape.channels, *out_channels], [*kernel; 2])
                             .with_stride([*stride; 2])

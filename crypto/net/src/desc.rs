@@ -99,6 +99,16 @@ pub enum Padding {
     Valid,
 }
 
+impl Padding {
+    /// Zero padding on every side for a `kernel`×`kernel` window.
+    pub fn amount(self, kernel: usize) -> usize {
+        match self {
+            Padding::Same => kernel.saturating_sub(1) / 2,
+            Padding::Valid => 0,
+        }
+    }
+}
+
 /// An activation function.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -1,6 +1,6 @@
 //! The float evaluator: the network as trained, in f32.
 
-use crate::desc::{Activation, Network, Op, Padding};
+use crate::desc::{Activation, Network, Op};
 use crate::error::Result;
 use crate::linear::{sum_pool, LinearOp};
 
@@ -91,11 +91,7 @@ fn eval_layer(
             bias_values,
             ..
         } => {
-            let pad = if *padding == Padding::Same {
-                (kernel - 1) / 2
-            } else {
-                0
-            };
+            let pad = padding.amount(*kernel);
             let op = LinearOp::conv(xs, *out_channels, *kernel, *stride, pad);
             linear_f32(&op, x, weight, bias_values)
         }

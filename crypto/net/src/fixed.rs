@@ -33,7 +33,7 @@
 use delphi_crypto::field::{F, HALF, P};
 use delphi_crypto::relu::relu_trunc_reference;
 
-use crate::desc::{Activation, Network, Op, Padding, Shape};
+use crate::desc::{Activation, Network, Op, Shape};
 use crate::error::{layer_err, NetError, Result};
 use crate::linear::{sum_pool, LinearOp};
 
@@ -478,11 +478,7 @@ fn linear_params(
             bias_values,
             ..
         } => {
-            let pad = if *padding == Padding::Same {
-                (kernel - 1) / 2
-            } else {
-                0
-            };
+            let pad = padding.amount(*kernel);
             (
                 LinearOp::conv(xs, *out_channels, *kernel, *stride, pad),
                 weight,
