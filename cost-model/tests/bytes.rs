@@ -4,8 +4,9 @@
 
 use delphi_cost::bytes::{node_traffic, program_traffic, Traffic};
 use delphi_engine::run::run_local;
-use delphi_net::builtin::{apply_placement, build};
+use delphi_net::builtin::build;
 use delphi_net::FixedProgram;
+use delphi_net::Placement;
 
 fn predicted(prog: &FixedProgram) -> (Traffic, Traffic) {
     let (mut off, mut on) = program_traffic(prog);
@@ -24,7 +25,11 @@ fn predicted(prog: &FixedProgram) -> (Traffic, Traffic) {
 #[test]
 fn byte_predictions_are_exact_on_real_runs() {
     let mut mixed = build("small-cnn", 10, 41).unwrap();
-    apply_placement(&mut mixed, "RQR").unwrap();
+    "RQR"
+        .parse::<Placement>()
+        .unwrap()
+        .apply(&mut mixed)
+        .unwrap();
     for net in [mixed, build("small-cnn", 10, 42).unwrap()] {
         let prog = FixedProgram::lower(&net).unwrap();
         let inputs: Vec<_> = delphi_net::eval::random_inputs(784, 1, 3)

@@ -3,8 +3,9 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
-use delphi_net::builtin::{apply_placement, build};
+use delphi_net::builtin::build;
 use delphi_net::eval::{eval_float, random_inputs};
+use delphi_net::Placement;
 use delphi_train::model::{values, Net};
 
 fn close(net: &delphi_net::Network) {
@@ -42,7 +43,7 @@ fn close(net: &delphi_net::Network) {
 #[test]
 fn burn_forward_equals_the_float_evaluator() {
     let mut cnn = build("small-cnn", 10, 3).unwrap();
-    apply_placement(&mut cnn, "RQR").unwrap();
+    "RQR".parse::<Placement>().unwrap().apply(&mut cnn).unwrap();
     close(&cnn);
     let mut r = build("resnet32", 10, 4).unwrap();
     delphi_net::builtin::quad_last_with(&mut r, 3, delphi_net::builtin::BENCH_QUAD).unwrap();

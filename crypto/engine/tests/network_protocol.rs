@@ -7,7 +7,8 @@ use delphi_crypto::block::SecretRng;
 use delphi_crypto::channel::{Channel, Counting, TcpChannel};
 use delphi_crypto::field::F;
 use delphi_engine::protocol::{client_offline, client_setup, server_offline, server_setup};
-use delphi_net::builtin::{apply_placement, build};
+use delphi_net::builtin::build;
+use delphi_net::Placement;
 use delphi_net::{Activation, FixedProgram, Network, Op, Padding, Shape};
 use rand::{Rng, SeedableRng};
 
@@ -127,7 +128,7 @@ fn mixed_placements_match_the_reference_up_to_truncation() {
     // one unit per truncated value; the logits stay within a small fraction
     // of their range.
     let mut cnn = build("small-cnn", 10, 6).unwrap();
-    apply_placement(&mut cnn, "RRQ").unwrap();
+    "RRQ".parse::<Placement>().unwrap().apply(&mut cnn).unwrap();
     for net in [every_kind(7), cnn] {
         let prog = FixedProgram::lower(&net).unwrap();
         let inputs = random_inputs(&prog, 2, 8);

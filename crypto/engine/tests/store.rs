@@ -10,8 +10,9 @@ use delphi_engine::protocol::{
 };
 use delphi_engine::store::{BundleStore, Side};
 use delphi_engine::EngineError;
-use delphi_net::builtin::{apply_placement, build};
+use delphi_net::builtin::build;
 use delphi_net::FixedProgram;
+use delphi_net::Placement;
 use rand::SeedableRng;
 
 fn dir(name: &str) -> std::path::PathBuf {
@@ -23,7 +24,7 @@ fn dir(name: &str) -> std::path::PathBuf {
 #[test]
 fn stored_bundles_run_like_fresh_ones_and_only_once() {
     let mut net = build("small-cnn", 10, 31).unwrap();
-    apply_placement(&mut net, "RQR").unwrap();
+    "RQR".parse::<Placement>().unwrap().apply(&mut net).unwrap();
     let prog = FixedProgram::lower(&net).unwrap();
     let arch = FixedProgram::lower(&net.architecture_only()).unwrap();
     let d = dir("run");

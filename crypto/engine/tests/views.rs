@@ -8,8 +8,9 @@ use delphi_crypto::channel::{Channel, TcpChannel, FIELD_BYTES};
 use delphi_crypto::field::{F, P};
 use delphi_crypto::Result as CResult;
 use delphi_engine::protocol::{client_offline, client_setup, server_offline, server_setup};
-use delphi_net::builtin::{apply_placement, build};
+use delphi_net::builtin::build;
 use delphi_net::FixedProgram;
+use delphi_net::Placement;
 use rand::SeedableRng;
 
 /// A channel that records every byte it receives once `recording` is set.
@@ -98,7 +99,7 @@ fn ones_fraction(bytes: &[u8]) -> f64 {
 #[test]
 fn the_server_sees_only_uniform_values_whatever_the_input() {
     let mut net = build("small-cnn", 10, 11).unwrap();
-    apply_placement(&mut net, "RQR").unwrap();
+    "RQR".parse::<Placement>().unwrap().apply(&mut net).unwrap();
     let prog = FixedProgram::lower(&net).unwrap();
     let zeros = prog.encode_input(&vec![0.0; 784]).unwrap();
     let ones = prog.encode_input(&vec![1.0; 784]).unwrap();
@@ -120,7 +121,7 @@ fn the_client_sees_only_masked_material_whatever_the_weights() {
     let mut fractions = Vec::new();
     for seed in [1, 2] {
         let mut net = build("small-cnn", 10, seed).unwrap();
-        apply_placement(&mut net, "RQR").unwrap();
+        "RQR".parse::<Placement>().unwrap().apply(&mut net).unwrap();
         let prog = FixedProgram::lower(&net).unwrap();
         let input = prog.encode_input(&vec![0.5; 784]).unwrap();
         let (seen, _) = views(&prog, &input);

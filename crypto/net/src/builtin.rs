@@ -11,6 +11,13 @@
 //!   act), the first block of stages 2 and 3 downsampling with stride 2 and a
 //!   1×1 conv + bn projection shortcut; global average pool, dense(classes).
 //!   31 activation layers, real residual connections and batch norm.
+//! * `resnet14`: the same design for 28×28×1 inputs (Fashion-MNIST), small
+//!   enough to plan on two cores: conv3×3(12)–bn–act–avgpool2, then 3 stages
+//!   × 2 basic blocks (12/24/48 channels at 14×14, 7×7, 4×4), global average
+//!   pool, dense(classes). 13 activation layers, 26,592 ReLUs, of which the
+//!   first layer holds a third — so which layers stay ReLU matters; made all
+//!   quadratic it trains to chance from scratch and loses points from a
+//!   trained all-ReLU network.
 //!
 //! Weights are He-initialised from a seed; batch-norm statistics are then
 //! calibrated on random inputs ([`crate::eval::calibrate_batch_norm`]) so
@@ -23,7 +30,7 @@ use crate::desc::{Activation, Network, Op, Padding, Shape};
 use crate::error::{NetError, Result};
 
 /// Names of the built-in architectures.
-pub const ARCHITECTURES: [&str; 3] = ["small-cnn", "minionn", "resnet32"];
+pub const ARCHITECTURES: [&str; 4] = ["small-cnn", "minionn", "resnet32", "resnet14"];
 
 struct Init {
     rng: ChaCha20Rng,
@@ -78,6 +85,69 @@ impl Init {
 }
 
 const RELU: Op = Op::Activation(Activation::Relu);
+
+/// A CIFAR-style ResNet (He et al. 2016, 6n + 2 layers): conv3×3(w)–bn–act
+/// (then avgpool2 with `stem_pool`), 3 stages × `blocks` basic blocks
+/// (w/2w/4w channels; conv–bn–act–conv–bn plus the shortcut, then act; the
+/// first block of stages 2 and 3 downsamples with stride 2 and a 1×1 conv +
+/// bn projection), global average pool, dense(classes).
+fn resnet(
+    init: &mut Init,
+    name: &str,
+    input: Shape,
+    stem_pool: bool,
+    blocks: usize,
+    width: usize,
+    classes: usize,
+) -> Network {
+    let mut n = Network::new(name, input, 8);
+    n.push(init.conv(input.channels, width, 3, 1, false));
+    n.push(init.bn(width));
+    let mut x = n.push(RELU);
+    let mut side = input.height;
+    if stem_pool {
+        x = n.push(Op::AvgPool {
+            kernel: 2,
+            stride: 2,
+        });
+        side /= 2;
+    }
+    let mut in_c = width;
+    for (stage, out_c) in [width, 2 * width, 4 * width].into_iter().enumerate() {
+        for block in 0..blocks {
+            let stride = if stage > 0 && block == 0 { 2 } else { 1 };
+            n.push_from(x, init.conv(in_c, out_c, 3, stride, false));
+            n.push(init.bn(out_c));
+            n.push(RELU);
+            n.push(init.conv(out_c, out_c, 3, 1, false));
+            let main = n.push(init.bn(out_c));
+            let shortcut = if stride != 1 || in_c != out_c {
+                let mut proj = init.conv(in_c, out_c, 1, stride, false);
+                if let Op::Conv2d { padding, .. } = &mut proj {
+                    *padding = Padding::Valid;
+                }
+                n.push_from(x, proj);
+                n.push(init.bn(out_c))
+            } else {
+                x
+            };
+            // The residual layer reads the shortcut and adds the main branch.
+            n.push_from(shortcut, Op::Residual { from: main });
+            x = n.push(RELU);
+            in_c = out_c;
+            if stride == 2 {
+                side = (side + 2 - 3) / 2 + 1;
+            }
+        }
+    }
+    n.push(Op::AvgPool {
+        kernel: side,
+        stride: side,
+    });
+    n.push(Op::Flatten);
+    n.push(init.dense(4 * width, classes));
+    n
+}
 
 /// Builds a built-in architecture with random weights (all activations ReLU).
 pub fn build(arch: &str, classes: usize, seed: u64) -> Result<Network> {
@@ -136,44 +206,24 @@ pub fn build(arch: &str, classes: usize, seed: u64) -> Result<Network> {
             n.push(init.dense(16 * 8 * 8, classes));
             n
         }
-        "resnet32" => {
-            let mut n = Network::new("resnet32", Shape::new(3, 32, 32), 8);
-            n.push(init.conv(3, 16, 3, 1, false));
-            n.push(init.bn(16));
-            let mut x = n.push(RELU);
-            let mut in_c = 16;
-            for (stage, out_c) in [16usize, 32, 64].into_iter().enumerate() {
-                for block in 0..5 {
-                    let stride = if stage > 0 && block == 0 { 2 } else { 1 };
-                    n.push_from(x, init.conv(in_c, out_c, 3, stride, false));
-                    n.push(init.bn(out_c));
-                    n.push(RELU);
-                    n.push(init.conv(out_c, out_c, 3, 1, false));
-                    let main = n.push(init.bn(out_c));
-                    let shortcut = if stride != 1 || in_c != out_c {
-                        let mut proj = init.conv(in_c, out_c, 1, stride, false);
-                        if let Op::Conv2d { padding, .. } = &mut proj {
-                            *padding = Padding::Valid;
-                        }
-                        n.push_from(x, proj);
-                        n.push(init.bn(out_c))
-                    } else {
-                        x
-                    };
-                    // The residual layer reads the shortcut and adds the main branch.
-                    n.push_from(shortcut, Op::Residual { from: main });
-                    x = n.push(RELU);
-                    in_c = out_c;
-                }
-            }
-            n.push(Op::AvgPool {
-                kernel: 8,
-                stride: 8,
-            });
-            n.push(Op::Flatten);
-            n.push(init.dense(64, classes));
-            n
-        }
+        "resnet32" => resnet(
+            &mut init,
+            "resnet32",
+            Shape::new(3, 32, 32),
+            false,
+            5,
+            16,
+            classes,
+        ),
+        "resnet14" => resnet(
+            &mut init,
+            "resnet14",
+            Shape::new(1, 28, 28),
+            true,
+            2,
+            12,
+            classes,
+        ),
         other => {
             return Err(NetError::Invalid(format!(
                 "unknown architecture {other:?} (known: {})",
@@ -190,59 +240,8 @@ pub fn build(arch: &str, classes: usize, seed: u64) -> Result<Network> {
     Ok(net)
 }
 
-/// Sets each activation layer from a placement: a list of `relu`/`quad`
-/// (comma separated), or a string of `R`/`Q` letters, one per activation
-/// layer in order.
-pub fn apply_placement(net: &mut Network, placement: &str) -> Result<()> {
-    let acts = net.activation_layers();
-    let p = placement.trim();
-    let choices: Vec<bool> =
-        if p.contains(',') || p.eq_ignore_ascii_case("relu") || p.eq_ignore_ascii_case("quad") {
-            p.split(',')
-                .map(|s| match s.trim().to_ascii_lowercase().as_str() {
-                    "relu" => Ok(false),
-                    "quad" => Ok(true),
-                    other => Err(NetError::Invalid(format!(
-                        "placement entry {other:?} is neither relu nor quad"
-                    ))),
-                })
-                .collect::<Result<_>>()?
-        } else {
-            p.chars()
-                .map(|c| match c.to_ascii_uppercase() {
-                    'R' => Ok(false),
-                    'Q' => Ok(true),
-                    other => Err(NetError::Invalid(format!(
-                        "placement letter {other:?} is neither R nor Q"
-                    ))),
-                })
-                .collect::<Result<_>>()?
-        };
-    if choices.len() != acts.len() {
-        return Err(NetError::Invalid(format!(
-            "placement has {} entries but the network has {} activation layers",
-            choices.len(),
-            acts.len()
-        )));
-    }
-    for (&i, quad) in acts.iter().zip(choices) {
-        net.layers[i].op = Op::Activation(if quad {
-            Activation::DEFAULT_QUAD
-        } else {
-            Activation::Relu
-        });
-    }
-    Ok(())
-}
-
-/// Replaces the last `count` activation layers by the default quadratic
-/// (the first layers, closest to the input, keep ReLU).
-pub fn quad_last(net: &mut Network, count: usize) -> Result<()> {
-    quad_last_with(net, count, Activation::DEFAULT_QUAD)
-}
-
 /// A contractive quadratic for benchmarks on random weights,
-/// 0.05·x² + 0.5·x: repeated on a ResNet's residual stream it stays
+/// 0.02·x² + 0.25·x: repeated on a ResNet's residual stream it stays
 /// bounded, where the default (0.2·x² + 0.5·x + 0.2, unstable above x = 2)
 /// overflows any fixed-point range after a few untrained blocks.
 pub const BENCH_QUAD: Activation = Activation::Quad {
@@ -266,13 +265,51 @@ pub fn quad_last_with(net: &mut Network, count: usize, quad: Activation) -> Resu
     Ok(())
 }
 
-/// The placement string (`R`/`Q` per activation layer).
-pub fn placement_string(net: &Network) -> String {
-    net.activation_layers()
-        .iter()
-        .map(|&i| match net.layers[i].op {
-            Op::Activation(Activation::Relu) => 'R',
-            _ => 'Q',
-        })
-        .collect()
+/// Gives a description without weights (see
+/// [`Network::load_architecture`]) the same start a built-in gets: convs
+/// and dense layers He-initialised from `seed`, biases small, batch norms
+/// identity, then batch-norm statistics calibrated on random inputs.
+/// Tensors that already hold values are kept.
+pub fn initialise(net: &mut Network, seed: u64) -> Result<()> {
+    let shapes = net.validate_architecture()?;
+    let mut init = Init {
+        rng: ChaCha20Rng::seed_from_u64(seed),
+    };
+    for i in 0..net.layers.len() {
+        let src = net.layers[i].input.or(i.checked_sub(1));
+        let in_c = src.map_or(net.input.channels, |j| shapes[j].channels);
+        let out_c = shapes[i].channels;
+        let mut fresh = match &net.layers[i].op {
+            Op::Conv2d { kernel, stride, .. } => init.conv(in_c, out_c, *kernel, *stride, true),
+            Op::Dense { .. } => init.dense(in_c, out_c),
+            Op::BatchNorm { .. } => Op::BatchNorm {
+                eps: 1e-5,
+                gamma: vec![1.0; out_c],
+                beta: vec![0.0; out_c],
+                mean: vec![0.0; out_c],
+                var: vec![1.0; out_c],
+            },
+            _ => continue,
+        };
+        let fresh: Vec<(&str, Vec<f32>)> = fresh
+            .tensors_mut()
+            .into_iter()
+            .map(|(name, t)| (name, std::mem::take(t)))
+            .collect();
+        let has_bias = !matches!(
+            net.layers[i].op,
+            Op::Conv2d { bias: false, .. } | Op::Dense { bias: false, .. }
+        );
+        for (name, t) in net.layers[i].op.tensors_mut() {
+            if !t.is_empty() || (name == "bias_values" && !has_bias) {
+                continue;
+            }
+            if let Some((_, v)) = fresh.iter().find(|(n, _)| *n == name) {
+                t.clone_from(v);
+            }
+        }
+    }
+    net.validate()?;
+    let inputs = crate::eval::random_inputs(net.input.len(), 2, seed ^ 0xca1b);
+    crate::eval::calibrate_batch_norm(net, &inputs)
 }

@@ -31,7 +31,7 @@
 //! adds the output of layer `from` to its input. Tensors are CHW; conv
 //! weights are `[out][in][kh][kw]`, dense weights `[out][in]`, flattening is
 //! in CHW order. `padding: "same"` pads (k−1)/2 on every side (odd kernels),
-//! `"valid"` pads nothing. Weights are inline, or in a safetensors sidecar
+//! `"valid"` pads nothing, a number pads that many zeros on every side. Weights are inline, or in a safetensors sidecar
 //! named by `weights_file` (tensors `layers.<i>.<field>`, f32) — then the
 //! inline arrays are empty. Batch norm folds into the conv or dense layer it
 //! follows. Quadratic coefficients are part of the architecture and are
@@ -89,14 +89,17 @@ impl std::fmt::Display for Shape {
     }
 }
 
-/// Convolution padding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// Convolution padding, the same on every side. Written `"same"`
+/// ((k − 1)/2, odd kernels), `"valid"` (none) or a number of zero rows and
+/// columns (what an imported model states explicitly).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Padding {
     /// (k − 1)/2 on every side.
     Same,
     /// No padding.
     Valid,
+    /// This many zeros on every side.
+    Explicit(usize),
 }
 
 impl Padding {
@@ -105,6 +108,49 @@ impl Padding {
         match self {
             Padding::Same => kernel.saturating_sub(1) / 2,
             Padding::Valid => 0,
+            Padding::Explicit(p) => p,
+        }
+    }
+
+    /// The simplest way to write `amount` zeros for a `kernel`×`kernel`
+    /// window: `same` or `valid` when one of them means it.
+    pub fn for_amount(amount: usize, kernel: usize) -> Padding {
+        if amount == 0 {
+            Padding::Valid
+        } else if kernel % 2 == 1 && amount == (kernel - 1) / 2 {
+            Padding::Same
+        } else {
+            Padding::Explicit(amount)
+        }
+    }
+}
+
+impl Serialize for Padding {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Padding::Same => s.serialize_str("same"),
+            Padding::Valid => s.serialize_str("valid"),
+            Padding::Explicit(p) => s.serialize_u64(*p as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Padding {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Word(String),
+            Amount(u64),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Word(w) if w == "same" => Ok(Padding::Same),
+            Repr::Word(w) if w == "valid" => Ok(Padding::Valid),
+            Repr::Word(w) => Err(serde::de::Error::custom(format!(
+                "padding {w:?}: expected \"same\", \"valid\" or a number"
+            ))),
+            Repr::Amount(p) if p <= 64 => Ok(Padding::Explicit(p as usize)),
+            Repr::Amount(p) => Err(serde::de::Error::custom(format!("padding {p}: at most 64"))),
         }
     }
 }
@@ -226,8 +272,49 @@ impl Op {
         }
     }
 
+    /// Folds a per-output-channel scale and shift — y·scale + shift, one
+    /// value for all channels or one per channel — into a conv or dense
+    /// layer's weights and bias (computed in f64). Returns false (and
+    /// changes nothing) for other layers.
+    pub fn fold_scale_shift(&mut self, scale: &[f64], shift: &[f64]) -> bool {
+        let (weight, bias, bias_values, out) = match self {
+            Op::Conv2d {
+                weight,
+                bias,
+                bias_values,
+                out_channels,
+                ..
+            } => (weight, bias, bias_values, *out_channels),
+            Op::Dense {
+                weight,
+                bias,
+                bias_values,
+                out_features,
+                ..
+            } => (weight, bias, bias_values, *out_features),
+            _ => return false,
+        };
+        let at = |v: &[f64], c: usize| v.get(c).or(v.first()).copied().unwrap_or(0.0);
+        let per = weight.len() / out.max(1);
+        for c in 0..out {
+            let s = at(scale, c);
+            for w in &mut weight[c * per..(c + 1) * per] {
+                *w = (*w as f64 * s) as f32;
+            }
+        }
+        let old = std::mem::take(bias_values);
+        *bias_values = (0..out)
+            .map(|c| {
+                let b = old.get(c).copied().unwrap_or(0.0) as f64;
+                (b * at(scale, c) + at(shift, c)) as f32
+            })
+            .collect();
+        *bias = true;
+        true
+    }
+
     /// The named parameter tensors of this layer (for the sidecar).
-    fn tensors_mut(&mut self) -> Vec<(&'static str, &mut Vec<f32>)> {
+    pub(crate) fn tensors_mut(&mut self) -> Vec<(&'static str, &mut Vec<f32>)> {
         match self {
             Op::Conv2d {
                 weight,
@@ -314,9 +401,91 @@ pub struct Metadata {
     /// The planner run that produced the network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planner_run: Option<String>,
+    /// The per-channel normalisation the network expects of its raw input.
+    /// Public: a client needs it to prepare its input, so it is kept in
+    /// the architecture the server shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_normalization: Option<Normalization>,
     /// Anything else.
     #[serde(default, flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// The normalisation a network expects: its input is
+/// `(raw − mean[c]) / std[c]` per channel `c`, `raw` being what the data
+/// holds before normalisation (pixels / 255 for the image datasets). One
+/// value applies to every channel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    /// Mean per channel (or one for all).
+    pub mean: Vec<f32>,
+    /// Standard deviation per channel (or one for all).
+    pub std: Vec<f32>,
+    /// What the raw input is, for people (e.g. "u8 / 255, CHW").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pixels: Option<String>,
+}
+
+impl Normalization {
+    /// The identity (the network takes its input as it is).
+    pub fn identity() -> Self {
+        Normalization {
+            mean: vec![0.0],
+            std: vec![1.0],
+            pixels: None,
+        }
+    }
+
+    /// Whether it changes nothing.
+    pub fn is_identity(&self) -> bool {
+        self.mean.iter().all(|m| *m == 0.0) && self.std.iter().all(|s| *s == 1.0)
+    }
+
+    /// Checks the values against an input with `channels` channels.
+    pub fn check(&self, channels: usize) -> std::result::Result<(), String> {
+        for (name, v) in [("mean", &self.mean), ("std", &self.std)] {
+            if v.len() != 1 && v.len() != channels {
+                return Err(format!(
+                    "input normalisation: {} {name} values for {channels} channels (give 1 or {channels})",
+                    v.len()
+                ));
+            }
+            if !v.iter().all(|x| x.is_finite()) {
+                return Err(format!("input normalisation: a {name} value is not finite"));
+            }
+        }
+        if self.std.iter().any(|s| *s <= 0.0) {
+            return Err("input normalisation: every std must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Mean and standard deviation of channel `c`.
+    pub fn channel(&self, c: usize) -> (f32, f32) {
+        let pick = |v: &[f32]| v.get(c).or(v.first()).copied();
+        (
+            pick(&self.mean).unwrap_or(0.0),
+            pick(&self.std).unwrap_or(1.0),
+        )
+    }
+
+    /// Normalises one raw CHW input of `shape` in place.
+    pub fn apply(&self, x: &mut [f32], shape: Shape) -> Result<()> {
+        self.check(shape.channels).map_err(NetError::Invalid)?;
+        if x.len() != shape.len() {
+            return Err(NetError::Invalid(format!(
+                "input has {} values, the network takes {} ({shape})",
+                x.len(),
+                shape.len()
+            )));
+        }
+        let per = (shape.height * shape.width).max(1);
+        for (k, v) in x.iter_mut().enumerate() {
+            let (m, s) = self.channel(k / per);
+            *v = (*v - m) / s;
+        }
+        Ok(())
+    }
 }
 
 /// A network description.
@@ -396,7 +565,10 @@ impl Network {
     pub fn architecture_only(&self) -> Network {
         let mut n = self.clone();
         n.weights_file = None;
-        n.metadata = Metadata::default();
+        n.metadata = Metadata {
+            input_normalization: self.metadata.input_normalization.clone(),
+            ..Metadata::default()
+        };
         for l in &mut n.layers {
             for (name, t) in l.op.tensors_mut() {
                 let neutral = if name == "gamma" || name == "var" {
@@ -427,6 +599,33 @@ impl Network {
 
     /// Loads and validates a description, reading its sidecar if it names one.
     pub fn load(path: &Path) -> Result<Self> {
+        let net = Self::read(path)?;
+        net.validate()?;
+        Ok(net)
+    }
+
+    /// Loads a description that may have no weights at all (an
+    /// architecture to be trained): returns it and whether it carries
+    /// weights. A description with some tensors but not all is an error
+    /// naming the first incomplete layer.
+    pub fn load_architecture(path: &Path) -> Result<(Self, bool)> {
+        let net = Self::read(path)?;
+        if net.weights_file.is_none() && !net.has_weights() {
+            net.validate_architecture()?;
+            return Ok((net, false));
+        }
+        net.validate()?;
+        Ok((net, true))
+    }
+
+    /// Whether any parameter tensor holds values.
+    pub fn has_weights(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|l| layer_values(&l.op).next().is_some())
+    }
+
+    fn read(path: &Path) -> Result<Self> {
         let meta = std::fs::metadata(path).map_err(io_err(path))?;
         if meta.len() > MAX_FILE_BYTES {
             return Err(NetError::Invalid(format!(
@@ -475,30 +674,54 @@ impl Network {
             let side = path.parent().unwrap_or(Path::new(".")).join(&w);
             net.read_sidecar(&side)?;
         }
-        net.validate()?;
         Ok(net)
     }
 
     /// Saves the description (validated first).
     pub fn save(&self, path: &Path, storage: WeightStorage) -> Result<()> {
-        self.validate()?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        }
-        let mut out = self.clone();
         match storage {
-            WeightStorage::Inline => out.weights_file = None,
-            WeightStorage::Sidecar => {
-                let side: PathBuf = path.with_extension("safetensors");
-                let name = side
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .ok_or_else(|| {
-                        NetError::Invalid(format!("{}: no file name", path.display()))
-                    })?;
-                out.write_sidecar(&side)?;
-                out.weights_file = Some(name);
-            }
+            WeightStorage::Inline => self.save_to(path, None),
+            WeightStorage::Sidecar => self.save_to(path, Some(&path.with_extension("safetensors"))),
+        }
+    }
+
+    /// Saves the description with its weights in the safetensors file
+    /// `sidecar`, named relative to the description when it sits in the
+    /// same folder (else by its absolute path).
+    pub fn save_with_sidecar(&self, path: &Path, sidecar: &Path) -> Result<()> {
+        self.save_to(path, Some(sidecar))
+    }
+
+    fn save_to(&self, path: &Path, sidecar: Option<&Path>) -> Result<()> {
+        self.validate()?;
+        let dir_of = |p: &Path| {
+            p.parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."))
+        };
+        let dir = dir_of(path);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let mut out = self.clone();
+        out.weights_file = None;
+        if let Some(side) = sidecar {
+            let name = side
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or_else(|| NetError::Invalid(format!("{}: no file name", side.display())))?;
+            let side_dir = dir_of(side);
+            std::fs::create_dir_all(&side_dir).map_err(io_err(&side_dir))?;
+            let same = match (dir.canonicalize(), side_dir.canonicalize()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            };
+            out.write_sidecar(side)?;
+            out.weights_file = Some(if same {
+                name
+            } else {
+                let abs = side_dir.canonicalize().map_err(io_err(&side_dir))?;
+                abs.join(name).to_string_lossy().into_owned()
+            });
         }
         let json = serde_json::to_string(&out).map_err(|e| NetError::Invalid(e.to_string()))?;
         std::fs::write(path, json).map_err(io_err(path))
@@ -569,6 +792,17 @@ impl Network {
     /// Checks that the engine can run this description and returns every
     /// layer's output shape. Errors name the layer and the reason.
     pub fn validate(&self) -> Result<Vec<Shape>> {
+        self.check(true)
+    }
+
+    /// Checks the architecture as [`Network::validate`] does but accepts
+    /// empty parameter tensors (a network still to be initialised and
+    /// trained); returns every layer's output shape.
+    pub fn validate_architecture(&self) -> Result<Vec<Shape>> {
+        self.check(false)
+    }
+
+    fn check(&self, weights: bool) -> Result<Vec<Shape>> {
         if self.format != FORMAT {
             return Err(NetError::Invalid(format!(
                 "\"format\" must be \"{FORMAT}\""
@@ -592,6 +826,9 @@ impl Network {
         }
         if self.input.is_empty() {
             return Err(NetError::Invalid("the input shape is empty".into()));
+        }
+        if let Some(n) = &self.metadata.input_normalization {
+            n.check(self.input.channels).map_err(NetError::Invalid)?;
         }
         if self.layers.is_empty() {
             return Err(NetError::Invalid("no layers".into()));
@@ -624,29 +861,33 @@ impl Network {
                     if *kernel == 0 || *out_channels == 0 {
                         return Err(err("kernel and out_channels must be positive".into()));
                     }
-                    let pad = match padding {
-                        Padding::Same if kernel % 2 == 0 => {
-                            return Err(err(format!(
-                                "\"same\" padding needs an odd kernel, not {kernel}"
-                            )));
-                        }
-                        Padding::Same => (kernel - 1) / 2,
-                        Padding::Valid => 0,
-                    };
+                    if *padding == Padding::Same && kernel % 2 == 0 {
+                        return Err(err(format!(
+                            "\"same\" padding needs an odd kernel, not {kernel}"
+                        )));
+                    }
+                    let pad = padding.amount(*kernel);
+                    if pad >= *kernel {
+                        return Err(err(format!(
+                            "padding {pad} must be smaller than the kernel {kernel}"
+                        )));
+                    }
                     if x.height + 2 * pad < *kernel || x.width + 2 * pad < *kernel {
                         return Err(err(format!(
                             "kernel {kernel} larger than the padded input {x}"
                         )));
                     }
                     let want = out_channels * x.channels * kernel * kernel;
-                    if weight.len() != want {
+                    if weight.len() != want && (weights || !weight.is_empty()) {
                         return Err(err(format!(
                             "weights of the wrong size: {} values, expected {want} ({out_channels}×{}×{kernel}×{kernel})",
                             weight.len(),
                             x.channels
                         )));
                     }
-                    check_bias(*bias, bias_values, *out_channels).map_err(err)?;
+                    if weights || !bias_values.is_empty() {
+                        check_bias(*bias, bias_values, *out_channels).map_err(err)?;
+                    }
                     Shape::new(
                         *out_channels,
                         (x.height + 2 * pad - kernel) / stride + 1,
@@ -666,14 +907,16 @@ impl Network {
                         return Err(err("out_features must be positive".into()));
                     }
                     let want = out_features * x.channels;
-                    if weight.len() != want {
+                    if weight.len() != want && (weights || !weight.is_empty()) {
                         return Err(err(format!(
                             "weights of the wrong size: {} values, expected {want} ({out_features}×{})",
                             weight.len(),
                             x.channels
                         )));
                     }
-                    check_bias(*bias, bias_values, *out_features).map_err(err)?;
+                    if weights || !bias_values.is_empty() {
+                        check_bias(*bias, bias_values, *out_features).map_err(err)?;
+                    }
                     Shape::new(*out_features, 1, 1)
                 }
                 Op::AvgPool { kernel, stride } => {
@@ -716,7 +959,7 @@ impl Network {
                         ("mean", mean),
                         ("var", var),
                     ] {
-                        if v.len() != x.channels {
+                        if v.len() != x.channels && (weights || !v.is_empty()) {
                             return Err(err(format!(
                                 "{name} has {} values for {} channels",
                                 v.len(),
@@ -804,36 +1047,11 @@ impl Network {
                     .zip(var)
                     .map(|(g, v)| *g as f64 / (*v as f64 + *eps as f64).sqrt())
                     .collect();
-                let fold = |weight: &mut Vec<f32>, bias: &mut bool, bias_values: &mut Vec<f32>| {
-                    let out = scale.len();
-                    let per = weight.len() / out.max(1);
-                    for (c, s) in scale.iter().enumerate() {
-                        for w in &mut weight[c * per..(c + 1) * per] {
-                            *w = (*w as f64 * s) as f32;
-                        }
-                    }
-                    let old: Vec<f64> = (0..out)
-                        .map(|c| bias_values.get(c).copied().unwrap_or(0.0) as f64)
-                        .collect();
-                    *bias_values = (0..out)
-                        .map(|c| ((old[c] - mean[c] as f64) * scale[c] + beta[c] as f64) as f32)
-                        .collect();
-                    *bias = true;
-                };
-                match &mut layers[i].op {
-                    Op::Conv2d {
-                        weight,
-                        bias,
-                        bias_values,
-                        ..
-                    }
-                    | Op::Dense {
-                        weight,
-                        bias,
-                        bias_values,
-                        ..
-                    } => fold(weight, bias, bias_values),
-                    _ => continue,
+                let shift: Vec<f64> = (0..scale.len())
+                    .map(|c| beta[c] as f64 - mean[c] as f64 * scale[c])
+                    .collect();
+                if !layers[i].op.fold_scale_shift(&scale, &shift) {
+                    continue;
                 }
                 keep[j] = false;
             }
@@ -849,22 +1067,7 @@ impl Network {
                 map[k] = map[i];
             }
         }
-        let mut out = Vec::with_capacity(next);
-        for k in 0..n {
-            if !keep[k] {
-                continue;
-            }
-            let mut l = layers[k].clone();
-            let new_src = src(k).map(|s| map[s]);
-            l.input = match new_src {
-                Some(s) if s + 1 == map[k] => None,
-                other => other,
-            };
-            if let Op::Residual { from } = &mut l.op {
-                *from = map[*from];
-            }
-            out.push(l);
-        }
+        let out = renumber(&layers, &keep, &map);
         let mut net = self.clone();
         net.layers = out;
         net.validate()?;
@@ -879,6 +1082,28 @@ impl Network {
             .copied()
             .ok_or_else(|| NetError::Invalid("no layers".into()))
     }
+}
+
+/// The layers marked in `keep`, with every reference (`input`, a
+/// residual's `from`) renumbered by `map` (old index → new index).
+pub fn renumber(layers: &[Layer], keep: &[bool], map: &[usize]) -> Vec<Layer> {
+    let mut out = Vec::with_capacity(keep.iter().filter(|&&k| k).count());
+    for (k, layer) in layers.iter().enumerate() {
+        if !keep.get(k).copied().unwrap_or(false) {
+            continue;
+        }
+        let mut l = layer.clone();
+        let src = layer.input.or(k.checked_sub(1)).map(|s| map[s]);
+        l.input = match src {
+            Some(s) if s + 1 == map[k] => None,
+            other => other,
+        };
+        if let Op::Residual { from } = &mut l.op {
+            *from = map[*from];
+        }
+        out.push(l);
+    }
+    out
 }
 
 fn layer_values(op: &Op) -> impl Iterator<Item = &f32> {

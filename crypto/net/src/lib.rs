@@ -12,7 +12,9 @@ pub mod eval;
 pub mod fixed;
 pub mod linear;
 pub mod packing;
+pub mod placement;
 
-pub use desc::{Activation, Layer, Network, Op, Padding, Shape, WeightStorage};
+pub use desc::{Activation, Layer, Network, Normalization, Op, Padding, Shape, WeightStorage};
 pub use error::{NetError, Result};
 pub use fixed::{FixedOp, FixedProgram};
+pub use placement::Placement;

@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use delphi_net::builtin::{apply_placement, build, placement_string, quad_last};
+use delphi_net::builtin::build;
 use delphi_net::eval::{argmax, eval_float};
-use delphi_net::{FixedOp, FixedProgram, NetError, Network, Op, WeightStorage};
+use delphi_net::{FixedOp, FixedProgram, NetError, Network, Op, Placement, WeightStorage};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("delphi-net-test-{}-{name}", std::process::id()));
@@ -48,7 +48,11 @@ fn builtins_have_the_documented_shape() {
 fn files_round_trip_inline_and_with_a_sidecar() {
     let dir = tmp("roundtrip");
     let mut net = build("small-cnn", 10, 3).unwrap();
-    apply_placement(&mut net, "relu,quad,relu").unwrap();
+    "relu,quad,relu"
+        .parse::<Placement>()
+        .unwrap()
+        .apply(&mut net)
+        .unwrap();
     for (storage, file) in [
         (WeightStorage::Inline, "inline.json"),
         (WeightStorage::Sidecar, "side.json"),
@@ -147,16 +151,25 @@ fn unrunnable_descriptions_are_rejected_with_the_layer_named() {
 #[test]
 fn placements_apply_in_order() {
     let mut n = build("small-cnn", 10, 1).unwrap();
-    apply_placement(&mut n, "RQR").unwrap();
-    assert_eq!(placement_string(&n), "RQR");
-    apply_placement(&mut n, "quad, quad, relu").unwrap();
-    assert_eq!(placement_string(&n), "QQR");
-    assert!(apply_placement(&mut n, "RQ").is_err());
-    assert!(apply_placement(&mut n, "RXR").is_err());
+    "RQR".parse::<Placement>().unwrap().apply(&mut n).unwrap();
+    assert_eq!(Placement::of(&n).to_string(), "RQR");
+    "quad, quad, relu"
+        .parse::<Placement>()
+        .unwrap()
+        .apply(&mut n)
+        .unwrap();
+    assert_eq!(Placement::of(&n).to_string(), "QQR");
+    let short: Placement = "RQ".parse().unwrap();
+    let e = short.apply(&mut n).unwrap_err().to_string();
+    assert!(
+        e.contains("2 entries") && e.contains("3 activation layers"),
+        "{e}"
+    );
+    assert!("RXR".parse::<Placement>().is_err());
     let mut r = build("resnet32", 100, 1).unwrap();
-    quad_last(&mut r, 26).unwrap();
+    Placement::last_quad(31, 26).unwrap().apply(&mut r).unwrap();
     assert_eq!(
-        placement_string(&r),
+        Placement::of(&r).to_string(),
         format!("{}{}", "R".repeat(5), "Q".repeat(26))
     );
 }
@@ -200,7 +213,7 @@ fn fixed_point_reference_tracks_the_float_network() {
 #[test]
 fn mixed_placements_lower_and_evaluate() {
     let mut net = build("small-cnn", 10, 9).unwrap();
-    apply_placement(&mut net, "RQQ").unwrap();
+    "RQQ".parse::<Placement>().unwrap().apply(&mut net).unwrap();
     let prog = FixedProgram::lower(&net).unwrap();
     assert!(prog
         .nodes
