@@ -9,11 +9,9 @@ use delphi_cost::CostModel;
 use delphi_engine::run::{peak_rss_bytes, run_local, RunReport};
 use delphi_engine::session::ClientOptions;
 use delphi_engine::store::{BundleStore, Side};
-use delphi_net::builtin::{
-    apply_placement, build, placement_string, quad_last, quad_last_with, ARCHITECTURES, BENCH_QUAD,
-};
+use delphi_net::builtin::{build, quad_last_with, ARCHITECTURES, BENCH_QUAD};
 use delphi_net::eval::{calibrate_batch_norm, random_inputs as random_inputs_f32};
-use delphi_net::{FixedProgram, Network, WeightStorage};
+use delphi_net::{FixedProgram, Network, Normalization, Placement, WeightStorage};
 
 #[derive(Parser)]
 #[command(
@@ -34,7 +32,7 @@ enum Command {
     /// Runs a plan between a server and a client (two threads, loopback TCP) and checks
     /// every secure result against the plaintext fixed-point reference.
     Verify {
-        /// The network description (plan) to run.
+        /// The network description (plan) to run, or an ONNX model.
         #[arg(long)]
         plan: PathBuf,
         /// Number of inferences (random inputs in [-1, 1]).
@@ -59,7 +57,7 @@ enum Command {
     Cost(CostCmd),
     /// Serves private predictions of a plan to clients (`delphi infer`), one session at a time.
     Serve {
-        /// The network description (plan) to serve.
+        /// The network description (plan) to serve, or an ONNX model.
         #[arg(long)]
         plan: PathBuf,
         /// Address to listen on.
@@ -86,8 +84,14 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7878")]
         connect: String,
         /// JSON file: one input (array of CHW numbers) or an array of inputs.
+        /// Inputs are raw — pixels / 255 for images — and are normalised as
+        /// the served network records (see --normalized).
         #[arg(long, required_unless_present = "preprocess_only")]
         input: Option<PathBuf>,
+        /// The inputs are already normalised: send them as they are instead
+        /// of applying the network's recorded input normalisation.
+        #[arg(long)]
+        normalized: bool,
         /// Seconds to wait for the peer before giving up.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
@@ -109,9 +113,34 @@ enum Command {
         )]
         preprocess_only: Option<usize>,
     },
+    /// Converts an ONNX model (as PyTorch or Keras/tf2onnx export it) into a
+    /// network description; unsupported operators are refused by name.
+    Import {
+        /// The ONNX model.
+        model: PathBuf,
+        /// Output path of the description (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        /// Put the weights in this safetensors file instead of inline.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// The per-channel mean the model's input was normalised with
+        /// (raw pixels / 255), e.g. 0.2860 or 0.4914,0.4822,0.4465.
+        #[arg(long, value_delimiter = ',', requires = "input_std")]
+        input_mean: Option<Vec<f32>>,
+        /// The per-channel standard deviation of that normalisation.
+        #[arg(long, value_delimiter = ',', requires = "input_mean")]
+        input_std: Option<Vec<f32>>,
+        /// The dataset it was trained on (recorded in the metadata).
+        #[arg(long)]
+        dataset: Option<String>,
+        /// The description's name (default: the file's).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Writes a built-in architecture with random weights as a network description.
     Export {
-        /// Architecture: small-cnn, minionn or resnet32.
+        /// Architecture: small-cnn, minionn, resnet32 or resnet14.
         #[arg(long)]
         arch: String,
         /// Number of output classes.
@@ -425,9 +454,60 @@ fn print_prediction(net: &Network, p: &delphi_cost::Prediction, link: &delphi_co
     );
 }
 
+/// Loads a plan: a network description, or an ONNX model imported on the fly.
+fn load_plan(path: &std::path::Path) -> Result<Network> {
+    delphi_onnx::load_network(path).with_context(|| format!("loading {}", path.display()))
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Import {
+            model,
+            out,
+            weights,
+            input_mean,
+            input_std,
+            dataset,
+            name,
+        } => {
+            let normalization = match (input_mean, input_std) {
+                (Some(mean), Some(std)) => Some(Normalization {
+                    mean,
+                    std,
+                    pixels: Some("raw input (pixels / 255 for images), CHW".into()),
+                }),
+                _ => None,
+            };
+            let imported = delphi_onnx::import(
+                &model,
+                &delphi_onnx::ImportOptions {
+                    name,
+                    normalization,
+                    dataset,
+                },
+            )
+            .with_context(|| format!("importing {}", model.display()))?;
+            let net = imported.network;
+            match &weights {
+                Some(w) => net.save_with_sidecar(&out, w),
+                None => net.save(&out, WeightStorage::Inline),
+            }
+            .with_context(|| format!("writing {}", out.display()))?;
+            for n in &imported.notes {
+                eprintln!("note: {n}");
+            }
+            let shapes = net.validate()?;
+            let (relus, quads) = FixedProgram::lower(&net)?.activation_counts();
+            eprintln!(
+                "wrote {}: {} layers, input {}, {} outputs, placement {} ({relus} ReLUs, {quads} quadratics)",
+                out.display(),
+                net.layers.len(),
+                net.input,
+                shapes.last().map_or(0, |s| s.len()),
+                Placement::of(&net)
+            );
+        }
         Command::Bench(Bench::Relu { count, out, seed }) => {
             ensure!(count > 0, "--count must be at least 1");
             let r =
@@ -470,7 +550,7 @@ fn main() -> Result<()> {
                 "arch": arch,
                 "classes": classes,
                 "quad_layers": quad_layers,
-                "placement": placement_string(&net),
+                "placement": Placement::of(&net).to_string(),
                 "relus": report.relus,
                 "quads": report.quads,
                 "offline_s": mean(&report, |i| i.offline_s),
@@ -498,8 +578,7 @@ fn main() -> Result<()> {
             cost_model,
         } => {
             ensure!(inputs > 0, "--inputs must be at least 1");
-            let net =
-                Network::load(&plan).with_context(|| format!("loading {}", plan.display()))?;
+            let net = load_plan(&plan)?;
             let prog = FixedProgram::lower(&net)?;
             let model = if compare_cost {
                 Some(CostModel::load(&cost_model).with_context(|| {
@@ -564,8 +643,7 @@ fn main() -> Result<()> {
             rtt,
             json,
         }) => {
-            let net =
-                Network::load(&plan).with_context(|| format!("loading {}", plan.display()))?;
+            let net = load_plan(&plan)?;
             let prog = FixedProgram::lower(&net)?;
             let model = CostModel::load(&cost_model).with_context(|| {
                 format!(
@@ -599,8 +677,7 @@ fn main() -> Result<()> {
             sessions,
             bundle_dir,
         } => {
-            let net =
-                Network::load(&plan).with_context(|| format!("loading {}", plan.display()))?;
+            let net = load_plan(&plan)?;
             let prog = FixedProgram::lower(&net)?;
             let store = bundle_dir
                 .map(|d| BundleStore::open(d, Side::Server))
@@ -656,12 +733,14 @@ fn main() -> Result<()> {
         Command::Infer {
             connect,
             input,
+            normalized,
             timeout,
             json,
             bundle_dir,
             preprocess_only,
         } => {
             let options = ClientOptions {
+                normalize: !normalized,
                 timeout: Duration::from_secs(timeout),
                 store: bundle_dir
                     .map(|d| BundleStore::open(d, Side::Client))
@@ -736,11 +815,12 @@ fn main() -> Result<()> {
                 );
             }
             let mut net = build(&arch, classes, seed)?;
+            let layers = net.activation_layers().len();
             if let Some(q) = quad_layers {
-                quad_last(&mut net, q)?;
+                Placement::last_quad(layers, q)?.apply(&mut net)?;
             }
             if let Some(p) = placement {
-                apply_placement(&mut net, &p)?;
+                p.parse::<Placement>()?.apply(&mut net)?;
             }
             let storage = if sidecar {
                 WeightStorage::Sidecar
@@ -753,7 +833,7 @@ fn main() -> Result<()> {
             eprintln!(
                 "wrote {} ({arch}, {classes} classes, placement {}, {relus} ReLUs, {quads} quadratics)",
                 out.display(),
-                placement_string(&net)
+                Placement::of(&net)
             );
         }
     }

@@ -244,3 +244,49 @@ fn garbage_and_dropped_peers_end_with_errors_not_hangs() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("takes 784"));
     server.kill().ok();
 }
+
+#[test]
+fn infer_applies_the_recorded_input_normalisation() {
+    let d = dir("norm");
+    let mut net = build("small-cnn", 10, 25).unwrap();
+    net.metadata.input_normalization = Some(delphi_net::Normalization {
+        mean: vec![0.5],
+        std: vec![0.25],
+        pixels: None,
+    });
+    let plan = d.join("plan.json");
+    net.save(&plan, WeightStorage::Inline).unwrap();
+    let raw: Vec<f32> = (0..784).map(|i| (i * 13 % 256) as f32 / 255.0).collect();
+    let normalised: Vec<f32> = raw.iter().map(|v| (v - 0.5) / 0.25).collect();
+    let (raw_file, norm_file) = (d.join("raw.json"), d.join("norm.json"));
+    std::fs::write(&raw_file, serde_json::to_string(&raw).unwrap()).unwrap();
+    std::fs::write(&norm_file, serde_json::to_string(&normalised).unwrap()).unwrap();
+
+    let (mut server, addr) = serve(&plan, 2);
+    // Raw input: the client normalises it as the plan says.
+    let a = delphi()
+        .args(["infer", "--json", "--connect", &addr, "--input"])
+        .arg(&raw_file)
+        .output()
+        .unwrap();
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    // Already normalised input, sent as it is.
+    let b = delphi()
+        .args([
+            "infer",
+            "--json",
+            "--normalized",
+            "--connect",
+            &addr,
+            "--input",
+        ])
+        .arg(&norm_file)
+        .output()
+        .unwrap();
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    assert!(server.wait().unwrap().success());
+    for out in [a, b] {
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        check_logits(&net, std::slice::from_ref(&normalised), &v["predictions"]);
+    }
+}

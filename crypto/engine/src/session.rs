@@ -149,6 +149,11 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Where the client keeps its bundles between sessions (none: memory).
     pub store: Option<BundleStore>,
+    /// Inputs are raw (pixels / 255 for images): apply the input
+    /// normalisation the served network records before encoding. When it
+    /// records none, inputs are used as they are. `false`: the inputs are
+    /// already normalised.
+    pub normalize: bool,
 }
 
 /// A connected client: the session's hello, architecture and keys.
@@ -249,6 +254,29 @@ pub fn infer<A: ToSocketAddrs>(
         "connected: {} ({relus} ReLUs, {quads} quadratics per inference)",
         s.arch.name
     ));
+    let norm = s.arch.metadata.input_normalization.clone();
+    let inputs: Vec<Vec<f32>> = match (&norm, options.normalize) {
+        (Some(n), true) => {
+            progress(&format!(
+                "normalising inputs as the network expects: (x − {:?}) / {:?}",
+                n.mean, n.std
+            ));
+            inputs
+                .iter()
+                .map(|x| {
+                    let mut x = x.clone();
+                    n.apply(&mut x, s.arch.input)?;
+                    Ok(x)
+                })
+                .collect::<Result<_>>()?
+        }
+        (None, true) => {
+            progress("the network records no input normalisation: inputs are used as they are");
+            inputs.to_vec()
+        }
+        (_, false) => inputs.to_vec(),
+    };
+    let inputs = &inputs[..];
     let mut stored: VecDeque<[u8; 16]> = match (&options.store, s.hello.persistent) {
         (Some(st), true) => st.ids()?.into_iter().collect(),
         _ => VecDeque::new(),
