@@ -142,6 +142,16 @@ impl DatasetKind {
         }
     }
 
+    /// [`DatasetKind::normalization`] as the description records it.
+    pub fn default_normalization(self) -> delphi_net::Normalization {
+        let (mean, std) = self.normalization();
+        delphi_net::Normalization {
+            mean,
+            std,
+            pixels: Some("u8 / 255, CHW".into()),
+        }
+    }
+
     /// The architecture a plan uses by default.
     pub fn default_arch(self) -> &'static str {
         match self {
@@ -205,12 +215,18 @@ impl Split {
         }
     }
 
-    /// One image as normalised floats (CHW), optionally augmented.
-    pub fn image(&self, i: usize, augment: Option<&mut dyn rand::RngCore>) -> Vec<f32> {
+    /// One image as floats (CHW) normalised with `norm` (pixels / 255,
+    /// then per channel (x − mean) / std), optionally augmented.
+    pub fn image(
+        &self,
+        i: usize,
+        augment: Option<&mut dyn rand::RngCore>,
+        norm: &delphi_net::Normalization,
+    ) -> Vec<f32> {
         let [c, h, w] = self.kind.shape();
         let l = c * h * w;
         let px = &self.pixels[i * l..(i + 1) * l];
-        let (mean, std) = self.kind.normalization();
+        let (mean, std): (Vec<f32>, Vec<f32>) = (0..c).map(|ch| norm.channel(ch)).unzip();
         let (dy, dx, flip) = match augment {
             // Random crop with padding 4 (zero padding in normalised space
             // would be −mean/std; padding the raw image with black is the
@@ -567,13 +583,14 @@ mod tests {
             pixels: vec![255; 3072],
             labels: vec![0],
         };
-        let plain = s.image(0, None);
+        let norm = DatasetKind::Cifar10.default_normalization();
+        let plain = s.image(0, None, &norm);
         let (m, sd) = DatasetKind::Cifar10.normalization();
         assert!((plain[0] - (1.0 - m[0]) / sd[0]).abs() < 1e-6);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let aug = s.image(0, Some(&mut rng));
+        let aug = s.image(0, Some(&mut rng), &norm);
         assert_eq!(aug.len(), 3072);
         s.pixels[0] = 0;
-        assert_eq!(s.image(0, None)[0], -m[0] / sd[0]);
+        assert_eq!(s.image(0, None, &norm)[0], -m[0] / sd[0]);
     }
 }

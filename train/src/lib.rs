@@ -3,6 +3,7 @@
 //! float and fixed-point evaluation, export to the description the protocol
 //! engine runs.
 
+pub mod arch;
 pub mod bench;
 pub mod data;
 pub mod device;

@@ -25,8 +25,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use delphi_net::builtin::{build, ARCHITECTURES};
-use delphi_net::{FixedProgram, Network};
+use delphi_net::{FixedProgram, Network, Normalization, Placement};
 
 use crate::data::{Dataset, DatasetKind, Split};
 use crate::model::{values, ActMode, ModelError, Net};
@@ -47,6 +46,16 @@ pub enum TrainError {
     /// A setting is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The network does not fit the dataset.
+    #[error("{arch} does not fit the data: the network {network}, but {dataset}")]
+    Mismatch {
+        /// The architecture as given.
+        arch: String,
+        /// The network's input and output.
+        network: String,
+        /// The dataset's images and classes.
+        dataset: String,
+    },
     /// A checkpoint could not be written or read.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint {
@@ -115,7 +124,8 @@ pub struct TrainConfig {
     pub dataset: DatasetKind,
     /// Folder with the dataset's files (else `$DELPHI_DATA`, else Debian's).
     pub data_dir: Option<PathBuf>,
-    /// Built-in architecture (small-cnn, minionn, resnet32).
+    /// Architecture: a built-in name, or a description (.json) or ONNX
+    /// model (.onnx) file; with weights, training starts from them.
     pub arch: String,
     /// Start from this description's weights instead of a fresh initialisation.
     pub init: Option<PathBuf>,
@@ -123,6 +133,11 @@ pub struct TrainConfig {
     pub activations: Option<String>,
     /// Passes over the training set.
     pub epochs: usize,
+    /// Stop after this many steps instead (the learning-rate schedule and
+    /// the swap span them); at most `epochs` epochs' worth. The planner's
+    /// unit of budget.
+    #[serde(default)]
+    pub steps: Option<usize>,
     /// Images per step.
     pub batch_size: usize,
     /// Optimizer.
@@ -151,6 +166,14 @@ pub struct TrainConfig {
     pub valid_size: usize,
     /// Use only the first N test images.
     pub test_limit: Option<usize>,
+    /// Measure validation accuracy at the end of every epoch (for the
+    /// history); the planner, which evaluates members itself, turns it off.
+    #[serde(default = "yes")]
+    pub validate_epochs: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl TrainConfig {
@@ -164,6 +187,7 @@ impl TrainConfig {
             init: None,
             activations: None,
             epochs: 5,
+            steps: None,
             batch_size: 64,
             optimizer: OptimizerKind::Sgd,
             lr: 0.05,
@@ -178,18 +202,12 @@ impl TrainConfig {
             train_limit: None,
             valid_size: 5000,
             test_limit: None,
+            validate_epochs: true,
         }
     }
 
     fn check(&self) -> Result<()> {
         let bad = |m: String| Err(TrainError::Config(m));
-        if !ARCHITECTURES.contains(&self.arch.as_str()) {
-            return bad(format!(
-                "unknown architecture {:?} (known: {})",
-                self.arch,
-                ARCHITECTURES.join(", ")
-            ));
-        }
         if self.epochs == 0 || self.batch_size == 0 {
             return bad("epochs and batch size must be at least 1".into());
         }
@@ -213,27 +231,8 @@ impl TrainConfig {
     }
 }
 
-/// Parses a placement (`RQR`, `relu,quad,relu`) into target modes.
-pub fn parse_placement(s: &str) -> Result<Vec<bool>> {
-    let items: Vec<String> = if s.contains(',') {
-        s.split(',')
-            .map(|x| x.trim().to_ascii_lowercase())
-            .collect()
-    } else {
-        s.chars()
-            .map(|c| c.to_ascii_lowercase().to_string())
-            .collect()
-    };
-    items
-        .iter()
-        .map(|x| match x.as_str() {
-            "r" | "relu" => Ok(false),
-            "q" | "quad" => Ok(true),
-            other => Err(TrainError::Config(format!(
-                "activation {other:?} (use relu/quad or R/Q)"
-            ))),
-        })
-        .collect()
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// One epoch's figures.
@@ -245,7 +244,8 @@ pub struct EpochMetrics {
     pub loss: f64,
     /// Training accuracy (on augmented batches).
     pub train_accuracy: f64,
-    /// Validation accuracy (float).
+    /// Validation accuracy (float; not measured: NaN, written as null).
+    #[serde(deserialize_with = "nan_if_null")]
     pub valid_accuracy: f64,
     /// Images per second of training.
     pub images_per_s: f64,
@@ -264,6 +264,10 @@ pub struct Trainer {
     optim: ModuleOptimizer,
     device: Device,
     teacher: Option<Net>,
+    /// How the network's input is normalised (the description's, else the dataset's).
+    pub norm: Normalization,
+    /// What resolving the architecture noted (assumed normalisation, import notes).
+    pub notes: Vec<String>,
     /// Per activation layer: `None` for ReLU, or the fractions of the run
     /// between which it blends from ReLU into its quadratic.
     pub quad_from: Vec<Option<(f32, f32)>>,
@@ -271,6 +275,9 @@ pub struct Trainer {
     pub epoch: usize,
     /// Steps completed in the current epoch.
     pub step_in_epoch: usize,
+    /// Steps completed in the whole run.
+    pub steps_done: usize,
+    legacy_position: bool,
     /// Per-epoch figures so far.
     pub history: Vec<EpochMetrics>,
     running: (f64, usize, usize, f64),
@@ -296,20 +303,21 @@ fn build_optimizer(c: &TrainConfig) -> ModuleOptimizer {
     }
 }
 
-/// Converts host images and labels into a batch on `device`.
+/// Converts host images (normalised with `norm`) and labels into a batch on `device`.
 pub fn batch(
     split: &Split,
     idx: &[usize],
     augment: Option<u64>,
     device: &Device,
+    norm: &Normalization,
 ) -> (Tensor<4>, Tensor<1, Int>) {
     let [c, h, w] = split.kind.shape();
     let mut rng = augment.map(ChaCha8Rng::seed_from_u64);
     let mut px = Vec::with_capacity(idx.len() * c * h * w);
     for &i in idx {
         let img = match rng.as_mut() {
-            Some(r) => split.image(i, Some(r)),
-            None => split.image(i, None),
+            Some(r) => split.image(i, Some(r), norm),
+            None => split.image(i, None, norm),
         };
         px.extend(img);
     }
@@ -356,31 +364,29 @@ impl Trainer {
         config.check()?;
         let device = device.clone().autodiff();
         let [c, h, w] = config.dataset.shape();
+        let mut notes = Vec::new();
         let (template, load) = match &config.init {
-            Some(p) => (Network::load(p)?, true),
-            None => (
-                build(&config.arch, config.dataset.classes(), config.seed)?,
-                false,
-            ),
+            Some(p) => {
+                let net = Network::load(p)?;
+                crate::arch::check_fits(&net, config.dataset, &p.display().to_string())?;
+                (net, true)
+            }
+            None => {
+                let r = crate::arch::resolve(&config.arch, config.dataset, config.seed)?;
+                notes = r.notes;
+                (r.network, r.trained)
+            }
         };
-        if (
-            template.input.channels,
-            template.input.height,
-            template.input.width,
-        ) != (c, h, w)
-        {
-            return Err(TrainError::Config(format!(
-                "{} takes {} inputs but {} images are {c}×{h}×{w}",
-                template.name,
-                template.input,
-                config.dataset.name()
-            )));
-        }
+        let norm = template
+            .metadata
+            .input_normalization
+            .clone()
+            .unwrap_or_else(|| config.dataset.default_normalization());
         device.seed(config.seed);
         let mut model = Net::from_description(&template, load, &device)?;
         let n_act = model.activation_layers().len();
         let target_quad = match &config.activations {
-            Some(p) => parse_placement(p)?,
+            Some(p) => p.parse::<Placement>()?.quads().to_vec(),
             None => vec![false; n_act],
         };
         if target_quad.len() != n_act {
@@ -410,9 +416,13 @@ impl Trainer {
             optim,
             device,
             teacher,
+            norm,
+            notes,
             quad_from,
             epoch: 0,
             step_in_epoch: 0,
+            steps_done: 0,
+            legacy_position: false,
             history: Vec::new(),
             running: (0.0, 0, 0, 0.0),
         };
@@ -443,13 +453,21 @@ impl Trainer {
 
     /// Fraction of the run done.
     pub fn progress(&self, train: &Split) -> f32 {
-        let per = self.steps_per_epoch(train);
-        (self.epoch * per + self.step_in_epoch) as f32 / (per * self.config.epochs).max(1) as f32
+        self.steps_done as f32 / self.total_steps(train).max(1) as f32
+    }
+
+    /// Steps of the whole run on `train`.
+    pub fn total_steps(&self, train: &Split) -> usize {
+        let all = self.steps_per_epoch(train) * self.config.epochs;
+        self.config.steps.map_or(all, |s| s.min(all))
     }
 
     /// Fraction of the run done, by epochs only (before the data is known).
     fn progress_fraction(&self) -> f32 {
-        self.epoch as f32 / self.config.epochs.max(1) as f32
+        match self.config.steps {
+            Some(s) => self.steps_done as f32 / s.max(1) as f32,
+            None => self.epoch as f32 / self.config.epochs.max(1) as f32,
+        }
     }
 
     /// Starts swapping activation layer `k` (0-based among the activation
@@ -491,7 +509,7 @@ impl Trainer {
 
     /// Whether all epochs are done.
     pub fn finished(&self) -> bool {
-        self.epoch >= self.config.epochs
+        self.epoch >= self.config.epochs || self.config.steps.is_some_and(|s| self.steps_done >= s)
     }
 
     fn lr_at(&self, progress: f64) -> f64 {
@@ -514,7 +532,10 @@ impl Trainer {
             return Err(TrainError::Config("no training images".into()));
         }
         let per_epoch = self.steps_per_epoch(train);
-        let total = per_epoch * self.config.epochs;
+        if std::mem::take(&mut self.legacy_position) {
+            self.steps_done = self.epoch * per_epoch + self.step_in_epoch;
+        }
+        let total = self.total_steps(train);
         let bs = self.config.batch_size;
         let classes = self.config.dataset.classes();
         let loss_fn = CrossEntropyLossConfig::new()
@@ -538,9 +559,9 @@ impl Trainer {
             }
             pb.set_prefix(format!("{}/{}", epoch + 1, self.config.epochs));
             pb.set_position(self.step_in_epoch as u64);
-            while self.step_in_epoch < per_epoch && taken < max_steps {
+            while self.step_in_epoch < per_epoch && taken < max_steps && !self.finished() {
                 let s = self.step_in_epoch;
-                let global = epoch * per_epoch + s;
+                let global = self.steps_done;
                 let progress = global as f32 / total as f32;
                 let modes = self.modes_at(progress);
                 self.model.set_modes(&modes)?;
@@ -551,7 +572,7 @@ impl Trainer {
                         ^ (s as u64).wrapping_mul(0x9e37_79b9),
                 );
                 let t0 = Instant::now();
-                let (x, y) = batch(train, idx, aug, &self.device);
+                let (x, y) = batch(train, idx, aug, &self.device, &self.norm);
                 let logits = self.model.forward(x.clone());
                 let mut loss = loss_fn.forward(logits.clone(), y.clone());
                 if let (Some(teacher), Some(d)) = (&self.teacher, &self.config.distill) {
@@ -591,6 +612,7 @@ impl Trainer {
                 r.2 += idx.len();
                 r.3 += t0.elapsed().as_secs_f64();
                 self.step_in_epoch += 1;
+                self.steps_done += 1;
                 taken += 1;
                 pb.set_position(self.step_in_epoch as u64);
                 pb.set_message(format!(
@@ -610,7 +632,7 @@ impl Trainer {
             pb.finish_and_clear();
             if self.step_in_epoch == per_epoch {
                 let r = std::mem::take(&mut self.running);
-                let valid_accuracy = if data.valid.is_empty() {
+                let valid_accuracy = if data.valid.is_empty() || !self.config.validate_epochs {
                     f64::NAN
                 } else {
                     self.accuracy(&data.valid)
@@ -642,7 +664,7 @@ impl Trainer {
 
     /// Float accuracy on a split (inference mode: batch-norm running statistics).
     pub fn accuracy(&self, split: &Split) -> f64 {
-        float_accuracy(&self.model.valid(), split, &self.device)
+        float_accuracy(&self.model.valid(), split, &self.device, &self.norm)
     }
 
     /// The trained network as a description, batch norm folded into the
@@ -654,11 +676,18 @@ impl Trainer {
             .to_description(&self.template)?
             .fold_batch_norm()?;
         net.name = format!("{}-{}", self.template.name, self.config.dataset.name());
-        let (mean, std) = self.config.dataset.normalization();
-        net.metadata.extra.insert(
-            "input_normalization".into(),
-            serde_json::json!({"mean": mean, "std": std, "pixels": "u8 / 255, CHW"}),
-        );
+        net.metadata.extra.remove("input_normalization");
+        net.metadata.input_normalization = Some(self.norm.clone());
+        net.metadata.dataset = Some(self.config.dataset.name().into());
+        Ok(net)
+    }
+
+    /// The trained network as a description with its batch norms kept
+    /// (what further training starts from; activation modes must be final).
+    pub fn export_unfolded(&self) -> Result<Network> {
+        let mut net = self.model.valid().to_description(&self.template)?;
+        net.metadata.extra.remove("input_normalization");
+        net.metadata.input_normalization = Some(self.norm.clone());
         net.metadata.dataset = Some(self.config.dataset.name().into());
         Ok(net)
     }
@@ -686,6 +715,7 @@ impl Trainer {
             "config": self.config,
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
+            "steps_done": self.steps_done,
             "running": [self.running.0, self.running.1, self.running.2, self.running.3],
             "history": self.history,
             "quad_from": self.quad_from,
@@ -742,6 +772,9 @@ impl Trainer {
         )?;
         tr.config = config;
         tr.model = Net::from_description(&template, true, &tr.device)?;
+        if let Some(n) = &template.metadata.input_normalization {
+            tr.norm = n.clone();
+        }
         tr.template = template;
         let modes = tr.modes_at(0.0);
         tr.model.set_modes(&modes)?;
@@ -767,6 +800,14 @@ impl Trainer {
         };
         tr.epoch = num("epoch")?;
         tr.step_in_epoch = num("step_in_epoch")?;
+        // Checkpoints of earlier versions count steps per epoch only.
+        tr.steps_done = match state["steps_done"].as_u64() {
+            Some(v) => v as usize,
+            None => {
+                tr.legacy_position = true;
+                0
+            }
+        };
         let r = &state["running"];
         tr.running = (
             r[0].as_f64().unwrap_or(0.0),
@@ -786,14 +827,15 @@ impl Trainer {
     }
 }
 
-/// Float accuracy of a model (in inference mode) on a split.
-pub fn float_accuracy(model: &Net, split: &Split, device: &Device) -> f64 {
+/// Float accuracy of a model (in inference mode) on a split whose images
+/// are normalised with `norm`.
+pub fn float_accuracy(model: &Net, split: &Split, device: &Device, norm: &Normalization) -> f64 {
     let device = device.clone().without_autodiff();
     let classes = split.kind.classes();
     let mut correct = 0;
     let idx: Vec<usize> = (0..split.len()).collect();
     for chunk in idx.chunks(256) {
-        let (x, _) = batch(split, chunk, None, &device);
+        let (x, _) = batch(split, chunk, None, &device, norm);
         let x = Tensor::<4>::from_data(x.into_data(), &device);
         let pred = argmax_rows(&values(model.forward(x)), classes);
         correct += pred
@@ -807,9 +849,16 @@ pub fn float_accuracy(model: &Net, split: &Split, device: &Device) -> f64 {
 
 /// Accuracy of the fixed-point program (the protocol engine's plaintext
 /// reference, bit-exact with the two-party protocol for all-ReLU networks)
-/// on a split. Uses every core.
+/// on a split, its images normalised as the network records (else with the
+/// dataset's normalisation). Uses every core.
 pub fn fixed_accuracy(net: &Network, split: &Split) -> Result<f64> {
     let prog = FixedProgram::lower(net)?;
+    let norm = net
+        .metadata
+        .input_normalization
+        .clone()
+        .unwrap_or_else(|| split.kind.default_normalization());
+    let norm = &norm;
     let n = split.len();
     let threads = std::thread::available_parallelism()
         .map(|t| t.get())
@@ -823,7 +872,7 @@ pub fn fixed_accuracy(net: &Network, split: &Split) -> Result<f64> {
                 s.spawn(move || -> Result<usize> {
                     let mut c = 0;
                     for i in start..(start + per).min(n) {
-                        let x = prog.encode_input(&split.image(i, None))?;
+                        let x = prog.encode_input(&split.image(i, None, norm))?;
                         let y = prog.eval(&x)?;
                         let pred = y
                             .iter()

@@ -49,9 +49,9 @@ fn train_and_check(activations: &str, min_accuracy: f64) {
     let mut correct = 0;
     let model = burn::module::Module::valid(&tr.model);
     for i in 0..probe.len() {
-        let x = probe.image(i, None);
+        let x = probe.image(i, None, &tr.norm);
         let want = delphi_net::eval::argmax(&delphi_net::eval::eval_float(&net, &x).unwrap());
-        let (xb, _) = delphi_train::train::batch(&probe, &[i], None, &Device::flex());
+        let (xb, _) = delphi_train::train::batch(&probe, &[i], None, &Device::flex(), &tr.norm);
         let got = delphi_train::model::values(model.forward(xb));
         let got = delphi_net::eval::argmax(&got);
         agree += usize::from(got == want);

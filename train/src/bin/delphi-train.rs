@@ -18,7 +18,8 @@ use delphi_train::train::{
     name = "delphi-train",
     version,
     about = "Train networks for private inference (ReLU or quadratic activations) and export them",
-    long_about = "Trains a built-in architecture on Fashion-MNIST, CIFAR-10 or CIFAR-100 with Burn, \
+    long_about = "Trains a built-in architecture, a network description or an ONNX model on \
+                  Fashion-MNIST, CIFAR-10 or CIFAR-100 with Burn, \
                   evaluates it in floating point and in the protocol's fixed point, and writes a run \
                   folder with metrics.json and model.json (loadable by `delphi verify`/`serve`).\n\n\
                   Example: delphi-train train --dataset fashion-mnist --arch small-cnn --epochs 5 \
@@ -72,7 +73,10 @@ struct TrainArgs {
     /// /usr/share/datasets/fashion-mnist).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// small-cnn, minionn or resnet32 (default: per dataset).
+    /// Architecture: small-cnn, minionn, resnet32 or resnet14 (default: per
+    /// dataset), or a path to a network description (.json) or an ONNX model
+    /// (.onnx). A file with weights is the starting point (fine-tuning); one
+    /// without is initialised from --seed.
     #[arg(long)]
     arch: Option<String>,
     /// Start from this description's weights (e.g. a trained all-ReLU model).
@@ -230,6 +234,9 @@ fn train(a: &TrainArgs) -> Result<()> {
     } else {
         Trainer::new(config(a), &device)?
     };
+    for n in &tr.notes {
+        eprintln!("note: {n}");
+    }
     let c = tr.config.clone();
     let mut data = data::load(c.dataset, c.data_dir.as_deref(), c.valid_size, c.seed)?;
     if let Some(n) = c.train_limit {
