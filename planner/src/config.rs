@@ -58,6 +58,48 @@ impl Objective {
     }
 }
 
+/// How placements are searched (every strategy gets the same training
+/// budget and cost model).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Our population-based search scored by the cost model.
+    #[default]
+    Pbt,
+    /// DELPHI's published planner (fixed counts, random placements,
+    /// accuracy × (1 + replaced ReLU fraction)).
+    Delphi,
+    /// Make quadratic, one at a time, the layer that loses the least
+    /// accuracy per unit of predicted saving.
+    Greedy,
+}
+
+impl Strategy {
+    /// Every strategy, in the order the benchmark runs them.
+    pub const ALL: [Strategy; 3] = [Strategy::Pbt, Strategy::Delphi, Strategy::Greedy];
+
+    /// The name used on the command line and in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Pbt => "pbt",
+            Strategy::Delphi => "delphi",
+            Strategy::Greedy => "greedy",
+        }
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pbt" => Ok(Strategy::Pbt),
+            "delphi" => Ok(Strategy::Delphi),
+            "greedy" => Ok(Strategy::Greedy),
+            _ => Err(format!("unknown strategy {s:?} (pbt, delphi, greedy)")),
+        }
+    }
+}
+
 /// One search.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -68,8 +110,18 @@ pub struct PlanConfig {
     pub dataset: DatasetKind,
     /// Folder with the dataset's files.
     pub data_dir: Option<PathBuf>,
-    /// Architecture (default per dataset).
+    /// Architecture: a built-in name, or a network description (.json) or
+    /// ONNX model (.onnx); with weights it is the trained all-ReLU base
+    /// (default per dataset).
     pub arch: Option<String>,
+    /// How placements are searched.
+    pub strategy: Strategy,
+    /// Training budget in member-epochs (default population × epochs), the
+    /// same for every strategy.
+    pub budget_epochs: Option<f64>,
+    /// DELPHI's planner: how many counts of quadratic layers it tries
+    /// (spread evenly up to all layers).
+    pub delphi_runs: usize,
     /// Validation accuracy a plan must reach.
     pub accuracy: f64,
     /// Members of the population.
@@ -117,6 +169,9 @@ impl Default for PlanConfig {
             dataset: DatasetKind::FashionMnist,
             data_dir: None,
             arch: None,
+            strategy: Strategy::Pbt,
+            budget_epochs: None,
+            delphi_runs: 3,
             accuracy: 0.88,
             population: 6,
             epochs: 4,
@@ -148,16 +203,39 @@ impl PlanConfig {
             .unwrap_or_else(|| self.dataset.default_arch().to_string())
     }
 
+    /// The architecture for names: a built-in, or the file's stem.
+    pub fn arch_label(&self) -> String {
+        let a = self.arch();
+        if delphi_train::arch::is_path(&a) {
+            Path::new(&a)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or(a)
+        } else {
+            a
+        }
+    }
+
     /// The run's name.
     pub fn name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {
+            let strategy = match self.strategy {
+                Strategy::Pbt => String::new(),
+                s => format!("-{}", s.name()),
+            };
             format!(
-                "{}-{}-{:.0}",
+                "{}-{}-{:.0}{strategy}",
                 self.dataset.name(),
-                self.arch(),
+                self.arch_label(),
                 self.accuracy * 100.0
             )
         })
+    }
+
+    /// The training budget in member-epochs.
+    pub fn budget_epochs(&self) -> f64 {
+        self.budget_epochs
+            .unwrap_or((self.population * self.epochs) as f64)
     }
 
     /// The run folder.
@@ -180,6 +258,14 @@ impl PlanConfig {
         }
         if !(0.0..=0.5).contains(&self.quantile) {
             return Err("quantile must be in [0, 0.5]".into());
+        }
+        if let Some(b) = self.budget_epochs {
+            if !(b.is_finite() && b > 0.0) {
+                return Err(format!("budget_epochs {b} must be positive"));
+            }
+        }
+        if self.delphi_runs == 0 {
+            return Err("delphi_runs must be at least 1".into());
         }
         if self.bandwidth.is_some() != self.rtt.is_some() {
             return Err("give both bandwidth and rtt, or neither".into());
@@ -207,5 +293,48 @@ impl ExperimentFile {
                 .map_err(|m| format!("{}: experiment {}: {m}", path.display(), i + 1))?;
         }
         Ok(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shipped_config_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                let f = ExperimentFile::load(&p).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!f.experiment.is_empty(), "{}", p.display());
+                n += 1;
+            }
+        }
+        assert!(n >= 4);
+    }
+
+    #[test]
+    fn unknown_keys_and_strategies_are_refused_by_name() {
+        let e = toml::from_str::<ExperimentFile>(
+            "[[experiment]]\naccuracy = 0.9\nstrategyy = \"pbt\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("strategyy"), "{e}");
+        let e = toml::from_str::<ExperimentFile>(
+            "[[experiment]]\naccuracy = 0.9\nstrategy = \"random\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("random"), "{e}");
+        let c: ExperimentFile = toml::from_str(
+            "[[experiment]]\naccuracy = 0.9\nstrategy = \"delphi\"\narch = \"net.onnx\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.experiment[0].strategy, Strategy::Delphi);
+        assert_eq!(c.experiment[0].arch_label(), "net");
+        assert!(c.experiment[0].name().ends_with("-delphi"));
     }
 }

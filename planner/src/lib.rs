@@ -1,7 +1,15 @@
-//! The DELPHI planner: population-based training over ReLU/quadratic
-//! placements, scored by the cost model's predicted cost under the real
-//! protocol, with the all-ReLU network as starting point and teacher.
+//! The DELPHI planner: searches for the ReLU/quadratic placement that is
+//! cheapest under the real protocol (as the cost model predicts) while
+//! meeting an accuracy threshold, starting from a trained all-ReLU network —
+//! the provider's own or one trained here. Our population-based search,
+//! DELPHI's published planner and a greedy rule share one code path
+//! ([`search::Search`]) and one budget, and `delphi-plan bench` compares
+//! them.
 
+pub mod bench;
 pub mod config;
+pub mod measure;
+pub mod policy;
 pub mod report;
 pub mod search;
+pub mod strategy;

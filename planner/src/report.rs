@@ -1,18 +1,20 @@
 //! The run folder's tables, plot and summary.
 //!
 //! `members.csv` (every evaluation), `pareto.csv` and `pareto.parquet` (the
-//! non-dominated evaluations: no other is both more accurate and cheaper),
-//! `pareto.svg` (accuracy against predicted cost, the front highlighted and
-//! the chosen plan circled) and `summary.md`. Tables are built with polars.
+//! front: settled evaluations no other beats in both accuracy and cost),
+//! `pareto.svg` (accuracy against predicted cost, drawn with plotters: every
+//! evaluation, the front, the chosen plan, the threshold) and `summary.md`.
+//! Tables are built with polars.
 
 use std::fs::File;
 use std::path::Path;
 
+use plotters::prelude::*;
 use polars::prelude::*;
 
 use crate::search::{Evaluation, Outcome, PlanError, Result};
 
-fn perr(path: &Path, e: impl std::fmt::Display) -> PlanError {
+pub(crate) fn perr(path: &Path, e: impl std::fmt::Display) -> PlanError {
     PlanError::File {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -27,19 +29,19 @@ pub fn table(evals: &[Evaluation]) -> std::result::Result<DataFrame, PolarsError
     let col_f = |name: &str, f: &dyn Fn(&Evaluation) -> f64| {
         Column::new(name.into(), evals.iter().map(f).collect::<Vec<f64>>())
     };
+    let col_s = |name: &str, f: &dyn Fn(&Evaluation) -> String| {
+        Column::new(name.into(), evals.iter().map(f).collect::<Vec<String>>())
+    };
     DataFrame::new(
         evals.len(),
         vec![
+            col_u("index", &|e| e.index as u64),
+            col_s("stage", &|e| e.stage.clone()),
             col_u("interval", &|e| e.interval as u64),
             col_u("member", &|e| e.member as u64),
-            Column::new(
-                "placement".into(),
-                evals
-                    .iter()
-                    .map(|e| e.placement.clone())
-                    .collect::<Vec<String>>(),
-            ),
+            col_s("placement", &|e| e.placement.to_string()),
             col_u("quads", &|e| e.quads as u64),
+            col_u("relus", &|e| e.relus as u64),
             Column::new(
                 "settled".into(),
                 evals.iter().map(|e| e.settled).collect::<Vec<bool>>(),
@@ -56,30 +58,13 @@ pub fn table(evals: &[Evaluation]) -> std::result::Result<DataFrame, PolarsError
             col_f("weight_decay", &|e| e.weight_decay),
             col_f("distill_weight", &|e| e.distill_weight as f64),
             col_f("swap_span", &|e| e.swap_span as f64),
+            col_u("steps", &|e| e.steps as u64),
         ],
     )
 }
 
-/// The Pareto front (accuracy up, cost down) of the settled evaluations,
-/// cheapest first.
-pub fn pareto(evals: &[Evaluation]) -> Vec<Evaluation> {
-    let settled: Vec<&Evaluation> = evals.iter().filter(|e| e.settled).collect();
-    let mut front: Vec<Evaluation> = settled
-        .iter()
-        .filter(|e| {
-            !settled.iter().any(|o| {
-                (o.valid_accuracy >= e.valid_accuracy && o.cost < e.cost)
-                    || (o.valid_accuracy > e.valid_accuracy && o.cost <= e.cost)
-            })
-        })
-        .map(|e| (*e).clone())
-        .collect();
-    front.sort_by(|a, b| a.cost.total_cmp(&b.cost));
-    front.dedup_by(|a, b| a.cost == b.cost && a.valid_accuracy == b.valid_accuracy);
-    front
-}
-
-fn write_csv(path: &Path, df: &mut DataFrame) -> Result<()> {
+/// Writes a table as CSV.
+pub fn write_csv(path: &Path, df: &mut DataFrame) -> Result<()> {
     let mut f = File::create(path).map_err(|e| perr(path, e))?;
     CsvWriter::new(&mut f).finish(df).map_err(|e| perr(path, e))
 }
@@ -92,103 +77,151 @@ fn write_parquet(path: &Path, df: &mut DataFrame) -> Result<()> {
         .map_err(|e| perr(path, e))
 }
 
-/// A small SVG scatter plot: every evaluation grey, the front blue, the
-/// chosen plan circled red, the threshold dashed.
-pub fn svg(
-    evals: &[Evaluation],
-    front: &[Evaluation],
-    chosen: Option<&Evaluation>,
-    threshold: f64,
-    cost_label: &str,
-) -> String {
-    let (w, h, m) = (640.0, 420.0, 60.0);
-    let xs = evals.iter().map(|e| e.cost);
-    let (xmin, xmax) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
-        (a.min(x), b.max(x))
-    });
-    let ys = evals.iter().map(|e| e.valid_accuracy).chain([threshold]);
-    let (ymin, ymax) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
-        (a.min(y), b.max(y))
-    });
-    let (xmin, xmax) = if xmax > xmin {
-        (xmin, xmax)
-    } else {
-        (xmin - 1.0, xmax + 1.0)
-    };
-    let (ymin, ymax) = if ymax > ymin {
-        (ymin - 0.005, ymax + 0.005)
-    } else {
-        (ymin - 0.05, ymax + 0.05)
-    };
-    let px = |x: f64| m + (x - xmin) / (xmax - xmin) * (w - 2.0 * m);
-    let py = |y: f64| h - m - (y - ymin) / (ymax - ymin) * (h - 2.0 * m);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <line x1=\"{m}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"black\"/>\n\
-         <line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{b}\" stroke=\"black\"/>\n\
-         <text x=\"{cx}\" y=\"{t}\" text-anchor=\"middle\">{cost_label}</text>\n\
-         <text x=\"15\" y=\"{cy}\" transform=\"rotate(-90 15 {cy})\" text-anchor=\"middle\">validation accuracy</text>\n",
-        b = h - m,
-        r = w - m,
-        cx = w / 2.0,
-        t = h - 15.0,
-        cy = h / 2.0,
-    );
-    for (v, anchor_x, anchor_y) in [
-        (format!("{xmin:.4}"), px(xmin), h - m + 18.0),
-        (format!("{xmax:.4}"), px(xmax), h - m + 18.0),
-    ] {
-        s +=
-            &format!("<text x=\"{anchor_x}\" y=\"{anchor_y}\" text-anchor=\"middle\">{v}</text>\n");
-    }
-    for v in [ymin, ymax] {
-        s += &format!(
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.1}%</text>\n",
-            m - 5.0,
-            py(v) + 4.0,
-            v * 100.0
-        );
-    }
-    s += &format!(
-        "<line x1=\"{m}\" y1=\"{y}\" x2=\"{r}\" y2=\"{y}\" stroke=\"orange\" stroke-dasharray=\"5,4\"/>\n\
-         <text x=\"{r}\" y=\"{ty}\" text-anchor=\"end\" fill=\"orange\">threshold {:.1}%</text>\n",
-        threshold * 100.0,
-        y = py(threshold),
-        ty = py(threshold) - 4.0,
-        r = w - m
-    );
-    for e in evals {
-        s += &format!(
-            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{}\"/>\n",
-            px(e.cost),
-            py(e.valid_accuracy),
-            if e.settled { "#999" } else { "#ddd" }
-        );
-    }
-    let pts: Vec<String> = front
+/// How a series of points is drawn.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mark {
+    /// Small filled dots.
+    Dot,
+    /// Filled dots joined by a line (a front, in cost order).
+    Line,
+    /// Large hollow circles (chosen plans).
+    Ring,
+    /// Triangles (test accuracy of chosen plans).
+    Triangle,
+}
+
+/// Points of one legend entry: (cost, accuracy).
+#[derive(Clone, Debug)]
+pub struct Series {
+    /// Legend text.
+    pub name: String,
+    /// Colour.
+    pub color: RGBColor,
+    /// Style.
+    pub mark: Mark,
+    /// (x = cost, y = accuracy in [0, 1]).
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A scatter/line plot of accuracy against cost, with dashed horizontal
+/// lines (thresholds), written as SVG with plotters.
+pub fn plot(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    series: &[Series],
+    hlines: &[(f64, String)],
+) -> Result<()> {
+    let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.clone()).collect();
+    let (mut x0, mut x1) = all
         .iter()
-        .map(|e| format!("{:.1},{:.1}", px(e.cost), py(e.valid_accuracy)))
-        .collect();
-    s += &format!(
-        "<polyline points=\"{}\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\"/>\n",
-        pts.join(" ")
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+            (a.min(p.0), b.max(p.0))
+        });
+    let (mut y0, mut y1) = all
+        .iter()
+        .map(|p| p.1)
+        .chain(hlines.iter().map(|h| h.0))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
+            (a.min(y), b.max(y))
+        });
+    if !x0.is_finite() {
+        (x0, x1) = (0.0, 1.0);
+    }
+    if !y0.is_finite() {
+        (y0, y1) = (0.0, 1.0);
+    }
+    let dx = (x1 - x0).max(1e-9) * 0.05;
+    let dy = (y1 - y0).max(1e-3) * 0.08;
+    let (x0, x1, y0, y1) = (
+        (x0 - dx).max(0.0),
+        x1 + dx,
+        (y0 - dy) * 100.0,
+        (y1 + dy) * 100.0,
     );
-    for e in front {
-        s += &format!(
-            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"#1f77b4\"/>\n",
-            px(e.cost),
-            py(e.valid_accuracy)
-        );
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    let err = |e: &dyn std::fmt::Display| perr(path, e);
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc("accuracy (%)")
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (y, label) in hlines {
+        let style = ShapeStyle::from(RGBColor(230, 140, 0)).stroke_width(1);
+        let y = y * 100.0;
+        let mut x = x0;
+        let step = (x1 - x0) / 60.0;
+        let mut dashes = Vec::new();
+        while x < x1 {
+            dashes.push(vec![(x, y), ((x + step * 0.6).min(x1), y)]);
+            x += step;
+        }
+        chart
+            .draw_series(dashes.into_iter().map(|d| PathElement::new(d, style)))
+            .map_err(|e| err(&e))?
+            .label(label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
     }
-    if let Some(e) = chosen {
-        s += &format!(
-            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"8\" fill=\"none\" stroke=\"red\" stroke-width=\"2\"/>\n",
-            px(e.cost),
-            py(e.valid_accuracy)
-        );
+    for s in series {
+        let color = s.color;
+        let pts: Vec<(f64, f64)> = s.points.iter().map(|&(x, y)| (x, y * 100.0)).collect();
+        let anno = match s.mark {
+            Mark::Dot => chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 2, color.filled())))
+                .map_err(|e| err(&e))?,
+            Mark::Line => {
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                    .map_err(|e| err(&e))?;
+                chart
+                    .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
+                    .map_err(|e| err(&e))?
+            }
+            Mark::Ring => chart
+                .draw_series(
+                    pts.iter()
+                        .map(|&p| Circle::new(p, 9, color.stroke_width(2))),
+                )
+                .map_err(|e| err(&e))?,
+            Mark::Triangle => chart
+                .draw_series(
+                    pts.iter()
+                        .map(|&p| TriangleMarker::new(p, 7, color.filled())),
+                )
+                .map_err(|e| err(&e))?,
+        };
+        let anno = anno.label(s.name.clone());
+        match s.mark {
+            Mark::Triangle => {
+                anno.legend(move |(x, y)| TriangleMarker::new((x + 8, y), 6, color.filled()));
+            }
+            Mark::Ring => {
+                anno.legend(move |(x, y)| Circle::new((x + 8, y), 6, color.stroke_width(2)));
+            }
+            _ => {
+                anno.legend(move |(x, y)| Circle::new((x + 8, y), 4, color.filled()));
+            }
+        }
     }
-    s + "</svg>\n"
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
 }
 
 /// Figures measured once at the end.
@@ -212,38 +245,73 @@ pub struct Final {
 pub fn write(out: &Path, c: &crate::config::PlanConfig, o: &Outcome, fin: &Final) -> Result<()> {
     let mut all = table(&o.evaluations).map_err(|e| perr(out, e))?;
     write_csv(&out.join("members.csv"), &mut all)?;
-    let front = pareto(&o.evaluations);
+    let front: Vec<Evaluation> = o.front.iter().map(|(e, _)| e.clone()).collect();
     let mut pf = table(&front).map_err(|e| perr(out, e))?;
     write_csv(&out.join("pareto.csv"), &mut pf)?;
     write_parquet(&out.join("pareto.parquet"), &mut pf)?;
     let chosen = o.chosen.as_ref().or(o.closest.as_ref());
-    let plot = svg(
-        &o.evaluations,
-        &front,
-        chosen,
-        c.accuracy,
+    let pt = |e: &Evaluation| (e.cost, e.valid_accuracy);
+    let mut series = vec![
+        Series {
+            name: "evaluations (mid-swap: light)".into(),
+            color: RGBColor(200, 200, 200),
+            mark: Mark::Dot,
+            points: o
+                .evaluations
+                .iter()
+                .filter(|e| !e.settled)
+                .map(pt)
+                .collect(),
+        },
+        Series {
+            name: "evaluations".into(),
+            color: RGBColor(140, 140, 140),
+            mark: Mark::Dot,
+            points: o.evaluations.iter().filter(|e| e.settled).map(pt).collect(),
+        },
+        Series {
+            name: "Pareto front".into(),
+            color: RGBColor(31, 119, 180),
+            mark: Mark::Line,
+            points: front.iter().map(pt).collect(),
+        },
+    ];
+    if let Some(e) = chosen {
+        series.push(Series {
+            name: format!("chosen: {}", e.placement),
+            color: RGBColor(214, 39, 40),
+            mark: Mark::Ring,
+            points: vec![pt(e)],
+        });
+    }
+    plot(
+        &out.join("pareto.svg"),
+        &format!("{} — {} search", c.name(), c.strategy.name()),
         c.objective.label(),
-    );
-    let sp = out.join("pareto.svg");
-    std::fs::write(&sp, plot).map_err(|e| perr(&sp, e))?;
+        &series,
+        &[(c.accuracy, format!("threshold {:.1} %", c.accuracy * 100.0))],
+    )?;
 
     let relu = c.objective.of(&o.relu_cost);
     let mut md = format!(
-        "# Plan `{}`\n\n{} on {}, threshold {:.1} % validation accuracy, objective: {}.\n\n",
+        "# Plan `{}`\n\n{} on {}, {} search, threshold {:.1} % validation accuracy, objective: {}.\n\n",
         c.name(),
         c.arch(),
         c.dataset.name(),
+        c.strategy.name(),
         c.accuracy * 100.0,
         c.objective.label()
     );
     match (&o.chosen, &o.closest) {
         (Some(e), _) => md += &format!(
-            "**Chosen plan** (`plan.json`): placement `{}` — {} of {} activation layers quadratic; \
-             validation {:.2} %; test {:.2} % float, {:.2} % fixed point; {} {:.4} \
+            "**Chosen plan** (`plan.json`): placement `{}` — {} of {} activation layers quadratic, \
+             {} of {} ReLUs left; validation {:.2} %; test {:.2} % float, {:.2} % fixed point; {} {:.4} \
              (all-ReLU: {:.4}, {:.1}× cheaper); predicted online {:.3} s / {:.1} MB, offline {:.2} s / {:.1} MB.\n\n",
             e.placement,
             fin.quads,
             fin.layers,
+            e.relus,
+            o.relus,
             e.valid_accuracy * 100.0,
             fin.test_accuracy_float * 100.0,
             fin.test_accuracy_fixed * 100.0,
@@ -269,24 +337,37 @@ pub fn write(out: &Path, c: &crate::config::PlanConfig, o: &Outcome, fin: &Final
         (None, None) => md += "**No plan was evaluated.**\n\n",
     }
     md += &format!(
-        "All-ReLU base: validation {:.2} %.\n\nSearch: {} members, {} epochs each, {} intervals per epoch, \
-         {} evaluations ({}), {:.0} s of search (base network and all intervals) and {:.0} s \
-         in this process{}.\n\n",
+        "All-ReLU base: validation {:.2} %{}.\n\nSearch: {} training steps of a budget of {} \
+         ({:.1} member-epochs), {} evaluations ({}), {:.0} s of search (base network included) \
+         and {:.0} s in this process{}.\n\n",
         o.base_valid_accuracy * 100.0,
-        c.population,
-        c.epochs,
-        c.intervals_per_epoch,
+        if o.base_given {
+            " (the given trained network, not retrained)"
+        } else {
+            " (trained here)"
+        },
+        o.steps.0,
+        o.steps.1,
+        c.budget_epochs(),
         o.evaluations.len(),
         "`members.csv`",
         o.search_seconds,
         fin.seconds,
-        if o.resumed { ", resumed from a saved state" } else { "" }
+        if o.resumed {
+            ", resumed from a saved state"
+        } else {
+            ""
+        }
     );
-    md += "Pareto front (`pareto.csv`, `pareto.svg`):\n\n| placement | validation | cost |\n|---|---|---|\n";
+    for n in &o.notes {
+        md += &format!("Note: {n}\n\n");
+    }
+    md += "Pareto front (`pareto.csv`, `pareto.svg`):\n\n| placement | ReLUs | validation | cost |\n|---|---|---|---|\n";
     for e in &front {
         md += &format!(
-            "| `{}` | {:.2} % | {:.4} |\n",
+            "| `{}` | {} | {:.2} % | {:.4} |\n",
             e.placement,
+            e.relus,
             e.valid_accuracy * 100.0,
             e.cost
         );
@@ -305,7 +386,7 @@ pub fn write(out: &Path, c: &crate::config::PlanConfig, o: &Outcome, fin: &Final
             );
         }
     }
-    md += "\nEvery exploit/explore step is in `lineage.log`.\n";
+    md += "\nEvery exploit/explore step (or greedy round) is in `lineage.log`.\n";
     let mp = out.join("summary.md");
     std::fs::write(&mp, md).map_err(|e| perr(&mp, e))
 }

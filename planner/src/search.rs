@@ -1,26 +1,24 @@
-//! Population-based search over ReLU/quadratic placements.
+//! What every search strategy shares: the data, the all-ReLU base network,
+//! the cost model, the training budget, evaluation and pricing, the Pareto
+//! front of plans (with their weights), the lineage log and the saved state
+//! that lets a killed search resume.
 //!
-//! 1. An all-ReLU network is trained once (cached in `<out>/base/`); it is
-//!    every member's starting point and the teacher they distil from.
-//! 2. Each member has weights and a genome: which activation layers are
-//!    quadratic, learning rate, momentum, weight decay, distillation weight
-//!    and how long a swap takes. Quadratic layers start as ReLU and blend
-//!    into their quadratic over that span, so no member falls off a cliff.
-//! 3. At every ready interval each member trains, is evaluated on the
-//!    validation set and priced by the cost model (its *predicted* cost
-//!    under the real protocol). Fitness: −cost if the accuracy meets the
-//!    threshold, otherwise −cost minus a penalty that grows with the
-//!    shortfall — members below the threshold rank last but stay in play.
-//! 4. The bottom quantile copies weights and genome from a top-quantile
-//!    member (exploit) and perturbs them (explore: hyperparameters ×0.8 or
-//!    ×1.2, sometimes resampled, within bounds; with probability ½ one more
-//!    ReLU layer starts swapping to quadratic — toward cheaper plans).
-//! 5. Every evaluation is a row of `members.csv`; every exploit/explore a
-//!    line of the append-only `lineage.log`. Evaluations of finished swaps
-//!    that meet the threshold and are the cheapest so far are exported as
-//!    the candidate plan. State is saved after every interval: killing the
-//!    process loses at most one interval, and rerunning the same command
-//!    resumes.
+//! 1. The base is the provider's trained network when `--arch` names one
+//!    with weights (not retrained; its validation accuracy is measured),
+//!    otherwise an all-ReLU network trained once and cached in
+//!    `<out>/base/`. Every member starts from it and may distil from it.
+//! 2. The budget is counted in training steps: `budget_epochs` member-epochs
+//!    (default population × epochs) × steps per epoch, the same for every
+//!    strategy. Every strategy trains through [`Search::train`], which
+//!    counts.
+//! 3. Every evaluation (validation accuracy, predicted cost under the real
+//!    protocol, fitness) is a row of `members.csv`. Settled evaluations
+//!    (no layer mid-swap) that no other settled evaluation beats in both
+//!    accuracy and cost form the front; their networks are kept in
+//!    `<out>/front/`, so the plan for any threshold — the cheapest front
+//!    plan that meets it — is known after the run, for every strategy alike.
+//! 4. State is saved after every unit of work (an interval, a probe): killing
+//!    the process loses at most one, and rerunning the same command resumes.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -28,19 +26,18 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::Device;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use delphi_cost::{CostModel, Link};
-use delphi_net::builtin::apply_placement;
-use delphi_net::{FixedProgram, Network};
+use delphi_cost::{Cost, CostModel, Link};
+use delphi_net::{FixedProgram, Network, Placement, WeightStorage};
+use delphi_train::arch;
 use delphi_train::data::{self, Dataset};
 use delphi_train::device::DeviceChoice;
 use delphi_train::train::{Distill, Swap, TrainConfig, Trainer};
 
-use crate::config::PlanConfig;
+use crate::config::{PlanConfig, Strategy};
+use crate::policy::{self, Genome};
 
 /// Errors of the planner.
 #[derive(Debug, thiserror::Error)]
@@ -74,113 +71,30 @@ pub enum PlanError {
 /// Result alias of the planner.
 pub type Result<T> = std::result::Result<T, PlanError>;
 
-fn file_err(path: &Path, e: impl std::fmt::Display) -> PlanError {
+pub(crate) fn file_err(path: &Path, e: impl std::fmt::Display) -> PlanError {
     PlanError::File {
         path: path.to_path_buf(),
         reason: e.to_string(),
     }
 }
 
-/// A member's hyperparameters and placement.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Genome {
-    /// Per activation layer: quadratic?
-    pub quad: Vec<bool>,
-    /// Learning rate.
-    pub lr: f64,
-    /// Momentum.
-    pub momentum: f64,
-    /// Weight decay.
-    pub weight_decay: f64,
-    /// Weight of the distillation term.
-    pub distill_weight: f32,
-    /// Fraction of the run a swap takes.
-    pub swap_span: f32,
-}
-
-/// Declared bounds of the hyperparameters.
-const LR: (f64, f64) = (1e-3, 0.2);
-const MOMENTUM: (f64, f64) = (0.5, 0.99);
-const WEIGHT_DECAY: (f64, f64) = (1e-5, 1e-2);
-const DISTILL: (f32, f32) = (0.0, 1.0);
-const SPAN: (f32, f32) = (0.05, 0.6);
-
-fn log_uniform(rng: &mut ChaCha8Rng, (lo, hi): (f64, f64)) -> f64 {
-    (lo.ln() + rng.gen::<f64>() * (hi.ln() - lo.ln())).exp()
-}
-
-impl Genome {
-    fn random(layers: usize, quads: usize, rng: &mut ChaCha8Rng) -> Genome {
-        let mut quad = vec![false; layers];
-        let mut idx: Vec<usize> = (0..layers).collect();
-        rand::seq::SliceRandom::shuffle(&mut idx[..], rng);
-        for &i in idx.iter().take(quads) {
-            quad[i] = true;
-        }
-        Genome {
-            quad,
-            lr: log_uniform(rng, (0.01, 0.05)),
-            momentum: rng.gen_range(0.85..0.95),
-            weight_decay: log_uniform(rng, (1e-4, 1e-3)),
-            distill_weight: rng.gen_range(0.3..0.8),
-            swap_span: rng.gen_range(0.2..0.5),
-        }
-    }
-
-    /// Explore: each hyperparameter ×0.8 or ×1.2 (resampled with
-    /// probability 0.2), clamped to its bounds.
-    fn perturb(&mut self, rng: &mut ChaCha8Rng) {
-        let f = |v: f64, b: (f64, f64), log: bool, rng: &mut ChaCha8Rng| -> f64 {
-            let v = if rng.gen_bool(0.2) {
-                if log {
-                    log_uniform(rng, b)
-                } else {
-                    rng.gen_range(b.0..b.1)
-                }
-            } else if rng.gen_bool(0.5) {
-                v * 0.8
-            } else {
-                v * 1.2
-            };
-            v.clamp(b.0, b.1)
-        };
-        self.lr = f(self.lr, LR, true, rng);
-        self.momentum = f(self.momentum, MOMENTUM, false, rng);
-        self.weight_decay = f(self.weight_decay, WEIGHT_DECAY, true, rng);
-        self.distill_weight = f(
-            self.distill_weight as f64,
-            (DISTILL.0 as f64, DISTILL.1 as f64),
-            false,
-            rng,
-        ) as f32;
-        self.swap_span = f(
-            self.swap_span as f64,
-            (SPAN.0 as f64, SPAN.1 as f64),
-            false,
-            rng,
-        ) as f32;
-    }
-
-    /// The placement as a string (`RQR`).
-    pub fn placement(&self) -> String {
-        self.quad
-            .iter()
-            .map(|&q| if q { 'Q' } else { 'R' })
-            .collect()
-    }
-}
-
 /// One evaluation of one member (a row of `members.csv`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
-    /// Interval (from 1).
+    /// Position in the run (from 0).
+    pub index: usize,
+    /// What was evaluated: `interval 3`, `n=9 interval 2`, `probe layer 4`, ….
+    pub stage: String,
+    /// Round of the strategy (interval, or greedy round), from 1.
     pub interval: usize,
-    /// Member index.
+    /// Member (or probe) index.
     pub member: usize,
-    /// Placement (`RQR`).
-    pub placement: String,
+    /// Placement.
+    pub placement: Placement,
     /// Quadratic layers.
     pub quads: usize,
+    /// ReLU activations (elements) left.
+    pub relus: usize,
     /// Whether every swap had finished (the network is what the placement says).
     pub settled: bool,
     /// Validation accuracy (float).
@@ -195,7 +109,7 @@ pub struct Evaluation {
     pub offline_bytes: f64,
     /// The objective's value.
     pub cost: f64,
-    /// Fitness (higher is better).
+    /// Fitness under the strategy's own rule (higher is better).
     pub fitness: f64,
     /// Learning rate.
     pub lr: f64,
@@ -207,41 +121,93 @@ pub struct Evaluation {
     pub distill_weight: f32,
     /// Swap span.
     pub swap_span: f32,
+    /// Training steps the whole search had used when this was evaluated.
+    pub steps: usize,
+}
+
+/// Per-strategy progress, saved with the state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "strategy", rename_all = "snake_case")]
+pub(crate) enum Progress {
+    /// Not started.
+    Start,
+    /// Population-based training.
+    Pbt {
+        interval: usize,
+        genomes: Vec<Genome>,
+    },
+    /// DELPHI's planner: one population per count of quadratic layers.
+    Delphi {
+        run: usize,
+        interval: usize,
+        genomes: Vec<Genome>,
+    },
+    /// The greedy rule.
+    Greedy(crate::strategy::greedy::GreedyState),
+    /// Finished.
+    Done,
 }
 
 /// The saved state of a search (besides the members' checkpoints).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct State {
-    version: u32,
-    config: PlanConfig,
-    interval: usize,
-    genomes: Vec<Genome>,
-    evaluations: Vec<Evaluation>,
-    best: Option<Evaluation>,
-    /// Seconds spent searching, over all processes (base training included).
-    #[serde(default)]
-    seconds: f64,
+pub(crate) struct State {
+    pub version: u32,
+    pub config: PlanConfig,
+    pub progress: Progress,
+    pub evaluations: Vec<Evaluation>,
+    /// Indices (into `evaluations`) of the front, whose networks are kept.
+    pub front: Vec<usize>,
+    /// Training steps used.
+    pub steps: usize,
+    /// Seconds spent, over all processes (base training included).
+    pub seconds: f64,
 }
+
+const STATE_VERSION: u32 = 2;
 
 /// What a finished search returns.
 #[derive(Debug)]
 pub struct Outcome {
+    /// The strategy that ran.
+    pub strategy: Strategy,
     /// Every evaluation.
     pub evaluations: Vec<Evaluation>,
-    /// The chosen evaluation (cheapest above the threshold), if any.
+    /// The front: evaluations and where their networks are, cheapest first.
+    pub front: Vec<(Evaluation, PathBuf)>,
+    /// The chosen evaluation (cheapest meeting the threshold), if any.
     pub chosen: Option<Evaluation>,
-    /// The closest plan when none met the threshold.
+    /// The closest plan (the most accurate) when none met the threshold.
     pub closest: Option<Evaluation>,
     /// Where the chosen (or closest) plan was written.
     pub plan: PathBuf,
     /// Cost of the all-ReLU network.
-    pub relu_cost: delphi_cost::Cost,
+    pub relu_cost: Cost,
+    /// ReLU activations of the all-ReLU network.
+    pub relus: usize,
     /// Validation accuracy of the all-ReLU base.
     pub base_valid_accuracy: f64,
+    /// Whether the base was the provider's trained network (not trained here).
+    pub base_given: bool,
     /// Whether this run resumed a saved state.
     pub resumed: bool,
     /// Seconds spent searching, over all processes.
     pub search_seconds: f64,
+    /// Training steps used and allowed.
+    pub steps: (usize, usize),
+    /// Notes for the user (assumed normalisation, import notes).
+    pub notes: Vec<String>,
+}
+
+impl Outcome {
+    /// The plan for `threshold`: the cheapest front plan meeting it.
+    pub fn plan_for(&self, threshold: f64) -> Option<&(Evaluation, PathBuf)> {
+        let pts: Vec<(f64, f64)> = self
+            .front
+            .iter()
+            .map(|(e, _)| (e.valid_accuracy, e.cost))
+            .collect();
+        policy::choose(&pts, threshold).map(|i| &self.front[i])
+    }
 }
 
 /// Loads the dataset the configuration names.
@@ -256,7 +222,8 @@ pub fn load_data(c: &PlanConfig) -> Result<Dataset> {
     Ok(d)
 }
 
-fn device(c: &PlanConfig) -> Result<Device> {
+/// The compute device the configuration names.
+pub fn device(c: &PlanConfig) -> Result<Device> {
     let choice: DeviceChoice = c.device.parse().map_err(PlanError::Config)?;
     choice
         .device()
@@ -275,25 +242,33 @@ pub fn delphi_command() -> std::process::Command {
     std::process::Command::new(local.unwrap_or_else(|| PathBuf::from("delphi")))
 }
 
-/// Loads the cost model, calibrating (quickly, with `delphi cost calibrate`)
-/// into the run folder when the file does not exist.
-pub fn cost_model(c: &PlanConfig, out: &Path, say: &dyn Fn(&str)) -> Result<CostModel> {
+/// Where the cost model is: `--cost-model`, else results/cost-model.json,
+/// else one calibrated (quickly, with `delphi cost calibrate`) into `out`.
+pub fn cost_model_path(c: &PlanConfig, out: &Path, say: &dyn Fn(&str)) -> Result<PathBuf> {
     let path = c
         .cost_model
         .clone()
         .unwrap_or_else(|| PathBuf::from("results/cost-model.json"));
     if path.is_file() {
-        return Ok(CostModel::load(&path)?);
+        return Ok(path);
+    }
+    if c.cost_model.is_some() {
+        return Err(PlanError::Config(format!(
+            "no cost model at {} (run `delphi cost calibrate --out {}`)",
+            path.display(),
+            path.display()
+        )));
     }
     let local = out.join("cost-model.json");
     if local.is_file() {
-        return Ok(CostModel::load(&local)?);
+        return Ok(local);
     }
     say(&format!(
         "no cost model at {}: calibrating (quick) into {}",
         path.display(),
         local.display()
     ));
+    std::fs::create_dir_all(out).map_err(|e| file_err(out, e))?;
     let status = delphi_command()
         .args(["cost", "calibrate", "--quick", "--out"])
         .arg(&local)
@@ -309,22 +284,123 @@ pub fn cost_model(c: &PlanConfig, out: &Path, say: &dyn Fn(&str)) -> Result<Cost
             "`delphi cost calibrate` failed ({status})"
         )));
     }
-    Ok(CostModel::load(&local)?)
+    Ok(local)
 }
 
-struct Pricing {
-    model: CostModel,
-    link: Option<Link>,
+/// The all-ReLU base of a search.
+#[derive(Clone, Debug)]
+pub struct Base {
+    /// Its description (batch norms kept, weights in a sidecar).
+    pub plan: PathBuf,
+    /// Whether it is the provider's trained network (not trained here).
+    pub given: bool,
+    /// What resolving the architecture noted.
+    pub notes: Vec<String>,
+}
+
+fn base_train_config(c: &PlanConfig) -> TrainConfig {
+    let mut t = TrainConfig::new(c.dataset);
+    t.arch = c.arch();
+    t.data_dir = c.data_dir.clone();
+    t.epochs = c.base_epochs;
+    t.batch_size = c.batch_size;
+    t.seed = c.seed;
+    t.train_limit = c.train_limit;
+    t.valid_size = c.valid_size;
+    t
+}
+
+/// Makes (or finds, cached in `<out>/base/model.json`) the all-ReLU base:
+/// the provider's trained network as it is, or the architecture trained for
+/// `base_epochs` epochs.
+pub fn prepare_base(
+    c: &PlanConfig,
+    data: &Dataset,
+    device: &Device,
+    quiet: bool,
+    say: &dyn Fn(&str),
+) -> Result<Base> {
+    let resolved = arch::resolve(&c.arch(), c.dataset, c.seed)?;
+    let mut notes = resolved.notes.clone();
+    for n in &notes {
+        say(&format!("note: {n}"));
+    }
+    let base_dir = c.out().join("base");
+    let plan = base_dir.join("model.json");
+    let given = resolved.trained;
+    if !plan.is_file() {
+        let mut net = resolved.network.clone();
+        if given {
+            let quads = Placement::of(&net).quad_count();
+            if quads > 0 {
+                notes.push(format!(
+                    "the given network has {quads} quadratic activation layers; the search \
+                     starts from it with every layer ReLU"
+                ));
+            }
+            Placement::all_relu(net.activation_layers().len()).apply(&mut net)?;
+            say("the given network is the all-ReLU base (not retrained)");
+        } else {
+            say("training the all-ReLU base network (once; cached)");
+            let ck = base_dir.join("checkpoint");
+            let mut tr = if Trainer::has_checkpoint(&ck) {
+                Trainer::load_checkpoint(&ck, device)?
+            } else {
+                Trainer::new(base_train_config(c), device)?
+            };
+            let per = tr.steps_per_epoch(&data.train);
+            while !tr.finished() {
+                tr.train_steps(data, per, quiet)?;
+                tr.save_checkpoint(&ck)?;
+            }
+            net = tr.export_unfolded()?;
+        }
+        net.save(&plan, WeightStorage::Sidecar)?;
+    }
+    Ok(Base { plan, given, notes })
+}
+
+/// Prices placements of one architecture.
+pub(crate) struct Pricing {
+    pub model: CostModel,
+    pub link: Option<Link>,
     template: Network,
+    /// ReLU activations (elements) of each activation layer.
+    pub layer_relus: Vec<usize>,
 }
 
 impl Pricing {
-    fn price(&self, quad: &[bool]) -> Result<delphi_cost::Cost> {
+    fn new(model: CostModel, link: Option<Link>, base: &Network) -> Result<Pricing> {
+        let shapes = base.validate()?;
+        let layer_relus = base
+            .activation_layers()
+            .iter()
+            .map(|&i| shapes[i].len())
+            .collect();
+        Ok(Pricing {
+            model,
+            link,
+            template: base.architecture_only(),
+            layer_relus,
+        })
+    }
+
+    /// Predicted cost of a placement.
+    pub fn price(&self, p: &Placement) -> Result<Cost> {
         let mut net = self.template.clone();
-        let p: String = quad.iter().map(|&q| if q { 'Q' } else { 'R' }).collect();
-        apply_placement(&mut net, &p)?;
+        p.apply(&mut net)?;
         let prog = FixedProgram::lower(&net)?;
         Ok(self.model.predict(&prog, self.link.as_ref()).total)
+    }
+
+    /// ReLU activations left under a placement.
+    pub fn relus(&self, p: &Placement) -> usize {
+        self.layer_relus
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| !p.is_quad(*k))
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 
@@ -334,314 +410,348 @@ fn bar_style(template: &str) -> ProgressStyle {
         .progress_chars("=> ")
 }
 
-/// Runs (or resumes) a search. `say` receives progress lines for logs.
-pub fn run(c: &PlanConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Outcome> {
-    c.check().map_err(PlanError::Config)?;
-    let start = Instant::now();
-    let out = c.out();
-    std::fs::create_dir_all(&out).map_err(|e| file_err(&out, e))?;
-    let device = device(c)?;
-    let data = load_data(c)?;
-    say(&format!(
-        "{} on {}: {} training, {} validation, {} test images; threshold {:.1} %",
-        c.arch(),
-        c.dataset.name(),
-        data.train.len(),
-        data.valid.len(),
-        data.test.len(),
-        c.accuracy * 100.0
-    ));
-    let model = cost_model(c, &out, say)?;
-    let link = match (&c.bandwidth, &c.rtt) {
-        (Some(b), Some(r)) => Some(Link::parse(b, r)?),
-        _ => None,
-    };
+/// A search in progress: what the strategies share.
+pub struct Search<'a> {
+    /// The configuration.
+    pub c: PlanConfig,
+    /// The run folder.
+    pub out: PathBuf,
+    pub(crate) device: Device,
+    /// Training, validation and test images.
+    pub data: Dataset,
+    pub(crate) pricing: Pricing,
+    /// The base network (unfolded, with weights), as saved.
+    pub base_plan: PathBuf,
+    pub(crate) base_cfg: TrainConfig,
+    /// Validation accuracy of the base.
+    pub base_valid_accuracy: f64,
+    base_given: bool,
+    /// Cost of the all-ReLU network.
+    pub relu_cost: Cost,
+    /// Activation layers.
+    pub layers: usize,
+    /// Training steps per epoch.
+    pub steps_per_epoch: usize,
+    /// Steps between evaluations of a population.
+    pub interval_steps: usize,
+    /// Training steps allowed.
+    pub budget: usize,
+    pub(crate) st: State,
+    pub(crate) resumed: bool,
+    notes: Vec<String>,
+    lineage: std::fs::File,
+    say: &'a dyn Fn(&str),
+    started: Instant,
+    last: Instant,
+    bar: ProgressBar,
+}
 
-    // 1. The all-ReLU base, trained once.
-    let base_dir = out.join("base");
-    let base_plan = base_dir.join("model.json");
-    let mut base_cfg = TrainConfig::new(c.dataset);
-    base_cfg.arch = c.arch();
-    base_cfg.data_dir = c.data_dir.clone();
-    base_cfg.epochs = c.base_epochs;
-    base_cfg.batch_size = c.batch_size;
-    base_cfg.seed = c.seed;
-    base_cfg.train_limit = c.train_limit;
-    base_cfg.valid_size = c.valid_size;
-    if !base_plan.is_file() {
-        say("training the all-ReLU base network (once; cached)");
-        let ck = base_dir.join("checkpoint");
-        let mut tr = if Trainer::has_checkpoint(&ck) {
-            Trainer::load_checkpoint(&ck, &device)?
-        } else {
-            Trainer::new(base_cfg.clone(), &device)?
+impl<'a> Search<'a> {
+    /// Opens (or resumes) the search the configuration describes: loads the
+    /// data and cost model and makes the base network.
+    pub fn open(c: &PlanConfig, quiet: bool, say: &'a dyn Fn(&str)) -> Result<Search<'a>> {
+        c.check().map_err(PlanError::Config)?;
+        let started = Instant::now();
+        let out = c.out();
+        std::fs::create_dir_all(&out).map_err(|e| file_err(&out, e))?;
+        let device = device(c)?;
+        let data = load_data(c)?;
+        say(&format!(
+            "{} on {} ({} strategy): {} training, {} validation, {} test images; threshold {:.1} %",
+            c.arch(),
+            c.dataset.name(),
+            c.strategy.name(),
+            data.train.len(),
+            data.valid.len(),
+            data.test.len(),
+            c.accuracy * 100.0
+        ));
+        let model = CostModel::load(&cost_model_path(c, &out, say)?)?;
+        let link = match (&c.bandwidth, &c.rtt) {
+            (Some(b), Some(r)) => Some(Link::parse(b, r)?),
+            _ => None,
         };
-        let per = tr.steps_per_epoch(&data.train);
-        while !tr.finished() {
-            tr.train_steps(&data, per, quiet)?;
-            tr.save_checkpoint(&ck)?;
+
+        let base = prepare_base(c, &data, &device, quiet, say)?;
+        let (base_plan, base_given, mut notes) = (base.plan, base.given, base.notes);
+        let base_cfg = base_train_config(c);
+        let base_net = Network::load(&base_plan)?;
+        let pricing = Pricing::new(model, link, &base_net)?;
+        let layers = base_net.activation_layers().len();
+        if layers == 0 {
+            return Err(PlanError::Config(format!(
+                "{} has no activation layers: there is nothing to plan",
+                c.arch()
+            )));
         }
-        let net = tr.export()?;
-        net.save(&base_plan, delphi_net::WeightStorage::Inline)?;
-    }
-    let base_net = Network::load(&base_plan)?;
-    let pricing = Pricing {
-        model,
-        link,
-        template: base_net.architecture_only(),
-    };
-    let layers = base_net.activation_layers().len();
-    let relu_cost = pricing.price(&vec![false; layers])?;
-    let base_valid_accuracy = {
-        let tr = Trainer::new(
+        let relu_cost = pricing.price(&Placement::all_relu(layers))?;
+        let base_tr = Trainer::new(
             TrainConfig {
                 init: Some(base_plan.clone()),
                 ..base_cfg.clone()
             },
             &device,
         )?;
-        tr.accuracy(&data.valid)
-    };
-    say(&format!(
-        "base: validation {:.2} %, {} {:.4}",
-        base_valid_accuracy * 100.0,
-        c.objective.label(),
-        c.objective.of(&relu_cost)
-    ));
+        let base_valid_accuracy = base_tr.accuracy(&data.valid);
+        let steps_per_epoch = base_tr.steps_per_epoch(&data.train);
+        drop(base_tr);
+        say(&format!(
+            "base: validation {:.2} %, {} ReLUs, {} {:.4}",
+            base_valid_accuracy * 100.0,
+            pricing.relus(&Placement::all_relu(layers)),
+            c.objective.label(),
+            c.objective.of(&relu_cost)
+        ));
+        if base_given && base_valid_accuracy < 1.5 / c.dataset.classes() as f64 {
+            notes.push(format!(
+                "the given network scores {:.1} % on the validation images, near chance: check \
+                 its input normalisation (delphi import --input-mean/--input-std)",
+                base_valid_accuracy * 100.0
+            ));
+            say(notes.last().map_or("", |s| s.as_str()));
+        }
+        let budget = ((c.budget_epochs() * steps_per_epoch as f64).round() as usize).max(1);
+        let interval_steps = steps_per_epoch.div_ceil(c.intervals_per_epoch).max(1);
 
-    // 2. The population (fresh or resumed).
-    let state_path = out.join("state.json");
-    let member_cfg = |g: &Genome, k: usize| -> TrainConfig {
-        let mut t = base_cfg.clone();
-        t.init = Some(base_plan.clone());
-        t.epochs = c.epochs;
-        t.activations = Some(g.placement());
+        let state_path = out.join("state.json");
+        let (st, resumed) = if state_path.is_file() {
+            let text =
+                std::fs::read_to_string(&state_path).map_err(|e| file_err(&state_path, e))?;
+            let st: State = serde_json::from_str(&text).map_err(|e| {
+                file_err(
+                    &state_path,
+                    format!("{e} (a search saved by another version? use another --out)"),
+                )
+            })?;
+            if st.version != STATE_VERSION {
+                return Err(file_err(
+                    &state_path,
+                    format!(
+                        "state version {} (this build writes {STATE_VERSION}); use another --out",
+                        st.version
+                    ),
+                ));
+            }
+            if st.config != *c {
+                return Err(PlanError::Config(format!(
+                    "{} holds a search with another configuration; use another --out or delete it",
+                    out.display()
+                )));
+            }
+            (st, true)
+        } else {
+            (
+                State {
+                    version: STATE_VERSION,
+                    config: c.clone(),
+                    progress: Progress::Start,
+                    evaluations: Vec::new(),
+                    front: Vec::new(),
+                    steps: 0,
+                    seconds: started.elapsed().as_secs_f64(),
+                },
+                false,
+            )
+        };
+        let lineage_path = out.join("lineage.log");
+        let lineage = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&lineage_path)
+            .map_err(|e| file_err(&lineage_path, e))?;
+        let bar = ProgressBar::new(budget as u64);
+        if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            bar.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        bar.set_style(bar_style(
+            "search [{bar:30}] {percent:>3}% of the training budget ({elapsed} elapsed, ~{eta} left)  {msg}",
+        ));
+        bar.set_position(st.steps as u64);
+        Ok(Search {
+            c: c.clone(),
+            out,
+            device,
+            data,
+            pricing,
+            base_plan,
+            base_cfg,
+            base_valid_accuracy,
+            base_given,
+            relu_cost,
+            layers,
+            steps_per_epoch,
+            interval_steps,
+            budget,
+            st,
+            resumed,
+            notes,
+            lineage,
+            say,
+            started,
+            last: Instant::now(),
+            bar,
+        })
+    }
+
+    /// Prints a progress line (and keeps the bar's message).
+    pub fn say(&self, m: &str) {
+        self.bar.suspend(|| (self.say)(m));
+    }
+
+    /// The training configuration of a member with `genome`, training
+    /// `steps` steps from the base; `k` varies its seed.
+    pub fn member_config(&self, g: &Genome, k: u64, steps: usize) -> TrainConfig {
+        let mut t = self.base_cfg.clone();
+        t.init = Some(self.base_plan.clone());
+        t.steps = Some(steps.max(1));
+        t.epochs = steps.max(1).div_ceil(self.steps_per_epoch.max(1));
+        t.activations = Some(g.placement.to_string());
         t.lr = g.lr;
         t.momentum = g.momentum;
         t.weight_decay = g.weight_decay;
         t.grad_clip = Some(1.0);
-        t.distill = Some(Distill {
-            teacher: base_plan.clone(),
+        t.distill = (g.distill_weight > 0.0).then(|| Distill {
+            teacher: self.base_plan.clone(),
             weight: g.distill_weight,
             temperature: 4.0,
         });
-        t.swap = Some(Swap {
+        t.swap = (g.swap_span > 0.0).then_some(Swap {
             start: 0.0,
             end: g.swap_span,
         });
-        t.seed = c.seed.wrapping_add(1000 * (k as u64 + 1));
+        t.seed = self.c.seed.wrapping_add(1000 * (k + 1));
+        t.validate_epochs = false;
         t
-    };
-    let mut rng = ChaCha8Rng::seed_from_u64(c.seed ^ 0x9e37_79b9_7f4a_7c15);
-    let (mut st, mut members, resumed) = if state_path.is_file() {
-        let text = std::fs::read_to_string(&state_path).map_err(|e| file_err(&state_path, e))?;
-        let st: State = serde_json::from_str(&text).map_err(|e| file_err(&state_path, e))?;
-        if st.config != *c {
-            return Err(PlanError::Config(format!(
-                "{} holds a search with another configuration; use another --out or delete it",
-                out.display()
-            )));
-        }
-        let mut members = Vec::new();
-        for k in 0..c.population {
-            members.push(Trainer::load_checkpoint(
-                &out.join(format!("members/{k}")),
-                &device,
-            )?);
-        }
-        say(&format!("resuming after interval {}", st.interval));
-        (st, members, true)
-    } else {
-        let mut genomes = Vec::new();
-        let mut members = Vec::new();
-        for k in 0..c.population {
-            // Spread the starting placements from few to many quadratics.
-            let quads = ((k + 1) * layers).div_ceil(c.population).min(layers);
-            let g = Genome::random(layers, quads, &mut rng);
-            members.push(Trainer::new(member_cfg(&g, k), &device)?);
-            genomes.push(g);
-        }
-        (
-            State {
-                version: 1,
-                config: c.clone(),
-                interval: 0,
-                genomes,
-                evaluations: Vec::new(),
-                best: None,
-                seconds: start.elapsed().as_secs_f64(),
-            },
-            members,
-            false,
-        )
-    };
-
-    let per_epoch = members[0].steps_per_epoch(&data.train);
-    let interval_steps = per_epoch.div_ceil(c.intervals_per_epoch).max(1);
-    let intervals = (per_epoch * c.epochs).div_ceil(interval_steps);
-    let mp = MultiProgress::new();
-    if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        mp.set_draw_target(ProgressDrawTarget::hidden());
     }
-    let overall = mp.add(ProgressBar::new(intervals as u64));
-    overall.set_style(bar_style(
-        "search   [{bar:30}] {pos}/{len} intervals  {msg}",
-    ));
-    overall.set_position(st.interval as u64);
-    let bars: Vec<ProgressBar> = (0..c.population)
-        .map(|k| {
-            let b = mp.add(ProgressBar::new((per_epoch * c.epochs) as u64));
-            b.set_style(bar_style(&format!("member {k} [{{bar:30}}] {{msg}}")));
-            b
-        })
-        .collect();
-    let lineage_path = out.join("lineage.log");
-    let mut lineage = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&lineage_path)
-        .map_err(|e| file_err(&lineage_path, e))?;
-    let plan_path = out.join("plan.json");
 
-    let mut last = Instant::now();
-    while st.interval < intervals {
-        if let Some(b) = c.budget_minutes {
-            if start.elapsed().as_secs_f64() > b * 60.0 {
-                say(&format!("budget of {b} minutes spent; stopping the search"));
-                break;
+    /// A new member.
+    pub fn member(&self, g: &Genome, k: u64, steps: usize) -> Result<Trainer> {
+        Ok(Trainer::new(self.member_config(g, k, steps), &self.device)?)
+    }
+
+    /// Trains `tr` for at most `steps` steps, counting them against the budget.
+    pub fn train(&mut self, tr: &mut Trainer, steps: usize) -> Result<usize> {
+        let taken = tr.train_steps(&self.data, steps, true)?;
+        self.st.steps += taken;
+        self.bar.set_position(self.st.steps as u64);
+        Ok(taken)
+    }
+
+    /// Training steps left in the budget.
+    pub fn budget_left(&self) -> usize {
+        self.budget.saturating_sub(self.st.steps)
+    }
+
+    /// Whether the wall-time budget (`--budget`) is spent.
+    pub fn out_of_time(&self) -> bool {
+        self.c
+            .budget_minutes
+            .is_some_and(|b| self.started.elapsed().as_secs_f64() > b * 60.0)
+    }
+
+    /// Evaluates a member: validation accuracy, predicted cost, fitness
+    /// (from `fitness(accuracy, cost, ReLUs left)`); records it and keeps its
+    /// network if it joins the front.
+    #[allow(clippy::too_many_arguments)]
+    pub fn evaluate(
+        &mut self,
+        tr: &mut Trainer,
+        g: &Genome,
+        interval: usize,
+        member: usize,
+        stage: String,
+        fitness: &dyn Fn(f64, f64, usize) -> f64,
+    ) -> Result<Evaluation> {
+        let progress = tr.progress(&self.data.train);
+        let modes = tr.modes_at(progress);
+        let settled = modes
+            .iter()
+            .all(|m| !matches!(m, delphi_train::model::ActMode::Blend { .. }));
+        let acc = tr.accuracy(&self.data.valid);
+        let placement = Placement::new(tr.placement());
+        let cost = self.pricing.price(&placement)?;
+        let obj = self.c.objective.of(&cost);
+        let relus = self.pricing.relus(&placement);
+        let e = Evaluation {
+            index: self.st.evaluations.len(),
+            stage,
+            interval,
+            member,
+            quads: placement.quad_count(),
+            placement,
+            relus,
+            settled,
+            valid_accuracy: acc,
+            online_s: cost.online_s,
+            online_bytes: cost.online_bytes,
+            offline_s: cost.offline_s,
+            offline_bytes: cost.offline_bytes,
+            cost: obj,
+            fitness: fitness(acc, obj, relus),
+            lr: g.lr,
+            momentum: g.momentum,
+            weight_decay: g.weight_decay,
+            distill_weight: g.distill_weight,
+            swap_span: g.swap_span,
+            steps: self.st.steps,
+        };
+        self.st.evaluations.push(e.clone());
+        if settled {
+            self.offer(tr, &e)?;
+        }
+        Ok(e)
+    }
+
+    fn front_file(&self, index: usize) -> PathBuf {
+        self.out.join("front").join(format!("{index}.json"))
+    }
+
+    /// Adds a settled evaluation to the front if nothing there beats it,
+    /// keeping its network; drops what it beats.
+    fn offer(&mut self, tr: &Trainer, e: &Evaluation) -> Result<()> {
+        let mut idx = self.st.front.clone();
+        idx.push(e.index);
+        let pts: Vec<(f64, f64)> = idx
+            .iter()
+            .map(|&i| {
+                let x = &self.st.evaluations[i];
+                (x.valid_accuracy, x.cost)
+            })
+            .collect();
+        let keep: Vec<usize> = policy::pareto(&pts).into_iter().map(|k| idx[k]).collect();
+        if !keep.contains(&e.index) {
+            return Ok(());
+        }
+        let mut net = tr.export()?;
+        net.metadata.planner_run = Some(self.c.name());
+        let cost = self.pricing.price(&e.placement)?;
+        net.metadata.predicted_cost = serde_json::to_value(cost).ok();
+        net.metadata
+            .extra
+            .insert("valid_accuracy".into(), serde_json::json!(e.valid_accuracy));
+        net.save(&self.front_file(e.index), WeightStorage::Sidecar)?;
+        for &old in &self.st.front {
+            if !keep.contains(&old) {
+                let f = self.front_file(old);
+                let _ = std::fs::remove_file(&f);
+                let _ = std::fs::remove_file(f.with_extension("safetensors"));
             }
         }
-        st.interval += 1;
-        // A generator per interval: a resumed run draws what an
-        // uninterrupted one would have.
-        let mut rng = ChaCha8Rng::seed_from_u64(c.seed ^ ((st.interval as u64) << 24));
-        let mut evals = Vec::with_capacity(c.population);
-        for (k, tr) in members.iter_mut().enumerate() {
-            let g = &st.genomes[k];
-            tr.train_steps(&data, interval_steps, true)?;
-            let progress = tr.progress(&data.train);
-            let modes = tr.modes_at(progress);
-            let settled = modes
+        self.st.front = keep;
+        let best = policy::choose(
+            &self
+                .st
+                .front
                 .iter()
-                .all(|m| !matches!(m, delphi_train::model::ActMode::Blend { .. }));
-            let acc = tr.accuracy(&data.valid);
-            let placement = tr.placement();
-            let cost = pricing.price(&placement)?;
-            let obj = c.objective.of(&cost);
-            let shortfall = (c.accuracy - acc).max(0.0);
-            let relu_obj = c.objective.of(&relu_cost);
-            let fitness = if shortfall == 0.0 {
-                -obj
-            } else {
-                -obj - relu_obj * (1.0 + 20.0 * shortfall)
-            };
-            let e = Evaluation {
-                interval: st.interval,
-                member: k,
-                placement: placement
-                    .iter()
-                    .map(|&q| if q { 'Q' } else { 'R' })
-                    .collect(),
-                quads: placement.iter().filter(|&&q| q).count(),
-                settled,
-                valid_accuracy: acc,
-                online_s: cost.online_s,
-                online_bytes: cost.online_bytes,
-                offline_s: cost.offline_s,
-                offline_bytes: cost.offline_bytes,
-                cost: obj,
-                fitness,
-                lr: g.lr,
-                momentum: g.momentum,
-                weight_decay: g.weight_decay,
-                distill_weight: g.distill_weight,
-                swap_span: g.swap_span,
-            };
-            // A settled evaluation above the threshold and cheaper than the
-            // best so far (or as cheap and more accurate) becomes the plan.
-            let better = settled
-                && shortfall == 0.0
-                && st
-                    .best
-                    .as_ref()
-                    .is_none_or(|b| obj < b.cost || (obj == b.cost && acc > b.valid_accuracy));
-            if better {
-                let mut net = tr.export()?;
-                net.metadata.planner_run = Some(c.name());
-                net.metadata.predicted_cost = serde_json::to_value(&cost).ok();
-                net.save(&plan_path, delphi_net::WeightStorage::Inline)?;
-                st.best = Some(e.clone());
-            }
-            bars[k].set_position((tr.epoch * per_epoch + tr.step_in_epoch) as u64);
-            bars[k].set_message(format!(
-                "{} valid {:.2}% cost {:.4}",
-                e.placement,
-                acc * 100.0,
-                obj
-            ));
-            evals.push(e);
-        }
-        // Exploit and explore (not after the last interval).
-        if st.interval < intervals && c.quantile > 0.0 {
-            let mut order: Vec<usize> = (0..c.population).collect();
-            order.sort_by(|&a, &b| evals[b].fitness.total_cmp(&evals[a].fitness));
-            let q = ((c.population as f64 * c.quantile).round() as usize).max(1);
-            let (top, bottom) = (order[..q].to_vec(), order[c.population - q..].to_vec());
-            for &lo in &bottom {
-                if top.contains(&lo) {
-                    continue;
-                }
-                let hi = top[rng.gen_range(0..top.len())];
-                let (lo_tr, hi_tr) = if lo < hi {
-                    let (a, b) = members.split_at_mut(hi);
-                    (&mut a[lo], &b[0])
-                } else {
-                    let (a, b) = members.split_at_mut(lo);
-                    (&mut b[0], &a[hi])
-                };
-                lo_tr.copy_from(hi_tr);
-                let mut g = st.genomes[hi].clone();
-                g.perturb(&mut rng);
-                let tr = lo_tr;
-                tr.set_hyperparameters(g.lr, g.momentum, g.weight_decay);
-                tr.set_distill_weight(g.distill_weight);
-                let mut flipped = None;
-                if rng.gen_bool(0.5) {
-                    let relus: Vec<usize> = (0..layers).filter(|&i| !g.quad[i]).collect();
-                    if !relus.is_empty() {
-                        let i = relus[rng.gen_range(0..relus.len())];
-                        g.quad[i] = true;
-                        let now = tr.progress(&data.train);
-                        tr.swap_to_quad(i, now, g.swap_span);
-                        flipped = Some(i);
-                    }
-                }
-                let line = serde_json::json!({
-                    "interval": st.interval,
-                    "exploit": {"member": lo, "copies": hi,
-                                "fitness": evals[lo].fitness, "source_fitness": evals[hi].fitness},
-                    "explore": {"genome": &g, "swapped_layer": flipped},
-                });
-                writeln!(lineage, "{line}").map_err(|e| file_err(&lineage_path, e))?;
-                st.genomes[lo] = g;
-            }
-        }
-        st.evaluations.extend(evals);
-        st.seconds += last.elapsed().as_secs_f64();
-        last = Instant::now();
-        // Save: members first, then the state that points at them.
-        for (k, tr) in members.iter().enumerate() {
-            tr.save_checkpoint(&out.join(format!("members/{k}")))?;
-        }
-        let tmp = out.join("state.json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec(&st).map_err(|e| file_err(&tmp, e))?,
+                .map(|&i| {
+                    let x = &self.st.evaluations[i];
+                    (x.valid_accuracy, x.cost)
+                })
+                .collect::<Vec<_>>(),
+            self.c.accuracy,
         )
-        .map_err(|e| file_err(&tmp, e))?;
-        std::fs::rename(&tmp, &state_path).map_err(|e| file_err(&state_path, e))?;
-        overall.set_position(st.interval as u64);
-        overall.set_message(match &st.best {
+        .map(|k| &self.st.evaluations[self.st.front[k]]);
+        self.bar.set_message(match best {
             Some(b) => format!(
                 "best {} ({} quad) valid {:.2}% cost {:.4}",
                 b.placement,
@@ -651,48 +761,109 @@ pub fn run(c: &PlanConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Outcome> {
             ),
             None => "no plan meets the threshold yet".into(),
         });
-        say(&format!(
-            "interval {}/{intervals}: {}",
-            st.interval,
-            overall.message()
-        ));
-    }
-    overall.finish();
-    for b in &bars {
-        b.finish();
+        Ok(())
     }
 
-    let mut closest = None;
-    if st.best.is_none() {
-        // Nothing met the threshold: export the most accurate settled member.
-        let best_k = (0..c.population)
-            .max_by(|&a, &b| {
-                let ea = st.evaluations.iter().rev().find(|e| e.member == a);
-                let eb = st.evaluations.iter().rev().find(|e| e.member == b);
-                let va = ea.map_or(0.0, |e| e.valid_accuracy);
-                let vb = eb.map_or(0.0, |e| e.valid_accuracy);
-                va.total_cmp(&vb)
-            })
-            .unwrap_or(0);
-        if let Some(e) = st.evaluations.iter().rev().find(|e| e.member == best_k) {
-            let tr = &mut members[best_k];
-            let modes = tr.modes_at(1.0);
-            tr.model
-                .set_modes(&modes)
-                .map_err(delphi_train::train::TrainError::from)?;
-            let net = tr.export()?;
-            net.save(&plan_path, delphi_net::WeightStorage::Inline)?;
-            closest = Some(e.clone());
-        }
+    /// Appends a line to `lineage.log`.
+    pub fn lineage(&mut self, line: serde_json::Value) -> Result<()> {
+        writeln!(self.lineage, "{line}").map_err(|e| file_err(&self.out.join("lineage.log"), e))
     }
-    Ok(Outcome {
-        evaluations: st.evaluations,
-        chosen: st.best,
-        closest,
-        plan: plan_path,
-        relu_cost,
-        base_valid_accuracy,
-        resumed,
-        search_seconds: st.seconds,
-    })
+
+    /// Saves members' checkpoints (under `members/<k>`) and then the state
+    /// that points at them.
+    pub(crate) fn save(&mut self, members: &[&Trainer]) -> Result<()> {
+        for (k, tr) in members.iter().enumerate() {
+            tr.save_checkpoint(&self.out.join(format!("members/{k}")))?;
+        }
+        self.st.seconds += self.last.elapsed().as_secs_f64();
+        self.last = Instant::now();
+        let tmp = self.out.join("state.json.tmp");
+        let bytes = serde_json::to_vec(&self.st).map_err(|e| file_err(&tmp, e))?;
+        std::fs::write(&tmp, bytes).map_err(|e| file_err(&tmp, e))?;
+        let path = self.out.join("state.json");
+        std::fs::rename(&tmp, &path).map_err(|e| file_err(&path, e))
+    }
+
+    /// Loads the members saved by [`Search::save`].
+    pub(crate) fn load_members(&self, n: usize) -> Result<Vec<Trainer>> {
+        (0..n)
+            .map(|k| {
+                Ok(Trainer::load_checkpoint(
+                    &self.out.join(format!("members/{k}")),
+                    &self.device,
+                )?)
+            })
+            .collect()
+    }
+
+    /// Ends the search: writes `plan.json` (the cheapest front plan meeting
+    /// the threshold, else the most accurate) and returns the outcome.
+    pub fn finish(mut self) -> Result<Outcome> {
+        self.st.progress = Progress::Done;
+        self.save(&[])?;
+        self.bar.finish_and_clear();
+        let front: Vec<(Evaluation, PathBuf)> = self
+            .st
+            .front
+            .iter()
+            .map(|&i| (self.st.evaluations[i].clone(), self.front_file(i)))
+            .collect();
+        let pts: Vec<(f64, f64)> = front
+            .iter()
+            .map(|(e, _)| (e.valid_accuracy, e.cost))
+            .collect();
+        let plan = self.out.join("plan.json");
+        let (chosen, closest) = match policy::choose(&pts, self.c.accuracy) {
+            Some(k) => (Some(front[k].clone()), None),
+            None => (
+                None,
+                front
+                    .iter()
+                    .max_by(|a, b| a.0.valid_accuracy.total_cmp(&b.0.valid_accuracy))
+                    .cloned(),
+            ),
+        };
+        if let Some((_, file)) = chosen.as_ref().or(closest.as_ref()) {
+            let net = Network::load(file)?;
+            net.save(&plan, WeightStorage::Inline)?;
+        }
+        Ok(Outcome {
+            strategy: self.c.strategy,
+            evaluations: self.st.evaluations.clone(),
+            front,
+            chosen: chosen.map(|c| c.0),
+            closest: closest.map(|c| c.0),
+            plan,
+            relu_cost: self.relu_cost,
+            relus: self.pricing.relus(&Placement::all_relu(self.layers)),
+            base_valid_accuracy: self.base_valid_accuracy,
+            base_given: self.base_given,
+            resumed: self.resumed,
+            search_seconds: self.st.seconds,
+            steps: (self.st.steps, self.budget),
+            notes: self.notes,
+        })
+    }
+}
+
+/// Runs (or resumes) the search the configuration describes.
+pub fn run(c: &PlanConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Outcome> {
+    let mut s = Search::open(c, quiet, say)?;
+    if matches!(s.st.progress, Progress::Done) {
+        s.say("the search had finished; rewriting its outputs");
+        return s.finish();
+    }
+    if s.resumed {
+        let at = s.st.evaluations.len();
+        s.say(&format!(
+            "resuming after {at} evaluations ({} of {} training steps used)",
+            s.st.steps, s.budget
+        ));
+    }
+    match c.strategy {
+        Strategy::Pbt => crate::strategy::pbt::run(&mut s)?,
+        Strategy::Delphi => crate::strategy::delphi::run(&mut s)?,
+        Strategy::Greedy => crate::strategy::greedy::run(&mut s)?,
+    }
+    s.finish()
 }

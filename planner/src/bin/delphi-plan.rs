@@ -1,14 +1,16 @@
 //! `delphi-plan`: finds the cheapest network configuration (which activation
-//! layers stay ReLU) that meets an accuracy threshold, by population-based
-//! training scored with the cost model.
+//! layers stay ReLU) that meets an accuracy threshold, scored with the cost
+//! model; `delphi-plan bench` compares the search strategies.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
-use delphi_planner::config::{ExperimentFile, Objective, PlanConfig};
+use delphi_planner::bench::{self, BenchConfig};
+use delphi_planner::config::{ExperimentFile, Objective, PlanConfig, Strategy};
+use delphi_planner::measure;
 use delphi_planner::report::{self, Final};
 use delphi_planner::search;
 use delphi_train::data::DatasetKind;
@@ -18,33 +20,93 @@ use delphi_train::data::DatasetKind;
     name = "delphi-plan",
     version,
     about = "Search for the cheapest ReLU/quadratic placement that meets an accuracy threshold",
-    long_about = "Trains an all-ReLU network once, then a population of members that swap activation \
-                  layers to quadratics, scored by the cost model's predicted cost under the real \
-                  protocol. Writes plan.json (feed it to `delphi verify`/`serve`), members.csv, \
-                  pareto.csv/.parquet/.svg, lineage.log and summary.md to the run folder. Killing it \
-                  and rerunning the same command resumes.\n\n\
+    long_about = "Starts from a trained all-ReLU network — yours (--arch net.onnx or a description \
+                  with weights, not retrained) or a built-in trained here — and searches which \
+                  activation layers become quadratic, scored by the cost model's predicted cost \
+                  under the real protocol. Writes plan.json (feed it to `delphi verify`/`serve`), \
+                  members.csv, pareto.csv/.parquet/.svg, lineage.log and summary.md to the run \
+                  folder. Killing it and rerunning the same command resumes.\n\n\
                   Examples:\n  delphi-plan --dataset fashion-mnist --accuracy 0.88\n  \
-                  delphi-plan --dataset cifar100 --accuracy 0.7 --data-dir ~/data\n  \
-                  delphi-plan --config configs/fashion-mnist.toml"
+                  delphi-plan --arch net.onnx --dataset fashion-mnist --accuracy 0.85\n  \
+                  delphi-plan --arch resnet14 --accuracy 0.90 --strategy delphi\n  \
+                  delphi-plan --config configs/fashion-mnist.toml\n  \
+                  delphi-plan bench --arch resnet14 --thresholds 0.89,0.90,0.91",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
-    /// fashion-mnist, cifar10 or cifar100.
-    #[arg(long, default_value = "fashion-mnist")]
-    dataset: DatasetKind,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    search: SearchArgs,
     /// Validation accuracy the plan must reach (e.g. 0.88).
     #[arg(long, required_unless_present = "config")]
     accuracy: Option<f64>,
-    /// Architecture (default: small-cnn for Fashion-MNIST, minionn for
-    /// CIFAR-10, resnet32 for CIFAR-100).
+    /// How placements are searched: pbt (ours), delphi (DELPHI's planner) or greedy.
+    #[arg(long, default_value = "pbt")]
+    strategy: Strategy,
+    /// Run folder (default results/plan/<dataset>-<arch>-<accuracy>[-<strategy>]).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Run the chosen plan through the protocol engine and record measured
+    /// cost beside predicted.
+    #[arg(long)]
+    verify: bool,
+    /// Run the experiments of a TOML file instead (see configs/).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs the strategies side by side at equal training budget on one base
+    /// network and writes fronts.csv, fronts.svg, summary.md and bench.json.
+    Bench(Box<BenchArgs>),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    search: SearchArgs,
+    /// Validation-accuracy thresholds, comma separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    thresholds: Vec<f64>,
+    /// Strategies compared.
+    #[arg(long, value_delimiter = ',', default_value = "pbt,delphi,greedy")]
+    strategies: Vec<Strategy>,
+    /// Bench folder (default results/plan-bench/<dataset>-<arch>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Skip `delphi verify --compare-cost` on the chosen plans.
+    #[arg(long)]
+    no_verify: bool,
+}
+
+/// Settings shared by a search and the benchmark.
+#[derive(Args)]
+struct SearchArgs {
+    /// fashion-mnist, cifar10 or cifar100.
+    #[arg(long, default_value = "fashion-mnist")]
+    dataset: DatasetKind,
+    /// Architecture: a built-in (small-cnn, minionn, resnet32, resnet14;
+    /// default per dataset), or a network description (.json) or ONNX model
+    /// (.onnx). With weights it is the trained all-ReLU base and is not
+    /// retrained; without, it is trained first (--base-epochs).
     #[arg(long)]
     arch: Option<String>,
     /// Members in the population.
     #[arg(long, default_value_t = 6)]
     population: usize,
-    /// Epochs each member trains.
+    /// Epochs each member trains (the budget is population × epochs
+    /// member-epochs for every strategy unless --budget-epochs says otherwise).
     #[arg(long, default_value_t = 4)]
     epochs: usize,
-    /// Epochs of the all-ReLU base network.
+    /// Training budget in member-epochs.
+    #[arg(long)]
+    budget_epochs: Option<f64>,
+    /// DELPHI's planner: how many counts of quadratic layers it tries.
+    #[arg(long, default_value_t = 3)]
+    delphi_runs: usize,
+    /// Epochs of the all-ReLU base network (when it is trained here).
     #[arg(long, default_value_t = 4)]
     base_epochs: usize,
     /// Ready intervals per epoch.
@@ -71,9 +133,6 @@ struct Cli {
     /// Dataset folder.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Run folder (default results/plan/<dataset>-<arch>-<accuracy>).
-    #[arg(long)]
-    out: Option<PathBuf>,
     /// Use only the first N training images.
     #[arg(long)]
     train_limit: Option<usize>,
@@ -86,25 +145,21 @@ struct Cli {
     /// Seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Run the chosen plan through the protocol engine and record measured
-    /// cost beside predicted.
-    #[arg(long)]
-    verify: bool,
-    /// Run the experiments of a TOML file instead (see configs/).
-    #[arg(long)]
-    config: Option<PathBuf>,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
 }
 
-fn from_cli(a: &Cli) -> PlanConfig {
+fn plan_config(a: &SearchArgs) -> PlanConfig {
     PlanConfig {
         name: None,
         dataset: a.dataset,
         data_dir: a.data_dir.clone(),
         arch: a.arch.clone(),
-        accuracy: a.accuracy.unwrap_or(0.0),
+        strategy: Strategy::Pbt,
+        budget_epochs: a.budget_epochs,
+        delphi_runs: a.delphi_runs,
+        accuracy: 0.0,
         population: a.population,
         epochs: a.epochs,
         base_epochs: a.base_epochs,
@@ -121,8 +176,8 @@ fn from_cli(a: &Cli) -> PlanConfig {
         valid_size: a.valid_size,
         test_limit: a.test_limit,
         seed: a.seed,
-        out: a.out.clone(),
-        verify: a.verify,
+        out: None,
+        verify: false,
     }
 }
 
@@ -134,89 +189,35 @@ fn run_one(c: &PlanConfig, quiet: bool) -> Result<()> {
     let net = delphi_net::Network::load(&outcome.plan)
         .with_context(|| format!("reading {}", outcome.plan.display()))?;
     let data = search::load_data(c)?;
-    // The test set, once, for the chosen plan.
-    let device = c
-        .device
-        .parse::<delphi_train::device::DeviceChoice>()
-        .map_err(anyhow::Error::msg)?
-        .device()?;
-    let mut tc = delphi_train::train::TrainConfig::new(c.dataset);
-    tc.arch = c.arch();
-    tc.init = Some(outcome.plan.clone());
-    tc.activations = Some(
-        net.layers
-            .iter()
-            .filter_map(|l| match &l.op {
-                delphi_net::Op::Activation(delphi_net::Activation::Relu) => Some('R'),
-                delphi_net::Op::Activation(_) => Some('Q'),
-                _ => None,
-            })
-            .collect(),
-    );
-    let tr = delphi_train::train::Trainer::new(tc, &device)?;
-    let float = tr.accuracy(&data.test);
-    let fixed = delphi_train::train::fixed_accuracy(&net, &data.test)?;
-    let layers = net.activation_layers().len();
-    let quads = layers
-        - net
-            .layers
-            .iter()
-            .filter(|l| {
-                matches!(
-                    l.op,
-                    delphi_net::Op::Activation(delphi_net::Activation::Relu)
-                )
-            })
-            .count();
+    say("measuring the plan's test accuracy (float and fixed point)");
+    let (float, fixed) = measure::test_accuracy(c, &outcome.plan, &data)?;
+    let placement = delphi_net::Placement::of(&net);
     let verify = if c.verify {
         say("running the plan through the protocol engine (delphi verify --compare-cost)");
-        let model = out.join("cost-model.json");
-        let model = c
-            .cost_model
-            .clone()
-            .filter(|p| p.is_file())
-            .unwrap_or(if model.is_file() {
-                model
-            } else {
-                PathBuf::from("results/cost-model.json")
-            });
-        let o = search::delphi_command()
-            .args(["verify", "--json", "--compare-cost", "--plan"])
-            .arg(&outcome.plan)
-            .arg("--cost-model")
-            .arg(&model)
-            .output()
-            .context(
-                "running `delphi verify` (build it with cargo build --release -p delphi-cli)",
-            )?;
-        if !o.status.success() {
-            bail!(
-                "delphi verify failed on the plan: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
-        Some(serde_json::json!({
-            "predicted": v["predicted"],
-            "measured": v["measured"],
-            "same_class": v["same_class"],
-        }))
+        let model = search::cost_model_path(c, &out, &say)?;
+        Some(measure::verify(&outcome.plan, &model)?)
     } else {
         None
     };
     let fin = Final {
         test_accuracy_float: float,
         test_accuracy_fixed: fixed,
-        quads,
-        layers,
+        quads: placement.quad_count(),
+        layers: placement.len(),
         verify,
         seconds: start.elapsed().as_secs_f64(),
     };
     report::write(&out, c, &outcome, &fin)?;
     let summary = serde_json::json!({
         "name": c.name(),
+        "strategy": c.strategy.name(),
         "chosen": outcome.chosen,
         "closest": outcome.closest,
+        "base_valid_accuracy": outcome.base_valid_accuracy,
+        "base_given": outcome.base_given,
+        "steps_used": outcome.steps.0,
+        "budget_steps": outcome.steps.1,
+        "notes": outcome.notes,
         "final": fin,
         "config": c,
     });
@@ -226,9 +227,12 @@ fn run_one(c: &PlanConfig, quiet: bool) -> Result<()> {
     )?;
     match &outcome.chosen {
         Some(e) => println!(
-            "plan {}: placement {} ({quads}/{layers} quadratic), validation {:.2} %, test {:.2} % float / {:.2} % fixed, {} {:.4}; see {}",
+            "plan {}: placement {} ({}/{} quadratic, {} ReLUs left), validation {:.2} %, test {:.2} % float / {:.2} % fixed, {} {:.4}; see {}",
             outcome.plan.display(),
             e.placement,
+            fin.quads,
+            fin.layers,
+            e.relus,
             e.valid_accuracy * 100.0,
             float * 100.0,
             fixed * 100.0,
@@ -249,13 +253,53 @@ fn run_one(c: &PlanConfig, quiet: bool) -> Result<()> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(Cmd::Bench(b)) = &cli.command {
+        let mut plan = plan_config(&b.search);
+        plan.check().map_err(anyhow::Error::msg)?;
+        for t in &b.thresholds {
+            if !(0.0..=1.0).contains(t) {
+                bail!("threshold {t} must be in [0, 1]");
+            }
+        }
+        plan.accuracy = b.thresholds.iter().cloned().fold(f64::INFINITY, f64::min);
+        let out = b.out.clone().unwrap_or_else(|| {
+            PathBuf::from("results/plan-bench").join(format!(
+                "{}-{}",
+                plan.dataset.name(),
+                plan.arch_label()
+            ))
+        });
+        let cfg = BenchConfig {
+            plan,
+            thresholds: b.thresholds.clone(),
+            strategies: b.strategies.clone(),
+            out: out.clone(),
+            verify: !b.no_verify,
+        };
+        let say = |m: &str| eprintln!("[delphi-plan bench] {m}");
+        let rows = bench::run(&cfg, b.search.quiet, &say)?;
+        println!(
+            "{} front rows; see {} and {}",
+            rows.len(),
+            out.join("summary.md").display(),
+            out.join("fronts.svg").display()
+        );
+        return Ok(());
+    }
     let configs = match &cli.config {
         Some(p) => {
             ExperimentFile::load(p)
                 .map_err(anyhow::Error::msg)?
                 .experiment
         }
-        None => vec![from_cli(&cli)],
+        None => {
+            let mut c = plan_config(&cli.search);
+            c.accuracy = cli.accuracy.unwrap_or(0.0);
+            c.strategy = cli.strategy;
+            c.out = cli.out.clone();
+            c.verify = cli.verify;
+            vec![c]
+        }
     };
     if configs.is_empty() {
         bail!("no experiments to run");
@@ -264,7 +308,7 @@ fn main() -> Result<()> {
         c.check().map_err(anyhow::Error::msg)?;
     }
     for c in &configs {
-        run_one(c, cli.quiet)?;
+        run_one(c, cli.search.quiet)?;
     }
     Ok(())
 }

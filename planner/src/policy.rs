@@ -1,0 +1,369 @@
+//! The search policies, free of training and files so they can be tested
+//! on their own: genomes and their perturbation, the fitness of each
+//! strategy, exploit selection, the Pareto front, the choice of a plan for a
+//! threshold, DELPHI's counts of quadratic layers and the greedy rule's pick
+//! and budget split.
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use delphi_net::Placement;
+
+/// A member's placement and hyperparameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Genome {
+    /// Which activation layers are (or are becoming) quadratic.
+    pub placement: Placement,
+    /// Learning rate.
+    pub lr: f64,
+    /// Momentum.
+    pub momentum: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Weight of the distillation term (0: none).
+    pub distill_weight: f32,
+    /// Fraction of the member's run a swap to quadratic takes (0: at once).
+    pub swap_span: f32,
+}
+
+/// Declared bounds of the hyperparameters (perturbation clamps to them).
+pub const LR: (f64, f64) = (1e-3, 0.2);
+/// Momentum bounds.
+pub const MOMENTUM: (f64, f64) = (0.5, 0.99);
+/// Weight-decay bounds.
+pub const WEIGHT_DECAY: (f64, f64) = (1e-5, 1e-2);
+/// Distillation-weight bounds.
+pub const DISTILL: (f32, f32) = (0.0, 1.0);
+/// Swap-span bounds.
+pub const SPAN: (f32, f32) = (0.05, 0.6);
+
+fn log_uniform(rng: &mut ChaCha8Rng, (lo, hi): (f64, f64)) -> f64 {
+    (lo.ln() + rng.gen::<f64>() * (hi.ln() - lo.ln())).exp()
+}
+
+/// `count` distinct layers out of `layers`, uniformly at random.
+pub fn random_placement(layers: usize, count: usize, rng: &mut ChaCha8Rng) -> Placement {
+    let mut idx: Vec<usize> = (0..layers).collect();
+    idx.shuffle(rng);
+    let mut p = Placement::all_relu(layers);
+    for &i in idx.iter().take(count) {
+        p.set(i, true);
+    }
+    p
+}
+
+/// One multiplicative perturbation: ×0.8 or ×1.2, or (with probability
+/// 0.2) a fresh draw, clamped to the bounds.
+fn perturb_value(v: f64, b: (f64, f64), log: bool, rng: &mut ChaCha8Rng) -> f64 {
+    let v = if rng.gen_bool(0.2) {
+        if log {
+            log_uniform(rng, b)
+        } else {
+            rng.gen_range(b.0..b.1)
+        }
+    } else if rng.gen_bool(0.5) {
+        v * 0.8
+    } else {
+        v * 1.2
+    };
+    v.clamp(b.0, b.1)
+}
+
+impl Genome {
+    /// A random genome with `quads` quadratic layers out of `layers` (our
+    /// search's starting ranges).
+    pub fn random(layers: usize, quads: usize, rng: &mut ChaCha8Rng) -> Genome {
+        Genome {
+            placement: random_placement(layers, quads, rng),
+            lr: log_uniform(rng, (0.01, 0.05)),
+            momentum: rng.gen_range(0.85..0.95),
+            weight_decay: log_uniform(rng, (1e-4, 1e-3)),
+            distill_weight: rng.gen_range(0.3..0.8),
+            swap_span: rng.gen_range(0.2..0.5),
+        }
+    }
+
+    /// DELPHI's member: exactly `quads` quadratic layers at random places,
+    /// a random learning rate and momentum, no distillation, quadratics
+    /// from the start.
+    pub fn delphi(layers: usize, quads: usize, rng: &mut ChaCha8Rng) -> Genome {
+        Genome {
+            placement: random_placement(layers, quads, rng),
+            lr: log_uniform(rng, (0.01, 0.05)),
+            momentum: rng.gen_range(0.85..0.95),
+            weight_decay: 5e-4,
+            distill_weight: 0.0,
+            swap_span: 0.0,
+        }
+    }
+
+    /// Explore: every hyperparameter perturbed within its bounds.
+    pub fn perturb(&mut self, rng: &mut ChaCha8Rng) {
+        self.lr = perturb_value(self.lr, LR, true, rng);
+        self.momentum = perturb_value(self.momentum, MOMENTUM, false, rng);
+        self.weight_decay = perturb_value(self.weight_decay, WEIGHT_DECAY, true, rng);
+        self.distill_weight = perturb_value(
+            self.distill_weight as f64,
+            (DISTILL.0 as f64, DISTILL.1 as f64),
+            false,
+            rng,
+        ) as f32;
+        self.swap_span = perturb_value(
+            self.swap_span as f64,
+            (SPAN.0 as f64, SPAN.1 as f64),
+            false,
+            rng,
+        ) as f32;
+    }
+
+    /// DELPHI's explore: the learning rate and momentum only.
+    pub fn perturb_lr_momentum(&mut self, rng: &mut ChaCha8Rng) {
+        self.lr = perturb_value(self.lr, LR, true, rng);
+        self.momentum = perturb_value(self.momentum, MOMENTUM, false, rng);
+    }
+}
+
+/// Our fitness (higher is better): −cost when the accuracy meets the
+/// threshold; below it, −cost minus the all-ReLU cost scaled by
+/// (1 + 20 × shortfall), so every member under the threshold ranks below
+/// every member above it, closer ones first.
+pub fn pbt_fitness(accuracy: f64, cost: f64, threshold: f64, relu_cost: f64) -> f64 {
+    let shortfall = (threshold - accuracy).max(0.0);
+    if shortfall == 0.0 {
+        -cost
+    } else {
+        -cost - relu_cost * (1.0 + 20.0 * shortfall)
+    }
+}
+
+/// DELPHI's fitness: validation accuracy × (1 + replaced ReLUs / all ReLUs),
+/// ReLUs counted as activations (elements), not layers.
+pub fn delphi_fitness(accuracy: f64, replaced_relus: usize, all_relus: usize) -> f64 {
+    accuracy * (1.0 + replaced_relus as f64 / all_relus.max(1) as f64)
+}
+
+/// Exploit pairs `(replaced, source)`: each member of the bottom quantile
+/// (by fitness) copies a random member of the top quantile.
+pub fn exploit_pairs(fitness: &[f64], quantile: f64, rng: &mut ChaCha8Rng) -> Vec<(usize, usize)> {
+    let n = fitness.len();
+    if n < 2 || quantile <= 0.0 {
+        return Vec::new();
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| fitness[b].total_cmp(&fitness[a]));
+    let q = ((n as f64 * quantile).round() as usize).clamp(1, n / 2);
+    let top = &order[..q];
+    order[n - q..]
+        .iter()
+        .filter(|lo| !top.contains(lo))
+        .map(|&lo| (lo, top[rng.gen_range(0..top.len())]))
+        .collect()
+}
+
+/// Indices of the Pareto front of `(accuracy, cost)` points — none other
+/// is at least as accurate and cheaper, or more accurate and as cheap —
+/// cheapest first; exact duplicates appear once.
+pub fn pareto(points: &[(f64, f64)]) -> Vec<usize> {
+    let mut front: Vec<usize> = (0..points.len())
+        .filter(|&i| {
+            let (a, c) = points[i];
+            !points
+                .iter()
+                .any(|&(oa, oc)| (oa >= a && oc < c) || (oa > a && oc <= c))
+        })
+        .collect();
+    front.sort_by(|&i, &j| points[i].1.total_cmp(&points[j].1));
+    front.dedup_by(|i, j| points[*i] == points[*j]);
+    front
+}
+
+/// The plan for `threshold`: the cheapest point meeting it (the more
+/// accurate of equally cheap ones).
+pub fn choose(points: &[(f64, f64)], threshold: f64) -> Option<usize> {
+    (0..points.len())
+        .filter(|&i| points[i].0 >= threshold)
+        .min_by(|&i, &j| {
+            points[i]
+                .1
+                .total_cmp(&points[j].1)
+                .then(points[j].0.total_cmp(&points[i].0))
+        })
+}
+
+/// DELPHI's planner runs one population per count of quadratic layers;
+/// with budget for `runs` populations the counts are spread evenly up to
+/// all layers (e.g. 13 layers, 3 runs: 4, 9, 13).
+pub fn delphi_counts(layers: usize, runs: usize) -> Vec<usize> {
+    let runs = runs.clamp(1, layers.max(1));
+    let mut v: Vec<usize> = (1..=runs)
+        .map(|j| ((j * layers) as f64 / runs as f64).round() as usize)
+        .map(|n| n.clamp(1, layers))
+        .collect();
+    v.dedup();
+    v
+}
+
+/// One greedy probe: a layer made quadratic and briefly fine-tuned.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Probe {
+    /// The activation layer tried.
+    pub layer: usize,
+    /// Validation accuracy after the probe.
+    pub accuracy: f64,
+    /// Predicted cost with it quadratic.
+    pub cost: f64,
+}
+
+/// The greedy rule: the probe that loses the least accuracy per unit of
+/// predicted saving against the current plan (a gain counts as a negative
+/// loss; probes that save nothing are skipped).
+pub fn greedy_pick(probes: &[Probe], accuracy: f64, cost: f64) -> Option<usize> {
+    let score = |p: &Probe| (accuracy - p.accuracy) / (cost - p.cost);
+    (0..probes.len())
+        .filter(|&i| cost - probes[i].cost > 0.0)
+        .min_by(|&i, &j| score(&probes[i]).total_cmp(&score(&probes[j])))
+}
+
+/// The greedy rule's budget split for `layers` activation layers: steps of
+/// one probe and of the fine-tune after each accepted layer, so that the
+/// longest possible run (every layer, probing each remaining one every
+/// round) fits in `budget` steps.
+pub fn greedy_steps(layers: usize, budget: usize) -> usize {
+    let units = layers * (layers + 1) / 2 + layers;
+    (budget / units.max(1)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn rng() -> ChaCha8Rng {
+        ChaCha8Rng::seed_from_u64(7)
+    }
+
+    #[test]
+    fn fitness_ranks_every_member_above_the_threshold_first() {
+        let relu = 1.0;
+        let above_dear = pbt_fitness(0.91, 0.9, 0.9, relu);
+        let above_cheap = pbt_fitness(0.90, 0.2, 0.9, relu);
+        let below_cheap = pbt_fitness(0.899, 0.01, 0.9, relu);
+        let further_below = pbt_fitness(0.85, 0.01, 0.9, relu);
+        assert!(above_cheap > above_dear);
+        assert!(above_dear > below_cheap);
+        assert!(below_cheap > further_below);
+    }
+
+    #[test]
+    fn delphi_fitness_counts_activations() {
+        assert_eq!(delphi_fitness(0.9, 0, 100), 0.9);
+        assert!((delphi_fitness(0.8, 50, 100) - 1.2).abs() < 1e-12);
+        // One big layer replaced beats two small ones at equal accuracy.
+        assert!(delphi_fitness(0.9, 60, 100) > delphi_fitness(0.9, 40, 100));
+    }
+
+    #[test]
+    fn exploit_copies_top_into_bottom() {
+        let f = [0.1, 0.9, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4];
+        let pairs = exploit_pairs(&f, 0.25, &mut rng());
+        let lows: Vec<usize> = pairs.iter().map(|p| p.0).collect();
+        assert_eq!(pairs.len(), 2);
+        assert!(lows.contains(&0) && lows.contains(&5), "{pairs:?}");
+        for (_, hi) in pairs {
+            assert!(hi == 1 || hi == 6);
+        }
+        assert!(exploit_pairs(&[1.0], 0.25, &mut rng()).is_empty());
+        assert!(exploit_pairs(&f, 0.0, &mut rng()).is_empty());
+        // Two members: the worse copies the better.
+        assert_eq!(exploit_pairs(&[0.2, 0.4], 0.25, &mut rng()), vec![(0, 1)]);
+    }
+
+    #[test]
+    fn perturbation_stays_in_bounds_and_delphi_touches_lr_momentum_only() {
+        let mut r = rng();
+        let mut g = Genome::random(5, 2, &mut r);
+        for _ in 0..200 {
+            g.perturb(&mut r);
+            assert!((LR.0..=LR.1).contains(&g.lr));
+            assert!((MOMENTUM.0..=MOMENTUM.1).contains(&g.momentum));
+            assert!((WEIGHT_DECAY.0..=WEIGHT_DECAY.1).contains(&g.weight_decay));
+            assert!((SPAN.0..=SPAN.1).contains(&g.swap_span));
+        }
+        let mut d = Genome::delphi(5, 3, &mut r);
+        assert_eq!(d.placement.quad_count(), 3);
+        let before = d.clone();
+        for _ in 0..20 {
+            d.perturb_lr_momentum(&mut r);
+        }
+        assert_eq!(
+            (d.weight_decay, d.distill_weight, d.swap_span, &d.placement),
+            (
+                before.weight_decay,
+                before.distill_weight,
+                before.swap_span,
+                &before.placement
+            )
+        );
+        assert_ne!((d.lr, d.momentum), (before.lr, before.momentum));
+    }
+
+    #[test]
+    fn pareto_front_and_choice() {
+        let pts = [
+            (0.90, 1.0),
+            (0.92, 2.0),
+            (0.89, 1.5),
+            (0.85, 0.5),
+            (0.92, 2.0),
+            (0.95, 3.0),
+        ];
+        assert_eq!(pareto(&pts), vec![3, 0, 1, 5]);
+        assert_eq!(choose(&pts, 0.91), Some(1));
+        assert_eq!(choose(&pts, 0.88), Some(0));
+        assert_eq!(choose(&pts, 0.99), None);
+        // Equally cheap: the more accurate.
+        assert_eq!(choose(&[(0.9, 1.0), (0.93, 1.0)], 0.9), Some(1));
+    }
+
+    #[test]
+    fn delphi_counts_spread_to_all_layers() {
+        assert_eq!(delphi_counts(13, 3), vec![4, 9, 13]);
+        assert_eq!(delphi_counts(3, 5), vec![1, 2, 3]);
+        assert_eq!(delphi_counts(31, 1), vec![31]);
+    }
+
+    #[test]
+    fn greedy_prefers_the_cheapest_accuracy_per_saving() {
+        let probes = [
+            Probe {
+                layer: 0,
+                accuracy: 0.88,
+                cost: 0.5,
+            }, // loses 2 pts for 0.5
+            Probe {
+                layer: 1,
+                accuracy: 0.895,
+                cost: 0.9,
+            }, // loses 0.5 pt for 0.1
+            Probe {
+                layer: 2,
+                accuracy: 0.90,
+                cost: 0.95,
+            }, // loses nothing
+            Probe {
+                layer: 3,
+                accuracy: 0.95,
+                cost: 1.0,
+            }, // saves nothing
+        ];
+        assert_eq!(greedy_pick(&probes, 0.90, 1.0), Some(2));
+        assert_eq!(greedy_pick(&probes[..2], 0.90, 1.0), Some(0));
+        assert_eq!(greedy_pick(&probes[3..], 0.90, 1.0), None);
+        // The longest run fits the budget.
+        let b = 10_000;
+        let s = greedy_steps(13, b);
+        assert!(s * (13 * 14 / 2 + 13) <= b);
+    }
+}

@@ -1,0 +1,131 @@
+//! Our search: population-based training (Jaderberg et al. 2017) over
+//! placements and hyperparameters, scored by the cost model.
+//!
+//! Members start with placements spread from few to all quadratic layers;
+//! quadratic layers blend in from ReLU over the member's swap span, and the
+//! members distil from the base. At every ready interval each member trains,
+//! is evaluated and priced; fitness is −cost above the threshold and ranks
+//! every member below it last (closer first). The bottom quantile copies
+//! weights and genome from the top (exploit), perturbs the hyperparameters
+//! and, with probability ½, starts swapping one more ReLU layer (explore).
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use delphi_train::train::Trainer;
+
+use crate::policy::{exploit_pairs, pbt_fitness, Genome};
+use crate::search::{Progress, Result, Search};
+
+/// Runs (or resumes) the population-based search.
+pub fn run(s: &mut Search) -> Result<()> {
+    let c = s.c.clone();
+    let n = c.population;
+    let layers = s.layers;
+    let steps = (s.budget / n).max(1);
+    let intervals = steps.div_ceil(s.interval_steps);
+    let relu_obj = c.objective.of(&s.relu_cost);
+    let (mut interval, mut genomes, mut members) = match &s.st.progress {
+        Progress::Pbt { interval, genomes } => (*interval, genomes.clone(), s.load_members(n)?),
+        _ => {
+            let mut rng = ChaCha8Rng::seed_from_u64(c.seed ^ 0x9e37_79b9_7f4a_7c15);
+            let mut genomes = Vec::new();
+            let mut members = Vec::new();
+            for k in 0..n {
+                // Spread the starting placements from few to all quadratic layers.
+                let quads = ((k + 1) * layers).div_ceil(n).min(layers);
+                let g = Genome::random(layers, quads, &mut rng);
+                members.push(s.member(&g, k as u64, steps)?);
+                genomes.push(g);
+            }
+            (0, genomes, members)
+        }
+    };
+    while interval < intervals {
+        if s.out_of_time() {
+            s.say("wall-time budget spent; stopping the search");
+            break;
+        }
+        interval += 1;
+        // A generator per interval: a resumed run draws what an
+        // uninterrupted one would have.
+        let mut rng = ChaCha8Rng::seed_from_u64(c.seed ^ ((interval as u64) << 24));
+        let fitness = train_interval(
+            s,
+            &mut members,
+            &genomes,
+            interval,
+            &format!("interval {interval}"),
+            &|acc, cost, _| pbt_fitness(acc, cost, c.accuracy, relu_obj),
+        )?;
+        if interval < intervals {
+            for (lo, hi) in exploit_pairs(&fitness, c.quantile, &mut rng) {
+                let (tr, source) = pair(&mut members, lo, hi);
+                tr.copy_from(source);
+                let mut g = genomes[hi].clone();
+                g.perturb(&mut rng);
+                tr.set_hyperparameters(g.lr, g.momentum, g.weight_decay);
+                tr.set_distill_weight(g.distill_weight);
+                let mut flipped = None;
+                if rng.gen_bool(0.5) {
+                    let relus = g.placement.relu_layers();
+                    if !relus.is_empty() {
+                        let i = relus[rng.gen_range(0..relus.len())];
+                        g.placement.set(i, true);
+                        let now = tr.progress(&s.data.train);
+                        tr.swap_to_quad(i, now, g.swap_span);
+                        flipped = Some(i);
+                    }
+                }
+                s.lineage(serde_json::json!({
+                    "interval": interval,
+                    "exploit": {"member": lo, "copies": hi,
+                                "fitness": fitness[lo], "source_fitness": fitness[hi]},
+                    "explore": {"genome": &g, "swapped_layer": flipped},
+                }))?;
+                genomes[lo] = g;
+            }
+        }
+        s.st.progress = Progress::Pbt {
+            interval,
+            genomes: genomes.clone(),
+        };
+        let refs: Vec<&_> = members.iter().collect();
+        s.save(&refs)?;
+        s.say(&format!(
+            "interval {interval}/{intervals}: best fitness {:.4}",
+            fitness.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b))
+        ));
+    }
+    Ok(())
+}
+
+/// Trains every member for one interval and evaluates it (stage `stage`);
+/// returns the members' fitness.
+pub(crate) fn train_interval(
+    s: &mut Search,
+    members: &mut [Trainer],
+    genomes: &[Genome],
+    interval: usize,
+    stage: &str,
+    fitness: &dyn Fn(f64, f64, usize) -> f64,
+) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(members.len());
+    for (k, tr) in members.iter_mut().enumerate() {
+        s.train(tr, s.interval_steps)?;
+        let e = s.evaluate(tr, &genomes[k], interval, k, stage.to_string(), fitness)?;
+        out.push(e.fitness);
+    }
+    Ok(out)
+}
+
+/// `(&mut v[lo], &v[hi])` for `lo ≠ hi`.
+pub(crate) fn pair<T>(v: &mut [T], lo: usize, hi: usize) -> (&mut T, &T) {
+    if lo < hi {
+        let (a, b) = v.split_at_mut(hi);
+        (&mut a[lo], &b[0])
+    } else {
+        let (a, b) = v.split_at_mut(lo);
+        (&mut b[0], &a[hi])
+    }
+}
