@@ -125,6 +125,16 @@ impl Genome {
     }
 }
 
+/// Quadratic layers of member `k` of `n` at the start of our search:
+/// spread evenly from one to all `layers`.
+pub fn spread(k: usize, n: usize, layers: usize) -> usize {
+    if n <= 1 {
+        return layers;
+    }
+    let q = 1.0 + k as f64 * layers.saturating_sub(1) as f64 / (n - 1) as f64;
+    (q.round() as usize).clamp(1, layers.max(1))
+}
+
 /// Our fitness (higher is better): −cost when the accuracy meets the
 /// threshold; below it, −cost minus the all-ReLU cost scaled by
 /// (1 + 20 × shortfall), so every member under the threshold ranks below
@@ -325,6 +335,14 @@ mod tests {
         assert_eq!(choose(&pts, 0.99), None);
         // Equally cheap: the more accurate.
         assert_eq!(choose(&[(0.9, 1.0), (0.93, 1.0)], 0.9), Some(1));
+    }
+
+    #[test]
+    fn starting_placements_spread_from_one_to_all() {
+        let v: Vec<usize> = (0..6).map(|k| spread(k, 6, 13)).collect();
+        assert_eq!(v, vec![1, 3, 6, 8, 11, 13]);
+        assert_eq!(spread(0, 1, 5), 5);
+        assert_eq!((0..2).map(|k| spread(k, 2, 3)).collect::<Vec<_>>(), vec![1, 3]);
     }
 
     #[test]

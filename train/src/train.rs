@@ -479,6 +479,14 @@ impl Trainer {
         }
     }
 
+    /// Makes activation layer `k` ReLU again (at once; its quadratic
+    /// coefficients are kept, unused).
+    pub fn revert_to_relu(&mut self, k: usize) {
+        if let Some(q) = self.quad_from.get_mut(k) {
+            *q = None;
+        }
+    }
+
     /// Changes the optimizer's hyperparameters (the optimizer state restarts).
     pub fn set_hyperparameters(&mut self, lr: f64, momentum: f64, weight_decay: f64) {
         self.config.lr = lr;

@@ -66,7 +66,10 @@ pub fn run(s: &mut Search) -> Result<()> {
                 interval,
                 &format!("n={q} interval {interval}"),
                 &|acc, _, relus| delphi_fitness(acc, all_relus - relus, all_relus),
-            )?;
+            )?
+            .iter()
+            .map(|e| e.fitness)
+            .collect::<Vec<f64>>();
             if interval < intervals {
                 for (lo, hi) in exploit_pairs(&fitness, c.quantile, &mut rng) {
                     let (tr, source) = pair(&mut members, lo, hi);

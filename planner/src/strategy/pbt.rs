@@ -7,15 +7,17 @@
 //! is evaluated and priced; fitness is −cost above the threshold and ranks
 //! every member below it last (closer first). The bottom quantile copies
 //! weights and genome from the top (exploit), perturbs the hyperparameters
-//! and, with probability ½, starts swapping one more ReLU layer (explore).
+//! and, with probability ½, moves the placement toward the threshold
+//! (explore): one more ReLU layer starts swapping when the copied member
+//! meets it, one quadratic layer turns back to ReLU when it does not.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use delphi_train::train::Trainer;
 
-use crate::policy::{exploit_pairs, pbt_fitness, Genome};
-use crate::search::{Progress, Result, Search};
+use crate::policy::{exploit_pairs, pbt_fitness, spread, Genome};
+use crate::search::{Evaluation, Progress, Result, Search};
 
 /// Runs (or resumes) the population-based search.
 pub fn run(s: &mut Search) -> Result<()> {
@@ -32,8 +34,8 @@ pub fn run(s: &mut Search) -> Result<()> {
             let mut genomes = Vec::new();
             let mut members = Vec::new();
             for k in 0..n {
-                // Spread the starting placements from few to all quadratic layers.
-                let quads = ((k + 1) * layers).div_ceil(n).min(layers);
+                // Spread the starting placements from one to all quadratic layers.
+                let quads = spread(k, n, layers);
                 let g = Genome::random(layers, quads, &mut rng);
                 members.push(s.member(&g, k as u64, steps)?);
                 genomes.push(g);
@@ -50,7 +52,7 @@ pub fn run(s: &mut Search) -> Result<()> {
         // A generator per interval: a resumed run draws what an
         // uninterrupted one would have.
         let mut rng = ChaCha8Rng::seed_from_u64(c.seed ^ ((interval as u64) << 24));
-        let fitness = train_interval(
+        let evals = train_interval(
             s,
             &mut members,
             &genomes,
@@ -58,6 +60,7 @@ pub fn run(s: &mut Search) -> Result<()> {
             &format!("interval {interval}"),
             &|acc, cost, _| pbt_fitness(acc, cost, c.accuracy, relu_obj),
         )?;
+        let fitness: Vec<f64> = evals.iter().map(|e| e.fitness).collect();
         if interval < intervals {
             for (lo, hi) in exploit_pairs(&fitness, c.quantile, &mut rng) {
                 let (tr, source) = pair(&mut members, lo, hi);
@@ -66,22 +69,36 @@ pub fn run(s: &mut Search) -> Result<()> {
                 g.perturb(&mut rng);
                 tr.set_hyperparameters(g.lr, g.momentum, g.weight_decay);
                 tr.set_distill_weight(g.distill_weight);
-                let mut flipped = None;
+                // Move the placement toward the threshold: one more layer
+                // starts swapping to quadratic when the copied member meets
+                // it, one quadratic layer turns back to ReLU when it does not.
+                let (mut swapped, mut reverted) = (None, None);
                 if rng.gen_bool(0.5) {
-                    let relus = g.placement.relu_layers();
-                    if !relus.is_empty() {
-                        let i = relus[rng.gen_range(0..relus.len())];
-                        g.placement.set(i, true);
-                        let now = tr.progress(&s.data.train);
-                        tr.swap_to_quad(i, now, g.swap_span);
-                        flipped = Some(i);
+                    if evals[hi].valid_accuracy >= c.accuracy {
+                        let relus = g.placement.relu_layers();
+                        if !relus.is_empty() {
+                            let i = relus[rng.gen_range(0..relus.len())];
+                            g.placement.set(i, true);
+                            let now = tr.progress(&s.data.train);
+                            tr.swap_to_quad(i, now, g.swap_span);
+                            swapped = Some(i);
+                        }
+                    } else {
+                        let quads: Vec<usize> =
+                            (0..layers).filter(|&i| g.placement.is_quad(i)).collect();
+                        if !quads.is_empty() {
+                            let i = quads[rng.gen_range(0..quads.len())];
+                            g.placement.set(i, false);
+                            tr.revert_to_relu(i);
+                            reverted = Some(i);
+                        }
                     }
                 }
                 s.lineage(serde_json::json!({
                     "interval": interval,
                     "exploit": {"member": lo, "copies": hi,
                                 "fitness": fitness[lo], "source_fitness": fitness[hi]},
-                    "explore": {"genome": &g, "swapped_layer": flipped},
+                    "explore": {"genome": &g, "swapped_layer": swapped, "reverted_layer": reverted},
                 }))?;
                 genomes[lo] = g;
             }
@@ -100,8 +117,7 @@ pub fn run(s: &mut Search) -> Result<()> {
     Ok(())
 }
 
-/// Trains every member for one interval and evaluates it (stage `stage`);
-/// returns the members' fitness.
+/// Trains every member for one interval and evaluates it (stage `stage`).
 pub(crate) fn train_interval(
     s: &mut Search,
     members: &mut [Trainer],
@@ -109,12 +125,11 @@ pub(crate) fn train_interval(
     interval: usize,
     stage: &str,
     fitness: &dyn Fn(f64, f64, usize) -> f64,
-) -> Result<Vec<f64>> {
+) -> Result<Vec<Evaluation>> {
     let mut out = Vec::with_capacity(members.len());
     for (k, tr) in members.iter_mut().enumerate() {
         s.train(tr, s.interval_steps)?;
-        let e = s.evaluate(tr, &genomes[k], interval, k, stage.to_string(), fitness)?;
-        out.push(e.fitness);
+        out.push(s.evaluate(tr, &genomes[k], interval, k, stage.to_string(), fitness)?);
     }
     Ok(out)
 }

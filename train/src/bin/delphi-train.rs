@@ -84,7 +84,7 @@ struct TrainArgs {
     init: Option<PathBuf>,
     /// Activation per layer: `relu,quad,relu` or `RQR` (default: all ReLU).
     #[arg(long)]
-    activations: Option<String>,
+    activations: Option<delphi_net::Placement>,
     /// Passes over the training set.
     #[arg(long, default_value_t = 5)]
     epochs: usize,
@@ -172,7 +172,7 @@ fn config(a: &TrainArgs) -> TrainConfig {
     }
     c.data_dir = a.data_dir.clone();
     c.init = a.init.clone();
-    c.activations = a.activations.clone();
+    c.activations = a.activations.as_ref().map(|p| p.to_string());
     c.epochs = a.epochs;
     c.batch_size = a.batch_size;
     c.optimizer = match a.optimizer {
@@ -193,10 +193,7 @@ fn config(a: &TrainArgs) -> TrainConfig {
             gamma: 0.1,
         },
     };
-    let has_quad = a
-        .activations
-        .as_deref()
-        .is_some_and(|p| p.to_ascii_lowercase().contains('q'));
+    let has_quad = a.activations.as_ref().is_some_and(|p| p.quad_count() > 0);
     c.grad_clip = a.grad_clip.or(has_quad.then_some(1.0));
     c.label_smoothing = a.label_smoothing;
     c.distill = a.teacher.as_ref().map(|t| Distill {
@@ -287,15 +284,7 @@ fn train(a: &TrainArgs) -> Result<()> {
     let metrics = serde_json::json!({
         "dataset": c.dataset.name(),
         "arch": c.arch,
-        "activations": net
-            .layers
-            .iter()
-            .filter_map(|l| match &l.op {
-                delphi_net::Op::Activation(delphi_net::Activation::Relu) => Some("relu"),
-                delphi_net::Op::Activation(_) => Some("quad"),
-                _ => None,
-            })
-            .collect::<Vec<_>>(),
+        "placement": delphi_net::Placement::of(&net),
         "test_accuracy_float": float_acc,
         "test_accuracy_fixed": fixed_acc,
         "test_images": data.test.len(),
