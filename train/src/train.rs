@@ -657,11 +657,16 @@ impl Trainer {
                 self.step_in_epoch = 0;
             }
         }
-        // Past the end of the swap the modes are final.
-        if self.finished() {
-            let modes = self.modes_at(1.0);
-            self.model.set_modes(&modes)?;
-        }
+        // The model's modes are those of where the run now stands (what an
+        // evaluation between calls sees and an export writes); past the end
+        // of the run they are final.
+        let now = if self.finished() {
+            1.0
+        } else {
+            self.progress(&data.train)
+        };
+        let modes = self.modes_at(now);
+        self.model.set_modes(&modes)?;
         Ok(taken)
     }
 

@@ -105,3 +105,27 @@ fn resuming_from_a_checkpoint_gives_the_same_weights() {
     assert_eq!(straight.history.len(), resumed.history.len());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn between_calls_the_model_is_where_the_run_stands() {
+    // 24 steps per epoch, 48 in all; the swap runs from step 4.8 to 33.6.
+    let data = dataset(1500);
+    let mut c = config("RQR", 2);
+    c.swap = Some(delphi_train::train::Swap {
+        start: 0.1,
+        end: 0.7,
+    });
+    let mut tr = Trainer::new(c, &Device::flex()).unwrap();
+    tr.train_steps(&data, 20, true).unwrap();
+    let err = tr.export().expect_err("mid-swap export").to_string();
+    assert!(err.contains("mid-swap"), "{err}");
+    // Step 34 is the first past the swap: the run's modes say quadratic
+    // there, so the model must be quadratic (not blended as at step 33).
+    tr.train_steps(&data, 14, true).unwrap();
+    assert!(tr
+        .modes_at(tr.progress(&data.train))
+        .iter()
+        .all(|m| !matches!(m, delphi_train::model::ActMode::Blend { .. })));
+    let net = tr.export().expect("the swap is over");
+    assert_eq!(delphi_net::Placement::of(&net).to_string(), "RQR");
+}
