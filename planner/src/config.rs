@@ -126,8 +126,9 @@ pub struct PlanConfig {
     pub accuracy: f64,
     /// Members of the population.
     pub population: usize,
-    /// Epochs each member trains (after the shared all-ReLU base).
-    pub epochs: usize,
+    /// Epochs each member trains (after the shared all-ReLU base); default
+    /// [`default_epochs`] of the architecture.
+    pub epochs: Option<usize>,
     /// Epochs of the all-ReLU base network (trained once, cached).
     pub base_epochs: usize,
     /// Ready intervals per epoch (exploit/explore happens at each).
@@ -162,6 +163,18 @@ pub struct PlanConfig {
     pub verify: bool,
 }
 
+/// Epochs each member trains by default: 4, and 2 for `resnet14`, whose
+/// default search (population 6, all 55,000 Fashion-MNIST training images)
+/// is sized to finish within 45 minutes on a 2-core machine — 12
+/// member-epochs of it are as many images as the benchmark's 24 on 20,000.
+pub fn default_epochs(arch: &str) -> usize {
+    if arch == "resnet14" {
+        2
+    } else {
+        4
+    }
+}
+
 impl Default for PlanConfig {
     fn default() -> Self {
         PlanConfig {
@@ -174,7 +187,7 @@ impl Default for PlanConfig {
             delphi_runs: 3,
             accuracy: 0.88,
             population: 6,
-            epochs: 4,
+            epochs: None,
             base_epochs: 4,
             intervals_per_epoch: 2,
             quantile: 0.25,
@@ -232,10 +245,15 @@ impl PlanConfig {
         })
     }
 
+    /// Epochs each member trains (explicit or the architecture's default).
+    pub fn epochs(&self) -> usize {
+        self.epochs.unwrap_or_else(|| default_epochs(&self.arch()))
+    }
+
     /// The training budget in member-epochs.
     pub fn budget_epochs(&self) -> f64 {
         self.budget_epochs
-            .unwrap_or((self.population * self.epochs) as f64)
+            .unwrap_or((self.population * self.epochs()) as f64)
     }
 
     /// The run folder.
@@ -253,7 +271,7 @@ impl PlanConfig {
         if self.population < 2 {
             return Err("the population needs at least 2 members".into());
         }
-        if self.epochs == 0 || self.intervals_per_epoch == 0 || self.batch_size == 0 {
+        if self.epochs() == 0 || self.intervals_per_epoch == 0 || self.batch_size == 0 {
             return Err("epochs, intervals per epoch and batch size must be positive".into());
         }
         if !(0.0..=0.5).contains(&self.quantile) {
@@ -336,5 +354,22 @@ mod tests {
         assert_eq!(c.experiment[0].strategy, Strategy::Delphi);
         assert_eq!(c.experiment[0].arch_label(), "net");
         assert!(c.experiment[0].name().ends_with("-delphi"));
+    }
+
+    #[test]
+    fn member_epochs_default_per_architecture_and_can_be_set() {
+        let budget = |toml: &str| {
+            let f: ExperimentFile = toml::from_str(toml).unwrap();
+            f.experiment[0].budget_epochs()
+        };
+        assert_eq!(budget("[[experiment]]\naccuracy = 0.9\n"), 24.0);
+        assert_eq!(
+            budget("[[experiment]]\naccuracy = 0.9\narch = \"resnet14\"\n"),
+            12.0
+        );
+        assert_eq!(
+            budget("[[experiment]]\naccuracy = 0.9\narch = \"resnet14\"\nepochs = 4\n"),
+            24.0
+        );
     }
 }

@@ -136,16 +136,15 @@ pub fn spread(k: usize, n: usize, layers: usize) -> usize {
 }
 
 /// Our fitness (higher is better): −cost when the accuracy meets the
-/// threshold; below it, −cost minus the all-ReLU cost scaled by
-/// (1 + 20 × shortfall), so every member under the threshold ranks below
-/// every member above it, closer ones first.
+/// threshold; below it, −cost minus a penalty of 30 × the shortfall times the
+/// all-ReLU cost — one point short costs 0.3 of the all-ReLU network's cost.
+/// So a much cheaper member a little below the threshold (validation noise,
+/// or still recovering from a swap) outranks a dear one above it and keeps
+/// training, while a member far below ranks last. The plan itself is chosen
+/// strictly ([`choose`]): only evaluations that meet the threshold count.
 pub fn pbt_fitness(accuracy: f64, cost: f64, threshold: f64, relu_cost: f64) -> f64 {
     let shortfall = (threshold - accuracy).max(0.0);
-    if shortfall == 0.0 {
-        -cost
-    } else {
-        -cost - relu_cost * (1.0 + 20.0 * shortfall)
-    }
+    -cost - relu_cost * 30.0 * shortfall
 }
 
 /// DELPHI's fitness: validation accuracy × (1 + replaced ReLUs / all ReLUs),
@@ -155,8 +154,14 @@ pub fn delphi_fitness(accuracy: f64, replaced_relus: usize, all_relus: usize) ->
 }
 
 /// Exploit pairs `(replaced, source)`: each member of the bottom quantile
-/// (by fitness) copies a random member of the top quantile.
-pub fn exploit_pairs(fitness: &[f64], quantile: f64, rng: &mut ChaCha8Rng) -> Vec<(usize, usize)> {
+/// (by fitness) copies a random member of the top quantile — unless it is
+/// not `ready` (a member mid-swap cannot be judged yet and keeps training).
+pub fn exploit_pairs(
+    fitness: &[f64],
+    ready: &[bool],
+    quantile: f64,
+    rng: &mut ChaCha8Rng,
+) -> Vec<(usize, usize)> {
     let n = fitness.len();
     if n < 2 || quantile <= 0.0 {
         return Vec::new();
@@ -167,7 +172,7 @@ pub fn exploit_pairs(fitness: &[f64], quantile: f64, rng: &mut ChaCha8Rng) -> Ve
     let top = &order[..q];
     order[n - q..]
         .iter()
-        .filter(|lo| !top.contains(lo))
+        .filter(|lo| !top.contains(lo) && ready.get(**lo).copied().unwrap_or(true))
         .map(|&lo| (lo, top[rng.gen_range(0..top.len())]))
         .collect()
 }
@@ -255,15 +260,20 @@ mod tests {
     }
 
     #[test]
-    fn fitness_ranks_every_member_above_the_threshold_first() {
+    fn fitness_forgives_a_small_shortfall_for_a_much_cheaper_plan() {
         let relu = 1.0;
-        let above_dear = pbt_fitness(0.91, 0.9, 0.9, relu);
+        let above_dear = pbt_fitness(0.91, 0.8, 0.9, relu);
         let above_cheap = pbt_fitness(0.90, 0.2, 0.9, relu);
-        let below_cheap = pbt_fitness(0.899, 0.01, 0.9, relu);
-        let further_below = pbt_fitness(0.85, 0.01, 0.9, relu);
+        let just_below_cheaper = pbt_fitness(0.899, 0.1, 0.9, relu);
+        let far_below_cheapest = pbt_fitness(0.85, 0.01, 0.9, relu);
         assert!(above_cheap > above_dear);
-        assert!(above_dear > below_cheap);
-        assert!(below_cheap > further_below);
+        assert!(just_below_cheaper > above_cheap);
+        assert!(above_dear > far_below_cheapest);
+        // Above the threshold only the cost counts.
+        assert_eq!(
+            pbt_fitness(0.95, 0.3, 0.9, relu),
+            pbt_fitness(0.91, 0.3, 0.9, relu)
+        );
     }
 
     #[test]
@@ -277,17 +287,26 @@ mod tests {
     #[test]
     fn exploit_copies_top_into_bottom() {
         let f = [0.1, 0.9, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4];
-        let pairs = exploit_pairs(&f, 0.25, &mut rng());
+        let all = [true; 8];
+        let pairs = exploit_pairs(&f, &all, 0.25, &mut rng());
         let lows: Vec<usize> = pairs.iter().map(|p| p.0).collect();
         assert_eq!(pairs.len(), 2);
         assert!(lows.contains(&0) && lows.contains(&5), "{pairs:?}");
         for (_, hi) in pairs {
             assert!(hi == 1 || hi == 6);
         }
-        assert!(exploit_pairs(&[1.0], 0.25, &mut rng()).is_empty());
-        assert!(exploit_pairs(&f, 0.0, &mut rng()).is_empty());
+        assert!(exploit_pairs(&[1.0], &all, 0.25, &mut rng()).is_empty());
+        assert!(exploit_pairs(&f, &all, 0.0, &mut rng()).is_empty());
         // Two members: the worse copies the better.
-        assert_eq!(exploit_pairs(&[0.2, 0.4], 0.25, &mut rng()), vec![(0, 1)]);
+        assert_eq!(
+            exploit_pairs(&[0.2, 0.4], &all, 0.25, &mut rng()),
+            vec![(0, 1)]
+        );
+        // A member mid-swap is not replaced.
+        let mut ready = all;
+        ready[0] = false;
+        let pairs = exploit_pairs(&f, &ready, 0.25, &mut rng());
+        assert_eq!(pairs.iter().map(|p| p.0).collect::<Vec<_>>(), vec![5]);
     }
 
     #[test]
@@ -342,7 +361,10 @@ mod tests {
         let v: Vec<usize> = (0..6).map(|k| spread(k, 6, 13)).collect();
         assert_eq!(v, vec![1, 3, 6, 8, 11, 13]);
         assert_eq!(spread(0, 1, 5), 5);
-        assert_eq!((0..2).map(|k| spread(k, 2, 3)).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(
+            (0..2).map(|k| spread(k, 2, 3)).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
     }
 
     #[test]

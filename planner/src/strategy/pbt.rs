@@ -1,15 +1,16 @@
 //! Our search: population-based training (Jaderberg et al. 2017) over
 //! placements and hyperparameters, scored by the cost model.
 //!
-//! Members start with placements spread from few to all quadratic layers;
+//! Members start with placements spread from one to all quadratic layers;
 //! quadratic layers blend in from ReLU over the member's swap span, and the
 //! members distil from the base. At every ready interval each member trains,
-//! is evaluated and priced; fitness is −cost above the threshold and ranks
-//! every member below it last (closer first). The bottom quantile copies
-//! weights and genome from the top (exploit), perturbs the hyperparameters
-//! and, with probability ½, moves the placement toward the threshold
-//! (explore): one more ReLU layer starts swapping when the copied member
-//! meets it, one quadratic layer turns back to ReLU when it does not.
+//! is evaluated and priced; fitness is −cost, less a penalty proportional to
+//! the shortfall below the threshold ([`crate::policy::pbt_fitness`]). The
+//! bottom quantile — members mid-swap excepted, they cannot be judged yet —
+//! copies weights and genome from the top (exploit), perturbs the
+//! hyperparameters and, with probability ½, moves the placement toward the
+//! threshold (explore): one more ReLU layer starts swapping when the copied
+//! member meets it, one quadratic layer turns back to ReLU when it does not.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -61,8 +62,9 @@ pub fn run(s: &mut Search) -> Result<()> {
             &|acc, cost, _| pbt_fitness(acc, cost, c.accuracy, relu_obj),
         )?;
         let fitness: Vec<f64> = evals.iter().map(|e| e.fitness).collect();
+        let ready: Vec<bool> = evals.iter().map(|e| e.settled).collect();
         if interval < intervals {
-            for (lo, hi) in exploit_pairs(&fitness, c.quantile, &mut rng) {
+            for (lo, hi) in exploit_pairs(&fitness, &ready, c.quantile, &mut rng) {
                 let (tr, source) = pair(&mut members, lo, hi);
                 tr.copy_from(source);
                 let mut g = genomes[hi].clone();
