@@ -75,14 +75,21 @@ fn quadratic_small_cnn_reaches_80_percent() {
     train_and_check("RQR", 0.80);
 }
 
-#[test]
-fn resuming_from_a_checkpoint_gives_the_same_weights() {
-    let data = dataset(1500);
+/// Two epochs of RQR on 1,500 images (24 steps per epoch, 48 in all) whose
+/// quadratic layer blends in from 10 % to 70 % of the run (steps 4.8–33.6).
+fn swapping_rqr() -> TrainConfig {
     let mut c = config("RQR", 2);
     c.swap = Some(delphi_train::train::Swap {
         start: 0.1,
         end: 0.7,
     });
+    c
+}
+
+#[test]
+fn resuming_from_a_checkpoint_gives_the_same_weights() {
+    let data = dataset(1500);
+    let c = swapping_rqr();
     let dir = std::env::temp_dir().join(format!("delphi-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -108,13 +115,8 @@ fn resuming_from_a_checkpoint_gives_the_same_weights() {
 
 #[test]
 fn between_calls_the_model_is_where_the_run_stands() {
-    // 24 steps per epoch, 48 in all; the swap runs from step 4.8 to 33.6.
     let data = dataset(1500);
-    let mut c = config("RQR", 2);
-    c.swap = Some(delphi_train::train::Swap {
-        start: 0.1,
-        end: 0.7,
-    });
+    let c = swapping_rqr();
     let mut tr = Trainer::new(c, &Device::flex()).unwrap();
     tr.train_steps(&data, 20, true).unwrap();
     let err = tr.export().expect_err("mid-swap export").to_string();
