@@ -257,6 +257,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(Cmd::Bench(b)) = &cli.command {
         let mut plan = plan_config(&b.search);
+        plan.epochs = Some(plan.epochs());
         plan.check().map_err(anyhow::Error::msg)?;
         for t in &b.thresholds {
             if !(0.0..=1.0).contains(t) {
@@ -288,7 +289,7 @@ fn main() -> Result<()> {
         );
         return Ok(());
     }
-    let configs = match &cli.config {
+    let mut configs = match &cli.config {
         Some(p) => {
             ExperimentFile::load(p)
                 .map_err(anyhow::Error::msg)?
@@ -306,7 +307,10 @@ fn main() -> Result<()> {
     if configs.is_empty() {
         bail!("no experiments to run");
     }
-    for c in &configs {
+    for c in &mut configs {
+        // The default written out, so that state, summaries and a rerun
+        // that spells it agree.
+        c.epochs = Some(c.epochs());
         c.check().map_err(anyhow::Error::msg)?;
     }
     for c in &configs {
