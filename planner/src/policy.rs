@@ -155,7 +155,8 @@ pub fn delphi_fitness(accuracy: f64, replaced_relus: usize, all_relus: usize) ->
 
 /// Exploit pairs `(replaced, source)`: each member of the bottom quantile
 /// (by fitness) copies a random member of the top quantile — unless it is
-/// not `ready` (a member mid-swap cannot be judged yet and keeps training).
+/// not `ready` (one flag per member: a member mid-swap cannot be judged yet
+/// and keeps training).
 pub fn exploit_pairs(
     fitness: &[f64],
     ready: &[bool],
@@ -172,7 +173,7 @@ pub fn exploit_pairs(
     let top = &order[..q];
     order[n - q..]
         .iter()
-        .filter(|lo| !top.contains(lo) && ready.get(**lo).copied().unwrap_or(true))
+        .filter(|lo| !top.contains(lo) && ready.get(**lo) == Some(&true))
         .map(|&lo| (lo, top[rng.gen_range(0..top.len())]))
         .collect()
 }

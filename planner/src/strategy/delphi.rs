@@ -71,7 +71,9 @@ pub fn run(s: &mut Search) -> Result<()> {
             .map(|e| e.fitness)
             .collect::<Vec<f64>>();
             if interval < intervals {
-                for (lo, hi) in exploit_pairs(&fitness, &[], c.quantile, &mut rng) {
+                for (lo, hi) in
+                    exploit_pairs(&fitness, &vec![true; fitness.len()], c.quantile, &mut rng)
+                {
                     let (tr, source) = pair(&mut members, lo, hi);
                     tr.copy_from(source);
                     let mut g = genomes[hi].clone();
