@@ -231,7 +231,7 @@ fn he_linear_time(
     for c in &res {
         let b = ServerHe::to_bytes(c)?;
         result += b.len() as f64;
-        back.push(he_c.ciphertext_from_bytes(&b)?);
+        back.push(he_c.result_from_bytes(&b)?);
     }
     he_c.decrypt_output(&p, &back)?;
     let secs = t.elapsed().as_secs_f64();
@@ -428,7 +428,7 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
         let tv: Vec<F> = (0..SLOTS).map(|_| F::random(&mut r)).collect();
         let rep = ServerHe::to_bytes(&he_s.square_cross(&enc, &a_s, &tv)?)?;
         reply += rep.len() as f64;
-        he_c.decrypt_slots(&he_c.ciphertext_from_bytes(&rep)?, SLOTS)?;
+        he_c.decrypt_slots(&he_c.result_from_bytes(&rep)?, SLOTS)?;
     }
     ct.triple_reply = reply / chunks as f64;
     let quad_offline = Affine {

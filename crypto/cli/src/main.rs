@@ -1,14 +1,15 @@
 //! `delphi`: the protocol engine's command line.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, Subcommand};
 use delphi_cost::CostModel;
-use delphi_engine::run::{peak_rss_bytes, run_local, RunReport};
-use delphi_engine::session::ClientOptions;
-use delphi_engine::store::{BundleStore, Side};
+use delphi_engine::run::{current_rss_bytes, peak_rss_bytes, run_local, RunReport};
+use delphi_engine::session::{ClientOptions, ServeLimits, Server, SessionEvent};
+use delphi_engine::store::{default_key_path, BundleStore, Side};
 use delphi_net::builtin::{build, quad_last_with, ARCHITECTURES, BENCH_QUAD};
 use delphi_net::eval::{calibrate_batch_norm, random_inputs as random_inputs_f32};
 use delphi_net::{FixedProgram, Network, Normalization, Placement, WeightStorage};
@@ -55,7 +56,8 @@ enum Command {
     /// The cost model: calibrate it on this machine, predict a plan's costs.
     #[command(subcommand)]
     Cost(CostCmd),
-    /// Serves private predictions of a plan to clients (`delphi infer`), one session at a time.
+    /// Serves private predictions of a plan to clients (`delphi infer`),
+    /// several sessions at once, each bounded in time and in what it may hold.
     Serve {
         /// The network description (plan) to serve, or an ONNX model.
         #[arg(long)]
@@ -66,9 +68,28 @@ enum Command {
         /// Offline bundles each client prepares ahead of its inputs.
         #[arg(long, default_value_t = 1)]
         preprocess: usize,
-        /// Seconds to wait for the peer before giving up.
-        #[arg(long, default_value_t = 120)]
+        /// Seconds one read or write may wait for a client, and a client may
+        /// sit idle between requests.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
         timeout: u64,
+        /// Seconds a client has to finish the handshake (hello, architecture,
+        /// its public key).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+        handshake_timeout: u64,
+        /// Seconds one offline or online phase may take in all, however the
+        /// client paces it.
+        #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+        phase_timeout: u64,
+        /// Sessions served at once.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        workers: u64,
+        /// Connections served or waiting for a worker; more are told the
+        /// server is busy and closed at once.
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=65536))]
+        max_connections: u64,
+        /// Unused bundles one client may have the server hold in memory.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=64))]
+        max_bundles: u64,
         /// Stop after this many sessions (default: serve forever).
         #[arg(long)]
         sessions: Option<usize>,
@@ -77,6 +98,16 @@ enum Command {
         /// one connection and predict in a later one.
         #[arg(long)]
         bundle_dir: Option<PathBuf>,
+        /// The key that authenticates the stored bundles (made if absent;
+        /// kept outside the directory). Default: `<bundle-dir>.key` beside it.
+        #[arg(long, requires = "bundle_dir")]
+        bundle_key: Option<PathBuf>,
+        /// Most bundles the store may hold.
+        #[arg(long, default_value_t = 1000, requires = "bundle_dir")]
+        max_stored_bundles: usize,
+        /// Most disk the store may use, in MB.
+        #[arg(long, default_value_t = 20_000, requires = "bundle_dir")]
+        max_store_mb: u64,
     },
     /// Gets private predictions from a server: the input stays hidden from it.
     Infer {
@@ -102,6 +133,10 @@ enum Command {
         /// bundles are used first (needs a server started with --bundle-dir).
         #[arg(long)]
         bundle_dir: Option<PathBuf>,
+        /// The key that authenticates the stored bundles (made if absent;
+        /// kept outside the directory). Default: `<bundle-dir>.key` beside it.
+        #[arg(long, requires = "bundle_dir")]
+        bundle_key: Option<PathBuf>,
         /// Only run N offline phases and store the bundles (with
         /// --bundle-dir); a later `infer` uses them, so its online phase
         /// starts at once.
@@ -454,6 +489,20 @@ fn print_prediction(net: &Network, p: &delphi_cost::Prediction, link: &delphi_co
     );
 }
 
+/// Opens a bundle store when a directory is given.
+fn open_store(
+    dir: Option<PathBuf>,
+    key: Option<PathBuf>,
+    side: Side,
+) -> Result<Option<BundleStore>> {
+    let Some(dir) = dir else { return Ok(None) };
+    let key = key.unwrap_or_else(|| default_key_path(&dir));
+    Ok(Some(
+        BundleStore::open_with_key(&dir, side, &key)
+            .with_context(|| format!("opening the bundle store {}", dir.display()))?,
+    ))
+}
+
 /// Loads a plan: a network description, or an ONNX model imported on the fly.
 fn load_plan(path: &std::path::Path) -> Result<Network> {
     delphi_onnx::load_network(path).with_context(|| format!("loading {}", path.display()))
@@ -674,19 +723,25 @@ fn main() -> Result<()> {
             listen,
             preprocess,
             timeout,
+            handshake_timeout,
+            phase_timeout,
+            workers,
+            max_connections,
+            max_bundles,
             sessions,
             bundle_dir,
+            bundle_key,
+            max_stored_bundles,
+            max_store_mb,
         } => {
             let net = load_plan(&plan)?;
             let prog = FixedProgram::lower(&net)?;
-            let store = bundle_dir
-                .map(|d| BundleStore::open(d, Side::Server))
-                .transpose()?;
+            let store = open_store(bundle_dir, bundle_key, Side::Server)?;
             let listener = std::net::TcpListener::bind(&listen)
                 .with_context(|| format!("listening on {listen}"))?;
             let (relus, quads) = prog.activation_counts();
             eprintln!(
-                "serving {} on {} ({relus} ReLUs, {quads} quadratics per inference; {preprocess} bundle(s) ahead)",
+                "serving {} on {} ({relus} ReLUs, {quads} quadratics per inference; {preprocess} bundle(s) ahead; {workers} session(s) at once)",
                 net.name,
                 listener.local_addr()?
             );
@@ -697,38 +752,39 @@ fn main() -> Result<()> {
                     st.len()?
                 );
             }
-            let mut done = 0;
-            for stream in listener.incoming() {
-                let stream = match stream {
-                    Ok(s) => s,
-                    Err(e) => {
-                        eprintln!("accept failed: {e}");
-                        continue;
-                    }
-                };
-                let peer = stream
-                    .peer_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_else(|_| "?".into());
-                match delphi_engine::session::serve_connection(
-                    stream,
-                    &net,
-                    &prog,
-                    preprocess,
-                    Duration::from_secs(timeout),
-                    store.as_ref(),
-                ) {
-                    Ok(n) => eprintln!(
-                        "session with {peer}: {n} prediction(s) served; server peak memory {:.0} MB",
-                        peak_rss_bytes() as f64 / 1e6
-                    ),
-                    Err(e) => eprintln!("session with {peer} failed: {e}"),
+            let limits = ServeLimits {
+                workers: workers as usize,
+                max_connections: max_connections as usize,
+                io_timeout: Duration::from_secs(timeout),
+                handshake_timeout: Duration::from_secs(handshake_timeout),
+                phase_timeout: Duration::from_secs(phase_timeout),
+                max_bundles: max_bundles as usize,
+                store_bundles: max_stored_bundles,
+                store_bytes: max_store_mb.saturating_mul(1 << 20),
+            };
+            let log = |e: SessionEvent| {
+                let r = &e.report;
+                let what = format!(
+                    "{} prediction(s), {} offline phase(s), {:.1} MB, {:.1} s; server memory now {:.0} MB (all sessions)",
+                    r.predictions,
+                    r.offline_phases,
+                    r.bytes as f64 / 1e6,
+                    r.seconds,
+                    current_rss_bytes() as f64 / 1e6
+                );
+                match e.error {
+                    None => eprintln!("session with {}: {what}", e.peer),
+                    Some(err) => eprintln!("session with {} failed after {what}: {err}", e.peer),
                 }
-                done += 1;
-                if sessions.is_some_and(|s| done >= s) {
-                    break;
-                }
+            };
+            Server {
+                net: Arc::new(net),
+                prog: Arc::new(prog),
+                preprocess,
+                limits,
+                store,
             }
+            .run(listener, sessions, Arc::new(log))?;
         }
         Command::Infer {
             connect,
@@ -737,14 +793,13 @@ fn main() -> Result<()> {
             timeout,
             json,
             bundle_dir,
+            bundle_key,
             preprocess_only,
         } => {
             let options = ClientOptions {
                 normalize: !normalized,
                 timeout: Duration::from_secs(timeout),
-                store: bundle_dir
-                    .map(|d| BundleStore::open(d, Side::Client))
-                    .transpose()?,
+                store: open_store(bundle_dir, bundle_key, Side::Client)?,
             };
             if let Some(count) = preprocess_only {
                 let held =

@@ -16,13 +16,26 @@ pub enum EngineError {
     /// The peer sent something malformed.
     #[error("malformed message from the peer: {0}")]
     Malformed(String),
+    /// A homomorphic-encryption object from the peer was refused before
+    /// SEAL saw it (see [`crate::seal_check`]).
+    #[error("the peer's {what} is refused: {reason}")]
+    HeObject {
+        /// Which object.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The server refused the request (busy, or a limit reached).
+    #[error("refused by the server: {0}")]
+    Refused(String),
     /// A bundle store on disk failed.
-    #[error("bundle store {path}: {reason}")]
+    #[error("bundle store {path}: {problem}")]
     Store {
         /// The file or directory.
         path: std::path::PathBuf,
         /// What went wrong.
-        reason: String,
+        #[source]
+        problem: StoreProblem,
     },
     /// A layer the engine cannot run under the protocol.
     #[error("layer {layer}: {reason}")]
@@ -32,6 +45,36 @@ pub enum EngineError {
         /// Why.
         reason: String,
     },
+}
+
+/// What went wrong with a bundle store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreProblem {
+    /// The file system failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The file's authentication tag does not verify.
+    #[error("its authentication tag does not verify (altered, or made with another store key)")]
+    Forged,
+    /// The id inside the file is not the id it was asked for by.
+    #[error("the bundle inside has another id (a renamed or copied file): refused")]
+    WrongId,
+    /// Anything else, said in words.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<&str> for StoreProblem {
+    fn from(s: &str) -> Self {
+        StoreProblem::Other(s.to_string())
+    }
+}
+
+impl From<String> for StoreProblem {
+    fn from(s: String) -> Self {
+        StoreProblem::Other(s)
+    }
 }
 
 /// Result alias of the engine.

@@ -26,6 +26,7 @@ use seal_fhe::{
 use delphi_crypto::field::{F, P};
 
 use crate::error::{EngineError, Result};
+use crate::seal_check::{checked, Expect};
 
 pub use delphi_net::packing::{Packing, N};
 /// Coefficient-modulus prime sizes: data primes then the special prime.
@@ -171,10 +172,12 @@ impl ClientHe {
         Ok(self.decryptor.invariant_noise_budget(c)?)
     }
 
-    /// Parses a ciphertext from the peer (SEAL validates it against the parameters).
-    pub fn ciphertext_from_bytes(&self, b: &[u8]) -> Result<Ciphertext> {
-        Ciphertext::from_bytes(&self.ctx, b)
-            .map_err(|e| EngineError::Malformed(format!("ciphertext: {e}")))
+    /// Parses a result ciphertext from the server: checked against the
+    /// agreed parameters ([`crate::seal_check`]) before SEAL loads it.
+    pub fn result_from_bytes(&self, b: &[u8]) -> Result<Ciphertext> {
+        let plain = checked(b, Expect::Result)?;
+        Ciphertext::from_bytes(&self.ctx, &plain)
+            .map_err(|e| EngineError::Malformed(format!("result ciphertext: {e}")))
     }
 }
 
@@ -190,7 +193,8 @@ impl ServerHe {
     /// Sets up with the client's public key.
     pub fn new(public_key: &[u8]) -> Result<Self> {
         let ctx = BFV_N8192.context()?;
-        let pk = PublicKey::from_bytes(&ctx, public_key)
+        let plain = checked(public_key, Expect::PublicKey)?;
+        let pk = PublicKey::from_bytes(&ctx, &plain)
             .map_err(|e| EngineError::Malformed(format!("public key: {e}")))?;
         let encryptor = Encryptor::with_public_key(&ctx, &pk)?;
         let evaluator = BFVEvaluator::new(&ctx)?;
@@ -203,9 +207,11 @@ impl ServerHe {
         })
     }
 
-    /// Parses a ciphertext from the peer.
+    /// Parses a fresh ciphertext from the client: checked against the
+    /// agreed parameters ([`crate::seal_check`]) before SEAL loads it.
     pub fn ciphertext_from_bytes(&self, b: &[u8]) -> Result<Ciphertext> {
-        Ciphertext::from_bytes(&self.ctx, b)
+        let plain = checked(b, Expect::Fresh)?;
+        Ciphertext::from_bytes(&self.ctx, &plain)
             .map_err(|e| EngineError::Malformed(format!("ciphertext: {e}")))
     }
 

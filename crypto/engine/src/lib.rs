@@ -7,7 +7,8 @@ pub mod error;
 pub mod he;
 pub mod protocol;
 pub mod run;
+pub mod seal_check;
 pub mod session;
 pub mod store;
 
-pub use error::{EngineError, Result};
+pub use error::{EngineError, Result, StoreProblem};

@@ -43,8 +43,7 @@ use delphi_net::linear::sum_pool;
 use crate::error::{EngineError, Result};
 use crate::he::{ClientHe, Packing, ServerHe, SLOTS};
 
-/// The largest serialised key or ciphertext accepted from the peer.
-pub const MAX_HE_FRAME: u64 = 16 << 20;
+use crate::seal_check::Expect;
 
 /// Sends a ciphertext frame; returns its bytes on the wire (with the prefix).
 fn send_ct<C: Channel>(ch: &mut C, c: &Ciphertext) -> Result<u64> {
@@ -55,7 +54,7 @@ fn send_ct<C: Channel>(ch: &mut C, c: &Ciphertext) -> Result<u64> {
 
 /// Receives a ciphertext frame; adds its bytes on the wire to `count`.
 fn recv_ct_bytes<C: Channel>(ch: &mut C, count: &mut HeCount) -> Result<Vec<u8>> {
-    let b = ch.recv_frame_bounded(MAX_HE_FRAME)?;
+    let b = ch.recv_frame_bounded(Expect::Result.max_frame())?;
     count.received(8 + b.len() as u64);
     Ok(b)
 }
@@ -229,7 +228,7 @@ pub fn client_setup<C: Channel>(ch: &mut C) -> Result<ClientHe> {
 
 /// Session setup, server side: receives the client's public key.
 pub fn server_setup<C: Channel>(ch: &mut C) -> Result<ServerHe> {
-    let pk = ch.recv_frame_bounded(MAX_HE_FRAME)?;
+    let pk = ch.recv_frame_bounded(Expect::PublicKey.max_frame())?;
     ServerHe::new(&pk)
 }
 
@@ -264,7 +263,7 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
                 ch.flush()?;
                 let mut res = Vec::with_capacity(p.output_polys());
                 for _ in 0..p.output_polys() {
-                    res.push(he.ciphertext_from_bytes(&recv_ct_bytes(ch, &mut hc)?)?);
+                    res.push(he.result_from_bytes(&recv_ct_bytes(ch, &mut hc)?)?);
                 }
                 he.decrypt_output(&p, &res)?
             }
@@ -294,7 +293,7 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
                     hc.sent(send_ct(ch, &he.encrypt_slots(chunk)?)?);
                     ch.flush()?;
                     let u = he.decrypt_slots(
-                        &he.ciphertext_from_bytes(&recv_ct_bytes(ch, &mut hc)?)?,
+                        &he.result_from_bytes(&recv_ct_bytes(ch, &mut hc)?)?,
                         chunk.len(),
                     )?;
                     sq.extend(chunk.iter().zip(u).map(|(a, u)| *a * *a + u));
@@ -353,7 +352,9 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
                 let p = packing(prog, i)?;
                 let mut cts = Vec::with_capacity(p.input_polys());
                 for _ in 0..p.input_polys() {
-                    cts.push(he.ciphertext_from_bytes(&ch.recv_frame_bounded(MAX_HE_FRAME)?)?);
+                    cts.push(he.ciphertext_from_bytes(
+                        &ch.recv_frame_bounded(Expect::Fresh.max_frame())?,
+                    )?);
                 }
                 let (res, sigma) = he.linear(&p, weight, &cts, rng)?;
                 for c in &res {
@@ -374,7 +375,9 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
                 let mut remaining = len;
                 while remaining > 0 {
                     let k = remaining.min(SLOTS);
-                    let enc = he.ciphertext_from_bytes(&ch.recv_frame_bounded(MAX_HE_FRAME)?)?;
+                    let enc = he.ciphertext_from_bytes(
+                        &ch.recv_frame_bounded(Expect::Fresh.max_frame())?,
+                    )?;
                     let a: Vec<F> = (0..k).map(|_| F::random(rng)).collect();
                     let t: Vec<F> = (0..k).map(|_| F::random(rng)).collect();
                     send_ct(ch, &he.square_cross(&enc, &a, &t)?)?;

@@ -112,11 +112,20 @@ pub struct RunReport {
 
 /// Peak resident set size of this process (Linux), or 0.
 pub fn peak_rss_bytes() -> u64 {
+    proc_status_kb("VmHWM:")
+}
+
+/// The process's resident memory now, bytes (Linux; 0 elsewhere).
+pub fn current_rss_bytes() -> u64 {
+    proc_status_kb("VmRSS:")
+}
+
+fn proc_status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<u64>().ok())
         })

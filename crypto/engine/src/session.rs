@@ -22,6 +22,8 @@
 
 use std::collections::VecDeque;
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -38,17 +40,20 @@ use crate::protocol::{
 use crate::store::BundleStore;
 
 /// Version of the session messages.
-pub const SESSION_VERSION: u32 = 2;
-/// Command: run one offline phase.
+pub const SESSION_VERSION: u32 = 3;
+/// Command: run one offline phase (the server answers [`STATUS_OK`] or
+/// [`STATUS_FULL`] first).
 pub const CMD_OFFLINE: u64 = 1;
 /// Command: run one online phase (followed by the 16-byte bundle id).
 pub const CMD_ONLINE: u64 = 2;
 /// Command: end the session.
 pub const CMD_BYE: u64 = 0;
-/// Server's answer to [`CMD_ONLINE`]: the bundle is here, online follows.
+/// Server's answer: the bundle is here (or will be made), the phase follows.
 pub const STATUS_OK: u64 = 1;
 /// Server's answer to [`CMD_ONLINE`]: no such bundle.
 pub const STATUS_UNKNOWN: u64 = 2;
+/// Server's answer to [`CMD_OFFLINE`]: it holds as many bundles as it may.
+pub const STATUS_FULL: u64 = 3;
 /// The most bundles a server holds in memory for one client.
 pub const MAX_BUNDLES: usize = 64;
 /// The largest architecture frame accepted: 256 MiB.
@@ -59,47 +64,162 @@ struct Hello {
     version: u32,
     preprocess: usize,
     persistent: bool,
+    /// Set when the server refuses the connection (too many clients): why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    busy: Option<String>,
 }
 
-/// Serves one client on `stream` until it says goodbye or fails; returns the
-/// number of predictions served. With `store`, the server's bundles live on
-/// disk and survive the connection.
+/// How a server bounds what one client can hold and how long it can take.
+///
+/// A session is bounded in time phase by phase: the handshake (hello,
+/// architecture, the client's public key), each wait for a command, each
+/// offline and each online phase must end by its deadline, and no single
+/// read or write waits longer than `io_timeout` — so a client that stops
+/// reading, trickles bytes or sits idle loses its session instead of
+/// holding a worker.
+#[derive(Clone, Debug)]
+pub struct ServeLimits {
+    /// Sessions served at once (each on its own worker thread).
+    pub workers: usize,
+    /// Connections served or waiting for a worker; beyond this a connection
+    /// is answered "busy" and closed at once.
+    pub max_connections: usize,
+    /// The longest one read or write waits, and the longest wait for the
+    /// client's next command.
+    pub io_timeout: Duration,
+    /// Deadline of the handshake.
+    pub handshake_timeout: Duration,
+    /// Deadline of one offline or one online phase.
+    pub phase_timeout: Duration,
+    /// Bundles held in memory for one client (without a store).
+    pub max_bundles: usize,
+    /// Bundles the store may hold (with `--bundle-dir`).
+    pub store_bundles: usize,
+    /// Bytes the store may hold on disk.
+    pub store_bytes: u64,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            workers: 8,
+            max_connections: 32,
+            io_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(30),
+            phase_timeout: Duration::from_secs(600),
+            max_bundles: 16,
+            store_bundles: 1000,
+            store_bytes: 20 << 30,
+        }
+    }
+}
+
+/// What one served session did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SessionReport {
+    /// Online phases run.
+    pub predictions: usize,
+    /// Offline phases run.
+    pub offline_phases: usize,
+    /// Bytes sent and received.
+    pub bytes: u64,
+    /// Wall time, seconds.
+    pub seconds: f64,
+}
+
+fn session_error(report: &SessionReport, e: EngineError) -> (SessionReport, EngineError) {
+    (report.clone(), e)
+}
+
+fn phase(ch: &mut Counting<TcpChannel>, limit: Duration) -> Result<()> {
+    Ok(ch.inner_mut().set_deadline(Some(Instant::now() + limit))?)
+}
+
+/// Serves one client on `stream` until it says goodbye or fails; returns
+/// what the session did (also on failure). With `store`, the server's
+/// bundles live on disk and survive the connection.
 pub fn serve_connection(
     stream: TcpStream,
     net: &Network,
     prog: &FixedProgram,
     preprocess: usize,
-    timeout: Duration,
+    limits: &ServeLimits,
     store: Option<&BundleStore>,
-) -> Result<usize> {
-    let mut ch = TcpChannel::new(stream)?.with_timeout(Some(timeout))?;
+) -> std::result::Result<SessionReport, (SessionReport, EngineError)> {
+    let start = Instant::now();
+    let mut report = SessionReport::default();
+    let mut ch = match TcpChannel::new(stream).and_then(|c| c.with_timeout(Some(limits.io_timeout)))
+    {
+        Ok(c) => Counting::new(c),
+        Err(e) => return Err(session_error(&report, e.into())),
+    };
+    let out = serve_session(&mut ch, net, prog, preprocess, limits, store, &mut report);
+    report.bytes = ch.stats().total();
+    report.seconds = start.elapsed().as_secs_f64();
+    match out {
+        Ok(()) => Ok(report),
+        Err(e) => Err(session_error(&report, e)),
+    }
+}
+
+fn serve_session(
+    ch: &mut Counting<TcpChannel>,
+    net: &Network,
+    prog: &FixedProgram,
+    preprocess: usize,
+    limits: &ServeLimits,
+    store: Option<&BundleStore>,
+    report: &mut SessionReport,
+) -> Result<()> {
+    phase(ch, limits.handshake_timeout)?;
     let hello = Hello {
         version: SESSION_VERSION,
-        preprocess: preprocess.clamp(1, MAX_BUNDLES),
+        preprocess: preprocess.clamp(1, limits.max_bundles.clamp(1, MAX_BUNDLES)),
         persistent: store.is_some(),
+        busy: None,
     };
     ch.send_frame(&serde_json::to_vec(&hello).map_err(|e| EngineError::Malformed(e.to_string()))?)?;
     let arch = serde_json::to_vec(&net.architecture_only())
         .map_err(|e| EngineError::Malformed(e.to_string()))?;
     ch.send_frame(&arch)?;
     ch.flush()?;
-    let he = server_setup(&mut ch)?;
+    let he = server_setup(ch)?;
     let mut rng = secret_rng();
     let mut bundles: VecDeque<ServerBundle> = VecDeque::new();
-    let mut served = 0;
     loop {
+        phase(ch, limits.io_timeout)?;
         match ch.recv_u64()? {
             CMD_OFFLINE => {
-                if store.is_none() && bundles.len() >= MAX_BUNDLES {
-                    return Err(EngineError::Malformed(format!(
-                        "client asked for more than {MAX_BUNDLES} bundles"
-                    )));
+                let full = match store {
+                    Some(st) => {
+                        st.len()? >= limits.store_bundles || st.disk_bytes()? >= limits.store_bytes
+                    }
+                    None => bundles.len() >= limits.max_bundles.clamp(1, MAX_BUNDLES),
+                };
+                if full {
+                    ch.send_u64(STATUS_FULL)?;
+                    ch.flush()?;
+                    return Err(EngineError::Refused(match store {
+                        Some(_) => format!(
+                            "the bundle store is full (at most {} bundles, {} MB)",
+                            limits.store_bundles,
+                            limits.store_bytes >> 20
+                        ),
+                        None => format!(
+                            "a client may hold at most {} unused bundles",
+                            limits.max_bundles.clamp(1, MAX_BUNDLES)
+                        ),
+                    }));
                 }
-                let b = server_offline(&mut ch, prog, &he, &mut rng)?;
+                ch.send_u64(STATUS_OK)?;
+                ch.flush()?;
+                phase(ch, limits.phase_timeout)?;
+                let b = server_offline(ch, prog, &he, &mut rng)?;
                 match store {
                     Some(st) => st.put_server(prog, &b)?,
                     None => bundles.push_back(b),
                 }
+                report.offline_phases += 1;
             }
             CMD_ONLINE => {
                 let mut id = [0u8; 16];
@@ -120,13 +240,170 @@ pub fn serve_connection(
                 };
                 ch.send_u64(STATUS_OK)?;
                 ch.flush()?;
-                b.online(&mut ch, prog)?;
-                served += 1;
+                phase(ch, limits.phase_timeout)?;
+                b.online(ch, prog)?;
+                report.predictions += 1;
             }
-            CMD_BYE => return Ok(served),
+            CMD_BYE => return Ok(()),
             other => return Err(EngineError::Malformed(format!("unknown command {other}"))),
         }
     }
+}
+
+/// Answers a connection the server has no room for: a hello that says so.
+/// Writes at most a few hundred bytes with a one-second limit, so a client
+/// that does not read cannot hold the caller.
+pub fn refuse_busy(stream: TcpStream, why: &str) {
+    let hello = Hello {
+        version: SESSION_VERSION,
+        preprocess: 1,
+        persistent: false,
+        busy: Some(why.to_string()),
+    };
+    let Ok(json) = serde_json::to_vec(&hello) else {
+        return;
+    };
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    if let Ok(mut ch) =
+        TcpChannel::new(stream).and_then(|c| c.with_timeout(Some(Duration::from_secs(1))))
+    {
+        let _ = ch.send_frame(&json).and_then(|()| ch.flush());
+    }
+}
+
+/// A session's outcome, as [`serve`] reports it.
+pub struct SessionEvent {
+    /// The client's address.
+    pub peer: String,
+    /// What the session did.
+    pub report: SessionReport,
+    /// Why it ended early, if it did.
+    pub error: Option<EngineError>,
+}
+
+/// What a server serves and how it bounds its clients.
+pub struct Server {
+    /// The network (with weights).
+    pub net: Arc<Network>,
+    /// Its fixed-point program.
+    pub prog: Arc<FixedProgram>,
+    /// Bundles each client prepares ahead.
+    pub preprocess: usize,
+    /// The bounds on each client.
+    pub limits: ServeLimits,
+    /// Where bundles are kept across connections (none: memory).
+    pub store: Option<BundleStore>,
+}
+
+impl Server {
+    /// Serves clients on `listener`: `limits.workers` sessions at once, up
+    /// to `limits.max_connections` served or waiting, the rest answered
+    /// "busy". Returns after `sessions` accepted sessions have ended (never,
+    /// with `None`). `on_event` is called from the workers as each session
+    /// ends.
+    pub fn run(
+        self,
+        listener: std::net::TcpListener,
+        sessions: Option<usize>,
+        on_event: Arc<dyn Fn(SessionEvent) + Send + Sync>,
+    ) -> Result<()> {
+        serve(self, listener, sessions, on_event)
+    }
+}
+
+fn serve(
+    server: Server,
+    listener: std::net::TcpListener,
+    sessions: Option<usize>,
+    on_event: Arc<dyn Fn(SessionEvent) + Send + Sync>,
+) -> Result<()> {
+    let Server {
+        net,
+        prog,
+        preprocess,
+        limits,
+        store,
+    } = server;
+    let workers = limits.workers.max(1);
+    let max_connections = limits.max_connections.max(1);
+    // Connections served or waiting; bounded here, not by the queue.
+    let (tx, rx) = mpsc::channel::<TcpStream>();
+    let rx = Arc::new(Mutex::new(rx));
+    let limits = Arc::new(limits);
+    let store = Arc::new(store);
+    let active = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (rx, net, prog, limits, store, active, on_event) = (
+            rx.clone(),
+            net.clone(),
+            prog.clone(),
+            limits.clone(),
+            store.clone(),
+            active.clone(),
+            on_event.clone(),
+        );
+        handles.push(std::thread::spawn(move || loop {
+            let next = match rx.lock() {
+                Ok(r) => r.recv(),
+                Err(_) => return,
+            };
+            let Ok(stream) = next else { return };
+            let peer = stream
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "?".into());
+            let out = serve_connection(
+                stream,
+                &net,
+                &prog,
+                preprocess,
+                &limits,
+                store.as_ref().as_ref(),
+            );
+            active.fetch_sub(1, Ordering::SeqCst);
+            let (report, error) = match out {
+                Ok(r) => (r, None),
+                Err((r, e)) => (r, Some(e)),
+            };
+            on_event(SessionEvent {
+                peer,
+                report,
+                error,
+            });
+        }));
+    }
+    let mut accepted = 0;
+    for stream in listener.incoming() {
+        if sessions.is_some_and(|s| accepted >= s) {
+            break;
+        }
+        let Ok(stream) = stream else { continue };
+        if active.load(Ordering::SeqCst) >= max_connections {
+            refuse_busy(
+                stream,
+                &format!(
+                    "the server is busy ({max_connections} clients served or waiting); try again later"
+                ),
+            );
+            continue;
+        }
+        active.fetch_add(1, Ordering::SeqCst);
+        if let Err(mpsc::SendError(stream)) = tx.send(stream) {
+            active.fetch_sub(1, Ordering::SeqCst);
+            refuse_busy(stream, "the server is shutting down");
+            continue;
+        }
+        accepted += 1;
+        if sessions.is_some_and(|s| accepted >= s) {
+            break;
+        }
+    }
+    drop(tx);
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
 }
 
 /// One prediction as the client sees it.
@@ -169,6 +446,9 @@ fn connect<A: ToSocketAddrs>(addr: A, timeout: Duration) -> Result<ClientSession
     let mut ch = Counting::new(TcpChannel::connect(addr)?.with_timeout(Some(timeout))?);
     let hello: Hello = serde_json::from_slice(&ch.recv_frame_bounded(4096)?)
         .map_err(|e| EngineError::Malformed(format!("hello: {e}")))?;
+    if let Some(why) = hello.busy {
+        return Err(EngineError::Refused(why));
+    }
     if hello.version != SESSION_VERSION {
         return Err(EngineError::Malformed(format!(
             "server speaks session version {}, this client {SESSION_VERSION}",
@@ -191,6 +471,18 @@ fn connect<A: ToSocketAddrs>(addr: A, timeout: Duration) -> Result<ClientSession
 impl ClientSession {
     fn offline(&mut self) -> Result<ClientBundle> {
         self.ch.send_u64(CMD_OFFLINE)?;
+        self.ch.flush()?;
+        match self.ch.recv_u64()? {
+            STATUS_OK => {}
+            STATUS_FULL => {
+                return Err(EngineError::Refused(
+                    "the server is full: it holds as many unused bundles as it allows; \
+                     use them first"
+                        .into(),
+                ))
+            }
+            other => return Err(EngineError::Malformed(format!("offline status {other}"))),
+        }
         client_offline(&mut self.ch, &self.prog, &self.he, &mut secret_rng())
     }
 
@@ -212,7 +504,7 @@ pub fn preprocess<A: ToSocketAddrs>(
 ) -> Result<usize> {
     let store = options.store.as_ref().ok_or_else(|| EngineError::Store {
         path: ".".into(),
-        reason: "preprocessing ahead needs a bundle directory".into(),
+        problem: "preprocessing ahead needs a bundle directory".into(),
     })?;
     let mut s = connect(addr, options.timeout)?;
     if !s.hello.persistent {

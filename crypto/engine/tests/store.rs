@@ -99,3 +99,74 @@ fn stored_bundles_run_like_fresh_ones_and_only_once() {
     ));
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// Runs one offline phase over loopback and stores the client's half.
+fn stored_client_bundle(
+    prog: &FixedProgram,
+    arch: &FixedProgram,
+    cstore: &BundleStore,
+    seed: u64,
+) -> [u8; 16] {
+    let (s, c) = TcpChannel::loopback_pair().unwrap();
+    let sp = prog.clone();
+    let server = thread::spawn(move || {
+        let mut ch = s;
+        let mut rng = SecretRng::seed_from_u64(seed);
+        let he = server_setup(&mut ch).unwrap();
+        server_offline(&mut ch, &sp, &he, &mut rng).unwrap();
+    });
+    let mut ch = c;
+    let mut rng = SecretRng::seed_from_u64(2);
+    let he = client_setup(&mut ch).unwrap();
+    let b = client_offline(&mut ch, arch, &he, &mut rng).unwrap();
+    server.join().unwrap();
+    cstore.put_client(arch, &b).unwrap();
+    b.id()
+}
+
+#[test]
+fn renamed_altered_and_foreign_bundles_are_refused() {
+    use delphi_engine::StoreProblem;
+    let net = build("small-cnn", 10, 32).unwrap();
+    let prog = FixedProgram::lower(&net).unwrap();
+    let arch = FixedProgram::lower(&net.architecture_only()).unwrap();
+    let d = dir("forged");
+    let cdir = d.join("c");
+    let cstore = BundleStore::open(&cdir, Side::Client).unwrap();
+    let a = stored_client_bundle(&prog, &arch, &cstore, 10);
+    let b = stored_client_bundle(&prog, &arch, &cstore, 11);
+    assert_ne!(a, b);
+    let name = |id: &[u8; 16]| {
+        cdir.join(format!(
+            "{}.client.bundle",
+            id.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        ))
+    };
+    let problem = |e: EngineError| match e {
+        EngineError::Store { problem, .. } => problem,
+        e => panic!("{e}"),
+    };
+
+    // The same directory under another key (another server): refused.
+    let foreign = BundleStore::open_with_key(&cdir, Side::Client, &d.join("other.key")).unwrap();
+    let e = foreign.take_client(&arch, &a).unwrap_err();
+    assert!(matches!(problem(e), StoreProblem::Forged));
+
+    // A copy of b under a fresh name: the id inside is not the one asked for.
+    let fresh = [7u8; 16];
+    std::fs::copy(name(&b), name(&fresh)).unwrap();
+    let e = cstore.take_client(&arch, &fresh).unwrap_err();
+    assert!(matches!(problem(e), StoreProblem::WrongId));
+
+    // One byte changed: the tag does not verify.
+    let mut bytes = std::fs::read(name(&b)).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(name(&b), &bytes).unwrap();
+    let e = cstore.take_client(&arch, &b).unwrap_err();
+    assert!(matches!(problem(e), StoreProblem::Forged));
+
+    // The key may not live inside the directory it protects.
+    let e = BundleStore::open_with_key(&cdir, Side::Client, &cdir.join("k")).unwrap_err();
+    assert!(e.to_string().contains("outside"), "{e}");
+    std::fs::remove_dir_all(&d).ok();
+}

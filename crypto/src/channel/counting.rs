@@ -53,7 +53,13 @@ impl<C: Channel> Counting<C> {
         self.stats
     }
 
-    /// The wrapped channel.
+    /// The wrapped channel, to change its settings (what passes through it
+    /// directly is not counted).
+    pub fn inner_mut(&mut self) -> &mut C {
+        &mut self.inner
+    }
+
+    /// Unwraps the channel.
     pub fn into_inner(self) -> C {
         self.inner
     }
