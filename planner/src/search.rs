@@ -709,6 +709,19 @@ impl<'a> Search<'a> {
     /// Adds a settled evaluation to the front if nothing there beats it,
     /// keeping its network; drops what it beats.
     fn offer(&mut self, tr: &Trainer, e: &Evaluation) -> Result<()> {
+        // A plan whose values can leave the protocol's exact range (on the
+        // training data's measured activation ranges or sampled inputs) is
+        // never a candidate: the engine would refuse it.
+        let mut net = tr.export()?;
+        delphi_train::train::record_ranges(&mut net, &self.data.train, 64)?;
+        let prog = delphi_net::FixedProgram::lower(&net)?;
+        if let Err(why) = delphi_net::range::analyse_network(&net, &prog)?.check() {
+            self.say(&format!(
+                "placement {} left out of the front: {why}",
+                e.placement
+            ));
+            return Ok(());
+        }
         let mut idx = self.st.front.clone();
         idx.push(e.index);
         let pts: Vec<(f64, f64)> = idx
@@ -722,7 +735,6 @@ impl<'a> Search<'a> {
         if !keep.contains(&e.index) {
             return Ok(());
         }
-        let mut net = tr.export()?;
         net.metadata.planner_run = Some(self.c.name());
         let cost = self.pricing.price(&e.placement)?;
         net.metadata.predicted_cost = serde_json::to_value(cost).ok();

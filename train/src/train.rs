@@ -840,6 +840,26 @@ impl Trainer {
     }
 }
 
+/// Images measured for the activation ranges an export records.
+pub const RANGE_IMAGES: usize = 256;
+
+/// Records in `net` the largest |input| of each activation layer on the
+/// first `images` images of `split` (normalised as the network expects),
+/// so that the engine's range check ([`delphi_net::range`]) knows what the
+/// data does, not only what random inputs do.
+pub fn record_ranges(net: &mut Network, split: &Split, images: usize) -> Result<()> {
+    let norm = net
+        .metadata
+        .input_normalization
+        .clone()
+        .unwrap_or_else(|| split.kind.default_normalization());
+    let images: Vec<Vec<f32>> = (0..split.len().min(images))
+        .map(|i| split.image(i, None, &norm))
+        .collect();
+    net.metadata.activation_ranges = delphi_net::eval::activation_ranges(net, &images)?;
+    Ok(())
+}
+
 /// Float accuracy of a model (in inference mode) on a split whose images
 /// are normalised with `norm`.
 pub fn float_accuracy(model: &Net, split: &Split, device: &Device, norm: &Normalization) -> f64 {

@@ -36,9 +36,15 @@ enum Command {
         /// The network description (plan) to run, or an ONNX model.
         #[arg(long)]
         plan: PathBuf,
-        /// Number of inferences (random inputs in [-1, 1]).
+        /// Number of inferences (random inputs drawn from the range the
+        /// network declares, see `metadata.input_range`).
         #[arg(long, default_value_t = 1)]
         inputs: usize,
+        /// Run a plan whose values can leave the range the protocol computes
+        /// exactly in (refused by default), with a warning that says how
+        /// often they did on sampled inputs.
+        #[arg(long)]
+        allow_overflow: bool,
         /// Seed for the random inputs.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -87,6 +93,12 @@ enum Command {
         /// server is busy and closed at once.
         #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=65536))]
         max_connections: u64,
+        /// Serve a plan whose values can leave the range the protocol
+        /// computes exactly in (refused by default), with a warning. Such a
+        /// plan can give wrong answers, and a truncation outside its range
+        /// leaks a threshold test on a hidden value to the client.
+        #[arg(long)]
+        allow_overflow: bool,
         /// Unused bundles one client may have the server hold in memory.
         #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=64))]
         max_bundles: u64,
@@ -274,6 +286,60 @@ fn random_inputs(
     random_inputs_f32(prog.nodes[0].shape.len(), n, seed)
         .iter()
         .map(|x| Ok(prog.encode_input(x)?))
+        .collect()
+}
+
+/// The largest gap allowed between the secure logits and the float
+/// network's, relative to the float logits' largest magnitude. Fixed point
+/// with 8 fractional bits moves logits by well under 1 % on the networks
+/// here; a wrap-around moves them by tens of percent.
+const FLOAT_TOLERANCE: f64 = 0.1;
+
+/// Lowers a plan and checks its value ranges ([`delphi_net::range`]):
+/// refused if a node can leave its range, unless `allow_overflow`. Returns
+/// the program and a line that says how the ranges stand.
+fn checked_program(net: &Network, allow_overflow: bool) -> Result<(FixedProgram, String)> {
+    let prog = FixedProgram::lower(net)?;
+    let report = delphi_net::range::analyse_network(net, &prog)?;
+    let line = match report.check() {
+        Ok(()) => report.summary(),
+        Err(e) if allow_overflow => format!("warning (--allow-overflow): {e}"),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(
+                "the plan is refused: it can compute wrong answers without a sign \
+                 (--allow-overflow runs it anyway)",
+            ))
+        }
+    };
+    Ok((prog, line))
+}
+
+/// Per inference: the gap between the secure logits and the float
+/// network's (relative), and whether their classes agree.
+fn float_gaps(net: &Network, inputs: &[Vec<f32>], r: &RunReport) -> Result<Vec<(f64, bool)>> {
+    inputs
+        .iter()
+        .zip(&r.inferences)
+        .map(|(x, inf)| {
+            let want = delphi_net::eval::eval_float(net, x)?;
+            let scale = want.iter().fold(1e-9f64, |m, v| m.max(v.abs() as f64));
+            let gap = inf
+                .logits
+                .iter()
+                .zip(&want)
+                .fold(0f64, |m, (g, w)| m.max((g - *w as f64).abs()));
+            let class = |v: &[f64]| {
+                v.iter()
+                    .enumerate()
+                    .fold(
+                        (0, f64::NEG_INFINITY),
+                        |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+                    )
+                    .0
+            };
+            let want64: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+            Ok((gap / scale, class(&inf.logits) == class(&want64)))
+        })
         .collect()
 }
 
@@ -621,6 +687,7 @@ fn main() -> Result<()> {
         Command::Verify {
             plan,
             inputs,
+            allow_overflow,
             seed,
             json,
             compare_cost,
@@ -628,7 +695,10 @@ fn main() -> Result<()> {
         } => {
             ensure!(inputs > 0, "--inputs must be at least 1");
             let net = load_plan(&plan)?;
-            let prog = FixedProgram::lower(&net)?;
+            let (prog, ranges) = checked_program(&net, allow_overflow)?;
+            if !json || ranges.starts_with("warning") {
+                eprintln!("{ranges}");
+            }
             let model = if compare_cost {
                 Some(CostModel::load(&cost_model).with_context(|| {
                     format!(
@@ -639,23 +709,45 @@ fn main() -> Result<()> {
             } else {
                 None
             };
-            let report = run_local(&prog, &random_inputs(&prog, inputs, seed)?, &|m| {
+            let raw: Vec<Vec<f32>> = delphi_net::range::sample_inputs(
+                net.input.len(),
+                net.input_range(),
+                inputs + 2,
+                seed,
+            )
+            .split_off(2);
+            let encoded = raw
+                .iter()
+                .map(|x| Ok(prog.encode_input(x)?))
+                .collect::<Result<Vec<_>>>()?;
+            let report = run_local(&prog, &encoded, &|m| {
                 if !json {
                     eprintln!("[verify] {m}")
                 }
             })?;
+            let gaps = float_gaps(&net, &raw, &report)?;
+            let worst_gap = gaps.iter().fold(0f64, |m, g| m.max(g.0));
+            let float_classes = gaps.iter().filter(|g| g.1).count();
             let compared = model
                 .as_ref()
                 .map(|m| compare(&report, &m.predict(&prog, None)));
             if json {
                 let mut v = verify_json(&report);
-                if let (Some(c), Some(obj)) = (compared, v.as_object_mut()) {
-                    obj.insert("predicted".into(), c["predicted"].clone());
-                    obj.insert("measured".into(), c["measured"].clone());
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert("float_max_rel_error".into(), worst_gap.into());
+                    obj.insert("float_same_class".into(), float_classes.into());
+                    if let Some(c) = compared {
+                        obj.insert("predicted".into(), c["predicted"].clone());
+                        obj.insert("measured".into(), c["measured"].clone());
+                    }
                 }
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_table(&report);
+                println!(
+                    "float network: largest logit gap {:.2} % of the largest logit; same class on {float_classes} of {inputs}",
+                    100.0 * worst_gap
+                );
                 if let Some(c) = compared {
                     print_comparison(&c);
                 }
@@ -668,10 +760,17 @@ fn main() -> Result<()> {
             {
                 ensure!(
                     exact == inputs,
-                    "{} of {inputs} secure results differ from the reference",
+                    "{} of {inputs} secure results differ from the fixed-point reference",
                     inputs - exact
                 );
             }
+            ensure!(
+                worst_gap <= FLOAT_TOLERANCE,
+                "the secure logits are {:.1} % away from the float network's (more than {:.0} %): \
+                 the fixed-point program does not compute this network",
+                100.0 * worst_gap,
+                100.0 * FLOAT_TOLERANCE
+            );
         }
         Command::Cost(CostCmd::Calibrate { out, quick }) => {
             let model = delphi_cost_calibrate::calibrate(quick, &|m| eprintln!("[calibrate] {m}"))
@@ -733,9 +832,10 @@ fn main() -> Result<()> {
             bundle_key,
             max_stored_bundles,
             max_store_mb,
+            allow_overflow,
         } => {
             let net = load_plan(&plan)?;
-            let prog = FixedProgram::lower(&net)?;
+            let (prog, ranges) = checked_program(&net, allow_overflow)?;
             let store = open_store(bundle_dir, bundle_key, Side::Server)?;
             let listener = std::net::TcpListener::bind(&listen)
                 .with_context(|| format!("listening on {listen}"))?;
@@ -745,6 +845,7 @@ fn main() -> Result<()> {
                 net.name,
                 listener.local_addr()?
             );
+            eprintln!("{ranges}");
             if let Some(st) = &store {
                 eprintln!(
                     "bundle store {}: {} bundle(s) ready",

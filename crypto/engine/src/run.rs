@@ -37,6 +37,8 @@ pub struct Inference {
     pub max_rel_error: f64,
     /// The predicted class agrees with the reference's.
     pub same_class: bool,
+    /// The secure logits, decoded.
+    pub logits: Vec<f64>,
     /// Ciphertext traffic of the offline phase (included in `offline_bytes`).
     pub offline_he: crate::protocol::HeCount,
     /// Per description layer, measured on the client's side of the channel: the
@@ -215,6 +217,7 @@ pub fn run_local(
                         .unwrap_or(0)
                         .max(1) as f64,
                 same_class: argmax(&got) == argmax(&want),
+                logits: prog.decode_output(&got),
                 offline_he: b.offline_trace().iter().fold(
                     crate::protocol::HeCount::default(),
                     |mut acc, t| {

@@ -568,6 +568,9 @@ pub fn infer<A: ToSocketAddrs>(
         }
         (_, false) => inputs.to_vec(),
     };
+    for x in &inputs {
+        s.arch.check_input_range(x)?;
+    }
     let inputs = &inputs[..];
     let mut stored: VecDeque<[u8; 16]> = match (&options.store, s.hello.persistent) {
         (Some(st), true) => st.ids()?.into_iter().collect(),

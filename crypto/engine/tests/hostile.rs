@@ -243,3 +243,20 @@ fn a_client_cannot_fill_the_store_without_bound() {
     assert_eq!(store.len().unwrap(), 2);
     std::fs::remove_dir_all(&d).ok();
 }
+
+#[test]
+fn an_input_outside_the_declared_range_is_refused_before_anything_runs() {
+    let (addr, events, server) = start(limits(1, 2), None, 1);
+    let big: Vec<f32> = input().iter().map(|v| v * 1e5).collect();
+    let e = infer(addr.as_str(), &[big], &options(), &|_| {}).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            EngineError::Net(delphi_net::NetError::InputRange { index: 0, .. })
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("[-1, 1]"), "{e}");
+    server.join().unwrap();
+    assert_eq!(events.lock().unwrap()[0].1, 0, "no prediction was made");
+}

@@ -406,9 +406,30 @@ pub struct Metadata {
     /// the architecture the server shows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_normalization: Option<Normalization>,
+    /// The range `[lo, hi]` of the values the network takes (after any
+    /// input normalisation). Public, like the normalisation: the client's
+    /// inputs are checked against it, and the value ranges of the plan are
+    /// bounded from it ([`crate::range`]). Absent: what the normalisation
+    /// implies for raw values in [0, 1], or else [-1, 1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_range: Option<[f64; 2]>,
+    /// The largest |input| of each activation layer on the training data,
+    /// as the trainer measured it when it exported the network (server-side
+    /// only: not part of the architecture a client sees).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub activation_ranges: Vec<ActivationRange>,
     /// Anything else.
     #[serde(default, flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// The measured input range of one activation layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActivationRange {
+    /// The activation layer's index in `layers`.
+    pub layer: usize,
+    /// The largest |value| entering it, in real units.
+    pub max_abs: f64,
 }
 
 /// The normalisation a network expects: its input is
@@ -567,6 +588,7 @@ impl Network {
         n.weights_file = None;
         n.metadata = Metadata {
             input_normalization: self.metadata.input_normalization.clone(),
+            input_range: self.metadata.input_range,
             ..Metadata::default()
         };
         for l in &mut n.layers {
@@ -580,6 +602,46 @@ impl Network {
             }
         }
         n
+    }
+
+    /// The range of the values the network takes: `metadata.input_range`
+    /// if set; else what the input normalisation implies for raw values in
+    /// [0, 1]; else [-1, 1].
+    pub fn input_range(&self) -> (f64, f64) {
+        if let Some([lo, hi]) = self.metadata.input_range {
+            return (lo, hi);
+        }
+        match &self.metadata.input_normalization {
+            Some(n) => (0..self.input.channels.max(1)).fold(
+                (f64::INFINITY, f64::NEG_INFINITY),
+                |(lo, hi), c| {
+                    let (m, s) = n.channel(c);
+                    let (a, b) = ((0.0 - m as f64) / s as f64, (1.0 - m as f64) / s as f64);
+                    (lo.min(a.min(b)), hi.max(a.max(b)))
+                },
+            ),
+            None => (-1.0, 1.0),
+        }
+    }
+
+    /// Refuses an input (as the network takes it, normalised) with a value
+    /// outside [`Network::input_range`], naming the first such value.
+    pub fn check_input_range(&self, x: &[f32]) -> Result<()> {
+        let (lo, hi) = self.input_range();
+        // Rounding in the normalisation may move a value by an ulp.
+        let slack = 1e-4 * (hi - lo).abs().max(1.0);
+        match x
+            .iter()
+            .position(|&v| !v.is_finite() || (v as f64) < lo - slack || (v as f64) > hi + slack)
+        {
+            None => Ok(()),
+            Some(index) => Err(NetError::InputRange {
+                index,
+                value: x[index],
+                lo,
+                hi,
+            }),
+        }
     }
 
     /// Indices of the activation layers, in order.

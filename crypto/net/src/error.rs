@@ -53,6 +53,43 @@ pub enum NetError {
         #[source]
         source: std::io::Error,
     },
+    /// A node's values can leave the range the protocol computes exactly in.
+    #[error(
+        "layer {layer} ({kind}): values can exceed {what}: measured peak {measured:.3e} against a limit of {limit:.3e}; \
+         {overflowing} of {sampled} sampled inputs overflowed. Lower the weights or the input range, \
+         use fewer fractional bits, or train the plan with its ranges recorded"
+    )]
+    Range {
+        /// The description layer.
+        layer: usize,
+        /// The program operation.
+        kind: &'static str,
+        /// What the limit protects.
+        what: &'static str,
+        /// The measured peak (field units).
+        measured: f64,
+        /// The limit (field units).
+        limit: f64,
+        /// Sampled inputs that overflowed.
+        overflowing: usize,
+        /// Inputs sampled.
+        sampled: usize,
+    },
+    /// An input value outside the range the network declares.
+    #[error(
+        "input value {index} is {value}, outside the range [{lo}, {hi}] the network declares \
+         (metadata.input_range, or what its input normalisation implies for raw values in [0, 1])"
+    )]
+    InputRange {
+        /// Position in the input.
+        index: usize,
+        /// The value.
+        value: f32,
+        /// The declared lower end.
+        lo: f64,
+        /// The declared upper end.
+        hi: f64,
+    },
     /// A value left the fixed-point range.
     #[error(transparent)]
     Crypto(#[from] delphi_crypto::Error),

@@ -17,6 +17,36 @@ pub fn eval_float(net: &Network, input: &[f32]) -> Result<Vec<f32>> {
     Ok(outs.pop().unwrap_or_default())
 }
 
+/// The largest |input| of each activation layer over `inputs` (as the
+/// network takes them): what [`crate::desc::Metadata::activation_ranges`]
+/// records.
+pub fn activation_ranges(
+    net: &Network,
+    inputs: &[Vec<f32>],
+) -> Result<Vec<crate::desc::ActivationRange>> {
+    let shapes = net.validate()?;
+    let acts = net.activation_layers();
+    let mut peak = vec![0f64; acts.len()];
+    for input in inputs {
+        check_input(net, input)?;
+        let mut outs: Vec<Vec<f32>> = Vec::with_capacity(net.layers.len());
+        for i in 0..net.layers.len() {
+            if let Some(k) = acts.iter().position(|&a| a == i) {
+                let src = net.layers[i].input.or(i.checked_sub(1));
+                let x: &[f32] = src.map_or(&input[..], |j| &outs[j][..]);
+                peak[k] = x.iter().fold(peak[k], |m, v| m.max(v.abs() as f64));
+            }
+            let y = eval_layer(net, &shapes, i, &outs, input);
+            outs.push(y);
+        }
+    }
+    Ok(acts
+        .into_iter()
+        .zip(peak)
+        .map(|(layer, max_abs)| crate::desc::ActivationRange { layer, max_abs })
+        .collect())
+}
+
 fn check_input(net: &Network, input: &[f32]) -> Result<()> {
     if input.len() != net.input.len() {
         return Err(crate::error::NetError::Invalid(format!(

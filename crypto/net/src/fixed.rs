@@ -341,6 +341,21 @@ impl FixedProgram {
             lw.nodes[res.node].scale = (res.bits, res.div);
             out.push(res);
         }
+        for n in &lw.nodes {
+            if let FixedOp::Trunc { shift } = n.op {
+                if shift < delphi_crypto::trunc::MIN_SHIFT {
+                    let layer = n.layer.unwrap_or(0);
+                    return Err(layer_err(
+                        layer,
+                        net.layers[layer].op.kind(),
+                        format!(
+                            "a truncation by {shift} bits (at least {} are needed: raise weight_frac_bits)",
+                            delphi_crypto::trunc::MIN_SHIFT
+                        ),
+                    ));
+                }
+            }
+        }
         let last = *out
             .last()
             .ok_or_else(|| NetError::Invalid("no layers".into()))?;

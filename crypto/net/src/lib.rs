@@ -13,8 +13,11 @@ pub mod fixed;
 pub mod linear;
 pub mod packing;
 pub mod placement;
+pub mod range;
 
-pub use desc::{Activation, Layer, Network, Normalization, Op, Padding, Shape, WeightStorage};
+pub use desc::{
+    Activation, ActivationRange, Layer, Network, Normalization, Op, Padding, Shape, WeightStorage,
+};
 pub use error::{NetError, Result};
 pub use fixed::{FixedOp, FixedProgram};
 pub use placement::Placement;

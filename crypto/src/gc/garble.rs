@@ -78,6 +78,7 @@ fn store_outputs(circ: &Circuit, wires: &[Block], k: usize, out: &mut [Block]) {
 struct Work {
     wires: Vec<Block>,
     x: Vec<Block>,
+    tweaks: Vec<u128>,
     scratch: Vec<Block>,
 }
 
@@ -86,6 +87,7 @@ impl Work {
         Work {
             wires: vec![Block::ZERO; circ.n_wires * BATCH],
             x: vec![Block::ZERO; hashes_per_and * BATCH],
+            tweaks: vec![0; hashes_per_and * BATCH],
             scratch: vec![Block::ZERO; hashes_per_and * BATCH],
         }
     }
@@ -94,6 +96,7 @@ impl Work {
     fn reserve_hashes(&mut self, n: usize) {
         if self.x.len() < n {
             self.x.resize(n, Block::ZERO);
+            self.tweaks.resize(n, 0);
             self.scratch.resize(n, Block::ZERO);
         }
     }
@@ -138,7 +141,6 @@ pub struct Garbler<'c> {
     circ: &'c Circuit,
     hash: TweakHash,
     delta: Block,
-    sigma_delta: Block,
     work: Work,
 }
 
@@ -151,7 +153,6 @@ impl fmt::Debug for Garbler<'_> {
 impl Drop for Garbler<'_> {
     fn drop(&mut self) {
         self.delta.zeroize();
-        self.sigma_delta.zeroize();
     }
 }
 
@@ -164,7 +165,6 @@ impl<'c> Garbler<'c> {
             circ,
             hash: TweakHash::new(hash_key),
             delta,
-            sigma_delta: delta.sigma(),
             work: Work::new(circ, 4),
         }
     }
@@ -186,7 +186,7 @@ impl<'c> Garbler<'c> {
         let k = instances(c, ev_zero, ga_zero);
         assert!(k <= BATCH && k > 0);
         self.work.load(c, k, ev_zero, ga_zero);
-        let (delta, sd) = (self.delta, self.sigma_delta);
+        let delta = self.delta;
         let mut and_idx = 0usize;
         let mut bases = [0u128; BATCH];
         tweak_bases(first, k, c.n_and, &mut bases);
@@ -200,19 +200,23 @@ impl<'c> Garbler<'c> {
                     let Work {
                         wires: w,
                         x,
+                        tweaks,
                         scratch,
                     } = &mut self.work;
                     let x = &mut x[..4 * k];
                     for i in 0..k {
                         let t = and_tweak(bases[i], and_idx);
-                        let sa = TweakHash::prepare(w[a + i], t);
-                        let sb = TweakHash::prepare(w[b + i], t | 1);
-                        x[4 * i] = sa;
-                        x[4 * i + 1] = sa ^ sd;
-                        x[4 * i + 2] = sb;
-                        x[4 * i + 3] = sb ^ sd;
+                        let (la, lb) = (w[a + i], w[b + i]);
+                        x[4 * i] = la;
+                        x[4 * i + 1] = la ^ delta;
+                        x[4 * i + 2] = lb;
+                        x[4 * i + 3] = lb ^ delta;
+                        tweaks[4 * i] = t;
+                        tweaks[4 * i + 1] = t;
+                        tweaks[4 * i + 2] = t | 1;
+                        tweaks[4 * i + 3] = t | 1;
                     }
-                    self.hash.hash_prepared(x, scratch);
+                    self.hash.hash_many(x, tweaks, scratch);
                     for i in 0..k {
                         let (a0, b0) = (w[a + i], w[b + i]);
                         let (ha0, ha1, hb0, hb1) =
@@ -245,14 +249,18 @@ impl<'c> Garbler<'c> {
         let n = zero.len();
         assert!(n == weights.len() && n == cts.len());
         self.work.reserve_hashes(2 * n);
-        let Work { x, scratch, .. } = &mut self.work;
+        let Work {
+            x, tweaks, scratch, ..
+        } = &mut self.work;
         let x = &mut x[..2 * n];
         for (j, z) in zero.iter().enumerate() {
             let t = out_tweak(inst, n, j);
-            x[2 * j] = TweakHash::prepare(*z, t);
-            x[2 * j + 1] = TweakHash::prepare(*z ^ self.delta, t);
+            x[2 * j] = *z;
+            x[2 * j + 1] = *z ^ self.delta;
+            tweaks[2 * j] = t;
+            tweaks[2 * j + 1] = t;
         }
-        self.hash.hash_prepared(x, scratch);
+        self.hash.hash_many(x, tweaks, scratch);
         let mut offset = F::ZERO;
         for j in 0..n {
             let h0 = F::from_u128(x[2 * j].0);
@@ -326,15 +334,18 @@ impl<'c> Evaluator<'c> {
                     let Work {
                         wires: w,
                         x,
+                        tweaks,
                         scratch,
                     } = &mut self.work;
                     let x = &mut x[..2 * k];
                     for i in 0..k {
                         let tw = and_tweak(bases[i], and_idx);
-                        x[2 * i] = TweakHash::prepare(w[a + i], tw);
-                        x[2 * i + 1] = TweakHash::prepare(w[b + i], tw | 1);
+                        x[2 * i] = w[a + i];
+                        x[2 * i + 1] = w[b + i];
+                        tweaks[2 * i] = tw;
+                        tweaks[2 * i + 1] = tw | 1;
                     }
-                    self.hash.hash_prepared(x, scratch);
+                    self.hash.hash_many(x, tweaks, scratch);
                     for i in 0..k {
                         let (la, lb) = (w[a + i], w[b + i]);
                         let (tg, te) = (t[2 * i], t[2 * i + 1]);
@@ -355,12 +366,15 @@ impl<'c> Evaluator<'c> {
         let n = labels.len();
         assert_eq!(n, cts.len());
         self.work.reserve_hashes(n);
-        let Work { x, scratch, .. } = &mut self.work;
+        let Work {
+            x, tweaks, scratch, ..
+        } = &mut self.work;
         let x = &mut x[..n];
         for (j, l) in labels.iter().enumerate() {
-            x[j] = TweakHash::prepare(*l, out_tweak(inst, n, j));
+            x[j] = *l;
+            tweaks[j] = out_tweak(inst, n, j);
         }
-        self.hash.hash_prepared(x, scratch);
+        self.hash.hash_many(x, tweaks, scratch);
         let mut acc = F::ZERO;
         for j in 0..n {
             let c = F::conditional_select(&F::ZERO, &cts[j], Choice::from(labels[j].lsb() as u8));

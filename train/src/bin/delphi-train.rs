@@ -273,6 +273,7 @@ fn train(a: &TrainArgs) -> Result<()> {
     }
     let float_acc = tr.accuracy(&data.test);
     let mut net = tr.export()?;
+    delphi_train::train::record_ranges(&mut net, &data.train, delphi_train::train::RANGE_IMAGES)?;
     eprintln!("evaluating {} test images in fixed point", data.test.len());
     let fixed_acc = fixed_accuracy(&net, &data.test)?;
     net.metadata.accuracy_float = Some(float_acc);

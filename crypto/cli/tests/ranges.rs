@@ -1,0 +1,77 @@
+//! Plans whose values leave the range the protocol computes exactly in are
+//! refused by name, and `verify` checks against the float network too.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+use delphi_net::builtin::build;
+use delphi_net::{Network, Op, Placement, WeightStorage};
+
+fn delphi() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_delphi"))
+}
+
+fn dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("delphi-ranges-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn verify(net: &Network, d: &std::path::Path, extra: &[&str]) -> (bool, String) {
+    let plan = d.join("plan.json");
+    net.save(&plan, WeightStorage::Inline).unwrap();
+    let o = delphi()
+        .args(["verify", "--inputs", "2", "--plan"])
+        .arg(&plan)
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_huge_weight_is_refused_naming_its_layer_and_verify_sees_the_float_gap() {
+    let d = dir("weight");
+    let mut net = build("small-cnn", 10, 5).unwrap();
+    let (ok, err) = verify(&net, &d, &[]);
+    assert!(ok, "{err}");
+    // One weight of 1e6 in the second convolution.
+    let conv = net
+        .layers
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| matches!(l.op, Op::Conv2d { .. }))
+        .nth(1)
+        .unwrap()
+        .0;
+    if let Op::Conv2d { weight, .. } = &mut net.layers[conv].op {
+        weight[0] = 1e6;
+    }
+    let (ok, err) = verify(&net, &d, &[]);
+    assert!(!ok);
+    assert!(err.contains("values can exceed"), "{err}");
+    assert!(err.contains(&format!("layer {conv}")), "{err}");
+    // Run anyway: the secure result equals the (equally wrapped) fixed-point
+    // reference, and the float comparison catches it.
+    let (ok, err) = verify(&net, &d, &["--allow-overflow"]);
+    assert!(!ok);
+    assert!(err.contains("away from the float network"), "{err}");
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn a_quadratic_outside_its_range_is_refused() {
+    let d = dir("quad");
+    let mut net = build("small-cnn", 10, 6).unwrap();
+    "QQQ".parse::<Placement>().unwrap().apply(&mut net).unwrap();
+    // Inputs declared up to 1e3: the first quadratic's input is far beyond
+    // what its square can hold.
+    net.metadata.input_range = Some([-1e3, 1e3]);
+    let (ok, err) = verify(&net, &d, &[]);
+    assert!(!ok);
+    assert!(err.contains("values can exceed"), "{err}");
+    std::fs::remove_dir_all(&d).ok();
+}
