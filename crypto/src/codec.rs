@@ -109,7 +109,27 @@ impl<R: Read> Decoder<R> {
         if self.u64()? != len as u64 {
             return Err(Error::Malformed { what });
         }
-        (0..len).map(|_| self.block()).collect()
+        self.read_vec(len, |d| d.block())
+    }
+
+    /// Reads `len` items, growing the vector only as items actually arrive
+    /// (a stored length never allocates memory the file does not fill).
+    fn read_vec<T>(
+        &mut self,
+        len: usize,
+        mut item: impl FnMut(&mut Self) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut out = Vec::with_capacity(len.min(1 << 16));
+        for _ in 0..len {
+            out.push(item(self)?);
+        }
+        Ok(out)
+    }
+
+    fn field(&mut self) -> Result<F> {
+        F::new(self.u64()?).ok_or(Error::Malformed {
+            what: "stored field element not below the modulus",
+        })
     }
 
     /// Reads a vector of exactly `len` field elements.
@@ -117,25 +137,13 @@ impl<R: Read> Decoder<R> {
         if self.u64()? != len as u64 {
             return Err(Error::Malformed { what });
         }
-        (0..len)
-            .map(|_| {
-                F::new(self.u64()?).ok_or(Error::Malformed {
-                    what: "stored field element not below the modulus",
-                })
-            })
-            .collect()
+        self.read_vec(len, |d| d.field())
     }
 
     /// Reads a length-prefixed vector of field elements of at most `max`.
     pub fn fields_at_most(&mut self, max: usize, what: &'static str) -> Result<Vec<F>> {
         let len = self.u64_at_most(max as u64, what)? as usize;
-        (0..len)
-            .map(|_| {
-                F::new(self.u64()?).ok_or(Error::Malformed {
-                    what: "stored field element not below the modulus",
-                })
-            })
-            .collect()
+        self.read_vec(len, |d| d.field())
     }
 }
 
@@ -172,5 +180,21 @@ mod tests {
         let bad = e.into_inner();
         assert!(Decoder::new(&bad[..]).fields(1, "f").is_err());
         assert!(Decoder::new(&bad[..]).u64_at_most(0, "n").is_err());
+    }
+
+    #[test]
+    fn a_huge_stored_length_allocates_nothing_it_cannot_fill() {
+        let n = 1usize << 40;
+        let mut e = Encoder::new(Vec::new());
+        e.u64(n as u64).unwrap();
+        e.block(Block(1)).unwrap();
+        let buf = e.into_inner();
+        assert!(matches!(
+            Decoder::new(&buf[..]).blocks(n, "b"),
+            Err(Error::Malformed {
+                what: "truncated stored bundle"
+            })
+        ));
+        assert!(Decoder::new(&buf[..]).fields(n, "f").is_err());
     }
 }

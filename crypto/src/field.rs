@@ -172,9 +172,12 @@ impl<C: FieldConfig> Default for Fp<C> {
     }
 }
 
+/// Redacted: field elements are shares, masks and keys as often as public
+/// values, and a `{:?}` in a log or a panic message must not print them.
+/// Print a public value with `Display` (`{}`) on purpose.
 impl<C: FieldConfig> fmt::Debug for Fp<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Fp({})", self.0)
+        f.write_str("Fp(..)")
     }
 }
 
@@ -325,6 +328,14 @@ macro_rules! field_axioms {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn debug_does_not_print_the_value() {
+        let x = F::from_u64(1_234_567);
+        assert!(!format!("{x:?}").contains("1234567"));
+        assert!(!format!("{:?}", vec![x]).contains("1234567"));
+        assert_eq!(x.to_string(), "1234567");
+    }
+
     use super::*;
 
     /// A second configuration, to show the suite is generic.

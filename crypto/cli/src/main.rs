@@ -264,6 +264,26 @@ enum Bench {
         #[arg(long)]
         out: PathBuf,
     },
+    /// A server under load: N concurrent clients, each running sessions of
+    /// one private inference (keys, offline, online) against one `serve`
+    /// on loopback; throughput and p50/p99 latency.
+    Serve {
+        /// The plan to serve (default: small-cnn with random weights).
+        #[arg(long)]
+        plan: Option<PathBuf>,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Sessions each client runs, one after another.
+        #[arg(long, default_value_t = 4)]
+        sessions: usize,
+        /// Server worker threads (sessions served at once).
+        #[arg(long, default_value_t = 8)]
+        workers: usize,
+        /// Where to write the JSON figures.
+        #[arg(long, default_value = "results/bench/serve.json")]
+        out: PathBuf,
+    },
     /// Garbled-circuit ReLU layer: throughput, bytes and end-to-end time over loopback TCP.
     Relu {
         /// Number of ReLUs.
@@ -555,6 +575,115 @@ fn print_prediction(net: &Network, p: &delphi_cost::Prediction, link: &delphi_co
     );
 }
 
+/// The p-th percentile (0–100) of `v`, nearest rank.
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}
+
+/// Runs `clients` concurrent clients of `sessions` one-inference sessions
+/// each against an in-process server; returns the figures.
+fn serve_bench(
+    net: Network,
+    clients: usize,
+    sessions: usize,
+    workers: usize,
+) -> Result<serde_json::Value> {
+    let (prog, _) = checked_program(&net, false)?;
+    let input_len = net.input.len();
+    let range = net.input_range();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?.to_string();
+    let server = Server {
+        net: Arc::new(net),
+        prog: Arc::new(prog),
+        preprocess: 1,
+        limits: ServeLimits {
+            workers,
+            max_connections: clients.max(workers) * 2,
+            ..ServeLimits::default()
+        },
+        store: None,
+    };
+    let total = clients * sessions;
+    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let f = failures.clone();
+    let on_event = Arc::new(move |e: SessionEvent| {
+        if let Some(err) = e.error {
+            eprintln!("[serve bench] session with {} failed: {err}", e.peer);
+            f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let server = std::thread::spawn(move || server.run(listener, Some(total), on_event));
+    let t = std::time::Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let addr = addr.clone();
+            std::thread::spawn(move || -> Result<Vec<(f64, f64)>> {
+                let options = ClientOptions {
+                    timeout: Duration::from_secs(600),
+                    store: None,
+                    normalize: false,
+                };
+                let inputs =
+                    delphi_net::range::sample_inputs(input_len, range, sessions + 2, c as u64 + 7);
+                (0..sessions)
+                    .map(|k| {
+                        let t = std::time::Instant::now();
+                        let p = delphi_engine::session::infer(
+                            addr.as_str(),
+                            &inputs[k + 2..k + 3],
+                            &options,
+                            &|_| {},
+                        )?;
+                        Ok((t.elapsed().as_secs_f64(), p[0].online_s))
+                    })
+                    .collect()
+            })
+        })
+        .collect();
+    let mut session = Vec::with_capacity(total);
+    let mut online = Vec::with_capacity(total);
+    for h in handles {
+        let got = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        for (s, o) in got {
+            session.push(s);
+            online.push(o);
+        }
+    }
+    let wall = t.elapsed().as_secs_f64();
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("the server thread panicked"))??;
+    Ok(serde_json::json!({
+        "clients": clients,
+        "sessions_per_client": sessions,
+        "workers": workers,
+        "predictions": total,
+        "failed_sessions": failures.load(std::sync::atomic::Ordering::SeqCst),
+        "wall_s": wall,
+        "predictions_per_s": total as f64 / wall,
+        "session_latency_s": {
+            "p50": percentile(&mut session.clone(), 50.0),
+            "p99": percentile(&mut session, 99.0),
+        },
+        "online_latency_s": {
+            "p50": percentile(&mut online.clone(), 50.0),
+            "p99": percentile(&mut online, 99.0),
+        },
+        "note": "each session: key generation, one offline and one online phase; server and clients share the machine",
+        "cores": delphi_crypto::bench::cores(),
+        "cpu_model": delphi_crypto::bench::cpu_model(),
+        "peak_rss_bytes_all": peak_rss_bytes(),
+    }))
+}
+
 /// Opens a bundle store when a directory is given.
 fn open_store(
     dir: Option<PathBuf>,
@@ -643,6 +772,43 @@ fn main() -> Result<()> {
                 r.relus - r.correct,
                 r.relus
             );
+        }
+        Command::Bench(Bench::Serve {
+            plan,
+            clients,
+            sessions,
+            workers,
+            out,
+        }) => {
+            ensure!(
+                clients > 0 && sessions > 0,
+                "--clients and --sessions must be at least 1"
+            );
+            let net = match &plan {
+                Some(p) => load_plan(p)?,
+                None => {
+                    let mut net = build("small-cnn", 10, 1)?;
+                    let calib = random_inputs_f32(net.input.len(), 2, 2);
+                    calibrate_batch_norm(&mut net, &calib)?;
+                    net
+                }
+            };
+            let summary = serve_bench(net, clients, sessions, workers)?;
+            let mut summary = summary;
+            summary["plan"] = plan
+                .as_ref()
+                .map_or("small-cnn (random weights)".to_string(), |p| {
+                    p.display().to_string()
+                })
+                .into();
+            summary["rerun"] = format!(
+                "cargo run --release --bin delphi -- bench serve{} --clients {clients} --sessions {sessions} --workers {workers} --out {}",
+                plan.as_ref().map_or(String::new(), |p| format!(" --plan {}", p.display())),
+                out.display()
+            )
+            .into();
+            write_json(&out, &summary)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
         }
         Command::Bench(Bench::Network {
             arch,

@@ -202,6 +202,30 @@ pub struct ServerBundle {
     used: bool,
 }
 
+// Shares, masks and triples are wiped when a bundle is dropped (the relu
+// and truncation halves wipe themselves).
+impl Drop for ClientBundle {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.shares.iter_mut().for_each(|s| s.zeroize());
+        for (a, b) in self.quads.iter_mut().flatten() {
+            a.zeroize();
+            b.zeroize();
+        }
+    }
+}
+
+impl Drop for ServerBundle {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.sigmas.iter_mut().flatten().for_each(|s| s.zeroize());
+        for (a, b) in self.quads.iter_mut().flatten() {
+            a.zeroize();
+            b.zeroize();
+        }
+    }
+}
+
 impl std::fmt::Debug for ClientBundle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientBundle")

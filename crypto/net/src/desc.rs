@@ -38,6 +38,7 @@
 //! known to the client.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,8 @@ pub const FORMAT: &str = "delphi-network";
 pub const VERSION: u32 = 1;
 /// The largest description file read (inline weights included): 1 GiB.
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
+/// The most elements one tensor (a layer's input or output) may hold: 2^24.
+pub const MAX_ELEMENTS: usize = 1 << 24;
 
 /// A tensor shape: channels × height × width (a flat vector is n × 1 × 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,9 +75,12 @@ impl Shape {
         }
     }
 
-    /// Number of elements.
+    /// Number of elements (saturating: a shape too large to count is
+    /// refused by validation, see [`MAX_ELEMENTS`]).
     pub fn len(&self) -> usize {
-        self.channels * self.height * self.width
+        self.channels
+            .saturating_mul(self.height)
+            .saturating_mul(self.width)
     }
 
     /// Whether the shape holds no elements.
@@ -582,7 +588,10 @@ impl Network {
     }
 
     /// The same network with every weight replaced by a neutral value
-    /// (zeros; identity batch norm): what a client may learn.
+    /// (zeros; identity batch norm) and quadratic constants set to 0: what
+    /// a client may learn. The quadratic coefficients a and b stay: the
+    /// client's share of a·x² + b·x needs them (disclosed, see the README's
+    /// security notes).
     pub fn architecture_only(&self) -> Network {
         let mut n = self.clone();
         n.weights_file = None;
@@ -592,6 +601,11 @@ impl Network {
             ..Metadata::default()
         };
         for l in &mut n.layers {
+            // The client computes its share of a·x² + b·x; the constant c
+            // is the server's alone, so the client does not receive it.
+            if let Op::Activation(Activation::Quad { c, .. }) = &mut l.op {
+                *c = 0.0;
+            }
             for (name, t) in l.op.tensors_mut() {
                 let neutral = if name == "gamma" || name == "var" {
                     1.0
@@ -696,7 +710,18 @@ impl Network {
                 meta.len()
             )));
         }
-        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        // The size is checked again while reading: a device or a growing
+        // file can report less than it yields.
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
+            .map_err(io_err(path))?;
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return Err(NetError::Invalid(format!(
+                "{} holds more than {MAX_FILE_BYTES} bytes",
+                path.display()
+            )));
+        }
         // Check the header first so an unknown version is reported as such.
         #[derive(Deserialize)]
         struct Header {
@@ -889,6 +914,12 @@ impl Network {
         if self.input.is_empty() {
             return Err(NetError::Invalid("the input shape is empty".into()));
         }
+        if self.input.len() > MAX_ELEMENTS {
+            return Err(NetError::Invalid(format!(
+                "the input shape {} has more than {MAX_ELEMENTS} elements",
+                self.input
+            )));
+        }
         if let Some(n) = &self.metadata.input_normalization {
             n.check(self.input.channels).map_err(NetError::Invalid)?;
         }
@@ -923,6 +954,11 @@ impl Network {
                     if *kernel == 0 || *out_channels == 0 {
                         return Err(err("kernel and out_channels must be positive".into()));
                     }
+                    if *kernel > 64 || *out_channels > MAX_ELEMENTS {
+                        return Err(err(format!(
+                            "kernel {kernel} (at most 64) or {out_channels} output channels (at most {MAX_ELEMENTS})"
+                        )));
+                    }
                     if *padding == Padding::Same && kernel % 2 == 0 {
                         return Err(err(format!(
                             "\"same\" padding needs an odd kernel, not {kernel}"
@@ -939,7 +975,9 @@ impl Network {
                             "kernel {kernel} larger than the padded input {x}"
                         )));
                     }
-                    let want = out_channels * x.channels * kernel * kernel;
+                    let want = out_channels
+                        .saturating_mul(x.channels)
+                        .saturating_mul(kernel * kernel);
                     if weight.len() != want && (weights || !weight.is_empty()) {
                         return Err(err(format!(
                             "weights of the wrong size: {} values, expected {want} ({out_channels}×{}×{kernel}×{kernel})",
@@ -968,7 +1006,7 @@ impl Network {
                     if *out_features == 0 {
                         return Err(err("out_features must be positive".into()));
                     }
-                    let want = out_features * x.channels;
+                    let want = out_features.saturating_mul(x.channels);
                     if weight.len() != want && (weights || !weight.is_empty()) {
                         return Err(err(format!(
                             "weights of the wrong size: {} values, expected {want} ({out_features}×{})",
@@ -1064,6 +1102,11 @@ impl Network {
                 if !v.is_finite() {
                     return Err(err("a parameter is not finite".into()));
                 }
+            }
+            if out.len() > MAX_ELEMENTS {
+                return Err(err(format!(
+                    "its output {out} has more than {MAX_ELEMENTS} elements"
+                )));
             }
             shapes.push(out);
         }

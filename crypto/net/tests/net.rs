@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use delphi_net::builtin::build;
 use delphi_net::eval::{argmax, eval_float};
-use delphi_net::{FixedOp, FixedProgram, NetError, Network, Op, Placement, WeightStorage};
+use delphi_net::{
+    Activation, FixedOp, FixedProgram, NetError, Network, Op, Placement, WeightStorage,
+};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("delphi-net-test-{}-{name}", std::process::id()));
@@ -263,4 +265,23 @@ fn folding_batch_norm_keeps_the_function_and_renumbers_references() {
     }
     // Folding twice changes nothing.
     assert_eq!(folded.fold_batch_norm().unwrap(), folded);
+}
+
+#[test]
+fn the_architecture_a_client_sees_has_no_weights_and_no_quadratic_constant() {
+    let mut net = build("small-cnn", 10, 3).unwrap();
+    "RQR".parse::<Placement>().unwrap().apply(&mut net).unwrap();
+    let arch = net.architecture_only();
+    for l in &arch.layers {
+        if let Op::Activation(Activation::Quad { a, b, c }) = l.op {
+            assert_eq!(c, 0.0);
+            assert!(
+                a != 0.0 && b != 0.0,
+                "a and b are disclosed (the client needs them)"
+            );
+        }
+        if let Op::Conv2d { weight, .. } | Op::Dense { weight, .. } = &l.op {
+            assert!(weight.iter().all(|w| *w == 0.0));
+        }
+    }
 }
