@@ -128,7 +128,10 @@ impl Link {
         } else if let Some(v) = r.strip_suffix('s') {
             v.trim().parse::<f64>()
         } else {
-            r.parse::<f64>()
+            // A bare number has no unit: refused rather than guessed.
+            return Err(CostError::Invalid(format!(
+                "RTT {rtt:?} has no unit (write 20ms, 500us or 0.02s)"
+            )));
         }
         .map_err(|_| bad(rtt, "RTT"))?;
         if !(bytes_per_s > 0.0 && rtt_s >= 0.0) {
@@ -155,6 +158,24 @@ pub struct Provenance {
     pub quick: bool,
     /// Seconds the calibration took.
     pub seconds: f64,
+}
+
+impl Provenance {
+    /// How this calibration's machine differs from the one running now
+    /// (CPU model or core count), in words; `None` when they match.
+    pub fn differs_from_here(&self) -> Option<String> {
+        let (cpu, cores) = (
+            delphi_crypto::bench::cpu_model(),
+            delphi_crypto::bench::cores(),
+        );
+        (self.cpu_model != cpu || self.cores != cores).then(|| {
+            format!(
+                "the cost model was calibrated on {} ({} cores); this machine is {cpu} ({cores} cores): \
+                 its predictions can be far off here (recalibrate: `delphi cost calibrate`)",
+                self.cpu_model, self.cores
+            )
+        })
+    }
 }
 
 /// Measured primitive costs.
@@ -374,6 +395,8 @@ mod tests {
         assert_eq!(Link::parse("500MB/s", "1s").unwrap().bytes_per_s, 500e6);
         assert!(Link::parse("fast", "20ms").is_err());
         assert!(Link::parse("10Mbit", "soon").is_err());
+        let e = Link::parse("10Mbit", "20").unwrap_err().to_string();
+        assert!(e.contains("no unit"), "{e}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub enum Error {
     #[error("timed out waiting for the peer")]
     Timeout,
     /// An I/O error on the transport.
-    #[error("transport error: {0}")]
+    #[error("transport error")]
     Io(#[source] io::Error),
     /// A length prefix announced a frame larger than the configured bound.
     #[error("frame of {len} bytes exceeds the bound of {max} bytes")]

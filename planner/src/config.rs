@@ -306,6 +306,20 @@ impl ExperimentFile {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let f: ExperimentFile =
             toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        // Every other field has a default; the threshold never does.
+        let raw: toml::Table =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Some(toml::Value::Array(list)) = raw.get("experiment") {
+            for (i, e) in list.iter().enumerate() {
+                if e.get("accuracy").is_none() {
+                    return Err(format!(
+                        "{}: experiment {}: `accuracy` is required (the validation accuracy the plan must reach, e.g. 0.88)",
+                        path.display(),
+                        i + 1
+                    ));
+                }
+            }
+        }
         for (i, e) in f.experiment.iter().enumerate() {
             e.check()
                 .map_err(|m| format!("{}: experiment {}: {m}", path.display(), i + 1))?;
@@ -317,6 +331,28 @@ impl ExperimentFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn load_text(text: &str) -> Result<ExperimentFile, String> {
+        let p = std::env::temp_dir().join(format!(
+            "delphi-config-test-{}-{}.toml",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::write(&p, text).unwrap();
+        let out = ExperimentFile::load(&p);
+        std::fs::remove_file(&p).ok();
+        out
+    }
+
+    #[test]
+    fn accuracy_is_required_and_datasets_take_the_cli_spellings() {
+        let e = load_text("[[experiment]]\nstrategy = \"pbt\"\n").unwrap_err();
+        assert!(e.contains("`accuracy` is required"), "{e}");
+        let f = load_text("[[experiment]]\naccuracy = 0.9\ndataset = \"fmnist\"\n").unwrap();
+        assert_eq!(f.experiment[0].dataset, DatasetKind::FashionMnist);
+        let f = load_text("[[experiment]]\naccuracy = 0.9\ndataset = \"CIFAR-10\"\n").unwrap();
+        assert_eq!(f.experiment[0].dataset, DatasetKind::Cifar10);
+    }
 
     #[test]
     fn every_shipped_config_loads() {

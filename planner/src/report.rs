@@ -15,10 +15,7 @@ use polars::prelude::*;
 use crate::search::{Evaluation, Outcome, PlanError, Result};
 
 pub(crate) fn perr(path: &Path, e: impl std::fmt::Display) -> PlanError {
-    PlanError::File {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    }
+    crate::search::file_err(path, e.to_string())
 }
 
 /// The evaluations as a polars table.

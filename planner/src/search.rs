@@ -56,12 +56,13 @@ pub enum PlanError {
     #[error(transparent)]
     Net(#[from] delphi_net::NetError),
     /// Files of the run.
-    #[error("{path}: {reason}")]
+    #[error("file {path}")]
     File {
         /// The file.
         path: PathBuf,
         /// Why.
-        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A bad setting.
     #[error("{0}")]
@@ -71,10 +72,13 @@ pub enum PlanError {
 /// Result alias of the planner.
 pub type Result<T> = std::result::Result<T, PlanError>;
 
-pub(crate) fn file_err(path: &Path, e: impl std::fmt::Display) -> PlanError {
+pub(crate) fn file_err(
+    path: &Path,
+    e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> PlanError {
     PlanError::File {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        source: e.into(),
     }
 }
 
@@ -250,7 +254,29 @@ pub fn cost_model_path(c: &PlanConfig, out: &Path, say: &dyn Fn(&str)) -> Result
         .clone()
         .unwrap_or_else(|| PathBuf::from("results/cost-model.json"));
     if path.is_file() {
-        return Ok(path);
+        let differs = CostModel::load(&path)
+            .ok()
+            .and_then(|m| m.provenance.differs_from_here());
+        match differs {
+            None => return Ok(path),
+            // The user's own model: used as given, with a warning.
+            Some(why) if c.cost_model.is_some() => {
+                say(&format!("warning: {why}"));
+                return Ok(path);
+            }
+            // The default model from another machine: recalibrated here.
+            Some(why) => {
+                let local = out.join("cost-model.json");
+                let local_ok = CostModel::load(&local)
+                    .ok()
+                    .is_some_and(|m| m.provenance.differs_from_here().is_none());
+                if local_ok {
+                    return Ok(local);
+                }
+                say(&format!("{why}; calibrating (quick) for this run"));
+                return calibrate_into(out, &local);
+            }
+        }
     }
     if c.cost_model.is_some() {
         return Err(PlanError::Config(format!(
@@ -268,10 +294,15 @@ pub fn cost_model_path(c: &PlanConfig, out: &Path, say: &dyn Fn(&str)) -> Result
         path.display(),
         local.display()
     ));
+    calibrate_into(out, &local)
+}
+
+/// Runs a quick `delphi cost calibrate` into `local` (in the run folder `out`).
+fn calibrate_into(out: &Path, local: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(out).map_err(|e| file_err(out, e))?;
     let status = delphi_command()
         .args(["cost", "calibrate", "--quick", "--out"])
-        .arg(&local)
+        .arg(local)
         .status()
         .map_err(|e| {
             PlanError::Config(format!(
@@ -284,7 +315,7 @@ pub fn cost_model_path(c: &PlanConfig, out: &Path, say: &dyn Fn(&str)) -> Result
             "`delphi cost calibrate` failed ({status})"
         )));
     }
-    Ok(local)
+    Ok(local.to_path_buf())
 }
 
 /// The all-ReLU base of a search.

@@ -32,7 +32,7 @@ pub enum DataError {
         hint: &'static str,
     },
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("reading {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -84,7 +84,7 @@ pub enum DataError {
 pub type Result<T> = std::result::Result<T, DataError>;
 
 /// The datasets the toolkit reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DatasetKind {
     /// Fashion-MNIST, 28×28 grey, 10 classes.
@@ -104,6 +104,14 @@ impl std::str::FromStr for DatasetKind {
             "cifar100" | "cifar-100" => Ok(DatasetKind::Cifar100),
             _ => Err(DataError::Unknown(s.into())),
         }
+    }
+}
+
+/// Files (TOML experiments, checkpoints) accept the command line's spellings.
+impl<'de> serde::Deserialize<'de> for DatasetKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

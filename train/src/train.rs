@@ -57,13 +57,24 @@ pub enum TrainError {
         dataset: String,
     },
     /// A checkpoint could not be written or read.
-    #[error("checkpoint {path}: {reason}")]
+    #[error("checkpoint {path}")]
     Checkpoint {
         /// The checkpoint directory or file.
         path: PathBuf,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+/// The cause of a checkpoint error: an I/O or parse error kept as it is,
+/// or words where there is none.
+struct Cause(Box<dyn std::error::Error + Send + Sync>);
+
+impl<E: Into<Box<dyn std::error::Error + Send + Sync>>> From<E> for Cause {
+    fn from(e: E) -> Self {
+        Cause(e.into())
+    }
 }
 
 /// Result alias of the training code.
@@ -707,21 +718,21 @@ impl Trainer {
 
     /// Writes a checkpoint: `model.bin` (Burn record), `optim.bin`, `state.json`.
     pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
-        let err = |reason: String| TrainError::Checkpoint {
+        let err = |e: Cause| TrainError::Checkpoint {
             path: dir.to_path_buf(),
-            reason,
+            source: e.0,
         };
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        std::fs::create_dir_all(dir).map_err(|e| err(Cause::from(e)))?;
         let tmp = dir.join("tmp");
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| err(e.to_string()))?;
+        std::fs::create_dir_all(&tmp).map_err(|e| err(Cause::from(e)))?;
         self.model
             .clone()
             .save_file(tmp.join("model"))
-            .map_err(|e| err(format!("model: {e:?}")))?;
+            .map_err(|e| err(Cause::from(format!("model: {e:?}"))))?;
         self.optim
             .save(tmp.join("optim"))
-            .map_err(|e| err(format!("optimizer: {e:?}")))?;
+            .map_err(|e| err(Cause::from(format!("optimizer: {e:?}"))))?;
         let state = serde_json::json!({
             "format": "delphi-train checkpoint",
             "version": 1,
@@ -736,16 +747,16 @@ impl Trainer {
         });
         std::fs::write(
             tmp.join("state.json"),
-            serde_json::to_vec(&state).map_err(|e| err(e.to_string()))?,
+            serde_json::to_vec(&state).map_err(|e| err(Cause::from(e)))?,
         )
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(Cause::from(e)))?;
         let done = dir.join("current");
         let old = dir.join("previous");
         let _ = std::fs::remove_dir_all(&old);
         if done.exists() {
-            std::fs::rename(&done, &old).map_err(|e| err(e.to_string()))?;
+            std::fs::rename(&done, &old).map_err(|e| err(Cause::from(e)))?;
         }
-        std::fs::rename(&tmp, &done).map_err(|e| err(e.to_string()))?;
+        std::fs::rename(&tmp, &done).map_err(|e| err(Cause::from(e)))?;
         let _ = std::fs::remove_dir_all(&old);
         Ok(())
     }
@@ -758,24 +769,24 @@ impl Trainer {
     /// Resumes from a checkpoint written by [`Trainer::save_checkpoint`].
     pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<Trainer> {
         let cur = dir.join("current");
-        let err = |reason: String| TrainError::Checkpoint {
+        let err = |e: Cause| TrainError::Checkpoint {
             path: cur.clone(),
-            reason,
+            source: e.0,
         };
         let text =
-            std::fs::read_to_string(cur.join("state.json")).map_err(|e| err(e.to_string()))?;
+            std::fs::read_to_string(cur.join("state.json")).map_err(|e| err(Cause::from(e)))?;
         let state: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+            serde_json::from_str(&text).map_err(|e| err(Cause::from(e)))?;
         if state["version"] != 1 {
-            return Err(err(format!(
+            return Err(err(Cause::from(format!(
                 "unknown checkpoint version {}",
                 state["version"]
-            )));
+            ))));
         }
         let config: TrainConfig = serde_json::from_value(state["config"].clone())
-            .map_err(|e| err(format!("config: {e}")))?;
+            .map_err(|e| err(Cause::from(format!("config: {e}"))))?;
         let template: Network = serde_json::from_value(state["template"].clone())
-            .map_err(|e| err(format!("template: {e}")))?;
+            .map_err(|e| err(Cause::from(format!("template: {e}"))))?;
         let mut tr = Trainer::new(
             TrainConfig {
                 init: None,
@@ -800,16 +811,16 @@ impl Trainer {
         );
         tr.model = model
             .try_load_file(cur.join("model"))
-            .map_err(|e| err(format!("model: {e:?}")))?;
+            .map_err(|e| err(Cause::from(format!("model: {e:?}"))))?;
         let optim = std::mem::replace(&mut tr.optim, build_optimizer(&tr.config));
         tr.optim = optim
             .load(cur.join("optim"))
-            .map_err(|e| err(format!("optimizer: {e:?}")))?;
+            .map_err(|e| err(Cause::from(format!("optimizer: {e:?}"))))?;
         let num = |k: &str| {
             state[k]
                 .as_u64()
                 .map(|v| v as usize)
-                .ok_or_else(|| err(format!("missing {k}")))
+                .ok_or_else(|| err(Cause::from(format!("missing {k}"))))
         };
         tr.epoch = num("epoch")?;
         tr.step_in_epoch = num("step_in_epoch")?;
@@ -829,10 +840,10 @@ impl Trainer {
             r[3].as_f64().unwrap_or(0.0),
         );
         tr.history = serde_json::from_value(state["history"].clone())
-            .map_err(|e| err(format!("history: {e}")))?;
+            .map_err(|e| err(Cause::from(format!("history: {e}"))))?;
         if !state["quad_from"].is_null() {
             tr.quad_from = serde_json::from_value(state["quad_from"].clone())
-                .map_err(|e| err(format!("quad_from: {e}")))?;
+                .map_err(|e| err(Cause::from(format!("quad_from: {e}"))))?;
         }
         let modes = tr.modes_at(tr.progress_fraction());
         tr.model.set_modes(&modes)?;

@@ -575,6 +575,32 @@ fn print_prediction(net: &Network, p: &delphi_cost::Prediction, link: &delphi_co
     );
 }
 
+/// Loads a cost model, warning when it was calibrated on another machine.
+fn load_cost_model(path: &std::path::Path) -> Result<CostModel> {
+    let model = CostModel::load(path).with_context(|| {
+        format!(
+            "loading the cost model (run `delphi cost calibrate --out {}` first)",
+            path.display()
+        )
+    })?;
+    if let Some(why) = model.provenance.differs_from_here() {
+        eprintln!("warning: {why}");
+    }
+    Ok(model)
+}
+
+/// An error and its causes on one line: "what: why: why".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
 /// The p-th percentile (0–100) of `v`, nearest rank.
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
@@ -614,7 +640,11 @@ fn serve_bench(
     let f = failures.clone();
     let on_event = Arc::new(move |e: SessionEvent| {
         if let Some(err) = e.error {
-            eprintln!("[serve bench] session with {} failed: {err}", e.peer);
+            eprintln!(
+                "[serve bench] session with {} failed: {}",
+                e.peer,
+                chain(&err)
+            );
             f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     });
@@ -866,12 +896,7 @@ fn main() -> Result<()> {
                 eprintln!("{ranges}");
             }
             let model = if compare_cost {
-                Some(CostModel::load(&cost_model).with_context(|| {
-                    format!(
-                        "loading the cost model (run `delphi cost calibrate --out {}` first)",
-                        cost_model.display()
-                    )
-                })?)
+                Some(load_cost_model(&cost_model)?)
             } else {
                 None
             };
@@ -959,12 +984,7 @@ fn main() -> Result<()> {
         }) => {
             let net = load_plan(&plan)?;
             let prog = FixedProgram::lower(&net)?;
-            let model = CostModel::load(&cost_model).with_context(|| {
-                format!(
-                    "loading the cost model (run `delphi cost calibrate --out {}` first)",
-                    cost_model.display()
-                )
-            })?;
+            let model = load_cost_model(&cost_model)?;
             let link = match (bandwidth, rtt) {
                 (Some(b), Some(r)) => Some(delphi_cost::Link::parse(&b, &r)?),
                 _ => None,
@@ -1041,7 +1061,13 @@ fn main() -> Result<()> {
                 );
                 match e.error {
                     None => eprintln!("session with {}: {what}", e.peer),
-                    Some(err) => eprintln!("session with {} failed after {what}: {err}", e.peer),
+                    Some(err) => {
+                        eprintln!(
+                            "session with {} failed after {what}: {}",
+                            e.peer,
+                            chain(&err)
+                        )
+                    }
                 }
             };
             Server {

@@ -5,7 +5,7 @@
 #[non_exhaustive]
 pub enum EngineError {
     /// Microsoft SEAL reported an error.
-    #[error("homomorphic encryption: {0}")]
+    #[error("homomorphic encryption (SEAL) failed")]
     Seal(#[from] seal_fhe::Error),
     /// The network description is unusable.
     #[error(transparent)]
@@ -25,6 +25,16 @@ pub enum EngineError {
         /// Why.
         reason: String,
     },
+    /// This side's own input is unusable (not the peer's fault).
+    #[error("bad input: {0}")]
+    Input(String),
+    /// A stored bundle file is unusable.
+    #[error("stored bundle: {0}")]
+    Bundle(String),
+    /// Something that should not happen (a thread died, our own message
+    /// could not be encoded).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The server refused the request (busy, or a limit reached).
     #[error("refused by the server: {0}")]
     Refused(String),

@@ -460,7 +460,7 @@ impl ClientBundle {
             return Err(delphi_crypto::Error::BundleConsumed.into());
         }
         if input.len() != prog.nodes[0].shape.len() {
-            return Err(EngineError::Malformed(format!(
+            return Err(EngineError::Input(format!(
                 "input of {} values",
                 input.len()
             )));
@@ -669,11 +669,11 @@ fn write_header<W: Write>(
 
 fn read_header<R: Read>(d: &mut Decoder<R>, side: u64, prog: &FixedProgram) -> Result<[u8; 16]> {
     if d.u64()? != BUNDLE_MAGIC {
-        return Err(EngineError::Malformed("not a stored DELPHI bundle".into()));
+        return Err(EngineError::Bundle("not a stored DELPHI bundle".into()));
     }
     let s = d.u64()?;
     if s != side {
-        return Err(EngineError::Malformed(format!(
+        return Err(EngineError::Bundle(format!(
             "a stored {} bundle where a {} bundle was expected",
             if s == SIDE_CLIENT { "client" } else { "server" },
             if side == SIDE_CLIENT {
@@ -686,14 +686,14 @@ fn read_header<R: Read>(d: &mut Decoder<R>, side: u64, prog: &FixedProgram) -> R
     let mut digest = [0u8; 32];
     d.bytes(&mut digest)?;
     if digest != program_digest(prog) {
-        return Err(EngineError::Malformed(
+        return Err(EngineError::Bundle(
             "the stored bundle was made for a different network".into(),
         ));
     }
     let mut id = [0u8; 16];
     d.bytes(&mut id)?;
     if d.u64()? != prog.nodes.len() as u64 {
-        return Err(EngineError::Malformed(
+        return Err(EngineError::Bundle(
             "stored bundle: wrong node count".into(),
         ));
     }
@@ -710,7 +710,7 @@ fn flag(present: bool, bit: u64) -> u64 {
 
 fn flags_of(flags: u64, allowed: u64) -> Result<u64> {
     if flags & !allowed != 0 {
-        return Err(EngineError::Malformed(
+        return Err(EngineError::Bundle(
             "stored bundle: unknown node flags".into(),
         ));
     }

@@ -234,7 +234,7 @@ pub fn run_local(
     }
     let server_bytes = server
         .join()
-        .map_err(|_| EngineError::Malformed("the server thread panicked".into()))??;
+        .map_err(|_| EngineError::Internal("the server thread panicked".into()))??;
     let inferences = runs
         .into_iter()
         .zip(server_bytes)

@@ -178,9 +178,9 @@ fn serve_session(
         persistent: store.is_some(),
         busy: None,
     };
-    ch.send_frame(&serde_json::to_vec(&hello).map_err(|e| EngineError::Malformed(e.to_string()))?)?;
+    ch.send_frame(&serde_json::to_vec(&hello).map_err(|e| EngineError::Internal(e.to_string()))?)?;
     let arch = serde_json::to_vec(&net.architecture_only())
-        .map_err(|e| EngineError::Malformed(e.to_string()))?;
+        .map_err(|e| EngineError::Internal(e.to_string()))?;
     ch.send_frame(&arch)?;
     ch.flush()?;
     let he = server_setup(ch)?;
@@ -508,7 +508,7 @@ pub fn preprocess<A: ToSocketAddrs>(
     })?;
     let mut s = connect(addr, options.timeout)?;
     if !s.hello.persistent {
-        return Err(EngineError::Malformed(
+        return Err(EngineError::Refused(
             "the server keeps no bundles across connections (start it with --bundle-dir)".into(),
         ));
     }
@@ -533,7 +533,7 @@ pub fn infer<A: ToSocketAddrs>(
     let mut s = connect(addr, options.timeout)?;
     for x in inputs {
         if x.len() != s.arch.input.len() {
-            return Err(EngineError::Malformed(format!(
+            return Err(EngineError::Input(format!(
                 "an input has {} values but the served network takes {} ({})",
                 x.len(),
                 s.arch.input.len(),
@@ -603,7 +603,7 @@ pub fn infer<A: ToSocketAddrs>(
             (Some(id), Some(st)) => st.take_client(&s.prog, &id)?,
             _ => bundles
                 .pop_front()
-                .ok_or_else(|| EngineError::Malformed("no bundle".into()))?,
+                .ok_or_else(|| EngineError::Internal("no bundle prepared".into()))?,
         };
         progress(&format!("online phase {}", k + 1));
         let before = s.ch.stats();
@@ -612,7 +612,7 @@ pub fn infer<A: ToSocketAddrs>(
         s.ch.send_bytes(&b.id())?;
         s.ch.flush()?;
         if s.ch.recv_u64()? != STATUS_OK {
-            return Err(EngineError::Malformed(
+            return Err(EngineError::Refused(
                 "the server does not hold this bundle (it was made with another server or \
                  already used); it is discarded"
                     .into(),

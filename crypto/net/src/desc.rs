@@ -56,6 +56,7 @@ pub const MAX_ELEMENTS: usize = 1 << 24;
 
 /// A tensor shape: channels × height × width (a flat vector is n × 1 × 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Shape {
     /// Channels.
     pub channels: usize,
@@ -373,6 +374,7 @@ impl Layer {
 
 /// Fixed-point parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FixedPointSpec {
     /// Fractional bits of activations.
     pub frac_bits: u32,
@@ -443,6 +445,7 @@ pub struct ActivationRange {
 /// holds before normalisation (pixels / 255 for the image datasets). One
 /// value applies to every channel.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Normalization {
     /// Mean per channel (or one for all).
     pub mean: Vec<f32>,
@@ -728,9 +731,9 @@ impl Network {
             format: Option<String>,
             version: Option<u32>,
         }
-        let header: Header = serde_json::from_str(&text).map_err(|source| NetError::Json {
+        let header: Header = serde_json::from_str(&text).map_err(|error| NetError::Json {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         if header.format.as_deref() != Some(FORMAT) {
             return Err(NetError::Invalid(format!(
@@ -753,9 +756,19 @@ impl Network {
                 )))
             }
         }
-        let mut net: Network = serde_json::from_str(&text).map_err(|source| NetError::Json {
+        let keys: keys::Keys = serde_json::from_str(&text).map_err(|error| NetError::Json {
             path: path.to_path_buf(),
-            source,
+            error,
+        })?;
+        if let Some(unknown) = keys.first_unknown() {
+            return Err(NetError::Invalid(format!(
+                "{}: unknown field {unknown} (a misspelling? it would be ignored)",
+                path.display()
+            )));
+        }
+        let mut net: Network = serde_json::from_str(&text).map_err(|error| NetError::Json {
+            path: path.to_path_buf(),
+            error,
         })?;
         if let Some(w) = net.weights_file.clone() {
             let side = path.parent().unwrap_or(Path::new(".")).join(&w);
@@ -1244,5 +1257,134 @@ fn check_bias(bias: bool, values: &[f32], n: usize) -> std::result::Result<(), S
         )),
         (false, len) if len != 0 => Err(format!("{len} bias values but \"bias\": false")),
         _ => Ok(()),
+    }
+}
+
+/// The field names of a description, read without holding any value, to
+/// refuse a field this format does not have (which serde would drop).
+mod keys {
+    use std::fmt;
+
+    use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    const TOP: &[&str] = &[
+        "format",
+        "version",
+        "name",
+        "input",
+        "fixed_point",
+        "layers",
+        "weights_file",
+        "metadata",
+    ];
+
+    fn allowed(ty: &str) -> &'static [&'static str] {
+        match ty {
+            "conv2d" => &[
+                "out_channels",
+                "kernel",
+                "stride",
+                "padding",
+                "bias",
+                "weight",
+                "bias_values",
+            ],
+            "dense" => &["out_features", "bias", "weight", "bias_values"],
+            "avg_pool" => &["kernel", "stride"],
+            "batch_norm" => &["eps", "gamma", "beta", "mean", "var"],
+            "residual" => &["from"],
+            "activation" => &["kind", "a", "b", "c"],
+            _ => &[],
+        }
+    }
+
+    /// One layer's field names and its type.
+    pub(super) struct LayerKeys {
+        ty: String,
+        keys: Vec<String>,
+    }
+
+    /// The top-level field names and each layer's.
+    pub(super) struct Keys {
+        top: Vec<String>,
+        layers: Vec<LayerKeys>,
+    }
+
+    impl Keys {
+        /// The first field the format does not have, as `layers[3].wieght`.
+        pub(super) fn first_unknown(&self) -> Option<String> {
+            if let Some(k) = self.top.iter().find(|k| !TOP.contains(&k.as_str())) {
+                return Some(format!("{k:?}"));
+            }
+            self.layers.iter().enumerate().find_map(|(i, l)| {
+                l.keys
+                    .iter()
+                    .find(|k| {
+                        !matches!(k.as_str(), "type" | "input")
+                            && !allowed(&l.ty).contains(&k.as_str())
+                    })
+                    .map(|k| format!("\"{k}\" in layer {i} ({})", l.ty))
+            })
+        }
+    }
+
+    struct LayerVisitor;
+
+    impl<'de> Visitor<'de> for LayerVisitor {
+        type Value = LayerKeys;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a layer object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LayerKeys, A::Error> {
+            let mut out = LayerKeys {
+                ty: String::new(),
+                keys: Vec::new(),
+            };
+            while let Some(k) = map.next_key::<String>()? {
+                if k == "type" {
+                    out.ty = map.next_value::<String>()?;
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                out.keys.push(k);
+            }
+            Ok(out)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for LayerKeys {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(LayerVisitor)
+        }
+    }
+
+    struct TopVisitor;
+
+    impl<'de> Visitor<'de> for TopVisitor {
+        type Value = Keys;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a network description object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Keys, A::Error> {
+            let mut out = Keys {
+                top: Vec::new(),
+                layers: Vec::new(),
+            };
+            while let Some(k) = map.next_key::<String>()? {
+                if k == "layers" {
+                    out.layers = map.next_value::<Vec<LayerKeys>>()?;
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                out.top.push(k);
+            }
+            Ok(out)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Keys {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(TopVisitor)
+        }
     }
 }

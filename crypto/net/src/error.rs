@@ -27,14 +27,14 @@ pub enum NetError {
     /// The description as a whole is wrong.
     #[error("invalid network description: {0}")]
     Invalid(String),
-    /// The JSON could not be parsed.
-    #[error("{path}: not a valid network description: {source}")]
+    /// The JSON could not be parsed (the parser's message is part of this
+    /// error's text, not a separate cause).
+    #[error("{path}: not a valid network description: {error}")]
     Json {
         /// The file.
         path: PathBuf,
         /// The parser's error.
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     /// The weights sidecar could not be read.
     #[error("{path}: bad weights file: {reason}")]
@@ -45,7 +45,7 @@ pub enum NetError {
         reason: String,
     },
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("reading or writing {path}")]
     Io {
         /// The file.
         path: PathBuf,

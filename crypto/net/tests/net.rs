@@ -285,3 +285,23 @@ fn the_architecture_a_client_sees_has_no_weights_and_no_quadratic_constant() {
         }
     }
 }
+
+#[test]
+fn unknown_fields_are_refused_not_dropped() {
+    let d = tmp("unknown");
+    let net = build("small-cnn", 10, 3).unwrap();
+    let plan = d.join("plan.json");
+    net.save(&plan, WeightStorage::Sidecar).unwrap();
+    let text = std::fs::read_to_string(&plan).unwrap();
+    for (from, to, named) in [
+        ("\"out_channels\"", "\"out_chanels\"", "out_chanels"),
+        ("\"fixed_point\"", "\"fixed_points\"", "fixed_points"),
+        ("\"frac_bits\"", "\"frac_bit\"", "frac_bit"),
+    ] {
+        std::fs::write(&plan, text.replacen(from, to, 1)).unwrap();
+        let e = Network::load(&plan).unwrap_err().to_string();
+        assert!(e.contains(named), "{e}");
+    }
+    std::fs::write(&plan, &text).unwrap();
+    Network::load(&plan).unwrap();
+}

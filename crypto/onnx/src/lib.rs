@@ -46,7 +46,7 @@ pub const MIN_OPSET: i64 = 9;
 #[non_exhaustive]
 pub enum OnnxError {
     /// Reading the file failed.
-    #[error("{path}: {source}")]
+    #[error("reading {path}")]
     Io {
         /// The file.
         path: PathBuf,

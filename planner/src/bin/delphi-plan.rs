@@ -183,11 +183,35 @@ fn plan_config(a: &SearchArgs) -> PlanConfig {
     }
 }
 
+/// Whether `dir` holds any file (at any depth).
+fn holds_files(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                holds_files(&p)
+            } else {
+                true
+            }
+        })
+    })
+}
+
 fn run_one(c: &PlanConfig, quiet: bool) -> Result<()> {
     let start = Instant::now();
     let out = c.out();
+    let existed = out.exists();
     let say = |m: &str| eprintln!("[delphi-plan] {m}");
-    let outcome = search::run(c, quiet, &say).with_context(|| format!("search {}", c.name()))?;
+    let outcome = match search::run(c, quiet, &say) {
+        Ok(o) => o,
+        Err(e) => {
+            // A run that failed before writing anything leaves no folder.
+            if !existed && !holds_files(&out) {
+                let _ = std::fs::remove_dir_all(&out);
+            }
+            return Err(anyhow::Error::new(e).context(format!("search {}", c.name())));
+        }
+    };
     let net = delphi_net::Network::load(&outcome.plan)
         .with_context(|| format!("reading {}", outcome.plan.display()))?;
     let data = search::load_data(c)?;
@@ -253,8 +277,31 @@ fn run_one(c: &PlanConfig, quiet: bool) -> Result<()> {
     Ok(())
 }
 
+/// Flags the user typed beside `--config` (which they would expect to
+/// apply, but the experiment file decides everything): refused by name.
+fn flags_beside_config(m: &clap::ArgMatches) -> Vec<String> {
+    m.ids()
+        .map(|id| id.as_str())
+        // Argument groups (the flattened structs) are not flags.
+        .filter(|id| !matches!(*id, "config" | "quiet") && !id.starts_with(char::is_uppercase))
+        .filter(|id| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect()
+}
+
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches)?;
+    if cli.config.is_some() {
+        let extra = flags_beside_config(&matches);
+        if !extra.is_empty() {
+            bail!(
+                "{} given beside --config would not apply (the experiment file sets every \
+                 search setting): put them in the file, or drop --config",
+                extra.join(", ")
+            );
+        }
+    }
     if let Some(Cmd::Bench(b)) = &cli.command {
         let mut plan = plan_config(&b.search);
         plan.epochs = Some(plan.epochs());

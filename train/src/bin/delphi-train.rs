@@ -95,13 +95,13 @@ struct TrainArgs {
     #[arg(long, value_enum, default_value = "sgd")]
     optimizer: Opt,
     /// Peak learning rate (default: 0.05 for SGD, 0.001 for Adam).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = positive)]
     lr: Option<f64>,
-    /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
+    /// SGD momentum, in [0, 1).
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true, value_parser = fraction)]
     momentum: f64,
     /// L2 weight decay.
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 5e-4, allow_negative_numbers = true, value_parser = non_negative)]
     weight_decay: f64,
     /// Learning-rate schedule.
     #[arg(long, value_enum, default_value = "cosine")]
@@ -152,6 +152,71 @@ struct TrainArgs {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+}
+
+fn number(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    if !v.is_finite() {
+        return Err(format!("{s} is not finite"));
+    }
+    Ok(v)
+}
+
+fn positive(s: &str) -> std::result::Result<f64, String> {
+    let v = number(s)?;
+    if v <= 0.0 {
+        return Err(format!("must be positive, not {v}"));
+    }
+    Ok(v)
+}
+
+fn non_negative(s: &str) -> std::result::Result<f64, String> {
+    let v = number(s)?;
+    if v < 0.0 {
+        return Err(format!("must be at least 0, not {v}"));
+    }
+    Ok(v)
+}
+
+fn fraction(s: &str) -> std::result::Result<f64, String> {
+    let v = number(s)?;
+    if !(0.0..1.0).contains(&v) {
+        return Err(format!("must be in [0, 1), not {v}"));
+    }
+    Ok(v)
+}
+
+/// The settings that differ between two configurations, by name.
+fn changed(old: &TrainConfig, new: &TrainConfig) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return vec!["(unreadable configuration)".into()];
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
+            let show = |v: Option<&serde_json::Value>| v.map_or("-".to_string(), |v| v.to_string());
+            format!("{k}: {} then, {} now", show(a.get(k)), show(b.get(k)))
+        })
+        .collect()
+}
+
+/// Checks that the files `--init` and `--teacher` name load, naming the flag
+/// when one does not.
+fn check_inputs(a: &TrainArgs) -> Result<()> {
+    for (flag, path) in [("--init", &a.init), ("--teacher", &a.teacher)] {
+        if let Some(p) = path {
+            delphi_onnx::load_network(p).with_context(|| format!("{flag} {}", p.display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn parse_swap(s: &str) -> std::result::Result<Swap, String> {
@@ -212,21 +277,33 @@ fn config(a: &TrainArgs) -> TrainConfig {
 fn train(a: &TrainArgs) -> Result<()> {
     let device = a.device.device()?;
     let ckpt = a.out.join("checkpoint");
+    check_inputs(a)?;
     let mut tr = if !a.restart && Trainer::has_checkpoint(&ckpt) {
         let tr = Trainer::load_checkpoint(&ckpt, &device)
             .with_context(|| format!("resuming from {}", ckpt.display()))?;
-        if tr.config != config(a) {
+        let diff = changed(&tr.config, &config(a));
+        if !diff.is_empty() {
             bail!(
-                "{} holds a run with another configuration; pass --restart to start over",
-                a.out.display()
+                "{} holds a run with another configuration ({}); pass --restart to start over, \
+                 or another --out",
+                a.out.display(),
+                diff.join("; ")
             );
         }
-        eprintln!(
-            "resuming {} at epoch {}, step {}",
-            a.out.display(),
-            tr.epoch + 1,
-            tr.step_in_epoch
-        );
+        if tr.finished() {
+            eprintln!(
+                "{} holds a finished run ({} epochs): evaluating it again (--restart trains anew)",
+                a.out.display(),
+                tr.config.epochs
+            );
+        } else {
+            eprintln!(
+                "resuming {} at epoch {}, step {}",
+                a.out.display(),
+                tr.epoch + 1,
+                tr.step_in_epoch
+            );
+        }
         tr
     } else {
         Trainer::new(config(a), &device)?
