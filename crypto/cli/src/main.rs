@@ -32,270 +32,308 @@ enum Command {
     Bench(Bench),
     /// Runs a plan between a server and a client (two threads, loopback TCP) and checks
     /// every secure result against the plaintext fixed-point reference.
-    Verify {
-        /// The network description (plan) to run, or an ONNX model.
-        #[arg(long)]
-        plan: PathBuf,
-        /// Number of inferences (random inputs drawn from the range the
-        /// network declares, see `metadata.input_range`).
-        #[arg(long, default_value_t = 1)]
-        inputs: usize,
-        /// Run a plan whose values can leave the range the protocol computes
-        /// exactly in (refused by default), with a warning that says how
-        /// often they did on sampled inputs.
-        #[arg(long)]
-        allow_overflow: bool,
-        /// Seed for the random inputs.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Also predict the costs with the cost model and print them beside
-        /// the measured ones.
-        #[arg(long)]
-        compare_cost: bool,
-        /// The cost model (from `delphi cost calibrate`).
-        #[arg(long, default_value = "results/cost-model.json")]
-        cost_model: PathBuf,
-    },
+    Verify(VerifyArgs),
     /// The cost model: calibrate it on this machine, predict a plan's costs.
     #[command(subcommand)]
     Cost(CostCmd),
     /// Serves private predictions of a plan to clients (`delphi infer`),
     /// several sessions at once, each bounded in time and in what it may hold.
-    Serve {
-        /// The network description (plan) to serve, or an ONNX model.
-        #[arg(long)]
-        plan: PathBuf,
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:7878")]
-        listen: String,
-        /// Offline bundles each client prepares ahead of its inputs.
-        #[arg(long, default_value_t = 1)]
-        preprocess: usize,
-        /// Seconds one read or write may wait for a client, and a client may
-        /// sit idle between requests.
-        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
-        timeout: u64,
-        /// Seconds a client has to finish the handshake (hello, architecture,
-        /// its public key).
-        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
-        handshake_timeout: u64,
-        /// Seconds one offline or online phase may take in all, however the
-        /// client paces it.
-        #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
-        phase_timeout: u64,
-        /// Sessions served at once.
-        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
-        workers: u64,
-        /// Connections served or waiting for a worker; more are told the
-        /// server is busy and closed at once.
-        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=65536))]
-        max_connections: u64,
-        /// Serve a plan whose values can leave the range the protocol
-        /// computes exactly in (refused by default), with a warning. Such a
-        /// plan can give wrong answers, and a truncation outside its range
-        /// leaks a threshold test on a hidden value to the client.
-        #[arg(long)]
-        allow_overflow: bool,
-        /// Unused bundles one client may have the server hold in memory.
-        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=64))]
-        max_bundles: u64,
-        /// Stop after this many sessions (default: serve forever).
-        #[arg(long)]
-        sessions: Option<usize>,
-        /// Keep the server's offline bundles in this directory (private, one
-        /// file per bundle, each used once) so that clients can preprocess in
-        /// one connection and predict in a later one.
-        #[arg(long)]
-        bundle_dir: Option<PathBuf>,
-        /// The key that authenticates the stored bundles (made if absent;
-        /// kept outside the directory). Default: `<bundle-dir>.key` beside it.
-        #[arg(long, requires = "bundle_dir")]
-        bundle_key: Option<PathBuf>,
-        /// Most bundles the store may hold.
-        #[arg(long, default_value_t = 1000, requires = "bundle_dir")]
-        max_stored_bundles: usize,
-        /// Most disk the store may use, in MB.
-        #[arg(long, default_value_t = 20_000, requires = "bundle_dir")]
-        max_store_mb: u64,
-    },
+    ///
+    /// Each client learns the prediction and the architecture: layer kinds
+    /// and shapes, which activations are ReLU or quadratic, the input
+    /// normalisation and range, and the trained coefficients a and b of
+    /// every quadratic layer (its share of a·x² + b·x needs them). Weights,
+    /// batch-norm statistics and the quadratic constants c stay here. The
+    /// protocol is semi-honest: a client that deviates from it can learn
+    /// more than the prediction (see the README's security notes).
+    Serve(ServeArgs),
     /// Gets private predictions from a server: the input stays hidden from it.
-    Infer {
-        /// The server's address.
-        #[arg(long, default_value = "127.0.0.1:7878")]
-        connect: String,
-        /// JSON file: one input (array of CHW numbers) or an array of inputs.
-        /// Inputs are raw — pixels / 255 for images — and are normalised as
-        /// the served network records (see --normalized).
-        #[arg(long, required_unless_present = "preprocess_only")]
-        input: Option<PathBuf>,
-        /// The inputs are already normalised: send them as they are instead
-        /// of applying the network's recorded input normalisation.
-        #[arg(long)]
-        normalized: bool,
-        /// Seconds to wait for the peer before giving up.
-        #[arg(long, default_value_t = 120)]
-        timeout: u64,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-        /// Keep the client's offline bundles in this directory; stored
-        /// bundles are used first (needs a server started with --bundle-dir).
-        #[arg(long)]
-        bundle_dir: Option<PathBuf>,
-        /// The key that authenticates the stored bundles (made if absent;
-        /// kept outside the directory). Default: `<bundle-dir>.key` beside it.
-        #[arg(long, requires = "bundle_dir")]
-        bundle_key: Option<PathBuf>,
-        /// Only run N offline phases and store the bundles (with
-        /// --bundle-dir); a later `infer` uses them, so its online phase
-        /// starts at once.
-        #[arg(
-            long,
-            value_name = "N",
-            requires = "bundle_dir",
-            conflicts_with = "input"
-        )]
-        preprocess_only: Option<usize>,
-    },
+    Infer(InferArgs),
     /// Converts an ONNX model (as PyTorch or Keras/tf2onnx export it) into a
     /// network description; unsupported operators are refused by name.
-    Import {
-        /// The ONNX model.
-        model: PathBuf,
-        /// Output path of the description (JSON).
-        #[arg(long)]
-        out: PathBuf,
-        /// Put the weights in this safetensors file instead of inline.
-        #[arg(long)]
-        weights: Option<PathBuf>,
-        /// The per-channel mean the model's input was normalised with
-        /// (raw pixels / 255), e.g. 0.2860 or 0.4914,0.4822,0.4465.
-        #[arg(long, value_delimiter = ',', requires = "input_std")]
-        input_mean: Option<Vec<f32>>,
-        /// The per-channel standard deviation of that normalisation.
-        #[arg(long, value_delimiter = ',', requires = "input_mean")]
-        input_std: Option<Vec<f32>>,
-        /// The dataset it was trained on (recorded in the metadata).
-        #[arg(long)]
-        dataset: Option<String>,
-        /// The description's name (default: the file's).
-        #[arg(long)]
-        name: Option<String>,
-    },
+    Import(ImportArgs),
     /// Writes a built-in architecture with random weights as a network description.
-    Export {
-        /// Architecture: small-cnn, minionn, resnet32 or resnet14.
-        #[arg(long)]
-        arch: String,
-        /// Number of output classes.
-        #[arg(long, default_value_t = 10)]
-        classes: usize,
-        /// Make the last N activation layers quadratic (the first keep ReLU).
-        #[arg(long, conflicts_with = "placement")]
-        quad_layers: Option<usize>,
-        /// Activation placement: `relu,quad,...` or a string of R/Q, one per activation layer.
-        #[arg(long)]
-        placement: Option<String>,
-        /// Seed for the random weights.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Put the weights in a safetensors file beside the description instead of inline.
-        #[arg(long)]
-        sidecar: bool,
-        /// Output path of the description (JSON).
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Export(ExportArgs),
 }
 
 #[derive(Subcommand)]
 enum CostCmd {
     /// Measures the primitive costs with the real crypto over loopback TCP
     /// (≈ 20 s on a 2-core machine; --quick ≈ 5 s) and writes the model.
-    Calibrate {
-        /// Where to write the model.
-        #[arg(long, default_value = "results/cost-model.json")]
-        out: PathBuf,
-        /// Fewer, smaller samples.
-        #[arg(long)]
-        quick: bool,
-    },
+    Calibrate(CostCalibrateArgs),
     /// Predicts a plan's offline and online time and bytes, per layer.
-    Predict {
-        /// The network description (plan).
-        #[arg(long)]
-        plan: PathBuf,
-        /// The cost model.
-        #[arg(long, default_value = "results/cost-model.json")]
-        cost_model: PathBuf,
-        /// Link bandwidth, e.g. 100Mbit, 1Gbit, 500MB/s (default: the
-        /// calibration's loopback).
-        #[arg(long, requires = "rtt")]
-        bandwidth: Option<String>,
-        /// Link round-trip time, e.g. 20ms.
-        #[arg(long, requires = "bandwidth")]
-        rtt: Option<String>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Predict(CostPredictArgs),
 }
 
 #[derive(Subcommand)]
 enum Bench {
     /// A whole network under the protocol (random weights): time, bytes, memory.
-    Network {
-        /// Architecture: small-cnn, minionn or resnet32.
-        #[arg(long, default_value = "resnet32")]
-        arch: String,
-        /// Number of output classes.
-        #[arg(long, default_value_t = 100)]
-        classes: usize,
-        /// Make the last N activation layers quadratic.
-        #[arg(long, default_value_t = 0)]
-        quad_layers: usize,
-        /// Number of inferences.
-        #[arg(long, default_value_t = 1)]
-        inputs: usize,
-        /// Where to write the JSON figures.
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Network(BenchNetworkArgs),
     /// A server under load: N concurrent clients, each running sessions of
     /// one private inference (keys, offline, online) against one `serve`
     /// on loopback; throughput and p50/p99 latency.
-    Serve {
-        /// The plan to serve (default: small-cnn with random weights).
-        #[arg(long)]
-        plan: Option<PathBuf>,
-        /// Concurrent clients.
-        #[arg(long, default_value_t = 8)]
-        clients: usize,
-        /// Sessions each client runs, one after another.
-        #[arg(long, default_value_t = 4)]
-        sessions: usize,
-        /// Server worker threads (sessions served at once).
-        #[arg(long, default_value_t = 8)]
-        workers: usize,
-        /// Where to write the JSON figures.
-        #[arg(long, default_value = "results/bench/serve.json")]
-        out: PathBuf,
-    },
+    Serve(BenchServeArgs),
     /// Garbled-circuit ReLU layer: throughput, bytes and end-to-end time over loopback TCP.
-    Relu {
-        /// Number of ReLUs.
-        #[arg(long, default_value_t = 100_000)]
-        count: usize,
-        /// Where to write the JSON figures.
-        #[arg(long, default_value = "results/bench/relu.json")]
-        out: PathBuf,
-        /// Seed for the benchmark's inputs (the protocol's own randomness always comes from the OS).
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
+    Relu(BenchReluArgs),
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// The network description (plan) to run, or an ONNX model.
+    #[arg(long)]
+    plan: PathBuf,
+    /// Number of inferences (random inputs drawn from the range the
+    /// network declares, see `metadata.input_range`).
+    #[arg(long, default_value_t = 1)]
+    inputs: usize,
+    /// Run a plan whose values can leave the range the protocol computes
+    /// exactly in (refused by default), with a warning that says how
+    /// often they did on sampled inputs.
+    #[arg(long)]
+    allow_overflow: bool,
+    /// Seed for the random inputs.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also predict the costs with the cost model and print them beside
+    /// the measured ones.
+    #[arg(long)]
+    compare_cost: bool,
+    /// The cost model (from `delphi cost calibrate`).
+    #[arg(long, default_value = "results/cost-model.json")]
+    cost_model: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The network description (plan) to serve, or an ONNX model.
+    #[arg(long)]
+    plan: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    listen: String,
+    /// Offline bundles each client prepares ahead of its inputs.
+    #[arg(long, default_value_t = 1)]
+    preprocess: usize,
+    /// Seconds one read or write may wait for a client, and a client may
+    /// sit idle between requests.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
+    /// Seconds a client has to finish the handshake (hello, architecture,
+    /// its public key).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    handshake_timeout: u64,
+    /// Seconds one offline or online phase may take in all, however the
+    /// client paces it.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    phase_timeout: u64,
+    /// Sessions served at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    workers: u64,
+    /// Connections served or waiting for a worker; more are told the
+    /// server is busy and closed at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    max_connections: u64,
+    /// Serve a plan whose values can leave the range the protocol
+    /// computes exactly in (refused by default), with a warning. Such a
+    /// plan can give wrong answers, and a truncation outside its range
+    /// leaks a threshold test on a hidden value to the client.
+    #[arg(long)]
+    allow_overflow: bool,
+    /// Unused bundles one client may have the server hold in memory.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=64))]
+    max_bundles: u64,
+    /// Stop after this many sessions (default: serve forever).
+    #[arg(long)]
+    sessions: Option<usize>,
+    /// Keep the server's offline bundles in this directory (private, one
+    /// file per bundle, each used once) so that clients can preprocess in
+    /// one connection and predict in a later one.
+    #[arg(long)]
+    bundle_dir: Option<PathBuf>,
+    /// The key that authenticates the stored bundles (made if absent;
+    /// kept outside the directory). Default: `<bundle-dir>.key` beside it.
+    #[arg(long, requires = "bundle_dir")]
+    bundle_key: Option<PathBuf>,
+    /// Most bundles the store may hold.
+    #[arg(long, default_value_t = 1000, requires = "bundle_dir")]
+    max_stored_bundles: usize,
+    /// Most disk the store may use, in MB.
+    #[arg(long, default_value_t = 20_000, requires = "bundle_dir")]
+    max_store_mb: u64,
+}
+
+#[derive(clap::Args)]
+struct InferArgs {
+    /// The server's address.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    connect: String,
+    /// JSON file: one input (array of CHW numbers) or an array of inputs.
+    /// Inputs are raw — pixels / 255 for images — and are normalised as
+    /// the served network records (see --normalized).
+    #[arg(long, required_unless_present = "preprocess_only")]
+    input: Option<PathBuf>,
+    /// The inputs are already normalised: send them as they are instead
+    /// of applying the network's recorded input normalisation.
+    #[arg(long)]
+    normalized: bool,
+    /// Seconds to wait for the peer before giving up.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Keep the client's offline bundles in this directory; stored
+    /// bundles are used first (needs a server started with --bundle-dir).
+    #[arg(long)]
+    bundle_dir: Option<PathBuf>,
+    /// The key that authenticates the stored bundles (made if absent;
+    /// kept outside the directory). Default: `<bundle-dir>.key` beside it.
+    #[arg(long, requires = "bundle_dir")]
+    bundle_key: Option<PathBuf>,
+    /// Only run N offline phases and store the bundles (with
+    /// --bundle-dir); a later `infer` uses them, so its online phase
+    /// starts at once.
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "bundle_dir",
+        conflicts_with = "input"
+    )]
+    preprocess_only: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// The ONNX model.
+    model: PathBuf,
+    /// Output path of the description (JSON).
+    #[arg(long)]
+    out: PathBuf,
+    /// Put the weights in this safetensors file instead of inline.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// The per-channel mean the model's input was normalised with
+    /// (raw pixels / 255), e.g. 0.2860 or 0.4914,0.4822,0.4465.
+    #[arg(long, value_delimiter = ',', requires = "input_std")]
+    input_mean: Option<Vec<f32>>,
+    /// The per-channel standard deviation of that normalisation.
+    #[arg(long, value_delimiter = ',', requires = "input_mean")]
+    input_std: Option<Vec<f32>>,
+    /// The dataset it was trained on (recorded in the metadata).
+    #[arg(long)]
+    dataset: Option<String>,
+    /// The description's name (default: the file's).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// Architecture: small-cnn, minionn, resnet32 or resnet14.
+    #[arg(long)]
+    arch: String,
+    /// Number of output classes.
+    #[arg(long, default_value_t = 10)]
+    classes: usize,
+    /// Make the last N activation layers quadratic (the first keep ReLU).
+    #[arg(long, conflicts_with = "placement")]
+    quad_layers: Option<usize>,
+    /// Activation placement: `relu,quad,...` or a string of R/Q, one per activation layer.
+    #[arg(long)]
+    placement: Option<String>,
+    /// Seed for the random weights.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Put the weights in a safetensors file beside the description instead of inline.
+    #[arg(long)]
+    sidecar: bool,
+    /// Output path of the description (JSON).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct CostCalibrateArgs {
+    /// Where to write the model.
+    #[arg(long, default_value = "results/cost-model.json")]
+    out: PathBuf,
+    /// Fewer, smaller samples.
+    #[arg(long)]
+    quick: bool,
+}
+
+#[derive(clap::Args)]
+struct CostPredictArgs {
+    /// The network description (plan).
+    #[arg(long)]
+    plan: PathBuf,
+    /// The cost model.
+    #[arg(long, default_value = "results/cost-model.json")]
+    cost_model: PathBuf,
+    /// Link bandwidth, e.g. 100Mbit, 1Gbit, 500MB/s (default: the
+    /// calibration's loopback).
+    #[arg(long, requires = "rtt")]
+    bandwidth: Option<String>,
+    /// Link round-trip time, e.g. 20ms.
+    #[arg(long, requires = "bandwidth")]
+    rtt: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct BenchNetworkArgs {
+    /// Architecture: small-cnn, minionn or resnet32.
+    #[arg(long, default_value = "resnet32")]
+    arch: String,
+    /// Number of output classes.
+    #[arg(long, default_value_t = 100)]
+    classes: usize,
+    /// Make the last N activation layers quadratic.
+    #[arg(long, default_value_t = 0)]
+    quad_layers: usize,
+    /// Number of inferences.
+    #[arg(long, default_value_t = 1)]
+    inputs: usize,
+    /// Where to write the JSON figures.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct BenchServeArgs {
+    /// The plan to serve (default: small-cnn with random weights).
+    #[arg(long)]
+    plan: Option<PathBuf>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Sessions each client runs, one after another.
+    #[arg(long, default_value_t = 4)]
+    sessions: usize,
+    /// Server worker threads (sessions served at once).
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+    /// Where to write the JSON figures.
+    #[arg(long, default_value = "results/bench/serve.json")]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct BenchReluArgs {
+    /// Number of ReLUs.
+    #[arg(long, default_value_t = 100_000)]
+    count: usize,
+    /// Where to write the JSON figures.
+    #[arg(long, default_value = "results/bench/relu.json")]
+    out: PathBuf,
+    /// Seed for the benchmark's inputs (the protocol's own randomness always comes from the OS).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 fn random_inputs(
@@ -736,44 +774,59 @@ fn load_plan(path: &std::path::Path) -> Result<Network> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Import {
-            model,
-            out,
-            weights,
-            input_mean,
-            input_std,
-            dataset,
+        Command::Import(a) => run_import(a),
+        Command::Bench(Bench::Relu(a)) => run_bench_relu(a),
+        Command::Bench(Bench::Serve(a)) => run_bench_serve(a),
+        Command::Bench(Bench::Network(a)) => run_bench_network(a),
+        Command::Verify(a) => run_verify(a),
+        Command::Cost(CostCmd::Calibrate(a)) => run_cost_calibrate(a),
+        Command::Cost(CostCmd::Predict(a)) => run_cost_predict(a),
+        Command::Serve(a) => run_serve(a),
+        Command::Infer(a) => run_infer(a),
+        Command::Export(a) => run_export(a),
+    }
+}
+
+fn run_import(args: ImportArgs) -> Result<()> {
+    let ImportArgs {
+        model,
+        out,
+        weights,
+        input_mean,
+        input_std,
+        dataset,
+        name,
+    } = args;
+
+    let normalization = match (input_mean, input_std) {
+        (Some(mean), Some(std)) => Some(Normalization {
+            mean,
+            std,
+            pixels: Some("raw input (pixels / 255 for images), CHW".into()),
+        }),
+        _ => None,
+    };
+    let imported = delphi_onnx::import(
+        &model,
+        &delphi_onnx::ImportOptions {
             name,
-        } => {
-            let normalization = match (input_mean, input_std) {
-                (Some(mean), Some(std)) => Some(Normalization {
-                    mean,
-                    std,
-                    pixels: Some("raw input (pixels / 255 for images), CHW".into()),
-                }),
-                _ => None,
-            };
-            let imported = delphi_onnx::import(
-                &model,
-                &delphi_onnx::ImportOptions {
-                    name,
-                    normalization,
-                    dataset,
-                },
-            )
-            .with_context(|| format!("importing {}", model.display()))?;
-            let net = imported.network;
-            match &weights {
-                Some(w) => net.save_with_sidecar(&out, w),
-                None => net.save(&out, WeightStorage::Inline),
-            }
-            .with_context(|| format!("writing {}", out.display()))?;
-            for n in &imported.notes {
-                eprintln!("note: {n}");
-            }
-            let shapes = net.validate()?;
-            let (relus, quads) = FixedProgram::lower(&net)?.activation_counts();
-            eprintln!(
+            normalization,
+            dataset,
+        },
+    )
+    .with_context(|| format!("importing {}", model.display()))?;
+    let net = imported.network;
+    match &weights {
+        Some(w) => net.save_with_sidecar(&out, w),
+        None => net.save(&out, WeightStorage::Inline),
+    }
+    .with_context(|| format!("writing {}", out.display()))?;
+    for n in &imported.notes {
+        eprintln!("note: {n}");
+    }
+    let shapes = net.validate()?;
+    let (relus, quads) = FixedProgram::lower(&net)?.activation_counts();
+    eprintln!(
                 "wrote {}: {} layers, input {}, {} outputs, placement {} ({relus} ReLUs, {quads} quadratics)",
                 out.display(),
                 net.layers.len(),
@@ -781,277 +834,306 @@ fn main() -> Result<()> {
                 shapes.last().map_or(0, |s| s.len()),
                 Placement::of(&net)
             );
+
+    Ok(())
+}
+
+fn run_bench_relu(args: BenchReluArgs) -> Result<()> {
+    let BenchReluArgs { count, out, seed } = args;
+
+    ensure!(count > 0, "--count must be at least 1");
+    let r = delphi_crypto::bench::relu_bench(count, seed, &|m| eprintln!("[relu bench] {m}"))
+        .context("ReLU benchmark failed")?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let json = serde_json::to_string_pretty(&r)?;
+    std::fs::write(&out, format!("{json}\n"))
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("{json}");
+    eprintln!("[relu bench] wrote {}", out.display());
+    ensure!(
+        r.correct == r.relus,
+        "{} of {} secure ReLUs were wrong",
+        r.relus - r.correct,
+        r.relus
+    );
+
+    Ok(())
+}
+
+fn run_bench_serve(args: BenchServeArgs) -> Result<()> {
+    let BenchServeArgs {
+        plan,
+        clients,
+        sessions,
+        workers,
+        out,
+    } = args;
+
+    ensure!(
+        clients > 0 && sessions > 0,
+        "--clients and --sessions must be at least 1"
+    );
+    let net = match &plan {
+        Some(p) => load_plan(p)?,
+        None => {
+            let mut net = build("small-cnn", 10, 1)?;
+            let calib = random_inputs_f32(net.input.len(), 2, 2);
+            calibrate_batch_norm(&mut net, &calib)?;
+            net
         }
-        Command::Bench(Bench::Relu { count, out, seed }) => {
-            ensure!(count > 0, "--count must be at least 1");
-            let r =
-                delphi_crypto::bench::relu_bench(count, seed, &|m| eprintln!("[relu bench] {m}"))
-                    .context("ReLU benchmark failed")?;
-            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-            }
-            let json = serde_json::to_string_pretty(&r)?;
-            std::fs::write(&out, format!("{json}\n"))
-                .with_context(|| format!("writing {}", out.display()))?;
-            println!("{json}");
-            eprintln!("[relu bench] wrote {}", out.display());
-            ensure!(
-                r.correct == r.relus,
-                "{} of {} secure ReLUs were wrong",
-                r.relus - r.correct,
-                r.relus
-            );
-        }
-        Command::Bench(Bench::Serve {
-            plan,
-            clients,
-            sessions,
-            workers,
-            out,
-        }) => {
-            ensure!(
-                clients > 0 && sessions > 0,
-                "--clients and --sessions must be at least 1"
-            );
-            let net = match &plan {
-                Some(p) => load_plan(p)?,
-                None => {
-                    let mut net = build("small-cnn", 10, 1)?;
-                    let calib = random_inputs_f32(net.input.len(), 2, 2);
-                    calibrate_batch_norm(&mut net, &calib)?;
-                    net
-                }
-            };
-            let summary = serve_bench(net, clients, sessions, workers)?;
-            let mut summary = summary;
-            summary["plan"] = plan
-                .as_ref()
-                .map_or("small-cnn (random weights)".to_string(), |p| {
-                    p.display().to_string()
-                })
-                .into();
-            summary["rerun"] = format!(
+    };
+    let summary = serve_bench(net, clients, sessions, workers)?;
+    let mut summary = summary;
+    summary["plan"] = plan
+        .as_ref()
+        .map_or("small-cnn (random weights)".to_string(), |p| {
+            p.display().to_string()
+        })
+        .into();
+    summary["rerun"] = format!(
                 "cargo run --release --bin delphi -- bench serve{} --clients {clients} --sessions {sessions} --workers {workers} --out {}",
                 plan.as_ref().map_or(String::new(), |p| format!(" --plan {}", p.display())),
                 out.display()
             )
             .into();
-            write_json(&out, &summary)?;
-            println!("{}", serde_json::to_string_pretty(&summary)?);
-        }
-        Command::Bench(Bench::Network {
-            arch,
-            classes,
-            quad_layers,
-            inputs,
-            out,
-        }) => {
-            let mut net = build(&arch, classes, 1)?;
-            // Random weights: a contractive quadratic and batch-norm statistics
-            // calibrated for this placement keep values in range, as training would.
-            quad_last_with(&mut net, quad_layers, BENCH_QUAD)?;
-            let calib = random_inputs_f32(net.input.len(), 2, 2);
-            calibrate_batch_norm(&mut net, &calib)?;
-            let prog = FixedProgram::lower(&net)?;
-            let report = run_local(&prog, &random_inputs(&prog, inputs, 1)?, &|m| {
-                eprintln!("[network bench] {m}")
-            })?;
-            let summary = serde_json::json!({
-                "arch": arch,
-                "classes": classes,
-                "quad_layers": quad_layers,
-                "placement": Placement::of(&net).to_string(),
-                "relus": report.relus,
-                "quads": report.quads,
-                "offline_s": mean(&report, |i| i.offline_s),
-                "online_s": mean(&report, |i| i.online_s),
-                "offline_bytes": mean(&report, |i| i.offline_bytes as f64),
-                "online_bytes": mean(&report, |i| i.online_bytes as f64),
-                "correct": report.inferences.iter().all(|i| i.correct),
-                "setup_s": report.setup_s,
-                "setup_bytes": report.setup_bytes,
-                "peak_rss_bytes_both_parties": report.peak_rss_bytes,
-                "cores": delphi_crypto::bench::cores(),
-                "cpu_model": delphi_crypto::bench::cpu_model(),
-                "inferences": report.inferences,
-                "rerun": format!("cargo run --release --bin delphi -- bench network --arch {arch} --classes {classes} --quad-layers {quad_layers} --out {}", out.display()),
-            });
-            write_json(&out, &summary)?;
-            println!("{}", serde_json::to_string_pretty(&summary)?);
-        }
-        Command::Verify {
-            plan,
-            inputs,
-            allow_overflow,
-            seed,
-            json,
-            compare_cost,
-            cost_model,
-        } => {
-            ensure!(inputs > 0, "--inputs must be at least 1");
-            let net = load_plan(&plan)?;
-            let (prog, ranges) = checked_program(&net, allow_overflow)?;
-            if !json || ranges.starts_with("warning") {
-                eprintln!("{ranges}");
-            }
-            let model = if compare_cost {
-                Some(load_cost_model(&cost_model)?)
-            } else {
-                None
-            };
-            let raw: Vec<Vec<f32>> = delphi_net::range::sample_inputs(
-                net.input.len(),
-                net.input_range(),
-                inputs + 2,
-                seed,
-            )
+    write_json(&out, &summary)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+
+    Ok(())
+}
+
+fn run_bench_network(args: BenchNetworkArgs) -> Result<()> {
+    let BenchNetworkArgs {
+        arch,
+        classes,
+        quad_layers,
+        inputs,
+        out,
+    } = args;
+
+    let mut net = build(&arch, classes, 1)?;
+    // Random weights: a contractive quadratic and batch-norm statistics
+    // calibrated for this placement keep values in range, as training would.
+    quad_last_with(&mut net, quad_layers, BENCH_QUAD)?;
+    let calib = random_inputs_f32(net.input.len(), 2, 2);
+    calibrate_batch_norm(&mut net, &calib)?;
+    let prog = FixedProgram::lower(&net)?;
+    let report = run_local(&prog, &random_inputs(&prog, inputs, 1)?, &|m| {
+        eprintln!("[network bench] {m}")
+    })?;
+    let summary = serde_json::json!({
+        "arch": arch,
+        "classes": classes,
+        "quad_layers": quad_layers,
+        "placement": Placement::of(&net).to_string(),
+        "relus": report.relus,
+        "quads": report.quads,
+        "offline_s": mean(&report, |i| i.offline_s),
+        "online_s": mean(&report, |i| i.online_s),
+        "offline_bytes": mean(&report, |i| i.offline_bytes as f64),
+        "online_bytes": mean(&report, |i| i.online_bytes as f64),
+        "correct": report.inferences.iter().all(|i| i.correct),
+        "setup_s": report.setup_s,
+        "setup_bytes": report.setup_bytes,
+        "peak_rss_bytes_both_parties": report.peak_rss_bytes,
+        "cores": delphi_crypto::bench::cores(),
+        "cpu_model": delphi_crypto::bench::cpu_model(),
+        "inferences": report.inferences,
+        "rerun": format!("cargo run --release --bin delphi -- bench network --arch {arch} --classes {classes} --quad-layers {quad_layers} --out {}", out.display()),
+    });
+    write_json(&out, &summary)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+
+    Ok(())
+}
+
+fn run_verify(args: VerifyArgs) -> Result<()> {
+    let VerifyArgs {
+        plan,
+        inputs,
+        allow_overflow,
+        seed,
+        json,
+        compare_cost,
+        cost_model,
+    } = args;
+
+    ensure!(inputs > 0, "--inputs must be at least 1");
+    let net = load_plan(&plan)?;
+    let (prog, ranges) = checked_program(&net, allow_overflow)?;
+    if !json || ranges.starts_with("warning") {
+        eprintln!("{ranges}");
+    }
+    let model = if compare_cost {
+        Some(load_cost_model(&cost_model)?)
+    } else {
+        None
+    };
+    let raw: Vec<Vec<f32>> =
+        delphi_net::range::sample_inputs(net.input.len(), net.input_range(), inputs + 2, seed)
             .split_off(2);
-            let encoded = raw
-                .iter()
-                .map(|x| Ok(prog.encode_input(x)?))
-                .collect::<Result<Vec<_>>>()?;
-            let report = run_local(&prog, &encoded, &|m| {
-                if !json {
-                    eprintln!("[verify] {m}")
-                }
-            })?;
-            let gaps = float_gaps(&net, &raw, &report)?;
-            let worst_gap = gaps.iter().fold(0f64, |m, g| m.max(g.0));
-            let float_classes = gaps.iter().filter(|g| g.1).count();
-            let compared = model
-                .as_ref()
-                .map(|m| compare(&report, &m.predict(&prog, None)));
-            if json {
-                let mut v = verify_json(&report);
-                if let Some(obj) = v.as_object_mut() {
-                    obj.insert("float_max_rel_error".into(), worst_gap.into());
-                    obj.insert("float_same_class".into(), float_classes.into());
-                    if let Some(c) = compared {
-                        obj.insert("predicted".into(), c["predicted"].clone());
-                        obj.insert("measured".into(), c["measured"].clone());
-                    }
-                }
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                print_table(&report);
-                println!(
+    let encoded = raw
+        .iter()
+        .map(|x| Ok(prog.encode_input(x)?))
+        .collect::<Result<Vec<_>>>()?;
+    let report = run_local(&prog, &encoded, &|m| {
+        if !json {
+            eprintln!("[verify] {m}")
+        }
+    })?;
+    let gaps = float_gaps(&net, &raw, &report)?;
+    let worst_gap = gaps.iter().fold(0f64, |m, g| m.max(g.0));
+    let float_classes = gaps.iter().filter(|g| g.1).count();
+    let compared = model
+        .as_ref()
+        .map(|m| compare(&report, &m.predict(&prog, None)));
+    if json {
+        let mut v = verify_json(&report);
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("float_max_rel_error".into(), worst_gap.into());
+            obj.insert("float_same_class".into(), float_classes.into());
+            if let Some(c) = compared {
+                obj.insert("predicted".into(), c["predicted"].clone());
+                obj.insert("measured".into(), c["measured"].clone());
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_table(&report);
+        println!(
                     "float network: largest logit gap {:.2} % of the largest logit; same class on {float_classes} of {inputs}",
                     100.0 * worst_gap
                 );
-                if let Some(c) = compared {
-                    print_comparison(&c);
-                }
-            }
-            let exact = report.inferences.iter().filter(|i| i.correct).count();
-            if prog
-                .nodes
-                .iter()
-                .all(|n| !matches!(n.op, delphi_net::FixedOp::Trunc { .. }))
-            {
-                ensure!(
-                    exact == inputs,
-                    "{} of {inputs} secure results differ from the fixed-point reference",
-                    inputs - exact
-                );
-            }
-            ensure!(
-                worst_gap <= FLOAT_TOLERANCE,
-                "the secure logits are {:.1} % away from the float network's (more than {:.0} %): \
+        if let Some(c) = compared {
+            print_comparison(&c);
+        }
+    }
+    let exact = report.inferences.iter().filter(|i| i.correct).count();
+    if prog
+        .nodes
+        .iter()
+        .all(|n| !matches!(n.op, delphi_net::FixedOp::Trunc { .. }))
+    {
+        ensure!(
+            exact == inputs,
+            "{} of {inputs} secure results differ from the fixed-point reference",
+            inputs - exact
+        );
+    }
+    ensure!(
+        worst_gap <= FLOAT_TOLERANCE,
+        "the secure logits are {:.1} % away from the float network's (more than {:.0} %): \
                  the fixed-point program does not compute this network",
-                100.0 * worst_gap,
-                100.0 * FLOAT_TOLERANCE
-            );
-        }
-        Command::Cost(CostCmd::Calibrate { out, quick }) => {
-            let model = delphi_cost_calibrate::calibrate(quick, &|m| eprintln!("[calibrate] {m}"))
-                .context("calibration failed")?;
-            model.save(&out)?;
-            eprintln!(
-                "wrote {} ({:.0} s; rerun: delphi cost calibrate{} --out {})",
-                out.display(),
-                model.provenance.seconds,
-                if quick { " --quick" } else { "" },
-                out.display()
-            );
-        }
-        Command::Cost(CostCmd::Predict {
-            plan,
-            cost_model,
-            bandwidth,
-            rtt,
-            json,
-        }) => {
-            let net = load_plan(&plan)?;
-            let prog = FixedProgram::lower(&net)?;
-            let model = load_cost_model(&cost_model)?;
-            let link = match (bandwidth, rtt) {
-                (Some(b), Some(r)) => Some(delphi_cost::Link::parse(&b, &r)?),
-                _ => None,
-            };
-            let t = std::time::Instant::now();
-            let reps = 100;
-            for _ in 1..reps {
-                std::hint::black_box(model.predict(&prog, link.as_ref()));
-            }
-            let p = model.predict(&prog, link.as_ref());
-            let micros = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
-            eprintln!("(one prediction: {micros:.0} µs)");
-            if json {
-                println!("{}", serde_json::to_string_pretty(&p)?);
-            } else {
-                print_prediction(&net, &p, link.as_ref().unwrap_or(&model.loopback));
-            }
-        }
-        Command::Serve {
-            plan,
-            listen,
-            preprocess,
-            timeout,
-            handshake_timeout,
-            phase_timeout,
-            workers,
-            max_connections,
-            max_bundles,
-            sessions,
-            bundle_dir,
-            bundle_key,
-            max_stored_bundles,
-            max_store_mb,
-            allow_overflow,
-        } => {
-            let net = load_plan(&plan)?;
-            let (prog, ranges) = checked_program(&net, allow_overflow)?;
-            let store = open_store(bundle_dir, bundle_key, Side::Server)?;
-            let listener = std::net::TcpListener::bind(&listen)
-                .with_context(|| format!("listening on {listen}"))?;
-            let (relus, quads) = prog.activation_counts();
-            eprintln!(
+        100.0 * worst_gap,
+        100.0 * FLOAT_TOLERANCE
+    );
+
+    Ok(())
+}
+
+fn run_cost_calibrate(args: CostCalibrateArgs) -> Result<()> {
+    let CostCalibrateArgs { out, quick } = args;
+
+    let model = delphi_cost_calibrate::calibrate(quick, &|m| eprintln!("[calibrate] {m}"))
+        .context("calibration failed")?;
+    model.save(&out)?;
+    eprintln!(
+        "wrote {} ({:.0} s; rerun: delphi cost calibrate{} --out {})",
+        out.display(),
+        model.provenance.seconds,
+        if quick { " --quick" } else { "" },
+        out.display()
+    );
+
+    Ok(())
+}
+
+fn run_cost_predict(args: CostPredictArgs) -> Result<()> {
+    let CostPredictArgs {
+        plan,
+        cost_model,
+        bandwidth,
+        rtt,
+        json,
+    } = args;
+
+    let net = load_plan(&plan)?;
+    let prog = FixedProgram::lower(&net)?;
+    let model = load_cost_model(&cost_model)?;
+    let link = match (bandwidth, rtt) {
+        (Some(b), Some(r)) => Some(delphi_cost::Link::parse(&b, &r)?),
+        _ => None,
+    };
+    let t = std::time::Instant::now();
+    let reps = 100;
+    for _ in 1..reps {
+        std::hint::black_box(model.predict(&prog, link.as_ref()));
+    }
+    let p = model.predict(&prog, link.as_ref());
+    let micros = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
+    eprintln!("(one prediction: {micros:.0} µs)");
+    if json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+    } else {
+        print_prediction(&net, &p, link.as_ref().unwrap_or(&model.loopback));
+    }
+
+    Ok(())
+}
+
+fn run_serve(args: ServeArgs) -> Result<()> {
+    let ServeArgs {
+        plan,
+        listen,
+        preprocess,
+        timeout,
+        handshake_timeout,
+        phase_timeout,
+        workers,
+        max_connections,
+        max_bundles,
+        sessions,
+        bundle_dir,
+        bundle_key,
+        max_stored_bundles,
+        max_store_mb,
+        allow_overflow,
+    } = args;
+
+    let net = load_plan(&plan)?;
+    let (prog, ranges) = checked_program(&net, allow_overflow)?;
+    let store = open_store(bundle_dir, bundle_key, Side::Server)?;
+    let listener =
+        std::net::TcpListener::bind(&listen).with_context(|| format!("listening on {listen}"))?;
+    let (relus, quads) = prog.activation_counts();
+    eprintln!(
                 "serving {} on {} ({relus} ReLUs, {quads} quadratics per inference; {preprocess} bundle(s) ahead; {workers} session(s) at once)",
                 net.name,
                 listener.local_addr()?
             );
-            eprintln!("{ranges}");
-            if let Some(st) = &store {
-                eprintln!(
-                    "bundle store {}: {} bundle(s) ready",
-                    st.dir().display(),
-                    st.len()?
-                );
-            }
-            let limits = ServeLimits {
-                workers: workers as usize,
-                max_connections: max_connections as usize,
-                io_timeout: Duration::from_secs(timeout),
-                handshake_timeout: Duration::from_secs(handshake_timeout),
-                phase_timeout: Duration::from_secs(phase_timeout),
-                max_bundles: max_bundles as usize,
-                store_bundles: max_stored_bundles,
-                store_bytes: max_store_mb.saturating_mul(1 << 20),
-            };
-            let log = |e: SessionEvent| {
-                let r = &e.report;
-                let what = format!(
+    eprintln!("{ranges}");
+    if let Some(st) = &store {
+        eprintln!(
+            "bundle store {}: {} bundle(s) ready",
+            st.dir().display(),
+            st.len()?
+        );
+    }
+    let limits = ServeLimits {
+        workers: workers as usize,
+        max_connections: max_connections as usize,
+        io_timeout: Duration::from_secs(timeout),
+        handshake_timeout: Duration::from_secs(handshake_timeout),
+        phase_timeout: Duration::from_secs(phase_timeout),
+        max_bundles: max_bundles as usize,
+        store_bundles: max_stored_bundles,
+        store_bytes: max_store_mb.saturating_mul(1 << 20),
+    };
+    let log = |e: SessionEvent| {
+        let r = &e.report;
+        let what = format!(
                     "{} prediction(s), {} offline phase(s), {:.1} MB, {:.1} s; server memory now {:.0} MB (all sessions)",
                     r.predictions,
                     r.offline_phases,
@@ -1059,131 +1141,139 @@ fn main() -> Result<()> {
                     r.seconds,
                     current_rss_bytes() as f64 / 1e6
                 );
-                match e.error {
-                    None => eprintln!("session with {}: {what}", e.peer),
-                    Some(err) => {
-                        eprintln!(
-                            "session with {} failed after {what}: {}",
-                            e.peer,
-                            chain(&err)
-                        )
-                    }
-                }
-            };
-            Server {
-                net: Arc::new(net),
-                prog: Arc::new(prog),
-                preprocess,
-                limits,
-                store,
-            }
-            .run(listener, sessions, Arc::new(log))?;
-        }
-        Command::Infer {
-            connect,
-            input,
-            normalized,
-            timeout,
-            json,
-            bundle_dir,
-            bundle_key,
-            preprocess_only,
-        } => {
-            let options = ClientOptions {
-                normalize: !normalized,
-                timeout: Duration::from_secs(timeout),
-                store: open_store(bundle_dir, bundle_key, Side::Client)?,
-            };
-            if let Some(count) = preprocess_only {
-                let held =
-                    delphi_engine::session::preprocess(connect.as_str(), count, &options, &|m| {
-                        eprintln!("[infer] {m}")
-                    })
-                    .with_context(|| format!("preprocessing with {connect}"))?;
+        match e.error {
+            None => eprintln!("session with {}: {what}", e.peer),
+            Some(err) => {
                 eprintln!(
-                    "{held} bundle(s) stored; client peak memory {:.0} MB",
-                    peak_rss_bytes() as f64 / 1e6
-                );
-                return Ok(());
-            }
-            let input = input.context("--input is required")?;
-            let text = std::fs::read_to_string(&input)
-                .with_context(|| format!("reading {}", input.display()))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not JSON", input.display()))?;
-            let inputs = parse_inputs(&v).with_context(|| {
-                format!(
-                    "{}: expected an array of numbers or an array of such arrays",
-                    input.display()
+                    "session with {} failed after {what}: {}",
+                    e.peer,
+                    chain(&err)
                 )
-            })?;
-            let preds = delphi_engine::session::infer(connect.as_str(), &inputs, &options, &|m| {
-                if !json {
-                    eprintln!("[infer] {m}")
-                }
-            })
-            .with_context(|| format!("private inference with {connect}"))?;
-            let peak = peak_rss_bytes();
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "predictions": preds,
-                        "client_peak_rss_bytes": peak,
-                    }))?
-                );
-            } else {
-                for (k, p) in preds.iter().enumerate() {
-                    let logits: Vec<String> = p.logits.iter().map(|v| format!("{v:.4}")).collect();
-                    println!(
-                        "input {}: class {}  (online {:.3} s, {:.1} MB)  logits [{}]",
-                        k + 1,
-                        p.class,
-                        p.online_s,
-                        p.online_bytes as f64 / 1e6,
-                        logits.join(", ")
-                    );
-                }
-                eprintln!("client peak memory {:.0} MB", peak as f64 / 1e6);
             }
         }
-        Command::Export {
-            arch,
-            classes,
-            quad_layers,
-            placement,
-            seed,
-            sidecar,
-            out,
-        } => {
-            if !ARCHITECTURES.contains(&arch.as_str()) {
-                bail!(
-                    "unknown architecture {arch:?} (known: {})",
-                    ARCHITECTURES.join(", ")
-                );
-            }
-            let mut net = build(&arch, classes, seed)?;
-            let layers = net.activation_layers().len();
-            if let Some(q) = quad_layers {
-                Placement::last_quad(layers, q)?.apply(&mut net)?;
-            }
-            if let Some(p) = placement {
-                p.parse::<Placement>()?.apply(&mut net)?;
-            }
-            let storage = if sidecar {
-                WeightStorage::Sidecar
-            } else {
-                WeightStorage::Inline
-            };
-            net.save(&out, storage)
-                .with_context(|| format!("writing {}", out.display()))?;
-            let (relus, quads) = FixedProgram::lower(&net)?.activation_counts();
-            eprintln!(
-                "wrote {} ({arch}, {classes} classes, placement {}, {relus} ReLUs, {quads} quadratics)",
-                out.display(),
-                Placement::of(&net)
+    };
+    Server {
+        net: Arc::new(net),
+        prog: Arc::new(prog),
+        preprocess,
+        limits,
+        store,
+    }
+    .run(listener, sessions, Arc::new(log))?;
+
+    Ok(())
+}
+
+fn run_infer(args: InferArgs) -> Result<()> {
+    let InferArgs {
+        connect,
+        input,
+        normalized,
+        timeout,
+        json,
+        bundle_dir,
+        bundle_key,
+        preprocess_only,
+    } = args;
+
+    let options = ClientOptions {
+        normalize: !normalized,
+        timeout: Duration::from_secs(timeout),
+        store: open_store(bundle_dir, bundle_key, Side::Client)?,
+    };
+    if let Some(count) = preprocess_only {
+        let held = delphi_engine::session::preprocess(connect.as_str(), count, &options, &|m| {
+            eprintln!("[infer] {m}")
+        })
+        .with_context(|| format!("preprocessing with {connect}"))?;
+        eprintln!(
+            "{held} bundle(s) stored; client peak memory {:.0} MB",
+            peak_rss_bytes() as f64 / 1e6
+        );
+        return Ok(());
+    }
+    let input = input.context("--input is required")?;
+    let text =
+        std::fs::read_to_string(&input).with_context(|| format!("reading {}", input.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", input.display()))?;
+    let inputs = parse_inputs(&v).with_context(|| {
+        format!(
+            "{}: expected an array of numbers or an array of such arrays",
+            input.display()
+        )
+    })?;
+    let preds = delphi_engine::session::infer(connect.as_str(), &inputs, &options, &|m| {
+        if !json {
+            eprintln!("[infer] {m}")
+        }
+    })
+    .with_context(|| format!("private inference with {connect}"))?;
+    let peak = peak_rss_bytes();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "predictions": preds,
+                "client_peak_rss_bytes": peak,
+            }))?
+        );
+    } else {
+        for (k, p) in preds.iter().enumerate() {
+            let logits: Vec<String> = p.logits.iter().map(|v| format!("{v:.4}")).collect();
+            println!(
+                "input {}: class {}  (online {:.3} s, {:.1} MB)  logits [{}]",
+                k + 1,
+                p.class,
+                p.online_s,
+                p.online_bytes as f64 / 1e6,
+                logits.join(", ")
             );
         }
+        eprintln!("client peak memory {:.0} MB", peak as f64 / 1e6);
     }
+
+    Ok(())
+}
+
+fn run_export(args: ExportArgs) -> Result<()> {
+    let ExportArgs {
+        arch,
+        classes,
+        quad_layers,
+        placement,
+        seed,
+        sidecar,
+        out,
+    } = args;
+
+    if !ARCHITECTURES.contains(&arch.as_str()) {
+        bail!(
+            "unknown architecture {arch:?} (known: {})",
+            ARCHITECTURES.join(", ")
+        );
+    }
+    let mut net = build(&arch, classes, seed)?;
+    let layers = net.activation_layers().len();
+    if let Some(q) = quad_layers {
+        Placement::last_quad(layers, q)?.apply(&mut net)?;
+    }
+    if let Some(p) = placement {
+        p.parse::<Placement>()?.apply(&mut net)?;
+    }
+    let storage = if sidecar {
+        WeightStorage::Sidecar
+    } else {
+        WeightStorage::Inline
+    };
+    net.save(&out, storage)
+        .with_context(|| format!("writing {}", out.display()))?;
+    let (relus, quads) = FixedProgram::lower(&net)?.activation_counts();
+    eprintln!(
+        "wrote {} ({arch}, {classes} classes, placement {}, {relus} ReLUs, {quads} quadratics)",
+        out.display(),
+        Placement::of(&net)
+    );
+
     Ok(())
 }
