@@ -145,7 +145,7 @@ pub fn relu_bench(count: usize, seed: u64, progress: &dyn Fn(&str)) -> Result<Re
         let mut ch = Counting::new(TcpChannel::new(stream)?);
         let mut rng = crate::block::secret_rng();
         let t = Instant::now();
-        let mut bundle = server_offline(&mut ch, count, 0, &mut rng)?;
+        let bundle = server_offline(&mut ch, count, 0, &mut rng)?;
         let offline_s = t.elapsed().as_secs_f64();
         let off = ch.stats();
         sb.wait();
@@ -157,7 +157,7 @@ pub fn relu_bench(count: usize, seed: u64, progress: &dyn Fn(&str)) -> Result<Re
     let mut crng = crate::block::secret_rng();
     progress("offline phase (OT, garbling, transfer)");
     let t = Instant::now();
-    let mut bundle = client_offline(&mut ch, &a, 0, &mut crng)?;
+    let bundle = client_offline(&mut ch, &a, 0, &mut crng)?;
     let client_offline_s = t.elapsed().as_secs_f64();
     let off = ch.stats();
     barrier.wait();

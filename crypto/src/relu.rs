@@ -235,7 +235,7 @@ pub fn relu_circuit(shift: u32) -> &'static ReluCircuit {
 /// Server's half of an offline ReLU bundle.
 pub struct ServerReluBundle {
     n: usize,
-    inner: Option<ServerSecrets>,
+    inner: ServerSecrets,
 }
 
 #[derive(Zeroize, ZeroizeOnDrop)]
@@ -250,7 +250,7 @@ struct ServerSecrets {
 pub struct ClientReluBundle {
     n: usize,
     shift: u32,
-    inner: Option<ClientSecrets>,
+    inner: ClientSecrets,
 }
 
 #[derive(Zeroize, ZeroizeOnDrop)]
@@ -266,7 +266,6 @@ impl fmt::Debug for ServerReluBundle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerReluBundle")
             .field("relus", &self.n)
-            .field("consumed", &self.inner.is_none())
             .finish_non_exhaustive()
     }
 }
@@ -275,7 +274,6 @@ impl fmt::Debug for ClientReluBundle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientReluBundle")
             .field("relus", &self.n)
-            .field("consumed", &self.inner.is_none())
             .finish_non_exhaustive()
     }
 }
@@ -360,12 +358,12 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
     ev_zero.zeroize();
     Ok(ServerReluBundle {
         n,
-        inner: Some(ServerSecrets {
+        inner: ServerSecrets {
             id,
             delta,
             label_seed,
             rho,
-        }),
+        },
     })
 }
 
@@ -403,13 +401,13 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     Ok(ClientReluBundle {
         n,
         shift,
-        inner: Some(ClientSecrets {
+        inner: ClientSecrets {
             id,
             hash_key,
             labels,
             tables,
             cts,
-        }),
+        },
     })
 }
 
@@ -425,10 +423,17 @@ impl ServerReluBundle {
     }
 
     /// Online phase, server side: sends the labels of its shares `b` and
-    /// returns its output shares ρ. Consumes the bundle's secrets; a second
-    /// call is [`Error::BundleConsumed`].
-    pub fn online<C: Channel>(&mut self, ch: &mut C, shares: &[F]) -> Result<Vec<F>> {
-        let mut s = self.inner.take().ok_or(Error::BundleConsumed)?;
+    /// returns its output shares ρ. Takes the bundle by value, so a second
+    /// use does not compile:
+    ///
+    /// ```compile_fail
+    /// # fn twice(b: delphi_crypto::relu::ServerReluBundle, ch: &mut delphi_crypto::channel::MemChannel) {
+    /// let _ = b.online(ch, &[]);
+    /// let _ = b.online(ch, &[]); // error: use of moved value
+    /// # }
+    /// ```
+    pub fn online<C: Channel>(self, ch: &mut C, shares: &[F]) -> Result<Vec<F>> {
+        let mut s = self.inner;
         if shares.len() != self.n {
             return Err(Error::InvalidArgument(format!(
                 "{} server shares for a bundle of {} ReLUs",
@@ -468,10 +473,10 @@ impl ClientReluBundle {
     }
 
     /// Online phase, client side: receives the server's labels, evaluates,
-    /// and returns ReLU(y_i) − ρ_i. Consumes the bundle; a second call is
-    /// [`Error::BundleConsumed`].
-    pub fn online<C: Channel>(&mut self, ch: &mut C) -> Result<Vec<F>> {
-        let s = self.inner.take().ok_or(Error::BundleConsumed)?;
+    /// and returns ReLU(y_i) − ρ_i. Takes the bundle by value (a second use
+    /// does not compile).
+    pub fn online<C: Channel>(self, ch: &mut C) -> Result<Vec<F>> {
+        let s = self.inner;
         let mut id = [0u8; 16];
         ch.recv_bytes(&mut id)?;
         if !bool::from(id.ct_eq(&s.id)) {
@@ -517,9 +522,9 @@ const CLIENT_TAG: u64 = u64::from_le_bytes(*b"dlRELUc1");
 
 impl ServerReluBundle {
     /// Writes the bundle (secrets included: the file must be protected like
-    /// a key). A consumed bundle cannot be stored.
+    /// a key).
     pub fn store<W: std::io::Write>(&self, e: &mut Encoder<W>) -> Result<()> {
-        let s = self.inner.as_ref().ok_or(Error::BundleConsumed)?;
+        let s = &self.inner;
         e.u64(SERVER_TAG)?;
         e.u64(self.n as u64)?;
         e.bytes(&s.id)?;
@@ -544,20 +549,20 @@ impl ServerReluBundle {
         let rho = d.fields(n, "stored ReLU masks")?;
         Ok(ServerReluBundle {
             n,
-            inner: Some(ServerSecrets {
+            inner: ServerSecrets {
                 id,
                 delta,
                 label_seed,
                 rho,
-            }),
+            },
         })
     }
 }
 
 impl ClientReluBundle {
-    /// Writes the bundle. A consumed bundle cannot be stored.
+    /// Writes the bundle (secrets included).
     pub fn store<W: std::io::Write>(&self, e: &mut Encoder<W>) -> Result<()> {
-        let s = self.inner.as_ref().ok_or(Error::BundleConsumed)?;
+        let s = &self.inner;
         e.u64(CLIENT_TAG)?;
         e.u64(self.n as u64)?;
         e.u64(self.shift as u64)?;
@@ -590,13 +595,13 @@ impl ClientReluBundle {
         Ok(ClientReluBundle {
             n,
             shift,
-            inner: Some(ClientSecrets {
+            inner: ClientSecrets {
                 id,
                 hash_key,
                 labels,
                 tables,
                 cts,
-            }),
+            },
         })
     }
 }
@@ -714,11 +719,11 @@ mod tests {
         let (mut sc, mut cc) = MemChannel::pair();
         let server = std::thread::spawn(move || {
             let mut rng = crate::block::SecretRng::seed_from_u64(21);
-            let mut bundle = server_offline(&mut sc, n, 8, &mut rng).unwrap();
+            let bundle = server_offline(&mut sc, n, 8, &mut rng).unwrap();
             bundle.online(&mut sc, &b_shares).unwrap()
         });
         let mut rng = crate::block::SecretRng::seed_from_u64(22);
-        let mut bundle = client_offline(&mut cc, &a_shares, 8, &mut rng).unwrap();
+        let bundle = client_offline(&mut cc, &a_shares, 8, &mut rng).unwrap();
         let out = bundle.online(&mut cc).unwrap();
         let rho = server.join().unwrap();
         for i in 0..n {

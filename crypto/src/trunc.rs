@@ -124,7 +124,7 @@ fn server_offset(shift: u32) -> F {
 pub struct ServerTruncBundle {
     n: usize,
     shift: u32,
-    inner: Option<ServerSecrets>,
+    inner: ServerSecrets,
 }
 
 #[derive(Zeroize, ZeroizeOnDrop)]
@@ -140,7 +140,7 @@ struct ServerSecrets {
 pub struct ClientTruncBundle {
     n: usize,
     shift: u32,
-    inner: Option<ClientSecrets>,
+    inner: ClientSecrets,
 }
 
 #[derive(Zeroize, ZeroizeOnDrop)]
@@ -157,7 +157,6 @@ impl fmt::Debug for ServerTruncBundle {
         f.debug_struct("ServerTruncBundle")
             .field("values", &self.n)
             .field("shift", &self.shift)
-            .field("consumed", &self.inner.is_none())
             .finish_non_exhaustive()
     }
 }
@@ -167,7 +166,6 @@ impl fmt::Debug for ClientTruncBundle {
         f.debug_struct("ClientTruncBundle")
             .field("values", &self.n)
             .field("shift", &self.shift)
-            .field("consumed", &self.inner.is_none())
             .finish_non_exhaustive()
     }
 }
@@ -213,7 +211,7 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
     Ok(ServerTruncBundle {
         n,
         shift,
-        inner: Some(ServerSecrets { id, choice, prod }),
+        inner: ServerSecrets { id, choice, prod },
     })
 }
 
@@ -251,11 +249,11 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     Ok(ClientTruncBundle {
         n,
         shift,
-        inner: Some(ClientSecrets {
+        inner: ClientSecrets {
             id,
             shares: shares.to_vec(),
             keys,
-        }),
+        },
     })
 }
 
@@ -271,10 +269,17 @@ impl ServerTruncBundle {
     }
 
     /// Online phase, server side: sends one field element per value and
-    /// returns the server's shares of the truncated values. Consumes the
-    /// bundle; a second call is [`Error::BundleConsumed`].
-    pub fn online<C: Channel>(&mut self, ch: &mut C, shares: &[F]) -> Result<Vec<F>> {
-        let s = self.inner.take().ok_or(Error::BundleConsumed)?;
+    /// returns the server's shares of the truncated values. Takes the
+    /// bundle by value, so a second use does not compile:
+    ///
+    /// ```compile_fail
+    /// # fn twice(b: delphi_crypto::trunc::ServerTruncBundle, ch: &mut delphi_crypto::channel::MemChannel) {
+    /// let _ = b.online(ch, &[]);
+    /// let _ = b.online(ch, &[]); // error: use of moved value
+    /// # }
+    /// ```
+    pub fn online<C: Channel>(self, ch: &mut C, shares: &[F]) -> Result<Vec<F>> {
+        let s = self.inner;
         if shares.len() != self.n {
             return Err(Error::InvalidArgument(format!(
                 "{} server shares for a truncation bundle of {}",
@@ -316,10 +321,10 @@ impl ClientTruncBundle {
     }
 
     /// Online phase, client side: returns the client's shares of the
-    /// truncated values. Consumes the bundle; a second call is
-    /// [`Error::BundleConsumed`].
-    pub fn online<C: Channel>(&mut self, ch: &mut C) -> Result<Vec<F>> {
-        let s = self.inner.take().ok_or(Error::BundleConsumed)?;
+    /// truncated values. Takes the bundle by value (a second use does not
+    /// compile).
+    pub fn online<C: Channel>(self, ch: &mut C) -> Result<Vec<F>> {
+        let s = self.inner;
         let mut id = [0u8; 16];
         ch.recv_bytes(&mut id)?;
         if !bool::from(id.ct_eq(&s.id)) {
@@ -354,7 +359,7 @@ const CLIENT_TAG: u64 = u64::from_le_bytes(*b"dlTRCc01");
 impl ServerTruncBundle {
     /// Writes the bundle (secrets included). A consumed bundle cannot be stored.
     pub fn store<W: std::io::Write>(&self, e: &mut Encoder<W>) -> Result<()> {
-        let s = self.inner.as_ref().ok_or(Error::BundleConsumed)?;
+        let s = &self.inner;
         e.u64(SERVER_TAG)?;
         e.u64(self.n as u64)?;
         e.u64(self.shift as u64)?;
@@ -388,15 +393,15 @@ impl ServerTruncBundle {
         Ok(ServerTruncBundle {
             n,
             shift,
-            inner: Some(ServerSecrets { id, choice, prod }),
+            inner: ServerSecrets { id, choice, prod },
         })
     }
 }
 
 impl ClientTruncBundle {
-    /// Writes the bundle. A consumed bundle cannot be stored.
+    /// Writes the bundle (secrets included).
     pub fn store<W: std::io::Write>(&self, e: &mut Encoder<W>) -> Result<()> {
-        let s = self.inner.as_ref().ok_or(Error::BundleConsumed)?;
+        let s = &self.inner;
         e.u64(CLIENT_TAG)?;
         e.u64(self.n as u64)?;
         e.u64(self.shift as u64)?;
@@ -422,7 +427,7 @@ impl ClientTruncBundle {
         Ok(ClientTruncBundle {
             n,
             shift,
-            inner: Some(ClientSecrets { id, shares, keys }),
+            inner: ClientSecrets { id, shares, keys },
         })
     }
 }
@@ -449,20 +454,15 @@ mod tests {
             let mut e = Encoder::new(Vec::new());
             stored.store(&mut e).unwrap();
             let buf = e.into_inner();
-            let mut bundle = ServerTruncBundle::load(&mut Decoder::new(&buf[..])).unwrap();
-            let out = bundle.online(&mut a, &server).unwrap();
-            assert!(bundle.store(&mut Encoder::new(Vec::new())).is_err());
-            assert!(matches!(
-                bundle.online(&mut a, &server),
-                Err(Error::BundleConsumed)
-            ));
-            out
+            let bundle = ServerTruncBundle::load(&mut Decoder::new(&buf[..])).unwrap();
+            // A second use does not compile (see `online`'s example).
+            bundle.online(&mut a, &server).unwrap()
         });
         let stored = client_offline(&mut b, &client, shift, &mut rng).unwrap();
         let mut e = Encoder::new(Vec::new());
         stored.store(&mut e).unwrap();
         let buf = e.into_inner();
-        let mut cb = ClientTruncBundle::load(&mut Decoder::new(&buf[..])).unwrap();
+        let cb = ClientTruncBundle::load(&mut Decoder::new(&buf[..])).unwrap();
         assert!(ServerTruncBundle::load(&mut Decoder::new(&buf[..])).is_err());
         let mine = cb.online(&mut b).unwrap();
         let theirs = h.join().unwrap();
@@ -525,11 +525,11 @@ mod tests {
                 let (mut a, mut b) = MemChannel::pair();
                 let h = std::thread::spawn(move || {
                     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
-                    let mut s = server_offline(&mut a, 1, shift, &mut rng).unwrap();
+                    let s = server_offline(&mut a, 1, shift, &mut rng).unwrap();
                     s.online(&mut a, &[sf]).unwrap()[0]
                 });
                 let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
-                let mut cb = client_offline(&mut b, &[cf], shift, &mut rng).unwrap();
+                let cb = client_offline(&mut b, &[cf], shift, &mut rng).unwrap();
                 let got = (cb.online(&mut b).unwrap()[0] + h.join().unwrap()).to_signed();
                 let want = trunc_reference(F::from_i64(v), shift).to_signed();
                 assert!((got - want).abs() <= 1, "c={c} v={v}: {got} vs {want}");
@@ -545,13 +545,13 @@ mod tests {
         let (mut a, mut b) = (Counting::new(a), Counting::new(b));
         let h = std::thread::spawn(move || {
             let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
-            let mut s = server_offline(&mut a, n, 12, &mut rng).unwrap();
+            let s = server_offline(&mut a, n, 12, &mut rng).unwrap();
             let before = a.stats();
             s.online(&mut a, &vec![F::ONE; n]).unwrap();
             a.stats().since(&before)
         });
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(6);
-        let mut c = client_offline(&mut b, &vec![F::ZERO; n], 12, &mut rng).unwrap();
+        let c = client_offline(&mut b, &vec![F::ZERO; n], 12, &mut rng).unwrap();
         c.online(&mut b).unwrap();
         let sent = h.join().unwrap();
         assert_eq!(sent.sent, 16 + n.div_ceil(8) as u64);

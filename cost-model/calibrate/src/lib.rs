@@ -127,9 +127,9 @@ fn transfer(t: &Traffic, ct: &CtSizes, link: &Link) -> f64 {
 }
 
 type ServerOffline<B> = fn(&mut TcpChannel, usize, &mut SecretRng) -> delphi_crypto::Result<B>;
-type ServerOnline<B> = fn(&mut B, &mut TcpChannel, &[F]) -> delphi_crypto::Result<Vec<F>>;
+type ServerOnline<B> = fn(B, &mut TcpChannel, &[F]) -> delphi_crypto::Result<Vec<F>>;
 type ClientOffline<B> = fn(&mut TcpChannel, &[F], &mut SecretRng) -> delphi_crypto::Result<B>;
-type ClientOnline<B> = fn(&mut B, &mut TcpChannel) -> delphi_crypto::Result<Vec<F>>;
+type ClientOnline<B> = fn(B, &mut TcpChannel) -> delphi_crypto::Result<Vec<F>>;
 
 /// Offline and online wall times of a layer of `n` values run with a
 /// single-use bundle protocol (ReLU, truncation), the client re-masking its
@@ -146,23 +146,23 @@ fn bundle_times<S: Send + 'static, C>(
         let mut s = s;
         let mut r = rng(1);
         let t = Instant::now();
-        let mut b = (server.0)(&mut s, n, &mut r)?;
+        let b = (server.0)(&mut s, n, &mut r)?;
         s.flush()?;
         let off = t.elapsed().as_secs_f64();
         let _ = s.recv_u64()?;
-        (server.1)(&mut b, &mut s, &theirs)?;
+        (server.1)(b, &mut s, &theirs)?;
         let mut msg = vec![F::ZERO; n];
         s.recv_fields(&mut msg)?;
         Ok(off)
     });
     let mut r = rng(2);
     let t = Instant::now();
-    let mut b = (client.0)(&mut c, &shares, &mut r)?;
+    let b = (client.0)(&mut c, &shares, &mut r)?;
     let off_c = t.elapsed().as_secs_f64();
     let t = Instant::now();
     c.send_u64(0)?;
     c.flush()?;
-    let out = (client.1)(&mut b, &mut c)?;
+    let out = (client.1)(b, &mut c)?;
     c.send_fields(&out)?;
     c.flush()?;
     let on = t.elapsed().as_secs_f64();

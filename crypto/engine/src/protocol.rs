@@ -180,16 +180,23 @@ impl Tracer {
     }
 }
 
+/// What the client's online phase gives.
+#[derive(Debug)]
+pub struct ClientOutput {
+    /// The logits, field elements at the program's output scale.
+    pub logits: Vec<F>,
+    /// Per-node time and bytes of the online phase.
+    pub trace: Vec<NodeTrace>,
+}
+
 /// Client state for one inference.
 pub struct ClientBundle {
     id: [u8; 16],
     offline_trace: Vec<NodeTrace>,
-    online_trace: Vec<NodeTrace>,
     shares: Vec<Vec<F>>,
     relus: Vec<Option<ClientReluBundle>>,
     truncs: Vec<Option<ClientTruncBundle>>,
     quads: Vec<Option<(Vec<F>, Vec<F>)>>,
-    used: bool,
 }
 
 /// Server state for one inference.
@@ -199,7 +206,6 @@ pub struct ServerBundle {
     relus: Vec<Option<ServerReluBundle>>,
     truncs: Vec<Option<ServerTruncBundle>>,
     quads: Vec<Option<(Vec<F>, Vec<F>)>>,
-    used: bool,
 }
 
 // Shares, masks and triples are wiped when a bundle is dropped (the relu
@@ -228,17 +234,13 @@ impl Drop for ServerBundle {
 
 impl std::fmt::Debug for ClientBundle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientBundle")
-            .field("used", &self.used)
-            .finish_non_exhaustive()
+        f.debug_struct("ClientBundle").finish_non_exhaustive()
     }
 }
 
 impl std::fmt::Debug for ServerBundle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerBundle")
-            .field("used", &self.used)
-            .finish_non_exhaustive()
+        f.debug_struct("ServerBundle").finish_non_exhaustive()
     }
 }
 
@@ -342,12 +344,10 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     Ok(ClientBundle {
         id,
         offline_trace: tracer.nodes,
-        online_trace: Vec::new(),
         shares,
         relus,
         truncs,
         quads,
-        used: false,
     })
 }
 
@@ -428,7 +428,6 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
         relus,
         truncs,
         quads,
-        used: false,
     })
 }
 
@@ -443,22 +442,23 @@ impl ClientBundle {
         &self.offline_trace
     }
 
-    /// Per-node time and bytes of the online phase (after it ran).
-    pub fn online_trace(&self) -> &[NodeTrace] {
-        &self.online_trace
-    }
-
     /// Online phase, client side: returns the logits (field elements at the
-    /// program's output scale). A bundle runs once.
+    /// program's output scale) and the per-node trace. Takes the bundle by
+    /// value: a bundle runs once, and a second use does not compile.
+    ///
+    /// ```compile_fail
+    /// # use delphi_engine::protocol::ClientBundle;
+    /// # fn twice(b: ClientBundle, ch: &mut delphi_crypto::channel::MemChannel, p: &delphi_net::FixedProgram) {
+    /// let _ = b.online(ch, p, &[]);
+    /// let _ = b.online(ch, p, &[]); // error: use of moved value
+    /// # }
+    /// ```
     pub fn online<C: Channel>(
-        &mut self,
+        mut self,
         ch: &mut C,
         prog: &FixedProgram,
         input: &[F],
-    ) -> Result<Vec<F>> {
-        if std::mem::replace(&mut self.used, true) {
-            return Err(delphi_crypto::Error::BundleConsumed.into());
-        }
+    ) -> Result<ClientOutput> {
         if input.len() != prog.nodes[0].shape.len() {
             return Err(EngineError::Input(format!(
                 "input of {} values",
@@ -481,7 +481,7 @@ impl ClientBundle {
             match &node.op {
                 FixedOp::Relu { .. } => {
                     let bundle = self.relus[i]
-                        .as_mut()
+                        .take()
                         .ok_or(delphi_crypto::Error::BundleConsumed)?;
                     let out = bundle.online(ch)?;
                     let msg: Vec<F> = out
@@ -494,7 +494,7 @@ impl ClientBundle {
                 }
                 FixedOp::Trunc { .. } => {
                     let bundle = self.truncs[i]
-                        .as_mut()
+                        .take()
                         .ok_or(delphi_crypto::Error::BundleConsumed)?;
                     let out = bundle.online(ch)?;
                     let msg: Vec<F> = out
@@ -528,12 +528,14 @@ impl ClientBundle {
         let mut theirs = vec![F::ZERO; prog.nodes[prog.output].shape.len()];
         ch.recv_fields(&mut theirs)?;
         tracer.mark(ch, prog, prog.nodes.len() - 1);
-        self.online_trace = tracer.nodes;
-        Ok(theirs
-            .iter()
-            .zip(&self.shares[prog.output])
-            .map(|(s, c)| *s + *c)
-            .collect())
+        Ok(ClientOutput {
+            logits: theirs
+                .iter()
+                .zip(&self.shares[prog.output])
+                .map(|(s, c)| *s + *c)
+                .collect(),
+            trace: tracer.nodes,
+        })
     }
 }
 
@@ -543,11 +545,9 @@ impl ServerBundle {
         self.id
     }
 
-    /// Online phase, server side. A bundle runs once.
-    pub fn online<C: Channel>(&mut self, ch: &mut C, prog: &FixedProgram) -> Result<()> {
-        if std::mem::replace(&mut self.used, true) {
-            return Err(delphi_crypto::Error::BundleConsumed.into());
-        }
+    /// Online phase, server side. Takes the bundle by value: a bundle runs
+    /// once, and a second use does not compile.
+    pub fn online<C: Channel>(mut self, ch: &mut C, prog: &FixedProgram) -> Result<()> {
         let mut vals: Vec<Vec<F>> = Vec::with_capacity(prog.nodes.len());
         for i in 0..prog.nodes.len() {
             let node = &prog.nodes[i];
@@ -567,7 +567,7 @@ impl ServerBundle {
                 }
                 FixedOp::Relu { .. } => {
                     let bundle = self.relus[i]
-                        .as_mut()
+                        .take()
                         .ok_or(delphi_crypto::Error::BundleConsumed)?;
                     let rho = bundle.online(ch, &vals[node.inputs[0]])?;
                     let mut msg = vec![F::ZERO; len];
@@ -576,7 +576,7 @@ impl ServerBundle {
                 }
                 FixedOp::Trunc { .. } => {
                     let bundle = self.truncs[i]
-                        .as_mut()
+                        .take()
                         .ok_or(delphi_crypto::Error::BundleConsumed)?;
                     let t = bundle.online(ch, &vals[node.inputs[0]])?;
                     let mut msg = vec![F::ZERO; len];
@@ -719,11 +719,7 @@ fn flags_of(flags: u64, allowed: u64) -> Result<u64> {
 
 impl ClientBundle {
     /// Writes the bundle (secret material: protect the file like a key).
-    /// A consumed bundle cannot be stored.
     pub fn store<W: Write>(&self, prog: &FixedProgram, w: W) -> Result<()> {
-        if self.used {
-            return Err(delphi_crypto::Error::BundleConsumed.into());
-        }
         let mut e = Encoder::new(w);
         write_header(&mut e, SIDE_CLIENT, prog, &self.id)?;
         for i in 0..prog.nodes.len() {
@@ -754,12 +750,10 @@ impl ClientBundle {
         let mut b = ClientBundle {
             id,
             offline_trace: Vec::new(),
-            online_trace: Vec::new(),
             shares: Vec::with_capacity(n),
             relus: (0..n).map(|_| None).collect(),
             truncs: (0..n).map(|_| None).collect(),
             quads: vec![None; n],
-            used: false,
         };
         for (i, node) in prog.nodes.iter().enumerate() {
             let len = node.shape.len();
@@ -784,11 +778,7 @@ impl ClientBundle {
 
 impl ServerBundle {
     /// Writes the bundle (secret material: protect the file like a key).
-    /// A consumed bundle cannot be stored.
     pub fn store<W: Write>(&self, prog: &FixedProgram, w: W) -> Result<()> {
-        if self.used {
-            return Err(delphi_crypto::Error::BundleConsumed.into());
-        }
         let mut e = Encoder::new(w);
         write_header(&mut e, SIDE_SERVER, prog, &self.id)?;
         for i in 0..prog.nodes.len() {
@@ -825,7 +815,6 @@ impl ServerBundle {
             relus: (0..n).map(|_| None).collect(),
             truncs: (0..n).map(|_| None).collect(),
             quads: vec![None; n],
-            used: false,
         };
         for (i, node) in prog.nodes.iter().enumerate() {
             let len = node.shape.len();

@@ -162,7 +162,7 @@ pub fn run_local(
         let mut bytes = Vec::with_capacity(n);
         for _ in 0..n {
             let a = ch.stats();
-            let mut b = server_offline(&mut ch, &sp, &he, &mut rng)?;
+            let b = server_offline(&mut ch, &sp, &he, &mut rng)?;
             let m = ch.stats();
             b.online(&mut ch, &sp)?;
             let e = ch.stats();
@@ -182,12 +182,16 @@ pub fn run_local(
         progress(&format!("inference {}/{n}: offline", k + 1));
         let a = ch.stats();
         let t = Instant::now();
-        let mut b = client_offline(&mut ch, prog, &he, &mut rng)?;
+        let b = client_offline(&mut ch, prog, &he, &mut rng)?;
+        let offline_trace = b.offline_trace().to_vec();
         let offline_s = t.elapsed().as_secs_f64();
         let m = ch.stats();
         progress(&format!("inference {}/{n}: online", k + 1));
         let t = Instant::now();
-        let got = b.online(&mut ch, prog, x)?;
+        let crate::protocol::ClientOutput {
+            logits: got,
+            trace: online_trace,
+        } = b.online(&mut ch, prog, x)?;
         let online_s = t.elapsed().as_secs_f64();
         let e = ch.stats();
         let want = prog.eval(x)?;
@@ -218,7 +222,7 @@ pub fn run_local(
                         .max(1) as f64,
                 same_class: argmax(&got) == argmax(&want),
                 logits: prog.decode_output(&got),
-                offline_he: b.offline_trace().iter().fold(
+                offline_he: offline_trace.iter().fold(
                     crate::protocol::HeCount::default(),
                     |mut acc, t| {
                         acc.sent_frames += t.he.sent_frames;
@@ -228,7 +232,7 @@ pub fn run_local(
                         acc
                     },
                 ),
-                layers: per_layer(b.offline_trace(), b.online_trace()),
+                layers: per_layer(&offline_trace, &online_trace),
             },
         ));
     }

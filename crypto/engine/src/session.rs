@@ -231,7 +231,7 @@ fn serve_session(
                         _ => None,
                     },
                 };
-                let Some(mut b) = found else {
+                let Some(b) = found else {
                     ch.send_u64(STATUS_UNKNOWN)?;
                     ch.flush()?;
                     return Err(EngineError::Malformed(
@@ -599,7 +599,7 @@ pub fn infer<A: ToSocketAddrs>(
     for (k, x) in inputs.iter().enumerate() {
         top_up(&mut s, &mut bundles, &stored, k)?;
         let enc = s.prog.encode_input(x)?;
-        let mut b = match (stored.pop_front(), &options.store) {
+        let b = match (stored.pop_front(), &options.store) {
             (Some(id), Some(st)) => st.take_client(&s.prog, &id)?,
             _ => bundles
                 .pop_front()
@@ -618,7 +618,7 @@ pub fn infer<A: ToSocketAddrs>(
                     .into(),
             ));
         }
-        let y = b.online(&mut s.ch, &s.prog, &enc)?;
+        let y = b.online(&mut s.ch, &s.prog, &enc)?.logits;
         let online_s = t.elapsed().as_secs_f64();
         let logits = s.prog.decode_output(&y);
         let class = logits

@@ -75,13 +75,13 @@ fn stored_bundles_run_like_fresh_ones_and_only_once() {
     let server = thread::spawn(move || {
         let mut ch = s;
         let st = BundleStore::open(&sd, Side::Server).unwrap();
-        let mut b = st.take_server(&sp, &id).unwrap();
+        let b = st.take_server(&sp, &id).unwrap();
         b.online(&mut ch, &sp).unwrap();
         assert!(st.is_empty().unwrap());
     });
     let mut ch = c;
-    let mut b = cstore.take_client(&arch, &id).unwrap();
-    let got = b.online(&mut ch, &arch, &x).unwrap();
+    let b = cstore.take_client(&arch, &id).unwrap();
+    let got = b.online(&mut ch, &arch, &x).unwrap().logits;
     server.join().unwrap();
     let want = prog.decode_output(&prog.eval(&x).unwrap());
     let got = prog.decode_output(&got);

@@ -53,7 +53,7 @@ fn views(prog: &FixedProgram, input: &[F]) -> (Vec<u8>, Vec<F>) {
         };
         let mut rng = SecretRng::from_entropy();
         let he = server_setup(&mut ch).unwrap();
-        let mut b = server_offline(&mut ch, &sp, &he, &mut rng).unwrap();
+        let b = server_offline(&mut ch, &sp, &he, &mut rng).unwrap();
         ch.recording = true;
         b.online(&mut ch, &sp).unwrap();
         ch.seen
@@ -65,7 +65,7 @@ fn views(prog: &FixedProgram, input: &[F]) -> (Vec<u8>, Vec<F>) {
     };
     let mut rng = SecretRng::from_entropy();
     let he = client_setup(&mut ch).unwrap();
-    let mut b = client_offline(&mut ch, prog, &he, &mut rng).unwrap();
+    let b = client_offline(&mut ch, prog, &he, &mut rng).unwrap();
     ch.recording = true;
     b.online(&mut ch, prog, input).unwrap();
     let server_seen = server.join().unwrap();

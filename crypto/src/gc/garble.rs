@@ -3,7 +3,7 @@
 //! Free-XOR with a global offset Δ (lsb(Δ) = 1), point-and-permute, and
 //! half-gates (Zahur–Rosulek–Evans 2015): two ciphertexts per AND, four
 //! hashes to garble it and two to evaluate it. The hash is
-//! [`TweakHash`](crate::block::TweakHash), one AES call per use.
+//! [`TweakHash`](crate::block::TweakHash) (TMMO), two AES calls per use.
 //!
 //! The circuit is run over [`BATCH`] instances side by side: every gate is
 //! applied to all instances before the next, so the hashes of one gate are
