@@ -288,6 +288,9 @@ impl PlanConfig {
         if self.bandwidth.is_some() != self.rtt.is_some() {
             return Err("give both bandwidth and rtt, or neither".into());
         }
+        if let (Some(b), Some(r)) = (&self.bandwidth, &self.rtt) {
+            delphi_cost::Link::parse(b, r).map_err(|e| e.to_string())?;
+        }
         Ok(())
     }
 }

@@ -262,3 +262,21 @@ fn the_benchmark_compares_three_strategies_at_equal_budget() {
     assert!(greedy.contains("probe layer"), "{greedy}");
     std::fs::remove_dir_all(&out).ok();
 }
+
+#[test]
+fn mistakes_are_refused_by_name_not_defaulted() {
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_delphi-plan"))
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/fashion-mnist.toml");
+    let e = run(&["--config", config, "--epochs", "3"]);
+    assert!(e.contains("--epochs given beside --config"), "{e}");
+    let e = run(&["--accuracy", "0.9", "--bandwidth", "100Mbit", "--rtt", "20"]);
+    assert!(e.contains("no unit"), "{e}");
+}

@@ -63,6 +63,21 @@ fn train_and_check(activations: &str, min_accuracy: f64) {
         "{activations}: Burn and the exported description disagree"
     );
     assert!((correct as f64 / probe.len() as f64 - burn_acc).abs() < 1e-9);
+
+    // The export records each activation layer's measured input range, and
+    // the trained plan passes the engine's range check with it.
+    let mut net = net;
+    delphi_train::train::record_ranges(&mut net, &data.train, 64).unwrap();
+    let acts = net.activation_layers();
+    let ranges = &net.metadata.activation_ranges;
+    assert_eq!(ranges.iter().map(|r| r.layer).collect::<Vec<_>>(), acts);
+    assert!(ranges
+        .iter()
+        .all(|r| r.max_abs.is_finite() && r.max_abs > 0.0));
+    let prog = delphi_net::FixedProgram::lower(&net).unwrap();
+    let report = delphi_net::range::analyse_network(&net, &prog).unwrap();
+    report.check().unwrap();
+    assert!(report.margin_bits > 0.0, "{}", report.summary());
 }
 
 #[test]

@@ -706,6 +706,14 @@ impl Network {
 
     fn read(path: &Path) -> Result<Self> {
         let meta = std::fs::metadata(path).map_err(io_err(path))?;
+        if !meta.is_file() {
+            // A device or a pipe reports no size; /dev/zero would be read
+            // up to the bound before failing.
+            return Err(NetError::Invalid(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
         if meta.len() > MAX_FILE_BYTES {
             return Err(NetError::Invalid(format!(
                 "{} is {} bytes (at most {MAX_FILE_BYTES})",
@@ -864,6 +872,14 @@ impl Network {
             reason,
         };
         let meta = std::fs::metadata(path).map_err(io_err(path))?;
+        if !meta.is_file() {
+            // A device or a pipe reports no size; /dev/zero would be read
+            // up to the bound before failing.
+            return Err(NetError::Invalid(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
         if meta.len() > MAX_FILE_BYTES {
             return Err(bad(format!(
                 "{} bytes (at most {MAX_FILE_BYTES})",

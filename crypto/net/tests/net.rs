@@ -305,3 +305,20 @@ fn unknown_fields_are_refused_not_dropped() {
     std::fs::write(&plan, &text).unwrap();
     Network::load(&plan).unwrap();
 }
+
+#[test]
+fn devices_and_enormous_shapes_are_refused_before_allocating() {
+    let e = Network::load(std::path::Path::new("/dev/zero")).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+    // A hostile architecture: an input of 2^40 elements (its length would
+    // wrap a plain product on 32-bit targets and exhaust memory anywhere).
+    let mut net = build("small-cnn", 10, 3).unwrap();
+    net.input = delphi_net::Shape::new(1, 1 << 20, 1 << 20);
+    let e = net.validate().unwrap_err();
+    assert!(e.to_string().contains("more than"), "{e}");
+    assert_eq!(
+        delphi_net::Shape::new(usize::MAX, 2, 2).len(),
+        usize::MAX,
+        "saturates"
+    );
+}

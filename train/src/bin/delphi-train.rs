@@ -292,7 +292,7 @@ fn train(a: &TrainArgs) -> Result<()> {
         }
         if tr.finished() {
             eprintln!(
-                "{} holds a finished run ({} epochs): evaluating it again (--restart trains anew)",
+                "{} holds a finished run (all {} epoch(s)): evaluating it again (--restart trains anew)",
                 a.out.display(),
                 tr.config.epochs
             );
