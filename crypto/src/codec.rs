@@ -3,7 +3,7 @@
 //! Little-endian integers, length-prefixed vectors. Everything read is
 //! untrusted: every length is checked against a caller-supplied bound before
 //! anything is allocated, field elements are checked below p, and a short
-//! file is [`Error::Malformed`] ("truncated"), not an I/O error.
+//! file is [`Error::Stored`] ("truncated"), not an I/O error.
 
 use std::io::{self, Read, Write};
 
@@ -62,7 +62,7 @@ pub struct Decoder<R: Read> {
 
 fn read_err(e: io::Error) -> Error {
     if e.kind() == io::ErrorKind::UnexpectedEof {
-        Error::Malformed {
+        Error::Stored {
             what: "truncated stored bundle",
         }
     } else {
@@ -92,7 +92,7 @@ impl<R: Read> Decoder<R> {
     pub fn u64_at_most(&mut self, max: u64, what: &'static str) -> Result<u64> {
         let v = self.u64()?;
         if v > max {
-            return Err(Error::Malformed { what });
+            return Err(Error::Stored { what });
         }
         Ok(v)
     }
@@ -107,7 +107,7 @@ impl<R: Read> Decoder<R> {
     /// Reads a vector of exactly `len` blocks (the stored length must match).
     pub fn blocks(&mut self, len: usize, what: &'static str) -> Result<Vec<Block>> {
         if self.u64()? != len as u64 {
-            return Err(Error::Malformed { what });
+            return Err(Error::Stored { what });
         }
         self.read_vec(len, |d| d.block())
     }
@@ -127,7 +127,7 @@ impl<R: Read> Decoder<R> {
     }
 
     fn field(&mut self) -> Result<F> {
-        F::new(self.u64()?).ok_or(Error::Malformed {
+        F::new(self.u64()?).ok_or(Error::Stored {
             what: "stored field element not below the modulus",
         })
     }
@@ -135,7 +135,7 @@ impl<R: Read> Decoder<R> {
     /// Reads a vector of exactly `len` field elements.
     pub fn fields(&mut self, len: usize, what: &'static str) -> Result<Vec<F>> {
         if self.u64()? != len as u64 {
-            return Err(Error::Malformed { what });
+            return Err(Error::Stored { what });
         }
         self.read_vec(len, |d| d.field())
     }
@@ -170,7 +170,7 @@ mod tests {
         d.blocks(2, "b").unwrap();
         assert!(matches!(
             d.fields(2, "f"),
-            Err(Error::Malformed {
+            Err(Error::Stored {
                 what: "truncated stored bundle"
             })
         ));
@@ -191,7 +191,7 @@ mod tests {
         let buf = e.into_inner();
         assert!(matches!(
             Decoder::new(&buf[..]).blocks(n, "b"),
-            Err(Error::Malformed {
+            Err(Error::Stored {
                 what: "truncated stored bundle"
             })
         ));

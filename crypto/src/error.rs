@@ -32,6 +32,12 @@ pub enum Error {
         /// What was wrong.
         what: &'static str,
     },
+    /// A stored bundle (a file of this party's own) is unusable.
+    #[error("stored bundle unusable: {what}")]
+    Stored {
+        /// What was wrong.
+        what: &'static str,
+    },
     /// A value does not fit the fixed-point range of the field.
     #[error("{value} does not fit in fixed point with {frac_bits} fractional bits")]
     OutOfRange {

@@ -536,7 +536,7 @@ impl ServerReluBundle {
     /// Reads a bundle written by [`ServerReluBundle::store`].
     pub fn load<R: std::io::Read>(d: &mut Decoder<R>) -> Result<Self> {
         if d.u64()? != SERVER_TAG {
-            return Err(Error::Malformed {
+            return Err(Error::Stored {
                 what: "not a stored server ReLU bundle",
             });
         }
@@ -576,7 +576,7 @@ impl ClientReluBundle {
     /// Reads a bundle written by [`ClientReluBundle::store`].
     pub fn load<R: std::io::Read>(d: &mut Decoder<R>) -> Result<Self> {
         if d.u64()? != CLIENT_TAG {
-            return Err(Error::Malformed {
+            return Err(Error::Stored {
                 what: "not a stored client ReLU bundle",
             });
         }

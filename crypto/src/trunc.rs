@@ -372,7 +372,7 @@ impl ServerTruncBundle {
     /// Reads a bundle written by [`ServerTruncBundle::store`].
     pub fn load<R: std::io::Read>(d: &mut Decoder<R>) -> Result<Self> {
         if d.u64()? != SERVER_TAG {
-            return Err(Error::Malformed {
+            return Err(Error::Stored {
                 what: "not a stored server truncation bundle",
             });
         }
@@ -383,7 +383,7 @@ impl ServerTruncBundle {
         d.bytes(&mut id)?;
         let mut bits = d.fields(n, "stored OT choices")?;
         if bits.iter().any(|b| b.value() > 1) {
-            return Err(Error::Malformed {
+            return Err(Error::Stored {
                 what: "stored OT choice is not a bit",
             });
         }
@@ -413,7 +413,7 @@ impl ClientTruncBundle {
     /// Reads a bundle written by [`ClientTruncBundle::store`].
     pub fn load<R: std::io::Read>(d: &mut Decoder<R>) -> Result<Self> {
         if d.u64()? != CLIENT_TAG {
-            return Err(Error::Malformed {
+            return Err(Error::Stored {
                 what: "not a stored client truncation bundle",
             });
         }

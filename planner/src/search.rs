@@ -565,8 +565,9 @@ impl<'a> Search<'a> {
             }
             if st.config != *c {
                 return Err(PlanError::Config(format!(
-                    "{} holds a search with another configuration; use another --out or delete it",
-                    out.display()
+                    "{} holds a search with another configuration ({}); use another --out or delete it",
+                    out.display(),
+                    delphi_train::train::config_changes(&st.config, c).join("; ")
                 )));
             }
             (st, true)

@@ -851,6 +851,24 @@ impl Trainer {
     }
 }
 
+/// The settings that differ between two configurations (any serialisable
+/// settings struct), by name: `epochs: 1 then, 2 now`.
+pub fn config_changes<T: Serialize>(old: &T, new: &T) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return vec!["(a configuration that cannot be compared)".into()];
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let show = |v: Option<&serde_json::Value>| v.map_or("-".to_string(), |v| v.to_string());
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| format!("{k}: {} then, {} now", show(a.get(k)), show(b.get(k))))
+        .collect()
+}
+
 /// Images measured for the activation ranges an export records.
 pub const RANGE_IMAGES: usize = 256;
 

@@ -189,25 +189,6 @@ fn fraction(s: &str) -> std::result::Result<f64, String> {
     Ok(v)
 }
 
-/// The settings that differ between two configurations, by name.
-fn changed(old: &TrainConfig, new: &TrainConfig) -> Vec<String> {
-    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
-        (serde_json::to_value(old), serde_json::to_value(new))
-    else {
-        return vec!["(unreadable configuration)".into()];
-    };
-    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
-        .map(|k| {
-            let show = |v: Option<&serde_json::Value>| v.map_or("-".to_string(), |v| v.to_string());
-            format!("{k}: {} then, {} now", show(a.get(k)), show(b.get(k)))
-        })
-        .collect()
-}
-
 /// Checks that the files `--init` and `--teacher` name load, naming the flag
 /// when one does not.
 fn check_inputs(a: &TrainArgs) -> Result<()> {
@@ -281,7 +262,7 @@ fn train(a: &TrainArgs) -> Result<()> {
     let mut tr = if !a.restart && Trainer::has_checkpoint(&ckpt) {
         let tr = Trainer::load_checkpoint(&ckpt, &device)
             .with_context(|| format!("resuming from {}", ckpt.display()))?;
-        let diff = changed(&tr.config, &config(a));
+        let diff = delphi_train::train::config_changes(&tr.config, &config(a));
         if !diff.is_empty() {
             bail!(
                 "{} holds a run with another configuration ({}); pass --restart to start over, \
