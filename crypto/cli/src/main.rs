@@ -1002,6 +1002,19 @@ fn run_verify(args: VerifyArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_table(&report);
+        let truncations = prog
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, delphi_net::FixedOp::Trunc { .. }))
+            .count();
+        println!(
+            "{truncations} truncation node(s): {}",
+            if truncations == 0 {
+                "every secure result must equal the fixed-point reference exactly"
+            } else {
+                "each may differ from the reference by one unit (stochastic rounding)"
+            }
+        );
         println!(
                     "float network: largest logit gap {:.2} % of the largest logit; same class on {float_classes} of {inputs}",
                     100.0 * worst_gap
