@@ -741,19 +741,6 @@ impl<'a> Search<'a> {
     /// Adds a settled evaluation to the front if nothing there beats it,
     /// keeping its network; drops what it beats.
     fn offer(&mut self, tr: &Trainer, e: &Evaluation) -> Result<()> {
-        // A plan whose values can leave the protocol's exact range (on the
-        // training data's measured activation ranges or sampled inputs) is
-        // never a candidate: the engine would refuse it.
-        let mut net = tr.export()?;
-        delphi_train::train::record_ranges(&mut net, &self.data.train, 64)?;
-        let prog = delphi_net::FixedProgram::lower(&net)?;
-        if let Err(why) = delphi_net::range::analyse_network(&net, &prog)?.check() {
-            self.say(&format!(
-                "placement {} left out of the front: {why}",
-                e.placement
-            ));
-            return Ok(());
-        }
         let mut idx = self.st.front.clone();
         idx.push(e.index);
         let pts: Vec<(f64, f64)> = idx
@@ -765,6 +752,20 @@ impl<'a> Search<'a> {
             .collect();
         let keep: Vec<usize> = policy::pareto(&pts).into_iter().map(|k| idx[k]).collect();
         if !keep.contains(&e.index) {
+            return Ok(());
+        }
+        // A plan whose values can leave the protocol's exact range (on the
+        // training data's measured activation ranges or sampled inputs) is
+        // never a candidate: the engine would refuse it. Checked only for a
+        // plan that would join the front; the front is left as it was.
+        let mut net = tr.export()?;
+        delphi_train::train::record_ranges(&mut net, &self.data.train, 64)?;
+        let prog = delphi_net::FixedProgram::lower(&net)?;
+        if let Err(why) = delphi_net::range::analyse_network(&net, &prog)?.check() {
+            self.say(&format!(
+                "placement {} left out of the front: {why}",
+                e.placement
+            ));
             return Ok(());
         }
         net.metadata.planner_run = Some(self.c.name());

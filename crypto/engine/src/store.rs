@@ -134,7 +134,14 @@ fn load_or_make_key(path: &Path) -> Result<Zeroizing<[u8; 32]>> {
                 use std::os::unix::fs::OpenOptionsExt;
                 opts.mode(0o600);
             }
-            let mut f = opts.open(path).map_err(|e| io_err(path, e))?;
+            let mut f = match opts.open(path) {
+                Ok(f) => f,
+                // Another process made it first: use theirs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return load_or_make_key(path)
+                }
+                Err(e) => return Err(io_err(path, e)),
+            };
             let text = Zeroizing::new(key.iter().map(|b| format!("{b:02x}")).collect::<String>());
             writeln!(f, "{}", text.as_str()).map_err(|e| io_err(path, e))?;
             f.sync_all().map_err(|e| io_err(path, e))?;

@@ -952,6 +952,13 @@ impl Network {
         if let Some(n) = &self.metadata.input_normalization {
             n.check(self.input.channels).map_err(NetError::Invalid)?;
         }
+        if let Some([lo, hi]) = self.metadata.input_range {
+            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                return Err(NetError::Invalid(format!(
+                    "metadata.input_range [{lo}, {hi}] must be two finite numbers, the lower first"
+                )));
+            }
+        }
         if self.layers.is_empty() {
             return Err(NetError::Invalid("no layers".into()));
         }

@@ -322,3 +322,11 @@ fn devices_and_enormous_shapes_are_refused_before_allocating() {
         "saturates"
     );
 }
+
+#[test]
+fn a_reversed_input_range_is_refused_not_sampled() {
+    let mut net = build("small-cnn", 10, 3).unwrap();
+    net.metadata.input_range = Some([1.0, -1.0]);
+    let e = net.validate().unwrap_err();
+    assert!(e.to_string().contains("input_range"), "{e}");
+}
