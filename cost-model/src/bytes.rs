@@ -97,9 +97,11 @@ pub fn node_traffic(prog: &FixedProgram, i: usize) -> (Traffic, Traffic) {
                 off.rounds = 1.0;
             }
         }
-        FixedOp::Relu { shift } => return relu_traffic(n, *shift),
-        FixedOp::Trunc { .. } => return node_traffic_trunc(n),
+        // A node working on some channels only runs on those elements.
+        FixedOp::Relu { shift } => return relu_traffic(node.active_len(), *shift),
+        FixedOp::Trunc { .. } => return node_traffic_trunc(node.active_len()),
         FixedOp::Quad { .. } => {
+            let n = node.active_len();
             let chunks = n.div_ceil(SLOTS) as u64;
             off.fresh_frames = chunks;
             off.triple_frames = chunks;

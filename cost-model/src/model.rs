@@ -316,9 +316,15 @@ impl CostModel {
                 let macs = (op.output.len() * op.macs_per_output()) as f64;
                 (off, self.linear_online_per_mac_s * macs)
             }
-            FixedOp::Relu { .. } => (self.relu_offline.at(n), self.relu_online.at(n)),
-            FixedOp::Trunc { .. } => (self.trunc_offline.at(n), self.trunc_online.at(n)),
-            FixedOp::Quad { .. } => (self.quad_offline.at(n), self.quad_online.at(n)),
+            FixedOp::Relu { .. } | FixedOp::Trunc { .. } | FixedOp::Quad { .. } => {
+                // A node working on some channels only runs on those elements.
+                let n = node.active_len() as f64;
+                match &node.op {
+                    FixedOp::Relu { .. } => (self.relu_offline.at(n), self.relu_online.at(n)),
+                    FixedOp::Trunc { .. } => (self.trunc_offline.at(n), self.trunc_online.at(n)),
+                    _ => (self.quad_offline.at(n), self.quad_online.at(n)),
+                }
+            }
             FixedOp::MulConst(_) | FixedOp::SumPool { .. } | FixedOp::Add => {
                 (0.0, self.local_per_value_s * n)
             }

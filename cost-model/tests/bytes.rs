@@ -30,7 +30,19 @@ fn byte_predictions_are_exact_on_real_runs() {
         .unwrap()
         .apply(&mut mixed)
         .unwrap();
-    for net in [mixed, build("small-cnn", 10, 42).unwrap()] {
+    // Per-channel: every activation layer mixed (a third of its channels ReLU).
+    let mut channels = build("small-cnn", 10, 43).unwrap();
+    let shapes = channels.validate().unwrap();
+    for i in channels.activation_layers() {
+        let n = shapes[i].channels;
+        channels.layers[i].op = delphi_net::Op::Activation(delphi_net::Activation::Mixed {
+            relu: (0..n).map(|c| c % 3 == 0).collect(),
+            a: vec![0.2; n],
+            b: vec![0.5; n],
+            c: vec![0.1; n],
+        });
+    }
+    for net in [mixed, channels, build("small-cnn", 10, 42).unwrap()] {
         let prog = FixedProgram::lower(&net).unwrap();
         let inputs: Vec<_> = delphi_net::eval::random_inputs(784, 1, 3)
             .iter()

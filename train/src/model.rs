@@ -9,6 +9,15 @@
 //! (a, b, c) whatever its current [`ActMode`], so that the planner can switch
 //! a layer between ReLU, quadratic and the blend (1−t)·quad + t·ReLU between
 //! steps without rebuilding the model or the optimizer state.
+//!
+//! Per-channel placement (the planner's `--granularity channel`) gives an
+//! activation layer per-channel coefficients and a per-channel gate g ∈ [0, 1]
+//! ([`Net::enable_gates`]): y = g·ReLU(x) + (1 − g)·(a·x² + b·x + c) per
+//! channel. While the mask is learned ([`ActMode::Gated`]) g = clamp(m, 0, 1)
+//! is trained with the network — SNL's relaxed mask (Cho et al., ICML 2022)
+//! with AutoReP's per-channel quadratics (Peng et al., ICCV 2023) in place of
+//! SNL's identity; once frozen ([`ActMode::Masked`]) g is the binary mask
+//! m > ½ and the layer exports as a `mixed` activation.
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -32,6 +41,10 @@ pub enum ActMode {
         /// Weight of the ReLU.
         t: f32,
     },
+    /// Per channel g·ReLU + (1 − g)·quad with g = clamp(gate, 0, 1) learned.
+    Gated,
+    /// Per channel ReLU where gate > ½, else the channel's quadratic (frozen).
+    Masked,
 }
 
 /// Errors building or exporting a model.
@@ -109,8 +122,10 @@ pub struct Layer {
     pub dense: Option<Linear>,
     /// Batch-norm parameters and statistics.
     pub bn: Option<BatchNorm>,
-    /// Quadratic coefficients (activation layers).
+    /// Quadratic coefficients (activation layers): one value, or one per channel.
     pub act: Option<QuadCoeffs>,
+    /// Per-channel gates (activation layers planned per channel).
+    pub gate: Option<Param<Tensor<1>>>,
     /// What the layer does.
     #[module(skip)]
     pub kind: Kind,
@@ -162,6 +177,7 @@ impl Net {
                 dense: None,
                 bn: None,
                 act: None,
+                gate: None,
                 kind: Kind::Flatten,
                 input: l.input,
             };
@@ -260,6 +276,26 @@ impl Net {
                             (ActMode::Quad, (*a, *b, *c))
                         }
                         Activation::Quad { .. } => (ActMode::Quad, (0.2, 0.5, 0.2)),
+                        Activation::Mixed { relu, a, b, c } => {
+                            let n = relu.len();
+                            let pick = |v: &[f32], d: f32| {
+                                if load_weights {
+                                    v.to_vec()
+                                } else {
+                                    vec![d; n]
+                                }
+                            };
+                            layer.act = Some(QuadCoeffs {
+                                a: Param::from_tensor(tensor(&pick(a, 0.2), [n], device)),
+                                b: Param::from_tensor(tensor(&pick(b, 0.5), [n], device)),
+                                c: Param::from_tensor(tensor(&pick(c, 0.2), [n], device)),
+                            });
+                            let g: Vec<f32> = relu.iter().map(|&r| gate_value(r)).collect();
+                            layer.gate = Some(Param::from_tensor(tensor(&g, [n], device)));
+                            layer.kind = Kind::Activation(ActMode::Masked);
+                            layers.push(layer);
+                            continue;
+                        }
                     };
                     layer.act = Some(QuadCoeffs {
                         a: scalar(qa, device),
@@ -303,7 +339,9 @@ impl Net {
                     let [n, c, h, w] = src.dims();
                     src.reshape([n, c * h * w, 1, 1])
                 }
-                (Kind::Activation(mode), _, _, _, Some(q)) => activate(*mode, q, src),
+                (Kind::Activation(mode), _, _, _, Some(q)) => {
+                    activate(*mode, q, l.gate.as_ref(), src)
+                }
                 // A layer whose module is missing cannot be built by `from_description`.
                 _ => src,
             };
@@ -352,6 +390,7 @@ impl Net {
     pub fn to_description(&self, template: &Network) -> Result<Network> {
         let mut net = template.clone();
         net.weights_file = None;
+        let mut net_version_2 = false;
         for (i, (l, d)) in self.layers.iter().zip(net.layers.iter_mut()).enumerate() {
             match (&mut d.op, &l.kind) {
                 (
@@ -408,6 +447,35 @@ impl Net {
                 (Op::Activation(a), Kind::Activation(mode)) => {
                     *a = match (mode, &l.act) {
                         (ActMode::Relu, _) => Activation::Relu,
+                        (ActMode::Masked, Some(q)) => {
+                            let relu = l.channel_mask().unwrap_or_default();
+                            let n = relu.len();
+                            let per = |p: &Param<Tensor<1>>| {
+                                let v = values(p.val());
+                                if v.len() == n {
+                                    v
+                                } else {
+                                    vec![v.first().copied().unwrap_or(0.0); n]
+                                }
+                            };
+                            if relu.iter().all(|&r| r) {
+                                Activation::Relu
+                            } else {
+                                net_version_2 = true;
+                                Activation::Mixed {
+                                    a: per(&q.a),
+                                    b: per(&q.b),
+                                    c: per(&q.c),
+                                    relu,
+                                }
+                            }
+                        }
+                        (ActMode::Gated, _) => return Err(ModelError::Unsupported {
+                            layer: i,
+                            reason:
+                                "its channel mask is still being learned; freeze it before export"
+                                    .into(),
+                        }),
                         (ActMode::Quad, Some(q)) => {
                             let v = |p: &Param<Tensor<1>>| {
                                 values(p.val()).first().copied().unwrap_or(0.0)
@@ -426,7 +494,7 @@ impl Net {
                             ),
                             })
                         }
-                        (ActMode::Quad, None) => {
+                        (ActMode::Quad | ActMode::Masked, None) => {
                             return Err(ModelError::Unsupported {
                                 layer: i,
                                 reason: "quadratic without coefficients".into(),
@@ -437,23 +505,129 @@ impl Net {
                 _ => {}
             }
         }
+        if net_version_2 {
+            net.version = delphi_net::desc::VERSION.max(2);
+        }
         net.validate()?;
         Ok(net)
     }
+
+    /// Gives every activation layer per-channel quadratic coefficients
+    /// (from its current ones) and per-channel gates, all ReLU (gate 0.99,
+    /// inside the clamp so that it learns), in `Gated` mode. Layers that
+    /// already have gates keep them.
+    pub fn enable_gates(&mut self, shapes: &[Shape], device: &Device) {
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            if !matches!(l.kind, Kind::Activation(_)) || l.gate.is_some() {
+                continue;
+            }
+            let n = shapes[i].channels;
+            if let Some(q) = &mut l.act {
+                let widen = |p: &Param<Tensor<1>>| {
+                    let v = values(p.val()).first().copied().unwrap_or(0.0);
+                    Param::from_tensor(tensor(&vec![v; n], [n], device))
+                };
+                *q = QuadCoeffs {
+                    a: widen(&q.a),
+                    b: widen(&q.b),
+                    c: widen(&q.c),
+                };
+            }
+            l.gate = Some(Param::from_tensor(tensor(
+                &vec![gate_value(true); n],
+                [n],
+                device,
+            )));
+            l.kind = Kind::Activation(ActMode::Gated);
+        }
+    }
+
+    /// Per activation layer: its gates (clamped to [0, 1]), if it has any.
+    pub fn gates(&self) -> Vec<Option<Vec<f32>>> {
+        self.layers
+            .iter()
+            .filter(|l| matches!(l.kind, Kind::Activation(_)))
+            .map(|l| {
+                l.gate.as_ref().map(|g| {
+                    values(g.val())
+                        .into_iter()
+                        .map(|v| v.clamp(0.0, 1.0))
+                        .collect()
+                })
+            })
+            .collect()
+    }
+
+    /// Sets the gates of every gated activation layer to the binary mask
+    /// `relu` (per activation layer, per channel) — 0.99 for ReLU, 0 for
+    /// quadratic — and the mode to `mode`. Layers without gates are left.
+    pub fn set_masks(&mut self, relu: &[Vec<bool>], mode: ActMode, device: &Device) {
+        let idx = self.activation_layers();
+        for (k, i) in idx.into_iter().enumerate() {
+            let l = &mut self.layers[i];
+            if let (Some(_), Some(mask)) = (&l.gate, relu.get(k)) {
+                let g: Vec<f32> = mask.iter().map(|&r| gate_value(r)).collect();
+                l.gate = Some(Param::from_tensor(tensor(&g, [g.len()], device)));
+                l.kind = Kind::Activation(mode);
+            }
+        }
+    }
 }
 
-fn activate(mode: ActMode, q: &QuadCoeffs, x: Tensor<4>) -> Tensor<4> {
+/// The gate value of a ReLU (`true`) or quadratic channel: inside the clamp
+/// for a ReLU so that learning can lower it, 0 for a quadratic.
+pub fn gate_value(relu: bool) -> f32 {
+    if relu {
+        0.99
+    } else {
+        0.0
+    }
+}
+
+impl Layer {
+    /// The binary channel mask of a gated layer (`true`: ReLU, gate > ½).
+    pub fn channel_mask(&self) -> Option<Vec<bool>> {
+        self.gate
+            .as_ref()
+            .map(|g| values(g.val()).into_iter().map(|v| v > 0.5).collect())
+    }
+}
+
+fn activate(
+    mode: ActMode,
+    q: &QuadCoeffs,
+    gate: Option<&Param<Tensor<1>>>,
+    x: Tensor<4>,
+) -> Tensor<4> {
+    let per_channel = |p: &Param<Tensor<1>>| {
+        let n = p.val().dims()[0];
+        p.val().reshape([1, n, 1, 1])
+    };
     let quad = |x: Tensor<4>| {
-        let a = q.a.val().reshape([1, 1, 1, 1]);
-        let b = q.b.val().reshape([1, 1, 1, 1]);
-        let c = q.c.val().reshape([1, 1, 1, 1]);
+        let a = per_channel(&q.a);
+        let b = per_channel(&q.b);
+        let c = per_channel(&q.c);
         x.clone().powi_scalar(2).mul(a) + x.mul(b) + c
     };
-    match mode {
-        ActMode::Relu => activation::relu(x),
-        ActMode::Quad => quad(x),
-        ActMode::Blend { t } => {
+    match (mode, gate) {
+        (ActMode::Relu, _) => activation::relu(x),
+        (ActMode::Quad, _) => quad(x),
+        (ActMode::Blend { t }, _) => {
             quad(x.clone()).mul_scalar(1.0 - t) + activation::relu(x).mul_scalar(t)
         }
+        (ActMode::Gated, Some(g)) => {
+            let g = per_channel(g).clamp(0.0, 1.0);
+            let r = activation::relu(x.clone());
+            let p = quad(x);
+            p.clone() + (r - p).mul(g)
+        }
+        (ActMode::Masked, Some(g)) => {
+            let g = per_channel(g).detach().greater_elem(0.5).float();
+            let r = activation::relu(x.clone());
+            let p = quad(x);
+            p.clone() + (r - p).mul(g)
+        }
+        // No gates: a gated mode means all ReLU (gates start there).
+        (ActMode::Gated | ActMode::Masked, None) => activation::relu(x),
     }
 }

@@ -12,6 +12,9 @@
 //! * quadratic: a square triple (a, a²) from BFV; the client sends c − a_c
 //!   offline, the server opens e = v − a online, both compute shares of
 //!   a·v² + b·v + c and the client re-masks as for ReLU;
+//! * a node that works on some channels only (a mixed activation's ReLU,
+//!   quadratic and truncations) runs its protocol on those elements; both
+//!   shares of the others are 0;
 //! * truncation: the faithful protocol of [`delphi_crypto::trunc`] (one OT
 //!   per value offline, one field element online), then the client re-masks;
 //!   sums, pools and constant products: local.
@@ -100,6 +103,12 @@ fn packing(prog: &FixedProgram, node: usize) -> Result<Packing> {
             reason: "not a linear node".into(),
         }),
     }
+}
+
+/// The channel of each element a node works on.
+fn active_channels(node: &delphi_net::fixed::Node) -> Vec<usize> {
+    let per = (node.shape.height * node.shape.width).max(1);
+    node.active().into_iter().map(|k| k / per).collect()
 }
 
 /// Applies the local operations (the same on both sides) to node `i`.
@@ -296,24 +305,24 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
             FixedOp::Relu { shift } => {
                 relus[i] = Some(relu_client_offline(
                     ch,
-                    &shares[node.inputs[0]],
+                    &node.gather(&shares[node.inputs[0]]),
                     *shift,
                     rng,
                 )?);
-                random(len, rng)
+                node.scatter(random(node.active_len(), rng), F::ZERO)
             }
             FixedOp::Trunc { shift } => {
                 truncs[i] = Some(trunc::client_offline(
                     ch,
-                    &shares[node.inputs[0]],
+                    &node.gather(&shares[node.inputs[0]]),
                     *shift,
                     rng,
                 )?);
-                random(len, rng)
+                node.scatter(random(node.active_len(), rng), F::ZERO)
             }
             FixedOp::Quad { .. } => {
-                let x = &shares[node.inputs[0]];
-                let a_c = random(len, rng);
+                let x = &node.gather(&shares[node.inputs[0]]);
+                let a_c = random(node.active_len(), rng);
                 let mut sq = Vec::with_capacity(len);
                 for chunk in a_c.chunks(SLOTS) {
                     hc.sent(send_ct(ch, &he.encrypt_slots(chunk)?)?);
@@ -328,7 +337,7 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
                 ch.send_fields(&opened)?;
                 ch.flush()?;
                 quads[i] = Some((a_c, sq));
-                random(len, rng)
+                node.scatter(random(node.active_len(), rng), F::ZERO)
             }
             _ => local_op(prog, i, &shares).ok_or_else(|| EngineError::Unsupported {
                 layer: node.layer.unwrap_or(0),
@@ -370,7 +379,6 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
     let mut quads: Vec<Option<(Vec<F>, Vec<F>)>> = vec![None; n];
     for i in 0..n {
         let node = &prog.nodes[i];
-        let len = node.shape.len();
         match &node.op {
             FixedOp::Linear { weight, .. } => {
                 let p = packing(prog, i)?;
@@ -388,12 +396,13 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
                 sigmas[i] = Some(sigma);
             }
             FixedOp::Relu { shift } => {
-                relus[i] = Some(relu_server_offline(ch, len, *shift, rng)?);
+                relus[i] = Some(relu_server_offline(ch, node.active_len(), *shift, rng)?);
             }
             FixedOp::Trunc { shift } => {
-                truncs[i] = Some(trunc::server_offline(ch, len, *shift, rng)?);
+                truncs[i] = Some(trunc::server_offline(ch, node.active_len(), *shift, rng)?);
             }
             FixedOp::Quad { .. } => {
+                let len = node.active_len();
                 let mut a_s = Vec::with_capacity(len);
                 let mut sq = Vec::with_capacity(len);
                 let mut remaining = len;
@@ -486,8 +495,8 @@ impl ClientBundle {
                     let out = bundle.online(ch)?;
                     let msg: Vec<F> = out
                         .iter()
-                        .zip(&self.shares[i])
-                        .map(|(o, r)| *o - *r)
+                        .zip(node.gather(&self.shares[i]))
+                        .map(|(o, r)| *o - r)
                         .collect();
                     ch.send_fields(&msg)?;
                     ch.flush()?;
@@ -499,8 +508,8 @@ impl ClientBundle {
                     let out = bundle.online(ch)?;
                     let msg: Vec<F> = out
                         .iter()
-                        .zip(&self.shares[i])
-                        .map(|(o, r)| *o - *r)
+                        .zip(node.gather(&self.shares[i]))
+                        .map(|(o, r)| *o - r)
                         .collect();
                     ch.send_fields(&msg)?;
                     ch.flush()?;
@@ -509,14 +518,16 @@ impl ClientBundle {
                     let (a_c, sq_c) = self.quads[i]
                         .take()
                         .ok_or(delphi_crypto::Error::BundleConsumed)?;
-                    let mut e = vec![F::ZERO; node.shape.len()];
+                    let mut e = vec![F::ZERO; node.active_len()];
                     ch.recv_fields(&mut e)?;
-                    let (a, b) = (F::from_i64(*a), F::from_i64(*b));
-                    let x = &self.shares[node.inputs[0]];
+                    let x = node.gather(&self.shares[node.inputs[0]]);
+                    let mine = node.gather(&self.shares[i]);
+                    let chans = active_channels(node);
                     let msg: Vec<F> = (0..e.len())
                         .map(|k| {
+                            let (a, b) = (F::from_i64(a[chans[k]]), F::from_i64(b[chans[k]]));
                             let sq = e[k] * a_c[k] + e[k] * a_c[k] + sq_c[k];
-                            a * sq + b * x[k] - self.shares[i][k]
+                            a * sq + b * x[k] - mine[k]
                         })
                         .collect();
                     ch.send_fields(&msg)?;
@@ -569,38 +580,48 @@ impl ServerBundle {
                     let bundle = self.relus[i]
                         .take()
                         .ok_or(delphi_crypto::Error::BundleConsumed)?;
-                    let rho = bundle.online(ch, &vals[node.inputs[0]])?;
-                    let mut msg = vec![F::ZERO; len];
+                    let rho = bundle.online(ch, &node.gather(&vals[node.inputs[0]]))?;
+                    let mut msg = vec![F::ZERO; node.active_len()];
                     ch.recv_fields(&mut msg)?;
-                    msg.into_iter().zip(rho).map(|(m, r)| m + r).collect()
+                    node.scatter(
+                        msg.into_iter().zip(rho).map(|(m, r)| m + r).collect(),
+                        F::ZERO,
+                    )
                 }
                 FixedOp::Trunc { .. } => {
                     let bundle = self.truncs[i]
                         .take()
                         .ok_or(delphi_crypto::Error::BundleConsumed)?;
-                    let t = bundle.online(ch, &vals[node.inputs[0]])?;
-                    let mut msg = vec![F::ZERO; len];
+                    let t = bundle.online(ch, &node.gather(&vals[node.inputs[0]]))?;
+                    let mut msg = vec![F::ZERO; node.active_len()];
                     ch.recv_fields(&mut msg)?;
-                    msg.into_iter().zip(t).map(|(m, t)| m + t).collect()
+                    node.scatter(
+                        msg.into_iter().zip(t).map(|(m, t)| m + t).collect(),
+                        F::ZERO,
+                    )
                 }
                 FixedOp::Quad { a, b, c } => {
                     let (pre, pairs) = self.quads[i]
                         .take()
                         .ok_or(delphi_crypto::Error::BundleConsumed)?;
-                    let x = &vals[node.inputs[0]];
-                    let e: Vec<F> = pre.iter().zip(x).map(|(p, x)| *p + *x).collect();
+                    let x = node.gather(&vals[node.inputs[0]]);
+                    let e: Vec<F> = pre.iter().zip(&x).map(|(p, x)| *p + *x).collect();
                     ch.send_fields(&e)?;
                     ch.flush()?;
-                    let mut msg = vec![F::ZERO; len];
+                    let mut msg = vec![F::ZERO; e.len()];
                     ch.recv_fields(&mut msg)?;
-                    let (a, b, c) = (F::from_i64(*a), F::from_i64(*b), F::from_i64(*c));
-                    (0..len)
+                    let chans = active_channels(node);
+                    let out = (0..e.len())
                         .map(|k| {
+                            let j = chans[k];
+                            let (a, b, c) =
+                                (F::from_i64(a[j]), F::from_i64(b[j]), F::from_i64(c[j]));
                             let (a_s, sq_s) = (pairs[2 * k], pairs[2 * k + 1]);
                             let sq = e[k] * e[k] + e[k] * a_s + e[k] * a_s + sq_s;
                             a * sq + b * x[k] + c + msg[k]
                         })
-                        .collect()
+                        .collect();
+                    node.scatter(out, F::ZERO)
                 }
                 _ => local_op(prog, i, &vals).ok_or_else(|| EngineError::Unsupported {
                     layer: node.layer.unwrap_or(0),
@@ -620,12 +641,17 @@ impl ServerBundle {
 pub fn program_digest(prog: &FixedProgram) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    h.update(b"delphi program v1");
+    h.update(b"delphi program v2");
     for n in &prog.nodes {
         h.update(n.op.kind().as_bytes());
         let params: [i64; 3] = match &n.op {
             FixedOp::Relu { shift } | FixedOp::Trunc { shift } => [*shift as i64, 0, 0],
-            FixedOp::Quad { a, b, c } => [*a, *b, *c],
+            FixedOp::Quad { a, b, c } => {
+                for v in a.iter().chain(b).chain(c) {
+                    h.update(v.to_le_bytes());
+                }
+                [a.len() as i64, 0, 0]
+            }
             FixedOp::MulConst(m) => [*m, 0, 0],
             FixedOp::SumPool { kernel, stride } => [*kernel as i64, *stride as i64, 0],
             FixedOp::Linear { op, .. } => [op.kernel as i64, op.stride as i64, op.pad as i64],
@@ -639,6 +665,10 @@ pub fn program_digest(prog: &FixedProgram) -> [u8; 32] {
         }
         for &i in &n.inputs {
             h.update((i as u64).to_le_bytes());
+        }
+        if let Some(ch) = &n.channels {
+            h.update(b"channels");
+            h.update(ch.iter().map(|&on| on as u8).collect::<Vec<u8>>());
         }
         h.update(b";");
     }
@@ -766,6 +796,7 @@ impl ClientBundle {
                 b.truncs[i] = Some(ClientTruncBundle::load(&mut d)?);
             }
             if flags & HAS_QUAD != 0 {
+                let len = node.active_len();
                 b.quads[i] = Some((
                     d.fields(len, "stored triples")?,
                     d.fields(len, "stored triples")?,
@@ -829,6 +860,7 @@ impl ServerBundle {
                 b.truncs[i] = Some(ServerTruncBundle::load(&mut d)?);
             }
             if flags & HAS_QUAD != 0 {
+                let len = node.active_len();
                 b.quads[i] = Some((
                     d.fields(len, "stored triples")?,
                     d.fields(2 * len, "stored triples")?,

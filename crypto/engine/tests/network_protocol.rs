@@ -144,3 +144,101 @@ fn mixed_placements_match_the_reference_up_to_truncation() {
         }
     }
 }
+
+/// A mixed activation: ReLU on the channels where `relu` is true, a
+/// different quadratic on each of the others.
+fn mixed(relu: &[bool], seed: u64) -> Op {
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+    let n = relu.len();
+    let mut v = |lo: f32, hi: f32| (0..n).map(|_| rng.gen_range(lo..hi)).collect::<Vec<f32>>();
+    Op::Activation(Activation::Mixed {
+        relu: relu.to_vec(),
+        a: v(0.1, 0.3),
+        b: v(0.3, 0.7),
+        c: v(-0.2, 0.2),
+    })
+}
+
+/// Mixed layers after a conv, after a pool (a pending divisor), inside a
+/// residual block, after its addition and on a flat vector; `masks` gives
+/// the five layers' masks.
+fn mixed_net(masks: [&[bool]; 5], seed: u64) -> Network {
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+    let mut w = |n: usize, s: f32| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-s..s)).collect() };
+    let conv = |w: &mut dyn FnMut(usize, f32) -> Vec<f32>, cin: usize, cout: usize| Op::Conv2d {
+        out_channels: cout,
+        kernel: 3,
+        stride: 1,
+        padding: Padding::Same,
+        bias: true,
+        weight: w(cout * cin * 9, 0.4),
+        bias_values: w(cout, 0.1),
+    };
+    let mut net = Network::new("mixed", Shape::new(2, 6, 6), 8);
+    net.push(conv(&mut w, 2, 4));
+    net.push(mixed(masks[0], seed + 1));
+    net.push(Op::AvgPool {
+        kernel: 2,
+        stride: 2,
+    });
+    let a = net.push(mixed(masks[1], seed + 2));
+    net.push(conv(&mut w, 4, 4));
+    net.push(mixed(masks[2], seed + 3));
+    let main = net.push(conv(&mut w, 4, 4));
+    net.push_from(a, Op::Residual { from: main });
+    net.push(mixed(masks[4], seed + 5));
+    net.push(Op::Flatten);
+    net.push(Op::Dense {
+        out_features: 4,
+        bias: true,
+        weight: w(4 * 36, 0.3),
+        bias_values: w(4, 0.1),
+    });
+    net.push(mixed(masks[3], seed + 4));
+    net.push(Op::Dense {
+        out_features: 3,
+        bias: true,
+        weight: w(3 * 4, 0.5),
+        bias_values: w(3, 0.1),
+    });
+    net.validate().unwrap();
+    net
+}
+
+#[test]
+fn mixed_channel_layers_equal_the_reference() {
+    let relu: &[bool] = &[true; 4];
+    let quad: &[bool] = &[false; 4];
+    let one_each: &[bool] = &[true, false, false, true];
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
+    let mut random = || -> Vec<bool> { (0..4).map(|_| rng.gen_bool(0.5)).collect() };
+    let (r1, r2, r3, r4, r5) = (random(), random(), random(), random(), random());
+    // All-ReLU channels everywhere: no truncation, bit-exact.
+    let prog = FixedProgram::lower(&mixed_net([relu; 5], 20)).unwrap();
+    let inputs = random_inputs(&prog, 2, 21);
+    for (x, got) in inputs.iter().zip(run(&prog, &inputs)) {
+        assert_eq!(got, prog.eval(x).unwrap());
+    }
+    // All-quadratic, one of each, random masks: faithful truncation, within
+    // a unit here and there.
+    for (k, masks) in [
+        [quad; 5],
+        [one_each, quad, one_each, one_each, one_each],
+        [&r1[..], &r2[..], &r3[..], &r4[..], &r5[..]],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let net = mixed_net(masks, 30 + k as u64);
+        let prog = FixedProgram::lower(&net).unwrap();
+        let inputs = random_inputs(&prog, 2, 31 + k as u64);
+        for (x, got) in inputs.iter().zip(run(&prog, &inputs)) {
+            let want = prog.decode_output(&prog.eval(x).unwrap());
+            let got = prog.decode_output(&got);
+            let range = want.iter().fold(1f64, |m, v| m.max(v.abs()));
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() <= 0.02 * range, "masks {k}: {g} vs {w}");
+            }
+        }
+    }
+}

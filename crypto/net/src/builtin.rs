@@ -260,7 +260,7 @@ pub fn quad_last_with(net: &mut Network, count: usize, quad: Activation) -> Resu
         )));
     }
     for &i in &acts[acts.len() - count..] {
-        net.layers[i].op = Op::Activation(quad);
+        net.layers[i].op = Op::Activation(quad.clone());
     }
     Ok(())
 }

@@ -1,11 +1,11 @@
-//! The network description format (version 1).
+//! The network description format (version 2; version 1 files load unchanged).
 //!
 //! A description is JSON:
 //!
 //! ```json
 //! {
 //!   "format": "delphi-network",
-//!   "version": 1,
+//!   "version": 2,
 //!   "name": "small-cnn",
 //!   "input": { "channels": 1, "height": 28, "width": 28 },
 //!   "fixed_point": { "frac_bits": 8, "weight_frac_bits": 12 },
@@ -15,6 +15,8 @@
 //!     { "type": "batch_norm", "eps": 1e-5, "gamma": [..], "beta": [..], "mean": [..], "var": [..] },
 //!     { "type": "activation", "kind": "relu" },
 //!     { "type": "activation", "kind": "quad", "a": 0.2, "b": 0.5, "c": 0.2 },
+//!     { "type": "activation", "kind": "mixed", "relu": [true, false, ...],
+//!       "a": [...], "b": [...], "c": [...] },
 //!     { "type": "avg_pool", "kernel": 2, "stride": 2 },
 //!     { "type": "conv2d", "input": 2, ... },
 //!     { "type": "residual", "from": 4 },
@@ -36,6 +38,12 @@
 //! inline arrays are empty. Batch norm folds into the conv or dense layer it
 //! follows. Quadratic coefficients are part of the architecture and are
 //! known to the client.
+//!
+//! A `mixed` activation (version 2) chooses per channel: `relu[ch]` keeps
+//! ReLU on channel `ch`, otherwise the channel computes its own quadratic
+//! `a[ch]·x² + b[ch]·x + c[ch]` (the coefficients of ReLU channels are
+//! unused). Each list has one entry per channel of the layer's input (a
+//! flat vector's channels are its elements). Version 1 has no `mixed`.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -47,8 +55,10 @@ use crate::error::{layer_err, NetError, Result};
 
 /// The `format` field's value.
 pub const FORMAT: &str = "delphi-network";
-/// The format version this build reads and writes.
-pub const VERSION: u32 = 1;
+/// The format version this build writes.
+pub const VERSION: u32 = 2;
+/// The format versions this build reads (1 has no mixed activations).
+pub const VERSIONS: [u32; 2] = [1, 2];
 /// The largest description file read (inline weights included): 1 GiB.
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
 /// The most elements one tensor (a layer's input or output) may hold: 2^24.
@@ -163,7 +173,7 @@ impl<'de> Deserialize<'de> for Padding {
 }
 
 /// An activation function.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Activation {
     /// max(x, 0), run as a garbled circuit.
@@ -176,6 +186,18 @@ pub enum Activation {
         b: f32,
         /// Constant.
         c: f32,
+    },
+    /// Per channel: ReLU where `relu` is true, else that channel's
+    /// quadratic `a·x² + b·x + c` (format version 2).
+    Mixed {
+        /// Per channel: keeps ReLU.
+        relu: Vec<bool>,
+        /// Per channel: coefficient of x².
+        a: Vec<f32>,
+        /// Per channel: coefficient of x.
+        b: Vec<f32>,
+        /// Per channel: constant.
+        c: Vec<f32>,
     },
 }
 
@@ -190,6 +212,35 @@ impl Activation {
     /// Whether this is a ReLU.
     pub fn is_relu(&self) -> bool {
         matches!(self, Activation::Relu)
+    }
+
+    /// Per channel of a `channels`-channel input: `None` for a ReLU
+    /// channel, else its quadratic's (a, b, c).
+    pub fn per_channel(&self, channels: usize) -> Vec<Option<(f32, f32, f32)>> {
+        match self {
+            Activation::Relu => vec![None; channels],
+            Activation::Quad { a, b, c } => vec![Some((*a, *b, *c)); channels],
+            Activation::Mixed { relu, a, b, c } => (0..channels)
+                .map(|k| {
+                    (!relu.get(k).copied().unwrap_or(true)).then(|| {
+                        (
+                            a.get(k).copied().unwrap_or(0.0),
+                            b.get(k).copied().unwrap_or(0.0),
+                            c.get(k).copied().unwrap_or(0.0),
+                        )
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// The ReLU channels out of `channels` (all for a ReLU, none for a quadratic).
+    pub fn relu_channels(&self, channels: usize) -> usize {
+        match self {
+            Activation::Relu => channels,
+            Activation::Quad { .. } => 0,
+            Activation::Mixed { relu, .. } => relu.iter().filter(|&&r| r).count(),
+        }
     }
 }
 
@@ -276,6 +327,7 @@ impl Op {
             Op::Flatten => "flatten",
             Op::Activation(Activation::Relu) => "relu",
             Op::Activation(Activation::Quad { .. }) => "quad",
+            Op::Activation(Activation::Mixed { .. }) => "mixed",
         }
     }
 
@@ -606,8 +658,10 @@ impl Network {
         for l in &mut n.layers {
             // The client computes its share of a·x² + b·x; the constant c
             // is the server's alone, so the client does not receive it.
-            if let Op::Activation(Activation::Quad { c, .. }) = &mut l.op {
-                *c = 0.0;
+            match &mut l.op {
+                Op::Activation(Activation::Quad { c, .. }) => *c = 0.0,
+                Op::Activation(Activation::Mixed { c, .. }) => c.iter_mut().for_each(|v| *v = 0.0),
+                _ => {}
             }
             for (name, t) in l.op.tensors_mut() {
                 let neutral = if name == "gamma" || name == "var" {
@@ -750,7 +804,7 @@ impl Network {
             )));
         }
         match header.version {
-            Some(VERSION) => {}
+            Some(v) if VERSIONS.contains(&v) => {}
             Some(found) => {
                 return Err(NetError::Version {
                     found,
@@ -924,7 +978,7 @@ impl Network {
                 "\"format\" must be \"{FORMAT}\""
             )));
         }
-        if self.version != VERSION {
+        if !VERSIONS.contains(&self.version) {
             return Err(NetError::Version {
                 found: self.version,
                 supported: VERSION,
@@ -1133,6 +1187,30 @@ impl Network {
                     x
                 }
                 Op::Activation(Activation::Relu) => x,
+                Op::Activation(Activation::Mixed { relu, a, b, c }) => {
+                    if self.version < 2 {
+                        return Err(err(
+                            "a mixed activation needs format version 2 (this file says 1)".into(),
+                        ));
+                    }
+                    for (name, len) in [
+                        ("relu", relu.len()),
+                        ("a", a.len()),
+                        ("b", b.len()),
+                        ("c", c.len()),
+                    ] {
+                        if len != x.channels {
+                            return Err(err(format!(
+                                "\"{name}\" has {len} entries but the input {x} has {} channels",
+                                x.channels
+                            )));
+                        }
+                    }
+                    if ![a, b, c].iter().all(|v| v.iter().all(|v| v.is_finite())) {
+                        return Err(err("quadratic coefficients must be finite".into()));
+                    }
+                    x
+                }
             };
             for v in layer_values(&layer.op) {
                 if !v.is_finite() {
@@ -1316,7 +1394,7 @@ mod keys {
             "avg_pool" => &["kernel", "stride"],
             "batch_norm" => &["eps", "gamma", "beta", "mean", "var"],
             "residual" => &["from"],
-            "activation" => &["kind", "a", "b", "c"],
+            "activation" => &["kind", "a", "b", "c", "relu"],
             _ => &[],
         }
     }

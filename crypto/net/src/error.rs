@@ -17,11 +17,13 @@ pub enum NetError {
         reason: String,
     },
     /// The file names a format version this build does not know.
-    #[error("unsupported description version {found} (this build reads version {supported})")]
+    #[error(
+        "unsupported description version {found} (this build reads versions 1 to {supported})"
+    )]
     Version {
         /// The version in the file.
         found: u32,
-        /// The version this build reads.
+        /// The newest version this build reads.
         supported: u32,
     },
     /// The description as a whole is wrong.

@@ -163,6 +163,17 @@ fn eval_layer(
         Op::Activation(Activation::Quad { a, b, c }) => {
             x.iter().map(|v| a * v * v + b * v + c).collect()
         }
+        Op::Activation(act @ Activation::Mixed { .. }) => {
+            let per_channel = act.per_channel(xs.channels);
+            let per = (xs.height * xs.width).max(1);
+            x.iter()
+                .enumerate()
+                .map(|(k, &v)| match per_channel[k / per] {
+                    None => v.max(0.0),
+                    Some((a, b, c)) => a * v * v + b * v + c,
+                })
+                .collect()
+        }
     }
 }
 

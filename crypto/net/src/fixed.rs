@@ -26,6 +26,14 @@
 //!   all-ReLU networks (which have none) match it exactly. Values entering a
 //!   `Trunc` must stay below 2^38 in magnitude (2^10 in real terms at
 //!   2f + f_w = 28 bits);
+//! * a mixed activation (ReLU on some channels, quadratics on the others)
+//!   lowers to both paths on the same input, each node working on its own
+//!   channels only ([`Node::channels`]; the others are 0, at no cost): a
+//!   `Relu` on the ReLU channels; on the quadratic channels a `Trunc` to f
+//!   bits (after a `MulConst` by 2^f_w/d where a divisor d is pending), the
+//!   `Quad` with its coefficients multiplied by d (so its result keeps the
+//!   ReLU channels' divisor, exactly) and the `Trunc` back to f bits; then
+//!   an `Add` joins the two;
 //! * residual additions align the two operands (multiplying the one with
 //!   fewer fractional bits by a power of two, normalising pending divisors)
 //!   and add.
@@ -33,7 +41,7 @@
 use delphi_crypto::field::{F, HALF, P};
 use delphi_crypto::relu::relu_trunc_reference;
 
-use crate::desc::{Activation, Network, Op, Shape};
+use crate::desc::{Network, Op, Shape};
 use crate::error::{layer_err, NetError, Result};
 use crate::linear::{sum_pool, LinearOp};
 
@@ -56,14 +64,14 @@ pub enum FixedOp {
         /// Bits dropped.
         shift: u32,
     },
-    /// a·x² + b·x + c, exactly (x at f bits, the result at 2f + f_w).
+    /// a·x² + b·x + c per channel, exactly (x at f bits, the result at 2f + f_w).
     Quad {
-        /// Coefficient of x², f_w fractional bits.
-        a: i64,
-        /// Coefficient of x, f + f_w fractional bits.
-        b: i64,
-        /// Constant, 2f + f_w fractional bits.
-        c: i64,
+        /// Per channel: coefficient of x², f_w fractional bits.
+        a: Vec<i64>,
+        /// Per channel: coefficient of x, f + f_w fractional bits.
+        b: Vec<i64>,
+        /// Per channel: constant, 2f + f_w fractional bits.
+        c: Vec<i64>,
     },
     /// Division by 2^shift rounded to nearest (within one unit in the protocol).
     Trunc {
@@ -114,6 +122,77 @@ pub struct Node {
     /// The output's fractional bits and its pending divisor: the real
     /// value is signed(v) / (2^bits · divisor).
     pub scale: (u32, u64),
+    /// For `Relu`, `Quad` and `Trunc`: the channels it works on (`true`);
+    /// its output is 0 on the others, which cost nothing. `None`: all.
+    pub channels: Option<Vec<bool>>,
+}
+
+impl Node {
+    /// The elements the node works on, in order (all when `channels` is None).
+    pub fn active(&self) -> Vec<usize> {
+        let per = self.shape.height * self.shape.width;
+        match &self.channels {
+            None => (0..self.shape.len()).collect(),
+            Some(ch) => ch
+                .iter()
+                .enumerate()
+                .filter(|(_, &on)| on)
+                .flat_map(|(c, _)| c * per..(c + 1) * per)
+                .collect(),
+        }
+    }
+
+    /// How many elements the node works on.
+    pub fn active_len(&self) -> usize {
+        match &self.channels {
+            None => self.shape.len(),
+            Some(ch) => ch.iter().filter(|&&on| on).count() * self.shape.height * self.shape.width,
+        }
+    }
+
+    /// Applies `f(channel, value)` to the elements the node works on; the
+    /// others become `zero`.
+    pub fn map_active<T: Copy>(
+        &self,
+        x: &[T],
+        zero: T,
+        mut f: impl FnMut(usize, T) -> T,
+    ) -> Vec<T> {
+        let per = (self.shape.height * self.shape.width).max(1);
+        x.iter()
+            .enumerate()
+            .map(|(k, &v)| {
+                let c = k / per;
+                match &self.channels {
+                    Some(ch) if !ch.get(c).copied().unwrap_or(false) => zero,
+                    _ => f(c, v),
+                }
+            })
+            .collect()
+    }
+
+    /// Gathers the elements the node works on from a full-length vector.
+    pub fn gather<T: Copy>(&self, x: &[T]) -> Vec<T> {
+        match &self.channels {
+            None => x.to_vec(),
+            Some(_) => self.active().into_iter().map(|k| x[k]).collect(),
+        }
+    }
+
+    /// Spreads values of the active elements into a full-length vector
+    /// (`zero` elsewhere).
+    pub fn scatter<T: Copy>(&self, v: Vec<T>, zero: T) -> Vec<T> {
+        match &self.channels {
+            None => v,
+            Some(_) => {
+                let mut out = vec![zero; self.shape.len()];
+                for (k, x) in self.active().into_iter().zip(v) {
+                    out[k] = x;
+                }
+                out
+            }
+        }
+    }
 }
 
 /// The fixed-point program of a network.
@@ -169,8 +248,23 @@ impl Lowering {
             shape,
             layer: Some(layer),
             scale: (0, 0),
+            channels: None,
         });
         self.nodes.len() - 1
+    }
+
+    /// Pushes a node that works on `channels` only.
+    fn push_on(
+        &mut self,
+        op: FixedOp,
+        input: usize,
+        shape: Shape,
+        layer: usize,
+        channels: &[bool],
+    ) -> usize {
+        let n = self.push(op, vec![input], shape, layer);
+        self.nodes[n].channels = Some(channels.to_vec());
+        n
     }
 
     /// Brings a tensor to f bits with no pending divisor.
@@ -223,6 +317,7 @@ impl FixedProgram {
                 shape: net.input,
                 layer: None,
                 scale: (f, 1),
+                channels: None,
             }],
         };
         let input = Tensor {
@@ -308,34 +403,85 @@ impl FixedProgram {
                     shape: shapes[i],
                     ..t
                 },
-                Op::Activation(Activation::Relu) => {
-                    let shift = t.bits - f;
-                    let node = lw.push(FixedOp::Relu { shift }, vec![t.node], t.shape, i);
-                    Tensor {
-                        node,
-                        bits: f,
-                        div: t.div,
-                        shape: t.shape,
-                    }
-                }
-                Op::Activation(Activation::Quad { a, b, c }) => {
-                    let t = lw.normalize(t, i);
-                    let op = FixedOp::Quad {
-                        a: round_fixed(*a as f64, fw, i, kind)?,
-                        b: round_fixed(*b as f64, f + fw, i, kind)?,
-                        c: round_fixed(*c as f64, 2 * f + fw, i, kind)?,
+                Op::Activation(act) => {
+                    let per = act.per_channel(t.shape.channels);
+                    let relu: Vec<bool> = per.iter().map(Option::is_none).collect();
+                    let coeffs = |d: u64| -> Result<FixedOp> {
+                        let (mut a, mut b, mut c) = (vec![], vec![], vec![]);
+                        for q in &per {
+                            let (qa, qb, qc) = q.unwrap_or((0.0, 0.0, 0.0));
+                            let d = d as i64;
+                            a.push(round_fixed(qa as f64, fw, i, kind)? * d);
+                            b.push(round_fixed(qb as f64, f + fw, i, kind)? * d);
+                            c.push(round_fixed(qc as f64, 2 * f + fw, i, kind)? * d);
+                        }
+                        Ok(FixedOp::Quad { a, b, c })
                     };
-                    let node = lw.push(op, vec![t.node], t.shape, i);
-                    lw.nodes[node].scale = (2 * f + fw, 1);
-                    lw.rescale(
+                    if relu.iter().all(|&r| r) {
+                        let shift = t.bits - f;
+                        let node = lw.push(FixedOp::Relu { shift }, vec![t.node], t.shape, i);
                         Tensor {
                             node,
-                            bits: 2 * f + fw,
-                            div: 1,
+                            bits: f,
+                            div: t.div,
                             shape: t.shape,
-                        },
-                        i,
-                    )
+                        }
+                    } else if relu.iter().all(|&r| !r) {
+                        let t = lw.normalize(t, i);
+                        let node = lw.push(coeffs(1)?, vec![t.node], t.shape, i);
+                        lw.nodes[node].scale = (2 * f + fw, 1);
+                        lw.rescale(
+                            Tensor {
+                                node,
+                                bits: 2 * f + fw,
+                                div: 1,
+                                shape: t.shape,
+                            },
+                            i,
+                        )
+                    } else {
+                        let quad: Vec<bool> = relu.iter().map(|r| !r).collect();
+                        let r = lw.push_on(
+                            FixedOp::Relu { shift: t.bits - f },
+                            t.node,
+                            t.shape,
+                            i,
+                            &relu,
+                        );
+                        lw.nodes[r].scale = (f, t.div);
+                        // The quadratic channels: to f bits with no divisor
+                        // (the product by 2^f_w/d is local and harmless on
+                        // the ReLU channels, which the truncation drops).
+                        let mut q = t;
+                        if q.div > 1 {
+                            let m = ((1u64 << fw) as f64 / q.div as f64).round() as i64;
+                            q.node = lw.push(FixedOp::MulConst(m), vec![q.node], q.shape, i);
+                            q.bits += fw;
+                            lw.nodes[q.node].scale = (q.bits, 1);
+                        }
+                        if q.bits > f {
+                            q.node = lw.push_on(
+                                FixedOp::Trunc { shift: q.bits - f },
+                                q.node,
+                                q.shape,
+                                i,
+                                &quad,
+                            );
+                            lw.nodes[q.node].scale = (f, 1);
+                        }
+                        let sq = lw.push_on(coeffs(t.div)?, q.node, q.shape, i, &quad);
+                        lw.nodes[sq].scale = (2 * f + fw, t.div);
+                        let back =
+                            lw.push_on(FixedOp::Trunc { shift: f + fw }, sq, q.shape, i, &quad);
+                        lw.nodes[back].scale = (f, t.div);
+                        let node = lw.push(FixedOp::Add, vec![r, back], t.shape, i);
+                        Tensor {
+                            node,
+                            bits: f,
+                            div: t.div,
+                            shape: t.shape,
+                        }
+                    }
                 }
             };
             lw.nodes[res.node].scale = (res.bits, res.div);
@@ -389,8 +535,8 @@ impl FixedProgram {
         let mut quads = 0;
         for n in &self.nodes {
             match n.op {
-                FixedOp::Relu { .. } => relus += n.shape.len(),
-                FixedOp::Quad { .. } => quads += n.shape.len(),
+                FixedOp::Relu { .. } => relus += n.active_len(),
+                FixedOp::Quad { .. } => quads += n.active_len(),
                 _ => {}
             }
         }
@@ -424,13 +570,13 @@ impl FixedProgram {
                 FixedOp::Input => input.to_vec(),
                 FixedOp::Linear { op, weight, bias } => linear_field(op, x, weight, bias),
                 FixedOp::Relu { shift } => {
-                    x.iter().map(|&v| relu_trunc_reference(v, *shift)).collect()
+                    node.map_active(x, F::ZERO, |_, v| relu_trunc_reference(v, *shift))
                 }
-                FixedOp::Quad { a, b, c } => {
-                    let (a, b, c) = (F::from_i64(*a), F::from_i64(*b), F::from_i64(*c));
-                    x.iter().map(|&v| a * v * v + b * v + c).collect()
-                }
-                FixedOp::Trunc { shift } => x.iter().map(|&v| truncate(v, *shift)).collect(),
+                FixedOp::Quad { a, b, c } => node.map_active(x, F::ZERO, |ch, v| {
+                    let (a, b, c) = (F::from_i64(a[ch]), F::from_i64(b[ch]), F::from_i64(c[ch]));
+                    a * v * v + b * v + c
+                }),
+                FixedOp::Trunc { shift } => node.map_active(x, F::ZERO, |_, v| truncate(v, *shift)),
                 FixedOp::MulConst(m) => {
                     let m = F::from_i64(*m);
                     x.iter().map(|&v| v * m).collect()

@@ -35,12 +35,16 @@ impl Placement {
         Placement(vec![true; layers])
     }
 
-    /// The placement a network has now (any quadratic counts as `Q`).
+    /// The placement a network has now (any quadratic counts as `Q`, and
+    /// so does a mixed layer with at least one quadratic channel).
     pub fn of(net: &Network) -> Self {
         Placement(
             net.activation_layers()
                 .iter()
-                .map(|&i| !matches!(net.layers[i].op, Op::Activation(Activation::Relu)))
+                .map(|&i| match &net.layers[i].op {
+                    Op::Activation(Activation::Mixed { relu, .. }) => relu.iter().any(|r| !r),
+                    op => !matches!(op, Op::Activation(Activation::Relu)),
+                })
                 .collect(),
         )
     }
@@ -83,8 +87,8 @@ impl Placement {
     }
 
     /// Sets every activation layer of `net`: quadratic layers that are
-    /// already quadratic keep their coefficients, new ones get
-    /// [`Activation::DEFAULT_QUAD`]. The length must match.
+    /// already quadratic (or mixed, see [`Placement::of`]) stay as they
+    /// are, new ones get [`Activation::DEFAULT_QUAD`]. The length must match.
     pub fn apply(&self, net: &mut Network) -> Result<()> {
         let acts = net.activation_layers();
         if acts.len() != self.0.len() {
@@ -97,7 +101,12 @@ impl Placement {
         for (&i, &quad) in acts.iter().zip(&self.0) {
             let op = &mut net.layers[i].op;
             *op = match (quad, &*op) {
-                (true, Op::Activation(q @ Activation::Quad { .. })) => Op::Activation(*q),
+                (true, Op::Activation(q @ Activation::Quad { .. })) => Op::Activation(q.clone()),
+                (true, Op::Activation(m @ Activation::Mixed { relu, .. }))
+                    if relu.iter().any(|r| !r) =>
+                {
+                    Op::Activation(m.clone())
+                }
                 (true, _) => Op::Activation(Activation::DEFAULT_QUAD),
                 (false, _) => Op::Activation(Activation::Relu),
             };

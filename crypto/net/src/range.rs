@@ -172,11 +172,13 @@ pub fn proven_bounds(prog: &FixedProgram, input_bound: f64) -> Vec<f64> {
                     .fold(0.0, f64::max)
             }
             FixedOp::Relu { shift } => (x / (1u64 << shift) as f64).floor(),
-            FixedOp::Quad { a, b, c } => {
-                a.unsigned_abs() as f64 * x * x
-                    + b.unsigned_abs() as f64 * x
-                    + c.unsigned_abs() as f64
-            }
+            FixedOp::Quad { a, b, c } => (0..a.len())
+                .map(|k| {
+                    a[k].unsigned_abs() as f64 * x * x
+                        + b[k].unsigned_abs() as f64 * x
+                        + c[k].unsigned_abs() as f64
+                })
+                .fold(0.0, f64::max),
             FixedOp::Trunc { shift } => (x / (1u64 << shift) as f64).ceil() + 1.0,
             FixedOp::MulConst(m) => x * m.unsigned_abs() as f64,
             FixedOp::SumPool { kernel, .. } => x * (kernel * kernel) as f64,
@@ -212,15 +214,14 @@ pub fn eval_ideal(prog: &FixedProgram, input: &[f32]) -> Result<Vec<Vec<f64>>> {
             ),
             FixedOp::Relu { shift } => {
                 let d = (1u64 << shift) as f64;
-                x.iter().map(|&v| (v.max(0.0) / d).floor()).collect()
+                node.map_active(x, 0.0, |_, v| (v.max(0.0) / d).floor())
             }
-            FixedOp::Quad { a, b, c } => {
-                let (a, b, c) = (*a as f64, *b as f64, *c as f64);
-                x.iter().map(|&v| a * v * v + b * v + c).collect()
-            }
+            FixedOp::Quad { a, b, c } => node.map_active(x, 0.0, |k, v| {
+                a[k] as f64 * v * v + b[k] as f64 * v + c[k] as f64
+            }),
             FixedOp::Trunc { shift } => {
                 let d = (1u64 << shift) as f64;
-                x.iter().map(|&v| (v / d + 0.5).floor()).collect()
+                node.map_active(x, 0.0, |_, v| (v / d + 0.5).floor())
             }
             FixedOp::MulConst(m) => x.iter().map(|&v| v * *m as f64).collect(),
             FixedOp::SumPool { kernel, stride } => {

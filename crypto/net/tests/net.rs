@@ -135,15 +135,15 @@ fn unrunnable_descriptions_are_rejected_with_the_layer_named() {
     );
 
     let dir = tmp("version");
-    let p = dir.join("v2.json");
+    let p = dir.join("v3.json");
     let mut j = serde_json::to_value(build("small-cnn", 10, 1).unwrap()).unwrap();
-    j["version"] = 2.into();
+    j["version"] = 3.into();
     std::fs::write(&p, j.to_string()).unwrap();
     assert!(matches!(
         Network::load(&p),
         Err(NetError::Version {
-            found: 2,
-            supported: 1
+            found: 3,
+            supported: 2
         })
     ));
     std::fs::write(&p, b"{ not json").unwrap();
@@ -329,4 +329,101 @@ fn a_reversed_input_range_is_refused_not_sampled() {
     net.metadata.input_range = Some([1.0, -1.0]);
     let e = net.validate().unwrap_err();
     assert!(e.to_string().contains("input_range"), "{e}");
+}
+
+/// small-cnn with its activation layers mixed: per channel ReLU where
+/// `relu(layer, channel)`, else that channel's own quadratic.
+fn mixed_small_cnn(seed: u64, relu: impl Fn(usize, usize) -> bool) -> Network {
+    let mut net = build("small-cnn", 10, seed).unwrap();
+    let shapes = net.validate().unwrap();
+    for (k, i) in net.activation_layers().into_iter().enumerate() {
+        let n = shapes[i].channels;
+        net.layers[i].op = Op::Activation(Activation::Mixed {
+            relu: (0..n).map(|c| relu(k, c)).collect(),
+            a: (0..n).map(|c| 0.1 + 0.01 * (c % 7) as f32).collect(),
+            b: (0..n).map(|c| 0.4 + 0.02 * (c % 5) as f32).collect(),
+            c: (0..n).map(|c| 0.05 * (c % 3) as f32 - 0.05).collect(),
+        });
+    }
+    net.validate().unwrap();
+    net
+}
+
+#[test]
+fn mixed_layers_track_the_float_network_and_count_per_channel() {
+    // Half the channels of every layer ReLU, the others their own quadratic.
+    let net = mixed_small_cnn(4, |_, c| c % 2 == 0);
+    let prog = FixedProgram::lower(&net).unwrap();
+    let (relus, quads) = prog.activation_counts();
+    assert_eq!(relus, 8 * 28 * 28 + 16 * 14 * 14 + 64);
+    assert_eq!(quads, 8 * 28 * 28 + 16 * 14 * 14 + 64);
+    for seed in 0..4 {
+        let x = random_input(&net, seed);
+        let fl = eval_float(&net, &x).unwrap();
+        let fx = prog.decode_output(&prog.eval(&prog.encode_input(&x).unwrap()).unwrap());
+        assert!(max_rel_err(&fx, &fl) < 0.05, "seed {seed}");
+    }
+    // All channels ReLU is the all-ReLU network, bit for bit.
+    let relu = mixed_small_cnn(4, |_, _| true);
+    let mut plain = relu.clone();
+    Placement::all_relu(3).apply(&mut plain).unwrap();
+    let (a, b) = (
+        FixedProgram::lower(&relu).unwrap(),
+        FixedProgram::lower(&plain).unwrap(),
+    );
+    let x = a.encode_input(&random_input(&relu, 9)).unwrap();
+    assert_eq!(a.eval(&x).unwrap(), b.eval(&x).unwrap());
+}
+
+#[test]
+fn mixed_layers_need_version_2_and_one_entry_per_channel() {
+    let net = mixed_small_cnn(5, |k, c| (k + c) % 3 == 0);
+    // Round trip through a file (version 2).
+    let p = tmp("mixed").join("mixed.json");
+    net.save(&p, delphi_net::WeightStorage::Inline).unwrap();
+    let back = Network::load(&p).unwrap();
+    assert_eq!(back, net);
+    // A version-1 file with a mixed layer is refused, naming the layer.
+    let first = net.activation_layers()[0];
+    let mut v1 = net.clone();
+    v1.version = 1;
+    let e = v1.validate().unwrap_err();
+    assert!(
+        matches!(e, NetError::Layer { index, .. } if index == first),
+        "{e}"
+    );
+    assert!(e.to_string().contains("version 2"), "{e}");
+    // Lists that do not match the channels are refused, naming the layer and list.
+    let mut short = net.clone();
+    if let Op::Activation(Activation::Mixed { b, .. }) = &mut short.layers[first].op {
+        b.pop();
+    }
+    let e = short.validate().unwrap_err();
+    assert!(
+        matches!(e, NetError::Layer { index, .. } if index == first),
+        "{e}"
+    );
+    assert!(e.to_string().contains("\"b\" has 15 entries"), "{e}");
+    // A version-1 file without mixed layers still loads unchanged.
+    let mut old = build("small-cnn", 10, 6).unwrap();
+    old.version = 1;
+    let p1 = tmp("v1").join("v1.json");
+    old.save(&p1, delphi_net::WeightStorage::Inline).unwrap();
+    let text = std::fs::read_to_string(&p1).unwrap();
+    assert!(text.contains("\"version\":1") || text.contains("\"version\": 1"));
+    assert_eq!(Network::load(&p1).unwrap(), old);
+    // The architecture a client sees keeps the masks and a, b, but no c.
+    let arch = net.architecture_only();
+    if let Op::Activation(Activation::Mixed { relu, c, .. }) = &arch.layers[first].op {
+        assert_eq!(
+            Some(relu),
+            match &net.layers[first].op {
+                Op::Activation(Activation::Mixed { relu, .. }) => Some(relu),
+                _ => None,
+            }
+        );
+        assert!(c.iter().all(|v| *v == 0.0));
+    } else {
+        panic!("not mixed");
+    }
 }
