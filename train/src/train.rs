@@ -128,6 +128,76 @@ pub struct Swap {
     pub end: f32,
 }
 
+/// Per-channel placement learned during training (the planner's
+/// `--granularity channel`): SNL's relaxed mask with an L1 term, each
+/// channel weighted by what turning it quadratic saves under the cost model.
+///
+/// Every activation layer gets per-channel gates g ∈ [0, 1] (starting at
+/// ReLU). The loss gains λ·Σ_l Σ_c (saving_l / relu_cost)·g_lc; every
+/// [`GATE_CHECK_STEPS`] steps the binary mask (g > ½) is priced with the
+/// per-channel savings, and λ grows while the price is above `budget` — by
+/// a factor that spans [`GATE_RANGE`] over the first 80 % of the time
+/// before `freeze_by`, whatever the run's length. Once it is not, the mask
+/// freezes (each gate snaps to ReLU or quadratic) and the rest of the run
+/// fine-tunes with it (distilling from the teacher, if any). If the mask
+/// has not met the budget by `freeze_by`, the channels with the lowest
+/// gates turn quadratic until it does (SNL's final selection).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Gates {
+    /// The target cost (the planner's objective: seconds or bytes).
+    pub budget: f64,
+    /// The cost of the network with every channel ReLU.
+    pub relu_cost: f64,
+    /// Per activation layer: what one channel turned quadratic saves.
+    pub channel_saving: Vec<f64>,
+    /// Fraction of the run by which the mask must be frozen.
+    pub freeze_by: f32,
+    /// λ at the start.
+    pub penalty: f32,
+}
+
+/// Steps between checks of the mask against the budget.
+pub const GATE_CHECK_STEPS: usize = 10;
+/// How far λ grows (a factor) while the mask is learned.
+pub const GATE_RANGE: f64 = 1e4;
+
+impl Gates {
+    /// The predicted cost of a mask (per activation layer, per channel, `true` = ReLU).
+    pub fn cost(&self, mask: &[Vec<bool>]) -> f64 {
+        self.relu_cost
+            - mask
+                .iter()
+                .zip(&self.channel_saving)
+                .map(|(m, s)| m.iter().filter(|&&r| !r).count() as f64 * s)
+                .sum::<f64>()
+    }
+
+    /// SNL's final selection: the channels with the lowest gates turn
+    /// quadratic, cheapest saving last, until the mask meets the budget.
+    pub fn select(&self, gates: &[Vec<f32>]) -> Vec<Vec<bool>> {
+        let mut mask: Vec<Vec<bool>> = gates
+            .iter()
+            .map(|g| g.iter().map(|&v| v > 0.5).collect())
+            .collect();
+        let mut order: Vec<(usize, usize)> = gates
+            .iter()
+            .enumerate()
+            .flat_map(|(l, g)| (0..g.len()).map(move |c| (l, c)))
+            .filter(|&(l, c)| mask[l][c])
+            .collect();
+        order.sort_by(|&(l, c), &(m, d)| gates[l][c].total_cmp(&gates[m][d]));
+        let mut cost = self.cost(&mask);
+        for (l, c) in order {
+            if cost <= self.budget {
+                break;
+            }
+            mask[l][c] = false;
+            cost -= self.channel_saving[l];
+        }
+        mask
+    }
+}
+
 /// Everything that defines a training run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -169,6 +239,9 @@ pub struct TrainConfig {
     pub distill: Option<Distill>,
     /// Gradual ReLU → quadratic swap.
     pub swap: Option<Swap>,
+    /// Per-channel placement learned during the run (see [`Gates`]).
+    #[serde(default)]
+    pub gates: Option<Gates>,
     /// Seed of everything random.
     pub seed: u64,
     /// Use only the first N training images (after the validation split).
@@ -209,6 +282,7 @@ impl TrainConfig {
             label_smoothing: 0.0,
             distill: None,
             swap: None,
+            gates: None,
             seed: 1,
             train_limit: None,
             valid_size: 5000,
@@ -236,6 +310,17 @@ impl TrainConfig {
         if let Some(d) = &self.distill {
             if !(0.0..=1.0).contains(&d.weight) || d.temperature <= 0.0 {
                 return bad("distillation weight in [0, 1] and temperature > 0".into());
+            }
+        }
+        if let Some(g) = &self.gates {
+            if !(g.budget.is_finite()
+                && g.relu_cost.is_finite()
+                && g.channel_saving.iter().all(|v| v.is_finite())
+                && (0.0..=1.0).contains(&g.freeze_by)
+                && g.penalty.is_finite()
+                && g.penalty > 0.0)
+            {
+                return bad("gates: finite costs, freeze_by in [0, 1], a positive penalty".into());
             }
         }
         Ok(())
@@ -289,6 +374,11 @@ pub struct Trainer {
     /// Steps completed in the whole run.
     pub steps_done: usize,
     legacy_position: bool,
+    /// Per-channel gates: `Gated` while the mask is learned, `Masked` once
+    /// frozen (or for a description with mixed layers); `None`: no gates.
+    pub gate_mode: Option<ActMode>,
+    /// λ of the gates' penalty now.
+    pub penalty: f32,
     /// Per-epoch figures so far.
     pub history: Vec<EpochMetrics>,
     running: (f64, usize, usize, f64),
@@ -395,6 +485,14 @@ impl Trainer {
             .unwrap_or_else(|| config.dataset.default_normalization());
         device.seed(config.seed);
         let mut model = Net::from_description(&template, load, &device)?;
+        let has_mixed = model.gates().iter().any(Option::is_some);
+        let gate_mode = if config.gates.is_some() {
+            model.enable_gates(&template.validate()?, &device);
+            Some(ActMode::Gated)
+        } else {
+            has_mixed.then_some(ActMode::Masked)
+        };
+        let penalty = config.gates.as_ref().map_or(0.0, |g| g.penalty);
         let n_act = model.activation_layers().len();
         let target_quad = match &config.activations {
             Some(p) => p.parse::<Placement>()?.quads().to_vec(),
@@ -434,19 +532,27 @@ impl Trainer {
             step_in_epoch: 0,
             steps_done: 0,
             legacy_position: false,
+            gate_mode,
+            penalty,
             history: Vec::new(),
             running: (0.0, 0, 0, 0.0),
         };
-        model.set_modes(&tr.modes_at(0.0))?;
         tr.model = model;
+        let modes = tr.modes_at(0.0);
+        tr.model.set_modes(&modes)?;
         Ok(tr)
     }
 
     /// The activation modes at a point of the run (fraction of all steps).
     pub fn modes_at(&self, progress: f32) -> Vec<ActMode> {
+        let gated = self.model.gates();
         self.quad_from
             .iter()
-            .map(|q| match *q {
+            .enumerate()
+            .map(|(k, q)| match *q {
+                _ if matches!(gated.get(k), Some(Some(_))) => {
+                    self.gate_mode.unwrap_or(ActMode::Masked)
+                }
                 None => ActMode::Relu,
                 Some((_, end)) if progress >= end => ActMode::Quad,
                 Some((start, _)) if progress <= start => ActMode::Blend { t: 1.0 },
@@ -457,9 +563,59 @@ impl Trainer {
             .collect()
     }
 
-    /// Which activation layers are (or are becoming) quadratic.
+    /// Which activation layers are (or are becoming) quadratic; a gated
+    /// layer counts when any of its channels is quadratic now.
     pub fn placement(&self) -> Vec<bool> {
-        self.quad_from.iter().map(Option::is_some).collect()
+        let masks = self.channel_masks();
+        self.quad_from
+            .iter()
+            .enumerate()
+            .map(|(k, q)| match masks.get(k) {
+                Some(Some(m)) => m.iter().any(|r| !r),
+                _ => q.is_some(),
+            })
+            .collect()
+    }
+
+    /// Per activation layer: its binary channel mask (`true`: ReLU) if it is gated.
+    pub fn channel_masks(&self) -> Vec<Option<Vec<bool>>> {
+        self.model
+            .gates()
+            .into_iter()
+            .map(|g| g.map(|g| g.iter().map(|&v| v > 0.5).collect()))
+            .collect()
+    }
+
+    /// Whether the channel mask is frozen (or there is none to learn).
+    pub fn mask_frozen(&self) -> bool {
+        self.gate_mode != Some(ActMode::Gated)
+    }
+
+    /// Freezes the channel mask at `mask` (per activation layer, per channel).
+    pub fn freeze_mask(&mut self, mask: &[Vec<bool>]) {
+        self.model.set_masks(mask, ActMode::Masked, &self.device);
+        self.gate_mode = Some(ActMode::Masked);
+    }
+
+    /// Sets a new budget for the channel mask; when the frozen mask costs
+    /// more, learning resumes from it (λ halved).
+    pub fn set_gate_budget(&mut self, budget: f64) {
+        let Some(g) = &mut self.config.gates else {
+            return;
+        };
+        g.budget = budget;
+        let masks: Vec<Vec<bool>> = self.channel_masks().into_iter().flatten().collect();
+        if self
+            .config
+            .gates
+            .as_ref()
+            .is_some_and(|g| g.cost(&masks) > budget)
+        {
+            self.gate_mode = Some(ActMode::Gated);
+            self.penalty = (self.penalty * 0.5).max(1e-6);
+            let modes = self.modes_at(self.progress_fraction());
+            let _ = self.model.set_modes(&modes);
+        }
     }
 
     /// Fraction of the run done.
@@ -518,6 +674,11 @@ impl Trainer {
     pub fn copy_from(&mut self, other: &Trainer) {
         self.model = other.model.clone();
         self.quad_from = other.quad_from.clone();
+        self.gate_mode = other.gate_mode;
+        self.penalty = other.penalty;
+        if let (Some(mine), Some(theirs)) = (&mut self.config.gates, &other.config.gates) {
+            mine.budget = theirs.budget;
+        }
         self.optim = build_optimizer(&self.config);
     }
 
@@ -608,6 +769,9 @@ impl Trainer {
                     let t2 = d.temperature * d.temperature;
                     loss = loss.mul_scalar(1.0 - d.weight) + kl.mul_scalar(d.weight * t2);
                 }
+                if let (Some(ActMode::Gated), Some(g)) = (self.gate_mode, &self.config.gates) {
+                    loss = loss + self.gate_penalty(g);
+                }
                 let grads = GradientsParams::from_grads(loss.backward(), &self.model);
                 let lr = self.lr_at(global as f64 / total as f64);
                 let model = std::mem::replace(
@@ -640,6 +804,7 @@ impl Trainer {
                     r.1 as f64 / r.2 as f64,
                     r.2 as f64 / r.3.max(1e-9)
                 ));
+                self.check_mask(total);
                 if !lv.is_finite() {
                     pb.finish_and_clear();
                     return Err(TrainError::Config(format!(
@@ -679,6 +844,54 @@ impl Trainer {
         let modes = self.modes_at(now);
         self.model.set_modes(&modes)?;
         Ok(taken)
+    }
+
+    /// λ·Σ_l Σ_c (saving_l / relu_cost)·clamp(g_lc, 0, 1).
+    fn gate_penalty(&self, g: &Gates) -> Tensor<1> {
+        let mut total: Option<Tensor<1>> = None;
+        let acts = self.model.activation_layers();
+        for (k, &i) in acts.iter().enumerate() {
+            if let Some(gate) = &self.model.layers[i].gate {
+                let w = g.channel_saving.get(k).copied().unwrap_or(0.0) / g.relu_cost.max(1e-30);
+                let term = gate
+                    .val()
+                    .clamp(0.0, 1.0)
+                    .sum()
+                    .mul_scalar(w as f32 * self.penalty);
+                total = Some(match total {
+                    Some(t) => t + term,
+                    None => term,
+                });
+            }
+        }
+        total.unwrap_or_else(|| Tensor::zeros([1], &self.device))
+    }
+
+    /// Every [`GATE_CHECK_STEPS`] steps while the mask is learned: freezes
+    /// it once it meets the budget (or selects and freezes at `freeze_by`),
+    /// else grows λ.
+    fn check_mask(&mut self, total: usize) {
+        let Some(g) = self.config.gates.clone() else {
+            return;
+        };
+        let progress = self.steps_done as f32 / total.max(1) as f32;
+        if self.gate_mode != Some(ActMode::Gated)
+            || !self.steps_done.is_multiple_of(GATE_CHECK_STEPS)
+        {
+            return;
+        }
+        let masks: Vec<Vec<bool>> = self.channel_masks().into_iter().flatten().collect();
+        if g.cost(&masks) <= g.budget {
+            self.freeze_mask(&masks);
+        } else if progress >= g.freeze_by {
+            let gates: Vec<Vec<f32>> = self.model.gates().into_iter().flatten().collect();
+            let mask = g.select(&gates);
+            self.freeze_mask(&mask);
+        } else {
+            let checks =
+                (0.8 * g.freeze_by as f64 * total as f64 / GATE_CHECK_STEPS as f64).max(1.0);
+            self.penalty *= GATE_RANGE.powf(1.0 / checks) as f32;
+        }
     }
 
     /// Trains to the end of the run.
@@ -743,6 +956,8 @@ impl Trainer {
             "running": [self.running.0, self.running.1, self.running.2, self.running.3],
             "history": self.history,
             "quad_from": self.quad_from,
+            "gate_mode": self.gate_mode,
+            "penalty": self.penalty,
             "template": self.template,
         });
         std::fs::write(
@@ -796,6 +1011,9 @@ impl Trainer {
         )?;
         tr.config = config;
         tr.model = Net::from_description(&template, true, &tr.device)?;
+        if tr.config.gates.is_some() {
+            tr.model.enable_gates(&template.validate()?, &tr.device);
+        }
         if let Some(n) = &template.metadata.input_normalization {
             tr.norm = n.clone();
         }
@@ -841,6 +1059,13 @@ impl Trainer {
         );
         tr.history = serde_json::from_value(state["history"].clone())
             .map_err(|e| err(Cause::from(format!("history: {e}"))))?;
+        if !state["gate_mode"].is_null() {
+            tr.gate_mode = serde_json::from_value(state["gate_mode"].clone())
+                .map_err(|e| err(Cause::from(format!("gate_mode: {e}"))))?;
+        }
+        if let Some(p) = state["penalty"].as_f64() {
+            tr.penalty = p as f32;
+        }
         if !state["quad_from"].is_null() {
             tr.quad_from = serde_json::from_value(state["quad_from"].clone())
                 .map_err(|e| err(Cause::from(format!("quad_from: {e}"))))?;
@@ -958,4 +1183,39 @@ pub fn fixed_accuracy(net: &Network, split: &Split) -> Result<f64> {
             .sum()
     });
     Ok(correct? as f64 / n.max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Gates;
+
+    fn gates() -> Gates {
+        Gates {
+            budget: 6.0,
+            relu_cost: 10.0,
+            channel_saving: vec![2.0, 1.0],
+            freeze_by: 0.5,
+            penalty: 0.1,
+        }
+    }
+
+    #[test]
+    fn a_mask_is_priced_by_its_quadratic_channels() {
+        let g = gates();
+        assert_eq!(g.cost(&[vec![true, true], vec![true, true, true]]), 10.0);
+        assert_eq!(g.cost(&[vec![false, true], vec![true, false, false]]), 6.0);
+    }
+
+    #[test]
+    fn the_final_selection_drops_the_lowest_gates_until_the_budget_is_met() {
+        let g = gates();
+        // Gates above ½ are ReLU; the lowest go first: 0.55 (layer 1, saves
+        // 1), then 0.6 (layer 0, saves 2), then 0.7 (layer 1): cost 10 → 9 → 7 → 6.
+        let mask = g.select(&[vec![0.9, 0.6], vec![0.55, 0.7, 0.95]]);
+        assert_eq!(mask, vec![vec![true, false], vec![false, false, true]]);
+        assert!(g.cost(&mask) <= g.budget);
+        // A mask that already meets it is left alone.
+        let mask = g.select(&[vec![0.1, 0.2], vec![0.9, 0.3, 0.9]]);
+        assert_eq!(mask, vec![vec![false, false], vec![true, false, true]]);
+    }
 }

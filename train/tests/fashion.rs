@@ -146,3 +146,114 @@ fn between_calls_the_model_is_where_the_run_stands() {
     let net = tr.export().expect("the swap is over");
     assert_eq!(delphi_net::Placement::of(&net).to_string(), "RQR");
 }
+
+/// small-cnn with per-channel gates on 3,000 images, 3 epochs: every
+/// activation layer's channel saves one unit, the budget allows a third of
+/// the channels to stay ReLU.
+fn gated() -> (TrainConfig, usize) {
+    let mut c = config("RRR", 3);
+    c.grad_clip = Some(1.0);
+    let net = delphi_net::builtin::build("small-cnn", 10, 1).unwrap();
+    let shapes = net.validate().unwrap();
+    let channels: usize = net
+        .activation_layers()
+        .iter()
+        .map(|&i| shapes[i].channels)
+        .sum();
+    c.gates = Some(delphi_train::train::Gates {
+        budget: (channels / 3) as f64,
+        relu_cost: channels as f64,
+        channel_saving: vec![1.0; 3],
+        freeze_by: 0.5,
+        penalty: 0.1,
+    });
+    (c, channels)
+}
+
+#[test]
+fn channel_gates_meet_their_budget_and_export_a_mixed_plan() {
+    let data = dataset(3000);
+    let (c, channels) = gated();
+    let mut tr = Trainer::new(c.clone(), &Device::flex()).unwrap();
+    assert!(!tr.mask_frozen());
+    // Mid-learning the plan cannot be exported.
+    tr.train_steps(&data, 5, true).unwrap();
+    let err = tr.export().expect_err("mask still learned").to_string();
+    assert!(err.contains("channel mask"), "{err}");
+    tr.train(&data, true).unwrap();
+    assert!(tr.mask_frozen(), "the mask froze by half the run");
+    let masks: Vec<Vec<bool>> = tr.channel_masks().into_iter().flatten().collect();
+    let relus: usize = masks.iter().map(|m| m.iter().filter(|&&r| r).count()).sum();
+    assert!(relus <= channels / 3, "{relus} ReLU channels left");
+    let net = tr.export().unwrap();
+    assert_eq!(net.version, 2);
+    assert!(net.layers.iter().any(|l| matches!(
+        l.op,
+        delphi_net::Op::Activation(delphi_net::Activation::Mixed { .. })
+    )));
+    let test = data.test.clone().take(2000);
+    let float = tr.accuracy(&test);
+    let fixed = fixed_accuracy(&net, &test).unwrap();
+    eprintln!("gated: float {float:.4}, fixed {fixed:.4}, {relus}/{channels} ReLU channels");
+    assert!(float > 0.5, "float accuracy {float}");
+    assert!(
+        (fixed - float).abs() <= 0.01,
+        "fixed {fixed} vs float {float}"
+    );
+    // The description predicts what Burn predicts.
+    let probe = test.take(100);
+    let model = burn::module::Module::valid(&tr.model);
+    for i in 0..probe.len() {
+        let x = probe.image(i, None, &tr.norm);
+        let want = delphi_net::eval::argmax(&delphi_net::eval::eval_float(&net, &x).unwrap());
+        let (xb, _) = delphi_train::train::batch(&probe, &[i], None, &Device::flex(), &tr.norm);
+        let got = delphi_net::eval::argmax(&delphi_train::model::values(model.forward(xb)));
+        assert_eq!(got, want, "image {i}");
+    }
+    // Fine-tuning the exported plan keeps its mask (no gates config).
+    let dir = std::env::temp_dir().join(format!("delphi-gated-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("mixed.json");
+    net.save(&p, delphi_net::WeightStorage::Sidecar).unwrap();
+    let mut again = config("RRR", 1);
+    again.init = Some(p);
+    again.train_limit = Some(200);
+    let mut tr2 = Trainer::new(again, &Device::flex()).unwrap();
+    tr2.train_steps(&data, 3, true).unwrap();
+    let net2 = tr2.export().unwrap();
+    let mask_of = |n: &delphi_net::Network| -> Vec<Vec<bool>> {
+        n.layers
+            .iter()
+            .filter_map(|l| match &l.op {
+                delphi_net::Op::Activation(delphi_net::Activation::Mixed { relu, .. }) => {
+                    Some(relu.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(mask_of(&net2), mask_of(&net));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_gated_run_resumes_from_its_checkpoint() {
+    let data = dataset(1500);
+    let (c, _) = gated();
+    let dir = std::env::temp_dir().join(format!("delphi-gated-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut straight = Trainer::new(c.clone(), &Device::flex()).unwrap();
+    straight.train(&data, true).unwrap();
+    let mut first = Trainer::new(c, &Device::flex()).unwrap();
+    first.train_steps(&data, 13, true).unwrap(); // mid-learning
+    first.save_checkpoint(&dir).unwrap();
+    drop(first);
+    let mut resumed = Trainer::load_checkpoint(&dir, &Device::flex()).unwrap();
+    resumed.train(&data, true).unwrap();
+    assert_eq!(straight.channel_masks(), resumed.channel_masks());
+    assert_eq!(
+        straight.export().unwrap().layers,
+        resumed.export().unwrap().layers
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
