@@ -9,6 +9,8 @@
 //! path to a higher threshold is a prefix of that one). Every run gets the
 //! same budget of training steps. For each strategy and threshold the plan
 //! is the cheapest front plan meeting the threshold — the same rule for all.
+//! With `--granularity layer,channel`, `pbt` also runs once per threshold
+//! with per-channel placement (rows with `granularity` = `channel`).
 //!
 //! Written to the bench folder: `fronts.csv` (one row per front plan and
 //! threshold: strategy, granularity, threshold, placement, ReLUs, validation
@@ -23,7 +25,7 @@ use std::time::Instant;
 use plotters::style::RGBColor;
 use polars::prelude::*;
 
-use crate::config::{PlanConfig, Strategy};
+use crate::config::{Granularity, PlanConfig, Strategy};
 use crate::measure;
 use crate::policy;
 use crate::report::{self, perr, Final, Mark, Series};
@@ -39,6 +41,8 @@ pub struct BenchConfig {
     pub thresholds: Vec<f64>,
     /// Strategies compared.
     pub strategies: Vec<Strategy>,
+    /// Granularities: `layer` runs every strategy, `channel` adds `pbt` per channel.
+    pub granularities: Vec<Granularity>,
     /// The bench folder.
     pub out: PathBuf,
     /// Run each chosen plan through `delphi verify --compare-cost`.
@@ -50,7 +54,7 @@ pub struct BenchConfig {
 pub struct Row {
     /// Strategy.
     pub strategy: String,
-    /// Placement granularity (`layer`).
+    /// Placement granularity (`layer` or `channel`).
     pub granularity: String,
     /// Threshold the row belongs to.
     pub threshold: f64,
@@ -58,6 +62,9 @@ pub struct Row {
     pub chosen: bool,
     /// Placement.
     pub placement: String,
+    /// Per activation layer, the percentage of channels kept ReLU
+    /// (`channel` rows; empty for `layer` rows).
+    pub relu_channels: String,
     /// Quadratic layers.
     pub quads: usize,
     /// ReLU activations left.
@@ -92,11 +99,59 @@ pub struct Row {
     pub file: String,
 }
 
-fn color(s: Strategy) -> RGBColor {
-    match s {
-        Strategy::Pbt => RGBColor(31, 119, 180),
-        Strategy::Delphi => RGBColor(214, 39, 40),
-        Strategy::Greedy => RGBColor(44, 160, 44),
+/// A strategy at a granularity: what one series of the benchmark is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Variant {
+    /// The strategy.
+    pub strategy: Strategy,
+    /// The granularity.
+    pub granularity: Granularity,
+}
+
+impl Variant {
+    /// `pbt`, `delphi`, `greedy`, or `pbt-channel`.
+    pub fn name(self) -> String {
+        match self.granularity {
+            Granularity::Layer => self.strategy.name().to_string(),
+            g => format!("{}-{}", self.strategy.name(), g.name()),
+        }
+    }
+
+    fn of(r: &Row) -> impl Fn(&Variant) -> bool + '_ {
+        move |v| v.strategy.name() == r.strategy && v.granularity.name() == r.granularity
+    }
+
+    fn matches(self, r: &Row) -> bool {
+        Variant::of(r)(&self)
+    }
+}
+
+impl BenchConfig {
+    /// The variants run: every strategy per layer, then `pbt` per channel.
+    pub fn variants(&self) -> Vec<Variant> {
+        let mut v = Vec::new();
+        if self.granularities.contains(&Granularity::Layer) {
+            v.extend(self.strategies.iter().map(|&strategy| Variant {
+                strategy,
+                granularity: Granularity::Layer,
+            }));
+        }
+        if self.granularities.contains(&Granularity::Channel) {
+            v.push(Variant {
+                strategy: Strategy::Pbt,
+                granularity: Granularity::Channel,
+            });
+        }
+        v
+    }
+}
+
+fn color(v: Variant) -> RGBColor {
+    match (v.strategy, v.granularity) {
+        (_, Granularity::Channel) => RGBColor(148, 103, 189),
+        (Strategy::Pbt, _) => RGBColor(31, 119, 180),
+        (Strategy::Delphi, _) => RGBColor(214, 39, 40),
+        (Strategy::Greedy, _) => RGBColor(44, 160, 44),
     }
 }
 
@@ -121,6 +176,7 @@ fn rows_table(rows: &[Row]) -> std::result::Result<DataFrame, PolarsError> {
                 rows.iter().map(|r| r.chosen).collect::<Vec<bool>>(),
             ),
             s("placement", &|r| r.placement.clone()),
+            s("relu_channels", &|r| r.relu_channels.clone()),
             u("quads", &|r| r.quads as u64),
             u("relus", &|r| r.relus as u64),
             f("valid_accuracy", &|r| r.valid_accuracy),
@@ -143,7 +199,8 @@ fn rows_table(rows: &[Row]) -> std::result::Result<DataFrame, PolarsError> {
 
 /// Runs the benchmark; returns the rows of `fronts.csv`.
 pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>> {
-    if b.thresholds.is_empty() || b.strategies.is_empty() {
+    let variants = b.variants();
+    if b.thresholds.is_empty() || variants.is_empty() {
         return Err(search::PlanError::Config(
             "the benchmark needs at least one threshold and one strategy".into(),
         ));
@@ -161,11 +218,13 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
     let lowest = b.thresholds.iter().cloned().fold(f64::INFINITY, f64::min);
 
     // The runs: (strategy, threshold it serves (None: all), config).
-    let mut runs: Vec<(Strategy, Option<f64>, PlanConfig)> = Vec::new();
-    for &s in &b.strategies {
+    let mut runs: Vec<(Variant, Option<f64>, PlanConfig)> = Vec::new();
+    for &v in &variants {
+        let s = v.strategy;
         let mk = |acc: f64, dir: String| {
             let mut c = shared.clone();
             c.strategy = s;
+            c.granularity = v.granularity;
             c.accuracy = acc;
             c.arch = Some(base.plan.to_string_lossy().into_owned());
             c.name = Some(format!(
@@ -180,20 +239,18 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
         match s {
             Strategy::Pbt => {
                 for &t in &b.thresholds {
-                    runs.push((s, Some(t), mk(t, format!("pbt-{:.0}", t * 1000.0))));
+                    runs.push((v, Some(t), mk(t, format!("{}-{:.0}", v.name(), t * 1000.0))));
                 }
             }
-            _ => runs.push((s, None, mk(lowest, s.name().to_string()))),
+            _ => runs.push((v, None, mk(lowest, v.name()))),
         }
     }
-    let mut outcomes: Vec<(Strategy, Option<f64>, PlanConfig, Outcome)> = Vec::new();
+    let mut outcomes: Vec<(Variant, Option<f64>, PlanConfig, Outcome)> = Vec::new();
+    let n_runs = runs.len();
     for (k, (s, t, c)) in runs.into_iter().enumerate() {
         say(&format!(
-            "run {}/{}: {} {}",
+            "run {}/{n_runs}: {} {}",
             k + 1,
-            b.strategies.len()
-                + b.thresholds.len().saturating_sub(1)
-                    * usize::from(b.strategies.contains(&Strategy::Pbt)),
             s.name(),
             t.map_or("(every threshold)".to_string(), |t| format!(
                 "threshold {:.1} %",
@@ -225,7 +282,7 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
     let mut measured: HashMap<PathBuf, serde_json::Value> = HashMap::new();
     let mut rows = Vec::new();
     for &t in &b.thresholds {
-        for &s in &b.strategies {
+        for &s in &variants {
             let Some((_, _, c, o)) = outcomes
                 .iter()
                 .find(|(os, ot, _, _)| *os == s && ot.is_none_or(|x| x == t))
@@ -266,11 +323,12 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
                         .unwrap_or(f64::NAN)
                 };
                 rows.push(Row {
-                    strategy: s.name().into(),
-                    granularity: "layer".into(),
+                    strategy: s.strategy.name().into(),
+                    granularity: s.granularity.name().into(),
                     threshold: t,
                     chosen: is_chosen,
                     placement: e.placement.to_string(),
+                    relu_channels: e.relu_channels.clone(),
                     quads: e.quads,
                     relus: e.relus,
                     valid_accuracy: e.valid_accuracy,
@@ -335,11 +393,11 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
 
 fn plot(
     b: &BenchConfig,
-    outcomes: &[(Strategy, Option<f64>, PlanConfig, Outcome)],
+    outcomes: &[(Variant, Option<f64>, PlanConfig, Outcome)],
     rows: &[Row],
 ) -> Result<()> {
     let mut series = Vec::new();
-    for &s in &b.strategies {
+    for s in b.variants() {
         let evals: Vec<&Evaluation> = outcomes
             .iter()
             .filter(|o| o.0 == s)
@@ -360,10 +418,7 @@ fn plot(
             mark: Mark::Line,
             points: front,
         });
-        let chosen: Vec<&Row> = rows
-            .iter()
-            .filter(|r| r.chosen && r.strategy == s.name())
-            .collect();
+        let chosen: Vec<&Row> = rows.iter().filter(|r| r.chosen && s.matches(r)).collect();
         series.push(Series {
             name: format!("{}: chosen plans (fixed-point test accuracy)", s.name()),
             color: color(s),
@@ -405,9 +460,52 @@ fn plot(
     )
 }
 
+/// For every front plan of `pbt` per channel: the most accurate `pbt` per
+/// layer front plan that costs no more, and the cheapest that is at least
+/// as accurate (validation accuracy, predicted online time), per threshold.
+fn granularity_comparison(b: &BenchConfig, rows: &[Row]) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for &t in &b.thresholds {
+        let front = |g: &str| -> Vec<&Row> {
+            rows.iter()
+                .filter(|r| r.strategy == "pbt" && r.granularity == g && r.threshold == t)
+                .collect()
+        };
+        let (channel, layer) = (front("channel"), front("layer"));
+        if channel.is_empty() || layer.is_empty() {
+            continue;
+        }
+        for c in channel {
+            let at_cost = layer
+                .iter()
+                .filter(|l| l.predicted_online_s <= c.predicted_online_s * 1.0001)
+                .map(|l| l.valid_accuracy)
+                .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
+            let at_accuracy = layer
+                .iter()
+                .filter(|l| l.valid_accuracy >= c.valid_accuracy)
+                .map(|l| l.predicted_online_s)
+                .fold(None, |m: Option<f64>, s| Some(m.map_or(s, |m| m.min(s))));
+            out.push(serde_json::json!({
+                "threshold": t,
+                "relu_channels": c.relu_channels,
+                "relus": c.relus,
+                "online_s": c.predicted_online_s,
+                "valid_accuracy": c.valid_accuracy,
+                "test_accuracy_fixed": c.test_accuracy_fixed,
+                "layer_at_cost": at_cost,
+                "accuracy_gain_points": at_cost.map(|a| (c.valid_accuracy - a) * 100.0),
+                "layer_at_accuracy_s": at_accuracy,
+                "cost_ratio": at_accuracy.map(|s| s / c.predicted_online_s.max(1e-12)),
+            }));
+        }
+    }
+    out
+}
+
 fn summary(
     b: &BenchConfig,
-    outcomes: &[(Strategy, Option<f64>, PlanConfig, Outcome)],
+    outcomes: &[(Variant, Option<f64>, PlanConfig, Outcome)],
     rows: &[Row],
     cost_model: &Path,
     seconds: f64,
@@ -422,7 +520,7 @@ fn summary(
             .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
         b.plan.arch(),
         b.plan.dataset.name(),
-        b.strategies
+        b.variants()
             .iter()
             .map(|s| s.name())
             .collect::<Vec<_>>()
@@ -449,17 +547,21 @@ fn summary(
     }
     md += "| threshold | strategy | placement | ReLUs | valid | test float | test fixed | predicted online s | measured online s | predicted online MB | measured online MB |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
     for &t in &b.thresholds {
-        for &s in &b.strategies {
+        for s in b.variants() {
             match rows
                 .iter()
-                .find(|r| r.chosen && r.strategy == s.name() && r.threshold == t)
+                .find(|r| r.chosen && s.matches(r) && r.threshold == t)
             {
                 Some(r) => {
                     md += &format!(
                         "| {:.1} % | {} | `{}` | {} | {:.2} % | {:.2} % | {:.2} % | {:.4} | {:.4} | {:.3} | {:.3} |\n",
                         t * 100.0,
                         s.name(),
-                        r.placement,
+                        if r.granularity == "channel" {
+                            format!("% ReLU per layer: {}", r.relu_channels)
+                        } else {
+                            r.placement.clone()
+                        },
                         r.relus,
                         r.valid_accuracy * 100.0,
                         r.test_accuracy_float * 100.0,
@@ -479,7 +581,9 @@ fn summary(
     for &t in &b.thresholds {
         let get = |s: &str| {
             rows.iter()
-                .find(|r| r.chosen && r.strategy == s && r.threshold == t)
+                .find(|r| {
+                    r.chosen && r.strategy == s && r.granularity == "layer" && r.threshold == t
+                })
                 .map(|r| r.predicted_online_s)
         };
         let line = match (get("pbt"), get("delphi")) {
@@ -515,6 +619,38 @@ fn summary(
         };
         md += &line;
     }
+    let granularity = granularity_comparison(b, rows);
+    if !granularity.is_empty() {
+        md += "\nPer channel against per layer (`pbt`, each plan of one front against the other \
+               front; validation accuracy, predicted online time):\n\n";
+        for g in &granularity {
+            md += &format!(
+                "- {:.1} %: channel plan `{}` at {:.4} s, validation {:.2} % (test fixed {:.2} %); \
+                 the best layer plan at no more cost: {}; the cheapest layer plan at least as \
+                 accurate: {}\n",
+                g["threshold"].as_f64().unwrap_or(f64::NAN) * 100.0,
+                g["relu_channels"].as_str().unwrap_or(""),
+                g["online_s"].as_f64().unwrap_or(f64::NAN),
+                g["valid_accuracy"].as_f64().unwrap_or(f64::NAN) * 100.0,
+                g["test_accuracy_fixed"].as_f64().unwrap_or(f64::NAN) * 100.0,
+                match g["layer_at_cost"].as_f64() {
+                    Some(a) => format!(
+                        "{:.2} % ({:+.2} points)",
+                        a * 100.0,
+                        g["accuracy_gain_points"].as_f64().unwrap_or(f64::NAN)
+                    ),
+                    None => "none".into(),
+                },
+                match g["layer_at_accuracy_s"].as_f64() {
+                    Some(c) => format!(
+                        "{c:.4} s ({:.2}× the channel plan's cost)",
+                        g["cost_ratio"].as_f64().unwrap_or(f64::NAN)
+                    ),
+                    None => "none".into(),
+                },
+            );
+        }
+    }
     md += &format!(
         "\nFiles: `fronts.csv` (every front plan per threshold; `chosen` marks each strategy's \
          plan), `fronts.svg`, `bench.json`; each run's folder holds `members.csv`, `pareto.csv`, \
@@ -527,13 +663,14 @@ fn summary(
         "arch": b.plan.arch(),
         "dataset": b.plan.dataset.name(),
         "thresholds": b.thresholds,
-        "strategies": b.strategies.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "strategies": b.variants().iter().map(|s| s.name()).collect::<Vec<_>>(),
         "budget_member_epochs": b.plan.budget_epochs(),
         "population": b.plan.population,
         "cpu_model": delphi_crypto::bench::cpu_model(),
         "cores": delphi_crypto::bench::cores(),
         "seconds": seconds,
         "ours_at_least_as_cheap_at_every_threshold": verdicts.iter().all(|v| *v),
+        "channel_vs_layer": granularity,
         "rows": rows,
         "runs": outcomes.iter().map(|(s, t, c, o)| serde_json::json!({
             "strategy": s.name(), "threshold": t, "out": c.out(),

@@ -58,6 +58,39 @@ impl Objective {
     }
 }
 
+/// What a placement chooses: per activation layer, or per channel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Granularity {
+    /// One choice per activation layer (DELPHI's).
+    #[default]
+    Layer,
+    /// One choice per channel, learned inside each member (a relaxed mask
+    /// whose penalty is weighted by the cost model; `pbt` only).
+    Channel,
+}
+
+impl Granularity {
+    /// The name used on the command line and in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Granularity::Layer => "layer",
+            Granularity::Channel => "channel",
+        }
+    }
+}
+
+impl std::str::FromStr for Granularity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "layer" => Ok(Granularity::Layer),
+            "channel" => Ok(Granularity::Channel),
+            _ => Err(format!("unknown granularity {s:?} (layer, channel)")),
+        }
+    }
+}
+
 /// How placements are searched (every strategy gets the same training
 /// budget and cost model).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +149,8 @@ pub struct PlanConfig {
     pub arch: Option<String>,
     /// How placements are searched.
     pub strategy: Strategy,
+    /// Per activation layer or per channel.
+    pub granularity: Granularity,
     /// Training budget in member-epochs (default population × epochs), the
     /// same for every strategy.
     pub budget_epochs: Option<f64>,
@@ -183,6 +218,7 @@ impl Default for PlanConfig {
             data_dir: None,
             arch: None,
             strategy: Strategy::Pbt,
+            granularity: Granularity::Layer,
             budget_epochs: None,
             delphi_runs: 3,
             accuracy: 0.88,
@@ -232,10 +268,13 @@ impl PlanConfig {
     /// The run's name.
     pub fn name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {
-            let strategy = match self.strategy {
+            let mut strategy = match self.strategy {
                 Strategy::Pbt => String::new(),
                 s => format!("-{}", s.name()),
             };
+            if self.granularity == Granularity::Channel {
+                strategy += "-channel";
+            }
             format!(
                 "{}-{}-{:.0}{strategy}",
                 self.dataset.name(),
@@ -281,6 +320,12 @@ impl PlanConfig {
             if !(b.is_finite() && b > 0.0) {
                 return Err(format!("budget_epochs {b} must be positive"));
             }
+        }
+        if self.granularity == Granularity::Channel && self.strategy != Strategy::Pbt {
+            return Err(format!(
+                "granularity channel is searched by pbt only ({} chooses whole layers)",
+                self.strategy.name()
+            ));
         }
         if self.delphi_runs == 0 {
             return Err("delphi_runs must be at least 1".into());
@@ -410,5 +455,24 @@ mod tests {
             budget("[[experiment]]\naccuracy = 0.9\narch = \"resnet14\"\nepochs = 4\n"),
             24.0
         );
+    }
+
+    #[test]
+    fn granularity_reads_from_toml_and_channel_needs_pbt() {
+        let f = load_text("[[experiment]]\naccuracy = 0.9\ngranularity = \"channel\"\n").unwrap();
+        let c = &f.experiment[0];
+        assert_eq!(c.granularity, Granularity::Channel);
+        assert!(c.name().ends_with("-channel"), "{}", c.name());
+        c.check().unwrap();
+        let e = load_text(
+            "[[experiment]]\naccuracy = 0.9\ngranularity = \"channel\"\nstrategy = \"greedy\"\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("pbt only"), "{e}");
+        let e = load_text("[[experiment]]\naccuracy = 0.9\ngranularity = \"pixel\"\n").unwrap_err();
+        assert!(e.contains("pixel"), "{e}");
+        // The default is per layer.
+        let f = load_text("[[experiment]]\naccuracy = 0.9\n").unwrap();
+        assert_eq!(f.experiment[0].granularity, Granularity::Layer);
     }
 }

@@ -26,6 +26,10 @@ pub struct Genome {
     pub distill_weight: f32,
     /// Fraction of the member's run a swap to quadratic takes (0: at once).
     pub swap_span: f32,
+    /// Per-channel placement: the member's cost budget as a fraction of the
+    /// all-ReLU network's cost (0 at layer granularity).
+    #[serde(default)]
+    pub budget: f64,
 }
 
 /// Declared bounds of the hyperparameters (perturbation clamps to them).
@@ -82,6 +86,7 @@ impl Genome {
             weight_decay: log_uniform(rng, (1e-4, 1e-3)),
             distill_weight: rng.gen_range(0.3..0.8),
             swap_span: rng.gen_range(0.2..0.5),
+            budget: 0.0,
         }
     }
 
@@ -96,6 +101,7 @@ impl Genome {
             weight_decay: 5e-4,
             distill_weight: 0.0,
             swap_span: 0.0,
+            budget: 0.0,
         }
     }
 
@@ -123,6 +129,25 @@ impl Genome {
         self.lr = perturb_value(self.lr, LR, true, rng);
         self.momentum = perturb_value(self.momentum, MOMENTUM, false, rng);
     }
+}
+
+/// The cost budget (a fraction of the all-ReLU cost) of member `k` of `n`
+/// at the start of a per-channel search: `floor` (every channel quadratic)
+/// plus a share of what ReLUs can add, log-spaced from 3 % to 50 %.
+pub fn channel_budget(k: usize, n: usize, floor: f64) -> f64 {
+    let (lo, hi): (f64, f64) = (0.03, 0.5);
+    let x = if n <= 1 {
+        lo
+    } else {
+        lo * (hi / lo).powf(k as f64 / (n - 1) as f64)
+    };
+    floor + (1.0 - floor) * x
+}
+
+/// A tighter budget after a member that met the threshold was copied: 70 %
+/// of its share above the floor.
+pub fn tighter_budget(budget: f64, floor: f64) -> f64 {
+    floor + (budget - floor).max(0.0) * 0.7
 }
 
 /// Quadratic layers of member `k` of `n` at the start of our search:
@@ -406,5 +431,17 @@ mod tests {
         let b = 10_000;
         let s = greedy_steps(13, b);
         assert!(s * (13 * 14 / 2 + 13) <= b);
+    }
+
+    #[test]
+    fn channel_budgets_spread_above_the_floor_and_tighten_toward_it() {
+        let floor = 0.2;
+        let b: Vec<f64> = (0..6).map(|k| channel_budget(k, 6, floor)).collect();
+        assert!((b[0] - (floor + 0.8 * 0.03)).abs() < 1e-12);
+        assert!((b[5] - (floor + 0.8 * 0.5)).abs() < 1e-12);
+        assert!(b.windows(2).all(|w| w[0] < w[1]));
+        let t = tighter_budget(0.6, floor);
+        assert!((t - (floor + 0.4 * 0.7)).abs() < 1e-12);
+        assert!(tighter_budget(floor, floor) >= floor);
     }
 }

@@ -56,6 +56,8 @@ pub fn table(evals: &[Evaluation]) -> std::result::Result<DataFrame, PolarsError
             col_f("distill_weight", &|e| e.distill_weight as f64),
             col_f("swap_span", &|e| e.swap_span as f64),
             col_u("steps", &|e| e.steps as u64),
+            col_s("relu_channels", &|e| e.relu_channels.clone()),
+            col_f("budget", &|e| e.budget),
         ],
     )
 }

@@ -34,9 +34,9 @@ use delphi_net::{FixedProgram, Network, Placement, WeightStorage};
 use delphi_train::arch;
 use delphi_train::data::{self, Dataset};
 use delphi_train::device::DeviceChoice;
-use delphi_train::train::{Distill, Swap, TrainConfig, Trainer};
+use delphi_train::train::{Distill, Gates, Swap, TrainConfig, Trainer};
 
-use crate::config::{PlanConfig, Strategy};
+use crate::config::{Granularity, PlanConfig, Strategy};
 use crate::policy::{self, Genome};
 
 /// Errors of the planner.
@@ -127,6 +127,14 @@ pub struct Evaluation {
     pub swap_span: f32,
     /// Training steps the whole search had used when this was evaluated.
     pub steps: usize,
+    /// Per-channel placement: per activation layer, the percentage of its
+    /// channels that keep ReLU (`100 42 0 …`); empty at layer granularity.
+    #[serde(default)]
+    pub relu_channels: String,
+    /// Per-channel placement: the member's cost budget (fraction of the
+    /// all-ReLU cost); 0 at layer granularity.
+    #[serde(default)]
+    pub budget: f64,
 }
 
 /// Per-strategy progress, saved with the state.
@@ -416,6 +424,49 @@ impl Pricing {
         })
     }
 
+    /// Predicted cost of a per-channel placement (per activation layer, a
+    /// mask with `true` for ReLU channels; `None`: the layer's `placement`
+    /// entry decides).
+    pub fn price_masks(&self, p: &Placement, masks: &[Option<Vec<bool>>]) -> Result<Cost> {
+        let mut net = self.template.clone();
+        p.apply(&mut net)?;
+        apply_masks(&mut net, masks);
+        let prog = FixedProgram::lower(&net)?;
+        Ok(self.model.predict(&prog, self.link.as_ref()).total)
+    }
+
+    /// ReLU activations left under a per-channel placement.
+    pub fn relus_masks(&self, p: &Placement, masks: &[Option<Vec<bool>>]) -> usize {
+        self.layer_relus
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| match masks.get(k) {
+                Some(Some(m)) if !m.is_empty() => n / m.len() * m.iter().filter(|&&r| r).count(),
+                _ if p.is_quad(k) => 0,
+                _ => n,
+            })
+            .sum()
+    }
+
+    /// Per activation layer: what turning one of its channels quadratic
+    /// saves under `objective` (the layer made quadratic, the others ReLU,
+    /// against all-ReLU, divided by its channels).
+    pub fn channel_savings(&self, objective: crate::config::Objective) -> Result<Vec<f64>> {
+        let layers = self.layer_relus.len();
+        let all = objective.of(&self.price(&Placement::all_relu(layers))?);
+        let shapes = self.template.validate()?;
+        let acts = self.template.activation_layers();
+        (0..layers)
+            .map(|k| {
+                let mut p = Placement::all_relu(layers);
+                p.set(k, true);
+                let one = objective.of(&self.price(&p)?);
+                let channels = shapes[acts[k]].channels.max(1) as f64;
+                Ok(((all - one) / channels).max(0.0))
+            })
+            .collect()
+    }
+
     /// Predicted cost of a placement.
     pub fn price(&self, p: &Placement) -> Result<Cost> {
         let mut net = self.template.clone();
@@ -435,11 +486,68 @@ impl Pricing {
     }
 }
 
+/// Makes the activation layers with a mask mixed (ReLU where `true`), with
+/// the default quadratic on the others; all-ReLU and all-quadratic masks
+/// give plain layers. Only the architecture matters (pricing).
+pub(crate) fn apply_masks(net: &mut Network, masks: &[Option<Vec<bool>>]) {
+    use delphi_net::{Activation, Op};
+    let acts = net.activation_layers();
+    for (k, &i) in acts.iter().enumerate() {
+        let Some(Some(m)) = masks.get(k) else {
+            continue;
+        };
+        let n = m.len();
+        net.layers[i].op = Op::Activation(if m.iter().all(|&r| r) {
+            Activation::Relu
+        } else if m.iter().all(|&r| !r) {
+            Activation::DEFAULT_QUAD
+        } else {
+            Activation::Mixed {
+                relu: m.clone(),
+                a: vec![0.2; n],
+                b: vec![0.5; n],
+                c: vec![0.2; n],
+            }
+        });
+    }
+    if acts.iter().any(|&i| {
+        matches!(
+            net.layers[i].op,
+            Op::Activation(delphi_net::Activation::Mixed { .. })
+        )
+    }) {
+        net.version = net.version.max(2);
+    }
+}
+
+/// Per activation layer, the percentage of channels that keep ReLU.
+pub fn relu_channel_percent(masks: &[Option<Vec<bool>>], p: &Placement) -> String {
+    masks
+        .iter()
+        .enumerate()
+        .map(|(k, m)| match m {
+            Some(m) if !m.is_empty() => {
+                let pct = 100.0 * m.iter().filter(|&&r| r).count() as f64 / m.len() as f64;
+                format!("{pct:.0}")
+            }
+            _ if p.is_quad(k) => "0".into(),
+            _ => "100".into(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn bar_style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ")
 }
+
+/// Per-channel placement: the fraction of a member's run by which its mask
+/// must be frozen (the rest fine-tunes with it).
+pub const GATE_FREEZE_BY: f32 = 0.5;
+/// Per-channel placement: λ at the start of a member's mask learning.
+pub const GATE_PENALTY: f32 = 0.1;
 
 /// A search in progress: what the strategies share.
 pub struct Search<'a> {
@@ -465,6 +573,11 @@ pub struct Search<'a> {
     pub steps_per_epoch: usize,
     /// Steps between evaluations of a population.
     pub interval_steps: usize,
+    /// Per-channel placement: per activation layer, the saving of one
+    /// channel turned quadratic (objective units; empty at layer granularity).
+    pub channel_saving: Vec<f64>,
+    /// The all-quadratic network's cost as a fraction of the all-ReLU's.
+    pub quad_floor: f64,
     /// Training steps allowed.
     pub budget: usize,
     pub(crate) st: State,
@@ -541,6 +654,17 @@ impl<'a> Search<'a> {
             ));
             say(notes.last().map_or("", |s| s.as_str()));
         }
+        let (channel_saving, quad_floor) = if c.granularity == Granularity::Channel {
+            let all_quad = c
+                .objective
+                .of(&pricing.price(&Placement::all_quad(layers))?);
+            (
+                pricing.channel_savings(c.objective)?,
+                all_quad / c.objective.of(&relu_cost).max(1e-30),
+            )
+        } else {
+            (Vec::new(), 0.0)
+        };
         let budget = ((c.budget_epochs() * steps_per_epoch as f64).round() as usize).max(1);
         let interval_steps = steps_per_epoch.div_ceil(c.intervals_per_epoch).max(1);
 
@@ -613,6 +737,8 @@ impl<'a> Search<'a> {
             layers,
             steps_per_epoch,
             interval_steps,
+            channel_saving,
+            quad_floor,
             budget,
             st,
             resumed,
@@ -653,6 +779,19 @@ impl<'a> Search<'a> {
         });
         t.seed = self.c.seed.wrapping_add(1000 * (k + 1));
         t.validate_epochs = false;
+        if self.c.granularity == Granularity::Channel {
+            // Every layer starts ReLU; the mask is learned per channel.
+            let relu_cost = self.c.objective.of(&self.relu_cost);
+            t.activations = None;
+            t.swap = None;
+            t.gates = Some(Gates {
+                budget: g.budget * relu_cost,
+                relu_cost,
+                channel_saving: self.channel_saving.clone(),
+                freeze_by: GATE_FREEZE_BY,
+                penalty: GATE_PENALTY,
+            });
+        }
         t
     }
 
@@ -696,14 +835,29 @@ impl<'a> Search<'a> {
     ) -> Result<Evaluation> {
         let progress = tr.progress(&self.data.train);
         let modes = tr.modes_at(progress);
-        let settled = modes
-            .iter()
-            .all(|m| !matches!(m, delphi_train::model::ActMode::Blend { .. }));
+        let settled = modes.iter().all(|m| {
+            !matches!(
+                m,
+                delphi_train::model::ActMode::Blend { .. } | delphi_train::model::ActMode::Gated
+            )
+        });
         let acc = tr.accuracy(&self.data.valid);
         let placement = Placement::new(tr.placement());
-        let cost = self.pricing.price(&placement)?;
+        let masks = tr.channel_masks();
+        let (cost, relus, relu_channels) = if masks.iter().any(Option::is_some) {
+            (
+                self.pricing.price_masks(&placement, &masks)?,
+                self.pricing.relus_masks(&placement, &masks),
+                relu_channel_percent(&masks, &placement),
+            )
+        } else {
+            (
+                self.pricing.price(&placement)?,
+                self.pricing.relus(&placement),
+                String::new(),
+            )
+        };
         let obj = self.c.objective.of(&cost);
-        let relus = self.pricing.relus(&placement);
         let e = Evaluation {
             index: self.st.evaluations.len(),
             stage,
@@ -726,6 +880,8 @@ impl<'a> Search<'a> {
             distill_weight: g.distill_weight,
             swap_span: g.swap_span,
             steps: self.st.steps,
+            relu_channels,
+            budget: g.budget,
         };
         self.st.evaluations.push(e.clone());
         if settled {
@@ -769,7 +925,9 @@ impl<'a> Search<'a> {
             return Ok(());
         }
         net.metadata.planner_run = Some(self.c.name());
-        let cost = self.pricing.price(&e.placement)?;
+        let cost = self
+            .pricing
+            .price_masks(&e.placement, &tr.channel_masks())?;
         net.metadata.predicted_cost = serde_json::to_value(cost).ok();
         net.metadata
             .extra

@@ -280,3 +280,52 @@ fn mistakes_are_refused_by_name_not_defaulted() {
     let e = run(&["--accuracy", "0.9", "--bandwidth", "100Mbit", "--rtt", "20"]);
     assert!(e.contains("no unit"), "{e}");
 }
+
+#[test]
+fn a_per_channel_search_keeps_mixed_plans_priced_exactly() {
+    let out = std::env::temp_dir().join(format!("delphi-plan-channel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let done = plan_cmd(&out)
+        .args(["--granularity", "channel"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{stderr}");
+    let members = std::fs::read_to_string(out.join("members.csv")).unwrap();
+    let header: Vec<&str> = members.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (settled, channels, budget) = (col("settled"), col("relu_channels"), col("budget"));
+    let rows: Vec<Vec<&str>> = members.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    // Every member carries a budget and a per-layer ReLU percentage; the
+    // settled ones have frozen a mask below all-ReLU.
+    assert!(rows.iter().all(|r| r[budget].parse::<f64>().unwrap() > 0.0));
+    assert!(rows.iter().all(|r| r[channels].split(' ').count() == 3));
+    assert!(rows
+        .iter()
+        .any(|r| r[settled] == "true" && r[channels] != "100 100 100"));
+    // Every front plan is a description the engine runs, priced as it is.
+    let front: Vec<_> = std::fs::read_dir(out.join("front"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert!(!front.is_empty());
+    let model = delphi_cost::CostModel::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../results/cost-model.json"
+    )))
+    .unwrap();
+    for p in front {
+        let net = delphi_net::Network::load(&p).unwrap();
+        let prog = delphi_net::FixedProgram::lower(&net).unwrap();
+        let predicted = model.predict(&prog, None).total;
+        let recorded = net.metadata.predicted_cost.clone().unwrap();
+        assert_eq!(
+            Some(predicted.online_bytes),
+            recorded["online_bytes"].as_f64(),
+            "{}",
+            p.display()
+        );
+    }
+    std::fs::remove_dir_all(&out).ok();
+}

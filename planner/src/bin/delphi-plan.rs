@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use delphi_planner::bench::{self, BenchConfig};
-use delphi_planner::config::{ExperimentFile, Objective, PlanConfig, Strategy};
+use delphi_planner::config::{ExperimentFile, Granularity, Objective, PlanConfig, Strategy};
 use delphi_planner::measure;
 use delphi_planner::report::{self, Final};
 use delphi_planner::search;
@@ -44,7 +44,12 @@ struct Cli {
     /// How placements are searched: pbt (ours), delphi (DELPHI's planner) or greedy.
     #[arg(long, default_value = "pbt")]
     strategy: Strategy,
-    /// Run folder (default results/plan/<dataset>-<arch>-<accuracy>[-<strategy>]).
+    /// What a placement chooses: layer (each activation layer ReLU or
+    /// quadratic) or channel (each channel, learned inside every member with
+    /// a penalty weighted by the cost model; pbt only).
+    #[arg(long, default_value = "layer")]
+    granularity: Granularity,
+    /// Run folder (default results/plan/<dataset>-<arch>-<accuracy>[-<strategy>][-channel]).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Run the chosen plan through the protocol engine and record measured
@@ -73,6 +78,10 @@ struct BenchArgs {
     /// Strategies compared.
     #[arg(long, value_delimiter = ',', default_value = "pbt,delphi,greedy")]
     strategies: Vec<Strategy>,
+    /// Granularities compared: `layer` runs every strategy; `channel` adds
+    /// pbt with per-channel placement, once per threshold.
+    #[arg(long, value_delimiter = ',', default_value = "layer")]
+    granularity: Vec<Granularity>,
     /// Bench folder (default results/plan-bench/<dataset>-<arch>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -159,6 +168,7 @@ fn plan_config(a: &SearchArgs) -> PlanConfig {
         data_dir: a.data_dir.clone(),
         arch: a.arch.clone(),
         strategy: Strategy::Pbt,
+        granularity: Granularity::Layer,
         budget_epochs: a.budget_epochs,
         delphi_runs: a.delphi_runs,
         accuracy: 0.0,
@@ -323,6 +333,7 @@ fn main() -> Result<()> {
             plan,
             thresholds: b.thresholds.clone(),
             strategies: b.strategies.clone(),
+            granularities: b.granularity.clone(),
             out: out.clone(),
             verify: !b.no_verify,
         };
@@ -346,6 +357,7 @@ fn main() -> Result<()> {
             let mut c = plan_config(&cli.search);
             c.accuracy = cli.accuracy.unwrap_or(0.0);
             c.strategy = cli.strategy;
+            c.granularity = cli.granularity;
             c.out = cli.out.clone();
             c.verify = cli.verify;
             vec![c]

@@ -41,6 +41,7 @@ fn genome(placement: Placement) -> Genome {
         weight_decay: 5e-4,
         distill_weight: 0.5,
         swap_span: 0.5,
+        budget: 0.0,
     }
 }
 

@@ -11,13 +11,24 @@
 //! hyperparameters and, with probability ½, moves the placement toward the
 //! threshold (explore): one more ReLU layer starts swapping when the copied
 //! member meets it, one quadratic layer turns back to ReLU when it does not.
+//!
+//! Per channel (`--granularity channel`) a member's genome holds a cost
+//! budget instead of a placement: members start all-ReLU with budgets
+//! spread from just above the all-quadratic cost to half-way
+//! ([`crate::policy::channel_budget`]) and learn their channel masks under
+//! it ([`delphi_train::train::Gates`]); a member mid-learning cannot be
+//! judged yet. Explore perturbs the hyperparameters and, with probability
+//! ½ when the copied member meets the threshold, tightens the budget
+//! ([`crate::policy::tighter_budget`]): the mask learning resumes from the
+//! copied mask.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use delphi_train::train::Trainer;
 
-use crate::policy::{exploit_pairs, pbt_fitness, spread, Genome};
+use crate::config::Granularity;
+use crate::policy::{channel_budget, exploit_pairs, pbt_fitness, spread, tighter_budget, Genome};
 use crate::search::{Evaluation, Progress, Result, Search};
 
 /// Runs (or resumes) the population-based search.
@@ -35,9 +46,16 @@ pub fn run(s: &mut Search) -> Result<()> {
             let mut genomes = Vec::new();
             let mut members = Vec::new();
             for k in 0..n {
-                // Spread the starting placements from one to all quadratic layers.
-                let quads = spread(k, n, layers);
-                let g = Genome::random(layers, quads, &mut rng);
+                let g = if c.granularity == Granularity::Channel {
+                    // All ReLU; budgets spread above the all-quadratic floor.
+                    let mut g = Genome::random(layers, 0, &mut rng);
+                    g.budget = channel_budget(k, n, s.quad_floor);
+                    g
+                } else {
+                    // Spread the starting placements from one to all quadratic layers.
+                    let quads = spread(k, n, layers);
+                    Genome::random(layers, quads, &mut rng)
+                };
                 members.push(s.member(&g, k as u64, steps)?);
                 genomes.push(g);
             }
@@ -75,7 +93,12 @@ pub fn run(s: &mut Search) -> Result<()> {
                 // starts swapping to quadratic when the copied member meets
                 // it, one quadratic layer turns back to ReLU when it does not.
                 let (mut swapped, mut reverted) = (None, None);
-                if rng.gen_bool(0.5) {
+                if c.granularity == Granularity::Channel {
+                    if rng.gen_bool(0.5) && evals[hi].valid_accuracy >= c.accuracy {
+                        g.budget = tighter_budget(g.budget, s.quad_floor);
+                        tr.set_gate_budget(g.budget * relu_obj);
+                    }
+                } else if rng.gen_bool(0.5) {
                     if evals[hi].valid_accuracy >= c.accuracy {
                         let relus = g.placement.relu_layers();
                         if !relus.is_empty() {
@@ -100,7 +123,8 @@ pub fn run(s: &mut Search) -> Result<()> {
                     "interval": interval,
                     "exploit": {"member": lo, "copies": hi,
                                 "fitness": fitness[lo], "source_fitness": fitness[hi]},
-                    "explore": {"genome": &g, "swapped_layer": swapped, "reverted_layer": reverted},
+                    "explore": {"genome": &g, "swapped_layer": swapped, "reverted_layer": reverted,
+                                "budget": g.budget},
                 }))?;
                 genomes[lo] = g;
             }
