@@ -576,9 +576,14 @@ fn summary(
             }
         }
     }
-    md += "\nOurs against DELPHI's planner (predicted online time of the chosen plans):\n\n";
     let mut verdicts = Vec::new();
-    for &t in &b.thresholds {
+    let both = b.strategies.contains(&Strategy::Pbt)
+        && b.strategies.contains(&Strategy::Delphi)
+        && b.granularities.contains(&Granularity::Layer);
+    if both {
+        md += "\nOurs against DELPHI's planner (predicted online time of the chosen plans):\n\n";
+    }
+    for &t in b.thresholds.iter().filter(|_| both) {
         let get = |s: &str| {
             rows.iter()
                 .find(|r| {
@@ -669,7 +674,7 @@ fn summary(
         "cpu_model": delphi_crypto::bench::cpu_model(),
         "cores": delphi_crypto::bench::cores(),
         "seconds": seconds,
-        "ours_at_least_as_cheap_at_every_threshold": verdicts.iter().all(|v| *v),
+        "ours_at_least_as_cheap_at_every_threshold": (!verdicts.is_empty()).then(|| verdicts.iter().all(|v| *v)),
         "channel_vs_layer": granularity,
         "rows": rows,
         "runs": outcomes.iter().map(|(s, t, c, o)| serde_json::json!({

@@ -335,6 +335,16 @@ pub fn write(out: &Path, c: &crate::config::PlanConfig, o: &Outcome, fin: &Final
         ),
         (None, None) => md += "**No plan was evaluated.**\n\n",
     }
+    if let Some(e) = o.chosen.as_ref().or(o.closest.as_ref()) {
+        if !e.relu_channels.is_empty() {
+            md += &format!(
+                "Per channel: the percentage of each activation layer's channels that keep ReLU, \
+                 in order: `{}` (the member's budget: {:.1} % of the all-ReLU cost).\n\n",
+                e.relu_channels,
+                e.budget * 100.0
+            );
+        }
+    }
     md += &format!(
         "All-ReLU base: validation {:.2} %{}.\n\nSearch: {} training steps of a budget of {} \
          ({:.1} member-epochs), {} evaluations ({}), {:.0} s of search (base network included) \
@@ -361,11 +371,16 @@ pub fn write(out: &Path, c: &crate::config::PlanConfig, o: &Outcome, fin: &Final
     for n in &o.notes {
         md += &format!("Note: {n}\n\n");
     }
-    md += "Pareto front (`pareto.csv`, `pareto.svg`):\n\n| placement | ReLUs | validation | cost |\n|---|---|---|---|\n";
+    md += "Pareto front (`pareto.csv`, `pareto.svg`):\n\n| placement | % ReLU channels per layer | ReLUs | validation | cost |\n|---|---|---|---|---|\n";
     for e in &front {
         md += &format!(
-            "| `{}` | {} | {:.2} % | {:.4} |\n",
+            "| `{}` | {} | {} | {:.2} % | {:.4} |\n",
             e.placement,
+            if e.relu_channels.is_empty() {
+                "(per layer)"
+            } else {
+                &e.relu_channels
+            },
             e.relus,
             e.valid_accuracy * 100.0,
             e.cost

@@ -295,7 +295,11 @@ fn a_per_channel_search_keeps_mixed_plans_priced_exactly() {
     let header: Vec<&str> = members.lines().next().unwrap().split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
     let (settled, channels, budget) = (col("settled"), col("relu_channels"), col("budget"));
-    let rows: Vec<Vec<&str>> = members.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    let rows: Vec<Vec<&str>> = members
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
     // Every member carries a budget and a per-layer ReLU percentage; the
     // settled ones have frozen a mask below all-ReLU.
     assert!(rows.iter().all(|r| r[budget].parse::<f64>().unwrap() > 0.0));
