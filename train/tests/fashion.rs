@@ -155,6 +155,13 @@ fn gated() -> (TrainConfig, usize) {
     c.grad_clip = Some(1.0);
     let net = delphi_net::builtin::build("small-cnn", 10, 1).unwrap();
     let shapes = net.validate().unwrap();
+    // Start from fixed weights, not the device's seeded initialiser: tests
+    // running in parallel draw from that generator too.
+    let dir = std::env::temp_dir().join(format!("delphi-gated-init-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let init = dir.join("small-cnn.json");
+    net.save(&init, delphi_net::WeightStorage::Inline).unwrap();
+    c.init = Some(init);
     let channels: usize = net
         .activation_layers()
         .iter()

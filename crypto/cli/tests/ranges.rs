@@ -75,3 +75,23 @@ fn a_quadratic_outside_its_range_is_refused() {
     assert!(err.contains("values can exceed"), "{err}");
     std::fs::remove_dir_all(&d).ok();
 }
+
+#[test]
+fn verify_runs_a_mixed_per_channel_plan_unchanged() {
+    let d = dir("mixed");
+    let mut net = build("small-cnn", 10, 8).unwrap();
+    let shapes = net.validate().unwrap();
+    for i in net.activation_layers() {
+        let n = shapes[i].channels;
+        net.layers[i].op = Op::Activation(delphi_net::Activation::Mixed {
+            relu: (0..n).map(|c| c % 4 == 1).collect(),
+            a: vec![0.15; n],
+            b: vec![0.5; n],
+            c: vec![0.05; n],
+        });
+    }
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../../results/cost-model.json");
+    let (ok, err) = verify(&net, &d, &["--compare-cost", "--cost-model", model]);
+    assert!(ok, "{err}");
+    std::fs::remove_dir_all(&d).ok();
+}

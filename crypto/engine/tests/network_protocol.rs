@@ -106,6 +106,22 @@ fn every_kind(seed: u64) -> Network {
     net
 }
 
+/// Runs `prog` securely on two inputs and checks the logits against the
+/// reference: truncation is faithful (never a wrap-around error) but may be
+/// off by one unit per truncated value, which stays far below the logits'
+/// spread through a few layers.
+fn assert_matches_up_to_truncation(prog: &FixedProgram, seed: u64, label: &str) {
+    let inputs = random_inputs(prog, 2, seed);
+    for (x, got) in inputs.iter().zip(run(prog, &inputs)) {
+        let want = prog.decode_output(&prog.eval(x).unwrap());
+        let got = prog.decode_output(&got);
+        let range = want.iter().fold(1f64, |m, v| m.max(v.abs()));
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 0.02 * range, "{label}: {g} vs {w}");
+        }
+    }
+}
+
 #[test]
 fn all_relu_networks_equal_the_reference_exactly() {
     // Small CNN with ReLUs and a residual block with batch norm (no quadratic: no
@@ -123,25 +139,11 @@ fn all_relu_networks_equal_the_reference_exactly() {
 
 #[test]
 fn mixed_placements_match_the_reference_up_to_truncation() {
-    // Truncation is faithful (never a wrap-around error) but may be off by
-    // one unit per truncated value; the logits stay within a small fraction
-    // of their range.
     let mut cnn = build("small-cnn", 10, 6).unwrap();
     "RRQ".parse::<Placement>().unwrap().apply(&mut cnn).unwrap();
     for net in [every_kind(7), cnn] {
         let prog = FixedProgram::lower(&net).unwrap();
-        let inputs = random_inputs(&prog, 2, 8);
-        for (x, got) in inputs.iter().zip(run(&prog, &inputs)) {
-            let want = prog.eval(x).unwrap();
-            let want = prog.decode_output(&want);
-            let got = prog.decode_output(&got);
-            let range = want.iter().fold(1f64, |m, v| m.max(v.abs()));
-            for (g, w) in got.iter().zip(&want) {
-                // Local truncation is off by one unit in the last place now and then;
-                // through a few layers that stays far below the logits' spread.
-                assert!((g - w).abs() <= 0.02 * range, "{}: {g} vs {w}", net.name);
-            }
-        }
+        assert_matches_up_to_truncation(&prog, 8, &net.name);
     }
 }
 
@@ -219,8 +221,8 @@ fn mixed_channel_layers_equal_the_reference() {
     for (x, got) in inputs.iter().zip(run(&prog, &inputs)) {
         assert_eq!(got, prog.eval(x).unwrap());
     }
-    // All-quadratic, one of each, random masks: faithful truncation, within
-    // a unit here and there.
+    // All-quadratic, one of each, random masks: truncation, within a unit
+    // here and there.
     for (k, masks) in [
         [quad; 5],
         [one_each, quad, one_each, one_each, one_each],
@@ -229,16 +231,7 @@ fn mixed_channel_layers_equal_the_reference() {
     .into_iter()
     .enumerate()
     {
-        let net = mixed_net(masks, 30 + k as u64);
-        let prog = FixedProgram::lower(&net).unwrap();
-        let inputs = random_inputs(&prog, 2, 31 + k as u64);
-        for (x, got) in inputs.iter().zip(run(&prog, &inputs)) {
-            let want = prog.decode_output(&prog.eval(x).unwrap());
-            let got = prog.decode_output(&got);
-            let range = want.iter().fold(1f64, |m, v| m.max(v.abs()));
-            for (g, w) in got.iter().zip(&want) {
-                assert!((g - w).abs() <= 0.02 * range, "masks {k}: {g} vs {w}");
-            }
-        }
+        let prog = FixedProgram::lower(&mixed_net(masks, 30 + k as u64)).unwrap();
+        assert_matches_up_to_truncation(&prog, 31 + k as u64, &format!("masks {k}"));
     }
 }
