@@ -608,8 +608,15 @@ pub fn trunc(v: F, f: u32) -> F {
     delphi_crypto::trunc::trunc_reference(v, f)
 }
 
-/// A linear layer on field elements: Σ w·x + b mod p, exactly.
+/// A linear layer on field elements: Σ w·x + b mod p, exactly. Computed in
+/// i64 on the signed values when no partial sum can overflow (the usual
+/// case: the sum is then the same integer, so the same field element), else
+/// with i128 accumulators.
 pub fn linear_field(op: &LinearOp, x: &[F], w: &[i64], b: &[i64]) -> Vec<F> {
+    let signed: Vec<i64> = x.iter().map(|v| v.to_signed()).collect();
+    if let Some(y) = op.apply_i64(&signed, w, b) {
+        return y.into_iter().map(F::from_i64).collect();
+    }
     op.apply(
         x,
         w,

@@ -141,3 +141,130 @@ pub fn sum_pool<T: Copy, A: Copy>(
     }
     (v, out)
 }
+
+impl LinearOp {
+    /// The operator on signed integers, exactly, when no partial sum can
+    /// leave i64: `None` when `max|x| · Σ|w| + |b|` of some output channel
+    /// could reach 2^62 (the caller then takes the general path). Loops
+    /// are ordered for contiguous rows (each weight scales a row of its
+    /// input into a row of the output), which the compiler vectorises.
+    pub fn apply_i64(&self, x: &[i64], w: &[i64], b: &[i64]) -> Option<Vec<i64>> {
+        let (i, o, k) = (self.input, self.output, self.kernel);
+        if x.len() != i.len() || w.len() != self.weights() {
+            return None;
+        }
+        let max_x = x.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128;
+        let per = i.channels * k * k;
+        for oc in 0..o.channels {
+            let norm: u128 = w[oc * per..(oc + 1) * per]
+                .iter()
+                .map(|v| v.unsigned_abs() as u128)
+                .sum();
+            let bias = b.get(oc).map_or(0, |v| v.unsigned_abs() as u128);
+            if max_x * norm + bias >= 1u128 << 62 {
+                return None;
+            }
+        }
+        if i.height == 1 && i.width == 1 && k == 1 && self.pad == 0 {
+            // Dense: one dot product per output.
+            return Some(
+                (0..o.channels)
+                    .map(|oc| {
+                        let row = &w[oc * per..(oc + 1) * per];
+                        let dot: i64 = row.iter().zip(x).map(|(w, x)| w * x).sum();
+                        dot + b.get(oc).copied().unwrap_or(0)
+                    })
+                    .collect(),
+            );
+        }
+        let (oh, ow, s, pad) = (o.height, o.width, self.stride, self.pad as isize);
+        let mut out = vec![0i64; o.len()];
+        for oc in 0..o.channels {
+            let plane = &mut out[oc * oh * ow..(oc + 1) * oh * ow];
+            plane.fill(b.get(oc).copied().unwrap_or(0));
+            for ic in 0..i.channels {
+                let xplane = &x[ic * i.height * i.width..(ic + 1) * i.height * i.width];
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let wv = w[((oc * i.channels + ic) * k + ky) * k + kx];
+                        if wv == 0 {
+                            continue;
+                        }
+                        // Output columns whose input column ox·s + kx − pad lies inside.
+                        let first = (pad - kx as isize).max(0) as usize;
+                        let lo = first.div_ceil(s);
+                        let last = i.width as isize - 1 + pad - kx as isize;
+                        if last < 0 {
+                            continue;
+                        }
+                        let hi = (last as usize / s + 1).min(ow);
+                        if lo >= hi {
+                            continue;
+                        }
+                        for oy in 0..oh {
+                            let iy = (oy * s + ky) as isize - pad;
+                            if iy < 0 || iy >= i.height as isize {
+                                continue;
+                            }
+                            let xrow = &xplane[iy as usize * i.width..(iy as usize + 1) * i.width];
+                            let orow = &mut plane[oy * ow..(oy + 1) * ow];
+                            let x0 = (lo * s + kx) as isize - pad;
+                            if s == 1 {
+                                let src = &xrow[x0 as usize..x0 as usize + (hi - lo)];
+                                for (d, &v) in orow[lo..hi].iter_mut().zip(src) {
+                                    *d += wv * v;
+                                }
+                            } else {
+                                for (j, d) in orow[lo..hi].iter_mut().enumerate() {
+                                    *d += wv * xrow[x0 as usize + j * s];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LinearOp;
+    use crate::desc::Shape;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn the_integer_path_equals_the_general_one() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+        for (input, out, k, stride, pad) in [
+            (Shape::new(3, 9, 7), 4, 3, 1, 1),
+            (Shape::new(2, 8, 8), 3, 3, 2, 0),
+            (Shape::new(2, 9, 9), 2, 5, 2, 2),
+            (Shape::new(1, 5, 5), 2, 1, 1, 0),
+            (Shape::new(3, 6, 6), 2, 3, 3, 4),
+            (Shape::new(2, 4, 4), 2, 4, 1, 0),
+        ] {
+            let op = LinearOp::conv(input, out, k, stride, pad);
+            for dense in [false, true] {
+                let op = if dense {
+                    LinearOp::dense(input.len(), out)
+                } else {
+                    op
+                };
+                let x: Vec<i64> = (0..input.len())
+                    .map(|_| rng.gen_range(-5000..5000))
+                    .collect();
+                let w: Vec<i64> = (0..op.weights())
+                    .map(|_| rng.gen_range(-900..900))
+                    .collect();
+                let b: Vec<i64> = (0..out).map(|_| rng.gen_range(-99..99)).collect();
+                let want = op.apply(&x, &w, |oc| b[oc], |a, w, x| *a += w * x, |a| a);
+                assert_eq!(op.apply_i64(&x, &w, &b).unwrap(), want, "{op:?}");
+            }
+        }
+        // Sums that could leave i64 take the general path.
+        let op = LinearOp::dense(2, 1);
+        assert!(op.apply_i64(&[1 << 40, 1], &[1 << 30, 1], &[0]).is_none());
+    }
+}

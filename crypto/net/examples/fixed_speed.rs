@@ -1,0 +1,26 @@
+//! Images per second of the fixed-point reference on a built-in network:
+//! `cargo run --release -p delphi-net --example fixed_speed -- small-cnn 2000`.
+#![allow(clippy::unwrap_used)]
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let arch = args.next().unwrap_or_else(|| "small-cnn".into());
+    let n: usize = args.next().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let net = delphi_net::builtin::build(&arch, 10, 1).unwrap();
+    let prog = delphi_net::FixedProgram::lower(&net).unwrap();
+    let inputs: Vec<_> = delphi_net::eval::random_inputs(net.input.len(), 16, 2)
+        .iter()
+        .map(|x| prog.encode_input(x).unwrap())
+        .collect();
+    let t = std::time::Instant::now();
+    let mut check = 0i64;
+    for i in 0..n {
+        let y = prog.eval(&inputs[i % inputs.len()]).unwrap();
+        check = check.wrapping_add(y[0].to_signed());
+    }
+    let s = t.elapsed().as_secs_f64();
+    println!(
+        "{arch}: {n} images in {s:.2} s, {:.0} images/s on one thread (checksum {check})",
+        n as f64 / s
+    );
+}
