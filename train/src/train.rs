@@ -1158,16 +1158,22 @@ pub fn fixed_accuracy(net: &Network, split: &Split) -> Result<f64> {
                 let prog = &prog;
                 s.spawn(move || -> Result<usize> {
                     let mut c = 0;
-                    for i in start..(start + per).min(n) {
-                        let x = prog.encode_input(&split.image(i, None, norm))?;
-                        let y = prog.eval(&x)?;
-                        let pred = y
-                            .iter()
-                            .enumerate()
-                            .max_by_key(|(_, v)| v.to_signed())
-                            .map(|(k, _)| k)
-                            .unwrap_or(0);
-                        c += usize::from(pred == split.labels[i] as usize);
+                    let end = (start + per).min(n);
+                    // Batches of 64: the linear layers run over the batch.
+                    for from in (start..end).step_by(64) {
+                        let to = (from + 64).min(end);
+                        let xs = (from..to)
+                            .map(|i| prog.encode_input(&split.image(i, None, norm)))
+                            .collect::<std::result::Result<Vec<_>, _>>()?;
+                        for (i, y) in (from..to).zip(prog.eval_batch(&xs)?) {
+                            let pred = y
+                                .iter()
+                                .enumerate()
+                                .max_by_key(|(_, v)| v.to_signed())
+                                .map(|(k, _)| k)
+                                .unwrap_or(0);
+                            c += usize::from(pred == split.labels[i] as usize);
+                        }
                     }
                     Ok(c)
                 })

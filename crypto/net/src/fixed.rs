@@ -595,6 +595,119 @@ impl FixedProgram {
         Ok(vals)
     }
 
+    /// Runs the program on many inputs at once — every node's values
+    /// interleaved input by input, so linear layers run over the batch in
+    /// their innermost loops — and returns each input's logits: exactly
+    /// what [`FixedProgram::eval`] returns for it.
+    pub fn eval_batch(&self, inputs: &[Vec<F>]) -> Result<Vec<Vec<F>>> {
+        let nb = inputs.len();
+        if nb == 0 {
+            return Ok(Vec::new());
+        }
+        let len0 = self.nodes[0].shape.len();
+        if let Some(x) = inputs.iter().find(|x| x.len() != len0) {
+            return Err(NetError::Invalid(format!(
+                "input has {} values, the network takes {len0}",
+                x.len()
+            )));
+        }
+        // The last reader of every node, so values are dropped once used.
+        let mut last_use: Vec<usize> = (0..self.nodes.len()).collect();
+        for (i, n) in self.nodes.iter().enumerate() {
+            for &j in &n.inputs {
+                last_use[j] = last_use[j].max(i);
+            }
+        }
+        last_use[self.output] = usize::MAX;
+        let mut vals: Vec<Vec<F>> = Vec::with_capacity(self.nodes.len());
+        for (i, node) in self.nodes.iter().enumerate() {
+            let x: &[F] = node.inputs.first().map(|&j| &vals[j][..]).unwrap_or(&[]);
+            // Channel of interleaved element k.
+            let per = (node.shape.height * node.shape.width * nb).max(1);
+            let on = |k: usize| match &node.channels {
+                Some(ch) => ch.get(k / per).copied().unwrap_or(false),
+                None => true,
+            };
+            let map = |f: &dyn Fn(usize, F) -> F| -> Vec<F> {
+                x.iter()
+                    .enumerate()
+                    .map(|(k, &v)| if on(k) { f(k / per, v) } else { F::ZERO })
+                    .collect()
+            };
+            let v = match &node.op {
+                FixedOp::Input => (0..len0)
+                    .flat_map(|e| inputs.iter().map(move |x| x[e]))
+                    .collect(),
+                FixedOp::Linear { op, weight, bias } => {
+                    let signed: Vec<i64> = x.iter().map(|v| v.to_signed()).collect();
+                    match op.apply_i64_batch(&signed, weight, bias, nb) {
+                        Some(y) => y.into_iter().map(F::from_i64).collect(),
+                        None => {
+                            // The exact general path, input by input.
+                            let ins = self.nodes[node.inputs[0]].shape.len();
+                            let outs: Vec<Vec<F>> = (0..nb)
+                                .map(|n| {
+                                    let xi: Vec<F> = (0..ins).map(|e| x[e * nb + n]).collect();
+                                    linear_field(op, &xi, weight, bias)
+                                })
+                                .collect();
+                            (0..op.output.len())
+                                .flat_map(|e| outs.iter().map(move |o| o[e]))
+                                .collect()
+                        }
+                    }
+                }
+                FixedOp::Relu { shift } => map(&|_, v| relu_trunc_reference(v, *shift)),
+                FixedOp::Quad { a, b, c } => map(&|ch, v| {
+                    let (a, b, c) = (F::from_i64(a[ch]), F::from_i64(b[ch]), F::from_i64(c[ch]));
+                    a * v * v + b * v + c
+                }),
+                FixedOp::Trunc { shift } => map(&|_, v| trunc(v, *shift)),
+                FixedOp::MulConst(m) => {
+                    let m = F::from_i64(*m);
+                    x.iter().map(|&v| v * m).collect()
+                }
+                FixedOp::SumPool { kernel, stride } => {
+                    let src = self.nodes[node.inputs[0]].shape;
+                    let out = node.shape;
+                    let mut y = vec![F::ZERO; out.len() * nb];
+                    for c in 0..out.channels {
+                        for oy in 0..out.height {
+                            for ox in 0..out.width {
+                                let o = ((c * out.height + oy) * out.width + ox) * nb;
+                                for ky in 0..*kernel {
+                                    for kx in 0..*kernel {
+                                        let (sy, sx) = (oy * stride + ky, ox * stride + kx);
+                                        let e = ((c * src.height + sy) * src.width + sx) * nb;
+                                        for n in 0..nb {
+                                            y[o + n] += x[e + n];
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    y
+                }
+                FixedOp::Add => {
+                    let y = &vals[node.inputs[1]];
+                    x.iter().zip(y).map(|(a, b)| *a + *b).collect()
+                }
+            };
+            vals.push(v);
+            for &j in &node.inputs {
+                if last_use[j] == i {
+                    vals[j] = Vec::new();
+                }
+            }
+        }
+        let out = std::mem::take(&mut vals[self.output]);
+        let m = self.nodes[self.output].shape.len();
+        Ok((0..nb)
+            .map(|n| (0..m).map(|e| out[e * nb + n]).collect())
+            .collect())
+    }
+
     /// Runs the program; returns the logits (field elements).
     pub fn eval(&self, input: &[F]) -> Result<Vec<F>> {
         let mut all = self.eval_all(input)?;

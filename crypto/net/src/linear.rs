@@ -149,8 +149,21 @@ impl LinearOp {
     /// are ordered for contiguous rows (each weight scales a row of its
     /// input into a row of the output), which the compiler vectorises.
     pub fn apply_i64(&self, x: &[i64], w: &[i64], b: &[i64]) -> Option<Vec<i64>> {
+        self.apply_i64_batch(x, w, b, 1)
+    }
+
+    /// [`LinearOp::apply_i64`] on `batch` inputs interleaved element by
+    /// element (`x[e·batch + n]` is element e of input n; the output is laid
+    /// out the same way), so that the innermost loops run over the batch.
+    pub fn apply_i64_batch(
+        &self,
+        x: &[i64],
+        w: &[i64],
+        b: &[i64],
+        batch: usize,
+    ) -> Option<Vec<i64>> {
         let (i, o, k) = (self.input, self.output, self.kernel);
-        if x.len() != i.len() || w.len() != self.weights() {
+        if batch == 0 || x.len() != i.len() * batch || w.len() != self.weights() {
             return None;
         }
         let max_x = x.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128;
@@ -165,8 +178,8 @@ impl LinearOp {
                 return None;
             }
         }
-        if i.height == 1 && i.width == 1 && k == 1 && self.pad == 0 {
-            // Dense: one dot product per output.
+        if i.height == 1 && i.width == 1 && k == 1 && self.pad == 0 && batch == 1 {
+            // Dense on one input: one dot product per output.
             return Some(
                 (0..o.channels)
                     .map(|oc| {
@@ -178,12 +191,13 @@ impl LinearOp {
             );
         }
         let (oh, ow, s, pad) = (o.height, o.width, self.stride, self.pad as isize);
-        let mut out = vec![0i64; o.len()];
+        let (iw, nb) = (i.width, batch);
+        let mut out = vec![0i64; o.len() * nb];
         for oc in 0..o.channels {
-            let plane = &mut out[oc * oh * ow..(oc + 1) * oh * ow];
+            let plane = &mut out[oc * oh * ow * nb..(oc + 1) * oh * ow * nb];
             plane.fill(b.get(oc).copied().unwrap_or(0));
             for ic in 0..i.channels {
-                let xplane = &x[ic * i.height * i.width..(ic + 1) * i.height * i.width];
+                let xplane = &x[ic * i.height * iw * nb..(ic + 1) * i.height * iw * nb];
                 for ky in 0..k {
                     for kx in 0..k {
                         let wv = w[((oc * i.channels + ic) * k + ky) * k + kx];
@@ -193,7 +207,7 @@ impl LinearOp {
                         // Output columns whose input column ox·s + kx − pad lies inside.
                         let first = (pad - kx as isize).max(0) as usize;
                         let lo = first.div_ceil(s);
-                        let last = i.width as isize - 1 + pad - kx as isize;
+                        let last = iw as isize - 1 + pad - kx as isize;
                         if last < 0 {
                             continue;
                         }
@@ -206,17 +220,22 @@ impl LinearOp {
                             if iy < 0 || iy >= i.height as isize {
                                 continue;
                             }
-                            let xrow = &xplane[iy as usize * i.width..(iy as usize + 1) * i.width];
-                            let orow = &mut plane[oy * ow..(oy + 1) * ow];
-                            let x0 = (lo * s + kx) as isize - pad;
+                            let xrow = &xplane[iy as usize * iw * nb..(iy as usize + 1) * iw * nb];
+                            let orow = &mut plane[oy * ow * nb..(oy + 1) * ow * nb];
+                            let x0 = ((lo * s + kx) as isize - pad) as usize;
                             if s == 1 {
-                                let src = &xrow[x0 as usize..x0 as usize + (hi - lo)];
-                                for (d, &v) in orow[lo..hi].iter_mut().zip(src) {
+                                let len = (hi - lo) * nb;
+                                let src = &xrow[x0 * nb..x0 * nb + len];
+                                for (d, &v) in orow[lo * nb..lo * nb + len].iter_mut().zip(src) {
                                     *d += wv * v;
                                 }
                             } else {
-                                for (j, d) in orow[lo..hi].iter_mut().enumerate() {
-                                    *d += wv * xrow[x0 as usize + j * s];
+                                for j in 0..hi - lo {
+                                    let src = &xrow[(x0 + j * s) * nb..(x0 + j * s + 1) * nb];
+                                    let dst = &mut orow[(lo + j) * nb..(lo + j + 1) * nb];
+                                    for (d, &v) in dst.iter_mut().zip(src) {
+                                        *d += wv * v;
+                                    }
                                 }
                             }
                         }
@@ -261,6 +280,23 @@ mod tests {
                 let b: Vec<i64> = (0..out).map(|_| rng.gen_range(-99..99)).collect();
                 let want = op.apply(&x, &w, |oc| b[oc], |a, w, x| *a += w * x, |a| a);
                 assert_eq!(op.apply_i64(&x, &w, &b).unwrap(), want, "{op:?}");
+                // Three inputs interleaved give the three results interleaved.
+                let xs: Vec<Vec<i64>> = (0..3)
+                    .map(|_| {
+                        (0..input.len())
+                            .map(|_| rng.gen_range(-5000..5000))
+                            .collect()
+                    })
+                    .collect();
+                let inter: Vec<i64> = (0..input.len())
+                    .flat_map(|e| xs.iter().map(move |x| x[e]))
+                    .collect();
+                let got = op.apply_i64_batch(&inter, &w, &b, 3).unwrap();
+                for (n, x) in xs.iter().enumerate() {
+                    let want = op.apply(x, &w, |oc| b[oc], |a, w, x| *a += w * x, |a| a);
+                    let mine: Vec<i64> = got.iter().skip(n).step_by(3).copied().collect();
+                    assert_eq!(mine, want, "{op:?} input {n}");
+                }
             }
         }
         // Sums that could leave i64 take the general path.

@@ -427,3 +427,30 @@ fn mixed_layers_need_version_2_and_one_entry_per_channel() {
         panic!("not mixed");
     }
 }
+
+#[test]
+fn batched_evaluation_equals_one_input_at_a_time() {
+    let mut rq = build("resnet14", 10, 3).unwrap();
+    "QRQRQRQRQRQRQ"
+        .parse::<Placement>()
+        .unwrap()
+        .apply(&mut rq)
+        .unwrap();
+    for net in [
+        build("small-cnn", 10, 2).unwrap(),
+        build("minionn", 10, 2).unwrap(),
+        rq,
+        mixed_small_cnn(7, |k, c| (k + c) % 3 == 0),
+    ] {
+        let prog = FixedProgram::lower(&net).unwrap();
+        let inputs: Vec<_> = delphi_net::eval::random_inputs(net.input.len(), 5, 11)
+            .iter()
+            .map(|x| prog.encode_input(x).unwrap())
+            .collect();
+        let batch = prog.eval_batch(&inputs).unwrap();
+        assert_eq!(batch.len(), inputs.len());
+        for (x, got) in inputs.iter().zip(&batch) {
+            assert_eq!(got, &prog.eval(x).unwrap(), "{}", net.name);
+        }
+    }
+}
