@@ -302,6 +302,8 @@ impl CostModel {
     fn compute(&self, prog: &FixedProgram, i: usize) -> (f64, f64) {
         let node = &prog.nodes[i];
         let n = node.shape.len() as f64;
+        // A node working on some channels only runs on those elements.
+        let active = node.active_len() as f64;
         match &node.op {
             FixedOp::Input => (0.0, 0.0),
             FixedOp::Linear { op, .. } => {
@@ -316,15 +318,9 @@ impl CostModel {
                 let macs = (op.output.len() * op.macs_per_output()) as f64;
                 (off, self.linear_online_per_mac_s * macs)
             }
-            FixedOp::Relu { .. } | FixedOp::Trunc { .. } | FixedOp::Quad { .. } => {
-                // A node working on some channels only runs on those elements.
-                let n = node.active_len() as f64;
-                match &node.op {
-                    FixedOp::Relu { .. } => (self.relu_offline.at(n), self.relu_online.at(n)),
-                    FixedOp::Trunc { .. } => (self.trunc_offline.at(n), self.trunc_online.at(n)),
-                    _ => (self.quad_offline.at(n), self.quad_online.at(n)),
-                }
-            }
+            FixedOp::Relu { .. } => (self.relu_offline.at(active), self.relu_online.at(active)),
+            FixedOp::Trunc { .. } => (self.trunc_offline.at(active), self.trunc_online.at(active)),
+            FixedOp::Quad { .. } => (self.quad_offline.at(active), self.quad_online.at(active)),
             FixedOp::MulConst(_) | FixedOp::SumPool { .. } | FixedOp::Add => {
                 (0.0, self.local_per_value_s * n)
             }

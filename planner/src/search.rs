@@ -425,8 +425,8 @@ impl Pricing {
     }
 
     /// Predicted cost of a per-channel placement (per activation layer, a
-    /// mask with `true` for ReLU channels; `None`: the layer's `placement`
-    /// entry decides).
+    /// mask with `true` for ReLU channels; `None` or missing: the layer's
+    /// `placement` entry decides).
     pub fn price_masks(&self, p: &Placement, masks: &[Option<Vec<bool>>]) -> Result<Cost> {
         let mut net = self.template.clone();
         p.apply(&mut net)?;
@@ -469,20 +469,12 @@ impl Pricing {
 
     /// Predicted cost of a placement.
     pub fn price(&self, p: &Placement) -> Result<Cost> {
-        let mut net = self.template.clone();
-        p.apply(&mut net)?;
-        let prog = FixedProgram::lower(&net)?;
-        Ok(self.model.predict(&prog, self.link.as_ref()).total)
+        self.price_masks(p, &[])
     }
 
     /// ReLU activations left under a placement.
     pub fn relus(&self, p: &Placement) -> usize {
-        self.layer_relus
-            .iter()
-            .enumerate()
-            .filter(|(k, _)| !p.is_quad(*k))
-            .map(|(_, n)| n)
-            .sum()
+        self.relus_masks(p, &[])
     }
 }
 
@@ -497,6 +489,9 @@ pub(crate) fn apply_masks(net: &mut Network, masks: &[Option<Vec<bool>>]) {
             continue;
         };
         let n = m.len();
+        let Activation::Quad { a, b, c } = Activation::DEFAULT_QUAD else {
+            continue;
+        };
         net.layers[i].op = Op::Activation(if m.iter().all(|&r| r) {
             Activation::Relu
         } else if m.iter().all(|&r| !r) {
@@ -504,9 +499,9 @@ pub(crate) fn apply_masks(net: &mut Network, masks: &[Option<Vec<bool>>]) {
         } else {
             Activation::Mixed {
                 relu: m.clone(),
-                a: vec![0.2; n],
-                b: vec![0.5; n],
-                c: vec![0.2; n],
+                a: vec![a; n],
+                b: vec![b; n],
+                c: vec![c; n],
             }
         });
     }
@@ -844,18 +839,12 @@ impl<'a> Search<'a> {
         let acc = tr.accuracy(&self.data.valid);
         let placement = Placement::new(tr.placement());
         let masks = tr.channel_masks();
-        let (cost, relus, relu_channels) = if masks.iter().any(Option::is_some) {
-            (
-                self.pricing.price_masks(&placement, &masks)?,
-                self.pricing.relus_masks(&placement, &masks),
-                relu_channel_percent(&masks, &placement),
-            )
+        let cost = self.pricing.price_masks(&placement, &masks)?;
+        let relus = self.pricing.relus_masks(&placement, &masks);
+        let relu_channels = if masks.iter().any(Option::is_some) {
+            relu_channel_percent(&masks, &placement)
         } else {
-            (
-                self.pricing.price(&placement)?,
-                self.pricing.relus(&placement),
-                String::new(),
-            )
+            String::new()
         };
         let obj = self.c.objective.of(&cost);
         let e = Evaluation {

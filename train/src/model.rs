@@ -542,6 +542,16 @@ impl Net {
         }
     }
 
+    /// Per activation layer: whether it has per-channel gates (no tensor
+    /// is read: cheap enough for every step).
+    pub fn gated(&self) -> Vec<bool> {
+        self.layers
+            .iter()
+            .filter(|l| matches!(l.kind, Kind::Activation(_)))
+            .map(|l| l.gate.is_some())
+            .collect()
+    }
+
     /// Per activation layer: its gates (clamped to [0, 1]), if it has any.
     pub fn gates(&self) -> Vec<Option<Vec<f32>>> {
         self.layers

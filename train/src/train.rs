@@ -172,8 +172,9 @@ impl Gates {
                 .sum::<f64>()
     }
 
-    /// SNL's final selection: the channels with the lowest gates turn
-    /// quadratic, cheapest saving last, until the mask meets the budget.
+    /// SNL's final selection: the ReLU channels with the lowest gates turn
+    /// quadratic, one by one, until the mask meets the budget (channels
+    /// whose layer saves nothing are left ReLU).
     pub fn select(&self, gates: &[Vec<f32>]) -> Vec<Vec<bool>> {
         let mut mask: Vec<Vec<bool>> = gates
             .iter()
@@ -183,7 +184,7 @@ impl Gates {
             .iter()
             .enumerate()
             .flat_map(|(l, g)| (0..g.len()).map(move |c| (l, c)))
-            .filter(|&(l, c)| mask[l][c])
+            .filter(|&(l, c)| mask[l][c] && self.channel_saving.get(l).is_some_and(|&s| s > 0.0))
             .collect();
         order.sort_by(|&(l, c), &(m, d)| gates[l][c].total_cmp(&gates[m][d]));
         let mut cost = self.cost(&mask);
@@ -485,7 +486,17 @@ impl Trainer {
             .unwrap_or_else(|| config.dataset.default_normalization());
         device.seed(config.seed);
         let mut model = Net::from_description(&template, load, &device)?;
-        let has_mixed = model.gates().iter().any(Option::is_some);
+        let has_mixed = model.gated().iter().any(|&g| g);
+        if let Some(g) = &config.gates {
+            let layers = model.activation_layers().len();
+            if g.channel_saving.len() != layers || g.channel_saving.iter().any(|&s| s < 0.0) {
+                return Err(TrainError::Config(format!(
+                    "gates: {} per-layer channel savings (none negative) for a network with {layers} \
+                     activation layers",
+                    g.channel_saving.len()
+                )));
+            }
+        }
         let gate_mode = if config.gates.is_some() {
             model.enable_gates(&template.validate()?, &device);
             Some(ActMode::Gated)
@@ -545,12 +556,12 @@ impl Trainer {
 
     /// The activation modes at a point of the run (fraction of all steps).
     pub fn modes_at(&self, progress: f32) -> Vec<ActMode> {
-        let gated = self.model.gates();
+        let gated = self.model.gated();
         self.quad_from
             .iter()
             .enumerate()
             .map(|(k, q)| match *q {
-                _ if matches!(gated.get(k), Some(Some(_))) => {
+                _ if gated.get(k).copied().unwrap_or(false) => {
                     self.gate_mode.unwrap_or(ActMode::Masked)
                 }
                 None => ActMode::Relu,
@@ -598,10 +609,10 @@ impl Trainer {
     }
 
     /// Sets a new budget for the channel mask; when the frozen mask costs
-    /// more, learning resumes from it (λ halved).
-    pub fn set_gate_budget(&mut self, budget: f64) {
+    /// more, learning resumes from it (λ halved). No effect without gates.
+    pub fn set_gate_budget(&mut self, budget: f64) -> Result<()> {
         let Some(g) = &mut self.config.gates else {
-            return;
+            return Ok(());
         };
         g.budget = budget;
         let masks: Vec<Vec<bool>> = self.channel_masks().into_iter().flatten().collect();
@@ -614,8 +625,9 @@ impl Trainer {
             self.gate_mode = Some(ActMode::Gated);
             self.penalty = (self.penalty * 0.5).max(1e-6);
             let modes = self.modes_at(self.progress_fraction());
-            let _ = self.model.set_modes(&modes);
+            self.model.set_modes(&modes)?;
         }
+        Ok(())
     }
 
     /// Fraction of the run done.
@@ -871,15 +883,15 @@ impl Trainer {
     /// it once it meets the budget (or selects and freezes at `freeze_by`),
     /// else grows λ.
     fn check_mask(&mut self, total: usize) {
-        let Some(g) = self.config.gates.clone() else {
-            return;
-        };
-        let progress = self.steps_done as f32 / total.max(1) as f32;
         if self.gate_mode != Some(ActMode::Gated)
             || !self.steps_done.is_multiple_of(GATE_CHECK_STEPS)
         {
             return;
         }
+        let Some(g) = self.config.gates.clone() else {
+            return;
+        };
+        let progress = self.steps_done as f32 / total.max(1) as f32;
         let masks: Vec<Vec<bool>> = self.channel_masks().into_iter().flatten().collect();
         if g.cost(&masks) <= g.budget {
             self.freeze_mask(&masks);
@@ -1220,6 +1232,11 @@ mod tests {
         let mask = g.select(&[vec![0.9, 0.6], vec![0.55, 0.7, 0.95]]);
         assert_eq!(mask, vec![vec![true, false], vec![false, false, true]]);
         assert!(g.cost(&mask) <= g.budget);
+        // A layer whose channels save nothing is never turned quadratic.
+        let mut free = gates();
+        free.channel_saving = vec![2.0, 0.0];
+        let mask = free.select(&[vec![0.9, 0.6], vec![0.55, 0.7, 0.95]]);
+        assert_eq!(mask, vec![vec![false, false], vec![true, true, true]]);
         // A mask that already meets it is left alone.
         let mask = g.select(&[vec![0.1, 0.2], vec![0.9, 0.3, 0.9]]);
         assert_eq!(mask, vec![vec![false, false], vec![true, false, true]]);

@@ -264,3 +264,17 @@ fn a_gated_run_resumes_from_its_checkpoint() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn gates_with_the_wrong_number_of_layer_savings_are_refused() {
+    let (mut c, _) = gated();
+    if let Some(g) = &mut c.gates {
+        g.channel_saving.pop();
+    }
+    let err = Trainer::new(c, &Device::flex())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("2 per-layer channel savings"), "{err}");
+    assert!(err.contains("3 activation layers"), "{err}");
+}

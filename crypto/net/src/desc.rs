@@ -233,15 +233,6 @@ impl Activation {
                 .collect(),
         }
     }
-
-    /// The ReLU channels out of `channels` (all for a ReLU, none for a quadratic).
-    pub fn relu_channels(&self, channels: usize) -> usize {
-        match self {
-            Activation::Relu => channels,
-            Activation::Quad { .. } => 0,
-            Activation::Mixed { relu, .. } => relu.iter().filter(|&&r| r).count(),
-        }
-    }
 }
 
 /// One layer's operation.

@@ -96,7 +96,7 @@ pub fn run(s: &mut Search) -> Result<()> {
                 if c.granularity == Granularity::Channel {
                     if rng.gen_bool(0.5) && evals[hi].valid_accuracy >= c.accuracy {
                         g.budget = tighter_budget(g.budget, s.quad_floor);
-                        tr.set_gate_budget(g.budget * relu_obj);
+                        tr.set_gate_budget(g.budget * relu_obj)?;
                     }
                 } else if rng.gen_bool(0.5) {
                     if evals[hi].valid_accuracy >= c.accuracy {
