@@ -595,6 +595,14 @@ impl FixedProgram {
         Ok(vals)
     }
 
+    /// A batch size for [`FixedProgram::eval_batch`]: as many images as
+    /// keep the largest layer's values of the whole batch within ~8 MB
+    /// (they stay in cache), between 1 and 64.
+    pub fn preferred_batch(&self) -> usize {
+        let widest = self.nodes.iter().map(|n| n.shape.len()).max().unwrap_or(1);
+        ((8 << 20) / (8 * widest.max(1))).clamp(1, 64)
+    }
+
     /// Runs the program on many inputs at once — every node's values
     /// interleaved input by input, so linear layers run over the batch in
     /// their innermost loops — and returns each input's logits: exactly
@@ -622,18 +630,9 @@ impl FixedProgram {
         let mut vals: Vec<Vec<F>> = Vec::with_capacity(self.nodes.len());
         for (i, node) in self.nodes.iter().enumerate() {
             let x: &[F] = node.inputs.first().map(|&j| &vals[j][..]).unwrap_or(&[]);
-            // Channel of interleaved element k.
+            // Interleaved elements per channel.
             let per = (node.shape.height * node.shape.width * nb).max(1);
-            let on = |k: usize| match &node.channels {
-                Some(ch) => ch.get(k / per).copied().unwrap_or(false),
-                None => true,
-            };
-            let map = |f: &dyn Fn(usize, F) -> F| -> Vec<F> {
-                x.iter()
-                    .enumerate()
-                    .map(|(k, &v)| if on(k) { f(k / per, v) } else { F::ZERO })
-                    .collect()
-            };
+            let channels = node.channels.as_deref();
             let v = match &node.op {
                 FixedOp::Input => (0..len0)
                     .flat_map(|e| inputs.iter().map(move |x| x[e]))
@@ -657,12 +656,14 @@ impl FixedProgram {
                         }
                     }
                 }
-                FixedOp::Relu { shift } => map(&|_, v| relu_trunc_reference(v, *shift)),
-                FixedOp::Quad { a, b, c } => map(&|ch, v| {
+                FixedOp::Relu { shift } => {
+                    map_channels(x, per, channels, |_, v| relu_trunc_reference(v, *shift))
+                }
+                FixedOp::Quad { a, b, c } => map_channels(x, per, channels, |ch, v| {
                     let (a, b, c) = (F::from_i64(a[ch]), F::from_i64(b[ch]), F::from_i64(c[ch]));
                     a * v * v + b * v + c
                 }),
-                FixedOp::Trunc { shift } => map(&|_, v| trunc(v, *shift)),
+                FixedOp::Trunc { shift } => map_channels(x, per, channels, |_, v| trunc(v, *shift)),
                 FixedOp::MulConst(m) => {
                     let m = F::from_i64(*m);
                     x.iter().map(|&v| v * m).collect()
@@ -721,10 +722,29 @@ pub fn trunc(v: F, f: u32) -> F {
     delphi_crypto::trunc::trunc_reference(v, f)
 }
 
+/// `f(channel, v)` on every element of a channel-major vector (`per`
+/// elements a channel), zero on the channels `channels` leaves out.
+fn map_channels(
+    x: &[F],
+    per: usize,
+    channels: Option<&[bool]>,
+    f: impl Fn(usize, F) -> F,
+) -> Vec<F> {
+    let mut out = Vec::with_capacity(x.len());
+    for (ch, chunk) in x.chunks(per).enumerate() {
+        if channels.is_none_or(|c| c.get(ch).copied().unwrap_or(false)) {
+            out.extend(chunk.iter().map(|&v| f(ch, v)));
+        } else {
+            out.extend(std::iter::repeat_n(F::ZERO, chunk.len()));
+        }
+    }
+    out
+}
+
 /// A linear layer on field elements: Σ w·x + b mod p, exactly. Computed in
-/// i64 on the signed values when no partial sum can overflow (the usual
-/// case: the sum is then the same integer, so the same field element), else
-/// with i128 accumulators.
+/// f64 when every partial sum stays below 2^53, else in i64 on the signed
+/// values when none can overflow (the sum is then the same integer, so the
+/// same field element), else with i128 accumulators.
 pub fn linear_field(op: &LinearOp, x: &[F], w: &[i64], b: &[i64]) -> Vec<F> {
     let signed: Vec<i64> = x.iter().map(|v| v.to_signed()).collect();
     if let Some(y) = op.apply_i64(&signed, w, b) {

@@ -6,6 +6,10 @@
 
 use crate::desc::Shape;
 
+/// Integers below this magnitude are exact in f64, and so is every sum and
+/// product of them that stays below it.
+const F64_EXACT: u128 = 1 << 53;
+
 /// A linear layer's geometry (weights live elsewhere).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinearOp {
@@ -152,6 +156,117 @@ impl LinearOp {
         self.apply_i64_batch(x, w, b, 1)
     }
 
+    /// [`LinearOp::apply_i64_batch`] as one matrix product in f64, exact
+    /// because the caller checked that every partial sum (and so every
+    /// product, input and weight) is below 2^53 in magnitude, where f64
+    /// holds integers exactly and fused or separate multiply-adds round to
+    /// nothing: the output `[o][oh·ow·batch]` is `W [o × c·k²]` times the
+    /// inputs gathered under each kernel tap (`[c·k²][oh·ow·batch]`; for a
+    /// dense layer the input itself).
+    fn apply_f64_exact(&self, x: &[i64], w: &[i64], b: &[i64], nb: usize) -> Vec<i64> {
+        let (i, o, k) = (self.input, self.output, self.kernel);
+        let (oh, ow) = (o.height, o.width);
+        let rows = i.channels * k * k;
+        let cols = oh * ow * nb;
+        let xf: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let wf: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+        let mut out = vec![0f64; o.channels * cols];
+        for (oc, plane) in out.chunks_mut(cols.max(1)).enumerate() {
+            plane.fill(b.get(oc).copied().unwrap_or(0) as f64);
+        }
+        let product = |out: &mut [f64], col: &[f64], first: usize, width: usize| {
+            // SAFETY: out is o × cols (row stride cols), read from column
+            // `first` for `width` columns; wf is o × rows (row stride rows);
+            // col is rows × width (row stride width); all in bounds.
+            unsafe {
+                gemm::gemm(
+                    o.channels,
+                    width,
+                    rows,
+                    out.as_mut_ptr().add(first),
+                    1,
+                    cols as isize,
+                    true,
+                    wf.as_ptr(),
+                    1,
+                    rows as isize,
+                    col.as_ptr(),
+                    1,
+                    width as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        };
+        if k == 1 && self.pad == 0 && self.stride == 1 {
+            product(&mut out, &xf, 0, cols);
+        } else {
+            // The gathered inputs of a band of output rows at a time (at most
+            // ~1 M values, so that large maps and batches stay in cache).
+            let band = ((1 << 20) / (rows * ow * nb).max(1)).clamp(1, oh.max(1));
+            let mut col = Vec::new();
+            for y0 in (0..oh).step_by(band) {
+                let y1 = (y0 + band).min(oh);
+                let width = (y1 - y0) * ow * nb;
+                col.clear();
+                col.resize(rows * width, 0f64);
+                self.gather(&xf, nb, y0..y1, &mut col);
+                product(&mut out, &col, y0 * ow * nb, width);
+            }
+        }
+        out.into_iter().map(|v| v as i64).collect()
+    }
+
+    /// The inputs under every kernel tap for output rows `ys`, batch
+    /// innermost: `col[(ic, ky, kx)][(oy − ys.start, ox, n)]` (zeros where the
+    /// tap falls in the padding).
+    fn gather(&self, xf: &[f64], nb: usize, ys: std::ops::Range<usize>, col: &mut [f64]) {
+        let (i, o, k, s) = (self.input, self.output, self.kernel, self.stride);
+        let (ow, pad, iw) = (o.width, self.pad as isize, i.width);
+        let width = ys.len() * ow * nb;
+        for ic in 0..i.channels {
+            let xplane = &xf[ic * i.height * iw * nb..][..i.height * iw * nb];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let r = (ic * k + ky) * k + kx;
+                    let dst = &mut col[r * width..][..width];
+                    // Output columns whose input column ox·s + kx − pad lies inside.
+                    let lo = ((pad - kx as isize).max(0) as usize).div_ceil(s);
+                    let last = iw as isize - 1 + pad - kx as isize;
+                    if last < 0 {
+                        continue;
+                    }
+                    let hi = (last as usize / s + 1).min(ow);
+                    if lo >= hi {
+                        continue;
+                    }
+                    let x0 = ((lo * s + kx) as isize - pad) as usize;
+                    for (t, oy) in ys.clone().enumerate() {
+                        let iy = (oy * s + ky) as isize - pad;
+                        if iy < 0 || iy >= i.height as isize {
+                            continue;
+                        }
+                        let xrow = &xplane[iy as usize * iw * nb..][..iw * nb];
+                        let drow = &mut dst[t * ow * nb..][..ow * nb];
+                        if s == 1 {
+                            let len = (hi - lo) * nb;
+                            drow[lo * nb..][..len].copy_from_slice(&xrow[x0 * nb..][..len]);
+                        } else {
+                            for j in 0..hi - lo {
+                                drow[(lo + j) * nb..][..nb]
+                                    .copy_from_slice(&xrow[(x0 + j * s) * nb..][..nb]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// [`LinearOp::apply_i64`] on `batch` inputs interleaved element by
     /// element (`x[e·batch + n]` is element e of input n; the output is laid
     /// out the same way), so that the innermost loops run over the batch.
@@ -177,6 +292,15 @@ impl LinearOp {
             if max_x * norm + bias >= 1u128 << 62 {
                 return None;
             }
+        }
+        if (0..o.channels).all(|oc| {
+            let norm: u128 = w[oc * per..(oc + 1) * per]
+                .iter()
+                .map(|v| v.unsigned_abs() as u128)
+                .sum();
+            max_x * norm + b.get(oc).map_or(0, |v| v.unsigned_abs() as u128) < F64_EXACT
+        }) {
+            return Some(self.apply_f64_exact(x, w, b, batch));
         }
         if i.height == 1 && i.width == 1 && k == 1 && self.pad == 0 && batch == 1 {
             // Dense on one input: one dot product per output.
@@ -255,6 +379,17 @@ mod tests {
 
     #[test]
     fn the_integer_path_equals_the_general_one() {
+        // Small values (the f64 product), values near 2^53 in partial sums
+        // (still f64) and values past it (the i64 loops).
+        for (xmax, wmax) in [(5000i64, 900i64), (1 << 25, 1 << 20), (1 << 32, 1 << 22)] {
+            integer_paths_equal_the_general_one(xmax, wmax);
+        }
+        // Sums that could leave i64 take the general path.
+        let op = LinearOp::dense(2, 1);
+        assert!(op.apply_i64(&[1 << 40, 1], &[1 << 30, 1], &[0]).is_none());
+    }
+
+    fn integer_paths_equal_the_general_one(xmax: i64, wmax: i64) {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
         for (input, out, k, stride, pad) in [
             (Shape::new(3, 9, 7), 4, 3, 1, 1),
@@ -272,10 +407,10 @@ mod tests {
                     op
                 };
                 let x: Vec<i64> = (0..input.len())
-                    .map(|_| rng.gen_range(-5000..5000))
+                    .map(|_| rng.gen_range(-xmax..xmax))
                     .collect();
                 let w: Vec<i64> = (0..op.weights())
-                    .map(|_| rng.gen_range(-900..900))
+                    .map(|_| rng.gen_range(-wmax..wmax))
                     .collect();
                 let b: Vec<i64> = (0..out).map(|_| rng.gen_range(-99..99)).collect();
                 let want = op.apply(&x, &w, |oc| b[oc], |a, w, x| *a += w * x, |a| a);
@@ -284,7 +419,7 @@ mod tests {
                 let xs: Vec<Vec<i64>> = (0..3)
                     .map(|_| {
                         (0..input.len())
-                            .map(|_| rng.gen_range(-5000..5000))
+                            .map(|_| rng.gen_range(-xmax..xmax))
                             .collect()
                     })
                     .collect();
@@ -299,8 +434,5 @@ mod tests {
                 }
             }
         }
-        // Sums that could leave i64 take the general path.
-        let op = LinearOp::dense(2, 1);
-        assert!(op.apply_i64(&[1 << 40, 1], &[1 << 30, 1], &[0]).is_none());
     }
 }
