@@ -22,8 +22,6 @@
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::module::avg_pool2d;
-use burn::tensor::ops::AvgPoolOptions;
 use burn::tensor::{activation, Device, Tensor, TensorData};
 
 use delphi_net::{Activation, Network, Op, Shape};
@@ -74,6 +72,21 @@ pub enum ModelError {
 
 /// Result alias of the model code.
 pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// A convolution through [`crate::fast::conv`] (the trainer's faster
+/// backward on flex) when its padding is explicit and symmetric, as the
+/// descriptions build it; else Burn's module.
+fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    match conv.padding {
+        PaddingConfig2d::Explicit(t, l, b, r) if t == l && t == b && t == r => crate::fast::conv(
+            x,
+            conv.weight.val(),
+            conv.bias.as_ref().map(|b| b.val()),
+            burn::tensor::ops::ConvOptions::new(conv.stride, [t, t], conv.dilation, conv.groups),
+        ),
+        _ => conv.forward(x),
+    }
+}
 
 /// The learnable coefficients of an activation layer (scalars).
 #[derive(Module, Debug)]
@@ -322,7 +335,7 @@ impl Net {
                 None => x.clone(),
             };
             let y = match (&l.kind, &l.conv, &l.dense, &l.bn, &l.act) {
-                (Kind::Conv, Some(conv), ..) => conv.forward(src),
+                (Kind::Conv, Some(conv), ..) => conv_forward(conv, src),
                 (Kind::Dense, _, Some(lin), ..) => {
                     let [n, c, h, w] = src.dims();
                     let y = lin.forward(src.reshape([n, c * h * w]));
@@ -330,10 +343,9 @@ impl Net {
                     y.reshape([n, out, 1, 1])
                 }
                 (Kind::BatchNorm, _, _, Some(bn), _) => bn.forward(src),
-                (Kind::AvgPool { kernel, stride }, ..) => avg_pool2d(
-                    src,
-                    AvgPoolOptions::new([*kernel; 2]).with_stride([*stride; 2]),
-                ),
+                (Kind::AvgPool { kernel, stride }, ..) => {
+                    crate::fast::avg_pool(src, *kernel, *stride)
+                }
                 (Kind::Residual { from }, ..) => src + outs[*from].clone(),
                 (Kind::Flatten, ..) => {
                     let [n, c, h, w] = src.dims();

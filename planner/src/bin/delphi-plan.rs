@@ -300,6 +300,7 @@ fn flags_beside_config(m: &clap::ArgMatches) -> Vec<String> {
 }
 
 fn main() -> Result<()> {
+    delphi_train::tune_allocator();
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches)?;
     if cli.config.is_some() {
