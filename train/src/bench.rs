@@ -1,30 +1,59 @@
-//! Training throughput: images/s of a full training step (forward, backward,
-//! SGD update) for `resnet32` and `minionn` on 32×32×3 inputs.
+//! Training and inference throughput, timed on the trainer's own path.
 //!
-//! `delphi-train bench --out results/bench/train.json` (synthetic images:
-//! throughput does not depend on the pixels).
+//! `delphi-train bench --out results/bench/train.json` times
+//! [`Trainer::train_steps`] — batch assembly, forward, backward, optimizer
+//! step, the per-step loss and accuracy read-back, exactly what a training
+//! run does — and [`float_accuracy`] (batches built from the images, forward
+//! in inference mode, arg-max), after one untimed warm-up of each. Networks
+//! on 28×28×1 inputs train on Fashion-MNIST when its files are found, else on
+//! random images (throughput does not depend on the pixels); 32×32×3
+//! networks on random images.
+//!
+//! With `--compare FILE` (the figures `train/scripts/keras_bench.py` writes on
+//! the same machine) the report gains each ratio to that reference.
 
+use std::path::Path;
 use std::time::Instant;
 
-use burn::optim::{GradientsParams, SgdConfig};
-use burn::tensor::{Tensor, TensorData};
-use serde::Serialize;
+use burn::tensor::Device;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
-use delphi_net::builtin::build;
-
+use crate::data::{self, Dataset, DatasetKind, Split};
 use crate::device::DeviceChoice;
-use crate::model::{values, Net};
-use crate::train::Result;
+use crate::train::{Result, TrainConfig, TrainError, Trainer};
 
 /// One architecture's figures.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ArchFigures {
     /// Architecture.
     pub arch: String,
+    /// Where the images came from (`fashion-mnist` or `random`).
+    #[serde(default)]
+    pub data: String,
     /// Images per second of training steps.
     pub train_images_per_s: f64,
     /// Images per second of inference (no autodiff).
     pub infer_images_per_s: f64,
+    /// Training images/s over the reference's (with `--compare`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_ratio: Option<f64>,
+    /// Inference images/s over the reference's (with `--compare`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infer_ratio: Option<f64>,
+}
+
+/// A reference measured on the same machine (`keras_bench.py`'s output).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Reference {
+    /// Framework and version.
+    pub framework: String,
+    /// CPU model the reference ran on.
+    #[serde(default)]
+    pub cpu: String,
+    /// Per architecture.
+    pub archs: Vec<ArchFigures>,
 }
 
 /// The benchmark report.
@@ -32,70 +61,184 @@ pub struct ArchFigures {
 pub struct TrainBench {
     /// Backend.
     pub device: String,
+    /// The device's name as the backend reports it (CPU model for `cpu`).
+    pub device_name: String,
     /// Images per step.
     pub batch_size: usize,
-    /// Timed steps.
+    /// Timed steps per round.
     pub steps: usize,
+    /// Timed rounds (the fastest is reported).
+    pub rounds: usize,
     /// Logical cores.
     pub cores: usize,
     /// Per architecture.
     pub archs: Vec<ArchFigures>,
+    /// The reference compared against, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Reference>,
     /// How to rerun.
     pub rerun: String,
 }
 
-/// Times `steps` training steps of each architecture.
-pub fn train_bench(batch_size: usize, steps: usize, choice: DeviceChoice) -> Result<TrainBench> {
-    let base = choice
-        .device()
-        .map_err(|e| crate::train::TrainError::Config(e.to_string()))?;
-    let device = base.clone().autodiff();
-    let mut archs = Vec::new();
-    for arch in ["resnet32", "minionn"] {
-        let net = build(arch, 10, 1)?;
-        let mut model = Net::from_description(&net, false, &device)?;
-        let mut optim = SgdConfig::new().init();
-        let n = batch_size;
-        let px: Vec<f32> = (0..n * 3072)
-            .map(|i| ((i * 7919) % 255) as f32 / 128.0 - 1.0)
-            .collect();
-        let labels: Vec<i64> = (0..n as i64).map(|i| i % 10).collect();
-        let x = Tensor::<4>::from_data(TensorData::new(px.clone(), [n, 3, 32, 32]), &device);
-        let y = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(labels, [n]), &device);
-        let loss_fn = burn::nn::loss::CrossEntropyLossConfig::new().init(&device);
-        let mut elapsed = 0.0;
-        for s in 0..=steps {
-            let t = Instant::now();
-            let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(0.01, model, grads);
-            // Reading the loss waits for the step to finish.
-            let _ = values(loss);
-            if s > 0 {
-                elapsed += t.elapsed().as_secs_f64();
+/// The CPU's model name (from `/proc/cpuinfo`), or "unknown".
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn random_split(kind: DatasetKind, n: usize) -> Split {
+    let len: usize = kind.shape().iter().product();
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    Split {
+        kind,
+        pixels: (0..n * len).map(|_| rng.gen()).collect(),
+        labels: (0..n)
+            .map(|_| rng.gen_range(0..kind.classes() as u8))
+            .collect(),
+    }
+}
+
+/// Images for `kind`: Fashion-MNIST's files when found, else random.
+fn bench_data(kind: DatasetKind, n: usize, data_dir: Option<&Path>) -> (Dataset, &'static str) {
+    if kind == DatasetKind::FashionMnist {
+        if let Ok(mut d) = data::load(kind, data_dir, 0, 1) {
+            if d.train.len() >= n {
+                d.train = d.train.take(n);
+                return (d, "fashion-mnist");
             }
         }
-        let inf = burn::module::Module::valid(&model);
-        let xi = Tensor::<4>::from_data(TensorData::new(px, [n, 3, 32, 32]), &base);
-        let t = Instant::now();
-        for _ in 0..steps.max(1) {
-            let _ = values(inf.forward(xi.clone()));
+    }
+    let train = random_split(kind, n);
+    let empty = random_split(kind, 0);
+    (
+        Dataset {
+            train,
+            valid: empty.clone(),
+            test: empty,
+        },
+        "random",
+    )
+}
+
+/// Times `steps` training steps and `steps` batches of inference of each
+/// architecture (built-in names), each after one untimed warm-up, `rounds`
+/// times, keeping the fastest.
+pub fn train_bench(
+    archs: &[String],
+    batch_size: usize,
+    steps: usize,
+    rounds: usize,
+    choice: DeviceChoice,
+    data_dir: Option<&Path>,
+) -> Result<TrainBench> {
+    let device: Device = choice
+        .device()
+        .map_err(|e| TrainError::Config(e.to_string()))?;
+    let mut rows = Vec::new();
+    for arch in archs {
+        let net = delphi_net::builtin::build(arch, 10, 1)?;
+        let kind = if net.input.channels == 1 {
+            DatasetKind::FashionMnist
+        } else {
+            DatasetKind::Cifar10
+        };
+        // Enough images that warm-up and timed steps stay inside one epoch.
+        let rounds = rounds.max(1);
+        let n = batch_size * (rounds * steps + 2);
+        let (data, source) = bench_data(kind, n, data_dir);
+        let mut config = TrainConfig::new(kind);
+        config.arch = arch.clone();
+        config.batch_size = batch_size;
+        config.epochs = 1;
+        config.valid_size = 0;
+        config.validate_epochs = false;
+        let mut tr = Trainer::new(config, &device)?;
+        tr.train_steps(&data, 1, true)?;
+        let (mut train_s, mut infer_s) = (f64::INFINITY, f64::INFINITY);
+        let images = data.train.clone().take(batch_size * steps.max(1));
+        let warm = images.clone().take(batch_size);
+        tr.accuracy(&warm);
+        // The fastest of `rounds` passes (shared machines vary run to run).
+        for _ in 0..rounds {
+            let t = Instant::now();
+            tr.train_steps(&data, steps, true)?;
+            train_s = train_s.min(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            tr.accuracy(&images);
+            infer_s = infer_s.min(t.elapsed().as_secs_f64());
         }
-        let ielapsed = t.elapsed().as_secs_f64();
-        archs.push(ArchFigures {
-            arch: arch.into(),
-            train_images_per_s: (steps * n) as f64 / elapsed.max(1e-9),
-            infer_images_per_s: (steps.max(1) * n) as f64 / ielapsed.max(1e-9),
+        rows.push(ArchFigures {
+            arch: arch.clone(),
+            data: source.into(),
+            train_images_per_s: (steps * batch_size) as f64 / train_s.max(1e-9),
+            infer_images_per_s: images.len() as f64 / infer_s.max(1e-9),
+            train_ratio: None,
+            infer_ratio: None,
         });
     }
     Ok(TrainBench {
         device: choice.to_string(),
+        device_name: match choice {
+            DeviceChoice::Cpu => cpu_name(),
+            _ => format!("{device:?}"),
+        },
         batch_size,
         steps,
-        cores: std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1),
-        archs,
-        rerun: format!(
-            "cargo run --release -p delphi-train -- bench --batch-size {batch_size} --steps {steps} --device {choice}"
-        ),
+        rounds: rounds.max(1),
+        cores: std::thread::available_parallelism()
+            .map(|c| c.get())
+            .unwrap_or(1),
+        archs: rows,
+        reference: None,
+        rerun: std::env::args().collect::<Vec<_>>().join(" "),
     })
+}
+
+impl TrainBench {
+    /// Adds the ratios to a reference measured on the same machine; an
+    /// architecture the reference lacks keeps no ratio.
+    pub fn compare(&mut self, reference: Reference) {
+        for row in &mut self.archs {
+            if let Some(r) = reference.archs.iter().find(|r| r.arch == row.arch) {
+                row.train_ratio = Some(row.train_images_per_s / r.train_images_per_s);
+                row.infer_ratio = Some(row.infer_images_per_s / r.infer_images_per_s);
+            }
+        }
+        self.reference = Some(reference);
+    }
+
+    /// A table for the terminal.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{:<10} {:>12} {:>12} {:>12} {:>12}\n",
+            "arch", "train img/s", "ref", "infer img/s", "ref"
+        );
+        for row in &self.archs {
+            let r = self
+                .reference
+                .as_ref()
+                .and_then(|r| r.archs.iter().find(|r| r.arch == row.arch));
+            let cell = |ours: f64, theirs: Option<f64>| match theirs {
+                Some(t) => format!("{:>12.0} {:>6.0} ({:.2}x)", ours, t, ours / t),
+                None => format!("{ours:>12.0} {:>12}", "-"),
+            };
+            s += &format!(
+                "{:<10} {} {}\n",
+                row.arch,
+                cell(row.train_images_per_s, r.map(|r| r.train_images_per_s)),
+                cell(row.infer_images_per_s, r.map(|r| r.infer_images_per_s))
+            );
+        }
+        if let Some(r) = &self.reference {
+            s += &format!("reference: {} on {}\n", r.framework, r.cpu);
+        }
+        s
+    }
 }

@@ -413,21 +413,46 @@ pub fn batch(
     device: &Device,
     norm: &Normalization,
 ) -> (Tensor<4>, Tensor<1, Int>) {
-    let [c, h, w] = split.kind.shape();
-    let mut rng = augment.map(ChaCha8Rng::seed_from_u64);
-    let mut px = Vec::with_capacity(idx.len() * c * h * w);
-    for &i in idx {
-        let img = match rng.as_mut() {
-            Some(r) => split.image(i, Some(r), norm),
-            None => split.image(i, None, norm),
-        };
-        px.extend(img);
+    HostBatch::new(split, idx, augment, norm).to_device(device)
+}
+
+/// A batch's pixels (normalised, optionally augmented) and labels in host
+/// memory: what the prefetching thread of [`Trainer::train_steps`] prepares
+/// while the device runs the previous step.
+pub struct HostBatch {
+    pixels: Vec<f32>,
+    labels: Vec<i64>,
+    shape: [usize; 4],
+}
+
+impl HostBatch {
+    /// The images at `idx` (augmented with the seed `augment`, if given).
+    pub fn new(split: &Split, idx: &[usize], augment: Option<u64>, norm: &Normalization) -> Self {
+        let [c, h, w] = split.kind.shape();
+        let mut rng = augment.map(ChaCha8Rng::seed_from_u64);
+        let mut pixels = Vec::with_capacity(idx.len() * c * h * w);
+        for &i in idx {
+            let img = match rng.as_mut() {
+                Some(r) => split.image(i, Some(r), norm),
+                None => split.image(i, None, norm),
+            };
+            pixels.extend(img);
+        }
+        HostBatch {
+            pixels,
+            labels: idx.iter().map(|&i| split.labels[i] as i64).collect(),
+            shape: [idx.len(), c, h, w],
+        }
     }
-    let labels: Vec<i64> = idx.iter().map(|&i| split.labels[i] as i64).collect();
-    (
-        Tensor::from_data(TensorData::new(px, [idx.len(), c, h, w]), device),
-        Tensor::from_data(TensorData::new(labels, [idx.len()]), device),
-    )
+
+    /// The batch as tensors on `device`.
+    pub fn to_device(self, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+        let n = self.labels.len();
+        (
+            Tensor::from_data(TensorData::new(self.pixels, self.shape), device),
+            Tensor::from_data(TensorData::new(self.labels, [n]), device),
+        )
+    }
 }
 
 fn argmax_rows(v: &[f32], classes: usize) -> Vec<usize> {
@@ -699,6 +724,20 @@ impl Trainer {
         train.len().div_ceil(self.config.batch_size)
     }
 
+    /// Steps from the current position to the next checkpoint: the next
+    /// multiple of `every` steps into the epoch (`every` = 0: none), or the
+    /// epoch's end, whichever comes first — so that checkpoints land at
+    /// every epoch's end and every `every` steps inside an epoch.
+    pub fn steps_to_checkpoint(&self, per_epoch: usize, every: usize) -> usize {
+        let s = self.step_in_epoch.min(per_epoch);
+        let to_end = per_epoch - s;
+        let to_every = match every {
+            0 => to_end,
+            e => e - s % e,
+        };
+        to_end.min(to_every).max(1)
+    }
+
     /// Whether all epochs are done.
     pub fn finished(&self) -> bool {
         self.epoch >= self.config.epochs || self.config.steps.is_some_and(|s| self.steps_done >= s)
@@ -751,80 +790,104 @@ impl Trainer {
             }
             pb.set_prefix(format!("{}/{}", epoch + 1, self.config.epochs));
             pb.set_position(self.step_in_epoch as u64);
-            while self.step_in_epoch < per_epoch && taken < max_steps && !self.finished() {
-                let s = self.step_in_epoch;
-                let global = self.steps_done;
-                let progress = global as f32 / total as f32;
-                let modes = self.modes_at(progress);
-                self.model.set_modes(&modes)?;
-                let idx = &order[s * bs..((s + 1) * bs).min(train.len())];
-                let aug = self.config.dataset.augment().then_some(
-                    self.config.seed
-                        ^ ((epoch as u64) << 32)
-                        ^ (s as u64).wrapping_mul(0x9e37_79b9),
-                );
-                let t0 = Instant::now();
-                let (x, y) = batch(train, idx, aug, &self.device, &self.norm);
-                let logits = self.model.forward(x.clone());
-                let mut loss = loss_fn.forward(logits.clone(), y.clone());
-                if let (Some(teacher), Some(d)) = (&self.teacher, &self.config.distill) {
-                    let tx = Tensor::<4>::from_data(x.into_data(), &Device::flex());
-                    let tl = teacher.forward(tx).div_scalar(d.temperature);
-                    let p_t = activation::softmax(
-                        Tensor::<2>::from_data(tl.into_data(), &self.device),
-                        1,
+            // The next batches are decoded (and augmented) on a second
+            // thread while this one runs the step; the stream ends with the
+            // epoch or when this loop stops (the receiver is dropped).
+            let (seed, augment, norm) = (
+                self.config.seed,
+                self.config.dataset.augment(),
+                self.norm.clone(),
+            );
+            let (first, order_ref) = (self.step_in_epoch, &order);
+            std::thread::scope(|scope| -> Result<()> {
+                let (tx, batches) = std::sync::mpsc::sync_channel::<HostBatch>(2);
+                scope.spawn(move || {
+                    for s in first..per_epoch {
+                        let idx = &order_ref[s * bs..((s + 1) * bs).min(train.len())];
+                        let aug = augment.then_some(
+                            seed ^ ((epoch as u64) << 32) ^ (s as u64).wrapping_mul(0x9e37_79b9),
+                        );
+                        if tx.send(HostBatch::new(train, idx, aug, &norm)).is_err() {
+                            break;
+                        }
+                    }
+                });
+                while self.step_in_epoch < per_epoch && taken < max_steps && !self.finished() {
+                    let s = self.step_in_epoch;
+                    let global = self.steps_done;
+                    let progress = global as f32 / total as f32;
+                    let modes = self.modes_at(progress);
+                    self.model.set_modes(&modes)?;
+                    let idx = &order[s * bs..((s + 1) * bs).min(train.len())];
+                    let t0 = Instant::now();
+                    let (x, y) = batches
+                        .recv()
+                        .map_err(|_| {
+                            TrainError::Config("the batch-preparing thread stopped".into())
+                        })?
+                        .to_device(&self.device);
+                    let logits = self.model.forward(x.clone());
+                    let mut loss = loss_fn.forward(logits.clone(), y.clone());
+                    if let (Some(teacher), Some(d)) = (&self.teacher, &self.config.distill) {
+                        let tx = Tensor::<4>::from_data(x.into_data(), &Device::flex());
+                        let tl = teacher.forward(tx).div_scalar(d.temperature);
+                        let p_t = activation::softmax(
+                            Tensor::<2>::from_data(tl.into_data(), &self.device),
+                            1,
+                        );
+                        let log_s =
+                            activation::log_softmax(logits.clone().div_scalar(d.temperature), 1);
+                        let log_t = p_t.clone().clamp_min(1e-12).log();
+                        let kl = (p_t * (log_t - log_s)).sum_dim(1).mean();
+                        let t2 = d.temperature * d.temperature;
+                        loss = loss.mul_scalar(1.0 - d.weight) + kl.mul_scalar(d.weight * t2);
+                    }
+                    if let (Some(ActMode::Gated), Some(g)) = (self.gate_mode, &self.config.gates) {
+                        loss = loss + self.gate_penalty(g);
+                    }
+                    let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+                    let lr = self.lr_at(global as f64 / total as f64);
+                    let model = std::mem::replace(
+                        &mut self.model,
+                        Net {
+                            layers: Vec::new(),
+                            input: self.template.input,
+                        },
                     );
-                    let log_s =
-                        activation::log_softmax(logits.clone().div_scalar(d.temperature), 1);
-                    let log_t = p_t.clone().clamp_min(1e-12).log();
-                    let kl = (p_t * (log_t - log_s)).sum_dim(1).mean();
-                    let t2 = d.temperature * d.temperature;
-                    loss = loss.mul_scalar(1.0 - d.weight) + kl.mul_scalar(d.weight * t2);
+                    self.model = self.optim.step(lr, model, grads);
+                    let lv = values(loss).first().copied().unwrap_or(f32::NAN) as f64;
+                    let pred = argmax_rows(&values(logits), classes);
+                    let correct = pred
+                        .iter()
+                        .zip(idx)
+                        .filter(|(p, &i)| **p == train.labels[i] as usize)
+                        .count();
+                    let r = &mut self.running;
+                    r.0 += lv * idx.len() as f64;
+                    r.1 += correct;
+                    r.2 += idx.len();
+                    r.3 += t0.elapsed().as_secs_f64();
+                    self.step_in_epoch += 1;
+                    self.steps_done += 1;
+                    taken += 1;
+                    pb.set_position(self.step_in_epoch as u64);
+                    pb.set_message(format!(
+                        "loss {:.3} acc {:.3} {:.0} img/s",
+                        r.0 / r.2 as f64,
+                        r.1 as f64 / r.2 as f64,
+                        r.2 as f64 / r.3.max(1e-9)
+                    ));
+                    self.check_mask(total);
+                    if !lv.is_finite() {
+                        pb.finish_and_clear();
+                        return Err(TrainError::Config(format!(
+                            "training diverged (loss {lv}) at epoch {} step {s}; lower the learning rate",
+                            epoch + 1
+                        )));
+                    }
                 }
-                if let (Some(ActMode::Gated), Some(g)) = (self.gate_mode, &self.config.gates) {
-                    loss = loss + self.gate_penalty(g);
-                }
-                let grads = GradientsParams::from_grads(loss.backward(), &self.model);
-                let lr = self.lr_at(global as f64 / total as f64);
-                let model = std::mem::replace(
-                    &mut self.model,
-                    Net {
-                        layers: Vec::new(),
-                        input: self.template.input,
-                    },
-                );
-                self.model = self.optim.step(lr, model, grads);
-                let lv = values(loss).first().copied().unwrap_or(f32::NAN) as f64;
-                let pred = argmax_rows(&values(logits), classes);
-                let correct = pred
-                    .iter()
-                    .zip(idx)
-                    .filter(|(p, &i)| **p == train.labels[i] as usize)
-                    .count();
-                let r = &mut self.running;
-                r.0 += lv * idx.len() as f64;
-                r.1 += correct;
-                r.2 += idx.len();
-                r.3 += t0.elapsed().as_secs_f64();
-                self.step_in_epoch += 1;
-                self.steps_done += 1;
-                taken += 1;
-                pb.set_position(self.step_in_epoch as u64);
-                pb.set_message(format!(
-                    "loss {:.3} acc {:.3} {:.0} img/s",
-                    r.0 / r.2 as f64,
-                    r.1 as f64 / r.2 as f64,
-                    r.2 as f64 / r.3.max(1e-9)
-                ));
-                self.check_mask(total);
-                if !lv.is_finite() {
-                    pb.finish_and_clear();
-                    return Err(TrainError::Config(format!(
-                        "training diverged (loss {lv}) at epoch {} step {s}; lower the learning rate",
-                        epoch + 1
-                    )));
-                }
-            }
+                Ok(())
+            })?;
             pb.finish_and_clear();
             if self.step_in_epoch == per_epoch {
                 let r = std::mem::take(&mut self.running);
@@ -1171,9 +1234,10 @@ pub fn fixed_accuracy(net: &Network, split: &Split) -> Result<f64> {
                 s.spawn(move || -> Result<usize> {
                     let mut c = 0;
                     let end = (start + per).min(n);
-                    // Batches of 64: the linear layers run over the batch.
-                    for from in (start..end).step_by(64) {
-                        let to = (from + 64).min(end);
+                    // Batches: the linear layers run over the batch.
+                    let nb = prog.preferred_batch();
+                    for from in (start..end).step_by(nb) {
+                        let to = (from + nb).min(end);
                         let xs = (from..to)
                             .map(|i| prog.encode_input(&split.image(i, None, norm)))
                             .collect::<std::result::Result<Vec<_>, _>>()?;

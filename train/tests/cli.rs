@@ -65,3 +65,32 @@ fn a_finished_run_says_so_and_a_changed_one_names_the_change() {
     assert!(text.contains("epochs: 1 then, 2 now"), "{text}");
     std::fs::remove_dir_all(&out).ok();
 }
+
+#[test]
+fn every_epoch_is_reported_and_checkpoints_never_straddle_an_epoch() {
+    let out = std::env::temp_dir().join(format!("delphi-train-epochs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    // 640 images in batches of 64: 10 steps per epoch; a checkpoint every
+    // 4 steps lands at 4, 8 and the epoch's end (10), never at 12 = 2 of
+    // the next epoch, which would skip the epoch's report.
+    let o = Command::new(env!("CARGO_BIN_EXE_delphi-train"))
+        .args(["train", "--train-limit", "640", "--valid-size", "100"])
+        .args(["--test-limit", "100", "--quiet", "--epochs", "3"])
+        .args(["--checkpoint-every", "4", "--out"])
+        .arg(&out)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{text}");
+    for e in 1..=3 {
+        assert!(text.contains(&format!("epoch {e}/3:")), "epoch {e}: {text}");
+    }
+    let state = std::fs::read_to_string(out.join("checkpoint/current/state.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(
+        (state["epoch"].as_u64(), state["step_in_epoch"].as_u64()),
+        (Some(3), Some(0))
+    );
+    std::fs::remove_dir_all(&out).ok();
+}

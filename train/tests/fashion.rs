@@ -278,3 +278,20 @@ fn gates_with_the_wrong_number_of_layer_savings_are_refused() {
     assert!(err.contains("2 per-layer channel savings"), "{err}");
     assert!(err.contains("3 activation layers"), "{err}");
 }
+
+#[test]
+fn checkpoints_fall_every_n_steps_and_at_each_epochs_end() {
+    let mut tr = Trainer::new(config("RRR", 2), &Device::flex()).unwrap();
+    let mut at = Vec::new();
+    while tr.step_in_epoch < 23 {
+        tr.step_in_epoch += tr.steps_to_checkpoint(23, 10);
+        at.push(tr.step_in_epoch);
+    }
+    assert_eq!(at, [10, 20, 23]);
+    // Resumed between checkpoints: the next one is still on the grid.
+    tr.step_in_epoch = 7;
+    assert_eq!(tr.steps_to_checkpoint(23, 10), 3);
+    // 0: only at the epoch's end.
+    tr.step_in_epoch = 0;
+    assert_eq!(tr.steps_to_checkpoint(23, 0), 23);
+}

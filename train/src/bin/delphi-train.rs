@@ -47,20 +47,49 @@ enum Sched {
 enum Command {
     /// Trains one network and writes metrics.json and model.json to --out.
     Train(Box<TrainArgs>),
-    /// Measures training images/s for resnet32 and minionn on 32×32×3 inputs.
+    /// Measures training and inference images/s on the trainer's own path
+    /// (batch assembly, forward, backward, update), optionally beside a
+    /// reference measured on the same machine.
+    #[command(
+        long_about = "Measures training and inference images/s of built-in architectures on \
+                      the trainer's own path (batch assembly, forward, backward, optimizer step; \
+                      inference as the accuracy pass runs it), after one untimed warm-up.\n\n\
+                      With --compare FILE, prints each figure beside a reference measured on the \
+                      same machine and records the ratios: train/scripts/compare-keras.sh runs \
+                      Keras/TensorFlow CPU (train/scripts/keras_bench.py) and then this."
+    )]
     Bench {
         /// Where to write the figures.
         #[arg(long, default_value = "results/bench/train.json")]
         out: PathBuf,
+        /// Architectures (built-in names), comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "small-cnn,minionn,resnet32"
+        )]
+        archs: Vec<String>,
         /// Images per step.
         #[arg(long, default_value_t = 64)]
         batch_size: usize,
         /// Timed steps per architecture (after one warm-up step).
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 20)]
         steps: usize,
+        /// Timed passes per architecture; the fastest is reported (shared
+        /// machines vary from one run to the next).
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
         /// Compute device.
         #[arg(long, default_value = "cpu")]
         device: DeviceChoice,
+        /// Folder with Fashion-MNIST's files (default: $DELPHI_DATA, then
+        /// Debian's); random images when absent.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// A reference's figures from the same machine
+        /// (train/scripts/keras_bench.py's JSON): adds the ratios.
+        #[arg(long)]
+        compare: Option<PathBuf>,
     },
 }
 
@@ -146,6 +175,10 @@ struct TrainArgs {
     /// Run folder: metrics.json, model.json, checkpoint/.
     #[arg(long)]
     out: PathBuf,
+    /// Also write a checkpoint every N steps inside an epoch (one is always
+    /// written at each epoch's end; 0: only there).
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: usize,
     /// Start over even if --out holds a checkpoint (default: resume).
     #[arg(long)]
     restart: bool,
@@ -312,8 +345,10 @@ fn train(a: &TrainArgs) -> Result<()> {
     let start = Instant::now();
     let per_epoch = tr.steps_per_epoch(&data.train);
     while !tr.finished() {
-        // Checkpoint every epoch (and every 200 steps on long epochs).
-        tr.train_steps(&data, per_epoch.min(200), a.quiet)?;
+        // A checkpoint at every epoch's end and every --checkpoint-every
+        // steps inside it (chunks never straddle an epoch's end).
+        let chunk = tr.steps_to_checkpoint(per_epoch, a.checkpoint_every);
+        tr.train_steps(&data, chunk, a.quiet)?;
         tr.save_checkpoint(&ckpt)?;
         if tr.step_in_epoch == 0 {
             if let Some(m) = tr.history.last() {
@@ -333,7 +368,10 @@ fn train(a: &TrainArgs) -> Result<()> {
     let mut net = tr.export()?;
     delphi_train::train::record_ranges(&mut net, &data.train, delphi_train::train::RANGE_IMAGES)?;
     eprintln!("evaluating {} test images in fixed point", data.test.len());
+    let t = Instant::now();
     let fixed_acc = fixed_accuracy(&net, &data.test)?;
+    let fixed_rate = data.test.len() as f64 / t.elapsed().as_secs_f64().max(1e-9);
+    eprintln!("fixed point: {fixed_rate:.0} images/s");
     net.metadata.accuracy_float = Some(float_acc);
     net.metadata.accuracy_fixed = Some(fixed_acc);
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
@@ -347,6 +385,7 @@ fn train(a: &TrainArgs) -> Result<()> {
         "test_accuracy_float": float_acc,
         "test_accuracy_fixed": fixed_acc,
         "test_images": data.test.len(),
+        "fixed_point_images_per_s": fixed_rate,
         "epochs": c.epochs,
         "seconds": tr.history.iter().map(|m| m.seconds).sum::<f64>(),
         "wall_seconds_this_process": start.elapsed().as_secs_f64(),
@@ -368,21 +407,51 @@ fn train(a: &TrainArgs) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    delphi_train::tune_allocator();
     match Cli::parse().command {
         Command::Train(a) => train(&a),
         Command::Bench {
             out,
+            archs,
             batch_size,
             steps,
+            rounds,
             device,
+            data_dir,
+            compare,
         } => {
-            let report = delphi_train::bench::train_bench(batch_size, steps, device)?;
+            if batch_size == 0 || steps == 0 || rounds == 0 {
+                bail!("--batch-size, --steps and --rounds must be at least 1");
+            }
+            // Read the reference first: a bad file fails before minutes of timing.
+            let reference = match &compare {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?;
+                    let r: delphi_train::bench::Reference = serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not a reference's figures", p.display()))?;
+                    Some(r)
+                }
+                None => None,
+            };
+            let mut report = delphi_train::bench::train_bench(
+                &archs,
+                batch_size,
+                steps,
+                rounds,
+                device,
+                data_dir.as_deref(),
+            )?;
+            if let Some(r) = reference {
+                report.compare(r);
+            }
             if let Some(d) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(d)?;
             }
             std::fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")
                 .with_context(|| format!("writing {}", out.display()))?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            print!("{}", report.table());
+            println!("written to {}", out.display());
             Ok(())
         }
     }
