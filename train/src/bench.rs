@@ -80,19 +80,6 @@ pub struct TrainBench {
     pub rerun: String,
 }
 
-/// The CPU's model name (from `/proc/cpuinfo`), or "unknown".
-pub fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
 fn random_split(kind: DatasetKind, n: usize) -> Split {
     let len: usize = kind.shape().iter().product();
     let mut rng = ChaCha8Rng::seed_from_u64(7);
@@ -186,7 +173,7 @@ pub fn train_bench(
     Ok(TrainBench {
         device: choice.to_string(),
         device_name: match choice {
-            DeviceChoice::Cpu => cpu_name(),
+            DeviceChoice::Cpu => delphi_crypto::bench::cpu_model(),
             _ => format!("{device:?}"),
         },
         batch_size,

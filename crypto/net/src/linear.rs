@@ -156,6 +156,20 @@ impl LinearOp {
         self.apply_i64_batch(x, w, b, 1)
     }
 
+    /// For kernel column `kx`: the output columns `lo..hi` whose input
+    /// column ox·stride + kx − pad lies inside the input, and the input
+    /// column `x0` under `lo`; `None` when there are none.
+    fn tap_columns(&self, kx: usize) -> Option<(usize, usize, usize)> {
+        let (s, pad, iw) = (self.stride, self.pad as isize, self.input.width);
+        let lo = ((pad - kx as isize).max(0) as usize).div_ceil(s);
+        let last = iw as isize - 1 + pad - kx as isize;
+        if last < 0 {
+            return None;
+        }
+        let hi = (last as usize / s + 1).min(self.output.width);
+        (lo < hi).then(|| (lo, hi, ((lo * s + kx) as isize - pad) as usize))
+    }
+
     /// [`LinearOp::apply_i64_batch`] as one matrix product in f64, exact
     /// because the caller checked that every partial sum (and so every
     /// product, input and weight) is below 2^53 in magnitude, where f64
@@ -234,17 +248,9 @@ impl LinearOp {
                 for kx in 0..k {
                     let r = (ic * k + ky) * k + kx;
                     let dst = &mut col[r * width..][..width];
-                    // Output columns whose input column ox·s + kx − pad lies inside.
-                    let lo = ((pad - kx as isize).max(0) as usize).div_ceil(s);
-                    let last = iw as isize - 1 + pad - kx as isize;
-                    if last < 0 {
+                    let Some((lo, hi, x0)) = self.tap_columns(kx) else {
                         continue;
-                    }
-                    let hi = (last as usize / s + 1).min(ow);
-                    if lo >= hi {
-                        continue;
-                    }
-                    let x0 = ((lo * s + kx) as isize - pad) as usize;
+                    };
                     for (t, oy) in ys.clone().enumerate() {
                         let iy = (oy * s + ky) as isize - pad;
                         if iy < 0 || iy >= i.height as isize {
@@ -328,17 +334,9 @@ impl LinearOp {
                         if wv == 0 {
                             continue;
                         }
-                        // Output columns whose input column ox·s + kx − pad lies inside.
-                        let first = (pad - kx as isize).max(0) as usize;
-                        let lo = first.div_ceil(s);
-                        let last = iw as isize - 1 + pad - kx as isize;
-                        if last < 0 {
+                        let Some((lo, hi, x0)) = self.tap_columns(kx) else {
                             continue;
-                        }
-                        let hi = (last as usize / s + 1).min(ow);
-                        if lo >= hi {
-                            continue;
-                        }
+                        };
                         for oy in 0..oh {
                             let iy = (oy * s + ky) as isize - pad;
                             if iy < 0 || iy >= i.height as isize {
@@ -346,7 +344,6 @@ impl LinearOp {
                             }
                             let xrow = &xplane[iy as usize * iw * nb..(iy as usize + 1) * iw * nb];
                             let orow = &mut plane[oy * ow * nb..(oy + 1) * ow * nb];
-                            let x0 = ((lo * s + kx) as isize - pad) as usize;
                             if s == 1 {
                                 let len = (hi - lo) * nb;
                                 let src = &xrow[x0 * nb..x0 * nb + len];
