@@ -14,7 +14,10 @@
 #   # optional, for the ResNet-32 epoch: CIFAR-10's binary files
 #   cp cifar-10-batches-bin/*.bin gpu-kit/data/cifar10/
 #
-# then copy gpu-kit/ to the GPU machine and run `gpu-kit/gpu-check.sh`. It
+# (`--features cuda` downloads an LLVM bundle from GitHub while building —
+# Burn's cubecl-cuda → cubecl-llvm → tracel-llvm-bundler — so build it where
+# GitHub is reachable; the CUDA toolkit is not needed to build, the driver and
+# NVRTC are needed to run.) Then copy gpu-kit/ to the GPU machine and run `gpu-kit/gpu-check.sh`. It
 # writes gpu-kit/results/bench/train-gpu.json (both devices' images/s with the
 # GPU's name), gpu-kit/results/train/resnet32-gpu/ (the epoch) and
 # gpu-kit/results/plan-bench/gpu/ (the planner benchmark), and a log. Copy
