@@ -8,7 +8,9 @@
 #
 #   cargo build --release -p delphi-train -p delphi-planner --features wgpu,cuda
 #   mkdir -p gpu-kit/bin gpu-kit/data
-#   cp target/release/delphi-train target/release/delphi-plan gpu-kit/bin/
+#   cargo build --release -p delphi-cli
+#   cp target/release/delphi-train target/release/delphi-plan target/release/delphi gpu-kit/bin/
+#   cp results/cost-model.json gpu-kit/   # the planner's prices (else calibrated there)
 #   cp train/scripts/gpu-check.sh gpu-kit/
 #   cp /usr/share/datasets/fashion-mnist/*.gz gpu-kit/data/fashion-mnist/
 #   # optional, for the ResNet-32 epoch: CIFAR-10's binary files
@@ -48,7 +50,7 @@ entries=()
 for dev in $DEVICES; do
   say "== delphi-train bench --device $dev"
   if "$BIN/delphi-train" bench --device "$dev" --archs small-cnn,minionn,resnet32 \
-      --steps 30 --rounds 2 --out "$OUT/bench/train-gpu-$dev.json" 2>>"$LOG" | tee -a "$LOG"; then
+      --steps ${STEPS:-30} --rounds ${ROUNDS:-2} --out "$OUT/bench/train-gpu-$dev.json" 2>>"$LOG" | tee -a "$LOG"; then
     entries+=("\"$dev\": $(cat "$OUT/bench/train-gpu-$dev.json")")
   else
     say "delphi-train bench --device $dev FAILED (see above)"
@@ -73,7 +75,9 @@ else
 fi
 
 say "== reduced planner benchmark (issue 7's, on $first)"
-"$BIN/delphi-plan" bench --dataset fashion-mnist --arch small-cnn --thresholds 0.85 \
+cost=()
+[ -f "$KIT/cost-model.json" ] && cost=(--cost-model "$KIT/cost-model.json")
+PATH="$BIN:$PATH" "$BIN/delphi-plan" bench "${cost[@]}" --dataset fashion-mnist --arch small-cnn --thresholds 0.85 \
   --strategies pbt,delphi --population 4 --epochs 2 --base-epochs 2 --train-limit 20000 \
   --device "$first" --no-verify --quiet --out "$OUT/plan-bench/gpu" 2>&1 | tee -a "$LOG" \
   || say "planner benchmark FAILED"
