@@ -634,9 +634,15 @@ impl FixedProgram {
             let per = (node.shape.height * node.shape.width * nb).max(1);
             let channels = node.channels.as_deref();
             let v = match &node.op {
-                FixedOp::Input => (0..len0)
-                    .flat_map(|e| inputs.iter().map(move |x| x[e]))
-                    .collect(),
+                FixedOp::Input => {
+                    let mut v = vec![F::ZERO; len0 * nb];
+                    for (n, x) in inputs.iter().enumerate() {
+                        for (e, &value) in x.iter().enumerate() {
+                            v[e * nb + n] = value;
+                        }
+                    }
+                    v
+                }
                 FixedOp::Linear { op, weight, bias } => {
                     let signed: Vec<i64> = x.iter().map(|v| v.to_signed()).collect();
                     match op.apply_i64_batch(&signed, weight, bias, nb) {
@@ -676,12 +682,13 @@ impl FixedProgram {
                         for oy in 0..out.height {
                             for ox in 0..out.width {
                                 let o = ((c * out.height + oy) * out.width + ox) * nb;
+                                let dst = &mut y[o..o + nb];
                                 for ky in 0..*kernel {
                                     for kx in 0..*kernel {
                                         let (sy, sx) = (oy * stride + ky, ox * stride + kx);
                                         let e = ((c * src.height + sy) * src.width + sx) * nb;
-                                        for n in 0..nb {
-                                            y[o + n] += x[e + n];
+                                        for (d, v) in dst.iter_mut().zip(&x[e..e + nb]) {
+                                            *d += *v;
                                         }
                                     }
                                 }

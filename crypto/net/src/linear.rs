@@ -184,9 +184,10 @@ impl LinearOp {
         let cols = oh * ow * nb;
         let xf: Vec<f64> = x.iter().map(|&v| v as f64).collect();
         let wf: Vec<f64> = w.iter().map(|&v| v as f64).collect();
-        let mut out = vec![0f64; o.channels * cols];
-        for (oc, plane) in out.chunks_mut(cols.max(1)).enumerate() {
-            plane.fill(b.get(oc).copied().unwrap_or(0) as f64);
+        let mut out = Vec::with_capacity(o.channels * cols);
+        for oc in 0..o.channels {
+            let bias = b.get(oc).copied().unwrap_or(0) as f64;
+            out.extend(std::iter::repeat_n(bias, cols));
         }
         let product = |out: &mut [f64], col: &[f64], first: usize, width: usize| {
             // SAFETY: out is o × cols (row stride cols), read from column
@@ -226,7 +227,7 @@ impl LinearOp {
             for y0 in (0..oh).step_by(band) {
                 let y1 = (y0 + band).min(oh);
                 let width = (y1 - y0) * ow * nb;
-                col.clear();
+                // `gather` writes every element: no clearing between bands.
                 col.resize(rows * width, 0f64);
                 self.gather(&xf, nb, y0..y1, &mut col);
                 product(&mut out, &col, y0 * ow * nb, width);
@@ -242,6 +243,8 @@ impl LinearOp {
         let (i, o, k, s) = (self.input, self.output, self.kernel, self.stride);
         let (ow, pad, iw) = (o.width, self.pad as isize, i.width);
         let width = ys.len() * ow * nb;
+        // Every element of `col` is written (values or padding zeros), so
+        // the caller need not clear it between bands.
         for ic in 0..i.channels {
             let xplane = &xf[ic * i.height * iw * nb..][..i.height * iw * nb];
             for ky in 0..k {
@@ -249,15 +252,19 @@ impl LinearOp {
                     let r = (ic * k + ky) * k + kx;
                     let dst = &mut col[r * width..][..width];
                     let Some((lo, hi, x0)) = self.tap_columns(kx) else {
+                        dst.fill(0.0);
                         continue;
                     };
                     for (t, oy) in ys.clone().enumerate() {
                         let iy = (oy * s + ky) as isize - pad;
+                        let drow = &mut dst[t * ow * nb..][..ow * nb];
                         if iy < 0 || iy >= i.height as isize {
+                            drow.fill(0.0);
                             continue;
                         }
+                        drow[..lo * nb].fill(0.0);
+                        drow[hi * nb..].fill(0.0);
                         let xrow = &xplane[iy as usize * iw * nb..][..iw * nb];
-                        let drow = &mut dst[t * ow * nb..][..ow * nb];
                         if s == 1 {
                             let len = (hi - lo) * nb;
                             drow[lo * nb..][..len].copy_from_slice(&xrow[x0 * nb..][..len]);
