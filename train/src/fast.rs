@@ -110,12 +110,20 @@ fn conv_any_stride(
     b: Option<Tensor<1>>,
     options: ConvOptions<2>,
 ) -> Tensor<4> {
-    if x.dtype() != DType::F32 || !conv_supported(w.dims(), &options) {
+    let [_, _, h, wd] = x.dims();
+    let k = w.dims()[2];
+    let p = options.padding[0].0;
+    // (A kernel larger than the padded input has no output: Burn reports it.)
+    if x.dtype() != DType::F32
+        || !conv_supported(w.dims(), &options)
+        || h + 2 * p < k
+        || wd + 2 * p < k
+    {
         return conv2d(x, w, b, options);
     }
     let geo = Geometry {
-        k: w.dims()[2],
-        p: options.padding[0].0,
+        k,
+        p,
         s: options.stride[0],
     };
     if let (Ok(xp), Ok(wp)) = (
