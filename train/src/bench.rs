@@ -3,8 +3,8 @@
 //! `delphi-train bench --out results/bench/train.json` times
 //! [`Trainer::train_steps`] — batch assembly, forward, backward, optimizer
 //! step, the per-step loss and accuracy read-back, exactly what a training
-//! run does — and [`float_accuracy`] (batches built from the images, forward
-//! in inference mode, arg-max), after one untimed warm-up of each. Networks
+//! run does — and [`Trainer::accuracy`] (batches built from the images,
+//! forward in inference mode, arg-max), after one untimed warm-up of each. Networks
 //! on 28×28×1 inputs train on Fashion-MNIST when its files are found, else on
 //! random images (throughput does not depend on the pixels); 32×32×3
 //! networks on random images.
@@ -56,6 +56,13 @@ pub struct Reference {
     pub archs: Vec<ArchFigures>,
 }
 
+impl Reference {
+    /// Whether the reference has figures for any of `archs`.
+    pub fn covers_any(&self, archs: &[&str]) -> bool {
+        self.archs.iter().any(|r| archs.contains(&r.arch.as_str()))
+    }
+}
+
 /// The benchmark report.
 #[derive(Debug, Serialize)]
 pub struct TrainBench {
@@ -92,26 +99,33 @@ fn random_split(kind: DatasetKind, n: usize) -> Split {
     }
 }
 
-/// Images for `kind`: Fashion-MNIST's files when found, else random.
-fn bench_data(kind: DatasetKind, n: usize, data_dir: Option<&Path>) -> (Dataset, &'static str) {
+/// Images for `kind`: Fashion-MNIST's files when found (a `data_dir` given
+/// explicitly must hold them), else random.
+fn bench_data(
+    kind: DatasetKind,
+    n: usize,
+    data_dir: Option<&Path>,
+) -> Result<(Dataset, &'static str)> {
     if kind == DatasetKind::FashionMnist {
-        if let Ok(mut d) = data::load(kind, data_dir, 0, 1) {
-            if d.train.len() >= n {
+        match data::load(kind, data_dir, 0, 1) {
+            Ok(mut d) if d.train.len() >= n => {
                 d.train = d.train.take(n);
-                return (d, "fashion-mnist");
+                return Ok((d, "fashion-mnist"));
             }
+            Err(e) if data_dir.is_some() => return Err(e.into()),
+            _ => {}
         }
     }
     let train = random_split(kind, n);
     let empty = random_split(kind, 0);
-    (
+    Ok((
         Dataset {
             train,
             valid: empty.clone(),
             test: empty,
         },
         "random",
-    )
+    ))
 }
 
 /// Times `steps` training steps and `steps` batches of inference of each
@@ -128,6 +142,16 @@ pub fn train_bench(
     let device: Device = choice
         .device()
         .map_err(|e| TrainError::Config(e.to_string()))?;
+    // Unknown names are refused before minutes of timing.
+    if let Some(a) = archs
+        .iter()
+        .find(|a| !delphi_net::builtin::ARCHITECTURES.contains(&a.as_str()))
+    {
+        return Err(TrainError::Config(format!(
+            "unknown architecture {a:?} (known: {})",
+            delphi_net::builtin::ARCHITECTURES.join(", ")
+        )));
+    }
     let mut rows = Vec::new();
     for arch in archs {
         let net = delphi_net::builtin::build(arch, 10, 1)?;
@@ -139,7 +163,7 @@ pub fn train_bench(
         // Enough images that warm-up and timed steps stay inside one epoch.
         let rounds = rounds.max(1);
         let n = batch_size * (rounds * steps + 2);
-        let (data, source) = bench_data(kind, n, data_dir);
+        let (data, source) = bench_data(kind, n, data_dir)?;
         let mut config = TrainConfig::new(kind);
         config.arch = arch.clone();
         config.batch_size = batch_size;
@@ -190,8 +214,16 @@ pub fn train_bench(
 
 impl TrainBench {
     /// Adds the ratios to a reference measured on the same machine; an
-    /// architecture the reference lacks keeps no ratio.
-    pub fn compare(&mut self, reference: Reference) {
+    /// architecture the reference lacks keeps no ratio (the table shows
+    /// "-"), and a reference sharing none of them is refused.
+    pub fn compare(&mut self, reference: Reference) -> Result<()> {
+        let names: Vec<&str> = self.archs.iter().map(|r| r.arch.as_str()).collect();
+        if !reference.covers_any(&names) {
+            return Err(TrainError::Config(format!(
+                "the reference ({}) has none of the architectures measured",
+                reference.framework
+            )));
+        }
         for row in &mut self.archs {
             if let Some(r) = reference.archs.iter().find(|r| r.arch == row.arch) {
                 row.train_ratio = Some(row.train_images_per_s / r.train_images_per_s);
@@ -199,6 +231,7 @@ impl TrainBench {
             }
         }
         self.reference = Some(reference);
+        Ok(())
     }
 
     /// A table for the terminal.

@@ -94,3 +94,41 @@ fn every_epoch_is_reported_and_checkpoints_never_straddle_an_epoch() {
     );
     std::fs::remove_dir_all(&out).ok();
 }
+
+#[test]
+fn bench_refuses_unknown_architectures_and_unrelated_references_before_timing() {
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_delphi-train"))
+            .arg("bench")
+            .args(args)
+            .args(["--steps", "1", "--out"])
+            .arg(std::env::temp_dir().join(format!("delphi-bench-{}.json", std::process::id())))
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let e = run(&["--archs", "small-cnn,nonet"]);
+    assert!(e.contains("unknown architecture \"nonet\""), "{e}");
+    let reference = std::env::temp_dir().join(format!("delphi-ref-{}.json", std::process::id()));
+    std::fs::write(
+        &reference,
+        r#"{"framework": "x", "archs": [{"arch": "foo", "train_images_per_s": 1, "infer_images_per_s": 1}]}"#,
+    )
+    .unwrap();
+    let e = run(&[
+        "--archs",
+        "small-cnn",
+        "--compare",
+        reference.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("figures for none of small-cnn (it has foo)"),
+        "{e}"
+    );
+    std::fs::write(&reference, "not json").unwrap();
+    let e = run(&["--compare", reference.to_str().unwrap()]);
+    assert!(e.contains("is not a reference's figures"), "{e}");
+    std::fs::remove_file(&reference).ok();
+}

@@ -430,6 +430,19 @@ fn main() -> Result<()> {
                         .with_context(|| format!("reading {}", p.display()))?;
                     let r: delphi_train::bench::Reference = serde_json::from_str(&text)
                         .with_context(|| format!("{} is not a reference's figures", p.display()))?;
+                    let names: Vec<&str> = archs.iter().map(String::as_str).collect();
+                    if !r.covers_any(&names) {
+                        bail!(
+                            "{} has figures for none of {} (it has {})",
+                            p.display(),
+                            archs.join(", "),
+                            r.archs
+                                .iter()
+                                .map(|a| a.arch.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
+                    }
                     Some(r)
                 }
                 None => None,
@@ -443,7 +456,7 @@ fn main() -> Result<()> {
                 data_dir.as_deref(),
             )?;
             if let Some(r) = reference {
-                report.compare(r);
+                report.compare(r)?;
             }
             if let Some(d) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(d)?;
