@@ -9,7 +9,7 @@
 
 use delphi_crypto::channel::FIELD_BYTES;
 use delphi_crypto::ot::iknp::KAPPA;
-use delphi_crypto::relu::{relu_circuit, CLIENT_BITS, SERVER_BITS};
+use delphi_crypto::relu::{relu_circuit_for, ReluSpec};
 use delphi_net::fixed::{FixedOp, FixedProgram};
 use delphi_net::packing::{Packing, N as SLOTS};
 
@@ -98,7 +98,13 @@ pub fn node_traffic(prog: &FixedProgram, i: usize) -> (Traffic, Traffic) {
             }
         }
         // A node working on some channels only runs on those elements.
-        FixedOp::Relu { shift } => return relu_traffic(node.active_len(), *shift),
+        FixedOp::Relu { shift, bits } => {
+            let spec = ReluSpec {
+                shift: *shift,
+                bits: *bits,
+            };
+            return relu_traffic(node.active_len(), spec);
+        }
         FixedOp::Trunc { .. } => return node_traffic_trunc(node.active_len()),
         FixedOp::Quad { .. } => {
             let n = node.active_len();
@@ -115,21 +121,24 @@ pub fn node_traffic(prog: &FixedProgram, i: usize) -> (Traffic, Traffic) {
     (off, on)
 }
 
-/// Offline and online traffic of a ReLU layer of `n` values (truncating by `shift`).
-pub fn relu_traffic(n: usize, shift: u32) -> (Traffic, Traffic) {
-    let rc = relu_circuit(shift);
+/// Offline and online traffic of a ReLU layer of `n` values (the circuit
+/// `spec`: its truncation and, for a reduced ReLU, its window).
+pub fn relu_traffic(n: usize, spec: impl Into<ReluSpec>) -> (Traffic, Traffic) {
+    let spec = spec.into();
+    let rc = relu_circuit_for(spec);
+    let bits = spec.input_bits();
     let off = Traffic {
-        bytes: 2 * AGREE
+        bytes: 3 * AGREE
             + ID_AND_KEY
             + BASE_OT
-            + cot(n * CLIENT_BITS)
+            + cot(n * bits)
             + (n * 2 * rc.circuit().and_gates() * 16) as u64
             + fields(n * rc.circuit().outputs()),
         rounds: 4.0,
         ..Traffic::default()
     };
     let on = Traffic {
-        bytes: ID + (n * SERVER_BITS * 16) as u64 + fields(n),
+        bytes: ID + (n * bits * 16) as u64 + fields(n),
         rounds: 1.0,
         ..Traffic::default()
     };

@@ -211,7 +211,23 @@ pub struct CostModel {
     pub quad_online: Affine,
     /// Local operations (sums, pools, constant products), per output value.
     pub local_per_value_s: f64,
+    /// Reduced ReLUs offline, measured on [`REDUCED_ANCHOR`] (absent in
+    /// models calibrated before reduced ReLUs existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relu_reduced_offline: Option<Affine>,
+    /// Reduced ReLUs online, measured on [`REDUCED_ANCHOR`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relu_reduced_online: Option<Affine>,
 }
+
+/// The reduced ReLU the calibration measures (window 12..27, truncation 12:
+/// 28 AND gates, 15 input bits per party). Other widths are priced by
+/// linear interpolation in AND gates between it and the full circuit
+/// (garbling, evaluation, OT and label work all grow with the width).
+pub const REDUCED_ANCHOR: delphi_crypto::relu::ReluSpec = delphi_crypto::relu::ReluSpec {
+    shift: 12,
+    bits: Some(delphi_crypto::relu::ReluBits { lo: 12, hi: 27 }),
+};
 
 /// The current format name.
 pub const FORMAT: &str = "delphi cost model";
@@ -294,6 +310,47 @@ fn add_traffic(a: &mut Traffic, b: &Traffic) {
 }
 
 impl CostModel {
+    /// Offline and online computation of a ReLU layer of the circuit
+    /// `spec`, as functions of its size. Full circuits use the calibrated
+    /// lines; reduced ones interpolate the per-ReLU slope linearly in AND
+    /// gates between [`REDUCED_ANCHOR`] and the full circuit (a model
+    /// without the anchor scales the full slope by the AND-gate ratio;
+    /// [`CostModel::has_reduced_relus`] says which).
+    pub fn relu_costs(&self, spec: delphi_crypto::relu::ReluSpec) -> (Affine, Affine) {
+        use delphi_crypto::relu::{relu_circuit_for, ReluSpec};
+        if spec.bits.is_none() {
+            return (self.relu_offline, self.relu_online);
+        }
+        let ands = relu_circuit_for(spec).circuit().and_gates() as f64;
+        let full = relu_circuit_for(ReluSpec::full(12)).circuit().and_gates() as f64;
+        let anchor = relu_circuit_for(REDUCED_ANCHOR).circuit().and_gates() as f64;
+        let line = |f: Affine, r: Option<Affine>| -> Affine {
+            match r {
+                Some(r) => {
+                    let t = (ands - anchor) / (full - anchor);
+                    Affine {
+                        fixed_s: r.fixed_s,
+                        per_item_s: (r.per_item_s + t * (f.per_item_s - r.per_item_s)).max(0.0),
+                    }
+                }
+                None => Affine {
+                    fixed_s: f.fixed_s,
+                    per_item_s: f.per_item_s * ands / full,
+                },
+            }
+        };
+        (
+            line(self.relu_offline, self.relu_reduced_offline),
+            line(self.relu_online, self.relu_reduced_online),
+        )
+    }
+
+    /// Whether reduced ReLUs were measured (else they are scaled from the
+    /// full circuit by AND gates: recalibrate).
+    pub fn has_reduced_relus(&self) -> bool {
+        self.relu_reduced_offline.is_some() && self.relu_reduced_online.is_some()
+    }
+
     fn transfer(&self, t: &Traffic, link: &Link) -> f64 {
         t.total(&self.ct) / link.bytes_per_s + t.rounds * link.rtt_s
     }
@@ -318,7 +375,13 @@ impl CostModel {
                 let macs = (op.output.len() * op.macs_per_output()) as f64;
                 (off, self.linear_online_per_mac_s * macs)
             }
-            FixedOp::Relu { .. } => (self.relu_offline.at(active), self.relu_online.at(active)),
+            FixedOp::Relu { shift, bits } => {
+                let (off, on) = self.relu_costs(delphi_crypto::relu::ReluSpec {
+                    shift: *shift,
+                    bits: *bits,
+                });
+                (off.at(active), on.at(active))
+            }
             FixedOp::Trunc { .. } => (self.trunc_offline.at(active), self.trunc_online.at(active)),
             FixedOp::Quad { .. } => (self.quad_offline.at(active), self.quad_online.at(active)),
             FixedOp::MulConst(_) | FixedOp::SumPool { .. } | FixedOp::Add => {

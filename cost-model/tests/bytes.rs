@@ -42,7 +42,25 @@ fn byte_predictions_are_exact_on_real_runs() {
             c: vec![0.1; n],
         });
     }
-    for net in [mixed, channels, build("small-cnn", 10, 42).unwrap()] {
+    // Reduced ReLUs of two widths, one on the mixed layer's ReLU channels.
+    let mut reduced = channels.clone();
+    let acts = reduced.activation_layers();
+    let windows: Vec<_> = acts
+        .iter()
+        .enumerate()
+        .map(|(k, &l)| {
+            let hi = 24 + 3 * k as u32;
+            (l, Some(delphi_crypto::relu::ReluBits { lo: 12, hi }))
+        })
+        .collect();
+    delphi_net::window::set_windows(&mut reduced, &windows).unwrap();
+    reduced.name = "reduced".into();
+    for net in [
+        mixed,
+        channels,
+        reduced,
+        build("small-cnn", 10, 42).unwrap(),
+    ] {
         let prog = FixedProgram::lower(&net).unwrap();
         let inputs: Vec<_> = delphi_net::eval::random_inputs(784, 1, 3)
             .iter()

@@ -15,24 +15,58 @@ use crate::channel::{Counting, TcpChannel};
 use crate::error::{Error, Result};
 use crate::field::F;
 use crate::gc::{Evaluator, Garbler, BATCH};
-use crate::relu::{client_offline, relu_circuit, relu_reference, server_offline};
+use crate::relu::{client_offline, relu_circuit_for, server_offline, ReluSpec};
 
-/// Results of the ReLU benchmark.
+/// Results of the ReLU benchmark: one row per circuit width, all measured
+/// in one run on one machine beside the machine's AES bound.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReluBench {
-    /// ReLUs run through the two-party protocol.
+    /// ReLUs run through the two-party protocol per row.
     pub relus: usize,
+    /// Truncation after each ReLU (as after a conv layer: f_w = 12).
+    pub shift: u32,
+    /// Inputs were drawn uniformly with |v| < this (fixed-point units at
+    /// f + f_w = 20 fractional bits: 2^24 is 16.0).
+    pub input_magnitude: i64,
+    /// Fixed-key AES-128 blocks per second on one core, many blocks in
+    /// flight (the bound every garbling rate is compared with).
+    pub aes_blocks_per_s: f64,
+    /// AES calls per hash in this build (TMMO: π(π(x) ⊕ i) ⊕ π(x)).
+    pub aes_calls_per_hash: usize,
+    /// One row per width.
+    pub rows: Vec<ReluRow>,
+    /// Logical CPUs of the machine.
+    pub cores: usize,
+    /// The CPU model, where the system says.
+    pub cpu_model: String,
+    /// The engine's version.
+    pub version: &'static str,
+    /// Seconds since the Unix epoch when the run finished.
+    pub unix_time: u64,
+}
+
+/// One circuit width in the ReLU benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReluRow {
+    /// "full" (the exact 41-bit circuit) or the reduced window "lo..hi".
+    pub bits: String,
+    /// Circuit input bits per party (41, or hi − lo).
+    pub input_bits_per_party: usize,
     /// AND gates in one ReLU circuit.
     pub and_gates_per_relu: usize,
-    /// AND gates in the ReLU circuit that also truncates by 8 bits (as in a network).
-    pub and_gates_per_relu_truncating_8_bits: usize,
     /// Garbling throughput on one core (AND gates per second, no network).
     pub garble_and_gates_per_s: f64,
     /// Evaluation throughput on one core (AND gates per second, no network).
     pub eval_and_gates_per_s: f64,
+    /// Garbling rate over the AES bound for half-gates (4 AES blocks per AND).
+    pub garble_fraction_of_aes_bound: f64,
+    /// Evaluation rate over the AES bound for half-gates (2 AES blocks per AND).
+    pub eval_fraction_of_aes_bound: f64,
     /// Bytes exchanged offline (both directions, including base OT and OT extension), per ReLU.
     pub offline_bytes_per_relu: f64,
-    /// Bytes exchanged online (both directions), per ReLU.
+    /// Bytes exchanged online by the ReLU protocol (both directions), per
+    /// ReLU; in a network each ReLU adds one field element (8 bytes) for
+    /// the client's re-masked output.
     pub online_bytes_per_relu: f64,
     /// Total offline bytes.
     pub offline_bytes: u64,
@@ -42,16 +76,36 @@ pub struct ReluBench {
     pub offline_s: f64,
     /// Online wall time over loopback TCP (server starts sending to client holding all outputs), seconds.
     pub online_s: f64,
-    /// Secure outputs equal to the plaintext ReLU.
+    /// Secure outputs equal to what the circuit computes on the plaintext shares.
     pub correct: usize,
-    /// Logical CPUs of the machine.
-    pub cores: usize,
-    /// The CPU model, where the system says.
-    pub cpu_model: String,
-    /// The engine's version.
-    pub version: &'static str,
-    /// Seconds since the Unix epoch when the run finished.
-    pub unix_time: u64,
+    /// Inputs inside the window where the bound is stated (|v| below
+    /// 2^(hi−1) − 2^lo; all of them for the full circuit).
+    pub inside_window: usize,
+    /// Of those, secure outputs within the stated bound of the reference
+    /// (for the full circuit: equal to it).
+    pub within_bound: usize,
+    /// The stated bound (output units; 0 for the full circuit).
+    pub error_bound: u64,
+    /// Secure outputs that differ from the exact ReLU(v) >> shift.
+    pub differ_from_exact_relu: usize,
+}
+
+/// Fixed-key AES blocks per second on this thread (8 MB of blocks in flight
+/// through the `aes` crate's parallel path, best of 5).
+pub fn aes_blocks_per_s() -> f64 {
+    let perm = crate::block::AesPerm::new(Block(0x5eed));
+    let mut buf = vec![Block::ZERO; 4096];
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..256 {
+            perm.encrypt_in_place(&mut buf);
+        }
+        let rate = (256 * buf.len()) as f64 / t.elapsed().as_secs_f64();
+        best = best.max(rate);
+    }
+    std::hint::black_box(&buf);
+    best
 }
 
 /// The CPU model from /proc/cpuinfo, or "unknown".
@@ -74,10 +128,11 @@ pub fn cores() -> usize {
         .unwrap_or(1)
 }
 
-/// Garbles and evaluates `count` ReLU instances on this thread with random
-/// inputs, timing each side separately. Returns (garble AND/s, eval AND/s).
-pub fn gate_throughput(count: usize, seed: u64) -> (f64, f64) {
-    let rc = relu_circuit(0);
+/// Garbles and evaluates `count` ReLU instances of `spec` on this thread
+/// with random inputs, timing each side separately. Returns
+/// (garble AND/s, eval AND/s).
+pub fn gate_throughput(count: usize, spec: ReluSpec, seed: u64) -> (f64, f64) {
+    let rc = relu_circuit_for(spec);
     let c = rc.circuit();
     let (ne, ng, no) = (c.evaluator_inputs(), c.garbler_inputs(), c.outputs());
     let mut rng = SecretRng::seed_from_u64(seed);
@@ -122,20 +177,111 @@ pub fn gate_throughput(count: usize, seed: u64) -> (f64, f64) {
     (ands / tg, ands / te)
 }
 
-/// Runs `count` ReLUs through the two-party protocol over loopback TCP (two
-/// threads), checks them against plaintext, and measures time and bytes.
-pub fn relu_bench(count: usize, seed: u64, progress: &dyn Fn(&str)) -> Result<ReluBench> {
-    progress("measuring single-core garbling and evaluation throughput");
-    let (garble, eval) = gate_throughput(count.min(200_000), seed);
-
-    progress("preparing shares");
+/// Runs `count` ReLUs of each spec through the two-party protocol over
+/// loopback TCP (two threads), checks them, and measures time and bytes.
+pub fn relu_bench(
+    count: usize,
+    specs: &[ReluSpec],
+    seed: u64,
+    progress: &dyn Fn(&str),
+) -> Result<ReluBench> {
+    let shift = specs.first().map_or(12, |s| s.shift);
+    if specs.iter().any(|s| s.shift != shift) {
+        return Err(Error::InvalidArgument(
+            "every row of one ReLU benchmark uses the same truncation".into(),
+        ));
+    }
+    for s in specs {
+        s.check()?;
+    }
+    progress("measuring the AES bound");
+    let aes = aes_blocks_per_s();
+    let magnitude = 1i64 << 24;
     let mut rng = SecretRng::seed_from_u64(seed ^ 0x5eed);
     let ys: Vec<F> = (0..count)
-        .map(|_| F::from_i64(rng.gen_range(-(1i64 << 20)..(1 << 20))))
+        .map(|_| F::from_i64(rng.gen_range(-magnitude..magnitude)))
         .collect();
     let a: Vec<F> = (0..count).map(|_| F::random(&mut rng)).collect();
     let b: Vec<F> = ys.iter().zip(&a).map(|(y, a)| *y - *a).collect();
+    let mut rows = Vec::with_capacity(specs.len());
+    for &spec in specs {
+        let name = spec.bits.map_or("full".to_string(), |b| b.to_string());
+        progress(&format!("{name}: single-core garbling and evaluation"));
+        let (garble, eval) = gate_throughput(count.min(200_000), spec, seed);
+        progress(&format!("{name}: offline and online over loopback TCP"));
+        let run = relu_protocol_run(spec, &a, &b)?;
+        let rc = relu_circuit_for(spec);
+        let plain = |i: usize| -> F {
+            let (mut ab, mut bb) = (Vec::new(), Vec::new());
+            spec.client_input(a[i], &mut ab);
+            spec.server_input(b[i], &mut bb);
+            rc.combine(&rc.circuit().eval_plain(&ab, &bb))
+        };
+        let bound = spec.error_bound();
+        let limit = spec.bits.map_or(i64::MAX, |b| b.exact_sign_limit());
+        let (mut correct, mut inside, mut within, mut differ) = (0, 0, 0, 0);
+        for (i, y) in ys.iter().enumerate() {
+            let got = run.outputs[i];
+            correct += usize::from(got == plain(i));
+            if y.to_signed().abs() < limit {
+                inside += 1;
+                let err = (got.to_signed() - spec.reference(*y).to_signed()).unsigned_abs();
+                within += usize::from(err <= bound);
+            }
+            differ += usize::from(got != ReluSpec::full(shift).reference(*y));
+        }
+        let ands = rc.circuit().and_gates();
+        rows.push(ReluRow {
+            bits: name,
+            input_bits_per_party: spec.input_bits(),
+            and_gates_per_relu: ands,
+            garble_and_gates_per_s: garble,
+            eval_and_gates_per_s: eval,
+            garble_fraction_of_aes_bound: garble * 4.0 / aes,
+            eval_fraction_of_aes_bound: eval * 2.0 / aes,
+            offline_bytes_per_relu: run.offline_bytes as f64 / count as f64,
+            online_bytes_per_relu: run.online_bytes as f64 / count as f64,
+            offline_bytes: run.offline_bytes,
+            online_bytes: run.online_bytes,
+            offline_s: run.offline_s,
+            online_s: run.online_s,
+            correct,
+            inside_window: inside,
+            within_bound: within,
+            error_bound: bound,
+            differ_from_exact_relu: differ,
+        });
+    }
+    Ok(ReluBench {
+        relus: count,
+        shift,
+        input_magnitude: magnitude,
+        aes_blocks_per_s: aes,
+        aes_calls_per_hash: 2,
+        rows,
+        cores: cores(),
+        cpu_model: cpu_model(),
+        version: env!("CARGO_PKG_VERSION"),
+        unix_time: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    })
+}
 
+/// What one protocol run of the benchmark gives.
+struct ProtocolRun {
+    /// Reconstructed secure outputs.
+    outputs: Vec<F>,
+    offline_bytes: u64,
+    online_bytes: u64,
+    offline_s: f64,
+    online_s: f64,
+}
+
+fn relu_protocol_run(spec: ReluSpec, a: &[F], b: &[F]) -> Result<ProtocolRun> {
+    let count = a.len();
+    let b = b.to_vec();
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let barrier = Arc::new(Barrier::new(2));
@@ -145,7 +291,7 @@ pub fn relu_bench(count: usize, seed: u64, progress: &dyn Fn(&str)) -> Result<Re
         let mut ch = Counting::new(TcpChannel::new(stream)?);
         let mut rng = crate::block::secret_rng();
         let t = Instant::now();
-        let bundle = server_offline(&mut ch, count, 0, &mut rng)?;
+        let bundle = server_offline(&mut ch, count, spec, &mut rng)?;
         let offline_s = t.elapsed().as_secs_f64();
         let off = ch.stats();
         sb.wait();
@@ -155,13 +301,11 @@ pub fn relu_bench(count: usize, seed: u64, progress: &dyn Fn(&str)) -> Result<Re
     });
     let mut ch = Counting::new(TcpChannel::connect(addr)?);
     let mut crng = crate::block::secret_rng();
-    progress("offline phase (OT, garbling, transfer)");
     let t = Instant::now();
-    let bundle = client_offline(&mut ch, &a, 0, &mut crng)?;
+    let bundle = client_offline(&mut ch, a, spec, &mut crng)?;
     let client_offline_s = t.elapsed().as_secs_f64();
     let off = ch.stats();
     barrier.wait();
-    progress("online phase");
     let t = Instant::now();
     let out = bundle.online(&mut ch)?;
     let online_s = t.elapsed().as_secs_f64();
@@ -169,33 +313,11 @@ pub fn relu_bench(count: usize, seed: u64, progress: &dyn Fn(&str)) -> Result<Re
     let (rho, s_off_sent, s_on_sent, server_offline_s) = server
         .join()
         .map_err(|_| Error::InvalidArgument("server thread panicked".into()))??;
-    let correct = ys
-        .iter()
-        .zip(&out)
-        .zip(&rho)
-        .filter(|((y, o), r)| **o + **r == relu_reference(**y))
-        .count();
-    let offline_bytes = off.sent + s_off_sent;
-    let online_bytes = on.sent + s_on_sent;
-    Ok(ReluBench {
-        relus: count,
-        and_gates_per_relu: relu_circuit(0).circuit().and_gates(),
-        and_gates_per_relu_truncating_8_bits: relu_circuit(8).circuit().and_gates(),
-        garble_and_gates_per_s: garble,
-        eval_and_gates_per_s: eval,
-        offline_bytes_per_relu: offline_bytes as f64 / count as f64,
-        online_bytes_per_relu: online_bytes as f64 / count as f64,
-        offline_bytes,
-        online_bytes,
+    Ok(ProtocolRun {
+        outputs: out.iter().zip(&rho).map(|(o, r)| *o + *r).collect(),
+        offline_bytes: off.sent + s_off_sent,
+        online_bytes: on.sent + s_on_sent,
         offline_s: client_offline_s.max(server_offline_s),
         online_s,
-        correct,
-        cores: cores(),
-        cpu_model: cpu_model(),
-        version: env!("CARGO_PKG_VERSION"),
-        unix_time: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
     })
 }

@@ -19,6 +19,39 @@
 //! (132 ANDs for f = 8), so no probabilistic truncation is needed after a
 //! linear layer that feeds a ReLU.
 //!
+//! # Reduced ReLUs (fewer bits, fewer gates, fewer bytes)
+//!
+//! A trained network's ReLU inputs are small and its outputs are truncated
+//! anyway, so most of the 41 bits do not matter. A reduced ReLU with window
+//! [`ReluBits`] `{lo, hi}` feeds the circuit bits lo..hi only (n = hi − lo
+//! from each party) and uses p ≡ 1 (mod 2^37): for hi ≤ 37, with
+//! A = a and B = b + 2^(hi−1) mod p as integers in [0, p) and w = [A + B ≥ p],
+//!
+//! > A + B − w ≡ v + 2^(hi−1) (mod 2^hi),
+//!
+//! for the signed input v, so the mod-p wrap costs nothing but a unit in the
+//! last place. Each party drops the low `lo` bits of its own integer
+//! locally; the circuit adds the two n-bit halves mod 2^n (n − 1 ANDs) and
+//! obtains S = T + e with T = ⌊(v + 2^(hi−1)) / 2^lo⌋ mod 2^n and
+//! e ∈ {−1, 0, 1} (the carry of the dropped bits and w, which depend on the
+//! random shares). The top bit of S is the sign; the outputs are
+//! pos ∧ S_j (so the multiplication by the sign happens in the circuit:
+//! n − 1 − max(0, shift − lo) more ANDs, no extra round online).
+//!
+//! **What it computes.** The reference ([`relu_reduced_reference`]) is
+//! g(T), where g(S) = [S ≥ 2^(n−1)]·⌊(S mod 2^(n−1))·2^lo / 2^shift⌋; the
+//! secure output is g(S). Hence:
+//! * for |v| < 2^(hi−1) (inside the window) the reference's sign is exact and,
+//!   when lo ≤ shift, g(T) is exactly ReLU(v) >> shift; with lo > shift it is
+//!   ReLU(v) rounded down to a multiple of 2^lo;
+//! * outside the window T wraps around (mod 2^n) and the reference says so:
+//!   it is a deterministic function of v that planners must account for;
+//! * the secure output differs from the reference by at most
+//!   [`ReluBits::error_bound`] = max(1, 2^(lo − shift)) units, for every
+//!   input with |v| < 2^(hi−1) − 2^lo (T away from the wrap); its sign can
+//!   differ only where |v| < 2^lo, where both outputs are within that bound
+//!   of zero.
+//!
 //! # Output masking
 //!
 //! The outputs are not decoded. Each output label is turned into an additive
@@ -64,6 +97,220 @@ pub const MAX_RELUS: usize = 1 << 24;
 
 /// The largest truncation the circuit applies after ReLU.
 pub const MAX_SHIFT: u32 = 30;
+
+/// The highest window a reduced ReLU may use: p ≡ 1 (mod 2^37).
+pub const MAX_HI: u32 = 37;
+
+/// The window of a reduced ReLU: the circuit sees bits `lo..hi` of the
+/// input (see the module documentation for what it computes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReluBits {
+    /// Low bits each party drops locally.
+    pub lo: u32,
+    /// Inputs are read modulo 2^hi (signed: |v| < 2^(hi−1) is inside).
+    pub hi: u32,
+}
+
+impl ReluBits {
+    /// Bits of each party's input to the circuit (hi − lo).
+    pub fn width(self) -> u32 {
+        self.hi.saturating_sub(self.lo)
+    }
+
+    /// Checks the window for a ReLU that truncates by `shift`:
+    /// 1 ≤ lo, lo + 2 ≤ hi ≤ [`MAX_HI`], hi ≥ shift + 2 (so some output bit
+    /// remains).
+    pub fn check(self, shift: u32) -> Result<()> {
+        let ReluBits { lo, hi } = self;
+        if lo < 1 || hi > MAX_HI || lo + 2 > hi || hi < shift + 2 {
+            return Err(Error::InvalidArgument(format!(
+                "ReLU bits {lo}..{hi} with truncation {shift}: need 1 ≤ lo, lo + 2 ≤ hi ≤ {MAX_HI} \
+                 and hi ≥ truncation + 2"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The largest |secure − reference| in output units for inputs with
+    /// |v| < [`ReluBits::exact_sign_limit`]: max(1, 2^(lo − shift)).
+    pub fn error_bound(self, shift: u32) -> u64 {
+        1u64 << self.lo.saturating_sub(shift)
+    }
+
+    /// The magnitude below which the error bound holds: 2^(hi−1) − 2^lo.
+    pub fn exact_sign_limit(self) -> i64 {
+        (1i64 << (self.hi - 1)) - (1i64 << self.lo)
+    }
+
+    /// The bits' code in agreements and stored bundles (0 = full width).
+    fn code(spec: Option<ReluBits>) -> u64 {
+        spec.map_or(0, |b| (1 << 16) | ((b.lo as u64) << 8) | b.hi as u64)
+    }
+
+    fn from_code(code: u64) -> Option<Option<ReluBits>> {
+        match code {
+            0 => Some(None),
+            c if c >> 16 == 1 && (c >> 8) & 0xff <= 64 && c & 0xff <= 64 => Some(Some(ReluBits {
+                lo: ((c >> 8) & 0xff) as u32,
+                hi: (c & 0xff) as u32,
+            })),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ReluBits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}..{}", self.lo, self.hi)
+    }
+}
+
+/// Which ReLU circuit: the truncation after it and, for a reduced ReLU, its
+/// window (`None`: the exact 41-bit circuit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ReluSpec {
+    /// Bits dropped from the output (ReLU(v) >> shift).
+    pub shift: u32,
+    /// The window of a reduced ReLU, or `None` for the full-width one.
+    pub bits: Option<ReluBits>,
+}
+
+impl From<u32> for ReluSpec {
+    fn from(shift: u32) -> Self {
+        ReluSpec { shift, bits: None }
+    }
+}
+
+impl ReluSpec {
+    /// A full-width ReLU truncating by `shift`.
+    pub fn full(shift: u32) -> Self {
+        shift.into()
+    }
+
+    /// A reduced ReLU truncating by `shift` with window `bits`.
+    pub fn reduced(shift: u32, bits: ReluBits) -> Self {
+        ReluSpec {
+            shift,
+            bits: Some(bits),
+        }
+    }
+
+    /// Checks the truncation and the window.
+    pub fn check(self) -> Result<()> {
+        check_shift(self.shift)?;
+        match self.bits {
+            Some(b) => b.check(self.shift),
+            None => Ok(()),
+        }
+    }
+
+    /// Circuit input bits per party.
+    pub fn input_bits(self) -> usize {
+        self.bits.map_or(CLIENT_BITS, |b| b.width() as usize)
+    }
+
+    /// The plaintext result this ReLU is specified to compute.
+    pub fn reference(self, y: F) -> F {
+        match self.bits {
+            None => relu_trunc_reference(y, self.shift),
+            Some(b) => relu_reduced_reference(y, self.shift, b),
+        }
+    }
+
+    /// Largest |secure − reference| (output units) inside the window: 0 for
+    /// the full-width circuit.
+    pub fn error_bound(self) -> u64 {
+        self.bits.map_or(0, |b| b.error_bound(self.shift))
+    }
+
+    /// Writes the client's circuit input bits for its share `a`.
+    pub fn client_input(self, a: F, out: &mut Vec<bool>) {
+        match self.bits {
+            None => out.extend(client_bits(a)),
+            Some(b) => {
+                let v = a.value();
+                out.extend((b.lo..b.hi).map(|j| (v >> j) & 1 == 1));
+            }
+        }
+    }
+
+    /// Writes the server's circuit input bits for its share `b`.
+    pub fn server_input(self, s: F, out: &mut Vec<bool>) {
+        match self.bits {
+            None => out.extend(server_bits(s)),
+            Some(b) => {
+                let v = (s + F::from_u64(1 << (b.hi - 1))).value();
+                out.extend((b.lo..b.hi).map(|j| (v >> j) & 1 == 1));
+            }
+        }
+    }
+}
+
+/// The reduced ReLU circuit with window `bits` and truncation `shift`.
+///
+/// `a` and `b` hold bits lo..hi of the client's A and the server's B (see
+/// the module documentation), least significant first. Outputs pos ∧ S_j
+/// for j = max(0, shift − lo) .. n − 1, with weights 2^(j + lo − shift).
+pub fn relu_reduced_gadget<Fy: Fancy>(
+    f: &mut Fy,
+    a: &[Fy::Item],
+    b: &[Fy::Item],
+    shift: u32,
+    bits: ReluBits,
+) -> Vec<Fy::Item> {
+    let n = bits.width() as usize;
+    assert!(
+        n >= 2 && a.len() == n && b.len() == n,
+        "reduced ReLU inputs"
+    );
+    // Adder mod 2^n: the carry out of the top bit is not needed.
+    let mut sum = Vec::with_capacity(n);
+    sum.push(f.xor(&a[0], &b[0]));
+    let mut carry = f.and(&a[0], &b[0]);
+    for j in 1..n {
+        let p = f.xor(&a[j], &b[j]);
+        sum.push(f.xor(&p, &carry));
+        if j + 1 < n {
+            let x = f.xor(&a[j], &carry);
+            let y = f.xor(&b[j], &carry);
+            let z = f.and(&x, &y);
+            carry = f.xor(&carry, &z);
+        }
+    }
+    let pos = sum[n - 1].clone();
+    let j0 = shift.saturating_sub(bits.lo) as usize;
+    sum[j0..n - 1].iter().map(|s| f.and(&pos, s)).collect()
+}
+
+/// The plaintext reference of a reduced ReLU: g(T) with
+/// T = ⌊(v + 2^(hi−1)) / 2^lo⌋ mod 2^n for the signed input v (module
+/// documentation).
+pub fn relu_reduced_reference(y: F, shift: u32, bits: ReluBits) -> F {
+    F::from_u64(relu_reduced_int(y.to_signed(), shift, bits))
+}
+
+/// [`relu_reduced_reference`] on any integer input (the output is below
+/// 2^(hi−1−shift), hence non-negative and small).
+pub fn relu_reduced_int(v: i64, shift: u32, bits: ReluBits) -> u64 {
+    let n = bits.width();
+    let t = (v.saturating_add(1i64 << (bits.hi - 1))) >> bits.lo;
+    reduced_output(t.rem_euclid(1i64 << n) as u64, shift, bits).value()
+}
+
+/// g(S): the output a reduced ReLU gives for the circuit's sum S.
+pub fn reduced_output(s: u64, shift: u32, bits: ReluBits) -> F {
+    let n = bits.width();
+    if s >> (n - 1) & 1 == 0 {
+        return F::ZERO;
+    }
+    let low = s & ((1u64 << (n - 1)) - 1);
+    if bits.lo >= shift {
+        F::from_u64(low << (bits.lo - shift))
+    } else {
+        F::from_u64(low >> (shift - bits.lo))
+    }
+}
 
 /// Writes the ReLU circuit for any interpreter.
 ///
@@ -201,6 +448,41 @@ impl ReluCircuit {
     }
 }
 
+/// The circuit of `spec`, recorded once per spec.
+///
+/// # Panics
+/// If the spec fails [`ReluSpec::check`].
+pub fn relu_circuit_for(spec: ReluSpec) -> &'static ReluCircuit {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    let bits = match spec.bits {
+        None => return relu_circuit(spec.shift),
+        Some(b) => b,
+    };
+    assert!(spec.check().is_ok(), "invalid ReLU spec {spec:?}");
+    static C: OnceLock<Mutex<HashMap<ReluSpec, &'static ReluCircuit>>> = OnceLock::new();
+    let map = C.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut map = match map.lock() {
+        Ok(m) => m,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    map.entry(spec).or_insert_with(|| {
+        let n = bits.width() as usize;
+        let circuit = Circuit::record(n, n, |f, a, b| {
+            relu_reduced_gadget(f, a, b, spec.shift, bits)
+        });
+        let j0 = spec.shift.saturating_sub(bits.lo);
+        let weights = (j0..n as u32 - 1)
+            .map(|j| F::from_u64(1u64 << (j + bits.lo - spec.shift)))
+            .collect();
+        Box::leak(Box::new(ReluCircuit {
+            circuit,
+            weights,
+            shift: spec.shift,
+        }))
+    })
+}
+
 /// The ReLU circuit that truncates by `shift` bits, recorded once per shift.
 ///
 /// # Panics
@@ -235,6 +517,7 @@ pub fn relu_circuit(shift: u32) -> &'static ReluCircuit {
 /// Server's half of an offline ReLU bundle.
 pub struct ServerReluBundle {
     n: usize,
+    spec: ReluSpec,
     inner: ServerSecrets,
 }
 
@@ -249,7 +532,7 @@ struct ServerSecrets {
 /// Client's half of an offline ReLU bundle.
 pub struct ClientReluBundle {
     n: usize,
-    shift: u32,
+    spec: ReluSpec,
     inner: ClientSecrets,
 }
 
@@ -300,13 +583,14 @@ fn check_count(n: usize) -> Result<()> {
 pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
     ch: &mut C,
     n: usize,
-    shift: u32,
+    spec: impl Into<ReluSpec>,
     rng: &mut R,
 ) -> Result<ServerReluBundle> {
+    let spec = spec.into();
     check_count(n)?;
-    check_shift(shift)?;
-    ch.agree_u64("ReLU count", n as u64)?;
-    ch.agree_u64("ReLU truncation", shift as u64)?;
+    spec.check()?;
+    agree_spec(ch, n, spec)?;
+    let bits_in = spec.input_bits();
     let mut id = [0u8; 16];
     rng.fill_bytes(&mut id);
     let hash_key = Block::random(rng);
@@ -314,27 +598,27 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
     ch.send_block(hash_key)?;
     ch.flush()?;
     let mut cot = CotSender::setup(ch, rng)?;
-    let ev_zero = cot.send(ch, n * CLIENT_BITS)?;
+    let ev_zero = cot.send(ch, n * bits_in)?;
     let delta = cot.delta();
 
-    let rc = relu_circuit(shift);
+    let rc = relu_circuit_for(spec);
     let no = rc.circuit.outputs();
     let label_seed = Block::random(rng);
     let mut prg = AesPrg::new(label_seed);
     let mut garbler = Garbler::new(&rc.circuit, hash_key, delta);
-    let mut ga_zero = vec![Block::ZERO; BATCH * SERVER_BITS];
+    let mut ga_zero = vec![Block::ZERO; BATCH * bits_in];
     let mut tables = Vec::with_capacity(2 * rc.circuit.and_gates() * BATCH);
     let mut out_zero = vec![Block::ZERO; BATCH * no];
     let mut cts = vec![F::ZERO; BATCH * no];
     let mut rho = Vec::with_capacity(n);
     for start in (0..n).step_by(BATCH) {
         let k = BATCH.min(n - start);
-        prg.fill_blocks(&mut ga_zero[..k * SERVER_BITS]);
+        prg.fill_blocks(&mut ga_zero[..k * bits_in]);
         tables.clear();
         garbler.garble_batch(
             start as u64,
-            &ev_zero[start * CLIENT_BITS..(start + k) * CLIENT_BITS],
-            &ga_zero[..k * SERVER_BITS],
+            &ev_zero[start * bits_in..(start + k) * bits_in],
+            &ga_zero[..k * bits_in],
             &mut tables,
             &mut out_zero[..k * no],
         );
@@ -358,6 +642,7 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
     ev_zero.zeroize();
     Ok(ServerReluBundle {
         n,
+        spec,
         inner: ServerSecrets {
             id,
             delta,
@@ -367,28 +652,38 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
     })
 }
 
+/// Both parties state the bundle's size and circuit.
+fn agree_spec<C: Channel>(ch: &mut C, n: usize, spec: ReluSpec) -> Result<()> {
+    ch.agree_u64("ReLU count", n as u64)?;
+    ch.agree_u64("ReLU truncation", spec.shift as u64)?;
+    ch.agree_u64("ReLU bits", ReluBits::code(spec.bits))
+}
+
 /// Offline phase, client side: obtains the garbled ReLUs for its shares
 /// (which it knows before the input exists).
 pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     ch: &mut C,
     shares: &[F],
-    shift: u32,
+    spec: impl Into<ReluSpec>,
     rng: &mut R,
 ) -> Result<ClientReluBundle> {
+    let spec = spec.into();
     let n = shares.len();
     check_count(n)?;
-    check_shift(shift)?;
-    ch.agree_u64("ReLU count", n as u64)?;
-    ch.agree_u64("ReLU truncation", shift as u64)?;
+    spec.check()?;
+    agree_spec(ch, n, spec)?;
     let mut id = [0u8; 16];
     ch.recv_bytes(&mut id)?;
     let hash_key = ch.recv_block()?;
     let mut cot = CotReceiver::setup(ch, rng)?;
-    let mut choices: Vec<bool> = shares.iter().flat_map(|&a| client_bits(a)).collect();
+    let mut choices: Vec<bool> = Vec::with_capacity(n * spec.input_bits());
+    for &a in shares {
+        spec.client_input(a, &mut choices);
+    }
     let labels = cot.receive(ch, &choices)?;
     choices.zeroize();
 
-    let rc = relu_circuit(shift);
+    let rc = relu_circuit_for(spec);
     let no = rc.circuit.outputs();
     let per = 2 * rc.circuit.and_gates();
     let mut tables = vec![Block::ZERO; n * per];
@@ -400,7 +695,7 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     }
     Ok(ClientReluBundle {
         n,
-        shift,
+        spec,
         inner: ClientSecrets {
             id,
             hash_key,
@@ -442,21 +737,26 @@ impl ServerReluBundle {
             )));
         }
         ch.send_bytes(&s.id)?;
+        let per = self.spec.input_bits();
         let mut prg = AesPrg::new(s.label_seed);
-        let mut buf = vec![Block::ZERO; BATCH * SERVER_BITS];
+        let mut buf = vec![Block::ZERO; BATCH * per];
+        let mut bits = Vec::with_capacity(BATCH * per);
         for start in (0..self.n).step_by(BATCH) {
             let k = BATCH.min(self.n - start);
-            let lab = &mut buf[..k * SERVER_BITS];
+            let lab = &mut buf[..k * per];
             prg.fill_blocks(lab);
-            for (i, b) in shares[start..start + k].iter().enumerate() {
-                for (j, bit) in server_bits(*b).into_iter().enumerate() {
-                    lab[i * SERVER_BITS + j] ^= s.delta.and_bit(bit);
-                }
+            bits.clear();
+            for b in &shares[start..start + k] {
+                self.spec.server_input(*b, &mut bits);
+            }
+            for (l, &bit) in lab.iter_mut().zip(&bits) {
+                *l ^= s.delta.and_bit(bit);
             }
             ch.send_blocks(lab)?;
         }
         ch.flush()?;
         buf.zeroize();
+        bits.zeroize();
         Ok(std::mem::take(&mut s.rho))
     }
 }
@@ -484,20 +784,21 @@ impl ClientReluBundle {
                 what: "online message belongs to a different offline bundle",
             });
         }
-        let rc = relu_circuit(self.shift);
+        let rc = relu_circuit_for(self.spec);
         let no = rc.circuit.outputs();
         let per = 2 * rc.circuit.and_gates();
+        let bits_in = self.spec.input_bits();
         let mut ev = Evaluator::new(&rc.circuit, s.hash_key);
-        let mut ga = vec![Block::ZERO; BATCH * SERVER_BITS];
+        let mut ga = vec![Block::ZERO; BATCH * bits_in];
         let mut out = vec![Block::ZERO; BATCH * no];
         let mut result = Vec::with_capacity(self.n);
         for start in (0..self.n).step_by(BATCH) {
             let k = BATCH.min(self.n - start);
-            ch.recv_blocks(&mut ga[..k * SERVER_BITS])?;
+            ch.recv_blocks(&mut ga[..k * bits_in])?;
             ev.eval_batch(
                 start as u64,
-                &s.labels[start * CLIENT_BITS..(start + k) * CLIENT_BITS],
-                &ga[..k * SERVER_BITS],
+                &s.labels[start * bits_in..(start + k) * bits_in],
+                &ga[..k * bits_in],
                 &s.tables[start * per..(start + k) * per],
                 &mut out[..k * no],
             );
@@ -517,8 +818,20 @@ impl ClientReluBundle {
 }
 
 /// Tags that start each stored bundle (catch a file read as the wrong type).
-const SERVER_TAG: u64 = u64::from_le_bytes(*b"dlRELUs1");
-const CLIENT_TAG: u64 = u64::from_le_bytes(*b"dlRELUc1");
+const SERVER_TAG: u64 = u64::from_le_bytes(*b"dlRELUs2");
+const CLIENT_TAG: u64 = u64::from_le_bytes(*b"dlRELUc2");
+
+fn load_spec<R: std::io::Read>(d: &mut Decoder<R>) -> Result<ReluSpec> {
+    let shift = d.u64_at_most(MAX_SHIFT as u64, "stored ReLU truncation")? as u32;
+    let bits = ReluBits::from_code(d.u64()?).ok_or(Error::Stored {
+        what: "stored ReLU bits are not a window",
+    })?;
+    let spec = ReluSpec { shift, bits };
+    spec.check().map_err(|_| Error::Stored {
+        what: "stored ReLU bits are not a valid window",
+    })?;
+    Ok(spec)
+}
 
 impl ServerReluBundle {
     /// Writes the bundle (secrets included: the file must be protected like
@@ -527,6 +840,8 @@ impl ServerReluBundle {
         let s = &self.inner;
         e.u64(SERVER_TAG)?;
         e.u64(self.n as u64)?;
+        e.u64(self.spec.shift as u64)?;
+        e.u64(ReluBits::code(self.spec.bits))?;
         e.bytes(&s.id)?;
         e.block(s.delta)?;
         e.block(s.label_seed)?;
@@ -542,6 +857,7 @@ impl ServerReluBundle {
         }
         let n = d.u64_at_most(MAX_RELUS as u64, "stored ReLU count")? as usize;
         check_count(n)?;
+        let spec = load_spec(d)?;
         let mut id = [0u8; 16];
         d.bytes(&mut id)?;
         let delta = d.block()?;
@@ -549,6 +865,7 @@ impl ServerReluBundle {
         let rho = d.fields(n, "stored ReLU masks")?;
         Ok(ServerReluBundle {
             n,
+            spec,
             inner: ServerSecrets {
                 id,
                 delta,
@@ -565,7 +882,8 @@ impl ClientReluBundle {
         let s = &self.inner;
         e.u64(CLIENT_TAG)?;
         e.u64(self.n as u64)?;
-        e.u64(self.shift as u64)?;
+        e.u64(self.spec.shift as u64)?;
+        e.u64(ReluBits::code(self.spec.bits))?;
         e.bytes(&s.id)?;
         e.block(s.hash_key)?;
         e.blocks(&s.labels)?;
@@ -582,19 +900,19 @@ impl ClientReluBundle {
         }
         let n = d.u64_at_most(MAX_RELUS as u64, "stored ReLU count")? as usize;
         check_count(n)?;
-        let shift = d.u64_at_most(MAX_SHIFT as u64, "stored ReLU truncation")? as u32;
-        let rc = relu_circuit(shift);
+        let spec = load_spec(d)?;
+        let rc = relu_circuit_for(spec);
         let no = rc.circuit.outputs();
         let per = 2 * rc.circuit.and_gates();
         let mut id = [0u8; 16];
         d.bytes(&mut id)?;
         let hash_key = d.block()?;
-        let labels = d.blocks(n * CLIENT_BITS, "stored ReLU labels")?;
+        let labels = d.blocks(n * spec.input_bits(), "stored ReLU labels")?;
         let tables = d.blocks(n * per, "stored garbled tables")?;
         let cts = d.fields(n * no, "stored output conversions")?;
         Ok(ClientReluBundle {
             n,
-            shift,
+            spec,
             inner: ClientSecrets {
                 id,
                 hash_key,
@@ -736,6 +1054,161 @@ mod tests {
         }
     }
 
+    /// The circuit's sum S for shares (a, b) of a reduced spec, computed on integers.
+    fn plain_sum(a: F, b: F, bits: ReluBits) -> u64 {
+        let n = bits.width();
+        let bb = (b + F::from_u64(1 << (bits.hi - 1))).value();
+        ((a.value() >> bits.lo) + (bb >> bits.lo)) & ((1 << n) - 1)
+    }
+
+    fn check_reduced(a: F, b: F, shift: u32, bits: ReluBits) {
+        let spec = ReluSpec::reduced(shift, bits);
+        let rc = relu_circuit_for(spec);
+        let (mut ab, mut bb) = (Vec::new(), Vec::new());
+        spec.client_input(a, &mut ab);
+        spec.server_input(b, &mut bb);
+        let out = rc.circuit().eval_plain(&ab, &bb);
+        assert_eq!(
+            out,
+            relu_reduced_gadget(&mut PlainEval, &ab, &bb, shift, bits)
+        );
+        let got = rc.combine(&out);
+        let s = plain_sum(a, b, bits);
+        assert_eq!(got, reduced_output(s, shift, bits), "g(S)");
+        let v = (a + b).to_signed();
+        let n = bits.width();
+        let t = ((v + (1i64 << (bits.hi - 1))) >> bits.lo).rem_euclid(1 << n) as u64;
+        let d = (s as i64 - t as i64).rem_euclid(1 << n);
+        assert!(d <= 1 || d == (1 << n) - 1, "S − T = {d}, v = {v}, {bits}");
+        let want = spec.reference(a + b);
+        if v.abs() < bits.exact_sign_limit() {
+            let err = (got.to_signed() - want.to_signed()).unsigned_abs();
+            assert!(
+                err <= bits.error_bound(shift),
+                "v = {v}: secure {got:?}, reference {want:?}, {bits}, shift {shift}"
+            );
+            // Inside the window the reference is ReLU, exactly when lo ≤ shift.
+            let exact = relu_trunc_reference(a + b, shift);
+            if bits.lo <= shift {
+                assert_eq!(want, exact, "v = {v}");
+            } else {
+                assert!(want.to_signed() <= exact.to_signed());
+                assert!(exact.to_signed() - want.to_signed() < 1 << (bits.lo - shift));
+            }
+        }
+    }
+
+    #[test]
+    fn reduced_gadget_counts() {
+        let bits = ReluBits { lo: 12, hi: 27 };
+        let rc = relu_circuit_for(ReluSpec::reduced(12, bits));
+        assert_eq!(rc.circuit().and_gates(), 28);
+        assert_eq!(rc.circuit().evaluator_inputs(), 15);
+        assert_eq!(rc.circuit().garbler_inputs(), 15);
+        assert_eq!(rc.weights().len(), rc.circuit().outputs());
+        // lo below the truncation: the low sum bits only feed carries.
+        let rc = relu_circuit_for(ReluSpec::reduced(12, ReluBits { lo: 8, hi: 24 }));
+        assert_eq!(rc.circuit().and_gates(), 15 + 11);
+    }
+
+    #[test]
+    fn reduced_windows_are_checked() {
+        for (lo, hi, shift) in [
+            (0, 20, 12),
+            (12, 13, 0),
+            (5, 38, 12),
+            (4, 13, 12),
+            (9, 9, 0),
+        ] {
+            assert!(ReluSpec::reduced(shift, ReluBits { lo, hi })
+                .check()
+                .is_err());
+        }
+        assert!(ReluSpec::reduced(12, ReluBits { lo: 1, hi: 14 })
+            .check()
+            .is_ok());
+        for b in [None, Some(ReluBits { lo: 3, hi: 37 })] {
+            assert_eq!(ReluBits::from_code(ReluBits::code(b)), Some(b));
+        }
+        assert_eq!(ReluBits::from_code(7), None);
+    }
+
+    #[test]
+    fn reduced_edges_and_window_boundaries() {
+        for (lo, hi, shift) in [
+            (12, 27, 12),
+            (8, 24, 12),
+            (14, 26, 12),
+            (1, 3, 0),
+            (2, 37, 8),
+        ] {
+            let bits = ReluBits { lo, hi };
+            let h = 1i64 << (hi - 1);
+            let l = 1i64 << lo;
+            for v in [
+                0,
+                1,
+                -1,
+                l - 1,
+                l,
+                -l,
+                -l - 1,
+                h - l - 1,
+                -(h - l - 1),
+                h - 1,
+                -h,
+                h,
+                5 * l + 3,
+            ] {
+                for a in [
+                    0,
+                    1,
+                    2,
+                    l as u64 - 1,
+                    l as u64,
+                    HALF - 1,
+                    HALF,
+                    P - 1,
+                    P - 2,
+                    12345678901,
+                ] {
+                    let a = F::from_u64(a % P);
+                    check_reduced(a, F::from_i64(v) - a, shift, bits);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn garbled_reduced_protocol_matches_the_plaintext_circuit() {
+        use crate::channel::MemChannel;
+        use rand::{Rng, SeedableRng};
+        let bits = ReluBits { lo: 10, hi: 26 };
+        let spec = ReluSpec::reduced(12, bits);
+        let mut rng = crate::block::SecretRng::seed_from_u64(23);
+        let n = 300;
+        let ys: Vec<F> = (0..n)
+            .map(|_| F::from_i64(rng.gen_range(-(1i64 << 26)..(1 << 26))))
+            .collect();
+        let a: Vec<F> = (0..n).map(|_| F::random(&mut rng)).collect();
+        let b: Vec<F> = ys.iter().zip(&a).map(|(y, a)| *y - *a).collect();
+        let (mut sc, mut cc) = MemChannel::pair();
+        let bs = b.clone();
+        let server = std::thread::spawn(move || {
+            let mut rng = crate::block::SecretRng::seed_from_u64(24);
+            let bundle = server_offline(&mut sc, n, spec, &mut rng).unwrap();
+            bundle.online(&mut sc, &bs).unwrap()
+        });
+        let mut crng = crate::block::SecretRng::seed_from_u64(25);
+        let bundle = client_offline(&mut cc, &a, spec, &mut crng).unwrap();
+        let out = bundle.online(&mut cc).unwrap();
+        let rho = server.join().unwrap();
+        for i in 0..n {
+            let want = reduced_output(plain_sum(a[i], b[i], bits), 12, bits);
+            assert_eq!(out[i] + rho[i], want, "y = {:?}", ys[i]);
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn plaintext_circuit_is_relu(a in 0..P, b in 0..P, shift in 0..=MAX_SHIFT) {
@@ -743,6 +1216,23 @@ mod tests {
             let rc = relu_circuit(shift);
             let bits = rc.circuit().eval_plain(&client_bits(a), &server_bits(b));
             proptest::prop_assert_eq!(rc.combine(&bits), relu_trunc_reference(a + b, shift));
+        }
+
+        #[test]
+        fn reduced_circuit_stays_within_its_bound(
+            a in 0..P,
+            lo in 1u32..16,
+            width in 2u32..22,
+            shift in 0u32..20,
+            frac in -1.2f64..1.2,
+        ) {
+            let hi = (lo + width).min(MAX_HI);
+            let shift = shift.min(hi - 2);
+            let bits = ReluBits { lo, hi };
+            proptest::prop_assume!(bits.check(shift).is_ok());
+            let v = (frac * (1i64 << (hi - 1)) as f64) as i64;
+            let a = F::from_u64(a);
+            check_reduced(a, F::from_i64(v) - a, shift, bits);
         }
     }
 }

@@ -134,3 +134,87 @@ fn mismatched_bundle_is_rejected_and_dropped_peer_is_an_error() {
     assert!(matches!(bundle.online(&mut ch), Err(Error::Closed)));
     let _ = ch.flush();
 }
+
+#[test]
+fn reduced_relus_send_one_label_per_window_bit_and_survive_storage() {
+    use delphi_crypto::codec::{Decoder, Encoder};
+    use delphi_crypto::relu::{
+        reduced_output, ClientReluBundle, ReluBits, ReluSpec, ServerReluBundle,
+    };
+    let bits = ReluBits { lo: 12, hi: 26 };
+    let spec = ReluSpec::reduced(12, bits);
+    let n = 300;
+    let mut rng = SecretRng::seed_from_u64(12);
+    let ys: Vec<F> = (0..n)
+        .map(|_| F::from_i64(rng.gen_range(-(1i64 << 24)..(1 << 24))))
+        .collect();
+    let a: Vec<F> = (0..n).map(|_| F::random(&mut rng)).collect();
+    let b: Vec<F> = ys.iter().zip(&a).map(|(y, a)| *y - *a).collect();
+    let (s, c) = tcp_pair();
+    let bs = b.clone();
+    let server = thread::spawn(move || {
+        let mut ch = Counting::new(s);
+        let bundle = server_offline(&mut ch, n, spec, &mut SecretRng::seed_from_u64(13)).unwrap();
+        // Through storage: the window travels with the bundle.
+        let mut buf = Vec::new();
+        bundle.store(&mut Encoder::new(&mut buf)).unwrap();
+        drop(bundle);
+        let bundle = ServerReluBundle::load(&mut Decoder::new(&buf[..])).unwrap();
+        let before = ch.stats();
+        let rho = bundle.online(&mut ch, &bs).unwrap();
+        (rho, ch.stats().since(&before))
+    });
+    let mut ch = Counting::new(c);
+    let bundle = client_offline(&mut ch, &a, spec, &mut SecretRng::seed_from_u64(14)).unwrap();
+    let mut buf = Vec::new();
+    bundle.store(&mut Encoder::new(&mut buf)).unwrap();
+    drop(bundle);
+    let bundle = ClientReluBundle::load(&mut Decoder::new(&buf[..])).unwrap();
+    let out = bundle.online(&mut ch).unwrap();
+    let (rho, sent) = server.join().unwrap();
+    assert_eq!(sent.sent, 16 + (n * 14 * 16) as u64);
+    for i in 0..n {
+        let hb = (b[i] + F::from_u64(1 << 25)).value();
+        let s = ((a[i].value() >> 12) + (hb >> 12)) & ((1 << 14) - 1);
+        assert_eq!(out[i] + rho[i], reduced_output(s, 12, bits));
+        let err = (out[i] + rho[i]).to_signed() - spec.reference(ys[i]).to_signed();
+        assert!(err.unsigned_abs() <= spec.error_bound());
+    }
+    // A stored bundle whose window is not a window is refused by name.
+    let mut bad = buf.clone();
+    bad[24..32].copy_from_slice(&((1u64 << 16) | (30 << 8) | 20).to_le_bytes());
+    assert!(matches!(
+        ClientReluBundle::load(&mut Decoder::new(&bad[..])),
+        Err(Error::Stored { .. })
+    ));
+}
+
+#[test]
+fn parties_disagreeing_on_the_window_stop_offline() {
+    use delphi_crypto::relu::{ReluBits, ReluSpec};
+    let (s, c) = tcp_pair();
+    let h = thread::spawn(move || {
+        let mut ch = s;
+        let spec = ReluSpec::reduced(12, ReluBits { lo: 12, hi: 26 });
+        server_offline(&mut ch, 10, spec, &mut SecretRng::seed_from_u64(15)).map(|_| ())
+    });
+    let mut ch = c;
+    let spec = ReluSpec::reduced(12, ReluBits { lo: 12, hi: 25 });
+    let r = client_offline(
+        &mut ch,
+        &[F::ZERO; 10],
+        spec,
+        &mut SecretRng::seed_from_u64(16),
+    );
+    assert!(
+        matches!(
+            r,
+            Err(Error::Mismatch {
+                what: "ReLU bits",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert!(h.join().unwrap().is_err());
+}

@@ -172,6 +172,21 @@ fn bundle_times<S: Send + 'static, C>(
     Ok((off_c.max(off_s), on))
 }
 
+/// Offline and online wall times of a reduced ReLU layer of `n` values
+/// ([`delphi_cost::model::REDUCED_ANCHOR`]).
+fn reduced_relu_times(n: usize) -> Result<(f64, f64)> {
+    use delphi_cost::model::REDUCED_ANCHOR as A;
+    use delphi_crypto::relu::{client_offline, server_offline};
+    bundle_times(
+        n,
+        (
+            |ch, n, r| server_offline(ch, n, A, r),
+            |b, ch, x| b.online(ch, x),
+        ),
+        (|ch, x, r| client_offline(ch, x, A, r), |b, ch| b.online(ch)),
+    )
+}
+
 /// Offline and online wall times of a ReLU layer of `n` values.
 fn relu_times(n: usize) -> Result<(f64, f64)> {
     use delphi_crypto::relu::{client_offline, server_offline};
@@ -392,6 +407,24 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
         p2 - transfer(&t2.1, &ct, &link),
     );
 
+    say("reduced ReLU layers (window 12..27)");
+    let rt = |n: usize| delphi_cost::bytes::relu_traffic(n, delphi_cost::model::REDUCED_ANCHOR);
+    let (o1, p1) = reduced_relu_times(n1)?;
+    let (o2, p2) = reduced_relu_times(n2)?;
+    let (t1, t2) = (rt(n1), rt(n2));
+    let relu_reduced_offline = Affine::fit(
+        n1 as f64,
+        o1 - transfer(&t1.0, &ct, &link),
+        n2 as f64,
+        o2 - transfer(&t2.0, &ct, &link),
+    );
+    let relu_reduced_online = Affine::fit(
+        n1 as f64,
+        p1 - transfer(&t1.1, &ct, &link),
+        n2 as f64,
+        p2 - transfer(&t2.1, &ct, &link),
+    );
+
     say("truncations (OT)");
     let (m1, m2) = if quick {
         (4096, 32768)
@@ -466,6 +499,8 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
         linear_online_per_mac_s,
         relu_offline,
         relu_online,
+        relu_reduced_offline: Some(relu_reduced_offline),
+        relu_reduced_online: Some(relu_reduced_online),
         trunc_offline,
         trunc_online,
         quad_offline,

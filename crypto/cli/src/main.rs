@@ -334,6 +334,43 @@ struct BenchReluArgs {
     /// Seed for the benchmark's inputs (the protocol's own randomness always comes from the OS).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Circuit widths, one row each: `full` (the exact 41-bit circuit) or a
+    /// reduced window `lo..hi` (the circuit sees bits lo..hi of the input;
+    /// see `delphi_crypto::relu`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "full,12..27,12..25,14..26"
+    )]
+    bits: Vec<String>,
+    /// Truncation after each ReLU (12: the ReLU after a conv layer).
+    #[arg(long, default_value_t = 12)]
+    shift: u32,
+}
+
+/// Parses `full` or `lo..hi` into the ReLU circuit it names.
+fn parse_relu_bits(s: &str, shift: u32) -> Result<delphi_crypto::relu::ReluSpec> {
+    use delphi_crypto::relu::{ReluBits, ReluSpec};
+    let s = s.trim();
+    if s == "full" {
+        return Ok(ReluSpec::full(shift));
+    }
+    let (lo, hi) = s
+        .split_once("..")
+        .with_context(|| format!("ReLU bits {s:?}: expected `full` or `lo..hi`"))?;
+    let bits = ReluBits {
+        lo: lo
+            .trim()
+            .parse()
+            .with_context(|| format!("ReLU bits {s:?}: lo"))?,
+        hi: hi
+            .trim()
+            .parse()
+            .with_context(|| format!("ReLU bits {s:?}: hi"))?,
+    };
+    let spec = ReluSpec::reduced(shift, bits);
+    spec.check()?;
+    Ok(spec)
 }
 
 fn random_inputs(
@@ -839,11 +876,23 @@ fn run_import(args: ImportArgs) -> Result<()> {
 }
 
 fn run_bench_relu(args: BenchReluArgs) -> Result<()> {
-    let BenchReluArgs { count, out, seed } = args;
+    let BenchReluArgs {
+        count,
+        out,
+        seed,
+        bits,
+        shift,
+    } = args;
 
     ensure!(count > 0, "--count must be at least 1");
-    let r = delphi_crypto::bench::relu_bench(count, seed, &|m| eprintln!("[relu bench] {m}"))
-        .context("ReLU benchmark failed")?;
+    let specs = bits
+        .iter()
+        .map(|b| parse_relu_bits(b, shift))
+        .collect::<Result<Vec<_>>>()?;
+    ensure!(!specs.is_empty(), "--bits names no circuit");
+    let r =
+        delphi_crypto::bench::relu_bench(count, &specs, seed, &|m| eprintln!("[relu bench] {m}"))
+            .context("ReLU benchmark failed")?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -852,12 +901,34 @@ fn run_bench_relu(args: BenchReluArgs) -> Result<()> {
         .with_context(|| format!("writing {}", out.display()))?;
     println!("{json}");
     eprintln!("[relu bench] wrote {}", out.display());
-    ensure!(
-        r.correct == r.relus,
-        "{} of {} secure ReLUs were wrong",
-        r.relus - r.correct,
-        r.relus
+    eprintln!(
+        "[relu bench] AES bound {:.0} M blocks/s on one core ({})",
+        r.aes_blocks_per_s / 1e6,
+        r.cpu_model
     );
+    for row in &r.rows {
+        eprintln!(
+            "[relu bench] {:>6}: {:>3} AND, online {:>5.0} B, offline {:>5.0} B per ReLU; garble {:.0} M AND/s ({:.0} % of bound), eval {:.0} M AND/s ({:.0} %)",
+            row.bits,
+            row.and_gates_per_relu,
+            row.online_bytes_per_relu,
+            row.offline_bytes_per_relu,
+            row.garble_and_gates_per_s / 1e6,
+            100.0 * row.garble_fraction_of_aes_bound,
+            row.eval_and_gates_per_s / 1e6,
+            100.0 * row.eval_fraction_of_aes_bound
+        );
+    }
+    for row in &r.rows {
+        ensure!(
+            row.correct == r.relus && row.within_bound == row.inside_window,
+            "{}: {} of {} secure ReLUs differ from the circuit, {} inside the window exceed the stated bound",
+            row.bits,
+            r.relus - row.correct,
+            r.relus,
+            row.inside_window - row.within_bound
+        );
+    }
 
     Ok(())
 }
@@ -978,11 +1049,16 @@ fn run_verify(args: VerifyArgs) -> Result<()> {
         .iter()
         .map(|x| Ok(prog.encode_input(x)?))
         .collect::<Result<Vec<_>>>()?;
-    let report = run_local(&prog, &encoded, &|m| {
-        if !json {
-            eprintln!("[verify] {m}")
-        }
-    })?;
+    let report = delphi_engine::run::run_local_with(
+        &prog,
+        &encoded,
+        &|m| {
+            if !json {
+                eprintln!("[verify] {m}")
+            }
+        },
+        true,
+    )?;
     let gaps = float_gaps(&net, &raw, &report)?;
     let worst_gap = gaps.iter().fold(0f64, |m, g| m.max(g.0));
     let float_classes = gaps.iter().filter(|g| g.1).count();
@@ -1007,14 +1083,35 @@ fn run_verify(args: VerifyArgs) -> Result<()> {
             .iter()
             .filter(|n| matches!(n.op, delphi_net::FixedOp::Trunc { .. }))
             .count();
+        let reduced = prog
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, delphi_net::FixedOp::Relu { bits: Some(_), .. }))
+            .count();
         println!(
-            "{truncations} truncation node(s): {}",
-            if truncations == 0 {
+            "{truncations} truncation node(s), {reduced} reduced ReLU node(s): {}",
+            if truncations + reduced == 0 {
                 "every secure result must equal the fixed-point reference exactly"
             } else {
-                "each may differ from the reference by one unit (stochastic rounding)"
+                "checked node by node: each node equals the reference applied to the run's own \
+                 inputs, a truncation within one unit, a reduced ReLU within its stated bound \
+                 inside its window"
             }
         );
+        for (k, inf) in report.inferences.iter().enumerate() {
+            if let Some(c) = &inf.node_check {
+                for d in &c.reduced_relus {
+                    println!(
+                        "  input {k}: reduced ReLU node {} (layer {}): largest deviation {} unit(s), bound {}; {} input(s) outside the window",
+                        d.node,
+                        d.layer.map_or("-".into(), |l| l.to_string()),
+                        d.max_units,
+                        d.allowed_units,
+                        d.outside_window
+                    );
+                }
+            }
+        }
         println!(
                     "float network: largest logit gap {:.2} % of the largest logit; same class on {float_classes} of {inputs}",
                     100.0 * worst_gap
@@ -1023,12 +1120,30 @@ fn run_verify(args: VerifyArgs) -> Result<()> {
             print_comparison(&c);
         }
     }
+    for (k, inf) in report.inferences.iter().enumerate() {
+        let check = inf
+            .node_check
+            .as_ref()
+            .context("the run was not checked node by node")?;
+        if let Some(d) = check.failing.first() {
+            bail!(
+                "input {k}: node {} ({}, layer {}) differs from the reference on its own inputs by up to {} unit(s) on {} element(s); the protocol allows {}",
+                d.node,
+                d.kind,
+                d.layer.map_or("-".into(), |l| l.to_string()),
+                d.max_units,
+                d.elements_over,
+                d.allowed_units
+            );
+        }
+    }
     let exact = report.inferences.iter().filter(|i| i.correct).count();
-    if prog
-        .nodes
-        .iter()
-        .all(|n| !matches!(n.op, delphi_net::FixedOp::Trunc { .. }))
-    {
+    if prog.nodes.iter().all(|n| {
+        !matches!(
+            n.op,
+            delphi_net::FixedOp::Trunc { .. } | delphi_net::FixedOp::Relu { bits: Some(_), .. }
+        )
+    }) {
         ensure!(
             exact == inputs,
             "{} of {inputs} secure results differ from the fixed-point reference",

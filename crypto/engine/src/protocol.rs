@@ -38,7 +38,7 @@ use delphi_crypto::field::F;
 use delphi_crypto::relu::{
     client_offline as relu_client_offline, server_offline as relu_server_offline,
 };
-use delphi_crypto::relu::{ClientReluBundle, ServerReluBundle};
+use delphi_crypto::relu::{ClientReluBundle, ReluSpec, ServerReluBundle};
 use delphi_crypto::trunc::{self, ClientTruncBundle, ServerTruncBundle};
 use delphi_net::fixed::{linear_field, FixedOp, FixedProgram};
 use delphi_net::linear::sum_pool;
@@ -302,11 +302,14 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
                 }
                 he.decrypt_output(&p, &res)?
             }
-            FixedOp::Relu { shift } => {
+            FixedOp::Relu { shift, bits } => {
                 relus[i] = Some(relu_client_offline(
                     ch,
                     &node.gather(&shares[node.inputs[0]]),
-                    *shift,
+                    ReluSpec {
+                        shift: *shift,
+                        bits: *bits,
+                    },
                     rng,
                 )?);
                 node.scatter(random(node.active_len(), rng), F::ZERO)
@@ -395,8 +398,12 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
                 ch.flush()?;
                 sigmas[i] = Some(sigma);
             }
-            FixedOp::Relu { shift } => {
-                relus[i] = Some(relu_server_offline(ch, node.active_len(), *shift, rng)?);
+            FixedOp::Relu { shift, bits } => {
+                let spec = ReluSpec {
+                    shift: *shift,
+                    bits: *bits,
+                };
+                relus[i] = Some(relu_server_offline(ch, node.active_len(), spec, rng)?);
             }
             FixedOp::Trunc { shift } => {
                 truncs[i] = Some(trunc::server_offline(ch, node.active_len(), *shift, rng)?);
@@ -449,6 +456,14 @@ impl ClientBundle {
     /// Per-node time and bytes of the offline phase.
     pub fn offline_trace(&self) -> &[NodeTrace] {
         &self.offline_trace
+    }
+
+    /// The client's share of every node (fixed offline). A local run that
+    /// plays both parties adds the server's shares to check the protocol
+    /// node by node ([`crate::run::run_local_with`]); a real client never
+    /// needs them.
+    pub fn shares(&self) -> &[Vec<F>] {
+        &self.shares
     }
 
     /// Online phase, client side: returns the logits (field elements at the
@@ -558,7 +573,17 @@ impl ServerBundle {
 
     /// Online phase, server side. Takes the bundle by value: a bundle runs
     /// once, and a second use does not compile.
-    pub fn online<C: Channel>(mut self, ch: &mut C, prog: &FixedProgram) -> Result<()> {
+    pub fn online<C: Channel>(self, ch: &mut C, prog: &FixedProgram) -> Result<()> {
+        self.online_keeping_shares(ch, prog).map(|_| ())
+    }
+
+    /// [`ServerBundle::online`] that returns the server's share of every
+    /// node (for a local run that checks the protocol node by node).
+    pub fn online_keeping_shares<C: Channel>(
+        mut self,
+        ch: &mut C,
+        prog: &FixedProgram,
+    ) -> Result<Vec<Vec<F>>> {
         let mut vals: Vec<Vec<F>> = Vec::with_capacity(prog.nodes.len());
         for i in 0..prog.nodes.len() {
             let node = &prog.nodes[i];
@@ -632,7 +657,7 @@ impl ServerBundle {
         }
         ch.send_fields(&vals[prog.output])?;
         ch.flush()?;
-        Ok(())
+        Ok(vals)
     }
 }
 
@@ -645,7 +670,11 @@ pub fn program_digest(prog: &FixedProgram) -> [u8; 32] {
     for n in &prog.nodes {
         h.update(n.op.kind().as_bytes());
         let params: [i64; 3] = match &n.op {
-            FixedOp::Relu { shift } | FixedOp::Trunc { shift } => [*shift as i64, 0, 0],
+            FixedOp::Relu {
+                shift,
+                bits: Some(b),
+            } => [*shift as i64, b.lo as i64, b.hi as i64],
+            FixedOp::Relu { shift, bits: None } | FixedOp::Trunc { shift } => [*shift as i64, 0, 0],
             FixedOp::Quad { a, b, c } => {
                 for v in a.iter().chain(b).chain(c) {
                     h.update(v.to_le_bytes());

@@ -10,7 +10,7 @@ use serde::Serialize;
 use delphi_crypto::block::secret_rng;
 use delphi_crypto::channel::{Counting, TcpChannel};
 use delphi_crypto::field::F;
-use delphi_net::fixed::FixedProgram;
+use delphi_net::fixed::{FixedOp, FixedProgram, NodeDeviation};
 
 use crate::error::{EngineError, Result};
 use crate::protocol::{client_offline, client_setup, server_offline, server_setup, NodeTrace};
@@ -45,6 +45,55 @@ pub struct Inference {
     /// server's online work on a linear layer shows up in the layer that waits
     /// for it (the next ReLU or quadratic).
     pub layers: Vec<LayerCost>,
+    /// The node-by-node check of this run ([`run_local_with`] with checking on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_check: Option<NodeCheck>,
+}
+
+/// Every node of a run compared with the reference applied to the run's
+/// own inputs ([`FixedProgram::check_node`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeCheck {
+    /// Nodes compared.
+    pub nodes: usize,
+    /// Nodes outside what the protocol allows (none when correct).
+    pub failing: Vec<NodeDeviation>,
+    /// Reduced-ReLU nodes: the largest deviation seen and the bound.
+    pub reduced_relus: Vec<NodeDeviation>,
+    /// Reduced ReLU inputs outside their windows (where no bound is stated).
+    pub outside_window: usize,
+}
+
+impl NodeCheck {
+    /// Whether every node is within what the protocol allows.
+    pub fn ok(&self) -> bool {
+        self.failing.is_empty()
+    }
+
+    fn of(prog: &FixedProgram, client: &[Vec<F>], server: &[Vec<F>]) -> NodeCheck {
+        let vals: Vec<Vec<F>> = client
+            .iter()
+            .zip(server)
+            .map(|(c, s)| c.iter().zip(s).map(|(c, s)| *c + *s).collect())
+            .collect();
+        let mut check = NodeCheck {
+            nodes: vals.len(),
+            failing: Vec::new(),
+            reduced_relus: Vec::new(),
+            outside_window: 0,
+        };
+        for i in 0..vals.len().min(prog.nodes.len()) {
+            let d = prog.check_node(i, &vals);
+            check.outside_window += d.outside_window;
+            if matches!(prog.nodes[i].op, FixedOp::Relu { bits: Some(_), .. }) {
+                check.reduced_relus.push(d.clone());
+            }
+            if !d.ok() {
+                check.failing.push(d);
+            }
+        }
+        check
+    }
 }
 
 /// Time and bytes of one description layer in one inference.
@@ -150,11 +199,26 @@ pub fn run_local(
     inputs: &[Vec<F>],
     progress: &dyn Fn(&str),
 ) -> Result<RunReport> {
+    run_local_with(prog, inputs, progress, false)
+}
+
+/// [`run_local`]; with `check_nodes`, also keeps both parties' shares of
+/// every node and checks the run node by node ([`NodeCheck`]): each node
+/// against the reference applied to the run's own inputs, so a bounded
+/// error (a reduced ReLU, a truncation) is checked where it arises instead
+/// of through everything after it.
+pub fn run_local_with(
+    prog: &FixedProgram,
+    inputs: &[Vec<F>],
+    progress: &dyn Fn(&str),
+    check_nodes: bool,
+) -> Result<RunReport> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(delphi_crypto::Error::from)?;
     let addr = listener.local_addr().map_err(delphi_crypto::Error::from)?;
     let sp = prog.clone();
     let n = inputs.len();
-    let server = thread::spawn(move || -> Result<Vec<(u64, u64)>> {
+    type ServerRuns = Vec<(u64, u64, Option<Vec<Vec<F>>>)>;
+    let server = thread::spawn(move || -> Result<ServerRuns> {
         let (stream, _) = listener.accept().map_err(delphi_crypto::Error::from)?;
         let mut ch = Counting::new(TcpChannel::new(stream)?);
         let mut rng = secret_rng();
@@ -164,9 +228,14 @@ pub fn run_local(
             let a = ch.stats();
             let b = server_offline(&mut ch, &sp, &he, &mut rng)?;
             let m = ch.stats();
-            b.online(&mut ch, &sp)?;
+            let shares = if check_nodes {
+                Some(b.online_keeping_shares(&mut ch, &sp)?)
+            } else {
+                b.online(&mut ch, &sp)?;
+                None
+            };
             let e = ch.stats();
-            bytes.push((m.since(&a).sent, e.since(&m).sent));
+            bytes.push((m.since(&a).sent, e.since(&m).sent, shares));
         }
         Ok(bytes)
     });
@@ -184,6 +253,7 @@ pub fn run_local(
         let t = Instant::now();
         let b = client_offline(&mut ch, prog, &he, &mut rng)?;
         let offline_trace = b.offline_trace().to_vec();
+        let client_shares = check_nodes.then(|| b.shares().to_vec());
         let offline_s = t.elapsed().as_secs_f64();
         let m = ch.stats();
         progress(&format!("inference {}/{n}: online", k + 1));
@@ -233,7 +303,9 @@ pub fn run_local(
                     },
                 ),
                 layers: per_layer(&offline_trace, &online_trace),
+                node_check: None,
             },
+            client_shares,
         ));
     }
     let server_bytes = server
@@ -242,9 +314,12 @@ pub fn run_local(
     let inferences = runs
         .into_iter()
         .zip(server_bytes)
-        .map(|((_, _, c_off, c_on, mut inf), (s_off, s_on))| {
+        .map(|((_, _, c_off, c_on, mut inf, cs), (s_off, s_on, ss))| {
             inf.offline_bytes = c_off + s_off;
             inf.online_bytes = c_on + s_on;
+            if let (Some(c), Some(s)) = (cs, ss) {
+                inf.node_check = Some(NodeCheck::of(prog, &c, &s));
+            }
             inf
         })
         .collect();

@@ -235,3 +235,47 @@ fn mixed_channel_layers_equal_the_reference() {
         assert_matches_up_to_truncation(&prog, 31 + k as u64, &format!("masks {k}"));
     }
 }
+
+#[test]
+fn reduced_relus_stay_within_their_bound_node_by_node() {
+    use delphi_engine::run::run_local_with;
+    use delphi_net::window::{relu_peaks, set_windows, window_for};
+    let mut net = every_kind(7);
+    net.layers[9].op = Op::Activation(Activation::Relu);
+    let full = FixedProgram::lower(&net).unwrap();
+    let inputs = random_inputs(&full, 2, 11);
+    let peaks = relu_peaks(&full, &inputs).unwrap();
+    assert_eq!(peaks.len(), 3);
+    // One window exact (lo = shift), two coarser (bounds 2 and 4 units).
+    let windows: Vec<_> = peaks
+        .iter()
+        .enumerate()
+        .map(|(k, p)| {
+            let lo = p.shift + k as u32;
+            (p.layer, Some(window_for(p.peak, 2.0, lo, p.shift).unwrap()))
+        })
+        .collect();
+    set_windows(&mut net, &windows).unwrap();
+    let prog = FixedProgram::lower(&net).unwrap();
+    let reduced = run_local_with(&prog, &inputs, &|_| {}, true).unwrap();
+    let baseline = run_local_with(&full, &inputs, &|_| {}, true).unwrap();
+    let mut deviations = 0;
+    for (inf, base) in reduced.inferences.iter().zip(&baseline.inferences) {
+        let check = inf.node_check.as_ref().unwrap();
+        assert!(check.ok(), "{:?}", check.failing);
+        assert_eq!(check.reduced_relus.len(), 3);
+        assert_eq!(check.outside_window, 0);
+        for d in &check.reduced_relus {
+            assert!(d.max_units <= d.allowed_units);
+            deviations += usize::from(d.max_units > 0);
+        }
+        // The full-width network is exact node by node and at the logits.
+        assert!(base.node_check.as_ref().unwrap().ok() && base.correct);
+        // Fewer bytes online and offline.
+        assert!(inf.online_bytes < base.online_bytes);
+        assert!(inf.offline_bytes < base.offline_bytes);
+        assert!(inf.max_rel_error < 0.05, "{}", inf.max_rel_error);
+    }
+    // The coarse windows do round: the check is not vacuous.
+    assert!(deviations > 0);
+}

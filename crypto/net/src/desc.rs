@@ -1,11 +1,11 @@
-//! The network description format (version 2; version 1 files load unchanged).
+//! The network description format (version 3; versions 1 and 2 load unchanged).
 //!
 //! A description is JSON:
 //!
 //! ```json
 //! {
 //!   "format": "delphi-network",
-//!   "version": 2,
+//!   "version": 3,
 //!   "name": "small-cnn",
 //!   "input": { "channels": 1, "height": 28, "width": 28 },
 //!   "fixed_point": { "frac_bits": 8, "weight_frac_bits": 12 },
@@ -14,6 +14,7 @@
 //!       "bias": true, "weight": [ ... ], "bias_values": [ ... ] },
 //!     { "type": "batch_norm", "eps": 1e-5, "gamma": [..], "beta": [..], "mean": [..], "var": [..] },
 //!     { "type": "activation", "kind": "relu" },
+//!     { "type": "activation", "kind": "relu", "relu_bits": { "lo": 12, "hi": 27 } },
 //!     { "type": "activation", "kind": "quad", "a": 0.2, "b": 0.5, "c": 0.2 },
 //!     { "type": "activation", "kind": "mixed", "relu": [true, false, ...],
 //!       "a": [...], "b": [...], "c": [...] },
@@ -44,7 +45,17 @@
 //! `a[ch]·x² + b[ch]·x + c[ch]` (the coefficients of ReLU channels are
 //! unused). Each list has one entry per channel of the layer's input (a
 //! flat vector's channels are its elements). Version 1 has no `mixed`.
-
+//!
+//! `relu_bits` (version 3) on a `relu` or `mixed` activation makes its ReLUs
+//! *reduced*: the garbled circuit sees only bits `lo..hi` of the ReLU's
+//! fixed-point input (the integer at that point of the program: f + f_w
+//! fractional bits after a conv, times any pending pooling divisor). Inside
+//! the window (|v| < 2^(hi−1)) its sign is exact and its output is
+//! ReLU(v) rounded down to a multiple of 2^lo (exact when lo ≤ f_w);
+//! outside, the input wraps around modulo 2^hi. The protocol's result
+//! differs from that by at most max(1, 2^(lo − f_w)) units of the output
+//! (see `delphi_crypto::relu`). The window is part of the architecture: the
+//! client learns it. Absent: the exact 41-bit circuit.
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -56,9 +67,10 @@ use crate::error::{layer_err, NetError, Result};
 /// The `format` field's value.
 pub const FORMAT: &str = "delphi-network";
 /// The format version this build writes.
-pub const VERSION: u32 = 2;
-/// The format versions this build reads (1 has no mixed activations).
-pub const VERSIONS: [u32; 2] = [1, 2];
+pub const VERSION: u32 = 3;
+/// The format versions this build reads (1 has no mixed activations, 2 no
+/// reduced ReLUs).
+pub const VERSIONS: [u32; 3] = [1, 2, 3];
 /// The largest description file read (inline weights included): 1 GiB.
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
 /// The most elements one tensor (a layer's input or output) may hold: 2^24.
@@ -406,12 +418,20 @@ pub struct Layer {
     /// The layer whose output this layer reads (default: the previous one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<usize>,
+    /// On an activation with ReLU channels: the reduced ReLU's window
+    /// (format version 3; absent: the exact circuit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relu_bits: Option<delphi_crypto::relu::ReluBits>,
 }
 
 impl Layer {
     /// A layer reading the previous layer's output.
     pub fn new(op: Op) -> Self {
-        Layer { op, input: None }
+        Layer {
+            op,
+            input: None,
+            relu_bits: None,
+        }
     }
 }
 
@@ -629,6 +649,7 @@ impl Network {
         self.layers.push(Layer {
             op,
             input: Some(input),
+            relu_bits: None,
         });
         self.layers.len() - 1
     }
@@ -1019,6 +1040,26 @@ impl Network {
                 None => i.checked_sub(1),
             };
             let x = src.map(|j| shapes[j]).unwrap_or(self.input);
+            if let Some(bits) = layer.relu_bits {
+                if self.version < 3 {
+                    return Err(err(format!(
+                        "\"relu_bits\" needs format version 3 (this file says {})",
+                        self.version
+                    )));
+                }
+                let has_relu = match &layer.op {
+                    Op::Activation(Activation::Relu) => true,
+                    Op::Activation(Activation::Mixed { relu, .. }) => relu.iter().any(|r| *r),
+                    _ => false,
+                };
+                if !has_relu {
+                    return Err(err(
+                        "\"relu_bits\" belongs on an activation with ReLU channels".into(),
+                    ));
+                }
+                // The truncation is known once lowered; here the window alone.
+                bits.check(0).map_err(|e| err(e.to_string()))?;
+            }
             let out = match &layer.op {
                 Op::Conv2d {
                     out_channels,

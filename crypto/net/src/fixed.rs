@@ -39,11 +39,38 @@
 //!   and add.
 
 use delphi_crypto::field::{F, HALF, P};
-use delphi_crypto::relu::relu_trunc_reference;
+use delphi_crypto::relu::{ReluBits, ReluSpec};
 
 use crate::desc::{Network, Op, Shape};
 use crate::error::{layer_err, NetError, Result};
 use crate::linear::{sum_pool, LinearOp};
+
+/// How one node of a two-party run compares with the reference applied
+/// to the run's own inputs ([`FixedProgram::check_node`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NodeDeviation {
+    /// Node index in the program.
+    pub node: usize,
+    /// Description layer it implements.
+    pub layer: Option<usize>,
+    /// Operation.
+    pub kind: &'static str,
+    /// Largest difference, in units of the node's last place.
+    pub max_units: u64,
+    /// The difference the protocol allows (0: exact).
+    pub allowed_units: u64,
+    /// Elements that differ by more than allowed.
+    pub elements_over: usize,
+    /// Reduced ReLU inputs outside the window where the bound is stated.
+    pub outside_window: usize,
+}
+
+impl NodeDeviation {
+    /// Whether the node is within what the protocol allows.
+    pub fn ok(&self) -> bool {
+        self.elements_over == 0
+    }
+}
 
 /// One step of the fixed-point program.
 #[derive(Clone, Debug, PartialEq)]
@@ -59,10 +86,13 @@ pub enum FixedOp {
         /// Integer biases `[out]`.
         bias: Vec<i64>,
     },
-    /// ReLU, then an exact floor division by 2^shift.
+    /// ReLU, then an exact floor division by 2^shift; with `bits`, the
+    /// reduced ReLU of that window ([`delphi_crypto::relu`]).
     Relu {
         /// Bits dropped.
         shift: u32,
+        /// The reduced ReLU's window (`None`: the exact circuit).
+        bits: Option<ReluBits>,
     },
     /// a·x² + b·x + c per channel, exactly (x at f bits, the result at 2f + f_w).
     Quad {
@@ -417,9 +447,21 @@ impl FixedProgram {
                         }
                         Ok(FixedOp::Quad { a, b, c })
                     };
+                    let relu_op = |shift: u32| -> Result<FixedOp> {
+                        let spec = ReluSpec {
+                            shift,
+                            bits: layer.relu_bits,
+                        };
+                        spec.check()
+                            .map_err(|e| layer_err(i, kind, e.to_string()))?;
+                        Ok(FixedOp::Relu {
+                            shift,
+                            bits: layer.relu_bits,
+                        })
+                    };
                     if relu.iter().all(|&r| r) {
                         let shift = t.bits - f;
-                        let node = lw.push(FixedOp::Relu { shift }, vec![t.node], t.shape, i);
+                        let node = lw.push(relu_op(shift)?, vec![t.node], t.shape, i);
                         Tensor {
                             node,
                             bits: f,
@@ -441,13 +483,7 @@ impl FixedProgram {
                         )
                     } else {
                         let quad: Vec<bool> = relu.iter().map(|r| !r).collect();
-                        let r = lw.push_on(
-                            FixedOp::Relu { shift: t.bits - f },
-                            t.node,
-                            t.shape,
-                            i,
-                            &relu,
-                        );
+                        let r = lw.push_on(relu_op(t.bits - f)?, t.node, t.shape, i, &relu);
                         lw.nodes[r].scale = (f, t.div);
                         // The quadratic channels: to f bits with no divisor
                         // (the product by 2^f_w/d is local and harmless on
@@ -564,13 +600,39 @@ impl FixedProgram {
             )));
         }
         let mut vals: Vec<Vec<F>> = Vec::with_capacity(self.nodes.len());
-        for node in &self.nodes {
+        for i in 0..self.nodes.len() {
+            let v = self.eval_node(i, &vals, input, truncate);
+            vals.push(v);
+        }
+        Ok(vals)
+    }
+
+    /// Node `i` computed from the values `vals` of the nodes before it (and
+    /// the encoded `input` for the input node), with `truncate` for `Trunc`
+    /// nodes. Checking a two-party run node by node uses it on the run's own
+    /// (reconstructed) values.
+    ///
+    /// # Panics
+    /// If `vals` lacks a node that node `i` reads.
+    pub fn eval_node(
+        &self,
+        i: usize,
+        vals: &[Vec<F>],
+        input: &[F],
+        truncate: &mut dyn FnMut(F, u32) -> F,
+    ) -> Vec<F> {
+        let node = &self.nodes[i];
+        {
             let x = node.inputs.first().map(|&j| &vals[j][..]).unwrap_or(input);
-            let v = match &node.op {
+            match &node.op {
                 FixedOp::Input => input.to_vec(),
                 FixedOp::Linear { op, weight, bias } => linear_field(op, x, weight, bias),
-                FixedOp::Relu { shift } => {
-                    node.map_active(x, F::ZERO, |_, v| relu_trunc_reference(v, *shift))
+                FixedOp::Relu { shift, bits } => {
+                    let spec = ReluSpec {
+                        shift: *shift,
+                        bits: *bits,
+                    };
+                    node.map_active(x, F::ZERO, |_, v| spec.reference(v))
                 }
                 FixedOp::Quad { a, b, c } => node.map_active(x, F::ZERO, |ch, v| {
                     let (a, b, c) = (F::from_i64(a[ch]), F::from_i64(b[ch]), F::from_i64(c[ch]));
@@ -589,10 +651,66 @@ impl FixedProgram {
                     let y = &vals[node.inputs[1]];
                     x.iter().zip(y).map(|(a, b)| *a + *b).collect()
                 }
-            };
-            vals.push(v);
+            }
         }
-        Ok(vals)
+    }
+
+    /// Compares node `i` of a two-party run with the reference applied to
+    /// the run's own values of the nodes it reads (`vals`: every node's
+    /// reconstructed value, c + s): linear, pooling, sums and full-width
+    /// ReLUs must match exactly, a `Trunc` within one unit, a reduced ReLU
+    /// within its stated bound wherever its input lies inside the window.
+    pub fn check_node(&self, i: usize, vals: &[Vec<F>]) -> NodeDeviation {
+        let node = &self.nodes[i];
+        let mut dev = NodeDeviation {
+            node: i,
+            layer: node.layer,
+            kind: node.op.kind(),
+            max_units: 0,
+            allowed_units: 0,
+            elements_over: 0,
+            outside_window: 0,
+        };
+        if matches!(node.op, FixedOp::Input) {
+            return dev;
+        }
+        // Trunc: the reference rounds to nearest; the protocol is within one.
+        let want = self.eval_node(i, vals, &vals[0], &mut trunc);
+        let got = &vals[i];
+        let limit = match &node.op {
+            FixedOp::Relu { shift, bits } => {
+                let spec = ReluSpec {
+                    shift: *shift,
+                    bits: *bits,
+                };
+                dev.allowed_units = spec.error_bound();
+                bits.map(|b| b.exact_sign_limit())
+            }
+            FixedOp::Trunc { .. } => {
+                dev.allowed_units = 1;
+                None
+            }
+            _ => None,
+        };
+        let input = node.inputs.first().map(|&j| &vals[j]);
+        for k in 0..got.len().min(want.len()) {
+            let d = (got[k].to_signed() - want[k].to_signed()).unsigned_abs();
+            if let (Some(limit), Some(x)) = (limit, input) {
+                if x[k].to_signed().abs() >= limit {
+                    // Outside the window the bound is not stated.
+                    dev.outside_window += 1;
+                    continue;
+                }
+            }
+            dev.max_units = dev.max_units.max(d);
+            if d > dev.allowed_units {
+                dev.elements_over += 1;
+            }
+        }
+        if got.len() != want.len() {
+            dev.elements_over += got.len().abs_diff(want.len());
+        }
+        dev
     }
 
     /// A batch size for [`FixedProgram::eval_batch`]: as many images as
@@ -662,8 +780,12 @@ impl FixedProgram {
                         }
                     }
                 }
-                FixedOp::Relu { shift } => {
-                    map_channels(x, per, channels, |_, v| relu_trunc_reference(v, *shift))
+                FixedOp::Relu { shift, bits } => {
+                    let spec = ReluSpec {
+                        shift: *shift,
+                        bits: *bits,
+                    };
+                    map_channels(x, per, channels, |_, v| spec.reference(v))
                 }
                 FixedOp::Quad { a, b, c } => map_channels(x, per, channels, |ch, v| {
                     let (a, b, c) = (F::from_i64(a[ch]), F::from_i64(b[ch]), F::from_i64(c[ch]));

@@ -14,6 +14,7 @@ pub mod linear;
 pub mod packing;
 pub mod placement;
 pub mod range;
+pub mod window;
 
 pub use desc::{
     Activation, ActivationRange, Layer, Network, Normalization, Op, Padding, Shape, WeightStorage,

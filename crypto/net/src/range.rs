@@ -171,7 +171,18 @@ pub fn proven_bounds(prog: &FixedProgram, input_bound: f64) -> Vec<f64> {
                     })
                     .fold(0.0, f64::max)
             }
-            FixedOp::Relu { shift } => (x / (1u64 << shift) as f64).floor(),
+            FixedOp::Relu { shift, bits } => {
+                let plain = (x / (1u64 << shift) as f64).floor();
+                match bits {
+                    None => plain,
+                    // At most the window's largest output, plus the
+                    // protocol's stated error.
+                    Some(b) => {
+                        let top = ((1u64 << (b.hi - 1)) >> shift) as f64;
+                        plain.min(top) + b.error_bound(*shift) as f64
+                    }
+                }
+            }
             FixedOp::Quad { a, b, c } => (0..a.len())
                 .map(|k| {
                     a[k].unsigned_abs() as f64 * x * x
@@ -212,10 +223,16 @@ pub fn eval_ideal(prog: &FixedProgram, input: &[f32]) -> Result<Vec<Vec<f64>>> {
                 |acc, w, x| *acc += w as f64 * x,
                 |acc| acc,
             ),
-            FixedOp::Relu { shift } => {
+            FixedOp::Relu { shift, bits: None } => {
                 let d = (1u64 << shift) as f64;
                 node.map_active(x, 0.0, |_, v| (v.max(0.0) / d).floor())
             }
+            FixedOp::Relu {
+                shift,
+                bits: Some(b),
+            } => node.map_active(x, 0.0, |_, v| {
+                delphi_crypto::relu::relu_reduced_int(v as i64, *shift, *b) as f64
+            }),
             FixedOp::Quad { a, b, c } => node.map_active(x, 0.0, |k, v| {
                 a[k] as f64 * v * v + b[k] as f64 * v + c[k] as f64
             }),

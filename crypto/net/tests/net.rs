@@ -97,10 +97,8 @@ fn unrunnable_descriptions_are_rejected_with_the_layer_named() {
 
     let mut n = base.clone();
     let last_dense = n.layers.len() - 1;
-    n.layers.push(delphi_net::Layer {
-        op: Op::Residual { from: 2 },
-        input: None,
-    });
+    n.layers
+        .push(delphi_net::Layer::new(Op::Residual { from: 2 }));
     let e = n.validate().unwrap_err();
     assert!(
         matches!(e, NetError::Layer { index, kind: "residual", .. } if index == last_dense + 1)
@@ -135,15 +133,15 @@ fn unrunnable_descriptions_are_rejected_with_the_layer_named() {
     );
 
     let dir = tmp("version");
-    let p = dir.join("v3.json");
+    let p = dir.join("v4.json");
     let mut j = serde_json::to_value(build("small-cnn", 10, 1).unwrap()).unwrap();
-    j["version"] = 3.into();
+    j["version"] = 4.into();
     std::fs::write(&p, j.to_string()).unwrap();
     assert!(matches!(
         Network::load(&p),
         Err(NetError::Version {
-            found: 3,
-            supported: 2
+            found: 4,
+            supported: 3
         })
     ));
     std::fs::write(&p, b"{ not json").unwrap();

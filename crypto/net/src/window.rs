@@ -1,0 +1,187 @@
+//! Choosing reduced-ReLU windows from the ReLU inputs a network really sees.
+//!
+//! A reduced ReLU ([`delphi_crypto::relu`]) reads its input modulo 2^hi and
+//! drops the low `lo` bits; its cost grows with hi − lo. The narrowest
+//! window that is still exact where it matters comes from measurement: run
+//! the fixed-point program on sample inputs (training images), take each
+//! ReLU node's largest |input|, add a safety margin, and choose the smallest
+//! hi that keeps it inside the range where the protocol's bound is stated.
+//! With lo equal to the ReLU's truncation the result is exactly
+//! ReLU(v) >> shift inside the window (the protocol adds at most one unit);
+//! a larger lo rounds the output down to a multiple of 2^(lo − shift).
+//!
+//! Inputs beyond the window wrap around (a large positive value reads as
+//! negative): the margin makes that rare, the fixed-point reference models
+//! it exactly, and accuracy measured with the reference includes it.
+
+use delphi_crypto::field::F;
+use delphi_crypto::relu::{ReluBits, MAX_HI};
+
+use crate::desc::Network;
+use crate::error::{NetError, Result};
+use crate::fixed::{FixedOp, FixedProgram};
+
+/// The measured input of one ReLU node.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ReluPeak {
+    /// The activation layer in the description.
+    pub layer: usize,
+    /// The program node.
+    pub node: usize,
+    /// The truncation after the ReLU.
+    pub shift: u32,
+    /// Largest |input| seen (fixed-point units of the node's input).
+    pub peak: u64,
+    /// ReLUs in the node (per inference).
+    pub relus: usize,
+}
+
+/// Each ReLU node's largest |input| over `inputs` (encoded images), in the
+/// order of the program.
+pub fn relu_peaks(prog: &FixedProgram, inputs: &[Vec<F>]) -> Result<Vec<ReluPeak>> {
+    let mut peaks: Vec<ReluPeak> = prog
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| match (&n.op, n.layer) {
+            (FixedOp::Relu { shift, .. }, Some(layer)) => Some(ReluPeak {
+                layer,
+                node: i,
+                shift: *shift,
+                peak: 0,
+                relus: n.active_len(),
+            }),
+            _ => None,
+        })
+        .collect();
+    for x in inputs {
+        let vals = prog.eval_all(x)?;
+        for p in &mut peaks {
+            let node = &prog.nodes[p.node];
+            let src = &vals[node.inputs[0]];
+            for k in node.active() {
+                p.peak = p.peak.max(src[k].to_signed().unsigned_abs());
+            }
+        }
+    }
+    Ok(peaks)
+}
+
+/// The narrowest window with low bit `lo` whose stated-bound range holds
+/// `peak · margin` (`None` when that needs more than [`MAX_HI`] bits, or
+/// the window would be invalid for `shift`: keep the full circuit).
+pub fn window_for(peak: u64, margin: f64, lo: u32, shift: u32) -> Option<ReluBits> {
+    let need = (peak as f64 * margin.max(1.0)).ceil();
+    (lo + 2..=MAX_HI)
+        .map(|hi| ReluBits { lo, hi })
+        .find(|b| b.check(shift).is_ok() && (b.exact_sign_limit() as f64) > need)
+}
+
+/// Sets (or, with `None`, clears) the window of the activation layers
+/// named, and writes the description as format version 3 when any is set.
+/// Nothing changes when the result would not validate.
+pub fn set_windows(net: &mut Network, windows: &[(usize, Option<ReluBits>)]) -> Result<()> {
+    let mut layers = net.layers.clone();
+    for &(layer, bits) in windows {
+        let l = layers.get_mut(layer).ok_or_else(|| {
+            NetError::Invalid(format!("layer {layer}: no such layer for a ReLU window"))
+        })?;
+        l.relu_bits = bits;
+    }
+    let old = std::mem::replace(&mut net.layers, layers);
+    let version = net.version;
+    if net.layers.iter().any(|l| l.relu_bits.is_some()) {
+        net.version = net.version.max(3);
+    }
+    if let Err(e) = net.validate_architecture() {
+        net.layers = old;
+        net.version = version;
+        return Err(e);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builtin::build;
+
+    #[test]
+    fn node_checks_allow_the_stated_bound_and_nothing_more() {
+        let mut net = build("small-cnn", 10, 6).unwrap();
+        let full = FixedProgram::lower(&net).unwrap();
+        let x = full
+            .encode_input(&crate::eval::random_inputs(full.nodes[0].shape.len(), 1, 3)[0])
+            .unwrap();
+        let peaks = relu_peaks(&full, std::slice::from_ref(&x)).unwrap();
+        let p = &peaks[0];
+        // Full width: exact.
+        let mut vals = full.eval_all(&x).unwrap();
+        assert!((0..vals.len()).all(|i| full.check_node(i, &vals).ok()));
+        vals[p.node][0] += F::ONE;
+        let d = full.check_node(p.node, &vals);
+        assert!(!d.ok() && d.max_units == 1 && d.allowed_units == 0);
+        // A window two bits coarser than the truncation: four units allowed.
+        let w = window_for(p.peak, 2.0, p.shift + 2, p.shift).unwrap();
+        set_windows(&mut net, &[(p.layer, Some(w))]).unwrap();
+        let prog = FixedProgram::lower(&net).unwrap();
+        let mut vals = prog.eval_all(&x).unwrap();
+        vals[p.node][0] += F::from_u64(4);
+        let d = prog.check_node(p.node, &vals);
+        assert!(d.ok() && d.allowed_units == 4, "{d:?}");
+        vals[p.node][0] += F::ONE;
+        assert!(!prog.check_node(p.node, &vals).ok());
+    }
+
+    #[test]
+    fn windows_hold_the_margin() {
+        let b = window_for(1000, 2.0, 4, 4).unwrap();
+        assert!(b.exact_sign_limit() > 2000);
+        let narrower = ReluBits { hi: b.hi - 1, ..b };
+        assert!(narrower.exact_sign_limit() <= 2000);
+        assert_eq!(window_for(1 << 40, 1.0, 12, 12), None);
+        // hi must leave an output bit: hi ≥ shift + 2.
+        assert_eq!(window_for(0, 1.0, 1, 12).map(|b| b.hi), Some(14));
+    }
+
+    #[test]
+    fn windows_from_peaks_keep_the_reference_exact_on_those_inputs() {
+        let mut net = build("small-cnn", 10, 5).unwrap();
+        let prog = FixedProgram::lower(&net).unwrap();
+        let xs: Vec<Vec<F>> = crate::eval::random_inputs(prog.nodes[0].shape.len(), 4, 9)
+            .iter()
+            .map(|x| prog.encode_input(x).unwrap())
+            .collect();
+        let peaks = relu_peaks(&prog, &xs).unwrap();
+        assert!(!peaks.is_empty());
+        let windows: Vec<_> = peaks
+            .iter()
+            .map(|p| (p.layer, window_for(p.peak, 1.0, p.shift, p.shift)))
+            .collect();
+        assert!(windows.iter().all(|(_, w)| w.is_some()));
+        set_windows(&mut net, &windows).unwrap();
+        assert_eq!(net.version, 3);
+        let reduced = FixedProgram::lower(&net).unwrap();
+        // lo = shift and every input inside: the same values as full ReLUs.
+        for x in &xs {
+            assert_eq!(reduced.eval(x).unwrap(), prog.eval(x).unwrap());
+        }
+        // A window too narrow wraps and changes the result.
+        let tight: Vec<_> = peaks
+            .iter()
+            .map(|p| {
+                let hi = (64 - p.peak.leading_zeros()).max(p.shift + 2);
+                (p.layer, Some(ReluBits { lo: p.shift, hi }))
+            })
+            .collect();
+        set_windows(&mut net, &tight).unwrap();
+        let wrapped = FixedProgram::lower(&net).unwrap();
+        assert!(xs
+            .iter()
+            .any(|x| wrapped.eval(x).unwrap() != prog.eval(x).unwrap()));
+        // Windows go on activation layers only.
+        let before = net.clone();
+        assert!(set_windows(&mut net, &[(0, Some(ReluBits { lo: 12, hi: 20 }))]).is_err());
+        assert_eq!(net, before);
+    }
+}
