@@ -218,6 +218,23 @@ impl ReluSpec {
         }
     }
 
+    /// What the two-party protocol outputs for shares (a, b) of its input:
+    /// the reference for the full circuit; for a reduced one, g(S) with S
+    /// the sum of the shares' windows (module documentation). With a
+    /// uniformly random `a` this is the protocol's result in distribution,
+    /// which is how accuracy is measured honestly without running it.
+    pub fn protocol_output(self, a: F, b: F) -> F {
+        match self.bits {
+            None => self.reference(a + b),
+            Some(bits) => {
+                let n = bits.width();
+                let bb = (b + F::from_u64(1 << (bits.hi - 1))).value();
+                let s = ((a.value() >> bits.lo) + (bb >> bits.lo)) & ((1 << n) - 1);
+                reduced_output(s, self.shift, bits)
+            }
+        }
+    }
+
     /// Largest |secure − reference| (output units) inside the window: 0 for
     /// the full-width circuit.
     pub fn error_bound(self) -> u64 {
@@ -623,14 +640,16 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
             &mut out_zero[..k * no],
         );
         ch.send_blocks(&tables)?;
-        for i in 0..k {
-            let off = garbler.arith_outputs(
-                (start + i) as u64,
-                &out_zero[i * no..(i + 1) * no],
-                &rc.weights,
-                &mut cts[i * no..(i + 1) * no],
-            );
-            rho.push(-off);
+        let before = rho.len();
+        garbler.arith_outputs_batch(
+            start as u64,
+            &out_zero[..k * no],
+            &rc.weights,
+            &mut cts[..k * no],
+            &mut rho,
+        );
+        for r in &mut rho[before..] {
+            *r = -*r;
         }
         ch.send_fields(&cts[..k * no])?;
     }
@@ -802,14 +821,13 @@ impl ClientReluBundle {
                 &s.tables[start * per..(start + k) * per],
                 &mut out[..k * no],
             );
-            for i in 0..k {
-                let inst = start + i;
-                result.push(ev.arith_outputs(
-                    inst as u64,
-                    &out[i * no..(i + 1) * no],
-                    &s.cts[inst * no..(inst + 1) * no],
-                ));
-            }
+            ev.arith_outputs_batch(
+                start as u64,
+                no,
+                &out[..k * no],
+                &s.cts[start * no..(start + k) * no],
+                &mut result,
+            );
         }
         ga.zeroize();
         out.zeroize();
@@ -1059,6 +1077,28 @@ mod tests {
         let n = bits.width();
         let bb = (b + F::from_u64(1 << (bits.hi - 1))).value();
         ((a.value() >> bits.lo) + (bb >> bits.lo)) & ((1 << n) - 1)
+    }
+
+    #[test]
+    fn protocol_output_is_what_the_circuit_computes() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(4);
+        for bits in [ReluBits { lo: 12, hi: 27 }, ReluBits { lo: 3, hi: 9 }] {
+            let spec = ReluSpec::reduced(2, bits);
+            let rc = relu_circuit_for(spec);
+            for _ in 0..2000 {
+                let a = F::random(&mut rng);
+                let b = F::from_i64(rng.gen_range(-(1i64 << 28)..(1 << 28))) - a;
+                let (mut ab, mut bb) = (Vec::new(), Vec::new());
+                spec.client_input(a, &mut ab);
+                spec.server_input(b, &mut bb);
+                let bits_out = rc.circuit().eval_plain(&ab, &bb);
+                assert_eq!(spec.protocol_output(a, b), rc.combine(&bits_out));
+            }
+        }
+        let full = ReluSpec::full(12);
+        let a = F::from_u64(77);
+        assert_eq!(full.protocol_output(a, F::from_i64(5000) - a), F::ONE);
     }
 
     fn check_reduced(a: F, b: F, shift: u32, bits: ReluBits) {

@@ -362,6 +362,10 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
                     .iter()
                     .find(|(f, _)| f.index == e.index)
                     .map(|x| x.1.clone());
+                let relu_bits = file
+                    .as_ref()
+                    .and_then(|f| delphi_net::Network::load(f).ok())
+                    .and_then(|n| n.metadata.extra.get("relu_bits").cloned());
                 let (tf, tx) = file
                     .and_then(|f| acc.get(&f).copied())
                     .unwrap_or((f64::NAN, f64::NAN));
@@ -372,6 +376,7 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
                     layers: e.placement.len(),
                     verify: None,
                     seconds: 0.0,
+                    relu_bits,
                 }
             }
             None => Final::default(),

@@ -91,6 +91,46 @@ impl std::str::FromStr for Granularity {
     }
 }
 
+/// How the bits of each ReLU's garbled circuit are chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReluBitsMode {
+    /// Per layer, the narrowest reduced-ReLU window that holds the ReLU
+    /// inputs the network sees on training images (twice the largest, low
+    /// bit at the truncation, so exact inside), kept only when the
+    /// fixed-point validation accuracy stays within
+    /// [`RELU_BITS_TOLERANCE`] of the full-width network's.
+    #[default]
+    Auto,
+    /// The exact 41-bit circuit everywhere.
+    Full,
+}
+
+/// Largest validation-accuracy loss (fraction) that reduced ReLU windows
+/// may cost against the same network with full-width ReLUs.
+pub const RELU_BITS_TOLERANCE: f64 = 0.003;
+
+impl ReluBitsMode {
+    /// The name used on the command line and in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReluBitsMode::Auto => "auto",
+            ReluBitsMode::Full => "full",
+        }
+    }
+}
+
+impl std::str::FromStr for ReluBitsMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(ReluBitsMode::Auto),
+            "full" => Ok(ReluBitsMode::Full),
+            _ => Err(format!("unknown ReLU bits {s:?} (auto, full)")),
+        }
+    }
+}
+
 /// How placements are searched (every strategy gets the same training
 /// budget and cost model).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +191,8 @@ pub struct PlanConfig {
     pub strategy: Strategy,
     /// Per activation layer or per channel.
     pub granularity: Granularity,
+    /// Reduced ReLU circuits chosen per layer, or the full circuit.
+    pub relu_bits: ReluBitsMode,
     /// Training budget in member-epochs (default population × epochs), the
     /// same for every strategy.
     pub budget_epochs: Option<f64>,
@@ -219,6 +261,7 @@ impl Default for PlanConfig {
             arch: None,
             strategy: Strategy::Pbt,
             granularity: Granularity::Layer,
+            relu_bits: ReluBitsMode::Auto,
             budget_epochs: None,
             delphi_runs: 3,
             accuracy: 0.88,
@@ -274,6 +317,9 @@ impl PlanConfig {
             };
             if self.granularity == Granularity::Channel {
                 strategy += "-channel";
+            }
+            if self.relu_bits == ReluBitsMode::Full {
+                strategy += "-full-relu";
             }
             format!(
                 "{}-{}-{:.0}{strategy}",

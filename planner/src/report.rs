@@ -238,6 +238,9 @@ pub struct Final {
     pub verify: Option<serde_json::Value>,
     /// Wall time of the whole run, seconds.
     pub seconds: f64,
+    /// The plan's reduced-ReLU windows and the accuracy check that kept
+    /// them (`--relu-bits auto`), from its metadata.
+    pub relu_bits: Option<serde_json::Value>,
 }
 
 /// Writes members.csv, pareto.csv/.parquet, pareto.svg and summary.md.
@@ -334,6 +337,23 @@ pub fn write(out: &Path, c: &crate::config::PlanConfig, o: &Outcome, fin: &Final
             e.cost
         ),
         (None, None) => md += "**No plan was evaluated.**\n\n",
+    }
+    if let Some(w) = &fin.relu_bits {
+        let acc = |k: &str| {
+            w[k].as_f64()
+                .map_or("-".into(), |a| format!("{:.2} %", a * 100.0))
+        };
+        md += &format!(
+            "ReLU circuits (`--relu-bits {}`): per layer `{}` (layer:lo..hi: the garbled circuit \
+             sees bits lo..hi of the ReLU input; `full`: all 41). Fixed-point validation accuracy \
+             on {} images: {} with these windows, {} at full width. Costs above are priced with \
+             them, the all-ReLU figure with the base network's.\n\n",
+            c.relu_bits.name(),
+            w["windows"].as_str().unwrap_or("-"),
+            w["valid_images"].as_u64().unwrap_or(0),
+            acc("fixed_valid_accuracy_reduced"),
+            acc("fixed_valid_accuracy_full"),
+        );
     }
     if let Some(e) = o.chosen.as_ref().or(o.closest.as_ref()) {
         if !e.relu_channels.is_empty() {

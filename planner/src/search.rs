@@ -36,7 +36,7 @@ use delphi_train::data::{self, Dataset};
 use delphi_train::device::DeviceChoice;
 use delphi_train::train::{Distill, Gates, Swap, TrainConfig, Trainer};
 
-use crate::config::{Granularity, PlanConfig, Strategy};
+use crate::config::{Granularity, PlanConfig, ReluBitsMode, Strategy, RELU_BITS_TOLERANCE};
 use crate::policy::{self, Genome};
 
 /// Errors of the planner.
@@ -406,6 +406,10 @@ pub(crate) struct Pricing {
     template: Network,
     /// ReLU activations (elements) of each activation layer.
     pub layer_relus: Vec<usize>,
+    /// Reduced-ReLU windows (description layer, window) that every priced
+    /// placement gets on its ReLU layers: the base network's
+    /// (`--relu-bits auto`), or none.
+    pub windows: Vec<(usize, Option<delphi_crypto::relu::ReluBits>)>,
 }
 
 impl Pricing {
@@ -421,7 +425,15 @@ impl Pricing {
             link,
             template: base.architecture_only(),
             layer_relus,
+            windows: Vec::new(),
         })
+    }
+
+    /// Predicted cost of a network's architecture as it stands (its own
+    /// activations and ReLU windows).
+    pub fn price_net(&self, net: &Network) -> Result<Cost> {
+        let prog = FixedProgram::lower(&net.architecture_only())?;
+        Ok(self.model.predict(&prog, self.link.as_ref()).total)
     }
 
     /// Predicted cost of a per-channel placement (per activation layer, a
@@ -431,6 +443,14 @@ impl Pricing {
         let mut net = self.template.clone();
         p.apply(&mut net)?;
         apply_masks(&mut net, masks);
+        for &(layer, bits) in &self.windows {
+            if let Some(l) = net.layers.get_mut(layer).filter(|l| l.has_relu()) {
+                l.relu_bits = bits;
+            }
+        }
+        if net.layers.iter().any(|l| l.relu_bits.is_some()) {
+            net.version = net.version.max(3);
+        }
         let prog = FixedProgram::lower(&net)?;
         Ok(self.model.predict(&prog, self.link.as_ref()).total)
     }
@@ -538,6 +558,104 @@ fn bar_style(template: &str) -> ProgressStyle {
         .progress_chars("=> ")
 }
 
+/// Training images whose ReLU inputs size the reduced-ReLU windows.
+pub const RELU_BITS_IMAGES: usize = 2000;
+/// Validation images on which reduced windows must keep the accuracy.
+pub const RELU_BITS_VALID_IMAGES: usize = 2000;
+
+type Windows = Vec<(usize, Option<delphi_crypto::relu::ReluBits>)>;
+
+/// Gives a trained `net` its own reduced-ReLU windows (`--relu-bits auto`):
+/// per layer the narrowest window holding twice the largest ReLU input seen
+/// on [`RELU_BITS_IMAGES`] training images (else eight times), low bit at
+/// the truncation; then the low bit raised for every layer together, one
+/// bit at a time (at most four), while the accuracy holds. A choice is
+/// kept when the fixed-point accuracy on the first
+/// [`RELU_BITS_VALID_IMAGES`] validation images — every ReLU giving the
+/// protocol's result in distribution, paired on the same images — stays
+/// within [`RELU_BITS_TOLERANCE`] of the full-width network's; with no
+/// such choice the network keeps full-width ReLUs. Returns what was
+/// decided (for the plan's metadata).
+pub fn choose_relu_windows(
+    net: &mut Network,
+    data: &Dataset,
+    say: &dyn Fn(&str),
+) -> Result<serde_json::Value> {
+    use delphi_train::train::{fixed_accuracy, relu_windows};
+    let n = data.valid.len().min(RELU_BITS_VALID_IMAGES);
+    let valid = data.valid.select(&(0..n).collect::<Vec<_>>());
+    let full = fixed_accuracy(net, &valid)?;
+    say(&format!(
+        "full-width ReLUs: fixed-point validation accuracy {:.2} % on {n} images",
+        full * 100.0
+    ));
+    let try_windows = |w: &Windows| -> Result<Option<(Network, f64)>> {
+        let mut cand = net.clone();
+        delphi_net::window::set_windows(&mut cand, w)?;
+        let acc = fixed_accuracy(&cand, &valid)?;
+        say(&format!(
+            "windows {}: {:.2} %",
+            describe_windows(w),
+            acc * 100.0
+        ));
+        Ok((acc >= full - RELU_BITS_TOLERANCE).then_some((cand, acc)))
+    };
+    for margin in [2.0, 8.0] {
+        let w = relu_windows(net, &data.train, RELU_BITS_IMAGES, margin)?;
+        if w.iter().all(|(_, b)| b.is_none()) {
+            break;
+        }
+        let Some(mut best) = try_windows(&w)?.map(|(c, a)| (w.clone(), c, a)) else {
+            continue;
+        };
+        for extra in 1..=4u32 {
+            let coarser: Windows = w
+                .iter()
+                .map(|&(l, b)| {
+                    let b = b.map(|b| delphi_crypto::relu::ReluBits {
+                        lo: b.lo + extra,
+                        hi: b.hi,
+                    });
+                    // A window that cannot drop more bits keeps the last one.
+                    let prev = best.0.iter().find(|(pl, _)| *pl == l).and_then(|x| x.1);
+                    (l, b.filter(|b| b.lo + 2 <= b.hi).or(prev))
+                })
+                .collect();
+            match try_windows(&coarser)? {
+                Some((c, a)) => best = (coarser, c, a),
+                None => break,
+            }
+        }
+        let (w, cand, acc) = best;
+        *net = cand;
+        return Ok(serde_json::json!({
+            "mode": "auto",
+            "margin": margin,
+            "windows": describe_windows(&w),
+            "fixed_valid_accuracy_full": full,
+            "fixed_valid_accuracy_reduced": acc,
+            "valid_images": n,
+        }));
+    }
+    Ok(serde_json::json!({
+        "mode": "auto",
+        "windows": "full (no window kept the accuracy)",
+        "fixed_valid_accuracy_full": full,
+        "valid_images": n,
+    }))
+}
+
+/// `layer:lo..hi` per window (`full` where none), space separated.
+pub fn describe_windows(w: &[(usize, Option<delphi_crypto::relu::ReluBits>)]) -> String {
+    w.iter()
+        .map(|(l, b)| match b {
+            Some(b) => format!("{l}:{b}"),
+            None => format!("{l}:full"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Per-channel placement: the fraction of a member's run by which its mask
 /// must be frozen (the rest fine-tunes with it).
 pub const GATE_FREEZE_BY: f32 = 0.5;
@@ -615,7 +733,22 @@ impl<'a> Search<'a> {
         let (base_plan, base_given, mut notes) = (base.plan, base.given, base.notes);
         let base_cfg = base_train_config(c);
         let base_net = Network::load(&base_plan)?;
-        let pricing = Pricing::new(model, link, &base_net)?;
+        let mut pricing = Pricing::new(model, link, &base_net)?;
+        if c.relu_bits == ReluBitsMode::Auto {
+            pricing.windows =
+                delphi_train::train::relu_windows(&base_net, &data.train, RELU_BITS_IMAGES, 2.0)?;
+            say(&format!(
+                "ReLU windows of the base (priced for every placement; each plan gets its own): {}",
+                describe_windows(&pricing.windows)
+            ));
+            if !pricing.model.has_reduced_relus() {
+                notes.push(
+                    "the cost model predates reduced ReLUs: their time is scaled from the full \
+                     circuit by AND gates (recalibrate with `delphi cost calibrate`)"
+                        .into(),
+                );
+            }
+        }
         let layers = base_net.activation_layers().len();
         if layers == 0 {
             return Err(PlanError::Config(format!(
@@ -904,6 +1037,10 @@ impl<'a> Search<'a> {
         // never a candidate: the engine would refuse it. Checked only for a
         // plan that would join the front; the front is left as it was.
         let mut net = tr.export()?;
+        let windows = match self.c.relu_bits {
+            ReluBitsMode::Auto => Some(self.choose_windows(&mut net)?),
+            ReluBitsMode::Full => None,
+        };
         delphi_train::train::record_ranges(&mut net, &self.data.train, 64)?;
         let prog = delphi_net::FixedProgram::lower(&net)?;
         if let Err(why) = delphi_net::range::analyse_network(&net, &prog)?.check() {
@@ -914,10 +1051,11 @@ impl<'a> Search<'a> {
             return Ok(());
         }
         net.metadata.planner_run = Some(self.c.name());
-        let cost = self
-            .pricing
-            .price_masks(&e.placement, &tr.channel_masks())?;
+        let cost = self.pricing.price_net(&net)?;
         net.metadata.predicted_cost = serde_json::to_value(cost).ok();
+        if let Some(w) = windows {
+            net.metadata.extra.insert("relu_bits".into(), w);
+        }
         net.metadata
             .extra
             .insert("valid_accuracy".into(), serde_json::json!(e.valid_accuracy));
@@ -954,6 +1092,10 @@ impl<'a> Search<'a> {
             None => "no plan meets the threshold yet".into(),
         });
         Ok(())
+    }
+
+    fn choose_windows(&self, net: &mut Network) -> Result<serde_json::Value> {
+        choose_relu_windows(net, &self.data, &|_| {})
     }
 
     /// Appends a line to `lineage.log`.

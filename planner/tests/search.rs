@@ -108,6 +108,53 @@ fn a_tiny_search_survives_a_kill_and_produces_a_plan() {
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
     let v: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
     assert_eq!(v["same_class"], 1, "{v}");
+    // `--relu-bits auto` (the default) decided the plan's ReLU circuits.
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("plan.json")).unwrap()).unwrap();
+    assert_eq!(
+        plan["metadata"]["relu_bits"]["mode"], "auto",
+        "{}",
+        plan["metadata"]
+    );
+
+    // `delphi-plan windows` on the trained base: every ReLU layer gets a
+    // window (a 2-epoch small-cnn's ReLU inputs are small) and the result
+    // runs through `delphi verify`, which checks each reduced ReLU within
+    // its bound.
+    let windowed = out.join("windows.json");
+    let w = Command::new(env!("CARGO_BIN_EXE_delphi-plan"))
+        .args(["windows", "--valid-size", "1000", "--arch"])
+        .arg(out.join("base/model.json"))
+        .arg("--out")
+        .arg(&windowed)
+        .output()
+        .unwrap();
+    assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
+    let net: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&windowed).unwrap()).unwrap();
+    let acts: Vec<&serde_json::Value> = net["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["type"] == "activation")
+        .collect();
+    assert!(!acts.is_empty());
+    assert!(
+        acts.iter().all(|l| l["relu_bits"]["hi"].as_u64().is_some()),
+        "{acts:?}"
+    );
+    let v = Command::new(&delphi)
+        .args(["verify", "--plan"])
+        .arg(&windowed)
+        .output()
+        .unwrap();
+    let vout = String::from_utf8_lossy(&v.stdout);
+    assert!(
+        v.status.success(),
+        "{}{vout}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    assert!(vout.contains("reduced ReLU node"), "{vout}");
     std::fs::remove_dir_all(&out).ok();
 }
 

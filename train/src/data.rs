@@ -76,7 +76,7 @@ pub enum DataError {
     #[error("{0}")]
     Inconsistent(String),
     /// An unknown dataset name.
-    #[error("unknown dataset {0:?} (known: fashion-mnist, cifar10, cifar100)")]
+    #[error("unknown dataset {0:?} (known: fashion-mnist, fashion-mnist-32, cifar10, cifar100)")]
     Unknown(String),
 }
 
@@ -89,6 +89,10 @@ pub type Result<T> = std::result::Result<T, DataError>;
 pub enum DatasetKind {
     /// Fashion-MNIST, 28×28 grey, 10 classes.
     FashionMnist,
+    /// Fashion-MNIST zero-padded to 32×32 and repeated over three channels:
+    /// the same files, shaped for CIFAR networks (ResNet-32).
+    #[serde(rename = "fashion-mnist-32")]
+    FashionMnist32,
     /// CIFAR-10, 32×32 RGB, 10 classes.
     Cifar10,
     /// CIFAR-100 (fine labels), 32×32 RGB, 100 classes.
@@ -100,6 +104,7 @@ impl std::str::FromStr for DatasetKind {
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().replace('_', "-").as_str() {
             "fashion-mnist" | "fashionmnist" | "fmnist" => Ok(DatasetKind::FashionMnist),
+            "fashion-mnist-32" | "fashion-mnist32" | "fmnist32" => Ok(DatasetKind::FashionMnist32),
             "cifar10" | "cifar-10" => Ok(DatasetKind::Cifar10),
             "cifar100" | "cifar-100" => Ok(DatasetKind::Cifar100),
             _ => Err(DataError::Unknown(s.into())),
@@ -120,6 +125,7 @@ impl DatasetKind {
     pub fn name(self) -> &'static str {
         match self {
             DatasetKind::FashionMnist => "fashion-mnist",
+            DatasetKind::FashionMnist32 => "fashion-mnist-32",
             DatasetKind::Cifar10 => "cifar10",
             DatasetKind::Cifar100 => "cifar100",
         }
@@ -145,6 +151,8 @@ impl DatasetKind {
     pub fn normalization(self) -> (Vec<f32>, Vec<f32>) {
         match self {
             DatasetKind::FashionMnist => (vec![0.2860], vec![0.3530]),
+            // Padding zeros around 784 of 1024 pixels: the same moments, diluted.
+            DatasetKind::FashionMnist32 => (vec![0.2190; 3], vec![0.3316; 3]),
             DatasetKind::Cifar10 => (vec![0.4914, 0.4822, 0.4465], vec![0.2470, 0.2435, 0.2616]),
             DatasetKind::Cifar100 => (vec![0.5071, 0.4865, 0.4409], vec![0.2673, 0.2564, 0.2762]),
         }
@@ -164,6 +172,7 @@ impl DatasetKind {
     pub fn default_arch(self) -> &'static str {
         match self {
             DatasetKind::FashionMnist => "small-cnn",
+            DatasetKind::FashionMnist32 => "resnet32",
             DatasetKind::Cifar10 => "minionn",
             DatasetKind::Cifar100 => "resnet32",
         }
@@ -171,7 +180,7 @@ impl DatasetKind {
 
     /// Whether training uses random crops and flips.
     pub fn augment(self) -> bool {
-        self != DatasetKind::FashionMnist
+        matches!(self, DatasetKind::Cifar10 | DatasetKind::Cifar100)
     }
 }
 
@@ -289,7 +298,9 @@ pub fn search_dirs(kind: DatasetKind, data_dir: Option<&Path>) -> Vec<PathBuf> {
         dirs.push(d);
     }
     match kind {
-        DatasetKind::FashionMnist => dirs.push("/usr/share/datasets/fashion-mnist".into()),
+        DatasetKind::FashionMnist | DatasetKind::FashionMnist32 => {
+            dirs.push("/usr/share/datasets/fashion-mnist".into())
+        }
         DatasetKind::Cifar10 => dirs.push("cifar-10-batches-bin".into()),
         DatasetKind::Cifar100 => dirs.push("cifar-100-binary".into()),
     }
@@ -460,6 +471,10 @@ pub fn load(
             fashion_split(data_dir, "train")?,
             fashion_split(data_dir, "t10k")?,
         ),
+        DatasetKind::FashionMnist32 => (
+            pad_to_32(fashion_split(data_dir, "train")?),
+            pad_to_32(fashion_split(data_dir, "t10k")?),
+        ),
         DatasetKind::Cifar10 => {
             let train = (1..=5)
                 .map(|i| find(kind, data_dir, &format!("data_batch_{i}.bin")))
@@ -473,6 +488,26 @@ pub fn load(
         ),
     };
     Ok(split_valid(train, test, valid, seed))
+}
+
+/// Fashion-MNIST images zero-padded by two pixels on every side and
+/// repeated over three channels ([`DatasetKind::FashionMnist32`]).
+fn pad_to_32(s: Split) -> Split {
+    let n = s.len();
+    let mut pixels = vec![0u8; n * 3 * 32 * 32];
+    for (i, img) in s.pixels.chunks_exact(28 * 28).enumerate() {
+        for c in 0..3 {
+            for (y, row) in img.chunks_exact(28).enumerate() {
+                let o = ((i * 3 + c) * 32 + y + 2) * 32 + 2;
+                pixels[o..o + 28].copy_from_slice(row);
+            }
+        }
+    }
+    Split {
+        kind: DatasetKind::FashionMnist32,
+        pixels,
+        labels: s.labels,
+    }
 }
 
 /// Splits `valid` images off `train` (seeded), keeping `test` as is.
@@ -501,6 +536,41 @@ mod tests {
         let d = std::env::temp_dir().join(format!("delphi-data-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap_or_default();
         d
+    }
+
+    #[test]
+    fn fashion_mnist_32_pads_and_repeats_every_image() {
+        let s = Split {
+            kind: DatasetKind::FashionMnist,
+            pixels: (0..2 * 784).map(|i| (i % 253 + 1) as u8).collect(),
+            labels: vec![4, 7],
+        };
+        let p = pad_to_32(s.clone());
+        assert_eq!((p.len(), p.labels.clone()), (2, vec![4, 7]));
+        assert_eq!(p.pixels.len(), 2 * 3 * 32 * 32);
+        for i in 0..2 {
+            for c in 0..3 {
+                for y in 0..32 {
+                    for x in 0..32 {
+                        let got = p.pixels[((i * 3 + c) * 32 + y) * 32 + x];
+                        let inside = (2..30).contains(&y) && (2..30).contains(&x);
+                        let want = if inside {
+                            s.pixels[i * 784 + (y - 2) * 28 + x - 2]
+                        } else {
+                            0
+                        };
+                        assert_eq!(got, want, "image {i} channel {c} at ({y}, {x})");
+                    }
+                }
+            }
+        }
+        assert_eq!(p.kind.shape(), [3, 32, 32]);
+        assert_eq!("fashion-mnist-32".parse::<DatasetKind>().unwrap(), p.kind);
+        // Files spell it as the command line does, and read it back.
+        let json = serde_json::to_string(&p.kind).unwrap();
+        assert_eq!(json, "\"fashion-mnist-32\"");
+        assert_eq!(serde_json::from_str::<DatasetKind>(&json).unwrap(), p.kind);
+        assert!(!p.kind.augment());
     }
 
     #[test]

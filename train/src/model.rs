@@ -520,6 +520,13 @@ impl Net {
         if net_version_2 {
             net.version = delphi_net::desc::VERSION.max(2);
         }
+        // A reduced-ReLU window stays with its layer while the layer keeps
+        // ReLU channels; a layer that became quadratic has no ReLU left.
+        for l in &mut net.layers {
+            if !l.has_relu() {
+                l.relu_bits = None;
+            }
+        }
         net.validate()?;
         Ok(net)
     }

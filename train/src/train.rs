@@ -25,6 +25,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use delphi_crypto::field::F;
 use delphi_net::{FixedProgram, Network, Normalization, Placement};
 
 use crate::data::{Dataset, DatasetKind, Split};
@@ -1209,10 +1210,58 @@ pub fn float_accuracy(model: &Net, split: &Split, device: &Device, norm: &Normal
     correct as f64 / split.len().max(1) as f64
 }
 
-/// Accuracy of the fixed-point program (the protocol engine's plaintext
-/// reference, bit-exact with the two-party protocol for all-ReLU networks)
-/// on a split, its images normalised as the network records (else with the
-/// dataset's normalisation). Uses every core.
+/// The images of a split, normalised as `net` records (else with the
+/// dataset's normalisation) and encoded for its fixed-point program.
+fn encoded(prog: &FixedProgram, net: &Network, split: &Split, n: usize) -> Result<Vec<Vec<F>>> {
+    let norm = net
+        .metadata
+        .input_normalization
+        .clone()
+        .unwrap_or_else(|| split.kind.default_normalization());
+    (0..split.len().min(n))
+        .map(|i| Ok(prog.encode_input(&split.image(i, None, &norm))?))
+        .collect()
+}
+
+/// Reduced-ReLU windows for every activation layer with ReLU channels:
+/// each ReLU node's largest |input| over the first `images` images of
+/// `split`, times `margin`, with the low bit at the ReLU's truncation
+/// (exact inside the window; see [`delphi_net::window`]). `None` where the
+/// full circuit is needed (a peak beyond 2^36).
+pub fn relu_windows(
+    net: &Network,
+    split: &Split,
+    images: usize,
+    margin: f64,
+) -> Result<Vec<(usize, Option<delphi_crypto::relu::ReluBits>)>> {
+    use delphi_net::window::{relu_peaks, window_for};
+    let prog = FixedProgram::lower(net)?;
+    let xs = encoded(&prog, net, split, images)?;
+    let peaks = relu_peaks(&prog, &xs)?;
+    let mut out: Vec<(usize, Option<delphi_crypto::relu::ReluBits>)> = Vec::new();
+    for p in peaks {
+        let w = window_for(p.peak, margin, p.shift, p.shift);
+        // One window per layer: a layer's nodes share it (the widest).
+        match out.iter_mut().find(|(l, _)| *l == p.layer) {
+            Some((_, cur)) => {
+                *cur = match (*cur, w) {
+                    (Some(a), Some(b)) if a.lo == b.lo => Some(if a.hi >= b.hi { a } else { b }),
+                    _ => None,
+                }
+            }
+            None => out.push((p.layer, w)),
+        }
+    }
+    Ok(out)
+}
+
+/// Accuracy of the fixed-point program on a split, its images normalised
+/// as the network records (else with the dataset's normalisation). Every
+/// ReLU gives what the two-party protocol gives: the reference for the
+/// full circuit (bit-exact with the protocol for all-ReLU networks), and
+/// for a reduced ReLU its output on a random split of the input into two
+/// shares (seeded per image), which is the protocol's result in
+/// distribution: the accuracy a client will see. Uses every core.
 pub fn fixed_accuracy(net: &Network, split: &Split) -> Result<f64> {
     let prog = FixedProgram::lower(net)?;
     let norm = net
@@ -1241,7 +1290,15 @@ pub fn fixed_accuracy(net: &Network, split: &Split) -> Result<f64> {
                         let xs = (from..to)
                             .map(|i| prog.encode_input(&split.image(i, None, norm)))
                             .collect::<std::result::Result<Vec<_>, _>>()?;
-                        for (i, y) in (from..to).zip(prog.eval_batch(&xs)?) {
+                        let mut rng = ChaCha8Rng::seed_from_u64(from as u64);
+                        let ys = prog.eval_batch_with(&xs, &mut |_, spec, v| {
+                            if spec.bits.is_none() {
+                                return spec.reference(v);
+                            }
+                            let a = F::random(&mut rng);
+                            spec.protocol_output(a, v - a)
+                        })?;
+                        for (i, y) in (from..to).zip(ys) {
                             let pred = y
                                 .iter()
                                 .enumerate()

@@ -299,6 +299,12 @@ struct BenchNetworkArgs {
     /// Number of inferences.
     #[arg(long, default_value_t = 1)]
     inputs: usize,
+    /// Run this plan (a description with weights, e.g. with reduced-ReLU
+    /// windows from `delphi-plan windows`) instead of a built-in with random
+    /// weights; its inputs are sampled in its declared input range, and
+    /// every node of the run is checked against the reference.
+    #[arg(long, conflicts_with_all = ["arch", "classes", "quad_layers"])]
+    plan: Option<PathBuf>,
     /// Where to write the JSON figures.
     #[arg(long)]
     out: PathBuf,
@@ -981,9 +987,13 @@ fn run_bench_network(args: BenchNetworkArgs) -> Result<()> {
         classes,
         quad_layers,
         inputs,
+        plan,
         out,
     } = args;
 
+    if let Some(plan) = plan {
+        return bench_network_plan(&plan, inputs, &out);
+    }
     let mut net = build(&arch, classes, 1)?;
     // Random weights: a contractive quadratic and batch-norm statistics
     // calibrated for this placement keep values in range, as training would.
@@ -1017,6 +1027,68 @@ fn run_bench_network(args: BenchNetworkArgs) -> Result<()> {
     write_json(&out, &summary)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
 
+    Ok(())
+}
+
+/// `delphi bench network --plan`: a given network, checked node by node.
+fn bench_network_plan(plan: &std::path::Path, inputs: usize, out: &std::path::Path) -> Result<()> {
+    ensure!(inputs > 0, "--inputs must be at least 1");
+    let net = load_plan(plan)?;
+    let (prog, ranges) = checked_program(&net, false)?;
+    eprintln!("[network bench] {ranges}");
+    let raw = delphi_net::range::sample_inputs(net.input.len(), net.input_range(), inputs, 1);
+    let encoded = raw
+        .iter()
+        .map(|x| Ok(prog.encode_input(x)?))
+        .collect::<Result<Vec<_>>>()?;
+    let report = delphi_engine::run::run_local_with(
+        &prog,
+        &encoded,
+        &|m| eprintln!("[network bench] {m}"),
+        true,
+    )?;
+    let windows: Vec<String> = net
+        .layers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| l.relu_bits.map(|b| format!("{i}:{b}")))
+        .collect();
+    let checks_ok = report
+        .inferences
+        .iter()
+        .all(|i| i.node_check.as_ref().is_some_and(|c| c.ok()));
+    let summary = serde_json::json!({
+        "plan": plan.file_name().map(|f| f.to_string_lossy().into_owned()),
+        "name": net.name,
+        "placement": Placement::of(&net).to_string(),
+        "relu_windows": windows.join(" "),
+        "relus": report.relus,
+        "quads": report.quads,
+        "offline_s": mean(&report, |i| i.offline_s),
+        "online_s": mean(&report, |i| i.online_s),
+        "offline_bytes": mean(&report, |i| i.offline_bytes as f64),
+        "online_bytes": mean(&report, |i| i.online_bytes as f64),
+        "exact": report.inferences.iter().all(|i| i.correct),
+        "node_checks_ok": checks_ok,
+        "setup_s": report.setup_s,
+        "setup_bytes": report.setup_bytes,
+        "peak_rss_bytes_both_parties": report.peak_rss_bytes,
+        "cores": delphi_crypto::bench::cores(),
+        "cpu_model": delphi_crypto::bench::cpu_model(),
+        "inferences": report.inferences,
+        "rerun": format!(
+            "delphi bench network --plan {} --inputs {inputs} --out {}",
+            plan.display(),
+            out.display()
+        ),
+    });
+    write_json(out, &summary)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    ensure!(
+        checks_ok,
+        "the run differs from the reference beyond what the protocol allows (see node_check in {})",
+        out.display()
+    );
     Ok(())
 }
 

@@ -425,6 +425,16 @@ pub struct Layer {
 }
 
 impl Layer {
+    /// Whether the layer is an activation with ReLU channels (where
+    /// `relu_bits` may go).
+    pub fn has_relu(&self) -> bool {
+        match &self.op {
+            Op::Activation(Activation::Relu) => true,
+            Op::Activation(Activation::Mixed { relu, .. }) => relu.iter().any(|r| *r),
+            _ => false,
+        }
+    }
+
     /// A layer reading the previous layer's output.
     pub fn new(op: Op) -> Self {
         Layer {
@@ -1047,12 +1057,7 @@ impl Network {
                         self.version
                     )));
                 }
-                let has_relu = match &layer.op {
-                    Op::Activation(Activation::Relu) => true,
-                    Op::Activation(Activation::Mixed { relu, .. }) => relu.iter().any(|r| *r),
-                    _ => false,
-                };
-                if !has_relu {
+                if !layer.has_relu() {
                     return Err(err(
                         "\"relu_bits\" belongs on an activation with ReLU channels".into(),
                     ));
@@ -1426,7 +1431,7 @@ mod keys {
             "avg_pool" => &["kernel", "stride"],
             "batch_norm" => &["eps", "gamma", "beta", "mean", "var"],
             "residual" => &["from"],
-            "activation" => &["kind", "a", "b", "c", "relu"],
+            "activation" => &["kind", "a", "b", "c", "relu", "relu_bits"],
             _ => &[],
         }
     }

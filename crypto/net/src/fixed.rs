@@ -726,6 +726,19 @@ impl FixedProgram {
     /// their innermost loops — and returns each input's logits: exactly
     /// what [`FixedProgram::eval`] returns for it.
     pub fn eval_batch(&self, inputs: &[Vec<F>]) -> Result<Vec<Vec<F>>> {
+        self.eval_batch_with(inputs, &mut |_, spec, v| spec.reference(v))
+    }
+
+    /// [`FixedProgram::eval_batch`] with another rule for ReLU elements:
+    /// `relu(node, spec, v)` gives the output for input v of ReLU node
+    /// `node` (for example the protocol's own randomised result, see
+    /// [`ReluSpec::protocol_output`], or the reference while recording
+    /// what the ReLUs see).
+    pub fn eval_batch_with(
+        &self,
+        inputs: &[Vec<F>],
+        relu: &mut dyn FnMut(usize, ReluSpec, F) -> F,
+    ) -> Result<Vec<Vec<F>>> {
         let nb = inputs.len();
         if nb == 0 {
             return Ok(Vec::new());
@@ -785,7 +798,7 @@ impl FixedProgram {
                         shift: *shift,
                         bits: *bits,
                     };
-                    map_channels(x, per, channels, |_, v| spec.reference(v))
+                    map_channels(x, per, channels, |_, v| relu(i, spec, v))
                 }
                 FixedOp::Quad { a, b, c } => map_channels(x, per, channels, |ch, v| {
                     let (a, b, c) = (F::from_i64(a[ch]), F::from_i64(b[ch]), F::from_i64(c[ch]));
@@ -857,7 +870,7 @@ fn map_channels(
     x: &[F],
     per: usize,
     channels: Option<&[bool]>,
-    f: impl Fn(usize, F) -> F,
+    mut f: impl FnMut(usize, F) -> F,
 ) -> Vec<F> {
     let mut out = Vec::with_capacity(x.len());
     for (ch, chunk) in x.chunks(per).enumerate() {

@@ -37,7 +37,7 @@ pub struct ReluPeak {
 }
 
 /// Each ReLU node's largest |input| over `inputs` (encoded images), in the
-/// order of the program.
+/// order of the program (batched: [`FixedProgram::eval_batch_with`]).
 pub fn relu_peaks(prog: &FixedProgram, inputs: &[Vec<F>]) -> Result<Vec<ReluPeak>> {
     let mut peaks: Vec<ReluPeak> = prog
         .nodes
@@ -54,15 +54,15 @@ pub fn relu_peaks(prog: &FixedProgram, inputs: &[Vec<F>]) -> Result<Vec<ReluPeak
             _ => None,
         })
         .collect();
-    for x in inputs {
-        let vals = prog.eval_all(x)?;
-        for p in &mut peaks {
-            let node = &prog.nodes[p.node];
-            let src = &vals[node.inputs[0]];
-            for k in node.active() {
-                p.peak = p.peak.max(src[k].to_signed().unsigned_abs());
-            }
-        }
+    let mut seen = vec![0u64; prog.nodes.len()];
+    for chunk in inputs.chunks(prog.preferred_batch()) {
+        prog.eval_batch_with(chunk, &mut |node, spec, v| {
+            seen[node] = seen[node].max(v.to_signed().unsigned_abs());
+            spec.reference(v)
+        })?;
+    }
+    for p in &mut peaks {
+        p.peak = seen[p.node];
     }
     Ok(peaks)
 }
@@ -161,6 +161,17 @@ mod tests {
         assert!(windows.iter().all(|(_, w)| w.is_some()));
         set_windows(&mut net, &windows).unwrap();
         assert_eq!(net.version, 3);
+        // The windows survive a file; version 2 files may not carry them.
+        let dir = std::env::temp_dir().join(format!("delphi-window-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("net.json");
+        net.save(&path, crate::WeightStorage::Inline).unwrap();
+        assert_eq!(Network::load(&path).unwrap(), net);
+        let mut old = net.clone();
+        old.version = 2;
+        let e = old.validate().unwrap_err().to_string();
+        assert!(e.contains("needs format version 3"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
         let reduced = FixedProgram::lower(&net).unwrap();
         // lo = shift and every input inside: the same values as full ReLUs.
         for x in &xs {

@@ -239,6 +239,53 @@ impl<'c> Garbler<'c> {
         store_outputs(c, &self.work.wires, k, out_zero);
     }
 
+    /// [`Garbler::arith_outputs`] for instances `first .. first + k` at once
+    /// (`zero` and `cts` hold k·n_out entries, instance by instance): one
+    /// pipelined hash call for the whole batch. Appends each instance's
+    /// offset to `offsets`.
+    pub fn arith_outputs_batch(
+        &mut self,
+        first: u64,
+        zero: &[Block],
+        weights: &[F],
+        cts: &mut [F],
+        offsets: &mut Vec<F>,
+    ) {
+        let n = weights.len();
+        assert!(n > 0 && zero.len() % n == 0 && cts.len() == zero.len());
+        let k = zero.len() / n;
+        self.work.reserve_hashes(2 * n * k);
+        let Work {
+            x, tweaks, scratch, ..
+        } = &mut self.work;
+        let x = &mut x[..2 * n * k];
+        for i in 0..k {
+            for j in 0..n {
+                let e = i * n + j;
+                let t = out_tweak(first + i as u64, n, j);
+                x[2 * e] = zero[e];
+                x[2 * e + 1] = zero[e] ^ self.delta;
+                tweaks[2 * e] = t;
+                tweaks[2 * e + 1] = t;
+            }
+        }
+        self.hash.hash_many(x, tweaks, scratch);
+        for i in 0..k {
+            let mut offset = F::ZERO;
+            for (j, w) in weights.iter().enumerate() {
+                let e = i * n + j;
+                let h0 = F::from_u128(x[2 * e].0);
+                let h1 = F::from_u128(x[2 * e + 1].0);
+                let p = Choice::from(zero[e].lsb() as u8);
+                let c = *w - h1 + h0;
+                let c = F::conditional_select(&c, &-c, p);
+                cts[e] = c;
+                offset += h0 + F::conditional_select(&F::ZERO, &c, p);
+            }
+            offsets.push(offset);
+        }
+    }
+
     /// Turns the output labels of one instance into an additive share of
     /// Σ_j weight_j·out_j mod p.
     ///
@@ -360,6 +407,44 @@ impl<'c> Evaluator<'c> {
         store_outputs(c, &self.work.wires, k, out);
     }
 
+    /// [`Evaluator::arith_outputs`] for instances `first .. first + k` at
+    /// once (`labels` and `cts` hold k·`n_out` entries, instance by
+    /// instance); appends each instance's value to `out`.
+    pub fn arith_outputs_batch(
+        &mut self,
+        first: u64,
+        n_out: usize,
+        labels: &[Block],
+        cts: &[F],
+        out: &mut Vec<F>,
+    ) {
+        assert!(n_out > 0 && labels.len() % n_out == 0 && cts.len() == labels.len());
+        let k = labels.len() / n_out;
+        self.work.reserve_hashes(labels.len());
+        let Work {
+            x, tweaks, scratch, ..
+        } = &mut self.work;
+        let x = &mut x[..labels.len()];
+        for i in 0..k {
+            for j in 0..n_out {
+                let e = i * n_out + j;
+                x[e] = labels[e];
+                tweaks[e] = out_tweak(first + i as u64, n_out, j);
+            }
+        }
+        self.hash.hash_many(x, tweaks, scratch);
+        for i in 0..k {
+            let mut acc = F::ZERO;
+            for j in 0..n_out {
+                let e = i * n_out + j;
+                let c =
+                    F::conditional_select(&F::ZERO, &cts[e], Choice::from(labels[e].lsb() as u8));
+                acc += F::from_u128(x[e].0) + c;
+            }
+            out.push(acc);
+        }
+    }
+
     /// The evaluator's half of [`Garbler::arith_outputs`]: returns
     /// G + Σ_j weight_j·out_j for the instance's output labels.
     pub fn arith_outputs(&mut self, inst: u64, labels: &[Block], cts: &[F]) -> F {
@@ -466,6 +551,20 @@ mod tests {
                 let got = e.arith_outputs(first + i as u64, &out[i * no..(i + 1) * no], &cts);
                 let value: u64 = want.iter().enumerate().map(|(j, &b)| (b as u64) << j).sum();
                 assert_eq!(got - off, F::from_u64(value));
+            }
+            // The batched conversions give the same offsets, elements and values.
+            let weights: Vec<F> = (0..no).map(|j| F::from_u64(3 * j as u64 + 1)).collect();
+            let (mut cts, mut offs) = (vec![F::ZERO; no * k], Vec::new());
+            g.arith_outputs_batch(first, &out_zero, &weights, &mut cts, &mut offs);
+            let mut vals = Vec::new();
+            e.arith_outputs_batch(first, no, &out, &cts, &mut vals);
+            for i in 0..k {
+                let mut one = vec![F::ZERO; no];
+                let r = no * i..no * (i + 1);
+                let off =
+                    g.arith_outputs(first + i as u64, &out_zero[r.clone()], &weights, &mut one);
+                assert_eq!((off, &one[..]), (offs[i], &cts[r.clone()]));
+                assert_eq!(e.arith_outputs(first + i as u64, &out[r], &one), vals[i]);
             }
         }
     }

@@ -9,7 +9,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use delphi_planner::bench::{self, BenchConfig};
-use delphi_planner::config::{ExperimentFile, Granularity, Objective, PlanConfig, Strategy};
+use delphi_planner::config::{
+    ExperimentFile, Granularity, Objective, PlanConfig, ReluBitsMode, Strategy,
+};
 use delphi_planner::measure;
 use delphi_planner::report::{self, Final};
 use delphi_planner::search;
@@ -66,6 +68,121 @@ enum Cmd {
     /// Runs the strategies side by side at equal training budget on one base
     /// network and writes fronts.csv, fronts.svg, summary.md and bench.json.
     Bench(Box<BenchArgs>),
+    /// Gives a trained network reduced-ReLU windows as it is (no placement
+    /// search, no retraining): per layer the narrowest bits of each ReLU's
+    /// input that keep the fixed-point validation accuracy within 0.3
+    /// points of full width. Writes the network with its windows.
+    Windows(WindowsArgs),
+}
+
+#[derive(Args)]
+struct WindowsArgs {
+    /// The trained network: a description with weights (.json) or an ONNX model.
+    #[arg(long)]
+    arch: String,
+    /// fashion-mnist, fashion-mnist-32 (padded to 3×32×32 for CIFAR
+    /// networks), cifar10 or cifar100 (training images size the
+    /// windows, validation images check the accuracy).
+    #[arg(long, default_value = "fashion-mnist")]
+    dataset: DatasetKind,
+    /// Dataset folder.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Validation images carved from the training set.
+    #[arg(long, default_value_t = 5000)]
+    valid_size: usize,
+    /// Where to write the network with its windows.
+    #[arg(long, default_value = "windows.json")]
+    out: PathBuf,
+    /// Cost model to price the network with and without windows (default
+    /// results/cost-model.json; skipped when absent).
+    #[arg(long)]
+    cost_model: Option<PathBuf>,
+    /// Seed (validation split).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also measure the fixed-point test accuracy with and without the
+    /// windows (the whole test split; the choice itself never sees it).
+    #[arg(long)]
+    test: bool,
+}
+
+fn run_windows(a: &WindowsArgs) -> Result<()> {
+    let say = |m: &str| eprintln!("[delphi-plan windows] {m}");
+    let resolved = delphi_train::arch::resolve(&a.arch, a.dataset, a.seed)?;
+    if !resolved.trained {
+        bail!(
+            "{} has no weights: windows are chosen for a trained network (train it with \
+             delphi-train, or run delphi-plan, which trains a base)",
+            a.arch
+        );
+    }
+    for n in &resolved.notes {
+        say(&format!("note: {n}"));
+    }
+    let data = delphi_train::data::load(a.dataset, a.data_dir.as_deref(), a.valid_size, a.seed)?;
+    let mut net = resolved.network;
+    let full = net.clone();
+    let mut choice = search::choose_relu_windows(&mut net, &data, &say)?;
+    if a.test {
+        say("test accuracy in fixed point, full width and with the windows");
+        let t_full = delphi_train::train::fixed_accuracy(&full, &data.test)?;
+        let t_red = delphi_train::train::fixed_accuracy(&net, &data.test)?;
+        println!(
+            "fixed-point test accuracy on {} images: {:.2} % with the windows, {:.2} % at full width ({:+.2} points)",
+            data.test.len(),
+            t_red * 100.0,
+            t_full * 100.0,
+            (t_red - t_full) * 100.0
+        );
+        if let Some(o) = choice.as_object_mut() {
+            o.insert("fixed_test_accuracy_full".into(), t_full.into());
+            o.insert("fixed_test_accuracy_reduced".into(), t_red.into());
+            o.insert("test_images".into(), data.test.len().into());
+        }
+    }
+    net.metadata
+        .extra
+        .insert("relu_bits".into(), choice.clone());
+    net.save(&a.out, delphi_net::WeightStorage::Inline)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    let model_path = a
+        .cost_model
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("results/cost-model.json"));
+    if let Ok(model) = delphi_cost::CostModel::load(&model_path) {
+        let price = |n: &delphi_net::Network| -> Result<delphi_cost::Cost> {
+            let prog = delphi_net::FixedProgram::lower(&n.architecture_only())?;
+            Ok(model.predict(&prog, None).total)
+        };
+        let (f, r) = (price(&full)?, price(&net)?);
+        println!(
+            "predicted online {:.3} s / {:.1} MB → {:.3} s / {:.1} MB; offline {:.2} s / {:.1} MB → {:.2} s / {:.1} MB ({})",
+            f.online_s,
+            f.online_bytes / 1e6,
+            r.online_s,
+            r.online_bytes / 1e6,
+            f.offline_s,
+            f.offline_bytes / 1e6,
+            r.offline_s,
+            r.offline_bytes / 1e6,
+            model_path.display()
+        );
+    } else if a.cost_model.is_some() {
+        bail!("cannot read the cost model {}", model_path.display());
+    }
+    println!(
+        "windows {} (fixed-point validation {} reduced, {} full); wrote {}",
+        choice["windows"].as_str().unwrap_or("-"),
+        choice["fixed_valid_accuracy_reduced"]
+            .as_f64()
+            .map_or("-".into(), |v| format!("{:.2} %", v * 100.0)),
+        choice["fixed_valid_accuracy_full"]
+            .as_f64()
+            .map_or("-".into(), |v| format!("{:.2} %", v * 100.0)),
+        a.out.display()
+    );
+    Ok(())
 }
 
 #[derive(Args)]
@@ -93,7 +210,8 @@ struct BenchArgs {
 /// Settings shared by a search and the benchmark.
 #[derive(Args)]
 struct SearchArgs {
-    /// fashion-mnist, cifar10 or cifar100.
+    /// fashion-mnist, fashion-mnist-32 (padded to 3×32×32 for CIFAR
+    /// networks such as resnet32), cifar10 or cifar100.
     #[arg(long, default_value = "fashion-mnist")]
     dataset: DatasetKind,
     /// Architecture: a built-in (small-cnn, minionn, resnet32, resnet14;
@@ -126,6 +244,12 @@ struct SearchArgs {
     /// Wall-time budget in minutes (no new interval starts after it).
     #[arg(long)]
     budget: Option<f64>,
+    /// ReLU circuits: auto (per layer, the narrowest window of bits that
+    /// holds the inputs the network sees, kept when fixed-point validation
+    /// accuracy stays within 0.3 points of full width) or full (the exact
+    /// 41-bit circuit everywhere).
+    #[arg(long, default_value = "auto")]
+    relu_bits: ReluBitsMode,
     /// What to minimise: online-time, online-bytes, offline-time or mix.
     #[arg(long, default_value = "online-time")]
     objective: Objective,
@@ -169,6 +293,7 @@ fn plan_config(a: &SearchArgs) -> PlanConfig {
         arch: a.arch.clone(),
         strategy: Strategy::Pbt,
         granularity: Granularity::Layer,
+        relu_bits: a.relu_bits,
         budget_epochs: a.budget_epochs,
         delphi_runs: a.delphi_runs,
         accuracy: 0.0,
@@ -242,6 +367,7 @@ fn run_one(c: &PlanConfig, quiet: bool) -> Result<()> {
         layers: placement.len(),
         verify,
         seconds: start.elapsed().as_secs_f64(),
+        relu_bits: net.metadata.extra.get("relu_bits").cloned(),
     };
     report::write(&out, c, &outcome, &fin)?;
     let summary = serde_json::json!({
@@ -312,6 +438,9 @@ fn main() -> Result<()> {
                 extra.join(", ")
             );
         }
+    }
+    if let Some(Cmd::Windows(w)) = &cli.command {
+        return run_windows(w);
     }
     if let Some(Cmd::Bench(b)) = &cli.command {
         let mut plan = plan_config(&b.search);

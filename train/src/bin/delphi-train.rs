@@ -95,7 +95,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct TrainArgs {
-    /// fashion-mnist, cifar10 or cifar100.
+    /// fashion-mnist, fashion-mnist-32 (padded to 3×32×32 for CIFAR
+    /// networks such as resnet32), cifar10 or cifar100.
     #[arg(long, default_value = "fashion-mnist")]
     dataset: DatasetKind,
     /// Folder with the dataset's files (default: $DELPHI_DATA, then Debian's
