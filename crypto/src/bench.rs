@@ -65,7 +65,7 @@ pub struct ReluRow {
     /// Bytes exchanged offline (both directions, including base OT and OT extension), per ReLU.
     pub offline_bytes_per_relu: f64,
     /// Bytes exchanged online by the ReLU protocol (both directions), per
-    /// ReLU; in a network each ReLU adds one field element (8 bytes) for
+    /// ReLU; in a network each ReLU adds one field element (6 bytes) for
     /// the client's re-masked output.
     pub online_bytes_per_relu: f64,
     /// Total offline bytes.

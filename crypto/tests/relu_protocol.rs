@@ -175,7 +175,7 @@ fn reduced_relus_send_one_label_per_window_bit_and_survive_storage() {
     assert_eq!(sent.sent, 16 + (n * 14 * 16) as u64);
     for i in 0..n {
         let hb = (b[i] + F::from_u64(1 << 25)).value();
-        let s = ((a[i].value() >> 12) + (hb >> 12)) & ((1 << 14) - 1);
+        let s = (((a[i].value() + (1 << 12) - 1) >> 12) + (hb >> 12)) & ((1 << 14) - 1);
         assert_eq!(out[i] + rho[i], reduced_output(s, 12, bits));
         let err = (out[i] + rho[i]).to_signed() - spec.reference(ys[i]).to_signed();
         assert!(err.unsigned_abs() <= spec.error_bound());

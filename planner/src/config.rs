@@ -487,6 +487,23 @@ mod tests {
     }
 
     #[test]
+    fn relu_bits_default_to_auto_and_full_is_named() {
+        let f: ExperimentFile = toml::from_str("[[experiment]]\naccuracy = 0.9\n").unwrap();
+        assert_eq!(f.experiment[0].relu_bits, ReluBitsMode::Auto);
+        let f: ExperimentFile =
+            toml::from_str("[[experiment]]\naccuracy = 0.9\nrelu_bits = \"full\"\n").unwrap();
+        assert_eq!(f.experiment[0].relu_bits, ReluBitsMode::Full);
+        assert!(f.experiment[0].name().ends_with("-full-relu"));
+        let e = toml::from_str::<ExperimentFile>(
+            "[[experiment]]\naccuracy = 0.9\nrelu_bits = \"half\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("half"), "{e}");
+        assert!("12".parse::<ReluBitsMode>().is_err());
+    }
+
+    #[test]
     fn member_epochs_default_per_architecture_and_can_be_set() {
         let budget = |toml: &str| {
             let f: ExperimentFile = toml::from_str(toml).unwrap();

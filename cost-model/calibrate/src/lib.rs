@@ -298,7 +298,7 @@ fn least_squares(rows: &[([f64; 3], f64)]) -> [f64; 3] {
 /// line per step.
 pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
     let start = Instant::now();
-    let steps = 7;
+    let steps = 8;
     let mut step = 0;
     let mut say = |m: &str| {
         step += 1;

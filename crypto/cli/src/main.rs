@@ -346,7 +346,7 @@ struct BenchReluArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "full,12..27,12..25,14..26"
+        default_value = "full,12..27,16..27,16..25"
     )]
     bits: Vec<String>,
     /// Truncation after each ReLU (12: the ReLU after a conv layer).
