@@ -124,7 +124,7 @@ impl ReluBits {
     /// remains).
     pub fn check(self, shift: u32) -> Result<()> {
         let ReluBits { lo, hi } = self;
-        if lo < 1 || hi > MAX_HI || lo + 2 > hi || hi < shift + 2 {
+        if lo < 1 || hi > MAX_HI || lo.saturating_add(2) > hi || hi < shift.saturating_add(2) {
             return Err(Error::InvalidArgument(format!(
                 "ReLU bits {lo}..{hi} with truncation {shift}: need 1 ≤ lo, lo + 2 ≤ hi ≤ {MAX_HI} \
                  and hi ≥ truncation + 2"
@@ -1221,6 +1221,8 @@ mod tests {
             (5, 38, 12),
             (4, 13, 12),
             (9, 9, 0),
+            (u32::MAX, 20, 0),
+            (4, 20, u32::MAX),
         ] {
             assert!(ReluSpec::reduced(shift, ReluBits { lo, hi })
                 .check()

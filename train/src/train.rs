@@ -1240,7 +1240,8 @@ pub fn relu_windows(
     let peaks = relu_peaks(&prog, &xs)?;
     let mut out: Vec<(usize, Option<delphi_crypto::relu::ReluBits>)> = Vec::new();
     for p in peaks {
-        let w = window_for(p.peak, margin, p.shift, p.shift);
+        // The low bit at the truncation (at least 1: a window drops a bit).
+        let w = window_for(p.peak, margin, p.shift.max(1), p.shift);
         // One window per layer: a layer's nodes share it (the widest).
         match out.iter_mut().find(|(l, _)| *l == p.layer) {
             Some((_, cur)) => {

@@ -193,7 +193,10 @@ fn channel_gates_meet_their_budget_and_export_a_mixed_plan() {
     let relus: usize = masks.iter().map(|m| m.iter().filter(|&&r| r).count()).sum();
     assert!(relus <= channels / 3, "{relus} ReLU channels left");
     let net = tr.export().unwrap();
-    assert!(net.version >= 2, "a mixed layer needs format version 2 or later");
+    assert!(
+        net.version >= 2,
+        "a mixed layer needs format version 2 or later"
+    );
     assert!(net.layers.iter().any(|l| matches!(
         l.op,
         delphi_net::Op::Activation(delphi_net::Activation::Mixed { .. })

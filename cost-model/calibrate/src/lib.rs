@@ -387,65 +387,39 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
     say("ReLU layers (garbling, OT extension, evaluation)");
     // Sizes of real layers (very large bundles page more and run slower).
     let (n1, n2) = if quick { (4096, 32768) } else { (8192, 65536) };
-    let rt = |n: usize| {
-        let (off, on) = delphi_cost::bytes::node_traffic_relu(n);
-        (off, on)
+    let fit = |(n1, n2): (usize, usize),
+               times: fn(usize) -> Result<(f64, f64)>,
+               traffic: &dyn Fn(usize) -> (Traffic, Traffic)|
+     -> Result<(Affine, Affine)> {
+        let ((o1, p1), (o2, p2)) = (times(n1)?, times(n2)?);
+        let (t1, t2) = (traffic(n1), traffic(n2));
+        let line = |a: f64, ta: &Traffic, b: f64, tb: &Traffic| {
+            Affine::fit(
+                n1 as f64,
+                a - transfer(ta, &ct, &link),
+                n2 as f64,
+                b - transfer(tb, &ct, &link),
+            )
+        };
+        Ok((line(o1, &t1.0, o2, &t2.0), line(p1, &t1.1, p2, &t2.1)))
     };
-    let (o1, p1) = relu_times(n1)?;
-    let (o2, p2) = relu_times(n2)?;
-    let (t1, t2) = (rt(n1), rt(n2));
-    let relu_offline = Affine::fit(
-        n1 as f64,
-        o1 - transfer(&t1.0, &ct, &link),
-        n2 as f64,
-        o2 - transfer(&t2.0, &ct, &link),
-    );
-    let relu_online = Affine::fit(
-        n1 as f64,
-        p1 - transfer(&t1.1, &ct, &link),
-        n2 as f64,
-        p2 - transfer(&t2.1, &ct, &link),
-    );
+    let (relu_offline, relu_online) = fit((n1, n2), relu_times, &|n| {
+        delphi_cost::bytes::node_traffic_relu(n)
+    })?;
 
     say("reduced ReLU layers (window 12..27)");
-    let rt = |n: usize| delphi_cost::bytes::relu_traffic(n, delphi_cost::model::REDUCED_ANCHOR);
-    let (o1, p1) = reduced_relu_times(n1)?;
-    let (o2, p2) = reduced_relu_times(n2)?;
-    let (t1, t2) = (rt(n1), rt(n2));
-    let relu_reduced_offline = Affine::fit(
-        n1 as f64,
-        o1 - transfer(&t1.0, &ct, &link),
-        n2 as f64,
-        o2 - transfer(&t2.0, &ct, &link),
-    );
-    let relu_reduced_online = Affine::fit(
-        n1 as f64,
-        p1 - transfer(&t1.1, &ct, &link),
-        n2 as f64,
-        p2 - transfer(&t2.1, &ct, &link),
-    );
+    let (relu_reduced_offline, relu_reduced_online) = fit((n1, n2), reduced_relu_times, &|n| {
+        delphi_cost::bytes::relu_traffic(n, delphi_cost::model::REDUCED_ANCHOR)
+    })?;
 
     say("truncations (OT)");
-    let (m1, m2) = if quick {
+    let sizes = if quick {
         (4096, 32768)
     } else {
         (16384, 262144)
     };
-    let tt = delphi_cost::bytes::node_traffic_trunc;
-    let (o1, p1) = trunc_times(m1)?;
-    let (o2, p2) = trunc_times(m2)?;
-    let trunc_offline = Affine::fit(
-        m1 as f64,
-        o1 - transfer(&tt(m1).0, &ct, &link),
-        m2 as f64,
-        o2 - transfer(&tt(m2).0, &ct, &link),
-    );
-    let trunc_online = Affine::fit(
-        m1 as f64,
-        p1 - transfer(&tt(m1).1, &ct, &link),
-        m2 as f64,
-        p2 - transfer(&tt(m2).1, &ct, &link),
-    );
+    let (trunc_offline, trunc_online) =
+        fit(sizes, trunc_times, &delphi_cost::bytes::node_traffic_trunc)?;
 
     say("square triples and local operations");
     let chunks = if quick { 4 } else { 12 };

@@ -1004,30 +1004,60 @@ fn run_bench_network(args: BenchNetworkArgs) -> Result<()> {
     let report = run_local(&prog, &random_inputs(&prog, inputs, 1)?, &|m| {
         eprintln!("[network bench] {m}")
     })?;
-    let summary = serde_json::json!({
-        "arch": arch,
-        "classes": classes,
-        "quad_layers": quad_layers,
-        "placement": Placement::of(&net).to_string(),
+    let mut summary = network_figures(&report);
+    summary.extend([
+        ("arch".to_string(), serde_json::json!(arch)),
+        ("classes".into(), classes.into()),
+        ("quad_layers".into(), quad_layers.into()),
+        ("placement".into(), Placement::of(&net).to_string().into()),
+        ("correct".into(), report.inferences.iter().all(|i| i.correct).into()),
+        ("rerun".into(), format!("cargo run --release --bin delphi -- bench network --arch {arch} --classes {classes} --quad-layers {quad_layers} --out {}", out.display()).into()),
+    ]);
+    let summary = serde_json::Value::Object(summary);
+    write_json(&out, &summary)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+
+    Ok(())
+}
+
+/// The figures every network benchmark records: sizes, mean times and
+/// bytes, setup, memory, the machine, and each inference.
+fn network_figures(
+    report: &delphi_engine::run::RunReport,
+) -> serde_json::Map<String, serde_json::Value> {
+    let v = serde_json::json!({
         "relus": report.relus,
         "quads": report.quads,
-        "offline_s": mean(&report, |i| i.offline_s),
-        "online_s": mean(&report, |i| i.online_s),
-        "offline_bytes": mean(&report, |i| i.offline_bytes as f64),
-        "online_bytes": mean(&report, |i| i.online_bytes as f64),
-        "correct": report.inferences.iter().all(|i| i.correct),
+        "offline_s": mean(report, |i| i.offline_s),
+        "online_s": mean(report, |i| i.online_s),
+        "offline_bytes": mean(report, |i| i.offline_bytes as f64),
+        "online_bytes": mean(report, |i| i.online_bytes as f64),
         "setup_s": report.setup_s,
         "setup_bytes": report.setup_bytes,
         "peak_rss_bytes_both_parties": report.peak_rss_bytes,
         "cores": delphi_crypto::bench::cores(),
         "cpu_model": delphi_crypto::bench::cpu_model(),
         "inferences": report.inferences,
-        "rerun": format!("cargo run --release --bin delphi -- bench network --arch {arch} --classes {classes} --quad-layers {quad_layers} --out {}", out.display()),
     });
-    write_json(&out, &summary)?;
-    println!("{}", serde_json::to_string_pretty(&summary)?);
+    match v {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    }
+}
 
-    Ok(())
+/// `n` inputs sampled in the network's declared input range (after the two
+/// the range check samples first, so they are not the same), as floats and
+/// encoded for `prog`.
+type Sampled = (Vec<Vec<f32>>, Vec<Vec<delphi_crypto::field::F>>);
+fn sampled_inputs(net: &Network, prog: &FixedProgram, n: usize, seed: u64) -> Result<Sampled> {
+    let raw: Vec<Vec<f32>> =
+        delphi_net::range::sample_inputs(net.input.len(), net.input_range(), n + 2, seed)
+            .split_off(2);
+    let encoded = raw
+        .iter()
+        .map(|x| Ok(prog.encode_input(x)?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((raw, encoded))
 }
 
 /// `delphi bench network --plan`: a given network, checked node by node.
@@ -1036,11 +1066,7 @@ fn bench_network_plan(plan: &std::path::Path, inputs: usize, out: &std::path::Pa
     let net = load_plan(plan)?;
     let (prog, ranges) = checked_program(&net, false)?;
     eprintln!("[network bench] {ranges}");
-    let raw = delphi_net::range::sample_inputs(net.input.len(), net.input_range(), inputs, 1);
-    let encoded = raw
-        .iter()
-        .map(|x| Ok(prog.encode_input(x)?))
-        .collect::<Result<Vec<_>>>()?;
+    let (_, encoded) = sampled_inputs(&net, &prog, inputs, 1)?;
     let report = delphi_engine::run::run_local_with(
         &prog,
         &encoded,
@@ -1057,31 +1083,31 @@ fn bench_network_plan(plan: &std::path::Path, inputs: usize, out: &std::path::Pa
         .inferences
         .iter()
         .all(|i| i.node_check.as_ref().is_some_and(|c| c.ok()));
-    let summary = serde_json::json!({
-        "plan": plan.file_name().map(|f| f.to_string_lossy().into_owned()),
-        "name": net.name,
-        "placement": Placement::of(&net).to_string(),
-        "relu_windows": windows.join(" "),
-        "relus": report.relus,
-        "quads": report.quads,
-        "offline_s": mean(&report, |i| i.offline_s),
-        "online_s": mean(&report, |i| i.online_s),
-        "offline_bytes": mean(&report, |i| i.offline_bytes as f64),
-        "online_bytes": mean(&report, |i| i.online_bytes as f64),
-        "exact": report.inferences.iter().all(|i| i.correct),
-        "node_checks_ok": checks_ok,
-        "setup_s": report.setup_s,
-        "setup_bytes": report.setup_bytes,
-        "peak_rss_bytes_both_parties": report.peak_rss_bytes,
-        "cores": delphi_crypto::bench::cores(),
-        "cpu_model": delphi_crypto::bench::cpu_model(),
-        "inferences": report.inferences,
-        "rerun": format!(
-            "delphi bench network --plan {} --inputs {inputs} --out {}",
-            plan.display(),
-            out.display()
+    let mut summary = network_figures(&report);
+    summary.extend([
+        (
+            "plan".to_string(),
+            serde_json::json!(plan.file_name().map(|f| f.to_string_lossy().into_owned())),
         ),
-    });
+        ("name".into(), net.name.clone().into()),
+        ("placement".into(), Placement::of(&net).to_string().into()),
+        ("relu_windows".into(), windows.join(" ").into()),
+        (
+            "exact".into(),
+            report.inferences.iter().all(|i| i.correct).into(),
+        ),
+        ("node_checks_ok".into(), checks_ok.into()),
+        (
+            "rerun".into(),
+            format!(
+                "delphi bench network --plan {} --inputs {inputs} --out {}",
+                plan.display(),
+                out.display()
+            )
+            .into(),
+        ),
+    ]);
+    let summary = serde_json::Value::Object(summary);
     write_json(out, &summary)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     ensure!(
@@ -1114,13 +1140,7 @@ fn run_verify(args: VerifyArgs) -> Result<()> {
     } else {
         None
     };
-    let raw: Vec<Vec<f32>> =
-        delphi_net::range::sample_inputs(net.input.len(), net.input_range(), inputs + 2, seed)
-            .split_off(2);
-    let encoded = raw
-        .iter()
-        .map(|x| Ok(prog.encode_input(x)?))
-        .collect::<Result<Vec<_>>>()?;
+    let (raw, encoded) = sampled_inputs(&net, &prog, inputs, seed)?;
     let report = delphi_engine::run::run_local_with(
         &prog,
         &encoded,

@@ -72,7 +72,7 @@ pub fn relu_peaks(prog: &FixedProgram, inputs: &[Vec<F>]) -> Result<Vec<ReluPeak
 /// the window would be invalid for `shift`: keep the full circuit).
 pub fn window_for(peak: u64, margin: f64, lo: u32, shift: u32) -> Option<ReluBits> {
     let need = (peak as f64 * margin.max(1.0)).ceil();
-    (lo + 2..=MAX_HI)
+    (lo.saturating_add(2)..=MAX_HI)
         .map(|hi| ReluBits { lo, hi })
         .find(|b| b.check(shift).is_ok() && (b.exact_sign_limit() as f64) > need)
 }
