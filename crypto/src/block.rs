@@ -210,7 +210,7 @@ impl TweakHash {
         }
     }
 
-    /// Replaces each `xs[i]` by H(xs[i], tweaks[i]); `scratch` holds at
+    /// Replaces each `xs[i]` by `H(xs[i], tweaks[i])`; `scratch` holds at
     /// least `xs.len()` blocks. Pipelined over the whole slice.
     #[inline]
     pub fn hash_many(&self, xs: &mut [Block], tweaks: &[u128], scratch: &mut [Block]) {

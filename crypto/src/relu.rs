@@ -25,7 +25,8 @@
 //! anyway, so most of the 41 bits do not matter. A reduced ReLU with window
 //! [`ReluBits`] `{lo, hi}` feeds the circuit bits lo..hi only (n = hi − lo
 //! from each party) and uses p ≡ 1 (mod 2^37): for hi ≤ 37, with
-//! A = a and B = b + 2^(hi−1) mod p as integers in [0, p) and w = [A + B ≥ p],
+//! A = a and B = b + 2^(hi−1) mod p as integers in [0, p) and w = [A + B ≥ p]
+//! (so A + B = v + 2^(hi−1) + w·p),
 //!
 //! > A + B − w ≡ v + 2^(hi−1) (mod 2^hi),
 //!
@@ -67,9 +68,12 @@
 //!
 //! Offline (per bundle): the server picks a fresh bundle id and hash key;
 //! correlated OT gives the client the labels of its 41 input bits per ReLU
-//! and the server Δ; the server garbles and streams the tables and output
-//! conversions. Online: the server sends the 41 labels of its share per ReLU
-//! (656 bytes); the client evaluates. Each bundle runs online once.
+//! (n for a reduced one) and the server Δ; the server garbles and streams
+//! the tables and output conversions. Online: the server sends the 41 (n)
+//! labels of its share per ReLU (656 bytes; 16·n); the client evaluates,
+//! a chunk of batches at a time on every core. Each bundle runs online once.
+//! Both parties state the count, truncation and window before anything
+//! else, so a disagreement is a typed [`Error::Mismatch`].
 
 use std::fmt;
 use std::sync::OnceLock;

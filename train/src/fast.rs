@@ -13,7 +13,7 @@
 //!
 //! Here every product is a large matrix product (the `gemm` crate, which
 //! flex itself uses) on a padded grid, with no im2col copy: the input is
-//! laid out [c][n][hp][wp] (zero-padded; hp, wp the padded sizes), so that
+//! laid out `[c][n][hp][wp]` (zero-padded; hp, wp the padded sizes), so that
 //! for tap (kh, kw) the input under output position j = (n, y, x) of the
 //! same grid is a plain offset, `X[:, j + kh·wp + kw]`. Then, for a
 //! convolution with kernel k, stride s, padding p < k (dilation 1, one
