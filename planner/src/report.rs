@@ -338,7 +338,17 @@ pub fn write(out: &Path, c: &crate::config::PlanConfig, o: &Outcome, fin: &Final
         ),
         (None, None) => md += "**No plan was evaluated.**\n\n",
     }
-    if let Some(w) = &fin.relu_bits {
+    if let Some(w) = fin
+        .relu_bits
+        .as_ref()
+        .filter(|w| w["valid_images"].as_u64().is_none())
+    {
+        md += &format!(
+            "ReLU circuits (`--relu-bits {}`): {}.\n\n",
+            c.relu_bits.name(),
+            w["windows"].as_str().unwrap_or("-")
+        );
+    } else if let Some(w) = &fin.relu_bits {
         let acc = |k: &str| {
             w[k].as_f64()
                 .map_or("-".into(), |a| format!("{:.2} %", a * 100.0))
