@@ -581,7 +581,7 @@ pub fn choose_relu_windows(
     data: &Dataset,
     say: &dyn Fn(&str),
 ) -> Result<serde_json::Value> {
-    use delphi_train::train::{fixed_accuracy, relu_windows};
+    use delphi_train::train::{fixed_accuracy, relu_input_peaks, windows_from_peaks};
     if !net.layers.iter().any(|l| l.has_relu()) {
         return Ok(serde_json::json!({
             "mode": "auto",
@@ -606,8 +606,9 @@ pub fn choose_relu_windows(
         ));
         Ok((acc >= full - RELU_BITS_TOLERANCE).then_some((cand, acc)))
     };
+    let peaks = relu_input_peaks(net, &data.train, RELU_BITS_IMAGES)?;
     for margin in [2.0, 8.0] {
-        let w = relu_windows(net, &data.train, RELU_BITS_IMAGES, margin)?;
+        let w = windows_from_peaks(&peaks, margin);
         if w.iter().all(|(_, b)| b.is_none()) {
             break;
         }

@@ -1223,6 +1223,18 @@ fn encoded(prog: &FixedProgram, net: &Network, split: &Split, n: usize) -> Resul
         .collect()
 }
 
+/// Each ReLU node's largest |input| over the first `images` images of
+/// `split` (fixed-point units; see [`delphi_net::window::relu_peaks`]).
+pub fn relu_input_peaks(
+    net: &Network,
+    split: &Split,
+    images: usize,
+) -> Result<Vec<delphi_net::window::ReluPeak>> {
+    let prog = FixedProgram::lower(net)?;
+    let xs = encoded(&prog, net, split, images)?;
+    Ok(delphi_net::window::relu_peaks(&prog, &xs)?)
+}
+
 /// Reduced-ReLU windows for every activation layer with ReLU channels:
 /// each ReLU node's largest |input| over the first `images` images of
 /// `split`, times `margin`, with the low bit at the ReLU's truncation
@@ -1234,10 +1246,18 @@ pub fn relu_windows(
     images: usize,
     margin: f64,
 ) -> Result<Vec<(usize, Option<delphi_crypto::relu::ReluBits>)>> {
-    use delphi_net::window::{relu_peaks, window_for};
-    let prog = FixedProgram::lower(net)?;
-    let xs = encoded(&prog, net, split, images)?;
-    let peaks = relu_peaks(&prog, &xs)?;
+    Ok(windows_from_peaks(
+        &relu_input_peaks(net, split, images)?,
+        margin,
+    ))
+}
+
+/// One window per activation layer from measured peaks ([`relu_windows`]).
+pub fn windows_from_peaks(
+    peaks: &[delphi_net::window::ReluPeak],
+    margin: f64,
+) -> Vec<(usize, Option<delphi_crypto::relu::ReluBits>)> {
+    use delphi_net::window::window_for;
     let mut out: Vec<(usize, Option<delphi_crypto::relu::ReluBits>)> = Vec::new();
     for p in peaks {
         // The low bit at the truncation (at least 1: a window drops a bit).
@@ -1253,7 +1273,7 @@ pub fn relu_windows(
             None => out.push((p.layer, w)),
         }
     }
-    Ok(out)
+    out
 }
 
 /// Accuracy of the fixed-point program on a split, its images normalised

@@ -141,36 +141,48 @@ fn run_windows(a: &WindowsArgs) -> Result<()> {
             o.insert("test_images".into(), data.test.len().into());
         }
     }
+    let model_path = a
+        .cost_model
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("results/cost-model.json"));
+    match delphi_cost::CostModel::load(&model_path) {
+        Ok(model) => {
+            let price = |n: &delphi_net::Network| -> Result<delphi_cost::Cost> {
+                let prog = delphi_net::FixedProgram::lower(&n.architecture_only())?;
+                Ok(model.predict(&prog, None).total)
+            };
+            let (f, r) = (price(&full)?, price(&net)?);
+            println!(
+                "predicted online {:.3} s / {:.1} MB → {:.3} s / {:.1} MB; offline {:.2} s / {:.1} MB → {:.2} s / {:.1} MB ({}, {})",
+                f.online_s,
+                f.online_bytes / 1e6,
+                r.online_s,
+                r.online_bytes / 1e6,
+                f.offline_s,
+                f.offline_bytes / 1e6,
+                r.offline_s,
+                r.offline_bytes / 1e6,
+                model_path.display(),
+                model.provenance.cpu_model
+            );
+            if let Some(o) = choice.as_object_mut() {
+                o.insert("predicted_full".into(), serde_json::to_value(f)?);
+                o.insert("predicted_reduced".into(), serde_json::to_value(r)?);
+            }
+        }
+        Err(e) if a.cost_model.is_some() => {
+            return Err(anyhow::Error::new(e).context("reading --cost-model"));
+        }
+        Err(_) => say(&format!(
+            "no cost model at {}: costs not predicted (delphi cost calibrate writes one)",
+            model_path.display()
+        )),
+    }
     net.metadata
         .extra
         .insert("relu_bits".into(), choice.clone());
     net.save(&a.out, delphi_net::WeightStorage::Inline)
         .with_context(|| format!("writing {}", a.out.display()))?;
-    let model_path = a
-        .cost_model
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("results/cost-model.json"));
-    if let Ok(model) = delphi_cost::CostModel::load(&model_path) {
-        let price = |n: &delphi_net::Network| -> Result<delphi_cost::Cost> {
-            let prog = delphi_net::FixedProgram::lower(&n.architecture_only())?;
-            Ok(model.predict(&prog, None).total)
-        };
-        let (f, r) = (price(&full)?, price(&net)?);
-        println!(
-            "predicted online {:.3} s / {:.1} MB → {:.3} s / {:.1} MB; offline {:.2} s / {:.1} MB → {:.2} s / {:.1} MB ({})",
-            f.online_s,
-            f.online_bytes / 1e6,
-            r.online_s,
-            r.online_bytes / 1e6,
-            f.offline_s,
-            f.offline_bytes / 1e6,
-            r.offline_s,
-            r.offline_bytes / 1e6,
-            model_path.display()
-        );
-    } else if a.cost_model.is_some() {
-        bail!("cannot read the cost model {}", model_path.display());
-    }
     println!(
         "windows {} (fixed-point validation {} reduced, {} full); wrote {}",
         choice["windows"].as_str().unwrap_or("-"),
