@@ -9,6 +9,10 @@
 //! refuses the duplicate symbols).
 
 pub mod bytes;
+pub mod error;
+pub mod link;
 pub mod model;
 
-pub use model::{Cost, CostError, CostModel, Link, Prediction};
+pub use error::{CostError, Result};
+pub use link::{Bandwidth, Link, Rtt};
+pub use model::{Cost, CostModel, Prediction};

@@ -13,32 +13,8 @@ use delphi_net::fixed::{FixedOp, FixedProgram};
 use delphi_net::packing::Packing;
 
 use crate::bytes::{node_traffic, program_traffic, setup_bytes, CtSizes, Traffic};
-
-/// Errors of the cost model.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CostError {
-    /// The model file could not be read or written.
-    #[error("{path}: {reason}")]
-    File {
-        /// The file.
-        path: std::path::PathBuf,
-        /// Why.
-        reason: String,
-    },
-    /// The crypto core failed during calibration.
-    #[error(transparent)]
-    Crypto(#[from] delphi_crypto::Error),
-    /// The network is unusable.
-    #[error(transparent)]
-    Net(#[from] delphi_net::NetError),
-    /// A bad argument (e.g. a link speed that does not parse).
-    #[error("{0}")]
-    Invalid(String),
-}
-
-/// Result alias of the cost model.
-pub type Result<T> = std::result::Result<T, CostError>;
+use crate::error::{CostError, Result};
+use crate::link::Link;
 
 /// a + b·n seconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -77,68 +53,6 @@ pub struct HeLinear {
     pub per_output_poly_s: f64,
     /// Seconds per product.
     pub per_product_s: f64,
-}
-
-/// A network link.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Link {
-    /// Bytes per second (one direction).
-    pub bytes_per_s: f64,
-    /// Round-trip time, seconds.
-    pub rtt_s: f64,
-}
-
-impl Link {
-    /// Parses `100Mbit`, `1Gbit`, `3.5GB` (bytes), `500MB/s`… and an RTT
-    /// such as `20ms`, `0.5ms`, `1s`.
-    pub fn parse(bandwidth: &str, rtt: &str) -> Result<Link> {
-        let bad = |s: &str, what: &str| {
-            CostError::Invalid(format!("{what} {s:?} (e.g. 100Mbit, 1Gbit, 500MB/s; 20ms)"))
-        };
-        let b = bandwidth
-            .trim()
-            .trim_end_matches("/s")
-            .trim_end_matches("ps");
-        let lower = b.to_ascii_lowercase();
-        let (num, mult) = [
-            ("gbit", 1e9 / 8.0),
-            ("mbit", 1e6 / 8.0),
-            ("kbit", 1e3 / 8.0),
-            ("gb", 1e9),
-            ("mb", 1e6),
-            ("kb", 1e3),
-            ("b", 1.0),
-        ]
-        .iter()
-        .find_map(|(suffix, m)| {
-            lower
-                .strip_suffix(suffix)
-                .map(|n| (n.trim().to_string(), *m))
-        })
-        .ok_or_else(|| bad(bandwidth, "bandwidth"))?;
-        let bytes_per_s = num
-            .parse::<f64>()
-            .map_err(|_| bad(bandwidth, "bandwidth"))?
-            * mult;
-        let r = rtt.trim().to_ascii_lowercase();
-        let rtt_s = if let Some(v) = r.strip_suffix("ms") {
-            v.trim().parse::<f64>().map(|v| v / 1e3)
-        } else if let Some(v) = r.strip_suffix("us") {
-            v.trim().parse::<f64>().map(|v| v / 1e6)
-        } else if let Some(v) = r.strip_suffix('s') {
-            v.trim().parse::<f64>()
-        } else {
-            // A bare number has no unit: refused rather than guessed.
-            return Err(CostError::Invalid(format!(
-                "RTT {rtt:?} has no unit (write 20ms, 500us or 0.02s)"
-            )));
-        }
-        .map_err(|_| bad(rtt, "RTT"))?;
-        if !(bytes_per_s > 0.0 && rtt_s >= 0.0) {
-            return Err(bad(bandwidth, "bandwidth"));
-        }
-        Ok(Link { bytes_per_s, rtt_s })
-    }
 }
 
 /// Where and when the model was measured.
@@ -262,7 +176,7 @@ impl CostModel {
 }
 
 /// Predicted cost of one description layer (or of the whole network).
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Cost {
     /// Offline seconds.
     pub offline_s: f64,
@@ -451,18 +365,6 @@ impl CostModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn links_parse_in_the_usual_units() {
-        let l = Link::parse("100Mbit", "20ms").unwrap();
-        assert_eq!((l.bytes_per_s, l.rtt_s), (12.5e6, 0.02));
-        assert_eq!(Link::parse("1Gbit", "0.5ms").unwrap().bytes_per_s, 125e6);
-        assert_eq!(Link::parse("500MB/s", "1s").unwrap().bytes_per_s, 500e6);
-        assert!(Link::parse("fast", "20ms").is_err());
-        assert!(Link::parse("10Mbit", "soon").is_err());
-        let e = Link::parse("10Mbit", "20").unwrap_err().to_string();
-        assert!(e.contains("no unit"), "{e}");
-    }
 
     #[test]
     fn affine_fit_goes_through_both_points() {

@@ -194,8 +194,8 @@ impl AesPerm {
 /// correlated OT keys of the truncation need. The one-call alternative,
 /// π(σ(x) ⊕ i) ⊕ σ(x) ⊕ i (σ-MMO with the tweak XORed into the input), is
 /// not TCCR — a tweak and a correlation can cancel — so it is not used; the
-/// second AES call roughly halves the hash's throughput (see the README's
-/// measured garbling rates). The permutation key is drawn fresh for every
+/// second AES call roughly halves the hash's throughput (see
+/// docs/protocol.md's measured garbling rates). The permutation key is drawn fresh for every
 /// garbling session and sent in the clear.
 #[derive(Clone)]
 pub struct TweakHash {

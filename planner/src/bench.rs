@@ -26,10 +26,12 @@ use plotters::style::RGBColor;
 use polars::prelude::*;
 
 use crate::config::{Granularity, PlanConfig, Strategy};
+use crate::engine::VerifyReport;
+use crate::error::Result;
 use crate::measure;
 use crate::policy;
 use crate::report::{self, perr, Final, Mark, Series};
-use crate::search::{self, Evaluation, Outcome, Result};
+use crate::search::{self, Evaluation, Outcome};
 
 /// What the benchmark runs.
 #[derive(Clone, Debug)]
@@ -201,7 +203,7 @@ fn rows_table(rows: &[Row]) -> std::result::Result<DataFrame, PolarsError> {
 pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>> {
     let variants = b.variants();
     if b.thresholds.is_empty() || variants.is_empty() {
-        return Err(search::PlanError::Config(
+        return Err(crate::error::PlanError::Config(
             "the benchmark needs at least one threshold and one strategy".into(),
         ));
     }
@@ -210,7 +212,7 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
     let mut shared = b.plan.clone();
     shared.out = Some(b.out.clone());
     shared.verify = false;
-    let cost_model = search::cost_model_path(&shared, &b.out, say)?;
+    let cost_model = crate::pricing::cost_model_path(&shared, &b.out, say)?;
     shared.cost_model = Some(cost_model.clone());
     let data = search::load_data(&shared)?;
     let device = search::device(&shared)?;
@@ -257,7 +259,7 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
                 t * 100.0
             ))
         ));
-        let o = search::run(&c, quiet, say)?;
+        let o = crate::strategy::run(&c, quiet, say)?;
         outcomes.push((s, t, c, o));
     }
 
@@ -279,7 +281,7 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
     let mut acc: HashMap<PathBuf, (f64, f64)> = HashMap::new();
-    let mut measured: HashMap<PathBuf, serde_json::Value> = HashMap::new();
+    let mut measured: HashMap<PathBuf, VerifyReport> = HashMap::new();
     let mut rows = Vec::new();
     for &t in &b.thresholds {
         for &s in &variants {
@@ -312,15 +314,14 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
                 let is_chosen = chosen.as_ref() == Some(file);
                 if is_chosen && b.verify && !measured.contains_key(file) {
                     say(&format!("delphi verify on {} ({})", e.placement, s.name()));
-                    measured.insert(file.clone(), measure::verify(file, &cost_model)?);
+                    measured.insert(file.clone(), crate::engine::verify(file, &cost_model)?);
                 }
                 let (tf, tx) = acc[file];
-                let m = |k: &str| {
+                let m = |k: fn(&delphi_cost::Cost) -> f64| {
                     measured
                         .get(file)
                         .filter(|_| is_chosen)
-                        .and_then(|v| v["measured"][k].as_f64())
-                        .unwrap_or(f64::NAN)
+                        .map_or(f64::NAN, |v| k(&v.measured))
                 };
                 rows.push(Row {
                     strategy: s.strategy.name().into(),
@@ -338,10 +339,10 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
                     predicted_online_bytes: e.online_bytes,
                     predicted_offline_s: e.offline_s,
                     predicted_offline_bytes: e.offline_bytes,
-                    measured_online_s: m("online_s"),
-                    measured_online_bytes: m("online_bytes"),
-                    measured_offline_s: m("offline_s"),
-                    measured_offline_bytes: m("offline_bytes"),
+                    measured_online_s: m(|c| c.online_s),
+                    measured_online_bytes: m(|c| c.online_bytes),
+                    measured_offline_s: m(|c| c.offline_s),
+                    measured_offline_bytes: m(|c| c.offline_bytes),
                     steps_used: o.steps.0,
                     budget_steps: o.steps.1,
                     file: file
@@ -365,7 +366,7 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
                 let relu_bits = file
                     .as_ref()
                     .and_then(|f| delphi_net::Network::load(f).ok())
-                    .and_then(|n| n.metadata.extra.get("relu_bits").cloned());
+                    .and_then(|n| n.metadata.relu_bits);
                 let (tf, tx) = file
                     .and_then(|f| acc.get(&f).copied())
                     .unwrap_or((f64::NAN, f64::NAN));

@@ -5,34 +5,22 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use delphi_cost::{Bandwidth, Rtt};
 use delphi_train::data::DatasetKind;
+use delphi_train::device::DeviceChoice;
 
-/// What the search minimises (subject to the accuracy threshold).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Objective {
-    /// Predicted online latency (seconds).
-    OnlineTime,
-    /// Predicted online bytes.
-    OnlineBytes,
-    /// Predicted offline (preprocessing) time.
-    OfflineTime,
-    /// A weighted sum: online seconds + bytes/1e8 + offline seconds/10.
-    Mix,
-}
-
-impl std::str::FromStr for Objective {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "online-time" | "latency" => Ok(Objective::OnlineTime),
-            "online-bytes" | "bytes" => Ok(Objective::OnlineBytes),
-            "offline-time" => Ok(Objective::OfflineTime),
-            "mix" => Ok(Objective::Mix),
-            _ => Err(format!(
-                "unknown objective {s:?} (online-time, online-bytes, offline-time, mix)"
-            )),
-        }
+delphi_net::text_enum! {
+    /// What the search minimises (subject to the accuracy threshold).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Objective("objective") {
+        /// Predicted online latency (seconds).
+        OnlineTime = "online-time" | "latency",
+        /// Predicted online bytes.
+        OnlineBytes = "online-bytes" | "bytes",
+        /// Predicted offline (preprocessing) time.
+        OfflineTime = "offline-time",
+        /// A weighted sum: online seconds + bytes/1e8 + offline seconds/10.
+        Mix = "mix",
     }
 }
 
@@ -58,118 +46,53 @@ impl Objective {
     }
 }
 
-/// What a placement chooses: per activation layer, or per channel.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Granularity {
-    /// One choice per activation layer (DELPHI's).
-    #[default]
-    Layer,
-    /// One choice per channel, learned inside each member (a relaxed mask
-    /// whose penalty is weighted by the cost model; `pbt` only).
-    Channel,
-}
-
-impl Granularity {
-    /// The name used on the command line and in tables.
-    pub fn name(self) -> &'static str {
-        match self {
-            Granularity::Layer => "layer",
-            Granularity::Channel => "channel",
-        }
+delphi_net::text_enum! {
+    /// What a placement chooses: per activation layer, or per channel.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub enum Granularity("granularity") {
+        /// One choice per activation layer (DELPHI's).
+        #[default]
+        Layer = "layer",
+        /// One choice per channel, learned inside each member (a relaxed mask
+        /// whose penalty is weighted by the cost model; `pbt` only).
+        Channel = "channel",
     }
 }
 
-impl std::str::FromStr for Granularity {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "layer" => Ok(Granularity::Layer),
-            "channel" => Ok(Granularity::Channel),
-            _ => Err(format!("unknown granularity {s:?} (layer, channel)")),
-        }
+delphi_net::text_enum! {
+    /// How the bits of each ReLU's garbled circuit are chosen.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub enum ReluBitsMode("ReLU bits") {
+        /// Per layer, the narrowest reduced-ReLU window that holds the ReLU
+        /// inputs the network sees on training images (twice the largest, low
+        /// bit at the truncation, so exact inside), kept only when the
+        /// fixed-point validation accuracy stays within
+        /// [`RELU_BITS_TOLERANCE`] of the full-width network's.
+        #[default]
+        Auto = "auto",
+        /// The exact 41-bit circuit everywhere.
+        Full = "full",
     }
-}
-
-/// How the bits of each ReLU's garbled circuit are chosen.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ReluBitsMode {
-    /// Per layer, the narrowest reduced-ReLU window that holds the ReLU
-    /// inputs the network sees on training images (twice the largest, low
-    /// bit at the truncation, so exact inside), kept only when the
-    /// fixed-point validation accuracy stays within
-    /// [`RELU_BITS_TOLERANCE`] of the full-width network's.
-    #[default]
-    Auto,
-    /// The exact 41-bit circuit everywhere.
-    Full,
 }
 
 /// Largest validation-accuracy loss (fraction) that reduced ReLU windows
 /// may cost against the same network with full-width ReLUs.
 pub const RELU_BITS_TOLERANCE: f64 = 0.003;
 
-impl ReluBitsMode {
-    /// The name used on the command line and in tables.
-    pub fn name(self) -> &'static str {
-        match self {
-            ReluBitsMode::Auto => "auto",
-            ReluBitsMode::Full => "full",
-        }
-    }
-}
-
-impl std::str::FromStr for ReluBitsMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(ReluBitsMode::Auto),
-            "full" => Ok(ReluBitsMode::Full),
-            _ => Err(format!("unknown ReLU bits {s:?} (auto, full)")),
-        }
-    }
-}
-
-/// How placements are searched (every strategy gets the same training
-/// budget and cost model).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Strategy {
-    /// Our population-based search scored by the cost model.
-    #[default]
-    Pbt,
-    /// DELPHI's published planner (fixed counts, random placements,
-    /// accuracy × (1 + replaced ReLU fraction)).
-    Delphi,
-    /// Make quadratic, one at a time, the layer that loses the least
-    /// accuracy per unit of predicted saving.
-    Greedy,
-}
-
-impl Strategy {
-    /// Every strategy, in the order the benchmark runs them.
-    pub const ALL: [Strategy; 3] = [Strategy::Pbt, Strategy::Delphi, Strategy::Greedy];
-
-    /// The name used on the command line and in tables.
-    pub fn name(self) -> &'static str {
-        match self {
-            Strategy::Pbt => "pbt",
-            Strategy::Delphi => "delphi",
-            Strategy::Greedy => "greedy",
-        }
-    }
-}
-
-impl std::str::FromStr for Strategy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "pbt" => Ok(Strategy::Pbt),
-            "delphi" => Ok(Strategy::Delphi),
-            "greedy" => Ok(Strategy::Greedy),
-            _ => Err(format!("unknown strategy {s:?} (pbt, delphi, greedy)")),
-        }
+delphi_net::text_enum! {
+    /// How placements are searched (every strategy gets the same training
+    /// budget and cost model).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub enum Strategy("strategy") {
+        /// Our population-based search scored by the cost model.
+        #[default]
+        Pbt = "pbt",
+        /// DELPHI's published planner (fixed counts, random placements,
+        /// accuracy × (1 + replaced ReLU fraction)).
+        Delphi = "delphi",
+        /// Make quadratic, one at a time, the layer that loses the least
+        /// accuracy per unit of predicted saving.
+        Greedy = "greedy",
     }
 }
 
@@ -216,14 +139,15 @@ pub struct PlanConfig {
     pub budget_minutes: Option<f64>,
     /// What to minimise.
     pub objective: Objective,
-    /// Link bandwidth for the cost model (e.g. "100Mbit"; default loopback).
-    pub bandwidth: Option<String>,
+    /// Link bandwidth for the cost model (e.g. "100Mbit", "12.5MB/s";
+    /// default: the loopback link the model was measured on).
+    pub bandwidth: Option<Bandwidth>,
     /// Link round-trip time (e.g. "20ms").
-    pub rtt: Option<String>,
+    pub rtt: Option<Rtt>,
     /// Cost model file (default results/cost-model.json; calibrated quickly if missing).
     pub cost_model: Option<PathBuf>,
-    /// Compute device (cpu, wgpu, cuda).
-    pub device: String,
+    /// Compute device (cpu, wgpu, cuda or cuda:N).
+    pub device: DeviceChoice,
     /// Images per step.
     pub batch_size: usize,
     /// Use only the first N training images.
@@ -238,6 +162,16 @@ pub struct PlanConfig {
     pub out: Option<PathBuf>,
     /// Run the chosen plan through the protocol engine at the end.
     pub verify: bool,
+}
+
+/// A threshold as a run folder names it: the percentage with as many
+/// decimals as it has (0.88 → `88`, 0.885 → `88.5`, 0.8875 → `88.75`), so
+/// that distinct thresholds never share a folder (to a millionth of a
+/// point; validation accuracy on 5,000 images moves in steps of 0.02).
+pub fn threshold_label(accuracy: f64) -> String {
+    let s = format!("{:.6}", accuracy * 100.0);
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    s.to_string()
 }
 
 /// Epochs each member trains by default: 4, and 2 for `resnet14`, whose
@@ -275,7 +209,7 @@ impl Default for PlanConfig {
             bandwidth: None,
             rtt: None,
             cost_model: None,
-            device: "cpu".into(),
+            device: DeviceChoice::Cpu,
             batch_size: 64,
             train_limit: None,
             valid_size: 5000,
@@ -322,10 +256,10 @@ impl PlanConfig {
                 strategy += "-full-relu";
             }
             format!(
-                "{}-{}-{:.0}{strategy}",
+                "{}-{}-{}{strategy}",
                 self.dataset.name(),
                 self.arch_label(),
-                self.accuracy * 100.0
+                threshold_label(self.accuracy)
             )
         })
     }
@@ -341,11 +275,12 @@ impl PlanConfig {
             .unwrap_or((self.population * self.epochs()) as f64)
     }
 
-    /// The run folder.
+    /// The run folder (default `<results>/plan/<name>`; see
+    /// [`delphi_net::paths`]).
     pub fn out(&self) -> PathBuf {
         self.out
             .clone()
-            .unwrap_or_else(|| Path::new("results/plan").join(self.name()))
+            .unwrap_or_else(|| delphi_net::paths::results_path("plan").join(self.name()))
     }
 
     /// Checks the settings.
@@ -379,10 +314,14 @@ impl PlanConfig {
         if self.bandwidth.is_some() != self.rtt.is_some() {
             return Err("give both bandwidth and rtt, or neither".into());
         }
-        if let (Some(b), Some(r)) = (&self.bandwidth, &self.rtt) {
-            delphi_cost::Link::parse(b, r).map_err(|e| e.to_string())?;
-        }
         Ok(())
+    }
+
+    /// Checks what this build and machine must provide to run it: the
+    /// compute device (a GPU one needs the binary built with its feature).
+    /// The planner calls it before it makes any folder.
+    pub fn check_runnable(&self) -> Result<(), String> {
+        self.device.device().map(|_| ()).map_err(|e| e.to_string())
     }
 }
 
@@ -446,6 +385,45 @@ mod tests {
         assert_eq!(f.experiment[0].dataset, DatasetKind::FashionMnist);
         let f = load_text("[[experiment]]\naccuracy = 0.9\ndataset = \"CIFAR-10\"\n").unwrap();
         assert_eq!(f.experiment[0].dataset, DatasetKind::Cifar10);
+    }
+
+    #[test]
+    fn distinct_thresholds_name_distinct_folders() {
+        assert_eq!(threshold_label(0.88), "88");
+        assert_eq!(threshold_label(0.885), "88.5");
+        assert_eq!(threshold_label(0.8875), "88.75");
+        assert_eq!(threshold_label(0.9), "90");
+        let mut a = PlanConfig::default();
+        let mut b = PlanConfig::default();
+        a.accuracy = 0.88;
+        b.accuracy = 0.885;
+        assert_ne!(a.name(), b.name());
+        assert!(a.name().ends_with("-88"), "{}", a.name());
+    }
+
+    #[test]
+    fn toml_takes_every_command_line_spelling() {
+        // The same FromStr parses flags and files: `latency` is the
+        // command line's alias of online-time, and works in a file too.
+        let f = load_text(
+            "[[experiment]]\naccuracy = 0.9\nobjective = \"latency\"\nbandwidth = \"100Mbps\"\n\
+             rtt = \"20ms\"\ndevice = \"cpu\"\n",
+        )
+        .unwrap();
+        let e = &f.experiment[0];
+        assert_eq!(e.objective, Objective::OnlineTime);
+        assert_eq!(e.bandwidth.map(|b| b.as_bytes_per_s()), Some(12.5e6));
+        let err = load_text("[[experiment]]\naccuracy = 0.9\nbandwidth = \"100\"\nrtt = \"1ms\"\n")
+            .unwrap_err();
+        assert!(err.contains("no unit"), "{err}");
+        let err = load_text("[[experiment]]\naccuracy = 0.9\ndevice = \"tpu\"\n").unwrap_err();
+        assert!(err.contains("unknown device"), "{err}");
+        // A GPU device parses everywhere and is refused where it is not built in.
+        let f = load_text("[[experiment]]\naccuracy = 0.9\ndevice = \"cuda\"\n").unwrap();
+        if !cfg!(feature = "cuda") {
+            let err = f.experiment[0].check_runnable().unwrap_err();
+            assert!(err.contains("not compiled in"), "{err}");
+        }
     }
 
     #[test]

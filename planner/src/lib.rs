@@ -8,8 +8,14 @@
 
 pub mod bench;
 pub mod config;
+pub mod engine;
+pub mod error;
 pub mod measure;
 pub mod policy;
+pub mod pricing;
 pub mod report;
 pub mod search;
 pub mod strategy;
+pub mod windows;
+
+pub use error::{PlanError, Result};

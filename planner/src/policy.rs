@@ -276,6 +276,23 @@ pub fn greedy_steps(layers: usize, budget: usize) -> usize {
     (budget / units.max(1)).max(1)
 }
 
+/// Where a greedy search is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GreedyState {
+    /// The plan accepted so far.
+    pub accepted: Placement,
+    /// Its validation accuracy.
+    pub accuracy: f64,
+    /// Its cost (the objective).
+    pub cost: f64,
+    /// Round (from 1).
+    pub round: usize,
+    /// Probes finished this round.
+    pub probes: Vec<Probe>,
+    /// Why the rounds ended, once they have.
+    pub stopped: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

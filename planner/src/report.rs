@@ -12,10 +12,12 @@ use std::path::Path;
 use plotters::prelude::*;
 use polars::prelude::*;
 
-use crate::search::{Evaluation, Outcome, PlanError, Result};
+use crate::engine::VerifyReport;
+use crate::error::{PlanError, Result};
+use crate::search::{Evaluation, Outcome};
 
 pub(crate) fn perr(path: &Path, e: impl std::fmt::Display) -> PlanError {
-    crate::search::file_err(path, e.to_string())
+    crate::error::file_err(path, e.to_string())
 }
 
 /// The evaluations as a polars table.
@@ -234,13 +236,13 @@ pub struct Final {
     pub quads: usize,
     /// Activation layers.
     pub layers: usize,
-    /// `delphi verify`-style measurement, if asked: (predicted, measured) JSON.
-    pub verify: Option<serde_json::Value>,
+    /// `delphi verify --compare-cost`'s measurement, if asked.
+    pub verify: Option<VerifyReport>,
     /// Wall time of the whole run, seconds.
     pub seconds: f64,
     /// The plan's reduced-ReLU windows and the accuracy check that kept
     /// them (`--relu-bits auto`), from its metadata.
-    pub relu_bits: Option<serde_json::Value>,
+    pub relu_bits: Option<delphi_net::window::WindowChoice>,
 }
 
 /// Writes members.csv, pareto.csv/.parquet, pareto.svg and summary.md.
@@ -338,31 +340,24 @@ pub fn write(out: &Path, c: &crate::config::PlanConfig, o: &Outcome, fin: &Final
         ),
         (None, None) => md += "**No plan was evaluated.**\n\n",
     }
-    if let Some(w) = fin
-        .relu_bits
-        .as_ref()
-        .filter(|w| w["valid_images"].as_u64().is_none())
-    {
+    if let Some(w) = fin.relu_bits.as_ref().filter(|w| w.valid_images.is_none()) {
         md += &format!(
             "ReLU circuits (`--relu-bits {}`): {}.\n\n",
             c.relu_bits.name(),
-            w["windows"].as_str().unwrap_or("-")
+            w.windows
         );
     } else if let Some(w) = &fin.relu_bits {
-        let acc = |k: &str| {
-            w[k].as_f64()
-                .map_or("-".into(), |a| format!("{:.2} %", a * 100.0))
-        };
+        let acc = |a: Option<f64>| a.map_or("-".into(), |a| format!("{:.2} %", a * 100.0));
         md += &format!(
             "ReLU circuits (`--relu-bits {}`): per layer `{}` (layer:lo..hi: the garbled circuit \
              sees bits lo..hi of the ReLU input; `full`: all 41). Fixed-point validation accuracy \
              on {} images: {} with these windows, {} at full width. Costs above are priced with \
              them, the all-ReLU figure with the base network's.\n\n",
             c.relu_bits.name(),
-            w["windows"].as_str().unwrap_or("-"),
-            w["valid_images"].as_u64().unwrap_or(0),
-            acc("fixed_valid_accuracy_reduced"),
-            acc("fixed_valid_accuracy_full"),
+            w.windows,
+            w.valid_images.unwrap_or(0),
+            acc(w.fixed_valid_accuracy_reduced),
+            acc(w.fixed_valid_accuracy_full),
         );
     }
     if let Some(e) = o.chosen.as_ref().or(o.closest.as_ref()) {
@@ -419,14 +414,13 @@ pub fn write(out: &Path, c: &crate::config::PlanConfig, o: &Outcome, fin: &Final
     if let Some(v) = &fin.verify {
         md += "\nProtocol check (`--verify`, `delphi verify --compare-cost`):\n\n\
                | | offline s | online s | offline MB | online MB |\n|---|---|---|---|---|\n";
-        for side in ["predicted", "measured"] {
-            let g = |k: &str| v[side][k].as_f64().unwrap_or(f64::NAN);
+        for (side, c) in [("predicted", &v.predicted), ("measured", &v.measured)] {
             md += &format!(
                 "| {side} | {:.3} | {:.4} | {:.2} | {:.3} |\n",
-                g("offline_s"),
-                g("online_s"),
-                g("offline_bytes") / 1e6,
-                g("online_bytes") / 1e6
+                c.offline_s,
+                c.online_s,
+                c.offline_bytes / 1e6,
+                c.online_bytes / 1e6
             );
         }
     }

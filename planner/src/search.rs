@@ -22,65 +22,26 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::Device;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
 use delphi_cost::{Cost, CostModel, Link};
-use delphi_net::{FixedProgram, Network, Placement, WeightStorage};
+use delphi_net::window::WindowChoice;
+use delphi_net::{Network, Placement, WeightStorage};
 use delphi_train::arch;
-use delphi_train::data::{self, Dataset};
-use delphi_train::device::DeviceChoice;
-use delphi_train::train::{Distill, Gates, Swap, TrainConfig, Trainer};
+use delphi_train::config::{Distill, Gates, Swap, TrainConfig};
+use delphi_train::data::Dataset;
+use delphi_train::train::Trainer;
 
-use crate::config::{Granularity, PlanConfig, ReluBitsMode, Strategy, RELU_BITS_TOLERANCE};
+use crate::config::{Granularity, PlanConfig, ReluBitsMode, Strategy};
+use crate::error::{file_err, PlanError, Result};
 use crate::policy::{self, Genome};
-
-/// Errors of the planner.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PlanError {
-    /// Training failed.
-    #[error(transparent)]
-    Train(#[from] delphi_train::train::TrainError),
-    /// Data could not be read.
-    #[error(transparent)]
-    Data(#[from] delphi_train::data::DataError),
-    /// The cost model failed.
-    #[error(transparent)]
-    Cost(#[from] delphi_cost::CostError),
-    /// A network description problem.
-    #[error(transparent)]
-    Net(#[from] delphi_net::NetError),
-    /// Files of the run.
-    #[error("file {path}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// A bad setting.
-    #[error("{0}")]
-    Config(String),
-}
-
-/// Result alias of the planner.
-pub type Result<T> = std::result::Result<T, PlanError>;
-
-pub(crate) fn file_err(
-    path: &Path,
-    e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-) -> PlanError {
-    PlanError::File {
-        path: path.to_path_buf(),
-        source: e.into(),
-    }
-}
+use crate::pricing::{cost_model_path, relu_channel_percent, Pricing};
+use crate::windows::{choose_relu_windows, RELU_BITS_IMAGES};
 
 /// One evaluation of one member (a row of `members.csv`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -155,7 +116,7 @@ pub(crate) enum Progress {
         genomes: Vec<Genome>,
     },
     /// The greedy rule.
-    Greedy(crate::strategy::greedy::GreedyState),
+    Greedy(crate::policy::GreedyState),
     /// Finished.
     Done,
 }
@@ -224,106 +185,14 @@ impl Outcome {
 
 /// Loads the dataset the configuration names.
 pub fn load_data(c: &PlanConfig) -> Result<Dataset> {
-    let mut d = data::load(c.dataset, c.data_dir.as_deref(), c.valid_size, c.seed)?;
-    if let Some(n) = c.train_limit {
-        d.train = d.train.take(n);
-    }
-    if let Some(n) = c.test_limit {
-        d.test = d.test.take(n);
-    }
-    Ok(d)
+    Ok(base_train_config(c).load_data()?)
 }
 
 /// The compute device the configuration names.
 pub fn device(c: &PlanConfig) -> Result<Device> {
-    let choice: DeviceChoice = c.device.parse().map_err(PlanError::Config)?;
-    choice
+    c.device
         .device()
         .map_err(|e| PlanError::Config(e.to_string()))
-}
-
-/// The `delphi` command (protocol side): next to this executable, else on
-/// the PATH. The planner does not link the protocol engine itself (SEAL and
-/// polars both bundle zstd and cannot share one binary), so it calibrates
-/// and verifies through `delphi`.
-pub fn delphi_command() -> std::process::Command {
-    let local = std::env::current_exe()
-        .ok()
-        .map(|p| p.with_file_name("delphi"))
-        .filter(|p| p.is_file());
-    std::process::Command::new(local.unwrap_or_else(|| PathBuf::from("delphi")))
-}
-
-/// Where the cost model is: `--cost-model`, else results/cost-model.json,
-/// else one calibrated (quickly, with `delphi cost calibrate`) into `out`.
-pub fn cost_model_path(c: &PlanConfig, out: &Path, say: &dyn Fn(&str)) -> Result<PathBuf> {
-    let path = c
-        .cost_model
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("results/cost-model.json"));
-    if path.is_file() {
-        let differs = CostModel::load(&path)
-            .ok()
-            .and_then(|m| m.provenance.differs_from_here());
-        match differs {
-            None => return Ok(path),
-            // The user's own model: used as given, with a warning.
-            Some(why) if c.cost_model.is_some() => {
-                say(&format!("warning: {why}"));
-                return Ok(path);
-            }
-            // The default model from another machine: recalibrated here.
-            Some(why) => {
-                let local = out.join("cost-model.json");
-                let local_ok = CostModel::load(&local)
-                    .ok()
-                    .is_some_and(|m| m.provenance.differs_from_here().is_none());
-                if local_ok {
-                    return Ok(local);
-                }
-                say(&format!("{why}; calibrating (quick) for this run"));
-                return calibrate_into(out, &local);
-            }
-        }
-    }
-    if c.cost_model.is_some() {
-        return Err(PlanError::Config(format!(
-            "no cost model at {} (run `delphi cost calibrate --out {}`)",
-            path.display(),
-            path.display()
-        )));
-    }
-    let local = out.join("cost-model.json");
-    if local.is_file() {
-        return Ok(local);
-    }
-    say(&format!(
-        "no cost model at {}: calibrating (quick) into {}",
-        path.display(),
-        local.display()
-    ));
-    calibrate_into(out, &local)
-}
-
-/// Runs a quick `delphi cost calibrate` into `local` (in the run folder `out`).
-fn calibrate_into(out: &Path, local: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(out).map_err(|e| file_err(out, e))?;
-    let status = delphi_command()
-        .args(["cost", "calibrate", "--quick", "--out"])
-        .arg(local)
-        .status()
-        .map_err(|e| {
-            PlanError::Config(format!(
-                "running `delphi cost calibrate` ({e}); build it with `cargo build --release -p delphi-cli` \
-                 or pass --cost-model"
-            ))
-        })?;
-    if !status.success() {
-        return Err(PlanError::Config(format!(
-            "`delphi cost calibrate` failed ({status})"
-        )));
-    }
-    Ok(local.to_path_buf())
 }
 
 /// The all-ReLU base of a search.
@@ -346,6 +215,7 @@ fn base_train_config(c: &PlanConfig) -> TrainConfig {
     t.seed = c.seed;
     t.train_limit = c.train_limit;
     t.valid_size = c.valid_size;
+    t.test_limit = c.test_limit;
     t
 }
 
@@ -397,270 +267,6 @@ pub fn prepare_base(
         net.save(&plan, WeightStorage::Sidecar)?;
     }
     Ok(Base { plan, given, notes })
-}
-
-/// Prices placements of one architecture.
-pub(crate) struct Pricing {
-    pub model: CostModel,
-    pub link: Option<Link>,
-    template: Network,
-    /// ReLU activations (elements) of each activation layer.
-    pub layer_relus: Vec<usize>,
-    /// Reduced-ReLU windows (description layer, window) that every priced
-    /// placement gets on its ReLU layers: the base network's
-    /// (`--relu-bits auto`), or none.
-    pub windows: Vec<(usize, Option<delphi_crypto::relu::ReluBits>)>,
-}
-
-impl Pricing {
-    fn new(model: CostModel, link: Option<Link>, base: &Network) -> Result<Pricing> {
-        let shapes = base.validate()?;
-        let layer_relus = base
-            .activation_layers()
-            .iter()
-            .map(|&i| shapes[i].len())
-            .collect();
-        Ok(Pricing {
-            model,
-            link,
-            template: base.architecture_only(),
-            layer_relus,
-            windows: Vec::new(),
-        })
-    }
-
-    /// Predicted cost of a network's architecture as it stands (its own
-    /// activations and ReLU windows).
-    pub fn price_net(&self, net: &Network) -> Result<Cost> {
-        let prog = FixedProgram::lower(&net.architecture_only())?;
-        Ok(self.model.predict(&prog, self.link.as_ref()).total)
-    }
-
-    /// Predicted cost of a per-channel placement (per activation layer, a
-    /// mask with `true` for ReLU channels; `None` or missing: the layer's
-    /// `placement` entry decides).
-    pub fn price_masks(&self, p: &Placement, masks: &[Option<Vec<bool>>]) -> Result<Cost> {
-        let mut net = self.template.clone();
-        p.apply(&mut net)?;
-        apply_masks(&mut net, masks);
-        for &(layer, bits) in &self.windows {
-            if let Some(l) = net.layers.get_mut(layer).filter(|l| l.has_relu()) {
-                l.relu_bits = bits;
-            }
-        }
-        if net.layers.iter().any(|l| l.relu_bits.is_some()) {
-            net.version = net.version.max(3);
-        }
-        let prog = FixedProgram::lower(&net)?;
-        Ok(self.model.predict(&prog, self.link.as_ref()).total)
-    }
-
-    /// ReLU activations left under a per-channel placement.
-    pub fn relus_masks(&self, p: &Placement, masks: &[Option<Vec<bool>>]) -> usize {
-        self.layer_relus
-            .iter()
-            .enumerate()
-            .map(|(k, &n)| match masks.get(k) {
-                Some(Some(m)) if !m.is_empty() => n / m.len() * m.iter().filter(|&&r| r).count(),
-                _ if p.is_quad(k) => 0,
-                _ => n,
-            })
-            .sum()
-    }
-
-    /// Per activation layer: what turning one of its channels quadratic
-    /// saves under `objective` (the layer made quadratic, the others ReLU,
-    /// against all-ReLU, divided by its channels).
-    pub fn channel_savings(&self, objective: crate::config::Objective) -> Result<Vec<f64>> {
-        let layers = self.layer_relus.len();
-        let all = objective.of(&self.price(&Placement::all_relu(layers))?);
-        let shapes = self.template.validate()?;
-        let acts = self.template.activation_layers();
-        (0..layers)
-            .map(|k| {
-                let mut p = Placement::all_relu(layers);
-                p.set(k, true);
-                let one = objective.of(&self.price(&p)?);
-                let channels = shapes[acts[k]].channels.max(1) as f64;
-                Ok(((all - one) / channels).max(0.0))
-            })
-            .collect()
-    }
-
-    /// Predicted cost of a placement.
-    pub fn price(&self, p: &Placement) -> Result<Cost> {
-        self.price_masks(p, &[])
-    }
-
-    /// ReLU activations left under a placement.
-    pub fn relus(&self, p: &Placement) -> usize {
-        self.relus_masks(p, &[])
-    }
-}
-
-/// Makes the activation layers with a mask mixed (ReLU where `true`), with
-/// the default quadratic on the others; all-ReLU and all-quadratic masks
-/// give plain layers. Only the architecture matters (pricing).
-pub(crate) fn apply_masks(net: &mut Network, masks: &[Option<Vec<bool>>]) {
-    use delphi_net::{Activation, Op};
-    let acts = net.activation_layers();
-    for (k, &i) in acts.iter().enumerate() {
-        let Some(Some(m)) = masks.get(k) else {
-            continue;
-        };
-        let n = m.len();
-        let Activation::Quad { a, b, c } = Activation::DEFAULT_QUAD else {
-            continue;
-        };
-        net.layers[i].op = Op::Activation(if m.iter().all(|&r| r) {
-            Activation::Relu
-        } else if m.iter().all(|&r| !r) {
-            Activation::DEFAULT_QUAD
-        } else {
-            Activation::Mixed {
-                relu: m.clone(),
-                a: vec![a; n],
-                b: vec![b; n],
-                c: vec![c; n],
-            }
-        });
-    }
-    if acts.iter().any(|&i| {
-        matches!(
-            net.layers[i].op,
-            Op::Activation(delphi_net::Activation::Mixed { .. })
-        )
-    }) {
-        net.version = net.version.max(2);
-    }
-}
-
-/// Per activation layer, the percentage of channels that keep ReLU.
-pub fn relu_channel_percent(masks: &[Option<Vec<bool>>], p: &Placement) -> String {
-    masks
-        .iter()
-        .enumerate()
-        .map(|(k, m)| match m {
-            Some(m) if !m.is_empty() => {
-                let pct = 100.0 * m.iter().filter(|&&r| r).count() as f64 / m.len() as f64;
-                format!("{pct:.0}")
-            }
-            _ if p.is_quad(k) => "0".into(),
-            _ => "100".into(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn bar_style(template: &str) -> ProgressStyle {
-    ProgressStyle::with_template(template)
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ")
-}
-
-/// Training images whose ReLU inputs size the reduced-ReLU windows.
-pub const RELU_BITS_IMAGES: usize = 2000;
-/// Validation images on which reduced windows must keep the accuracy.
-pub const RELU_BITS_VALID_IMAGES: usize = 2000;
-
-type Windows = Vec<(usize, Option<delphi_crypto::relu::ReluBits>)>;
-
-/// Gives a trained `net` its own reduced-ReLU windows (`--relu-bits auto`):
-/// per layer the narrowest window holding twice the largest ReLU input seen
-/// on [`RELU_BITS_IMAGES`] training images (else eight times), low bit at
-/// the truncation; then the low bit raised for every layer together, one
-/// bit at a time (at most four), while the accuracy holds. A choice is
-/// kept when the fixed-point accuracy on the first
-/// [`RELU_BITS_VALID_IMAGES`] validation images — every ReLU giving the
-/// protocol's result in distribution, paired on the same images — stays
-/// within [`RELU_BITS_TOLERANCE`] of the full-width network's; with no
-/// such choice the network keeps full-width ReLUs. Returns what was
-/// decided (for the plan's metadata).
-pub fn choose_relu_windows(
-    net: &mut Network,
-    data: &Dataset,
-    say: &dyn Fn(&str),
-) -> Result<serde_json::Value> {
-    use delphi_train::train::{fixed_accuracy, relu_input_peaks, windows_from_peaks};
-    if !net.layers.iter().any(|l| l.has_relu()) {
-        return Ok(serde_json::json!({
-            "mode": "auto",
-            "windows": "none (no ReLU layers)",
-        }));
-    }
-    let n = data.valid.len().min(RELU_BITS_VALID_IMAGES);
-    let valid = data.valid.select(&(0..n).collect::<Vec<_>>());
-    let full = fixed_accuracy(net, &valid)?;
-    say(&format!(
-        "full-width ReLUs: fixed-point validation accuracy {:.2} % on {n} images",
-        full * 100.0
-    ));
-    let try_windows = |w: &Windows| -> Result<Option<(Network, f64)>> {
-        let mut cand = net.clone();
-        delphi_net::window::set_windows(&mut cand, w)?;
-        let acc = fixed_accuracy(&cand, &valid)?;
-        say(&format!(
-            "windows {}: {:.2} %",
-            describe_windows(w),
-            acc * 100.0
-        ));
-        Ok((acc >= full - RELU_BITS_TOLERANCE).then_some((cand, acc)))
-    };
-    let peaks = relu_input_peaks(net, &data.train, RELU_BITS_IMAGES)?;
-    for margin in [2.0, 8.0] {
-        let w = windows_from_peaks(&peaks, margin);
-        if w.iter().all(|(_, b)| b.is_none()) {
-            break;
-        }
-        let Some(mut best) = try_windows(&w)?.map(|(c, a)| (w.clone(), c, a)) else {
-            continue;
-        };
-        for extra in 1..=4u32 {
-            let coarser: Windows = w
-                .iter()
-                .map(|&(l, b)| {
-                    let b = b.map(|b| delphi_crypto::relu::ReluBits {
-                        lo: b.lo + extra,
-                        hi: b.hi,
-                    });
-                    // A window that cannot drop more bits keeps the last one.
-                    let prev = best.0.iter().find(|(pl, _)| *pl == l).and_then(|x| x.1);
-                    (l, b.filter(|b| b.lo + 2 <= b.hi).or(prev))
-                })
-                .collect();
-            match try_windows(&coarser)? {
-                Some((c, a)) => best = (coarser, c, a),
-                None => break,
-            }
-        }
-        let (w, cand, acc) = best;
-        *net = cand;
-        return Ok(serde_json::json!({
-            "mode": "auto",
-            "margin": margin,
-            "windows": describe_windows(&w),
-            "fixed_valid_accuracy_full": full,
-            "fixed_valid_accuracy_reduced": acc,
-            "valid_images": n,
-        }));
-    }
-    Ok(serde_json::json!({
-        "mode": "auto",
-        "windows": "full (no window kept the accuracy: every layer keeps the 41-bit circuit)",
-        "fixed_valid_accuracy_full": full,
-        "valid_images": n,
-    }))
-}
-
-/// `layer:lo..hi` per window (`full` where none), space separated.
-pub fn describe_windows(w: &[(usize, Option<delphi_crypto::relu::ReluBits>)]) -> String {
-    w.iter()
-        .map(|(l, b)| match b {
-            Some(b) => format!("{l}:{b}"),
-            None => format!("{l}:full"),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Per-channel placement: the fraction of a member's run by which its mask
@@ -715,6 +321,7 @@ impl<'a> Search<'a> {
     /// data and cost model and makes the base network.
     pub fn open(c: &PlanConfig, quiet: bool, say: &'a dyn Fn(&str)) -> Result<Search<'a>> {
         c.check().map_err(PlanError::Config)?;
+        c.check_runnable().map_err(PlanError::Config)?;
         let started = Instant::now();
         let out = c.out();
         std::fs::create_dir_all(&out).map_err(|e| file_err(&out, e))?;
@@ -732,7 +339,7 @@ impl<'a> Search<'a> {
         ));
         let model = CostModel::load(&cost_model_path(c, &out, say)?)?;
         let link = match (&c.bandwidth, &c.rtt) {
-            (Some(b), Some(r)) => Some(Link::parse(b, r)?),
+            (Some(b), Some(r)) => Some(Link::new(*b, *r)),
             _ => None,
         };
 
@@ -742,11 +349,15 @@ impl<'a> Search<'a> {
         let base_net = Network::load(&base_plan)?;
         let mut pricing = Pricing::new(model, link, &base_net)?;
         if c.relu_bits == ReluBitsMode::Auto {
-            pricing.windows =
-                delphi_train::train::relu_windows(&base_net, &data.train, RELU_BITS_IMAGES, 2.0)?;
+            pricing.windows = delphi_train::evaluate::relu_windows(
+                &base_net,
+                &data.train,
+                RELU_BITS_IMAGES,
+                2.0,
+            )?;
             say(&format!(
                 "ReLU windows of the base (priced for every placement; each plan gets its own): {}",
-                describe_windows(&pricing.windows)
+                delphi_net::window::describe_windows(&pricing.windows)
             ));
             if !pricing.model.has_reduced_relus() {
                 notes.push(
@@ -826,7 +437,7 @@ impl<'a> Search<'a> {
                 return Err(PlanError::Config(format!(
                     "{} holds a search with another configuration ({}); use another --out or delete it",
                     out.display(),
-                    delphi_train::train::config_changes(&st.config, c).join("; ")
+                    delphi_train::config::config_changes(&st.config, c).join("; ")
                 )));
             }
             (st, true)
@@ -850,13 +461,11 @@ impl<'a> Search<'a> {
             .append(true)
             .open(&lineage_path)
             .map_err(|e| file_err(&lineage_path, e))?;
-        let bar = ProgressBar::new(budget as u64);
-        if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            bar.set_draw_target(ProgressDrawTarget::hidden());
-        }
-        bar.set_style(bar_style(
+        let bar = delphi_train::progress::progress_bar(
+            budget as u64,
             "search [{bar:30}] {percent:>3}% of the training budget ({elapsed} elapsed, ~{eta} left)  {msg}",
-        ));
+            quiet,
+        );
         bar.set_position(st.steps as u64);
         Ok(Search {
             c: c.clone(),
@@ -898,7 +507,7 @@ impl<'a> Search<'a> {
         t.init = Some(self.base_plan.clone());
         t.steps = Some(steps.max(1));
         t.epochs = steps.max(1).div_ceil(self.steps_per_epoch.max(1));
-        t.activations = Some(g.placement.to_string());
+        t.placement = Some(g.placement.clone());
         t.lr = g.lr;
         t.momentum = g.momentum;
         t.weight_decay = g.weight_decay;
@@ -917,7 +526,7 @@ impl<'a> Search<'a> {
         if self.c.granularity == Granularity::Channel {
             // Every layer starts ReLU; the mask is learned per channel.
             let relu_cost = self.c.objective.of(&self.relu_cost);
-            t.activations = None;
+            t.placement = None;
             t.swap = None;
             t.gates = Some(Gates {
                 budget: g.budget * relu_cost,
@@ -1048,7 +657,7 @@ impl<'a> Search<'a> {
             ReluBitsMode::Auto => Some(self.choose_windows(&mut net)?),
             ReluBitsMode::Full => None,
         };
-        delphi_train::train::record_ranges(&mut net, &self.data.train, 64)?;
+        delphi_train::evaluate::record_ranges(&mut net, &self.data.train, 64)?;
         let prog = delphi_net::FixedProgram::lower(&net)?;
         if let Err(why) = delphi_net::range::analyse_network(&net, &prog)?.check() {
             self.say(&format!(
@@ -1061,7 +670,7 @@ impl<'a> Search<'a> {
         let cost = self.pricing.price_net(&net)?;
         net.metadata.predicted_cost = serde_json::to_value(cost).ok();
         if let Some(w) = windows {
-            net.metadata.extra.insert("relu_bits".into(), w);
+            net.metadata.relu_bits = Some(w);
         }
         net.metadata
             .extra
@@ -1101,7 +710,7 @@ impl<'a> Search<'a> {
         Ok(())
     }
 
-    fn choose_windows(&self, net: &mut Network) -> Result<serde_json::Value> {
+    fn choose_windows(&self, net: &mut Network) -> Result<WindowChoice> {
         choose_relu_windows(net, &self.data, &|_| {})
     }
 
@@ -1185,26 +794,4 @@ impl<'a> Search<'a> {
             notes: self.notes,
         })
     }
-}
-
-/// Runs (or resumes) the search the configuration describes.
-pub fn run(c: &PlanConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Outcome> {
-    let mut s = Search::open(c, quiet, say)?;
-    if matches!(s.st.progress, Progress::Done) {
-        s.say("the search had finished; rewriting its outputs");
-        return s.finish();
-    }
-    if s.resumed {
-        let at = s.st.evaluations.len();
-        s.say(&format!(
-            "resuming after {at} evaluations ({} of {} training steps used)",
-            s.st.steps, s.budget
-        ));
-    }
-    match c.strategy {
-        Strategy::Pbt => crate::strategy::pbt::run(&mut s)?,
-        Strategy::Delphi => crate::strategy::delphi::run(&mut s)?,
-        Strategy::Greedy => crate::strategy::greedy::run(&mut s)?,
-    }
-    s.finish()
 }

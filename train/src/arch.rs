@@ -15,7 +15,7 @@ use delphi_net::builtin::{build, initialise, ARCHITECTURES};
 use delphi_net::Network;
 
 use crate::data::DatasetKind;
-use crate::train::{Result, TrainError};
+use crate::error::{Result, TrainError};
 
 /// A resolved `--arch`.
 #[derive(Clone, Debug)]

@@ -20,9 +20,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::config::TrainConfig;
 use crate::data::{self, Dataset, DatasetKind, Split};
 use crate::device::DeviceChoice;
-use crate::train::{Result, TrainConfig, TrainError, Trainer};
+use crate::error::{Result, TrainError};
+use crate::train::Trainer;
 
 /// One architecture's figures.
 #[derive(Debug, Serialize, Deserialize)]

@@ -458,6 +458,26 @@ pub fn read_cifar(kind: DatasetKind, paths: &[PathBuf]) -> Result<Split> {
     })
 }
 
+/// [`load`], then keeps only the first `train_limit` training and
+/// `test_limit` test images (the validation split is carved first).
+pub fn load_limited(
+    kind: DatasetKind,
+    data_dir: Option<&Path>,
+    valid: usize,
+    seed: u64,
+    train_limit: Option<usize>,
+    test_limit: Option<usize>,
+) -> Result<Dataset> {
+    let mut d = load(kind, data_dir, valid, seed)?;
+    if let Some(n) = train_limit {
+        d.train = d.train.take(n);
+    }
+    if let Some(n) = test_limit {
+        d.test = d.test.take(n);
+    }
+    Ok(d)
+}
+
 /// Loads a dataset, carving `valid` images (a seeded random choice) out of
 /// the training set.
 pub fn load(

@@ -51,6 +51,16 @@ impl std::fmt::Display for DeviceChoice {
     }
 }
 
+delphi_net::serde_as_str!(DeviceChoice);
+
+/// `--device`'s parser: a device that this build can run, or an error
+/// that says how to get it — before any work starts or any folder is made.
+pub fn parse_available(s: &str) -> Result<DeviceChoice, String> {
+    let d: DeviceChoice = s.parse()?;
+    d.device().map_err(|e| e.to_string())?;
+    Ok(d)
+}
+
 impl DeviceChoice {
     /// The Burn device (without autodiff; the trainer adds it).
     pub fn device(self) -> Result<Device, NotCompiled> {

@@ -4,12 +4,23 @@
 //! engine runs.
 
 pub mod arch;
+pub mod batch;
 pub mod bench;
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
 pub mod data;
 pub mod device;
+pub mod error;
+pub mod evaluate;
 pub mod fast;
 pub mod model;
+pub mod progress;
 pub mod train;
+
+pub use config::TrainConfig;
+pub use error::{Result, TrainError};
+pub use train::Trainer;
 
 /// Keeps training's large, short-lived tensors on the heap.
 ///

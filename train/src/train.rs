@@ -1,6 +1,6 @@
 //! The training loop: a custom loop that can be paused, copied and
 //! perturbed between steps (what population-based search needs), seeded and
-//! resumable from checkpoints.
+//! resumable from checkpoints ([`crate::checkpoint`]).
 //!
 //! Reproducibility: the order of the training images in epoch e is a
 //! permutation drawn from (seed, e); the augmentation of step s from
@@ -8,8 +8,6 @@
 //! configuration, the activation modes and the position (epoch, step), so
 //! resuming replays exactly the batches an uninterrupted run would have seen.
 
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::grad_clipping::GradientClippingConfig;
@@ -18,316 +16,21 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
-use burn::tensor::{activation, Device, Int, Tensor, TensorData};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use burn::tensor::{activation, Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use delphi_crypto::field::F;
-use delphi_net::{FixedProgram, Network, Normalization, Placement};
+use delphi_net::{Network, Normalization};
 
-use crate::data::{Dataset, DatasetKind, Split};
+use crate::batch::HostBatch;
+use crate::config::{Gates, OptimizerKind, Schedule, TrainConfig, GATE_CHECK_STEPS, GATE_RANGE};
+use crate::data::{Dataset, Split};
+use crate::error::{Result, TrainError};
+use crate::evaluate::{argmax_rows, float_accuracy};
 use crate::model::{values, ActMode, ModelError, Net};
-
-/// Errors of the training code.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TrainError {
-    /// Reading the dataset failed.
-    #[error(transparent)]
-    Data(#[from] crate::data::DataError),
-    /// Building or exporting the model failed.
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    /// The network description is unusable.
-    #[error(transparent)]
-    Net(#[from] delphi_net::NetError),
-    /// A setting is invalid.
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    /// The network does not fit the dataset.
-    #[error("{arch} does not fit the data: the network {network}, but {dataset}")]
-    Mismatch {
-        /// The architecture as given.
-        arch: String,
-        /// The network's input and output.
-        network: String,
-        /// The dataset's images and classes.
-        dataset: String,
-    },
-    /// A checkpoint could not be written or read.
-    #[error("checkpoint {path}")]
-    Checkpoint {
-        /// The checkpoint directory or file.
-        path: PathBuf,
-        /// What went wrong.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-}
-
-/// The cause of a checkpoint error: an I/O or parse error kept as it is,
-/// or words where there is none.
-struct Cause(Box<dyn std::error::Error + Send + Sync>);
-
-impl<E: Into<Box<dyn std::error::Error + Send + Sync>>> From<E> for Cause {
-    fn from(e: E) -> Self {
-        Cause(e.into())
-    }
-}
-
-/// Result alias of the training code.
-pub type Result<T> = std::result::Result<T, TrainError>;
-
-/// Which optimizer.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    /// SGD with (heavy-ball) momentum.
-    Sgd,
-    /// Adam.
-    Adam,
-}
-
-/// Learning-rate schedule over the whole run.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", tag = "kind")]
-pub enum Schedule {
-    /// The same rate throughout.
-    Constant,
-    /// Cosine decay from the rate to 0.
-    Cosine,
-    /// Multiply by `gamma` every `every` epochs.
-    Step {
-        /// Epochs between decays.
-        every: usize,
-        /// Factor.
-        gamma: f64,
-    },
-}
-
-/// Knowledge distillation from a teacher network.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Distill {
-    /// The teacher's description (with weights).
-    pub teacher: PathBuf,
-    /// Weight of the distillation term (the label term gets 1 − weight).
-    pub weight: f32,
-    /// Softmax temperature.
-    pub temperature: f32,
-}
-
-/// The gradual swap: quadratic layers start as ReLU and blend into their
-/// quadratic between two points of the run (fractions of all steps).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Swap {
-    /// Where the blend starts (t = 1, pure ReLU).
-    pub start: f32,
-    /// Where it ends (t = 0, pure quadratic).
-    pub end: f32,
-}
-
-/// Per-channel placement learned during training (the planner's
-/// `--granularity channel`): SNL's relaxed mask with an L1 term, each
-/// channel weighted by what turning it quadratic saves under the cost model.
-///
-/// Every activation layer gets per-channel gates g ∈ [0, 1] (starting at
-/// ReLU). The loss gains λ·Σ_l Σ_c (saving_l / relu_cost)·g_lc; every
-/// [`GATE_CHECK_STEPS`] steps the binary mask (g > ½) is priced with the
-/// per-channel savings, and λ grows while the price is above `budget` — by
-/// a factor that spans [`GATE_RANGE`] over the first 80 % of the time
-/// before `freeze_by`, whatever the run's length. Once it is not, the mask
-/// freezes (each gate snaps to ReLU or quadratic) and the rest of the run
-/// fine-tunes with it (distilling from the teacher, if any). If the mask
-/// has not met the budget by `freeze_by`, the channels with the lowest
-/// gates turn quadratic until it does (SNL's final selection).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Gates {
-    /// The target cost (the planner's objective: seconds or bytes).
-    pub budget: f64,
-    /// The cost of the network with every channel ReLU.
-    pub relu_cost: f64,
-    /// Per activation layer: what one channel turned quadratic saves.
-    pub channel_saving: Vec<f64>,
-    /// Fraction of the run by which the mask must be frozen.
-    pub freeze_by: f32,
-    /// λ at the start.
-    pub penalty: f32,
-}
-
-/// Steps between checks of the mask against the budget.
-pub const GATE_CHECK_STEPS: usize = 10;
-/// How far λ grows (a factor) while the mask is learned.
-pub const GATE_RANGE: f64 = 1e4;
-
-impl Gates {
-    /// The predicted cost of a mask (per activation layer, per channel, `true` = ReLU).
-    pub fn cost(&self, mask: &[Vec<bool>]) -> f64 {
-        self.relu_cost
-            - mask
-                .iter()
-                .zip(&self.channel_saving)
-                .map(|(m, s)| m.iter().filter(|&&r| !r).count() as f64 * s)
-                .sum::<f64>()
-    }
-
-    /// SNL's final selection: the ReLU channels with the lowest gates turn
-    /// quadratic, one by one, until the mask meets the budget (channels
-    /// whose layer saves nothing are left ReLU).
-    pub fn select(&self, gates: &[Vec<f32>]) -> Vec<Vec<bool>> {
-        let mut mask: Vec<Vec<bool>> = gates
-            .iter()
-            .map(|g| g.iter().map(|&v| v > 0.5).collect())
-            .collect();
-        let mut order: Vec<(usize, usize)> = gates
-            .iter()
-            .enumerate()
-            .flat_map(|(l, g)| (0..g.len()).map(move |c| (l, c)))
-            .filter(|&(l, c)| mask[l][c] && self.channel_saving.get(l).is_some_and(|&s| s > 0.0))
-            .collect();
-        order.sort_by(|&(l, c), &(m, d)| gates[l][c].total_cmp(&gates[m][d]));
-        let mut cost = self.cost(&mask);
-        for (l, c) in order {
-            if cost <= self.budget {
-                break;
-            }
-            mask[l][c] = false;
-            cost -= self.channel_saving[l];
-        }
-        mask
-    }
-}
-
-/// Everything that defines a training run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
-    /// The dataset.
-    pub dataset: DatasetKind,
-    /// Folder with the dataset's files (else `$DELPHI_DATA`, else Debian's).
-    pub data_dir: Option<PathBuf>,
-    /// Architecture: a built-in name, or a description (.json) or ONNX
-    /// model (.onnx) file; with weights, training starts from them.
-    pub arch: String,
-    /// Start from this description's weights instead of a fresh initialisation.
-    pub init: Option<PathBuf>,
-    /// Per activation layer: relu or quad (`RQR` or `relu,quad,relu`); none: all ReLU.
-    pub activations: Option<String>,
-    /// Passes over the training set.
-    pub epochs: usize,
-    /// Stop after this many steps instead (the learning-rate schedule and
-    /// the swap span them); at most `epochs` epochs' worth. The planner's
-    /// unit of budget.
-    #[serde(default)]
-    pub steps: Option<usize>,
-    /// Images per step.
-    pub batch_size: usize,
-    /// Optimizer.
-    pub optimizer: OptimizerKind,
-    /// Peak learning rate.
-    pub lr: f64,
-    /// Momentum (SGD).
-    pub momentum: f64,
-    /// L2 weight decay.
-    pub weight_decay: f64,
-    /// Learning-rate schedule.
-    pub schedule: Schedule,
-    /// Clip each parameter's gradient to this norm.
-    pub grad_clip: Option<f32>,
-    /// Label smoothing (0: off).
-    pub label_smoothing: f32,
-    /// Knowledge distillation.
-    pub distill: Option<Distill>,
-    /// Gradual ReLU → quadratic swap.
-    pub swap: Option<Swap>,
-    /// Per-channel placement learned during the run (see [`Gates`]).
-    #[serde(default)]
-    pub gates: Option<Gates>,
-    /// Seed of everything random.
-    pub seed: u64,
-    /// Use only the first N training images (after the validation split).
-    pub train_limit: Option<usize>,
-    /// Validation images carved from the training set.
-    pub valid_size: usize,
-    /// Use only the first N test images.
-    pub test_limit: Option<usize>,
-    /// Measure validation accuracy at the end of every epoch (for the
-    /// history); the planner, which evaluates members itself, turns it off.
-    #[serde(default = "yes")]
-    pub validate_epochs: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl TrainConfig {
-    /// Defaults for a dataset: its default architecture, SGD 0.05 with
-    /// momentum 0.9, weight decay 5e-4, cosine schedule, batch 64.
-    pub fn new(dataset: DatasetKind) -> Self {
-        TrainConfig {
-            dataset,
-            data_dir: None,
-            arch: dataset.default_arch().into(),
-            init: None,
-            activations: None,
-            epochs: 5,
-            steps: None,
-            batch_size: 64,
-            optimizer: OptimizerKind::Sgd,
-            lr: 0.05,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            schedule: Schedule::Cosine,
-            grad_clip: None,
-            label_smoothing: 0.0,
-            distill: None,
-            swap: None,
-            gates: None,
-            seed: 1,
-            train_limit: None,
-            valid_size: 5000,
-            test_limit: None,
-            validate_epochs: true,
-        }
-    }
-
-    fn check(&self) -> Result<()> {
-        let bad = |m: String| Err(TrainError::Config(m));
-        if self.epochs == 0 || self.batch_size == 0 {
-            return bad("epochs and batch size must be at least 1".into());
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad(format!("learning rate {} must be positive", self.lr));
-        }
-        if !(0.0..1.0).contains(&self.label_smoothing) {
-            return bad("label smoothing must be in [0, 1)".into());
-        }
-        if let Some(s) = self.swap {
-            if !(0.0 <= s.start && s.start <= s.end && s.end <= 1.0) {
-                return bad("swap needs 0 ≤ start ≤ end ≤ 1".into());
-            }
-        }
-        if let Some(d) = &self.distill {
-            if !(0.0..=1.0).contains(&d.weight) || d.temperature <= 0.0 {
-                return bad("distillation weight in [0, 1] and temperature > 0".into());
-            }
-        }
-        if let Some(g) = &self.gates {
-            if !(g.budget.is_finite()
-                && g.relu_cost.is_finite()
-                && g.channel_saving.iter().all(|v| v.is_finite())
-                && (0.0..=1.0).contains(&g.freeze_by)
-                && g.penalty.is_finite()
-                && g.penalty > 0.0)
-            {
-                return bad("gates: finite costs, freeze_by in [0, 1], a positive penalty".into());
-            }
-        }
-        Ok(())
-    }
-}
+use crate::progress::progress_bar;
 
 fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
@@ -359,8 +62,8 @@ pub struct Trainer {
     pub template: Network,
     /// The model (on the autodiff device).
     pub model: Net,
-    optim: ModuleOptimizer,
-    device: Device,
+    pub(crate) optim: ModuleOptimizer,
+    pub(crate) device: Device,
     teacher: Option<Net>,
     /// How the network's input is normalised (the description's, else the dataset's).
     pub norm: Normalization,
@@ -375,7 +78,7 @@ pub struct Trainer {
     pub step_in_epoch: usize,
     /// Steps completed in the whole run.
     pub steps_done: usize,
-    legacy_position: bool,
+    pub(crate) legacy_position: bool,
     /// Per-channel gates: `Gated` while the mask is learned, `Masked` once
     /// frozen (or for a description with mixed layers); `None`: no gates.
     pub gate_mode: Option<ActMode>,
@@ -383,10 +86,10 @@ pub struct Trainer {
     pub penalty: f32,
     /// Per-epoch figures so far.
     pub history: Vec<EpochMetrics>,
-    running: (f64, usize, usize, f64),
+    pub(crate) running: (f64, usize, usize, f64),
 }
 
-fn build_optimizer(c: &TrainConfig) -> ModuleOptimizer {
+pub(crate) fn build_optimizer(c: &TrainConfig) -> ModuleOptimizer {
     let wd = (c.weight_decay > 0.0).then(|| WeightDecayConfig::new(c.weight_decay as f32));
     let clip = c.grad_clip.map(GradientClippingConfig::Norm);
     match c.optimizer {
@@ -404,85 +107,6 @@ fn build_optimizer(c: &TrainConfig) -> ModuleOptimizer {
             .with_grad_clipping(clip)
             .init(),
     }
-}
-
-/// Converts host images (normalised with `norm`) and labels into a batch on `device`.
-pub fn batch(
-    split: &Split,
-    idx: &[usize],
-    augment: Option<u64>,
-    device: &Device,
-    norm: &Normalization,
-) -> (Tensor<4>, Tensor<1, Int>) {
-    HostBatch::new(split, idx, augment, norm).to_device(device)
-}
-
-/// A batch's pixels (normalised, optionally augmented) and labels in host
-/// memory: what the prefetching thread of [`Trainer::train_steps`] prepares
-/// while the device runs the previous step.
-pub struct HostBatch {
-    pixels: Vec<f32>,
-    labels: Vec<i64>,
-    shape: [usize; 4],
-}
-
-impl HostBatch {
-    /// The images at `idx` (augmented with the seed `augment`, if given).
-    pub fn new(split: &Split, idx: &[usize], augment: Option<u64>, norm: &Normalization) -> Self {
-        let [c, h, w] = split.kind.shape();
-        let mut rng = augment.map(ChaCha8Rng::seed_from_u64);
-        let mut pixels = Vec::with_capacity(idx.len() * c * h * w);
-        for &i in idx {
-            let img = match rng.as_mut() {
-                Some(r) => split.image(i, Some(r), norm),
-                None => split.image(i, None, norm),
-            };
-            pixels.extend(img);
-        }
-        HostBatch {
-            pixels,
-            labels: idx.iter().map(|&i| split.labels[i] as i64).collect(),
-            shape: [idx.len(), c, h, w],
-        }
-    }
-
-    /// The batch as tensors on `device`.
-    pub fn to_device(self, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
-        let n = self.labels.len();
-        (
-            Tensor::from_data(TensorData::new(self.pixels, self.shape), device),
-            Tensor::from_data(TensorData::new(self.labels, [n]), device),
-        )
-    }
-}
-
-fn argmax_rows(v: &[f32], classes: usize) -> Vec<usize> {
-    v.chunks(classes)
-        .map(|r| {
-            r.iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
-                    if x > bv {
-                        (i, x)
-                    } else {
-                        (bi, bv)
-                    }
-                })
-                .0
-        })
-        .collect()
-}
-
-/// A progress bar on stderr, hidden when stderr is not a terminal.
-pub fn progress_bar(len: u64, template: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len);
-    if !std::io::stderr().is_terminal() {
-        pb.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    if let Ok(style) = ProgressStyle::with_template(template) {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb
 }
 
 impl Trainer {
@@ -531,8 +155,8 @@ impl Trainer {
         };
         let penalty = config.gates.as_ref().map_or(0.0, |g| g.penalty);
         let n_act = model.activation_layers().len();
-        let target_quad = match &config.activations {
-            Some(p) => p.parse::<Placement>()?.quads().to_vec(),
+        let target_quad = match &config.placement {
+            Some(p) => p.quads().to_vec(),
             None => vec![false; n_act],
         };
         if target_quad.len() != n_act {
@@ -668,7 +292,7 @@ impl Trainer {
     }
 
     /// Fraction of the run done, by epochs only (before the data is known).
-    fn progress_fraction(&self) -> f32 {
+    pub(crate) fn progress_fraction(&self) -> f32 {
         match self.config.steps {
             Some(s) => self.steps_done as f32 / s.max(1) as f32,
             None => self.epoch as f32 / self.config.epochs.max(1) as f32,
@@ -785,10 +409,8 @@ impl Trainer {
             let pb = progress_bar(
                 per_epoch as u64,
                 "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({eta})",
+                quiet,
             );
-            if quiet {
-                pb.set_draw_target(ProgressDrawTarget::hidden());
-            }
             pb.set_prefix(format!("{}/{}", epoch + 1, self.config.epochs));
             pb.set_position(self.step_in_epoch as u64);
             // The next batches are decoded (and augmented) on a second
@@ -823,9 +445,7 @@ impl Trainer {
                     let t0 = Instant::now();
                     let (x, y) = batches
                         .recv()
-                        .map_err(|_| {
-                            TrainError::Config("the batch-preparing thread stopped".into())
-                        })?
+                        .map_err(|_| TrainError::Worker("the batch-preparing thread"))?
                         .to_device(&self.device);
                     let logits = self.model.forward(x.clone());
                     let mut loss = loss_fn.forward(logits.clone(), y.clone());
@@ -881,10 +501,11 @@ impl Trainer {
                     self.check_mask(total);
                     if !lv.is_finite() {
                         pb.finish_and_clear();
-                        return Err(TrainError::Config(format!(
-                            "training diverged (loss {lv}) at epoch {} step {s}; lower the learning rate",
-                            epoch + 1
-                        )));
+                        return Err(TrainError::Diverged {
+                            loss: lv,
+                            epoch: epoch + 1,
+                            step: s,
+                        });
                     }
                 }
                 Ok(())
@@ -1003,384 +624,5 @@ impl Trainer {
         net.metadata.input_normalization = Some(self.norm.clone());
         net.metadata.dataset = Some(self.config.dataset.name().into());
         Ok(net)
-    }
-
-    /// Writes a checkpoint: `model.bin` (Burn record), `optim.bin`, `state.json`.
-    pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
-        let err = |e: Cause| TrainError::Checkpoint {
-            path: dir.to_path_buf(),
-            source: e.0,
-        };
-        std::fs::create_dir_all(dir).map_err(|e| err(Cause::from(e)))?;
-        let tmp = dir.join("tmp");
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| err(Cause::from(e)))?;
-        self.model
-            .clone()
-            .save_file(tmp.join("model"))
-            .map_err(|e| err(Cause::from(format!("model: {e:?}"))))?;
-        self.optim
-            .save(tmp.join("optim"))
-            .map_err(|e| err(Cause::from(format!("optimizer: {e:?}"))))?;
-        let state = serde_json::json!({
-            "format": "delphi-train checkpoint",
-            "version": 1,
-            "config": self.config,
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "steps_done": self.steps_done,
-            "running": [self.running.0, self.running.1, self.running.2, self.running.3],
-            "history": self.history,
-            "quad_from": self.quad_from,
-            "gate_mode": self.gate_mode,
-            "penalty": self.penalty,
-            "template": self.template,
-        });
-        std::fs::write(
-            tmp.join("state.json"),
-            serde_json::to_vec(&state).map_err(|e| err(Cause::from(e)))?,
-        )
-        .map_err(|e| err(Cause::from(e)))?;
-        let done = dir.join("current");
-        let old = dir.join("previous");
-        let _ = std::fs::remove_dir_all(&old);
-        if done.exists() {
-            std::fs::rename(&done, &old).map_err(|e| err(Cause::from(e)))?;
-        }
-        std::fs::rename(&tmp, &done).map_err(|e| err(Cause::from(e)))?;
-        let _ = std::fs::remove_dir_all(&old);
-        Ok(())
-    }
-
-    /// Whether `dir` holds a checkpoint.
-    pub fn has_checkpoint(dir: &Path) -> bool {
-        dir.join("current").join("state.json").is_file()
-    }
-
-    /// Resumes from a checkpoint written by [`Trainer::save_checkpoint`].
-    pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<Trainer> {
-        let cur = dir.join("current");
-        let err = |e: Cause| TrainError::Checkpoint {
-            path: cur.clone(),
-            source: e.0,
-        };
-        let text =
-            std::fs::read_to_string(cur.join("state.json")).map_err(|e| err(Cause::from(e)))?;
-        let state: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| err(Cause::from(e)))?;
-        if state["version"] != 1 {
-            return Err(err(Cause::from(format!(
-                "unknown checkpoint version {}",
-                state["version"]
-            ))));
-        }
-        let config: TrainConfig = serde_json::from_value(state["config"].clone())
-            .map_err(|e| err(Cause::from(format!("config: {e}"))))?;
-        let template: Network = serde_json::from_value(state["template"].clone())
-            .map_err(|e| err(Cause::from(format!("template: {e}"))))?;
-        let mut tr = Trainer::new(
-            TrainConfig {
-                init: None,
-                ..config.clone()
-            },
-            device,
-        )?;
-        tr.config = config;
-        tr.model = Net::from_description(&template, true, &tr.device)?;
-        if tr.config.gates.is_some() {
-            tr.model.enable_gates(&template.validate()?, &tr.device);
-        }
-        if let Some(n) = &template.metadata.input_normalization {
-            tr.norm = n.clone();
-        }
-        tr.template = template;
-        let modes = tr.modes_at(0.0);
-        tr.model.set_modes(&modes)?;
-        let model = std::mem::replace(
-            &mut tr.model,
-            Net {
-                layers: Vec::new(),
-                input: tr.template.input,
-            },
-        );
-        tr.model = model
-            .try_load_file(cur.join("model"))
-            .map_err(|e| err(Cause::from(format!("model: {e:?}"))))?;
-        let optim = std::mem::replace(&mut tr.optim, build_optimizer(&tr.config));
-        tr.optim = optim
-            .load(cur.join("optim"))
-            .map_err(|e| err(Cause::from(format!("optimizer: {e:?}"))))?;
-        let num = |k: &str| {
-            state[k]
-                .as_u64()
-                .map(|v| v as usize)
-                .ok_or_else(|| err(Cause::from(format!("missing {k}"))))
-        };
-        tr.epoch = num("epoch")?;
-        tr.step_in_epoch = num("step_in_epoch")?;
-        // Checkpoints of earlier versions count steps per epoch only.
-        tr.steps_done = match state["steps_done"].as_u64() {
-            Some(v) => v as usize,
-            None => {
-                tr.legacy_position = true;
-                0
-            }
-        };
-        let r = &state["running"];
-        tr.running = (
-            r[0].as_f64().unwrap_or(0.0),
-            r[1].as_u64().unwrap_or(0) as usize,
-            r[2].as_u64().unwrap_or(0) as usize,
-            r[3].as_f64().unwrap_or(0.0),
-        );
-        tr.history = serde_json::from_value(state["history"].clone())
-            .map_err(|e| err(Cause::from(format!("history: {e}"))))?;
-        if !state["gate_mode"].is_null() {
-            tr.gate_mode = serde_json::from_value(state["gate_mode"].clone())
-                .map_err(|e| err(Cause::from(format!("gate_mode: {e}"))))?;
-        }
-        if let Some(p) = state["penalty"].as_f64() {
-            tr.penalty = p as f32;
-        }
-        if !state["quad_from"].is_null() {
-            tr.quad_from = serde_json::from_value(state["quad_from"].clone())
-                .map_err(|e| err(Cause::from(format!("quad_from: {e}"))))?;
-        }
-        let modes = tr.modes_at(tr.progress_fraction());
-        tr.model.set_modes(&modes)?;
-        Ok(tr)
-    }
-}
-
-/// The settings that differ between two configurations (any serialisable
-/// settings struct), by name: `epochs: 1 then, 2 now`.
-pub fn config_changes<T: Serialize>(old: &T, new: &T) -> Vec<String> {
-    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
-        (serde_json::to_value(old), serde_json::to_value(new))
-    else {
-        return vec!["(a configuration that cannot be compared)".into()];
-    };
-    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    let show = |v: Option<&serde_json::Value>| v.map_or("-".to_string(), |v| v.to_string());
-    keys.into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
-        .map(|k| format!("{k}: {} then, {} now", show(a.get(k)), show(b.get(k))))
-        .collect()
-}
-
-/// Images measured for the activation ranges an export records.
-pub const RANGE_IMAGES: usize = 256;
-
-/// Records in `net` the largest |input| of each activation layer on the
-/// first `images` images of `split` (normalised as the network expects),
-/// so that the engine's range check ([`delphi_net::range`]) knows what the
-/// data does, not only what random inputs do.
-pub fn record_ranges(net: &mut Network, split: &Split, images: usize) -> Result<()> {
-    let norm = net
-        .metadata
-        .input_normalization
-        .clone()
-        .unwrap_or_else(|| split.kind.default_normalization());
-    let images: Vec<Vec<f32>> = (0..split.len().min(images))
-        .map(|i| split.image(i, None, &norm))
-        .collect();
-    net.metadata.activation_ranges = delphi_net::eval::activation_ranges(net, &images)?;
-    Ok(())
-}
-
-/// Float accuracy of a model (in inference mode) on a split whose images
-/// are normalised with `norm`.
-pub fn float_accuracy(model: &Net, split: &Split, device: &Device, norm: &Normalization) -> f64 {
-    let device = device.clone().without_autodiff();
-    let classes = split.kind.classes();
-    let mut correct = 0;
-    let idx: Vec<usize> = (0..split.len()).collect();
-    for chunk in idx.chunks(256) {
-        let (x, _) = batch(split, chunk, None, &device, norm);
-        let x = Tensor::<4>::from_data(x.into_data(), &device);
-        let pred = argmax_rows(&values(model.forward(x)), classes);
-        correct += pred
-            .iter()
-            .zip(chunk)
-            .filter(|(p, &i)| **p == split.labels[i] as usize)
-            .count();
-    }
-    correct as f64 / split.len().max(1) as f64
-}
-
-/// The images of a split, normalised as `net` records (else with the
-/// dataset's normalisation) and encoded for its fixed-point program.
-fn encoded(prog: &FixedProgram, net: &Network, split: &Split, n: usize) -> Result<Vec<Vec<F>>> {
-    let norm = net
-        .metadata
-        .input_normalization
-        .clone()
-        .unwrap_or_else(|| split.kind.default_normalization());
-    (0..split.len().min(n))
-        .map(|i| Ok(prog.encode_input(&split.image(i, None, &norm))?))
-        .collect()
-}
-
-/// Each ReLU node's largest |input| over the first `images` images of
-/// `split` (fixed-point units; see [`delphi_net::window::relu_peaks`]).
-pub fn relu_input_peaks(
-    net: &Network,
-    split: &Split,
-    images: usize,
-) -> Result<Vec<delphi_net::window::ReluPeak>> {
-    let prog = FixedProgram::lower(net)?;
-    let xs = encoded(&prog, net, split, images)?;
-    Ok(delphi_net::window::relu_peaks(&prog, &xs)?)
-}
-
-/// Reduced-ReLU windows for every activation layer with ReLU channels:
-/// each ReLU node's largest |input| over the first `images` images of
-/// `split`, times `margin`, with the low bit at the ReLU's truncation
-/// (exact inside the window; see [`delphi_net::window`]). `None` where the
-/// full circuit is needed (a peak beyond 2^36).
-pub fn relu_windows(
-    net: &Network,
-    split: &Split,
-    images: usize,
-    margin: f64,
-) -> Result<Vec<(usize, Option<delphi_crypto::relu::ReluBits>)>> {
-    Ok(windows_from_peaks(
-        &relu_input_peaks(net, split, images)?,
-        margin,
-    ))
-}
-
-/// One window per activation layer from measured peaks ([`relu_windows`]).
-pub fn windows_from_peaks(
-    peaks: &[delphi_net::window::ReluPeak],
-    margin: f64,
-) -> Vec<(usize, Option<delphi_crypto::relu::ReluBits>)> {
-    use delphi_net::window::window_for;
-    let mut out: Vec<(usize, Option<delphi_crypto::relu::ReluBits>)> = Vec::new();
-    for p in peaks {
-        // The low bit at the truncation (at least 1: a window drops a bit).
-        let w = window_for(p.peak, margin, p.shift.max(1), p.shift);
-        // One window per layer: a layer's nodes share it (the widest).
-        match out.iter_mut().find(|(l, _)| *l == p.layer) {
-            Some((_, cur)) => {
-                *cur = match (*cur, w) {
-                    (Some(a), Some(b)) if a.lo == b.lo => Some(if a.hi >= b.hi { a } else { b }),
-                    _ => None,
-                }
-            }
-            None => out.push((p.layer, w)),
-        }
-    }
-    out
-}
-
-/// Accuracy of the fixed-point program on a split, its images normalised
-/// as the network records (else with the dataset's normalisation). Every
-/// ReLU gives what the two-party protocol gives: the reference for the
-/// full circuit (bit-exact with the protocol for all-ReLU networks), and
-/// for a reduced ReLU its output on a random split of the input into two
-/// shares (seeded per image), which is the protocol's result in
-/// distribution: the accuracy a client will see. Uses every core.
-pub fn fixed_accuracy(net: &Network, split: &Split) -> Result<f64> {
-    let prog = FixedProgram::lower(net)?;
-    let norm = net
-        .metadata
-        .input_normalization
-        .clone()
-        .unwrap_or_else(|| split.kind.default_normalization());
-    let norm = &norm;
-    let n = split.len();
-    let threads = std::thread::available_parallelism()
-        .map(|t| t.get())
-        .unwrap_or(1);
-    let per = n.div_ceil(threads.max(1)).max(1);
-    let correct: Result<usize> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..n)
-            .step_by(per)
-            .map(|start| {
-                let prog = &prog;
-                s.spawn(move || -> Result<usize> {
-                    let mut c = 0;
-                    let end = (start + per).min(n);
-                    // Batches: the linear layers run over the batch.
-                    let nb = prog.preferred_batch();
-                    for from in (start..end).step_by(nb) {
-                        let to = (from + nb).min(end);
-                        let xs = (from..to)
-                            .map(|i| prog.encode_input(&split.image(i, None, norm)))
-                            .collect::<std::result::Result<Vec<_>, _>>()?;
-                        let mut rng = ChaCha8Rng::seed_from_u64(from as u64);
-                        let ys = prog.eval_batch_with(&xs, &mut |_, spec, v| {
-                            if spec.bits.is_none() {
-                                return spec.reference(v);
-                            }
-                            let a = F::random(&mut rng);
-                            spec.protocol_output(a, v - a)
-                        })?;
-                        for (i, y) in (from..to).zip(ys) {
-                            let pred = y
-                                .iter()
-                                .enumerate()
-                                .max_by_key(|(_, v)| v.to_signed())
-                                .map(|(k, _)| k)
-                                .unwrap_or(0);
-                            c += usize::from(pred == split.labels[i] as usize);
-                        }
-                    }
-                    Ok(c)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(TrainError::Config("evaluation thread panicked".into()))
-                })
-            })
-            .sum()
-    });
-    Ok(correct? as f64 / n.max(1) as f64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Gates;
-
-    fn gates() -> Gates {
-        Gates {
-            budget: 6.0,
-            relu_cost: 10.0,
-            channel_saving: vec![2.0, 1.0],
-            freeze_by: 0.5,
-            penalty: 0.1,
-        }
-    }
-
-    #[test]
-    fn a_mask_is_priced_by_its_quadratic_channels() {
-        let g = gates();
-        assert_eq!(g.cost(&[vec![true, true], vec![true, true, true]]), 10.0);
-        assert_eq!(g.cost(&[vec![false, true], vec![true, false, false]]), 6.0);
-    }
-
-    #[test]
-    fn the_final_selection_drops_the_lowest_gates_until_the_budget_is_met() {
-        let g = gates();
-        // Gates above ½ are ReLU; the lowest go first: 0.55 (layer 1, saves
-        // 1), then 0.6 (layer 0, saves 2), then 0.7 (layer 1): cost 10 → 9 → 7 → 6.
-        let mask = g.select(&[vec![0.9, 0.6], vec![0.55, 0.7, 0.95]]);
-        assert_eq!(mask, vec![vec![true, false], vec![false, false, true]]);
-        assert!(g.cost(&mask) <= g.budget);
-        // A layer whose channels save nothing is never turned quadratic.
-        let mut free = gates();
-        free.channel_saving = vec![2.0, 0.0];
-        let mask = free.select(&[vec![0.9, 0.6], vec![0.55, 0.7, 0.95]]);
-        assert_eq!(mask, vec![vec![false, false], vec![true, true, true]]);
-        // A mask that already meets it is left alone.
-        let mask = g.select(&[vec![0.1, 0.2], vec![0.9, 0.3, 0.9]]);
-        assert_eq!(mask, vec![vec![false, false], vec![true, false, true]]);
     }
 }

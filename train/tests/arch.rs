@@ -8,7 +8,7 @@ use delphi_net::builtin::build;
 use delphi_net::{Network, WeightStorage};
 use delphi_train::arch::resolve;
 use delphi_train::data::DatasetKind;
-use delphi_train::train::TrainError;
+use delphi_train::TrainError;
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("delphi-arch-test-{}", std::process::id()));

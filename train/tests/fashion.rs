@@ -4,7 +4,8 @@
 
 use burn::tensor::Device;
 use delphi_train::data::{self, Dataset, DatasetKind};
-use delphi_train::train::{fixed_accuracy, TrainConfig, Trainer};
+use delphi_train::evaluate::fixed_accuracy;
+use delphi_train::{TrainConfig, Trainer};
 
 fn dataset(train: usize) -> Dataset {
     let mut d = data::load(DatasetKind::FashionMnist, None, 1000, 1)
@@ -15,7 +16,7 @@ fn dataset(train: usize) -> Dataset {
 
 fn config(activations: &str, epochs: usize) -> TrainConfig {
     let mut c = TrainConfig::new(DatasetKind::FashionMnist);
-    c.activations = Some(activations.into());
+    c.placement = Some(activations.parse().expect("a placement"));
     c.epochs = epochs;
     c.valid_size = 1000;
     // As the command line does for networks with quadratic layers.
@@ -51,7 +52,7 @@ fn train_and_check(activations: &str, min_accuracy: f64) {
     for i in 0..probe.len() {
         let x = probe.image(i, None, &tr.norm);
         let want = delphi_net::eval::argmax(&delphi_net::eval::eval_float(&net, &x).unwrap());
-        let (xb, _) = delphi_train::train::batch(&probe, &[i], None, &Device::flex(), &tr.norm);
+        let (xb, _) = delphi_train::batch::batch(&probe, &[i], None, &Device::flex(), &tr.norm);
         let got = delphi_train::model::values(model.forward(xb));
         let got = delphi_net::eval::argmax(&got);
         agree += usize::from(got == want);
@@ -67,7 +68,7 @@ fn train_and_check(activations: &str, min_accuracy: f64) {
     // The export records each activation layer's measured input range, and
     // the trained plan passes the engine's range check with it.
     let mut net = net;
-    delphi_train::train::record_ranges(&mut net, &data.train, 64).unwrap();
+    delphi_train::evaluate::record_ranges(&mut net, &data.train, 64).unwrap();
     let acts = net.activation_layers();
     let ranges = &net.metadata.activation_ranges;
     assert_eq!(ranges.iter().map(|r| r.layer).collect::<Vec<_>>(), acts);
@@ -94,7 +95,7 @@ fn quadratic_small_cnn_reaches_80_percent() {
 /// quadratic layer blends in from 10 % to 70 % of the run (steps 4.8–33.6).
 fn swapping_rqr() -> TrainConfig {
     let mut c = config("RQR", 2);
-    c.swap = Some(delphi_train::train::Swap {
+    c.swap = Some(delphi_train::config::Swap {
         start: 0.1,
         end: 0.7,
     });
@@ -167,7 +168,7 @@ fn gated() -> (TrainConfig, usize) {
         .iter()
         .map(|&i| shapes[i].channels)
         .sum();
-    c.gates = Some(delphi_train::train::Gates {
+    c.gates = Some(delphi_train::config::Gates {
         budget: (channels / 3) as f64,
         relu_cost: channels as f64,
         channel_saving: vec![1.0; 3],
@@ -216,7 +217,7 @@ fn channel_gates_meet_their_budget_and_export_a_mixed_plan() {
     for i in 0..probe.len() {
         let x = probe.image(i, None, &tr.norm);
         let want = delphi_net::eval::argmax(&delphi_net::eval::eval_float(&net, &x).unwrap());
-        let (xb, _) = delphi_train::train::batch(&probe, &[i], None, &Device::flex(), &tr.norm);
+        let (xb, _) = delphi_train::batch::batch(&probe, &[i], None, &Device::flex(), &tr.norm);
         let got = delphi_net::eval::argmax(&delphi_train::model::values(model.forward(xb)));
         assert_eq!(got, want, "image {i}");
     }

@@ -5,10 +5,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use burn::tensor::Device;
+use delphi_train::batch::batch;
 use delphi_train::data::{self, DatasetKind};
 use delphi_train::device::DeviceChoice;
 use delphi_train::model::values;
-use delphi_train::train::{batch, TrainConfig, Trainer};
+use delphi_train::train::Trainer;
+use delphi_train::TrainConfig;
 
 /// Largest |a − b| over max |b| (at least 1).
 fn gap(a: &[f32], b: &[f32]) -> f32 {
@@ -91,7 +93,7 @@ fn small_cnn_trains_on_wgpu_like_on_flex_and_checkpoints_cross_devices() {
 
     // The exported description evaluates in fixed point as the float model.
     let net = on_gpu.export().unwrap();
-    let acc_fixed = delphi_train::train::fixed_accuracy(&net, &d.valid).unwrap();
+    let acc_fixed = delphi_train::evaluate::fixed_accuracy(&net, &d.valid).unwrap();
     let acc_float = on_gpu.accuracy(&d.valid);
     assert!(
         (acc_fixed - acc_float).abs() < 0.02,

@@ -24,7 +24,8 @@ use delphi_net::linear::LinearOp;
 use delphi_net::Shape;
 
 use delphi_cost::bytes::{CtSizes, Traffic};
-use delphi_cost::model::{Affine, CostModel, HeLinear, Link, Provenance, FORMAT};
+use delphi_cost::model::{Affine, CostModel, HeLinear, Provenance, FORMAT};
+use delphi_cost::Link;
 
 /// What can go wrong while calibrating.
 #[derive(Debug, thiserror::Error)]

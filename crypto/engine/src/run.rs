@@ -185,11 +185,7 @@ fn proc_status_kb(field: &str) -> u64 {
 }
 
 fn argmax(v: &[F]) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by_key(|(_, x)| x.to_signed())
-        .map(|(i, _)| i)
-        .unwrap_or(0)
+    delphi_net::eval::argmax_iter(v.iter().map(|x| x.to_signed()))
 }
 
 /// Runs one inference per input between a server thread and a client

@@ -27,7 +27,7 @@
 use std::io::Read;
 
 use crate::error::{EngineError, Result};
-use crate::he::N;
+use crate::params::N;
 
 const MAGIC: u16 = 0xA15E;
 const HEADER: usize = 16;
@@ -63,11 +63,11 @@ impl Expect {
 
     /// Coefficient primes at this object's level.
     fn primes(self) -> usize {
-        let all = crate::he::COEFF_BITS.len();
+        let all = crate::params::COEFF_BITS.len();
         match self {
             Expect::PublicKey => all,
             Expect::Fresh => all - 1,
-            Expect::Result => all - 1 - crate::he::RESULT_LEVEL_DROPS,
+            Expect::Result => all - 1 - crate::params::RESULT_LEVEL_DROPS,
         }
     }
 

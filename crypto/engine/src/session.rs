@@ -621,17 +621,7 @@ pub fn infer<A: ToSocketAddrs>(
         let y = b.online(&mut s.ch, &s.prog, &enc)?.logits;
         let online_s = t.elapsed().as_secs_f64();
         let logits = s.prog.decode_output(&y);
-        let class = logits
-            .iter()
-            .enumerate()
-            .fold((0, f64::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                if v > bv {
-                    (i, v)
-                } else {
-                    (bi, bv)
-                }
-            })
-            .0;
+        let class = delphi_net::eval::argmax(&logits);
         out.push(Prediction {
             logits,
             class,

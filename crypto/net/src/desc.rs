@@ -421,7 +421,7 @@ pub struct Layer {
     /// On an activation with ReLU channels: the reduced ReLU's window
     /// (format version 3; absent: the exact circuit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub relu_bits: Option<delphi_crypto::relu::ReluBits>,
+    pub relu_bits: Option<delphi_crypto::relu::spec::ReluBits>,
 }
 
 impl Layer {
@@ -499,9 +499,72 @@ pub struct Metadata {
     /// only: not part of the architecture a client sees).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub activation_ranges: Vec<ActivationRange>,
+    /// How the layers' reduced-ReLU windows were chosen, when a planner
+    /// chose them (server-side, like the ranges).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relu_bits: Option<WindowChoice>,
     /// Anything else.
     #[serde(default, flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// How a network's reduced-ReLU windows were chosen: what the planner
+/// records in the description's metadata (`metadata.relu_bits`) beside the
+/// windows the layers carry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WindowChoice {
+    /// The rule that chose them (`auto`: the planner's `--relu-bits auto`).
+    pub mode: String,
+    /// The margin over the largest measured ReLU input the windows hold
+    /// (absent when no window was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin: Option<f64>,
+    /// `layer:lo..hi` per layer ([`crate::window::describe_windows`]), or a sentence
+    /// saying why there are none.
+    pub windows: String,
+    /// Fixed-point validation accuracy with full-width ReLUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_valid_accuracy_full: Option<f64>,
+    /// Fixed-point validation accuracy with these windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_valid_accuracy_reduced: Option<f64>,
+    /// Validation images both accuracies were measured on (absent: none
+    /// measured, e.g. a network without ReLU layers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_images: Option<usize>,
+    /// Fixed-point test accuracy with full-width ReLUs (measured after the
+    /// choice, which never sees the test split; `delphi-plan windows --test`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_test_accuracy_full: Option<f64>,
+    /// Fixed-point test accuracy with these windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_test_accuracy_reduced: Option<f64>,
+    /// Test images both were measured on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_images: Option<usize>,
+    /// The cost model's prediction for the network at full width, as it
+    /// wrote it (the prediction with these windows is
+    /// `metadata.predicted_cost`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_full_width: Option<serde_json::Value>,
+}
+
+impl WindowChoice {
+    /// A choice by `mode` with nothing measured yet.
+    pub fn new(mode: &str, windows: String) -> WindowChoice {
+        WindowChoice {
+            mode: mode.into(),
+            margin: None,
+            windows,
+            fixed_valid_accuracy_full: None,
+            fixed_valid_accuracy_reduced: None,
+            valid_images: None,
+            fixed_test_accuracy_full: None,
+            fixed_test_accuracy_reduced: None,
+            test_images: None,
+            predicted_full_width: None,
+        }
+    }
 }
 
 /// The measured input range of one activation layer.
@@ -667,8 +730,8 @@ impl Network {
     /// The same network with every weight replaced by a neutral value
     /// (zeros; identity batch norm) and quadratic constants set to 0: what
     /// a client may learn. The quadratic coefficients a and b stay: the
-    /// client's share of a·x² + b·x needs them (disclosed, see the README's
-    /// security notes).
+    /// client's share of a·x² + b·x needs them (disclosed, see
+    /// docs/security.md).
     pub fn architecture_only(&self) -> Network {
         let mut n = self.clone();
         n.weights_file = None;

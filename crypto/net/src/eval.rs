@@ -197,16 +197,25 @@ pub fn random_inputs(len: usize, n: usize, seed: u64) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// Index of the largest logit.
-pub fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
-            if x > bv {
-                (i, x)
-            } else {
-                (bi, bv)
-            }
-        })
-        .0
+/// Index of the largest logit (the first of equal ones; a NaN never wins;
+/// 0 for an empty slice).
+pub fn argmax<T: PartialOrd + Copy>(v: &[T]) -> usize {
+    argmax_iter(v.iter().copied())
+}
+
+/// [`argmax`] over any sequence: e.g. field elements read as signed values,
+/// `argmax_iter(v.iter().map(|x| x.to_signed()))`.
+pub fn argmax_iter<T: PartialOrd>(v: impl IntoIterator<Item = T>) -> usize {
+    let mut best: Option<(usize, T)> = None;
+    for (i, x) in v.into_iter().enumerate() {
+        let better = match &best {
+            // A value unordered with itself is a NaN.
+            None => x.partial_cmp(&x).is_some(),
+            Some((_, b)) => x > *b,
+        };
+        if better {
+            best = Some((i, x));
+        }
+    }
+    best.map_or(0, |(i, _)| i)
 }

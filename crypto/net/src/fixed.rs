@@ -39,7 +39,7 @@
 //!   and add.
 
 use delphi_crypto::field::{F, HALF, P};
-use delphi_crypto::relu::{ReluBits, ReluSpec};
+use delphi_crypto::relu::spec::{ReluBits, ReluSpec};
 
 use crate::desc::{Network, Op, Shape};
 use crate::error::{layer_err, NetError, Result};

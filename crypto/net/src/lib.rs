@@ -12,8 +12,10 @@ pub mod eval;
 pub mod fixed;
 pub mod linear;
 pub mod packing;
+pub mod paths;
 pub mod placement;
 pub mod range;
+pub mod text;
 pub mod window;
 
 pub use desc::{

@@ -231,7 +231,7 @@ pub fn eval_ideal(prog: &FixedProgram, input: &[f32]) -> Result<Vec<Vec<f64>>> {
                 shift,
                 bits: Some(b),
             } => node.map_active(x, 0.0, |_, v| {
-                delphi_crypto::relu::relu_reduced_int(v as i64, *shift, *b) as f64
+                delphi_crypto::relu::spec::relu_reduced_int(v as i64, *shift, *b) as f64
             }),
             FixedOp::Quad { a, b, c } => node.map_active(x, 0.0, |k, v| {
                 a[k] as f64 * v * v + b[k] as f64 * v + c[k] as f64

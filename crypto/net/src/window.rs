@@ -15,9 +15,10 @@
 //! it exactly, and accuracy measured with the reference includes it.
 
 use delphi_crypto::field::F;
-use delphi_crypto::relu::{ReluBits, MAX_HI};
+use delphi_crypto::relu::spec::{ReluBits, MAX_HI};
 
 use crate::desc::Network;
+pub use crate::desc::WindowChoice;
 use crate::error::{NetError, Result};
 use crate::fixed::{FixedOp, FixedProgram};
 
@@ -75,6 +76,39 @@ pub fn window_for(peak: u64, margin: f64, lo: u32, shift: u32) -> Option<ReluBit
     (lo.saturating_add(2)..=MAX_HI)
         .map(|hi| ReluBits { lo, hi })
         .find(|b| b.check(shift).is_ok() && (b.exact_sign_limit() as f64) > need)
+}
+
+/// One window per activation layer from measured peaks: each ReLU node's
+/// peak times `margin`, the low bit at the node's truncation (at least 1: a
+/// window drops a bit); a layer's nodes share its widest window, and a
+/// layer whose nodes disagree on the low bit, or one node of which needs
+/// the full circuit, gets `None` (the full circuit).
+pub fn windows_from_peaks(peaks: &[ReluPeak], margin: f64) -> Vec<(usize, Option<ReluBits>)> {
+    let mut out: Vec<(usize, Option<ReluBits>)> = Vec::new();
+    for p in peaks {
+        let w = window_for(p.peak, margin, p.shift.max(1), p.shift);
+        match out.iter_mut().find(|(l, _)| *l == p.layer) {
+            Some((_, cur)) => {
+                *cur = match (*cur, w) {
+                    (Some(a), Some(b)) if a.lo == b.lo => Some(if a.hi >= b.hi { a } else { b }),
+                    _ => None,
+                }
+            }
+            None => out.push((p.layer, w)),
+        }
+    }
+    out
+}
+
+/// `layer:lo..hi` per window (`layer:full` where none), space separated.
+pub fn describe_windows(w: &[(usize, Option<ReluBits>)]) -> String {
+    w.iter()
+        .map(|(l, b)| match b {
+            Some(b) => format!("{l}:{b}"),
+            None => format!("{l}:full"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Sets (or, with `None`, clears) the window of the activation layers

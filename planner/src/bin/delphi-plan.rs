@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use delphi_cost::{Bandwidth, Rtt};
 use delphi_planner::bench::{self, BenchConfig};
 use delphi_planner::config::{
     ExperimentFile, Granularity, Objective, PlanConfig, ReluBitsMode, Strategy,
@@ -15,7 +16,8 @@ use delphi_planner::config::{
 use delphi_planner::measure;
 use delphi_planner::report::{self, Final};
 use delphi_planner::search;
-use delphi_train::data::DatasetKind;
+use delphi_train::cli::DataArgs;
+use delphi_train::device::DeviceChoice;
 
 #[derive(Parser)]
 #[command(
@@ -28,9 +30,12 @@ use delphi_train::data::DatasetKind;
                   under the real protocol. Writes plan.json (feed it to `delphi verify`/`serve`), \
                   members.csv, pareto.csv/.parquet/.svg, lineage.log and summary.md to the run \
                   folder. Killing it and rerunning the same command resumes.\n\n\
-                  Examples:\n  delphi-plan --dataset fashion-mnist --accuracy 0.88\n  \
+                  Default files: the cost model is <results>/cost-model.json and run folders go \
+                  under <results>/plan/; <results> is $DELPHI_RESULTS, else results/ of the \
+                  checkout the binary was built in, else ./results.",
+    after_help = "Examples:\n  \
+                  delphi-plan --dataset fashion-mnist --accuracy 0.88 --verify\n  \
                   delphi-plan --arch net.onnx --dataset fashion-mnist --accuracy 0.85\n  \
-                  delphi-plan --arch resnet14 --accuracy 0.90 --strategy delphi\n  \
                   delphi-plan --config configs/fashion-mnist.toml\n  \
                   delphi-plan bench --arch resnet14 --thresholds 0.89,0.90,0.91",
     args_conflicts_with_subcommands = true
@@ -41,22 +46,22 @@ struct Cli {
     #[command(flatten)]
     search: SearchArgs,
     /// Validation accuracy the plan must reach (e.g. 0.88).
-    #[arg(long, required_unless_present = "config")]
+    #[arg(long, required_unless_present = "config", help_heading = "Search")]
     accuracy: Option<f64>,
     /// How placements are searched: pbt (ours), delphi (DELPHI's planner) or greedy.
-    #[arg(long, default_value = "pbt")]
+    #[arg(long, default_value = "pbt", help_heading = "Search")]
     strategy: Strategy,
     /// What a placement chooses: layer (each activation layer ReLU or
     /// quadratic) or channel (each channel, learned inside every member with
     /// a penalty weighted by the cost model; pbt only).
-    #[arg(long, default_value = "layer")]
+    #[arg(long, default_value = "layer", help_heading = "Search")]
     granularity: Granularity,
-    /// Run folder (default results/plan/<dataset>-<arch>-<accuracy>[-<strategy>][-channel]).
-    #[arg(long)]
+    /// Run folder (default <results>/plan/<dataset>-<arch>-<accuracy %>[-<strategy>][-channel]).
+    #[arg(long, help_heading = "Output")]
     out: Option<PathBuf>,
     /// Run the chosen plan through the protocol engine and record measured
     /// cost beside predicted.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     verify: bool,
     /// Run the experiments of a TOML file instead (see configs/).
     #[arg(long)]
@@ -80,22 +85,14 @@ struct WindowsArgs {
     /// The trained network: a description with weights (.json) or an ONNX model.
     #[arg(long)]
     arch: String,
-    /// fashion-mnist, fashion-mnist-32 (padded to 3×32×32 for CIFAR
-    /// networks), cifar10 or cifar100 (training images size the
-    /// windows, validation images check the accuracy).
-    #[arg(long, default_value = "fashion-mnist")]
-    dataset: DatasetKind,
-    /// Dataset folder.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Validation images carved from the training set.
-    #[arg(long, default_value_t = 5000)]
-    valid_size: usize,
+    /// Training images size the windows, validation images check the accuracy.
+    #[command(flatten)]
+    data: DataArgs,
     /// Where to write the network with its windows.
     #[arg(long, default_value = "windows.json")]
     out: PathBuf,
     /// Cost model to price the network with and without windows (default
-    /// results/cost-model.json; skipped when absent).
+    /// <results>/cost-model.json; skipped when absent).
     #[arg(long)]
     cost_model: Option<PathBuf>,
     /// Seed (validation split).
@@ -109,7 +106,7 @@ struct WindowsArgs {
 
 fn run_windows(a: &WindowsArgs) -> Result<()> {
     let say = |m: &str| eprintln!("[delphi-plan windows] {m}");
-    let resolved = delphi_train::arch::resolve(&a.arch, a.dataset, a.seed)?;
+    let resolved = delphi_train::arch::resolve(&a.arch, a.data.dataset, a.seed)?;
     if !resolved.trained {
         bail!(
             "{} has no weights: windows are chosen for a trained network (train it with \
@@ -120,14 +117,14 @@ fn run_windows(a: &WindowsArgs) -> Result<()> {
     for n in &resolved.notes {
         say(&format!("note: {n}"));
     }
-    let data = delphi_train::data::load(a.dataset, a.data_dir.as_deref(), a.valid_size, a.seed)?;
+    let data = a.data.load(a.seed)?;
     let mut net = resolved.network;
     let full = net.clone();
-    let mut choice = search::choose_relu_windows(&mut net, &data, &say)?;
+    let mut choice = delphi_planner::windows::choose_relu_windows(&mut net, &data, &say)?;
     if a.test {
         say("test accuracy in fixed point, full width and with the windows");
-        let t_full = delphi_train::train::fixed_accuracy(&full, &data.test)?;
-        let t_red = delphi_train::train::fixed_accuracy(&net, &data.test)?;
+        let t_full = delphi_train::evaluate::fixed_accuracy(&full, &data.test)?;
+        let t_red = delphi_train::evaluate::fixed_accuracy(&net, &data.test)?;
         println!(
             "fixed-point test accuracy on {} images: {:.2} % with the windows, {:.2} % at full width ({:+.2} points)",
             data.test.len(),
@@ -135,16 +132,14 @@ fn run_windows(a: &WindowsArgs) -> Result<()> {
             t_full * 100.0,
             (t_red - t_full) * 100.0
         );
-        if let Some(o) = choice.as_object_mut() {
-            o.insert("fixed_test_accuracy_full".into(), t_full.into());
-            o.insert("fixed_test_accuracy_reduced".into(), t_red.into());
-            o.insert("test_images".into(), data.test.len().into());
-        }
+        choice.fixed_test_accuracy_full = Some(t_full);
+        choice.fixed_test_accuracy_reduced = Some(t_red);
+        choice.test_images = Some(data.test.len());
     }
     let model_path = a
         .cost_model
         .clone()
-        .unwrap_or_else(|| PathBuf::from("results/cost-model.json"));
+        .unwrap_or_else(delphi_net::paths::default_cost_model);
     match delphi_cost::CostModel::load(&model_path) {
         Ok(model) => {
             let price = |n: &delphi_net::Network| -> Result<delphi_cost::Cost> {
@@ -165,10 +160,8 @@ fn run_windows(a: &WindowsArgs) -> Result<()> {
                 model_path.display(),
                 model.provenance.cpu_model
             );
-            if let Some(o) = choice.as_object_mut() {
-                o.insert("predicted_full".into(), serde_json::to_value(f)?);
-                o.insert("predicted_reduced".into(), serde_json::to_value(r)?);
-            }
+            choice.predicted_full_width = Some(serde_json::to_value(f)?);
+            net.metadata.predicted_cost = Some(serde_json::to_value(r)?);
         }
         Err(e) if a.cost_model.is_some() => {
             return Err(anyhow::Error::new(e).context("reading --cost-model"));
@@ -178,22 +171,17 @@ fn run_windows(a: &WindowsArgs) -> Result<()> {
             model_path.display()
         )),
     }
-    net.metadata
-        .extra
-        .insert("relu_bits".into(), choice.clone());
+    let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.2} %", v * 100.0));
+    let summary = format!(
+        "windows {} (fixed-point validation {} reduced, {} full)",
+        choice.windows,
+        pct(choice.fixed_valid_accuracy_reduced),
+        pct(choice.fixed_valid_accuracy_full)
+    );
+    net.metadata.relu_bits = Some(choice);
     net.save(&a.out, delphi_net::WeightStorage::Inline)
         .with_context(|| format!("writing {}", a.out.display()))?;
-    println!(
-        "windows {} (fixed-point validation {} reduced, {} full); wrote {}",
-        choice["windows"].as_str().unwrap_or("-"),
-        choice["fixed_valid_accuracy_reduced"]
-            .as_f64()
-            .map_or("-".into(), |v| format!("{:.2} %", v * 100.0)),
-        choice["fixed_valid_accuracy_full"]
-            .as_f64()
-            .map_or("-".into(), |v| format!("{:.2} %", v * 100.0)),
-        a.out.display()
-    );
+    println!("{summary}; wrote {}", a.out.display());
     Ok(())
 }
 
@@ -211,7 +199,7 @@ struct BenchArgs {
     /// pbt with per-channel placement, once per threshold.
     #[arg(long, value_delimiter = ',', default_value = "layer")]
     granularity: Vec<Granularity>,
-    /// Bench folder (default results/plan-bench/<dataset>-<arch>).
+    /// Bench folder (default <results>/plan-bench/<dataset>-<arch>).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Skip `delphi verify --compare-cost` on the chosen plans.
@@ -222,86 +210,75 @@ struct BenchArgs {
 /// Settings shared by a search and the benchmark.
 #[derive(Args)]
 struct SearchArgs {
-    /// fashion-mnist, fashion-mnist-32 (padded to 3×32×32 for CIFAR
-    /// networks such as resnet32), cifar10 or cifar100.
-    #[arg(long, default_value = "fashion-mnist")]
-    dataset: DatasetKind,
     /// Architecture: a built-in (small-cnn, minionn, resnet32, resnet14;
     /// default per dataset), or a network description (.json) or ONNX model
     /// (.onnx). With weights it is the trained all-ReLU base and is not
     /// retrained; without, it is trained first (--base-epochs).
-    #[arg(long)]
+    #[arg(long, help_heading = "Network")]
     arch: Option<String>,
+    /// Epochs of the all-ReLU base network (when it is trained here).
+    #[arg(long, default_value_t = 4, help_heading = "Network")]
+    base_epochs: usize,
     /// Members in the population.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 6, help_heading = "Search")]
     population: usize,
     /// Epochs each member trains (the budget is population × epochs
     /// member-epochs for every strategy unless --budget-epochs says otherwise)
     /// [default: 4; 2 for resnet14, sized so its default search fits in 45
     /// minutes on 2 cores]
-    #[arg(long)]
+    #[arg(long, help_heading = "Search")]
     epochs: Option<usize>,
     /// Training budget in member-epochs.
-    #[arg(long)]
+    #[arg(long, help_heading = "Search")]
     budget_epochs: Option<f64>,
     /// DELPHI's planner: how many counts of quadratic layers it tries.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, help_heading = "Search")]
     delphi_runs: usize,
-    /// Epochs of the all-ReLU base network (when it is trained here).
-    #[arg(long, default_value_t = 4)]
-    base_epochs: usize,
     /// Ready intervals per epoch.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, help_heading = "Search")]
     intervals_per_epoch: usize,
     /// Wall-time budget in minutes (no new interval starts after it).
-    #[arg(long)]
+    #[arg(long, help_heading = "Search")]
     budget: Option<f64>,
     /// ReLU circuits: auto (per layer, the narrowest window of bits that
     /// holds the inputs the network sees, kept when fixed-point validation
     /// accuracy stays within 0.3 points of full width) or full (the exact
     /// 41-bit circuit everywhere).
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", help_heading = "Search")]
     relu_bits: ReluBitsMode,
-    /// What to minimise: online-time, online-bytes, offline-time or mix.
-    #[arg(long, default_value = "online-time")]
-    objective: Objective,
-    /// Price plans for this link (e.g. 100Mbit) instead of loopback.
-    #[arg(long, requires = "rtt")]
-    bandwidth: Option<String>,
-    /// Round-trip time of that link (e.g. 20ms).
-    #[arg(long, requires = "bandwidth")]
-    rtt: Option<String>,
-    /// Cost model (default results/cost-model.json; calibrated quickly if missing).
-    #[arg(long)]
-    cost_model: Option<PathBuf>,
-    /// Compute device: cpu, wgpu, cuda.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Dataset folder.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Use only the first N training images.
-    #[arg(long)]
-    train_limit: Option<usize>,
-    /// Validation images carved from the training set.
-    #[arg(long, default_value_t = 5000)]
-    valid_size: usize,
-    /// Use only the first N test images for the final report.
-    #[arg(long)]
-    test_limit: Option<usize>,
     /// Seed.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, help_heading = "Search")]
     seed: u64,
+    /// What to minimise: online-time (alias latency), online-bytes (alias
+    /// bytes), offline-time or mix.
+    #[arg(long, default_value = "online-time", help_heading = "Cost")]
+    objective: Objective,
+    /// Price plans for this link instead of loopback: bits as 100Mbit,
+    /// 100Mbps or 1Gbit/s, bytes as 12.5MB/s (ambiguous units are refused).
+    #[arg(long, requires = "rtt", help_heading = "Cost")]
+    bandwidth: Option<Bandwidth>,
+    /// Round-trip time of that link (e.g. 20ms, 500us).
+    #[arg(long, requires = "bandwidth", help_heading = "Cost")]
+    rtt: Option<Rtt>,
+    /// Cost model (default <results>/cost-model.json; calibrated quickly if missing).
+    #[arg(long, help_heading = "Cost")]
+    cost_model: Option<PathBuf>,
+    /// Compute device: cpu, wgpu, cuda or cuda:N (the GPU ones need the
+    /// binary built with the feature of that name).
+    #[arg(long, default_value = "cpu", value_parser = delphi_train::device::parse_available, help_heading = "Compute")]
+    device: DeviceChoice,
+    #[command(flatten)]
+    data: DataArgs,
     /// No progress bars.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     quiet: bool,
 }
 
 fn plan_config(a: &SearchArgs) -> PlanConfig {
     PlanConfig {
         name: None,
-        dataset: a.dataset,
-        data_dir: a.data_dir.clone(),
+        dataset: a.data.dataset,
+        data_dir: a.data.data_dir.clone(),
         arch: a.arch.clone(),
         strategy: Strategy::Pbt,
         granularity: Granularity::Layer,
@@ -316,14 +293,14 @@ fn plan_config(a: &SearchArgs) -> PlanConfig {
         quantile: 0.25,
         budget_minutes: a.budget,
         objective: a.objective,
-        bandwidth: a.bandwidth.clone(),
-        rtt: a.rtt.clone(),
+        bandwidth: a.bandwidth,
+        rtt: a.rtt,
         cost_model: a.cost_model.clone(),
-        device: a.device.clone(),
+        device: a.device,
         batch_size: 64,
-        train_limit: a.train_limit,
-        valid_size: a.valid_size,
-        test_limit: a.test_limit,
+        train_limit: a.data.train_limit,
+        valid_size: a.data.valid_size,
+        test_limit: a.data.test_limit,
         seed: a.seed,
         out: None,
         verify: false,
@@ -349,7 +326,7 @@ fn run_one(c: &PlanConfig, quiet: bool) -> Result<()> {
     let out = c.out();
     let existed = out.exists();
     let say = |m: &str| eprintln!("[delphi-plan] {m}");
-    let outcome = match search::run(c, quiet, &say) {
+    let outcome = match delphi_planner::strategy::run(c, quiet, &say) {
         Ok(o) => o,
         Err(e) => {
             // A run that failed before writing anything leaves no folder.
@@ -367,8 +344,8 @@ fn run_one(c: &PlanConfig, quiet: bool) -> Result<()> {
     let placement = delphi_net::Placement::of(&net);
     let verify = if c.verify {
         say("running the plan through the protocol engine (delphi verify --compare-cost)");
-        let model = search::cost_model_path(c, &out, &say)?;
-        Some(measure::verify(&outcome.plan, &model)?)
+        let model = delphi_planner::pricing::cost_model_path(c, &out, &say)?;
+        Some(delphi_planner::engine::verify(&outcome.plan, &model)?)
     } else {
         None
     };
@@ -379,7 +356,7 @@ fn run_one(c: &PlanConfig, quiet: bool) -> Result<()> {
         layers: placement.len(),
         verify,
         seconds: start.elapsed().as_secs_f64(),
-        relu_bits: net.metadata.extra.get("relu_bits").cloned(),
+        relu_bits: net.metadata.relu_bits.clone(),
     };
     report::write(&out, c, &outcome, &fin)?;
     let summary = serde_json::json!({
@@ -451,6 +428,9 @@ fn main() -> Result<()> {
             );
         }
     }
+    if delphi_net::paths::check_args_only() {
+        return Ok(());
+    }
     if let Some(Cmd::Windows(w)) = &cli.command {
         return run_windows(w);
     }
@@ -458,6 +438,7 @@ fn main() -> Result<()> {
         let mut plan = plan_config(&b.search);
         plan.epochs = Some(plan.epochs());
         plan.check().map_err(anyhow::Error::msg)?;
+        plan.check_runnable().map_err(anyhow::Error::msg)?;
         for t in &b.thresholds {
             if !(0.0..=1.0).contains(t) {
                 bail!("threshold {t} must be in [0, 1]");
@@ -465,7 +446,7 @@ fn main() -> Result<()> {
         }
         plan.accuracy = b.thresholds.iter().cloned().fold(f64::INFINITY, f64::min);
         let out = b.out.clone().unwrap_or_else(|| {
-            PathBuf::from("results/plan-bench").join(format!(
+            delphi_net::paths::results_path("plan-bench").join(format!(
                 "{}-{}",
                 plan.dataset.name(),
                 plan.arch_label()
@@ -513,6 +494,7 @@ fn main() -> Result<()> {
         // that spells it agree.
         c.epochs = Some(c.epochs());
         c.check().map_err(anyhow::Error::msg)?;
+        c.check_runnable().map_err(anyhow::Error::msg)?;
     }
     for c in &configs {
         run_one(c, cli.search.quiet)?;

@@ -14,8 +14,9 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::error::Result;
 use crate::policy::{delphi_counts, delphi_fitness, exploit_pairs, Genome};
-use crate::search::{Progress, Result, Search};
+use crate::search::{Progress, Search};
 use crate::strategy::pbt::{pair, train_interval};
 
 /// Runs (or resumes) DELPHI's planner.

@@ -8,30 +8,12 @@
 //! longest run fits ([`crate::policy::greedy_steps`]); what a shorter run
 //! leaves is spent fine-tuning the last accepted plan.
 
-use serde::{Deserialize, Serialize};
-
 use delphi_net::Placement;
 use delphi_train::train::Trainer;
 
-use crate::policy::{greedy_pick, greedy_steps, Genome, Probe};
-use crate::search::{Progress, Result, Search};
-
-/// Where a greedy search is.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GreedyState {
-    /// The plan accepted so far.
-    pub accepted: Placement,
-    /// Its validation accuracy.
-    pub accuracy: f64,
-    /// Its cost (the objective).
-    pub cost: f64,
-    /// Round (from 1).
-    pub round: usize,
-    /// Probes finished this round.
-    pub probes: Vec<Probe>,
-    /// Why the rounds ended, once they have.
-    pub stopped: Option<String>,
-}
+use crate::error::Result;
+use crate::policy::{greedy_pick, greedy_steps, Genome, GreedyState, Probe};
+use crate::search::{Progress, Search};
 
 fn genome(placement: Placement) -> Genome {
     Genome {

@@ -13,3 +13,30 @@
 pub mod delphi;
 pub mod greedy;
 pub mod pbt;
+
+use crate::config::{PlanConfig, Strategy};
+use crate::error::Result;
+use crate::search::{Outcome, Progress, Search};
+
+/// Runs (or resumes) the search the configuration describes, with its
+/// strategy, and writes its outcome.
+pub fn run(c: &PlanConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Outcome> {
+    let mut s = Search::open(c, quiet, say)?;
+    if matches!(s.st.progress, Progress::Done) {
+        s.say("the search had finished; rewriting its outputs");
+        return s.finish();
+    }
+    if s.resumed {
+        let at = s.st.evaluations.len();
+        s.say(&format!(
+            "resuming after {at} evaluations ({} of {} training steps used)",
+            s.st.steps, s.budget
+        ));
+    }
+    match c.strategy {
+        Strategy::Pbt => pbt::run(&mut s)?,
+        Strategy::Delphi => delphi::run(&mut s)?,
+        Strategy::Greedy => greedy::run(&mut s)?,
+    }
+    s.finish()
+}

@@ -16,7 +16,7 @@
 //! budget instead of a placement: members start all-ReLU with budgets
 //! spread from just above the all-quadratic cost to half-way
 //! ([`crate::policy::channel_budget`]) and learn their channel masks under
-//! it ([`delphi_train::train::Gates`]); a member mid-learning cannot be
+//! it ([`delphi_train::config::Gates`]); a member mid-learning cannot be
 //! judged yet. Explore perturbs the hyperparameters and, with probability
 //! ½ when the copied member meets the threshold, tightens the budget
 //! ([`crate::policy::tighter_budget`]): the mask learning resumes from the
@@ -28,8 +28,9 @@ use rand_chacha::ChaCha8Rng;
 use delphi_train::train::Trainer;
 
 use crate::config::Granularity;
+use crate::error::Result;
 use crate::policy::{channel_budget, exploit_pairs, pbt_fitness, spread, tighter_budget, Genome};
-use crate::search::{Evaluation, Progress, Result, Search};
+use crate::search::{Evaluation, Progress, Search};
 
 /// Runs (or resumes) the population-based search.
 pub fn run(s: &mut Search) -> Result<()> {

@@ -7,11 +7,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use delphi_train::data::{self, DatasetKind};
+use delphi_train::cli::DataArgs;
+use delphi_train::config::{Distill, OptimizerKind, Schedule, Swap, TrainConfig};
 use delphi_train::device::DeviceChoice;
-use delphi_train::train::{
-    fixed_accuracy, Distill, OptimizerKind, Schedule, Swap, TrainConfig, Trainer,
-};
+use delphi_train::evaluate::fixed_accuracy;
+use delphi_train::train::Trainer;
 
 #[derive(Parser)]
 #[command(
@@ -21,9 +21,11 @@ use delphi_train::train::{
     long_about = "Trains a built-in architecture, a network description or an ONNX model on \
                   Fashion-MNIST, CIFAR-10 or CIFAR-100 with Burn, \
                   evaluates it in floating point and in the protocol's fixed point, and writes a run \
-                  folder with metrics.json and model.json (loadable by `delphi verify`/`serve`).\n\n\
-                  Example: delphi-train train --dataset fashion-mnist --arch small-cnn --epochs 5 \
-                  --activations relu,quad,relu --out results/train/x"
+                  folder with metrics.json and model.json (loadable by `delphi verify`/`serve`).",
+    after_help = "Examples:\n  \
+                  delphi-train train --dataset fashion-mnist --arch small-cnn --epochs 5 --out runs/relu\n  \
+                  delphi-train train --arch small-cnn --placement RQR --init runs/relu/model.json --out runs/rqr\n  \
+                  delphi-train bench --archs small-cnn --steps 10"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -59,9 +61,11 @@ enum Command {
                       Keras/TensorFlow CPU (train/scripts/keras_bench.py) and then this."
     )]
     Bench {
-        /// Where to write the figures.
-        #[arg(long, default_value = "results/bench/train.json")]
-        out: PathBuf,
+        /// Where to write the figures (default <results>/bench/train.json;
+        /// <results> is $DELPHI_RESULTS, else results/ of the checkout the
+        /// binary was built in, else ./results).
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// Architectures (built-in names), comma-separated.
         #[arg(
             long,
@@ -80,7 +84,7 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         rounds: usize,
         /// Compute device.
-        #[arg(long, default_value = "cpu")]
+        #[arg(long, default_value = "cpu", value_parser = delphi_train::device::parse_available)]
         device: DeviceChoice,
         /// Folder with Fashion-MNIST's files (default: $DELPHI_DATA, then
         /// Debian's); random images when absent.
@@ -95,26 +99,20 @@ enum Command {
 
 #[derive(clap::Args)]
 struct TrainArgs {
-    /// fashion-mnist, fashion-mnist-32 (padded to 3×32×32 for CIFAR
-    /// networks such as resnet32), cifar10 or cifar100.
-    #[arg(long, default_value = "fashion-mnist")]
-    dataset: DatasetKind,
-    /// Folder with the dataset's files (default: $DELPHI_DATA, then Debian's
-    /// /usr/share/datasets/fashion-mnist).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
     /// Architecture: small-cnn, minionn, resnet32 or resnet14 (default: per
     /// dataset), or a path to a network description (.json) or an ONNX model
     /// (.onnx). A file with weights is the starting point (fine-tuning); one
     /// without is initialised from --seed.
-    #[arg(long)]
+    #[arg(long, help_heading = "Network")]
     arch: Option<String>,
     /// Start from this description's weights (e.g. a trained all-ReLU model).
-    #[arg(long)]
+    #[arg(long, help_heading = "Network")]
     init: Option<PathBuf>,
-    /// Activation per layer: `relu,quad,relu` or `RQR` (default: all ReLU).
-    #[arg(long)]
-    activations: Option<delphi_net::Placement>,
+    /// Activation per layer: `RQR` or `relu,quad,relu` (default: all ReLU).
+    #[arg(long, visible_alias = "activations", help_heading = "Network")]
+    placement: Option<delphi_net::Placement>,
+    #[command(flatten)]
+    data: DataArgs,
     /// Passes over the training set.
     #[arg(long, default_value_t = 5)]
     epochs: usize,
@@ -160,31 +158,22 @@ struct TrainArgs {
     /// Seed of everything random.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Use only the first N training images.
-    #[arg(long)]
-    train_limit: Option<usize>,
-    /// Validation images carved from the training set.
-    #[arg(long, default_value_t = 5000)]
-    valid_size: usize,
-    /// Use only the first N test images.
-    #[arg(long)]
-    test_limit: Option<usize>,
-    /// Compute device: cpu (Burn's flex backend), wgpu or cuda (need the
-    /// crate built with the matching feature).
-    #[arg(long, default_value = "cpu")]
+    /// Compute device: cpu (Burn's flex backend), wgpu, cuda or cuda:N (the
+    /// GPU ones need the binary built with the feature of that name).
+    #[arg(long, default_value = "cpu", value_parser = delphi_train::device::parse_available, help_heading = "Compute")]
     device: DeviceChoice,
     /// Run folder: metrics.json, model.json, checkpoint/.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     out: PathBuf,
     /// Also write a checkpoint every N steps inside an epoch (one is always
     /// written at each epoch's end; 0: only there).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, help_heading = "Output")]
     checkpoint_every: usize,
     /// Start over even if --out holds a checkpoint (default: resume).
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     restart: bool,
     /// No progress bars.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     quiet: bool,
 }
 
@@ -246,13 +235,13 @@ fn parse_swap(s: &str) -> std::result::Result<Swap, String> {
 }
 
 fn config(a: &TrainArgs) -> TrainConfig {
-    let mut c = TrainConfig::new(a.dataset);
+    let mut c = TrainConfig::new(a.data.dataset);
     if let Some(arch) = &a.arch {
         c.arch = arch.clone();
     }
-    c.data_dir = a.data_dir.clone();
+    c.data_dir = a.data.data_dir.clone();
     c.init = a.init.clone();
-    c.activations = a.activations.as_ref().map(|p| p.to_string());
+    c.placement = a.placement.clone();
     c.epochs = a.epochs;
     c.batch_size = a.batch_size;
     c.optimizer = match a.optimizer {
@@ -273,7 +262,7 @@ fn config(a: &TrainArgs) -> TrainConfig {
             gamma: 0.1,
         },
     };
-    let has_quad = a.activations.as_ref().is_some_and(|p| p.quad_count() > 0);
+    let has_quad = a.placement.as_ref().is_some_and(|p| p.quad_count() > 0);
     c.grad_clip = a.grad_clip.or(has_quad.then_some(1.0));
     c.label_smoothing = a.label_smoothing;
     c.distill = a.teacher.as_ref().map(|t| Distill {
@@ -283,9 +272,9 @@ fn config(a: &TrainArgs) -> TrainConfig {
     });
     c.swap = a.swap;
     c.seed = a.seed;
-    c.train_limit = a.train_limit;
-    c.valid_size = a.valid_size;
-    c.test_limit = a.test_limit;
+    c.train_limit = a.data.train_limit;
+    c.valid_size = a.data.valid_size;
+    c.test_limit = a.data.test_limit;
     c
 }
 
@@ -296,7 +285,7 @@ fn train(a: &TrainArgs) -> Result<()> {
     let mut tr = if !a.restart && Trainer::has_checkpoint(&ckpt) {
         let tr = Trainer::load_checkpoint(&ckpt, &device)
             .with_context(|| format!("resuming from {}", ckpt.display()))?;
-        let diff = delphi_train::train::config_changes(&tr.config, &config(a));
+        let diff = delphi_train::config::config_changes(&tr.config, &config(a));
         if !diff.is_empty() {
             bail!(
                 "{} holds a run with another configuration ({}); pass --restart to start over, \
@@ -327,13 +316,7 @@ fn train(a: &TrainArgs) -> Result<()> {
         eprintln!("note: {n}");
     }
     let c = tr.config.clone();
-    let mut data = data::load(c.dataset, c.data_dir.as_deref(), c.valid_size, c.seed)?;
-    if let Some(n) = c.train_limit {
-        data.train = data.train.take(n);
-    }
-    if let Some(n) = c.test_limit {
-        data.test = data.test.take(n);
-    }
+    let data = c.load_data()?;
     eprintln!(
         "{} on {}: {} training, {} validation, {} test images; activations {}",
         c.arch,
@@ -341,7 +324,9 @@ fn train(a: &TrainArgs) -> Result<()> {
         data.train.len(),
         data.valid.len(),
         data.test.len(),
-        c.activations.as_deref().unwrap_or("all ReLU")
+        c.placement
+            .as_ref()
+            .map_or("all ReLU".to_string(), |p| p.to_string())
     );
     let start = Instant::now();
     let per_epoch = tr.steps_per_epoch(&data.train);
@@ -367,7 +352,11 @@ fn train(a: &TrainArgs) -> Result<()> {
     }
     let float_acc = tr.accuracy(&data.test);
     let mut net = tr.export()?;
-    delphi_train::train::record_ranges(&mut net, &data.train, delphi_train::train::RANGE_IMAGES)?;
+    delphi_train::evaluate::record_ranges(
+        &mut net,
+        &data.train,
+        delphi_train::evaluate::RANGE_IMAGES,
+    )?;
     eprintln!("evaluating {} test images in fixed point", data.test.len());
     let t = Instant::now();
     let fixed_acc = fixed_accuracy(&net, &data.test)?;
@@ -409,7 +398,11 @@ fn train(a: &TrainArgs) -> Result<()> {
 
 fn main() -> Result<()> {
     delphi_train::tune_allocator();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if delphi_net::paths::check_args_only() {
+        return Ok(());
+    }
+    match cli.command {
         Command::Train(a) => train(&a),
         Command::Bench {
             out,
@@ -424,6 +417,7 @@ fn main() -> Result<()> {
             if batch_size == 0 || steps == 0 || rounds == 0 {
                 bail!("--batch-size, --steps and --rounds must be at least 1");
             }
+            let out = out.unwrap_or_else(|| delphi_net::paths::results_path("bench/train.json"));
             // Read the reference first: a bad file fails before minutes of timing.
             let reference = match &compare {
                 Some(p) => {

@@ -1,0 +1,453 @@
+//! `delphi bench`: benchmarks that write machine-readable figures (JSON)
+//! under `<results>/bench/`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use clap::Subcommand;
+use delphi_engine::run::{peak_rss_bytes, run_local};
+use delphi_engine::session::{ClientOptions, ServeLimits, Server, SessionEvent};
+use delphi_net::builtin::{build, quad_last_with, BENCH_QUAD};
+use delphi_net::eval::{calibrate_batch_norm, random_inputs as random_inputs_f32};
+use delphi_net::{FixedProgram, Network, Placement};
+
+use crate::common::{
+    chain, checked_program, load_plan, mean, random_inputs, sampled_inputs, write_json,
+};
+
+#[derive(Subcommand)]
+pub(crate) enum Bench {
+    /// A whole network under the protocol (random weights): time, bytes, memory.
+    Network(BenchNetworkArgs),
+    /// A server under load: N concurrent clients, each running sessions of
+    /// one private inference (keys, offline, online) against one `serve`
+    /// on loopback; throughput and p50/p99 latency.
+    Serve(BenchServeArgs),
+    /// Garbled-circuit ReLU layer: throughput, bytes and end-to-end time over loopback TCP.
+    Relu(BenchReluArgs),
+}
+
+#[derive(clap::Args)]
+pub(crate) struct BenchNetworkArgs {
+    /// Architecture: small-cnn, minionn or resnet32.
+    #[arg(long, default_value = "resnet32")]
+    arch: String,
+    /// Number of output classes.
+    #[arg(long, default_value_t = 100)]
+    classes: usize,
+    /// Make the last N activation layers quadratic.
+    #[arg(long, default_value_t = 0)]
+    quad_layers: usize,
+    /// Number of inferences.
+    #[arg(long, default_value_t = 1)]
+    inputs: usize,
+    /// Run this plan (a description with weights, e.g. with reduced-ReLU
+    /// windows from `delphi-plan windows`) instead of a built-in with random
+    /// weights; its inputs are sampled in its declared input range, and
+    /// every node of the run is checked against the reference.
+    #[arg(long, conflicts_with_all = ["arch", "classes", "quad_layers"])]
+    plan: Option<PathBuf>,
+    /// Where to write the JSON figures.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct BenchServeArgs {
+    /// The plan to serve (default: small-cnn with random weights).
+    #[arg(long)]
+    plan: Option<PathBuf>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Sessions each client runs, one after another.
+    #[arg(long, default_value_t = 4)]
+    sessions: usize,
+    /// Server worker threads (sessions served at once).
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+    /// Where to write the JSON figures (default <results>/bench/serve.json;
+    /// <results> is $DELPHI_RESULTS, else results/ of the checkout the
+    /// binary was built in, else ./results).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct BenchReluArgs {
+    /// Number of ReLUs.
+    #[arg(long, default_value_t = 100_000)]
+    count: usize,
+    /// Where to write the JSON figures (default <results>/bench/relu.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Seed for the benchmark's inputs (the protocol's own randomness always comes from the OS).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Circuit widths, one row each: `full` (the exact 41-bit circuit) or a
+    /// reduced window `lo..hi` (the circuit sees bits lo..hi of the input;
+    /// see `delphi_crypto::relu`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "full,12..27,16..27,16..25"
+    )]
+    bits: Vec<String>,
+    /// Truncation after each ReLU (12: the ReLU after a conv layer).
+    #[arg(long, default_value_t = 12)]
+    shift: u32,
+}
+
+/// Parses `full` or `lo..hi` into the ReLU circuit it names.
+pub(crate) fn parse_relu_bits(s: &str, shift: u32) -> Result<delphi_crypto::relu::ReluSpec> {
+    use delphi_crypto::relu::{ReluBits, ReluSpec};
+    if s.trim() == "full" {
+        return Ok(ReluSpec::full(shift));
+    }
+    let spec = ReluSpec::reduced(shift, s.parse::<ReluBits>()?);
+    spec.check()?;
+    Ok(spec)
+}
+
+/// The p-th percentile (0–100) of `v`, nearest rank.
+pub(crate) fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}
+
+/// Runs `clients` concurrent clients of `sessions` one-inference sessions
+/// each against an in-process server; returns the figures.
+pub(crate) fn serve_bench(
+    net: Network,
+    clients: usize,
+    sessions: usize,
+    workers: usize,
+) -> Result<serde_json::Value> {
+    let (prog, _) = checked_program(&net, false)?;
+    let input_len = net.input.len();
+    let range = net.input_range();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?.to_string();
+    let server = Server {
+        net: Arc::new(net),
+        prog: Arc::new(prog),
+        preprocess: 1,
+        limits: ServeLimits {
+            workers,
+            max_connections: clients.max(workers) * 2,
+            ..ServeLimits::default()
+        },
+        store: None,
+    };
+    let total = clients * sessions;
+    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let f = failures.clone();
+    let on_event = Arc::new(move |e: SessionEvent| {
+        if let Some(err) = e.error {
+            eprintln!(
+                "[serve bench] session with {} failed: {}",
+                e.peer,
+                chain(&err)
+            );
+            f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let server = std::thread::spawn(move || server.run(listener, Some(total), on_event));
+    let t = std::time::Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let addr = addr.clone();
+            std::thread::spawn(move || -> Result<Vec<(f64, f64)>> {
+                let options = ClientOptions {
+                    timeout: Duration::from_secs(600),
+                    store: None,
+                    normalize: false,
+                };
+                let inputs =
+                    delphi_net::range::sample_inputs(input_len, range, sessions + 2, c as u64 + 7);
+                (0..sessions)
+                    .map(|k| {
+                        let t = std::time::Instant::now();
+                        let p = delphi_engine::session::infer(
+                            addr.as_str(),
+                            &inputs[k + 2..k + 3],
+                            &options,
+                            &|_| {},
+                        )?;
+                        Ok((t.elapsed().as_secs_f64(), p[0].online_s))
+                    })
+                    .collect()
+            })
+        })
+        .collect();
+    let mut session = Vec::with_capacity(total);
+    let mut online = Vec::with_capacity(total);
+    for h in handles {
+        let got = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        for (s, o) in got {
+            session.push(s);
+            online.push(o);
+        }
+    }
+    let wall = t.elapsed().as_secs_f64();
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("the server thread panicked"))??;
+    Ok(serde_json::json!({
+        "clients": clients,
+        "sessions_per_client": sessions,
+        "workers": workers,
+        "predictions": total,
+        "failed_sessions": failures.load(std::sync::atomic::Ordering::SeqCst),
+        "wall_s": wall,
+        "predictions_per_s": total as f64 / wall,
+        "session_latency_s": {
+            "p50": percentile(&mut session.clone(), 50.0),
+            "p99": percentile(&mut session, 99.0),
+        },
+        "online_latency_s": {
+            "p50": percentile(&mut online.clone(), 50.0),
+            "p99": percentile(&mut online, 99.0),
+        },
+        "note": "each session: key generation, one offline and one online phase; server and clients share the machine",
+        "cores": delphi_crypto::bench::cores(),
+        "cpu_model": delphi_crypto::bench::cpu_model(),
+        "peak_rss_bytes_all": peak_rss_bytes(),
+    }))
+}
+
+pub(crate) fn run_bench_relu(args: BenchReluArgs) -> Result<()> {
+    let BenchReluArgs {
+        count,
+        out,
+        seed,
+        bits,
+        shift,
+    } = args;
+    let out = out.unwrap_or_else(|| delphi_net::paths::results_path("bench/relu.json"));
+
+    ensure!(count > 0, "--count must be at least 1");
+    let specs = bits
+        .iter()
+        .map(|b| parse_relu_bits(b, shift))
+        .collect::<Result<Vec<_>>>()?;
+    ensure!(!specs.is_empty(), "--bits names no circuit");
+    let r =
+        delphi_crypto::bench::relu_bench(count, &specs, seed, &|m| eprintln!("[relu bench] {m}"))
+            .context("ReLU benchmark failed")?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let json = serde_json::to_string_pretty(&r)?;
+    std::fs::write(&out, format!("{json}\n"))
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("{json}");
+    eprintln!("[relu bench] wrote {}", out.display());
+    eprintln!(
+        "[relu bench] AES bound {:.0} M blocks/s on one core ({})",
+        r.aes_blocks_per_s / 1e6,
+        r.cpu_model
+    );
+    for row in &r.rows {
+        eprintln!(
+            "[relu bench] {:>6}: {:>3} AND, online {:>5.0} B, offline {:>5.0} B per ReLU; garble {:.0} M AND/s ({:.0} % of bound), eval {:.0} M AND/s ({:.0} %)",
+            row.bits,
+            row.and_gates_per_relu,
+            row.online_bytes_per_relu,
+            row.offline_bytes_per_relu,
+            row.garble_and_gates_per_s / 1e6,
+            100.0 * row.garble_fraction_of_aes_bound,
+            row.eval_and_gates_per_s / 1e6,
+            100.0 * row.eval_fraction_of_aes_bound
+        );
+    }
+    for row in &r.rows {
+        ensure!(
+            row.correct == r.relus && row.within_bound == row.inside_window,
+            "{}: {} of {} secure ReLUs differ from the circuit, {} inside the window exceed the stated bound",
+            row.bits,
+            r.relus - row.correct,
+            r.relus,
+            row.inside_window - row.within_bound
+        );
+    }
+
+    Ok(())
+}
+
+pub(crate) fn run_bench_serve(args: BenchServeArgs) -> Result<()> {
+    let BenchServeArgs {
+        plan,
+        clients,
+        sessions,
+        workers,
+        out,
+    } = args;
+    let out = out.unwrap_or_else(|| delphi_net::paths::results_path("bench/serve.json"));
+
+    ensure!(
+        clients > 0 && sessions > 0,
+        "--clients and --sessions must be at least 1"
+    );
+    let net = match &plan {
+        Some(p) => load_plan(p)?,
+        None => {
+            let mut net = build("small-cnn", 10, 1)?;
+            let calib = random_inputs_f32(net.input.len(), 2, 2);
+            calibrate_batch_norm(&mut net, &calib)?;
+            net
+        }
+    };
+    let summary = serve_bench(net, clients, sessions, workers)?;
+    let mut summary = summary;
+    summary["plan"] = plan
+        .as_ref()
+        .map_or("small-cnn (random weights)".to_string(), |p| {
+            p.display().to_string()
+        })
+        .into();
+    summary["rerun"] = format!(
+                "cargo run --release --bin delphi -- bench serve{} --clients {clients} --sessions {sessions} --workers {workers} --out {}",
+                plan.as_ref().map_or(String::new(), |p| format!(" --plan {}", p.display())),
+                out.display()
+            )
+            .into();
+    write_json(&out, &summary)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+
+    Ok(())
+}
+
+pub(crate) fn run_bench_network(args: BenchNetworkArgs) -> Result<()> {
+    let BenchNetworkArgs {
+        arch,
+        classes,
+        quad_layers,
+        inputs,
+        plan,
+        out,
+    } = args;
+
+    if let Some(plan) = plan {
+        return bench_network_plan(&plan, inputs, &out);
+    }
+    let mut net = build(&arch, classes, 1)?;
+    // Random weights: a contractive quadratic and batch-norm statistics
+    // calibrated for this placement keep values in range, as training would.
+    quad_last_with(&mut net, quad_layers, BENCH_QUAD)?;
+    let calib = random_inputs_f32(net.input.len(), 2, 2);
+    calibrate_batch_norm(&mut net, &calib)?;
+    let prog = FixedProgram::lower(&net)?;
+    let report = run_local(&prog, &random_inputs(&prog, inputs, 1)?, &|m| {
+        eprintln!("[network bench] {m}")
+    })?;
+    let mut summary = network_figures(&report);
+    summary.extend([
+        ("arch".to_string(), serde_json::json!(arch)),
+        ("classes".into(), classes.into()),
+        ("quad_layers".into(), quad_layers.into()),
+        ("placement".into(), Placement::of(&net).to_string().into()),
+        ("correct".into(), report.inferences.iter().all(|i| i.correct).into()),
+        ("rerun".into(), format!("cargo run --release --bin delphi -- bench network --arch {arch} --classes {classes} --quad-layers {quad_layers} --out {}", out.display()).into()),
+    ]);
+    let summary = serde_json::Value::Object(summary);
+    write_json(&out, &summary)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+
+    Ok(())
+}
+
+/// The figures every network benchmark records: sizes, mean times and
+/// bytes, setup, memory, the machine, and each inference.
+pub(crate) fn network_figures(
+    report: &delphi_engine::run::RunReport,
+) -> serde_json::Map<String, serde_json::Value> {
+    let v = serde_json::json!({
+        "relus": report.relus,
+        "quads": report.quads,
+        "offline_s": mean(report, |i| i.offline_s),
+        "online_s": mean(report, |i| i.online_s),
+        "offline_bytes": mean(report, |i| i.offline_bytes as f64),
+        "online_bytes": mean(report, |i| i.online_bytes as f64),
+        "setup_s": report.setup_s,
+        "setup_bytes": report.setup_bytes,
+        "peak_rss_bytes_both_parties": report.peak_rss_bytes,
+        "cores": delphi_crypto::bench::cores(),
+        "cpu_model": delphi_crypto::bench::cpu_model(),
+        "inferences": report.inferences,
+    });
+    match v {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// `delphi bench network --plan`: a given network, checked node by node.
+pub(crate) fn bench_network_plan(
+    plan: &std::path::Path,
+    inputs: usize,
+    out: &std::path::Path,
+) -> Result<()> {
+    ensure!(inputs > 0, "--inputs must be at least 1");
+    let net = load_plan(plan)?;
+    let (prog, ranges) = checked_program(&net, false)?;
+    eprintln!("[network bench] {ranges}");
+    let (_, encoded) = sampled_inputs(&net, &prog, inputs, 1)?;
+    let report = delphi_engine::run::run_local_with(
+        &prog,
+        &encoded,
+        &|m| eprintln!("[network bench] {m}"),
+        true,
+    )?;
+    let windows: Vec<String> = net
+        .layers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| l.relu_bits.map(|b| format!("{i}:{b}")))
+        .collect();
+    let checks_ok = report
+        .inferences
+        .iter()
+        .all(|i| i.node_check.as_ref().is_some_and(|c| c.ok()));
+    let mut summary = network_figures(&report);
+    summary.extend([
+        (
+            "plan".to_string(),
+            serde_json::json!(plan.file_name().map(|f| f.to_string_lossy().into_owned())),
+        ),
+        ("name".into(), net.name.clone().into()),
+        ("placement".into(), Placement::of(&net).to_string().into()),
+        ("relu_windows".into(), windows.join(" ").into()),
+        (
+            "exact".into(),
+            report.inferences.iter().all(|i| i.correct).into(),
+        ),
+        ("node_checks_ok".into(), checks_ok.into()),
+        (
+            "rerun".into(),
+            format!(
+                "delphi bench network --plan {} --inputs {inputs} --out {}",
+                plan.display(),
+                out.display()
+            )
+            .into(),
+        ),
+    ]);
+    let summary = serde_json::Value::Object(summary);
+    write_json(out, &summary)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    ensure!(
+        checks_ok,
+        "the run differs from the reference beyond what the protocol allows (see node_check in {})",
+        out.display()
+    );
+    Ok(())
+}

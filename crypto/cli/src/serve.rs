@@ -1,0 +1,292 @@
+//! `delphi serve` and `delphi infer`: the server of private predictions and
+//! its client, as separate processes over TCP.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use delphi_engine::run::{current_rss_bytes, peak_rss_bytes};
+use delphi_engine::session::{ClientOptions, ServeLimits, Server, SessionEvent};
+use delphi_engine::store::{default_key_path, BundleStore, Side};
+
+use crate::common::{chain, checked_program, load_plan};
+
+#[derive(clap::Args)]
+pub(crate) struct ServeArgs {
+    /// The network description (plan) to serve, or an ONNX model.
+    #[arg(long)]
+    plan: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    listen: String,
+    /// Offline bundles each client prepares ahead of its inputs.
+    #[arg(long, default_value_t = 1)]
+    preprocess: usize,
+    /// Seconds one read or write may wait for a client, and a client may
+    /// sit idle between requests.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
+    /// Seconds a client has to finish the handshake (hello, architecture,
+    /// its public key).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    handshake_timeout: u64,
+    /// Seconds one offline or online phase may take in all, however the
+    /// client paces it.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    phase_timeout: u64,
+    /// Sessions served at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    workers: u64,
+    /// Connections served or waiting for a worker; more are told the
+    /// server is busy and closed at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    max_connections: u64,
+    /// Serve a plan whose values can leave the range the protocol
+    /// computes exactly in (refused by default), with a warning. Such a
+    /// plan can give wrong answers, and a truncation outside its range
+    /// leaks a threshold test on a hidden value to the client.
+    #[arg(long)]
+    allow_overflow: bool,
+    /// Unused bundles one client may have the server hold in memory.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=64))]
+    max_bundles: u64,
+    /// Stop after this many sessions (default: serve forever).
+    #[arg(long)]
+    sessions: Option<usize>,
+    /// Keep the server's offline bundles in this directory (private, one
+    /// file per bundle, each used once) so that clients can preprocess in
+    /// one connection and predict in a later one.
+    #[arg(long)]
+    bundle_dir: Option<PathBuf>,
+    /// The key that authenticates the stored bundles (made if absent;
+    /// kept outside the directory). Default: `<bundle-dir>.key` beside it.
+    #[arg(long, requires = "bundle_dir")]
+    bundle_key: Option<PathBuf>,
+    /// Most bundles the store may hold.
+    #[arg(long, default_value_t = 1000, requires = "bundle_dir")]
+    max_stored_bundles: usize,
+    /// Most disk the store may use, in MB.
+    #[arg(long, default_value_t = 20_000, requires = "bundle_dir")]
+    max_store_mb: u64,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct InferArgs {
+    /// The server's address.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    connect: String,
+    /// JSON file: one input (array of CHW numbers) or an array of inputs.
+    /// Inputs are raw — pixels / 255 for images — and are normalised as
+    /// the served network records (see --normalized).
+    #[arg(long, required_unless_present = "preprocess_only")]
+    input: Option<PathBuf>,
+    /// The inputs are already normalised: send them as they are instead
+    /// of applying the network's recorded input normalisation.
+    #[arg(long)]
+    normalized: bool,
+    /// Seconds to wait for the peer before giving up.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Keep the client's offline bundles in this directory; stored
+    /// bundles are used first (needs a server started with --bundle-dir).
+    #[arg(long)]
+    bundle_dir: Option<PathBuf>,
+    /// The key that authenticates the stored bundles (made if absent;
+    /// kept outside the directory). Default: `<bundle-dir>.key` beside it.
+    #[arg(long, requires = "bundle_dir")]
+    bundle_key: Option<PathBuf>,
+    /// Only run N offline phases and store the bundles (with
+    /// --bundle-dir); a later `infer` uses them, so its online phase
+    /// starts at once.
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "bundle_dir",
+        conflicts_with = "input"
+    )]
+    preprocess_only: Option<usize>,
+}
+
+pub(crate) fn parse_inputs(v: &serde_json::Value) -> Option<Vec<Vec<f32>>> {
+    let arr = v.as_array()?;
+    let one = |a: &Vec<serde_json::Value>| {
+        a.iter()
+            .map(|x| x.as_f64().map(|f| f as f32))
+            .collect::<Option<Vec<f32>>>()
+    };
+    if arr.iter().all(|x| x.is_number()) {
+        return Some(vec![one(arr)?]);
+    }
+    arr.iter().map(|x| one(x.as_array()?)).collect()
+}
+
+/// Opens a bundle store when a directory is given.
+pub(crate) fn open_store(
+    dir: Option<PathBuf>,
+    key: Option<PathBuf>,
+    side: Side,
+) -> Result<Option<BundleStore>> {
+    let Some(dir) = dir else { return Ok(None) };
+    let key = key.unwrap_or_else(|| default_key_path(&dir));
+    Ok(Some(
+        BundleStore::open_with_key(&dir, side, &key)
+            .with_context(|| format!("opening the bundle store {}", dir.display()))?,
+    ))
+}
+
+pub(crate) fn run_serve(args: ServeArgs) -> Result<()> {
+    let ServeArgs {
+        plan,
+        listen,
+        preprocess,
+        timeout,
+        handshake_timeout,
+        phase_timeout,
+        workers,
+        max_connections,
+        max_bundles,
+        sessions,
+        bundle_dir,
+        bundle_key,
+        max_stored_bundles,
+        max_store_mb,
+        allow_overflow,
+    } = args;
+
+    let net = load_plan(&plan)?;
+    let (prog, ranges) = checked_program(&net, allow_overflow)?;
+    let store = open_store(bundle_dir, bundle_key, Side::Server)?;
+    let listener =
+        std::net::TcpListener::bind(&listen).with_context(|| format!("listening on {listen}"))?;
+    let (relus, quads) = prog.activation_counts();
+    eprintln!(
+                "serving {} on {} ({relus} ReLUs, {quads} quadratics per inference; {preprocess} bundle(s) ahead; {workers} session(s) at once)",
+                net.name,
+                listener.local_addr()?
+            );
+    eprintln!("{ranges}");
+    if let Some(st) = &store {
+        eprintln!(
+            "bundle store {}: {} bundle(s) ready",
+            st.dir().display(),
+            st.len()?
+        );
+    }
+    let limits = ServeLimits {
+        workers: workers as usize,
+        max_connections: max_connections as usize,
+        io_timeout: Duration::from_secs(timeout),
+        handshake_timeout: Duration::from_secs(handshake_timeout),
+        phase_timeout: Duration::from_secs(phase_timeout),
+        max_bundles: max_bundles as usize,
+        store_bundles: max_stored_bundles,
+        store_bytes: max_store_mb.saturating_mul(1 << 20),
+    };
+    let log = |e: SessionEvent| {
+        let r = &e.report;
+        let what = format!(
+                    "{} prediction(s), {} offline phase(s), {:.1} MB, {:.1} s; server memory now {:.0} MB (all sessions)",
+                    r.predictions,
+                    r.offline_phases,
+                    r.bytes as f64 / 1e6,
+                    r.seconds,
+                    current_rss_bytes() as f64 / 1e6
+                );
+        match e.error {
+            None => eprintln!("session with {}: {what}", e.peer),
+            Some(err) => {
+                eprintln!(
+                    "session with {} failed after {what}: {}",
+                    e.peer,
+                    chain(&err)
+                )
+            }
+        }
+    };
+    Server {
+        net: Arc::new(net),
+        prog: Arc::new(prog),
+        preprocess,
+        limits,
+        store,
+    }
+    .run(listener, sessions, Arc::new(log))?;
+
+    Ok(())
+}
+
+pub(crate) fn run_infer(args: InferArgs) -> Result<()> {
+    let InferArgs {
+        connect,
+        input,
+        normalized,
+        timeout,
+        json,
+        bundle_dir,
+        bundle_key,
+        preprocess_only,
+    } = args;
+
+    let options = ClientOptions {
+        normalize: !normalized,
+        timeout: Duration::from_secs(timeout),
+        store: open_store(bundle_dir, bundle_key, Side::Client)?,
+    };
+    if let Some(count) = preprocess_only {
+        let held = delphi_engine::session::preprocess(connect.as_str(), count, &options, &|m| {
+            eprintln!("[infer] {m}")
+        })
+        .with_context(|| format!("preprocessing with {connect}"))?;
+        eprintln!(
+            "{held} bundle(s) stored; client peak memory {:.0} MB",
+            peak_rss_bytes() as f64 / 1e6
+        );
+        return Ok(());
+    }
+    let input = input.context("--input is required")?;
+    let text =
+        std::fs::read_to_string(&input).with_context(|| format!("reading {}", input.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", input.display()))?;
+    let inputs = parse_inputs(&v).with_context(|| {
+        format!(
+            "{}: expected an array of numbers or an array of such arrays",
+            input.display()
+        )
+    })?;
+    let preds = delphi_engine::session::infer(connect.as_str(), &inputs, &options, &|m| {
+        if !json {
+            eprintln!("[infer] {m}")
+        }
+    })
+    .with_context(|| format!("private inference with {connect}"))?;
+    let peak = peak_rss_bytes();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "predictions": preds,
+                "client_peak_rss_bytes": peak,
+            }))?
+        );
+    } else {
+        for (k, p) in preds.iter().enumerate() {
+            let logits: Vec<String> = p.logits.iter().map(|v| format!("{v:.4}")).collect();
+            println!(
+                "input {}: class {}  (online {:.3} s, {:.1} MB)  logits [{}]",
+                k + 1,
+                p.class,
+                p.online_s,
+                p.online_bytes as f64 / 1e6,
+                logits.join(", ")
+            );
+        }
+        eprintln!("client peak memory {:.0} MB", peak as f64 / 1e6);
+    }
+
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! The ReLU circuits, written once for any [`Fancy`] interpreter (the
+//! garbler, the evaluator, the plaintext interpreter, the gate counter),
+//! and recorded once per [`ReluSpec`].
+
+use std::sync::OnceLock;
+
+use crate::field::F;
+use crate::gc::{Circuit, Fancy};
+
+use super::spec::*;
+
+/// The reduced ReLU circuit with window `bits` and truncation `shift`.
+///
+/// `a` and `b` hold bits lo..hi of the client's A and the server's B (see
+/// the module documentation), least significant first. Outputs pos ∧ S_j
+/// for j = max(0, shift − lo) .. n − 1, with weights 2^(j + lo − shift).
+pub fn relu_reduced_gadget<Fy: Fancy>(
+    f: &mut Fy,
+    a: &[Fy::Item],
+    b: &[Fy::Item],
+    shift: u32,
+    bits: ReluBits,
+) -> Vec<Fy::Item> {
+    let n = bits.width() as usize;
+    assert!(
+        n >= 2 && a.len() == n && b.len() == n,
+        "reduced ReLU inputs"
+    );
+    // Adder mod 2^n: the carry out of the top bit is not needed.
+    let mut sum = Vec::with_capacity(n);
+    sum.push(f.xor(&a[0], &b[0]));
+    let mut carry = f.and(&a[0], &b[0]);
+    for j in 1..n {
+        let p = f.xor(&a[j], &b[j]);
+        sum.push(f.xor(&p, &carry));
+        if j + 1 < n {
+            let x = f.xor(&a[j], &carry);
+            let y = f.xor(&b[j], &carry);
+            let z = f.and(&x, &y);
+            carry = f.xor(&carry, &z);
+        }
+    }
+    let pos = sum[n - 1].clone();
+    let j0 = shift.saturating_sub(bits.lo) as usize;
+    sum[j0..n - 1].iter().map(|s| f.and(&pos, s)).collect()
+}
+
+/// Writes the ReLU circuit for any interpreter.
+///
+/// `a` holds the bits of a + [`CLIENT_OFFSET`] (client), `b` the bits of b
+/// (server), least significant first. The outputs, combined with
+/// [`ReluCircuit::weights`], give ReLU(y) >> `shift` exactly (floor of the
+/// non-negative value): with shift 0, pos ∧ s'_j for j = 0..42 and pos
+/// (131 ANDs); with shift f > 0 the low f bits are dropped and one carry is
+/// kept (see [`ReluCircuit::weights`]; 132 ANDs for f = 8).
+pub fn relu_gadget<Fy: Fancy>(
+    f: &mut Fy,
+    a: &[Fy::Item],
+    b: &[Fy::Item],
+    shift: u32,
+) -> Vec<Fy::Item> {
+    assert_eq!(a.len(), CLIENT_BITS);
+    assert_eq!(b.len(), SERVER_BITS);
+    assert!(shift <= MAX_SHIFT, "shift {shift} above {MAX_SHIFT}");
+    // Ripple-carry adder, one AND per bit; keep the propagate bits.
+    let mut sum = Vec::with_capacity(42);
+    let mut propagate = Vec::with_capacity(36);
+    let p0 = f.xor(&a[0], &b[0]);
+    let mut carry = f.and(&a[0], &b[0]);
+    sum.push(p0.clone());
+    propagate.push(p0);
+    for j in 1..CLIENT_BITS {
+        let p = f.xor(&a[j], &b[j]);
+        sum.push(f.xor(&p, &carry));
+        if j < 36 {
+            propagate.push(p);
+        }
+        let x = f.xor(&a[j], &carry);
+        let y = f.xor(&b[j], &carry);
+        let z = f.and(&x, &y);
+        carry = f.xor(&carry, &z);
+    }
+    sum.push(carry);
+
+    // Sign of y = (a + b) mod p from the top six bits and the propagates.
+    let low_all_ones = f.and_all(&propagate);
+    let (s36_39, s40, s41) = (&sum[36..40], &sum[40], &sum[41]);
+    let any = f.or_all(s36_39);
+    let all = f.and_all(s36_39);
+    let s40_any = f.and(s40, &any);
+    let ge17 = f.or(s41, &s40_any); // s' ≥ 17·2^36
+    let not41 = f.not(s41);
+    let not_any = f.not(&any);
+    let t = f.and(&not41, s40);
+    let eq16 = f.and(&t, &not_any); // s' >> 36 == 16
+    let edge = f.and(&eq16, &low_all_ones);
+    let ge_t1 = f.xor(&ge17, &edge); // s' ≥ 17·2^36 − 1 (exclusive cases)
+    let hi = f.or(s40, &all);
+    let ge_t2 = f.and(s41, &hi); // s' ≥ 2^41 + 15·2^36
+    let x = f.xor(&ge_t1, s41);
+    let neg = f.xor(&x, &ge_t2);
+    let pos = f.not(&neg);
+
+    if shift == 0 {
+        // ReLU(y) ≡ pos·(s' − K): weights 2^j and −K.
+        let mut out: Vec<Fy::Item> = sum.iter().map(|s| f.and(&pos, s)).collect();
+        out.push(pos);
+        return out;
+    }
+    // With W = s'_41: if W, y = s' − 2^41 (as p + K = 2^41) and y >> f is
+    // bits f..40 of s'; otherwise y = (s' + 1) − 2^37 and
+    // y >> f = (s' >> f) + [low f bits of s' all ones] − 2^(37−f). Hence
+    // ReLU(y) >> f = pos·(Σ_{j=f}^{40} 2^(j−f) s'_j + (¬W ∧ c) − 2^(37−f) + 2^(37−f)·W).
+    let sh = shift as usize;
+    let mut out: Vec<Fy::Item> = sum[sh..].iter().map(|s| f.and(&pos, s)).collect();
+    let carry = f.and_all(&sum[..sh]);
+    let not_w = f.not(s41);
+    let c = f.and(&not_w, &carry);
+    out.push(f.and(&pos, &c));
+    out.push(pos);
+    out
+}
+
+/// The recorded ReLU circuit and the weights of its outputs.
+#[derive(Debug)]
+pub struct ReluCircuit {
+    pub(super) circuit: Circuit,
+    pub(super) weights: Vec<F>,
+    pub(super) shift: u32,
+}
+
+impl ReluCircuit {
+    /// The recorded circuit.
+    pub fn circuit(&self) -> &Circuit {
+        &self.circuit
+    }
+
+    /// The output weights. Shift 0: 2^j for the 42 masked sum bits, −K for
+    /// `pos`. Shift f: 2^(j−f) for bits j = f..40, 2^(37−f) for bit 41,
+    /// 1 for the carry term, −2^(37−f) for `pos`.
+    pub fn weights(&self) -> &[F] {
+        &self.weights
+    }
+
+    /// The truncation this circuit applies after ReLU.
+    pub fn shift(&self) -> u32 {
+        self.shift
+    }
+
+    /// Combines plaintext output bits into ReLU(y).
+    pub fn combine(&self, bits: &[bool]) -> F {
+        bits.iter()
+            .zip(&self.weights)
+            .map(|(&b, &w)| if b { w } else { F::ZERO })
+            .sum()
+    }
+}
+
+/// The circuit of `spec`, recorded once per spec.
+///
+/// # Panics
+/// If the spec fails [`ReluSpec::check`].
+pub fn relu_circuit_for(spec: ReluSpec) -> &'static ReluCircuit {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    let bits = match spec.bits {
+        None => return relu_circuit(spec.shift),
+        Some(b) => b,
+    };
+    assert!(spec.check().is_ok(), "invalid ReLU spec {spec:?}");
+    static C: OnceLock<Mutex<HashMap<ReluSpec, &'static ReluCircuit>>> = OnceLock::new();
+    let map = C.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut map = match map.lock() {
+        Ok(m) => m,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    map.entry(spec).or_insert_with(|| {
+        let n = bits.width() as usize;
+        let circuit = Circuit::record(n, n, |f, a, b| {
+            relu_reduced_gadget(f, a, b, spec.shift, bits)
+        });
+        let j0 = spec.shift.saturating_sub(bits.lo);
+        let weights = (j0..n as u32 - 1)
+            .map(|j| F::from_u64(1u64 << (j + bits.lo - spec.shift)))
+            .collect();
+        Box::leak(Box::new(ReluCircuit {
+            circuit,
+            weights,
+            shift: spec.shift,
+        }))
+    })
+}
+
+/// The ReLU circuit that truncates by `shift` bits, recorded once per shift.
+///
+/// # Panics
+/// If `shift` exceeds [`MAX_SHIFT`].
+pub fn relu_circuit(shift: u32) -> &'static ReluCircuit {
+    static C: [OnceLock<ReluCircuit>; MAX_SHIFT as usize + 1] =
+        [const { OnceLock::new() }; MAX_SHIFT as usize + 1];
+    assert!(shift <= MAX_SHIFT, "shift {shift} above {MAX_SHIFT}");
+    C[shift as usize].get_or_init(|| {
+        let circuit = Circuit::record(CLIENT_BITS, SERVER_BITS, |f, a, b| {
+            relu_gadget(f, a, b, shift)
+        });
+        let weights: Vec<F> = if shift == 0 {
+            let mut w: Vec<F> = (0..42).map(|j| F::from_u64(1 << j)).collect();
+            w.push(-F::from_u64(CLIENT_OFFSET));
+            w
+        } else {
+            let mut w: Vec<F> = (shift..41).map(|j| F::from_u64(1 << (j - shift))).collect();
+            w.push(F::from_u64(1 << (37 - shift)));
+            w.push(F::ONE);
+            w.push(-F::from_u64(1 << (37 - shift)));
+            w
+        };
+        ReluCircuit {
+            circuit,
+            weights,
+            shift,
+        }
+    })
+}
