@@ -147,6 +147,31 @@ impl<R: Read> Decoder<R> {
     }
 }
 
+/// Offline material that a stored bundle holds, written and read back with
+/// the codec: what a container (a whole network's bundle) needs to store
+/// each layer's part without knowing its type.
+pub trait Stored: Sized {
+    /// Writes it.
+    fn store_to<W: Write>(&self, e: &mut Encoder<W>) -> Result<()>;
+    /// Reads what [`Stored::store_to`] wrote, every length checked.
+    fn load_from<R: Read>(d: &mut Decoder<R>) -> Result<Self>;
+}
+
+/// Implements [`Stored`] for types with inherent `store` and `load`.
+macro_rules! impl_stored {
+    ($($t:ty),+) => {
+        $(impl $crate::codec::Stored for $t {
+            fn store_to<W: std::io::Write>(&self, e: &mut $crate::codec::Encoder<W>) -> $crate::Result<()> {
+                self.store(e)
+            }
+            fn load_from<R: std::io::Read>(d: &mut $crate::codec::Decoder<R>) -> $crate::Result<Self> {
+                Self::load(d)
+            }
+        })+
+    };
+}
+pub(crate) use impl_stored;
+
 #[cfg(test)]
 mod tests {
     use super::*;

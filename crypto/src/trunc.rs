@@ -47,7 +47,6 @@
 use std::fmt;
 
 use rand::{CryptoRng, Rng, RngCore};
-use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::block::{Block, TweakHash};
@@ -325,13 +324,7 @@ impl ClientTruncBundle {
     /// compile).
     pub fn online<C: Channel>(self, ch: &mut C) -> Result<Vec<F>> {
         let s = self.inner;
-        let mut id = [0u8; 16];
-        ch.recv_bytes(&mut id)?;
-        if !bool::from(id.ct_eq(&s.id)) {
-            return Err(Error::Malformed {
-                what: "online message belongs to a different offline bundle",
-            });
-        }
+        ch.expect_bundle_id(&s.id)?;
         let mut bits = vec![0u8; self.n.div_ceil(8)];
         ch.recv_bytes(&mut bits)?;
         let f = self.shift;
@@ -352,6 +345,8 @@ impl ClientTruncBundle {
         Ok(out)
     }
 }
+
+crate::codec::impl_stored!(ServerTruncBundle, ClientTruncBundle);
 
 const SERVER_TAG: u64 = u64::from_le_bytes(*b"dlTRCs01");
 const CLIENT_TAG: u64 = u64::from_le_bytes(*b"dlTRCc01");

@@ -54,6 +54,17 @@ fn dir(name: &str) -> std::path::PathBuf {
     d
 }
 
+/// Runs `cmd` and checks that it succeeds (its stderr in the message).
+fn succeeds(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 #[test]
 fn two_processes_give_the_reference_logits() {
     let d = dir("ok");
@@ -71,15 +82,10 @@ fn two_processes_give_the_reference_logits() {
     .unwrap();
 
     let (mut server, addr) = serve(&plan, 1);
-    let out = delphi()
-        .args(["infer", "--json", "--connect", &addr, "--input"])
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeds(
+        delphi()
+            .args(["infer", "--json", "--connect", &addr, "--input"])
+            .arg(&input),
     );
     assert!(server.wait().unwrap().success());
 
@@ -121,22 +127,17 @@ fn bundles_prepared_in_one_process_are_used_once_in_another() {
     net.save(&plan, WeightStorage::Inline).unwrap();
     let (sdir, cdir) = (d.join("server-bundles"), d.join("client-bundles"));
     let (mut server, addr) = serve_with(&plan, 2, &["--bundle-dir", sdir.to_str().unwrap()]);
-    let out = delphi()
-        .args([
-            "infer",
-            "--connect",
-            &addr,
-            "--preprocess-only",
-            "2",
-            "--bundle-dir",
-        ])
-        .arg(&cdir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeds(
+        delphi()
+            .args([
+                "infer",
+                "--connect",
+                &addr,
+                "--preprocess-only",
+                "2",
+                "--bundle-dir",
+            ])
+            .arg(&cdir),
     );
     let count = |p: &std::path::Path| {
         std::fs::read_dir(p)
@@ -168,17 +169,12 @@ fn bundles_prepared_in_one_process_are_used_once_in_another() {
         .collect();
     let input = d.join("inputs.json");
     std::fs::write(&input, serde_json::to_string(&inputs).unwrap()).unwrap();
-    let out = delphi()
-        .args(["infer", "--json", "--connect", &addr, "--bundle-dir"])
-        .arg(&cdir)
-        .arg("--input")
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeds(
+        delphi()
+            .args(["infer", "--json", "--connect", &addr, "--bundle-dir"])
+            .arg(&cdir)
+            .arg("--input")
+            .arg(&input),
     );
     assert!(server.wait().unwrap().success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

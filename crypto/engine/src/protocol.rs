@@ -33,6 +33,7 @@ use rand::{CryptoRng, RngCore};
 use seal_fhe::Ciphertext;
 
 use delphi_crypto::channel::Channel;
+use delphi_crypto::codec::Stored;
 use delphi_crypto::codec::{Decoder, Encoder};
 use delphi_crypto::field::F;
 use delphi_crypto::relu::{
@@ -776,27 +777,82 @@ fn flags_of(flags: u64, allowed: u64) -> Result<u64> {
     Ok(flags)
 }
 
+/// One node's parts that both sides' bundles have: its ReLU bundle, its
+/// truncation bundle and its quadratic material (two vectors).
+struct NodeParts<'a, R, T> {
+    relu: &'a Option<R>,
+    trunc: &'a Option<T>,
+    quad: &'a Option<(Vec<F>, Vec<F>)>,
+}
+
+impl<R: Stored, T: Stored> NodeParts<'_, R, T> {
+    /// Their flags.
+    fn flags(&self) -> u64 {
+        flag(self.relu.is_some(), HAS_RELU)
+            | flag(self.trunc.is_some(), HAS_TRUNC)
+            | flag(self.quad.is_some(), HAS_QUAD)
+    }
+
+    /// Writes the present ones, in flag order.
+    fn store<W: Write>(&self, e: &mut Encoder<W>) -> Result<()> {
+        if let Some(r) = self.relu {
+            r.store_to(e)?;
+        }
+        if let Some(t) = self.trunc {
+            t.store_to(e)?;
+        }
+        if let Some((x, y)) = self.quad {
+            e.fields(x)?;
+            e.fields(y)?;
+        }
+        Ok(())
+    }
+}
+
+/// A node's parts as read back: ReLU, truncation, quadratic material.
+type LoadedParts<R, T> = (Option<R>, Option<T>, Option<(Vec<F>, Vec<F>)>);
+
+/// Reads the parts `flags` names (quadratic vectors of `quad_lens`).
+fn load_parts<Rd: Read, R: Stored, T: Stored>(
+    d: &mut Decoder<Rd>,
+    flags: u64,
+    quad_lens: (usize, usize),
+) -> Result<LoadedParts<R, T>> {
+    let relu = (flags & HAS_RELU != 0)
+        .then(|| R::load_from(d))
+        .transpose()?;
+    let trunc = (flags & HAS_TRUNC != 0)
+        .then(|| T::load_from(d))
+        .transpose()?;
+    let quad = if flags & HAS_QUAD != 0 {
+        Some((
+            d.fields(quad_lens.0, "stored triples")?,
+            d.fields(quad_lens.1, "stored triples")?,
+        ))
+    } else {
+        None
+    };
+    Ok((relu, trunc, quad))
+}
+
 impl ClientBundle {
+    fn parts(&self, i: usize) -> NodeParts<'_, ClientReluBundle, ClientTruncBundle> {
+        NodeParts {
+            relu: &self.relus[i],
+            trunc: &self.truncs[i],
+            quad: &self.quads[i],
+        }
+    }
+
     /// Writes the bundle (secret material: protect the file like a key).
     pub fn store<W: Write>(&self, prog: &FixedProgram, w: W) -> Result<()> {
         let mut e = Encoder::new(w);
         write_header(&mut e, SIDE_CLIENT, prog, &self.id)?;
         for i in 0..prog.nodes.len() {
-            let flags = flag(self.relus[i].is_some(), HAS_RELU)
-                | flag(self.truncs[i].is_some(), HAS_TRUNC)
-                | flag(self.quads[i].is_some(), HAS_QUAD);
-            e.u64(flags)?;
+            let parts = self.parts(i);
+            e.u64(parts.flags())?;
             e.fields(&self.shares[i])?;
-            if let Some(r) = &self.relus[i] {
-                r.store(&mut e)?;
-            }
-            if let Some(t) = &self.truncs[i] {
-                t.store(&mut e)?;
-            }
-            if let Some((a, sq)) = &self.quads[i] {
-                e.fields(a)?;
-                e.fields(sq)?;
-            }
+            parts.store(&mut e)?;
         }
         Ok(())
     }
@@ -810,56 +866,43 @@ impl ClientBundle {
             id,
             offline_trace: Vec::new(),
             shares: Vec::with_capacity(n),
-            relus: (0..n).map(|_| None).collect(),
-            truncs: (0..n).map(|_| None).collect(),
-            quads: vec![None; n],
+            relus: Vec::with_capacity(n),
+            truncs: Vec::with_capacity(n),
+            quads: Vec::with_capacity(n),
         };
-        for (i, node) in prog.nodes.iter().enumerate() {
-            let len = node.shape.len();
+        for node in &prog.nodes {
             let flags = flags_of(d.u64()?, HAS_RELU | HAS_TRUNC | HAS_QUAD)?;
-            b.shares.push(d.fields(len, "stored shares")?);
-            if flags & HAS_RELU != 0 {
-                b.relus[i] = Some(ClientReluBundle::load(&mut d)?);
-            }
-            if flags & HAS_TRUNC != 0 {
-                b.truncs[i] = Some(ClientTruncBundle::load(&mut d)?);
-            }
-            if flags & HAS_QUAD != 0 {
-                let len = node.active_len();
-                b.quads[i] = Some((
-                    d.fields(len, "stored triples")?,
-                    d.fields(len, "stored triples")?,
-                ));
-            }
+            b.shares.push(d.fields(node.shape.len(), "stored shares")?);
+            let q = node.active_len();
+            let (relu, trunc, quad) = load_parts(&mut d, flags, (q, q))?;
+            b.relus.push(relu);
+            b.truncs.push(trunc);
+            b.quads.push(quad);
         }
         Ok(b)
     }
 }
 
 impl ServerBundle {
+    fn parts(&self, i: usize) -> NodeParts<'_, ServerReluBundle, ServerTruncBundle> {
+        NodeParts {
+            relu: &self.relus[i],
+            trunc: &self.truncs[i],
+            quad: &self.quads[i],
+        }
+    }
+
     /// Writes the bundle (secret material: protect the file like a key).
     pub fn store<W: Write>(&self, prog: &FixedProgram, w: W) -> Result<()> {
         let mut e = Encoder::new(w);
         write_header(&mut e, SIDE_SERVER, prog, &self.id)?;
         for i in 0..prog.nodes.len() {
-            let flags = flag(self.sigmas[i].is_some(), HAS_SIGMA)
-                | flag(self.relus[i].is_some(), HAS_RELU)
-                | flag(self.truncs[i].is_some(), HAS_TRUNC)
-                | flag(self.quads[i].is_some(), HAS_QUAD);
-            e.u64(flags)?;
+            let parts = self.parts(i);
+            e.u64(flag(self.sigmas[i].is_some(), HAS_SIGMA) | parts.flags())?;
             if let Some(s) = &self.sigmas[i] {
                 e.fields(s)?;
             }
-            if let Some(r) = &self.relus[i] {
-                r.store(&mut e)?;
-            }
-            if let Some(t) = &self.truncs[i] {
-                t.store(&mut e)?;
-            }
-            if let Some((pre, pairs)) = &self.quads[i] {
-                e.fields(pre)?;
-                e.fields(pairs)?;
-            }
+            parts.store(&mut e)?;
         }
         Ok(())
     }
@@ -871,30 +914,22 @@ impl ServerBundle {
         let n = prog.nodes.len();
         let mut b = ServerBundle {
             id,
-            sigmas: vec![None; n],
-            relus: (0..n).map(|_| None).collect(),
-            truncs: (0..n).map(|_| None).collect(),
-            quads: vec![None; n],
+            sigmas: Vec::with_capacity(n),
+            relus: Vec::with_capacity(n),
+            truncs: Vec::with_capacity(n),
+            quads: Vec::with_capacity(n),
         };
-        for (i, node) in prog.nodes.iter().enumerate() {
-            let len = node.shape.len();
+        for node in &prog.nodes {
             let flags = flags_of(d.u64()?, HAS_SIGMA | HAS_RELU | HAS_TRUNC | HAS_QUAD)?;
-            if flags & HAS_SIGMA != 0 {
-                b.sigmas[i] = Some(d.fields(len, "stored masks")?);
-            }
-            if flags & HAS_RELU != 0 {
-                b.relus[i] = Some(ServerReluBundle::load(&mut d)?);
-            }
-            if flags & HAS_TRUNC != 0 {
-                b.truncs[i] = Some(ServerTruncBundle::load(&mut d)?);
-            }
-            if flags & HAS_QUAD != 0 {
-                let len = node.active_len();
-                b.quads[i] = Some((
-                    d.fields(len, "stored triples")?,
-                    d.fields(2 * len, "stored triples")?,
-                ));
-            }
+            let sigma = (flags & HAS_SIGMA != 0)
+                .then(|| d.fields(node.shape.len(), "stored masks"))
+                .transpose()?;
+            b.sigmas.push(sigma);
+            let q = node.active_len();
+            let (relu, trunc, quad) = load_parts(&mut d, flags, (q, 2 * q))?;
+            b.relus.push(relu);
+            b.truncs.push(trunc);
+            b.quads.push(quad);
         }
         Ok(b)
     }

@@ -510,42 +510,35 @@ pub struct Metadata {
 
 /// How a network's reduced-ReLU windows were chosen: what the planner
 /// records in the description's metadata (`metadata.relu_bits`) beside the
-/// windows the layers carry.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// windows the layers carry. A figure not measured is `null`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct WindowChoice {
     /// The rule that chose them (`auto`: the planner's `--relu-bits auto`).
     pub mode: String,
     /// The margin over the largest measured ReLU input the windows hold
-    /// (absent when no window was kept).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// (none when no window was kept).
     pub margin: Option<f64>,
-    /// `layer:lo..hi` per layer ([`crate::window::describe_windows`]), or a sentence
-    /// saying why there are none.
-    pub windows: String,
     /// Fixed-point validation accuracy with full-width ReLUs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fixed_valid_accuracy_full: Option<f64>,
     /// Fixed-point validation accuracy with these windows.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fixed_valid_accuracy_reduced: Option<f64>,
-    /// Validation images both accuracies were measured on (absent: none
+    /// Validation images both accuracies were measured on (none: nothing
     /// measured, e.g. a network without ReLU layers).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_images: Option<usize>,
+    /// `layer:lo..hi` per layer ([`crate::window::describe_windows`]), or a
+    /// sentence saying why there are none.
+    pub windows: String,
     /// Fixed-point test accuracy with full-width ReLUs (measured after the
     /// choice, which never sees the test split; `delphi-plan windows --test`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fixed_test_accuracy_full: Option<f64>,
     /// Fixed-point test accuracy with these windows.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fixed_test_accuracy_reduced: Option<f64>,
     /// Test images both were measured on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_images: Option<usize>,
     /// The cost model's prediction for the network at full width, as it
     /// wrote it (the prediction with these windows is
     /// `metadata.predicted_cost`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub predicted_full_width: Option<serde_json::Value>,
 }
 
@@ -554,15 +547,8 @@ impl WindowChoice {
     pub fn new(mode: &str, windows: String) -> WindowChoice {
         WindowChoice {
             mode: mode.into(),
-            margin: None,
             windows,
-            fixed_valid_accuracy_full: None,
-            fixed_valid_accuracy_reduced: None,
-            valid_images: None,
-            fixed_test_accuracy_full: None,
-            fixed_test_accuracy_reduced: None,
-            test_images: None,
-            predicted_full_width: None,
+            ..WindowChoice::default()
         }
     }
 }
@@ -1529,63 +1515,64 @@ mod keys {
         }
     }
 
-    struct LayerVisitor;
+    /// A map's keys in order, with the value of one of them (`special`)
+    /// read as `T` and every other value skipped.
+    struct KeysVisitor<T> {
+        special: &'static str,
+        expecting: &'static str,
+        _value: std::marker::PhantomData<T>,
+    }
 
-    impl<'de> Visitor<'de> for LayerVisitor {
-        type Value = LayerKeys;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a layer object")
+    impl<T> KeysVisitor<T> {
+        fn new(special: &'static str, expecting: &'static str) -> Self {
+            KeysVisitor {
+                special,
+                expecting,
+                _value: std::marker::PhantomData,
+            }
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LayerKeys, A::Error> {
-            let mut out = LayerKeys {
-                ty: String::new(),
-                keys: Vec::new(),
-            };
+    }
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for KeysVisitor<T> {
+        type Value = (Vec<String>, Option<T>);
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(self.expecting)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let (mut keys, mut value) = (Vec::new(), None);
             while let Some(k) = map.next_key::<String>()? {
-                if k == "type" {
-                    out.ty = map.next_value::<String>()?;
+                if k == self.special {
+                    value = Some(map.next_value::<T>()?);
                 } else {
                     map.next_value::<IgnoredAny>()?;
                 }
-                out.keys.push(k);
+                keys.push(k);
             }
-            Ok(out)
+            Ok((keys, value))
         }
     }
 
     impl<'de> Deserialize<'de> for LayerKeys {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            d.deserialize_map(LayerVisitor)
-        }
-    }
-
-    struct TopVisitor;
-
-    impl<'de> Visitor<'de> for TopVisitor {
-        type Value = Keys;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a network description object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Keys, A::Error> {
-            let mut out = Keys {
-                top: Vec::new(),
-                layers: Vec::new(),
-            };
-            while let Some(k) = map.next_key::<String>()? {
-                if k == "layers" {
-                    out.layers = map.next_value::<Vec<LayerKeys>>()?;
-                } else {
-                    map.next_value::<IgnoredAny>()?;
-                }
-                out.top.push(k);
-            }
-            Ok(out)
+            let (keys, ty) =
+                d.deserialize_map(KeysVisitor::<String>::new("type", "a layer object"))?;
+            Ok(LayerKeys {
+                ty: ty.unwrap_or_default(),
+                keys,
+            })
         }
     }
 
     impl<'de> Deserialize<'de> for Keys {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            d.deserialize_map(TopVisitor)
+            let (top, layers) = d.deserialize_map(KeysVisitor::<Vec<LayerKeys>>::new(
+                "layers",
+                "a network description object",
+            ))?;
+            Ok(Keys {
+                top,
+                layers: layers.unwrap_or_default(),
+            })
         }
     }
 }

@@ -58,6 +58,21 @@ pub trait Channel {
         Ok(u64::from_le_bytes(b))
     }
 
+    /// Receives the 16-byte id an online message starts with and checks
+    /// (in constant time) that it is `id`, the offline bundle's: a message
+    /// for another bundle is refused before anything of it is used.
+    fn expect_bundle_id(&mut self, id: &[u8; 16]) -> Result<()> {
+        let mut got = [0u8; 16];
+        self.recv_bytes(&mut got)?;
+        if bool::from(subtle::ConstantTimeEq::ct_eq(&got[..], &id[..])) {
+            Ok(())
+        } else {
+            Err(crate::error::Error::Malformed {
+                what: "online message belongs to a different offline bundle",
+            })
+        }
+    }
+
     /// Sends a block.
     fn send_block(&mut self, b: Block) -> Result<()> {
         self.send_bytes(&b.to_bytes())

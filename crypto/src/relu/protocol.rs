@@ -6,7 +6,6 @@
 use std::fmt;
 
 use rand::{CryptoRng, RngCore};
-use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::block::{AesPrg, Block};
@@ -280,13 +279,7 @@ impl ClientReluBundle {
     /// does not compile).
     pub fn online<C: Channel>(self, ch: &mut C) -> Result<Vec<F>> {
         let s = self.inner;
-        let mut id = [0u8; 16];
-        ch.recv_bytes(&mut id)?;
-        if !bool::from(id.ct_eq(&s.id)) {
-            return Err(Error::Malformed {
-                what: "online message belongs to a different offline bundle",
-            });
-        }
+        ch.expect_bundle_id(&s.id)?;
         use rayon::prelude::*;
         let rc = relu_circuit_for(self.spec);
         let no = rc.circuit.outputs();

@@ -8,6 +8,8 @@ use super::circuit::*;
 use super::protocol::*;
 use super::spec::*;
 
+crate::codec::impl_stored!(ServerReluBundle, ClientReluBundle);
+
 /// Tags that start each stored bundle (catch a file read as the wrong type).
 pub(super) const SERVER_TAG: u64 = u64::from_le_bytes(*b"dlRELUs2");
 pub(super) const CLIENT_TAG: u64 = u64::from_le_bytes(*b"dlRELUc2");
