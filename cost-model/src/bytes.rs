@@ -99,10 +99,7 @@ pub fn node_traffic(prog: &FixedProgram, i: usize) -> (Traffic, Traffic) {
         }
         // A node working on some channels only runs on those elements.
         FixedOp::Relu { shift, bits } => {
-            let spec = ReluSpec {
-                shift: *shift,
-                bits: *bits,
-            };
+            let spec = ReluSpec { shift: *shift, bits: *bits };
             return relu_traffic(node.active_len(), spec);
         }
         FixedOp::Trunc { .. } => return node_traffic_trunc(node.active_len()),
@@ -157,22 +154,15 @@ pub fn node_traffic_trunc(n: usize) -> (Traffic, Traffic) {
         rounds: 4.0,
         ..Traffic::default()
     };
-    let on = Traffic {
-        bytes: ID + n.div_ceil(8) as u64 + fields(n),
-        rounds: 1.0,
-        ..Traffic::default()
-    };
+    let on =
+        Traffic { bytes: ID + n.div_ceil(8) as u64 + fields(n), rounds: 1.0, ..Traffic::default() };
     (off, on)
 }
 
 /// Per-inference traffic outside the nodes: the program agreement and bundle
 /// id offline, the logits online.
 pub fn program_traffic(prog: &FixedProgram) -> (Traffic, Traffic) {
-    let off = Traffic {
-        bytes: AGREE + ID,
-        rounds: 1.5,
-        ..Traffic::default()
-    };
+    let off = Traffic { bytes: AGREE + ID, rounds: 1.5, ..Traffic::default() };
     let on = Traffic {
         bytes: fields(prog.nodes[prog.output].shape.len()),
         rounds: 0.5,

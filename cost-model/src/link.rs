@@ -31,9 +31,7 @@ pub struct Bandwidth {
 impl Bandwidth {
     /// A bandwidth of `bytes` bytes per second.
     pub fn bytes_per_s(bytes: f64) -> Bandwidth {
-        Bandwidth {
-            bits_per_s: bytes * 8.0,
-        }
+        Bandwidth { bits_per_s: bytes * 8.0 }
     }
 
     /// Bytes per second.
@@ -64,14 +62,11 @@ impl FromStr for Bandwidth {
     type Err = CostError;
     fn from_str(text: &str) -> Result<Bandwidth> {
         let s = text.trim();
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
-            .unwrap_or(s.len());
+        let split =
+            s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let value: f64 = num
-            .replace('_', "")
-            .parse()
-            .map_err(|_| bandwidth_error(text, "no number"))?;
+        let value: f64 =
+            num.replace('_', "").parse().map_err(|_| bandwidth_error(text, "no number"))?;
         let unit = unit.trim();
         if unit.is_empty() {
             return Err(bandwidth_error(text, "no unit"));
@@ -86,10 +81,7 @@ impl FromStr for Bandwidth {
             "Bps" | "B/s" => (RateUnit::Bytes, false),
             "byte/s" | "bytes/s" => (RateUnit::Bytes, true),
             "b" | "B" | "byte" | "bytes" => {
-                return Err(bandwidth_error(
-                    text,
-                    "a size, not a rate: add /s, or spell out bit",
-                ))
+                return Err(bandwidth_error(text, "a size, not a rate: add /s, or spell out bit"))
             }
             _ => return Err(bandwidth_error(text, "unknown unit")),
         };
@@ -99,10 +91,7 @@ impl FromStr for Bandwidth {
             // `m` is milli in SI and mega in tc: only where the unit is
             // spelled out (`mbit`) can it mean nothing but mega.
             Some('m') if !spelled_out => {
-                return Err(bandwidth_error(
-                    text,
-                    "a lower-case m is ambiguous here: write M",
-                ))
+                return Err(bandwidth_error(text, "a lower-case m is ambiguous here: write M"))
             }
             Some('m' | 'M') => 1e6,
             Some('g' | 'G') => 1e9,
@@ -149,9 +138,7 @@ impl Rtt {
 
     /// An RTT of `s` seconds (rounded to the nanosecond; negative: zero).
     pub fn from_secs_f64(s: f64) -> Rtt {
-        Rtt {
-            nanos: (s.max(0.0) * 1e9).round() as u64,
-        }
+        Rtt { nanos: (s.max(0.0) * 1e9).round() as u64 }
     }
 }
 
@@ -160,9 +147,7 @@ impl FromStr for Rtt {
     fn from_str(text: &str) -> Result<Rtt> {
         let s = text.trim();
         let bad = |why: &str| {
-            CostError::Invalid(format!(
-                "RTT {text:?}: {why} (write 20ms, 0.5ms, 500us or 0.02s)"
-            ))
+            CostError::Invalid(format!("RTT {text:?}: {why} (write 20ms, 0.5ms, 500us or 0.02s)"))
         };
         let (num, scale) = if let Some(v) = s.strip_suffix("ms") {
             (v, 1e6)
@@ -179,9 +164,7 @@ impl FromStr for Rtt {
         if !(v.is_finite() && v >= 0.0) {
             return Err(bad("must be zero or more"));
         }
-        Ok(Rtt {
-            nanos: (v * scale).round() as u64,
-        })
+        Ok(Rtt { nanos: (v * scale).round() as u64 })
     }
 }
 
@@ -214,10 +197,7 @@ pub struct Link {
 impl Link {
     /// The link of a bandwidth and an RTT.
     pub fn new(bandwidth: Bandwidth, rtt: Rtt) -> Link {
-        Link {
-            bytes_per_s: bandwidth.as_bytes_per_s(),
-            rtt_s: rtt.as_secs_f64(),
-        }
+        Link { bytes_per_s: bandwidth.as_bytes_per_s(), rtt_s: rtt.as_secs_f64() }
     }
 
     /// Parses a bandwidth and an RTT as [`Bandwidth`] and [`Rtt`] read them.
@@ -231,21 +211,12 @@ mod tests {
     use super::*;
 
     fn bytes(s: &str) -> f64 {
-        s.parse::<Bandwidth>()
-            .unwrap_or_else(|e| panic!("{s}: {e}"))
-            .as_bytes_per_s()
+        s.parse::<Bandwidth>().unwrap_or_else(|e| panic!("{s}: {e}")).as_bytes_per_s()
     }
 
     #[test]
     fn bits_are_bits_and_bytes_are_bytes() {
-        for s in [
-            "100Mbit",
-            "100Mbit/s",
-            "100Mbps",
-            "100Mb/s",
-            "100mbit",
-            "100 Mbit",
-        ] {
+        for s in ["100Mbit", "100Mbit/s", "100Mbps", "100Mb/s", "100mbit", "100 Mbit"] {
             assert_eq!(bytes(s), 12.5e6, "{s}");
         }
         for s in ["1Gbit", "1Gbps", "1gbit", "1Gb/s"] {
@@ -260,9 +231,7 @@ mod tests {
 
     #[test]
     fn ambiguous_bandwidths_are_refused_by_name() {
-        for s in [
-            "100", "100M", "100MB", "100Mb", "100mbps", "100mB/s", "fast", "Mbit", "0Mbit",
-        ] {
+        for s in ["100", "100M", "100MB", "100Mb", "100mbps", "100mB/s", "fast", "Mbit", "0Mbit"] {
             let e = s.parse::<Bandwidth>().unwrap_err().to_string();
             assert!(e.contains(&format!("{s:?}")), "{s}: {e}");
         }
@@ -288,29 +257,15 @@ mod tests {
 
     #[test]
     fn text_round_trips_exactly() {
-        for s in [
-            "100Mbit",
-            "12.5MB/s",
-            "1.5Mbit",
-            "1Gbps",
-            "3byte/s",
-            "123.456kbit",
-        ] {
+        for s in ["100Mbit", "12.5MB/s", "1.5Mbit", "1Gbps", "3byte/s", "123.456kbit"] {
             let b: Bandwidth = s.parse().expect("parses");
             let back: Bandwidth = b.to_string().parse().expect("its text parses");
             assert_eq!(b, back, "{s} -> {b}");
         }
-        assert_eq!(
-            "12.5MB/s".parse::<Bandwidth>().expect("parses").to_string(),
-            "100Mbit"
-        );
+        assert_eq!("12.5MB/s".parse::<Bandwidth>().expect("parses").to_string(), "100Mbit");
         for s in ["20ms", "0.5ms", "1s", "123ns", "0ms"] {
             let r: Rtt = s.parse().expect("parses");
-            assert_eq!(
-                r,
-                r.to_string().parse::<Rtt>().expect("its text parses"),
-                "{s}"
-            );
+            assert_eq!(r, r.to_string().parse::<Rtt>().expect("its text parses"), "{s}");
         }
         let json = serde_json::to_string(&"1Gbps".parse::<Bandwidth>().expect("parses"))
             .expect("serialises");

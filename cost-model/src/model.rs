@@ -34,10 +34,7 @@ impl Affine {
     /// The line through two measurements (clamped to be non-negative).
     pub fn fit(n1: f64, t1: f64, n2: f64, t2: f64) -> Affine {
         let per = ((t2 - t1) / (n2 - n1)).max(0.0);
-        Affine {
-            fixed_s: (t1 - per * n1).max(0.0),
-            per_item_s: per,
-        }
+        Affine { fixed_s: (t1 - per * n1).max(0.0), per_item_s: per }
     }
 }
 
@@ -78,10 +75,7 @@ impl Provenance {
     /// How this calibration's machine differs from the one running now
     /// (CPU model or core count), in words; `None` when they match.
     pub fn differs_from_here(&self) -> Option<String> {
-        let (cpu, cores) = (
-            delphi_crypto::bench::cpu_model(),
-            delphi_crypto::bench::cores(),
-        );
+        let (cpu, cores) = (delphi_crypto::bench::cpu_model(), delphi_crypto::bench::cores());
         (self.cpu_model != cpu || self.cores != cores).then(|| {
             format!(
                 "the cost model was calibrated on {} ({} cores); this machine is {cpu} ({cores} cores): \
@@ -149,10 +143,7 @@ pub const FORMAT: &str = "delphi cost model";
 impl CostModel {
     /// Reads a model written by `delphi cost calibrate`.
     pub fn load(path: &Path) -> Result<CostModel> {
-        let err = |reason: String| CostError::File {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let err = |reason: String| CostError::File { path: path.to_path_buf(), reason };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let m: CostModel = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
         if m.format != FORMAT || m.version != 1 {
@@ -163,10 +154,7 @@ impl CostModel {
 
     /// Writes the model as JSON.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let err = |reason: String| CostError::File {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let err = |reason: String| CostError::File { path: path.to_path_buf(), reason };
         if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(d).map_err(|e| err(e.to_string()))?;
         }
@@ -247,10 +235,7 @@ impl CostModel {
                         per_item_s: (r.per_item_s + t * (f.per_item_s - r.per_item_s)).max(0.0),
                     }
                 }
-                None => Affine {
-                    fixed_s: f.fixed_s,
-                    per_item_s: f.per_item_s * ands / full,
-                },
+                None => Affine { fixed_s: f.fixed_s, per_item_s: f.per_item_s * ands / full },
             }
         };
         (
@@ -290,10 +275,8 @@ impl CostModel {
                 (off, self.linear_online_per_mac_s * macs)
             }
             FixedOp::Relu { shift, bits } => {
-                let (off, on) = self.relu_costs(delphi_crypto::relu::ReluSpec {
-                    shift: *shift,
-                    bits: *bits,
-                });
+                let (off, on) =
+                    self.relu_costs(delphi_crypto::relu::ReluSpec { shift: *shift, bits: *bits });
                 (off.at(active), on.at(active))
             }
             FixedOp::Trunc { .. } => (self.trunc_offline.at(active), self.trunc_online.at(active)),

@@ -25,11 +25,7 @@ fn predicted(prog: &FixedProgram) -> (Traffic, Traffic) {
 #[test]
 fn byte_predictions_are_exact_on_real_runs() {
     let mut mixed = build("small-cnn", 10, 41).unwrap();
-    "RQR"
-        .parse::<Placement>()
-        .unwrap()
-        .apply(&mut mixed)
-        .unwrap();
+    "RQR".parse::<Placement>().unwrap().apply(&mut mixed).unwrap();
     // Per-channel: every activation layer mixed (a third of its channels ReLU).
     let mut channels = build("small-cnn", 10, 43).unwrap();
     let shapes = channels.validate().unwrap();
@@ -55,12 +51,7 @@ fn byte_predictions_are_exact_on_real_runs() {
         .collect();
     delphi_net::window::set_windows(&mut reduced, &windows).unwrap();
     reduced.name = "reduced".into();
-    for net in [
-        mixed,
-        channels,
-        reduced,
-        build("small-cnn", 10, 42).unwrap(),
-    ] {
+    for net in [mixed, channels, reduced, build("small-cnn", 10, 42).unwrap()] {
         let prog = FixedProgram::lower(&net).unwrap();
         let inputs: Vec<_> = delphi_net::eval::random_inputs(784, 1, 3)
             .iter()

@@ -123,9 +123,7 @@ pub fn cpu_model() -> String {
 
 /// Logical CPUs available.
 pub fn cores() -> usize {
-    thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// Garbles and evaluates `count` ReLU instances of `spec` on this thread
@@ -164,13 +162,7 @@ pub fn gate_throughput(count: usize, spec: ReluSpec, seed: u64) -> (f64, f64) {
         tg += t.elapsed().as_secs_f64();
         // Evaluate on the zero labels (all-zero inputs): same work as any input.
         let t = Instant::now();
-        e.eval_batch(
-            start as u64,
-            &ev0[..k * ne],
-            &ga0[..k * ng],
-            &tables,
-            &mut out[..k * no],
-        );
+        e.eval_batch(start as u64, &ev0[..k * ne], &ga0[..k * ng], &tables, &mut out[..k * no]);
         te += t.elapsed().as_secs_f64();
     }
     let ands = (count * c.and_gates()) as f64;
@@ -198,9 +190,8 @@ pub fn relu_bench(
     let aes = aes_blocks_per_s();
     let magnitude = 1i64 << 24;
     let mut rng = SecretRng::seed_from_u64(seed ^ 0x5eed);
-    let ys: Vec<F> = (0..count)
-        .map(|_| F::from_i64(rng.gen_range(-magnitude..magnitude)))
-        .collect();
+    let ys: Vec<F> =
+        (0..count).map(|_| F::from_i64(rng.gen_range(-magnitude..magnitude))).collect();
     let a: Vec<F> = (0..count).map(|_| F::random(&mut rng)).collect();
     let b: Vec<F> = ys.iter().zip(&a).map(|(y, a)| *y - *a).collect();
     let mut rows = Vec::with_capacity(specs.len());
@@ -310,9 +301,8 @@ fn relu_protocol_run(spec: ReluSpec, a: &[F], b: &[F]) -> Result<ProtocolRun> {
     let out = bundle.online(&mut ch)?;
     let online_s = t.elapsed().as_secs_f64();
     let on = ch.stats().since(&off);
-    let (rho, s_off_sent, s_on_sent, server_offline_s) = server
-        .join()
-        .map_err(|_| Error::InvalidArgument("server thread panicked".into()))??;
+    let (rho, s_off_sent, s_on_sent, server_offline_s) =
+        server.join().map_err(|_| Error::InvalidArgument("server thread panicked".into()))??;
     Ok(ProtocolRun {
         outputs: out.iter().zip(&rho).map(|(o, r)| *o + *r).collect(),
         offline_bytes: off.sent + s_off_sent,

@@ -124,9 +124,7 @@ pub struct AesPerm {
 impl AesPerm {
     /// The permutation keyed by `key`.
     pub fn new(key: Block) -> Self {
-        AesPerm {
-            aes: Aes128::new(&key.to_bytes().into()),
-        }
+        AesPerm { aes: Aes128::new(&key.to_bytes().into()) }
     }
 
     /// Encrypts `input` into `output` (same length).
@@ -205,9 +203,7 @@ pub struct TweakHash {
 impl TweakHash {
     /// The hash under a (public) session key.
     pub fn new(key: Block) -> Self {
-        TweakHash {
-            perm: AesPerm::new(key),
-        }
+        TweakHash { perm: AesPerm::new(key) }
     }
 
     /// Replaces each `xs[i]` by `H(xs[i], tweaks[i])`; `scratch` holds at
@@ -245,10 +241,7 @@ pub struct AesPrg {
 impl AesPrg {
     /// The generator seeded by `seed`.
     pub fn new(seed: Block) -> Self {
-        AesPrg {
-            perm: AesPerm::new(seed),
-            counter: 0,
-        }
+        AesPrg { perm: AesPerm::new(seed), counter: 0 }
     }
 
     /// Fills `out` with the next blocks of the stream.

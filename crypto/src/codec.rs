@@ -62,9 +62,7 @@ pub struct Decoder<R: Read> {
 
 fn read_err(e: io::Error) -> Error {
     if e.kind() == io::ErrorKind::UnexpectedEof {
-        Error::Stored {
-            what: "truncated stored bundle",
-        }
+        Error::Stored { what: "truncated stored bundle" }
     } else {
         Error::Io(e)
     }
@@ -127,9 +125,8 @@ impl<R: Read> Decoder<R> {
     }
 
     fn field(&mut self) -> Result<F> {
-        F::new(self.u64()?).ok_or(Error::Stored {
-            what: "stored field element not below the modulus",
-        })
+        F::new(self.u64()?)
+            .ok_or(Error::Stored { what: "stored field element not below the modulus" })
     }
 
     /// Reads a vector of exactly `len` field elements.
@@ -193,12 +190,7 @@ mod tests {
         let mut d = Decoder::new(short);
         d.u64().unwrap();
         d.blocks(2, "b").unwrap();
-        assert!(matches!(
-            d.fields(2, "f"),
-            Err(Error::Stored {
-                what: "truncated stored bundle"
-            })
-        ));
+        assert!(matches!(d.fields(2, "f"), Err(Error::Stored { what: "truncated stored bundle" })));
         let mut e = Encoder::new(Vec::new());
         e.u64(1).unwrap();
         e.u64(u64::MAX).unwrap();
@@ -216,9 +208,7 @@ mod tests {
         let buf = e.into_inner();
         assert!(matches!(
             Decoder::new(&buf[..]).blocks(n, "b"),
-            Err(Error::Stored {
-                what: "truncated stored bundle"
-            })
+            Err(Error::Stored { what: "truncated stored bundle" })
         ));
         assert!(Decoder::new(&buf[..]).fields(n, "f").is_err());
     }

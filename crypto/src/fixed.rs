@@ -48,10 +48,7 @@ impl FixedPoint {
         let v = (x * self.scale()).round();
         // Representable signed integers: [-(HALF + 1), HALF - 1].
         if !v.is_finite() || v > (HALF - 1) as f64 || v < -((HALF + 1) as f64) {
-            return Err(Error::OutOfRange {
-                value: x,
-                frac_bits: self.frac_bits,
-            });
+            return Err(Error::OutOfRange { value: x, frac_bits: self.frac_bits });
         }
         Ok(F::from_i64(v as i64))
     }
@@ -95,15 +92,9 @@ mod tests {
         let max = fp.max_value();
         assert_eq!(fp.decode(fp.encode(max).unwrap()), max);
         assert_eq!(fp.decode(fp.encode(-max).unwrap()), -max);
-        assert!(matches!(
-            fp.encode(max * 2.0),
-            Err(Error::OutOfRange { .. })
-        ));
+        assert!(matches!(fp.encode(max * 2.0), Err(Error::OutOfRange { .. })));
         assert!(matches!(fp.encode(f64::NAN), Err(Error::OutOfRange { .. })));
-        assert!(matches!(
-            FixedPoint::new(31),
-            Err(Error::InvalidArgument(_))
-        ));
+        assert!(matches!(FixedPoint::new(31), Err(Error::InvalidArgument(_))));
         assert_eq!(fp.encode(-1.0).unwrap().value(), crate::field::P - 256);
     }
 }

@@ -207,11 +207,7 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
         .collect();
     t.zeroize();
     u.zeroize();
-    Ok(ServerTruncBundle {
-        n,
-        shift,
-        inner: ServerSecrets { id, choice, prod },
-    })
+    Ok(ServerTruncBundle { n, shift, inner: ServerSecrets { id, choice, prod } })
 }
 
 /// Offline phase, client side: `shares` are the client's (offline-known)
@@ -245,15 +241,7 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     ch.flush()?;
     q.zeroize();
     u.zeroize();
-    Ok(ClientTruncBundle {
-        n,
-        shift,
-        inner: ClientSecrets {
-            id,
-            shares: shares.to_vec(),
-            keys,
-        },
-    })
+    Ok(ClientTruncBundle { n, shift, inner: ClientSecrets { id, shares: shares.to_vec(), keys } })
 }
 
 impl ServerTruncBundle {
@@ -367,9 +355,7 @@ impl ServerTruncBundle {
     /// Reads a bundle written by [`ServerTruncBundle::store`].
     pub fn load<R: std::io::Read>(d: &mut Decoder<R>) -> Result<Self> {
         if d.u64()? != SERVER_TAG {
-            return Err(Error::Stored {
-                what: "not a stored server truncation bundle",
-            });
+            return Err(Error::Stored { what: "not a stored server truncation bundle" });
         }
         let n = d.u64_at_most(MAX_VALUES as u64, "stored truncation count")? as usize;
         let shift = d.u64_at_most(MAX_SHIFT as u64, "stored truncation shift")? as u32;
@@ -378,18 +364,12 @@ impl ServerTruncBundle {
         d.bytes(&mut id)?;
         let mut bits = d.fields(n, "stored OT choices")?;
         if bits.iter().any(|b| b.value() > 1) {
-            return Err(Error::Stored {
-                what: "stored OT choice is not a bit",
-            });
+            return Err(Error::Stored { what: "stored OT choice is not a bit" });
         }
         let choice = bits.iter().map(|b| b.value() == 1).collect();
         bits.zeroize();
         let prod = d.fields(n, "stored OT products")?;
-        Ok(ServerTruncBundle {
-            n,
-            shift,
-            inner: ServerSecrets { id, choice, prod },
-        })
+        Ok(ServerTruncBundle { n, shift, inner: ServerSecrets { id, choice, prod } })
     }
 }
 
@@ -408,9 +388,7 @@ impl ClientTruncBundle {
     /// Reads a bundle written by [`ClientTruncBundle::store`].
     pub fn load<R: std::io::Read>(d: &mut Decoder<R>) -> Result<Self> {
         if d.u64()? != CLIENT_TAG {
-            return Err(Error::Stored {
-                what: "not a stored client truncation bundle",
-            });
+            return Err(Error::Stored { what: "not a stored client truncation bundle" });
         }
         let n = d.u64_at_most(MAX_VALUES as u64, "stored truncation count")? as usize;
         let shift = d.u64_at_most(MAX_SHIFT as u64, "stored truncation shift")? as u32;
@@ -419,11 +397,7 @@ impl ClientTruncBundle {
         d.bytes(&mut id)?;
         let shares = d.fields(n, "stored shares")?;
         let keys = d.fields(n, "stored OT keys")?;
-        Ok(ClientTruncBundle {
-            n,
-            shift,
-            inner: ClientSecrets { id, shares, keys },
-        })
+        Ok(ClientTruncBundle { n, shift, inner: ClientSecrets { id, shares, keys } })
     }
 }
 
@@ -436,11 +410,8 @@ mod tests {
     fn run(values: &[i64], shift: u32, seed: u64) -> Vec<i64> {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
         let client: Vec<F> = values.iter().map(|_| F::random(&mut rng)).collect();
-        let server: Vec<F> = values
-            .iter()
-            .zip(&client)
-            .map(|(v, c)| F::from_i64(*v) - *c)
-            .collect();
+        let server: Vec<F> =
+            values.iter().zip(&client).map(|(v, c)| F::from_i64(*v) - *c).collect();
         let (mut a, mut b) = MemChannel::pair();
         let n = values.len();
         let h = std::thread::spawn(move || {
@@ -461,10 +432,7 @@ mod tests {
         assert!(ServerTruncBundle::load(&mut Decoder::new(&buf[..])).is_err());
         let mine = cb.online(&mut b).unwrap();
         let theirs = h.join().unwrap();
-        mine.iter()
-            .zip(&theirs)
-            .map(|(a, b)| (*a + *b).to_signed())
-            .collect()
+        mine.iter().zip(&theirs).map(|(a, b)| (*a + *b).to_signed()).collect()
     }
 
     #[test]
@@ -491,10 +459,7 @@ mod tests {
         let got = run(&vec![v; 20000], 8, 77);
         let above = got.iter().filter(|g| **g == 6).count();
         assert!(got.iter().all(|g| *g == 5 || *g == 6), "{got:?}");
-        assert!(
-            above > 0 && above < 200,
-            "{above} of 20000 past the ceiling"
-        );
+        assert!(above > 0 && above < 200, "{above} of 20000 past the ceiling");
     }
 
     #[test]

@@ -61,18 +61,9 @@ fn ten_thousand_random_relus_over_tcp() {
             wrong += 1;
         }
     }
-    assert_eq!(
-        wrong, 0,
-        "{wrong} of {n} secure ReLUs differ from plaintext"
-    );
+    assert_eq!(wrong, 0, "{wrong} of {n} secure ReLUs differ from plaintext");
     // The server's shares are masks: not all equal, not the ReLU values.
-    assert!(
-        rho.iter()
-            .zip(&ys)
-            .filter(|(r, y)| **r == relu_reference(**y))
-            .count()
-            < 5
-    );
+    assert!(rho.iter().zip(&ys).filter(|(r, y)| **r == relu_reference(**y)).count() < 5);
 }
 
 #[test]
@@ -109,14 +100,7 @@ fn mismatched_bundle_is_rejected_and_dropped_peer_is_an_error() {
     });
     let mut ch = c;
     let r = client_offline(&mut ch, &[F::ZERO; 11], 0, &mut SecretRng::seed_from_u64(7));
-    assert!(matches!(
-        r,
-        Err(Error::Mismatch {
-            ours: 11,
-            theirs: 10,
-            ..
-        })
-    ));
+    assert!(matches!(r, Err(Error::Mismatch { ours: 11, theirs: 10, .. })));
     assert!(matches!(h.join().unwrap(), Err(Error::Mismatch { .. })));
 
     // The server vanishes after the offline phase: the client's online run fails cleanly.
@@ -145,9 +129,7 @@ fn reduced_relus_send_one_label_per_window_bit_and_survive_storage() {
     let spec = ReluSpec::reduced(12, bits);
     let n = 300;
     let mut rng = SecretRng::seed_from_u64(12);
-    let ys: Vec<F> = (0..n)
-        .map(|_| F::from_i64(rng.gen_range(-(1i64 << 24)..(1 << 24))))
-        .collect();
+    let ys: Vec<F> = (0..n).map(|_| F::from_i64(rng.gen_range(-(1i64 << 24)..(1 << 24)))).collect();
     let a: Vec<F> = (0..n).map(|_| F::random(&mut rng)).collect();
     let b: Vec<F> = ys.iter().zip(&a).map(|(y, a)| *y - *a).collect();
     let (s, c) = tcp_pair();
@@ -200,21 +182,7 @@ fn parties_disagreeing_on_the_window_stop_offline() {
     });
     let mut ch = c;
     let spec = ReluSpec::reduced(12, ReluBits { lo: 12, hi: 25 });
-    let r = client_offline(
-        &mut ch,
-        &[F::ZERO; 10],
-        spec,
-        &mut SecretRng::seed_from_u64(16),
-    );
-    assert!(
-        matches!(
-            r,
-            Err(Error::Mismatch {
-                what: "ReLU bits",
-                ..
-            })
-        ),
-        "{r:?}"
-    );
+    let r = client_offline(&mut ch, &[F::ZERO; 10], spec, &mut SecretRng::seed_from_u64(16));
+    assert!(matches!(r, Err(Error::Mismatch { what: "ReLU bits", .. })), "{r:?}");
     assert!(h.join().unwrap().is_err());
 }

@@ -133,16 +133,14 @@ impl BenchConfig {
     pub fn variants(&self) -> Vec<Variant> {
         let mut v = Vec::new();
         if self.granularities.contains(&Granularity::Layer) {
-            v.extend(self.strategies.iter().map(|&strategy| Variant {
-                strategy,
-                granularity: Granularity::Layer,
-            }));
+            v.extend(
+                self.strategies
+                    .iter()
+                    .map(|&strategy| Variant { strategy, granularity: Granularity::Layer }),
+            );
         }
         if self.granularities.contains(&Granularity::Channel) {
-            v.push(Variant {
-                strategy: Strategy::Pbt,
-                granularity: Granularity::Channel,
-            });
+            v.push(Variant { strategy: Strategy::Pbt, granularity: Granularity::Channel });
         }
         v
     }
@@ -173,10 +171,7 @@ fn rows_table(rows: &[Row]) -> std::result::Result<DataFrame, PolarsError> {
             s("strategy", &|r| r.strategy.clone()),
             s("granularity", &|r| r.granularity.clone()),
             f("threshold", &|r| r.threshold),
-            Column::new(
-                "chosen".into(),
-                rows.iter().map(|r| r.chosen).collect::<Vec<bool>>(),
-            ),
+            Column::new("chosen".into(), rows.iter().map(|r| r.chosen).collect::<Vec<bool>>()),
             s("placement", &|r| r.placement.clone()),
             s("relu_channels", &|r| r.relu_channels.clone()),
             u("quads", &|r| r.quads as u64),
@@ -231,9 +226,7 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
             c.arch = Some(base.plan.to_string_lossy().into_owned());
             c.name = Some(format!(
                 "{}-{dir}",
-                b.out
-                    .file_name()
-                    .map_or("bench".into(), |n| n.to_string_lossy().into_owned())
+                b.out.file_name().map_or("bench".into(), |n| n.to_string_lossy().into_owned())
             ));
             c.out = Some(b.out.join(&dir));
             c
@@ -254,10 +247,7 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
             "run {}/{n_runs}: {} {}",
             k + 1,
             s.name(),
-            t.map_or("(every threshold)".to_string(), |t| format!(
-                "threshold {:.1} %",
-                t * 100.0
-            ))
+            t.map_or("(every threshold)".to_string(), |t| format!("threshold {:.1} %", t * 100.0))
         ));
         let o = crate::strategy::run(&c, quiet, say)?;
         outcomes.push((s, t, c, o));
@@ -285,9 +275,8 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
     let mut rows = Vec::new();
     for &t in &b.thresholds {
         for &s in &variants {
-            let Some((_, _, c, o)) = outcomes
-                .iter()
-                .find(|(os, ot, _, _)| *os == s && ot.is_none_or(|x| x == t))
+            let Some((_, _, c, o)) =
+                outcomes.iter().find(|(os, ot, _, _)| *os == s && ot.is_none_or(|x| x == t))
             else {
                 continue;
             };
@@ -318,10 +307,7 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
                 }
                 let (tf, tx) = acc[file];
                 let m = |k: fn(&delphi_cost::Cost) -> f64| {
-                    measured
-                        .get(file)
-                        .filter(|_| is_chosen)
-                        .map_or(f64::NAN, |v| k(&v.measured))
+                    measured.get(file).filter(|_| is_chosen).map_or(f64::NAN, |v| k(&v.measured))
                 };
                 rows.push(Row {
                     strategy: s.strategy.name().into(),
@@ -345,11 +331,7 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
                     measured_offline_bytes: m(|c| c.offline_bytes),
                     steps_used: o.steps.0,
                     budget_steps: o.steps.1,
-                    file: file
-                        .strip_prefix(&b.out)
-                        .unwrap_or(file)
-                        .to_string_lossy()
-                        .into_owned(),
+                    file: file.strip_prefix(&b.out).unwrap_or(file).to_string_lossy().into_owned(),
                 });
             }
         }
@@ -358,18 +340,13 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
     for (_, _, c, o) in &outcomes {
         let fin = match o.chosen.as_ref().or(o.closest.as_ref()) {
             Some(e) => {
-                let file = o
-                    .front
-                    .iter()
-                    .find(|(f, _)| f.index == e.index)
-                    .map(|x| x.1.clone());
+                let file = o.front.iter().find(|(f, _)| f.index == e.index).map(|x| x.1.clone());
                 let relu_bits = file
                     .as_ref()
                     .and_then(|f| delphi_net::Network::load(f).ok())
                     .and_then(|n| n.metadata.relu_bits);
-                let (tf, tx) = file
-                    .and_then(|f| acc.get(&f).copied())
-                    .unwrap_or((f64::NAN, f64::NAN));
+                let (tf, tx) =
+                    file.and_then(|f| acc.get(&f).copied()).unwrap_or((f64::NAN, f64::NAN));
                 Final {
                     test_accuracy_float: tf,
                     test_accuracy_fixed: tx,
@@ -387,13 +364,7 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
     let mut df = rows_table(&rows).map_err(|e| perr(&b.out, e))?;
     report::write_csv(&b.out.join("fronts.csv"), &mut df)?;
     plot(b, &outcomes, &rows)?;
-    summary(
-        b,
-        &outcomes,
-        &rows,
-        &cost_model,
-        started.elapsed().as_secs_f64(),
-    )?;
+    summary(b, &outcomes, &rows, &cost_model, started.elapsed().as_secs_f64())?;
     Ok(rows)
 }
 
@@ -409,10 +380,7 @@ fn plot(
             .filter(|o| o.0 == s)
             .flat_map(|o| o.3.front.iter().map(|(e, _)| e))
             .collect();
-        let pts: Vec<(f64, f64)> = evals
-            .iter()
-            .map(|e| (e.online_s, e.valid_accuracy))
-            .collect();
+        let pts: Vec<(f64, f64)> = evals.iter().map(|e| (e.online_s, e.valid_accuracy)).collect();
         let front: Vec<(f64, f64)> =
             policy::pareto(&pts.iter().map(|&(c, a)| (a, c)).collect::<Vec<_>>())
                 .into_iter()
@@ -429,10 +397,7 @@ fn plot(
             name: format!("{}: chosen plans (fixed-point test accuracy)", s.name()),
             color: color(s),
             mark: Mark::Triangle,
-            points: chosen
-                .iter()
-                .map(|r| (r.predicted_online_s, r.test_accuracy_fixed))
-                .collect(),
+            points: chosen.iter().map(|r| (r.predicted_online_s, r.test_accuracy_fixed)).collect(),
         });
         let measured: Vec<(f64, f64)> = chosen
             .iter()
@@ -448,11 +413,8 @@ fn plot(
             });
         }
     }
-    let hlines: Vec<(f64, String)> = b
-        .thresholds
-        .iter()
-        .map(|t| (*t, format!("threshold {:.1} %", t * 100.0)))
-        .collect();
+    let hlines: Vec<(f64, String)> =
+        b.thresholds.iter().map(|t| (*t, format!("threshold {:.1} %", t * 100.0))).collect();
     report::plot(
         &b.out.join("fronts.svg"),
         &format!(
@@ -521,23 +483,13 @@ fn summary(
         "# Planner benchmark `{}`\n\n{} on {}; strategies {} at equal training budget ({:.1} \
          member-epochs each); population {}; thresholds {}; objective: {}; cost model `{}`. \
          {:.0} s in all.\n\n",
-        b.out
-            .file_name()
-            .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
+        b.out.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()),
         b.plan.arch(),
         b.plan.dataset.name(),
-        b.variants()
-            .iter()
-            .map(|s| s.name())
-            .collect::<Vec<_>>()
-            .join(", "),
+        b.variants().iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
         b.plan.budget_epochs(),
         b.plan.population,
-        b.thresholds
-            .iter()
-            .map(|t| format!("{:.1} %", t * 100.0))
-            .collect::<Vec<_>>()
-            .join(", "),
+        b.thresholds.iter().map(|t| format!("{:.1} %", t * 100.0)).collect::<Vec<_>>().join(", "),
         b.plan.objective.label(),
         cost_model.display(),
         seconds
@@ -606,25 +558,15 @@ fn summary(
                     p,
                     d,
                     (d / p.max(1e-12)),
-                    if p <= d * 1.0001 {
-                        "(ours at least as cheap)"
-                    } else {
-                        "(DELPHI's cheaper)"
-                    }
+                    if p <= d * 1.0001 { "(ours at least as cheap)" } else { "(DELPHI's cheaper)" }
                 )
             }
-            (Some(p), None) => format!(
-                "- {:.1} %: pbt {:.4} s, delphi found no plan\n",
-                t * 100.0,
-                p
-            ),
+            (Some(p), None) => {
+                format!("- {:.1} %: pbt {:.4} s, delphi found no plan\n", t * 100.0, p)
+            }
             (None, Some(d)) => {
                 verdicts.push(false);
-                format!(
-                    "- {:.1} %: pbt found no plan, delphi {:.4} s\n",
-                    t * 100.0,
-                    d
-                )
+                format!("- {:.1} %: pbt found no plan, delphi {:.4} s\n", t * 100.0, d)
             }
             (None, None) => format!("- {:.1} %: neither found a plan\n", t * 100.0),
         };
@@ -691,9 +633,6 @@ fn summary(
         "rerun": std::env::args().collect::<Vec<_>>().join(" "),
     });
     let p = b.out.join("bench.json");
-    std::fs::write(
-        &p,
-        serde_json::to_string_pretty(&json).unwrap_or_default() + "\n",
-    )
-    .map_err(|e| perr(&p, e))
+    std::fs::write(&p, serde_json::to_string_pretty(&json).unwrap_or_default() + "\n")
+        .map_err(|e| perr(&p, e))
 }

@@ -224,19 +224,14 @@ impl Default for PlanConfig {
 impl PlanConfig {
     /// The architecture (explicit or the dataset's default).
     pub fn arch(&self) -> String {
-        self.arch
-            .clone()
-            .unwrap_or_else(|| self.dataset.default_arch().to_string())
+        self.arch.clone().unwrap_or_else(|| self.dataset.default_arch().to_string())
     }
 
     /// The architecture for names: a built-in, or the file's stem.
     pub fn arch_label(&self) -> String {
         let a = self.arch();
         if delphi_train::arch::is_path(&a) {
-            Path::new(&a)
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or(a)
+            Path::new(&a).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or(a)
         } else {
             a
         }
@@ -271,8 +266,7 @@ impl PlanConfig {
 
     /// The training budget in member-epochs.
     pub fn budget_epochs(&self) -> f64 {
-        self.budget_epochs
-            .unwrap_or((self.population * self.epochs()) as f64)
+        self.budget_epochs.unwrap_or((self.population * self.epochs()) as f64)
     }
 
     /// The run folder (default `<results>/plan/<name>`; see
@@ -354,8 +348,7 @@ impl ExperimentFile {
             }
         }
         for (i, e) in f.experiment.iter().enumerate() {
-            e.check()
-                .map_err(|m| format!("{}: experiment {}: {m}", path.display(), i + 1))?;
+            e.check().map_err(|m| format!("{}: experiment {}: {m}", path.display(), i + 1))?;
         }
         Ok(f)
     }
@@ -488,10 +481,7 @@ mod tests {
             f.experiment[0].budget_epochs()
         };
         assert_eq!(budget("[[experiment]]\naccuracy = 0.9\n"), 24.0);
-        assert_eq!(
-            budget("[[experiment]]\naccuracy = 0.9\narch = \"resnet14\"\n"),
-            12.0
-        );
+        assert_eq!(budget("[[experiment]]\naccuracy = 0.9\narch = \"resnet14\"\n"), 12.0);
         assert_eq!(
             budget("[[experiment]]\naccuracy = 0.9\narch = \"resnet14\"\nepochs = 4\n"),
             24.0

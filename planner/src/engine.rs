@@ -16,10 +16,8 @@ use crate::error::{PlanError, Result};
 
 /// The `delphi` command: next to this executable, else on the PATH.
 fn delphi_command() -> Command {
-    let local = std::env::current_exe()
-        .ok()
-        .map(|p| p.with_file_name("delphi"))
-        .filter(|p| p.is_file());
+    let local =
+        std::env::current_exe().ok().map(|p| p.with_file_name("delphi")).filter(|p| p.is_file());
     Command::new(local.unwrap_or_else(|| PathBuf::from("delphi")))
 }
 
@@ -38,9 +36,7 @@ pub fn calibrate_quick(file: &Path) -> Result<()> {
         .status()
         .map_err(|e| not_runnable("cost calibrate", e))?;
     if !status.success() {
-        return Err(PlanError::Config(format!(
-            "`delphi cost calibrate` failed ({status})"
-        )));
+        return Err(PlanError::Config(format!("`delphi cost calibrate` failed ({status})")));
     }
     Ok(())
 }
@@ -75,9 +71,6 @@ pub fn verify(plan: &Path, cost_model: &Path) -> Result<VerifyReport> {
         )));
     }
     serde_json::from_slice(&o.stdout).map_err(|e| {
-        PlanError::Config(format!(
-            "delphi verify printed no report for {} ({e})",
-            plan.display()
-        ))
+        PlanError::Config(format!("delphi verify printed no report for {} ({e})", plan.display()))
     })
 }

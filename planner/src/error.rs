@@ -40,8 +40,5 @@ pub(crate) fn file_err(
     path: &Path,
     e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
 ) -> PlanError {
-    PlanError::File {
-        path: path.to_path_buf(),
-        source: e.into(),
-    }
+    PlanError::File { path: path.to_path_buf(), source: e.into() }
 }

@@ -116,12 +116,8 @@ impl Genome {
             false,
             rng,
         ) as f32;
-        self.swap_span = perturb_value(
-            self.swap_span as f64,
-            (SPAN.0 as f64, SPAN.1 as f64),
-            false,
-            rng,
-        ) as f32;
+        self.swap_span =
+            perturb_value(self.swap_span as f64, (SPAN.0 as f64, SPAN.1 as f64), false, rng) as f32;
     }
 
     /// DELPHI's explore: the learning rate and momentum only.
@@ -136,11 +132,7 @@ impl Genome {
 /// plus a share of what ReLUs can add, log-spaced from 3 % to 50 %.
 pub fn channel_budget(k: usize, n: usize, floor: f64) -> f64 {
     let (lo, hi): (f64, f64) = (0.03, 0.5);
-    let x = if n <= 1 {
-        lo
-    } else {
-        lo * (hi / lo).powf(k as f64 / (n - 1) as f64)
-    };
+    let x = if n <= 1 { lo } else { lo * (hi / lo).powf(k as f64 / (n - 1) as f64) };
     floor + (1.0 - floor) * x
 }
 
@@ -210,9 +202,7 @@ pub fn pareto(points: &[(f64, f64)]) -> Vec<usize> {
     let mut front: Vec<usize> = (0..points.len())
         .filter(|&i| {
             let (a, c) = points[i];
-            !points
-                .iter()
-                .any(|&(oa, oc)| (oa >= a && oc < c) || (oa > a && oc <= c))
+            !points.iter().any(|&(oa, oc)| (oa >= a && oc < c) || (oa > a && oc <= c))
         })
         .collect();
     front.sort_by(|&i, &j| points[i].1.total_cmp(&points[j].1));
@@ -223,14 +213,9 @@ pub fn pareto(points: &[(f64, f64)]) -> Vec<usize> {
 /// The plan for `threshold`: the cheapest point meeting it (the more
 /// accurate of equally cheap ones).
 pub fn choose(points: &[(f64, f64)], threshold: f64) -> Option<usize> {
-    (0..points.len())
-        .filter(|&i| points[i].0 >= threshold)
-        .min_by(|&i, &j| {
-            points[i]
-                .1
-                .total_cmp(&points[j].1)
-                .then(points[j].0.total_cmp(&points[i].0))
-        })
+    (0..points.len()).filter(|&i| points[i].0 >= threshold).min_by(|&i, &j| {
+        points[i].1.total_cmp(&points[j].1).then(points[j].0.total_cmp(&points[i].0))
+    })
 }
 
 /// DELPHI's planner runs one population per count of quadratic layers;
@@ -313,10 +298,7 @@ mod tests {
         assert!(just_below_cheaper > above_cheap);
         assert!(above_dear > far_below_cheapest);
         // Above the threshold only the cost counts.
-        assert_eq!(
-            pbt_fitness(0.95, 0.3, 0.9, relu),
-            pbt_fitness(0.91, 0.3, 0.9, relu)
-        );
+        assert_eq!(pbt_fitness(0.95, 0.3, 0.9, relu), pbt_fitness(0.91, 0.3, 0.9, relu));
     }
 
     #[test]
@@ -341,10 +323,7 @@ mod tests {
         assert!(exploit_pairs(&[1.0], &all, 0.25, &mut rng()).is_empty());
         assert!(exploit_pairs(&f, &all, 0.0, &mut rng()).is_empty());
         // Two members: the worse copies the better.
-        assert_eq!(
-            exploit_pairs(&[0.2, 0.4], &all, 0.25, &mut rng()),
-            vec![(0, 1)]
-        );
+        assert_eq!(exploit_pairs(&[0.2, 0.4], &all, 0.25, &mut rng()), vec![(0, 1)]);
         // A member mid-swap is not replaced.
         let mut ready = all;
         ready[0] = false;
@@ -371,26 +350,14 @@ mod tests {
         }
         assert_eq!(
             (d.weight_decay, d.distill_weight, d.swap_span, &d.placement),
-            (
-                before.weight_decay,
-                before.distill_weight,
-                before.swap_span,
-                &before.placement
-            )
+            (before.weight_decay, before.distill_weight, before.swap_span, &before.placement)
         );
         assert_ne!((d.lr, d.momentum), (before.lr, before.momentum));
     }
 
     #[test]
     fn pareto_front_and_choice() {
-        let pts = [
-            (0.90, 1.0),
-            (0.92, 2.0),
-            (0.89, 1.5),
-            (0.85, 0.5),
-            (0.92, 2.0),
-            (0.95, 3.0),
-        ];
+        let pts = [(0.90, 1.0), (0.92, 2.0), (0.89, 1.5), (0.85, 0.5), (0.92, 2.0), (0.95, 3.0)];
         assert_eq!(pareto(&pts), vec![3, 0, 1, 5]);
         assert_eq!(choose(&pts, 0.91), Some(1));
         assert_eq!(choose(&pts, 0.88), Some(0));
@@ -404,10 +371,7 @@ mod tests {
         let v: Vec<usize> = (0..6).map(|k| spread(k, 6, 13)).collect();
         assert_eq!(v, vec![1, 3, 6, 8, 11, 13]);
         assert_eq!(spread(0, 1, 5), 5);
-        assert_eq!(
-            (0..2).map(|k| spread(k, 2, 3)).collect::<Vec<_>>(),
-            vec![1, 3]
-        );
+        assert_eq!((0..2).map(|k| spread(k, 2, 3)).collect::<Vec<_>>(), vec![1, 3]);
     }
 
     #[test]
@@ -420,26 +384,10 @@ mod tests {
     #[test]
     fn greedy_prefers_the_cheapest_accuracy_per_saving() {
         let probes = [
-            Probe {
-                layer: 0,
-                accuracy: 0.88,
-                cost: 0.5,
-            }, // loses 2 pts for 0.5
-            Probe {
-                layer: 1,
-                accuracy: 0.895,
-                cost: 0.9,
-            }, // loses 0.5 pt for 0.1
-            Probe {
-                layer: 2,
-                accuracy: 0.90,
-                cost: 0.95,
-            }, // loses nothing
-            Probe {
-                layer: 3,
-                accuracy: 0.95,
-                cost: 1.0,
-            }, // saves nothing
+            Probe { layer: 0, accuracy: 0.88, cost: 0.5 }, // loses 2 pts for 0.5
+            Probe { layer: 1, accuracy: 0.895, cost: 0.9 }, // loses 0.5 pt for 0.1
+            Probe { layer: 2, accuracy: 0.90, cost: 0.95 }, // loses nothing
+            Probe { layer: 3, accuracy: 0.95, cost: 1.0 }, // saves nothing
         ];
         assert_eq!(greedy_pick(&probes, 0.90, 1.0), Some(2));
         assert_eq!(greedy_pick(&probes[..2], 0.90, 1.0), Some(0));

@@ -17,14 +17,9 @@ use crate::error::{file_err, PlanError, Result};
 /// calibrated on another CPU is recalibrated into `out`; the user's own is
 /// used as given, with a warning.
 pub fn cost_model_path(c: &PlanConfig, out: &Path, say: &dyn Fn(&str)) -> Result<PathBuf> {
-    let path = c
-        .cost_model
-        .clone()
-        .unwrap_or_else(delphi_net::paths::default_cost_model);
+    let path = c.cost_model.clone().unwrap_or_else(delphi_net::paths::default_cost_model);
     if path.is_file() {
-        let differs = CostModel::load(&path)
-            .ok()
-            .and_then(|m| m.provenance.differs_from_here());
+        let differs = CostModel::load(&path).ok().and_then(|m| m.provenance.differs_from_here());
         match differs {
             None => return Ok(path),
             // The user's own model: used as given, with a warning.
@@ -88,11 +83,7 @@ pub(crate) struct Pricing {
 impl Pricing {
     pub(crate) fn new(model: CostModel, link: Option<Link>, base: &Network) -> Result<Pricing> {
         let shapes = base.validate()?;
-        let layer_relus = base
-            .activation_layers()
-            .iter()
-            .map(|&i| shapes[i].len())
-            .collect();
+        let layer_relus = base.activation_layers().iter().map(|&i| shapes[i].len()).collect();
         Ok(Pricing {
             model,
             link,
@@ -190,20 +181,13 @@ pub(crate) fn apply_masks(net: &mut Network, masks: &[Option<Vec<bool>>]) {
         } else if m.iter().all(|&r| !r) {
             Activation::DEFAULT_QUAD
         } else {
-            Activation::Mixed {
-                relu: m.clone(),
-                a: vec![a; n],
-                b: vec![b; n],
-                c: vec![c; n],
-            }
+            Activation::Mixed { relu: m.clone(), a: vec![a; n], b: vec![b; n], c: vec![c; n] }
         });
     }
-    if acts.iter().any(|&i| {
-        matches!(
-            net.layers[i].op,
-            Op::Activation(delphi_net::Activation::Mixed { .. })
-        )
-    }) {
+    if acts
+        .iter()
+        .any(|&i| matches!(net.layers[i].op, Op::Activation(delphi_net::Activation::Mixed { .. })))
+    {
         net.version = net.version.max(2);
     }
 }

@@ -41,10 +41,7 @@ pub fn table(evals: &[Evaluation]) -> std::result::Result<DataFrame, PolarsError
             col_s("placement", &|e| e.placement.to_string()),
             col_u("quads", &|e| e.quads as u64),
             col_u("relus", &|e| e.relus as u64),
-            Column::new(
-                "settled".into(),
-                evals.iter().map(|e| e.settled).collect::<Vec<bool>>(),
-            ),
+            Column::new("settled".into(), evals.iter().map(|e| e.settled).collect::<Vec<bool>>()),
             col_f("valid_accuracy", &|e| e.valid_accuracy),
             col_f("cost", &|e| e.cost),
             col_f("online_s", &|e| e.online_s),
@@ -72,10 +69,7 @@ pub fn write_csv(path: &Path, df: &mut DataFrame) -> Result<()> {
 
 fn write_parquet(path: &Path, df: &mut DataFrame) -> Result<()> {
     let f = File::create(path).map_err(|e| perr(path, e))?;
-    ParquetWriter::new(f)
-        .finish(df)
-        .map(|_| ())
-        .map_err(|e| perr(path, e))
+    ParquetWriter::new(f).finish(df).map(|_| ()).map_err(|e| perr(path, e))
 }
 
 /// How a series of points is drawn.
@@ -114,18 +108,13 @@ pub fn plot(
     hlines: &[(f64, String)],
 ) -> Result<()> {
     let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.clone()).collect();
-    let (mut x0, mut x1) = all
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
-            (a.min(p.0), b.max(p.0))
-        });
+    let (mut x0, mut x1) =
+        all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
     let (mut y0, mut y1) = all
         .iter()
         .map(|p| p.1)
         .chain(hlines.iter().map(|h| h.0))
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
-            (a.min(y), b.max(y))
-        });
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| (a.min(y), b.max(y)));
     if !x0.is_finite() {
         (x0, x1) = (0.0, 1.0);
     }
@@ -134,12 +123,7 @@ pub fn plot(
     }
     let dx = (x1 - x0).max(1e-9) * 0.05;
     let dy = (y1 - y0).max(1e-3) * 0.08;
-    let (x0, x1, y0, y1) = (
-        (x0 - dx).max(0.0),
-        x1 + dx,
-        (y0 - dy) * 100.0,
-        (y1 + dy) * 100.0,
-    );
+    let (x0, x1, y0, y1) = ((x0 - dx).max(0.0), x1 + dx, (y0 - dy) * 100.0, (y1 + dy) * 100.0);
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     let err = |e: &dyn std::fmt::Display| perr(path, e);
     root.fill(&WHITE).map_err(|e| err(&e))?;
@@ -189,16 +173,10 @@ pub fn plot(
                     .map_err(|e| err(&e))?
             }
             Mark::Ring => chart
-                .draw_series(
-                    pts.iter()
-                        .map(|&p| Circle::new(p, 9, color.stroke_width(2))),
-                )
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 9, color.stroke_width(2))))
                 .map_err(|e| err(&e))?,
             Mark::Triangle => chart
-                .draw_series(
-                    pts.iter()
-                        .map(|&p| TriangleMarker::new(p, 7, color.filled())),
-                )
+                .draw_series(pts.iter().map(|&p| TriangleMarker::new(p, 7, color.filled())))
                 .map_err(|e| err(&e))?,
         };
         let anno = anno.label(s.name.clone());
@@ -260,12 +238,7 @@ pub fn write(out: &Path, c: &crate::config::PlanConfig, o: &Outcome, fin: &Final
             name: "evaluations (mid-swap: light)".into(),
             color: RGBColor(200, 200, 200),
             mark: Mark::Dot,
-            points: o
-                .evaluations
-                .iter()
-                .filter(|e| !e.settled)
-                .map(pt)
-                .collect(),
+            points: o.evaluations.iter().filter(|e| !e.settled).map(pt).collect(),
         },
         Series {
             name: "evaluations".into(),
@@ -341,11 +314,7 @@ pub fn write(out: &Path, c: &crate::config::PlanConfig, o: &Outcome, fin: &Final
         (None, None) => md += "**No plan was evaluated.**\n\n",
     }
     if let Some(w) = fin.relu_bits.as_ref().filter(|w| w.valid_images.is_none()) {
-        md += &format!(
-            "ReLU circuits (`--relu-bits {}`): {}.\n\n",
-            c.relu_bits.name(),
-            w.windows
-        );
+        md += &format!("ReLU circuits (`--relu-bits {}`): {}.\n\n", c.relu_bits.name(), w.windows);
     } else if let Some(w) = &fin.relu_bits {
         let acc = |a: Option<f64>| a.map_or("-".into(), |a| format!("{:.2} %", a * 100.0));
         md += &format!(
@@ -387,11 +356,7 @@ pub fn write(out: &Path, c: &crate::config::PlanConfig, o: &Outcome, fin: &Final
         "`members.csv`",
         o.search_seconds,
         fin.seconds,
-        if o.resumed {
-            ", resumed from a saved state"
-        } else {
-            ""
-        }
+        if o.resumed { ", resumed from a saved state" } else { "" }
     );
     for n in &o.notes {
         md += &format!("Note: {n}\n\n");
@@ -401,11 +366,7 @@ pub fn write(out: &Path, c: &crate::config::PlanConfig, o: &Outcome, fin: &Final
         md += &format!(
             "| `{}` | {} | {} | {:.2} % | {:.4} |\n",
             e.placement,
-            if e.relu_channels.is_empty() {
-                "(per layer)"
-            } else {
-                &e.relu_channels
-            },
+            if e.relu_channels.is_empty() { "(per layer)" } else { &e.relu_channels },
             e.relus,
             e.valid_accuracy * 100.0,
             e.cost

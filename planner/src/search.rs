@@ -105,16 +105,9 @@ pub(crate) enum Progress {
     /// Not started.
     Start,
     /// Population-based training.
-    Pbt {
-        interval: usize,
-        genomes: Vec<Genome>,
-    },
+    Pbt { interval: usize, genomes: Vec<Genome> },
     /// DELPHI's planner: one population per count of quadratic layers.
-    Delphi {
-        run: usize,
-        interval: usize,
-        genomes: Vec<Genome>,
-    },
+    Delphi { run: usize, interval: usize, genomes: Vec<Genome> },
     /// The greedy rule.
     Greedy(crate::policy::GreedyState),
     /// Finished.
@@ -174,11 +167,8 @@ pub struct Outcome {
 impl Outcome {
     /// The plan for `threshold`: the cheapest front plan meeting it.
     pub fn plan_for(&self, threshold: f64) -> Option<&(Evaluation, PathBuf)> {
-        let pts: Vec<(f64, f64)> = self
-            .front
-            .iter()
-            .map(|(e, _)| (e.valid_accuracy, e.cost))
-            .collect();
+        let pts: Vec<(f64, f64)> =
+            self.front.iter().map(|(e, _)| (e.valid_accuracy, e.cost)).collect();
         policy::choose(&pts, threshold).map(|i| &self.front[i])
     }
 }
@@ -190,9 +180,7 @@ pub fn load_data(c: &PlanConfig) -> Result<Dataset> {
 
 /// The compute device the configuration names.
 pub fn device(c: &PlanConfig) -> Result<Device> {
-    c.device
-        .device()
-        .map_err(|e| PlanError::Config(e.to_string()))
+    c.device.device().map_err(|e| PlanError::Config(e.to_string()))
 }
 
 /// The all-ReLU base of a search.
@@ -376,10 +364,7 @@ impl<'a> Search<'a> {
         }
         let relu_cost = pricing.price(&Placement::all_relu(layers))?;
         let base_tr = Trainer::new(
-            TrainConfig {
-                init: Some(base_plan.clone()),
-                ..base_cfg.clone()
-            },
+            TrainConfig { init: Some(base_plan.clone()), ..base_cfg.clone() },
             &device,
         )?;
         let base_valid_accuracy = base_tr.accuracy(&data.valid);
@@ -401,9 +386,7 @@ impl<'a> Search<'a> {
             say(notes.last().map_or("", |s| s.as_str()));
         }
         let (channel_saving, quad_floor) = if c.granularity == Granularity::Channel {
-            let all_quad = c
-                .objective
-                .of(&pricing.price(&Placement::all_quad(layers))?);
+            let all_quad = c.objective.of(&pricing.price(&Placement::all_quad(layers))?);
             (
                 pricing.channel_savings(c.objective)?,
                 all_quad / c.objective.of(&relu_cost).max(1e-30),
@@ -517,10 +500,7 @@ impl<'a> Search<'a> {
             weight: g.distill_weight,
             temperature: 4.0,
         });
-        t.swap = (g.swap_span > 0.0).then_some(Swap {
-            start: 0.0,
-            end: g.swap_span,
-        });
+        t.swap = (g.swap_span > 0.0).then_some(Swap { start: 0.0, end: g.swap_span });
         t.seed = self.c.seed.wrapping_add(1000 * (k + 1));
         t.validate_epochs = false;
         if self.c.granularity == Granularity::Channel {
@@ -559,9 +539,7 @@ impl<'a> Search<'a> {
 
     /// Whether the wall-time budget (`--budget`) is spent.
     pub fn out_of_time(&self) -> bool {
-        self.c
-            .budget_minutes
-            .is_some_and(|b| self.started.elapsed().as_secs_f64() > b * 60.0)
+        self.c.budget_minutes.is_some_and(|b| self.started.elapsed().as_secs_f64() > b * 60.0)
     }
 
     /// Evaluates a member: validation accuracy, predicted cost, fitness
@@ -660,10 +638,7 @@ impl<'a> Search<'a> {
         delphi_train::evaluate::record_ranges(&mut net, &self.data.train, 64)?;
         let prog = delphi_net::FixedProgram::lower(&net)?;
         if let Err(why) = delphi_net::range::analyse_network(&net, &prog)?.check() {
-            self.say(&format!(
-                "placement {} left out of the front: {why}",
-                e.placement
-            ));
+            self.say(&format!("placement {} left out of the front: {why}", e.placement));
             return Ok(());
         }
         net.metadata.planner_run = Some(self.c.name());
@@ -672,9 +647,7 @@ impl<'a> Search<'a> {
         if let Some(w) = windows {
             net.metadata.relu_bits = Some(w);
         }
-        net.metadata
-            .extra
-            .insert("valid_accuracy".into(), serde_json::json!(e.valid_accuracy));
+        net.metadata.extra.insert("valid_accuracy".into(), serde_json::json!(e.valid_accuracy));
         net.save(&self.front_file(e.index), WeightStorage::Sidecar)?;
         for &old in &self.st.front {
             if !keep.contains(&old) {
@@ -738,10 +711,7 @@ impl<'a> Search<'a> {
     pub(crate) fn load_members(&self, n: usize) -> Result<Vec<Trainer>> {
         (0..n)
             .map(|k| {
-                Ok(Trainer::load_checkpoint(
-                    &self.out.join(format!("members/{k}")),
-                    &self.device,
-                )?)
+                Ok(Trainer::load_checkpoint(&self.out.join(format!("members/{k}")), &self.device)?)
             })
             .collect()
     }
@@ -758,10 +728,7 @@ impl<'a> Search<'a> {
             .iter()
             .map(|&i| (self.st.evaluations[i].clone(), self.front_file(i)))
             .collect();
-        let pts: Vec<(f64, f64)> = front
-            .iter()
-            .map(|(e, _)| (e.valid_accuracy, e.cost))
-            .collect();
+        let pts: Vec<(f64, f64)> = front.iter().map(|(e, _)| (e.valid_accuracy, e.cost)).collect();
         let plan = self.out.join("plan.json");
         let (chosen, closest) = match policy::choose(&pts, self.c.accuracy) {
             Some(k) => (Some(front[k].clone()), None),

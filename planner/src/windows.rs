@@ -48,11 +48,7 @@ pub fn choose_relu_windows(
         let mut cand = net.clone();
         delphi_net::window::set_windows(&mut cand, w)?;
         let acc = fixed_accuracy(&cand, &valid)?;
-        say(&format!(
-            "windows {}: {:.2} %",
-            describe_windows(w),
-            acc * 100.0
-        ));
+        say(&format!("windows {}: {:.2} %", describe_windows(w), acc * 100.0));
         Ok((acc >= full - RELU_BITS_TOLERANCE).then_some((cand, acc)))
     };
     let peaks = relu_input_peaks(net, &data.train, RELU_BITS_IMAGES)?;
@@ -68,10 +64,7 @@ pub fn choose_relu_windows(
             let coarser: Windows = w
                 .iter()
                 .map(|&(l, b)| {
-                    let b = b.map(|b| ReluBits {
-                        lo: b.lo + extra,
-                        hi: b.hi,
-                    });
+                    let b = b.map(|b| ReluBits { lo: b.lo + extra, hi: b.hi });
                     // A window that cannot drop more bits keeps the last one.
                     let prev = best.0.iter().find(|(pl, _)| *pl == l).and_then(|x| x.1);
                     (l, b.filter(|b| b.lo + 2 <= b.hi).or(prev))

@@ -33,10 +33,7 @@ fn plan_cmd(out: &std::path::Path) -> Command {
     // The model calibrated on this project's reference machine (a real
     // measurement; calibration itself is tested in delphi-cost-calibrate).
     .arg("--cost-model")
-    .arg(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../results/cost-model.json"
-    ));
+    .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../results/cost-model.json"));
     c
 }
 
@@ -46,17 +43,11 @@ fn a_tiny_search_survives_a_kill_and_produces_a_plan() {
     let _ = std::fs::remove_dir_all(&out);
 
     // Start, wait for the first saved interval, kill.
-    let mut child = plan_cmd(&out)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = plan_cmd(&out).stderr(std::process::Stdio::null()).spawn().unwrap();
     let state = out.join("state.json");
     let t = Instant::now();
     while !state.is_file() {
-        assert!(
-            t.elapsed() < Duration::from_secs(600),
-            "no interval finished in 10 minutes"
-        );
+        assert!(t.elapsed() < Duration::from_secs(600), "no interval finished in 10 minutes");
         if let Some(status) = child.try_wait().unwrap() {
             panic!("delphi-plan ended before it could be killed: {status}");
         }
@@ -96,10 +87,7 @@ fn a_tiny_search_survives_a_kill_and_produces_a_plan() {
     // The plan is a valid description the protocol runs: `delphi verify`
     // (built by `cargo test --workspace`) checks it against the reference.
     let delphi = std::path::Path::new(env!("CARGO_BIN_EXE_delphi-plan")).with_file_name("delphi");
-    assert!(
-        delphi.is_file(),
-        "build the `delphi` binary (cargo test --workspace)"
-    );
+    assert!(delphi.is_file(), "build the `delphi` binary (cargo test --workspace)");
     let v = Command::new(&delphi)
         .args(["verify", "--json", "--plan"])
         .arg(out.join("plan.json"))
@@ -111,11 +99,7 @@ fn a_tiny_search_survives_a_kill_and_produces_a_plan() {
     // `--relu-bits auto` (the default) decided the plan's ReLU circuits.
     let plan: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("plan.json")).unwrap()).unwrap();
-    assert_eq!(
-        plan["metadata"]["relu_bits"]["mode"], "auto",
-        "{}",
-        plan["metadata"]
-    );
+    assert_eq!(plan["metadata"]["relu_bits"]["mode"], "auto", "{}", plan["metadata"]);
 
     // `delphi-plan windows` on the trained base: every ReLU layer gets a
     // window (a 2-epoch small-cnn's ReLU inputs are small) and the result
@@ -132,28 +116,13 @@ fn a_tiny_search_survives_a_kill_and_produces_a_plan() {
     assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
     let net: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&windowed).unwrap()).unwrap();
-    let acts: Vec<&serde_json::Value> = net["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| l["type"] == "activation")
-        .collect();
+    let acts: Vec<&serde_json::Value> =
+        net["layers"].as_array().unwrap().iter().filter(|l| l["type"] == "activation").collect();
     assert!(!acts.is_empty());
-    assert!(
-        acts.iter().all(|l| l["relu_bits"]["hi"].as_u64().is_some()),
-        "{acts:?}"
-    );
-    let v = Command::new(&delphi)
-        .args(["verify", "--plan"])
-        .arg(&windowed)
-        .output()
-        .unwrap();
+    assert!(acts.iter().all(|l| l["relu_bits"]["hi"].as_u64().is_some()), "{acts:?}");
+    let v = Command::new(&delphi).args(["verify", "--plan"]).arg(&windowed).output().unwrap();
     let vout = String::from_utf8_lossy(&v.stdout);
-    assert!(
-        v.status.success(),
-        "{}{vout}",
-        String::from_utf8_lossy(&v.stderr)
-    );
+    assert!(v.status.success(), "{}{vout}", String::from_utf8_lossy(&v.stderr));
     assert!(vout.contains("reduced ReLU node"), "{vout}");
     std::fs::remove_dir_all(&out).ok();
 }
@@ -166,10 +135,7 @@ fn cost_model() -> String {
 fn a_provided_onnx_network_is_the_base_and_is_not_retrained() {
     let out = std::env::temp_dir().join(format!("delphi-plan-onnx-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let onnx = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../crypto/onnx/tests/fixtures/fm-cnn.onnx"
-    );
+    let onnx = concat!(env!("CARGO_MANIFEST_DIR"), "/../crypto/onnx/tests/fixtures/fm-cnn.onnx");
     let o = Command::new(env!("CARGO_BIN_EXE_delphi-plan"))
         .args([
             "--arch",
@@ -263,11 +229,7 @@ fn the_benchmark_compares_three_strategies_at_equal_budget() {
         assert!(header.contains(&col), "{col} missing from {header:?}");
     }
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
-    let rows: Vec<Vec<&str>> = csv
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').collect())
-        .collect();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
     for strategy in ["pbt", "delphi", "greedy"] {
         for t in ["0.5", "0.6"] {
             let chosen = rows
@@ -277,10 +239,7 @@ fn the_benchmark_compares_three_strategies_at_equal_budget() {
                 .count();
             assert!(chosen <= 1, "{strategy} at {t}: {chosen} chosen plans");
         }
-        assert!(
-            rows.iter().any(|r| r[col("strategy")] == strategy),
-            "no front for {strategy}"
-        );
+        assert!(rows.iter().any(|r| r[col("strategy")] == strategy), "no front for {strategy}");
     }
     // Every run used the same budget of training steps (never more).
     let bench: serde_json::Value =
@@ -297,10 +256,7 @@ fn the_benchmark_compares_three_strategies_at_equal_budget() {
     }
     // DELPHI's planner ran one population per count of quadratic layers.
     let lineage = std::fs::read_to_string(out.join("delphi/lineage.log")).unwrap_or_default();
-    assert!(
-        lineage.is_empty() || lineage.contains("quadratic_layers"),
-        "{lineage}"
-    );
+    assert!(lineage.is_empty() || lineage.contains("quadratic_layers"), "{lineage}");
     let members = std::fs::read_to_string(out.join("delphi/members.csv")).unwrap();
     for n in ["n=1 ", "n=2 ", "n=3 "] {
         assert!(members.contains(n), "{n} missing from DELPHI's members");
@@ -332,28 +288,19 @@ fn mistakes_are_refused_by_name_not_defaulted() {
 fn a_per_channel_search_keeps_mixed_plans_priced_exactly() {
     let out = std::env::temp_dir().join(format!("delphi-plan-channel-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let done = plan_cmd(&out)
-        .args(["--granularity", "channel"])
-        .output()
-        .unwrap();
+    let done = plan_cmd(&out).args(["--granularity", "channel"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&done.stderr);
     assert!(done.status.success(), "{stderr}");
     let members = std::fs::read_to_string(out.join("members.csv")).unwrap();
     let header: Vec<&str> = members.lines().next().unwrap().split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
     let (settled, channels, budget) = (col("settled"), col("relu_channels"), col("budget"));
-    let rows: Vec<Vec<&str>> = members
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').collect())
-        .collect();
+    let rows: Vec<Vec<&str>> = members.lines().skip(1).map(|l| l.split(',').collect()).collect();
     // Every member carries a budget and a per-layer ReLU percentage; the
     // settled ones have frozen a mask below all-ReLU.
     assert!(rows.iter().all(|r| r[budget].parse::<f64>().unwrap() > 0.0));
     assert!(rows.iter().all(|r| r[channels].split(' ').count() == 3));
-    assert!(rows
-        .iter()
-        .any(|r| r[settled] == "true" && r[channels] != "100 100 100"));
+    assert!(rows.iter().any(|r| r[settled] == "true" && r[channels] != "100 100 100"));
     // Every front plan is a description the engine runs, priced as it is.
     let front: Vec<_> = std::fs::read_dir(out.join("front"))
         .unwrap()

@@ -35,17 +35,11 @@ fn time(reps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn row(name: &str, burn: (f64, f64), ours: (f64, f64)) {
-    println!(
-        "{name:<28} {:>9.2} {:>9.2} {:>11.2} {:>11.2}",
-        burn.0, ours.0, burn.1, ours.1
-    );
+    println!("{name:<28} {:>9.2} {:>9.2} {:>11.2} {:>11.2}", burn.0, ours.0, burn.1, ours.1);
 }
 
 fn main() {
-    let reps: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+    let reps: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10);
     let base = Device::flex();
     let ad = base.clone().autodiff();
     let n = 64;
@@ -94,10 +88,7 @@ fn main() {
         );
         row(name, burn, ours);
     }
-    for (name, c, hw) in [
-        ("avgpool2 16ch 28x28", 16, 28),
-        ("avgpool2 64ch 32x32", 64, 32),
-    ] {
+    for (name, c, hw) in [("avgpool2 16ch 28x28", 16, 28), ("avgpool2 64ch 32x32", 64, 32)] {
         let x = Tensor::<4>::random([n, c, hw, hw], Distribution::Default, &ad);
         let xb = Tensor::<4>::random([n, c, hw, hw], Distribution::Default, &base);
         let opts = AvgPoolOptions::new([2, 2]).with_stride([2, 2]);
@@ -115,9 +106,7 @@ fn main() {
                 let _ = fast::avg_pool(xb.clone(), 2, 2).into_data();
             }),
             time(reps, || {
-                let _ = fast::avg_pool(x.clone().require_grad(), 2, 2)
-                    .sum()
-                    .backward();
+                let _ = fast::avg_pool(x.clone().require_grad(), 2, 2).sum().backward();
             }),
         );
         row(name, burn, ours);

@@ -88,11 +88,7 @@ pub fn resolve(arch: &str, dataset: DatasetKind, seed: u64) -> Result<Resolved> 
         ));
         network.metadata.input_normalization = Some(n);
     }
-    Ok(Resolved {
-        network,
-        trained,
-        notes,
-    })
+    Ok(Resolved { network, trained, notes })
 }
 
 /// Checks that `net` takes the dataset's images and gives one output per
@@ -114,9 +110,6 @@ pub fn check_fits(net: &Network, dataset: DatasetKind, arch: &str) -> Result<()>
     Err(TrainError::Mismatch {
         arch: arch.to_string(),
         network: format!("takes {} inputs and gives {} outputs", net.input, out.len()),
-        dataset: format!(
-            "{} has {c}×{h}×{w} images and {classes} classes",
-            dataset.name()
-        ),
+        dataset: format!("{} has {c}×{h}×{w} images and {classes} classes", dataset.name()),
     })
 }

@@ -95,9 +95,7 @@ fn random_split(kind: DatasetKind, n: usize) -> Split {
     Split {
         kind,
         pixels: (0..n * len).map(|_| rng.gen()).collect(),
-        labels: (0..n)
-            .map(|_| rng.gen_range(0..kind.classes() as u8))
-            .collect(),
+        labels: (0..n).map(|_| rng.gen_range(0..kind.classes() as u8)).collect(),
     }
 }
 
@@ -120,14 +118,7 @@ fn bench_data(
     }
     let train = random_split(kind, n);
     let empty = random_split(kind, 0);
-    Ok((
-        Dataset {
-            train,
-            valid: empty.clone(),
-            test: empty,
-        },
-        "random",
-    ))
+    Ok((Dataset { train, valid: empty.clone(), test: empty }, "random"))
 }
 
 /// Times `steps` training steps and `steps` batches of inference of each
@@ -141,13 +132,10 @@ pub fn train_bench(
     choice: DeviceChoice,
     data_dir: Option<&Path>,
 ) -> Result<TrainBench> {
-    let device: Device = choice
-        .device()
-        .map_err(|e| TrainError::Config(e.to_string()))?;
+    let device: Device = choice.device().map_err(|e| TrainError::Config(e.to_string()))?;
     // Unknown names are refused before minutes of timing.
-    if let Some(a) = archs
-        .iter()
-        .find(|a| !delphi_net::builtin::ARCHITECTURES.contains(&a.as_str()))
+    if let Some(a) =
+        archs.iter().find(|a| !delphi_net::builtin::ARCHITECTURES.contains(&a.as_str()))
     {
         return Err(TrainError::Config(format!(
             "unknown architecture {a:?} (known: {})",
@@ -157,11 +145,8 @@ pub fn train_bench(
     let mut rows = Vec::new();
     for arch in archs {
         let net = delphi_net::builtin::build(arch, 10, 1)?;
-        let kind = if net.input.channels == 1 {
-            DatasetKind::FashionMnist
-        } else {
-            DatasetKind::Cifar10
-        };
+        let kind =
+            if net.input.channels == 1 { DatasetKind::FashionMnist } else { DatasetKind::Cifar10 };
         // Enough images that warm-up and timed steps stay inside one epoch.
         let rounds = rounds.max(1);
         let n = batch_size * (rounds * steps + 2);
@@ -205,9 +190,7 @@ pub fn train_bench(
         batch_size,
         steps,
         rounds: rounds.max(1),
-        cores: std::thread::available_parallelism()
-            .map(|c| c.get())
-            .unwrap_or(1),
+        cores: std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1),
         archs: rows,
         reference: None,
         rerun: std::env::args().collect::<Vec<_>>().join(" "),
@@ -243,10 +226,8 @@ impl TrainBench {
             "arch", "train img/s", "ref", "infer img/s", "ref"
         );
         for row in &self.archs {
-            let r = self
-                .reference
-                .as_ref()
-                .and_then(|r| r.archs.iter().find(|r| r.arch == row.arch));
+            let r =
+                self.reference.as_ref().and_then(|r| r.archs.iter().find(|r| r.arch == row.arch));
             let cell = |ours: f64, theirs: Option<f64>| match theirs {
                 Some(t) => format!("{:>12.0} {:>6.0} ({:.2}x)", ours, t, ours / t),
                 None => format!("{ours:>12.0} {:>12}", "-"),

@@ -68,10 +68,7 @@ impl Trainer {
     /// (Burn's files `model.*` and `optim.*`) and `state.json` (a
     /// [`CheckpointState`]), all in `dir/current`.
     pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
-        let err = |e: Cause| TrainError::Checkpoint {
-            path: dir.to_path_buf(),
-            source: e.0,
-        };
+        let err = |e: Cause| TrainError::Checkpoint { path: dir.to_path_buf(), source: e.0 };
         std::fs::create_dir_all(dir).map_err(|e| err(Cause::from(e)))?;
         let tmp = dir.join("tmp");
         let _ = std::fs::remove_dir_all(&tmp);
@@ -121,10 +118,7 @@ impl Trainer {
     /// Resumes from a checkpoint written by [`Trainer::save_checkpoint`].
     pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<Trainer> {
         let cur = dir.join("current");
-        let err = |e: Cause| TrainError::Checkpoint {
-            path: cur.clone(),
-            source: e.0,
-        };
+        let err = |e: Cause| TrainError::Checkpoint { path: cur.clone(), source: e.0 };
         let text =
             std::fs::read_to_string(cur.join("state.json")).map_err(|e| err(Cause::from(e)))?;
         let state: CheckpointState = serde_json::from_str(&text)
@@ -136,13 +130,7 @@ impl Trainer {
                 state.format, state.version
             ))));
         }
-        let mut tr = Trainer::new(
-            TrainConfig {
-                init: None,
-                ..state.config.clone()
-            },
-            device,
-        )?;
+        let mut tr = Trainer::new(TrainConfig { init: None, ..state.config.clone() }, device)?;
         tr.config = state.config;
         let template = state.template;
         tr.model = Net::from_description(&template, true, &tr.device)?;
@@ -155,13 +143,8 @@ impl Trainer {
         tr.template = template;
         let modes = tr.modes_at(0.0);
         tr.model.set_modes(&modes)?;
-        let model = std::mem::replace(
-            &mut tr.model,
-            Net {
-                layers: Vec::new(),
-                input: tr.template.input,
-            },
-        );
+        let model =
+            std::mem::replace(&mut tr.model, Net { layers: Vec::new(), input: tr.template.input });
         tr.model = model
             .try_load_file(cur.join("model"))
             .map_err(|e| err(Cause::from(format!("model: {e:?}"))))?;
@@ -224,10 +207,7 @@ mod tests {
             obj.remove(k);
         }
         let back: CheckpointState = serde_json::from_value(v).expect("reads");
-        assert_eq!(
-            (back.epoch, back.step_in_epoch, back.steps_done),
-            (2, 5, None)
-        );
+        assert_eq!((back.epoch, back.step_in_epoch, back.steps_done), (2, 5, None));
         assert_eq!(back.running, (1.0, 2, 3, 4.0));
     }
 }

@@ -107,10 +107,8 @@ impl Gates {
     /// quadratic, one by one, until the mask meets the budget (channels
     /// whose layer saves nothing are left ReLU).
     pub fn select(&self, gates: &[Vec<f32>]) -> Vec<Vec<bool>> {
-        let mut mask: Vec<Vec<bool>> = gates
-            .iter()
-            .map(|g| g.iter().map(|&v| v > 0.5).collect())
-            .collect();
+        let mut mask: Vec<Vec<bool>> =
+            gates.iter().map(|g| g.iter().map(|&v| v > 0.5).collect()).collect();
         let mut order: Vec<(usize, usize)> = gates
             .iter()
             .enumerate()

@@ -161,11 +161,7 @@ impl DatasetKind {
     /// [`DatasetKind::normalization`] as the description records it.
     pub fn default_normalization(self) -> delphi_net::Normalization {
         let (mean, std) = self.normalization();
-        delphi_net::Normalization {
-            mean,
-            std,
-            pixels: Some("u8 / 255, CHW".into()),
-        }
+        delphi_net::Normalization { mean, std, pixels: Some("u8 / 255, CHW".into()) }
     }
 
     /// The architecture a plan uses by default.
@@ -225,11 +221,7 @@ impl Split {
         for &i in idx {
             pixels.extend_from_slice(&self.pixels[i * l..(i + 1) * l]);
         }
-        Split {
-            kind: self.kind,
-            pixels,
-            labels: idx.iter().map(|&i| self.labels[i]).collect(),
-        }
+        Split { kind: self.kind, pixels, labels: idx.iter().map(|&i| self.labels[i]).collect() }
     }
 
     /// One image as floats (CHW) normalised with `norm` (pixels / 255,
@@ -248,11 +240,7 @@ impl Split {
             // Random crop with padding 4 (zero padding in normalised space
             // would be −mean/std; padding the raw image with black is the
             // usual choice) and a horizontal flip with probability ½.
-            Some(rng) => (
-                rng.gen_range(-4i32..=4),
-                rng.gen_range(-4i32..=4),
-                rng.gen_bool(0.5),
-            ),
+            Some(rng) => (rng.gen_range(-4i32..=4), rng.gen_range(-4i32..=4), rng.gen_bool(0.5)),
             None => (0, 0, false),
         };
         let mut out = vec![0f32; l];
@@ -320,11 +308,7 @@ fn find(kind: DatasetKind, data_dir: Option<&Path>, file: &str) -> Result<PathBu
     Err(DataError::Missing {
         dataset: kind.name(),
         file: file.into(),
-        looked: dirs
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
+        looked: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
         hint: match kind {
             DatasetKind::FashionMnist => {
                 "install Debian's dataset-fashion-mnist or pass --data-dir"
@@ -335,10 +319,7 @@ fn find(kind: DatasetKind, data_dir: Option<&Path>, file: &str) -> Result<PathBu
 }
 
 fn read_all(path: &Path) -> Result<Vec<u8>> {
-    let io = |source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| DataError::Io { path: path.to_path_buf(), source };
     let mut f = File::open(path).map_err(io)?;
     let mut buf = Vec::new();
     if path.extension().is_some_and(|e| e == "gz") {
@@ -361,20 +342,12 @@ pub fn read_idx(path: &Path, dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
     let buf = read_all(path)?;
     let header = 4 + 4 * dims;
     if buf.len() < header {
-        return Err(DataError::Truncated {
-            path: path.into(),
-            expected: header,
-            got: buf.len(),
-        });
+        return Err(DataError::Truncated { path: path.into(), expected: header, got: buf.len() });
     }
     let expected = 0x0800 | dims as u32;
     let magic = be32(&buf, 0);
     if magic != expected {
-        return Err(DataError::BadMagic {
-            path: path.into(),
-            found: magic,
-            expected,
-        });
+        return Err(DataError::BadMagic { path: path.into(), found: magic, expected });
     }
     let shape: Vec<usize> = (0..dims).map(|i| be32(&buf, 4 + 4 * i) as usize).collect();
     let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
@@ -421,11 +394,7 @@ fn fashion_split(data_dir: Option<&Path>, prefix: &str) -> Result<Split> {
         )));
     }
     check_labels(&lp, &labels, 10)?;
-    Ok(Split {
-        kind,
-        pixels,
-        labels,
-    })
+    Ok(Split { kind, pixels, labels })
 }
 
 /// Reads CIFAR binary files (10: one label byte per record; 100: coarse
@@ -451,11 +420,7 @@ pub fn read_cifar(kind: DatasetKind, paths: &[PathBuf]) -> Result<Split> {
         }
         check_labels(p, &labels[first..], kind.classes())?;
     }
-    Ok(Split {
-        kind,
-        pixels,
-        labels,
-    })
+    Ok(Split { kind, pixels, labels })
 }
 
 /// [`load`], then keeps only the first `train_limit` training and
@@ -487,10 +452,9 @@ pub fn load(
     seed: u64,
 ) -> Result<Dataset> {
     let (train, test) = match kind {
-        DatasetKind::FashionMnist => (
-            fashion_split(data_dir, "train")?,
-            fashion_split(data_dir, "t10k")?,
-        ),
+        DatasetKind::FashionMnist => {
+            (fashion_split(data_dir, "train")?, fashion_split(data_dir, "t10k")?)
+        }
         DatasetKind::FashionMnist32 => (
             pad_to_32(fashion_split(data_dir, "train")?),
             pad_to_32(fashion_split(data_dir, "t10k")?),
@@ -523,29 +487,19 @@ fn pad_to_32(s: Split) -> Split {
             }
         }
     }
-    Split {
-        kind: DatasetKind::FashionMnist32,
-        pixels,
-        labels: s.labels,
-    }
+    Split { kind: DatasetKind::FashionMnist32, pixels, labels: s.labels }
 }
 
 /// Splits `valid` images off `train` (seeded), keeping `test` as is.
 pub fn split_valid(train: Split, test: Split, valid: usize, seed: u64) -> Dataset {
     let mut idx: Vec<usize> = (0..train.len()).collect();
-    idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
-        seed ^ 0x5eed_da7a,
-    ));
+    idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_da7a));
     let valid = valid.min(train.len() / 2);
     let (v, t) = idx.split_at(valid);
     let (mut v, mut t) = (v.to_vec(), t.to_vec());
     v.sort_unstable();
     t.sort_unstable();
-    Dataset {
-        valid: train.select(&v),
-        train: train.select(&t),
-        test,
-    }
+    Dataset { valid: train.select(&v), train: train.select(&t), test }
 }
 
 #[cfg(test)]
@@ -574,11 +528,8 @@ mod tests {
                     for x in 0..32 {
                         let got = p.pixels[((i * 3 + c) * 32 + y) * 32 + x];
                         let inside = (2..30).contains(&y) && (2..30).contains(&x);
-                        let want = if inside {
-                            s.pixels[i * 784 + (y - 2) * 28 + x - 2]
-                        } else {
-                            0
-                        };
+                        let want =
+                            if inside { s.pixels[i * 784 + (y - 2) * 28 + x - 2] } else { 0 };
                         assert_eq!(got, want, "image {i} channel {c} at ({y}, {x})");
                     }
                 }
@@ -614,10 +565,7 @@ mod tests {
         let badp = d.join("label.bin");
         std::fs::write(&badp, &bad).unwrap_or_default();
         let e = read_cifar(DatasetKind::Cifar10, &[badp]).unwrap_err();
-        assert!(
-            matches!(e, DataError::LabelOutOfRange { label: 10, .. }),
-            "{e}"
-        );
+        assert!(matches!(e, DataError::LabelOutOfRange { label: 10, .. }), "{e}");
 
         // CIFAR-100: the fine label (second byte) is the class.
         let mut r100 = vec![1u8, 99];
@@ -661,26 +609,16 @@ mod tests {
         let mut b = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2];
         b.extend([1u8; 8]);
         std::fs::write(&p, &b).unwrap_or_default();
-        assert_eq!(
-            read_idx(&p, 3).map(|x| x.0).unwrap_or_default(),
-            vec![2, 2, 2]
-        );
+        assert_eq!(read_idx(&p, 3).map(|x| x.0).unwrap_or_default(), vec![2, 2, 2]);
         let e = read_idx(&p, 1).unwrap_err();
         assert!(matches!(e, DataError::BadMagic { .. }), "{e}");
         std::fs::write(&p, &b[..20]).unwrap_or_default();
-        assert!(matches!(
-            read_idx(&p, 3).unwrap_err(),
-            DataError::Truncated { .. }
-        ));
+        assert!(matches!(read_idx(&p, 3).unwrap_err(), DataError::Truncated { .. }));
     }
 
     #[test]
     fn augmentation_keeps_shape_and_normalises() {
-        let mut s = Split {
-            kind: DatasetKind::Cifar10,
-            pixels: vec![255; 3072],
-            labels: vec![0],
-        };
+        let mut s = Split { kind: DatasetKind::Cifar10, pixels: vec![255; 3072], labels: vec![0] };
         let norm = DatasetKind::Cifar10.default_normalization();
         let plain = s.image(0, None, &norm);
         let (m, sd) = DatasetKind::Cifar10.normalization();

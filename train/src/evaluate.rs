@@ -20,9 +20,7 @@ use crate::model::{values, Net};
 
 /// The predicted class of each row of `classes` logits.
 pub fn argmax_rows(v: &[f32], classes: usize) -> Vec<usize> {
-    v.chunks(classes.max(1))
-        .map(delphi_net::eval::argmax)
-        .collect()
+    v.chunks(classes.max(1)).map(delphi_net::eval::argmax).collect()
 }
 
 /// Images measured for the activation ranges an export records.
@@ -38,9 +36,8 @@ pub fn record_ranges(net: &mut Network, split: &Split, images: usize) -> Result<
         .input_normalization
         .clone()
         .unwrap_or_else(|| split.kind.default_normalization());
-    let images: Vec<Vec<f32>> = (0..split.len().min(images))
-        .map(|i| split.image(i, None, &norm))
-        .collect();
+    let images: Vec<Vec<f32>> =
+        (0..split.len().min(images)).map(|i| split.image(i, None, &norm)).collect();
     net.metadata.activation_ranges = delphi_net::eval::activation_ranges(net, &images)?;
     Ok(())
 }
@@ -56,11 +53,7 @@ pub fn float_accuracy(model: &Net, split: &Split, device: &Device, norm: &Normal
         let (x, _) = batch(split, chunk, None, &device, norm);
         let x = Tensor::<4>::from_data(x.into_data(), &device);
         let pred = argmax_rows(&values(model.forward(x)), classes);
-        correct += pred
-            .iter()
-            .zip(chunk)
-            .filter(|(p, &i)| **p == split.labels[i] as usize)
-            .count();
+        correct += pred.iter().zip(chunk).filter(|(p, &i)| **p == split.labels[i] as usize).count();
     }
     correct as f64 / split.len().max(1) as f64
 }
@@ -73,9 +66,7 @@ fn encoded(prog: &FixedProgram, net: &Network, split: &Split, n: usize) -> Resul
         .input_normalization
         .clone()
         .unwrap_or_else(|| split.kind.default_normalization());
-    (0..split.len().min(n))
-        .map(|i| Ok(prog.encode_input(&split.image(i, None, &norm))?))
-        .collect()
+    (0..split.len().min(n)).map(|i| Ok(prog.encode_input(&split.image(i, None, &norm))?)).collect()
 }
 
 /// Each ReLU node's largest |input| over the first `images` images of
@@ -101,10 +92,7 @@ pub fn relu_windows(
     images: usize,
     margin: f64,
 ) -> Result<Vec<(usize, Option<ReluBits>)>> {
-    Ok(delphi_net::window::windows_from_peaks(
-        &relu_input_peaks(net, split, images)?,
-        margin,
-    ))
+    Ok(delphi_net::window::windows_from_peaks(&relu_input_peaks(net, split, images)?, margin))
 }
 
 /// Accuracy of the fixed-point program on a split, its images normalised
@@ -123,9 +111,7 @@ pub fn fixed_accuracy(net: &Network, split: &Split) -> Result<f64> {
         .unwrap_or_else(|| split.kind.default_normalization());
     let norm = &norm;
     let n = split.len();
-    let threads = std::thread::available_parallelism()
-        .map(|t| t.get())
-        .unwrap_or(1);
+    let threads = std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1);
     let per = n.div_ceil(threads.max(1)).max(1);
     let correct: Result<usize> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
@@ -161,10 +147,7 @@ pub fn fixed_accuracy(net: &Network, split: &Split) -> Result<f64> {
             .collect();
         handles
             .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or(Err(TrainError::Worker("a fixed-point evaluation thread")))
-            })
+            .map(|h| h.join().unwrap_or(Err(TrainError::Worker("a fixed-point evaluation thread"))))
             .sum()
     });
     Ok(correct? as f64 / n.max(1) as f64)

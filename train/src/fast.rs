@@ -121,28 +121,18 @@ fn conv_any_stride(
     {
         return conv2d(x, w, b, options);
     }
-    let geo = Geometry {
-        k,
-        p,
-        s: options.stride[0],
-    };
-    if let (Ok(xp), Ok(wp)) = (
-        x.clone().try_into_primitive::<Ad>(),
-        w.clone().try_into_primitive::<Ad>(),
-    ) {
+    let geo = Geometry { k, p, s: options.stride[0] };
+    if let (Ok(xp), Ok(wp)) =
+        (x.clone().try_into_primitive::<Ad>(), w.clone().try_into_primitive::<Ad>())
+    {
         if let Ok(bp) = b.clone().map(|b| b.try_into_primitive::<Ad>()).transpose() {
             return Tensor::from_primitive::<Ad>(conv_ad(xp, wp, bp, geo));
         }
     }
-    if let (Ok(xp), Ok(wp)) = (
-        x.clone().try_into_primitive::<Flex>(),
-        w.clone().try_into_primitive::<Flex>(),
-    ) {
-        if let Ok(bp) = b
-            .clone()
-            .map(|b| b.try_into_primitive::<Flex>())
-            .transpose()
-        {
+    if let (Ok(xp), Ok(wp)) =
+        (x.clone().try_into_primitive::<Flex>(), w.clone().try_into_primitive::<Flex>())
+    {
+        if let Ok(bp) = b.clone().map(|b| b.try_into_primitive::<Flex>()).transpose() {
             return Tensor::from_primitive::<Flex>(conv_forward(&xp, &wp, bp.as_ref(), geo));
         }
     }
@@ -172,15 +162,7 @@ struct Grid {
 impl Grid {
     fn new([n, _, h, w]: [usize; 4], g: Geometry) -> Grid {
         let (hp, wp) = (h + 2 * g.p, w + 2 * g.p);
-        Grid {
-            n,
-            h,
-            w,
-            hp,
-            wp,
-            oh: (hp - g.k) / g.s + 1,
-            ow: (wp - g.k) / g.s + 1,
-        }
+        Grid { n, h, w, hp, wp, oh: (hp - g.k) / g.s + 1, ow: (wp - g.k) / g.s + 1 }
     }
 
     fn plane(&self) -> usize {
@@ -203,16 +185,14 @@ impl Grid {
 fn to_grid(t: &[f32], c: usize, grid: Grid, p: usize, stride: usize) -> Vec<f32> {
     let (h, w, plane) = (grid.h, grid.w, grid.plane());
     let mut out = vec![0f32; c * stride];
-    out.par_chunks_mut(stride.max(1))
-        .enumerate()
-        .for_each(|(ci, dst)| {
-            for ni in 0..grid.n {
-                for y in 0..h {
-                    let src = &t[((ni * c + ci) * h + y) * w..][..w];
-                    dst[ni * plane + (y + p) * grid.wp + p..][..w].copy_from_slice(src);
-                }
+    out.par_chunks_mut(stride.max(1)).enumerate().for_each(|(ci, dst)| {
+        for ni in 0..grid.n {
+            for y in 0..h {
+                let src = &t[((ni * c + ci) * h + y) * w..][..w];
+                dst[ni * plane + (y + p) * grid.wp + p..][..w].copy_from_slice(src);
             }
-        });
+        }
+    });
     out
 }
 
@@ -287,13 +267,11 @@ fn few_rows(c: usize, k: usize) -> bool {
 fn gathered(xt: &[f32], c: usize, k: usize, grid: Grid, stride: usize) -> Vec<f32> {
     let cols = grid.cols();
     let mut col = vec![0f32; c * k * k * cols];
-    col.par_chunks_mut(cols.max(1))
-        .enumerate()
-        .for_each(|(r, dst)| {
-            let (ci, t) = (r / (k * k), r % (k * k));
-            let off = (t / k) * grid.wp + t % k;
-            dst.copy_from_slice(&xt[ci * stride + off..][..cols]);
-        });
+    col.par_chunks_mut(cols.max(1)).enumerate().for_each(|(r, dst)| {
+        let (ci, t) = (r / (k * k), r % (k * k));
+        let off = (t / k) * grid.wp + t % k;
+        dst.copy_from_slice(&xt[ci * stride + off..][..cols]);
+    });
     col
 }
 
@@ -348,18 +326,16 @@ fn conv_forward(
     let bv = bias.as_ref().map(slice);
     let (oh, ow, plane, wp, s) = (grid.oh, grid.ow, grid.plane(), grid.wp, g.s);
     let mut out = vec![0f32; grid.n * o * oh * ow];
-    out.par_chunks_mut((oh * ow).max(1))
-        .enumerate()
-        .for_each(|(idx, dst)| {
-            let (ni, oi) = (idx / o, idx % o);
-            let b = bv.map_or(0.0, |b| b[oi]);
-            for yy in 0..oh {
-                let row = &y[oi * cols + ni * plane + yy * s * wp..];
-                for (xx, d) in dst[yy * ow..][..ow].iter_mut().enumerate() {
-                    *d = row[xx * s] + b;
-                }
+    out.par_chunks_mut((oh * ow).max(1)).enumerate().for_each(|(idx, dst)| {
+        let (ni, oi) = (idx / o, idx % o);
+        let b = bv.map_or(0.0, |b| b[oi]);
+        for yy in 0..oh {
+            let row = &y[oi * cols + ni * plane + yy * s * wp..];
+            for (xx, d) in dst[yy * ow..][..ow].iter_mut().enumerate() {
+                *d = row[xx * s] + b;
             }
-        });
+        }
+    });
     tensor(out, [grid.n, o, oh, ow])
 }
 
@@ -387,19 +363,17 @@ fn conv_backward(
     let gv = slice(&g);
     let (oh, ow, plane, wp, s) = (grid.oh, grid.ow, grid.plane(), grid.wp, geo.s);
     let mut gt = vec![0f32; o * cols];
-    gt.par_chunks_mut(cols.max(1))
-        .enumerate()
-        .for_each(|(oi, dst)| {
-            for ni in 0..grid.n {
-                for yy in 0..oh {
-                    let src = &gv[((ni * o + oi) * oh + yy) * ow..][..ow];
-                    let row = &mut dst[ni * plane + yy * s * wp..];
-                    for (xx, v) in src.iter().enumerate() {
-                        row[xx * s] = *v;
-                    }
+    gt.par_chunks_mut(cols.max(1)).enumerate().for_each(|(oi, dst)| {
+        for ni in 0..grid.n {
+            for yy in 0..oh {
+                let src = &gv[((ni * o + oi) * oh + yy) * ow..][..ow];
+                let row = &mut dst[ni * plane + yy * s * wp..];
+                for (xx, v) in src.iter().enumerate() {
+                    row[xx * s] = *v;
                 }
             }
-        });
+        }
+    });
     let stride = cols + grid.slack(k);
     if let Some(node) = node_x {
         let taps = taps(&w);
@@ -422,15 +396,13 @@ fn conv_backward(
         }
         let (h, wd, p) = (grid.h, grid.w, geo.p);
         let mut dx = vec![0f32; grid.n * c * h * wd];
-        dx.par_chunks_mut((h * wd).max(1))
-            .enumerate()
-            .for_each(|(idx, dst)| {
-                let (ni, ci) = (idx / c, idx % c);
-                for y in 0..h {
-                    let src = &dxt[ci * stride + ni * plane + (y + p) * wp + p..][..wd];
-                    dst[y * wd..][..wd].copy_from_slice(src);
-                }
-            });
+        dx.par_chunks_mut((h * wd).max(1)).enumerate().for_each(|(idx, dst)| {
+            let (ni, ci) = (idx / c, idx % c);
+            for y in 0..h {
+                let src = &dxt[ci * stride + ni * plane + (y + p) * wp + p..][..wd];
+                dst[y * wd..][..wd].copy_from_slice(src);
+            }
+        });
         grads.register::<Flex>(node, tensor(dx, [grid.n, c, h, wd]));
     }
     if let Some(node) = node_w {
@@ -438,11 +410,7 @@ fn conv_backward(
         // One o × c product per tap; taps in parallel (each product on one
         // thread) when there are enough of them, else one on all cores.
         let many = k * k >= 2 * rayon::current_num_threads();
-        let threads = if many {
-            gemm::Parallelism::None
-        } else {
-            gemm::Parallelism::Rayon(0)
-        };
+        let threads = if many { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(0) };
         let per_tap: Vec<Vec<f32>> = (0..k * k)
             .into_par_iter()
             .with_max_len(1)
@@ -506,22 +474,14 @@ fn conv_ad(x: AdTensor, w: AdTensor, b: Option<AdTensor>, geo: Geometry) -> AdTe
         Some(b) => {
             let (bp, bn) = b.into_parts();
             let out = conv_forward(&xp, &wp, Some(&bp), geo);
-            match ConvStep
-                .prepare::<NoCheckpointing>([xn, wn, bn])
-                .compute_bound()
-                .stateful()
-            {
+            match ConvStep.prepare::<NoCheckpointing>([xn, wn, bn]).compute_bound().stateful() {
                 OpsKind::Tracked(prep) => prep.finish((xp, wp, geo), out),
                 OpsKind::UnTracked(prep) => prep.finish(out),
             }
         }
         None => {
             let out = conv_forward(&xp, &wp, None, geo);
-            match ConvStepNoBias
-                .prepare::<NoCheckpointing>([xn, wn])
-                .compute_bound()
-                .stateful()
-            {
+            match ConvStepNoBias.prepare::<NoCheckpointing>([xn, wn]).compute_bound().stateful() {
                 OpsKind::Tracked(prep) => prep.finish((xp, wp, geo), out),
                 OpsKind::UnTracked(prep) => prep.finish(out),
             }
@@ -537,10 +497,7 @@ fn bias_grad(g: &FlexTensor) -> FlexTensor {
         .map(|oi| {
             (0..n)
                 .map(|ni| {
-                    gv[(ni * o + oi) * oh * ow..][..oh * ow]
-                        .iter()
-                        .map(|&v| v as f64)
-                        .sum::<f64>()
+                    gv[(ni * o + oi) * oh * ow..][..oh * ow].iter().map(|&v| v as f64).sum::<f64>()
                 })
                 .sum::<f64>() as f32
         })
@@ -571,21 +528,19 @@ fn pool_forward(x: &FlexTensor, k: usize) -> FlexTensor {
     let scale = 1.0 / (k * k) as f32;
     let mut out = vec![0f32; n * c * oh * ow];
     if oh * ow > 0 {
-        out.par_chunks_mut(oh * ow)
-            .enumerate()
-            .for_each(|(plane, dst)| {
-                let src = &xv[plane * h * w..][..h * w];
-                for y in 0..oh {
-                    let row = &mut dst[y * ow..][..ow];
-                    for dy in 0..k {
-                        let s = &src[(y * k + dy) * w..][..ow * k];
-                        for (o, win) in row.iter_mut().zip(s.chunks_exact(k)) {
-                            *o += win.iter().sum::<f32>();
-                        }
+        out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, dst)| {
+            let src = &xv[plane * h * w..][..h * w];
+            for y in 0..oh {
+                let row = &mut dst[y * ow..][..ow];
+                for dy in 0..k {
+                    let s = &src[(y * k + dy) * w..][..ow * k];
+                    for (o, win) in row.iter_mut().zip(s.chunks_exact(k)) {
+                        *o += win.iter().sum::<f32>();
                     }
-                    row.iter_mut().for_each(|v| *v *= scale);
                 }
-            });
+                row.iter_mut().for_each(|v| *v *= scale);
+            }
+        });
     }
     tensor(out, [n, c, oh, ow])
 }
@@ -607,18 +562,16 @@ impl Backward<Flex, 1> for PoolStep {
         let gv = slice(&g);
         let scale = 1.0 / (k * k) as f32;
         let mut dx = vec![0f32; n * c * h * w];
-        dx.par_chunks_mut(h * w)
-            .enumerate()
-            .for_each(|(plane, dst)| {
-                let src = &gv[plane * oh * ow..][..oh * ow];
-                for y in 0..oh * k {
-                    let row = &mut dst[y * w..][..ow * k];
-                    let g_row = &src[(y / k) * ow..][..ow];
-                    for (win, &gval) in row.chunks_exact_mut(k).zip(g_row) {
-                        win.iter_mut().for_each(|v| *v = gval * scale);
-                    }
+        dx.par_chunks_mut(h * w).enumerate().for_each(|(plane, dst)| {
+            let src = &gv[plane * oh * ow..][..oh * ow];
+            for y in 0..oh * k {
+                let row = &mut dst[y * w..][..ow * k];
+                let g_row = &src[(y / k) * ow..][..ow];
+                for (win, &gval) in row.chunks_exact_mut(k).zip(g_row) {
+                    win.iter_mut().for_each(|v| *v = gval * scale);
                 }
-            });
+            }
+        });
         grads.register::<Flex>(node.id, tensor(dx, [n, c, h, w]));
     }
 }
@@ -627,11 +580,7 @@ fn pool_ad(x: AdTensor, k: usize) -> AdTensor {
     let (xp, xn) = x.into_parts();
     let shape = dims4(&xp);
     let out = pool_forward(&xp, k);
-    match PoolStep
-        .prepare::<NoCheckpointing>([xn])
-        .compute_bound()
-        .stateful()
-    {
+    match PoolStep.prepare::<NoCheckpointing>([xn]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish((shape, k), out),
         OpsKind::UnTracked(prep) => prep.finish(out),
     }
@@ -665,11 +614,8 @@ mod tests {
         opts: &ConvOptions<2>,
         fast: bool,
     ) -> Grads {
-        let (x, wt, b) = (
-            x.clone().require_grad(),
-            wt.clone().require_grad(),
-            b.clone().require_grad(),
-        );
+        let (x, wt, b) =
+            (x.clone().require_grad(), wt.clone().require_grad(), b.clone().require_grad());
         let bias_t = bias.then(|| b.clone());
         let y = if fast {
             conv_any_stride(x.clone(), wt.clone(), bias_t, opts.clone())
@@ -737,11 +683,9 @@ mod tests {
             close(gxf, gxs, &format!("{what} dx"));
             close(gwf, gws, &format!("{what} dW"));
             match (gbf, gbs) {
-                (Some(f), Some(s)) => close(
-                    f.reshape([1, o, 1, 1]),
-                    s.reshape([1, o, 1, 1]),
-                    &format!("{what} db"),
-                ),
+                (Some(f), Some(s)) => {
+                    close(f.reshape([1, o, 1, 1]), s.reshape([1, o, 1, 1]), &format!("{what} db"))
+                }
                 (None, None) => assert!(!bias),
                 _ => panic!("{what}: bias gradient on one side only"),
             }
@@ -759,12 +703,8 @@ mod tests {
     #[test]
     fn pooling_values_and_gradients_equal_burns() {
         let device = Device::flex().autodiff();
-        for (n, c, h, w, k) in [
-            (2, 3, 8, 8, 2),
-            (1, 2, 7, 7, 2),
-            (2, 2, 6, 9, 3),
-            (1, 1, 4, 4, 4),
-        ] {
+        for (n, c, h, w, k) in [(2, 3, 8, 8, 2), (1, 2, 7, 7, 2), (2, 2, 6, 9, 3), (1, 1, 4, 4, 4)]
+        {
             let x = Tensor::<4>::random([n, c, h, w], Distribution::Default, &device);
             let m = Tensor::<4>::random([n, c, h / k, w / k], Distribution::Default, &device);
             let go = |fast: bool| {

@@ -167,10 +167,7 @@ fn tensor<const D: usize>(v: &[f32], shape: [usize; D], device: &Device) -> Tens
 
 /// Reads a tensor's values.
 pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap_or_default()
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default()
 }
 
 impl Net {
@@ -195,15 +192,7 @@ impl Net {
                 input: l.input,
             };
             match &l.op {
-                Op::Conv2d {
-                    out_channels,
-                    kernel,
-                    stride,
-                    padding,
-                    bias,
-                    weight,
-                    bias_values,
-                } => {
+                Op::Conv2d { out_channels, kernel, stride, padding, bias, weight, bias_values } => {
                     let pad = padding.amount(*kernel);
                     let mut conv =
                         Conv2dConfig::new([in_shape.channels, *out_channels], [*kernel; 2])
@@ -228,16 +217,10 @@ impl Net {
                     layer.conv = Some(conv);
                     layer.kind = Kind::Conv;
                 }
-                Op::Dense {
-                    out_features,
-                    bias,
-                    weight,
-                    bias_values,
-                } => {
+                Op::Dense { out_features, bias, weight, bias_values } => {
                     let d_in = in_shape.len();
-                    let mut lin = LinearConfig::new(d_in, *out_features)
-                        .with_bias(*bias)
-                        .init(device);
+                    let mut lin =
+                        LinearConfig::new(d_in, *out_features).with_bias(*bias).init(device);
                     if load_weights {
                         // Burn stores [in, out]; the description [out][in].
                         let w = tensor(weight, [*out_features, d_in], device).transpose();
@@ -253,17 +236,9 @@ impl Net {
                     layer.dense = Some(lin);
                     layer.kind = Kind::Dense;
                 }
-                Op::BatchNorm {
-                    eps,
-                    gamma,
-                    beta,
-                    mean,
-                    var,
-                } => {
+                Op::BatchNorm { eps, gamma, beta, mean, var } => {
                     let c = in_shape.channels;
-                    let mut bn = BatchNormConfig::new(c)
-                        .with_epsilon(*eps as f64)
-                        .init(device);
+                    let mut bn = BatchNormConfig::new(c).with_epsilon(*eps as f64).init(device);
                     if load_weights {
                         bn.gamma = Param::from_tensor(tensor(gamma, [c], device));
                         bn.beta = Param::from_tensor(tensor(beta, [c], device));
@@ -275,10 +250,7 @@ impl Net {
                     layer.kind = Kind::BatchNorm;
                 }
                 Op::AvgPool { kernel, stride } => {
-                    layer.kind = Kind::AvgPool {
-                        kernel: *kernel,
-                        stride: *stride,
-                    }
+                    layer.kind = Kind::AvgPool { kernel: *kernel, stride: *stride }
                 }
                 Op::Residual { from } => layer.kind = Kind::Residual { from: *from },
                 Op::Flatten => layer.kind = Kind::Flatten,
@@ -320,10 +292,7 @@ impl Net {
             }
             layers.push(layer);
         }
-        Ok(Net {
-            layers,
-            input: net.input,
-        })
+        Ok(Net { layers, input: net.input })
     }
 
     /// Logits `[n, classes]` for a batch `[n, c, h, w]`.
@@ -386,10 +355,7 @@ impl Net {
     pub fn set_modes(&mut self, modes: &[ActMode]) -> Result<()> {
         let idx = self.activation_layers();
         if idx.len() != modes.len() {
-            return Err(ModelError::Placement {
-                given: modes.len(),
-                expected: idx.len(),
-            });
+            return Err(ModelError::Placement { given: modes.len(), expected: idx.len() });
         }
         for (i, m) in idx.into_iter().zip(modes) {
             self.layers[i].kind = Kind::Activation(*m);
@@ -405,15 +371,7 @@ impl Net {
         let mut net_version_2 = false;
         for (i, (l, d)) in self.layers.iter().zip(net.layers.iter_mut()).enumerate() {
             match (&mut d.op, &l.kind) {
-                (
-                    Op::Conv2d {
-                        weight,
-                        bias_values,
-                        bias,
-                        ..
-                    },
-                    Kind::Conv,
-                ) => {
+                (Op::Conv2d { weight, bias_values, bias, .. }, Kind::Conv) => {
                     if let Some(conv) = &l.conv {
                         *weight = values(conv.weight.val());
                         *bias_values = match (&conv.bias, *bias) {
@@ -422,15 +380,7 @@ impl Net {
                         };
                     }
                 }
-                (
-                    Op::Dense {
-                        weight,
-                        bias_values,
-                        bias,
-                        ..
-                    },
-                    Kind::Dense,
-                ) => {
+                (Op::Dense { weight, bias_values, bias, .. }, Kind::Dense) => {
                     if let Some(lin) = &l.dense {
                         *weight = values(lin.weight.val().transpose());
                         *bias_values = match (&lin.bias, *bias) {
@@ -439,16 +389,7 @@ impl Net {
                         };
                     }
                 }
-                (
-                    Op::BatchNorm {
-                        gamma,
-                        beta,
-                        mean,
-                        var,
-                        ..
-                    },
-                    Kind::BatchNorm,
-                ) => {
+                (Op::BatchNorm { gamma, beta, mean, var, .. }, Kind::BatchNorm) => {
                     if let Some(bn) = &l.bn {
                         *gamma = values(bn.gamma.val());
                         *beta = values(bn.beta.val());
@@ -474,12 +415,7 @@ impl Net {
                                 Activation::Relu
                             } else {
                                 net_version_2 = true;
-                                Activation::Mixed {
-                                    a: per(&q.a),
-                                    b: per(&q.b),
-                                    c: per(&q.c),
-                                    relu,
-                                }
+                                Activation::Mixed { a: per(&q.a), b: per(&q.b), c: per(&q.c), relu }
                             }
                         }
                         (ActMode::Gated, _) => return Err(ModelError::Unsupported {
@@ -492,11 +428,7 @@ impl Net {
                             let v = |p: &Param<Tensor<1>>| {
                                 values(p.val()).first().copied().unwrap_or(0.0)
                             };
-                            Activation::Quad {
-                                a: v(&q.a),
-                                b: v(&q.b),
-                                c: v(&q.c),
-                            }
+                            Activation::Quad { a: v(&q.a), b: v(&q.b), c: v(&q.c) }
                         }
                         (ActMode::Blend { t }, _) => {
                             return Err(ModelError::Unsupported {
@@ -546,17 +478,9 @@ impl Net {
                     let v = values(p.val()).first().copied().unwrap_or(0.0);
                     Param::from_tensor(tensor(&vec![v; n], [n], device))
                 };
-                *q = QuadCoeffs {
-                    a: widen(&q.a),
-                    b: widen(&q.b),
-                    c: widen(&q.c),
-                };
+                *q = QuadCoeffs { a: widen(&q.a), b: widen(&q.b), c: widen(&q.c) };
             }
-            l.gate = Some(Param::from_tensor(tensor(
-                &vec![gate_value(true); n],
-                [n],
-                device,
-            )));
+            l.gate = Some(Param::from_tensor(tensor(&vec![gate_value(true); n], [n], device)));
             l.kind = Kind::Activation(ActMode::Gated);
         }
     }
@@ -577,12 +501,9 @@ impl Net {
             .iter()
             .filter(|l| matches!(l.kind, Kind::Activation(_)))
             .map(|l| {
-                l.gate.as_ref().map(|g| {
-                    values(g.val())
-                        .into_iter()
-                        .map(|v| v.clamp(0.0, 1.0))
-                        .collect()
-                })
+                l.gate
+                    .as_ref()
+                    .map(|g| values(g.val()).into_iter().map(|v| v.clamp(0.0, 1.0)).collect())
             })
             .collect()
     }
@@ -616,9 +537,7 @@ pub fn gate_value(relu: bool) -> f32 {
 impl Layer {
     /// The binary channel mask of a gated layer (`true`: ReLU, gate > ½).
     pub fn channel_mask(&self) -> Option<Vec<bool>> {
-        self.gate
-            .as_ref()
-            .map(|g| values(g.val()).into_iter().map(|v| v > 0.5).collect())
+        self.gate.as_ref().map(|g| values(g.val()).into_iter().map(|v| v > 0.5).collect())
     }
 }
 

@@ -95,17 +95,15 @@ pub(crate) fn build_optimizer(c: &TrainConfig) -> ModuleOptimizer {
     match c.optimizer {
         OptimizerKind::Sgd => SgdConfig::new()
             .with_weight_decay(wd)
-            .with_momentum((c.momentum > 0.0).then(|| {
-                MomentumConfig::new()
-                    .with_momentum(c.momentum)
-                    .with_dampening(0.0)
-            }))
+            .with_momentum(
+                (c.momentum > 0.0)
+                    .then(|| MomentumConfig::new().with_momentum(c.momentum).with_dampening(0.0)),
+            )
             .with_gradient_clipping(clip)
             .init(),
-        OptimizerKind::Adam => AdamConfig::new()
-            .with_weight_decay(wd)
-            .with_grad_clipping(clip)
-            .init(),
+        OptimizerKind::Adam => {
+            AdamConfig::new().with_weight_decay(wd).with_grad_clipping(clip).init()
+        }
     }
 }
 
@@ -160,11 +158,7 @@ impl Trainer {
             None => vec![false; n_act],
         };
         if target_quad.len() != n_act {
-            return Err(ModelError::Placement {
-                given: target_quad.len(),
-                expected: n_act,
-            }
-            .into());
+            return Err(ModelError::Placement { given: target_quad.len(), expected: n_act }.into());
         }
         let teacher = match &config.distill {
             Some(d) => {
@@ -179,10 +173,7 @@ impl Trainer {
         let mut tr = Trainer {
             config,
             template,
-            model: Net {
-                layers: Vec::new(),
-                input: delphi_net::Shape::new(c, h, w),
-            },
+            model: Net { layers: Vec::new(), input: delphi_net::Shape::new(c, h, w) },
             optim,
             device,
             teacher,
@@ -217,9 +208,9 @@ impl Trainer {
                 None => ActMode::Relu,
                 Some((_, end)) if progress >= end => ActMode::Quad,
                 Some((start, _)) if progress <= start => ActMode::Blend { t: 1.0 },
-                Some((start, end)) => ActMode::Blend {
-                    t: 1.0 - (progress - start) / (end - start).max(1e-9),
-                },
+                Some((start, end)) => {
+                    ActMode::Blend { t: 1.0 - (progress - start) / (end - start).max(1e-9) }
+                }
             })
             .collect()
     }
@@ -266,12 +257,7 @@ impl Trainer {
         };
         g.budget = budget;
         let masks: Vec<Vec<bool>> = self.channel_masks().into_iter().flatten().collect();
-        if self
-            .config
-            .gates
-            .as_ref()
-            .is_some_and(|g| g.cost(&masks) > budget)
-        {
+        if self.config.gates.as_ref().is_some_and(|g| g.cost(&masks) > budget) {
             self.gate_mode = Some(ActMode::Gated);
             self.penalty = (self.penalty * 0.5).max(1e-6);
             let modes = self.modes_at(self.progress_fraction());
@@ -416,11 +402,8 @@ impl Trainer {
             // The next batches are decoded (and augmented) on a second
             // thread while this one runs the step; the stream ends with the
             // epoch or when this loop stops (the receiver is dropped).
-            let (seed, augment, norm) = (
-                self.config.seed,
-                self.config.dataset.augment(),
-                self.norm.clone(),
-            );
+            let (seed, augment, norm) =
+                (self.config.seed, self.config.dataset.augment(), self.norm.clone());
             let (first, order_ref) = (self.step_in_epoch, &order);
             std::thread::scope(|scope| -> Result<()> {
                 let (tx, batches) = std::sync::mpsc::sync_channel::<HostBatch>(2);
@@ -470,10 +453,7 @@ impl Trainer {
                     let lr = self.lr_at(global as f64 / total as f64);
                     let model = std::mem::replace(
                         &mut self.model,
-                        Net {
-                            layers: Vec::new(),
-                            input: self.template.input,
-                        },
+                        Net { layers: Vec::new(), input: self.template.input },
                     );
                     self.model = self.optim.step(lr, model, grads);
                     let lv = values(loss).first().copied().unwrap_or(f32::NAN) as f64;
@@ -501,11 +481,7 @@ impl Trainer {
                     self.check_mask(total);
                     if !lv.is_finite() {
                         pb.finish_and_clear();
-                        return Err(TrainError::Diverged {
-                            loss: lv,
-                            epoch: epoch + 1,
-                            step: s,
-                        });
+                        return Err(TrainError::Diverged { loss: lv, epoch: epoch + 1, step: s });
                     }
                 }
                 Ok(())
@@ -533,11 +509,7 @@ impl Trainer {
         // The model's modes are those of where the run now stands (what an
         // evaluation between calls sees and an export writes); past the end
         // of the run they are final.
-        let now = if self.finished() {
-            1.0
-        } else {
-            self.progress(&data.train)
-        };
+        let now = if self.finished() { 1.0 } else { self.progress(&data.train) };
         let modes = self.modes_at(now);
         self.model.set_modes(&modes)?;
         Ok(taken)
@@ -550,11 +522,7 @@ impl Trainer {
         for (k, &i) in acts.iter().enumerate() {
             if let Some(gate) = &self.model.layers[i].gate {
                 let w = g.channel_saving.get(k).copied().unwrap_or(0.0) / g.relu_cost.max(1e-30);
-                let term = gate
-                    .val()
-                    .clamp(0.0, 1.0)
-                    .sum()
-                    .mul_scalar(w as f32 * self.penalty);
+                let term = gate.val().clamp(0.0, 1.0).sum().mul_scalar(w as f32 * self.penalty);
                 total = Some(match total {
                     Some(t) => t + term,
                     None => term,
@@ -604,11 +572,7 @@ impl Trainer {
     /// The trained network as a description, batch norm folded into the
     /// layers it follows (activation modes must be final).
     pub fn export(&self) -> Result<Network> {
-        let mut net = self
-            .model
-            .valid()
-            .to_description(&self.template)?
-            .fold_batch_norm()?;
+        let mut net = self.model.valid().to_description(&self.template)?.fold_batch_norm()?;
         net.name = format!("{}-{}", self.template.name, self.config.dataset.name());
         net.metadata.extra.remove("input_normalization");
         net.metadata.input_normalization = Some(self.norm.clone());

@@ -30,10 +30,7 @@ fn builtins_descriptions_and_onnx_resolve() {
     assert!(r.trained);
     assert_eq!(r.network.layers.len(), net.layers.len());
     // It records no normalisation: the dataset's is assumed, and said.
-    assert!(r
-        .notes
-        .iter()
-        .any(|n| n.contains("records no input normalisation")));
+    assert!(r.notes.iter().any(|n| n.contains("records no input normalisation")));
     assert_eq!(
         r.network.metadata.input_normalization,
         Some(DatasetKind::FashionMnist.default_normalization())
@@ -48,10 +45,7 @@ fn builtins_descriptions_and_onnx_resolve() {
     }
     let q = tmp("bare.json");
     std::fs::write(&q, bare.to_string()).unwrap();
-    assert!(
-        Network::load(&q).is_err(),
-        "a bare architecture is not a runnable plan"
-    );
+    assert!(Network::load(&q).is_err(), "a bare architecture is not a runnable plan");
     let r = resolve(q.to_str().unwrap(), DatasetKind::FashionMnist, 5).unwrap();
     assert!(!r.trained);
     r.network.validate().unwrap();
@@ -69,10 +63,7 @@ fn builtins_descriptions_and_onnx_resolve() {
 #[test]
 fn a_network_that_does_not_fit_the_data_is_refused_with_both_shapes() {
     let p = tmp("minionn.json");
-    build("minionn", 10, 1)
-        .unwrap()
-        .save(&p, WeightStorage::Sidecar)
-        .unwrap();
+    build("minionn", 10, 1).unwrap().save(&p, WeightStorage::Sidecar).unwrap();
     let e = resolve(p.to_str().unwrap(), DatasetKind::FashionMnist, 1).unwrap_err();
     assert!(matches!(e, TrainError::Mismatch { .. }), "{e}");
     let m = e.to_string();
@@ -80,17 +71,10 @@ fn a_network_that_does_not_fit_the_data_is_refused_with_both_shapes() {
 
     // Right input, wrong number of classes.
     let p = tmp("cnn100.json");
-    build("small-cnn", 100, 1)
-        .unwrap()
-        .save(&p, WeightStorage::Sidecar)
-        .unwrap();
-    let m = resolve(p.to_str().unwrap(), DatasetKind::FashionMnist, 1)
-        .unwrap_err()
-        .to_string();
+    build("small-cnn", 100, 1).unwrap().save(&p, WeightStorage::Sidecar).unwrap();
+    let m = resolve(p.to_str().unwrap(), DatasetKind::FashionMnist, 1).unwrap_err().to_string();
     assert!(m.contains("100 outputs") && m.contains("10 classes"), "{m}");
 
-    let m = resolve("no-such-net", DatasetKind::FashionMnist, 1)
-        .unwrap_err()
-        .to_string();
+    let m = resolve("no-such-net", DatasetKind::FashionMnist, 1).unwrap_err().to_string();
     assert!(m.contains("resnet14") && m.contains("no such file"), "{m}");
 }

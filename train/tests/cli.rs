@@ -21,10 +21,7 @@ fn refused(args: &[&str]) -> String {
 #[test]
 fn negative_rates_and_missing_files_are_named() {
     let e = refused(&["--lr", "-0.1"]);
-    assert!(
-        e.contains("'--lr <LR>'") && e.contains("must be positive"),
-        "{e}"
-    );
+    assert!(e.contains("'--lr <LR>'") && e.contains("must be positive"), "{e}");
     let e = refused(&["--momentum", "1.5"]);
     assert!(e.contains("--momentum"), "{e}");
     let e = refused(&["--init", "/nonexistent/model.json"]);
@@ -40,14 +37,7 @@ fn a_finished_run_says_so_and_a_changed_one_names_the_change() {
     let run = |epochs: &str| {
         Command::new(env!("CARGO_BIN_EXE_delphi-train"))
             .args(["train", "--train-limit", "500", "--valid-size", "100"])
-            .args([
-                "--test-limit",
-                "200",
-                "--quiet",
-                "--epochs",
-                epochs,
-                "--out",
-            ])
+            .args(["--test-limit", "200", "--quiet", "--epochs", epochs, "--out"])
             .arg(&out)
             .env("RUST_BACKTRACE", "0")
             .output()
@@ -88,10 +78,7 @@ fn every_epoch_is_reported_and_checkpoints_never_straddle_an_epoch() {
     }
     let state = std::fs::read_to_string(out.join("checkpoint/current/state.json")).unwrap();
     let state: serde_json::Value = serde_json::from_str(&state).unwrap();
-    assert_eq!(
-        (state["epoch"].as_u64(), state["step_in_epoch"].as_u64()),
-        (Some(3), Some(0))
-    );
+    assert_eq!((state["epoch"].as_u64(), state["step_in_epoch"].as_u64()), (Some(3), Some(0)));
     std::fs::remove_dir_all(&out).ok();
 }
 
@@ -117,16 +104,8 @@ fn bench_refuses_unknown_architectures_and_unrelated_references_before_timing() 
         r#"{"framework": "x", "archs": [{"arch": "foo", "train_images_per_s": 1, "infer_images_per_s": 1}]}"#,
     )
     .unwrap();
-    let e = run(&[
-        "--archs",
-        "small-cnn",
-        "--compare",
-        reference.to_str().unwrap(),
-    ]);
-    assert!(
-        e.contains("figures for none of small-cnn (it has foo)"),
-        "{e}"
-    );
+    let e = run(&["--archs", "small-cnn", "--compare", reference.to_str().unwrap()]);
+    assert!(e.contains("figures for none of small-cnn (it has foo)"), "{e}");
     std::fs::write(&reference, "not json").unwrap();
     let e = run(&["--compare", reference.to_str().unwrap()]);
     assert!(e.contains("is not a reference's figures"), "{e}");

@@ -34,14 +34,8 @@ fn train_and_check(activations: &str, min_accuracy: f64) {
     let net = tr.export().unwrap();
     let fixed = fixed_accuracy(&net, &data.test).unwrap();
     eprintln!("{activations}: float {float:.4}, fixed {fixed:.4}");
-    assert!(
-        float >= min_accuracy,
-        "{activations}: float accuracy {float}"
-    );
-    assert!(
-        (fixed - float).abs() <= 0.005,
-        "{activations}: fixed {fixed} vs float {float}"
-    );
+    assert!(float >= min_accuracy, "{activations}: float accuracy {float}");
+    assert!((fixed - float).abs() <= 0.005, "{activations}: fixed {fixed} vs float {float}");
 
     // Export round trip: the description's float evaluator predicts what Burn predicts.
     let probe = data.test.take(300);
@@ -58,11 +52,7 @@ fn train_and_check(activations: &str, min_accuracy: f64) {
         agree += usize::from(got == want);
         correct += usize::from(want == probe.labels[i] as usize);
     }
-    assert_eq!(
-        agree,
-        probe.len(),
-        "{activations}: Burn and the exported description disagree"
-    );
+    assert_eq!(agree, probe.len(), "{activations}: Burn and the exported description disagree");
     assert!((correct as f64 / probe.len() as f64 - burn_acc).abs() < 1e-9);
 
     // The export records each activation layer's measured input range, and
@@ -72,9 +62,7 @@ fn train_and_check(activations: &str, min_accuracy: f64) {
     let acts = net.activation_layers();
     let ranges = &net.metadata.activation_ranges;
     assert_eq!(ranges.iter().map(|r| r.layer).collect::<Vec<_>>(), acts);
-    assert!(ranges
-        .iter()
-        .all(|r| r.max_abs.is_finite() && r.max_abs > 0.0));
+    assert!(ranges.iter().all(|r| r.max_abs.is_finite() && r.max_abs > 0.0));
     let prog = delphi_net::FixedProgram::lower(&net).unwrap();
     let report = delphi_net::range::analyse_network(&net, &prog).unwrap();
     report.check().unwrap();
@@ -95,10 +83,7 @@ fn quadratic_small_cnn_reaches_80_percent() {
 /// quadratic layer blends in from 10 % to 70 % of the run (steps 4.8–33.6).
 fn swapping_rqr() -> TrainConfig {
     let mut c = config("RQR", 2);
-    c.swap = Some(delphi_train::config::Swap {
-        start: 0.1,
-        end: 0.7,
-    });
+    c.swap = Some(delphi_train::config::Swap { start: 0.1, end: 0.7 });
     c
 }
 
@@ -121,10 +106,7 @@ fn resuming_from_a_checkpoint_gives_the_same_weights() {
     resumed.train(&data, true).unwrap();
 
     let (a, b) = (straight.export().unwrap(), resumed.export().unwrap());
-    assert_eq!(
-        a.layers, b.layers,
-        "resumed run differs from the uninterrupted one"
-    );
+    assert_eq!(a.layers, b.layers, "resumed run differs from the uninterrupted one");
     assert_eq!(straight.history.len(), resumed.history.len());
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -163,11 +145,7 @@ fn gated() -> (TrainConfig, usize) {
     let init = dir.join("small-cnn.json");
     net.save(&init, delphi_net::WeightStorage::Inline).unwrap();
     c.init = Some(init);
-    let channels: usize = net
-        .activation_layers()
-        .iter()
-        .map(|&i| shapes[i].channels)
-        .sum();
+    let channels: usize = net.activation_layers().iter().map(|&i| shapes[i].channels).sum();
     c.gates = Some(delphi_train::config::Gates {
         budget: (channels / 3) as f64,
         relu_cost: channels as f64,
@@ -194,23 +172,17 @@ fn channel_gates_meet_their_budget_and_export_a_mixed_plan() {
     let relus: usize = masks.iter().map(|m| m.iter().filter(|&&r| r).count()).sum();
     assert!(relus <= channels / 3, "{relus} ReLU channels left");
     let net = tr.export().unwrap();
-    assert!(
-        net.version >= 2,
-        "a mixed layer needs format version 2 or later"
-    );
-    assert!(net.layers.iter().any(|l| matches!(
-        l.op,
-        delphi_net::Op::Activation(delphi_net::Activation::Mixed { .. })
-    )));
+    assert!(net.version >= 2, "a mixed layer needs format version 2 or later");
+    assert!(net
+        .layers
+        .iter()
+        .any(|l| matches!(l.op, delphi_net::Op::Activation(delphi_net::Activation::Mixed { .. }))));
     let test = data.test.clone().take(2000);
     let float = tr.accuracy(&test);
     let fixed = fixed_accuracy(&net, &test).unwrap();
     eprintln!("gated: float {float:.4}, fixed {fixed:.4}, {relus}/{channels} ReLU channels");
     assert!(float > 0.5, "float accuracy {float}");
-    assert!(
-        (fixed - float).abs() <= 0.01,
-        "fixed {fixed} vs float {float}"
-    );
+    assert!((fixed - float).abs() <= 0.01, "fixed {fixed} vs float {float}");
     // The description predicts what Burn predicts.
     let probe = test.take(100);
     let model = burn::module::Module::valid(&tr.model);
@@ -262,10 +234,7 @@ fn a_gated_run_resumes_from_its_checkpoint() {
     let mut resumed = Trainer::load_checkpoint(&dir, &Device::flex()).unwrap();
     resumed.train(&data, true).unwrap();
     assert_eq!(straight.channel_masks(), resumed.channel_masks());
-    assert_eq!(
-        straight.export().unwrap().layers,
-        resumed.export().unwrap().layers
-    );
+    assert_eq!(straight.export().unwrap().layers, resumed.export().unwrap().layers);
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -275,10 +244,7 @@ fn gates_with_the_wrong_number_of_layer_savings_are_refused() {
     if let Some(g) = &mut c.gates {
         g.channel_saving.pop();
     }
-    let err = Trainer::new(c, &Device::flex())
-        .err()
-        .expect("refused")
-        .to_string();
+    let err = Trainer::new(c, &Device::flex()).err().expect("refused").to_string();
     assert!(err.contains("2 per-layer channel savings"), "{err}");
     assert!(err.contains("3 activation layers"), "{err}");
 }

@@ -14,20 +14,14 @@ fn close(net: &delphi_net::Network) {
     let xs = random_inputs(net.input.len(), 3, 7);
     let flat: Vec<f32> = xs.concat();
     let s = net.input;
-    let x = Tensor::<4>::from_data(
-        TensorData::new(flat, [3, s.channels, s.height, s.width]),
-        &device,
-    );
+    let x =
+        Tensor::<4>::from_data(TensorData::new(flat, [3, s.channels, s.height, s.width]), &device);
     let got = values(model.forward(x));
     let classes = got.len() / 3;
     for (k, x) in xs.iter().enumerate() {
         let want = eval_float(net, x).unwrap();
         for (g, w) in got[k * classes..(k + 1) * classes].iter().zip(&want) {
-            assert!(
-                (g - w).abs() <= 1e-3 * w.abs().max(1.0),
-                "{}: {g} vs {w}",
-                net.name
-            );
+            assert!((g - w).abs() <= 1e-3 * w.abs().max(1.0), "{}: {g} vs {w}", net.name);
         }
     }
     // Export gives the description back.

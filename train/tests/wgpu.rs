@@ -95,10 +95,7 @@ fn small_cnn_trains_on_wgpu_like_on_flex_and_checkpoints_cross_devices() {
     let net = on_gpu.export().unwrap();
     let acc_fixed = delphi_train::evaluate::fixed_accuracy(&net, &d.valid).unwrap();
     let acc_float = on_gpu.accuracy(&d.valid);
-    assert!(
-        (acc_fixed - acc_float).abs() < 0.02,
-        "fixed {acc_fixed} float {acc_float}"
-    );
+    assert!((acc_fixed - acc_float).abs() < 0.02, "fixed {acc_fixed} float {acc_float}");
     assert!(acc_float > 0.5, "25 steps reach {acc_float}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -74,8 +74,7 @@ where
     });
     let out = client(&mut c)?;
     let _ = c.flush();
-    h.join()
-        .map_err(|_| CalibrateError::Invalid("calibration thread panicked".into()))??;
+    h.join().map_err(|_| CalibrateError::Invalid("calibration thread panicked".into()))??;
     Ok((t.elapsed().as_secs_f64(), out))
 }
 
@@ -117,10 +116,7 @@ fn measure_link() -> Result<Link> {
             Ok(())
         },
     )?;
-    Ok(Link {
-        bytes_per_s: BYTES as f64 / secs,
-        rtt_s: rtt / PINGS as f64,
-    })
+    Ok(Link { bytes_per_s: BYTES as f64 / secs, rtt_s: rtt / PINGS as f64 })
 }
 
 fn transfer(t: &Traffic, ct: &CtSizes, link: &Link) -> f64 {
@@ -167,9 +163,8 @@ fn bundle_times<S: Send + 'static, C>(
     c.send_fields(&out)?;
     c.flush()?;
     let on = t.elapsed().as_secs_f64();
-    let off_s = h
-        .join()
-        .map_err(|_| CalibrateError::Invalid("calibration thread panicked".into()))??;
+    let off_s =
+        h.join().map_err(|_| CalibrateError::Invalid("calibration thread panicked".into()))??;
     Ok((off_c.max(off_s), on))
 }
 
@@ -180,10 +175,7 @@ fn reduced_relu_times(n: usize) -> Result<(f64, f64)> {
     use delphi_crypto::relu::{client_offline, server_offline};
     bundle_times(
         n,
-        (
-            |ch, n, r| server_offline(ch, n, A, r),
-            |b, ch, x| b.online(ch, x),
-        ),
+        (|ch, n, r| server_offline(ch, n, A, r), |b, ch, x| b.online(ch, x)),
         (|ch, x, r| client_offline(ch, x, A, r), |b, ch| b.online(ch)),
     )
 }
@@ -193,14 +185,8 @@ fn relu_times(n: usize) -> Result<(f64, f64)> {
     use delphi_crypto::relu::{client_offline, server_offline};
     bundle_times(
         n,
-        (
-            |ch, n, r| server_offline(ch, n, 12, r),
-            |b, ch, x| b.online(ch, x),
-        ),
-        (
-            |ch, x, r| client_offline(ch, x, 12, r),
-            |b, ch| b.online(ch),
-        ),
+        (|ch, n, r| server_offline(ch, n, 12, r), |b, ch, x| b.online(ch, x)),
+        (|ch, x, r| client_offline(ch, x, 12, r), |b, ch| b.online(ch)),
     )
 }
 
@@ -209,14 +195,8 @@ fn trunc_times(n: usize) -> Result<(f64, f64)> {
     use delphi_crypto::trunc::{client_offline, server_offline};
     bundle_times(
         n,
-        (
-            |ch, n, r| server_offline(ch, n, 12, r),
-            |b, ch, x| b.online(ch, x),
-        ),
-        (
-            |ch, x, r| client_offline(ch, x, 12, r),
-            |b, ch| b.online(ch),
-        ),
+        (|ch, n, r| server_offline(ch, n, 12, r), |b, ch, x| b.online(ch, x)),
+        (|ch, x, r| client_offline(ch, x, 12, r), |b, ch| b.online(ch)),
     )
 }
 
@@ -251,12 +231,7 @@ fn he_linear_time(
     }
     he_c.decrypt_output(&p, &back)?;
     let secs = t.elapsed().as_secs_f64();
-    Ok((
-        secs,
-        p,
-        fresh / cts.len().max(1) as f64,
-        result / res.len().max(1) as f64,
-    ))
+    Ok((secs, p, fresh / cts.len().max(1) as f64, result / res.len().max(1) as f64))
 }
 
 /// Least squares for t ≈ a·x₀ + b·x₁ + c·x₂ (normal equations, 3×3).
@@ -272,9 +247,8 @@ fn least_squares(rows: &[([f64; 3], f64)]) -> [f64; 3] {
     }
     // Gaussian elimination with partial pivoting.
     for col in 0..3 {
-        let piv = (col..3)
-            .max_by(|&a, &b| m[a][col].abs().total_cmp(&m[b][col].abs()))
-            .unwrap_or(col);
+        let piv =
+            (col..3).max_by(|&a, &b| m[a][col].abs().total_cmp(&m[b][col].abs())).unwrap_or(col);
         m.swap(col, piv);
         let d = m[col][col];
         if d.abs() < 1e-300 {
@@ -320,12 +294,8 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
             Ok(he.public_key_bytes()?.len())
         },
     )?;
-    let mut ct = CtSizes {
-        fresh: 0.0,
-        linear_result: 0.0,
-        triple_reply: 0.0,
-        public_key: pk_len as f64,
-    };
+    let mut ct =
+        CtSizes { fresh: 0.0, linear_result: 0.0, triple_reply: 0.0, public_key: pk_len as f64 };
     let setup_s = (setup_wall - (8.0 + pk_len as f64) / link.bytes_per_s).max(0.0);
 
     say("linear layers under BFV (several shapes)");
@@ -352,11 +322,7 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
     let (mut fresh, mut result, mut nf, mut nr) = (0.0, 0.0, 0.0, 0.0);
     for op in &shapes {
         let (secs, p, f, r) = he_linear_time(&he_c, &he_s, op)?;
-        let x = [
-            p.input_polys() as f64,
-            p.output_polys() as f64,
-            p.products() as f64,
-        ];
+        let x = [p.input_polys() as f64, p.output_polys() as f64, p.products() as f64];
         rows.push((x, secs));
         fresh += f * x[0];
         nf += x[0];
@@ -366,11 +332,7 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
     ct.fresh = fresh / nf.max(1.0);
     ct.linear_result = result / nr.max(1.0);
     let [a, b, c] = least_squares(&rows);
-    let he_linear = HeLinear {
-        per_input_poly_s: a,
-        per_output_poly_s: b,
-        per_product_s: c,
-    };
+    let he_linear = HeLinear { per_input_poly_s: a, per_output_poly_s: b, per_product_s: c };
 
     say("linear layers online (plaintext field arithmetic)");
     let op = LinearOp::conv(Shape::new(32, 16, 16), 32, 3, 1, 1);
@@ -404,9 +366,8 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
         };
         Ok((line(o1, &t1.0, o2, &t2.0), line(p1, &t1.1, p2, &t2.1)))
     };
-    let (relu_offline, relu_online) = fit((n1, n2), relu_times, &|n| {
-        delphi_cost::bytes::node_traffic_relu(n)
-    })?;
+    let (relu_offline, relu_online) =
+        fit((n1, n2), relu_times, &|n| delphi_cost::bytes::node_traffic_relu(n))?;
 
     say("reduced ReLU layers (window 12..27)");
     let (relu_reduced_offline, relu_reduced_online) = fit((n1, n2), reduced_relu_times, &|n| {
@@ -414,11 +375,7 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
     })?;
 
     say("truncations (OT)");
-    let sizes = if quick {
-        (4096, 32768)
-    } else {
-        (16384, 262144)
-    };
+    let sizes = if quick { (4096, 32768) } else { (16384, 262144) };
     let (trunc_offline, trunc_online) =
         fit(sizes, trunc_times, &delphi_cost::bytes::node_traffic_trunc)?;
 
@@ -439,10 +396,8 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
         he_c.decrypt_slots(&he_c.result_from_bytes(&rep)?, SLOTS)?;
     }
     ct.triple_reply = reply / chunks as f64;
-    let quad_offline = Affine {
-        fixed_s: 0.0,
-        per_item_s: t.elapsed().as_secs_f64() / (chunks * SLOTS) as f64,
-    };
+    let quad_offline =
+        Affine { fixed_s: 0.0, per_item_s: t.elapsed().as_secs_f64() / (chunks * SLOTS) as f64 };
     // Online: e and the client's message are field arithmetic (a few
     // multiplications per value); local operations likewise.
     let v = random_fields(1 << 20, 12);
@@ -450,10 +405,7 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
     let s: F = v.iter().fold(F::ZERO, |acc, x| acc + *x * *x + *x);
     std::hint::black_box(s);
     let per = t.elapsed().as_secs_f64() / v.len() as f64;
-    let quad_online = Affine {
-        fixed_s: 0.0,
-        per_item_s: 6.0 * per,
-    };
+    let quad_online = Affine { fixed_s: 0.0, per_item_s: 6.0 * per };
 
     Ok(CostModel {
         format: FORMAT.into(),
@@ -502,10 +454,5 @@ fn iso_now() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }

@@ -89,11 +89,7 @@ pub(crate) struct BenchReluArgs {
     /// Circuit widths, one row each: `full` (the exact 41-bit circuit) or a
     /// reduced window `lo..hi` (the circuit sees bits lo..hi of the input;
     /// see `delphi_crypto::relu`).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "full,12..27,16..27,16..25"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "full,12..27,16..27,16..25")]
     bits: Vec<String>,
     /// Truncation after each ReLU (12: the ReLU after a conv layer).
     #[arg(long, default_value_t = 12)]
@@ -150,11 +146,7 @@ pub(crate) fn serve_bench(
     let f = failures.clone();
     let on_event = Arc::new(move |e: SessionEvent| {
         if let Some(err) = e.error {
-            eprintln!(
-                "[serve bench] session with {} failed: {}",
-                e.peer,
-                chain(&err)
-            );
+            eprintln!("[serve bench] session with {} failed: {}", e.peer, chain(&err));
             f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     });
@@ -189,18 +181,14 @@ pub(crate) fn serve_bench(
     let mut session = Vec::with_capacity(total);
     let mut online = Vec::with_capacity(total);
     for h in handles {
-        let got = h
-            .join()
-            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        let got = h.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
         for (s, o) in got {
             session.push(s);
             online.push(o);
         }
     }
     let wall = t.elapsed().as_secs_f64();
-    server
-        .join()
-        .map_err(|_| anyhow::anyhow!("the server thread panicked"))??;
+    server.join().map_err(|_| anyhow::anyhow!("the server thread panicked"))??;
     Ok(serde_json::json!({
         "clients": clients,
         "sessions_per_client": sessions,
@@ -225,20 +213,11 @@ pub(crate) fn serve_bench(
 }
 
 pub(crate) fn run_bench_relu(args: BenchReluArgs) -> Result<()> {
-    let BenchReluArgs {
-        count,
-        out,
-        seed,
-        bits,
-        shift,
-    } = args;
+    let BenchReluArgs { count, out, seed, bits, shift } = args;
     let out = out.unwrap_or_else(|| delphi_net::paths::results_path("bench/relu.json"));
 
     ensure!(count > 0, "--count must be at least 1");
-    let specs = bits
-        .iter()
-        .map(|b| parse_relu_bits(b, shift))
-        .collect::<Result<Vec<_>>>()?;
+    let specs = bits.iter().map(|b| parse_relu_bits(b, shift)).collect::<Result<Vec<_>>>()?;
     ensure!(!specs.is_empty(), "--bits names no circuit");
     let r =
         delphi_crypto::bench::relu_bench(count, &specs, seed, &|m| eprintln!("[relu bench] {m}"))
@@ -284,19 +263,10 @@ pub(crate) fn run_bench_relu(args: BenchReluArgs) -> Result<()> {
 }
 
 pub(crate) fn run_bench_serve(args: BenchServeArgs) -> Result<()> {
-    let BenchServeArgs {
-        plan,
-        clients,
-        sessions,
-        workers,
-        out,
-    } = args;
+    let BenchServeArgs { plan, clients, sessions, workers, out } = args;
     let out = out.unwrap_or_else(|| delphi_net::paths::results_path("bench/serve.json"));
 
-    ensure!(
-        clients > 0 && sessions > 0,
-        "--clients and --sessions must be at least 1"
-    );
+    ensure!(clients > 0 && sessions > 0, "--clients and --sessions must be at least 1");
     let net = match &plan {
         Some(p) => load_plan(p)?,
         None => {
@@ -310,9 +280,7 @@ pub(crate) fn run_bench_serve(args: BenchServeArgs) -> Result<()> {
     let mut summary = summary;
     summary["plan"] = plan
         .as_ref()
-        .map_or("small-cnn (random weights)".to_string(), |p| {
-            p.display().to_string()
-        })
+        .map_or("small-cnn (random weights)".to_string(), |p| p.display().to_string())
         .into();
     summary["rerun"] = format!(
                 "cargo run --release --bin delphi -- bench serve{} --clients {clients} --sessions {sessions} --workers {workers} --out {}",
@@ -327,14 +295,7 @@ pub(crate) fn run_bench_serve(args: BenchServeArgs) -> Result<()> {
 }
 
 pub(crate) fn run_bench_network(args: BenchNetworkArgs) -> Result<()> {
-    let BenchNetworkArgs {
-        arch,
-        classes,
-        quad_layers,
-        inputs,
-        plan,
-        out,
-    } = args;
+    let BenchNetworkArgs { arch, classes, quad_layers, inputs, plan, out } = args;
 
     if let Some(plan) = plan {
         return bench_network_plan(&plan, inputs, &out);
@@ -346,9 +307,8 @@ pub(crate) fn run_bench_network(args: BenchNetworkArgs) -> Result<()> {
     let calib = random_inputs_f32(net.input.len(), 2, 2);
     calibrate_batch_norm(&mut net, &calib)?;
     let prog = FixedProgram::lower(&net)?;
-    let report = run_local(&prog, &random_inputs(&prog, inputs, 1)?, &|m| {
-        eprintln!("[network bench] {m}")
-    })?;
+    let report =
+        run_local(&prog, &random_inputs(&prog, inputs, 1)?, &|m| eprintln!("[network bench] {m}"))?;
     let mut summary = network_figures(&report);
     summary.extend([
         ("arch".to_string(), serde_json::json!(arch)),
@@ -413,10 +373,7 @@ pub(crate) fn bench_network_plan(
         .enumerate()
         .filter_map(|(i, l)| l.relu_bits.map(|b| format!("{i}:{b}")))
         .collect();
-    let checks_ok = report
-        .inferences
-        .iter()
-        .all(|i| i.node_check.as_ref().is_some_and(|c| c.ok()));
+    let checks_ok = report.inferences.iter().all(|i| i.node_check.as_ref().is_some_and(|c| c.ok()));
     let mut summary = network_figures(&report);
     summary.extend([
         (
@@ -426,10 +383,7 @@ pub(crate) fn bench_network_plan(
         ("name".into(), net.name.clone().into()),
         ("placement".into(), Placement::of(&net).to_string().into()),
         ("relu_windows".into(), windows.join(" ").into()),
-        (
-            "exact".into(),
-            report.inferences.iter().all(|i| i.correct).into(),
-        ),
+        ("exact".into(), report.inferences.iter().all(|i| i.correct).into()),
         ("node_checks_ok".into(), checks_ok.into()),
         (
             "rerun".into(),

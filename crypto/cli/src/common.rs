@@ -83,10 +83,7 @@ pub(crate) fn sampled_inputs(
     let raw: Vec<Vec<f32>> =
         delphi_net::range::sample_inputs(net.input.len(), net.input_range(), n + 2, seed)
             .split_off(2);
-    let encoded = raw
-        .iter()
-        .map(|x| Ok(prog.encode_input(x)?))
-        .collect::<Result<Vec<_>>>()?;
+    let encoded = raw.iter().map(|x| Ok(prog.encode_input(x)?)).collect::<Result<Vec<_>>>()?;
     Ok((raw, encoded))
 }
 

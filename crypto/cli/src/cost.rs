@@ -93,13 +93,7 @@ pub(crate) fn run_cost_calibrate(args: CostCalibrateArgs) -> Result<()> {
 }
 
 pub(crate) fn run_cost_predict(args: CostPredictArgs) -> Result<()> {
-    let CostPredictArgs {
-        plan,
-        cost_model,
-        bandwidth,
-        rtt,
-        json,
-    } = args;
+    let CostPredictArgs { plan, cost_model, bandwidth, rtt, json } = args;
 
     let net = load_plan(&plan)?;
     let prog = FixedProgram::lower(&net)?;

@@ -58,15 +58,7 @@ pub(crate) struct ExportArgs {
 }
 
 pub(crate) fn run_import(args: ImportArgs) -> Result<()> {
-    let ImportArgs {
-        model,
-        out,
-        weights,
-        input_mean,
-        input_std,
-        dataset,
-        name,
-    } = args;
+    let ImportArgs { model, out, weights, input_mean, input_std, dataset, name } = args;
 
     let normalization = match (input_mean, input_std) {
         (Some(mean), Some(std)) => Some(Normalization {
@@ -76,15 +68,9 @@ pub(crate) fn run_import(args: ImportArgs) -> Result<()> {
         }),
         _ => None,
     };
-    let imported = delphi_onnx::import(
-        &model,
-        &delphi_onnx::ImportOptions {
-            name,
-            normalization,
-            dataset,
-        },
-    )
-    .with_context(|| format!("importing {}", model.display()))?;
+    let imported =
+        delphi_onnx::import(&model, &delphi_onnx::ImportOptions { name, normalization, dataset })
+            .with_context(|| format!("importing {}", model.display()))?;
     let net = imported.network;
     match &weights {
         Some(w) => net.save_with_sidecar(&out, w),
@@ -109,21 +95,10 @@ pub(crate) fn run_import(args: ImportArgs) -> Result<()> {
 }
 
 pub(crate) fn run_export(args: ExportArgs) -> Result<()> {
-    let ExportArgs {
-        arch,
-        classes,
-        quad_layers,
-        placement,
-        seed,
-        sidecar,
-        out,
-    } = args;
+    let ExportArgs { arch, classes, quad_layers, placement, seed, sidecar, out } = args;
 
     if !ARCHITECTURES.contains(&arch.as_str()) {
-        bail!(
-            "unknown architecture {arch:?} (known: {})",
-            ARCHITECTURES.join(", ")
-        );
+        bail!("unknown architecture {arch:?} (known: {})", ARCHITECTURES.join(", "));
     }
     let mut net = build(&arch, classes, seed)?;
     let layers = net.activation_layers().len();
@@ -133,13 +108,8 @@ pub(crate) fn run_export(args: ExportArgs) -> Result<()> {
     if let Some(p) = placement {
         p.parse::<Placement>()?.apply(&mut net)?;
     }
-    let storage = if sidecar {
-        WeightStorage::Sidecar
-    } else {
-        WeightStorage::Inline
-    };
-    net.save(&out, storage)
-        .with_context(|| format!("writing {}", out.display()))?;
+    let storage = if sidecar { WeightStorage::Sidecar } else { WeightStorage::Inline };
+    net.save(&out, storage).with_context(|| format!("writing {}", out.display()))?;
     let (relus, quads) = FixedProgram::lower(&net)?.activation_counts();
     eprintln!(
         "wrote {} ({arch}, {classes} classes, placement {}, {relus} ReLUs, {quads} quadratics)",

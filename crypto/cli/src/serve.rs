@@ -102,21 +102,14 @@ pub(crate) struct InferArgs {
     /// Only run N offline phases and store the bundles (with
     /// --bundle-dir); a later `infer` uses them, so its online phase
     /// starts at once.
-    #[arg(
-        long,
-        value_name = "N",
-        requires = "bundle_dir",
-        conflicts_with = "input"
-    )]
+    #[arg(long, value_name = "N", requires = "bundle_dir", conflicts_with = "input")]
     preprocess_only: Option<usize>,
 }
 
 pub(crate) fn parse_inputs(v: &serde_json::Value) -> Option<Vec<Vec<f32>>> {
     let arr = v.as_array()?;
     let one = |a: &Vec<serde_json::Value>| {
-        a.iter()
-            .map(|x| x.as_f64().map(|f| f as f32))
-            .collect::<Option<Vec<f32>>>()
+        a.iter().map(|x| x.as_f64().map(|f| f as f32)).collect::<Option<Vec<f32>>>()
     };
     if arr.iter().all(|x| x.is_number()) {
         return Some(vec![one(arr)?]);
@@ -170,11 +163,7 @@ pub(crate) fn run_serve(args: ServeArgs) -> Result<()> {
             );
     eprintln!("{ranges}");
     if let Some(st) = &store {
-        eprintln!(
-            "bundle store {}: {} bundle(s) ready",
-            st.dir().display(),
-            st.len()?
-        );
+        eprintln!("bundle store {}: {} bundle(s) ready", st.dir().display(), st.len()?);
     }
     let limits = ServeLimits {
         workers: workers as usize,
@@ -199,22 +188,15 @@ pub(crate) fn run_serve(args: ServeArgs) -> Result<()> {
         match e.error {
             None => eprintln!("session with {}: {what}", e.peer),
             Some(err) => {
-                eprintln!(
-                    "session with {} failed after {what}: {}",
-                    e.peer,
-                    chain(&err)
-                )
+                eprintln!("session with {} failed after {what}: {}", e.peer, chain(&err))
             }
         }
     };
-    Server {
-        net: Arc::new(net),
-        prog: Arc::new(prog),
-        preprocess,
-        limits,
-        store,
-    }
-    .run(listener, sessions, Arc::new(log))?;
+    Server { net: Arc::new(net), prog: Arc::new(prog), preprocess, limits, store }.run(
+        listener,
+        sessions,
+        Arc::new(log),
+    )?;
 
     Ok(())
 }
@@ -253,10 +235,7 @@ pub(crate) fn run_infer(args: InferArgs) -> Result<()> {
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", input.display()))?;
     let inputs = parse_inputs(&v).with_context(|| {
-        format!(
-            "{}: expected an array of numbers or an array of such arrays",
-            input.display()
-        )
+        format!("{}: expected an array of numbers or an array of such arrays", input.display())
     })?;
     let preds = delphi_engine::session::infer(connect.as_str(), &inputs, &options, &|m| {
         if !json {

@@ -57,12 +57,7 @@ pub(crate) fn measured_rows(r: &RunReport) -> Vec<LayerRow> {
         .enumerate()
         .map(|(k, l)| {
             let sum = |f: &dyn Fn(&delphi_engine::run::LayerCost) -> f64| {
-                r.inferences
-                    .iter()
-                    .filter_map(|i| i.layers.get(k))
-                    .map(f)
-                    .sum::<f64>()
-                    / n
+                r.inferences.iter().filter_map(|i| i.layers.get(k)).map(f).sum::<f64>() / n
             };
             LayerRow {
                 layer: l.layer,

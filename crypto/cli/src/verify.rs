@@ -61,18 +61,12 @@ pub(crate) fn float_gaps(
         .map(|(x, inf)| {
             let want = delphi_net::eval::eval_float(net, x)?;
             let scale = want.iter().fold(1e-9f64, |m, v| m.max(v.abs() as f64));
-            let gap = inf
-                .logits
-                .iter()
-                .zip(&want)
-                .fold(0f64, |m, (g, w)| m.max((g - *w as f64).abs()));
+            let gap =
+                inf.logits.iter().zip(&want).fold(0f64, |m, (g, w)| m.max((g - *w as f64).abs()));
             let class = |v: &[f64]| {
                 v.iter()
                     .enumerate()
-                    .fold(
-                        (0, f64::NEG_INFINITY),
-                        |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-                    )
+                    .fold((0, f64::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
                     .0
             };
             let want64: Vec<f64> = want.iter().map(|&v| v as f64).collect();
@@ -122,10 +116,7 @@ pub(crate) fn compare(r: &RunReport, p: &delphi_cost::Prediction) -> serde_json:
 
 pub(crate) fn print_comparison(c: &serde_json::Value) {
     println!("\ncost model vs measurement:");
-    println!(
-        "{:<14} {:>14} {:>14} {:>8}",
-        "", "predicted", "measured", "error"
-    );
+    println!("{:<14} {:>14} {:>14} {:>8}", "", "predicted", "measured", "error");
     for (k, unit, scale) in [
         ("offline_s", "s", 1.0),
         ("online_s", "s", 1.0),
@@ -188,22 +179,11 @@ pub(crate) fn print_table(r: &RunReport) {
         );
         print_layer_table(&measured_rows(r), "input");
     }
-    println!(
-        "peak memory (both parties, one process): {:.0} MB",
-        r.peak_rss_bytes as f64 / 1e6
-    );
+    println!("peak memory (both parties, one process): {:.0} MB", r.peak_rss_bytes as f64 / 1e6);
 }
 
 pub(crate) fn run_verify(args: VerifyArgs) -> Result<()> {
-    let VerifyArgs {
-        plan,
-        inputs,
-        allow_overflow,
-        seed,
-        json,
-        compare_cost,
-        cost_model,
-    } = args;
+    let VerifyArgs { plan, inputs, allow_overflow, seed, json, compare_cost, cost_model } = args;
 
     ensure!(inputs > 0, "--inputs must be at least 1");
     let net = load_plan(&plan)?;
@@ -212,9 +192,7 @@ pub(crate) fn run_verify(args: VerifyArgs) -> Result<()> {
         eprintln!("{ranges}");
     }
     let model = if compare_cost {
-        Some(load_cost_model(
-            &cost_model.unwrap_or_else(delphi_net::paths::default_cost_model),
-        )?)
+        Some(load_cost_model(&cost_model.unwrap_or_else(delphi_net::paths::default_cost_model))?)
     } else {
         None
     };
@@ -232,9 +210,7 @@ pub(crate) fn run_verify(args: VerifyArgs) -> Result<()> {
     let gaps = float_gaps(&net, &raw, &report)?;
     let worst_gap = gaps.iter().fold(0f64, |m, g| m.max(g.0));
     let float_classes = gaps.iter().filter(|g| g.1).count();
-    let compared = model
-        .as_ref()
-        .map(|m| compare(&report, &m.predict(&prog, None)));
+    let compared = model.as_ref().map(|m| compare(&report, &m.predict(&prog, None)));
     if json {
         let mut v = verify_json(&report);
         if let Some(obj) = v.as_object_mut() {
@@ -248,11 +224,8 @@ pub(crate) fn run_verify(args: VerifyArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_table(&report);
-        let truncations = prog
-            .nodes
-            .iter()
-            .filter(|n| matches!(n.op, delphi_net::FixedOp::Trunc { .. }))
-            .count();
+        let truncations =
+            prog.nodes.iter().filter(|n| matches!(n.op, delphi_net::FixedOp::Trunc { .. })).count();
         let reduced = prog
             .nodes
             .iter()
@@ -291,10 +264,7 @@ pub(crate) fn run_verify(args: VerifyArgs) -> Result<()> {
         }
     }
     for (k, inf) in report.inferences.iter().enumerate() {
-        let check = inf
-            .node_check
-            .as_ref()
-            .context("the run was not checked node by node")?;
+        let check = inf.node_check.as_ref().context("the run was not checked node by node")?;
         if let Some(d) = check.failing.first() {
             bail!(
                 "input {k}: node {} ({}, layer {}) differs from the reference on its own inputs by up to {} unit(s) on {} element(s); the protocol allows {}",

@@ -9,9 +9,7 @@ fn delphi() -> Command {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../onnx/tests/fixtures")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../onnx/tests/fixtures").join(name)
 }
 
 #[test]
@@ -35,25 +33,15 @@ fn import_then_verify_and_refusals() {
     assert!(err.contains("5 ReLU") || err.contains("ReLUs"), "{err}");
     assert!(weights.is_file());
     let net = delphi_net::Network::load(&out).unwrap();
-    assert_eq!(
-        net.metadata.input_normalization.unwrap().mean,
-        vec![0.2860f32]
-    );
+    assert_eq!(net.metadata.input_normalization.unwrap().mean, vec![0.2860f32]);
     // The imported network runs under the protocol, bit-exact with its reference.
-    let v = delphi()
-        .args(["verify", "--json", "--plan"])
-        .arg(&out)
-        .output()
-        .unwrap();
+    let v = delphi().args(["verify", "--json", "--plan"]).arg(&out).output().unwrap();
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
     let v: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
     assert_eq!(v["correct"], true, "{v}");
     // An ONNX file is also accepted directly as a plan.
-    let v = delphi()
-        .args(["verify", "--json", "--plan"])
-        .arg(fixture("cnn.onnx"))
-        .output()
-        .unwrap();
+    let v =
+        delphi().args(["verify", "--json", "--plan"]).arg(fixture("cnn.onnx")).output().unwrap();
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
 
     // Refused by name, with what to use instead.
@@ -66,10 +54,7 @@ fn import_then_verify_and_refusals() {
         .unwrap();
     assert!(!r.status.success());
     let err = String::from_utf8_lossy(&r.stderr);
-    assert!(
-        err.contains("MaxPool") && err.contains("AveragePool"),
-        "{err}"
-    );
+    assert!(err.contains("MaxPool") && err.contains("AveragePool"), "{err}");
     assert!(!d.join("no.json").exists());
     std::fs::remove_dir_all(&d).ok();
 }

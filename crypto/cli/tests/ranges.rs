@@ -26,10 +26,7 @@ fn verify(net: &Network, d: &std::path::Path, extra: &[&str]) -> (bool, String) 
         .args(extra)
         .output()
         .unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
 #[test]

@@ -35,14 +35,7 @@ fn serve_with(plan: &std::path::Path, sessions: usize, extra: &[&str]) -> (Child
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
-    let addr = first
-        .split(" on ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_string();
+    let addr = first.split(" on ").nth(1).unwrap().split(' ').next().unwrap().to_string();
     // Keep draining the server's log so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines.by_ref() {});
     (child, addr)
@@ -57,11 +50,7 @@ fn dir(name: &str) -> std::path::PathBuf {
 /// Runs `cmd` and checks that it succeeds (its stderr in the message).
 fn succeeds(cmd: &mut std::process::Command) -> std::process::Output {
     let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     out
 }
 
@@ -71,9 +60,7 @@ fn two_processes_give_the_reference_logits() {
     let net = build("small-cnn", 10, 21).unwrap();
     let plan = d.join("plan.json");
     net.save(&plan, WeightStorage::Sidecar).unwrap();
-    let x: Vec<f32> = (0..784)
-        .map(|i| ((i * 37 % 100) as f32 / 50.0) - 1.0)
-        .collect();
+    let x: Vec<f32> = (0..784).map(|i| ((i * 37 % 100) as f32 / 50.0) - 1.0).collect();
     let input = d.join("input.json");
     std::fs::write(
         &input,
@@ -82,39 +69,25 @@ fn two_processes_give_the_reference_logits() {
     .unwrap();
 
     let (mut server, addr) = serve(&plan, 1);
-    let out = succeeds(
-        delphi()
-            .args(["infer", "--json", "--connect", &addr, "--input"])
-            .arg(&input),
-    );
+    let out =
+        succeeds(delphi().args(["infer", "--json", "--connect", &addr, "--input"]).arg(&input));
     assert!(server.wait().unwrap().success());
 
     let out: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(out["client_peak_rss_bytes"].as_u64().unwrap() > 0);
-    check_logits(
-        &net,
-        &[x.clone(), x.iter().map(|v| -v).collect()],
-        &out["predictions"],
-    );
+    check_logits(&net, &[x.clone(), x.iter().map(|v| -v).collect()], &out["predictions"]);
 }
 
 fn check_logits(net: &delphi_net::Network, inputs: &[Vec<f32>], preds: &serde_json::Value) {
     let prog = FixedProgram::lower(net).unwrap();
     for (k, xi) in inputs.iter().enumerate() {
         let want = prog.decode_output(&prog.eval(&prog.encode_input(xi).unwrap()).unwrap());
-        let got: Vec<f64> = preds[k]["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
+        let got: Vec<f64> =
+            preds[k]["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         // Exact field results; the JSON text round trip costs at most an ulp of f64.
         assert_eq!(got.len(), want.len());
         for (g, w) in got.iter().zip(&want) {
-            assert!(
-                (g - w).abs() <= 1e-12 * w.abs().max(1.0),
-                "inference {k}: {g} vs {w}"
-            );
+            assert!((g - w).abs() <= 1e-12 * w.abs().max(1.0), "inference {k}: {g} vs {w}");
         }
     }
 }
@@ -127,28 +100,15 @@ fn bundles_prepared_in_one_process_are_used_once_in_another() {
     net.save(&plan, WeightStorage::Inline).unwrap();
     let (sdir, cdir) = (d.join("server-bundles"), d.join("client-bundles"));
     let (mut server, addr) = serve_with(&plan, 2, &["--bundle-dir", sdir.to_str().unwrap()]);
-    let out = succeeds(
+    succeeds(
         delphi()
-            .args([
-                "infer",
-                "--connect",
-                &addr,
-                "--preprocess-only",
-                "2",
-                "--bundle-dir",
-            ])
+            .args(["infer", "--connect", &addr, "--preprocess-only", "2", "--bundle-dir"])
             .arg(&cdir),
     );
     let count = |p: &std::path::Path| {
         std::fs::read_dir(p)
             .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .path()
-                    .extension()
-                    .is_some_and(|x| x == "bundle")
-            })
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "bundle"))
             .count()
     };
     assert_eq!((count(&sdir), count(&cdir)), (2, 2));
@@ -161,11 +121,7 @@ fn bundles_prepared_in_one_process_are_used_once_in_another() {
     let copy = std::fs::read(&file).unwrap();
 
     let inputs: Vec<Vec<f32>> = (0..2)
-        .map(|k| {
-            (0..784)
-                .map(|i| ((i * (k + 3)) % 17) as f32 / 9.0 - 0.9)
-                .collect()
-        })
+        .map(|k| (0..784).map(|i| ((i * (k + 3)) % 17) as f32 / 9.0 - 0.9).collect())
         .collect();
     let input = d.join("inputs.json");
     std::fs::write(&input, serde_json::to_string(&inputs).unwrap()).unwrap();
@@ -189,9 +145,7 @@ fn bundles_prepared_in_one_process_are_used_once_in_another() {
     let prog = FixedProgram::lower(&net.architecture_only()).unwrap();
     assert!(matches!(
         store.take_client(&prog, &id),
-        Err(delphi_engine::EngineError::Crypto(
-            delphi_crypto::Error::BundleConsumed
-        ))
+        Err(delphi_engine::EngineError::Crypto(delphi_crypto::Error::BundleConsumed))
     ));
 }
 
@@ -199,10 +153,7 @@ fn bundles_prepared_in_one_process_are_used_once_in_another() {
 fn garbage_and_dropped_peers_end_with_errors_not_hangs() {
     let d = dir("bad");
     let plan = d.join("plan.json");
-    build("small-cnn", 10, 22)
-        .unwrap()
-        .save(&plan, WeightStorage::Inline)
-        .unwrap();
+    build("small-cnn", 10, 22).unwrap().save(&plan, WeightStorage::Inline).unwrap();
 
     // A peer that sends an absurd frame length instead of a public key.
     let (mut server, addr) = serve(&plan, 1);
@@ -211,10 +162,7 @@ fn garbage_and_dropped_peers_end_with_errors_not_hangs() {
     let mut junk = Vec::new();
     r.read_until(b'}', &mut junk).unwrap(); // part of the hello; the rest is ignored
     s.write_all(&u64::MAX.to_le_bytes()).unwrap();
-    assert!(
-        server.wait().unwrap().success(),
-        "the server must survive a bad session"
-    );
+    assert!(server.wait().unwrap().success(), "the server must survive a bad session");
 
     // A server that is not there: a clear error, non-zero exit.
     let input = d.join("input.json");
@@ -231,11 +179,7 @@ fn garbage_and_dropped_peers_end_with_errors_not_hangs() {
     // A wrongly sized input is refused before any cryptography.
     let (mut server, addr) = serve(&plan, 1);
     std::fs::write(&input, "[1, 2, 3]").unwrap();
-    let out = delphi()
-        .args(["infer", "--connect", &addr, "--input"])
-        .arg(&input)
-        .output()
-        .unwrap();
+    let out = delphi().args(["infer", "--connect", &addr, "--input"]).arg(&input).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("takes 784"));
     server.kill().ok();
@@ -245,11 +189,8 @@ fn garbage_and_dropped_peers_end_with_errors_not_hangs() {
 fn infer_applies_the_recorded_input_normalisation() {
     let d = dir("norm");
     let mut net = build("small-cnn", 10, 25).unwrap();
-    net.metadata.input_normalization = Some(delphi_net::Normalization {
-        mean: vec![0.5],
-        std: vec![0.25],
-        pixels: None,
-    });
+    net.metadata.input_normalization =
+        Some(delphi_net::Normalization { mean: vec![0.5], std: vec![0.25], pixels: None });
     let plan = d.join("plan.json");
     net.save(&plan, WeightStorage::Inline).unwrap();
     let raw: Vec<f32> = (0..784).map(|i| (i * 13 % 256) as f32 / 255.0).collect();
@@ -268,14 +209,7 @@ fn infer_applies_the_recorded_input_normalisation() {
     assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
     // Already normalised input, sent as it is.
     let b = delphi()
-        .args([
-            "infer",
-            "--json",
-            "--normalized",
-            "--connect",
-            &addr,
-            "--input",
-        ])
+        .args(["infer", "--json", "--normalized", "--connect", &addr, "--input"])
         .arg(&norm_file)
         .output()
         .unwrap();

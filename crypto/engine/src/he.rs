@@ -73,13 +73,7 @@ impl ClientHe {
         let encryptor = Encryptor::with_public_and_secret_key(&ctx, &public, &secret)?;
         let decryptor = Decryptor::new(&ctx, &secret)?;
         let encoder = BFVEncoder::new(&ctx)?;
-        Ok(ClientHe {
-            ctx,
-            public,
-            encryptor,
-            decryptor,
-            encoder,
-        })
+        Ok(ClientHe { ctx, public, encryptor, decryptor, encoder })
     }
 
     /// The public key, serialised for the server.
@@ -109,19 +103,13 @@ impl ClientHe {
             .iter()
             .map(|c| Ok(coefficients(&self.decryptor.decrypt(c)?)))
             .collect::<Result<_>>()?;
-        Ok(packing
-            .output_positions()
-            .into_iter()
-            .map(|(p, c)| F::from_u64(polys[p][c]))
-            .collect())
+        Ok(packing.output_positions().into_iter().map(|(p, c)| F::from_u64(polys[p][c])).collect())
     }
 
     /// Encrypts a vector in the batching slots (for Beaver triples).
     pub fn encrypt_slots(&self, v: &[F]) -> Result<Ciphertext> {
         let vals: Vec<u64> = v.iter().map(|x| x.value()).collect();
-        Ok(self
-            .encryptor
-            .encrypt(&self.encoder.encode_unsigned(&vals)?)?)
+        Ok(self.encryptor.encrypt(&self.encoder.encode_unsigned(&vals)?)?)
     }
 
     /// Decrypts batching slots.
@@ -162,12 +150,7 @@ impl ServerHe {
         let encryptor = Encryptor::with_public_key(&ctx, &pk)?;
         let evaluator = BFVEvaluator::new(&ctx)?;
         let encoder = BFVEncoder::new(&ctx)?;
-        Ok(ServerHe {
-            ctx,
-            encryptor,
-            evaluator,
-            encoder,
-        })
+        Ok(ServerHe { ctx, encryptor, evaluator, encoder })
     }
 
     /// Parses a fresh ciphertext from the client: checked against the
@@ -180,9 +163,7 @@ impl ServerHe {
 
     /// Adds a fresh encryption of zero and drops to the result level.
     fn rerandomize(&self, c: &mut Ciphertext) -> Result<()> {
-        let zero = self
-            .encryptor
-            .encrypt(&plaintext_from(std::iter::empty())?)?;
+        let zero = self.encryptor.encrypt(&plaintext_from(std::iter::empty())?)?;
         self.evaluator.add_inplace(c, &zero)?;
         for _ in 0..RESULT_LEVEL_DROPS {
             self.evaluator.mod_switch_to_next_inplace(c)?;
@@ -225,22 +206,16 @@ impl ServerHe {
             }
             let mut c = match acc {
                 Some(c) => c,
-                None => self
-                    .encryptor
-                    .encrypt(&plaintext_from(std::iter::empty())?)?,
+                None => self.encryptor.encrypt(&plaintext_from(std::iter::empty())?)?,
             };
             let s: Vec<u64> = (0..N).map(|_| F::random(rng).value()).collect();
-            self.evaluator
-                .sub_plain_inplace(&mut c, &plaintext_from(s.iter().copied())?)?;
+            self.evaluator.sub_plain_inplace(&mut c, &plaintext_from(s.iter().copied())?)?;
             self.rerandomize(&mut c)?;
             results.push(c);
             masks.push(s);
         }
-        let s_out = packing
-            .output_positions()
-            .into_iter()
-            .map(|(p, c)| F::from_u64(masks[p][c]))
-            .collect();
+        let s_out =
+            packing.output_positions().into_iter().map(|(p, c)| F::from_u64(masks[p][c])).collect();
         Ok((results, s_out))
     }
 
@@ -248,11 +223,9 @@ impl ServerHe {
     pub fn square_cross(&self, enc_ac: &Ciphertext, a_s: &[F], t: &[F]) -> Result<Ciphertext> {
         let two_as: Vec<u64> = a_s.iter().map(|a| (*a + *a).value()).collect();
         let tv: Vec<u64> = t.iter().map(|x| x.value()).collect();
-        let mut c = self
-            .evaluator
-            .multiply_plain(enc_ac, &self.encoder.encode_unsigned(&two_as)?)?;
-        self.evaluator
-            .sub_plain_inplace(&mut c, &self.encoder.encode_unsigned(&tv)?)?;
+        let mut c =
+            self.evaluator.multiply_plain(enc_ac, &self.encoder.encode_unsigned(&two_as)?)?;
+        self.evaluator.sub_plain_inplace(&mut c, &self.encoder.encode_unsigned(&tv)?)?;
         self.rerandomize(&mut c)?;
         Ok(c)
     }
@@ -277,27 +250,18 @@ mod tests {
         let client = ClientHe::new().unwrap();
         let server = ServerHe::new(&client.public_key_bytes().unwrap()).unwrap();
         let r: Vec<F> = (0..op.input.len()).map(|_| F::random(&mut rng)).collect();
-        let w: Vec<i64> = (0..op.weights())
-            .map(|_| rng.gen_range(-2000..2000))
-            .collect();
+        let w: Vec<i64> = (0..op.weights()).map(|_| rng.gen_range(-2000..2000)).collect();
         let cts = client.encrypt_input(&packing, &r).unwrap();
         // Round trip through bytes, as over the wire.
         let cts: Vec<Ciphertext> = cts
             .iter()
-            .map(|c| {
-                server
-                    .ciphertext_from_bytes(&ServerHe::to_bytes(c).unwrap())
-                    .unwrap()
-            })
+            .map(|c| server.ciphertext_from_bytes(&ServerHe::to_bytes(c).unwrap()).unwrap())
             .collect();
         let (res, s) = server.linear(&packing, &w, &cts, &mut rng).unwrap();
         for c in &res {
             // Measured: 11 bits left at the 60-bit level, whatever the weights
             // (the modulus-switch rounding noise dominates).
-            assert!(
-                client.noise_budget(c).unwrap() >= 6,
-                "too little noise budget left"
-            );
+            assert!(client.noise_budget(c).unwrap() >= 6, "too little noise budget left");
         }
         let got = client.decrypt_output(&packing, &res).unwrap();
         let want = linear_field(&op, &r, &w, &[]);
@@ -315,9 +279,7 @@ mod tests {
         let ac: Vec<F> = (0..n).map(|_| F::random(&mut rng)).collect();
         let a_s: Vec<F> = (0..n).map(|_| F::random(&mut rng)).collect();
         let t: Vec<F> = (0..n).map(|_| F::random(&mut rng)).collect();
-        let c = server
-            .square_cross(&client.encrypt_slots(&ac).unwrap(), &a_s, &t)
-            .unwrap();
+        let c = server.square_cross(&client.encrypt_slots(&ac).unwrap(), &a_s, &t).unwrap();
         assert!(client.noise_budget(&c).unwrap() >= 6);
         let u = client.decrypt_slots(&c, n).unwrap();
         for i in 0..n {

@@ -45,11 +45,7 @@ impl BfvParams {
 
     /// A SEAL context that enforces 128-bit security.
     pub fn context(&self) -> Result<Context> {
-        Ok(Context::new(
-            &self.encryption_parameters()?,
-            true,
-            SecurityLevel::TC128,
-        )?)
+        Ok(Context::new(&self.encryption_parameters()?, true, SecurityLevel::TC128)?)
     }
 }
 

@@ -99,10 +99,7 @@ fn packing(prog: &FixedProgram, node: usize) -> Result<Packing> {
             layer: prog.nodes[node].layer.unwrap_or(0),
             reason,
         }),
-        _ => Err(EngineError::Unsupported {
-            layer: 0,
-            reason: "not a linear node".into(),
-        }),
+        _ => Err(EngineError::Unsupported { layer: 0, reason: "not a linear node".into() }),
     }
 }
 
@@ -122,21 +119,9 @@ fn local_op(prog: &FixedProgram, i: usize, vals: &[Vec<F>]) -> Option<Vec<F>> {
             x.iter().map(|v| *v * m).collect()
         }
         FixedOp::SumPool { kernel, stride } => {
-            sum_pool(
-                x,
-                prog.nodes[node.inputs[0]].shape,
-                *kernel,
-                *stride,
-                F::ZERO,
-                |a, b| a + b,
-            )
-            .0
+            sum_pool(x, prog.nodes[node.inputs[0]].shape, *kernel, *stride, F::ZERO, |a, b| a + b).0
         }
-        FixedOp::Add => x
-            .iter()
-            .zip(&vals[node.inputs[1]])
-            .map(|(a, b)| *a + *b)
-            .collect(),
+        FixedOp::Add => x.iter().zip(&vals[node.inputs[1]]).map(|(a, b)| *a + *b).collect(),
         _ => return None,
     })
 }
@@ -307,10 +292,7 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
                 relus[i] = Some(relu_client_offline(
                     ch,
                     &node.gather(&shares[node.inputs[0]]),
-                    ReluSpec {
-                        shift: *shift,
-                        bits: *bits,
-                    },
+                    ReluSpec { shift: *shift, bits: *bits },
                     rng,
                 )?);
                 node.scatter(random(node.active_len(), rng), F::ZERO)
@@ -354,14 +336,7 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
             t.he = hc;
         }
     }
-    Ok(ClientBundle {
-        id,
-        offline_trace: tracer.nodes,
-        shares,
-        relus,
-        truncs,
-        quads,
-    })
+    Ok(ClientBundle { id, offline_trace: tracer.nodes, shares, relus, truncs, quads })
 }
 
 /// Offline phase, server side.
@@ -400,10 +375,7 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
                 sigmas[i] = Some(sigma);
             }
             FixedOp::Relu { shift, bits } => {
-                let spec = ReluSpec {
-                    shift: *shift,
-                    bits: *bits,
-                };
+                let spec = ReluSpec { shift: *shift, bits: *bits };
                 relus[i] = Some(relu_server_offline(ch, node.active_len(), spec, rng)?);
             }
             FixedOp::Trunc { shift } => {
@@ -431,21 +403,12 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
                 ch.recv_fields(&mut opened)?;
                 // e's offline part: (c − a_c) − a_s; the online part adds the server's share.
                 let pre: Vec<F> = opened.iter().zip(&a_s).map(|(o, a)| *o - *a).collect();
-                quads[i] = Some((
-                    pre,
-                    a_s.into_iter().zip(sq).flat_map(|(a, s)| [a, s]).collect(),
-                ));
+                quads[i] = Some((pre, a_s.into_iter().zip(sq).flat_map(|(a, s)| [a, s]).collect()));
             }
             _ => {}
         }
     }
-    Ok(ServerBundle {
-        id,
-        sigmas,
-        relus,
-        truncs,
-        quads,
-    })
+    Ok(ServerBundle { id, sigmas, relus, truncs, quads })
 }
 
 impl ClientBundle {
@@ -485,17 +448,10 @@ impl ClientBundle {
         input: &[F],
     ) -> Result<ClientOutput> {
         if input.len() != prog.nodes[0].shape.len() {
-            return Err(EngineError::Input(format!(
-                "input of {} values",
-                input.len()
-            )));
+            return Err(EngineError::Input(format!("input of {} values", input.len())));
         }
         let mut tracer = Tracer::new(ch);
-        let masked: Vec<F> = input
-            .iter()
-            .zip(&self.shares[0])
-            .map(|(x, r)| *x - *r)
-            .collect();
+        let masked: Vec<F> = input.iter().zip(&self.shares[0]).map(|(x, r)| *x - *r).collect();
         ch.send_fields(&masked)?;
         ch.flush()?;
         for i in 0..prog.nodes.len() {
@@ -505,35 +461,26 @@ impl ClientBundle {
             let node = &prog.nodes[i];
             match &node.op {
                 FixedOp::Relu { .. } => {
-                    let bundle = self.relus[i]
-                        .take()
-                        .ok_or(delphi_crypto::Error::BundleConsumed)?;
+                    let bundle =
+                        self.relus[i].take().ok_or(delphi_crypto::Error::BundleConsumed)?;
                     let out = bundle.online(ch)?;
-                    let msg: Vec<F> = out
-                        .iter()
-                        .zip(node.gather(&self.shares[i]))
-                        .map(|(o, r)| *o - r)
-                        .collect();
+                    let msg: Vec<F> =
+                        out.iter().zip(node.gather(&self.shares[i])).map(|(o, r)| *o - r).collect();
                     ch.send_fields(&msg)?;
                     ch.flush()?;
                 }
                 FixedOp::Trunc { .. } => {
-                    let bundle = self.truncs[i]
-                        .take()
-                        .ok_or(delphi_crypto::Error::BundleConsumed)?;
+                    let bundle =
+                        self.truncs[i].take().ok_or(delphi_crypto::Error::BundleConsumed)?;
                     let out = bundle.online(ch)?;
-                    let msg: Vec<F> = out
-                        .iter()
-                        .zip(node.gather(&self.shares[i]))
-                        .map(|(o, r)| *o - r)
-                        .collect();
+                    let msg: Vec<F> =
+                        out.iter().zip(node.gather(&self.shares[i])).map(|(o, r)| *o - r).collect();
                     ch.send_fields(&msg)?;
                     ch.flush()?;
                 }
                 FixedOp::Quad { a, b, .. } => {
-                    let (a_c, sq_c) = self.quads[i]
-                        .take()
-                        .ok_or(delphi_crypto::Error::BundleConsumed)?;
+                    let (a_c, sq_c) =
+                        self.quads[i].take().ok_or(delphi_crypto::Error::BundleConsumed)?;
                     let mut e = vec![F::ZERO; node.active_len()];
                     ch.recv_fields(&mut e)?;
                     let x = node.gather(&self.shares[node.inputs[0]]);
@@ -556,11 +503,7 @@ impl ClientBundle {
         ch.recv_fields(&mut theirs)?;
         tracer.mark(ch, prog, prog.nodes.len() - 1);
         Ok(ClientOutput {
-            logits: theirs
-                .iter()
-                .zip(&self.shares[prog.output])
-                .map(|(s, c)| *s + *c)
-                .collect(),
+            logits: theirs.iter().zip(&self.shares[prog.output]).map(|(s, c)| *s + *c).collect(),
             trace: tracer.nodes,
         })
     }
@@ -596,40 +539,30 @@ impl ServerBundle {
                     x
                 }
                 FixedOp::Linear { op, weight, bias } => {
-                    let sigma = self.sigmas[i]
-                        .take()
-                        .ok_or(delphi_crypto::Error::BundleConsumed)?;
+                    let sigma =
+                        self.sigmas[i].take().ok_or(delphi_crypto::Error::BundleConsumed)?;
                     let y = linear_field(op, &vals[node.inputs[0]], weight, bias);
                     y.into_iter().zip(sigma).map(|(y, s)| y + s).collect()
                 }
                 FixedOp::Relu { .. } => {
-                    let bundle = self.relus[i]
-                        .take()
-                        .ok_or(delphi_crypto::Error::BundleConsumed)?;
+                    let bundle =
+                        self.relus[i].take().ok_or(delphi_crypto::Error::BundleConsumed)?;
                     let rho = bundle.online(ch, &node.gather(&vals[node.inputs[0]]))?;
                     let mut msg = vec![F::ZERO; node.active_len()];
                     ch.recv_fields(&mut msg)?;
-                    node.scatter(
-                        msg.into_iter().zip(rho).map(|(m, r)| m + r).collect(),
-                        F::ZERO,
-                    )
+                    node.scatter(msg.into_iter().zip(rho).map(|(m, r)| m + r).collect(), F::ZERO)
                 }
                 FixedOp::Trunc { .. } => {
-                    let bundle = self.truncs[i]
-                        .take()
-                        .ok_or(delphi_crypto::Error::BundleConsumed)?;
+                    let bundle =
+                        self.truncs[i].take().ok_or(delphi_crypto::Error::BundleConsumed)?;
                     let t = bundle.online(ch, &node.gather(&vals[node.inputs[0]]))?;
                     let mut msg = vec![F::ZERO; node.active_len()];
                     ch.recv_fields(&mut msg)?;
-                    node.scatter(
-                        msg.into_iter().zip(t).map(|(m, t)| m + t).collect(),
-                        F::ZERO,
-                    )
+                    node.scatter(msg.into_iter().zip(t).map(|(m, t)| m + t).collect(), F::ZERO)
                 }
                 FixedOp::Quad { a, b, c } => {
-                    let (pre, pairs) = self.quads[i]
-                        .take()
-                        .ok_or(delphi_crypto::Error::BundleConsumed)?;
+                    let (pre, pairs) =
+                        self.quads[i].take().ok_or(delphi_crypto::Error::BundleConsumed)?;
                     let x = node.gather(&vals[node.inputs[0]]);
                     let e: Vec<F> = pre.iter().zip(&x).map(|(p, x)| *p + *x).collect();
                     ch.send_fields(&e)?;
@@ -671,10 +604,7 @@ pub fn program_digest(prog: &FixedProgram) -> [u8; 32] {
     for n in &prog.nodes {
         h.update(n.op.kind().as_bytes());
         let params: [i64; 3] = match &n.op {
-            FixedOp::Relu {
-                shift,
-                bits: Some(b),
-            } => [*shift as i64, b.lo as i64, b.hi as i64],
+            FixedOp::Relu { shift, bits: Some(b) } => [*shift as i64, b.lo as i64, b.hi as i64],
             FixedOp::Relu { shift, bits: None } | FixedOp::Trunc { shift } => [*shift as i64, 0, 0],
             FixedOp::Quad { a, b, c } => {
                 for v in a.iter().chain(b).chain(c) {
@@ -736,11 +666,7 @@ fn read_header<R: Read>(d: &mut Decoder<R>, side: u64, prog: &FixedProgram) -> R
         return Err(EngineError::Bundle(format!(
             "a stored {} bundle where a {} bundle was expected",
             if s == SIDE_CLIENT { "client" } else { "server" },
-            if side == SIDE_CLIENT {
-                "client"
-            } else {
-                "server"
-            },
+            if side == SIDE_CLIENT { "client" } else { "server" },
         )));
     }
     let mut digest = [0u8; 32];
@@ -753,9 +679,7 @@ fn read_header<R: Read>(d: &mut Decoder<R>, side: u64, prog: &FixedProgram) -> R
     let mut id = [0u8; 16];
     d.bytes(&mut id)?;
     if d.u64()? != prog.nodes.len() as u64 {
-        return Err(EngineError::Bundle(
-            "stored bundle: wrong node count".into(),
-        ));
+        return Err(EngineError::Bundle("stored bundle: wrong node count".into()));
     }
     Ok(id)
 }
@@ -770,9 +694,7 @@ fn flag(present: bool, bit: u64) -> u64 {
 
 fn flags_of(flags: u64, allowed: u64) -> Result<u64> {
     if flags & !allowed != 0 {
-        return Err(EngineError::Bundle(
-            "stored bundle: unknown node flags".into(),
-        ));
+        return Err(EngineError::Bundle("stored bundle: unknown node flags".into()));
     }
     Ok(flags)
 }
@@ -818,17 +740,10 @@ fn load_parts<Rd: Read, R: Stored, T: Stored>(
     flags: u64,
     quad_lens: (usize, usize),
 ) -> Result<LoadedParts<R, T>> {
-    let relu = (flags & HAS_RELU != 0)
-        .then(|| R::load_from(d))
-        .transpose()?;
-    let trunc = (flags & HAS_TRUNC != 0)
-        .then(|| T::load_from(d))
-        .transpose()?;
+    let relu = (flags & HAS_RELU != 0).then(|| R::load_from(d)).transpose()?;
+    let trunc = (flags & HAS_TRUNC != 0).then(|| T::load_from(d)).transpose()?;
     let quad = if flags & HAS_QUAD != 0 {
-        Some((
-            d.fields(quad_lens.0, "stored triples")?,
-            d.fields(quad_lens.1, "stored triples")?,
-        ))
+        Some((d.fields(quad_lens.0, "stored triples")?, d.fields(quad_lens.1, "stored triples")?))
     } else {
         None
     };
@@ -837,11 +752,7 @@ fn load_parts<Rd: Read, R: Stored, T: Stored>(
 
 impl ClientBundle {
     fn parts(&self, i: usize) -> NodeParts<'_, ClientReluBundle, ClientTruncBundle> {
-        NodeParts {
-            relu: &self.relus[i],
-            trunc: &self.truncs[i],
-            quad: &self.quads[i],
-        }
+        NodeParts { relu: &self.relus[i], trunc: &self.truncs[i], quad: &self.quads[i] }
     }
 
     /// Writes the bundle (secret material: protect the file like a key).
@@ -885,11 +796,7 @@ impl ClientBundle {
 
 impl ServerBundle {
     fn parts(&self, i: usize) -> NodeParts<'_, ServerReluBundle, ServerTruncBundle> {
-        NodeParts {
-            relu: &self.relus[i],
-            trunc: &self.truncs[i],
-            quad: &self.quads[i],
-        }
+        NodeParts { relu: &self.relus[i], trunc: &self.truncs[i], quad: &self.quads[i] }
     }
 
     /// Writes the bundle (secret material: protect the file like a key).

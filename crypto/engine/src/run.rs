@@ -118,10 +118,7 @@ fn per_layer(offline: &[NodeTrace], online: &[NodeTrace]) -> Vec<LayerCost> {
         match out.iter().position(|l| l.layer == t.layer) {
             Some(p) => p,
             None => {
-                out.push(LayerCost {
-                    layer: t.layer,
-                    ..Default::default()
-                });
+                out.push(LayerCost { layer: t.layer, ..Default::default() });
                 out.len() - 1
             }
         }
@@ -254,10 +251,8 @@ pub fn run_local_with(
         let m = ch.stats();
         progress(&format!("inference {}/{n}: online", k + 1));
         let t = Instant::now();
-        let crate::protocol::ClientOutput {
-            logits: got,
-            trace: online_trace,
-        } = b.online(&mut ch, prog, x)?;
+        let crate::protocol::ClientOutput { logits: got, trace: online_trace } =
+            b.online(&mut ch, prog, x)?;
         let online_s = t.elapsed().as_secs_f64();
         let e = ch.stats();
         let want = prog.eval(x)?;
@@ -280,12 +275,8 @@ pub fn run_local_with(
                 logits_differing: diffs.iter().filter(|d| **d != 0).count(),
                 max_ulp_error: diffs.iter().copied().max().unwrap_or(0),
                 max_rel_error: diffs.iter().copied().max().unwrap_or(0) as f64
-                    / want
-                        .iter()
-                        .map(|w| w.to_signed().unsigned_abs())
-                        .max()
-                        .unwrap_or(0)
-                        .max(1) as f64,
+                    / want.iter().map(|w| w.to_signed().unsigned_abs()).max().unwrap_or(0).max(1)
+                        as f64,
                 same_class: argmax(&got) == argmax(&want),
                 logits: prog.decode_output(&got),
                 offline_he: offline_trace.iter().fold(
@@ -304,9 +295,8 @@ pub fn run_local_with(
             client_shares,
         ));
     }
-    let server_bytes = server
-        .join()
-        .map_err(|_| EngineError::Internal("the server thread panicked".into()))??;
+    let server_bytes =
+        server.join().map_err(|_| EngineError::Internal("the server thread panicked".into()))??;
     let inferences = runs
         .into_iter()
         .zip(server_bytes)

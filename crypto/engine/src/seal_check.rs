@@ -93,10 +93,7 @@ impl Expect {
 }
 
 fn refuse(expect: Expect, reason: impl Into<String>) -> EngineError {
-    EngineError::HeObject {
-        what: expect.what(),
-        reason: reason.into(),
-    }
+    EngineError::HeObject { what: expect.what(), reason: reason.into() }
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -110,16 +107,10 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// Checks the outer SEAL header of `bytes`; returns its compression mode.
 fn outer_header(bytes: &[u8], expect: Expect) -> Result<u8> {
     if bytes.len() < HEADER {
-        return Err(refuse(
-            expect,
-            format!("{} bytes is too short", bytes.len()),
-        ));
+        return Err(refuse(expect, format!("{} bytes is too short", bytes.len())));
     }
     if u16::from_le_bytes([bytes[0], bytes[1]]) != MAGIC || bytes[2] as usize != HEADER {
-        return Err(refuse(
-            expect,
-            "not a SEAL object (bad magic or header size)",
-        ));
+        return Err(refuse(expect, "not a SEAL object (bad magic or header size)"));
     }
     if bytes[3] != SEAL_MAJOR {
         return Err(refuse(
@@ -131,10 +122,7 @@ fn outer_header(bytes: &[u8], expect: Expect) -> Result<u8> {
     if declared != bytes.len() as u64 {
         return Err(refuse(
             expect,
-            format!(
-                "declares {declared} bytes but the frame holds {}",
-                bytes.len()
-            ),
+            format!("declares {declared} bytes but the frame holds {}", bytes.len()),
         ));
     }
     match bytes[5] {
@@ -150,11 +138,7 @@ pub fn checked(bytes: &[u8], expect: Expect) -> Result<Vec<u8>> {
     if bytes.len() as u64 > expect.max_frame() {
         return Err(refuse(
             expect,
-            format!(
-                "{} bytes, more than the {} it can take",
-                bytes.len(),
-                expect.max_frame()
-            ),
+            format!("{} bytes, more than the {} it can take", bytes.len(), expect.max_frame()),
         ));
     }
     let want = expect.plain_len();
@@ -196,18 +180,12 @@ pub fn checked(bytes: &[u8], expect: Expect) -> Result<Vec<u8>> {
     let degree = u64_at(body, 41);
     let primes = u64_at(body, 49);
     if size != 2 {
-        return Err(refuse(
-            expect,
-            format!("{size} polynomials; the protocol uses exactly 2"),
-        ));
+        return Err(refuse(expect, format!("{size} polynomials; the protocol uses exactly 2")));
     }
     if degree != N as u64 || primes != expect.primes() as u64 {
         return Err(refuse(
             expect,
-            format!(
-                "degree {degree} with {primes} primes; expected {N} with {}",
-                expect.primes()
-            ),
+            format!("degree {degree} with {primes} primes; expected {N} with {}", expect.primes()),
         ));
     }
     if ntt != u8::from(expect.ntt()) {
@@ -259,10 +237,7 @@ mod tests {
     fn our_own_objects_pass_and_load() {
         let client = ClientHe::new().unwrap();
         let pk = client.public_key_bytes().unwrap();
-        assert_eq!(
-            checked(&pk, Expect::PublicKey).unwrap().len(),
-            Expect::PublicKey.plain_len()
-        );
+        assert_eq!(checked(&pk, Expect::PublicKey).unwrap().len(), Expect::PublicKey.plain_len());
         let server = ServerHe::new(&pk).unwrap();
         let packing = crate::he::Packing::new(&delphi_net::linear::LinearOp::dense(10, 3)).unwrap();
         let r: Vec<F> = (0..10).map(F::from_u64).collect();
@@ -270,13 +245,8 @@ mod tests {
         let bytes = ServerHe::to_bytes(&fresh[0]).unwrap();
         let cts = vec![server.ciphertext_from_bytes(&bytes).unwrap()];
         // A fresh ciphertext is not a result, and the other way round.
-        assert!(matches!(
-            checked(&bytes, Expect::Result),
-            Err(EngineError::HeObject { .. })
-        ));
-        let (res, _) = server
-            .linear(&packing, &[1; 30], &cts, &mut rand::thread_rng())
-            .unwrap();
+        assert!(matches!(checked(&bytes, Expect::Result), Err(EngineError::HeObject { .. })));
+        let (res, _) = server.linear(&packing, &[1; 30], &cts, &mut rand::thread_rng()).unwrap();
         let rb = ServerHe::to_bytes(&res[0]).unwrap();
         assert!(checked(&rb, Expect::Fresh).is_err());
         let back = client.result_from_bytes(&rb).unwrap();
@@ -297,17 +267,11 @@ mod tests {
             // zlib is refused before anything is inflated.
             let mut z = bomb.clone();
             z[5] = COMPR_ZLIB;
-            assert!(checked(&z, expect)
-                .unwrap_err()
-                .to_string()
-                .contains("zlib"));
+            assert!(checked(&z, expect).unwrap_err().to_string().contains("zlib"));
             // A header that lies about the length.
             let mut lie = bomb.clone();
             lie[8] ^= 1;
-            assert!(checked(&lie, expect)
-                .unwrap_err()
-                .to_string()
-                .contains("declares"));
+            assert!(checked(&lie, expect).unwrap_err().to_string().contains("declares"));
         }
     }
 

@@ -317,13 +317,7 @@ fn serve(
     sessions: Option<usize>,
     on_event: Arc<dyn Fn(SessionEvent) + Send + Sync>,
 ) -> Result<()> {
-    let Server {
-        net,
-        prog,
-        preprocess,
-        limits,
-        store,
-    } = server;
+    let Server { net, prog, preprocess, limits, store } = server;
     let workers = limits.workers.max(1);
     let max_connections = limits.max_connections.max(1);
     // Connections served or waiting; bounded here, not by the queue.
@@ -349,28 +343,15 @@ fn serve(
                 Err(_) => return,
             };
             let Ok(stream) = next else { return };
-            let peer = stream
-                .peer_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| "?".into());
-            let out = serve_connection(
-                stream,
-                &net,
-                &prog,
-                preprocess,
-                &limits,
-                store.as_ref().as_ref(),
-            );
+            let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+            let out =
+                serve_connection(stream, &net, &prog, preprocess, &limits, store.as_ref().as_ref());
             active.fetch_sub(1, Ordering::SeqCst);
             let (report, error) = match out {
                 Ok(r) => (r, None),
                 Err((r, e)) => (r, Some(e)),
             };
-            on_event(SessionEvent {
-                peer,
-                report,
-                error,
-            });
+            on_event(SessionEvent { peer, report, error });
         }));
     }
     let mut accepted = 0;
@@ -459,13 +440,7 @@ fn connect<A: ToSocketAddrs>(addr: A, timeout: Duration) -> Result<ClientSession
         .map_err(|e| EngineError::Malformed(format!("architecture: {e}")))?;
     let prog = FixedProgram::lower(&arch)?;
     let he = client_setup(&mut ch)?;
-    Ok(ClientSession {
-        ch,
-        hello,
-        arch,
-        prog,
-        he,
-    })
+    Ok(ClientSession { ch, hello, arch, prog, he })
 }
 
 impl ClientSession {

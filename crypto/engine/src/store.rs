@@ -99,10 +99,7 @@ impl<W: Write> Write for Tagging<W> {
 
 /// The key file of a store in `dir`, by default: `<dir>.key` beside it.
 pub fn default_key_path(dir: &Path) -> PathBuf {
-    let mut name = dir
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_else(|| "bundles".into());
+    let mut name = dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "bundles".into());
     name.push(".key");
     match dir.parent() {
         Some(p) => p.join(name),
@@ -176,10 +173,7 @@ fn parse_hex(s: &str) -> Option<[u8; 16]> {
 }
 
 fn io_err(path: &Path, e: impl Into<StoreProblem>) -> EngineError {
-    EngineError::Store {
-        path: path.to_path_buf(),
-        problem: e.into(),
-    }
+    EngineError::Store { path: path.to_path_buf(), problem: e.into() }
 }
 
 impl BundleStore {
@@ -198,16 +192,11 @@ impl BundleStore {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
         let canon_dir = fs::canonicalize(&dir).map_err(|e| io_err(&dir, e))?;
-        let key_parent = key
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let key_parent =
+            key.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let canon_key = fs::canonicalize(key_parent).map_err(|e| io_err(key, e))?;
         if canon_key.starts_with(&canon_dir) {
-            return Err(io_err(
-                key,
-                "the key must be kept outside the bundle directory",
-            ));
+            return Err(io_err(key, "the key must be kept outside the bundle directory"));
         }
         let key = load_or_make_key(key)?;
         #[cfg(unix)]
@@ -224,10 +213,7 @@ impl BundleStore {
         let mut total = 0;
         for entry in fs::read_dir(&self.dir).map_err(|e| io_err(&self.dir, e))? {
             let entry = entry.map_err(|e| io_err(&self.dir, e))?;
-            total += entry
-                .metadata()
-                .map_err(|e| io_err(&entry.path(), e))?
-                .len();
+            total += entry.metadata().map_err(|e| io_err(&entry.path(), e))?.len();
         }
         Ok(total)
     }
@@ -294,17 +280,12 @@ impl BundleStore {
             opts.mode(0o600);
         }
         let file = opts.open(&tmp).map_err(|e| io_err(&tmp, e))?;
-        let mut w = Tagging {
-            inner: BufWriter::with_capacity(1 << 20, file),
-            mac: self.tagger(),
-        };
+        let mut w = Tagging { inner: BufWriter::with_capacity(1 << 20, file), mac: self.tagger() };
         let written = f(&mut w).and_then(|()| {
             let tag = w.mac.finalize().into_bytes();
             let mut inner = w.inner;
             inner.write_all(&tag).map_err(|e| io_err(&tmp, e))?;
-            let file = inner
-                .into_inner()
-                .map_err(|e| io_err(&tmp, e.into_error()))?;
+            let file = inner.into_inner().map_err(|e| io_err(&tmp, e.into_error()))?;
             file.sync_all().map_err(|e| io_err(&tmp, e))
         });
         if let Err(e) = written {
@@ -329,23 +310,19 @@ impl BundleStore {
     fn verify(&self, path: &Path) -> Result<u64> {
         let mut file = File::open(path).map_err(|e| io_err(path, e))?;
         let len = file.metadata().map_err(|e| io_err(path, e))?.len();
-        let body = len
-            .checked_sub(TAG as u64)
-            .ok_or_else(|| io_err(path, StoreProblem::Forged))?;
+        let body = len.checked_sub(TAG as u64).ok_or_else(|| io_err(path, StoreProblem::Forged))?;
         let mut mac = self.tagger();
         let mut buf = vec![0u8; 1 << 20];
         let mut left = body;
         while left > 0 {
             let n = (left.min(buf.len() as u64)) as usize;
-            file.read_exact(&mut buf[..n])
-                .map_err(|e| io_err(path, e))?;
+            file.read_exact(&mut buf[..n]).map_err(|e| io_err(path, e))?;
             mac.update(&buf[..n]);
             left -= n as u64;
         }
         let mut tag = [0u8; TAG];
         file.read_exact(&mut tag).map_err(|e| io_err(path, e))?;
-        mac.verify_slice(&tag)
-            .map_err(|_| io_err(path, StoreProblem::Forged))?;
+        mac.verify_slice(&tag).map_err(|_| io_err(path, StoreProblem::Forged))?;
         Ok(body)
     }
 
@@ -362,10 +339,7 @@ impl BundleStore {
         let taken = path.with_extension("taken");
         fs::rename(&path, &taken).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                io_err(
-                    &path,
-                    "no such bundle (already taken, or never stored here)",
-                )
+                io_err(&path, "no such bundle (already taken, or never stored here)")
             } else {
                 io_err(&path, e)
             }
@@ -416,10 +390,7 @@ impl BundleStore {
 
     fn expect(&self, side: Side) -> Result<()> {
         if self.side != side {
-            return Err(io_err(
-                &self.dir,
-                format!("this store holds {:?} bundles", self.side),
-            ));
+            return Err(io_err(&self.dir, format!("this store holds {:?} bundles", self.side)));
         }
         Ok(())
     }

@@ -53,21 +53,10 @@ fn a_decompression_bomb_is_refused_with_memory_flat() {
     });
     let (stream, _) = listener.accept().unwrap();
     let before = peak_rss_bytes();
-    let e = serve_connection(stream, &net, &prog, 1, &ServeLimits::default(), None)
-        .unwrap_err()
-        .1;
+    let e = serve_connection(stream, &net, &prog, 1, &ServeLimits::default(), None).unwrap_err().1;
     let grew = peak_rss_bytes().saturating_sub(before);
     client.join().unwrap();
-    assert!(
-        matches!(
-            &e,
-            EngineError::HeObject {
-                what: "public key",
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(&e, EngineError::HeObject { what: "public key", .. }), "{e}");
     assert!(e.to_string().contains("inflates to"), "{e}");
     assert!(grew < 64 << 20, "peak memory grew by {} MB", grew >> 20);
 }

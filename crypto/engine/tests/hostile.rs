@@ -36,12 +36,7 @@ fn tiny() -> Network {
     });
     net.push(Op::Activation(Activation::Relu));
     net.push(Op::Flatten);
-    net.push(Op::Dense {
-        out_features: 3,
-        bias: true,
-        weight: w(96),
-        bias_values: w(3),
-    });
+    net.push(Op::Dense { out_features: 3, bias: true, weight: w(96), bias_values: w(3) });
     net
 }
 
@@ -61,17 +56,9 @@ fn start(
     let events: Events = Arc::default();
     let ev = events.clone();
     let on_event = Arc::new(move |e: SessionEvent| {
-        ev.lock()
-            .unwrap()
-            .push((e.error.map(|e| e.to_string()), e.report.predictions));
+        ev.lock().unwrap().push((e.error.map(|e| e.to_string()), e.report.predictions));
     });
-    let server = Server {
-        net: Arc::new(net),
-        prog: Arc::new(prog),
-        preprocess: 1,
-        limits,
-        store,
-    };
+    let server = Server { net: Arc::new(net), prog: Arc::new(prog), preprocess: 1, limits, store };
     let h = thread::spawn(move || server.run(listener, Some(sessions), on_event).unwrap());
     (addr, events, h)
 }
@@ -88,11 +75,7 @@ fn limits(workers: usize, max_connections: usize) -> ServeLimits {
 }
 
 fn options() -> ClientOptions {
-    ClientOptions {
-        timeout: Duration::from_secs(30),
-        store: None,
-        normalize: false,
-    }
+    ClientOptions { timeout: Duration::from_secs(30), store: None, normalize: false }
 }
 
 /// A channel that waits before every read (for its first 20 reads: longer
@@ -195,10 +178,7 @@ fn a_full_server_says_it_is_busy() {
     let idle = TcpStream::connect(&addr).unwrap();
     thread::sleep(Duration::from_millis(300));
     let e = infer(addr.as_str(), &[input()], &options(), &|_| {}).unwrap_err();
-    assert!(
-        matches!(&e, EngineError::Refused(why) if why.contains("busy")),
-        "{e}"
-    );
+    assert!(matches!(&e, EngineError::Refused(why) if why.contains("busy")), "{e}");
     // Once the idle client leaves, the next one is served.
     drop(idle);
     let mut got = None;
@@ -222,23 +202,14 @@ fn a_client_cannot_fill_the_store_without_bound() {
     let d = std::env::temp_dir().join(format!("delphi-hostile-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     let store = BundleStore::open(d.join("server"), Side::Server).unwrap();
-    let (addr, _events, server) = start(
-        ServeLimits {
-            store_bundles: 2,
-            ..limits(2, 4)
-        },
-        Some(store.clone()),
-        1,
-    );
+    let (addr, _events, server) =
+        start(ServeLimits { store_bundles: 2, ..limits(2, 4) }, Some(store.clone()), 1);
     let opts = ClientOptions {
         store: Some(BundleStore::open(d.join("client"), Side::Client).unwrap()),
         ..options()
     };
     let e = preprocess(addr.as_str(), 3, &opts, &|_| {}).unwrap_err();
-    assert!(
-        matches!(&e, EngineError::Refused(why) if why.contains("full")),
-        "{e}"
-    );
+    assert!(matches!(&e, EngineError::Refused(why) if why.contains("full")), "{e}");
     server.join().unwrap();
     assert_eq!(store.len().unwrap(), 2);
     std::fs::remove_dir_all(&d).ok();
@@ -250,10 +221,7 @@ fn an_input_outside_the_declared_range_is_refused_before_anything_runs() {
     let big: Vec<f32> = input().iter().map(|v| v * 1e5).collect();
     let e = infer(addr.as_str(), &[big], &options(), &|_| {}).unwrap_err();
     assert!(
-        matches!(
-            &e,
-            EngineError::Net(delphi_net::NetError::InputRange { index: 0, .. })
-        ),
+        matches!(&e, EngineError::Net(delphi_net::NetError::InputRange { index: 0, .. })),
         "{e}"
     );
     assert!(e.to_string().contains("[-1, 1]"), "{e}");

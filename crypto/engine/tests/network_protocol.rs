@@ -85,16 +85,9 @@ fn every_kind(seed: u64) -> Network {
     let main = net.push(bn(&mut w, 4));
     net.push_from(a, Op::Residual { from: main });
     net.push(Op::Activation(Activation::Relu));
-    net.push(Op::AvgPool {
-        kernel: 2,
-        stride: 2,
-    });
+    net.push(Op::AvgPool { kernel: 2, stride: 2 });
     net.push(conv(&mut w, 4, 3, 3, 2, Padding::Valid));
-    net.push(Op::Activation(Activation::Quad {
-        a: 0.25,
-        b: 0.5,
-        c: 0.1,
-    }));
+    net.push(Op::Activation(Activation::Quad { a: 0.25, b: 0.5, c: 0.1 }));
     net.push(Op::Flatten);
     net.push(Op::Dense {
         out_features: 5,
@@ -179,10 +172,7 @@ fn mixed_net(masks: [&[bool]; 5], seed: u64) -> Network {
     let mut net = Network::new("mixed", Shape::new(2, 6, 6), 8);
     net.push(conv(&mut w, 2, 4));
     net.push(mixed(masks[0], seed + 1));
-    net.push(Op::AvgPool {
-        kernel: 2,
-        stride: 2,
-    });
+    net.push(Op::AvgPool { kernel: 2, stride: 2 });
     let a = net.push(mixed(masks[1], seed + 2));
     net.push(conv(&mut w, 4, 4));
     net.push(mixed(masks[2], seed + 3));

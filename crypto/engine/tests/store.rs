@@ -38,10 +38,7 @@ fn stored_bundles_run_like_fresh_ones_and_only_once() {
         let mut rng = SecretRng::seed_from_u64(1);
         let he = server_setup(&mut ch).unwrap();
         let b = server_offline(&mut ch, &sp, &he, &mut rng).unwrap();
-        BundleStore::open(&sd, Side::Server)
-            .unwrap()
-            .put_server(&sp, &b)
-            .unwrap();
+        BundleStore::open(&sd, Side::Server).unwrap().put_server(&sp, &b).unwrap();
         b.id()
     });
     let mut ch = c;
@@ -67,9 +64,7 @@ fn stored_bundles_run_like_fresh_ones_and_only_once() {
     assert!(err.to_string().contains("different network"), "{err}");
 
     // Online in a later "session", from the stores.
-    let x = prog
-        .encode_input(&delphi_net::eval::random_inputs(784, 1, 9)[0])
-        .unwrap();
+    let x = prog.encode_input(&delphi_net::eval::random_inputs(784, 1, 9)[0]).unwrap();
     let (s, c) = TcpChannel::loopback_pair().unwrap();
     let (sp, sd) = (prog.clone(), sdir.clone());
     let server = thread::spawn(move || {

@@ -46,11 +46,7 @@ fn views(prog: &FixedProgram, input: &[F]) -> (Vec<u8>, Vec<F>) {
     let (s, c) = pair();
     let sp = prog.clone();
     let server = thread::spawn(move || {
-        let mut ch = Recorder {
-            inner: s,
-            recording: false,
-            seen: Vec::new(),
-        };
+        let mut ch = Recorder { inner: s, recording: false, seen: Vec::new() };
         let mut rng = SecretRng::from_entropy();
         let he = server_setup(&mut ch).unwrap();
         let b = server_offline(&mut ch, &sp, &he, &mut rng).unwrap();
@@ -58,11 +54,7 @@ fn views(prog: &FixedProgram, input: &[F]) -> (Vec<u8>, Vec<F>) {
         b.online(&mut ch, &sp).unwrap();
         ch.seen
     });
-    let mut ch = Recorder {
-        inner: c,
-        recording: false,
-        seen: Vec::new(),
-    };
+    let mut ch = Recorder { inner: c, recording: false, seen: Vec::new() };
     let mut rng = SecretRng::from_entropy();
     let he = client_setup(&mut ch).unwrap();
     let b = client_offline(&mut ch, prog, &he, &mut rng).unwrap();
@@ -109,10 +101,7 @@ fn the_server_sees_only_uniform_values_whatever_the_input() {
         // 15 degrees of freedom: 50 is far in the tail (p < 1e-5) for uniform
         // data, while unmasked activations (small values) would give ~10^5.
         let chi2 = chi2_uniform(&seen);
-        assert!(
-            chi2 < 50.0,
-            "server's online view is not uniform: chi² = {chi2}"
-        );
+        assert!(chi2 < 50.0, "server's online view is not uniform: chi² = {chi2}");
     }
 }
 
@@ -127,10 +116,7 @@ fn the_client_sees_only_masked_material_whatever_the_weights() {
         let (seen, _) = views(&prog, &input);
         // Garbled labels and masked openings: balanced bits.
         let f = ones_fraction(&seen);
-        assert!(
-            (f - 0.5).abs() < 0.005,
-            "client's online view is biased: {f}"
-        );
+        assert!((f - 0.5).abs() < 0.005, "client's online view is biased: {f}");
         fractions.push(f);
     }
     assert!((fractions[0] - fractions[1]).abs() < 0.005);

@@ -52,9 +52,7 @@ impl Init {
             stride,
             padding: Padding::Same,
             bias,
-            weight: (0..out_c * in_c * k * k)
-                .map(|_| self.normal(std))
-                .collect(),
+            weight: (0..out_c * in_c * k * k).map(|_| self.normal(std)).collect(),
             bias_values: if bias {
                 (0..out_c).map(|_| self.normal(0.05)).collect()
             } else {
@@ -106,10 +104,7 @@ fn resnet(
     let mut x = n.push(RELU);
     let mut side = input.height;
     if stem_pool {
-        x = n.push(Op::AvgPool {
-            kernel: 2,
-            stride: 2,
-        });
+        x = n.push(Op::AvgPool { kernel: 2, stride: 2 });
         side /= 2;
     }
     let mut in_c = width;
@@ -140,10 +135,7 @@ fn resnet(
             }
         }
     }
-    n.push(Op::AvgPool {
-        kernel: side,
-        stride: side,
-    });
+    n.push(Op::AvgPool { kernel: side, stride: side });
     n.push(Op::Flatten);
     n.push(init.dense(4 * width, classes));
     n
@@ -154,24 +146,16 @@ pub fn build(arch: &str, classes: usize, seed: u64) -> Result<Network> {
     if classes == 0 {
         return Err(NetError::Invalid("at least one class".into()));
     }
-    let mut init = Init {
-        rng: ChaCha20Rng::seed_from_u64(seed),
-    };
+    let mut init = Init { rng: ChaCha20Rng::seed_from_u64(seed) };
     let net = match arch {
         "small-cnn" => {
             let mut n = Network::new("small-cnn", Shape::new(1, 28, 28), 8);
             n.push(init.conv(1, 16, 3, 1, true));
             n.push(RELU);
-            n.push(Op::AvgPool {
-                kernel: 2,
-                stride: 2,
-            });
+            n.push(Op::AvgPool { kernel: 2, stride: 2 });
             n.push(init.conv(16, 32, 3, 1, true));
             n.push(RELU);
-            n.push(Op::AvgPool {
-                kernel: 2,
-                stride: 2,
-            });
+            n.push(Op::AvgPool { kernel: 2, stride: 2 });
             n.push(Op::Flatten);
             n.push(init.dense(32 * 7 * 7, 128));
             n.push(RELU);
@@ -184,18 +168,12 @@ pub fn build(arch: &str, classes: usize, seed: u64) -> Result<Network> {
             n.push(RELU);
             n.push(init.conv(64, 64, 3, 1, true));
             n.push(RELU);
-            n.push(Op::AvgPool {
-                kernel: 2,
-                stride: 2,
-            });
+            n.push(Op::AvgPool { kernel: 2, stride: 2 });
             n.push(init.conv(64, 64, 3, 1, true));
             n.push(RELU);
             n.push(init.conv(64, 64, 3, 1, true));
             n.push(RELU);
-            n.push(Op::AvgPool {
-                kernel: 2,
-                stride: 2,
-            });
+            n.push(Op::AvgPool { kernel: 2, stride: 2 });
             n.push(init.conv(64, 64, 3, 1, true));
             n.push(RELU);
             n.push(init.conv(64, 64, 1, 1, true));
@@ -206,24 +184,8 @@ pub fn build(arch: &str, classes: usize, seed: u64) -> Result<Network> {
             n.push(init.dense(16 * 8 * 8, classes));
             n
         }
-        "resnet32" => resnet(
-            &mut init,
-            "resnet32",
-            Shape::new(3, 32, 32),
-            false,
-            5,
-            16,
-            classes,
-        ),
-        "resnet14" => resnet(
-            &mut init,
-            "resnet14",
-            Shape::new(1, 28, 28),
-            true,
-            2,
-            12,
-            classes,
-        ),
+        "resnet32" => resnet(&mut init, "resnet32", Shape::new(3, 32, 32), false, 5, 16, classes),
+        "resnet14" => resnet(&mut init, "resnet14", Shape::new(1, 28, 28), true, 2, 12, classes),
         other => {
             return Err(NetError::Invalid(format!(
                 "unknown architecture {other:?} (known: {})",
@@ -244,11 +206,7 @@ pub fn build(arch: &str, classes: usize, seed: u64) -> Result<Network> {
 /// 0.02·x² + 0.25·x: repeated on a ResNet's residual stream it stays
 /// bounded, where the default (0.2·x² + 0.5·x + 0.2, unstable above x = 2)
 /// overflows any fixed-point range after a few untrained blocks.
-pub const BENCH_QUAD: Activation = Activation::Quad {
-    a: 0.02,
-    b: 0.25,
-    c: 0.0,
-};
+pub const BENCH_QUAD: Activation = Activation::Quad { a: 0.02, b: 0.25, c: 0.0 };
 
 /// Replaces the last `count` activation layers by `quad`.
 pub fn quad_last_with(net: &mut Network, count: usize, quad: Activation) -> Result<()> {
@@ -272,9 +230,7 @@ pub fn quad_last_with(net: &mut Network, count: usize, quad: Activation) -> Resu
 /// Tensors that already hold values are kept.
 pub fn initialise(net: &mut Network, seed: u64) -> Result<()> {
     let shapes = net.validate_architecture()?;
-    let mut init = Init {
-        rng: ChaCha20Rng::seed_from_u64(seed),
-    };
+    let mut init = Init { rng: ChaCha20Rng::seed_from_u64(seed) };
     for i in 0..net.layers.len() {
         let src = net.layers[i].input.or(i.checked_sub(1));
         let in_c = src.map_or(net.input.channels, |j| shapes[j].channels);
@@ -291,11 +247,8 @@ pub fn initialise(net: &mut Network, seed: u64) -> Result<()> {
             },
             _ => continue,
         };
-        let fresh: Vec<(&str, Vec<f32>)> = fresh
-            .tensors_mut()
-            .into_iter()
-            .map(|(name, t)| (name, std::mem::take(t)))
-            .collect();
+        let fresh: Vec<(&str, Vec<f32>)> =
+            fresh.tensors_mut().into_iter().map(|(name, t)| (name, std::mem::take(t))).collect();
         let has_bias = !matches!(
             net.layers[i].op,
             Op::Conv2d { bias: false, .. } | Op::Dense { bias: false, .. }

@@ -91,19 +91,13 @@ pub struct Shape {
 impl Shape {
     /// A CHW shape.
     pub const fn new(channels: usize, height: usize, width: usize) -> Self {
-        Shape {
-            channels,
-            height,
-            width,
-        }
+        Shape { channels, height, width }
     }
 
     /// Number of elements (saturating: a shape too large to count is
     /// refused by validation, see [`MAX_ELEMENTS`]).
     pub fn len(&self) -> usize {
-        self.channels
-            .saturating_mul(self.height)
-            .saturating_mul(self.width)
+        self.channels.saturating_mul(self.height).saturating_mul(self.width)
     }
 
     /// Whether the shape holds no elements.
@@ -215,11 +209,7 @@ pub enum Activation {
 
 impl Activation {
     /// The default quadratic, 0.2·x² + 0.5·x + 0.2 (close to ReLU on [−2, 2]).
-    pub const DEFAULT_QUAD: Activation = Activation::Quad {
-        a: 0.2,
-        b: 0.5,
-        c: 0.2,
-    };
+    pub const DEFAULT_QUAD: Activation = Activation::Quad { a: 0.2, b: 0.5, c: 0.2 };
 
     /// Whether this is a ReLU.
     pub fn is_relu(&self) -> bool {
@@ -340,20 +330,12 @@ impl Op {
     /// changes nothing) for other layers.
     pub fn fold_scale_shift(&mut self, scale: &[f64], shift: &[f64]) -> bool {
         let (weight, bias, bias_values, out) = match self {
-            Op::Conv2d {
-                weight,
-                bias,
-                bias_values,
-                out_channels,
-                ..
-            } => (weight, bias, bias_values, *out_channels),
-            Op::Dense {
-                weight,
-                bias,
-                bias_values,
-                out_features,
-                ..
-            } => (weight, bias, bias_values, *out_features),
+            Op::Conv2d { weight, bias, bias_values, out_channels, .. } => {
+                (weight, bias, bias_values, *out_channels)
+            }
+            Op::Dense { weight, bias, bias_values, out_features, .. } => {
+                (weight, bias, bias_values, *out_features)
+            }
             _ => return false,
         };
         let at = |v: &[f64], c: usize| v.get(c).or(v.first()).copied().unwrap_or(0.0);
@@ -378,31 +360,11 @@ impl Op {
     /// The named parameter tensors of this layer (for the sidecar).
     pub(crate) fn tensors_mut(&mut self) -> Vec<(&'static str, &mut Vec<f32>)> {
         match self {
-            Op::Conv2d {
-                weight,
-                bias_values,
-                ..
-            }
-            | Op::Dense {
-                weight,
-                bias_values,
-                ..
-            } => {
+            Op::Conv2d { weight, bias_values, .. } | Op::Dense { weight, bias_values, .. } => {
                 vec![("weight", weight), ("bias_values", bias_values)]
             }
-            Op::BatchNorm {
-                gamma,
-                beta,
-                mean,
-                var,
-                ..
-            } => {
-                vec![
-                    ("gamma", gamma),
-                    ("beta", beta),
-                    ("mean", mean),
-                    ("var", var),
-                ]
+            Op::BatchNorm { gamma, beta, mean, var, .. } => {
+                vec![("gamma", gamma), ("beta", beta), ("mean", mean), ("var", var)]
             }
             _ => Vec::new(),
         }
@@ -437,11 +399,7 @@ impl Layer {
 
     /// A layer reading the previous layer's output.
     pub fn new(op: Op) -> Self {
-        Layer {
-            op,
-            input: None,
-            relu_bits: None,
-        }
+        Layer { op, input: None, relu_bits: None }
     }
 }
 
@@ -545,11 +503,7 @@ pub struct WindowChoice {
 impl WindowChoice {
     /// A choice by `mode` with nothing measured yet.
     pub fn new(mode: &str, windows: String) -> WindowChoice {
-        WindowChoice {
-            mode: mode.into(),
-            windows,
-            ..WindowChoice::default()
-        }
+        WindowChoice { mode: mode.into(), windows, ..WindowChoice::default() }
     }
 }
 
@@ -581,11 +535,7 @@ pub struct Normalization {
 impl Normalization {
     /// The identity (the network takes its input as it is).
     pub fn identity() -> Self {
-        Normalization {
-            mean: vec![0.0],
-            std: vec![1.0],
-            pixels: None,
-        }
+        Normalization { mean: vec![0.0], std: vec![1.0], pixels: None }
     }
 
     /// Whether it changes nothing.
@@ -615,10 +565,7 @@ impl Normalization {
     /// Mean and standard deviation of channel `c`.
     pub fn channel(&self, c: usize) -> (f32, f32) {
         let pick = |v: &[f32]| v.get(c).or(v.first()).copied();
-        (
-            pick(&self.mean).unwrap_or(0.0),
-            pick(&self.std).unwrap_or(1.0),
-        )
+        (pick(&self.mean).unwrap_or(0.0), pick(&self.std).unwrap_or(1.0))
     }
 
     /// Normalises one raw CHW input of `shape` in place.
@@ -673,10 +620,7 @@ pub enum WeightStorage {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NetError + '_ {
-    move |source| NetError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| NetError::Io { path: path.to_path_buf(), source }
 }
 
 impl Network {
@@ -687,10 +631,7 @@ impl Network {
             version: VERSION,
             name: name.into(),
             input,
-            fixed_point: FixedPointSpec {
-                frac_bits,
-                weight_frac_bits: DEFAULT_WEIGHT_FRAC_BITS,
-            },
+            fixed_point: FixedPointSpec { frac_bits, weight_frac_bits: DEFAULT_WEIGHT_FRAC_BITS },
             layers: Vec::new(),
             weights_file: None,
             metadata: Metadata::default(),
@@ -705,11 +646,7 @@ impl Network {
 
     /// Appends a layer reading the output of `input`; returns its index.
     pub fn push_from(&mut self, input: usize, op: Op) -> usize {
-        self.layers.push(Layer {
-            op,
-            input: Some(input),
-            relu_bits: None,
-        });
+        self.layers.push(Layer { op, input: Some(input), relu_bits: None });
         self.layers.len() - 1
     }
 
@@ -735,11 +672,7 @@ impl Network {
                 _ => {}
             }
             for (name, t) in l.op.tensors_mut() {
-                let neutral = if name == "gamma" || name == "var" {
-                    1.0
-                } else {
-                    0.0
-                };
+                let neutral = if name == "gamma" || name == "var" { 1.0 } else { 0.0 };
                 t.iter_mut().for_each(|v| *v = neutral);
             }
         }
@@ -777,12 +710,7 @@ impl Network {
             .position(|&v| !v.is_finite() || (v as f64) < lo - slack || (v as f64) > hi + slack)
         {
             None => Ok(()),
-            Some(index) => Err(NetError::InputRange {
-                index,
-                value: x[index],
-                lo,
-                hi,
-            }),
+            Some(index) => Err(NetError::InputRange { index, value: x[index], lo, hi }),
         }
     }
 
@@ -824,9 +752,7 @@ impl Network {
 
     /// Whether any parameter tensor holds values.
     pub fn has_weights(&self) -> bool {
-        self.layers
-            .iter()
-            .any(|l| layer_values(&l.op).next().is_some())
+        self.layers.iter().any(|l| layer_values(&l.op).next().is_some())
     }
 
     fn read(path: &Path) -> Result<Self> {
@@ -834,10 +760,7 @@ impl Network {
         if !meta.is_file() {
             // A device or a pipe reports no size; /dev/zero would be read
             // up to the bound before failing.
-            return Err(NetError::Invalid(format!(
-                "{} is not a regular file",
-                path.display()
-            )));
+            return Err(NetError::Invalid(format!("{} is not a regular file", path.display())));
         }
         if meta.len() > MAX_FILE_BYTES {
             return Err(NetError::Invalid(format!(
@@ -864,10 +787,8 @@ impl Network {
             format: Option<String>,
             version: Option<u32>,
         }
-        let header: Header = serde_json::from_str(&text).map_err(|error| NetError::Json {
-            path: path.to_path_buf(),
-            error,
-        })?;
+        let header: Header = serde_json::from_str(&text)
+            .map_err(|error| NetError::Json { path: path.to_path_buf(), error })?;
         if header.format.as_deref() != Some(FORMAT) {
             return Err(NetError::Invalid(format!(
                 "{}: \"format\" must be \"{FORMAT}\"",
@@ -876,33 +797,19 @@ impl Network {
         }
         match header.version {
             Some(v) if VERSIONS.contains(&v) => {}
-            Some(found) => {
-                return Err(NetError::Version {
-                    found,
-                    supported: VERSION,
-                })
-            }
-            None => {
-                return Err(NetError::Invalid(format!(
-                    "{}: no \"version\"",
-                    path.display()
-                )))
-            }
+            Some(found) => return Err(NetError::Version { found, supported: VERSION }),
+            None => return Err(NetError::Invalid(format!("{}: no \"version\"", path.display()))),
         }
-        let keys: keys::Keys = serde_json::from_str(&text).map_err(|error| NetError::Json {
-            path: path.to_path_buf(),
-            error,
-        })?;
+        let keys: keys::Keys = serde_json::from_str(&text)
+            .map_err(|error| NetError::Json { path: path.to_path_buf(), error })?;
         if let Some(unknown) = keys.first_unknown() {
             return Err(NetError::Invalid(format!(
                 "{}: unknown field {unknown} (a misspelling? it would be ignored)",
                 path.display()
             )));
         }
-        let mut net: Network = serde_json::from_str(&text).map_err(|error| NetError::Json {
-            path: path.to_path_buf(),
-            error,
-        })?;
+        let mut net: Network = serde_json::from_str(&text)
+            .map_err(|error| NetError::Json { path: path.to_path_buf(), error })?;
         if let Some(w) = net.weights_file.clone() {
             let side = path.parent().unwrap_or(Path::new(".")).join(&w);
             net.read_sidecar(&side)?;
@@ -984,32 +891,21 @@ impl Network {
                     })
             })
             .collect::<Result<_>>()?;
-        safetensors::serialize_to_file(views, None, path).map_err(|e| NetError::Weights {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
+        safetensors::serialize_to_file(views, None, path)
+            .map_err(|e| NetError::Weights { path: path.to_path_buf(), reason: e.to_string() })
     }
 
     /// Fills parameter tensors from a safetensors file.
     fn read_sidecar(&mut self, path: &Path) -> Result<()> {
-        let bad = |reason: String| NetError::Weights {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let bad = |reason: String| NetError::Weights { path: path.to_path_buf(), reason };
         let meta = std::fs::metadata(path).map_err(io_err(path))?;
         if !meta.is_file() {
             // A device or a pipe reports no size; /dev/zero would be read
             // up to the bound before failing.
-            return Err(NetError::Invalid(format!(
-                "{} is not a regular file",
-                path.display()
-            )));
+            return Err(NetError::Invalid(format!("{} is not a regular file", path.display())));
         }
         if meta.len() > MAX_FILE_BYTES {
-            return Err(bad(format!(
-                "{} bytes (at most {MAX_FILE_BYTES})",
-                meta.len()
-            )));
+            return Err(bad(format!("{} bytes (at most {MAX_FILE_BYTES})", meta.len())));
         }
         let bytes = std::fs::read(path).map_err(io_err(path))?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
@@ -1045,20 +941,12 @@ impl Network {
 
     fn check(&self, weights: bool) -> Result<Vec<Shape>> {
         if self.format != FORMAT {
-            return Err(NetError::Invalid(format!(
-                "\"format\" must be \"{FORMAT}\""
-            )));
+            return Err(NetError::Invalid(format!("\"format\" must be \"{FORMAT}\"")));
         }
         if !VERSIONS.contains(&self.version) {
-            return Err(NetError::Version {
-                found: self.version,
-                supported: VERSION,
-            });
+            return Err(NetError::Version { found: self.version, supported: VERSION });
         }
-        let (f, fw) = (
-            self.fixed_point.frac_bits,
-            self.fixed_point.weight_frac_bits,
-        );
+        let (f, fw) = (self.fixed_point.frac_bits, self.fixed_point.weight_frac_bits);
         if f == 0 || fw == 0 || f + fw > 28 || 2 * f > 28 {
             return Err(NetError::Invalid(format!(
                 "frac_bits {f} and weight_frac_bits {fw}: each at least 1, products carry f + f_w \
@@ -1108,22 +996,14 @@ impl Network {
                 }
                 if !layer.has_relu() {
                     return Err(err(
-                        "\"relu_bits\" belongs on an activation with ReLU channels".into(),
+                        "\"relu_bits\" belongs on an activation with ReLU channels".into()
                     ));
                 }
                 // The truncation is known once lowered; here the window alone.
                 bits.check(0).map_err(|e| err(e.to_string()))?;
             }
             let out = match &layer.op {
-                Op::Conv2d {
-                    out_channels,
-                    kernel,
-                    stride,
-                    padding,
-                    bias,
-                    weight,
-                    bias_values,
-                } => {
+                Op::Conv2d { out_channels, kernel, stride, padding, bias, weight, bias_values } => {
                     if *stride != 1 && *stride != 2 {
                         return Err(err(format!("stride {stride} unsupported (1 or 2)")));
                     }
@@ -1151,9 +1031,8 @@ impl Network {
                             "kernel {kernel} larger than the padded input {x}"
                         )));
                     }
-                    let want = out_channels
-                        .saturating_mul(x.channels)
-                        .saturating_mul(kernel * kernel);
+                    let want =
+                        out_channels.saturating_mul(x.channels).saturating_mul(kernel * kernel);
                     if weight.len() != want && (weights || !weight.is_empty()) {
                         return Err(err(format!(
                             "weights of the wrong size: {} values, expected {want} ({out_channels}×{}×{kernel}×{kernel})",
@@ -1170,12 +1049,7 @@ impl Network {
                         (x.width + 2 * pad - kernel) / stride + 1,
                     )
                 }
-                Op::Dense {
-                    out_features,
-                    bias,
-                    weight,
-                    bias_values,
-                } => {
+                Op::Dense { out_features, bias, weight, bias_values } => {
                     if x.height != 1 || x.width != 1 {
                         return Err(err(format!("input {x} is not flat (add a flatten layer)")));
                     }
@@ -1208,13 +1082,7 @@ impl Network {
                         (x.width - kernel) / stride + 1,
                     )
                 }
-                Op::BatchNorm {
-                    eps,
-                    gamma,
-                    beta,
-                    mean,
-                    var,
-                } => {
+                Op::BatchNorm { eps, gamma, beta, mean, var } => {
                     let prev = src.map(|j| &self.layers[j].op);
                     if !matches!(prev, Some(Op::Conv2d { .. } | Op::Dense { .. })) {
                         return Err(err(
@@ -1229,12 +1097,9 @@ impl Network {
                             )));
                         }
                     }
-                    for (name, v) in [
-                        ("gamma", gamma),
-                        ("beta", beta),
-                        ("mean", mean),
-                        ("var", var),
-                    ] {
+                    for (name, v) in
+                        [("gamma", gamma), ("beta", beta), ("mean", mean), ("var", var)]
+                    {
                         if v.len() != x.channels && (weights || !v.is_empty()) {
                             return Err(err(format!(
                                 "{name} has {} values for {} channels",
@@ -1279,12 +1144,9 @@ impl Network {
                             "a mixed activation needs format version 2 (this file says 1)".into(),
                         ));
                     }
-                    for (name, len) in [
-                        ("relu", relu.len()),
-                        ("a", a.len()),
-                        ("b", b.len()),
-                        ("c", c.len()),
-                    ] {
+                    for (name, len) in
+                        [("relu", relu.len()), ("a", a.len()), ("b", b.len()), ("c", c.len())]
+                    {
                         if len != x.channels {
                             return Err(err(format!(
                                 "\"{name}\" has {len} entries but the input {x} has {} channels",
@@ -1304,9 +1166,7 @@ impl Network {
                 }
             }
             if out.len() > MAX_ELEMENTS {
-                return Err(err(format!(
-                    "its output {out} has more than {MAX_ELEMENTS} elements"
-                )));
+                return Err(err(format!("its output {out} has more than {MAX_ELEMENTS} elements")));
             }
             shapes.push(out);
         }
@@ -1338,23 +1198,15 @@ impl Network {
         let mut layers: Vec<Layer> = self.layers.clone();
         let mut keep = vec![true; n];
         for (j, layer) in self.layers.iter().enumerate() {
-            if let Op::BatchNorm {
-                eps,
-                gamma,
-                beta,
-                mean,
-                var,
-            } = &layer.op
-            {
+            if let Op::BatchNorm { eps, gamma, beta, mean, var } = &layer.op {
                 let Some(i) = src(j) else { continue };
                 let scale: Vec<f64> = gamma
                     .iter()
                     .zip(var)
                     .map(|(g, v)| *g as f64 / (*v as f64 + *eps as f64).sqrt())
                     .collect();
-                let shift: Vec<f64> = (0..scale.len())
-                    .map(|c| beta[c] as f64 - mean[c] as f64 * scale[c])
-                    .collect();
+                let shift: Vec<f64> =
+                    (0..scale.len()).map(|c| beta[c] as f64 - mean[c] as f64 * scale[c]).collect();
                 if !layers[i].op.fold_scale_shift(&scale, &shift) {
                     continue;
                 }
@@ -1382,10 +1234,7 @@ impl Network {
     /// The output shape (validates).
     pub fn output_shape(&self) -> Result<Shape> {
         let shapes = self.validate()?;
-        shapes
-            .last()
-            .copied()
-            .ok_or_else(|| NetError::Invalid("no layers".into()))
+        shapes.last().copied().ok_or_else(|| NetError::Invalid("no layers".into()))
     }
 }
 
@@ -1413,25 +1262,10 @@ pub fn renumber(layers: &[Layer], keep: &[bool], map: &[usize]) -> Vec<Layer> {
 
 fn layer_values(op: &Op) -> impl Iterator<Item = &f32> {
     let slices: Vec<&[f32]> = match op {
-        Op::Conv2d {
-            weight,
-            bias_values,
-            ..
-        }
-        | Op::Dense {
-            weight,
-            bias_values,
-            ..
-        } => {
+        Op::Conv2d { weight, bias_values, .. } | Op::Dense { weight, bias_values, .. } => {
             vec![weight, bias_values]
         }
-        Op::BatchNorm {
-            gamma,
-            beta,
-            mean,
-            var,
-            ..
-        } => vec![gamma, beta, mean, var],
+        Op::BatchNorm { gamma, beta, mean, var, .. } => vec![gamma, beta, mean, var],
         _ => Vec::new(),
     };
     slices.into_iter().flatten()
@@ -1439,9 +1273,9 @@ fn layer_values(op: &Op) -> impl Iterator<Item = &f32> {
 
 fn check_bias(bias: bool, values: &[f32], n: usize) -> std::result::Result<(), String> {
     match (bias, values.len()) {
-        (true, len) if len != n => Err(format!(
-            "bias of the wrong size: {len} values, expected {n}"
-        )),
+        (true, len) if len != n => {
+            Err(format!("bias of the wrong size: {len} values, expected {n}"))
+        }
         (false, len) if len != 0 => Err(format!("{len} bias values but \"bias\": false")),
         _ => Ok(()),
     }
@@ -1467,15 +1301,9 @@ mod keys {
 
     fn allowed(ty: &str) -> &'static [&'static str] {
         match ty {
-            "conv2d" => &[
-                "out_channels",
-                "kernel",
-                "stride",
-                "padding",
-                "bias",
-                "weight",
-                "bias_values",
-            ],
+            "conv2d" => {
+                &["out_channels", "kernel", "stride", "padding", "bias", "weight", "bias_values"]
+            }
             "dense" => &["out_features", "bias", "weight", "bias_values"],
             "avg_pool" => &["kernel", "stride"],
             "batch_norm" => &["eps", "gamma", "beta", "mean", "var"],
@@ -1525,11 +1353,7 @@ mod keys {
 
     impl<T> KeysVisitor<T> {
         fn new(special: &'static str, expecting: &'static str) -> Self {
-            KeysVisitor {
-                special,
-                expecting,
-                _value: std::marker::PhantomData,
-            }
+            KeysVisitor { special, expecting, _value: std::marker::PhantomData }
         }
     }
 
@@ -1556,10 +1380,7 @@ mod keys {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             let (keys, ty) =
                 d.deserialize_map(KeysVisitor::<String>::new("type", "a layer object"))?;
-            Ok(LayerKeys {
-                ty: ty.unwrap_or_default(),
-                keys,
-            })
+            Ok(LayerKeys { ty: ty.unwrap_or_default(), keys })
         }
     }
 
@@ -1569,10 +1390,7 @@ mod keys {
                 "layers",
                 "a network description object",
             ))?;
-            Ok(Keys {
-                top,
-                layers: layers.unwrap_or_default(),
-            })
+            Ok(Keys { top, layers: layers.unwrap_or_default() })
         }
     }
 }

@@ -101,9 +101,5 @@ pub enum NetError {
 pub type Result<T> = std::result::Result<T, NetError>;
 
 pub(crate) fn layer_err(index: usize, kind: &'static str, reason: impl Into<String>) -> NetError {
-    NetError::Layer {
-        index,
-        kind,
-        reason: reason.into(),
-    }
+    NetError::Layer { index, kind, reason: reason.into() }
 }

@@ -112,42 +112,20 @@ fn eval_layer(
         None => (input, net.input),
     };
     match &layer.op {
-        Op::Conv2d {
-            out_channels,
-            kernel,
-            stride,
-            padding,
-            weight,
-            bias_values,
-            ..
-        } => {
+        Op::Conv2d { out_channels, kernel, stride, padding, weight, bias_values, .. } => {
             let pad = padding.amount(*kernel);
             let op = LinearOp::conv(xs, *out_channels, *kernel, *stride, pad);
             linear_f32(&op, x, weight, bias_values)
         }
-        Op::Dense {
-            out_features,
-            weight,
-            bias_values,
-            ..
-        } => linear_f32(
-            &LinearOp::dense(xs.channels, *out_features),
-            x,
-            weight,
-            bias_values,
-        ),
+        Op::Dense { out_features, weight, bias_values, .. } => {
+            linear_f32(&LinearOp::dense(xs.channels, *out_features), x, weight, bias_values)
+        }
         Op::AvgPool { kernel, stride } => {
             let (v, _) = sum_pool(x, xs, *kernel, *stride, 0f32, |a, b| a + b);
             let inv = 1.0 / (kernel * kernel) as f32;
             v.into_iter().map(|s| s * inv).collect()
         }
-        Op::BatchNorm {
-            eps,
-            gamma,
-            beta,
-            mean,
-            var,
-        } => {
+        Op::BatchNorm { eps, gamma, beta, mean, var } => {
             let per = xs.height * xs.width;
             x.iter()
                 .enumerate()
@@ -178,13 +156,7 @@ fn eval_layer(
 }
 
 fn linear_f32(op: &LinearOp, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
-    op.apply(
-        x,
-        w,
-        |oc| b.get(oc).copied().unwrap_or(0.0),
-        |acc, w, x| *acc += w * x,
-        |acc| acc,
-    )
+    op.apply(x, w, |oc| b.get(oc).copied().unwrap_or(0.0), |acc, w, x| *acc += w * x, |acc| acc)
 }
 
 /// `n` reproducible random inputs of `len` values, uniform in [−1, 1)
@@ -192,9 +164,7 @@ fn linear_f32(op: &LinearOp, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
 pub fn random_inputs(len: usize, n: usize, seed: u64) -> Vec<Vec<f32>> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect())
-        .collect()
+    (0..n).map(|_| (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect()).collect()
 }
 
 /// Index of the largest logit (the first of equal ones; a NaN never wins;

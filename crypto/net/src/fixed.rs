@@ -255,11 +255,7 @@ fn round_fixed(v: f64, bits: u32, index: usize, kind: &'static str) -> Result<i6
     let x = (v * (1u64 << bits) as f64).round();
     // Keep weights far from the field's range so that sums cannot wrap.
     if !x.is_finite() || x.abs() > (1u64 << 36) as f64 {
-        return Err(layer_err(
-            index,
-            kind,
-            format!("parameter {v} too large for fixed point"),
-        ));
+        return Err(layer_err(index, kind, format!("parameter {v} too large for fixed point")));
     }
     Ok(x as i64)
 }
@@ -350,12 +346,7 @@ impl FixedProgram {
                 channels: None,
             }],
         };
-        let input = Tensor {
-            node: 0,
-            bits: f,
-            div: 1,
-            shape: net.input,
-        };
+        let input = Tensor { node: 0, bits: f, div: 1, shape: net.input };
         let mut out: Vec<Tensor> = Vec::with_capacity(net.layers.len());
         for (i, layer) in net.layers.iter().enumerate() {
             let kind = layer.op.kind();
@@ -373,37 +364,20 @@ impl FixedProgram {
                         .iter()
                         .map(|&v| round_fixed(v * t.div as f64, f + fw, i, kind))
                         .collect::<Result<Vec<_>>>()?;
-                    let node = lw.push(
-                        FixedOp::Linear { op, weight, bias },
-                        vec![t.node],
-                        op.output,
-                        i,
-                    );
-                    Tensor {
-                        node,
-                        bits: f + fw,
-                        div: t.div,
-                        shape: op.output,
-                    }
+                    let node =
+                        lw.push(FixedOp::Linear { op, weight, bias }, vec![t.node], op.output, i);
+                    Tensor { node, bits: f + fw, div: t.div, shape: op.output }
                 }
                 Op::BatchNorm { .. } => t,
                 Op::AvgPool { kernel, stride } => {
                     let shape = shapes[i];
                     let node = lw.push(
-                        FixedOp::SumPool {
-                            kernel: *kernel,
-                            stride: *stride,
-                        },
+                        FixedOp::SumPool { kernel: *kernel, stride: *stride },
                         vec![t.node],
                         shape,
                         i,
                     );
-                    Tensor {
-                        node,
-                        bits: t.bits,
-                        div: t.div * (kernel * kernel) as u64,
-                        shape,
-                    }
+                    Tensor { node, bits: t.bits, div: t.div * (kernel * kernel) as u64, shape }
                 }
                 Op::Residual { from } => {
                     let mut a = t;
@@ -422,17 +396,9 @@ impl FixedProgram {
                         }
                     }
                     let node = lw.push(FixedOp::Add, vec![a.node, b.node], a.shape, i);
-                    Tensor {
-                        node,
-                        bits,
-                        div: a.div,
-                        shape: a.shape,
-                    }
+                    Tensor { node, bits, div: a.div, shape: a.shape }
                 }
-                Op::Flatten => Tensor {
-                    shape: shapes[i],
-                    ..t
-                },
+                Op::Flatten => Tensor { shape: shapes[i], ..t },
                 Op::Activation(act) => {
                     let per = act.per_channel(t.shape.channels);
                     let relu: Vec<bool> = per.iter().map(Option::is_none).collect();
@@ -448,39 +414,19 @@ impl FixedProgram {
                         Ok(FixedOp::Quad { a, b, c })
                     };
                     let relu_op = |shift: u32| -> Result<FixedOp> {
-                        let spec = ReluSpec {
-                            shift,
-                            bits: layer.relu_bits,
-                        };
-                        spec.check()
-                            .map_err(|e| layer_err(i, kind, e.to_string()))?;
-                        Ok(FixedOp::Relu {
-                            shift,
-                            bits: layer.relu_bits,
-                        })
+                        let spec = ReluSpec { shift, bits: layer.relu_bits };
+                        spec.check().map_err(|e| layer_err(i, kind, e.to_string()))?;
+                        Ok(FixedOp::Relu { shift, bits: layer.relu_bits })
                     };
                     if relu.iter().all(|&r| r) {
                         let shift = t.bits - f;
                         let node = lw.push(relu_op(shift)?, vec![t.node], t.shape, i);
-                        Tensor {
-                            node,
-                            bits: f,
-                            div: t.div,
-                            shape: t.shape,
-                        }
+                        Tensor { node, bits: f, div: t.div, shape: t.shape }
                     } else if relu.iter().all(|&r| !r) {
                         let t = lw.normalize(t, i);
                         let node = lw.push(coeffs(1)?, vec![t.node], t.shape, i);
                         lw.nodes[node].scale = (2 * f + fw, 1);
-                        lw.rescale(
-                            Tensor {
-                                node,
-                                bits: 2 * f + fw,
-                                div: 1,
-                                shape: t.shape,
-                            },
-                            i,
-                        )
+                        lw.rescale(Tensor { node, bits: 2 * f + fw, div: 1, shape: t.shape }, i)
                     } else {
                         let quad: Vec<bool> = relu.iter().map(|r| !r).collect();
                         let r = lw.push_on(relu_op(t.bits - f)?, t.node, t.shape, i, &relu);
@@ -511,12 +457,7 @@ impl FixedProgram {
                             lw.push_on(FixedOp::Trunc { shift: f + fw }, sq, q.shape, i, &quad);
                         lw.nodes[back].scale = (f, t.div);
                         let node = lw.push(FixedOp::Add, vec![r, back], t.shape, i);
-                        Tensor {
-                            node,
-                            bits: f,
-                            div: t.div,
-                            shape: t.shape,
-                        }
+                        Tensor { node, bits: f, div: t.div, shape: t.shape }
                     }
                 }
             };
@@ -538,9 +479,7 @@ impl FixedProgram {
                 }
             }
         }
-        let last = *out
-            .last()
-            .ok_or_else(|| NetError::Invalid("no layers".into()))?;
+        let last = *out.last().ok_or_else(|| NetError::Invalid("no layers".into()))?;
         Ok(FixedProgram {
             frac_bits: f,
             weight_frac_bits: fw,
@@ -554,9 +493,7 @@ impl FixedProgram {
     /// Encodes a real input with f fractional bits.
     pub fn encode_input(&self, x: &[f32]) -> Result<Vec<F>> {
         let fp = delphi_crypto::fixed::FixedPoint::new(self.frac_bits)?;
-        x.iter()
-            .map(|&v| fp.encode(v as f64).map_err(NetError::from))
-            .collect()
+        x.iter().map(|&v| fp.encode(v as f64).map_err(NetError::from)).collect()
     }
 
     /// Decodes the logits.
@@ -628,10 +565,7 @@ impl FixedProgram {
                 FixedOp::Input => input.to_vec(),
                 FixedOp::Linear { op, weight, bias } => linear_field(op, x, weight, bias),
                 FixedOp::Relu { shift, bits } => {
-                    let spec = ReluSpec {
-                        shift: *shift,
-                        bits: *bits,
-                    };
+                    let spec = ReluSpec { shift: *shift, bits: *bits };
                     node.map_active(x, F::ZERO, |_, v| spec.reference(v))
                 }
                 FixedOp::Quad { a, b, c } => node.map_active(x, F::ZERO, |ch, v| {
@@ -679,10 +613,7 @@ impl FixedProgram {
         let got = &vals[i];
         let limit = match &node.op {
             FixedOp::Relu { shift, bits } => {
-                let spec = ReluSpec {
-                    shift: *shift,
-                    bits: *bits,
-                };
+                let spec = ReluSpec { shift: *shift, bits: *bits };
                 dev.allowed_units = spec.error_bound();
                 bits.map(|b| b.exact_sign_limit())
             }
@@ -794,10 +725,7 @@ impl FixedProgram {
                     }
                 }
                 FixedOp::Relu { shift, bits } => {
-                    let spec = ReluSpec {
-                        shift: *shift,
-                        bits: *bits,
-                    };
+                    let spec = ReluSpec { shift: *shift, bits: *bits };
                     map_channels(x, per, channels, |_, v| relu(i, spec, v))
                 }
                 FixedOp::Quad { a, b, c } => map_channels(x, per, channels, |ch, v| {
@@ -846,9 +774,7 @@ impl FixedProgram {
         }
         let out = std::mem::take(&mut vals[self.output]);
         let m = self.nodes[self.output].shape.len();
-        Ok((0..nb)
-            .map(|n| (0..m).map(|e| out[e * nb + n]).collect())
-            .collect())
+        Ok((0..nb).map(|n| (0..m).map(|e| out[e * nb + n]).collect()).collect())
     }
 
     /// Runs the program; returns the logits (field elements).
@@ -912,15 +838,7 @@ fn linear_params(
     bn: Option<usize>,
 ) -> Result<(LinearOp, Vec<f64>, Vec<f64>)> {
     let (op, weight, bias_values, out_c) = match &net.layers[i].op {
-        Op::Conv2d {
-            out_channels,
-            kernel,
-            stride,
-            padding,
-            weight,
-            bias_values,
-            ..
-        } => {
+        Op::Conv2d { out_channels, kernel, stride, padding, weight, bias_values, .. } => {
             let pad = padding.amount(*kernel);
             (
                 LinearOp::conv(xs, *out_channels, *kernel, *stride, pad),
@@ -929,32 +847,16 @@ fn linear_params(
                 *out_channels,
             )
         }
-        Op::Dense {
-            out_features,
-            weight,
-            bias_values,
-            ..
-        } => (
-            LinearOp::dense(xs.channels, *out_features),
-            weight,
-            bias_values,
-            *out_features,
-        ),
+        Op::Dense { out_features, weight, bias_values, .. } => {
+            (LinearOp::dense(xs.channels, *out_features), weight, bias_values, *out_features)
+        }
         _ => return Err(layer_err(i, net.layers[i].op.kind(), "not a linear layer")),
     };
     let mut w: Vec<f64> = weight.iter().map(|&v| v as f64).collect();
-    let mut b: Vec<f64> = (0..out_c)
-        .map(|c| bias_values.get(c).copied().unwrap_or(0.0) as f64)
-        .collect();
+    let mut b: Vec<f64> =
+        (0..out_c).map(|c| bias_values.get(c).copied().unwrap_or(0.0) as f64).collect();
     if let Some(j) = bn {
-        if let Op::BatchNorm {
-            eps,
-            gamma,
-            beta,
-            mean,
-            var,
-        } = &net.layers[j].op
-        {
+        if let Op::BatchNorm { eps, gamma, beta, mean, var } = &net.layers[j].op {
             let per = w.len() / out_c;
             for c in 0..out_c {
                 let s = gamma[c] as f64 / (var[c] as f64 + *eps as f64).sqrt();

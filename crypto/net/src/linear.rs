@@ -39,13 +39,7 @@ impl LinearOp {
             (input.height + 2 * pad - kernel) / stride + 1,
             (input.width + 2 * pad - kernel) / stride + 1,
         );
-        LinearOp {
-            input,
-            output,
-            kernel,
-            stride,
-            pad,
-        }
+        LinearOp { input, output, kernel, stride, pad }
     }
 
     /// A dense layer from `inputs` to `outputs` features.
@@ -123,11 +117,8 @@ pub fn sum_pool<T: Copy, A: Copy>(
     zero: A,
     add: impl Fn(A, T) -> A,
 ) -> (Vec<A>, Shape) {
-    let out = Shape::new(
-        s.channels,
-        (s.height - kernel) / stride + 1,
-        (s.width - kernel) / stride + 1,
-    );
+    let out =
+        Shape::new(s.channels, (s.height - kernel) / stride + 1, (s.width - kernel) / stride + 1);
     let mut v = Vec::with_capacity(out.len());
     for c in 0..s.channels {
         for oy in 0..out.height {
@@ -297,20 +288,16 @@ impl LinearOp {
         let max_x = x.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128;
         let per = i.channels * k * k;
         for oc in 0..o.channels {
-            let norm: u128 = w[oc * per..(oc + 1) * per]
-                .iter()
-                .map(|v| v.unsigned_abs() as u128)
-                .sum();
+            let norm: u128 =
+                w[oc * per..(oc + 1) * per].iter().map(|v| v.unsigned_abs() as u128).sum();
             let bias = b.get(oc).map_or(0, |v| v.unsigned_abs() as u128);
             if max_x * norm + bias >= 1u128 << 62 {
                 return None;
             }
         }
         if (0..o.channels).all(|oc| {
-            let norm: u128 = w[oc * per..(oc + 1) * per]
-                .iter()
-                .map(|v| v.unsigned_abs() as u128)
-                .sum();
+            let norm: u128 =
+                w[oc * per..(oc + 1) * per].iter().map(|v| v.unsigned_abs() as u128).sum();
             max_x * norm + b.get(oc).map_or(0, |v| v.unsigned_abs() as u128) < F64_EXACT
         }) {
             return Some(self.apply_f64_exact(x, w, b, batch));
@@ -405,31 +392,18 @@ mod tests {
         ] {
             let op = LinearOp::conv(input, out, k, stride, pad);
             for dense in [false, true] {
-                let op = if dense {
-                    LinearOp::dense(input.len(), out)
-                } else {
-                    op
-                };
-                let x: Vec<i64> = (0..input.len())
-                    .map(|_| rng.gen_range(-xmax..xmax))
-                    .collect();
-                let w: Vec<i64> = (0..op.weights())
-                    .map(|_| rng.gen_range(-wmax..wmax))
-                    .collect();
+                let op = if dense { LinearOp::dense(input.len(), out) } else { op };
+                let x: Vec<i64> = (0..input.len()).map(|_| rng.gen_range(-xmax..xmax)).collect();
+                let w: Vec<i64> = (0..op.weights()).map(|_| rng.gen_range(-wmax..wmax)).collect();
                 let b: Vec<i64> = (0..out).map(|_| rng.gen_range(-99..99)).collect();
                 let want = op.apply(&x, &w, |oc| b[oc], |a, w, x| *a += w * x, |a| a);
                 assert_eq!(op.apply_i64(&x, &w, &b).unwrap(), want, "{op:?}");
                 // Three inputs interleaved give the three results interleaved.
                 let xs: Vec<Vec<i64>> = (0..3)
-                    .map(|_| {
-                        (0..input.len())
-                            .map(|_| rng.gen_range(-xmax..xmax))
-                            .collect()
-                    })
+                    .map(|_| (0..input.len()).map(|_| rng.gen_range(-xmax..xmax)).collect())
                     .collect();
-                let inter: Vec<i64> = (0..input.len())
-                    .flat_map(|e| xs.iter().map(move |x| x[e]))
-                    .collect();
+                let inter: Vec<i64> =
+                    (0..input.len()).flat_map(|e| xs.iter().map(move |x| x[e])).collect();
                 let got = op.apply_i64_batch(&inter, &w, &b, 3).unwrap();
                 for (n, x) in xs.iter().enumerate() {
                     let want = op.apply(x, &w, |oc| b[oc], |a, w, x| *a += w * x, |a| a);

@@ -51,13 +51,7 @@ impl Packing {
             let chunks = i.channels.div_ceil(chunk);
             let rows = (N / chunk).max(1);
             let groups = op.output.channels.div_ceil(rows);
-            return Ok(Packing::Dense {
-                op: *op,
-                chunk,
-                chunks,
-                rows,
-                groups,
-            });
+            return Ok(Packing::Dense { op: *op, chunk, chunks, rows, groups });
         }
         let (hp, wp) = (i.height + 2 * op.pad, i.width + 2 * op.pad);
         if hp * wp > N {
@@ -67,13 +61,7 @@ impl Packing {
         }
         let per_block = (N / (hp * wp)).min(i.channels);
         let blocks = i.channels.div_ceil(per_block);
-        Ok(Packing::Conv {
-            op: *op,
-            hp,
-            wp,
-            per_block,
-            blocks,
-        })
+        Ok(Packing::Conv { op: *op, hp, wp, per_block, blocks })
     }
 
     /// Input polynomials (ciphertexts the client sends).
@@ -103,13 +91,7 @@ impl Packing {
     /// Lays the layer's input vector (CHW) out as coefficient vectors.
     pub fn pack_input(&self, x: &[F]) -> Vec<Vec<u64>> {
         match *self {
-            Packing::Conv {
-                op,
-                hp,
-                wp,
-                per_block,
-                blocks,
-            } => {
+            Packing::Conv { op, hp, wp, per_block, blocks } => {
                 let i = op.input;
                 (0..blocks)
                     .map(|b| {
@@ -130,9 +112,7 @@ impl Packing {
                     })
                     .collect()
             }
-            Packing::Dense {
-                op, chunk, chunks, ..
-            } => (0..chunks)
+            Packing::Dense { op, chunk, chunks, .. } => (0..chunks)
                 .map(|q| {
                     let mut v = vec![0u64; N];
                     for j in 0..chunk.min(op.input.channels - q * chunk) {
@@ -149,13 +129,7 @@ impl Packing {
     pub fn weight_poly(&self, w: &[i64], out: usize, inp: usize) -> Vec<i64> {
         let mut v = vec![0i64; N];
         match *self {
-            Packing::Conv {
-                op,
-                hp,
-                wp,
-                per_block,
-                ..
-            } => {
+            Packing::Conv { op, hp, wp, per_block, .. } => {
                 let (k, cin) = (op.kernel, op.input.channels);
                 let o = (per_block - 1) * hp * wp + (k - 1) * wp + (k - 1);
                 for cb in 0..per_block {
@@ -171,9 +145,7 @@ impl Packing {
                     }
                 }
             }
-            Packing::Dense {
-                op, chunk, rows, ..
-            } => {
+            Packing::Dense { op, chunk, rows, .. } => {
                 let nin = op.input.channels;
                 for r in 0..rows {
                     let row = out * rows + r;
@@ -192,13 +164,7 @@ impl Packing {
     /// Where each layer output sits: (result polynomial, coefficient), in CHW order.
     pub fn output_positions(&self) -> Vec<(usize, usize)> {
         match *self {
-            Packing::Conv {
-                op,
-                wp,
-                per_block,
-                hp,
-                ..
-            } => {
+            Packing::Conv { op, wp, per_block, hp, .. } => {
                 let k = op.kernel;
                 let o = (per_block - 1) * hp * wp + (k - 1) * wp + (k - 1);
                 let out = op.output;
@@ -212,9 +178,7 @@ impl Packing {
                 }
                 pos
             }
-            Packing::Dense {
-                op, chunk, rows, ..
-            } => (0..op.output.channels)
+            Packing::Dense { op, chunk, rows, .. } => (0..op.output.channels)
                 .map(|row| (row / rows, (row % rows) * chunk + chunk - 1))
                 .collect(),
         }

@@ -121,9 +121,7 @@ impl Placement {
                 "{count} quadratic layers requested but the network has {layers} activation layers"
             )));
         }
-        Ok(Placement(
-            (0..layers).map(|k| k >= layers - count).collect(),
-        ))
+        Ok(Placement((0..layers).map(|k| k >= layers - count).collect()))
     }
 }
 

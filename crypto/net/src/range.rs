@@ -133,10 +133,7 @@ impl RangeReport {
 
 /// The limit of every node's output, and of each truncation's input.
 fn limits(prog: &FixedProgram) -> Vec<(Limit, Option<Limit>)> {
-    let field = Limit {
-        max: (HALF - 1) as f64,
-        what: "the field (values wrap around)",
-    };
+    let field = Limit { max: (HALF - 1) as f64, what: "the field (values wrap around)" };
     prog.nodes
         .iter()
         .map(|n| {
@@ -227,15 +224,12 @@ pub fn eval_ideal(prog: &FixedProgram, input: &[f32]) -> Result<Vec<Vec<f64>>> {
                 let d = (1u64 << shift) as f64;
                 node.map_active(x, 0.0, |_, v| (v.max(0.0) / d).floor())
             }
-            FixedOp::Relu {
-                shift,
-                bits: Some(b),
-            } => node.map_active(x, 0.0, |_, v| {
+            FixedOp::Relu { shift, bits: Some(b) } => node.map_active(x, 0.0, |_, v| {
                 delphi_crypto::relu::spec::relu_reduced_int(v as i64, *shift, *b) as f64
             }),
-            FixedOp::Quad { a, b, c } => node.map_active(x, 0.0, |k, v| {
-                a[k] as f64 * v * v + b[k] as f64 * v + c[k] as f64
-            }),
+            FixedOp::Quad { a, b, c } => {
+                node.map_active(x, 0.0, |k, v| a[k] as f64 * v * v + b[k] as f64 * v + c[k] as f64)
+            }
             FixedOp::Trunc { shift } => {
                 let d = (1u64 << shift) as f64;
                 node.map_active(x, 0.0, |_, v| (v / d + 0.5).floor())
@@ -292,9 +286,7 @@ pub fn analyse(
                 over = true;
             }
             if let Some(l) = input {
-                let src = vals[prog.nodes[i].inputs[0]]
-                    .iter()
-                    .fold(0f64, |m, v| m.max(v.abs()));
+                let src = vals[prog.nodes[i].inputs[0]].iter().fold(0f64, |m, v| m.max(v.abs()));
                 if src > l.max {
                     over = true;
                 }

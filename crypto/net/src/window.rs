@@ -45,13 +45,9 @@ pub fn relu_peaks(prog: &FixedProgram, inputs: &[Vec<F>]) -> Result<Vec<ReluPeak
         .iter()
         .enumerate()
         .filter_map(|(i, n)| match (&n.op, n.layer) {
-            (FixedOp::Relu { shift, .. }, Some(layer)) => Some(ReluPeak {
-                layer,
-                node: i,
-                shift: *shift,
-                peak: 0,
-                relus: n.active_len(),
-            }),
+            (FixedOp::Relu { shift, .. }, Some(layer)) => {
+                Some(ReluPeak { layer, node: i, shift: *shift, peak: 0, relus: n.active_len() })
+            }
             _ => None,
         })
         .collect();
@@ -188,10 +184,8 @@ mod tests {
             .collect();
         let peaks = relu_peaks(&prog, &xs).unwrap();
         assert!(!peaks.is_empty());
-        let windows: Vec<_> = peaks
-            .iter()
-            .map(|p| (p.layer, window_for(p.peak, 1.0, p.shift, p.shift)))
-            .collect();
+        let windows: Vec<_> =
+            peaks.iter().map(|p| (p.layer, window_for(p.peak, 1.0, p.shift, p.shift))).collect();
         assert!(windows.iter().all(|(_, w)| w.is_some()));
         set_windows(&mut net, &windows).unwrap();
         assert_eq!(net.version, 3);
@@ -221,9 +215,7 @@ mod tests {
             .collect();
         set_windows(&mut net, &tight).unwrap();
         let wrapped = FixedProgram::lower(&net).unwrap();
-        assert!(xs
-            .iter()
-            .any(|x| wrapped.eval(x).unwrap() != prog.eval(x).unwrap()));
+        assert!(xs.iter().any(|x| wrapped.eval(x).unwrap() != prog.eval(x).unwrap()));
         // Windows go on activation layers only.
         let before = net.clone();
         assert!(set_windows(&mut net, &[(0, Some(ReluBits { lo: 12, hi: 20 }))]).is_err());

@@ -21,26 +21,14 @@ fn random_input(net: &Network, seed: u64) -> Vec<f32> {
 
 #[test]
 fn builtins_have_the_documented_shape() {
-    for (arch, acts, classes) in [
-        ("small-cnn", 3, 10),
-        ("minionn", 7, 10),
-        ("resnet32", 31, 100),
-    ] {
+    for (arch, acts, classes) in [("small-cnn", 3, 10), ("minionn", 7, 10), ("resnet32", 31, 100)] {
         let net = build(arch, classes, 1).unwrap();
         assert_eq!(net.activation_layers().len(), acts, "{arch}");
         assert_eq!(net.output_shape().unwrap().len(), classes);
     }
     let r = build("resnet32", 100, 1).unwrap();
-    let residuals = r
-        .layers
-        .iter()
-        .filter(|l| matches!(l.op, Op::Residual { .. }))
-        .count();
-    let bns = r
-        .layers
-        .iter()
-        .filter(|l| matches!(l.op, Op::BatchNorm { .. }))
-        .count();
+    let residuals = r.layers.iter().filter(|l| matches!(l.op, Op::Residual { .. })).count();
+    let bns = r.layers.iter().filter(|l| matches!(l.op, Op::BatchNorm { .. })).count();
     assert_eq!(residuals, 15);
     assert_eq!(bns, 1 + 30 + 2);
     assert!(matches!(build("vgg", 10, 1), Err(NetError::Invalid(_))));
@@ -50,15 +38,10 @@ fn builtins_have_the_documented_shape() {
 fn files_round_trip_inline_and_with_a_sidecar() {
     let dir = tmp("roundtrip");
     let mut net = build("small-cnn", 10, 3).unwrap();
-    "relu,quad,relu"
-        .parse::<Placement>()
-        .unwrap()
-        .apply(&mut net)
-        .unwrap();
-    for (storage, file) in [
-        (WeightStorage::Inline, "inline.json"),
-        (WeightStorage::Sidecar, "side.json"),
-    ] {
+    "relu,quad,relu".parse::<Placement>().unwrap().apply(&mut net).unwrap();
+    for (storage, file) in
+        [(WeightStorage::Inline, "inline.json"), (WeightStorage::Sidecar, "side.json")]
+    {
         let p = dir.join(file);
         net.save(&p, storage).unwrap();
         let back = Network::load(&p).unwrap();
@@ -81,24 +64,18 @@ fn files_round_trip_inline_and_with_a_sidecar() {
 #[test]
 fn unrunnable_descriptions_are_rejected_with_the_layer_named() {
     let base = build("resnet32", 10, 2).unwrap();
-    let first_residual = base
-        .layers
-        .iter()
-        .position(|l| matches!(l.op, Op::Residual { .. }))
-        .unwrap();
+    let first_residual =
+        base.layers.iter().position(|l| matches!(l.op, Op::Residual { .. })).unwrap();
 
     let mut n = base.clone();
-    n.layers[first_residual].op = Op::Residual {
-        from: first_residual + 3,
-    };
+    n.layers[first_residual].op = Op::Residual { from: first_residual + 3 };
     let e = n.validate().unwrap_err();
     assert!(matches!(e, NetError::Layer { index, .. } if index == first_residual));
     assert!(e.to_string().contains("points forward"), "{e}");
 
     let mut n = base.clone();
     let last_dense = n.layers.len() - 1;
-    n.layers
-        .push(delphi_net::Layer::new(Op::Residual { from: 2 }));
+    n.layers.push(delphi_net::Layer::new(Op::Residual { from: 2 }));
     let e = n.validate().unwrap_err();
     assert!(
         matches!(e, NetError::Layer { index, kind: "residual", .. } if index == last_dense + 1)
@@ -110,14 +87,7 @@ fn unrunnable_descriptions_are_rejected_with_the_layer_named() {
         *stride = 3;
     }
     let e = n.validate().unwrap_err();
-    assert!(matches!(
-        e,
-        NetError::Layer {
-            index: 0,
-            kind: "conv2d",
-            ..
-        }
-    ));
+    assert!(matches!(e, NetError::Layer { index: 0, kind: "conv2d", .. }));
     assert!(e.to_string().contains("stride 3"), "{e}");
 
     let mut n = base.clone();
@@ -126,9 +96,7 @@ fn unrunnable_descriptions_are_rejected_with_the_layer_named() {
     }
     let e = n.validate().unwrap_err();
     assert!(
-        e.to_string().contains(&format!(
-            "layer {last_dense} (dense): weights of the wrong size"
-        )),
+        e.to_string().contains(&format!("layer {last_dense} (dense): weights of the wrong size")),
         "{e}"
     );
 
@@ -137,13 +105,7 @@ fn unrunnable_descriptions_are_rejected_with_the_layer_named() {
     let mut j = serde_json::to_value(build("small-cnn", 10, 1).unwrap()).unwrap();
     j["version"] = 4.into();
     std::fs::write(&p, j.to_string()).unwrap();
-    assert!(matches!(
-        Network::load(&p),
-        Err(NetError::Version {
-            found: 4,
-            supported: 3
-        })
-    ));
+    assert!(matches!(Network::load(&p), Err(NetError::Version { found: 4, supported: 3 })));
     std::fs::write(&p, b"{ not json").unwrap();
     assert!(matches!(Network::load(&p), Err(NetError::Json { .. })));
 }
@@ -153,34 +115,20 @@ fn placements_apply_in_order() {
     let mut n = build("small-cnn", 10, 1).unwrap();
     "RQR".parse::<Placement>().unwrap().apply(&mut n).unwrap();
     assert_eq!(Placement::of(&n).to_string(), "RQR");
-    "quad, quad, relu"
-        .parse::<Placement>()
-        .unwrap()
-        .apply(&mut n)
-        .unwrap();
+    "quad, quad, relu".parse::<Placement>().unwrap().apply(&mut n).unwrap();
     assert_eq!(Placement::of(&n).to_string(), "QQR");
     let short: Placement = "RQ".parse().unwrap();
     let e = short.apply(&mut n).unwrap_err().to_string();
-    assert!(
-        e.contains("2 entries") && e.contains("3 activation layers"),
-        "{e}"
-    );
+    assert!(e.contains("2 entries") && e.contains("3 activation layers"), "{e}");
     assert!("RXR".parse::<Placement>().is_err());
     let mut r = build("resnet32", 100, 1).unwrap();
     Placement::last_quad(31, 26).unwrap().apply(&mut r).unwrap();
-    assert_eq!(
-        Placement::of(&r).to_string(),
-        format!("{}{}", "R".repeat(5), "Q".repeat(26))
-    );
+    assert_eq!(Placement::of(&r).to_string(), format!("{}{}", "R".repeat(5), "Q".repeat(26)));
 }
 
 fn max_rel_err(a: &[f64], b: &[f32]) -> f64 {
     let scale = b.iter().fold(0f64, |m, v| m.max(v.abs() as f64)).max(1.0);
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - *y as f64).abs())
-        .fold(0.0, f64::max)
-        / scale
+    a.iter().zip(b).map(|(x, y)| (x - *y as f64).abs()).fold(0.0, f64::max) / scale
 }
 
 #[test]
@@ -189,23 +137,14 @@ fn fixed_point_reference_tracks_the_float_network() {
         let net = build(arch, classes, 5).unwrap();
         let prog = FixedProgram::lower(&net).unwrap();
         // All-ReLU networks need no probabilistic truncation anywhere.
-        assert!(
-            !prog
-                .nodes
-                .iter()
-                .any(|n| matches!(n.op, FixedOp::Trunc { .. })),
-            "{arch}"
-        );
+        assert!(!prog.nodes.iter().any(|n| matches!(n.op, FixedOp::Trunc { .. })), "{arch}");
         for seed in 0..2 {
             let x = random_input(&net, seed);
             let fl = eval_float(&net, &x).unwrap();
             let fx = prog.decode_output(&prog.eval(&prog.encode_input(&x).unwrap()).unwrap());
             let err = max_rel_err(&fx, &fl);
             // 8 fractional bits through up to 33 random layers.
-            assert!(
-                err < 0.1,
-                "{arch}: fixed point off by {err} of the logit range"
-            );
+            assert!(err < 0.1, "{arch}: fixed point off by {err} of the logit range");
         }
     }
 }
@@ -215,10 +154,7 @@ fn mixed_placements_lower_and_evaluate() {
     let mut net = build("small-cnn", 10, 9).unwrap();
     "RQQ".parse::<Placement>().unwrap().apply(&mut net).unwrap();
     let prog = FixedProgram::lower(&net).unwrap();
-    assert!(prog
-        .nodes
-        .iter()
-        .any(|n| matches!(n.op, FixedOp::Trunc { .. })));
+    assert!(prog.nodes.iter().any(|n| matches!(n.op, FixedOp::Trunc { .. })));
     let (relus, quads) = prog.activation_counts();
     assert_eq!(relus, 16 * 28 * 28);
     assert_eq!(quads, 32 * 14 * 14 + 128);
@@ -231,11 +167,7 @@ fn mixed_placements_lower_and_evaluate() {
         let fx32: Vec<f32> = fx.iter().map(|v| *v as f32).collect();
         agree += (argmax(&fx32) == argmax(&fl)) as usize;
     }
-    assert!(
-        agree >= 9,
-        "fixed and float disagree on {} of 10 classes",
-        10 - agree
-    );
+    assert!(agree >= 9, "fixed and float disagree on {} of 10 classes", 10 - agree);
 }
 
 #[test]
@@ -243,17 +175,10 @@ fn folding_batch_norm_keeps_the_function_and_renumbers_references() {
     let mut net = build("resnet32", 10, 9).unwrap();
     delphi_net::builtin::quad_last_with(&mut net, 2, delphi_net::builtin::BENCH_QUAD).unwrap();
     let folded = net.fold_batch_norm().unwrap();
-    let bns = net
-        .layers
-        .iter()
-        .filter(|l| matches!(l.op, Op::BatchNorm { .. }))
-        .count();
+    let bns = net.layers.iter().filter(|l| matches!(l.op, Op::BatchNorm { .. })).count();
     assert!(bns > 30);
     assert_eq!(folded.layers.len(), net.layers.len() - bns);
-    assert!(folded
-        .layers
-        .iter()
-        .all(|l| !matches!(l.op, Op::BatchNorm { .. })));
+    assert!(folded.layers.iter().all(|l| !matches!(l.op, Op::BatchNorm { .. })));
     for x in delphi_net::eval::random_inputs(net.input.len(), 2, 3) {
         let a = delphi_net::eval::eval_float(&net, &x).unwrap();
         let b = delphi_net::eval::eval_float(&folded, &x).unwrap();
@@ -273,10 +198,7 @@ fn the_architecture_a_client_sees_has_no_weights_and_no_quadratic_constant() {
     for l in &arch.layers {
         if let Op::Activation(Activation::Quad { a, b, c }) = l.op {
             assert_eq!(c, 0.0);
-            assert!(
-                a != 0.0 && b != 0.0,
-                "a and b are disclosed (the client needs them)"
-            );
+            assert!(a != 0.0 && b != 0.0, "a and b are disclosed (the client needs them)");
         }
         if let Op::Conv2d { weight, .. } | Op::Dense { weight, .. } = &l.op {
             assert!(weight.iter().all(|w| *w == 0.0));
@@ -314,11 +236,7 @@ fn devices_and_enormous_shapes_are_refused_before_allocating() {
     net.input = delphi_net::Shape::new(1, 1 << 20, 1 << 20);
     let e = net.validate().unwrap_err();
     assert!(e.to_string().contains("more than"), "{e}");
-    assert_eq!(
-        delphi_net::Shape::new(usize::MAX, 2, 2).len(),
-        usize::MAX,
-        "saturates"
-    );
+    assert_eq!(delphi_net::Shape::new(usize::MAX, 2, 2).len(), usize::MAX, "saturates");
 }
 
 #[test]
@@ -365,10 +283,7 @@ fn mixed_layers_track_the_float_network_and_count_per_channel() {
     let relu = mixed_small_cnn(4, |_, _| true);
     let mut plain = relu.clone();
     Placement::all_relu(3).apply(&mut plain).unwrap();
-    let (a, b) = (
-        FixedProgram::lower(&relu).unwrap(),
-        FixedProgram::lower(&plain).unwrap(),
-    );
+    let (a, b) = (FixedProgram::lower(&relu).unwrap(), FixedProgram::lower(&plain).unwrap());
     let x = a.encode_input(&random_input(&relu, 9)).unwrap();
     assert_eq!(a.eval(&x).unwrap(), b.eval(&x).unwrap());
 }
@@ -386,10 +301,7 @@ fn mixed_layers_need_version_2_and_one_entry_per_channel() {
     let mut v1 = net.clone();
     v1.version = 1;
     let e = v1.validate().unwrap_err();
-    assert!(
-        matches!(e, NetError::Layer { index, .. } if index == first),
-        "{e}"
-    );
+    assert!(matches!(e, NetError::Layer { index, .. } if index == first), "{e}");
     assert!(e.to_string().contains("version 2"), "{e}");
     // Lists that do not match the channels are refused, naming the layer and list.
     let mut short = net.clone();
@@ -397,10 +309,7 @@ fn mixed_layers_need_version_2_and_one_entry_per_channel() {
         b.pop();
     }
     let e = short.validate().unwrap_err();
-    assert!(
-        matches!(e, NetError::Layer { index, .. } if index == first),
-        "{e}"
-    );
+    assert!(matches!(e, NetError::Layer { index, .. } if index == first), "{e}");
     assert!(e.to_string().contains("\"b\" has 15 entries"), "{e}");
     // A version-1 file without mixed layers still loads unchanged.
     let mut old = build("small-cnn", 10, 6).unwrap();
@@ -429,11 +338,7 @@ fn mixed_layers_need_version_2_and_one_entry_per_channel() {
 #[test]
 fn batched_evaluation_equals_one_input_at_a_time() {
     let mut rq = build("resnet14", 10, 3).unwrap();
-    "QRQRQRQRQRQRQ"
-        .parse::<Placement>()
-        .unwrap()
-        .apply(&mut rq)
-        .unwrap();
+    "QRQRQRQRQRQRQ".parse::<Placement>().unwrap().apply(&mut rq).unwrap();
     for net in [
         build("small-cnn", 10, 2).unwrap(),
         build("minionn", 10, 2).unwrap(),

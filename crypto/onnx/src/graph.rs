@@ -62,16 +62,7 @@ struct Val {
 
 impl Val {
     fn identity(src: Src, shape: Shape, flat: bool, layout: Layout) -> Val {
-        Val {
-            src,
-            shape,
-            flat,
-            layout,
-            perm: None,
-            a: 0.0,
-            b: 1.0,
-            c: 0.0,
-        }
+        Val { src, shape, flat, layout, perm: None, a: 0.0, b: 1.0, c: 0.0 }
     }
 
     fn is_identity(&self) -> bool {
@@ -90,13 +81,7 @@ impl Val {
 
     /// The same value relabelled onto `src` (after it became a layer).
     fn at(&self, src: Src) -> Val {
-        Val {
-            src,
-            a: 0.0,
-            b: 1.0,
-            c: 0.0,
-            ..self.clone()
-        }
+        Val { src, a: 0.0, b: 1.0, c: 0.0, ..self.clone() }
     }
 
     /// The dimensions ONNX sees, batch first.
@@ -280,11 +265,7 @@ impl Importer {
         }
         let x = self.src_shape(src);
         let out = self.out_shape(&op, x)?;
-        self.net.layers.push(Layer {
-            op,
-            input,
-            relu_bits: None,
-        });
+        self.net.layers.push(Layer { op, input, relu_bits: None });
         self.shapes.push(out);
         self.frozen.push(false);
         Ok(i)
@@ -292,13 +273,7 @@ impl Importer {
 
     fn out_shape(&self, op: &Op, x: Shape) -> Result<Shape> {
         Ok(match op {
-            Op::Conv2d {
-                out_channels,
-                kernel,
-                stride,
-                padding,
-                ..
-            } => {
+            Op::Conv2d { out_channels, kernel, stride, padding, .. } => {
                 let p = padding.amount(*kernel);
                 if x.height + 2 * p < *kernel || x.width + 2 * p < *kernel || *stride == 0 {
                     return Err(self.unsupported(format!(
@@ -447,14 +422,9 @@ impl Importer {
         } else if v.a == 0.0 {
             self.fold_affine(v.src, &[v.b], &[v.c], name)?
         } else {
-            Src::Layer(self.emit(
-                v.src,
-                Op::Activation(Activation::Quad {
-                    a: v.a,
-                    b: v.b,
-                    c: v.c,
-                }),
-            )?)
+            Src::Layer(
+                self.emit(v.src, Op::Activation(Activation::Quad { a: v.a, b: v.b, c: v.c }))?,
+            )
         };
         self.memo.insert(name.to_string(), out);
         self.values.insert(name.to_string(), Value::Val(v.at(out)));
@@ -478,15 +448,8 @@ impl Importer {
         let mut d = vec![1usize; rank - k.dims.len()];
         d.extend(&k.dims);
         let c = v.shape.channels;
-        let axis = if v.flat || v.layout == Layout::Nchw {
-            1
-        } else {
-            3
-        };
-        let ok = d
-            .iter()
-            .enumerate()
-            .all(|(i, &x)| x == 1 || (i == axis && x == c));
+        let axis = if v.flat || v.layout == Layout::Nchw { 1 } else { 3 };
+        let ok = d.iter().enumerate().all(|(i, &x)| x == 1 || (i == axis && x == c));
         if !ok {
             return Err(self.unsupported(format!(
                 "a constant of shape {:?} varies over more than the channels; only one value, or \
@@ -510,12 +473,7 @@ impl Importer {
     fn affine(&mut self, name: &str, v: &Val, scale: Vec<f32>, shift: Vec<f32>) -> Result<Val> {
         if scale.len() == 1 && shift.len() == 1 {
             let (s, t) = (scale[0], shift[0]);
-            return Ok(Val {
-                a: v.a * s,
-                b: v.b * s,
-                c: v.c * s + t,
-                ..v.clone()
-            });
+            return Ok(Val { a: v.a * s, b: v.b * s, c: v.c * s + t, ..v.clone() });
         }
         // Per channel: the pending polynomial becomes a layer first; the
         // input tensor stays what it was if later nodes read it too.
@@ -729,11 +687,7 @@ impl Importer {
         }
         let s = v.shape;
         if s.height == 1 && s.width == 1 {
-            return Ok(Val {
-                flat: true,
-                layout: Layout::Nchw,
-                ..v.clone()
-            });
+            return Ok(Val { flat: true, layout: Layout::Nchw, ..v.clone() });
         }
         let src = self.materialize(name, v)?;
         let f = self.emit(src, Op::Flatten)?;
@@ -755,9 +709,8 @@ impl Importer {
 
     fn reshape(&mut self, n: &NodeProto) -> Result<()> {
         let shape = self.konst(n, 1)?;
-        let target = shape
-            .ints()
-            .ok_or_else(|| self.unsupported("its target shape is not integral"))?;
+        let target =
+            shape.ints().ok_or_else(|| self.unsupported("its target shape is not integral"))?;
         match self.input(n, 0)? {
             Value::Const(c) => {
                 let mut dims = Vec::new();
@@ -936,10 +889,7 @@ impl Importer {
             },
         )?;
         let shape = self.shapes[l];
-        self.set(
-            n,
-            Value::Val(Val::identity(Src::Layer(l), shape, false, Layout::Nchw)),
-        );
+        self.set(n, Value::Val(Val::identity(Src::Layer(l), shape, false, Layout::Nchw)));
         Ok(())
     }
 
@@ -982,12 +932,7 @@ impl Importer {
         )?;
         self.set(
             n,
-            Value::Val(Val::identity(
-                Src::Layer(l),
-                Shape::new(out, 1, 1),
-                true,
-                Layout::Nchw,
-            )),
+            Value::Val(Val::identity(Src::Layer(l), Shape::new(out, 1, 1), true, Layout::Nchw)),
         );
         Ok(())
     }
@@ -1005,11 +950,7 @@ impl Importer {
         let alpha = a.float("alpha").unwrap_or(1.0);
         let beta = a.float("beta").unwrap_or(1.0);
         let trans_b = a.int("transB").unwrap_or(0) != 0;
-        let (inp, out) = if trans_b {
-            (w.dims[1], w.dims[0])
-        } else {
-            (w.dims[0], w.dims[1])
-        };
+        let (inp, out) = if trans_b { (w.dims[1], w.dims[0]) } else { (w.dims[0], w.dims[1]) };
         if inp != x.shape.channels || !x.flat {
             return Err(self.unsupported(format!(
                 "weights take {inp} inputs but the tensor is {}{}",
@@ -1021,14 +962,8 @@ impl Importer {
         let weight: Vec<f32> = (0..out)
             .flat_map(|o| {
                 let wv = &wv;
-                (0..inp).map(move |i| {
-                    alpha
-                        * if trans_b {
-                            wv[o * inp + i]
-                        } else {
-                            wv[i * out + o]
-                        }
-                })
+                (0..inp)
+                    .map(move |i| alpha * if trans_b { wv[o * inp + i] } else { wv[i * out + o] })
             })
             .collect();
         let bias = match self.opt_input(n, 2)? {
@@ -1061,10 +996,8 @@ impl Importer {
         }
         let (inp, out) = (w.dims[0], w.dims[1]);
         if inp != x.shape.channels || !x.flat {
-            return Err(self.unsupported(format!(
-                "weights take {inp} inputs but the tensor is {}",
-                x.shape
-            )));
+            return Err(self
+                .unsupported(format!("weights take {inp} inputs but the tensor is {}", x.shape)));
         }
         let wv = w.floats();
         let weight = (0..out)
@@ -1095,12 +1028,8 @@ impl Importer {
         if params[3].iter().any(|v| v + eps <= 0.0) {
             return Err(self.unsupported("variance + epsilon must be positive"));
         }
-        let (gamma, beta, mean, var) = (
-            params[0].clone(),
-            params[1].clone(),
-            params[2].clone(),
-            params[3].clone(),
-        );
+        let (gamma, beta, mean, var) =
+            (params[0].clone(), params[1].clone(), params[2].clone(), params[3].clone());
         if x.layout == Layout::Nchw && !x.flat {
             let src = self.materialize(&name, &x)?;
             if let Src::Layer(l) = src {
@@ -1110,16 +1039,8 @@ impl Importer {
                     } else {
                         l
                     };
-                    let b = self.emit(
-                        Src::Layer(target),
-                        Op::BatchNorm {
-                            eps,
-                            gamma,
-                            beta,
-                            mean,
-                            var,
-                        },
-                    )?;
+                    let b = self
+                        .emit(Src::Layer(target), Op::BatchNorm { eps, gamma, beta, mean, var })?;
                     self.set(n, Value::Val(x.at(Src::Layer(b))));
                     return Ok(());
                 }
@@ -1175,10 +1096,7 @@ impl Importer {
         let src = self.materialize(&name, &x)?;
         let l = self.emit(src, Op::AvgPool { kernel, stride })?;
         let shape = self.shapes[l];
-        self.set(
-            n,
-            Value::Val(Val::identity(Src::Layer(l), shape, false, Layout::Nchw)),
-        );
+        self.set(n, Value::Val(Val::identity(Src::Layer(l), shape, false, Layout::Nchw)));
         Ok(())
     }
 
@@ -1197,19 +1115,10 @@ impl Importer {
                 Src::Input => return Err(self.unsupported("pooling the raw input")),
             }
         } else {
-            self.emit(
-                src,
-                Op::AvgPool {
-                    kernel: s.height,
-                    stride: s.height,
-                },
-            )?
+            self.emit(src, Op::AvgPool { kernel: s.height, stride: s.height })?
         };
         let shape = Shape::new(s.channels, 1, 1);
-        self.set(
-            n,
-            Value::Val(Val::identity(Src::Layer(l), shape, !keep, x.layout)),
-        );
+        self.set(n, Value::Val(Val::identity(Src::Layer(l), shape, !keep, x.layout)));
         Ok(())
     }
 
@@ -1255,14 +1164,8 @@ impl Importer {
                 let p = perm.unwrap_or_else(|| if v.flat { vec![1, 0] } else { vec![3, 2, 1, 0] });
                 let out = match (v.flat, v.layout, p.as_slice()) {
                     (true, _, [0, 1]) | (false, _, [0, 1, 2, 3]) => v,
-                    (false, Layout::Nchw, [0, 2, 3, 1]) => Val {
-                        layout: Layout::Nhwc,
-                        ..v
-                    },
-                    (false, Layout::Nhwc, [0, 3, 1, 2]) => Val {
-                        layout: Layout::Nchw,
-                        ..v
-                    },
+                    (false, Layout::Nchw, [0, 2, 3, 1]) => Val { layout: Layout::Nhwc, ..v },
+                    (false, Layout::Nhwc, [0, 3, 1, 2]) => Val { layout: Layout::Nchw, ..v },
                     _ => {
                         return Err(self.unsupported(format!(
                             "transpose {p:?}; only NCHW ↔ NHWC is supported"
@@ -1288,10 +1191,9 @@ impl Importer {
         } else if let Some(v) = a.ints("value_ints") {
             Const::int(vec![v.len()], v)
         } else {
-            return Err(self.unsupported(format!(
-                "a constant given as {:?} is not supported",
-                a.names()
-            )));
+            return Err(
+                self.unsupported(format!("a constant given as {:?} is not supported", a.names()))
+            );
         };
         self.set(n, Value::Const(c));
         Ok(())
@@ -1334,11 +1236,7 @@ impl Importer {
                     })
                     .collect::<Result<_>>()?;
                 let scalar_index = self.konst(n, 1)?.dims.is_empty();
-                let dims = if scalar_index {
-                    Vec::new()
-                } else {
-                    vec![pick.len()]
-                };
+                let dims = if scalar_index { Vec::new() } else { vec![pick.len()] };
                 let c = match &data.data {
                     Data::I(v) => Const::int(dims, pick.iter().map(|&i| v[i]).collect()),
                     Data::F(v) => Const::float(dims, pick.iter().map(|&i| v[i]).collect()),
@@ -1387,11 +1285,7 @@ impl Importer {
                                     a == [2, 3] || (v.layout == Layout::Nhwc && a == [1, 2])
                                 }) =>
                         {
-                            Val {
-                                flat: true,
-                                layout: Layout::Nchw,
-                                ..v
-                            }
+                            Val { flat: true, layout: Layout::Nchw, ..v }
                         }
                         ("Unsqueeze", true)
                             if axes.as_ref().is_some_and(|a| {
@@ -1456,15 +1350,9 @@ impl Importer {
                     })
                 };
                 let len = data.len() as i64;
-                let start = get(1, "starts")?
-                    .and_then(|v| v.first().copied())
-                    .unwrap_or(0);
-                let end = get(2, "ends")?
-                    .and_then(|v| v.first().copied())
-                    .unwrap_or(len);
-                let step = get(4, "steps")?
-                    .and_then(|v| v.first().copied())
-                    .unwrap_or(1);
+                let start = get(1, "starts")?.and_then(|v| v.first().copied()).unwrap_or(0);
+                let end = get(2, "ends")?.and_then(|v| v.first().copied()).unwrap_or(len);
+                let step = get(4, "steps")?.and_then(|v| v.first().copied()).unwrap_or(1);
                 if step != 1 {
                     return Err(self.unsupported("slices with a step are not supported"));
                 }
@@ -1576,12 +1464,7 @@ impl Importer {
                         if v.degree() > 1 {
                             return Err(self.unsupported("squaring a quadratic gives degree 4"));
                         }
-                        Val {
-                            a: v.b * v.b,
-                            b: 2.0 * v.b * v.c,
-                            c: v.c * v.c,
-                            ..v
-                        }
+                        Val { a: v.b * v.b, b: 2.0 * v.b * v.c, c: v.c * v.c, ..v }
                     }
                     other => {
                         return Err(self.unsupported(format!(
@@ -1708,10 +1591,8 @@ fn opset(model: &ModelProto) -> Result<i64> {
 /// Imports a parsed ONNX model (`file` names it in the metadata).
 pub fn import_model(model: &ModelProto, file: &str, options: &ImportOptions) -> Result<Imported> {
     let opset = opset(model)?;
-    let g = model
-        .graph
-        .as_ref()
-        .ok_or_else(|| OnnxError::Model("the model has no graph".into()))?;
+    let g =
+        model.graph.as_ref().ok_or_else(|| OnnxError::Model("the model has no graph".into()))?;
     let mut values: HashMap<String, Value> = HashMap::new();
     for t in &g.initializer {
         values.insert(t.name.clone(), Value::Const(proto::tensor(t)?));
@@ -1721,11 +1602,7 @@ pub fn import_model(model: &ModelProto, file: &str, options: &ImportOptions) -> 
             "sparse initializers are not supported; export dense weights".into(),
         ));
     }
-    let inputs: Vec<_> = g
-        .input
-        .iter()
-        .filter(|i| !values.contains_key(&i.name))
-        .collect();
+    let inputs: Vec<_> = g.input.iter().filter(|i| !values.contains_key(&i.name)).collect();
     let input = match inputs.as_slice() {
         [one] => *one,
         [] => return Err(OnnxError::Model("the graph has no input".into())),
@@ -1733,10 +1610,7 @@ pub fn import_model(model: &ModelProto, file: &str, options: &ImportOptions) -> 
             return Err(OnnxError::Model(format!(
                 "the graph has {} inputs ({}); a network takes one image or vector",
                 many.len(),
-                many.iter()
-                    .map(|i| i.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                many.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
             )))
         }
     };
@@ -1766,10 +1640,7 @@ pub fn import_model(model: &ModelProto, file: &str, options: &ImportOptions) -> 
             s.dim
                 .iter()
                 .map(|d| {
-                    d.has_dim_value()
-                        .then(|| d.dim_value())
-                        .filter(|&v| v > 0)
-                        .map(|v| v as usize)
+                    d.has_dim_value().then(|| d.dim_value()).filter(|&v| v > 0).map(|v| v as usize)
                 })
                 .collect()
         })
@@ -1793,16 +1664,8 @@ pub fn import_model(model: &ModelProto, file: &str, options: &ImportOptions) -> 
         })
     };
     let (shape, flat, layout) = match dims.len() {
-        4 if input_is_nhwc => (
-            Shape::new(known(3)?, known(1)?, known(2)?),
-            false,
-            Layout::Nhwc,
-        ),
-        4 => (
-            Shape::new(known(1)?, known(2)?, known(3)?),
-            false,
-            Layout::Nchw,
-        ),
+        4 if input_is_nhwc => (Shape::new(known(3)?, known(1)?, known(2)?), false, Layout::Nhwc),
+        4 => (Shape::new(known(1)?, known(2)?, known(3)?), false, Layout::Nchw),
         2 => (Shape::new(known(1)?, 1, 1), true, Layout::Nchw),
         r => {
             return Err(OnnxError::Model(format!(
@@ -1812,10 +1675,7 @@ pub fn import_model(model: &ModelProto, file: &str, options: &ImportOptions) -> 
             )))
         }
     };
-    values.insert(
-        input.name.clone(),
-        Value::Val(Val::identity(Src::Input, shape, flat, layout)),
-    );
+    values.insert(input.name.clone(), Value::Val(Val::identity(Src::Input, shape, flat, layout)));
     let name = options
         .name
         .clone()
@@ -1857,10 +1717,7 @@ pub fn import_model(model: &ModelProto, file: &str, options: &ImportOptions) -> 
             return Err(OnnxError::Model("the graph's output is a constant".into()))
         }
         None => {
-            return Err(OnnxError::Model(format!(
-                "no node produces the output {:?}",
-                outputs[0]
-            )))
+            return Err(OnnxError::Model(format!("no node produces the output {:?}", outputs[0])))
         }
     };
     if !out.flat && (out.shape.height != 1 || out.shape.width != 1) {
@@ -1919,16 +1776,10 @@ pub fn import_model(model: &ModelProto, file: &str, options: &ImportOptions) -> 
                      normalisation (mean {mean:?}, std {std:?})"
                 ));
             }
-            Some(Normalization {
-                mean,
-                std,
-                pixels: user.as_ref().and_then(|u| u.pixels.clone()),
-            })
+            Some(Normalization { mean, std, pixels: user.as_ref().and_then(|u| u.pixels.clone()) })
         }
     };
-    let producer = format!("{} {}", model.producer_name, model.producer_version)
-        .trim()
-        .to_string();
+    let producer = format!("{} {}", model.producer_name, model.producer_version).trim().to_string();
     imp.net.metadata = Metadata {
         dataset: options.dataset.clone(),
         input_normalization: normalization,
@@ -1939,8 +1790,5 @@ pub fn import_model(model: &ModelProto, file: &str, options: &ImportOptions) -> 
         serde_json::json!({"file": file, "producer": producer, "opset": opset, "notes": imp.notes}),
     );
     imp.net.validate()?;
-    Ok(Imported {
-        network: imp.net,
-        notes: imp.notes,
-    })
+    Ok(Imported { network: imp.net, notes: imp.notes })
 }

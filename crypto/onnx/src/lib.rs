@@ -118,20 +118,13 @@ pub struct Imported {
 
 /// Imports the ONNX model in `path`.
 pub fn import(path: &Path, options: &ImportOptions) -> Result<Imported> {
-    let meta = std::fs::metadata(path).map_err(|source| OnnxError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let meta = std::fs::metadata(path)
+        .map_err(|source| OnnxError::Io { path: path.to_path_buf(), source })?;
     if meta.len() > MAX_FILE_BYTES {
-        return Err(OnnxError::TooLarge {
-            path: path.to_path_buf(),
-            bytes: meta.len(),
-        });
+        return Err(OnnxError::TooLarge { path: path.to_path_buf(), bytes: meta.len() });
     }
-    let bytes = std::fs::read(path).map_err(|source| OnnxError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes =
+        std::fs::read(path).map_err(|source| OnnxError::Io { path: path.to_path_buf(), source })?;
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -140,10 +133,7 @@ pub fn import(path: &Path, options: &ImportOptions) -> Result<Imported> {
     if options.name.is_none() {
         options.name = Some(stem);
     }
-    let file = path
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let file = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     import_bytes(&bytes, &file, &options)
 }
 
@@ -157,8 +147,7 @@ pub fn import_bytes(bytes: &[u8], file: &str, options: &ImportOptions) -> Result
 
 /// Whether `path` names an ONNX model (by its extension).
 pub fn is_onnx(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
 }
 
 /// Loads a network from a description (`.json`) or an ONNX model

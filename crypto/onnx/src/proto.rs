@@ -29,18 +29,12 @@ pub enum Data {
 impl Const {
     /// A float tensor.
     pub fn float(dims: Vec<usize>, v: Vec<f32>) -> Const {
-        Const {
-            dims,
-            data: Data::F(v),
-        }
+        Const { dims, data: Data::F(v) }
     }
 
     /// An integer tensor.
     pub fn int(dims: Vec<usize>, v: Vec<i64>) -> Const {
-        Const {
-            dims,
-            data: Data::I(v),
-        }
+        Const { dims, data: Data::I(v) }
     }
 
     /// Number of elements.
@@ -82,10 +76,7 @@ impl Const {
 }
 
 fn tensor_err(name: &str, reason: impl Into<String>) -> OnnxError {
-    OnnxError::Tensor {
-        name: name.to_string(),
-        reason: reason.into(),
-    }
+    OnnxError::Tensor { name: name.to_string(), reason: reason.into() }
 }
 
 /// ONNX element types (TensorProto.DataType).
@@ -98,11 +89,7 @@ const DOUBLE: i32 = 11;
 
 /// Decodes a tensor (an initializer or a constant's value).
 pub fn tensor(t: &TensorProto) -> Result<Const> {
-    let name = if t.name.is_empty() {
-        "(unnamed)"
-    } else {
-        &t.name
-    };
+    let name = if t.name.is_empty() { "(unnamed)" } else { &t.name };
     if !t.external_data.is_empty() || t.data_location.value() == 1 {
         return Err(tensor_err(
             name,
@@ -120,10 +107,7 @@ pub fn tensor(t: &TensorProto) -> Result<Const> {
         dims.push(d as usize);
     }
     if count > MAX_TENSOR_ELEMENTS {
-        return Err(tensor_err(
-            name,
-            format!("{count} elements (at most {MAX_TENSOR_ELEMENTS})"),
-        ));
+        return Err(tensor_err(name, format!("{count} elements (at most {MAX_TENSOR_ELEMENTS})")));
     }
     let n = count as usize;
     let raw = &t.raw_data;
@@ -278,8 +262,7 @@ impl<'a> Attrs<'a> {
 
     /// A string attribute.
     pub fn string(&self, name: &str) -> Option<String> {
-        self.get(name)
-            .map(|a| String::from_utf8_lossy(&a.s).into_owned())
+        self.get(name).map(|a| String::from_utf8_lossy(&a.s).into_owned())
     }
 
     /// A tensor attribute.
@@ -289,10 +272,6 @@ impl<'a> Attrs<'a> {
 
     /// Names of all attributes.
     pub fn names(&self) -> Vec<&'a str> {
-        self.node
-            .attribute
-            .iter()
-            .map(|a| a.name.as_str())
-            .collect()
+        self.node.attribute.iter().map(|a| a.name.as_str()).collect()
     }
 }

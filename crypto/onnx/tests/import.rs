@@ -12,9 +12,7 @@ use delphi_onnx::{import, import_bytes, ImportOptions, OnnxError};
 use onnx_ir::{AttributeProto, AttributeType, Message, ModelProto, NodeProto, TensorProto};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 struct Reference {
@@ -30,13 +28,7 @@ fn reference(name: &str) -> Reference {
         v[k].as_array()
             .unwrap()
             .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_f64().unwrap() as f32)
-                    .collect()
-            })
+            .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
             .collect()
     };
     Reference {
@@ -61,10 +53,7 @@ fn assert_close(name: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{name}: output length");
     for (k, (g, w)) in got.iter().zip(want).enumerate() {
         let tol = 1e-4 * (1.0 + w.abs());
-        assert!(
-            (g - w).abs() <= tol,
-            "{name}: output {k}: description {g} vs onnxruntime {w}"
-        );
+        assert!((g - w).abs() <= tol, "{name}: output {k}: description {g} vs onnxruntime {w}");
     }
 }
 
@@ -94,22 +83,14 @@ fn pytorch_cnn_matches_onnxruntime() {
     assert_eq!(count(&net, |o| matches!(o, Op::Conv2d { .. })), 3);
     assert_eq!(count(&net, |o| matches!(o, Op::Dense { .. })), 2);
     assert_eq!(net.activation_layers().len(), 4);
-    assert!(net.layers.iter().any(|l| matches!(
-        l.op,
-        Op::Conv2d {
-            kernel: 5,
-            padding: Padding::Explicit(1),
-            ..
-        }
-    )));
-    assert!(net.layers.iter().any(|l| matches!(
-        l.op,
-        Op::Conv2d {
-            stride: 2,
-            padding: Padding::Same,
-            ..
-        }
-    )));
+    assert!(net
+        .layers
+        .iter()
+        .any(|l| matches!(l.op, Op::Conv2d { kernel: 5, padding: Padding::Explicit(1), .. })));
+    assert!(net
+        .layers
+        .iter()
+        .any(|l| matches!(l.op, Op::Conv2d { stride: 2, padding: Padding::Same, .. })));
     // The description survives a save and load.
     let dir = std::env::temp_dir().join(format!("delphi-onnx-{}", std::process::id()));
     let p = dir.join("cnn.json");
@@ -123,14 +104,7 @@ fn residual_blocks_with_projection_match_onnxruntime() {
     // Dynamo exporter (opset 18): batch norm folded into the convs, ReduceMean pooling.
     let net = check_against_onnxruntime("residual");
     assert_eq!(count(&net, |o| matches!(o, Op::Residual { .. })), 2);
-    assert!(net.layers.iter().any(|l| matches!(
-        l.op,
-        Op::Conv2d {
-            kernel: 1,
-            stride: 2,
-            ..
-        }
-    )));
+    assert!(net.layers.iter().any(|l| matches!(l.op, Op::Conv2d { kernel: 1, stride: 2, .. })));
     // TorchScript exporter without constant folding: BatchNormalization nodes
     // stay batch-norm layers, GlobalAveragePool and Flatten.
     let bn = check_against_onnxruntime("residual_bn");
@@ -140,11 +114,7 @@ fn residual_blocks_with_projection_match_onnxruntime() {
     // Folding the batch norms gives the same function.
     let folded = bn.fold_batch_norm().unwrap();
     let r = reference("residual_bn");
-    assert_close(
-        "residual_bn folded",
-        &eval_float(&folded, &r.inputs[0]).unwrap(),
-        &r.outputs[0],
-    );
+    assert_close("residual_bn folded", &eval_float(&folded, &r.inputs[0]).unwrap(), &r.outputs[0]);
 }
 
 #[test]
@@ -163,10 +133,7 @@ fn quadratic_patterns_become_quadratic_activations() {
     for ((a, b, c), (wa, wb, wc)) in quads.iter().zip(want) {
         assert!((a - wa).abs() < 1e-6 && (b - wb).abs() < 1e-6 && (c - wc).abs() < 1e-6);
     }
-    assert_eq!(
-        count(&net, |o| matches!(o, Op::Activation(Activation::Relu))),
-        0
-    );
+    assert_eq!(count(&net, |o| matches!(o, Op::Activation(Activation::Relu))), 0);
 }
 
 fn softmax(v: &[f32]) -> Vec<f32> {
@@ -180,20 +147,9 @@ fn softmax(v: &[f32]) -> Vec<f32> {
 fn keras_style_nhwc_graph_with_softmax() {
     let got = import(&fixture("keras_style.onnx"), &ImportOptions::default()).unwrap();
     let net = got.network;
-    assert!(
-        got.notes.iter().any(|n| n.contains("NHWC")),
-        "{:?}",
-        got.notes
-    );
-    assert!(
-        got.notes.iter().any(|n| n.contains("Softmax")),
-        "{:?}",
-        got.notes
-    );
-    assert_eq!(
-        (net.input.channels, net.input.height, net.input.width),
-        (1, 28, 28)
-    );
+    assert!(got.notes.iter().any(|n| n.contains("NHWC")), "{:?}", got.notes);
+    assert!(got.notes.iter().any(|n| n.contains("Softmax")), "{:?}", got.notes);
+    assert_eq!((net.input.channels, net.input.height, net.input.width), (1, 28, 28));
     let r = reference("keras_style");
     let (h, w, c) = (28, 28, 1);
     for (x, y) in r.inputs.iter().zip(&r.outputs) {
@@ -232,20 +188,13 @@ fn maxpool_is_refused_by_name() {
         other => panic!("expected Unsupported, got {other}"),
     }
     let msg = e.to_string();
-    assert!(
-        msg.contains("MaxPool") && msg.contains("AveragePool"),
-        "{msg}"
-    );
+    assert!(msg.contains("MaxPool") && msg.contains("AveragePool"), "{msg}");
 }
 
 #[test]
 fn user_normalisation_is_recorded() {
     let opts = ImportOptions {
-        normalization: Some(Normalization {
-            mean: vec![0.286],
-            std: vec![0.353],
-            pixels: None,
-        }),
+        normalization: Some(Normalization { mean: vec![0.286], std: vec![0.353], pixels: None }),
         ..ImportOptions::default()
     };
     let net = import(&fixture("cnn.onnx"), &opts).unwrap().network;
@@ -364,13 +313,9 @@ fn refused(bytes: &[u8]) -> (String, String, String) {
 fn hand_written_graphs_import_and_refuse_by_name() {
     // A plain conv + flatten imports (the output is a vector of 2·4·4 values).
     let (nodes, inits) = conv_nodes(&[1, 1, 1, 1], 1);
-    let net = import_bytes(
-        &model(nodes, inits, "f"),
-        "t.onnx",
-        &ImportOptions::default(),
-    )
-    .unwrap()
-    .network;
+    let net = import_bytes(&model(nodes, inits, "f"), "t.onnx", &ImportOptions::default())
+        .unwrap()
+        .network;
     assert_eq!(net.output_shape().unwrap().channels, 32);
 
     // Asymmetric padding.
@@ -390,17 +335,11 @@ fn hand_written_graphs_import_and_refuse_by_name() {
     nodes[2].input = vec!["s".into()];
     let (node_name, op, reason) = refused(&model(nodes, inits, "f"));
     assert_eq!((node_name.as_str(), op.as_str()), ("sig", "Sigmoid"));
-    assert!(
-        reason.contains("Relu") && reason.contains("quadratic"),
-        "{reason}"
-    );
+    assert!(reason.contains("Relu") && reason.contains("quadratic"), "{reason}");
 
     // Concat of two network tensors.
     let (mut nodes, inits) = conv_nodes(&[1, 1, 1, 1], 1);
-    nodes.insert(
-        1,
-        node("Concat", "cat", &["c", "c"], "k", vec![int_attr("axis", 1)]),
-    );
+    nodes.insert(1, node("Concat", "cat", &["c", "c"], "k", vec![int_attr("axis", 1)]));
     nodes[2].input = vec!["k".into()];
     let (node_name, op, reason) = refused(&model(nodes, inits, "f"));
     assert_eq!((node_name.as_str(), op.as_str()), ("cat", "Concat"));
@@ -411,28 +350,13 @@ fn hand_written_graphs_import_and_refuse_by_name() {
     nodes.pop();
     nodes.push(node("Relu", "r", &["c"], "r", vec![]));
     nodes.push(node("Add", "add", &["c", "r"], "a", vec![]));
-    nodes.push(node(
-        "BatchNormalization",
-        "bn",
-        &["a", "g", "b", "m", "v"],
-        "n",
-        vec![],
-    ));
-    nodes.push(node(
-        "Flatten",
-        "flat",
-        &["n"],
-        "f",
-        vec![int_attr("axis", 1)],
-    ));
+    nodes.push(node("BatchNormalization", "bn", &["a", "g", "b", "m", "v"], "n", vec![]));
+    nodes.push(node("Flatten", "flat", &["n"], "f", vec![int_attr("axis", 1)]));
     for (k, v) in [("g", 1.5), ("b", 0.1), ("m", 0.2), ("v", 2.0)] {
         inits.push(tensor(k, &[2], &[v, v]));
     }
     let (node_name, op, reason) = refused(&model(nodes, inits, "f"));
-    assert_eq!(
-        (node_name.as_str(), op.as_str()),
-        ("bn", "BatchNormalization")
-    );
+    assert_eq!((node_name.as_str(), op.as_str()), ("bn", "BatchNormalization"));
     assert!(reason.contains("residual"), "{reason}");
 }
 
@@ -447,23 +371,16 @@ fn in_graph_input_normalisation_is_folded_into_the_metadata() {
     let bytes = model(nodes, inits, "f");
     let got = import_bytes(&bytes, "t.onnx", &ImportOptions::default()).unwrap();
     let n = got.network.metadata.input_normalization.clone().unwrap();
-    assert!(
-        (n.mean[0] - 0.5).abs() < 1e-6 && (n.std[0] - 0.25).abs() < 1e-6,
-        "{n:?}"
-    );
+    assert!((n.mean[0] - 0.5).abs() < 1e-6 && (n.std[0] - 0.25).abs() < 1e-6, "{n:?}");
     // The description applied to normalised input equals the graph on raw input.
     let raw: Vec<f32> = (0..16).map(|k| k as f32 / 16.0).collect();
     let mut x = raw.clone();
     n.apply(&mut x, got.network.input).unwrap();
     let via_norm = eval_float(&got.network, &x).unwrap();
     let (nodes, inits) = conv_nodes(&[1, 1, 1, 1], 1);
-    let plain = import_bytes(
-        &model(nodes, inits, "f"),
-        "t.onnx",
-        &ImportOptions::default(),
-    )
-    .unwrap()
-    .network;
+    let plain = import_bytes(&model(nodes, inits, "f"), "t.onnx", &ImportOptions::default())
+        .unwrap()
+        .network;
     let pre: Vec<f32> = raw.iter().map(|v| (v - 0.5) / 0.25).collect();
     assert_close("normalised", &via_norm, &eval_float(&plain, &pre).unwrap());
 }
@@ -471,18 +388,10 @@ fn in_graph_input_normalisation_is_folded_into_the_metadata() {
 #[test]
 fn garbage_is_not_a_model() {
     assert!(matches!(
-        import_bytes(
-            b"\x08\x96\x01 not a protobuf \xff\xff",
-            "x.onnx",
-            &ImportOptions::default()
-        ),
+        import_bytes(b"\x08\x96\x01 not a protobuf \xff\xff", "x.onnx", &ImportOptions::default()),
         Err(OnnxError::Parse(_) | OnnxError::Model(_))
     ));
-    let e = import(
-        Path::new("/nonexistent/model.onnx"),
-        &ImportOptions::default(),
-    )
-    .unwrap_err();
+    let e = import(Path::new("/nonexistent/model.onnx"), &ImportOptions::default()).unwrap_err();
     assert!(matches!(e, OnnxError::Io { .. }));
 }
 
@@ -496,10 +405,7 @@ fn imported_model_runs_under_the_protocol() {
     let x = prog.encode_input(&r.inputs[0]).unwrap();
     let report = delphi_engine::run::run_local(&prog, std::slice::from_ref(&x), &|_| {}).unwrap();
     let inf = &report.inferences[0];
-    assert!(
-        inf.correct,
-        "secure result differs from the fixed-point reference"
-    );
+    assert!(inf.correct, "secure result differs from the fixed-point reference");
     // And the fixed-point class agrees with onnxruntime's.
     let y = prog.eval(&x).unwrap();
     let class = (0..y.len()).max_by_key(|&k| y[k].to_signed()).unwrap();
@@ -511,16 +417,8 @@ fn a_keras_rescaling_before_the_nhwc_transpose_is_folded_into_the_input() {
     let (mut nodes, mut inits) = conv_nodes(&[1, 1, 1, 1], 1);
     nodes[0].input[0] = "t".into();
     nodes.insert(0, node("Mul", "rescale", &["x", "k"], "xs", vec![]));
-    nodes.insert(
-        1,
-        node(
-            "Transpose",
-            "nchw",
-            &["xs"],
-            "t",
-            vec![ints_attr("perm", &[0, 3, 1, 2])],
-        ),
-    );
+    nodes
+        .insert(1, node("Transpose", "nchw", &["xs"], "t", vec![ints_attr("perm", &[0, 3, 1, 2])]));
     inits.push(tensor("k", &[], &[1.0 / 255.0]));
     let got = import_bytes(
         &model_on(&[1, 4, 4, 1], nodes, inits, "f"),
@@ -528,11 +426,7 @@ fn a_keras_rescaling_before_the_nhwc_transpose_is_folded_into_the_input() {
         &ImportOptions::default(),
     )
     .unwrap();
-    assert!(
-        got.notes.iter().any(|n| n.contains("NHWC")),
-        "{:?}",
-        got.notes
-    );
+    assert!(got.notes.iter().any(|n| n.contains("NHWC")), "{:?}", got.notes);
     let n = got.network.metadata.input_normalization.unwrap();
     assert!((n.std[0] - 255.0).abs() < 1e-3 && n.mean[0] == 0.0, "{n:?}");
 }

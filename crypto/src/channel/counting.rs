@@ -41,11 +41,7 @@ pub struct Counting<C> {
 impl<C: Channel> Counting<C> {
     /// Starts counting on `inner`.
     pub fn new(inner: C) -> Self {
-        Counting {
-            inner,
-            stats: CommStats::default(),
-            sending: false,
-        }
+        Counting { inner, stats: CommStats::default(), sending: false }
     }
 
     /// The statistics so far.

@@ -29,14 +29,8 @@ impl MemChannel {
     pub fn pair_with_timeout(timeout: Duration) -> (MemChannel, MemChannel) {
         let (t1, r1) = channel();
         let (t2, r2) = channel();
-        let mk = |tx, rx| MemChannel {
-            tx,
-            rx,
-            out: Vec::new(),
-            inbuf: Vec::new(),
-            pos: 0,
-            timeout,
-        };
+        let mk =
+            |tx, rx| MemChannel { tx, rx, out: Vec::new(), inbuf: Vec::new(), pos: 0, timeout };
         (mk(t1, r2), mk(t2, r1))
     }
 

@@ -137,9 +137,8 @@ pub trait Channel {
             for (o, c) in chunk.iter_mut().zip(bytes.chunks_exact(FIELD_BYTES)) {
                 let mut w = [0u8; 8];
                 w[..FIELD_BYTES].copy_from_slice(c);
-                *o = F::new(u64::from_le_bytes(w)).ok_or(Error::Malformed {
-                    what: "field element not below the modulus",
-                })?;
+                *o = F::new(u64::from_le_bytes(w))
+                    .ok_or(Error::Malformed { what: "field element not below the modulus" })?;
             }
         }
         Ok(())
@@ -162,10 +161,7 @@ pub trait Channel {
     fn recv_frame_bounded(&mut self, max: u64) -> Result<Vec<u8>> {
         let len = self.recv_u64()?;
         if len > max.min(self.max_frame()) {
-            return Err(Error::FrameTooLarge {
-                len,
-                max: max.min(self.max_frame()),
-            });
+            return Err(Error::FrameTooLarge { len, max: max.min(self.max_frame()) });
         }
         let len = usize::try_from(len).map_err(|_| Error::FrameTooLarge { len, max })?;
         let mut buf = vec![0u8; len];
@@ -300,10 +296,7 @@ mod tests {
         a.send_bytes(&[0xff; FIELD_BYTES]).unwrap();
         a.flush().unwrap();
         let mut f = [F::ZERO];
-        assert!(matches!(
-            b.recv_fields(&mut f),
-            Err(Error::Malformed { .. })
-        ));
+        assert!(matches!(b.recv_fields(&mut f), Err(Error::Malformed { .. })));
     }
 
     #[test]

@@ -118,19 +118,12 @@ impl Circuit {
         garbler_inputs: usize,
         f: impl FnOnce(&mut Builder, &[u32], &[u32]) -> Vec<u32>,
     ) -> Circuit {
-        let mut b = Builder {
-            next: (evaluator_inputs + garbler_inputs) as u32,
-            gates: Vec::new(),
-        };
+        let mut b = Builder { next: (evaluator_inputs + garbler_inputs) as u32, gates: Vec::new() };
         let ev: Vec<u32> = (0..evaluator_inputs as u32).collect();
         let ga: Vec<u32> =
             (evaluator_inputs as u32..(evaluator_inputs + garbler_inputs) as u32).collect();
         let outputs = f(&mut b, &ev, &ga);
-        let n_and = b
-            .gates
-            .iter()
-            .filter(|g| matches!(g, Gate::And(..)))
-            .count();
+        let n_and = b.gates.iter().filter(|g| matches!(g, Gate::And(..))).count();
         Circuit {
             n_wires: b.next as usize,
             evaluator_inputs,

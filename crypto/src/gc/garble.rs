@@ -58,9 +58,7 @@ fn load_inputs(wires: &mut [Block], first_wire: usize, per: usize, k: usize, src
 }
 
 fn instances(c: &Circuit, ev: &[Block], ga: &[Block]) -> usize {
-    ev.len()
-        .checked_div(c.evaluator_inputs)
-        .unwrap_or_else(|| ga.len() / c.garbler_inputs.max(1))
+    ev.len().checked_div(c.evaluator_inputs).unwrap_or_else(|| ga.len() / c.garbler_inputs.max(1))
 }
 
 fn store_outputs(circ: &Circuit, wires: &[Block], k: usize, out: &mut [Block]) {
@@ -161,12 +159,7 @@ impl<'c> Garbler<'c> {
     /// session's public hash key.
     pub fn new(circ: &'c Circuit, hash_key: Block, delta: Block) -> Self {
         assert!(delta.lsb(), "point-and-permute needs lsb(Δ) = 1");
-        Garbler {
-            circ,
-            hash: TweakHash::new(hash_key),
-            delta,
-            work: Work::new(circ, 4),
-        }
+        Garbler { circ, hash: TweakHash::new(hash_key), delta, work: Work::new(circ, 4) }
     }
 
     /// Garbles instances `first .. first + k` (k ≤ [`BATCH`]).
@@ -197,12 +190,7 @@ impl<'c> Garbler<'c> {
                 Gate::Not(a, o) => self.work.xor_const(a, o, k, delta),
                 Gate::And(a, b, o) => {
                     let (a, b, o) = (a as usize * BATCH, b as usize * BATCH, o as usize * BATCH);
-                    let Work {
-                        wires: w,
-                        x,
-                        tweaks,
-                        scratch,
-                    } = &mut self.work;
+                    let Work { wires: w, x, tweaks, scratch } = &mut self.work;
                     let x = &mut x[..4 * k];
                     for i in 0..k {
                         let t = and_tweak(bases[i], and_idx);
@@ -255,9 +243,7 @@ impl<'c> Garbler<'c> {
         assert!(n > 0 && zero.len() % n == 0 && cts.len() == zero.len());
         let k = zero.len() / n;
         self.work.reserve_hashes(2 * n * k);
-        let Work {
-            x, tweaks, scratch, ..
-        } = &mut self.work;
+        let Work { x, tweaks, scratch, .. } = &mut self.work;
         let x = &mut x[..2 * n * k];
         for i in 0..k {
             for j in 0..n {
@@ -296,9 +282,7 @@ impl<'c> Garbler<'c> {
         let n = zero.len();
         assert!(n == weights.len() && n == cts.len());
         self.work.reserve_hashes(2 * n);
-        let Work {
-            x, tweaks, scratch, ..
-        } = &mut self.work;
+        let Work { x, tweaks, scratch, .. } = &mut self.work;
         let x = &mut x[..2 * n];
         for (j, z) in zero.iter().enumerate() {
             let t = out_tweak(inst, n, j);
@@ -338,11 +322,7 @@ impl fmt::Debug for Evaluator<'_> {
 impl<'c> Evaluator<'c> {
     /// An engine for `circ` under the session's public hash key.
     pub fn new(circ: &'c Circuit, hash_key: Block) -> Self {
-        Evaluator {
-            circ,
-            hash: TweakHash::new(hash_key),
-            work: Work::new(circ, 2),
-        }
+        Evaluator { circ, hash: TweakHash::new(hash_key), work: Work::new(circ, 2) }
     }
 
     /// Evaluates instances `first .. first + k` on active input labels and
@@ -358,11 +338,7 @@ impl<'c> Evaluator<'c> {
         let c = self.circ;
         let k = instances(c, ev, ga);
         assert!(k <= BATCH && k > 0);
-        assert_eq!(
-            tables.len(),
-            2 * c.n_and * k,
-            "garbled tables for {k} instances"
-        );
+        assert_eq!(tables.len(), 2 * c.n_and * k, "garbled tables for {k} instances");
         self.work.load(c, k, ev, ga);
         let mut and_idx = 0usize;
         let mut bases = [0u128; BATCH];
@@ -378,12 +354,7 @@ impl<'c> Evaluator<'c> {
                         Some(t) => t,
                         None => unreachable!("table length checked above"),
                     };
-                    let Work {
-                        wires: w,
-                        x,
-                        tweaks,
-                        scratch,
-                    } = &mut self.work;
+                    let Work { wires: w, x, tweaks, scratch } = &mut self.work;
                     let x = &mut x[..2 * k];
                     for i in 0..k {
                         let tw = and_tweak(bases[i], and_idx);
@@ -421,9 +392,7 @@ impl<'c> Evaluator<'c> {
         assert!(n_out > 0 && labels.len() % n_out == 0 && cts.len() == labels.len());
         let k = labels.len() / n_out;
         self.work.reserve_hashes(labels.len());
-        let Work {
-            x, tweaks, scratch, ..
-        } = &mut self.work;
+        let Work { x, tweaks, scratch, .. } = &mut self.work;
         let x = &mut x[..labels.len()];
         for i in 0..k {
             for j in 0..n_out {
@@ -451,9 +420,7 @@ impl<'c> Evaluator<'c> {
         let n = labels.len();
         assert_eq!(n, cts.len());
         self.work.reserve_hashes(n);
-        let Work {
-            x, tweaks, scratch, ..
-        } = &mut self.work;
+        let Work { x, tweaks, scratch, .. } = &mut self.work;
         let x = &mut x[..n];
         for (j, l) in labels.iter().enumerate() {
             x[j] = *l;
@@ -514,29 +481,17 @@ mod tests {
             let ebits: Vec<bool> = (0..16 * k).map(|_| rng.gen()).collect();
             let gbits: Vec<bool> = (0..16 * k).map(|_| rng.gen()).collect();
             let act = |z: &[Block], bits: &[bool]| -> Vec<Block> {
-                z.iter()
-                    .zip(bits)
-                    .map(|(z, b)| *z ^ delta.and_bit(*b))
-                    .collect()
+                z.iter().zip(bits).map(|(z, b)| *z ^ delta.and_bit(*b)).collect()
             };
             let mut out = vec![Block::ZERO; no * k];
-            e.eval_batch(
-                first,
-                &act(&ev_zero, &ebits),
-                &act(&ga_zero, &gbits),
-                &tables,
-                &mut out,
-            );
+            e.eval_batch(first, &act(&ev_zero, &ebits), &act(&ga_zero, &gbits), &tables, &mut out);
             for i in 0..k {
                 let want =
                     circ.eval_plain(&ebits[i * 16..(i + 1) * 16], &gbits[i * 16..(i + 1) * 16]);
                 for j in 0..no {
                     let z = out_zero[i * no + j];
                     let l = out[i * no + j];
-                    assert!(
-                        l == z || l == z ^ delta,
-                        "label is neither zero nor one label"
-                    );
+                    assert!(l == z || l == z ^ delta, "label is neither zero nor one label");
                     assert_eq!(l == z ^ delta, want[j]);
                 }
                 // Arithmetic output: Σ 2^j out_j.
@@ -587,11 +542,8 @@ mod tests {
         }
         let mut out = vec![Block::ZERO; 17];
         e.eval_batch(0, &ev_zero, &ga_zero, &tables, &mut out);
-        let valid = out
-            .iter()
-            .zip(&out_zero)
-            .filter(|(l, z)| **l == **z || **l == **z ^ delta)
-            .count();
+        let valid =
+            out.iter().zip(&out_zero).filter(|(l, z)| **l == **z || **l == **z ^ delta).count();
         assert!(valid < 17, "tampered tables still decoded everywhere");
     }
 }

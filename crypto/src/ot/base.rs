@@ -41,9 +41,7 @@ fn recv_point<C: Channel>(ch: &mut C) -> Result<(CompressedRistretto, RistrettoP
     let mut b = [0u8; 32];
     ch.recv_bytes(&mut b)?;
     let c = CompressedRistretto(b);
-    let p = c.decompress().ok_or(Error::Malformed {
-        what: "not a Ristretto point",
-    })?;
+    let p = c.decompress().ok_or(Error::Malformed { what: "not a Ristretto point" })?;
     Ok((c, p))
 }
 
@@ -54,9 +52,7 @@ pub fn base_ot_send<C: Channel, R: RngCore + CryptoRng>(
     rng: &mut R,
 ) -> Result<Vec<(Block, Block)>> {
     if n > MAX_BASE_OTS {
-        return Err(Error::InvalidArgument(format!(
-            "{n} base OTs (at most {MAX_BASE_OTS})"
-        )));
+        return Err(Error::InvalidArgument(format!("{n} base OTs (at most {MAX_BASE_OTS})")));
     }
     let mut a = Scalar::random(rng);
     let big_a = RistrettoPoint::mul_base(&a);
@@ -148,9 +144,6 @@ mod tests {
         a.send_bytes(&[0xff; 32]).unwrap();
         a.flush().unwrap();
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
-        assert!(matches!(
-            base_ot_receive(&mut b, &[true], &mut rng),
-            Err(Error::Malformed { .. })
-        ));
+        assert!(matches!(base_ot_receive(&mut b, &[true], &mut rng), Err(Error::Malformed { .. })));
     }
 }

@@ -65,9 +65,7 @@ impl Drop for CotSender {
 
 fn check_len(m: usize) -> Result<usize> {
     if m > MAX_OTS {
-        return Err(Error::InvalidArgument(format!(
-            "{m} OTs (at most {MAX_OTS})"
-        )));
+        return Err(Error::InvalidArgument(format!("{m} OTs (at most {MAX_OTS})")));
     }
     Ok(m.div_ceil(KAPPA) * KAPPA)
 }
@@ -81,16 +79,9 @@ impl CotSender {
         }
         bits[0] = true; // lsb(Δ) = 1 for point-and-permute
         let keys = base_ot_receive(ch, &bits, rng)?;
-        let delta = Block(
-            bits.iter()
-                .enumerate()
-                .fold(0u128, |acc, (j, &b)| acc | ((b as u128) << j)),
-        );
-        Ok(CotSender {
-            delta,
-            bits,
-            prgs: keys.into_iter().map(AesPrg::new).collect(),
-        })
+        let delta =
+            Block(bits.iter().enumerate().fold(0u128, |acc, (j, &b)| acc | ((b as u128) << j)));
+        Ok(CotSender { delta, bits, prgs: keys.into_iter().map(AesPrg::new).collect() })
     }
 
     /// The global offset Δ (lsb set).
@@ -131,10 +122,7 @@ impl CotReceiver {
     pub fn setup<C: Channel, R: RngCore + CryptoRng>(ch: &mut C, rng: &mut R) -> Result<Self> {
         let keys = base_ot_send(ch, KAPPA, rng)?;
         Ok(CotReceiver {
-            prgs: keys
-                .into_iter()
-                .map(|(k0, k1)| (AesPrg::new(k0), AesPrg::new(k1)))
-                .collect(),
+            prgs: keys.into_iter().map(|(k0, k1)| (AesPrg::new(k0), AesPrg::new(k1))).collect(),
         })
     }
 
@@ -187,10 +175,8 @@ mod tests {
         let h = thread::spawn(move || {
             let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
             let mut snd = CotSender::setup(&mut s, &mut rng).unwrap();
-            let qs: Vec<Vec<Block>> = sizes_s
-                .iter()
-                .map(|&m| snd.send(&mut s, m).unwrap())
-                .collect();
+            let qs: Vec<Vec<Block>> =
+                sizes_s.iter().map(|&m| snd.send(&mut s, m).unwrap()).collect();
             (snd.delta(), qs)
         });
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(12);

@@ -22,10 +22,7 @@ pub fn relu_reduced_gadget<Fy: Fancy>(
     bits: ReluBits,
 ) -> Vec<Fy::Item> {
     let n = bits.width() as usize;
-    assert!(
-        n >= 2 && a.len() == n && b.len() == n,
-        "reduced ReLU inputs"
-    );
+    assert!(n >= 2 && a.len() == n && b.len() == n, "reduced ReLU inputs");
     // Adder mod 2^n: the carry out of the top bit is not needed.
     let mut sum = Vec::with_capacity(n);
     sum.push(f.xor(&a[0], &b[0]));
@@ -149,10 +146,7 @@ impl ReluCircuit {
 
     /// Combines plaintext output bits into ReLU(y).
     pub fn combine(&self, bits: &[bool]) -> F {
-        bits.iter()
-            .zip(&self.weights)
-            .map(|(&b, &w)| if b { w } else { F::ZERO })
-            .sum()
+        bits.iter().zip(&self.weights).map(|(&b, &w)| if b { w } else { F::ZERO }).sum()
     }
 }
 
@@ -176,18 +170,12 @@ pub fn relu_circuit_for(spec: ReluSpec) -> &'static ReluCircuit {
     };
     map.entry(spec).or_insert_with(|| {
         let n = bits.width() as usize;
-        let circuit = Circuit::record(n, n, |f, a, b| {
-            relu_reduced_gadget(f, a, b, spec.shift, bits)
-        });
+        let circuit =
+            Circuit::record(n, n, |f, a, b| relu_reduced_gadget(f, a, b, spec.shift, bits));
         let j0 = spec.shift.saturating_sub(bits.lo);
-        let weights = (j0..n as u32 - 1)
-            .map(|j| F::from_u64(1u64 << (j + bits.lo - spec.shift)))
-            .collect();
-        Box::leak(Box::new(ReluCircuit {
-            circuit,
-            weights,
-            shift: spec.shift,
-        }))
+        let weights =
+            (j0..n as u32 - 1).map(|j| F::from_u64(1u64 << (j + bits.lo - spec.shift))).collect();
+        Box::leak(Box::new(ReluCircuit { circuit, weights, shift: spec.shift }))
     })
 }
 
@@ -200,9 +188,8 @@ pub fn relu_circuit(shift: u32) -> &'static ReluCircuit {
         [const { OnceLock::new() }; MAX_SHIFT as usize + 1];
     assert!(shift <= MAX_SHIFT, "shift {shift} above {MAX_SHIFT}");
     C[shift as usize].get_or_init(|| {
-        let circuit = Circuit::record(CLIENT_BITS, SERVER_BITS, |f, a, b| {
-            relu_gadget(f, a, b, shift)
-        });
+        let circuit =
+            Circuit::record(CLIENT_BITS, SERVER_BITS, |f, a, b| relu_gadget(f, a, b, shift));
         let weights: Vec<F> = if shift == 0 {
             let mut w: Vec<F> = (0..42).map(|j| F::from_u64(1 << j)).collect();
             w.push(-F::from_u64(CLIENT_OFFSET));
@@ -214,10 +201,6 @@ pub fn relu_circuit(shift: u32) -> &'static ReluCircuit {
             w.push(-F::from_u64(1 << (37 - shift)));
             w
         };
-        ReluCircuit {
-            circuit,
-            weights,
-            shift,
-        }
+        ReluCircuit { circuit, weights, shift }
     })
 }

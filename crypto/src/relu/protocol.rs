@@ -56,25 +56,19 @@ pub(super) struct ClientSecrets {
 
 impl fmt::Debug for ServerReluBundle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerReluBundle")
-            .field("relus", &self.n)
-            .finish_non_exhaustive()
+        f.debug_struct("ServerReluBundle").field("relus", &self.n).finish_non_exhaustive()
     }
 }
 
 impl fmt::Debug for ClientReluBundle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientReluBundle")
-            .field("relus", &self.n)
-            .finish_non_exhaustive()
+        f.debug_struct("ClientReluBundle").field("relus", &self.n).finish_non_exhaustive()
     }
 }
 
 pub(super) fn check_count(n: usize) -> Result<()> {
     if n == 0 || n > MAX_RELUS {
-        return Err(Error::InvalidArgument(format!(
-            "{n} ReLUs in one bundle (1 to {MAX_RELUS})"
-        )));
+        return Err(Error::InvalidArgument(format!("{n} ReLUs in one bundle (1 to {MAX_RELUS})")));
     }
     Ok(())
 }
@@ -142,16 +136,7 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
     tables.zeroize();
     let mut ev_zero = ev_zero;
     ev_zero.zeroize();
-    Ok(ServerReluBundle {
-        n,
-        spec,
-        inner: ServerSecrets {
-            id,
-            delta,
-            label_seed,
-            rho,
-        },
-    })
+    Ok(ServerReluBundle { n, spec, inner: ServerSecrets { id, delta, label_seed, rho } })
 }
 
 /// Both parties state the bundle's size and circuit.
@@ -195,17 +180,7 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
         ch.recv_blocks(&mut tables[start * per..(start + k) * per])?;
         ch.recv_fields(&mut cts[start * no..(start + k) * no])?;
     }
-    Ok(ClientReluBundle {
-        n,
-        spec,
-        inner: ClientSecrets {
-            id,
-            hash_key,
-            labels,
-            tables,
-            cts,
-        },
-    })
+    Ok(ClientReluBundle { n, spec, inner: ClientSecrets { id, hash_key, labels, tables, cts } })
 }
 
 impl ServerReluBundle {

@@ -73,10 +73,9 @@ impl ReluBits {
     pub(super) fn from_code(code: u64) -> Option<Option<ReluBits>> {
         match code {
             0 => Some(None),
-            c if c >> 16 == 1 && (c >> 8) & 0xff <= 64 && c & 0xff <= 64 => Some(Some(ReluBits {
-                lo: ((c >> 8) & 0xff) as u32,
-                hi: (c & 0xff) as u32,
-            })),
+            c if c >> 16 == 1 && (c >> 8) & 0xff <= 64 && c & 0xff <= 64 => {
+                Some(Some(ReluBits { lo: ((c >> 8) & 0xff) as u32, hi: (c & 0xff) as u32 }))
+            }
             _ => None,
         }
     }
@@ -95,16 +94,11 @@ impl std::str::FromStr for ReluBits {
     /// truncation ([`ReluBits::check`] does that).
     fn from_str(s: &str) -> Result<ReluBits> {
         let bad = |why: &str| {
-            Error::InvalidArgument(format!(
-                "ReLU window {s:?}: {why} (write lo..hi, e.g. 12..27)"
-            ))
+            Error::InvalidArgument(format!("ReLU window {s:?}: {why} (write lo..hi, e.g. 12..27)"))
         };
         let (lo, hi) = s.trim().split_once("..").ok_or_else(|| bad("no `..`"))?;
         let num = |x: &str| x.trim().parse::<u32>().map_err(|_| bad("not a number"));
-        let bits = ReluBits {
-            lo: num(lo)?,
-            hi: num(hi)?,
-        };
+        let bits = ReluBits { lo: num(lo)?, hi: num(hi)? };
         if bits.lo < 1 || bits.lo.saturating_add(2) > bits.hi || bits.hi > MAX_HI {
             return Err(bad(&format!("needs 1 <= lo, lo + 2 <= hi <= {MAX_HI}")));
         }
@@ -136,10 +130,7 @@ impl ReluSpec {
 
     /// A reduced ReLU truncating by `shift` with window `bits`.
     pub fn reduced(shift: u32, bits: ReluBits) -> Self {
-        ReluSpec {
-            shift,
-            bits: Some(bits),
-        }
+        ReluSpec { shift, bits: Some(bits) }
     }
 
     /// Checks the truncation and the window.

@@ -16,13 +16,10 @@ pub(super) const CLIENT_TAG: u64 = u64::from_le_bytes(*b"dlRELUc2");
 
 pub(super) fn load_spec<R: std::io::Read>(d: &mut Decoder<R>) -> Result<ReluSpec> {
     let shift = d.u64_at_most(MAX_SHIFT as u64, "stored ReLU truncation")? as u32;
-    let bits = ReluBits::from_code(d.u64()?).ok_or(Error::Stored {
-        what: "stored ReLU bits are not a window",
-    })?;
+    let bits = ReluBits::from_code(d.u64()?)
+        .ok_or(Error::Stored { what: "stored ReLU bits are not a window" })?;
     let spec = ReluSpec { shift, bits };
-    spec.check().map_err(|_| Error::Stored {
-        what: "stored ReLU bits are not a valid window",
-    })?;
+    spec.check().map_err(|_| Error::Stored { what: "stored ReLU bits are not a valid window" })?;
     Ok(spec)
 }
 
@@ -44,9 +41,7 @@ impl ServerReluBundle {
     /// Reads a bundle written by [`ServerReluBundle::store`].
     pub fn load<R: std::io::Read>(d: &mut Decoder<R>) -> Result<Self> {
         if d.u64()? != SERVER_TAG {
-            return Err(Error::Stored {
-                what: "not a stored server ReLU bundle",
-            });
+            return Err(Error::Stored { what: "not a stored server ReLU bundle" });
         }
         let n = d.u64_at_most(MAX_RELUS as u64, "stored ReLU count")? as usize;
         check_count(n)?;
@@ -56,16 +51,7 @@ impl ServerReluBundle {
         let delta = d.block()?;
         let label_seed = d.block()?;
         let rho = d.fields(n, "stored ReLU masks")?;
-        Ok(ServerReluBundle {
-            n,
-            spec,
-            inner: ServerSecrets {
-                id,
-                delta,
-                label_seed,
-                rho,
-            },
-        })
+        Ok(ServerReluBundle { n, spec, inner: ServerSecrets { id, delta, label_seed, rho } })
     }
 }
 
@@ -87,9 +73,7 @@ impl ClientReluBundle {
     /// Reads a bundle written by [`ClientReluBundle::store`].
     pub fn load<R: std::io::Read>(d: &mut Decoder<R>) -> Result<Self> {
         if d.u64()? != CLIENT_TAG {
-            return Err(Error::Stored {
-                what: "not a stored client ReLU bundle",
-            });
+            return Err(Error::Stored { what: "not a stored client ReLU bundle" });
         }
         let n = d.u64_at_most(MAX_RELUS as u64, "stored ReLU count")? as usize;
         check_count(n)?;
@@ -103,16 +87,6 @@ impl ClientReluBundle {
         let labels = d.blocks(n * spec.input_bits(), "stored ReLU labels")?;
         let tables = d.blocks(n * per, "stored garbled tables")?;
         let cts = d.fields(n * no, "stored output conversions")?;
-        Ok(ClientReluBundle {
-            n,
-            spec,
-            inner: ClientSecrets {
-                id,
-                hash_key,
-                labels,
-                tables,
-                cts,
-            },
-        })
+        Ok(ClientReluBundle { n, spec, inner: ClientSecrets { id, hash_key, labels, tables, cts } })
     }
 }

@@ -35,19 +35,8 @@ fn edge_values() -> Vec<u64> {
 fn splits(y: u64) -> Vec<(F, F)> {
     let y = F::from_u64(y);
     let mut v = Vec::new();
-    for a in [
-        0,
-        1,
-        2,
-        HALF - 1,
-        HALF,
-        HALF + 1,
-        P - 2,
-        P - 1,
-        1 << 36,
-        (1 << 37) + 5,
-        12345678901,
-    ] {
+    for a in [0, 1, 2, HALF - 1, HALF, HALF + 1, P - 2, P - 1, 1 << 36, (1 << 37) + 5, 12345678901]
+    {
         let a = F::from_u64(a);
         v.push((a, y - a));
     }
@@ -123,12 +112,7 @@ fn garbled_protocol_matches_plaintext_on_every_edge_split() {
     let out = bundle.online(&mut cc).unwrap();
     let rho = server.join().unwrap();
     for i in 0..n {
-        assert_eq!(
-            out[i] + rho[i],
-            relu_trunc_reference(ys[i], 8),
-            "y = {:?}",
-            ys[i]
-        );
+        assert_eq!(out[i] + rho[i], relu_trunc_reference(ys[i], 8), "y = {:?}", ys[i]);
     }
 }
 
@@ -188,10 +172,7 @@ fn check_reduced(a: F, b: F, shift: u32, bits: ReluBits) {
     spec.client_input(a, &mut ab);
     spec.server_input(b, &mut bb);
     let out = rc.circuit().eval_plain(&ab, &bb);
-    assert_eq!(
-        out,
-        relu_reduced_gadget(&mut PlainEval, &ab, &bb, shift, bits)
-    );
+    assert_eq!(out, relu_reduced_gadget(&mut PlainEval, &ab, &bb, shift, bits));
     let got = rc.combine(&out);
     let s = plain_sum(a, b, bits);
     assert_eq!(got, reduced_output(s, shift, bits), "g(S)");
@@ -242,13 +223,9 @@ fn reduced_windows_are_checked() {
         (u32::MAX, 20, 0),
         (4, 20, u32::MAX),
     ] {
-        assert!(ReluSpec::reduced(shift, ReluBits { lo, hi })
-            .check()
-            .is_err());
+        assert!(ReluSpec::reduced(shift, ReluBits { lo, hi }).check().is_err());
     }
-    assert!(ReluSpec::reduced(12, ReluBits { lo: 1, hi: 14 })
-        .check()
-        .is_ok());
+    assert!(ReluSpec::reduced(12, ReluBits { lo: 1, hi: 14 }).check().is_ok());
     for b in [None, Some(ReluBits { lo: 3, hi: 37 })] {
         assert_eq!(ReluBits::from_code(ReluBits::code(b)), Some(b));
     }
@@ -257,43 +234,13 @@ fn reduced_windows_are_checked() {
 
 #[test]
 fn reduced_edges_and_window_boundaries() {
-    for (lo, hi, shift) in [
-        (12, 27, 12),
-        (8, 24, 12),
-        (14, 26, 12),
-        (1, 3, 0),
-        (2, 37, 8),
-    ] {
+    for (lo, hi, shift) in [(12, 27, 12), (8, 24, 12), (14, 26, 12), (1, 3, 0), (2, 37, 8)] {
         let bits = ReluBits { lo, hi };
         let h = 1i64 << (hi - 1);
         let l = 1i64 << lo;
-        for v in [
-            0,
-            1,
-            -1,
-            l - 1,
-            l,
-            -l,
-            -l - 1,
-            h - l - 1,
-            -(h - l - 1),
-            h - 1,
-            -h,
-            h,
-            5 * l + 3,
-        ] {
-            for a in [
-                0,
-                1,
-                2,
-                l as u64 - 1,
-                l as u64,
-                HALF - 1,
-                HALF,
-                P - 1,
-                P - 2,
-                12345678901,
-            ] {
+        for v in [0, 1, -1, l - 1, l, -l, -l - 1, h - l - 1, -(h - l - 1), h - 1, -h, h, 5 * l + 3]
+        {
+            for a in [0, 1, 2, l as u64 - 1, l as u64, HALF - 1, HALF, P - 1, P - 2, 12345678901] {
                 let a = F::from_u64(a % P);
                 check_reduced(a, F::from_i64(v) - a, shift, bits);
             }
@@ -309,9 +256,7 @@ fn garbled_reduced_protocol_matches_the_plaintext_circuit() {
     let spec = ReluSpec::reduced(12, bits);
     let mut rng = crate::block::SecretRng::seed_from_u64(23);
     let n = 300;
-    let ys: Vec<F> = (0..n)
-        .map(|_| F::from_i64(rng.gen_range(-(1i64 << 26)..(1 << 26))))
-        .collect();
+    let ys: Vec<F> = (0..n).map(|_| F::from_i64(rng.gen_range(-(1i64 << 26)..(1 << 26)))).collect();
     let a: Vec<F> = (0..n).map(|_| F::random(&mut rng)).collect();
     let b: Vec<F> = ys.iter().zip(&a).map(|(y, a)| *y - *a).collect();
     let (mut sc, mut cc) = MemChannel::pair();

@@ -136,10 +136,7 @@ fn run_windows(a: &WindowsArgs) -> Result<()> {
         choice.fixed_test_accuracy_reduced = Some(t_red);
         choice.test_images = Some(data.test.len());
     }
-    let model_path = a
-        .cost_model
-        .clone()
-        .unwrap_or_else(delphi_net::paths::default_cost_model);
+    let model_path = a.cost_model.clone().unwrap_or_else(delphi_net::paths::default_cost_model);
     match delphi_cost::CostModel::load(&model_path) {
         Ok(model) => {
             let price = |n: &delphi_net::Network| -> Result<delphi_cost::Cost> {
@@ -372,10 +369,7 @@ fn run_one(c: &PlanConfig, quiet: bool) -> Result<()> {
         "final": fin,
         "config": c,
     });
-    std::fs::write(
-        out.join("summary.json"),
-        serde_json::to_string_pretty(&summary)? + "\n",
-    )?;
+    std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
     match &outcome.chosen {
         Some(e) => println!(
             "plan {}: placement {} ({}/{} quadratic, {} ReLUs left), validation {:.2} %, test {:.2} % float / {:.2} % fixed, {} {:.4}; see {}",
@@ -471,11 +465,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let mut configs = match &cli.config {
-        Some(p) => {
-            ExperimentFile::load(p)
-                .map_err(anyhow::Error::msg)?
-                .experiment
-        }
+        Some(p) => ExperimentFile::load(p).map_err(anyhow::Error::msg)?.experiment,
         None => {
             let mut c = plan_config(&cli.search);
             c.accuracy = cli.accuracy.unwrap_or(0.0);

@@ -29,11 +29,9 @@ pub fn run(s: &mut Search) -> Result<()> {
     let intervals = steps.div_ceil(s.interval_steps);
     let all_relus = s.pricing.relus(&delphi_net::Placement::all_relu(layers));
     let (mut run, mut interval, mut genomes, mut members) = match &s.st.progress {
-        Progress::Delphi {
-            run,
-            interval,
-            genomes,
-        } if !genomes.is_empty() => (*run, *interval, genomes.clone(), s.load_members(n)?),
+        Progress::Delphi { run, interval, genomes } if !genomes.is_empty() => {
+            (*run, *interval, genomes.clone(), s.load_members(n)?)
+        }
         Progress::Delphi { run, .. } => (*run, 0, Vec::new(), Vec::new()),
         _ => (0, 0, Vec::new(), Vec::new()),
     };
@@ -44,9 +42,7 @@ pub fn run(s: &mut Search) -> Result<()> {
         let q = counts[run];
         if members.is_empty() {
             let mut rng = ChaCha8Rng::seed_from_u64(c.seed ^ 0xde1f ^ ((run as u64) << 32));
-            genomes = (0..n)
-                .map(|_| Genome::delphi(layers, q, &mut rng))
-                .collect();
+            genomes = (0..n).map(|_| Genome::delphi(layers, q, &mut rng)).collect();
             for (k, g) in genomes.iter().enumerate() {
                 members.push(s.member(g, (run * n + k) as u64, steps)?);
             }
@@ -89,11 +85,7 @@ pub fn run(s: &mut Search) -> Result<()> {
                     genomes[lo] = g;
                 }
             }
-            s.st.progress = Progress::Delphi {
-                run,
-                interval,
-                genomes: genomes.clone(),
-            };
+            s.st.progress = Progress::Delphi { run, interval, genomes: genomes.clone() };
             let refs: Vec<&_> = members.iter().collect();
             s.save(&refs)?;
             s.say(&format!(
@@ -105,11 +97,7 @@ pub fn run(s: &mut Search) -> Result<()> {
         interval = 0;
         members.clear();
         genomes.clear();
-        s.st.progress = Progress::Delphi {
-            run,
-            interval: 0,
-            genomes: Vec::new(),
-        };
+        s.st.progress = Progress::Delphi { run, interval: 0, genomes: Vec::new() };
         s.save(&[])?;
     }
     Ok(())

@@ -114,11 +114,7 @@ pub fn run(s: &mut Search) -> Result<()> {
                 &|acc, cost, _| -(st.accuracy - acc) / (st.cost - cost).max(1e-12),
             )?;
             tr.save_checkpoint(&probe_dir(k))?;
-            st.probes.push(Probe {
-                layer: k,
-                accuracy: e.valid_accuracy,
-                cost: e.cost,
-            });
+            st.probes.push(Probe { layer: k, accuracy: e.valid_accuracy, cost: e.cost });
             s.st.progress = Progress::Greedy(st.clone());
             s.save(&[])?;
         }
@@ -139,14 +135,7 @@ pub fn run(s: &mut Search) -> Result<()> {
         // Accept it and fine-tune.
         let probed = Trainer::load_checkpoint(&probe_dir(pick.layer), &s.device)?;
         st.accepted.set(pick.layer, true);
-        let mut tr = fork(
-            s,
-            &probed,
-            &st.accepted,
-            None,
-            step,
-            (st.round * 1000 + 999) as u64,
-        )?;
+        let mut tr = fork(s, &probed, &st.accepted, None, step, (st.round * 1000 + 999) as u64)?;
         s.train(&mut tr, step)?;
         let g = genome(st.accepted.clone());
         let e = s.evaluate(
@@ -203,14 +192,7 @@ pub fn run(s: &mut Search) -> Result<()> {
             let n = s.interval_steps.min(s.budget_left());
             s.train(&mut tr, n)?;
             k += 1;
-            s.evaluate(
-                &mut tr,
-                &g,
-                st.round,
-                k,
-                format!("final fine-tune {k}"),
-                &|_, _, _| 0.0,
-            )?;
+            s.evaluate(&mut tr, &g, st.round, k, format!("final fine-tune {k}"), &|_, _, _| 0.0)?;
             tr.save_checkpoint(&final_dir)?;
             s.save(&[])?;
         }

@@ -130,10 +130,7 @@ pub fn run(s: &mut Search) -> Result<()> {
                 genomes[lo] = g;
             }
         }
-        s.st.progress = Progress::Pbt {
-            interval,
-            genomes: genomes.clone(),
-        };
+        s.st.progress = Progress::Pbt { interval, genomes: genomes.clone() };
         let refs: Vec<&_> = members.iter().collect();
         s.save(&refs)?;
         s.say(&format!(

@@ -67,11 +67,7 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
         /// Architectures (built-in names), comma-separated.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "small-cnn,minionn,resnet32"
-        )]
+        #[arg(long, value_delimiter = ',', default_value = "small-cnn,minionn,resnet32")]
         archs: Vec<String>,
         /// Images per step.
         #[arg(long, default_value_t = 64)]
@@ -178,10 +174,7 @@ struct TrainArgs {
 }
 
 fn number(s: &str) -> std::result::Result<f64, String> {
-    let v: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number"))?;
+    let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number"))?;
     if !v.is_finite() {
         return Err(format!("{s} is not finite"));
     }
@@ -224,14 +217,10 @@ fn check_inputs(a: &TrainArgs) -> Result<()> {
 }
 
 fn parse_swap(s: &str) -> std::result::Result<Swap, String> {
-    let (a, b) = s
-        .split_once(',')
-        .ok_or_else(|| "expected START,END (fractions of the run)".to_string())?;
+    let (a, b) =
+        s.split_once(',').ok_or_else(|| "expected START,END (fractions of the run)".to_string())?;
     let p = |x: &str| x.trim().parse::<f32>().map_err(|e| format!("{x:?}: {e}"));
-    Ok(Swap {
-        start: p(a)?,
-        end: p(b)?,
-    })
+    Ok(Swap { start: p(a)?, end: p(b)? })
 }
 
 fn config(a: &TrainArgs) -> TrainConfig {
@@ -257,10 +246,7 @@ fn config(a: &TrainArgs) -> TrainConfig {
     c.schedule = match a.schedule {
         Sched::Cosine => Schedule::Cosine,
         Sched::Constant => Schedule::Constant,
-        Sched::Step => Schedule::Step {
-            every: (a.epochs / 3).max(1),
-            gamma: 0.1,
-        },
+        Sched::Step => Schedule::Step { every: (a.epochs / 3).max(1), gamma: 0.1 },
     };
     let has_quad = a.placement.as_ref().is_some_and(|p| p.quad_count() > 0);
     c.grad_clip = a.grad_clip.or(has_quad.then_some(1.0));
@@ -324,9 +310,7 @@ fn train(a: &TrainArgs) -> Result<()> {
         data.train.len(),
         data.valid.len(),
         data.test.len(),
-        c.placement
-            .as_ref()
-            .map_or("all ReLU".to_string(), |p| p.to_string())
+        c.placement.as_ref().map_or("all ReLU".to_string(), |p| p.to_string())
     );
     let start = Instant::now();
     let per_epoch = tr.steps_per_epoch(&data.train);
@@ -404,16 +388,7 @@ fn main() -> Result<()> {
     }
     match cli.command {
         Command::Train(a) => train(&a),
-        Command::Bench {
-            out,
-            archs,
-            batch_size,
-            steps,
-            rounds,
-            device,
-            data_dir,
-            compare,
-        } => {
+        Command::Bench { out, archs, batch_size, steps, rounds, device, data_dir, compare } => {
             if batch_size == 0 || steps == 0 || rounds == 0 {
                 bail!("--batch-size, --steps and --rounds must be at least 1");
             }
@@ -431,11 +406,7 @@ fn main() -> Result<()> {
                             "{} has figures for none of {} (it has {})",
                             p.display(),
                             archs.join(", "),
-                            r.archs
-                                .iter()
-                                .map(|a| a.arch.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            r.archs.iter().map(|a| a.arch.as_str()).collect::<Vec<_>>().join(", ")
                         );
                     }
                     Some(r)
