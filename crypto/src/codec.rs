@@ -32,7 +32,13 @@ impl<W: Write> Encoder<W> {
         self.w.write_all(b).map_err(Error::Io)
     }
 
-    /// Writes a `u64`.
+    /// Writes the head of a stored bundle: its type tag and its count.
+    pub fn head(&mut self, tag: u64, count: usize) -> Result<()> {
+        self.u64(tag)?;
+        self.u64(count as u64)
+    }
+
+    /// Writes a `u64` (little endian).
     pub fn u64(&mut self, v: u64) -> Result<()> {
         self.bytes(&v.to_le_bytes())
     }
@@ -86,7 +92,29 @@ impl<R: Read> Decoder<R> {
         Ok(u64::from_le_bytes(b))
     }
 
-    /// Reads a `u64` that must not exceed `max`.
+    /// Reads the head [`Encoder::head`] wrote: the tag must be `tag`
+    /// (else `not_tagged`) and the count at most `max` (else `count`).
+    pub fn head(
+        &mut self,
+        tag: u64,
+        max: usize,
+        not_tagged: &'static str,
+        count: &'static str,
+    ) -> Result<usize> {
+        if self.u64()? != tag {
+            return Err(Error::Stored { what: not_tagged });
+        }
+        Ok(self.u64_at_most(max as u64, count)? as usize)
+    }
+
+    /// Reads a 16-byte bundle id.
+    pub fn id(&mut self) -> Result<[u8; 16]> {
+        let mut id = [0u8; 16];
+        self.bytes(&mut id)?;
+        Ok(id)
+    }
+
+    /// Reads a `u64` that must be at most `max` (`what` names it in the error).
     pub fn u64_at_most(&mut self, max: u64, what: &'static str) -> Result<u64> {
         let v = self.u64()?;
         if v > max {

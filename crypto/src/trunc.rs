@@ -44,8 +44,6 @@
 //! Cost: 16 bytes of OT extension and 8 bytes of u per value offline (plus
 //! 128 base OTs per bundle), **one bit per value online**, no garbled circuit.
 
-use std::fmt;
-
 use rand::{CryptoRng, Rng, RngCore};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -151,23 +149,10 @@ struct ClientSecrets {
     keys: Vec<F>,
 }
 
-impl fmt::Debug for ServerTruncBundle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerTruncBundle")
-            .field("values", &self.n)
-            .field("shift", &self.shift)
-            .finish_non_exhaustive()
-    }
-}
-
-impl fmt::Debug for ClientTruncBundle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientTruncBundle")
-            .field("values", &self.n)
-            .field("shift", &self.shift)
-            .finish_non_exhaustive()
-    }
-}
+crate::redacted_debug!(
+    ServerTruncBundle { values: n, shift: shift },
+    ClientTruncBundle { values: n, shift: shift },
+);
 
 /// Offline phase, server side, for `n` values truncated by `shift` bits.
 pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
@@ -179,12 +164,7 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
     check(n, shift)?;
     ch.agree_u64("truncation count", n as u64)?;
     ch.agree_u64("truncation shift", shift as u64)?;
-    let mut id = [0u8; 16];
-    rng.fill_bytes(&mut id);
-    let hash_key = Block::random(rng);
-    ch.send_bytes(&id)?;
-    ch.send_block(hash_key)?;
-    ch.flush()?;
+    let (id, hash_key) = ch.start_bundle(rng)?;
     let mut cot = CotReceiver::setup(ch, rng)?;
     let choice: Vec<bool> = (0..n).map(|_| rng.gen()).collect();
     let mut t = cot.receive(ch, &choice)?;
@@ -222,9 +202,7 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     check(n, shift)?;
     ch.agree_u64("truncation count", n as u64)?;
     ch.agree_u64("truncation shift", shift as u64)?;
-    let mut id = [0u8; 16];
-    ch.recv_bytes(&mut id)?;
-    let hash_key = ch.recv_block()?;
+    let (id, hash_key) = ch.join_bundle()?;
     let mut cot = CotSender::setup(ch, rng)?;
     let mut q = cot.send(ch, n)?;
     let delta = cot.delta();
@@ -244,17 +222,9 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     Ok(ClientTruncBundle { n, shift, inner: ClientSecrets { id, shares: shares.to_vec(), keys } })
 }
 
+crate::impl_bundle_len!("values": ServerTruncBundle, ClientTruncBundle);
+
 impl ServerTruncBundle {
-    /// Number of values in the bundle.
-    pub fn len(&self) -> usize {
-        self.n
-    }
-
-    /// Whether the bundle holds no values (never true for a built bundle).
-    pub fn is_empty(&self) -> bool {
-        self.n == 0
-    }
-
     /// Online phase, server side: sends one field element per value and
     /// returns the server's shares of the truncated values. Takes the
     /// bundle by value, so a second use does not compile:
@@ -297,16 +267,6 @@ impl ServerTruncBundle {
 }
 
 impl ClientTruncBundle {
-    /// Number of values in the bundle.
-    pub fn len(&self) -> usize {
-        self.n
-    }
-
-    /// Whether the bundle holds no values (never true for a built bundle).
-    pub fn is_empty(&self) -> bool {
-        self.n == 0
-    }
-
     /// Online phase, client side: returns the client's shares of the
     /// truncated values. Takes the bundle by value (a second use does not
     /// compile).
@@ -339,14 +299,36 @@ crate::codec::impl_stored!(ServerTruncBundle, ClientTruncBundle);
 const SERVER_TAG: u64 = u64::from_le_bytes(*b"dlTRCs01");
 const CLIENT_TAG: u64 = u64::from_le_bytes(*b"dlTRCc01");
 
+/// Writes a bundle's head: tag, count, shift, id.
+fn store_head<W: std::io::Write>(
+    e: &mut Encoder<W>,
+    tag: u64,
+    n: usize,
+    shift: u32,
+    id: &[u8; 16],
+) -> Result<()> {
+    e.head(tag, n)?;
+    e.u64(shift as u64)?;
+    e.bytes(id)
+}
+
+/// Reads what [`store_head`] wrote: the count, the shift and the id.
+fn load_head<R: std::io::Read>(
+    d: &mut Decoder<R>,
+    tag: u64,
+    not_tagged: &'static str,
+) -> Result<(usize, u32, [u8; 16])> {
+    let n = d.head(tag, MAX_VALUES, not_tagged, "stored truncation count")?;
+    let shift = d.u64_at_most(MAX_SHIFT as u64, "stored truncation shift")? as u32;
+    check(n, shift)?;
+    Ok((n, shift, d.id()?))
+}
+
 impl ServerTruncBundle {
     /// Writes the bundle (secrets included). A consumed bundle cannot be stored.
     pub fn store<W: std::io::Write>(&self, e: &mut Encoder<W>) -> Result<()> {
         let s = &self.inner;
-        e.u64(SERVER_TAG)?;
-        e.u64(self.n as u64)?;
-        e.u64(self.shift as u64)?;
-        e.bytes(&s.id)?;
+        store_head(e, SERVER_TAG, self.n, self.shift, &s.id)?;
         let bits: Vec<F> = s.choice.iter().map(|&b| F::from_u64(b as u64)).collect();
         e.fields(&bits)?;
         e.fields(&s.prod)
@@ -354,14 +336,7 @@ impl ServerTruncBundle {
 
     /// Reads a bundle written by [`ServerTruncBundle::store`].
     pub fn load<R: std::io::Read>(d: &mut Decoder<R>) -> Result<Self> {
-        if d.u64()? != SERVER_TAG {
-            return Err(Error::Stored { what: "not a stored server truncation bundle" });
-        }
-        let n = d.u64_at_most(MAX_VALUES as u64, "stored truncation count")? as usize;
-        let shift = d.u64_at_most(MAX_SHIFT as u64, "stored truncation shift")? as u32;
-        check(n, shift)?;
-        let mut id = [0u8; 16];
-        d.bytes(&mut id)?;
+        let (n, shift, id) = load_head(d, SERVER_TAG, "not a stored server truncation bundle")?;
         let mut bits = d.fields(n, "stored OT choices")?;
         if bits.iter().any(|b| b.value() > 1) {
             return Err(Error::Stored { what: "stored OT choice is not a bit" });
@@ -377,24 +352,14 @@ impl ClientTruncBundle {
     /// Writes the bundle (secrets included).
     pub fn store<W: std::io::Write>(&self, e: &mut Encoder<W>) -> Result<()> {
         let s = &self.inner;
-        e.u64(CLIENT_TAG)?;
-        e.u64(self.n as u64)?;
-        e.u64(self.shift as u64)?;
-        e.bytes(&s.id)?;
+        store_head(e, CLIENT_TAG, self.n, self.shift, &s.id)?;
         e.fields(&s.shares)?;
         e.fields(&s.keys)
     }
 
     /// Reads a bundle written by [`ClientTruncBundle::store`].
     pub fn load<R: std::io::Read>(d: &mut Decoder<R>) -> Result<Self> {
-        if d.u64()? != CLIENT_TAG {
-            return Err(Error::Stored { what: "not a stored client truncation bundle" });
-        }
-        let n = d.u64_at_most(MAX_VALUES as u64, "stored truncation count")? as usize;
-        let shift = d.u64_at_most(MAX_SHIFT as u64, "stored truncation shift")? as u32;
-        check(n, shift)?;
-        let mut id = [0u8; 16];
-        d.bytes(&mut id)?;
+        let (n, shift, id) = load_head(d, CLIENT_TAG, "not a stored client truncation bundle")?;
         let shares = d.fields(n, "stored shares")?;
         let keys = d.fields(n, "stored OT keys")?;
         Ok(ClientTruncBundle { n, shift, inner: ClientSecrets { id, shares, keys } })

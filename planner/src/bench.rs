@@ -156,22 +156,16 @@ fn color(v: Variant) -> RGBColor {
 }
 
 fn rows_table(rows: &[Row]) -> std::result::Result<DataFrame, PolarsError> {
-    let s = |n: &str, f: &dyn Fn(&Row) -> String| {
-        Column::new(n.into(), rows.iter().map(f).collect::<Vec<String>>())
-    };
-    let f = |n: &str, f: &dyn Fn(&Row) -> f64| {
-        Column::new(n.into(), rows.iter().map(f).collect::<Vec<f64>>())
-    };
-    let u = |n: &str, f: &dyn Fn(&Row) -> u64| {
-        Column::new(n.into(), rows.iter().map(f).collect::<Vec<u64>>())
-    };
+    let s = |n: &str, f: &dyn Fn(&Row) -> String| report::column(n, rows, f);
+    let f = |n: &str, f: &dyn Fn(&Row) -> f64| report::column(n, rows, f);
+    let u = |n: &str, f: &dyn Fn(&Row) -> u64| report::column(n, rows, f);
     DataFrame::new(
         rows.len(),
         vec![
             s("strategy", &|r| r.strategy.clone()),
             s("granularity", &|r| r.granularity.clone()),
             f("threshold", &|r| r.threshold),
-            Column::new("chosen".into(), rows.iter().map(|r| r.chosen).collect::<Vec<bool>>()),
+            report::column("chosen", rows, |r| r.chosen),
             s("placement", &|r| r.placement.clone()),
             s("relu_channels", &|r| r.relu_channels.clone()),
             u("quads", &|r| r.quads as u64),

@@ -20,17 +20,19 @@ pub(crate) fn perr(path: &Path, e: impl std::fmt::Display) -> PlanError {
     crate::error::file_err(path, e.to_string())
 }
 
+/// A table column: `f` of every row.
+pub(crate) fn column<T, V>(name: &str, rows: &[T], f: impl Fn(&T) -> V) -> Column
+where
+    polars::prelude::Series: NamedFrom<Vec<V>, [V]>,
+{
+    Column::new(name.into(), rows.iter().map(f).collect::<Vec<V>>())
+}
+
 /// The evaluations as a polars table.
 pub fn table(evals: &[Evaluation]) -> std::result::Result<DataFrame, PolarsError> {
-    let col_u = |name: &str, f: &dyn Fn(&Evaluation) -> u64| {
-        Column::new(name.into(), evals.iter().map(f).collect::<Vec<u64>>())
-    };
-    let col_f = |name: &str, f: &dyn Fn(&Evaluation) -> f64| {
-        Column::new(name.into(), evals.iter().map(f).collect::<Vec<f64>>())
-    };
-    let col_s = |name: &str, f: &dyn Fn(&Evaluation) -> String| {
-        Column::new(name.into(), evals.iter().map(f).collect::<Vec<String>>())
-    };
+    let col_u = |name: &str, f: &dyn Fn(&Evaluation) -> u64| column(name, evals, f);
+    let col_f = |name: &str, f: &dyn Fn(&Evaluation) -> f64| column(name, evals, f);
+    let col_s = |name: &str, f: &dyn Fn(&Evaluation) -> String| column(name, evals, f);
     DataFrame::new(
         evals.len(),
         vec![
@@ -41,7 +43,7 @@ pub fn table(evals: &[Evaluation]) -> std::result::Result<DataFrame, PolarsError
             col_s("placement", &|e| e.placement.to_string()),
             col_u("quads", &|e| e.quads as u64),
             col_u("relus", &|e| e.relus as u64),
-            Column::new("settled".into(), evals.iter().map(|e| e.settled).collect::<Vec<bool>>()),
+            column("settled", evals, |e| e.settled),
             col_f("valid_accuracy", &|e| e.valid_accuracy),
             col_f("cost", &|e| e.cost),
             col_f("online_s", &|e| e.online_s),

@@ -5,35 +5,24 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Runs `cmd`, checks that it succeeds, and returns its output and stderr.
+fn succeeds(cmd: &mut Command) -> (std::process::Output, String) {
+    let o = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    (o, err)
+}
+
 fn plan_cmd(out: &std::path::Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_delphi-plan"));
-    c.args([
-        "--dataset",
-        "fashion-mnist",
-        "--accuracy",
-        "0.6",
-        "--population",
-        "2",
-        "--epochs",
-        "2",
-        "--base-epochs",
-        "1",
-        "--intervals-per-epoch",
-        "2",
-        "--train-limit",
-        "1500",
-        "--valid-size",
-        "500",
-        "--test-limit",
-        "500",
-        "--quiet",
-        "--out",
-    ])
-    .arg(out)
-    // The model calibrated on this project's reference machine (a real
-    // measurement; calibration itself is tested in delphi-cost-calibrate).
-    .arg("--cost-model")
-    .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../results/cost-model.json"));
+    c.args("--dataset fashion-mnist --accuracy 0.6 --population 2 --epochs 2".split(' '))
+        .args("--base-epochs 1 --intervals-per-epoch 2 --train-limit 1500".split(' '))
+        .args("--valid-size 500 --test-limit 500 --quiet --out".split(' '))
+        .arg(out)
+        // The model calibrated on this project's reference machine (a real
+        // measurement; calibration itself is tested in delphi-cost-calibrate).
+        .arg("--cost-model")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../results/cost-model.json"));
     c
 }
 
@@ -58,9 +47,7 @@ fn a_tiny_search_survives_a_kill_and_produces_a_plan() {
     let lineage_before = std::fs::read_to_string(out.join("lineage.log")).unwrap_or_default();
 
     // Rerun the same command: it resumes and finishes.
-    let done = plan_cmd(&out).output().unwrap();
-    let stderr = String::from_utf8_lossy(&done.stderr);
-    assert!(done.status.success(), "{stderr}");
+    let (_, stderr) = succeeds(&mut plan_cmd(&out));
     assert!(stderr.contains("resuming after"), "{stderr}");
 
     for f in [
@@ -136,34 +123,17 @@ fn a_provided_onnx_network_is_the_base_and_is_not_retrained() {
     let out = std::env::temp_dir().join(format!("delphi-plan-onnx-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let onnx = concat!(env!("CARGO_MANIFEST_DIR"), "/../crypto/onnx/tests/fixtures/fm-cnn.onnx");
-    let o = Command::new(env!("CARGO_BIN_EXE_delphi-plan"))
-        .args([
-            "--arch",
-            onnx,
-            "--dataset",
-            "fashion-mnist",
-            "--accuracy",
-            "0.7",
-            "--population",
-            "2",
-            "--epochs",
-            "1",
-            "--train-limit",
-            "1000",
-            "--valid-size",
-            "1000",
-            "--test-limit",
-            "1000",
-            "--quiet",
-            "--cost-model",
-            &cost_model(),
-            "--out",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    let (_, err) = succeeds(
+        Command::new(env!("CARGO_BIN_EXE_delphi-plan"))
+            .arg("--arch")
+            .arg(onnx)
+            .args("--dataset fashion-mnist --accuracy 0.7 --population 2 --epochs 1".split(' '))
+            .args("--train-limit 1000 --valid-size 1000 --test-limit 1000 --quiet".split(' '))
+            .arg("--cost-model")
+            .arg(cost_model())
+            .arg("--out")
+            .arg(&out),
+    );
     assert!(err.contains("not retrained"), "{err}");
     assert!(!err.contains("training the all-ReLU base"), "{err}");
     assert!(err.contains("records no input normalisation"), "{err}");
@@ -182,36 +152,15 @@ fn a_provided_onnx_network_is_the_base_and_is_not_retrained() {
 fn the_benchmark_compares_three_strategies_at_equal_budget() {
     let out = std::env::temp_dir().join(format!("delphi-plan-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let o = Command::new(env!("CARGO_BIN_EXE_delphi-plan"))
-        .args([
-            "bench",
-            "--dataset",
-            "fashion-mnist",
-            "--thresholds",
-            "0.5,0.6",
-            "--population",
-            "2",
-            "--epochs",
-            "2",
-            "--base-epochs",
-            "1",
-            "--train-limit",
-            "1500",
-            "--valid-size",
-            "500",
-            "--test-limit",
-            "300",
-            "--no-verify",
-            "--quiet",
-            "--cost-model",
-            &cost_model(),
-            "--out",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    succeeds(
+        Command::new(env!("CARGO_BIN_EXE_delphi-plan"))
+            .args("bench --dataset fashion-mnist --thresholds 0.5,0.6 --population 2".split(' '))
+            .args("--epochs 2 --base-epochs 1 --train-limit 1500 --valid-size 500".split(' '))
+            .args("--test-limit 300 --no-verify --quiet --cost-model".split(' '))
+            .arg(cost_model())
+            .arg("--out")
+            .arg(&out),
+    );
     let csv = std::fs::read_to_string(out.join("fronts.csv")).unwrap();
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
     for col in [
@@ -288,9 +237,7 @@ fn mistakes_are_refused_by_name_not_defaulted() {
 fn a_per_channel_search_keeps_mixed_plans_priced_exactly() {
     let out = std::env::temp_dir().join(format!("delphi-plan-channel-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let done = plan_cmd(&out).args(["--granularity", "channel"]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&done.stderr);
-    assert!(done.status.success(), "{stderr}");
+    succeeds(plan_cmd(&out).args(["--granularity", "channel"]));
     let members = std::fs::read_to_string(out.join("members.csv")).unwrap();
     let header: Vec<&str> = members.lines().next().unwrap().split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();

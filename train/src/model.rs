@@ -142,9 +142,10 @@ pub struct Layer {
     /// What the layer does.
     #[module(skip)]
     pub kind: Kind,
-    /// The layer it reads (none: the previous one, or the input).
+    /// The layer it reads (none: the network's input), resolved from the
+    /// description with [`delphi_net::Layer::source`].
     #[module(skip)]
-    pub input: Option<usize>,
+    pub source: Option<usize>,
 }
 
 /// A network as a Burn module.
@@ -180,7 +181,7 @@ impl Net {
         let shapes = net.validate()?;
         let mut layers = Vec::with_capacity(net.layers.len());
         for (i, l) in net.layers.iter().enumerate() {
-            let src = l.input.or(i.checked_sub(1));
+            let src = l.source(i);
             let in_shape = src.map(|j| shapes[j]).unwrap_or(net.input);
             let mut layer = Layer {
                 conv: None,
@@ -189,7 +190,7 @@ impl Net {
                 act: None,
                 gate: None,
                 kind: Kind::Flatten,
-                input: l.input,
+                source: src,
             };
             match &l.op {
                 Op::Conv2d { out_channels, kernel, stride, padding, bias, weight, bias_values } => {
@@ -298,8 +299,8 @@ impl Net {
     /// Logits `[n, classes]` for a batch `[n, c, h, w]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut outs: Vec<Tensor<4>> = Vec::with_capacity(self.layers.len());
-        for (i, l) in self.layers.iter().enumerate() {
-            let src = match l.input.or(i.checked_sub(1)) {
+        for l in &self.layers {
+            let src = match l.source {
                 Some(j) => outs[j].clone(),
                 None => x.clone(),
             };

@@ -25,22 +25,22 @@ pub(crate) struct ServeArgs {
     preprocess: usize,
     /// Seconds one read or write may wait for a client, and a client may
     /// sit idle between requests.
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits")]
     timeout: u64,
     /// Seconds a client has to finish the handshake (hello, architecture,
     /// its public key).
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits")]
     handshake_timeout: u64,
     /// Seconds one offline or online phase may take in all, however the
     /// client paces it.
-    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits")]
     phase_timeout: u64,
     /// Sessions served at once.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024), help_heading = "Limits")]
     workers: u64,
     /// Connections served or waiting for a worker; more are told the
     /// server is busy and closed at once.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=65536), help_heading = "Limits")]
     max_connections: u64,
     /// Serve a plan whose values can leave the range the protocol
     /// computes exactly in (refused by default), with a warning. Such a
@@ -49,25 +49,25 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     allow_overflow: bool,
     /// Unused bundles one client may have the server hold in memory.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=64))]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=64), help_heading = "Limits")]
     max_bundles: u64,
     /// Stop after this many sessions (default: serve forever).
-    #[arg(long)]
+    #[arg(long, help_heading = "Limits")]
     sessions: Option<usize>,
     /// Keep the server's offline bundles in this directory (private, one
     /// file per bundle, each used once) so that clients can preprocess in
     /// one connection and predict in a later one.
-    #[arg(long)]
+    #[arg(long, help_heading = "Bundle store")]
     bundle_dir: Option<PathBuf>,
     /// The key that authenticates the stored bundles (made if absent;
     /// kept outside the directory). Default: `<bundle-dir>.key` beside it.
-    #[arg(long, requires = "bundle_dir")]
+    #[arg(long, requires = "bundle_dir", help_heading = "Bundle store")]
     bundle_key: Option<PathBuf>,
     /// Most bundles the store may hold.
-    #[arg(long, default_value_t = 1000, requires = "bundle_dir")]
+    #[arg(long, default_value_t = 1000, requires = "bundle_dir", help_heading = "Bundle store")]
     max_stored_bundles: usize,
     /// Most disk the store may use, in MB.
-    #[arg(long, default_value_t = 20_000, requires = "bundle_dir")]
+    #[arg(long, default_value_t = 20_000, requires = "bundle_dir", help_heading = "Bundle store")]
     max_store_mb: u64,
 }
 

@@ -47,6 +47,18 @@ fn dir(name: &str) -> std::path::PathBuf {
     d
 }
 
+/// A small-cnn with random weights (`seed`), saved as `d/plan.json`.
+fn small_cnn_plan(
+    d: &std::path::Path,
+    seed: u64,
+    storage: WeightStorage,
+) -> (delphi_net::Network, std::path::PathBuf) {
+    let net = build("small-cnn", 10, seed).unwrap();
+    let plan = d.join("plan.json");
+    net.save(&plan, storage).unwrap();
+    (net, plan)
+}
+
 /// Runs `cmd` and checks that it succeeds (its stderr in the message).
 fn succeeds(cmd: &mut std::process::Command) -> std::process::Output {
     let out = cmd.output().unwrap();
@@ -57,9 +69,7 @@ fn succeeds(cmd: &mut std::process::Command) -> std::process::Output {
 #[test]
 fn two_processes_give_the_reference_logits() {
     let d = dir("ok");
-    let net = build("small-cnn", 10, 21).unwrap();
-    let plan = d.join("plan.json");
-    net.save(&plan, WeightStorage::Sidecar).unwrap();
+    let (net, plan) = small_cnn_plan(&d, 21, WeightStorage::Sidecar);
     let x: Vec<f32> = (0..784).map(|i| ((i * 37 % 100) as f32 / 50.0) - 1.0).collect();
     let input = d.join("input.json");
     std::fs::write(
@@ -95,9 +105,7 @@ fn check_logits(net: &delphi_net::Network, inputs: &[Vec<f32>], preds: &serde_js
 #[test]
 fn bundles_prepared_in_one_process_are_used_once_in_another() {
     let d = dir("store");
-    let net = build("small-cnn", 10, 23).unwrap();
-    let plan = d.join("plan.json");
-    net.save(&plan, WeightStorage::Inline).unwrap();
+    let (net, plan) = small_cnn_plan(&d, 23, WeightStorage::Inline);
     let (sdir, cdir) = (d.join("server-bundles"), d.join("client-bundles"));
     let (mut server, addr) = serve_with(&plan, 2, &["--bundle-dir", sdir.to_str().unwrap()]);
     succeeds(

@@ -638,10 +638,11 @@ pub fn program_digest(prog: &FixedProgram) -> [u8; 32] {
 const BUNDLE_MAGIC: u64 = u64::from_le_bytes(*b"DLPHBND1");
 const SIDE_CLIENT: u64 = 1;
 const SIDE_SERVER: u64 = 2;
-const HAS_SIGMA: u64 = 1;
-const HAS_RELU: u64 = 2;
-const HAS_TRUNC: u64 = 4;
-const HAS_QUAD: u64 = 8;
+/// Node flags: which parts a stored node has.
+const HAS_SIGMA: u64 = 1 << 0;
+const HAS_RELU: u64 = 1 << 1;
+const HAS_TRUNC: u64 = 1 << 2;
+const HAS_QUAD: u64 = 1 << 3;
 
 fn write_header<W: Write>(
     e: &mut Encoder<W>,
@@ -750,6 +751,18 @@ fn load_parts<Rd: Read, R: Stored, T: Stored>(
     Ok((relu, trunc, quad))
 }
 
+/// Appends a node's loaded parts to a bundle's per-node lists.
+fn push_parts<R, T>(
+    (relu, trunc, quad): LoadedParts<R, T>,
+    relus: &mut Vec<Option<R>>,
+    truncs: &mut Vec<Option<T>>,
+    quads: &mut Vec<Option<(Vec<F>, Vec<F>)>>,
+) {
+    relus.push(relu);
+    truncs.push(trunc);
+    quads.push(quad);
+}
+
 impl ClientBundle {
     fn parts(&self, i: usize) -> NodeParts<'_, ClientReluBundle, ClientTruncBundle> {
         NodeParts { relu: &self.relus[i], trunc: &self.truncs[i], quad: &self.quads[i] }
@@ -785,10 +798,12 @@ impl ClientBundle {
             let flags = flags_of(d.u64()?, HAS_RELU | HAS_TRUNC | HAS_QUAD)?;
             b.shares.push(d.fields(node.shape.len(), "stored shares")?);
             let q = node.active_len();
-            let (relu, trunc, quad) = load_parts(&mut d, flags, (q, q))?;
-            b.relus.push(relu);
-            b.truncs.push(trunc);
-            b.quads.push(quad);
+            push_parts(
+                load_parts(&mut d, flags, (q, q))?,
+                &mut b.relus,
+                &mut b.truncs,
+                &mut b.quads,
+            );
         }
         Ok(b)
     }
@@ -833,10 +848,8 @@ impl ServerBundle {
                 .transpose()?;
             b.sigmas.push(sigma);
             let q = node.active_len();
-            let (relu, trunc, quad) = load_parts(&mut d, flags, (q, 2 * q))?;
-            b.relus.push(relu);
-            b.truncs.push(trunc);
-            b.quads.push(quad);
+            let parts = load_parts(&mut d, flags, (q, 2 * q))?;
+            push_parts(parts, &mut b.relus, &mut b.truncs, &mut b.quads);
         }
         Ok(b)
     }

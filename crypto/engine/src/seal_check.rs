@@ -31,9 +31,12 @@ use crate::params::N;
 
 const MAGIC: u16 = 0xA15E;
 const HEADER: usize = 16;
-const COMPR_NONE: u8 = 0;
-const COMPR_ZLIB: u8 = 1;
-const COMPR_ZSTD: u8 = 2;
+/// SEAL's `compr_mode_type` values (byte 5 of the header).
+mod compr {
+    pub(super) const NONE: u8 = 0;
+    pub(super) const ZLIB: u8 = 1;
+    pub(super) const ZSTD: u8 = 2;
+}
 /// SEAL's major version (the only one whose layout is checked here).
 const SEAL_MAJOR: u8 = 4;
 /// Bytes of `Ciphertext::save_members` before the coefficient array.
@@ -126,8 +129,8 @@ fn outer_header(bytes: &[u8], expect: Expect) -> Result<u8> {
         ));
     }
     match bytes[5] {
-        m @ (COMPR_NONE | COMPR_ZSTD) => Ok(m),
-        COMPR_ZLIB => Err(refuse(expect, "zlib compression is not accepted")),
+        m @ (compr::NONE | compr::ZSTD) => Ok(m),
+        compr::ZLIB => Err(refuse(expect, "zlib compression is not accepted")),
         m => Err(refuse(expect, format!("unknown compression mode {m}"))),
     }
 }
@@ -143,11 +146,11 @@ pub fn checked(bytes: &[u8], expect: Expect) -> Result<Vec<u8>> {
     }
     let want = expect.plain_len();
     let plain = match outer_header(bytes, expect)? {
-        COMPR_NONE => bytes.to_vec(),
+        compr::NONE => bytes.to_vec(),
         _ => {
             let mut out = Vec::with_capacity(want);
             out.extend_from_slice(&bytes[..HEADER]);
-            out[5] = COMPR_NONE;
+            out[5] = compr::NONE;
             let mut dec = zstd::stream::read::Decoder::with_buffer(&bytes[HEADER..])
                 .and_then(|mut d| {
                     d.window_log_max(WINDOW_LOG_MAX)?;
@@ -194,7 +197,7 @@ pub fn checked(bytes: &[u8], expect: Expect) -> Result<Vec<u8>> {
     let array = &body[CT_MEMBERS..];
     let array_len = (HEADER + 8 + 8 * expect.words()) as u64;
     if u16::from_le_bytes([array[0], array[1]]) != MAGIC
-        || array[5] != COMPR_NONE
+        || array[5] != compr::NONE
         || u64_at(array, 8) != array_len
         || u64_at(array, HEADER) != expect.words() as u64
     {
@@ -228,7 +231,7 @@ mod tests {
             enc.write_all(&zeros).unwrap();
         }
         let body = enc.finish().unwrap();
-        let mut out = seal_header(COMPR_ZSTD, HEADER + body.len());
+        let mut out = seal_header(compr::ZSTD, HEADER + body.len());
         out.extend(body);
         out
     }
@@ -266,7 +269,7 @@ mod tests {
             assert!(e.to_string().contains("too much memory"), "{expect:?}: {e}");
             // zlib is refused before anything is inflated.
             let mut z = bomb.clone();
-            z[5] = COMPR_ZLIB;
+            z[5] = compr::ZLIB;
             assert!(checked(&z, expect).unwrap_err().to_string().contains("zlib"));
             // A header that lies about the length.
             let mut lie = bomb.clone();

@@ -89,12 +89,7 @@ fn every_kind(seed: u64) -> Network {
     net.push(conv(&mut w, 4, 3, 3, 2, Padding::Valid));
     net.push(Op::Activation(Activation::Quad { a: 0.25, b: 0.5, c: 0.1 }));
     net.push(Op::Flatten);
-    net.push(Op::Dense {
-        out_features: 5,
-        bias: true,
-        weight: w(5 * 3, 0.5),
-        bias_values: w(5, 0.1),
-    });
+    net.push(dense(&mut w, 5, 3, 0.5, 0.1));
     net.validate().unwrap();
     net
 }
@@ -180,19 +175,9 @@ fn mixed_net(masks: [&[bool]; 5], seed: u64) -> Network {
     net.push_from(a, Op::Residual { from: main });
     net.push(mixed(masks[4], seed + 5));
     net.push(Op::Flatten);
-    net.push(Op::Dense {
-        out_features: 4,
-        bias: true,
-        weight: w(4 * 36, 0.3),
-        bias_values: w(4, 0.1),
-    });
+    net.push(dense(&mut w, 4, 36, 0.3, 0.1));
     net.push(mixed(masks[3], seed + 4));
-    net.push(Op::Dense {
-        out_features: 3,
-        bias: true,
-        weight: w(3 * 4, 0.5),
-        bias_values: w(3, 0.1),
-    });
+    net.push(dense(&mut w, 3, 4, 0.5, 0.1));
     net.validate().unwrap();
     net
 }
@@ -268,4 +253,21 @@ fn reduced_relus_stay_within_their_bound_node_by_node() {
     }
     // The coarse windows do round: the check is not vacuous.
     assert!(deviations > 0);
+}
+
+/// A dense layer of `inputs` → `out` with weights of scale `ws` and biases
+/// of scale `bs`, drawn from `w`.
+fn dense(
+    w: &mut dyn FnMut(usize, f32) -> Vec<f32>,
+    out: usize,
+    inputs: usize,
+    ws: f32,
+    bs: f32,
+) -> Op {
+    Op::Dense {
+        out_features: out,
+        bias: true,
+        weight: w(out * inputs, ws),
+        bias_values: w(out, bs),
+    }
 }

@@ -232,7 +232,7 @@ pub fn initialise(net: &mut Network, seed: u64) -> Result<()> {
     let shapes = net.validate_architecture()?;
     let mut init = Init { rng: ChaCha20Rng::seed_from_u64(seed) };
     for i in 0..net.layers.len() {
-        let src = net.layers[i].input.or(i.checked_sub(1));
+        let src = net.layers[i].source(i);
         let in_c = src.map_or(net.input.channels, |j| shapes[j].channels);
         let out_c = shapes[i].channels;
         let mut fresh = match &net.layers[i].op {

@@ -94,6 +94,18 @@ impl Shape {
         Shape { channels, height, width }
     }
 
+    /// The shape a `kernel`×`kernel` window sliding by `stride` over this
+    /// shape, zero-padded by `pad` on every side, produces with `channels`
+    /// output channels (a convolution; a pooling keeps the channels). The
+    /// caller has checked that the window fits and the stride is positive.
+    pub fn windowed(&self, channels: usize, kernel: usize, stride: usize, pad: usize) -> Shape {
+        Shape::new(
+            channels,
+            (self.height + 2 * pad - kernel) / stride + 1,
+            (self.width + 2 * pad - kernel) / stride + 1,
+        )
+    }
+
     /// Number of elements (saturating: a shape too large to count is
     /// refused by validation, see [`MAX_ELEMENTS`]).
     pub fn len(&self) -> usize {
@@ -387,6 +399,13 @@ pub struct Layer {
 }
 
 impl Layer {
+    /// The layer this one reads, when it is layer `index` of its network:
+    /// its `input`, else the previous layer (none for the first, which
+    /// reads the network's input).
+    pub fn source(&self, index: usize) -> Option<usize> {
+        self.input.or(index.checked_sub(1))
+    }
+
     /// Whether the layer is an activation with ReLU channels (where
     /// `relu_bits` may go).
     pub fn has_relu(&self) -> bool {
@@ -1043,11 +1062,7 @@ impl Network {
                     if weights || !bias_values.is_empty() {
                         check_bias(*bias, bias_values, *out_channels).map_err(err)?;
                     }
-                    Shape::new(
-                        *out_channels,
-                        (x.height + 2 * pad - kernel) / stride + 1,
-                        (x.width + 2 * pad - kernel) / stride + 1,
-                    )
+                    x.windowed(*out_channels, *kernel, *stride, pad)
                 }
                 Op::Dense { out_features, bias, weight, bias_values } => {
                     if x.height != 1 || x.width != 1 {
@@ -1076,11 +1091,7 @@ impl Network {
                     if x.height < *kernel || x.width < *kernel {
                         return Err(err(format!("window {kernel} larger than the input {x}")));
                     }
-                    Shape::new(
-                        x.channels,
-                        (x.height - kernel) / stride + 1,
-                        (x.width - kernel) / stride + 1,
-                    )
+                    x.windowed(x.channels, *kernel, *stride, 0)
                 }
                 Op::BatchNorm { eps, gamma, beta, mean, var } => {
                     let prev = src.map(|j| &self.layers[j].op);
@@ -1194,7 +1205,7 @@ impl Network {
     pub fn fold_batch_norm(&self) -> Result<Network> {
         self.validate()?;
         let n = self.layers.len();
-        let src = |k: usize| self.layers[k].input.or(k.checked_sub(1));
+        let src = |k: usize| self.layers[k].source(k);
         let mut layers: Vec<Layer> = self.layers.clone();
         let mut keep = vec![true; n];
         for (j, layer) in self.layers.iter().enumerate() {
@@ -1247,7 +1258,7 @@ pub fn renumber(layers: &[Layer], keep: &[bool], map: &[usize]) -> Vec<Layer> {
             continue;
         }
         let mut l = layer.clone();
-        let src = layer.input.or(k.checked_sub(1)).map(|s| map[s]);
+        let src = layer.source(k).map(|s| map[s]);
         l.input = match src {
             Some(s) if s + 1 == map[k] => None,
             other => other,

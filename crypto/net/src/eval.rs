@@ -32,7 +32,7 @@ pub fn activation_ranges(
         let mut outs: Vec<Vec<f32>> = Vec::with_capacity(net.layers.len());
         for i in 0..net.layers.len() {
             if let Some(k) = acts.iter().position(|&a| a == i) {
-                let src = net.layers[i].input.or(i.checked_sub(1));
+                let src = net.layers[i].source(i);
                 let x: &[f32] = src.map_or(&input[..], |j| &outs[j][..]);
                 peak[k] = x.iter().fold(peak[k], |m, v| m.max(v.abs() as f64));
             }
@@ -70,7 +70,7 @@ pub fn calibrate_batch_norm(net: &mut Network, inputs: &[Vec<f32>]) -> Result<()
     let mut outs: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(net.layers.len()); inputs.len()];
     for i in 0..net.layers.len() {
         if let Op::BatchNorm { .. } = net.layers[i].op {
-            let src = net.layers[i].input.or(i.checked_sub(1));
+            let src = net.layers[i].source(i);
             let (c, per) = (shapes[i].channels, shapes[i].height * shapes[i].width);
             let (mut sum, mut sq) = (vec![0f64; c], vec![0f64; c]);
             for (k, o) in outs.iter().enumerate() {
@@ -106,7 +106,7 @@ fn eval_layer(
     input: &[f32],
 ) -> Vec<f32> {
     let layer = &net.layers[i];
-    let src = layer.input.or(i.checked_sub(1));
+    let src = layer.source(i);
     let (x, xs) = match src {
         Some(j) => (&outs[j][..], shapes[j]),
         None => (input, net.input),

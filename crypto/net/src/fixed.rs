@@ -327,10 +327,7 @@ impl FixedProgram {
         let mut bn_of: Vec<Option<usize>> = vec![None; net.layers.len()];
         for (j, l) in net.layers.iter().enumerate() {
             if let Op::BatchNorm { .. } = l.op {
-                let src = l
-                    .input
-                    .or(j.checked_sub(1))
-                    .ok_or_else(|| layer_err(j, "batch_norm", "no input"))?;
+                let src = l.source(j).ok_or_else(|| layer_err(j, "batch_norm", "no input"))?;
                 bn_of[src] = Some(j);
             }
         }
@@ -350,7 +347,7 @@ impl FixedProgram {
         let mut out: Vec<Tensor> = Vec::with_capacity(net.layers.len());
         for (i, layer) in net.layers.iter().enumerate() {
             let kind = layer.op.kind();
-            let src = layer.input.or(i.checked_sub(1));
+            let src = layer.source(i);
             let t = src.map(|j| out[j]).unwrap_or(input);
             let res = match &layer.op {
                 Op::Conv2d { .. } | Op::Dense { .. } => {

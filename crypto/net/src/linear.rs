@@ -34,11 +34,7 @@ impl LinearOp {
         stride: usize,
         pad: usize,
     ) -> Self {
-        let output = Shape::new(
-            out_channels,
-            (input.height + 2 * pad - kernel) / stride + 1,
-            (input.width + 2 * pad - kernel) / stride + 1,
-        );
+        let output = input.windowed(out_channels, kernel, stride, pad);
         LinearOp { input, output, kernel, stride, pad }
     }
 
@@ -117,8 +113,7 @@ pub fn sum_pool<T: Copy, A: Copy>(
     zero: A,
     add: impl Fn(A, T) -> A,
 ) -> (Vec<A>, Shape) {
-    let out =
-        Shape::new(s.channels, (s.height - kernel) / stride + 1, (s.width - kernel) / stride + 1);
+    let out = s.windowed(s.channels, kernel, stride, 0);
     let mut v = Vec::with_capacity(out.len());
     for c in 0..s.channels {
         for oy in 0..out.height {

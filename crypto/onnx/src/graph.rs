@@ -223,6 +223,16 @@ impl Importer {
         }
     }
 
+    /// The node's first input, which must be an image (NCHW) tensor for
+    /// `what` (e.g. "a convolution").
+    fn image(&self, n: &NodeProto, what: &str) -> Result<(String, Val)> {
+        let (name, x) = self.val(n, 0)?;
+        if x.flat || x.layout != Layout::Nchw {
+            return Err(self.unsupported(format!("{what} needs an NCHW image tensor")));
+        }
+        Ok((name, x))
+    }
+
     fn konst(&self, n: &NodeProto, k: usize) -> Result<Const> {
         match self.input(n, k)? {
             Value::Const(c) => Ok(c),
@@ -280,11 +290,7 @@ impl Importer {
                         "kernel {kernel} is larger than its padded input {x}"
                     )));
                 }
-                Shape::new(
-                    *out_channels,
-                    (x.height + 2 * p - kernel) / stride + 1,
-                    (x.width + 2 * p - kernel) / stride + 1,
-                )
+                x.windowed(*out_channels, *kernel, *stride, p)
             }
             Op::Dense { out_features, .. } => Shape::new(*out_features, 1, 1),
             Op::AvgPool { kernel, stride } => {
@@ -293,11 +299,7 @@ impl Importer {
                         "pooling window {kernel} is larger than its input {x}"
                     )));
                 }
-                Shape::new(
-                    x.channels,
-                    (x.height - kernel) / stride + 1,
-                    (x.width - kernel) / stride + 1,
-                )
+                x.windowed(x.channels, *kernel, *stride, 0)
             }
             Op::Flatten => Shape::new(x.len(), 1, 1),
             _ => x,
@@ -318,7 +320,7 @@ impl Importer {
     }
 
     fn src_of(&self, l: usize) -> Src {
-        match self.net.layers[l].input.or(l.checked_sub(1)) {
+        match self.net.layers[l].source(l) {
             Some(j) => Src::Layer(j),
             None => Src::Input,
         }
@@ -621,16 +623,21 @@ impl Importer {
             _ => (i, i),
         };
         let n = a.len().max(b.len());
+        // Element i of the result from the broadcast operands' elements.
+        let each = |g: &dyn Fn(usize, usize) -> f64| -> Vec<f64> {
+            (0..n)
+                .map(|i| {
+                    let (p, q) = idx(i);
+                    g(p, q)
+                })
+                .collect()
+        };
         Ok(match (&a.data, &b.data) {
             (Data::I(x), Data::I(y)) if op != "Div" => Const::int(
                 dims,
-                (0..n)
-                    .map(|i| {
-                        let (p, q) = idx(i);
-                        f(x[p] as f64, y[q] as f64) as i64
-                    })
-                    .collect(),
+                each(&|p, q| f(x[p] as f64, y[q] as f64)).into_iter().map(|v| v as i64).collect(),
             ),
+            // Integer division: ONNX's floor division; by zero gives 0.
             (Data::I(x), Data::I(y)) => Const::int(
                 dims,
                 (0..n)
@@ -648,11 +655,9 @@ impl Importer {
                 let (x, y) = (a.floats(), b.floats());
                 Const::float(
                     dims,
-                    (0..n)
-                        .map(|i| {
-                            let (p, q) = idx(i);
-                            f(x[p] as f64, y[q] as f64) as f32
-                        })
+                    each(&|p, q| f(x[p] as f64, y[q] as f64))
+                        .into_iter()
+                        .map(|v| v as f32)
                         .collect(),
                 )
             }
@@ -796,10 +801,7 @@ impl Importer {
 
     fn conv(&mut self, n: &NodeProto) -> Result<()> {
         let a = Attrs::of(n);
-        let (name, x) = self.val(n, 0)?;
-        if x.flat || x.layout != Layout::Nchw {
-            return Err(self.unsupported("a convolution needs an NCHW image tensor"));
-        }
+        let (name, x) = self.image(n, "a convolution")?;
         let w = self.konst(n, 1)?;
         if w.dims.len() != 4 {
             return Err(self.unsupported(format!(
@@ -1059,10 +1061,7 @@ impl Importer {
 
     fn avg_pool(&mut self, n: &NodeProto) -> Result<()> {
         let a = Attrs::of(n);
-        let (name, x) = self.val(n, 0)?;
-        if x.flat || x.layout != Layout::Nchw {
-            return Err(self.unsupported("pooling needs an NCHW image tensor"));
-        }
+        let (name, x) = self.image(n, "pooling")?;
         let k = a.ints("kernel_shape").unwrap_or_default();
         if k.len() != 2 || k[0] != k[1] || k[0] <= 0 {
             return Err(self.unsupported(format!("pooling window {k:?} is not square")));
@@ -1522,7 +1521,7 @@ impl Importer {
             if !live[k] {
                 continue;
             }
-            if let Some(j) = self.net.layers[k].input.or(k.checked_sub(1)) {
+            if let Some(j) = self.net.layers[k].source(k) {
                 live[j] = true;
             }
             if let Op::Residual { from } = self.net.layers[k].op {

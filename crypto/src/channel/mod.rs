@@ -58,6 +58,31 @@ pub trait Channel {
         Ok(u64::from_le_bytes(b))
     }
 
+    /// Starts an offline bundle on the side that owns it: draws a fresh
+    /// 16-byte bundle id and a fresh public hash key, and sends both.
+    fn start_bundle<R: rand::RngCore + rand::CryptoRng>(
+        &mut self,
+        rng: &mut R,
+    ) -> Result<([u8; 16], Block)>
+    where
+        Self: Sized,
+    {
+        let mut id = [0u8; 16];
+        rng.fill_bytes(&mut id);
+        let hash_key = Block::random(rng);
+        self.send_bytes(&id)?;
+        self.send_block(hash_key)?;
+        self.flush()?;
+        Ok((id, hash_key))
+    }
+
+    /// The other side of [`Channel::start_bundle`]: the bundle's id and hash key.
+    fn join_bundle(&mut self) -> Result<([u8; 16], Block)> {
+        let mut id = [0u8; 16];
+        self.recv_bytes(&mut id)?;
+        Ok((id, self.recv_block()?))
+    }
+
     /// Receives the 16-byte id an online message starts with and checks
     /// (in constant time) that it is `id`, the offline bundle's: a message
     /// for another bundle is refused before anything of it is used.

@@ -3,8 +3,6 @@
 //! and online (the server's labels, the client's evaluation on every core).
 //! Each bundle runs online once: `online` consumes it.
 
-use std::fmt;
-
 use rand::{CryptoRng, RngCore};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -54,17 +52,7 @@ pub(super) struct ClientSecrets {
     pub(super) cts: Vec<F>,
 }
 
-impl fmt::Debug for ServerReluBundle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerReluBundle").field("relus", &self.n).finish_non_exhaustive()
-    }
-}
-
-impl fmt::Debug for ClientReluBundle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientReluBundle").field("relus", &self.n).finish_non_exhaustive()
-    }
-}
+crate::redacted_debug!(ServerReluBundle { relus: n }, ClientReluBundle { relus: n });
 
 pub(super) fn check_count(n: usize) -> Result<()> {
     if n == 0 || n > MAX_RELUS {
@@ -85,12 +73,7 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
     spec.check()?;
     agree_spec(ch, n, spec)?;
     let bits_in = spec.input_bits();
-    let mut id = [0u8; 16];
-    rng.fill_bytes(&mut id);
-    let hash_key = Block::random(rng);
-    ch.send_bytes(&id)?;
-    ch.send_block(hash_key)?;
-    ch.flush()?;
+    let (id, hash_key) = ch.start_bundle(rng)?;
     let mut cot = CotSender::setup(ch, rng)?;
     let ev_zero = cot.send(ch, n * bits_in)?;
     let delta = cot.delta();
@@ -159,9 +142,7 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     check_count(n)?;
     spec.check()?;
     agree_spec(ch, n, spec)?;
-    let mut id = [0u8; 16];
-    ch.recv_bytes(&mut id)?;
-    let hash_key = ch.recv_block()?;
+    let (id, hash_key) = ch.join_bundle()?;
     let mut cot = CotReceiver::setup(ch, rng)?;
     let mut choices: Vec<bool> = Vec::with_capacity(n * spec.input_bits());
     for &a in shares {
@@ -183,17 +164,9 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     Ok(ClientReluBundle { n, spec, inner: ClientSecrets { id, hash_key, labels, tables, cts } })
 }
 
+crate::impl_bundle_len!("ReLUs": ServerReluBundle, ClientReluBundle);
+
 impl ServerReluBundle {
-    /// Number of ReLUs in the bundle.
-    pub fn len(&self) -> usize {
-        self.n
-    }
-
-    /// Whether the bundle holds no ReLUs (never true for a built bundle).
-    pub fn is_empty(&self) -> bool {
-        self.n == 0
-    }
-
     /// Online phase, server side: sends the labels of its shares `b` and
     /// returns its output shares ρ. Takes the bundle by value, so a second
     /// use does not compile:
@@ -239,16 +212,6 @@ impl ServerReluBundle {
 }
 
 impl ClientReluBundle {
-    /// Number of ReLUs in the bundle.
-    pub fn len(&self) -> usize {
-        self.n
-    }
-
-    /// Whether the bundle holds no ReLUs (never true for a built bundle).
-    pub fn is_empty(&self) -> bool {
-        self.n == 0
-    }
-
     /// Online phase, client side: receives the server's labels, evaluates,
     /// and returns ReLU(y_i) − ρ_i. Takes the bundle by value (a second use
     /// does not compile).

@@ -181,10 +181,7 @@ impl ReluSpec {
     pub fn client_input(self, a: F, out: &mut Vec<bool>) {
         match self.bits {
             None => out.extend(client_bits(a)),
-            Some(b) => {
-                let v = client_window(a, b);
-                out.extend((0..b.width()).map(|j| (v >> j) & 1 == 1));
-            }
+            Some(b) => push_low_bits(client_window(a, b), b.width(), out),
         }
     }
 
@@ -192,12 +189,14 @@ impl ReluSpec {
     pub fn server_input(self, s: F, out: &mut Vec<bool>) {
         match self.bits {
             None => out.extend(server_bits(s)),
-            Some(b) => {
-                let v = server_window(s, b);
-                out.extend((0..b.width()).map(|j| (v >> j) & 1 == 1));
-            }
+            Some(b) => push_low_bits(server_window(s, b), b.width(), out),
         }
     }
+}
+
+/// Appends the low `width` bits of `v`, least significant first.
+fn push_low_bits(v: u64, width: u32, out: &mut Vec<bool>) {
+    out.extend((0..width).map(|j| (v >> j) & 1 == 1));
 }
 
 /// The client's circuit input for a reduced ReLU, before taking n bits:

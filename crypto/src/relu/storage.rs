@@ -14,6 +14,32 @@ crate::codec::impl_stored!(ServerReluBundle, ClientReluBundle);
 pub(super) const SERVER_TAG: u64 = u64::from_le_bytes(*b"dlRELUs2");
 pub(super) const CLIENT_TAG: u64 = u64::from_le_bytes(*b"dlRELUc2");
 
+/// Writes a bundle's head: tag, count, truncation, window, id.
+fn store_head<W: std::io::Write>(
+    e: &mut Encoder<W>,
+    tag: u64,
+    n: usize,
+    spec: ReluSpec,
+    id: &[u8; 16],
+) -> Result<()> {
+    e.head(tag, n)?;
+    e.u64(spec.shift as u64)?;
+    e.u64(ReluBits::code(spec.bits))?;
+    e.bytes(id)
+}
+
+/// Reads what [`store_head`] wrote: the count, the spec and the id.
+fn load_head<R: std::io::Read>(
+    d: &mut Decoder<R>,
+    tag: u64,
+    not_tagged: &'static str,
+) -> Result<(usize, ReluSpec, [u8; 16])> {
+    let n = d.head(tag, MAX_RELUS, not_tagged, "stored ReLU count")?;
+    check_count(n)?;
+    let spec = load_spec(d)?;
+    Ok((n, spec, d.id()?))
+}
+
 pub(super) fn load_spec<R: std::io::Read>(d: &mut Decoder<R>) -> Result<ReluSpec> {
     let shift = d.u64_at_most(MAX_SHIFT as u64, "stored ReLU truncation")? as u32;
     let bits = ReluBits::from_code(d.u64()?)
@@ -28,11 +54,7 @@ impl ServerReluBundle {
     /// a key).
     pub fn store<W: std::io::Write>(&self, e: &mut Encoder<W>) -> Result<()> {
         let s = &self.inner;
-        e.u64(SERVER_TAG)?;
-        e.u64(self.n as u64)?;
-        e.u64(self.spec.shift as u64)?;
-        e.u64(ReluBits::code(self.spec.bits))?;
-        e.bytes(&s.id)?;
+        store_head(e, SERVER_TAG, self.n, self.spec, &s.id)?;
         e.block(s.delta)?;
         e.block(s.label_seed)?;
         e.fields(&s.rho)
@@ -40,14 +62,7 @@ impl ServerReluBundle {
 
     /// Reads a bundle written by [`ServerReluBundle::store`].
     pub fn load<R: std::io::Read>(d: &mut Decoder<R>) -> Result<Self> {
-        if d.u64()? != SERVER_TAG {
-            return Err(Error::Stored { what: "not a stored server ReLU bundle" });
-        }
-        let n = d.u64_at_most(MAX_RELUS as u64, "stored ReLU count")? as usize;
-        check_count(n)?;
-        let spec = load_spec(d)?;
-        let mut id = [0u8; 16];
-        d.bytes(&mut id)?;
+        let (n, spec, id) = load_head(d, SERVER_TAG, "not a stored server ReLU bundle")?;
         let delta = d.block()?;
         let label_seed = d.block()?;
         let rho = d.fields(n, "stored ReLU masks")?;
@@ -59,11 +74,7 @@ impl ClientReluBundle {
     /// Writes the bundle (secrets included).
     pub fn store<W: std::io::Write>(&self, e: &mut Encoder<W>) -> Result<()> {
         let s = &self.inner;
-        e.u64(CLIENT_TAG)?;
-        e.u64(self.n as u64)?;
-        e.u64(self.spec.shift as u64)?;
-        e.u64(ReluBits::code(self.spec.bits))?;
-        e.bytes(&s.id)?;
+        store_head(e, CLIENT_TAG, self.n, self.spec, &s.id)?;
         e.block(s.hash_key)?;
         e.blocks(&s.labels)?;
         e.blocks(&s.tables)?;
@@ -72,17 +83,10 @@ impl ClientReluBundle {
 
     /// Reads a bundle written by [`ClientReluBundle::store`].
     pub fn load<R: std::io::Read>(d: &mut Decoder<R>) -> Result<Self> {
-        if d.u64()? != CLIENT_TAG {
-            return Err(Error::Stored { what: "not a stored client ReLU bundle" });
-        }
-        let n = d.u64_at_most(MAX_RELUS as u64, "stored ReLU count")? as usize;
-        check_count(n)?;
-        let spec = load_spec(d)?;
+        let (n, spec, id) = load_head(d, CLIENT_TAG, "not a stored client ReLU bundle")?;
         let rc = relu_circuit_for(spec);
         let no = rc.circuit.outputs();
         let per = 2 * rc.circuit.and_gates();
-        let mut id = [0u8; 16];
-        d.bytes(&mut id)?;
         let hash_key = d.block()?;
         let labels = d.blocks(n * spec.input_bits(), "stored ReLU labels")?;
         let tables = d.blocks(n * per, "stored garbled tables")?;

@@ -110,49 +110,49 @@ struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
     /// Passes over the training set.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, help_heading = "Training")]
     epochs: usize,
     /// Images per step.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, help_heading = "Training")]
     batch_size: usize,
     /// Optimizer.
-    #[arg(long, value_enum, default_value = "sgd")]
+    #[arg(long, value_enum, default_value = "sgd", help_heading = "Training")]
     optimizer: Opt,
     /// Peak learning rate (default: 0.05 for SGD, 0.001 for Adam).
-    #[arg(long, allow_negative_numbers = true, value_parser = positive)]
+    #[arg(long, allow_negative_numbers = true, value_parser = positive, help_heading = "Training")]
     lr: Option<f64>,
     /// SGD momentum, in [0, 1).
-    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true, value_parser = fraction)]
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true, value_parser = fraction, help_heading = "Training")]
     momentum: f64,
     /// L2 weight decay.
-    #[arg(long, default_value_t = 5e-4, allow_negative_numbers = true, value_parser = non_negative)]
+    #[arg(long, default_value_t = 5e-4, allow_negative_numbers = true, value_parser = non_negative, help_heading = "Training")]
     weight_decay: f64,
     /// Learning-rate schedule.
-    #[arg(long, value_enum, default_value = "cosine")]
+    #[arg(long, value_enum, default_value = "cosine", help_heading = "Training")]
     schedule: Sched,
     /// Clip each parameter's gradient to this L2 norm (default: 1 when the
     /// network has quadratic layers, which diverge now and then without it;
     /// none otherwise).
-    #[arg(long)]
+    #[arg(long, help_heading = "Training")]
     grad_clip: Option<f32>,
     /// Label smoothing (0: off).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, help_heading = "Training")]
     label_smoothing: f32,
     /// Distil from this teacher description (with weights).
-    #[arg(long)]
+    #[arg(long, help_heading = "Training")]
     teacher: Option<PathBuf>,
     /// Weight of the distillation term.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, help_heading = "Training")]
     distill_weight: f32,
     /// Distillation temperature.
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = 4.0, help_heading = "Training")]
     temperature: f32,
     /// Swap ReLU → quadratic gradually between these fractions of the run
     /// (e.g. `0.1,0.6`); default: quadratic from the start.
-    #[arg(long, value_parser = parse_swap)]
+    #[arg(long, value_parser = parse_swap, help_heading = "Training")]
     swap: Option<Swap>,
     /// Seed of everything random.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, help_heading = "Training")]
     seed: u64,
     /// Compute device: cpu (Burn's flex backend), wgpu, cuda or cuda:N (the
     /// GPU ones need the binary built with the feature of that name).
