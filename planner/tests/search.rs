@@ -231,6 +231,16 @@ fn mistakes_are_refused_by_name_not_defaulted() {
     assert!(e.contains("--epochs given beside --config"), "{e}");
     let e = run(&["--accuracy", "0.9", "--bandwidth", "100Mbit", "--rtt", "20"]);
     assert!(e.contains("no unit"), "{e}");
+    // Bits and bytes are not guessed: `100MB` is a size, not a rate.
+    let e = run(&["--accuracy", "0.9", "--bandwidth", "100MB", "--rtt", "20ms"]);
+    assert!(e.contains("not a rate"), "{e}");
+    // A device this build lacks is refused before any run folder exists.
+    if !cfg!(feature = "cuda") {
+        let out = std::env::temp_dir().join(format!("delphi-plan-nodev-{}", std::process::id()));
+        let e = run(&["--accuracy", "0.9", "--device", "cuda", "--out", out.to_str().unwrap()]);
+        assert!(e.contains("not compiled in"), "{e}");
+        assert!(!out.exists(), "{} was made", out.display());
+    }
 }
 
 #[test]

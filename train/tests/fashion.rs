@@ -265,3 +265,17 @@ fn checkpoints_fall_every_n_steps_and_at_each_epochs_end() {
     tr.step_in_epoch = 0;
     assert_eq!(tr.steps_to_checkpoint(23, 0), 23);
 }
+
+#[test]
+fn divergence_is_its_own_error_not_a_bad_setting() {
+    // Quadratic layers, no clipping, an absurd rate: the loss leaves the
+    // finite numbers within a few steps.
+    let mut c = config("QQQ", 1);
+    c.grad_clip = None;
+    c.lr = 1e9;
+    let mut tr = Trainer::new(c, &Device::flex()).unwrap();
+    let err = tr.train_steps(&dataset(640), 10, true).err().expect("diverges");
+    assert!(matches!(err, delphi_train::TrainError::Diverged { .. }), "{err}");
+    assert!(err.to_string().contains("diverged"), "{err}");
+    assert!(!err.to_string().contains("invalid configuration"), "{err}");
+}
