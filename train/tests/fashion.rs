@@ -274,7 +274,7 @@ fn divergence_is_its_own_error_not_a_bad_setting() {
     c.grad_clip = None;
     c.lr = 1e9;
     let mut tr = Trainer::new(c, &Device::flex()).unwrap();
-    let err = tr.train_steps(&dataset(640), 10, true).err().expect("diverges");
+    let err = tr.train_steps(&dataset(640), 10, true).expect_err("diverges");
     assert!(matches!(err, delphi_train::TrainError::Diverged { .. }), "{err}");
     assert!(err.to_string().contains("diverged"), "{err}");
     assert!(!err.to_string().contains("invalid configuration"), "{err}");
