@@ -63,15 +63,19 @@ delphi_net::text_enum! {
     /// How the bits of each ReLU's garbled circuit are chosen.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub enum ReluBitsMode("ReLU bits") {
-        /// Per layer, the narrowest reduced-ReLU window that holds the ReLU
-        /// inputs the network sees on training images (twice the largest, low
-        /// bit at the truncation, so exact inside), kept only when the
-        /// fixed-point validation accuracy stays within
-        /// [`RELU_BITS_TOLERANCE`] of the full-width network's.
+        /// The exact 41-bit circuit everywhere: every ReLU's output is a
+        /// deterministic function of its input (the default).
         #[default]
-        Auto = "auto",
-        /// The exact 41-bit circuit everywhere.
         Full = "full",
+        /// An opt-in that leaks: per layer, the narrowest reduced-ReLU
+        /// window that holds the ReLU inputs the network sees on training
+        /// images (twice the largest, low bit at the truncation), kept only
+        /// when the fixed-point validation accuracy stays within
+        /// [`RELU_BITS_TOLERANCE`] of the full-width network's. Its
+        /// rounding depends on the client's share, which lets a client
+        /// that repeats a query recover weights (docs/security.md); the
+        /// name says so. (`auto`, its name before, is refused.)
+        ReducedLeaky = "reduced-leaky",
     }
 }
 
@@ -195,7 +199,7 @@ impl Default for PlanConfig {
             arch: None,
             strategy: Strategy::Pbt,
             granularity: Granularity::Layer,
-            relu_bits: ReluBitsMode::Auto,
+            relu_bits: ReluBitsMode::Full,
             budget_epochs: None,
             delphi_runs: 3,
             accuracy: 0.88,
@@ -247,8 +251,8 @@ impl PlanConfig {
             if self.granularity == Granularity::Channel {
                 strategy += "-channel";
             }
-            if self.relu_bits == ReluBitsMode::Full {
-                strategy += "-full-relu";
+            if self.relu_bits == ReluBitsMode::ReducedLeaky {
+                strategy += "-reduced-relu";
             }
             format!(
                 "{}-{}-{}{strategy}",
@@ -458,13 +462,21 @@ mod tests {
     }
 
     #[test]
-    fn relu_bits_default_to_auto_and_full_is_named() {
+    fn relu_bits_default_to_the_exact_circuit_and_the_leaky_one_is_named() {
         let f: ExperimentFile = toml::from_str("[[experiment]]\naccuracy = 0.9\n").unwrap();
-        assert_eq!(f.experiment[0].relu_bits, ReluBitsMode::Auto);
-        let f: ExperimentFile =
-            toml::from_str("[[experiment]]\naccuracy = 0.9\nrelu_bits = \"full\"\n").unwrap();
         assert_eq!(f.experiment[0].relu_bits, ReluBitsMode::Full);
-        assert!(f.experiment[0].name().ends_with("-full-relu"));
+        let f: ExperimentFile =
+            toml::from_str("[[experiment]]\naccuracy = 0.9\nrelu_bits = \"reduced-leaky\"\n")
+                .unwrap();
+        assert_eq!(f.experiment[0].relu_bits, ReluBitsMode::ReducedLeaky);
+        assert!(f.experiment[0].name().ends_with("-reduced-relu"));
+        // The old name of the leaky mode is refused, not read as either.
+        let e = toml::from_str::<ExperimentFile>(
+            "[[experiment]]\naccuracy = 0.9\nrelu_bits = \"auto\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("reduced-leaky"), "{e}");
         let e = toml::from_str::<ExperimentFile>(
             "[[experiment]]\naccuracy = 0.9\nrelu_bits = \"half\"\n",
         )

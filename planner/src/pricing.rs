@@ -76,7 +76,7 @@ pub(crate) struct Pricing {
     pub layer_relus: Vec<usize>,
     /// Reduced-ReLU windows (description layer, window) that every priced
     /// placement gets on its ReLU layers: the base network's
-    /// (`--relu-bits auto`), or none.
+    /// (`--relu-bits reduced-leaky`), or none.
     pub windows: Vec<(usize, Option<ReluBits>)>,
 }
 

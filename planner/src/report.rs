@@ -221,7 +221,7 @@ pub struct Final {
     /// Wall time of the whole run, seconds.
     pub seconds: f64,
     /// The plan's reduced-ReLU windows and the accuracy check that kept
-    /// them (`--relu-bits auto`), from its metadata.
+    /// them (`--relu-bits reduced-leaky`), from its metadata.
     pub relu_bits: Option<delphi_net::window::WindowChoice>,
 }
 

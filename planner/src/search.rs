@@ -336,7 +336,7 @@ impl<'a> Search<'a> {
         let base_cfg = base_train_config(c);
         let base_net = Network::load(&base_plan)?;
         let mut pricing = Pricing::new(model, link, &base_net)?;
-        if c.relu_bits == ReluBitsMode::Auto {
+        if c.relu_bits == ReluBitsMode::ReducedLeaky {
             pricing.windows = delphi_train::evaluate::relu_windows(
                 &base_net,
                 &data.train,
@@ -632,7 +632,7 @@ impl<'a> Search<'a> {
         // plan that would join the front; the front is left as it was.
         let mut net = tr.export()?;
         let windows = match self.c.relu_bits {
-            ReluBitsMode::Auto => Some(self.choose_windows(&mut net)?),
+            ReluBitsMode::ReducedLeaky => Some(self.choose_windows(&mut net)?),
             ReluBitsMode::Full => None,
         };
         delphi_train::evaluate::record_ranges(&mut net, &self.data.train, 64)?;

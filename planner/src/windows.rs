@@ -1,6 +1,9 @@
-//! Reduced-ReLU windows for a trained network (`--relu-bits auto`): the
-//! narrowest bits of each ReLU's input that keep the fixed-point validation
-//! accuracy, chosen from measured peaks with [`delphi_net::window`]'s rule.
+//! Reduced-ReLU windows for a trained network (`--relu-bits reduced-leaky`,
+//! `delphi-plan windows`): the narrowest bits of each ReLU's input that keep
+//! the fixed-point validation accuracy, chosen from measured peaks with
+//! [`delphi_net::window`]'s rule. The reduced circuit's rounding depends on
+//! the client's share, so these plans leak (docs/security.md); nothing
+//! chooses them unless asked to.
 
 use delphi_crypto::relu::spec::ReluBits;
 use delphi_net::window::{describe_windows, windows_from_peaks, WindowChoice};
@@ -18,7 +21,7 @@ pub const RELU_BITS_VALID_IMAGES: usize = 2000;
 
 type Windows = Vec<(usize, Option<ReluBits>)>;
 
-/// Gives a trained `net` its own reduced-ReLU windows (`--relu-bits auto`):
+/// Gives a trained `net` its own reduced-ReLU windows (`--relu-bits reduced-leaky`):
 /// per layer the narrowest window holding twice the largest ReLU input seen
 /// on [`RELU_BITS_IMAGES`] training images (else eight times), low bit at
 /// the truncation; then the low bit raised for every layer together, one
@@ -35,7 +38,7 @@ pub fn choose_relu_windows(
     say: &dyn Fn(&str),
 ) -> Result<WindowChoice> {
     if !net.layers.iter().any(|l| l.has_relu()) {
-        return Ok(WindowChoice::new("auto", "none (no ReLU layers)".into()));
+        return Ok(WindowChoice::new("reduced-leaky", "none (no ReLU layers)".into()));
     }
     let n = data.valid.len().min(RELU_BITS_VALID_IMAGES);
     let valid = data.valid.select(&(0..n).collect::<Vec<_>>());
@@ -82,14 +85,14 @@ pub fn choose_relu_windows(
             fixed_valid_accuracy_full: Some(full),
             fixed_valid_accuracy_reduced: Some(acc),
             valid_images: Some(n),
-            ..WindowChoice::new("auto", describe_windows(&w))
+            ..WindowChoice::new("reduced-leaky", describe_windows(&w))
         });
     }
     Ok(WindowChoice {
         fixed_valid_accuracy_full: Some(full),
         valid_images: Some(n),
         ..WindowChoice::new(
-            "auto",
+            "reduced-leaky",
             "full (no window kept the accuracy: every layer keeps the 41-bit circuit)".into(),
         )
     })

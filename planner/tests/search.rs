@@ -83,10 +83,12 @@ fn a_tiny_search_survives_a_kill_and_produces_a_plan() {
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
     let v: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
     assert_eq!(v["same_class"], 1, "{v}");
-    // `--relu-bits auto` (the default) decided the plan's ReLU circuits.
+    // By default every ReLU is the exact full-width circuit: no windows.
     let plan: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("plan.json")).unwrap()).unwrap();
-    assert_eq!(plan["metadata"]["relu_bits"]["mode"], "auto", "{}", plan["metadata"]);
+    assert!(plan["metadata"]["relu_bits"].is_null(), "{}", plan["metadata"]);
+    let layers = plan["layers"].as_array().unwrap();
+    assert!(layers.iter().all(|l| l["relu_bits"].is_null()), "{layers:?}");
 
     // `delphi-plan windows` on the trained base: every ReLU layer gets a
     // window (a 2-epoch small-cnn's ReLU inputs are small) and the result

@@ -491,7 +491,8 @@ pub struct Metadata {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WindowChoice {
-    /// The rule that chose them (`auto`: the planner's `--relu-bits auto`).
+    /// The rule that chose them (`reduced-leaky`: the planner's
+    /// `--relu-bits reduced-leaky`; files from before it say `auto`).
     pub mode: String,
     /// The margin over the largest measured ReLU input the windows hold
     /// (none when no window was kept).

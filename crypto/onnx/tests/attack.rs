@@ -166,7 +166,7 @@ fn full_width_relus_give_the_client_nothing_to_regress_on() {
 
 #[test]
 fn reduced_relus_leak_the_last_layers_weights_to_a_regression() {
-    // Today's reduced ReLU (`--relu-bits auto`): its share-dependent
+    // Today's reduced ReLU (`--relu-bits reduced-leaky`): its share-dependent
     // rounding is a threshold test the client can repeat. This test
     // documents the leak; it is to be turned around when the exact reduced
     // circuit replaces it.

@@ -76,7 +76,9 @@ enum Cmd {
     /// Gives a trained network reduced-ReLU windows as it is (no placement
     /// search, no retraining): per layer the narrowest bits of each ReLU's
     /// input that keep the fixed-point validation accuracy within 0.3
-    /// points of full width. Writes the network with its windows.
+    /// points of full width. Writes the network with its windows. Such a
+    /// network leaks: the reduced ReLU's rounding depends on the client's
+    /// share (docs/security.md).
     Windows(WindowsArgs),
 }
 
@@ -106,6 +108,10 @@ struct WindowsArgs {
 
 fn run_windows(a: &WindowsArgs) -> Result<()> {
     let say = |m: &str| eprintln!("[delphi-plan windows] {m}");
+    say(
+        "warning: reduced ReLUs round depending on the client's share; a client that repeats \
+         queries can recover weights (docs/security.md). Serve the result only if that is acceptable.",
+    );
     let resolved = delphi_train::arch::resolve(&a.arch, a.data.dataset, a.seed)?;
     if !resolved.trained {
         bail!(
@@ -237,11 +243,13 @@ struct SearchArgs {
     /// Wall-time budget in minutes (no new interval starts after it).
     #[arg(long, help_heading = "Search")]
     budget: Option<f64>,
-    /// ReLU circuits: auto (per layer, the narrowest window of bits that
-    /// holds the inputs the network sees, kept when fixed-point validation
-    /// accuracy stays within 0.3 points of full width) or full (the exact
-    /// 41-bit circuit everywhere).
-    #[arg(long, default_value = "auto", help_heading = "Search")]
+    /// ReLU circuits: full (the exact 41-bit circuit everywhere: each
+    /// output a deterministic function of its input) or reduced-leaky (per
+    /// layer, the narrowest window of bits that holds the inputs the network
+    /// sees, 2-5x cheaper online, but its rounding depends on the client's
+    /// share and a client that repeats queries can recover weights; see
+    /// docs/security.md).
+    #[arg(long, default_value = "full", help_heading = "Search")]
     relu_bits: ReluBitsMode,
     /// Seed.
     #[arg(long, default_value_t = 1, help_heading = "Search")]
