@@ -32,10 +32,16 @@ impl<W: Write> Encoder<W> {
         self.w.write_all(b).map_err(Error::Io)
     }
 
-    /// Writes the head of a stored bundle: its type tag and its count.
-    pub fn head(&mut self, tag: u64, count: usize) -> Result<()> {
+    /// Writes the head of a stored bundle: its type tag, its count, its
+    /// parameters and its 16-byte id ([`Decoder::head`] reads the first
+    /// two, the caller its parameters, [`Decoder::id`] the id).
+    pub fn head(&mut self, tag: u64, count: usize, params: &[u64], id: &[u8; 16]) -> Result<()> {
         self.u64(tag)?;
-        self.u64(count as u64)
+        self.u64(count as u64)?;
+        for &p in params {
+            self.u64(p)?;
+        }
+        self.bytes(id)
     }
 
     /// Writes a `u64` (little endian).

@@ -299,20 +299,7 @@ crate::codec::impl_stored!(ServerTruncBundle, ClientTruncBundle);
 const SERVER_TAG: u64 = u64::from_le_bytes(*b"dlTRCs01");
 const CLIENT_TAG: u64 = u64::from_le_bytes(*b"dlTRCc01");
 
-/// Writes a bundle's head: tag, count, shift, id.
-fn store_head<W: std::io::Write>(
-    e: &mut Encoder<W>,
-    tag: u64,
-    n: usize,
-    shift: u32,
-    id: &[u8; 16],
-) -> Result<()> {
-    e.head(tag, n)?;
-    e.u64(shift as u64)?;
-    e.bytes(id)
-}
-
-/// Reads what [`store_head`] wrote: the count, the shift and the id.
+/// Reads a bundle's head: the count, the shift and the id.
 fn load_head<R: std::io::Read>(
     d: &mut Decoder<R>,
     tag: u64,
@@ -328,7 +315,7 @@ impl ServerTruncBundle {
     /// Writes the bundle (secrets included). A consumed bundle cannot be stored.
     pub fn store<W: std::io::Write>(&self, e: &mut Encoder<W>) -> Result<()> {
         let s = &self.inner;
-        store_head(e, SERVER_TAG, self.n, self.shift, &s.id)?;
+        e.head(SERVER_TAG, self.n, &[self.shift as u64], &s.id)?;
         let bits: Vec<F> = s.choice.iter().map(|&b| F::from_u64(b as u64)).collect();
         e.fields(&bits)?;
         e.fields(&s.prod)
@@ -352,7 +339,7 @@ impl ClientTruncBundle {
     /// Writes the bundle (secrets included).
     pub fn store<W: std::io::Write>(&self, e: &mut Encoder<W>) -> Result<()> {
         let s = &self.inner;
-        store_head(e, CLIENT_TAG, self.n, self.shift, &s.id)?;
+        e.head(CLIENT_TAG, self.n, &[self.shift as u64], &s.id)?;
         e.fields(&s.shares)?;
         e.fields(&s.keys)
     }

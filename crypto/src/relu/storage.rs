@@ -22,10 +22,7 @@ fn store_head<W: std::io::Write>(
     spec: ReluSpec,
     id: &[u8; 16],
 ) -> Result<()> {
-    e.head(tag, n)?;
-    e.u64(spec.shift as u64)?;
-    e.u64(ReluBits::code(spec.bits))?;
-    e.bytes(id)
+    e.head(tag, n, &[spec.shift as u64, ReluBits::code(spec.bits)], id)
 }
 
 /// Reads what [`store_head`] wrote: the count, the spec and the id.
