@@ -152,6 +152,9 @@ pub(crate) fn run_serve(args: ServeArgs) -> Result<()> {
 
     let net = load_plan(&plan)?;
     let (prog, ranges) = checked_program(&net, allow_overflow)?;
+    if let Some(w) = prog.rounding_warning() {
+        eprintln!("[serve] warning: {w}");
+    }
     let store = open_store(bundle_dir, bundle_key, Side::Server)?;
     let listener =
         std::net::TcpListener::bind(&listen).with_context(|| format!("listening on {listen}"))?;

@@ -191,6 +191,9 @@ pub(crate) fn run_verify(args: VerifyArgs) -> Result<()> {
     if !json || ranges.starts_with("warning") {
         eprintln!("{ranges}");
     }
+    if let Some(w) = prog.rounding_warning() {
+        eprintln!("warning: {w}");
+    }
     let model = if compare_cost {
         Some(load_cost_model(&cost_model.unwrap_or_else(delphi_net::paths::default_cost_model))?)
     } else {
@@ -216,6 +219,11 @@ pub(crate) fn run_verify(args: VerifyArgs) -> Result<()> {
         if let Some(obj) = v.as_object_mut() {
             obj.insert("float_max_rel_error".into(), worst_gap.into());
             obj.insert("float_same_class".into(), float_classes.into());
+            let (reduced, truncated) = prog.share_dependent_roundings();
+            obj.insert(
+                "share_dependent_roundings".into(),
+                serde_json::json!({ "reduced_relus": reduced, "truncated_values": truncated }),
+            );
             if let Some(c) = compared {
                 obj.insert("predicted".into(), c["predicted"].clone());
                 obj.insert("measured".into(), c["measured"].clone());

@@ -92,3 +92,28 @@ fn verify_runs_a_mixed_per_channel_plan_unchanged() {
     assert!(ok, "{err}");
     std::fs::remove_dir_all(&d).ok();
 }
+
+#[test]
+fn verify_names_the_roundings_that_depend_on_the_shares() {
+    let d = dir("roundings");
+    let run = |net: &Network| {
+        let plan = d.join("plan.json");
+        net.save(&plan, WeightStorage::Inline).unwrap();
+        let o = delphi().args(["verify", "--json", "--plan"]).arg(&plan).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (v["share_dependent_roundings"].clone(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    // All ReLU at full width: nothing depends on the shares, and no warning.
+    let net = build("small-cnn", 10, 9).unwrap();
+    let (r, err) = run(&net);
+    assert_eq!((r["reduced_relus"].as_u64(), r["truncated_values"].as_u64()), (Some(0), Some(0)));
+    assert!(!err.contains("depending on the shares"), "{err}");
+    // Quadratic layers are followed by faithful truncations: counted and warned about.
+    let mut net = build("small-cnn", 10, 9).unwrap();
+    "QQR".parse::<Placement>().unwrap().apply(&mut net).unwrap();
+    let (r, err) = run(&net);
+    assert!(r["truncated_values"].as_u64().unwrap() > 0, "{r}");
+    assert!(err.contains("depending on the shares"), "{err}");
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -513,6 +513,36 @@ impl FixedProgram {
         (relus, quads)
     }
 
+    /// The roundings whose direction depends on the shares (element
+    /// counts): reduced ReLUs and faithful truncations. Each is a threshold
+    /// test on a hidden value that a client repeating a query can observe
+    /// (docs/security.md); `(0, 0)`: the client's view is a function of its
+    /// input alone.
+    pub fn share_dependent_roundings(&self) -> (usize, usize) {
+        let mut reduced = 0;
+        let mut truncs = 0;
+        for n in &self.nodes {
+            match n.op {
+                FixedOp::Relu { bits: Some(_), .. } => reduced += n.active_len(),
+                FixedOp::Trunc { .. } => truncs += n.active_len(),
+                _ => {}
+            }
+        }
+        (reduced, truncs)
+    }
+
+    /// A warning naming the share-dependent roundings, if there are any.
+    pub fn rounding_warning(&self) -> Option<String> {
+        match self.share_dependent_roundings() {
+            (0, 0) => None,
+            (r, t) => Some(format!(
+                "this plan rounds depending on the shares at {r} reduced ReLUs and {t} truncated \
+                 values: a client that repeats a query can learn about the weights \
+                 (docs/security.md); full-width ReLUs and no quadratic layers avoid it"
+            )),
+        }
+    }
+
     /// Runs the program on an encoded input; returns every node's value.
     pub fn eval_all(&self, input: &[F]) -> Result<Vec<Vec<F>>> {
         self.eval_all_with(input, &mut trunc)
