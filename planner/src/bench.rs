@@ -335,10 +335,11 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
         let fin = match o.chosen.as_ref().or(o.closest.as_ref()) {
             Some(e) => {
                 let file = o.front.iter().find(|(f, _)| f.index == e.index).map(|x| x.1.clone());
-                let relu_bits = file
-                    .as_ref()
-                    .and_then(|f| delphi_net::Network::load(f).ok())
-                    .and_then(|n| n.metadata.relu_bits);
+                let net = file.as_ref().and_then(|f| delphi_net::Network::load(f).ok());
+                let share_dependent_roundings = net.as_ref().and_then(|n| {
+                    delphi_net::FixedProgram::lower(n).ok().map(|p| p.share_dependent_roundings())
+                });
+                let relu_bits = net.and_then(|n| n.metadata.relu_bits);
                 let (tf, tx) =
                     file.and_then(|f| acc.get(&f).copied()).unwrap_or((f64::NAN, f64::NAN));
                 Final {
@@ -349,6 +350,7 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
                     verify: None,
                     seconds: 0.0,
                     relu_bits,
+                    share_dependent_roundings,
                 }
             }
             None => Final::default(),

@@ -223,6 +223,9 @@ pub struct Final {
     /// The plan's reduced-ReLU windows and the accuracy check that kept
     /// them (`--relu-bits reduced-leaky`), from its metadata.
     pub relu_bits: Option<delphi_net::window::WindowChoice>,
+    /// The plan's roundings that depend on the shares (reduced ReLUs,
+    /// truncated values), what a client can learn from beyond the prediction.
+    pub share_dependent_roundings: Option<(usize, usize)>,
 }
 
 /// Writes members.csv, pareto.csv/.parquet, pareto.svg and summary.md.
@@ -314,6 +317,21 @@ pub fn write(out: &Path, c: &crate::config::PlanConfig, o: &Outcome, fin: &Final
             e.cost
         ),
         (None, None) => md += "**No plan was evaluated.**\n\n",
+    }
+    match fin.share_dependent_roundings {
+        Some((0, 0)) => {
+            md += "What a client learns: the prediction and the architecture only (every \
+                   rounding is a function of the hidden value).\n\n"
+        }
+        Some((r, t)) => {
+            md += &format!(
+                "What a client learns: **more than the prediction**. The plan rounds depending on \
+                 the shares at {r} reduced ReLUs and {t} truncated values (the faithful truncation \
+                 after quadratic layers); a client that repeats a query can learn about the weights \
+                 (docs/security.md).\n\n"
+            )
+        }
+        None => {}
     }
     if let Some(w) = fin.relu_bits.as_ref().filter(|w| w.valid_images.is_none()) {
         md += &format!("ReLU circuits (`--relu-bits {}`): {}.\n\n", c.relu_bits.name(), w.windows);

@@ -70,6 +70,8 @@ fn a_tiny_search_survives_a_kill_and_produces_a_plan() {
     assert!(lineage.starts_with(&lineage_before));
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(summary.contains("resumed from a saved state"), "{summary}");
+    // It says what a client learns from the plan it chose.
+    assert!(summary.contains("What a client learns"), "{summary}");
 
     // The plan is a valid description the protocol runs: `delphi verify`
     // (built by `cargo test --workspace`) checks it against the reference.

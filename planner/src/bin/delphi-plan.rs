@@ -362,6 +362,9 @@ fn run_one(c: &PlanConfig, quiet: bool) -> Result<()> {
         verify,
         seconds: start.elapsed().as_secs_f64(),
         relu_bits: net.metadata.relu_bits.clone(),
+        share_dependent_roundings: Some(
+            delphi_net::FixedProgram::lower(&net)?.share_dependent_roundings(),
+        ),
     };
     report::write(&out, c, &outcome, &fin)?;
     let summary = serde_json::json!({
