@@ -8,6 +8,7 @@
 //! ciphertext byte and every ciphertext frame against these formulas.
 
 use delphi_crypto::channel::FIELD_BYTES;
+use delphi_crypto::garbled::{GcCircuit, GcFunction};
 use delphi_crypto::ot::iknp::KAPPA;
 use delphi_crypto::relu::{relu_circuit_for, ReluSpec};
 use delphi_net::fixed::{FixedOp, FixedProgram};
@@ -102,7 +103,12 @@ pub fn node_traffic(prog: &FixedProgram, i: usize) -> (Traffic, Traffic) {
             let spec = ReluSpec { shift: *shift, bits: *bits };
             return relu_traffic(node.active_len(), spec);
         }
-        FixedOp::Trunc { .. } => return node_traffic_trunc(node.active_len()),
+        FixedOp::Trunc { shift, kind } => {
+            return match kind.exact(*shift) {
+                Some(e) => gc_traffic(node.active_len(), e.gc()),
+                None => node_traffic_trunc(node.active_len()),
+            };
+        }
         FixedOp::Quad { .. } => {
             let n = node.active_len();
             let chunks = n.div_ceil(SLOTS) as u64;
@@ -121,21 +127,25 @@ pub fn node_traffic(prog: &FixedProgram, i: usize) -> (Traffic, Traffic) {
 /// Offline and online traffic of a ReLU layer of `n` values (the circuit
 /// `spec`: its truncation and, for a reduced ReLU, its window).
 pub fn relu_traffic(n: usize, spec: impl Into<ReluSpec>) -> (Traffic, Traffic) {
-    let spec = spec.into();
-    let rc = relu_circuit_for(spec);
-    let bits = spec.input_bits();
+    gc_traffic(n, relu_circuit_for(spec.into()))
+}
+
+/// Offline and online traffic of `n` values of a garbled-circuit layer
+/// ([`delphi_crypto::garbled`]: ReLUs, exact truncations) of circuit `gc`.
+pub fn gc_traffic(n: usize, gc: &GcCircuit) -> (Traffic, Traffic) {
+    let c = gc.circuit();
     let off = Traffic {
         bytes: 3 * AGREE
             + ID_AND_KEY
             + BASE_OT
-            + cot(n * bits)
-            + (n * 2 * rc.circuit().and_gates() * 16) as u64
-            + fields(n * rc.circuit().outputs()),
+            + cot(n * c.evaluator_inputs())
+            + (n * 2 * c.and_gates() * 16) as u64
+            + fields(n * c.outputs()),
         rounds: 4.0,
         ..Traffic::default()
     };
     let on = Traffic {
-        bytes: ID + (n * bits * 16) as u64 + fields(n),
+        bytes: ID + (n * c.garbler_inputs() * 16) as u64 + fields(n),
         rounds: 1.0,
         ..Traffic::default()
     };

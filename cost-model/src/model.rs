@@ -109,9 +109,10 @@ pub struct CostModel {
     pub relu_offline: Affine,
     /// ReLU online (labels, evaluation).
     pub relu_online: Affine,
-    /// Truncation offline (OT).
+    /// Faithful truncation offline (OT). Exact truncations are garbled
+    /// circuits, priced as [`CostModel::gc_costs`] says.
     pub trunc_offline: Affine,
-    /// Truncation online.
+    /// Faithful truncation online.
     pub trunc_online: Affine,
     /// Square triples offline, per value (BFV chunks amortised).
     pub quad_offline: Affine,
@@ -219,11 +220,21 @@ impl CostModel {
     /// without the anchor scales the full slope by the AND-gate ratio;
     /// [`CostModel::has_reduced_relus`] says which).
     pub fn relu_costs(&self, spec: delphi_crypto::relu::ReluSpec) -> (Affine, Affine) {
-        use delphi_crypto::relu::{relu_circuit_for, ReluSpec};
+        use delphi_crypto::relu::relu_circuit_for;
         if spec.bits.is_none() {
             return (self.relu_offline, self.relu_online);
         }
-        let ands = relu_circuit_for(spec).circuit().and_gates() as f64;
+        self.gc_costs(relu_circuit_for(spec).circuit().and_gates())
+    }
+
+    /// Offline and online computation of a garbled-circuit layer of
+    /// `ands` AND gates per value other than the full ReLU (reduced ReLUs,
+    /// exact truncations): the per-value slope interpolated linearly in AND
+    /// gates between [`REDUCED_ANCHOR`] and the full circuit, as
+    /// [`CostModel::relu_costs`] describes.
+    pub fn gc_costs(&self, ands: usize) -> (Affine, Affine) {
+        use delphi_crypto::relu::{relu_circuit_for, ReluSpec};
+        let ands = ands as f64;
         let full = relu_circuit_for(ReluSpec::full(12)).circuit().and_gates() as f64;
         let anchor = relu_circuit_for(REDUCED_ANCHOR).circuit().and_gates() as f64;
         let line = |f: Affine, r: Option<Affine>| -> Affine {
@@ -279,7 +290,16 @@ impl CostModel {
                     self.relu_costs(delphi_crypto::relu::ReluSpec { shift: *shift, bits: *bits });
                 (off.at(active), on.at(active))
             }
-            FixedOp::Trunc { .. } => (self.trunc_offline.at(active), self.trunc_online.at(active)),
+            FixedOp::Trunc { shift, kind } => match kind.exact(*shift) {
+                // The wide circuit is the full ReLU circuit.
+                Some(e) if e.wide => (self.relu_offline.at(active), self.relu_online.at(active)),
+                Some(e) => {
+                    use delphi_crypto::garbled::GcFunction;
+                    let (off, on) = self.gc_costs(e.gc().circuit().and_gates());
+                    (off.at(active), on.at(active))
+                }
+                None => (self.trunc_offline.at(active), self.trunc_online.at(active)),
+            },
             FixedOp::Quad { .. } => (self.quad_offline.at(active), self.quad_online.at(active)),
             FixedOp::MulConst(_) | FixedOp::SumPool { .. } | FixedOp::Add => {
                 (0.0, self.local_per_value_s * n)

@@ -12,6 +12,7 @@ pub mod codec;
 pub mod error;
 pub mod field;
 pub mod fixed;
+pub mod garbled;
 pub mod gc;
 pub mod ot;
 pub mod relu;

@@ -190,13 +190,15 @@ fn relu_times(n: usize) -> Result<(f64, f64)> {
     )
 }
 
-/// Offline and online wall times of a truncation layer of `n` values.
+/// Offline and online wall times of a faithful truncation layer of `n`
+/// values (exact truncations are garbled circuits, priced from the ReLU
+/// measurements).
 fn trunc_times(n: usize) -> Result<(f64, f64)> {
-    use delphi_crypto::trunc::{client_offline, server_offline};
+    use delphi_crypto::trunc::{client_offline, server_offline, TruncKind::Faithful};
     bundle_times(
         n,
-        (|ch, n, r| server_offline(ch, n, 12, r), |b, ch, x| b.online(ch, x)),
-        (|ch, x, r| client_offline(ch, x, 12, r), |b, ch| b.online(ch)),
+        (|ch, n, r| server_offline(ch, n, 12, Faithful, r), |b, ch, x| b.online(ch, x)),
+        (|ch, x, r| client_offline(ch, x, 12, Faithful, r), |b, ch| b.online(ch)),
     )
 }
 

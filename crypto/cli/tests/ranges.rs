@@ -109,9 +109,15 @@ fn verify_names_the_roundings_that_depend_on_the_shares() {
     let (r, err) = run(&net);
     assert_eq!((r["reduced_relus"].as_u64(), r["truncated_values"].as_u64()), (Some(0), Some(0)));
     assert!(!err.contains("depending on the shares"), "{err}");
-    // Quadratic layers are followed by faithful truncations: counted and warned about.
+    // Quadratic layers truncate exactly by default: nothing to warn about
+    // (and verify holds every node to the reference exactly).
     let mut net = build("small-cnn", 10, 9).unwrap();
     "QQR".parse::<Placement>().unwrap().apply(&mut net).unwrap();
+    let (r, err) = run(&net);
+    assert_eq!((r["reduced_relus"].as_u64(), r["truncated_values"].as_u64()), (Some(0), Some(0)));
+    assert!(!err.contains("depending on the shares"), "{err}");
+    // The faithful opt-in: counted and warned about.
+    net.fixed_point.truncation = delphi_net::desc::TruncChoice::FaithfulLeaky;
     let (r, err) = run(&net);
     assert!(r["truncated_values"].as_u64().unwrap() > 0, "{r}");
     assert!(err.contains("depending on the shares"), "{err}");

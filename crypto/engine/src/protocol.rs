@@ -40,7 +40,7 @@ use delphi_crypto::relu::{
     client_offline as relu_client_offline, server_offline as relu_server_offline,
 };
 use delphi_crypto::relu::{ClientReluBundle, ReluSpec, ServerReluBundle};
-use delphi_crypto::trunc::{self, ClientTruncBundle, ServerTruncBundle};
+use delphi_crypto::trunc::{self, ClientTruncBundle, ServerTruncBundle, TruncKind};
 use delphi_net::fixed::{linear_field, FixedOp, FixedProgram};
 use delphi_net::linear::sum_pool;
 
@@ -297,11 +297,12 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
                 )?);
                 node.scatter(random(node.active_len(), rng), F::ZERO)
             }
-            FixedOp::Trunc { shift } => {
+            FixedOp::Trunc { shift, kind } => {
                 truncs[i] = Some(trunc::client_offline(
                     ch,
                     &node.gather(&shares[node.inputs[0]]),
                     *shift,
+                    *kind,
                     rng,
                 )?);
                 node.scatter(random(node.active_len(), rng), F::ZERO)
@@ -378,8 +379,8 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
                 let spec = ReluSpec { shift: *shift, bits: *bits };
                 relus[i] = Some(relu_server_offline(ch, node.active_len(), spec, rng)?);
             }
-            FixedOp::Trunc { shift } => {
-                truncs[i] = Some(trunc::server_offline(ch, node.active_len(), *shift, rng)?);
+            FixedOp::Trunc { shift, kind } => {
+                truncs[i] = Some(trunc::server_offline(ch, node.active_len(), *shift, *kind, rng)?);
             }
             FixedOp::Quad { .. } => {
                 let len = node.active_len();
@@ -605,7 +606,15 @@ pub fn program_digest(prog: &FixedProgram) -> [u8; 32] {
         h.update(n.op.kind().as_bytes());
         let params: [i64; 3] = match &n.op {
             FixedOp::Relu { shift, bits: Some(b) } => [*shift as i64, b.lo as i64, b.hi as i64],
-            FixedOp::Relu { shift, bits: None } | FixedOp::Trunc { shift } => [*shift as i64, 0, 0],
+            FixedOp::Relu { shift, bits: None } => [*shift as i64, 0, 0],
+            FixedOp::Trunc { shift, kind } => {
+                let code = match kind {
+                    TruncKind::Faithful => 0,
+                    TruncKind::Exact => 1,
+                    TruncKind::ExactWide => 2,
+                };
+                [*shift as i64, code, 0]
+            }
             FixedOp::Quad { a, b, c } => {
                 for v in a.iter().chain(b).chain(c) {
                     h.update(v.to_le_bytes());

@@ -396,6 +396,13 @@ pub struct Layer {
     /// (format version 3; absent: the exact circuit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relu_bits: Option<delphi_crypto::relu::spec::ReluBits>,
+    /// The protocol of each of the layer's truncations, in program order,
+    /// as the server settled them from its weights (the bounded exact
+    /// circuit only where the bound is proven). Recorded in the
+    /// architecture a client receives, so both parties run the same
+    /// program; absent: lowering settles them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncations: Option<Vec<delphi_crypto::trunc::TruncKind>>,
 }
 
 impl Layer {
@@ -418,7 +425,7 @@ impl Layer {
 
     /// A layer reading the previous layer's output.
     pub fn new(op: Op) -> Self {
-        Layer { op, input: None, relu_bits: None }
+        Layer { op, input: None, relu_bits: None, truncations: None }
     }
 }
 
@@ -432,6 +439,33 @@ pub struct FixedPointSpec {
     /// weights that 8 bits would round by tens of percent).
     #[serde(default = "default_weight_bits")]
     pub weight_frac_bits: u32,
+    /// How truncations round: `exact` (the default: a deterministic
+    /// function of the value) or `faithful-leaky` (the opt-in whose
+    /// rounding depends on the shares; docs/security.md).
+    #[serde(default, skip_serializing_if = "TruncChoice::is_default")]
+    pub truncation: TruncChoice,
+}
+
+crate::text_enum! {
+    /// How a network's truncations round (`fixed_point.truncation`).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub enum TruncChoice("truncation") {
+        /// Exact: ⌊(v + 2^(f−1))/2^f⌋, a deterministic function of the
+        /// value — the bounded circuit where the plan proves |v| ≤ 2^38,
+        /// the wide one elsewhere.
+        #[default]
+        Exact = "exact",
+        /// The one-bit faithful truncation: cheapest online, but it rounds
+        /// up or down depending on the shares, which a client that repeats
+        /// a query can exploit.
+        FaithfulLeaky = "faithful-leaky",
+    }
+}
+
+impl TruncChoice {
+    fn is_default(&self) -> bool {
+        *self == TruncChoice::Exact
+    }
 }
 
 fn default_weight_bits() -> u32 {
@@ -651,7 +685,11 @@ impl Network {
             version: VERSION,
             name: name.into(),
             input,
-            fixed_point: FixedPointSpec { frac_bits, weight_frac_bits: DEFAULT_WEIGHT_FRAC_BITS },
+            fixed_point: FixedPointSpec {
+                frac_bits,
+                weight_frac_bits: DEFAULT_WEIGHT_FRAC_BITS,
+                truncation: TruncChoice::Exact,
+            },
             layers: Vec::new(),
             weights_file: None,
             metadata: Metadata::default(),
@@ -666,7 +704,7 @@ impl Network {
 
     /// Appends a layer reading the output of `input`; returns its index.
     pub fn push_from(&mut self, input: usize, op: Op) -> usize {
-        self.layers.push(Layer { op, input: Some(input), relu_bits: None });
+        self.layers.push(Layer { op, input: Some(input), relu_bits: None, truncations: None });
         self.layers.len() - 1
     }
 
@@ -677,6 +715,22 @@ impl Network {
     /// docs/security.md).
     pub fn architecture_only(&self) -> Network {
         let mut n = self.clone();
+        // What the weights decide about the program, recorded so that the
+        // client lowers the same one: each truncation's circuit.
+        if let Ok(prog) = crate::fixed::FixedProgram::lower(self) {
+            for (i, l) in n.layers.iter_mut().enumerate() {
+                let kinds: Vec<_> = prog
+                    .nodes
+                    .iter()
+                    .filter(|x| x.layer == Some(i))
+                    .filter_map(|x| match x.op {
+                        crate::fixed::FixedOp::Trunc { kind, .. } => Some(kind),
+                        _ => None,
+                    })
+                    .collect();
+                l.truncations = (!kinds.is_empty()).then_some(kinds);
+            }
+        }
         n.weights_file = None;
         n.metadata = Metadata {
             input_normalization: self.metadata.input_normalization.clone(),

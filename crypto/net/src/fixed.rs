@@ -40,8 +40,9 @@
 
 use delphi_crypto::field::{F, HALF, P};
 use delphi_crypto::relu::spec::{ReluBits, ReluSpec};
+use delphi_crypto::trunc::{ExactTrunc, TruncKind, OFFSET_BITS};
 
-use crate::desc::{Network, Op, Shape};
+use crate::desc::{Network, Op, Shape, TruncChoice};
 use crate::error::{layer_err, NetError, Result};
 use crate::linear::{sum_pool, LinearOp};
 
@@ -103,10 +104,15 @@ pub enum FixedOp {
         /// Per channel: constant, 2f + f_w fractional bits.
         c: Vec<i64>,
     },
-    /// Division by 2^shift rounded to nearest (within one unit in the protocol).
+    /// Division by 2^shift rounded to nearest: exactly (a deterministic
+    /// function of the value) or, with the leaky opt-in, within one unit.
     Trunc {
         /// Bits dropped.
         shift: u32,
+        /// The protocol ([`TruncKind`]): lowering picks `Exact` where the
+        /// input's proven bound allows it, `ExactWide` elsewhere, and
+        /// `Faithful` only for a network that opts in.
+        kind: TruncKind,
     },
     /// Multiplication by a public integer.
     MulConst(i64),
@@ -263,6 +269,14 @@ fn round_fixed(v: f64, bits: u32, index: usize, kind: &'static str) -> Result<i6
 struct Lowering {
     f: u32,
     fw: u32,
+    /// The truncation every `Trunc` starts with (exact ones are settled
+    /// against the proven bounds afterwards).
+    trunc: TruncKind,
+    /// Per description layer, the kinds its truncations recorded
+    /// ([`crate::desc::Layer::truncations`]) and how many were used.
+    records: Vec<(Option<Vec<TruncKind>>, usize)>,
+    /// Program nodes whose truncation kind came from a record.
+    recorded: Vec<usize>,
     nodes: Vec<Node>,
 }
 
@@ -277,6 +291,22 @@ impl Lowering {
             channels: None,
         });
         self.nodes.len() - 1
+    }
+
+    /// The next truncation of `layer`: its recorded kind, else the default.
+    fn trunc_op(&mut self, shift: u32, layer: usize) -> FixedOp {
+        let kind = match self.records.get_mut(layer) {
+            Some((Some(kinds), used)) => {
+                let k = kinds.get(*used).copied();
+                *used += 1;
+                if k.is_some() {
+                    self.recorded.push(self.nodes.len());
+                }
+                k.unwrap_or(self.trunc)
+            }
+            _ => self.trunc,
+        };
+        FixedOp::Trunc { shift, kind }
     }
 
     /// Pushes a node that works on `channels` only.
@@ -309,7 +339,8 @@ impl Lowering {
     fn rescale(&mut self, mut t: Tensor, layer: usize) -> Tensor {
         if t.bits > self.f {
             let shift = t.bits - self.f;
-            t.node = self.push(FixedOp::Trunc { shift }, vec![t.node], t.shape, layer);
+            let op = self.trunc_op(shift, layer);
+            t.node = self.push(op, vec![t.node], t.shape, layer);
             self.nodes[t.node].scale = (self.f, t.div);
             t.bits = self.f;
         }
@@ -334,6 +365,12 @@ impl FixedProgram {
         let mut lw = Lowering {
             f,
             fw,
+            trunc: match net.fixed_point.truncation {
+                TruncChoice::Exact => TruncKind::Exact,
+                TruncChoice::FaithfulLeaky => TruncKind::Faithful,
+            },
+            records: net.layers.iter().map(|l| (l.truncations.clone(), 0)).collect(),
+            recorded: Vec::new(),
             nodes: vec![Node {
                 op: FixedOp::Input,
                 inputs: vec![],
@@ -439,19 +476,14 @@ impl FixedProgram {
                             lw.nodes[q.node].scale = (q.bits, 1);
                         }
                         if q.bits > f {
-                            q.node = lw.push_on(
-                                FixedOp::Trunc { shift: q.bits - f },
-                                q.node,
-                                q.shape,
-                                i,
-                                &quad,
-                            );
+                            let op = lw.trunc_op(q.bits - f, i);
+                            q.node = lw.push_on(op, q.node, q.shape, i, &quad);
                             lw.nodes[q.node].scale = (f, 1);
                         }
                         let sq = lw.push_on(coeffs(t.div)?, q.node, q.shape, i, &quad);
                         lw.nodes[sq].scale = (2 * f + fw, t.div);
-                        let back =
-                            lw.push_on(FixedOp::Trunc { shift: f + fw }, sq, q.shape, i, &quad);
+                        let op = lw.trunc_op(f + fw, i);
+                        let back = lw.push_on(op, sq, q.shape, i, &quad);
                         lw.nodes[back].scale = (f, t.div);
                         let node = lw.push(FixedOp::Add, vec![r, back], t.shape, i);
                         Tensor { node, bits: f, div: t.div, shape: t.shape }
@@ -461,30 +493,86 @@ impl FixedProgram {
             lw.nodes[res.node].scale = (res.bits, res.div);
             out.push(res);
         }
-        for n in &lw.nodes {
-            if let FixedOp::Trunc { shift } = n.op {
-                if shift < delphi_crypto::trunc::MIN_SHIFT {
-                    let layer = n.layer.unwrap_or(0);
-                    return Err(layer_err(
-                        layer,
-                        net.layers[layer].op.kind(),
-                        format!(
-                            "a truncation by {shift} bits (at least {} are needed: raise weight_frac_bits)",
-                            delphi_crypto::trunc::MIN_SHIFT
-                        ),
-                    ));
-                }
-            }
-        }
         let last = *out.last().ok_or_else(|| NetError::Invalid("no layers".into()))?;
-        Ok(FixedProgram {
+        let mut prog = FixedProgram {
             frac_bits: f,
             weight_frac_bits: fw,
             nodes: lw.nodes,
             output: last.node,
             output_bits: last.bits,
             output_divisor: last.div,
-        })
+        };
+        for (i, (rec, used)) in lw.records.iter().enumerate() {
+            if let Some(kinds) = rec.as_ref().filter(|k| k.len() != *used) {
+                return Err(layer_err(
+                    i,
+                    net.layers[i].op.kind(),
+                    format!("records {} truncations; its program has {used}", kinds.len()),
+                ));
+            }
+        }
+        prog.settle(net, &lw.recorded)?;
+        Ok(prog)
+    }
+
+    /// Settles what needs the program's proven bounds (interval arithmetic
+    /// from the weights and the declared input range,
+    /// [`crate::range::proven_bounds`]): each exact truncation runs the
+    /// bounded circuit where its input is proven within 2^38 and the wide
+    /// one elsewhere; an exact ReLU window must hold its input's proven
+    /// bound (otherwise its result could depend on the shares).
+    /// A kind a layer records (`recorded` nodes) is kept, but a bounded
+    /// one must still be proven where the weights are known.
+    fn settle(&mut self, net: &Network, recorded: &[usize]) -> Result<()> {
+        let bounds = self.proven_bounds_for(net);
+        for i in 0..self.nodes.len() {
+            let x = self.nodes[i].inputs.first().map_or(0.0, |&j| bounds[j]);
+            let layer = self.nodes[i].layer.unwrap_or(0);
+            let err = |why: String| layer_err(layer, net.layers[layer].op.kind(), why);
+            match &mut self.nodes[i].op {
+                FixedOp::Trunc { shift, kind } => {
+                    let bounded = ExactTrunc { shift: *shift, wide: false };
+                    if *kind == TruncKind::Exact && x > bounded.max_abs() as f64 {
+                        if recorded.contains(&i) {
+                            return Err(err(format!(
+                                "records a bounded exact truncation whose input is not proven \
+                                 within 2^{OFFSET_BITS} (2^{:.1}): record exact-wide",
+                                x.log2()
+                            )));
+                        }
+                        *kind = TruncKind::ExactWide;
+                    }
+                    if *shift < kind.min_shift() || *shift > kind.max_shift() {
+                        return Err(err(format!(
+                            "a truncation by {shift} bits: the {kind} truncation takes {} to {} \
+                             (change frac_bits or weight_frac_bits)",
+                            kind.min_shift(),
+                            kind.max_shift()
+                        )));
+                    }
+                }
+                FixedOp::Relu { bits: Some(b), .. }
+                    if b.is_exact() && x >= b.exact_sign_limit() as f64 =>
+                {
+                    let need = (x + 1.0).log2().ceil() as u32 + 1;
+                    return Err(err(format!(
+                        "the exact ReLU window {b} does not hold its input's proven bound \
+                         (2^{:.1}): it needs 0..{need}, or full width",
+                        x.max(1.0).log2()
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The program's proven bound per node (field units) for its declared
+    /// input range: what [`FixedProgram::lower`] settles truncations and
+    /// exact ReLU windows against.
+    pub fn proven_bounds_for(&self, net: &Network) -> Vec<f64> {
+        let (lo, hi) = net.input_range();
+        crate::range::proven_bounds(self, lo.abs().max(hi.abs()))
     }
 
     /// Encodes a real input with f fractional bits.
@@ -514,7 +602,7 @@ impl FixedProgram {
     }
 
     /// The roundings whose direction depends on the shares (element
-    /// counts): reduced ReLUs and faithful truncations. Each is a threshold
+    /// counts): leaky reduced ReLUs (windows with lo ≥ 1) and faithful truncations. Each is a threshold
     /// test on a hidden value that a client repeating a query can observe
     /// (docs/security.md); `(0, 0)`: the client's view is a function of its
     /// input alone.
@@ -523,8 +611,8 @@ impl FixedProgram {
         let mut truncs = 0;
         for n in &self.nodes {
             match n.op {
-                FixedOp::Relu { bits: Some(_), .. } => reduced += n.active_len(),
-                FixedOp::Trunc { .. } => truncs += n.active_len(),
+                FixedOp::Relu { bits: Some(b), .. } if !b.is_exact() => reduced += n.active_len(),
+                FixedOp::Trunc { kind: TruncKind::Faithful, .. } => truncs += n.active_len(),
                 _ => {}
             }
         }
@@ -538,7 +626,8 @@ impl FixedProgram {
             (r, t) => Some(format!(
                 "this plan rounds depending on the shares at {r} reduced ReLUs and {t} truncated \
                  values: a client that repeats a query can learn about the weights \
-                 (docs/security.md); full-width ReLUs and no quadratic layers avoid it"
+                 (docs/security.md); exact or full-width ReLU windows and exact truncations \
+                 (the defaults) avoid it"
             )),
         }
     }
@@ -554,7 +643,7 @@ impl FixedProgram {
     pub fn eval_all_with(
         &self,
         input: &[F],
-        truncate: &mut dyn FnMut(F, u32) -> F,
+        truncate: &mut dyn FnMut(F, u32, TruncKind) -> F,
     ) -> Result<Vec<Vec<F>>> {
         if input.len() != self.nodes[0].shape.len() {
             return Err(NetError::Invalid(format!(
@@ -583,7 +672,7 @@ impl FixedProgram {
         i: usize,
         vals: &[Vec<F>],
         input: &[F],
-        truncate: &mut dyn FnMut(F, u32) -> F,
+        truncate: &mut dyn FnMut(F, u32, TruncKind) -> F,
     ) -> Vec<F> {
         let node = &self.nodes[i];
         {
@@ -599,7 +688,9 @@ impl FixedProgram {
                     let (a, b, c) = (F::from_i64(a[ch]), F::from_i64(b[ch]), F::from_i64(c[ch]));
                     a * v * v + b * v + c
                 }),
-                FixedOp::Trunc { shift } => node.map_active(x, F::ZERO, |_, v| truncate(v, *shift)),
+                FixedOp::Trunc { shift, kind } => {
+                    node.map_active(x, F::ZERO, |_, v| truncate(v, *shift, *kind))
+                }
                 FixedOp::MulConst(m) => {
                     let m = F::from_i64(*m);
                     x.iter().map(|&v| v * m).collect()
@@ -644,8 +735,8 @@ impl FixedProgram {
                 dev.allowed_units = spec.error_bound();
                 bits.map(|b| b.exact_sign_limit())
             }
-            FixedOp::Trunc { .. } => {
-                dev.allowed_units = 1;
+            FixedOp::Trunc { kind, .. } => {
+                dev.allowed_units = u64::from(!kind.is_exact());
                 None
             }
             _ => None,
@@ -759,7 +850,9 @@ impl FixedProgram {
                     let (a, b, c) = (F::from_i64(a[ch]), F::from_i64(b[ch]), F::from_i64(c[ch]));
                     a * v * v + b * v + c
                 }),
-                FixedOp::Trunc { shift } => map_channels(x, per, channels, |_, v| trunc(v, *shift)),
+                FixedOp::Trunc { shift, kind } => {
+                    map_channels(x, per, channels, |_, v| trunc(v, *shift, *kind))
+                }
                 FixedOp::MulConst(m) => {
                     let m = F::from_i64(*m);
                     x.iter().map(|&v| v * m).collect()
@@ -811,10 +904,11 @@ impl FixedProgram {
     }
 }
 
-/// signed(v) / 2^f rounded to nearest (ties up), back in the field: the
-/// rule the protocol's truncation follows to within one unit.
-pub fn trunc(v: F, f: u32) -> F {
-    delphi_crypto::trunc::trunc_reference(v, f)
+/// What truncation `kind` by f bits computes: signed(v) / 2^f rounded to
+/// nearest (ties up), back in the field, for |v| ≤ 2^38 (beyond it the wide
+/// circuit's fixed result); the faithful protocol is within one unit of it.
+pub fn trunc(v: F, f: u32, kind: TruncKind) -> F {
+    kind.reference(v, f)
 }
 
 /// `f(channel, v)` on every element of a channel-major vector (`per`

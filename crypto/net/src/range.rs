@@ -34,7 +34,7 @@
 use rand::{Rng, SeedableRng};
 
 use delphi_crypto::field::HALF;
-use delphi_crypto::trunc::max_abs;
+use delphi_crypto::trunc::{max_abs, TruncKind, OFFSET_BITS};
 
 use crate::error::{NetError, Result};
 use crate::fixed::{FixedOp, FixedProgram};
@@ -138,9 +138,20 @@ fn limits(prog: &FixedProgram) -> Vec<(Limit, Option<Limit>)> {
         .iter()
         .map(|n| {
             let input = match n.op {
-                FixedOp::Trunc { shift } => Some(Limit {
+                FixedOp::Trunc { shift, kind: TruncKind::Faithful } => Some(Limit {
                     max: max_abs(shift) as f64,
-                    what: "the truncation's safe range (its result would depend on the client's share)",
+                    what: "the faithful truncation's safe range (its result would depend on the client's share)",
+                }),
+                // Exact: proven by lowering (it picks the wide circuit
+                // otherwise); wide: beyond it the result is not v/2^shift,
+                // though still a function of v alone.
+                FixedOp::Trunc { kind, .. } => Some(Limit {
+                    max: (1u64 << OFFSET_BITS) as f64,
+                    what: if kind == TruncKind::Exact {
+                        "the exact truncation's range"
+                    } else {
+                        "the wide truncation's range (beyond it the result is wrong, not share-dependent)"
+                    },
                 }),
                 _ => None,
             };
@@ -187,7 +198,7 @@ pub fn proven_bounds(prog: &FixedProgram, input_bound: f64) -> Vec<f64> {
                         + c[k].unsigned_abs() as f64
                 })
                 .fold(0.0, f64::max),
-            FixedOp::Trunc { shift } => (x / (1u64 << shift) as f64).ceil() + 1.0,
+            FixedOp::Trunc { shift, .. } => (x / (1u64 << shift) as f64).ceil() + 1.0,
             FixedOp::MulConst(m) => x * m.unsigned_abs() as f64,
             FixedOp::SumPool { kernel, .. } => x * (kernel * kernel) as f64,
             FixedOp::Add => x + b[node.inputs[1]],
@@ -230,7 +241,7 @@ pub fn eval_ideal(prog: &FixedProgram, input: &[f32]) -> Result<Vec<Vec<f64>>> {
             FixedOp::Quad { a, b, c } => {
                 node.map_active(x, 0.0, |k, v| a[k] as f64 * v * v + b[k] as f64 * v + c[k] as f64)
             }
-            FixedOp::Trunc { shift } => {
+            FixedOp::Trunc { shift, .. } => {
                 let d = (1u64 << shift) as f64;
                 node.map_active(x, 0.0, |_, v| (v / d + 0.5).floor())
             }

@@ -96,6 +96,41 @@ pub fn windows_from_peaks(peaks: &[ReluPeak], margin: f64) -> Vec<(usize, Option
     out
 }
 
+/// The exact windows a network can use (`--relu-bits auto`): per ReLU
+/// layer, the exact window 0..hi with the smallest hi (at least the
+/// truncation + 2) whose range holds the bound interval arithmetic proves
+/// for every input of the layer's ReLUs from the weights and the declared
+/// input range ([`FixedProgram::proven_bounds_for`]); `None` (full width)
+/// where no window up to [`MAX_HI`] does. The outputs are exactly the
+/// full-width circuit's for every input in range, so nothing is measured:
+/// a window reveals only the bit length of that proven bound.
+pub fn exact_windows(net: &Network) -> Result<Vec<(usize, Option<ReluBits>)>> {
+    let mut bare = net.clone();
+    for l in &mut bare.layers {
+        l.relu_bits = None;
+    }
+    let prog = FixedProgram::lower(&bare)?;
+    let bounds = prog.proven_bounds_for(&bare);
+    let mut out: Vec<(usize, Option<ReluBits>)> = Vec::new();
+    for n in &prog.nodes {
+        let (FixedOp::Relu { shift, .. }, Some(layer)) = (&n.op, n.layer) else { continue };
+        let need = bounds[n.inputs[0]];
+        let w = (shift.saturating_add(2).max(2)..=MAX_HI)
+            .map(ReluBits::exact)
+            .find(|b| (b.exact_sign_limit() as f64) > need);
+        match out.iter_mut().find(|(l, _)| *l == layer) {
+            Some((_, cur)) => {
+                *cur = match (*cur, w) {
+                    (Some(a), Some(b)) => Some(if a.hi >= b.hi { a } else { b }),
+                    _ => None,
+                }
+            }
+            None => out.push((layer, w)),
+        }
+    }
+    Ok(out)
+}
+
 /// `layer:lo..hi` per window (`layer:full` where none), space separated.
 pub fn describe_windows(w: &[(usize, Option<ReluBits>)]) -> String {
     w.iter()

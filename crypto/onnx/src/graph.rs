@@ -275,7 +275,7 @@ impl Importer {
         }
         let x = self.src_shape(src);
         let out = self.out_shape(&op, x)?;
-        self.net.layers.push(Layer { op, input, relu_bits: None });
+        self.net.layers.push(Layer { op, input, relu_bits: None, truncations: None });
         self.shapes.push(out);
         self.frozen.push(false);
         Ok(i)

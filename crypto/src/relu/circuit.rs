@@ -5,11 +5,13 @@
 use std::sync::OnceLock;
 
 use crate::field::F;
+use crate::garbled::{add_gadget, GcCircuit};
 use crate::gc::{Circuit, Fancy};
 
 use super::spec::*;
 
-/// The reduced ReLU circuit with window `bits` and truncation `shift`.
+/// The reduced ReLU circuit with window `bits` (lo ≥ 1) and truncation
+/// `shift`.
 ///
 /// `a` and `b` hold bits lo..hi of the client's A and the server's B (see
 /// the module documentation), least significant first. Outputs pos ∧ S_j
@@ -24,22 +26,38 @@ pub fn relu_reduced_gadget<Fy: Fancy>(
     let n = bits.width() as usize;
     assert!(n >= 2 && a.len() == n && b.len() == n, "reduced ReLU inputs");
     // Adder mod 2^n: the carry out of the top bit is not needed.
-    let mut sum = Vec::with_capacity(n);
-    sum.push(f.xor(&a[0], &b[0]));
-    let mut carry = f.and(&a[0], &b[0]);
-    for j in 1..n {
-        let p = f.xor(&a[j], &b[j]);
-        sum.push(f.xor(&p, &carry));
-        if j + 1 < n {
-            let x = f.xor(&a[j], &carry);
-            let y = f.xor(&b[j], &carry);
-            let z = f.and(&x, &y);
-            carry = f.xor(&carry, &z);
-        }
-    }
-    let pos = sum[n - 1].clone();
+    let sum = add_gadget(f, a, b, None, n);
     let j0 = shift.saturating_sub(bits.lo) as usize;
+    masked_by_sign(f, &sum, j0)
+}
+
+/// pos ∧ S_j for j = j0 .. n − 1, where pos is the top bit of S.
+fn masked_by_sign<Fy: Fancy>(f: &mut Fy, sum: &[Fy::Item], j0: usize) -> Vec<Fy::Item> {
+    let n = sum.len();
+    let pos = sum[n - 1].clone();
     sum[j0..n - 1].iter().map(|s| f.and(&pos, s)).collect()
+}
+
+/// The exact windowed ReLU circuit (window `0..hi`, truncation `shift`).
+///
+/// `a` holds the low hi bits of a − 1 then z = [a < 2^hi] (client), `b`
+/// the low hi bits of B = b + 2^(hi−1) mod p then y = [B < 2^hi] (server),
+/// least significant first. The circuit adds them mod 2^hi with carry-in
+/// z ∧ y, which is exactly the carry the mod-p wrap removes (module
+/// documentation), and outputs pos ∧ S_j for j = shift .. hi − 1 with
+/// weights 2^(j − shift): 2·hi − 1 − shift ANDs.
+pub fn relu_exact_window_gadget<Fy: Fancy>(
+    f: &mut Fy,
+    a: &[Fy::Item],
+    b: &[Fy::Item],
+    shift: u32,
+    hi: u32,
+) -> Vec<Fy::Item> {
+    let n = hi as usize;
+    assert!(n >= 2 && a.len() == n + 1 && b.len() == n + 1, "exact window inputs");
+    let cin = f.and(&a[n], &b[n]);
+    let sum = add_gadget(f, &a[..n], &b[..n], Some(&cin), n);
+    masked_by_sign(f, &sum, shift as usize)
 }
 
 /// Writes the ReLU circuit for any interpreter.
@@ -118,37 +136,11 @@ pub fn relu_gadget<Fy: Fancy>(
     out
 }
 
-/// The recorded ReLU circuit and the weights of its outputs.
-#[derive(Debug)]
-pub struct ReluCircuit {
-    pub(super) circuit: Circuit,
-    pub(super) weights: Vec<F>,
-    pub(super) shift: u32,
-}
-
-impl ReluCircuit {
-    /// The recorded circuit.
-    pub fn circuit(&self) -> &Circuit {
-        &self.circuit
-    }
-
-    /// The output weights. Shift 0: 2^j for the 42 masked sum bits, −K for
-    /// `pos`. Shift f: 2^(j−f) for bits j = f..40, 2^(37−f) for bit 41,
-    /// 1 for the carry term, −2^(37−f) for `pos`.
-    pub fn weights(&self) -> &[F] {
-        &self.weights
-    }
-
-    /// The truncation this circuit applies after ReLU.
-    pub fn shift(&self) -> u32 {
-        self.shift
-    }
-
-    /// Combines plaintext output bits into ReLU(y).
-    pub fn combine(&self, bits: &[bool]) -> F {
-        bits.iter().zip(&self.weights).map(|(&b, &w)| if b { w } else { F::ZERO }).sum()
-    }
-}
+/// A recorded ReLU circuit and the weights of its outputs. Full width,
+/// shift 0: 2^j for the 42 masked sum bits, −K for `pos`. Shift f: 2^(j−f)
+/// for bits j = f..40, 2^(37−f) for bit 41, 1 for the carry term,
+/// −2^(37−f) for `pos`. Reduced: 2^(j + lo − shift) per output.
+pub type ReluCircuit = GcCircuit;
 
 /// The circuit of `spec`, recorded once per spec.
 ///
@@ -170,12 +162,17 @@ pub fn relu_circuit_for(spec: ReluSpec) -> &'static ReluCircuit {
     };
     map.entry(spec).or_insert_with(|| {
         let n = bits.width() as usize;
-        let circuit =
-            Circuit::record(n, n, |f, a, b| relu_reduced_gadget(f, a, b, spec.shift, bits));
+        let circuit = if bits.is_exact() {
+            Circuit::record(n + 1, n + 1, |f, a, b| {
+                relu_exact_window_gadget(f, a, b, spec.shift, bits.hi)
+            })
+        } else {
+            Circuit::record(n, n, |f, a, b| relu_reduced_gadget(f, a, b, spec.shift, bits))
+        };
         let j0 = spec.shift.saturating_sub(bits.lo);
         let weights =
             (j0..n as u32 - 1).map(|j| F::from_u64(1u64 << (j + bits.lo - spec.shift))).collect();
-        Box::leak(Box::new(ReluCircuit { circuit, weights, shift: spec.shift }))
+        Box::leak(Box::new(GcCircuit::new(circuit, weights, spec.shift)))
     })
 }
 
@@ -201,6 +198,6 @@ pub fn relu_circuit(shift: u32) -> &'static ReluCircuit {
             w.push(-F::from_u64(1 << (37 - shift)));
             w
         };
-        ReluCircuit { circuit, weights, shift }
+        GcCircuit::new(circuit, weights, shift)
     })
 }

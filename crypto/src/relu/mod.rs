@@ -76,12 +76,73 @@
 //! else, so a disagreement is a typed [`Error::Mismatch`].
 
 mod circuit;
-mod protocol;
 pub mod spec;
-mod storage;
 #[cfg(test)]
 mod tests;
 
-pub use circuit::{relu_circuit, relu_circuit_for, relu_gadget, relu_reduced_gadget, ReluCircuit};
-pub use protocol::{client_offline, server_offline, ClientReluBundle, ServerReluBundle};
+pub use circuit::{
+    relu_circuit, relu_circuit_for, relu_exact_window_gadget, relu_gadget, relu_reduced_gadget,
+    ReluCircuit,
+};
 pub use spec::*;
+
+use rand::{CryptoRng, RngCore};
+
+use crate::channel::Channel;
+use crate::error::Result;
+use crate::field::F;
+use crate::garbled::{ClientGcBundle, GcCircuit, GcFunction, ServerGcBundle};
+
+/// Server's half of an offline ReLU bundle.
+pub type ServerReluBundle = ServerGcBundle<ReluSpec>;
+/// Client's half of an offline ReLU bundle.
+pub type ClientReluBundle = ClientGcBundle<ReluSpec>;
+
+/// Offline phase, server side: garbles `n` ReLUs and sends them.
+pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
+    ch: &mut C,
+    n: usize,
+    spec: impl Into<ReluSpec>,
+    rng: &mut R,
+) -> Result<ServerReluBundle> {
+    ServerGcBundle::offline(ch, n, spec.into(), rng)
+}
+
+/// Offline phase, client side: obtains the garbled ReLUs for its shares
+/// (which it knows before the input exists).
+pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
+    ch: &mut C,
+    shares: &[F],
+    spec: impl Into<ReluSpec>,
+    rng: &mut R,
+) -> Result<ClientReluBundle> {
+    ClientGcBundle::offline(ch, shares, spec.into(), rng)
+}
+
+impl GcFunction for ReluSpec {
+    const WHAT: &'static str = "ReLUs";
+    const AGREE: [&'static str; 3] = ["ReLU count", "ReLU truncation", "ReLU bits"];
+    const TAGS: [u64; 2] = [u64::from_le_bytes(*b"dlRELUs2"), u64::from_le_bytes(*b"dlRELUc2")];
+    const NOT_TAGGED: [&'static str; 2] =
+        ["not a stored server ReLU bundle", "not a stored client ReLU bundle"];
+
+    fn check(self) -> Result<()> {
+        ReluSpec::check(self)
+    }
+    fn codes(self) -> [u64; 2] {
+        [self.shift as u64, ReluBits::code(self.bits)]
+    }
+    fn from_codes([shift, bits]: [u64; 2]) -> Option<Self> {
+        let shift = u32::try_from(shift).ok().filter(|&s| s <= MAX_SHIFT)?;
+        Some(ReluSpec { shift, bits: ReluBits::from_code(bits)? })
+    }
+    fn gc(self) -> &'static GcCircuit {
+        relu_circuit_for(self)
+    }
+    fn client_input(self, a: F, out: &mut Vec<bool>) {
+        ReluSpec::client_input(self, a, out)
+    }
+    fn server_input(self, b: F, out: &mut Vec<bool>) {
+        ReluSpec::server_input(self, b, out)
+    }
+}

@@ -23,7 +23,9 @@ pub const MAX_SHIFT: u32 = 30;
 pub const MAX_HI: u32 = 37;
 
 /// The window of a reduced ReLU: the circuit sees bits `lo..hi` of the
-/// input (see the module documentation for what it computes).
+/// input (see the module documentation for what it computes). `lo = 0` is
+/// the exact windowed ReLU: ReLU(v) >> shift exactly for |v| < 2^(hi−1);
+/// `lo ≥ 1` drops low bits locally, and its rounding depends on the shares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReluBits {
@@ -34,19 +36,31 @@ pub struct ReluBits {
 }
 
 impl ReluBits {
-    /// Bits of each party's input to the circuit (hi − lo).
+    /// The exact windowed ReLU `0..hi`.
+    pub fn exact(hi: u32) -> ReluBits {
+        ReluBits { lo: 0, hi }
+    }
+
+    /// Whether this is the exact windowed circuit (lo = 0): its output is a
+    /// deterministic function of the input for |v| < 2^(hi−1).
+    pub fn is_exact(self) -> bool {
+        self.lo == 0
+    }
+
+    /// Bits of the window (hi − lo); each party enters one more (the
+    /// wrap's carry) in the exact circuit.
     pub fn width(self) -> u32 {
         self.hi.saturating_sub(self.lo)
     }
 
     /// Checks the window for a ReLU that truncates by `shift`:
-    /// 1 ≤ lo, lo + 2 ≤ hi ≤ [`MAX_HI`], hi ≥ shift + 2 (so some output bit
+    /// lo + 2 ≤ hi ≤ [`MAX_HI`], hi ≥ shift + 2 (so some output bit
     /// remains).
     pub fn check(self, shift: u32) -> Result<()> {
         let ReluBits { lo, hi } = self;
-        if lo < 1 || hi > MAX_HI || lo.saturating_add(2) > hi || hi < shift.saturating_add(2) {
+        if hi > MAX_HI || lo.saturating_add(2) > hi || hi < shift.saturating_add(2) {
             return Err(Error::InvalidArgument(format!(
-                "ReLU bits {lo}..{hi} with truncation {shift}: need 1 ≤ lo, lo + 2 ≤ hi ≤ {MAX_HI} \
+                "ReLU bits {lo}..{hi} with truncation {shift}: need lo + 2 ≤ hi ≤ {MAX_HI} \
                  and hi ≥ truncation + 2"
             )));
         }
@@ -54,14 +68,24 @@ impl ReluBits {
     }
 
     /// The largest |secure − reference| in output units for inputs with
-    /// |v| < [`ReluBits::exact_sign_limit`]: max(1, 2^(lo − shift)).
+    /// |v| < [`ReluBits::exact_sign_limit`]: 0 for the exact window, else
+    /// max(1, 2^(lo − shift)).
     pub fn error_bound(self, shift: u32) -> u64 {
-        1u64 << self.lo.saturating_sub(shift)
+        if self.is_exact() {
+            0
+        } else {
+            1u64 << self.lo.saturating_sub(shift)
+        }
     }
 
-    /// The magnitude below which the error bound holds: 2^(hi−1) − 2^lo.
+    /// The magnitude below which the error bound holds: 2^(hi−1) for the
+    /// exact window (its whole range), else 2^(hi−1) − 2^lo.
     pub fn exact_sign_limit(self) -> i64 {
-        (1i64 << (self.hi - 1)) - (1i64 << self.lo)
+        if self.is_exact() {
+            1i64 << (self.hi - 1)
+        } else {
+            (1i64 << (self.hi - 1)) - (1i64 << self.lo)
+        }
     }
 
     /// The bits' code in agreements and stored bundles (0 = full width).
@@ -90,7 +114,7 @@ impl std::fmt::Display for ReluBits {
 impl std::str::FromStr for ReluBits {
     type Err = Error;
     /// `lo..hi` as [`Display`](std::fmt::Display) writes it; the window is
-    /// checked for shape (1 ≤ lo, lo + 2 ≤ hi ≤ [`MAX_HI`]), not against a
+    /// checked for shape (lo + 2 ≤ hi ≤ [`MAX_HI`]), not against a
     /// truncation ([`ReluBits::check`] does that).
     fn from_str(s: &str) -> Result<ReluBits> {
         let bad = |why: &str| {
@@ -99,8 +123,8 @@ impl std::str::FromStr for ReluBits {
         let (lo, hi) = s.trim().split_once("..").ok_or_else(|| bad("no `..`"))?;
         let num = |x: &str| x.trim().parse::<u32>().map_err(|_| bad("not a number"));
         let bits = ReluBits { lo: num(lo)?, hi: num(hi)? };
-        if bits.lo < 1 || bits.lo.saturating_add(2) > bits.hi || bits.hi > MAX_HI {
-            return Err(bad(&format!("needs 1 <= lo, lo + 2 <= hi <= {MAX_HI}")));
+        if bits.lo.saturating_add(2) > bits.hi || bits.hi > MAX_HI {
+            return Err(bad(&format!("needs lo + 2 <= hi <= {MAX_HI}")));
         }
         Ok(bits)
     }
@@ -144,7 +168,14 @@ impl ReluSpec {
 
     /// Circuit input bits per party.
     pub fn input_bits(self) -> usize {
-        self.bits.map_or(CLIENT_BITS, |b| b.width() as usize)
+        self.bits.map_or(CLIENT_BITS, |b| (b.width() + b.is_exact() as u32) as usize)
+    }
+
+    /// Whether the protocol's output is a deterministic function of the
+    /// input for every input: the full-width circuit. (The exact window is
+    /// deterministic inside its window only; the leaky window nowhere.)
+    pub fn is_deterministic(self) -> bool {
+        self.bits.is_none()
     }
 
     /// The plaintext result this ReLU is specified to compute.
@@ -163,6 +194,12 @@ impl ReluSpec {
     pub fn protocol_output(self, a: F, b: F) -> F {
         match self.bits {
             None => self.reference(a + b),
+            Some(bits) if bits.is_exact() => {
+                let (ca, z) = exact_client_window(a, bits.hi);
+                let (sb, y) = exact_server_window(b, bits.hi);
+                let s = (ca + sb + (z && y) as u64) & ((1 << bits.hi) - 1);
+                reduced_output(s, self.shift, bits)
+            }
             Some(bits) => {
                 let s =
                     (client_window(a, bits) + server_window(b, bits)) & ((1 << bits.width()) - 1);
@@ -181,6 +218,11 @@ impl ReluSpec {
     pub fn client_input(self, a: F, out: &mut Vec<bool>) {
         match self.bits {
             None => out.extend(client_bits(a)),
+            Some(b) if b.is_exact() => {
+                let (w, z) = exact_client_window(a, b.hi);
+                push_low_bits(w, b.hi, out);
+                out.push(z);
+            }
             Some(b) => push_low_bits(client_window(a, b), b.width(), out),
         }
     }
@@ -189,6 +231,11 @@ impl ReluSpec {
     pub fn server_input(self, s: F, out: &mut Vec<bool>) {
         match self.bits {
             None => out.extend(server_bits(s)),
+            Some(b) if b.is_exact() => {
+                let (w, y) = exact_server_window(s, b.hi);
+                push_low_bits(w, b.hi, out);
+                out.push(y);
+            }
             Some(b) => push_low_bits(server_window(s, b), b.width(), out),
         }
     }
@@ -197,6 +244,20 @@ impl ReluSpec {
 /// Appends the low `width` bits of `v`, least significant first.
 fn push_low_bits(v: u64, width: u32, out: &mut Vec<bool>) {
     out.extend((0..width).map(|j| (v >> j) & 1 == 1));
+}
+
+/// The client's input to the exact window: (a − 1) mod 2^hi and
+/// z = [a < 2^hi], for the integer a ∈ [0, p).
+fn exact_client_window(a: F, hi: u32) -> (u64, bool) {
+    let a = a.value();
+    (a.wrapping_sub(1) & ((1u64 << hi) - 1), a < 1u64 << hi)
+}
+
+/// The server's input to the exact window: B mod 2^hi and y = [B < 2^hi]
+/// for B = b + 2^(hi−1) mod p.
+fn exact_server_window(b: F, hi: u32) -> (u64, bool) {
+    let big = (b + F::from_u64(1u64 << (hi - 1))).value();
+    (big & ((1u64 << hi) - 1), big < 1u64 << hi)
 }
 
 /// The client's circuit input for a reduced ReLU, before taking n bits:

@@ -3,8 +3,8 @@
 use crate::field::{F, HALF};
 
 use super::circuit::*;
-use super::protocol::*;
 use super::spec::*;
+use super::*;
 use crate::field::P;
 use crate::gc::{GateCounter, PlainEval};
 
@@ -215,7 +215,7 @@ fn reduced_gadget_counts() {
 #[test]
 fn reduced_windows_are_checked() {
     for (lo, hi, shift) in [
-        (0, 20, 12),
+        (0, 13, 12),
         (12, 13, 0),
         (5, 38, 12),
         (4, 13, 12),
@@ -308,8 +308,93 @@ fn windows_parse_as_they_print() {
     let b: ReluBits = "12..27".parse().expect("parses");
     assert_eq!(b, ReluBits { lo: 12, hi: 27 });
     assert_eq!(b.to_string().parse::<ReluBits>().expect("parses"), b);
-    for bad in ["12", "a..27", "0..10", "12..13", "12..40", ""] {
+    for bad in ["12", "a..27", "5..6", "12..13", "12..40", ""] {
         let e = bad.parse::<ReluBits>().unwrap_err().to_string();
         assert!(e.contains("ReLU window"), "{bad}: {e}");
+    }
+}
+
+/// The exact window's plaintext circuit on shares (a, b) of v.
+fn exact_circuit_output(a: F, b: F, shift: u32, bits: ReluBits) -> F {
+    let spec = ReluSpec::reduced(shift, bits);
+    let (mut ca, mut sb) = (Vec::new(), Vec::new());
+    spec.client_input(a, &mut ca);
+    spec.server_input(b, &mut sb);
+    let rc = relu_circuit_for(spec);
+    rc.combine(&rc.circuit().eval_plain(&ca, &sb))
+}
+
+#[test]
+fn exact_window_counts() {
+    let rc = relu_circuit_for(ReluSpec::reduced(12, ReluBits::exact(27)));
+    assert_eq!(rc.circuit().and_gates(), 2 * 27 - 1 - 12);
+    assert_eq!(rc.circuit().evaluator_inputs(), 28);
+    assert_eq!(rc.circuit().garbler_inputs(), 28);
+    assert_eq!(ReluSpec::reduced(12, ReluBits::exact(27)).input_bits(), 28);
+    assert_eq!(ReluSpec::reduced(12, ReluBits::exact(27)).error_bound(), 0);
+    assert_eq!(ReluBits::exact(27).exact_sign_limit(), 1 << 26);
+    assert_eq!("0..27".parse::<ReluBits>().expect("parses"), ReluBits::exact(27));
+}
+
+/// Inside its window the exact circuit is ReLU(v) >> shift for every split
+/// of v, the wrap of a + b mod p included.
+#[test]
+fn exact_window_is_exact_on_every_split_inside() {
+    for (hi, shift) in [(27, 12), (14, 12), (2, 0), (20, 0), (37, 30), (37, 8)] {
+        let bits = ReluBits::exact(hi);
+        let h = 1i64 << (hi - 1);
+        for v in [0, 1, -1, 2, -2, h - 1, -h, h / 2, -h / 2 - 1, 4095, 4096, -4096, 12345 % h] {
+            if !(-h..h).contains(&v) {
+                continue;
+            }
+            let y = F::from_i64(v);
+            for a in
+                [0, 1, 2, 3, h as u64 - 1, h as u64, 2 * h as u64, HALF, P - 1, P - 2, 98765432101]
+            {
+                let a = F::from_u64(a % P);
+                let b = y - a;
+                let want = relu_trunc_reference(y, shift);
+                let spec = ReluSpec::reduced(shift, bits);
+                assert_eq!(spec.reference(y), want, "reference v = {v}, hi = {hi}");
+                assert_eq!(spec.protocol_output(a, b), want, "v = {v}, a = {a:?}, hi = {hi}");
+                assert_eq!(exact_circuit_output(a, b, shift, bits), want, "v = {v}, a = {a:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn garbled_exact_window_protocol_is_relu() {
+    use crate::channel::MemChannel;
+    use rand::{Rng, SeedableRng};
+    let spec = ReluSpec::reduced(12, ReluBits::exact(26));
+    let mut rng = crate::block::SecretRng::seed_from_u64(26);
+    let n = 300;
+    let ys: Vec<F> = (0..n).map(|_| F::from_i64(rng.gen_range(-(1i64 << 25)..(1 << 25)))).collect();
+    let a: Vec<F> = (0..n).map(|_| F::random(&mut rng)).collect();
+    let b: Vec<F> = ys.iter().zip(&a).map(|(y, a)| *y - *a).collect();
+    let (mut sc, mut cc) = MemChannel::pair();
+    let server = std::thread::spawn(move || {
+        let mut rng = crate::block::SecretRng::seed_from_u64(27);
+        let bundle = server_offline(&mut sc, n, spec, &mut rng).unwrap();
+        bundle.online(&mut sc, &b).unwrap()
+    });
+    let mut crng = crate::block::SecretRng::seed_from_u64(28);
+    let bundle = client_offline(&mut cc, &a, spec, &mut crng).unwrap();
+    let out = bundle.online(&mut cc).unwrap();
+    let rho = server.join().unwrap();
+    for i in 0..n {
+        assert_eq!(out[i] + rho[i], relu_trunc_reference(ys[i], 12), "y = {:?}", ys[i]);
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn exact_window_is_relu_inside(a in 0..P, hi in 2u32..=MAX_HI, shift in 0u32..=MAX_SHIFT, frac in -1.0f64..1.0) {
+        let shift = shift.min(hi - 2);
+        let v = ((frac * (1i64 << (hi - 1)) as f64) as i64).clamp(-(1i64 << (hi - 1)), (1i64 << (hi - 1)) - 1);
+        let (a, y) = (F::from_u64(a), F::from_i64(v));
+        let bits = ReluBits::exact(hi);
+        proptest::prop_assert_eq!(exact_circuit_output(a, y - a, shift, bits), relu_trunc_reference(y, shift));
     }
 }

@@ -1,4 +1,4 @@
-//! Faithful truncation of shared values: one OT per value, one message online.
+//! Faithful truncation of shared values (opt-in: it leaks through its rounding): one OT per value, one message online.
 //!
 //! Local share truncation (SecureML) is wrong by a huge amount whenever the
 //! two shares wrap around p, which for p ≈ 2^41 and values of 2^22 happens

@@ -1,0 +1,313 @@
+//! The protocol of a [`GcFunction`] layer: offline (OT for the client's
+//! input labels, garbled tables and output conversions streamed by the
+//! server) and online (the server's labels, the client's evaluation on
+//! every core). Each bundle runs online once: `online` consumes it.
+
+use rand::{CryptoRng, RngCore};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::block::{AesPrg, Block};
+use crate::channel::Channel;
+use crate::error::{Error, Result};
+use crate::field::F;
+use crate::gc::{Evaluator, Garbler, BATCH};
+use crate::ot::{CotReceiver, CotSender};
+
+use super::{GcFunction, MAX_VALUES};
+
+/// Batches of [`BATCH`] values the client receives before evaluating them
+/// in parallel (4,096 values: enough work per chunk to keep every core
+/// busy, small enough that evaluation follows the server's sending closely).
+pub(super) const EVAL_CHUNK_BATCHES: usize = 64;
+
+/// Server's half of an offline bundle.
+pub struct ServerGcBundle<S: GcFunction> {
+    pub(super) n: usize,
+    pub(super) spec: S,
+    pub(super) inner: ServerSecrets,
+}
+
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub(super) struct ServerSecrets {
+    pub(super) id: [u8; 16],
+    pub(super) delta: Block,
+    pub(super) label_seed: Block,
+    pub(super) rho: Vec<F>,
+}
+
+/// Client's half of an offline bundle.
+pub struct ClientGcBundle<S: GcFunction> {
+    pub(super) n: usize,
+    pub(super) spec: S,
+    pub(super) inner: ClientSecrets,
+}
+
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub(super) struct ClientSecrets {
+    pub(super) id: [u8; 16],
+    pub(super) hash_key: Block,
+    pub(super) labels: Vec<Block>,
+    pub(super) tables: Vec<Block>,
+    pub(super) cts: Vec<F>,
+}
+
+impl<S: GcFunction> std::fmt::Debug for ServerGcBundle<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerGcBundle")
+            .field("spec", &self.spec)
+            .field("values", &self.n)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: GcFunction> std::fmt::Debug for ClientGcBundle<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientGcBundle")
+            .field("spec", &self.spec)
+            .field("values", &self.n)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(super) fn check_count<S: GcFunction>(n: usize) -> Result<()> {
+    if n == 0 || n > MAX_VALUES {
+        return Err(Error::InvalidArgument(format!(
+            "{n} {} in one bundle (1 to {MAX_VALUES})",
+            S::WHAT
+        )));
+    }
+    Ok(())
+}
+
+/// Both parties state the bundle's size and circuit.
+fn agree<C: Channel, S: GcFunction>(ch: &mut C, n: usize, spec: S) -> Result<()> {
+    ch.agree_u64(S::AGREE[0], n as u64)?;
+    let [c0, c1] = spec.codes();
+    ch.agree_u64(S::AGREE[1], c0)?;
+    ch.agree_u64(S::AGREE[2], c1)
+}
+
+impl<S: GcFunction> ServerGcBundle<S> {
+    /// Offline phase, server side: garbles `n` circuits and sends them.
+    pub fn offline<C: Channel, R: RngCore + CryptoRng>(
+        ch: &mut C,
+        n: usize,
+        spec: S,
+        rng: &mut R,
+    ) -> Result<Self> {
+        check_count::<S>(n)?;
+        spec.check()?;
+        agree(ch, n, spec)?;
+        let gc = spec.gc();
+        let (ev_bits, ga_bits) = (gc.circuit.evaluator_inputs(), gc.circuit.garbler_inputs());
+        let (id, hash_key) = ch.start_bundle(rng)?;
+        let mut cot = CotSender::setup(ch, rng)?;
+        let ev_zero = cot.send(ch, n * ev_bits)?;
+        let delta = cot.delta();
+
+        let no = gc.circuit.outputs();
+        let label_seed = Block::random(rng);
+        let mut prg = AesPrg::new(label_seed);
+        let mut garbler = Garbler::new(&gc.circuit, hash_key, delta);
+        let mut ga_zero = vec![Block::ZERO; BATCH * ga_bits];
+        let mut tables = Vec::with_capacity(2 * gc.circuit.and_gates() * BATCH);
+        let mut out_zero = vec![Block::ZERO; BATCH * no];
+        let mut cts = vec![F::ZERO; BATCH * no];
+        let mut rho = Vec::with_capacity(n);
+        for start in (0..n).step_by(BATCH) {
+            let k = BATCH.min(n - start);
+            prg.fill_blocks(&mut ga_zero[..k * ga_bits]);
+            tables.clear();
+            garbler.garble_batch(
+                start as u64,
+                &ev_zero[start * ev_bits..(start + k) * ev_bits],
+                &ga_zero[..k * ga_bits],
+                &mut tables,
+                &mut out_zero[..k * no],
+            );
+            ch.send_blocks(&tables)?;
+            let before = rho.len();
+            garbler.arith_outputs_batch(
+                start as u64,
+                &out_zero[..k * no],
+                &gc.weights,
+                &mut cts[..k * no],
+                &mut rho,
+            );
+            for r in &mut rho[before..] {
+                *r = -*r;
+            }
+            ch.send_fields(&cts[..k * no])?;
+        }
+        ch.flush()?;
+        ga_zero.zeroize();
+        out_zero.zeroize();
+        tables.zeroize();
+        let mut ev_zero = ev_zero;
+        ev_zero.zeroize();
+        Ok(ServerGcBundle { n, spec, inner: ServerSecrets { id, delta, label_seed, rho } })
+    }
+
+    /// The function this bundle computes.
+    pub fn spec(&self) -> S {
+        self.spec
+    }
+
+    /// Online phase, server side: sends the labels of its shares `b` and
+    /// returns its output shares ρ. Takes the bundle by value, so a second
+    /// use does not compile.
+    pub fn online<C: Channel>(self, ch: &mut C, shares: &[F]) -> Result<Vec<F>> {
+        let mut s = self.inner;
+        if shares.len() != self.n {
+            return Err(Error::InvalidArgument(format!(
+                "{} server shares for a bundle of {} {}",
+                shares.len(),
+                self.n,
+                S::WHAT
+            )));
+        }
+        ch.send_bytes(&s.id)?;
+        let per = self.spec.gc().circuit.garbler_inputs();
+        let mut prg = AesPrg::new(s.label_seed);
+        let mut buf = vec![Block::ZERO; BATCH * per];
+        let mut bits = Vec::with_capacity(BATCH * per);
+        for start in (0..self.n).step_by(BATCH) {
+            let k = BATCH.min(self.n - start);
+            let lab = &mut buf[..k * per];
+            prg.fill_blocks(lab);
+            bits.clear();
+            for b in &shares[start..start + k] {
+                self.spec.server_input(*b, &mut bits);
+            }
+            debug_assert_eq!(bits.len(), k * per);
+            for (l, &bit) in lab.iter_mut().zip(&bits) {
+                *l ^= s.delta.and_bit(bit);
+            }
+            ch.send_blocks(lab)?;
+        }
+        ch.flush()?;
+        buf.zeroize();
+        bits.zeroize();
+        Ok(std::mem::take(&mut s.rho))
+    }
+}
+
+impl<S: GcFunction> ClientGcBundle<S> {
+    /// Offline phase, client side: obtains the garbled circuits for its
+    /// shares (which it knows before the input exists).
+    pub fn offline<C: Channel, R: RngCore + CryptoRng>(
+        ch: &mut C,
+        shares: &[F],
+        spec: S,
+        rng: &mut R,
+    ) -> Result<Self> {
+        let n = shares.len();
+        check_count::<S>(n)?;
+        spec.check()?;
+        agree(ch, n, spec)?;
+        let gc = spec.gc();
+        let (id, hash_key) = ch.join_bundle()?;
+        let mut cot = CotReceiver::setup(ch, rng)?;
+        let mut choices: Vec<bool> = Vec::with_capacity(n * gc.circuit.evaluator_inputs());
+        for &a in shares {
+            spec.client_input(a, &mut choices);
+        }
+        debug_assert_eq!(choices.len(), n * gc.circuit.evaluator_inputs());
+        let labels = cot.receive(ch, &choices)?;
+        choices.zeroize();
+
+        let no = gc.circuit.outputs();
+        let per = 2 * gc.circuit.and_gates();
+        let mut tables = vec![Block::ZERO; n * per];
+        let mut cts = vec![F::ZERO; n * no];
+        for start in (0..n).step_by(BATCH) {
+            let k = BATCH.min(n - start);
+            ch.recv_blocks(&mut tables[start * per..(start + k) * per])?;
+            ch.recv_fields(&mut cts[start * no..(start + k) * no])?;
+        }
+        Ok(ClientGcBundle { n, spec, inner: ClientSecrets { id, hash_key, labels, tables, cts } })
+    }
+
+    /// The function this bundle computes.
+    pub fn spec(&self) -> S {
+        self.spec
+    }
+
+    /// Online phase, client side: receives the server's labels, evaluates,
+    /// and returns f(y_i) − ρ_i. Takes the bundle by value (a second use
+    /// does not compile).
+    pub fn online<C: Channel>(self, ch: &mut C) -> Result<Vec<F>> {
+        let s = self.inner;
+        ch.expect_bundle_id(&s.id)?;
+        use rayon::prelude::*;
+        let gc = self.spec.gc();
+        let no = gc.circuit.outputs();
+        let per = 2 * gc.circuit.and_gates();
+        let (ev_bits, ga_bits) = (gc.circuit.evaluator_inputs(), gc.circuit.garbler_inputs());
+        // Labels arrive a chunk at a time; the chunk's batches are evaluated
+        // on every core (each worker its own engine), in order of the result.
+        let chunk = EVAL_CHUNK_BATCHES * BATCH;
+        let mut ga = zeroize::Zeroizing::new(vec![Block::ZERO; chunk * ga_bits]);
+        let mut result = vec![F::ZERO; self.n];
+        for (c, res) in result.chunks_mut(chunk).enumerate() {
+            let first = c * chunk;
+            let ck = res.len();
+            ch.recv_blocks(&mut ga[..ck * ga_bits])?;
+            res.par_chunks_mut(BATCH)
+                .zip(ga[..ck * ga_bits].par_chunks(BATCH * ga_bits))
+                .enumerate()
+                .for_each_init(
+                    || {
+                        (
+                            Evaluator::new(&gc.circuit, s.hash_key),
+                            zeroize::Zeroizing::new(vec![Block::ZERO; BATCH * no]),
+                            Vec::with_capacity(BATCH),
+                        )
+                    },
+                    |(ev, out, vals), (b, (res, ga))| {
+                        let start = first + b * BATCH;
+                        let k = res.len();
+                        ev.eval_batch(
+                            start as u64,
+                            &s.labels[start * ev_bits..(start + k) * ev_bits],
+                            ga,
+                            &s.tables[start * per..(start + k) * per],
+                            &mut out[..k * no],
+                        );
+                        vals.clear();
+                        ev.arith_outputs_batch(
+                            start as u64,
+                            no,
+                            &out[..k * no],
+                            &s.cts[start * no..(start + k) * no],
+                            vals,
+                        );
+                        res.copy_from_slice(vals);
+                    },
+                );
+        }
+        Ok(result)
+    }
+}
+
+impl<S: GcFunction> ServerGcBundle<S> {
+    /// Values in the bundle.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+    /// Whether the bundle holds no values (never, once built).
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+}
+
+impl<S: GcFunction> ClientGcBundle<S> {
+    /// Values in the bundle.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+    /// Whether the bundle holds no values (never, once built).
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+}
