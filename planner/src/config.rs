@@ -63,9 +63,15 @@ delphi_net::text_enum! {
     /// How the bits of each ReLU's garbled circuit are chosen.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub enum ReluBitsMode("ReLU bits") {
-        /// The exact 41-bit circuit everywhere: every ReLU's output is a
-        /// deterministic function of its input (the default).
+        /// The default: per ReLU layer, the exact windowed circuit 0..hi
+        /// whose range holds the bound interval arithmetic proves for the
+        /// layer's inputs (from the plan's weights and declared input
+        /// range), the 41-bit circuit where no window up to 37 bits does.
+        /// Outputs are exactly the full-width circuit's for every input in
+        /// range; a window reveals only the bit length of that bound.
         #[default]
+        Auto = "auto",
+        /// The exact 41-bit circuit everywhere.
         Full = "full",
         /// An opt-in that leaks: per layer, the narrowest reduced-ReLU
         /// window that holds the ReLU inputs the network sees on training
@@ -74,7 +80,7 @@ delphi_net::text_enum! {
         /// [`RELU_BITS_TOLERANCE`] of the full-width network's. Its
         /// rounding depends on the client's share, which lets a client
         /// that repeats a query recover weights (docs/security.md); the
-        /// name says so. (`auto`, its name before, is refused.)
+        /// name says so.
         ReducedLeaky = "reduced-leaky",
     }
 }
@@ -120,6 +126,9 @@ pub struct PlanConfig {
     pub granularity: Granularity,
     /// Reduced ReLU circuits chosen per layer, or the full circuit.
     pub relu_bits: ReluBitsMode,
+    /// How the plan's truncations round (`exact`, or the leaky
+    /// `faithful-leaky`).
+    pub truncation: delphi_net::desc::TruncChoice,
     /// Training budget in member-epochs (default population × epochs), the
     /// same for every strategy.
     pub budget_epochs: Option<f64>,
@@ -199,7 +208,8 @@ impl Default for PlanConfig {
             arch: None,
             strategy: Strategy::Pbt,
             granularity: Granularity::Layer,
-            relu_bits: ReluBitsMode::Full,
+            relu_bits: ReluBitsMode::Auto,
+            truncation: delphi_net::desc::TruncChoice::Exact,
             budget_epochs: None,
             delphi_runs: 3,
             accuracy: 0.88,
@@ -253,6 +263,9 @@ impl PlanConfig {
             }
             if self.relu_bits == ReluBitsMode::ReducedLeaky {
                 strategy += "-reduced-relu";
+            }
+            if self.truncation == delphi_net::desc::TruncChoice::FaithfulLeaky {
+                strategy += "-faithful-trunc";
             }
             format!(
                 "{}-{}-{}{strategy}",
@@ -462,21 +475,18 @@ mod tests {
     }
 
     #[test]
-    fn relu_bits_default_to_the_exact_circuit_and_the_leaky_one_is_named() {
+    fn relu_bits_default_to_exact_windows_and_the_leaky_one_is_named() {
         let f: ExperimentFile = toml::from_str("[[experiment]]\naccuracy = 0.9\n").unwrap();
-        assert_eq!(f.experiment[0].relu_bits, ReluBitsMode::Full);
+        assert_eq!(f.experiment[0].relu_bits, ReluBitsMode::Auto);
+        assert!(!f.experiment[0].name().contains("reduced"));
         let f: ExperimentFile =
             toml::from_str("[[experiment]]\naccuracy = 0.9\nrelu_bits = \"reduced-leaky\"\n")
                 .unwrap();
         assert_eq!(f.experiment[0].relu_bits, ReluBitsMode::ReducedLeaky);
         assert!(f.experiment[0].name().ends_with("-reduced-relu"));
-        // The old name of the leaky mode is refused, not read as either.
-        let e = toml::from_str::<ExperimentFile>(
-            "[[experiment]]\naccuracy = 0.9\nrelu_bits = \"auto\"\n",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("reduced-leaky"), "{e}");
+        let f: ExperimentFile =
+            toml::from_str("[[experiment]]\naccuracy = 0.9\nrelu_bits = \"full\"\n").unwrap();
+        assert_eq!(f.experiment[0].relu_bits, ReluBitsMode::Full);
         let e = toml::from_str::<ExperimentFile>(
             "[[experiment]]\naccuracy = 0.9\nrelu_bits = \"half\"\n",
         )

@@ -78,19 +78,38 @@ pub(crate) struct Pricing {
     /// placement gets on its ReLU layers: the base network's
     /// (`--relu-bits reduced-leaky`), or none.
     pub windows: Vec<(usize, Option<ReluBits>)>,
+    /// Whether every priced placement gets its own exact windows
+    /// (`--relu-bits auto`), proven from the base network's weights.
+    pub exact_windows: bool,
 }
 
 impl Pricing {
     pub(crate) fn new(model: CostModel, link: Option<Link>, base: &Network) -> Result<Pricing> {
         let shapes = base.validate()?;
         let layer_relus = base.activation_layers().iter().map(|&i| shapes[i].len()).collect();
+        // The base's weights stay: which truncations the bounded exact
+        // circuit may run and how wide exact windows are follow from proven
+        // bounds, so placements are priced with the trained base's weights
+        // (and the quadratics' initial coefficients).
+        let mut template = base.clone();
+        template.metadata = delphi_net::desc::Metadata {
+            input_normalization: base.metadata.input_normalization.clone(),
+            input_range: base.metadata.input_range,
+            ..Default::default()
+        };
         Ok(Pricing {
             model,
             link,
-            template: base.architecture_only(),
+            template,
             layer_relus,
             windows: Vec::new(),
+            exact_windows: false,
         })
+    }
+
+    /// Prices every placement with truncations of this choice.
+    pub fn set_truncation(&mut self, t: delphi_net::desc::TruncChoice) {
+        self.template.fixed_point.truncation = t;
     }
 
     /// Predicted cost of a network's architecture as it stands (its own
@@ -111,6 +130,10 @@ impl Pricing {
             if let Some(l) = net.layers.get_mut(layer).filter(|l| l.has_relu()) {
                 l.relu_bits = bits;
             }
+        }
+        if self.exact_windows {
+            let w = delphi_net::window::exact_windows(&net)?;
+            delphi_net::window::set_windows(&mut net, &w)?;
         }
         if net.layers.iter().any(|l| l.relu_bits.is_some()) {
             net.version = net.version.max(3);

@@ -321,20 +321,29 @@ pub fn write(out: &Path, c: &crate::config::PlanConfig, o: &Outcome, fin: &Final
     match fin.share_dependent_roundings {
         Some((0, 0)) => {
             md += "What a client learns: the prediction and the architecture only (every \
-                   rounding is a function of the hidden value).\n\n"
+                   rounding is a function of the hidden value; the architecture's exact ReLU \
+                   windows and truncation circuits say no more than the bit lengths of the \
+                   bounds proven for their inputs).\n\n"
         }
         Some((r, t)) => {
             md += &format!(
                 "What a client learns: **more than the prediction**. The plan rounds depending on \
-                 the shares at {r} reduced ReLUs and {t} truncated values (the faithful truncation \
-                 after quadratic layers); a client that repeats a query can learn about the weights \
+                 the shares at {r} reduced ReLUs (`--relu-bits reduced-leaky`) and {t} truncated values \
+                 (`--truncation faithful-leaky`); a client that repeats a query can learn about the weights \
                  (docs/security.md).\n\n"
             )
         }
         None => {}
     }
     if let Some(w) = fin.relu_bits.as_ref().filter(|w| w.valid_images.is_none()) {
-        md += &format!("ReLU circuits (`--relu-bits {}`): {}.\n\n", c.relu_bits.name(), w.windows);
+        md += &format!(
+            "ReLU circuits (`--relu-bits {}`): per layer `{}` (layer:0..hi: the exact windowed \
+             circuit, whose range holds the bound proven for the layer's inputs; `full`: all 41 \
+             bits). Outputs equal the full-width circuit's for every input in the declared \
+             range.\n\n",
+            c.relu_bits.name(),
+            w.windows
+        );
     } else if let Some(w) = &fin.relu_bits {
         let acc = |a: Option<f64>| a.map_or("-".into(), |a| format!("{:.2} %", a * 100.0));
         md += &format!(

@@ -41,7 +41,7 @@ use crate::config::{Granularity, PlanConfig, ReluBitsMode, Strategy};
 use crate::error::{file_err, PlanError, Result};
 use crate::policy::{self, Genome};
 use crate::pricing::{cost_model_path, relu_channel_percent, Pricing};
-use crate::windows::{choose_relu_windows, RELU_BITS_IMAGES};
+use crate::windows::{choose_relu_windows, exact_relu_windows, RELU_BITS_IMAGES};
 
 /// One evaluation of one member (a row of `members.csv`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -336,6 +336,8 @@ impl<'a> Search<'a> {
         let base_cfg = base_train_config(c);
         let base_net = Network::load(&base_plan)?;
         let mut pricing = Pricing::new(model, link, &base_net)?;
+        pricing.exact_windows = c.relu_bits == ReluBitsMode::Auto;
+        pricing.set_truncation(c.truncation);
         if c.relu_bits == ReluBitsMode::ReducedLeaky {
             pricing.windows = delphi_train::evaluate::relu_windows(
                 &base_net,
@@ -631,8 +633,10 @@ impl<'a> Search<'a> {
         // never a candidate: the engine would refuse it. Checked only for a
         // plan that would join the front; the front is left as it was.
         let mut net = tr.export()?;
+        net.fixed_point.truncation = self.c.truncation;
         let windows = match self.c.relu_bits {
             ReluBitsMode::ReducedLeaky => Some(self.choose_windows(&mut net)?),
+            ReluBitsMode::Auto => Some(exact_relu_windows(&mut net)?),
             ReluBitsMode::Full => None,
         };
         delphi_train::evaluate::record_ranges(&mut net, &self.data.train, 64)?;

@@ -1,12 +1,16 @@
-//! Reduced-ReLU windows for a trained network (`--relu-bits reduced-leaky`,
-//! `delphi-plan windows`): the narrowest bits of each ReLU's input that keep
-//! the fixed-point validation accuracy, chosen from measured peaks with
-//! [`delphi_net::window`]'s rule. The reduced circuit's rounding depends on
-//! the client's share, so these plans leak (docs/security.md); nothing
-//! chooses them unless asked to.
+//! ReLU windows for a trained network. The default (`--relu-bits auto`,
+//! [`exact_relu_windows`]): exact windows 0..hi holding each layer's
+//! proven input bound — the full-width circuit's outputs, for fewer bytes.
+//! The opt-in `--relu-bits reduced-leaky` (and `delphi-plan windows`): the
+//! narrowest bits of each ReLU's input that keep the fixed-point validation
+//! accuracy, chosen from measured peaks with [`delphi_net::window`]'s rule;
+//! that circuit's rounding depends on the client's share, so these plans
+//! leak (docs/security.md); nothing chooses them unless asked to.
 
 use delphi_crypto::relu::spec::ReluBits;
-use delphi_net::window::{describe_windows, windows_from_peaks, WindowChoice};
+use delphi_net::window::{
+    describe_windows, exact_windows, set_windows, windows_from_peaks, WindowChoice,
+};
 use delphi_net::Network;
 use delphi_train::data::Dataset;
 use delphi_train::evaluate::{fixed_accuracy, relu_input_peaks};
@@ -96,4 +100,17 @@ pub fn choose_relu_windows(
             "full (no window kept the accuracy: every layer keeps the 41-bit circuit)".into(),
         )
     })
+}
+
+/// Gives `net` the exact windows of its weights (`--relu-bits auto`,
+/// [`delphi_net::window::exact_windows`]); returns the choice for the
+/// plan's `metadata.relu_bits`. Nothing is measured: the outputs are the
+/// full-width circuit's.
+pub fn exact_relu_windows(net: &mut Network) -> Result<WindowChoice> {
+    if !net.layers.iter().any(|l| l.has_relu()) {
+        return Ok(WindowChoice::new("auto", "none (no ReLU layers)".into()));
+    }
+    let w = exact_windows(net)?;
+    set_windows(net, &w)?;
+    Ok(WindowChoice::new("auto", describe_windows(&w)))
 }

@@ -18,12 +18,17 @@ fn tcp_pair() -> (TcpChannel, TcpChannel) {
 
 /// Runs `inputs.len()` inferences; returns the secure logits of each.
 fn run(prog: &FixedProgram, inputs: &[Vec<F>]) -> Vec<Vec<F>> {
+    run_seeded(prog, inputs, 1)
+}
+
+/// [`run`] in a session whose randomness (keys, masks, shares) comes from `seed`.
+fn run_seeded(prog: &FixedProgram, inputs: &[Vec<F>], seed: u64) -> Vec<Vec<F>> {
     let (s, c) = tcp_pair();
     let sp = prog.clone();
     let n = inputs.len();
     let server = thread::spawn(move || {
         let mut ch = Counting::new(s);
-        let mut rng = SecretRng::seed_from_u64(1);
+        let mut rng = SecretRng::seed_from_u64(2 * seed + 1);
         let he = server_setup(&mut ch).unwrap();
         for _ in 0..n {
             // `online` takes the bundle: running it twice does not compile.
@@ -32,7 +37,7 @@ fn run(prog: &FixedProgram, inputs: &[Vec<F>]) -> Vec<Vec<F>> {
         }
     });
     let mut ch = c;
-    let mut rng = SecretRng::seed_from_u64(2);
+    let mut rng = SecretRng::seed_from_u64(2 * seed + 2);
     let he = client_setup(&mut ch).unwrap();
     let mut out = Vec::new();
     for x in inputs {
@@ -95,9 +100,18 @@ fn every_kind(seed: u64) -> Network {
 }
 
 /// Runs `prog` securely on two inputs and checks the logits against the
-/// reference: truncation is faithful (never a wrap-around error) but may be
-/// off by one unit per truncated value, which stays far below the logits'
-/// spread through a few layers.
+/// reference exactly: every truncation and ReLU is a function of its input.
+fn assert_exact(prog: &FixedProgram, seed: u64, label: &str) {
+    let inputs = random_inputs(prog, 2, seed);
+    for (x, got) in inputs.iter().zip(run(prog, &inputs)) {
+        assert_eq!(got, prog.eval(x).unwrap(), "{label}");
+    }
+}
+
+/// Runs `prog` securely on two inputs and checks the logits against the
+/// reference: with the faithful truncation (the leaky opt-in) each truncated
+/// value may be off by one unit, which stays far below the logits' spread
+/// through a few layers.
 fn assert_matches_up_to_truncation(prog: &FixedProgram, seed: u64, label: &str) {
     let inputs = random_inputs(prog, 2, seed);
     for (x, got) in inputs.iter().zip(run(prog, &inputs)) {
@@ -126,12 +140,48 @@ fn all_relu_networks_equal_the_reference_exactly() {
 }
 
 #[test]
-fn mixed_placements_match_the_reference_up_to_truncation() {
+fn quadratic_placements_equal_the_reference_exactly() {
+    use delphi_crypto::trunc::TruncKind;
     let mut cnn = build("small-cnn", 10, 6).unwrap();
-    "RRQ".parse::<Placement>().unwrap().apply(&mut cnn).unwrap();
-    for net in [every_kind(7), cnn] {
+    "RQQ".parse::<Placement>().unwrap().apply(&mut cnn).unwrap();
+    for mut net in [every_kind(7), cnn] {
         let prog = FixedProgram::lower(&net).unwrap();
+        let kinds: Vec<TruncKind> = prog
+            .nodes
+            .iter()
+            .filter_map(|n| match n.op {
+                delphi_net::fixed::FixedOp::Trunc { kind, .. } => Some(kind),
+                _ => None,
+            })
+            .collect();
+        assert!(kinds.iter().all(|k| k.is_exact()) && !kinds.is_empty(), "{kinds:?}");
+        assert_exact(&prog, 8, &net.name);
+        // The leaky opt-in rounds by the shares: within a unit per value.
+        net.fixed_point.truncation = delphi_net::desc::TruncChoice::FaithfulLeaky;
+        let prog = FixedProgram::lower(&net).unwrap();
+        assert!(prog.share_dependent_roundings().1 > 0);
         assert_matches_up_to_truncation(&prog, 8, &net.name);
+    }
+}
+
+#[test]
+fn the_same_input_gives_the_same_logits_in_every_session() {
+    // The default plan of the README (small-cnn, all quadratic) and one with
+    // exact ReLU windows: fresh keys, masks and shares each session.
+    let mut qqq = build("small-cnn", 10, 12).unwrap();
+    "QQQ".parse::<Placement>().unwrap().apply(&mut qqq).unwrap();
+    let mut windows = build("small-cnn", 10, 13).unwrap();
+    let w = delphi_net::window::exact_windows(&windows).unwrap();
+    assert!(w.iter().any(|(_, b)| b.is_some()), "{w:?}");
+    delphi_net::window::set_windows(&mut windows, &w).unwrap();
+    for net in [qqq, windows] {
+        let prog = FixedProgram::lower(&net).unwrap();
+        assert_eq!(prog.share_dependent_roundings(), (0, 0));
+        let x = random_inputs(&prog, 1, 14);
+        let want = prog.eval(&x[0]).unwrap();
+        for session in 0..3 {
+            assert_eq!(run_seeded(&prog, &x, 100 + session), vec![want.clone()], "{}", net.name);
+        }
     }
 }
 
@@ -196,8 +246,7 @@ fn mixed_channel_layers_equal_the_reference() {
     for (x, got) in inputs.iter().zip(run(&prog, &inputs)) {
         assert_eq!(got, prog.eval(x).unwrap());
     }
-    // All-quadratic, one of each, random masks: truncation, within a unit
-    // here and there.
+    // All-quadratic, one of each, random masks: exact truncations.
     for (k, masks) in [
         [quad; 5],
         [one_each, quad, one_each, one_each, one_each],
@@ -207,7 +256,7 @@ fn mixed_channel_layers_equal_the_reference() {
     .enumerate()
     {
         let prog = FixedProgram::lower(&mixed_net(masks, 30 + k as u64)).unwrap();
-        assert_matches_up_to_truncation(&prog, 31 + k as u64, &format!("masks {k}"));
+        assert_exact(&prog, 31 + k as u64, &format!("masks {k}"));
     }
 }
 

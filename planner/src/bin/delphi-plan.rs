@@ -73,12 +73,13 @@ enum Cmd {
     /// Runs the strategies side by side at equal training budget on one base
     /// network and writes fronts.csv, fronts.svg, summary.md and bench.json.
     Bench(Box<BenchArgs>),
-    /// Gives a trained network reduced-ReLU windows as it is (no placement
-    /// search, no retraining): per layer the narrowest bits of each ReLU's
-    /// input that keep the fixed-point validation accuracy within 0.3
-    /// points of full width. Writes the network with its windows. Such a
-    /// network leaks: the reduced ReLU's rounding depends on the client's
-    /// share (docs/security.md).
+    /// Gives a trained network ReLU windows as it is (no placement search,
+    /// no retraining) and writes it. --mode auto (the default): per layer
+    /// the exact window holding the input bound proven from the weights
+    /// (outputs identical to full width). --mode reduced-leaky: the
+    /// narrowest bits of each ReLU's input that keep the fixed-point
+    /// validation accuracy within 0.3 points of full width; such a network
+    /// leaks, its rounding depends on the client's share (docs/security.md).
     Windows(WindowsArgs),
 }
 
@@ -93,6 +94,10 @@ struct WindowsArgs {
     /// Where to write the network with its windows.
     #[arg(long, default_value = "windows.json")]
     out: PathBuf,
+    /// auto (exact windows from proven bounds) or reduced-leaky (measured
+    /// windows whose rounding depends on the shares).
+    #[arg(long, default_value = "auto")]
+    mode: ReluBitsMode,
     /// Cost model to price the network with and without windows (default
     /// <results>/cost-model.json; skipped when absent).
     #[arg(long)]
@@ -108,10 +113,14 @@ struct WindowsArgs {
 
 fn run_windows(a: &WindowsArgs) -> Result<()> {
     let say = |m: &str| eprintln!("[delphi-plan windows] {m}");
-    say(
-        "warning: reduced ReLUs round depending on the client's share; a client that repeats \
-         queries can recover weights (docs/security.md). Serve the result only if that is acceptable.",
-    );
+    match a.mode {
+        ReluBitsMode::ReducedLeaky => say(
+            "warning: reduced ReLUs round depending on the client's share; a client that repeats \
+             queries can recover weights (docs/security.md). Serve the result only if that is acceptable.",
+        ),
+        ReluBitsMode::Full => bail!("--mode full chooses no windows (a network without relu_bits is full width)"),
+        ReluBitsMode::Auto => {}
+    }
     let resolved = delphi_train::arch::resolve(&a.arch, a.data.dataset, a.seed)?;
     if !resolved.trained {
         bail!(
@@ -123,11 +132,17 @@ fn run_windows(a: &WindowsArgs) -> Result<()> {
     for n in &resolved.notes {
         say(&format!("note: {n}"));
     }
-    let data = a.data.load(a.seed)?;
     let mut net = resolved.network;
     let full = net.clone();
-    let mut choice = delphi_planner::windows::choose_relu_windows(&mut net, &data, &say)?;
-    if a.test {
+    // Exact windows need no data (nothing is measured) unless --test asks.
+    let data = (a.mode != ReluBitsMode::Auto || a.test).then(|| a.data.load(a.seed)).transpose()?;
+    let mut choice = match &data {
+        Some(d) if a.mode == ReluBitsMode::ReducedLeaky => {
+            delphi_planner::windows::choose_relu_windows(&mut net, d, &say)?
+        }
+        _ => delphi_planner::windows::exact_relu_windows(&mut net)?,
+    };
+    if let (true, Some(data)) = (a.test, &data) {
         say("test accuracy in fixed point, full width and with the windows");
         let t_full = delphi_train::evaluate::fixed_accuracy(&full, &data.test)?;
         let t_red = delphi_train::evaluate::fixed_accuracy(&net, &data.test)?;
@@ -243,14 +258,22 @@ struct SearchArgs {
     /// Wall-time budget in minutes (no new interval starts after it).
     #[arg(long, help_heading = "Search")]
     budget: Option<f64>,
-    /// ReLU circuits: full (the exact 41-bit circuit everywhere: each
-    /// output a deterministic function of its input) or reduced-leaky (per
-    /// layer, the narrowest window of bits that holds the inputs the network
-    /// sees, 2-5x cheaper online, but its rounding depends on the client's
-    /// share and a client that repeats queries can recover weights; see
-    /// docs/security.md).
-    #[arg(long, default_value = "full", help_heading = "Search")]
+    /// ReLU circuits: auto (per layer, the exact window 0..hi that holds the
+    /// layer's input bound proven from the weights, else the 41-bit
+    /// circuit: outputs identical to full width, fewer bytes), full (the
+    /// 41-bit circuit everywhere) or reduced-leaky (the narrowest window
+    /// holding the inputs the network is seen to take, 2-5x cheaper online,
+    /// but its rounding depends on the client's share and a client that
+    /// repeats queries can recover weights; see docs/security.md).
+    #[arg(long, default_value = "auto", help_heading = "Search")]
     relu_bits: ReluBitsMode,
+    /// Truncations (after quadratic layers): exact (a garbled circuit per
+    /// value, a deterministic function of the value) or faithful-leaky (one
+    /// bit online, but it rounds up or down depending on the shares, which
+    /// lets a client that repeats queries learn about the weights; see
+    /// docs/security.md).
+    #[arg(long, default_value = "exact", help_heading = "Search")]
+    truncation: delphi_net::desc::TruncChoice,
     /// Seed.
     #[arg(long, default_value_t = 1, help_heading = "Search")]
     seed: u64,
@@ -288,6 +311,7 @@ fn plan_config(a: &SearchArgs) -> PlanConfig {
         strategy: Strategy::Pbt,
         granularity: Granularity::Layer,
         relu_bits: a.relu_bits,
+        truncation: a.truncation,
         budget_epochs: a.budget_epochs,
         delphi_runs: a.delphi_runs,
         accuracy: 0.0,
