@@ -206,6 +206,59 @@ fn the_architecture_a_client_sees_has_no_weights_and_no_quadratic_constant() {
     }
 }
 
+/// The truncation kinds of a program, in node order.
+fn trunc_kinds(prog: &FixedProgram) -> Vec<delphi_crypto::trunc::TruncKind> {
+    prog.nodes
+        .iter()
+        .filter_map(|n| match n.op {
+            FixedOp::Trunc { kind, .. } => Some(kind),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_client_lowers_the_truncations_the_server_settled() {
+    use delphi_crypto::trunc::TruncKind;
+    // All quadratic: the first truncations are proven bounded, the deeper
+    // ones are not (interval arithmetic squares the bound at each layer).
+    let mut net = build("small-cnn", 10, 3).unwrap();
+    "QQQ".parse::<Placement>().unwrap().apply(&mut net).unwrap();
+    let server = trunc_kinds(&FixedProgram::lower(&net).unwrap());
+    assert!(
+        server.contains(&TruncKind::Exact) && server.contains(&TruncKind::ExactWide),
+        "{server:?}"
+    );
+    // The architecture records them, so the client (with no weights, hence
+    // tiny proven bounds) lowers the same program...
+    let arch = net.architecture_only();
+    assert_eq!(trunc_kinds(&FixedProgram::lower(&arch).unwrap()), server);
+    // ... which it would not without the record.
+    let mut bare = arch.clone();
+    bare.layers.iter_mut().for_each(|l| l.truncations = None);
+    assert_ne!(trunc_kinds(&FixedProgram::lower(&bare).unwrap()), server);
+    // A record that claims a bounded truncation the weights cannot prove is
+    // refused by name; one of the wrong length too.
+    let mut lying = net.clone();
+    for (l, a) in lying.layers.iter_mut().zip(&arch.layers) {
+        l.truncations = a.truncations.as_ref().map(|k| vec![TruncKind::Exact; k.len()]);
+    }
+    let e = FixedProgram::lower(&lying).unwrap_err().to_string();
+    assert!(e.contains("not proven"), "{e}");
+    let mut short = net.clone();
+    let i = arch.layers.iter().position(|l| l.truncations.is_some()).unwrap();
+    short.layers[i].truncations = Some(vec![]);
+    let e = FixedProgram::lower(&short).unwrap_err().to_string();
+    assert!(e.contains("records 0 truncations"), "{e}");
+    // A hand-written exact window narrower than the proven bound is refused.
+    let mut narrow = build("small-cnn", 10, 3).unwrap();
+    let first = narrow.activation_layers()[0];
+    narrow.layers[first].relu_bits = Some(delphi_crypto::relu::spec::ReluBits::exact(14));
+    narrow.version = narrow.version.max(3);
+    let e = FixedProgram::lower(&narrow).unwrap_err().to_string();
+    assert!(e.contains("does not hold its input's proven bound"), "{e}");
+}
+
 #[test]
 fn unknown_fields_are_refused_not_dropped() {
     let d = tmp("unknown");
