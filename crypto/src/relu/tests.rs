@@ -250,30 +250,38 @@ fn reduced_edges_and_window_boundaries() {
 
 #[test]
 fn garbled_reduced_protocol_matches_the_plaintext_circuit() {
+    let bits = ReluBits { lo: 10, hi: 26 };
+    let (a, b, ys, sum) = run_garbled(ReluSpec::reduced(12, bits), 1 << 26, 23);
+    for i in 0..ys.len() {
+        let want = reduced_output(plain_sum(a[i], b[i], bits), 12, bits);
+        assert_eq!(sum[i], want, "y = {:?}", ys[i]);
+    }
+}
+
+/// Runs 300 garbled ReLUs of `spec` on random |y| < `range` split into
+/// random shares; returns the shares, the values and the secure outputs
+/// (client's plus server's).
+fn run_garbled(spec: ReluSpec, range: i64, seed: u64) -> (Vec<F>, Vec<F>, Vec<F>, Vec<F>) {
     use crate::channel::MemChannel;
     use rand::{Rng, SeedableRng};
-    let bits = ReluBits { lo: 10, hi: 26 };
-    let spec = ReluSpec::reduced(12, bits);
-    let mut rng = crate::block::SecretRng::seed_from_u64(23);
+    let mut rng = crate::block::SecretRng::seed_from_u64(seed);
     let n = 300;
-    let ys: Vec<F> = (0..n).map(|_| F::from_i64(rng.gen_range(-(1i64 << 26)..(1 << 26)))).collect();
+    let ys: Vec<F> = (0..n).map(|_| F::from_i64(rng.gen_range(-range..range))).collect();
     let a: Vec<F> = (0..n).map(|_| F::random(&mut rng)).collect();
     let b: Vec<F> = ys.iter().zip(&a).map(|(y, a)| *y - *a).collect();
     let (mut sc, mut cc) = MemChannel::pair();
     let bs = b.clone();
     let server = std::thread::spawn(move || {
-        let mut rng = crate::block::SecretRng::seed_from_u64(24);
+        let mut rng = crate::block::SecretRng::seed_from_u64(seed + 1);
         let bundle = server_offline(&mut sc, n, spec, &mut rng).unwrap();
         bundle.online(&mut sc, &bs).unwrap()
     });
-    let mut crng = crate::block::SecretRng::seed_from_u64(25);
+    let mut crng = crate::block::SecretRng::seed_from_u64(seed + 2);
     let bundle = client_offline(&mut cc, &a, spec, &mut crng).unwrap();
     let out = bundle.online(&mut cc).unwrap();
     let rho = server.join().unwrap();
-    for i in 0..n {
-        let want = reduced_output(plain_sum(a[i], b[i], bits), 12, bits);
-        assert_eq!(out[i] + rho[i], want, "y = {:?}", ys[i]);
-    }
+    let sum = out.iter().zip(&rho).map(|(o, r)| *o + *r).collect();
+    (a, b, ys, sum)
 }
 
 proptest::proptest! {
@@ -365,26 +373,9 @@ fn exact_window_is_exact_on_every_split_inside() {
 
 #[test]
 fn garbled_exact_window_protocol_is_relu() {
-    use crate::channel::MemChannel;
-    use rand::{Rng, SeedableRng};
-    let spec = ReluSpec::reduced(12, ReluBits::exact(26));
-    let mut rng = crate::block::SecretRng::seed_from_u64(26);
-    let n = 300;
-    let ys: Vec<F> = (0..n).map(|_| F::from_i64(rng.gen_range(-(1i64 << 25)..(1 << 25)))).collect();
-    let a: Vec<F> = (0..n).map(|_| F::random(&mut rng)).collect();
-    let b: Vec<F> = ys.iter().zip(&a).map(|(y, a)| *y - *a).collect();
-    let (mut sc, mut cc) = MemChannel::pair();
-    let server = std::thread::spawn(move || {
-        let mut rng = crate::block::SecretRng::seed_from_u64(27);
-        let bundle = server_offline(&mut sc, n, spec, &mut rng).unwrap();
-        bundle.online(&mut sc, &b).unwrap()
-    });
-    let mut crng = crate::block::SecretRng::seed_from_u64(28);
-    let bundle = client_offline(&mut cc, &a, spec, &mut crng).unwrap();
-    let out = bundle.online(&mut cc).unwrap();
-    let rho = server.join().unwrap();
-    for i in 0..n {
-        assert_eq!(out[i] + rho[i], relu_trunc_reference(ys[i], 12), "y = {:?}", ys[i]);
+    let (_, _, ys, sum) = run_garbled(ReluSpec::reduced(12, ReluBits::exact(26)), 1 << 25, 26);
+    for (y, s) in ys.iter().zip(&sum) {
+        assert_eq!(*s, relu_trunc_reference(*y, 12), "y = {y:?}");
     }
 }
 

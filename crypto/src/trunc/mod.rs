@@ -151,19 +151,6 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
 }
 
 impl ServerTruncBundle {
-    /// Values in the bundle.
-    pub fn len(&self) -> usize {
-        match self {
-            ServerTruncBundle::Exact(b) => b.len(),
-            ServerTruncBundle::Faithful(b) => b.len(),
-        }
-    }
-
-    /// Whether the bundle holds no values (never, once built).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Online phase, server side: returns its shares of the truncated
     /// values (consumes the bundle: a second use does not compile).
     pub fn online<C: Channel>(self, ch: &mut C, shares: &[F]) -> Result<Vec<F>> {
@@ -175,19 +162,6 @@ impl ServerTruncBundle {
 }
 
 impl ClientTruncBundle {
-    /// Values in the bundle.
-    pub fn len(&self) -> usize {
-        match self {
-            ClientTruncBundle::Exact(b) => b.len(),
-            ClientTruncBundle::Faithful(b) => b.len(),
-        }
-    }
-
-    /// Whether the bundle holds no values (never, once built).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Online phase, client side: returns its shares of the truncated
     /// values (consumes the bundle).
     pub fn online<C: Channel>(self, ch: &mut C) -> Result<Vec<F>> {
@@ -209,44 +183,47 @@ fn load_mark<R: std::io::Read>(d: &mut Decoder<R>) -> Result<u64> {
     }
 }
 
-impl Stored for ServerTruncBundle {
-    fn store_to<W: std::io::Write>(&self, e: &mut Encoder<W>) -> Result<()> {
-        match self {
-            ServerTruncBundle::Exact(b) => {
-                e.u64(MARK_EXACT)?;
-                b.store_to(e)
+/// `len`, `is_empty` and [`Stored`] (the marker, then the inner bundle)
+/// for a side's truncation bundle.
+macro_rules! impl_either {
+    ($t:ident, $exact:ty, $faithful:ty) => {
+        impl $t {
+            /// Values in the bundle.
+            pub fn len(&self) -> usize {
+                match self {
+                    $t::Exact(b) => b.len(),
+                    $t::Faithful(b) => b.len(),
+                }
             }
-            ServerTruncBundle::Faithful(b) => {
-                e.u64(MARK_FAITHFUL)?;
-                b.store_to(e)
+
+            /// Whether the bundle holds no values (never, once built).
+            pub fn is_empty(&self) -> bool {
+                self.len() == 0
             }
         }
-    }
-    fn load_from<R: std::io::Read>(d: &mut Decoder<R>) -> Result<Self> {
-        Ok(match load_mark(d)? {
-            MARK_EXACT => ServerTruncBundle::Exact(ServerExactBundle::load_from(d)?),
-            _ => ServerTruncBundle::Faithful(faithful::ServerTruncBundle::load_from(d)?),
-        })
-    }
+
+        impl Stored for $t {
+            fn store_to<W: std::io::Write>(&self, e: &mut Encoder<W>) -> Result<()> {
+                match self {
+                    $t::Exact(b) => {
+                        e.u64(MARK_EXACT)?;
+                        b.store_to(e)
+                    }
+                    $t::Faithful(b) => {
+                        e.u64(MARK_FAITHFUL)?;
+                        b.store_to(e)
+                    }
+                }
+            }
+            fn load_from<R: std::io::Read>(d: &mut Decoder<R>) -> Result<Self> {
+                Ok(match load_mark(d)? {
+                    MARK_EXACT => $t::Exact(<$exact>::load_from(d)?),
+                    _ => $t::Faithful(<$faithful>::load_from(d)?),
+                })
+            }
+        }
+    };
 }
 
-impl Stored for ClientTruncBundle {
-    fn store_to<W: std::io::Write>(&self, e: &mut Encoder<W>) -> Result<()> {
-        match self {
-            ClientTruncBundle::Exact(b) => {
-                e.u64(MARK_EXACT)?;
-                b.store_to(e)
-            }
-            ClientTruncBundle::Faithful(b) => {
-                e.u64(MARK_FAITHFUL)?;
-                b.store_to(e)
-            }
-        }
-    }
-    fn load_from<R: std::io::Read>(d: &mut Decoder<R>) -> Result<Self> {
-        Ok(match load_mark(d)? {
-            MARK_EXACT => ClientTruncBundle::Exact(ClientExactBundle::load_from(d)?),
-            _ => ClientTruncBundle::Faithful(faithful::ClientTruncBundle::load_from(d)?),
-        })
-    }
-}
+impl_either!(ServerTruncBundle, ServerExactBundle, faithful::ServerTruncBundle);
+impl_either!(ClientTruncBundle, ClientExactBundle, faithful::ClientTruncBundle);
