@@ -288,7 +288,7 @@ pub fn write(out: &Path, c: &crate::config::PlanConfig, o: &Outcome, fin: &Final
         (Some(e), _) => md += &format!(
             "**Chosen plan** (`plan.json`): placement `{}` — {} of {} activation layers quadratic, \
              {} of {} ReLUs left; validation {:.2} %; test {:.2} % float, {:.2} % fixed point; {} {:.4} \
-             (all-ReLU: {:.4}, {:.1}× cheaper); predicted online {:.3} s / {:.1} MB, offline {:.2} s / {:.1} MB.\n\n",
+             (all-ReLU: {:.4}, {}); predicted online {:.3} s / {:.1} MB, offline {:.2} s / {:.1} MB.\n\n",
             e.placement,
             fin.quads,
             fin.layers,
@@ -300,7 +300,7 @@ pub fn write(out: &Path, c: &crate::config::PlanConfig, o: &Outcome, fin: &Final
             c.objective.label(),
             e.cost,
             relu,
-            relu / e.cost.max(1e-12),
+            ratio_words(relu, e.cost),
             e.online_s,
             e.online_bytes / 1e6,
             e.offline_s,
@@ -417,4 +417,17 @@ pub fn write(out: &Path, c: &crate::config::PlanConfig, o: &Outcome, fin: &Final
     md += "\nEvery exploit/explore step (or greedy round) is in `lineage.log`.\n";
     let mp = out.join("summary.md");
     std::fs::write(&mp, md).map_err(|e| perr(&mp, e))
+}
+
+/// "2.5× cheaper", "as cheap" or "1.3× dearer": a plan's cost against the
+/// all-ReLU network's.
+fn ratio_words(relu: f64, cost: f64) -> String {
+    let r = relu / cost.max(1e-12);
+    if (r - 1.0).abs() < 0.005 {
+        "as cheap".into()
+    } else if r > 1.0 {
+        format!("{r:.1}× cheaper")
+    } else {
+        format!("{:.1}× dearer", 1.0 / r.max(1e-12))
+    }
 }

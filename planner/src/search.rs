@@ -570,11 +570,14 @@ impl<'a> Search<'a> {
         let masks = tr.channel_masks();
         let cost = self.pricing.price_masks(&placement, &masks)?;
         let relus = self.pricing.relus_masks(&placement, &masks);
-        let relu_channels = if masks.iter().any(Option::is_some) {
-            relu_channel_percent(&masks, &placement)
-        } else {
-            String::new()
-        };
+        let relu_channels =
+            if self.c.granularity == Granularity::Channel || masks.iter().any(Option::is_some) {
+                let mut m = masks.clone();
+                m.resize(self.layers.max(m.len()), None);
+                relu_channel_percent(&m, &placement)
+            } else {
+                String::new()
+            };
         let obj = self.c.objective.of(&cost);
         let e = Evaluation {
             index: self.st.evaluations.len(),
@@ -606,6 +609,37 @@ impl<'a> Search<'a> {
             self.offer(tr, &e)?;
         }
         Ok(e)
+    }
+
+    /// The all-ReLU base is a plan too: evaluated first (stage `base`), it
+    /// joins the front like any settled member, so no search returns a plan
+    /// dearer than keeping every ReLU when the base already meets the
+    /// threshold (with exact truncations a quadratic layer can cost more
+    /// online than the ReLUs it replaces).
+    pub(crate) fn consider_base(&mut self) -> Result<()> {
+        let mut tr = Trainer::new(
+            TrainConfig { init: Some(self.base_plan.clone()), ..self.base_cfg.clone() },
+            &self.device,
+        )?;
+        let g = Genome {
+            placement: Placement::all_relu(self.layers),
+            lr: self.base_cfg.lr,
+            momentum: self.base_cfg.momentum,
+            weight_decay: self.base_cfg.weight_decay,
+            distill_weight: 0.0,
+            swap_span: 0.0,
+            budget: if self.c.granularity == Granularity::Channel { 1.0 } else { 0.0 },
+        };
+        let threshold = self.c.accuracy;
+        // Not a member: its fitness only orders the log (finite, for JSON).
+        self.evaluate(&mut tr, &g, 0, 0, "base".into(), &|acc, cost, _| {
+            if acc >= threshold {
+                -cost
+            } else {
+                -1e9 - cost
+            }
+        })?;
+        Ok(())
     }
 
     fn front_file(&self, index: usize) -> PathBuf {

@@ -62,9 +62,11 @@ fn a_tiny_search_survives_a_kill_and_produces_a_plan() {
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
-    // Every evaluation is a row: 2 members × 4 intervals.
+    // Every evaluation is a row: the all-ReLU base (a candidate plan too),
+    // then 2 members × 4 intervals.
     let members = std::fs::read_to_string(out.join("members.csv")).unwrap();
-    assert_eq!(members.lines().count(), 1 + 2 * 4, "{members}");
+    assert_eq!(members.lines().count(), 1 + 1 + 2 * 4, "{members}");
+    assert!(members.lines().nth(1).unwrap().starts_with("0,base,0,0,RRR,0,"), "{members}");
     // The lineage is append-only: what was there before the kill is still there.
     let lineage = std::fs::read_to_string(out.join("lineage.log")).unwrap();
     assert!(lineage.starts_with(&lineage_before));

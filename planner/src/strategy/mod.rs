@@ -33,6 +33,9 @@ pub fn run(c: &PlanConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Outcome> {
             s.st.steps, s.budget
         ));
     }
+    if s.st.evaluations.is_empty() {
+        s.consider_base()?;
+    }
     match c.strategy {
         Strategy::Pbt => pbt::run(&mut s)?,
         Strategy::Delphi => delphi::run(&mut s)?,
