@@ -133,7 +133,11 @@ pub fn relu_traffic(n: usize, spec: impl Into<ReluSpec>) -> (Traffic, Traffic) {
 /// Offline and online traffic of `n` values of a garbled-circuit layer
 /// ([`delphi_crypto::garbled`]: ReLUs, exact truncations) of circuit `gc`.
 pub fn gc_traffic(n: usize, gc: &GcCircuit) -> (Traffic, Traffic) {
-    let c = gc.circuit();
+    gc_traffic_of(n, gc.circuit())
+}
+
+/// [`gc_traffic`] from the recorded circuit alone.
+pub fn gc_traffic_of(n: usize, c: &delphi_crypto::gc::Circuit) -> (Traffic, Traffic) {
     let off = Traffic {
         bytes: 3 * AGREE
             + ID_AND_KEY

@@ -38,6 +38,33 @@ impl Affine {
     }
 }
 
+/// The computation of one phase of a garbled-circuit layer (ReLUs of any
+/// window, exact truncations), by what it does: a fixed cost per layer
+/// (bundle start, base OTs, thread pool, the last chunk's latency), and per
+/// value a cost per AND gate (garbling, or evaluation) and per input label
+/// (offline: the client's correlated OTs; online: the server's labels,
+/// generated and sent).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GcLine {
+    /// Seconds per layer.
+    pub fixed_s: f64,
+    /// Seconds per AND gate.
+    pub per_and_s: f64,
+    /// Seconds per input label.
+    pub per_label_s: f64,
+}
+
+impl GcLine {
+    /// The affine cost of a layer of a circuit with `ands` AND gates and
+    /// `labels` input labels per value.
+    pub fn for_circuit(&self, ands: usize, labels: usize) -> Affine {
+        Affine {
+            fixed_s: self.fixed_s,
+            per_item_s: self.per_and_s * ands as f64 + self.per_label_s * labels as f64,
+        }
+    }
+}
+
 /// Offline cost of a linear layer under BFV: seconds per input polynomial
 /// (client encryption + server deserialisation), per output polynomial
 /// (masking, re-randomising, switching, serialising, client decryption) and
@@ -127,6 +154,15 @@ pub struct CostModel {
     /// Reduced ReLUs online, measured on [`REDUCED_ANCHOR`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relu_reduced_online: Option<Affine>,
+    /// Garbled-circuit layers offline by AND gates and labels, fitted on
+    /// several circuits at several sizes (absent in older models: they
+    /// interpolate between the ReLU lines instead). Prices every circuit
+    /// when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc_offline: Option<GcLine>,
+    /// Garbled-circuit layers online, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc_online: Option<GcLine>,
 }
 
 /// The reduced ReLU the calibration measures (window 12..27, truncation 12:
@@ -221,20 +257,28 @@ impl CostModel {
     /// [`CostModel::has_reduced_relus`] says which).
     pub fn relu_costs(&self, spec: delphi_crypto::relu::ReluSpec) -> (Affine, Affine) {
         use delphi_crypto::relu::relu_circuit_for;
-        if spec.bits.is_none() {
+        if spec.bits.is_none() && self.gc_offline.is_none() {
             return (self.relu_offline, self.relu_online);
         }
-        self.gc_costs(relu_circuit_for(spec).circuit().and_gates())
+        self.gc_costs(relu_circuit_for(spec).circuit())
     }
 
-    /// Offline and online computation of a garbled-circuit layer of
-    /// `ands` AND gates per value other than the full ReLU (reduced ReLUs,
-    /// exact truncations): the per-value slope interpolated linearly in AND
-    /// gates between [`REDUCED_ANCHOR`] and the full circuit, as
+    /// Offline and online computation of a garbled-circuit layer (ReLUs of
+    /// any window, exact truncations) of `circuit` per value: from the
+    /// per-AND and per-label lines where the model has them, else the
+    /// per-value slope interpolated linearly in AND gates between
+    /// [`REDUCED_ANCHOR`] and the full circuit, as
     /// [`CostModel::relu_costs`] describes.
-    pub fn gc_costs(&self, ands: usize) -> (Affine, Affine) {
+    pub fn gc_costs(&self, circuit: &delphi_crypto::gc::Circuit) -> (Affine, Affine) {
         use delphi_crypto::relu::{relu_circuit_for, ReluSpec};
-        let ands = ands as f64;
+        if let (Some(off), Some(on)) = (self.gc_offline, self.gc_online) {
+            let ands = circuit.and_gates();
+            return (
+                off.for_circuit(ands, circuit.evaluator_inputs()),
+                on.for_circuit(ands, circuit.garbler_inputs()),
+            );
+        }
+        let ands = circuit.and_gates() as f64;
         let full = relu_circuit_for(ReluSpec::full(12)).circuit().and_gates() as f64;
         let anchor = relu_circuit_for(REDUCED_ANCHOR).circuit().and_gates() as f64;
         let line = |f: Affine, r: Option<Affine>| -> Affine {
@@ -292,10 +336,12 @@ impl CostModel {
             }
             FixedOp::Trunc { shift, kind } => match kind.exact(*shift) {
                 // The wide circuit is the full ReLU circuit.
-                Some(e) if e.wide => (self.relu_offline.at(active), self.relu_online.at(active)),
+                Some(e) if e.wide && self.gc_offline.is_none() => {
+                    (self.relu_offline.at(active), self.relu_online.at(active))
+                }
                 Some(e) => {
                     use delphi_crypto::garbled::GcFunction;
-                    let (off, on) = self.gc_costs(e.gc().circuit().and_gates());
+                    let (off, on) = self.gc_costs(e.gc().circuit());
                     (off.at(active), on.at(active))
                 }
                 None => (self.trunc_offline.at(active), self.trunc_online.at(active)),

@@ -1,10 +1,14 @@
 //! `delphi cost calibrate`: measures the primitive costs of the DELPHI cost
 //! model with the real crypto over real loopback TCP.
 //!
-//! Each primitive runs at two sizes (both parties in two threads of this
-//! process); its computation is the measured wall time minus the transfer
-//! predicted for the loopback link (bytes / bandwidth + round trips × RTT),
-//! fitted as a + b·n. Linear layers are measured on several convolution and
+//! Garbled-circuit layers (ReLUs of any window, exact truncations) run on
+//! four circuits at three sizes, the fastest of several runs after a
+//! warm-up, and are fitted as a fixed cost per layer plus, per value, a
+//! cost per AND gate and per input label (least squares; a negative
+//! per-gate or per-label cost is an error). Other primitives run at two
+//! sizes (both parties in two threads of this process). Computation is the
+//! measured wall time minus the transfer predicted for the loopback link
+//! (bytes / bandwidth + round trips × RTT). Linear layers are measured on several convolution and
 //! dense shapes and fitted per input polynomial, output polynomial and
 //! plaintext–ciphertext product (least squares), which extrapolates to
 //! ResNet-32 sizes because those are exactly the operations it performs.
@@ -24,8 +28,10 @@ use delphi_net::linear::LinearOp;
 use delphi_net::Shape;
 
 use delphi_cost::bytes::{CtSizes, Traffic};
-use delphi_cost::model::{Affine, CostModel, HeLinear, Provenance, FORMAT};
+use delphi_cost::model::{Affine, CostModel, GcLine, HeLinear, Provenance, FORMAT};
 use delphi_cost::Link;
+use delphi_crypto::garbled::{ClientGcBundle, GcFunction, ServerGcBundle};
+use delphi_crypto::gc::Circuit;
 
 /// What can go wrong while calibrating.
 #[derive(Debug, thiserror::Error)]
@@ -123,19 +129,21 @@ fn transfer(t: &Traffic, ct: &CtSizes, link: &Link) -> f64 {
     t.total(ct) / link.bytes_per_s + t.rounds * link.rtt_s
 }
 
-type ServerOffline<B> = fn(&mut TcpChannel, usize, &mut SecretRng) -> delphi_crypto::Result<B>;
-type ServerOnline<B> = fn(B, &mut TcpChannel, &[F]) -> delphi_crypto::Result<Vec<F>>;
-type ClientOffline<B> = fn(&mut TcpChannel, &[F], &mut SecretRng) -> delphi_crypto::Result<B>;
-type ClientOnline<B> = fn(B, &mut TcpChannel) -> delphi_crypto::Result<Vec<F>>;
-
 /// Offline and online wall times of a layer of `n` values run with a
 /// single-use bundle protocol (ReLU, truncation), the client re-masking its
 /// output as the network protocol does.
-fn bundle_times<S: Send + 'static, C>(
+fn bundle_times<S, C, SO, SN, CO, CN>(
     n: usize,
-    server: (ServerOffline<S>, ServerOnline<S>),
-    client: (ClientOffline<C>, ClientOnline<C>),
-) -> Result<(f64, f64)> {
+    (server_off, server_on): (SO, SN),
+    (client_off, client_on): (CO, CN),
+) -> Result<(f64, f64)>
+where
+    S: Send + 'static,
+    SO: FnOnce(&mut TcpChannel, usize, &mut SecretRng) -> delphi_crypto::Result<S> + Send + 'static,
+    SN: FnOnce(S, &mut TcpChannel, &[F]) -> delphi_crypto::Result<Vec<F>> + Send + 'static,
+    CO: FnOnce(&mut TcpChannel, &[F], &mut SecretRng) -> delphi_crypto::Result<C>,
+    CN: FnOnce(C, &mut TcpChannel) -> delphi_crypto::Result<Vec<F>>,
+{
     let shares = random_fields(n, 3);
     let theirs = random_fields(n, 4);
     let (s, mut c) = pair()?;
@@ -143,23 +151,23 @@ fn bundle_times<S: Send + 'static, C>(
         let mut s = s;
         let mut r = rng(1);
         let t = Instant::now();
-        let b = (server.0)(&mut s, n, &mut r)?;
+        let b = server_off(&mut s, n, &mut r)?;
         s.flush()?;
         let off = t.elapsed().as_secs_f64();
         let _ = s.recv_u64()?;
-        (server.1)(b, &mut s, &theirs)?;
+        server_on(b, &mut s, &theirs)?;
         let mut msg = vec![F::ZERO; n];
         s.recv_fields(&mut msg)?;
         Ok(off)
     });
     let mut r = rng(2);
     let t = Instant::now();
-    let b = (client.0)(&mut c, &shares, &mut r)?;
+    let b = client_off(&mut c, &shares, &mut r)?;
     let off_c = t.elapsed().as_secs_f64();
     let t = Instant::now();
     c.send_u64(0)?;
     c.flush()?;
-    let out = (client.1)(b, &mut c)?;
+    let out = client_on(b, &mut c)?;
     c.send_fields(&out)?;
     c.flush()?;
     let on = t.elapsed().as_secs_f64();
@@ -168,25 +176,23 @@ fn bundle_times<S: Send + 'static, C>(
     Ok((off_c.max(off_s), on))
 }
 
-/// Offline and online wall times of a reduced ReLU layer of `n` values
-/// ([`delphi_cost::model::REDUCED_ANCHOR`]).
-fn reduced_relu_times(n: usize) -> Result<(f64, f64)> {
-    use delphi_cost::model::REDUCED_ANCHOR as A;
-    use delphi_crypto::relu::{client_offline, server_offline};
+/// Offline and online wall times of a garbled-circuit layer of `n` values
+/// of `spec` (any [`GcFunction`]: a ReLU of any window, an exact truncation).
+fn gc_times<G: GcFunction>(n: usize, spec: G) -> Result<(f64, f64)> {
     bundle_times(
         n,
-        (|ch, n, r| server_offline(ch, n, A, r), |b, ch, x| b.online(ch, x)),
-        (|ch, x, r| client_offline(ch, x, A, r), |b, ch| b.online(ch)),
-    )
-}
-
-/// Offline and online wall times of a ReLU layer of `n` values.
-fn relu_times(n: usize) -> Result<(f64, f64)> {
-    use delphi_crypto::relu::{client_offline, server_offline};
-    bundle_times(
-        n,
-        (|ch, n, r| server_offline(ch, n, 12, r), |b, ch, x| b.online(ch, x)),
-        (|ch, x, r| client_offline(ch, x, 12, r), |b, ch| b.online(ch)),
+        (
+            move |ch: &mut TcpChannel, n, r: &mut SecretRng| {
+                ServerGcBundle::offline(ch, n, spec, r)
+            },
+            |b: ServerGcBundle<G>, ch: &mut TcpChannel, x: &[F]| b.online(ch, x),
+        ),
+        (
+            move |ch: &mut TcpChannel, x: &[F], r: &mut SecretRng| {
+                ClientGcBundle::offline(ch, x, spec, r)
+            },
+            |b: ClientGcBundle<G>, ch: &mut TcpChannel| b.online(ch),
+        ),
     )
 }
 
@@ -195,11 +201,79 @@ fn relu_times(n: usize) -> Result<(f64, f64)> {
 /// measurements).
 fn trunc_times(n: usize) -> Result<(f64, f64)> {
     use delphi_crypto::trunc::{client_offline, server_offline, TruncKind::Faithful};
+    use delphi_crypto::trunc::{ClientTruncBundle, ServerTruncBundle};
     bundle_times(
         n,
-        (|ch, n, r| server_offline(ch, n, 12, Faithful, r), |b, ch, x| b.online(ch, x)),
-        (|ch, x, r| client_offline(ch, x, 12, Faithful, r), |b, ch| b.online(ch)),
+        (
+            |ch: &mut TcpChannel, n, r: &mut SecretRng| server_offline(ch, n, 12, Faithful, r),
+            |b: ServerTruncBundle, ch: &mut TcpChannel, x: &[F]| b.online(ch, x),
+        ),
+        (
+            |ch: &mut TcpChannel, x: &[F], r: &mut SecretRng| {
+                client_offline(ch, x, 12, Faithful, r)
+            },
+            |b: ClientTruncBundle, ch: &mut TcpChannel| b.online(ch),
+        ),
     )
+}
+
+/// Offline and online wall times of a layer of n values.
+type LayerTimes = Box<dyn Fn(usize) -> Result<(f64, f64)>>;
+
+/// The circuits the garbled-circuit lines are fitted on: the full ReLU,
+/// an exact window, the reduced anchor and a bounded exact truncation —
+/// 20 to 132 AND gates, 11 to 41 labels a party.
+fn gc_circuits() -> Vec<(&'static str, LayerTimes, &'static Circuit)> {
+    use delphi_crypto::relu::{relu_circuit_for, ReluBits, ReluSpec};
+    use delphi_crypto::trunc::ExactTrunc;
+    let full = ReluSpec::full(12);
+    let exact = ReluSpec::reduced(12, ReluBits::exact(27));
+    let anchor = delphi_cost::model::REDUCED_ANCHOR;
+    let trunc = ExactTrunc { shift: 20, wide: false };
+    vec![
+        ("full ReLU", Box::new(move |n| gc_times(n, full)), relu_circuit_for(full).circuit()),
+        (
+            "exact window 0..27",
+            Box::new(move |n| gc_times(n, exact)),
+            relu_circuit_for(exact).circuit(),
+        ),
+        (
+            "reduced 12..27",
+            Box::new(move |n| gc_times(n, anchor)),
+            relu_circuit_for(anchor).circuit(),
+        ),
+        ("exact truncation", Box::new(move |n| gc_times(n, trunc)), trunc.gc().circuit()),
+    ]
+}
+
+/// Fits `t ≈ fixed + n·(ands·per_and + labels·per_label)` by least squares
+/// to rows `(n, ands, labels, t)`, the fixed cost constrained to be
+/// non-negative (where the free fit's is below 0, the fit through the
+/// origin is the constrained optimum). A negative per-gate or per-label
+/// cost is an error (the machine was too noisy to separate them), not a
+/// number to price plans with.
+fn fit_gc_line(what: &str, rows: &[(f64, f64, f64, f64)]) -> Result<GcLine> {
+    let data: Vec<([f64; 3], f64)> =
+        rows.iter().map(|&(n, a, l, t)| ([1.0, n * a, n * l], t)).collect();
+    let [mut fixed, mut per_and, mut per_label] = least_squares_raw(&data);
+    if fixed < 0.0 {
+        // Through the origin: two unknowns (the third column set to 0).
+        let data: Vec<([f64; 3], f64)> =
+            rows.iter().map(|&(n, a, l, t)| ([n * a, n * l, 0.0], t)).collect();
+        let [a, l, _] = least_squares_raw(&data);
+        (fixed, per_and, per_label) = (0.0, a, l);
+    }
+    if per_and < 0.0
+        || per_label < 0.0
+        || ![fixed, per_and, per_label].iter().all(|v| v.is_finite())
+    {
+        return Err(CalibrateError::Invalid(format!(
+            "{what}: the fit came out {per_and:.3e} s per AND gate and {per_label:.3e} s per \
+             label — a negative cost means the timings were too noisy to separate them \
+             (another process on the machine?): rerun"
+        )));
+    }
+    Ok(GcLine { fixed_s: fixed, per_and_s: per_and, per_label_s: per_label })
 }
 
 /// Computation of one linear layer under BFV (client encrypts, server
@@ -236,8 +310,14 @@ fn he_linear_time(
     Ok((secs, p, fresh / cts.len().max(1) as f64, result / res.len().max(1) as f64))
 }
 
-/// Least squares for t ≈ a·x₀ + b·x₁ + c·x₂ (normal equations, 3×3).
+/// Least squares for t ≈ a·x₀ + b·x₁ + c·x₂, each coefficient clamped to
+/// be non-negative.
 fn least_squares(rows: &[([f64; 3], f64)]) -> [f64; 3] {
+    least_squares_raw(rows).map(|v| v.max(0.0))
+}
+
+/// Least squares for t ≈ a·x₀ + b·x₁ + c·x₂ (normal equations, 3×3).
+fn least_squares_raw(rows: &[([f64; 3], f64)]) -> [f64; 3] {
     let mut m = [[0f64; 4]; 3];
     for (x, t) in rows {
         for i in 0..3 {
@@ -267,7 +347,7 @@ fn least_squares(rows: &[([f64; 3], f64)]) -> [f64; 3] {
             }
         }
     }
-    [m[0][3].max(0.0), m[1][3].max(0.0), m[2][3].max(0.0)]
+    [m[0][3], m[1][3], m[2][3]]
 }
 
 /// Runs the calibration. `quick` uses fewer and smaller samples (≈ 5 s on
@@ -349,9 +429,41 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
     let macs = (op.output.len() * op.macs_per_output() * reps) as f64;
     let linear_online_per_mac_s = t.elapsed().as_secs_f64() / macs;
 
-    say("ReLU layers (garbling, OT extension, evaluation)");
-    // Sizes of real layers (very large bundles page more and run slower).
-    let (n1, n2) = if quick { (4096, 32768) } else { (8192, 65536) };
+    say("garbled-circuit layers (4 circuits, 3 sizes, fastest of several runs)");
+    let sizes: &[usize] = if quick { &[4096, 16384, 32768] } else { &[8192, 32768, 65536] };
+    let runs = if quick { 2 } else { 3 };
+    let (mut off_rows, mut on_rows) = (Vec::new(), Vec::new());
+    for (_, times, circuit) in gc_circuits() {
+        // A warm-up run (page faults, thread pool, AES key schedules).
+        times(sizes[0])?;
+        for &n in sizes {
+            let (mut off, mut on) = (f64::INFINITY, f64::INFINITY);
+            for _ in 0..runs {
+                let (o, p) = times(n)?;
+                off = off.min(o);
+                on = on.min(p);
+            }
+            let (t_off, t_on) = delphi_cost::bytes::gc_traffic_of(n, circuit);
+            let (a, l_off, l_on) = (
+                circuit.and_gates() as f64,
+                circuit.evaluator_inputs() as f64,
+                circuit.garbler_inputs() as f64,
+            );
+            off_rows.push((n as f64, a, l_off, off - transfer(&t_off, &ct, &link)));
+            on_rows.push((n as f64, a, l_on, on - transfer(&t_on, &ct, &link)));
+        }
+    }
+    let gc_offline = fit_gc_line("garbled-circuit layers offline", &off_rows)?;
+    let gc_online = fit_gc_line("garbled-circuit layers online", &on_rows)?;
+    let line_of = |spec: delphi_crypto::relu::ReluSpec| {
+        let c = delphi_crypto::relu::relu_circuit_for(spec).circuit();
+        (
+            gc_offline.for_circuit(c.and_gates(), c.evaluator_inputs()),
+            gc_online.for_circuit(c.and_gates(), c.garbler_inputs()),
+        )
+    };
+    let (relu_offline, relu_online) = line_of(delphi_crypto::relu::ReluSpec::full(12));
+    let (relu_reduced_offline, relu_reduced_online) = line_of(delphi_cost::model::REDUCED_ANCHOR);
     let fit = |(n1, n2): (usize, usize),
                times: fn(usize) -> Result<(f64, f64)>,
                traffic: &dyn Fn(usize) -> (Traffic, Traffic)|
@@ -368,13 +480,6 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
         };
         Ok((line(o1, &t1.0, o2, &t2.0), line(p1, &t1.1, p2, &t2.1)))
     };
-    let (relu_offline, relu_online) =
-        fit((n1, n2), relu_times, &|n| delphi_cost::bytes::node_traffic_relu(n))?;
-
-    say("reduced ReLU layers (window 12..27)");
-    let (relu_reduced_offline, relu_reduced_online) = fit((n1, n2), reduced_relu_times, &|n| {
-        delphi_cost::bytes::relu_traffic(n, delphi_cost::model::REDUCED_ANCHOR)
-    })?;
 
     say("truncations (OT)");
     let sizes = if quick { (4096, 32768) } else { (16384, 262144) };
@@ -430,6 +535,8 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
         relu_online,
         relu_reduced_offline: Some(relu_reduced_offline),
         relu_reduced_online: Some(relu_reduced_online),
+        gc_offline: Some(gc_offline),
+        gc_online: Some(gc_online),
         trunc_offline,
         trunc_online,
         quad_offline,
@@ -457,4 +564,42 @@ fn iso_now() -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows of the four calibration circuits at three sizes under a known line.
+    fn rows(line: GcLine, noise: &dyn Fn(usize) -> f64) -> Vec<(f64, f64, f64, f64)> {
+        let circuits = [(132.0, 41.0), (41.0, 28.0), (28.0, 15.0), (22.0, 22.0)];
+        let mut out = Vec::new();
+        for (k, &(a, l)) in circuits.iter().enumerate() {
+            for (j, n) in [8192.0, 32768.0, 65536.0].into_iter().enumerate() {
+                let t = line.for_circuit(a as usize, l as usize).at(n) + noise(3 * k + j);
+                out.push((n, a, l, t));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_gc_fit_recovers_its_coefficients_and_refuses_nonsense() {
+        let line = GcLine { fixed_s: 0.004, per_and_s: 3e-8, per_label_s: 2e-8 };
+        let fit = fit_gc_line("test", &rows(line, &|_| 0.0)).unwrap();
+        assert!((fit.fixed_s - 0.004).abs() < 1e-9, "{fit:?}");
+        assert!((fit.per_and_s - 3e-8).abs() < 1e-14 && (fit.per_label_s - 2e-8).abs() < 1e-14);
+        // A true fixed cost of 0 measured with noise that pushes the free
+        // intercept below 0: fitted through the origin instead.
+        let zero = GcLine { fixed_s: 0.0, ..line };
+        let fit =
+            fit_gc_line("test", &rows(zero, &|i| if i % 3 == 0 { -2e-3 } else { 0.0 })).unwrap();
+        assert_eq!(fit.fixed_s, 0.0);
+        assert!(fit.per_and_s > 0.0 && fit.per_label_s > 0.0, "{fit:?}");
+        // Timings that fall with the work are an error, not a model.
+        let falling: Vec<_> =
+            rows(line, &|_| 0.0).into_iter().map(|(n, a, l, t)| (n, a, l, 1.0 - t)).collect();
+        let e = fit_gc_line("test", &falling).unwrap_err().to_string();
+        assert!(e.contains("too noisy"), "{e}");
+    }
 }

@@ -13,7 +13,7 @@ use crate::table::{predicted_rows, print_layer_table};
 #[derive(Subcommand)]
 pub(crate) enum CostCmd {
     /// Measures the primitive costs with the real crypto over loopback TCP
-    /// (≈ 20 s on a 2-core machine; --quick ≈ 5 s) and writes the model.
+    /// (≈ 12 s on a 2-core machine; --quick ≈ 5 s; --check runs it twice and compares) and writes the model.
     Calibrate(CostCalibrateArgs),
     /// Predicts a plan's offline and online time and bytes, per layer.
     Predict(CostPredictArgs),
@@ -27,6 +27,12 @@ pub(crate) struct CostCalibrateArgs {
     /// Fewer, smaller samples.
     #[arg(long)]
     quick: bool,
+    /// Calibrate twice, back to back, and report how far apart the two are:
+    /// every coefficient, and the predicted times of a fixed set of plans
+    /// (built-in networks with random weights); writes the figures to
+    /// <results>/bench/calibration-check.json and the second model to --out.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(clap::Args)]
@@ -75,11 +81,20 @@ pub(crate) fn print_prediction(
 }
 
 pub(crate) fn run_cost_calibrate(args: CostCalibrateArgs) -> Result<()> {
-    let CostCalibrateArgs { out, quick } = args;
+    let CostCalibrateArgs { out, quick, check } = args;
     let out = out.unwrap_or_else(delphi_net::paths::default_cost_model);
 
     let model = delphi_cost_calibrate::calibrate(quick, &|m| eprintln!("[calibrate] {m}"))
         .context("calibration failed")?;
+    let model = if check {
+        eprintln!("[calibrate] --check: the second calibration");
+        let second = delphi_cost_calibrate::calibrate(quick, &|m| eprintln!("[calibrate] {m}"))
+            .context("calibration failed")?;
+        report_spread(&model, &second)?;
+        second
+    } else {
+        model
+    };
     model.save(&out)?;
     eprintln!(
         "wrote {} ({:.0} s; rerun: delphi cost calibrate{} --out {})",
@@ -116,5 +131,101 @@ pub(crate) fn run_cost_predict(args: CostPredictArgs) -> Result<()> {
         print_prediction(&net, &p, link.as_ref().unwrap_or(&model.loopback));
     }
 
+    Ok(())
+}
+
+/// The plans `--check` predicts: built-ins with random weights, one of each
+/// kind the planner produces.
+fn check_plans() -> Result<Vec<(String, Network)>> {
+    use delphi_net::builtin::build;
+    use delphi_net::Placement;
+    let mut plans = Vec::new();
+    let placed = |arch: &str, classes: usize, p: Option<&str>| -> Result<Network> {
+        let mut net = build(arch, classes, 1)?;
+        if let Some(p) = p {
+            p.parse::<Placement>()?.apply(&mut net)?;
+        }
+        Ok(net)
+    };
+    plans.push(("small-cnn RRR".to_string(), placed("small-cnn", 10, None)?));
+    plans.push(("small-cnn QQQ".into(), placed("small-cnn", 10, Some("QQQ"))?));
+    let mut windows = placed("small-cnn", 10, None)?;
+    let w = delphi_net::window::exact_windows(&windows)?;
+    delphi_net::window::set_windows(&mut windows, &w)?;
+    plans.push(("small-cnn, exact windows".into(), windows));
+    plans.push(("minionn all-ReLU".into(), placed("minionn", 10, None)?));
+    plans.push(("resnet14 all-ReLU".into(), placed("resnet14", 10, None)?));
+    let q = "Q".repeat(4) + &"R".repeat(9);
+    plans.push(("resnet14 4 quadratic".into(), placed("resnet14", 10, Some(&q))?));
+    plans.push(("resnet32 all-ReLU".into(), placed("resnet32", 100, None)?));
+    Ok(plans)
+}
+
+/// Prints and writes how far apart two calibrations are.
+fn report_spread(a: &delphi_cost::CostModel, b: &delphi_cost::CostModel) -> Result<()> {
+    let rel = |x: f64, y: f64| (x - y).abs() / x.abs().max(y.abs()).max(1e-300);
+    let coeffs = |m: &delphi_cost::CostModel| -> Vec<(&'static str, f64)> {
+        let g = |l: Option<delphi_cost::model::GcLine>| l.unwrap_or_default();
+        vec![
+            ("gc offline fixed s", g(m.gc_offline).fixed_s),
+            ("gc offline s per AND", g(m.gc_offline).per_and_s),
+            ("gc offline s per label", g(m.gc_offline).per_label_s),
+            ("gc online fixed s", g(m.gc_online).fixed_s),
+            ("gc online s per AND", g(m.gc_online).per_and_s),
+            ("gc online s per label", g(m.gc_online).per_label_s),
+            ("HE s per input poly", m.he_linear.per_input_poly_s),
+            ("HE s per output poly", m.he_linear.per_output_poly_s),
+            ("HE s per product", m.he_linear.per_product_s),
+            ("linear online s per MAC", m.linear_online_per_mac_s),
+            ("faithful trunc offline s per value", m.trunc_offline.per_item_s),
+            ("quad offline s per value", m.quad_offline.per_item_s),
+        ]
+    };
+    let mut rows = Vec::new();
+    println!("{:<36} {:>12} {:>12} {:>8}", "coefficient", "first", "second", "apart");
+    for ((name, x), (_, y)) in coeffs(a).into_iter().zip(coeffs(b)) {
+        println!("{name:<36} {x:>12.4e} {y:>12.4e} {:>7.1}%", 100.0 * rel(x, y));
+        rows.push(
+            serde_json::json!({"coefficient": name, "first": x, "second": y, "apart": rel(x, y)}),
+        );
+    }
+    let mut preds = Vec::new();
+    println!("\n{:<28} {:>22} {:>22}", "plan", "online s (1st, 2nd)", "offline s (1st, 2nd)");
+    for (name, net) in check_plans()? {
+        let prog = FixedProgram::lower(&net)?;
+        let (p, q) = (a.predict(&prog, None).total, b.predict(&prog, None).total);
+        println!(
+            "{name:<28} {:>9.4} {:>9.4} {:>4.0}% {:>9.3} {:>9.3} {:>4.0}%",
+            p.online_s,
+            q.online_s,
+            100.0 * rel(p.online_s, q.online_s),
+            p.offline_s,
+            q.offline_s,
+            100.0 * rel(p.offline_s, q.offline_s)
+        );
+        preds.push(serde_json::json!({
+            "plan": name,
+            "online_s": [p.online_s, q.online_s],
+            "offline_s": [p.offline_s, q.offline_s],
+            "online_apart": rel(p.online_s, q.online_s),
+            "offline_apart": rel(p.offline_s, q.offline_s),
+        }));
+    }
+    let path = delphi_net::paths::results_dir().join("bench/calibration-check.json");
+    let doc = serde_json::json!({
+        "rerun": format!("delphi cost calibrate --check{}", if b.provenance.quick { " --quick" } else { "" }),
+        "cpu_model": b.provenance.cpu_model,
+        "cores": b.provenance.cores,
+        "quick": b.provenance.quick,
+        "seconds": [a.provenance.seconds, b.provenance.seconds],
+        "coefficients": rows,
+        "predictions": preds,
+    });
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }
