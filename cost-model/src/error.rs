@@ -12,6 +12,19 @@ pub enum CostError {
         /// Why.
         reason: String,
     },
+    /// The model was calibrated for an older protocol than this build runs.
+    #[error(
+        "{path}: a stale cost model, calibrated for protocol version {calibrated} while this \
+         build runs version {current}: recalibrate (`delphi cost calibrate --out {path}`)"
+    )]
+    Stale {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The protocol version it records.
+        calibrated: u32,
+        /// This build's.
+        current: u32,
+    },
     /// The crypto core failed during calibration.
     #[error(transparent)]
     Crypto(#[from] delphi_crypto::Error),

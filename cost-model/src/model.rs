@@ -79,9 +79,20 @@ pub struct HeLinear {
     pub per_product_s: f64,
 }
 
+/// The generation of the engine's protocol a model prices. Bumped whenever
+/// what the engine does per layer changes its costs; a model calibrated for
+/// an older one is stale and refused by name ([`CostError::Stale`]).
+/// 2: garbled-circuit layers priced by AND gates and labels (exact ReLU
+/// windows, exact truncations).
+pub const PROTOCOL_VERSION: u32 = 2;
+
 /// Where and when the model was measured.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Provenance {
+    /// The [`PROTOCOL_VERSION`] it was calibrated for (0: before it was
+    /// recorded).
+    #[serde(default)]
+    pub protocol: u32,
     /// Logical cores.
     pub cores: usize,
     /// CPU model.
@@ -185,6 +196,13 @@ impl CostModel {
         let m: CostModel = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
         if m.format != FORMAT || m.version != 1 {
             return Err(err(format!("not a version-1 {FORMAT} file")));
+        }
+        if m.provenance.protocol < PROTOCOL_VERSION {
+            return Err(CostError::Stale {
+                path: path.to_path_buf(),
+                calibrated: m.provenance.protocol,
+                current: PROTOCOL_VERSION,
+            });
         }
         Ok(m)
     }
@@ -419,5 +437,28 @@ mod tests {
     fn affine_fit_goes_through_both_points() {
         let a = Affine::fit(10.0, 3.0, 110.0, 13.0);
         assert!((a.at(10.0) - 3.0).abs() < 1e-12 && (a.at(110.0) - 13.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_model_of_an_older_protocol_is_refused_by_name() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../results/cost-model.json"));
+        let current = CostModel::load(path).unwrap();
+        assert_eq!(current.provenance.protocol, PROTOCOL_VERSION);
+        let dir = std::env::temp_dir().join(format!("delphi-stale-{}", std::process::id()));
+        let stale = dir.join("old.json");
+        let mut old = current.clone();
+        old.provenance.protocol = PROTOCOL_VERSION - 1;
+        old.save(&stale).unwrap();
+        let e = CostModel::load(&stale).unwrap_err();
+        assert!(
+            matches!(e, CostError::Stale { calibrated, .. } if calibrated == PROTOCOL_VERSION - 1)
+        );
+        assert!(e.to_string().contains("stale cost model"), "{e}");
+        // A file from before the field existed reads as protocol 0: stale too.
+        let mut v: serde_json::Value = serde_json::to_value(&current).unwrap();
+        v["provenance"].as_object_mut().unwrap().remove("protocol");
+        std::fs::write(&stale, v.to_string()).unwrap();
+        assert!(matches!(CostModel::load(&stale), Err(CostError::Stale { calibrated: 0, .. })));
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

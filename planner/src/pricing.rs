@@ -19,7 +19,16 @@ use crate::error::{file_err, PlanError, Result};
 pub fn cost_model_path(c: &PlanConfig, out: &Path, say: &dyn Fn(&str)) -> Result<PathBuf> {
     let path = c.cost_model.clone().unwrap_or_else(delphi_net::paths::default_cost_model);
     if path.is_file() {
-        let differs = CostModel::load(&path).ok().and_then(|m| m.provenance.differs_from_here());
+        let differs = match CostModel::load(&path) {
+            Ok(m) => m.provenance.differs_from_here(),
+            // A stale model: the user's is refused by name; the default
+            // one is recalibrated here, like one from another machine.
+            Err(e @ delphi_cost::CostError::Stale { .. }) if c.cost_model.is_some() => {
+                return Err(e.into());
+            }
+            Err(e @ delphi_cost::CostError::Stale { .. }) => Some(e.to_string()),
+            Err(_) => None,
+        };
         match differs {
             None => return Ok(path),
             // The user's own model: used as given, with a warning.

@@ -518,6 +518,7 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
         format: FORMAT.into(),
         version: 1,
         provenance: Provenance {
+            protocol: delphi_cost::model::PROTOCOL_VERSION,
             cores: delphi_crypto::bench::cores(),
             cpu_model: delphi_crypto::bench::cpu_model(),
             delphi_version: env!("CARGO_PKG_VERSION").into(),
