@@ -70,6 +70,29 @@ fn succeeds(cmd: &mut std::process::Command) -> std::process::Output {
 fn two_processes_give_the_reference_logits() {
     let d = dir("ok");
     let (net, plan) = small_cnn_plan(&d, 21, WeightStorage::Sidecar);
+    two_processes_on(&d, &net, &plan);
+}
+
+/// The README's default plan shape (every activation quadratic: bounded and
+/// wide exact truncations, which the client learns from the architecture
+/// the server sends) and exact ReLU windows, served by one process to
+/// another: the logits equal the reference exactly.
+#[test]
+fn exact_truncations_and_windows_give_the_reference_logits_across_processes() {
+    let d = dir("exact");
+    let mut qqq = build("small-cnn", 10, 24).unwrap();
+    "QQQ".parse::<delphi_net::Placement>().unwrap().apply(&mut qqq).unwrap();
+    let mut windows = build("small-cnn", 10, 26).unwrap();
+    let w = delphi_net::window::exact_windows(&windows).unwrap();
+    delphi_net::window::set_windows(&mut windows, &w).unwrap();
+    for (k, net) in [qqq, windows].into_iter().enumerate() {
+        let plan = d.join(format!("plan-{k}.json"));
+        net.save(&plan, WeightStorage::Inline).unwrap();
+        two_processes_on(&d, &net, &plan);
+    }
+}
+
+fn two_processes_on(d: &std::path::Path, net: &delphi_net::Network, plan: &std::path::Path) {
     let x: Vec<f32> = (0..784).map(|i| ((i * 37 % 100) as f32 / 50.0) - 1.0).collect();
     let input = d.join("input.json");
     std::fs::write(
@@ -78,14 +101,14 @@ fn two_processes_give_the_reference_logits() {
     )
     .unwrap();
 
-    let (mut server, addr) = serve(&plan, 1);
+    let (mut server, addr) = serve(plan, 1);
     let out =
         succeeds(delphi().args(["infer", "--json", "--connect", &addr, "--input"]).arg(&input));
     assert!(server.wait().unwrap().success());
 
     let out: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(out["client_peak_rss_bytes"].as_u64().unwrap() > 0);
-    check_logits(&net, &[x.clone(), x.iter().map(|v| -v).collect()], &out["predictions"]);
+    check_logits(net, &[x.clone(), x.iter().map(|v| -v).collect()], &out["predictions"]);
 }
 
 fn check_logits(net: &delphi_net::Network, inputs: &[Vec<f32>], preds: &serde_json::Value) {
