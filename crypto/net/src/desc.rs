@@ -525,8 +525,10 @@ pub struct Metadata {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WindowChoice {
-    /// The rule that chose them (`reduced-leaky`: the planner's
-    /// `--relu-bits reduced-leaky`; files from before it say `auto`).
+    /// The rule that chose them: `auto` (exact windows `0..hi` from proven
+    /// bounds, `--relu-bits auto`) or `reduced-leaky` (measured windows
+    /// `lo..hi`, lo ≥ 1). Older files say `auto` for measured windows too:
+    /// the windows themselves tell (lo = 0 is exact).
     pub mode: String,
     /// The margin over the largest measured ReLU input the windows hold
     /// (none when no window was kept).
