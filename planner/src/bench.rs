@@ -535,7 +535,8 @@ fn summary(
         && b.strategies.contains(&Strategy::Delphi)
         && b.granularities.contains(&Granularity::Layer);
     if both {
-        md += "\nOurs against DELPHI's planner (predicted online time of the chosen plans):\n\n";
+        md += "\nOurs against DELPHI's planner (online time of the chosen plans: measured by \
+               `delphi verify` where it ran, predicted beside it):\n\n";
     }
     for &t in b.thresholds.iter().filter(|_| both) {
         let get = |s: &str| {
@@ -543,24 +544,35 @@ fn summary(
                 .find(|r| {
                     r.chosen && r.strategy == s && r.granularity == "layer" && r.threshold == t
                 })
-                .map(|r| r.predicted_online_s)
+                .map(|r| (r.predicted_online_s, r.measured_online_s))
         };
         let line = match (get("pbt"), get("delphi")) {
-            (Some(p), Some(d)) => {
-                verdicts.push(p <= d * 1.0001);
-                format!(
-                    "- {:.1} %: pbt {:.4} s, delphi {:.4} s → {:.2}× {}\n",
-                    t * 100.0,
-                    p,
-                    d,
-                    (d / p.max(1e-12)),
-                    if p <= d * 1.0001 { "(ours at least as cheap)" } else { "(DELPHI's cheaper)" }
-                )
+            (Some((p, pm)), Some((d, dm))) => {
+                let measured = pm.is_finite() && dm.is_finite();
+                // The verdict follows measured time where both were measured.
+                let (mine, theirs) = if measured { (pm, dm) } else { (p, d) };
+                verdicts.push(mine <= theirs * 1.0001);
+                let verdict = if mine <= theirs * 1.0001 {
+                    "(ours at least as cheap)"
+                } else {
+                    "(DELPHI's cheaper)"
+                };
+                let predicted = format!("pbt {p:.4} s, delphi {d:.4} s → {:.2}×", d / p.max(1e-12));
+                if measured {
+                    format!(
+                        "- {:.1} %: measured pbt {pm:.4} s, delphi {dm:.4} s → {:.2}× {verdict}; \
+                         predicted {predicted}\n",
+                        t * 100.0,
+                        dm / pm.max(1e-12),
+                    )
+                } else {
+                    format!("- {:.1} %: predicted {predicted} {verdict}\n", t * 100.0)
+                }
             }
-            (Some(p), None) => {
+            (Some((p, _)), None) => {
                 format!("- {:.1} %: pbt {:.4} s, delphi found no plan\n", t * 100.0, p)
             }
-            (None, Some(d)) => {
+            (None, Some((d, _))) => {
                 verdicts.push(false);
                 format!("- {:.1} %: pbt found no plan, delphi {:.4} s\n", t * 100.0, d)
             }

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use delphi_net::builtin::{build, ARCHITECTURES};
-use delphi_net::{FixedProgram, Normalization, Placement, WeightStorage};
+use delphi_net::builtin::{build, ARCHITECTURES, BENCH_QUAD};
+use delphi_net::eval::{calibrate_batch_norm, random_inputs};
+use delphi_net::{Activation, FixedProgram, Normalization, Op, Placement, WeightStorage};
 
 #[derive(clap::Args)]
 pub(crate) struct ImportArgs {
@@ -49,6 +50,14 @@ pub(crate) struct ExportArgs {
     /// Seed for the random weights.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Random weights that stay in range on deep quadratic plans, as
+    /// `delphi bench network` makes them: every quadratic layer computes
+    /// 0.02·x² + 0.25·x and the batch-norm statistics are calibrated on
+    /// random inputs for this placement (without it, the squares of a few
+    /// random quadratic layers outgrow the field and the range check
+    /// refuses the plan).
+    #[arg(long)]
+    bench_weights: bool,
     /// Put the weights in a safetensors file beside the description instead of inline.
     #[arg(long)]
     sidecar: bool,
@@ -95,7 +104,8 @@ pub(crate) fn run_import(args: ImportArgs) -> Result<()> {
 }
 
 pub(crate) fn run_export(args: ExportArgs) -> Result<()> {
-    let ExportArgs { arch, classes, quad_layers, placement, seed, sidecar, out } = args;
+    let ExportArgs { arch, classes, quad_layers, placement, seed, bench_weights, sidecar, out } =
+        args;
 
     if !ARCHITECTURES.contains(&arch.as_str()) {
         bail!("unknown architecture {arch:?} (known: {})", ARCHITECTURES.join(", "));
@@ -107,6 +117,15 @@ pub(crate) fn run_export(args: ExportArgs) -> Result<()> {
     }
     if let Some(p) = placement {
         p.parse::<Placement>()?.apply(&mut net)?;
+    }
+    if bench_weights {
+        for layer in &mut net.layers {
+            if let Op::Activation(Activation::Quad { .. }) = layer.op {
+                layer.op = Op::Activation(BENCH_QUAD);
+            }
+        }
+        let calib = random_inputs(net.input.len(), 2, 2);
+        calibrate_batch_norm(&mut net, &calib)?;
     }
     let storage = if sidecar { WeightStorage::Sidecar } else { WeightStorage::Inline };
     net.save(&out, storage).with_context(|| format!("writing {}", out.display()))?;

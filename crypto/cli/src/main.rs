@@ -8,6 +8,7 @@ mod bench;
 mod common;
 mod cost;
 mod import;
+mod relay;
 mod serve;
 mod table;
 mod verify;
@@ -61,6 +62,10 @@ enum Command {
     Import(import::ImportArgs),
     /// Writes a built-in architecture with random weights as a network description.
     Export(import::ExportArgs),
+    /// Forwards TCP connections through a shaped link (a bandwidth each way
+    /// and a round-trip time), to measure `delphi serve`/`infer` over a
+    /// WAN-like link on one machine: `delphi infer --connect` the relay.
+    Relay(relay::RelayArgs),
 }
 
 fn main() -> Result<()> {
@@ -79,5 +84,6 @@ fn main() -> Result<()> {
         Command::Serve(a) => serve::run_serve(a),
         Command::Infer(a) => serve::run_infer(a),
         Command::Export(a) => import::run_export(a),
+        Command::Relay(a) => relay::run_relay(a),
     }
 }

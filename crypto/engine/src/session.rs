@@ -398,6 +398,12 @@ pub struct Prediction {
     pub online_s: f64,
     /// Online bytes, both directions.
     pub online_bytes: u64,
+    /// Seconds of the offline phase that prepared this prediction's bundle
+    /// in this session, its request's round trip included (`None` when the
+    /// bundle came from the store).
+    pub offline_s: Option<f64>,
+    /// That offline phase's bytes, both directions.
+    pub offline_bytes: Option<u64>,
 }
 
 /// How the client runs a session.
@@ -554,19 +560,22 @@ pub fn infer<A: ToSocketAddrs>(
     if !stored.is_empty() {
         progress(&format!("{} stored bundle(s) available", stored.len()));
     }
-    let mut bundles: VecDeque<ClientBundle> = VecDeque::new();
+    let mut bundles: VecDeque<(ClientBundle, (f64, u64))> = VecDeque::new();
     let ahead = s.hello.preprocess.clamp(1, MAX_BUNDLES);
     let mut out = Vec::with_capacity(inputs.len());
     let mut prepared = 0;
     let mut top_up = |s: &mut ClientSession,
-                      bundles: &mut VecDeque<ClientBundle>,
+                      bundles: &mut VecDeque<(ClientBundle, (f64, u64))>,
                       stored: &VecDeque<[u8; 16]>,
                       used: usize|
      -> Result<()> {
         let remaining = inputs.len() - used;
         while bundles.len() + stored.len() < ahead.min(remaining) {
             progress(&format!("offline phase {}", prepared + 1));
-            bundles.push_back(s.offline()?);
+            let (before, t) = (s.ch.stats(), Instant::now());
+            let b = s.offline()?;
+            bundles
+                .push_back((b, (t.elapsed().as_secs_f64(), s.ch.stats().since(&before).total())));
             prepared += 1;
         }
         Ok(())
@@ -574,10 +583,11 @@ pub fn infer<A: ToSocketAddrs>(
     for (k, x) in inputs.iter().enumerate() {
         top_up(&mut s, &mut bundles, &stored, k)?;
         let enc = s.prog.encode_input(x)?;
-        let b = match (stored.pop_front(), &options.store) {
-            (Some(id), Some(st)) => st.take_client(&s.prog, &id)?,
+        let (b, offline) = match (stored.pop_front(), &options.store) {
+            (Some(id), Some(st)) => (st.take_client(&s.prog, &id)?, None),
             _ => bundles
                 .pop_front()
+                .map(|(b, cost)| (b, Some(cost)))
                 .ok_or_else(|| EngineError::Internal("no bundle prepared".into()))?,
         };
         progress(&format!("online phase {}", k + 1));
@@ -602,6 +612,8 @@ pub fn infer<A: ToSocketAddrs>(
             class,
             online_s,
             online_bytes: s.ch.stats().since(&before).total(),
+            offline_s: offline.map(|o| o.0),
+            offline_bytes: offline.map(|o| o.1),
         });
     }
     s.bye()?;
