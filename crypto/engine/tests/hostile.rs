@@ -156,6 +156,9 @@ fn idle_trickling_and_slow_clients_do_not_hold_up_a_normal_one() {
         "the normal client was served only after the trickler was cut off"
     );
     assert_eq!(got[0].logits, reference());
+    // Its bundle was prepared in this session: the offline phase is reported.
+    assert!(got[0].offline_bytes.is_some_and(|b| b > got[0].online_bytes), "{:?}", got[0]);
+    assert!(got[0].offline_s.is_some_and(|s| s > 0.0), "{:?}", got[0]);
 
     assert!(slow.join().unwrap().is_err(), "the slow reader was cut off");
     trickler.join().unwrap();
