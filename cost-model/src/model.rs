@@ -107,18 +107,49 @@ pub struct Provenance {
     pub quick: bool,
     /// Seconds the calibration took.
     pub seconds: f64,
+    /// [`delphi_crypto::bench::speed_probe`] measured with the calibration
+    /// (garbled-and-evaluated AND gates per second, one thread); absent in
+    /// models from before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed_probe: Option<f64>,
+}
+
+/// How far this machine's [`delphi_crypto::bench::speed_probe`] may be from
+/// the calibration's before the model is treated as another machine's
+/// (25 %: back-to-back probes on one VM stayed well inside it; predictions
+/// were 30–36 % off on a same-named CPU that ran 1.5× slower).
+pub const SPEED_TOLERANCE: f64 = 0.25;
+
+/// `now / calibrated` when it lies outside [`SPEED_TOLERANCE`] either way.
+pub fn speed_differs(calibrated: f64, now: f64) -> Option<f64> {
+    let r = now / calibrated;
+    (!(r.is_finite() && r > 1.0 / (1.0 + SPEED_TOLERANCE) && r < 1.0 + SPEED_TOLERANCE))
+        .then_some(r)
 }
 
 impl Provenance {
     /// How this calibration's machine differs from the one running now
-    /// (CPU model or core count), in words; `None` when they match.
+    /// (CPU model, core count, or the speed at a fixed workload:
+    /// [`speed_differs`], which costs ≈ 0.1 s of probing), in words; `None`
+    /// when they match.
     pub fn differs_from_here(&self) -> Option<String> {
         let (cpu, cores) = (delphi_crypto::bench::cpu_model(), delphi_crypto::bench::cores());
-        (self.cpu_model != cpu || self.cores != cores).then(|| {
-            format!(
+        if self.cpu_model != cpu || self.cores != cores {
+            return Some(format!(
                 "the cost model was calibrated on {} ({} cores); this machine is {cpu} ({cores} cores): \
                  its predictions can be far off here (recalibrate: `delphi cost calibrate`)",
                 self.cpu_model, self.cores
+            ));
+        }
+        let then = self.speed_probe?;
+        let now = delphi_crypto::bench::speed_probe();
+        speed_differs(then, now).map(|r| {
+            format!(
+                "this machine garbles {:.1} M AND gates/s now against {:.1} M when the cost model was \
+                 calibrated (same CPU model, {r:.2}× the speed): its predictions can be far off here \
+                 (recalibrate: `delphi cost calibrate`)",
+                now / 1e6,
+                then / 1e6
             )
         })
     }
@@ -432,6 +463,17 @@ impl CostModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_machine_at_another_speed_is_told_apart() {
+        assert_eq!(speed_differs(100.0, 100.0), None);
+        assert_eq!(speed_differs(100.0, 120.0), None);
+        assert_eq!(speed_differs(100.0, 85.0), None);
+        assert_eq!(speed_differs(100.0, 150.0), Some(1.5));
+        assert_eq!(speed_differs(100.0, 50.0), Some(0.5));
+        assert!(speed_differs(0.0, 50.0).is_some());
+        assert!(speed_differs(100.0, f64::NAN).is_some());
+    }
 
     #[test]
     fn affine_fit_goes_through_both_points() {

@@ -169,6 +169,24 @@ pub fn gate_throughput(count: usize, spec: ReluSpec, seed: u64) -> (f64, f64) {
     (ands / tg, ands / te)
 }
 
+/// This machine's speed at a fixed workload: garbled-and-evaluated AND
+/// gates per second on one thread (2,048 full 12-bit ReLUs garbled then
+/// evaluated, fastest of 5 after a warm-up; ≈ 0.1 s). A cost model records
+/// it when calibrated, so that a machine that reports the same CPU but runs
+/// at another speed (virtual machines of one CPU model differ by 1.5× and
+/// more) is noticed before its predictions are trusted.
+pub fn speed_probe() -> f64 {
+    let spec = ReluSpec::full(12);
+    let _ = gate_throughput(512, spec, 1);
+    (0..5)
+        .map(|k| {
+            let (g, e) = gate_throughput(2048, spec, k);
+            // Seconds per AND over both sides, as a rate.
+            1.0 / (1.0 / g + 1.0 / e)
+        })
+        .fold(0.0, f64::max)
+}
+
 /// Runs `count` ReLUs of each spec through the two-party protocol over
 /// loopback TCP (two threads), checks them, and measures time and bytes.
 pub fn relu_bench(

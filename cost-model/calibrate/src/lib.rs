@@ -433,8 +433,9 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
         progress(&format!("[{step}/{steps}] {m}"));
     };
 
-    say("loopback bandwidth and round trip");
+    say("loopback bandwidth and round trip, and this machine's speed");
     let link = measure_link()?;
+    let speed_probe = delphi_crypto::bench::speed_probe();
 
     say("key generation and setup");
     let (setup_wall, pk_len) = timed(
@@ -501,8 +502,9 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
     let linear_online_per_mac_s = t.elapsed().as_secs_f64() / macs;
 
     say("garbled-circuit layers (4 circuits, 3 sizes, fastest of several runs)");
-    let sizes: &[usize] = if quick { &[4096, 16384, 32768] } else { &[8192, 32768, 65536] };
-    let runs = if quick { 2 } else { 3 };
+    let sizes: &[usize] =
+        if quick { &[1024, 4096, 16384, 32768] } else { &[1024, 8192, 32768, 65536] };
+    let runs = if quick { 2 } else { 5 };
     let (mut off_rows, mut on_rows) = (Vec::new(), Vec::new());
     for (_, times, circuit) in gc_circuits() {
         // A warm-up run (page faults, thread pool, AES key schedules).
@@ -592,6 +594,7 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
             date: iso_now(),
             quick,
             seconds: start.elapsed().as_secs_f64(),
+            speed_probe: Some(speed_probe),
         },
         loopback: link,
         ct,

@@ -13,6 +13,10 @@ mod serve;
 mod table;
 mod verify;
 
+/// Large buffers (preprocessed material above all) on huge pages.
+#[global_allocator]
+static ALLOC: delphi_crypto::alloc::HugePages = delphi_crypto::alloc::HugePages;
+
 #[derive(Parser)]
 #[command(
     name = "delphi",

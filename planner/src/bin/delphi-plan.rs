@@ -16,6 +16,11 @@ use delphi_planner::config::{
 use delphi_planner::measure;
 use delphi_planner::report::{self, Final};
 use delphi_planner::search;
+
+/// Large buffers (the protocol's preprocessed material when plans are
+/// measured) on huge pages.
+#[global_allocator]
+static ALLOC: delphi_crypto::alloc::HugePages = delphi_crypto::alloc::HugePages;
 use delphi_train::cli::DataArgs;
 use delphi_train::device::DeviceChoice;
 
