@@ -116,8 +116,9 @@ pub struct Provenance {
 
 /// How far this machine's [`delphi_crypto::bench::speed_probe`] may be from
 /// the calibration's before the model is treated as another machine's
-/// (25 %: back-to-back probes on one VM stayed well inside it; predictions
-/// were 30–36 % off on a same-named CPU that ran 1.5× slower).
+/// (25 %: probes right after a calibration on one 2-core AMD EPYC VM raised
+/// no warning; a model from a same-named VM that ran the same work 1.5×
+/// faster predicted 15–37 % short there).
 pub const SPEED_TOLERANCE: f64 = 0.25;
 
 /// `now / calibrated` when it lies outside [`SPEED_TOLERANCE`] either way.

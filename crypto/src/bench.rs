@@ -173,8 +173,8 @@ pub fn gate_throughput(count: usize, spec: ReluSpec, seed: u64) -> (f64, f64) {
 /// gates per second on one thread (2,048 full 12-bit ReLUs garbled then
 /// evaluated, fastest of 5 after a warm-up; ≈ 0.1 s). A cost model records
 /// it when calibrated, so that a machine that reports the same CPU but runs
-/// at another speed (virtual machines of one CPU model differ by 1.5× and
-/// more) is noticed before its predictions are trusted.
+/// at another speed (two VMs reporting one CPU model differed by 1.5×) is
+/// noticed before its predictions are trusted.
 pub fn speed_probe() -> f64 {
     let spec = ReluSpec::full(12);
     let _ = gate_throughput(512, spec, 1);

@@ -2,7 +2,7 @@
 //! model with the real crypto over real loopback TCP.
 //!
 //! Garbled-circuit layers (ReLUs of any window, exact truncations) run on
-//! four circuits at three sizes, the fastest of several runs after a
+//! four circuits at four sizes, the fastest of several runs after a
 //! warm-up (every run's material held until the online phases, as a
 //! network holds it), and are fitted as a fixed cost per layer plus, per
 //! value, a cost per AND gate and per input label (least squares on
@@ -501,7 +501,7 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
     let macs = (op.output.len() * op.macs_per_output() * reps) as f64;
     let linear_online_per_mac_s = t.elapsed().as_secs_f64() / macs;
 
-    say("garbled-circuit layers (4 circuits, 3 sizes, fastest of several runs)");
+    say("garbled-circuit layers (4 circuits, 4 sizes, fastest of several runs)");
     let sizes: &[usize] =
         if quick { &[1024, 4096, 16384, 32768] } else { &[1024, 8192, 32768, 65536] };
     let runs = if quick { 2 } else { 5 };
