@@ -83,8 +83,10 @@ pub struct HeLinear {
 /// what the engine does per layer changes its costs; a model calibrated for
 /// an older one is stale and refused by name ([`CostError::Stale`]).
 /// 2: garbled-circuit layers priced by AND gates and labels (exact ReLU
-/// windows, exact truncations).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// windows, exact truncations). 3: the offline phase also pays the first
+/// touch of the memory its material fills
+/// ([`CostModel::fresh_memory_per_byte_s`]).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Where and when the model was measured.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -206,6 +208,15 @@ pub struct CostModel {
     /// Garbled-circuit layers online, likewise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gc_online: Option<GcLine>,
+    /// Seconds per byte of offline material (garbled tables, labels, masked
+    /// values: the offline traffic other than ciphertexts, which the client
+    /// holds until the online phase) for touching memory fresh to the
+    /// process rather than memory it used before. What a fresh client
+    /// process pays on its first inference; a long-lived one that has held
+    /// as much before pays up to this much less. (0 in models of protocol
+    /// generation 2 and older, which are refused as stale.)
+    #[serde(default)]
+    pub fresh_memory_per_byte_s: f64,
 }
 
 /// The reduced ReLU the calibration measures (window 12..27, truncation 12:
@@ -425,7 +436,9 @@ impl CostModel {
             add_traffic(&mut p.online_traffic, &on);
             let (c_off, c_on) = self.compute(prog, i);
             let cost = Cost {
-                offline_s: c_off + self.transfer(&off, link),
+                offline_s: c_off
+                    + self.transfer(&off, link)
+                    + off.bytes as f64 * self.fresh_memory_per_byte_s,
                 online_s: c_on + self.transfer(&on, link),
                 offline_bytes: off.total(&self.ct),
                 online_bytes: on.total(&self.ct),
@@ -474,6 +487,36 @@ mod tests {
         assert_eq!(speed_differs(100.0, 50.0), Some(0.5));
         assert!(speed_differs(0.0, 50.0).is_some());
         assert!(speed_differs(100.0, f64::NAN).is_some());
+    }
+
+    #[test]
+    fn fresh_memory_is_priced_per_byte_of_offline_material_only() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../results/cost-model.json"));
+        let warm = CostModel { fresh_memory_per_byte_s: 0.0, ..CostModel::load(path).unwrap() };
+        let fresh = CostModel { fresh_memory_per_byte_s: 2e-9, ..warm.clone() };
+        let net = delphi_net::builtin::build("small-cnn", 10, 1).unwrap();
+        let prog = FixedProgram::lower(&net).unwrap();
+        let (a, b) = (warm.predict(&prog, None), fresh.predict(&prog, None));
+        // The material: the nodes' offline traffic other than ciphertexts
+        // (garbled tables, labels, masked values), which the client holds.
+        let material: f64 =
+            (0..prog.nodes.len()).map(|i| node_traffic(&prog, i).0.bytes as f64).sum();
+        assert!(material < b.offline_traffic.bytes as f64, "the program's own bytes are not");
+        assert!(material > 1e7, "{material}");
+        assert!((b.total.offline_s - a.total.offline_s - 2e-9 * material).abs() < 1e-9);
+        // Online, bytes and the linear layers' (ciphertext-only) offline
+        // times are untouched.
+        assert_eq!(
+            (a.total.online_s, a.total.offline_bytes),
+            (b.total.online_s, b.total.offline_bytes)
+        );
+        for ((_, kinds, x), (_, _, y)) in a.layers.iter().zip(&b.layers) {
+            if kinds.iter().all(|k| *k == "conv2d" || *k == "dense") {
+                assert_eq!(x.offline_s, y.offline_s, "{kinds:?}");
+            } else if kinds.contains(&"relu") {
+                assert!(y.offline_s > x.offline_s, "{kinds:?}");
+            }
+        }
     }
 
     #[test]

@@ -2,18 +2,21 @@
 //! model with the real crypto over real loopback TCP.
 //!
 //! Garbled-circuit layers (ReLUs of any window, exact truncations) run on
-//! four circuits at four sizes, the fastest of several runs after a
-//! warm-up (every run's material held until the online phases, as a
-//! network holds it), and are fitted as a fixed cost per layer plus, per
-//! value, a cost per AND gate and per input label (least squares on
-//! relative residuals, no coefficient negative; a fit that misses its own
-//! timings by more than 20 % is an error). Other primitives run at two
-//! sizes (both parties in two threads of this process). Computation is the
-//! measured wall time minus the transfer predicted for the loopback link
-//! (bytes / bandwidth + round trips × RTT). Linear layers are measured on several convolution and
-//! dense shapes and fitted per input polynomial, output polynomial and
-//! plaintext–ciphertext product (least squares), which extrapolates to
+//! four circuits at four sizes, several runs after a warm-up (every run's
+//! material held until the online phases, as a network holds it; offline
+//! the fastest run, online the median), and are fitted as a fixed cost per
+//! layer plus, per value, a cost per AND gate and per input label (least
+//! squares on relative residuals, no coefficient negative; a fit that
+//! misses its own timings by more than 20 % is an error). Other primitives
+//! run at two sizes (both parties in two threads of this process).
+//! Computation is the measured wall time minus the transfer predicted for
+//! the loopback link (bytes / bandwidth + round trips × RTT). Linear layers
+//! are measured on several convolution and dense shapes and fitted per
+//! input polynomial, output polynomial and plaintext–ciphertext product
+//! (least squares, no coefficient negative), which extrapolates to
 //! ResNet-32 sizes because those are exactly the operations it performs.
+//! The first touch of fresh memory is measured on its own
+//! ([`fresh_memory_per_byte`]) and priced per byte of offline material.
 
 use std::thread;
 use std::time::Instant;
@@ -127,24 +130,65 @@ fn measure_link() -> Result<Link> {
     Ok(Link { bytes_per_s: BYTES as f64 / secs, rtt_s: rtt / PINGS as f64 })
 }
 
+/// Seconds per byte that writing memory fresh to the process costs beyond
+/// writing memory it has used before: the cost of the first touch, which a
+/// client pays on every byte of the material its offline phase holds.
+///
+/// Writes 1 GiB in 64 MiB buffers (the size of a large layer's garbled
+/// tables) through the global allocator, all held, then frees them and
+/// writes the same amount again (the pages now come back warm). Run first,
+/// while the process is fresh. On the 2-core VMs measured, the first pass
+/// cost 2.4–3.0 ns/B and the second 0.16–0.17 ns/B (a C probe of the same
+/// shape); on bare metal the gap is the kernel's page zeroing, far less.
+/// The garbled-circuit fits take the fastest of several runs, which write
+/// warm memory, so the model adds this gap per byte held.
+fn fresh_memory_per_byte() -> f64 {
+    const PIECE: usize = 64 << 20;
+    const PIECES: usize = 16;
+    let pass = || -> f64 {
+        let t = Instant::now();
+        let held: Vec<Vec<u8>> = (0..PIECES)
+            .map(|i| {
+                let mut v = vec![0u8; PIECE];
+                v.fill(i as u8 | 1);
+                v
+            })
+            .collect();
+        let secs = t.elapsed().as_secs_f64();
+        std::hint::black_box(&held);
+        secs
+    };
+    let (cold, warm) = (pass(), pass());
+    ((cold - warm) / (PIECE * PIECES) as f64).max(0.0)
+}
+
 fn transfer(t: &Traffic, ct: &CtSizes, link: &Link) -> f64 {
     t.total(ct) / link.bytes_per_s + t.rounds * link.rtt_s
 }
 
 /// Offline and online wall times of a layer of `n` values run with a
 /// single-use bundle protocol (ReLU, truncation), the client re-masking its
-/// output as the network protocol does: the fastest of `runs` runs each
-/// (offline and online separately). (The median was tried: on a 2-core
-/// AMD EPYC VM whose garbling speed comes in modes, its fits missed their
-/// own timings by 23–25 % and the calibration refused them; the fastest
-/// run is stable there, its predictions within 6 % across calibrations.)
+/// output as the network protocol does: offline the fastest of `runs`
+/// runs, online the median.
+///
+/// Offline, the fastest: the runs after the first few write memory fresh
+/// to the process (each run's material is held, as below), and on the VMs
+/// measured that doubles a large layer's offline time in some runs and
+/// not others (0.57–0.63 s against 1.25–1.59 s for 65,536 ReLUs in one
+/// set of five); the fastest run is the computation on warm memory, and
+/// the first touch is priced on its own ([`fresh_memory_per_byte`]).
+/// (The median of both phases was tried on an AMD EPYC VM whose speed
+/// comes in modes: its offline fits missed their own timings by 23–25 %.)
+/// Online, the median: online runs write little and spread by 5–20 %, and
+/// a network of many small layers pays their typical time, not their best
+/// (with the fastest run, ResNet-14's online time was predicted 10–38 %
+/// short on both CPUs measured).
 ///
 /// As in a network, every run's offline phase happens before any online
 /// phase and its material stays held until then, so each offline phase
 /// pays for fresh memory the way a network's layers do (freeing each
 /// bundle before the next run would let the allocator hand the same warm
-/// pages back, and on a machine where first-touching a page is dear the
-/// calibration would then price half of what a network pays).
+/// pages back).
 fn bundle_times<S, C, SO, SN, CO, CN>(
     n: usize,
     runs: usize,
@@ -200,8 +244,10 @@ where
             .map_err(|_| CalibrateError::Invalid("calibration thread panicked".into()))??;
         off.push(off_c.max(off_s));
     }
-    let fastest = |v: Vec<f64>| v.into_iter().fold(f64::INFINITY, f64::min);
-    Ok((fastest(off), fastest(on)))
+    let fastest = off.iter().copied().fold(f64::INFINITY, f64::min);
+    on.sort_by(f64::total_cmp);
+    let median = on[on.len() / 2];
+    Ok((fastest, median))
 }
 
 /// Offline and online wall times of a garbled-circuit layer of `n` values
@@ -247,8 +293,8 @@ fn trunc_times(n: usize, runs: usize) -> Result<(f64, f64)> {
     )
 }
 
-/// Offline and online wall times of a layer of n values, the fastest of
-/// the given number of runs.
+/// Offline and online wall times of a layer of n values over the given
+/// number of runs (see [`bundle_times`]).
 type LayerTimes = Box<dyn Fn(usize, usize) -> Result<(f64, f64)>>;
 
 /// The circuits the garbled-circuit lines are fitted on: the full ReLU,
@@ -304,34 +350,9 @@ fn fit_gc_line(what: &str, rows: &[(f64, f64, f64, f64)]) -> Result<GcLine> {
             })
             .sum()
     };
-    let mut best: Option<([f64; 3], f64)> = None;
-    for free in 1u8..8 {
-        // The free columns first, zero columns after (the solver handles a
-        // trailing singular column, not a leading one).
-        let idx: Vec<usize> = (0..3).filter(|i| free & (1 << i) != 0).collect();
-        let data: Vec<([f64; 3], f64)> = rows
-            .iter()
-            .map(|&(n, a, l, t)| {
-                let x = cols(n, a, l, t);
-                let mut packed = [0.0; 3];
-                for (k, &i) in idx.iter().enumerate() {
-                    packed[k] = x[i];
-                }
-                (packed, 1.0)
-            })
-            .collect();
-        let solved = least_squares_raw(&data);
-        let mut c = [0.0; 3];
-        for (k, &i) in idx.iter().enumerate() {
-            c[i] = solved[k];
-        }
-        if c.iter().all(|v| v.is_finite() && *v >= 0.0) {
-            let e = sse(&c);
-            if best.as_ref().is_none_or(|(_, b)| e < *b) {
-                best = Some((c, e));
-            }
-        }
-    }
+    let data: Vec<([f64; 3], f64)> =
+        rows.iter().map(|&(n, a, l, t)| (cols(n, a, l, t), 1.0)).collect();
+    let best = nonneg_least_squares(&data).map(|c| (c, sse(&c)));
     let Some((c @ [fixed, per_and, per_label], _)) = best else {
         return Err(CalibrateError::Invalid(format!("{what}: no timings to fit")));
     };
@@ -381,10 +402,44 @@ fn he_linear_time(
     Ok((secs, p, fresh / cts.len().max(1) as f64, result / res.len().max(1) as f64))
 }
 
-/// Least squares for t ≈ a·x₀ + b·x₁ + c·x₂, each coefficient clamped to
-/// be non-negative.
-fn least_squares(rows: &[([f64; 3], f64)]) -> [f64; 3] {
-    least_squares_raw(rows).map(|v| v.max(0.0))
+/// Least squares for t ≈ a·x₀ + b·x₁ + c·x₂ with every coefficient
+/// non-negative: the best (least squared error) of the fits with each
+/// subset of the coefficients held at zero whose free coefficients all come
+/// out non-negative. (Clamping a free fit's negative coefficient to zero
+/// without refitting the others, as this once did, left BFV linear layers
+/// priced 19 % apart by two calibrations.) `None` without rows.
+fn nonneg_least_squares(rows: &[([f64; 3], f64)]) -> Option<[f64; 3]> {
+    let sse = |c: &[f64; 3]| -> f64 {
+        rows.iter().map(|(x, t)| (t - (c[0] * x[0] + c[1] * x[1] + c[2] * x[2])).powi(2)).sum()
+    };
+    let mut best: Option<([f64; 3], f64)> = None;
+    for free in 1u8..8 {
+        // The free columns first, zero columns after (the solver handles a
+        // trailing singular column, not a leading one).
+        let idx: Vec<usize> = (0..3).filter(|i| free & (1 << i) != 0).collect();
+        let data: Vec<([f64; 3], f64)> = rows
+            .iter()
+            .map(|(x, t)| {
+                let mut packed = [0.0; 3];
+                for (k, &i) in idx.iter().enumerate() {
+                    packed[k] = x[i];
+                }
+                (packed, *t)
+            })
+            .collect();
+        let solved = least_squares_raw(&data);
+        let mut c = [0.0; 3];
+        for (k, &i) in idx.iter().enumerate() {
+            c[i] = solved[k];
+        }
+        if c.iter().all(|v| v.is_finite() && *v >= 0.0) {
+            let e = sse(&c);
+            if best.as_ref().is_none_or(|(_, b)| e < *b) {
+                best = Some((c, e));
+            }
+        }
+    }
+    best.map(|(c, _)| c)
 }
 
 /// Least squares for t ≈ a·x₀ + b·x₁ + c·x₂ (normal equations, 3×3).
@@ -421,8 +476,8 @@ fn least_squares_raw(rows: &[([f64; 3], f64)]) -> [f64; 3] {
     [m[0][3], m[1][3], m[2][3]]
 }
 
-/// Runs the calibration. `quick` uses fewer and smaller samples (≈ 5 s on
-/// the 2-core reference machine; the full one ≈ 20 s). `progress` receives a
+/// Runs the calibration. `quick` uses fewer and smaller samples (≈ 10 s on
+/// a 2-core Xeon VM; the full one ≈ 30 s). `progress` receives a
 /// line per step.
 pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
     let start = Instant::now();
@@ -433,7 +488,8 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
         progress(&format!("[{step}/{steps}] {m}"));
     };
 
-    say("loopback bandwidth and round trip, and this machine's speed");
+    say("fresh memory, loopback bandwidth and round trip, and this machine's speed");
+    let fresh_memory_per_byte_s = fresh_memory_per_byte();
     let link = measure_link()?;
     let speed_probe = delphi_crypto::bench::speed_probe();
 
@@ -485,7 +541,12 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
     }
     ct.fresh = fresh / nf.max(1.0);
     ct.linear_result = result / nr.max(1.0);
-    let [a, b, c] = least_squares(&rows);
+    // Relative residuals (the shapes' times span 10 ms to 1 s).
+    let relative: Vec<([f64; 3], f64)> =
+        rows.iter().map(|(x, t)| (x.map(|v| v / t), 1.0)).collect();
+    let [a, b, c] = nonneg_least_squares(&relative).ok_or_else(|| {
+        CalibrateError::Invalid("linear layers: no non-negative fit of the BFV timings".into())
+    })?;
     let he_linear = HeLinear { per_input_poly_s: a, per_output_poly_s: b, per_product_s: c };
 
     say("linear layers online (plaintext field arithmetic)");
@@ -501,16 +562,20 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
     let macs = (op.output.len() * op.macs_per_output() * reps) as f64;
     let linear_online_per_mac_s = t.elapsed().as_secs_f64() / macs;
 
-    say("garbled-circuit layers (4 circuits, 4 sizes, fastest of several runs)");
+    say("garbled-circuit layers (4 circuits, 4 sizes, several runs each)");
     let sizes: &[usize] =
         if quick { &[1024, 4096, 16384, 32768] } else { &[1024, 8192, 32768, 65536] };
     let runs = if quick { 2 } else { 5 };
+    // Three times the runs at the two smaller sizes: they pin the fixed
+    // cost per layer, a few milliseconds online whose median moves by
+    // tens of percent between sets of five (and they are cheap).
+    let runs_at = |n: usize| if n <= sizes[1] { 3 * runs } else { runs };
     let (mut off_rows, mut on_rows) = (Vec::new(), Vec::new());
     for (_, times, circuit) in gc_circuits() {
         // A warm-up run (page faults, thread pool, AES key schedules).
         times(sizes[0], 1)?;
         for &n in sizes {
-            let (off, on) = times(n, runs)?;
+            let (off, on) = times(n, runs_at(n))?;
             let (t_off, t_on) = delphi_cost::bytes::gc_traffic_of(n, circuit);
             let (a, l_off, l_on) = (
                 circuit.and_gates() as f64,
@@ -612,6 +677,7 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
         quad_offline,
         quad_online,
         local_per_value_s: per,
+        fresh_memory_per_byte_s,
     })
 }
 
