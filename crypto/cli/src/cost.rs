@@ -13,7 +13,7 @@ use crate::table::{predicted_rows, print_layer_table};
 #[derive(Subcommand)]
 pub(crate) enum CostCmd {
     /// Measures the primitive costs with the real crypto over loopback TCP
-    /// (≈ 30 s on a 2-core machine; --quick ≈ 10 s; --check runs it twice and compares) and writes the model.
+    /// (≈ 35 s on a 2-core machine; --quick ≈ 12 s; --check runs it twice and compares) and writes the model.
     Calibrate(CostCalibrateArgs),
     /// Predicts a plan's offline and online time and bytes, per layer.
     Predict(CostPredictArgs),
