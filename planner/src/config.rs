@@ -187,12 +187,13 @@ pub fn threshold_label(accuracy: f64) -> String {
     s.to_string()
 }
 
-/// Epochs each member trains by default: 4, and 2 for `resnet14`, whose
-/// default search (population 6, all 55,000 Fashion-MNIST training images)
-/// is sized to finish within 45 minutes on a 2-core machine (37 minutes,
-/// base training included, on a 2-core Intel Xeon).
+/// Epochs each member trains by default: 4, and 2 for `resnet14` (and the
+/// deep `resnet26`, at about its compute), whose default search
+/// (population 6, all 55,000 Fashion-MNIST training images) is sized to
+/// finish within 45 minutes on a 2-core machine (37 minutes, base training
+/// included, on a 2-core Intel Xeon).
 pub fn default_epochs(arch: &str) -> usize {
-    if arch == "resnet14" {
+    if arch == "resnet14" || arch == "resnet26" {
         2
     } else {
         4
@@ -504,6 +505,7 @@ mod tests {
         };
         assert_eq!(budget("[[experiment]]\naccuracy = 0.9\n"), 24.0);
         assert_eq!(budget("[[experiment]]\naccuracy = 0.9\narch = \"resnet14\"\n"), 12.0);
+        assert_eq!(budget("[[experiment]]\naccuracy = 0.9\narch = \"resnet26\"\n"), 12.0);
         assert_eq!(
             budget("[[experiment]]\naccuracy = 0.9\narch = \"resnet14\"\nepochs = 4\n"),
             24.0

@@ -18,6 +18,13 @@
 //!   first layer holds a third — so which layers stay ReLU matters; made all
 //!   quadratic it trains to chance from scratch and loses points from a
 //!   trained all-ReLU network.
+//! * `resnet26`: the deep, narrow variant for 28×28×1 inputs, at about
+//!   `resnet14`'s compute (2.9 M against 3.2 M multiply-accumulates):
+//!   conv3×3(8)–bn–act–avgpool2, then 3 stages × 4 basic blocks (8/16/32
+//!   channels at 14×14, 7×7, 4×4), global average pool, dense(classes).
+//!   25 activation layers, 29,184 ReLUs: many small layers, so where the
+//!   ReLUs stay matters more than how many (the planner's benchmark
+//!   network).
 //!
 //! Weights are He-initialised from a seed; batch-norm statistics are then
 //! calibrated on random inputs ([`crate::eval::calibrate_batch_norm`]) so
@@ -30,7 +37,7 @@ use crate::desc::{Activation, Network, Op, Padding, Shape};
 use crate::error::{NetError, Result};
 
 /// Names of the built-in architectures.
-pub const ARCHITECTURES: [&str; 4] = ["small-cnn", "minionn", "resnet32", "resnet14"];
+pub const ARCHITECTURES: [&str; 5] = ["small-cnn", "minionn", "resnet32", "resnet14", "resnet26"];
 
 struct Init {
     rng: ChaCha20Rng,
@@ -186,6 +193,7 @@ pub fn build(arch: &str, classes: usize, seed: u64) -> Result<Network> {
         }
         "resnet32" => resnet(&mut init, "resnet32", Shape::new(3, 32, 32), false, 5, 16, classes),
         "resnet14" => resnet(&mut init, "resnet14", Shape::new(1, 28, 28), true, 2, 12, classes),
+        "resnet26" => resnet(&mut init, "resnet26", Shape::new(1, 28, 28), true, 4, 8, classes),
         other => {
             return Err(NetError::Invalid(format!(
                 "unknown architecture {other:?} (known: {})",

@@ -32,6 +32,31 @@ fn builtins_have_the_documented_shape() {
     assert_eq!(residuals, 15);
     assert_eq!(bns, 1 + 30 + 2);
     assert!(matches!(build("vgg", 10, 1), Err(NetError::Invalid(_))));
+    // The two Fashion-MNIST ResNets: about the same compute, the deep one
+    // with twice the activation layers (ReLUs, multiply-accumulates).
+    let size = |net: &Network| -> (usize, usize, usize) {
+        let prog = FixedProgram::lower(net).unwrap();
+        let relus = prog
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, FixedOp::Relu { .. }))
+            .map(|n| n.active_len())
+            .sum();
+        let macs = prog
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.op {
+                FixedOp::Linear { op, .. } => Some(op.output.len() * op.macs_per_output()),
+                _ => None,
+            })
+            .sum();
+        (net.activation_layers().len(), relus, macs)
+    };
+    let (r14, r26) = (build("resnet14", 10, 1).unwrap(), build("resnet26", 10, 1).unwrap());
+    let ((a14, relu14, mac14), (a26, relu26, mac26)) = (size(&r14), size(&r26));
+    assert_eq!((a14, relu14), (13, 26_592));
+    assert_eq!((a26, relu26), (25, 29_184));
+    assert!(mac26 < mac14 && mac26 * 10 > mac14 * 8, "{mac26} against {mac14}");
 }
 
 #[test]
