@@ -478,7 +478,8 @@ fn summary(
     let mut md = format!(
         "# Planner benchmark `{}`\n\n{} on {}; strategies {} at equal training budget ({:.1} \
          member-epochs each); population {}; thresholds {}; objective: {}; cost model `{}`. \
-         {:.0} s in all.\n\n",
+         {:.0} s of search in all (each run's own, resumed runs included), {:.0} s in the \
+         process that wrote this summary.\n\n",
         b.out.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()),
         b.plan.arch(),
         b.plan.dataset.name(),
@@ -488,6 +489,7 @@ fn summary(
         b.thresholds.iter().map(|t| format!("{:.1} %", t * 100.0)).collect::<Vec<_>>().join(", "),
         b.plan.objective.label(),
         cost_model.display(),
+        outcomes.iter().map(|o| o.3.search_seconds).sum::<f64>(),
         seconds
     );
     if let Some(o) = base {
@@ -630,6 +632,7 @@ fn summary(
         "cpu_model": delphi_crypto::bench::cpu_model(),
         "cores": delphi_crypto::bench::cores(),
         "seconds": seconds,
+        "search_seconds_total": outcomes.iter().map(|o| o.3.search_seconds).sum::<f64>(),
         "ours_at_least_as_cheap_at_every_threshold": (!verdicts.is_empty()).then(|| verdicts.iter().all(|v| *v)),
         "channel_vs_layer": granularity,
         "rows": rows,

@@ -215,6 +215,29 @@ fn the_benchmark_compares_three_strategies_at_equal_budget() {
     for f in ["fronts.svg", "summary.md"] {
         assert!(out.join(f).is_file(), "{f}");
     }
+    // The summary reports the runs' own search time, not the time of the
+    // process that wrote it: a rerun of the finished benchmark (everything
+    // resumed) takes a moment and still reports the search.
+    let searched: f64 = runs.iter().map(|r| r["search_seconds"].as_f64().unwrap()).sum();
+    let total = |b: &serde_json::Value| b["search_seconds_total"].as_f64().unwrap();
+    assert!(searched > 0.0 && (total(&bench) - searched).abs() < 1e-6, "{searched}");
+    succeeds(
+        Command::new(env!("CARGO_BIN_EXE_delphi-plan"))
+            .args("bench --dataset fashion-mnist --thresholds 0.5,0.6 --population 2".split(' '))
+            .args("--epochs 2 --base-epochs 1 --train-limit 1500 --valid-size 500".split(' '))
+            .args("--test-limit 300 --no-verify --quiet --cost-model".split(' '))
+            .arg(cost_model())
+            .arg("--out")
+            .arg(&out),
+    );
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("bench.json")).unwrap()).unwrap();
+    // (A resumed run adds only the moments it spent resuming.)
+    let rerun = again["seconds"].as_f64().unwrap();
+    assert!(total(&again) >= searched && rerun < searched, "{again}");
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    let said = format!("{:.0} s of search in all", total(&again));
+    assert!(md.contains(&said) && md.contains(&format!("{rerun:.0} s in the process")), "{md}");
     // DELPHI's planner ran one population per count of quadratic layers.
     let lineage = std::fs::read_to_string(out.join("delphi/lineage.log")).unwrap_or_default();
     assert!(lineage.is_empty() || lineage.contains("quadratic_layers"), "{lineage}");
