@@ -8,7 +8,8 @@
 //! original); the greedy rule runs once down to the lowest threshold (its
 //! path to a higher threshold is a prefix of that one). Every run gets the
 //! same budget of training steps. For each strategy and threshold the plan
-//! is the cheapest front plan meeting the threshold — the same rule for all.
+//! is the cheapest front plan meeting the threshold (near-ties in cost to
+//! the more accurate: [`crate::policy::choose`]) — the same rule for all.
 //! With `--granularity layer,channel`, `pbt` also runs once per threshold
 //! with per-channel placement (rows with `granularity` = `channel`).
 //!

@@ -210,11 +210,27 @@ pub fn pareto(points: &[(f64, f64)]) -> Vec<usize> {
     front
 }
 
-/// The plan for `threshold`: the cheapest point meeting it (the more
-/// accurate of equally cheap ones).
+/// Costs within this fraction of the cheapest plan meeting a threshold are
+/// a tie, and the tie goes to the more accurate plan: 0.5 %, far below what
+/// the cost model can tell apart (its predictions move by several percent
+/// between calibrations), so a plan is never given up for a difference in
+/// cost that is noise.
+pub const COST_TIE: f64 = 0.005;
+
+/// The plan for `threshold`: the most accurate of the points meeting it
+/// whose cost is within [`COST_TIE`] of the cheapest of them (the cheaper
+/// of equally accurate ones, the first of identical ones).
 pub fn choose(points: &[(f64, f64)], threshold: f64) -> Option<usize> {
-    (0..points.len()).filter(|&i| points[i].0 >= threshold).min_by(|&i, &j| {
-        points[i].1.total_cmp(&points[j].1).then(points[j].0.total_cmp(&points[i].0))
+    let meets = || (0..points.len()).filter(move |&i| points[i].0 >= threshold);
+    let cheapest = meets().map(|i| points[i].1).min_by(f64::total_cmp)?;
+    let tie = cheapest + cheapest.abs() * COST_TIE;
+    // (Identical points: the first.)
+    meets().filter(|&i| points[i].1 <= tie).max_by(|&i, &j| {
+        points[i]
+            .0
+            .total_cmp(&points[j].0)
+            .then(points[j].1.total_cmp(&points[i].1))
+            .then(j.cmp(&i))
     })
 }
 
@@ -364,6 +380,14 @@ mod tests {
         assert_eq!(choose(&pts, 0.99), None);
         // Equally cheap: the more accurate.
         assert_eq!(choose(&[(0.9, 1.0), (0.93, 1.0)], 0.9), Some(1));
+        // Within 0.5 % of the cheapest: a tie, the more accurate wins; past
+        // it, the cheaper; equally accurate near-ties go to the cheaper.
+        assert_eq!(choose(&[(0.90, 1.0), (0.93, 1.004)], 0.9), Some(1));
+        assert_eq!(choose(&[(0.90, 1.0), (0.93, 1.006)], 0.9), Some(0));
+        assert_eq!(choose(&[(0.93, 1.004), (0.93, 1.0)], 0.9), Some(1));
+        // Points below the threshold never win a tie.
+        assert_eq!(choose(&[(0.95, 1.001), (0.90, 1.0)], 0.92), Some(0));
+        assert_eq!(choose(&[(0.89, 1.001), (0.90, 1.0)], 0.9), Some(1));
     }
 
     #[test]

@@ -140,7 +140,8 @@ pub struct Outcome {
     pub evaluations: Vec<Evaluation>,
     /// The front: evaluations and where their networks are, cheapest first.
     pub front: Vec<(Evaluation, PathBuf)>,
-    /// The chosen evaluation (cheapest meeting the threshold), if any.
+    /// The chosen evaluation (cheapest meeting the threshold, near-ties in
+    /// cost to the more accurate: [`policy::choose`]), if any.
     pub chosen: Option<Evaluation>,
     /// The closest plan (the most accurate) when none met the threshold.
     pub closest: Option<Evaluation>,
@@ -165,7 +166,8 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// The plan for `threshold`: the cheapest front plan meeting it.
+    /// The plan for `threshold`: the cheapest front plan meeting it (near-ties
+    /// to the more accurate).
     pub fn plan_for(&self, threshold: f64) -> Option<&(Evaluation, PathBuf)> {
         let pts: Vec<(f64, f64)> =
             self.front.iter().map(|(e, _)| (e.valid_accuracy, e.cost)).collect();
