@@ -164,15 +164,20 @@ fn a_provided_onnx_network_is_the_base_and_is_not_retrained() {
 fn the_benchmark_compares_three_strategies_at_equal_budget() {
     let out = std::env::temp_dir().join(format!("delphi-plan-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    succeeds(
-        Command::new(env!("CARGO_BIN_EXE_delphi-plan"))
-            .args("bench --dataset fashion-mnist --thresholds 0.5,0.6 --population 2".split(' '))
-            .args("--epochs 2 --base-epochs 1 --train-limit 1500 --valid-size 500".split(' '))
-            .args("--test-limit 300 --no-verify --quiet --cost-model".split(' '))
-            .arg(cost_model())
-            .arg("--out")
-            .arg(&out),
-    );
+    let run_bench = || {
+        succeeds(
+            Command::new(env!("CARGO_BIN_EXE_delphi-plan"))
+                .args(
+                    "bench --dataset fashion-mnist --thresholds 0.5,0.6 --population 2".split(' '),
+                )
+                .args("--epochs 2 --base-epochs 1 --train-limit 1500 --valid-size 500".split(' '))
+                .args("--test-limit 300 --no-verify --quiet --cost-model".split(' '))
+                .arg(cost_model())
+                .arg("--out")
+                .arg(&out),
+        )
+    };
+    run_bench();
     let csv = std::fs::read_to_string(out.join("fronts.csv")).unwrap();
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
     for col in [
@@ -221,15 +226,7 @@ fn the_benchmark_compares_three_strategies_at_equal_budget() {
     let searched: f64 = runs.iter().map(|r| r["search_seconds"].as_f64().unwrap()).sum();
     let total = |b: &serde_json::Value| b["search_seconds_total"].as_f64().unwrap();
     assert!(searched > 0.0 && (total(&bench) - searched).abs() < 1e-6, "{searched}");
-    succeeds(
-        Command::new(env!("CARGO_BIN_EXE_delphi-plan"))
-            .args("bench --dataset fashion-mnist --thresholds 0.5,0.6 --population 2".split(' '))
-            .args("--epochs 2 --base-epochs 1 --train-limit 1500 --valid-size 500".split(' '))
-            .args("--test-limit 300 --no-verify --quiet --cost-model".split(' '))
-            .arg(cost_model())
-            .arg("--out")
-            .arg(&out),
-    );
+    run_bench();
     let again: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("bench.json")).unwrap()).unwrap();
     // (A resumed run adds only the moments it spent resuming.)
