@@ -1,23 +1,39 @@
-//! `delphi-plan bench`: the strategies side by side, at equal training
-//! budget, on one base network, cost model and data.
+//! `delphi-plan bench`: the strategies and the controls side by side, at
+//! equal training budget, on one base network, cost model and data, over
+//! several seeds, with plans chosen on images no search saw.
 //!
-//! The all-ReLU base is made once (trained, or the provider's network) and
-//! every run starts from it. Our search (`pbt`) runs once per threshold,
-//! since the threshold shapes its fitness; DELPHI's planner runs once (its
-//! search ignores the threshold, which is applied afterwards, as in the
-//! original); the greedy rule runs once down to the lowest threshold (its
-//! path to a higher threshold is a prefix of that one). Every run gets the
-//! same budget of training steps. For each strategy and threshold the plan
-//! is the cheapest front plan meeting the threshold (near-ties in cost to
-//! the more accurate: [`crate::policy::choose`]) — the same rule for all.
-//! With `--granularity layer,channel`, `pbt` also runs once per threshold
-//! with per-channel placement (rows with `granularity` = `channel`).
+//! 1. The all-ReLU base is made once (trained, or the provider's network);
+//!    every run of every seed starts from it. The data are split once
+//!    (seeded by `--seed`): training images, validation split A (the
+//!    searches see it; fronts are built on it), split B (`--select-size`
+//!    images held back) and the test images.
+//! 2. Per search seed (`--seeds`), every variant runs once, with the same
+//!    budget of training steps: `pbt` (one front-producing run serves every
+//!    threshold), `delphi` (its counts descend until the highest threshold
+//!    is met), `greedy` (down to the lowest threshold), the controls
+//!    `relu-control` and `quad-control`, and `pbt` per channel with
+//!    `--granularity layer,channel`. Runs are resumable; a finished run is
+//!    only reread.
+//! 3. Each front plan (from split A) is measured on split B (float) and on
+//!    the test images (float). For each threshold, each run's plan is the
+//!    cheapest front plan whose split-B accuracy meets it (near-ties in
+//!    cost to the more accurate: [`policy::choose`]); the test images are
+//!    never used for any choice. Chosen plans are measured on the test
+//!    images in the protocol's fixed point, image by image, and run through
+//!    `delphi verify --compare-cost` (measured cost); with
+//!    `--measure-fronts`, every front plan is.
+//! 4. Statistics ([`crate::stats`]): every figure as mean ± 95 % CI over
+//!    seeds; each front's hypervolume in (online cost as a fraction of the
+//!    all-ReLU network's, test accuracy), and its difference from ours
+//!    paired by seed; at each threshold, the chosen plans' measured online
+//!    cost and a paired bootstrap over the test images of the accuracy
+//!    difference from ours.
 //!
-//! Written to the bench folder: `fronts.csv` (one row per front plan and
-//! threshold: strategy, granularity, threshold, placement, ReLUs, validation
-//! and test accuracy in float and fixed point, predicted and — for chosen
-//! plans — measured online and offline cost), `fronts.svg`, `summary.md`,
-//! `bench.json`; each run's own folder holds its tables and plans.
+//! Written to the bench folder: `fronts.csv` (one row per front plan per
+//! seed and variant), `hypervolume.csv`, `chosen.csv`, `fronts.svg`,
+//! `summary.md`, `bench.json`; each run's own folder (`seed-<s>/<variant>`)
+//! holds its tables and plans. Caches of measurements
+//! (`measurements.json`) make a rerun measure only what is new.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,109 +41,44 @@ use std::time::Instant;
 
 use plotters::style::RGBColor;
 use polars::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Granularity, PlanConfig, Strategy};
 use crate::engine::VerifyReport;
-use crate::error::Result;
+use crate::error::{PlanError, Result};
 use crate::measure;
 use crate::policy;
 use crate::report::{self, perr, Final, Mark, Series};
-use crate::search::{self, Evaluation, Outcome};
+use crate::search::{self, Outcome};
+use crate::stats::{hypervolume, mean_ci, paired_bootstrap};
 
 /// What the benchmark runs.
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
     /// Settings shared by every run (dataset, architecture, population,
-    /// epochs, budget, seed, data limits, objective, cost model).
+    /// epochs, budget, data seed, data limits, split B, objective, cost model).
     pub plan: PlanConfig,
     /// Validation-accuracy thresholds.
     pub thresholds: Vec<f64>,
-    /// Strategies compared.
+    /// Strategies (and controls) compared.
     pub strategies: Vec<Strategy>,
     /// Granularities: `layer` runs every strategy, `channel` adds `pbt` per channel.
     pub granularities: Vec<Granularity>,
+    /// Search seeds: every variant runs once per seed.
+    pub seeds: Vec<u64>,
     /// The bench folder.
     pub out: PathBuf,
     /// Run each chosen plan through `delphi verify --compare-cost`.
     pub verify: bool,
+    /// Run every front plan through it too (hypervolume in measured cost).
+    pub measure_fronts: bool,
+    /// Hypervolume's accuracy reference (default: 2 points below the lowest
+    /// threshold).
+    pub hv_floor: Option<f64>,
 }
 
-/// One row of `fronts.csv`.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Row {
-    /// Strategy.
-    pub strategy: String,
-    /// Placement granularity (`layer` or `channel`).
-    pub granularity: String,
-    /// Threshold the row belongs to.
-    pub threshold: f64,
-    /// Whether this is the strategy's plan for the threshold.
-    pub chosen: bool,
-    /// Placement.
-    pub placement: String,
-    /// Per activation layer, the percentage of channels kept ReLU
-    /// (`channel` rows; empty for `layer` rows).
-    pub relu_channels: String,
-    /// Quadratic layers.
-    pub quads: usize,
-    /// ReLU activations left.
-    pub relus: usize,
-    /// Validation accuracy.
-    pub valid_accuracy: f64,
-    /// Test accuracy, float.
-    pub test_accuracy_float: f64,
-    /// Test accuracy, the protocol's fixed point.
-    pub test_accuracy_fixed: f64,
-    /// Predicted online seconds.
-    pub predicted_online_s: f64,
-    /// Predicted online bytes.
-    pub predicted_online_bytes: f64,
-    /// Predicted offline seconds.
-    pub predicted_offline_s: f64,
-    /// Predicted offline bytes.
-    pub predicted_offline_bytes: f64,
-    /// Measured online seconds (chosen plans with verification).
-    pub measured_online_s: f64,
-    /// Measured online bytes.
-    pub measured_online_bytes: f64,
-    /// Measured offline seconds.
-    pub measured_offline_s: f64,
-    /// Measured offline bytes.
-    pub measured_offline_bytes: f64,
-    /// Training steps the run used / its budget.
-    pub steps_used: usize,
-    /// The budget in steps.
-    pub budget_steps: usize,
-    /// The plan's file.
-    pub file: String,
-}
-
-/// A strategy at a granularity: what one series of the benchmark is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Variant {
-    /// The strategy.
-    pub strategy: Strategy,
-    /// The granularity.
-    pub granularity: Granularity,
-}
-
-impl Variant {
-    /// `pbt`, `delphi`, `greedy`, or `pbt-channel`.
-    pub fn name(self) -> String {
-        match self.granularity {
-            Granularity::Layer => self.strategy.name().to_string(),
-            g => format!("{}-{}", self.strategy.name(), g.name()),
-        }
-    }
-
-    fn of(r: &Row) -> impl Fn(&Variant) -> bool + '_ {
-        move |v| v.strategy.name() == r.strategy && v.granularity.name() == r.granularity
-    }
-
-    fn matches(self, r: &Row) -> bool {
-        Variant::of(r)(&self)
-    }
-}
+/// Bootstrap resamples of the test images.
+pub const BOOTSTRAP_REPS: usize = 2000;
 
 impl BenchConfig {
     /// The variants run: every strategy per layer, then `pbt` per channel.
@@ -145,6 +96,137 @@ impl BenchConfig {
         }
         v
     }
+
+    /// The hypervolume's accuracy reference.
+    pub fn hv_floor(&self) -> f64 {
+        self.hv_floor
+            .unwrap_or_else(|| self.thresholds.iter().cloned().fold(f64::INFINITY, f64::min) - 0.02)
+    }
+}
+
+/// A strategy at a granularity: what one series of the benchmark is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Variant {
+    /// The strategy.
+    pub strategy: Strategy,
+    /// The granularity.
+    pub granularity: Granularity,
+}
+
+impl Variant {
+    /// `pbt`, `delphi`, `greedy`, `relu-control`, `quad-control`, or `pbt-channel`.
+    pub fn name(self) -> String {
+        match self.granularity {
+            Granularity::Layer => self.strategy.name().to_string(),
+            g => format!("{}-{}", self.strategy.name(), g.name()),
+        }
+    }
+
+    fn ours(self) -> bool {
+        self == Variant { strategy: Strategy::Pbt, granularity: Granularity::Layer }
+    }
+}
+
+/// One row of `fronts.csv`: a front plan of one run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    /// Search seed.
+    pub seed: u64,
+    /// Variant (`pbt`, `delphi`, …, `pbt-channel`).
+    pub variant: String,
+    /// Thresholds this plan is the run's choice for (`;`-separated).
+    pub chosen_for: String,
+    /// Placement.
+    pub placement: String,
+    /// Per activation layer, the percentage of channels kept ReLU
+    /// (per-channel plans; empty otherwise).
+    pub relu_channels: String,
+    /// Quadratic layers.
+    pub quads: usize,
+    /// ReLU activations left.
+    pub relus: usize,
+    /// Accuracy on validation split A (the search's).
+    pub split_a_accuracy: f64,
+    /// Accuracy on split B (held back; the choice's).
+    pub split_b_accuracy: f64,
+    /// Test accuracy, float.
+    pub test_accuracy_float: f64,
+    /// Test accuracy, the protocol's fixed point (chosen plans; NaN otherwise).
+    pub test_accuracy_fixed: f64,
+    /// Predicted online seconds.
+    pub predicted_online_s: f64,
+    /// Predicted online bytes.
+    pub predicted_online_bytes: f64,
+    /// Predicted offline seconds.
+    pub predicted_offline_s: f64,
+    /// Predicted offline bytes.
+    pub predicted_offline_bytes: f64,
+    /// Measured online seconds (NaN where not verified).
+    pub measured_online_s: f64,
+    /// Measured online bytes.
+    pub measured_online_bytes: f64,
+    /// Measured offline seconds.
+    pub measured_offline_s: f64,
+    /// Measured offline bytes.
+    pub measured_offline_bytes: f64,
+    /// Training steps the run used.
+    pub steps_used: usize,
+    /// The budget in steps.
+    pub budget_steps: usize,
+    /// The plan's file (relative to the bench folder).
+    pub file: String,
+}
+
+/// What is measured once per plan file and cached.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Measured {
+    split_b: Option<f64>,
+    test_float: Option<f64>,
+    /// Fixed-point correctness per test image, as `0`/`1` characters.
+    test_fixed: Option<String>,
+    verify: Option<VerifyReport>,
+}
+
+struct Cache {
+    path: PathBuf,
+    map: HashMap<String, Measured>,
+}
+
+impl Cache {
+    fn open(path: PathBuf) -> Cache {
+        let map = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        Cache { path, map }
+    }
+
+    /// Keyed by the plan's path and modification time.
+    fn key(f: &Path) -> String {
+        let t = std::fs::metadata(f)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        format!("{}@{t}", f.display())
+    }
+
+    fn get(&mut self, f: &Path) -> &mut Measured {
+        self.map.entry(Cache::key(f)).or_default()
+    }
+
+    fn save(&self) -> Result<()> {
+        let text = serde_json::to_string(&self.map).map_err(|e| perr(&self.path, e))?;
+        std::fs::write(&self.path, text).map_err(|e| perr(&self.path, e))
+    }
+}
+
+/// One finished run of the benchmark.
+struct Run {
+    seed: u64,
+    variant: Variant,
+    config: PlanConfig,
+    outcome: Outcome,
 }
 
 fn color(v: Variant) -> RGBColor {
@@ -153,6 +235,8 @@ fn color(v: Variant) -> RGBColor {
         (Strategy::Pbt, _) => RGBColor(31, 119, 180),
         (Strategy::Delphi, _) => RGBColor(214, 39, 40),
         (Strategy::Greedy, _) => RGBColor(44, 160, 44),
+        (Strategy::ReluControl, _) => RGBColor(127, 127, 127),
+        (Strategy::QuadControl, _) => RGBColor(255, 127, 14),
     }
 }
 
@@ -163,15 +247,15 @@ fn rows_table(rows: &[Row]) -> std::result::Result<DataFrame, PolarsError> {
     DataFrame::new(
         rows.len(),
         vec![
-            s("strategy", &|r| r.strategy.clone()),
-            s("granularity", &|r| r.granularity.clone()),
-            f("threshold", &|r| r.threshold),
-            report::column("chosen", rows, |r| r.chosen),
+            u("seed", &|r| r.seed),
+            s("variant", &|r| r.variant.clone()),
+            s("chosen_for", &|r| r.chosen_for.clone()),
             s("placement", &|r| r.placement.clone()),
             s("relu_channels", &|r| r.relu_channels.clone()),
             u("quads", &|r| r.quads as u64),
             u("relus", &|r| r.relus as u64),
-            f("valid_accuracy", &|r| r.valid_accuracy),
+            f("split_a_accuracy", &|r| r.split_a_accuracy),
+            f("split_b_accuracy", &|r| r.split_b_accuracy),
             f("test_accuracy_float", &|r| r.test_accuracy_float),
             f("test_accuracy_fixed", &|r| r.test_accuracy_fixed),
             f("predicted_online_s", &|r| r.predicted_online_s),
@@ -189,12 +273,46 @@ fn rows_table(rows: &[Row]) -> std::result::Result<DataFrame, PolarsError> {
     )
 }
 
+/// Per seed, variant and threshold: the chosen plan's figures (a row of
+/// `chosen.csv`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Chosen {
+    /// Search seed.
+    pub seed: u64,
+    /// Variant.
+    pub variant: String,
+    /// Threshold (split-B accuracy).
+    pub threshold: f64,
+    /// Placement (or per-channel percentages).
+    pub placement: String,
+    /// ReLUs left.
+    pub relus: usize,
+    /// Split-B accuracy.
+    pub split_b_accuracy: f64,
+    /// Test accuracy, fixed point.
+    pub test_accuracy_fixed: f64,
+    /// Predicted online seconds.
+    pub predicted_online_s: f64,
+    /// Measured online seconds (NaN without verification).
+    pub measured_online_s: f64,
+    /// Measured online bytes.
+    pub measured_online_bytes: f64,
+    #[serde(skip)]
+    correct: Vec<bool>,
+}
+
 /// Runs the benchmark; returns the rows of `fronts.csv`.
 pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>> {
     let variants = b.variants();
-    if b.thresholds.is_empty() || variants.is_empty() {
-        return Err(crate::error::PlanError::Config(
-            "the benchmark needs at least one threshold and one strategy".into(),
+    if b.thresholds.is_empty() || variants.is_empty() || b.seeds.is_empty() {
+        return Err(PlanError::Config(
+            "the benchmark needs at least one threshold, one strategy and one seed".into(),
+        ));
+    }
+    if b.plan.select_size == 0 {
+        return Err(PlanError::Config(
+            "the benchmark chooses plans on held-back images: --select-size must be positive"
+                .into(),
         ));
     }
     let started = Instant::now();
@@ -202,211 +320,355 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
     let mut shared = b.plan.clone();
     shared.out = Some(b.out.clone());
     shared.verify = false;
+    shared.search_seed = None;
     let cost_model = crate::pricing::cost_model_path(&shared, &b.out, say)?;
     shared.cost_model = Some(cost_model.clone());
-    let data = search::load_data(&shared)?;
+    let (data, split_b) = search::load_splits(&shared)?;
+    say(&format!(
+        "data: {} training, {} validation (split A), {} held back (split B), {} test images",
+        data.train.len(),
+        data.valid.len(),
+        split_b.len(),
+        data.test.len()
+    ));
     let device = search::device(&shared)?;
     let base = search::prepare_base(&shared, &data, &device, quiet, say)?;
     let lowest = b.thresholds.iter().cloned().fold(f64::INFINITY, f64::min);
+    let highest = b.thresholds.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
 
-    // The runs: (strategy, threshold it serves (None: all), config).
-    let mut runs: Vec<(Variant, Option<f64>, PlanConfig)> = Vec::new();
-    for &v in &variants {
-        let s = v.strategy;
-        let mk = |acc: f64, dir: String| {
+    let mut runs: Vec<Run> = Vec::new();
+    let total = b.seeds.len() * variants.len();
+    for &seed in &b.seeds {
+        for &v in &variants {
             let mut c = shared.clone();
-            c.strategy = s;
+            c.strategy = v.strategy;
             c.granularity = v.granularity;
-            c.accuracy = acc;
+            // DELPHI's counts descend until the highest threshold is met;
+            // the others' plan.json answers the lowest.
+            c.accuracy = if v.strategy == Strategy::Delphi { highest } else { lowest };
+            c.search_seed = Some(seed);
             c.arch = Some(base.plan.to_string_lossy().into_owned());
-            c.name = Some(format!(
-                "{}-{dir}",
-                b.out.file_name().map_or("bench".into(), |n| n.to_string_lossy().into_owned())
-            ));
-            c.out = Some(b.out.join(&dir));
-            c
-        };
-        match s {
-            Strategy::Pbt => {
-                for &t in &b.thresholds {
-                    runs.push((v, Some(t), mk(t, format!("{}-{:.0}", v.name(), t * 1000.0))));
-                }
-            }
-            _ => runs.push((v, None, mk(lowest, v.name()))),
+            let bench =
+                b.out.file_name().map_or("bench".into(), |n| n.to_string_lossy().into_owned());
+            c.name = Some(format!("{bench}-s{seed}-{}", v.name()));
+            c.out = Some(b.out.join(format!("seed-{seed}")).join(v.name()));
+            say(&format!("run {}/{total}: seed {seed}, {}", runs.len() + 1, v.name()));
+            let outcome = crate::strategy::run(&c, quiet, say)?;
+            runs.push(Run { seed, variant: v, config: c, outcome });
         }
-    }
-    let mut outcomes: Vec<(Variant, Option<f64>, PlanConfig, Outcome)> = Vec::new();
-    let n_runs = runs.len();
-    for (k, (s, t, c)) in runs.into_iter().enumerate() {
-        say(&format!(
-            "run {}/{n_runs}: {} {}",
-            k + 1,
-            s.name(),
-            t.map_or("(every threshold)".to_string(), |t| format!("threshold {:.1} %", t * 100.0))
-        ));
-        let o = crate::strategy::run(&c, quiet, say)?;
-        outcomes.push((s, t, c, o));
     }
 
-    // Test accuracy of every front plan (kept in test-accuracy.json, so a
-    // rerun of a finished bench measures only what is new), verification
-    // of chosen ones (always measured afresh).
-    let cache_path = b.out.join("test-accuracy.json");
-    // Keyed by the plan's path and modification time.
-    let key = |f: &Path| -> String {
-        let t = std::fs::metadata(f)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        format!("{}@{t}", f.display())
-    };
-    let mut cache: HashMap<String, (f64, f64)> = std::fs::read_to_string(&cache_path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    let mut acc: HashMap<PathBuf, (f64, f64)> = HashMap::new();
-    let mut measured: HashMap<PathBuf, VerifyReport> = HashMap::new();
+    // Measurements of the front plans.
+    let mut cache = Cache::open(b.out.join("measurements.json"));
     let mut rows = Vec::new();
-    for &t in &b.thresholds {
-        for &s in &variants {
-            let Some((_, _, c, o)) =
-                outcomes.iter().find(|(os, ot, _, _)| *os == s && ot.is_none_or(|x| x == t))
-            else {
-                continue;
-            };
-            let chosen = o.plan_for(t).map(|(_, f)| f.clone());
-            for (e, file) in &o.front {
-                if !acc.contains_key(file) {
-                    let k = key(file);
-                    let v = match cache.get(&k) {
-                        Some(v) => *v,
-                        None => {
-                            say(&format!("test accuracy of {} ({})", e.placement, s.name()));
-                            let v = measure::test_accuracy(c, file, &data)?;
-                            cache.insert(k, v);
-                            std::fs::write(
-                                &cache_path,
-                                serde_json::to_string(&cache).unwrap_or_default(),
-                            )
-                            .map_err(|e| perr(&cache_path, e))?;
-                            v
-                        }
-                    };
-                    acc.insert(file.clone(), v);
-                }
-                let is_chosen = chosen.as_ref() == Some(file);
-                if is_chosen && b.verify && !measured.contains_key(file) {
-                    say(&format!("delphi verify on {} ({})", e.placement, s.name()));
-                    measured.insert(file.clone(), crate::engine::verify(file, &cost_model)?);
-                }
-                let (tf, tx) = acc[file];
-                let m = |k: fn(&delphi_cost::Cost) -> f64| {
-                    measured.get(file).filter(|_| is_chosen).map_or(f64::NAN, |v| k(&v.measured))
-                };
-                rows.push(Row {
-                    strategy: s.strategy.name().into(),
-                    granularity: s.granularity.name().into(),
-                    threshold: t,
-                    chosen: is_chosen,
-                    placement: e.placement.to_string(),
-                    relu_channels: e.relu_channels.clone(),
-                    quads: e.quads,
-                    relus: e.relus,
-                    valid_accuracy: e.valid_accuracy,
-                    test_accuracy_float: tf,
-                    test_accuracy_fixed: tx,
-                    predicted_online_s: e.online_s,
-                    predicted_online_bytes: e.online_bytes,
-                    predicted_offline_s: e.offline_s,
-                    predicted_offline_bytes: e.offline_bytes,
-                    measured_online_s: m(|c| c.online_s),
-                    measured_online_bytes: m(|c| c.online_bytes),
-                    measured_offline_s: m(|c| c.offline_s),
-                    measured_offline_bytes: m(|c| c.offline_bytes),
-                    steps_used: o.steps.0,
-                    budget_steps: o.steps.1,
-                    file: file.strip_prefix(&b.out).unwrap_or(file).to_string_lossy().into_owned(),
-                });
+    let mut chosen: Vec<Chosen> = Vec::new();
+    for r in &runs {
+        let pts_cost: Vec<f64> = r.outcome.front.iter().map(|(e, _)| e.cost).collect();
+        let mut b_acc = Vec::new();
+        for (e, file) in &r.outcome.front {
+            let m = cache.get(file);
+            if m.split_b.is_none() || m.test_float.is_none() {
+                say(&format!(
+                    "seed {}: {} plan {}: split B and test accuracy",
+                    r.seed,
+                    r.variant.name(),
+                    e.placement
+                ));
+                let bv = measure::float_accuracy(&r.config, file, &split_b)?;
+                let tv = measure::float_accuracy(&r.config, file, &data.test)?;
+                let m = cache.get(file);
+                m.split_b = Some(bv);
+                m.test_float = Some(tv);
+                cache.save()?;
+            }
+            b_acc.push(cache.get(file).split_b.unwrap_or(f64::NAN));
+        }
+        let pts: Vec<(f64, f64)> = b_acc.iter().copied().zip(pts_cost.iter().copied()).collect();
+        let mut chosen_for: Vec<Vec<f64>> = vec![Vec::new(); r.outcome.front.len()];
+        for &t in &b.thresholds {
+            if let Some(k) = policy::choose(&pts, t) {
+                chosen_for[k].push(t);
             }
         }
-    }
-    // Each run's own folder: tables, plot and summary.
-    for (_, _, c, o) in &outcomes {
-        let fin = match o.chosen.as_ref().or(o.closest.as_ref()) {
-            Some(e) => {
-                let file = o.front.iter().find(|(f, _)| f.index == e.index).map(|x| x.1.clone());
-                let net = file.as_ref().and_then(|f| delphi_net::Network::load(f).ok());
-                let share_dependent_roundings = net.as_ref().and_then(|n| {
-                    delphi_net::FixedProgram::lower(n).ok().map(|p| p.share_dependent_roundings())
+        for (k, (e, file)) in r.outcome.front.iter().enumerate() {
+            let is_chosen = !chosen_for[k].is_empty();
+            if is_chosen && cache.get(file).test_fixed.is_none() {
+                say(&format!(
+                    "seed {}: {} plan {}: fixed-point test",
+                    r.seed,
+                    r.variant.name(),
+                    e.placement
+                ));
+                let v = measure::fixed_correct_images(file, &data.test)?;
+                cache.get(file).test_fixed =
+                    Some(v.iter().map(|&x| if x { '1' } else { '0' }).collect());
+                cache.save()?;
+            }
+            if (is_chosen && b.verify || b.measure_fronts) && cache.get(file).verify.is_none() {
+                say(&format!(
+                    "seed {}: {} plan {}: delphi verify",
+                    r.seed,
+                    r.variant.name(),
+                    e.placement
+                ));
+                let v = crate::engine::verify(file, &cost_model)?;
+                cache.get(file).verify = Some(v);
+                cache.save()?;
+            }
+            let m = cache.get(file).clone();
+            let correct: Vec<bool> = m
+                .test_fixed
+                .as_deref()
+                .map(|s| s.chars().map(|c| c == '1').collect())
+                .unwrap_or_default();
+            let fixed = if correct.is_empty() { f64::NAN } else { measure::share(&correct) };
+            let meas = |k: fn(&delphi_cost::Cost) -> f64| {
+                m.verify.as_ref().map_or(f64::NAN, |v| k(&v.measured))
+            };
+            let placement = if r.variant.granularity == Granularity::Channel {
+                format!("% ReLU per layer: {}", e.relu_channels)
+            } else {
+                e.placement.to_string()
+            };
+            for &t in &chosen_for[k] {
+                chosen.push(Chosen {
+                    seed: r.seed,
+                    variant: r.variant.name(),
+                    threshold: t,
+                    placement: placement.clone(),
+                    relus: e.relus,
+                    split_b_accuracy: b_acc[k],
+                    test_accuracy_fixed: fixed,
+                    predicted_online_s: e.online_s,
+                    measured_online_s: meas(|c| c.online_s),
+                    measured_online_bytes: meas(|c| c.online_bytes),
+                    correct: correct.clone(),
                 });
-                let relu_bits = net.and_then(|n| n.metadata.relu_bits);
-                let (tf, tx) =
-                    file.and_then(|f| acc.get(&f).copied()).unwrap_or((f64::NAN, f64::NAN));
+            }
+            rows.push(Row {
+                seed: r.seed,
+                variant: r.variant.name(),
+                chosen_for: chosen_for[k]
+                    .iter()
+                    .map(|t| format!("{t}"))
+                    .collect::<Vec<_>>()
+                    .join(";"),
+                placement: e.placement.to_string(),
+                relu_channels: e.relu_channels.clone(),
+                quads: e.quads,
+                relus: e.relus,
+                split_a_accuracy: e.valid_accuracy,
+                split_b_accuracy: b_acc[k],
+                test_accuracy_float: m.test_float.unwrap_or(f64::NAN),
+                test_accuracy_fixed: fixed,
+                predicted_online_s: e.online_s,
+                predicted_online_bytes: e.online_bytes,
+                predicted_offline_s: e.offline_s,
+                predicted_offline_bytes: e.offline_bytes,
+                measured_online_s: meas(|c| c.online_s),
+                measured_online_bytes: meas(|c| c.online_bytes),
+                measured_offline_s: meas(|c| c.offline_s),
+                measured_offline_bytes: meas(|c| c.offline_bytes),
+                steps_used: r.outcome.steps.0,
+                budget_steps: r.outcome.steps.1,
+                file: file.strip_prefix(&b.out).unwrap_or(file).to_string_lossy().into_owned(),
+            });
+        }
+    }
+    // Each run's own folder: tables, plot and summary (its plan.json
+    // answers the run's own threshold on split A, as a plain search would).
+    for r in &runs {
+        let fin = match r.outcome.chosen.as_ref().or(r.outcome.closest.as_ref()) {
+            Some(e) => {
+                let file =
+                    r.outcome.front.iter().find(|(f, _)| f.index == e.index).map(|x| x.1.clone());
+                let m = file.as_ref().map(|f| cache.get(f).clone()).unwrap_or_default();
                 Final {
-                    test_accuracy_float: tf,
-                    test_accuracy_fixed: tx,
+                    test_accuracy_float: m.test_float.unwrap_or(f64::NAN),
+                    test_accuracy_fixed: m.test_fixed.as_deref().map_or(f64::NAN, |s| {
+                        measure::share(&s.chars().map(|c| c == '1').collect::<Vec<_>>())
+                    }),
                     quads: e.quads,
                     layers: e.placement.len(),
-                    verify: None,
-                    seconds: 0.0,
-                    relu_bits,
-                    share_dependent_roundings,
+                    ..Final::default()
                 }
             }
             None => Final::default(),
         };
-        report::write(&c.out(), c, o, &fin)?;
+        report::write(&r.config.out(), &r.config, &r.outcome, &fin)?;
     }
     let mut df = rows_table(&rows).map_err(|e| perr(&b.out, e))?;
     report::write_csv(&b.out.join("fronts.csv"), &mut df)?;
-    plot(b, &outcomes, &rows)?;
-    summary(b, &outcomes, &rows, &cost_model, started.elapsed().as_secs_f64())?;
+    let relu_online = runs.first().map_or(f64::NAN, |r| r.outcome.relu_cost.online_s);
+    let hv = hypervolumes(b, &runs, &rows, relu_online);
+    write_hypervolume(b, &hv)?;
+    write_chosen(b, &chosen)?;
+    plot(b, &rows, relu_online)?;
+    summary(b, &runs, &hv, &chosen, &cost_model, started.elapsed().as_secs_f64())?;
     Ok(rows)
 }
 
-fn plot(
-    b: &BenchConfig,
-    outcomes: &[(Variant, Option<f64>, PlanConfig, Outcome)],
-    rows: &[Row],
-) -> Result<()> {
+/// One row of `hypervolume.csv`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Hv {
+    /// Search seed.
+    pub seed: u64,
+    /// Variant.
+    pub variant: String,
+    /// Hypervolume in (predicted online cost / all-ReLU's, test float
+    /// accuracy), in accuracy points × cost fraction.
+    pub hv_predicted: f64,
+    /// The same in measured online cost (NaN unless every front plan was
+    /// verified: `--measure-fronts`).
+    pub hv_measured: f64,
+    /// Plans on the front.
+    pub front_plans: usize,
+    /// Training steps used by the run.
+    pub steps_used: usize,
+    /// Its budget.
+    pub budget_steps: usize,
+    /// Steps one member (or probe) trains.
+    pub steps_per_member: usize,
+    /// Evaluations the run made.
+    pub evaluations: usize,
+}
+
+fn hypervolumes(b: &BenchConfig, runs: &[Run], rows: &[Row], relu_online: f64) -> Vec<Hv> {
+    let floor = b.hv_floor();
+    runs.iter()
+        .map(|r| {
+            let mine: Vec<&Row> =
+                rows.iter().filter(|x| x.seed == r.seed && x.variant == r.variant.name()).collect();
+            let hv = |cost: &dyn Fn(&Row) -> f64| {
+                100.0
+                    * hypervolume(
+                        &mine
+                            .iter()
+                            .map(|x| (cost(x) / relu_online, x.test_accuracy_float))
+                            .collect::<Vec<_>>(),
+                        1.0,
+                        floor,
+                    )
+            };
+            let all_measured = mine.iter().all(|x| x.measured_online_s.is_finite());
+            let relu_measured = rows
+                .iter()
+                .filter(|x| {
+                    x.quads == 0 && x.relu_channels.is_empty() && x.measured_online_s.is_finite()
+                })
+                .map(|x| x.measured_online_s)
+                .fold(f64::NAN, f64::min);
+            Hv {
+                seed: r.seed,
+                variant: r.variant.name(),
+                hv_predicted: hv(&|x| x.predicted_online_s),
+                hv_measured: if all_measured && relu_measured.is_finite() {
+                    100.0
+                        * hypervolume(
+                            &mine
+                                .iter()
+                                .map(|x| {
+                                    (x.measured_online_s / relu_measured, x.test_accuracy_float)
+                                })
+                                .collect::<Vec<_>>(),
+                            1.0,
+                            floor,
+                        )
+                } else {
+                    f64::NAN
+                },
+                front_plans: mine.len(),
+                steps_used: r.outcome.steps.0,
+                budget_steps: r.outcome.steps.1,
+                steps_per_member: steps_per_member(r),
+                evaluations: r.outcome.evaluations.len(),
+            }
+        })
+        .collect()
+}
+
+/// Steps one member (or greedy probe) trains, as the strategy splits the
+/// budget.
+fn steps_per_member(r: &Run) -> usize {
+    let budget = r.outcome.steps.1;
+    let n = r.config.population.max(1);
+    let layers = r.outcome.front.first().map_or(0, |(e, _)| e.placement.len());
+    match r.variant.strategy {
+        Strategy::Delphi => {
+            budget / (policy::delphi_counts(layers, r.config.delphi_runs).len().max(1) * n)
+        }
+        Strategy::Greedy => policy::greedy_steps(layers, budget),
+        _ => budget / n,
+    }
+}
+
+fn write_hypervolume(b: &BenchConfig, hv: &[Hv]) -> Result<()> {
+    let f = |n: &str, f: &dyn Fn(&Hv) -> f64| report::column(n, hv, f);
+    let u = |n: &str, f: &dyn Fn(&Hv) -> u64| report::column(n, hv, f);
+    let mut df = DataFrame::new(
+        hv.len(),
+        vec![
+            u("seed", &|h| h.seed),
+            report::column("variant", hv, |h| h.variant.clone()),
+            f("hv_predicted", &|h| h.hv_predicted),
+            f("hv_measured", &|h| h.hv_measured),
+            u("front_plans", &|h| h.front_plans as u64),
+            u("steps_used", &|h| h.steps_used as u64),
+            u("budget_steps", &|h| h.budget_steps as u64),
+            u("steps_per_member", &|h| h.steps_per_member as u64),
+            u("evaluations", &|h| h.evaluations as u64),
+        ],
+    )
+    .map_err(|e| perr(&b.out, e))?;
+    report::write_csv(&b.out.join("hypervolume.csv"), &mut df)
+}
+
+fn write_chosen(b: &BenchConfig, chosen: &[Chosen]) -> Result<()> {
+    let f = |n: &str, f: &dyn Fn(&Chosen) -> f64| report::column(n, chosen, f);
+    let mut df = DataFrame::new(
+        chosen.len(),
+        vec![
+            report::column("seed", chosen, |c| c.seed),
+            report::column("variant", chosen, |c| c.variant.clone()),
+            f("threshold", &|c| c.threshold),
+            report::column("placement", chosen, |c| c.placement.clone()),
+            report::column("relus", chosen, |c| c.relus as u64),
+            f("split_b_accuracy", &|c| c.split_b_accuracy),
+            f("test_accuracy_fixed", &|c| c.test_accuracy_fixed),
+            f("predicted_online_s", &|c| c.predicted_online_s),
+            f("measured_online_s", &|c| c.measured_online_s),
+            f("measured_online_bytes", &|c| c.measured_online_bytes),
+        ],
+    )
+    .map_err(|e| perr(&b.out, e))?;
+    report::write_csv(&b.out.join("chosen.csv"), &mut df)
+}
+
+fn plot(b: &BenchConfig, rows: &[Row], relu_online: f64) -> Result<()> {
     let mut series = Vec::new();
-    for s in b.variants() {
-        let evals: Vec<&Evaluation> = outcomes
-            .iter()
-            .filter(|o| o.0 == s)
-            .flat_map(|o| o.3.front.iter().map(|(e, _)| e))
-            .collect();
-        let pts: Vec<(f64, f64)> = evals.iter().map(|e| (e.online_s, e.valid_accuracy)).collect();
-        let front: Vec<(f64, f64)> =
-            policy::pareto(&pts.iter().map(|&(c, a)| (a, c)).collect::<Vec<_>>())
-                .into_iter()
-                .map(|i| pts[i])
+    for v in b.variants() {
+        for (k, &seed) in b.seeds.iter().enumerate() {
+            let mine: Vec<&Row> =
+                rows.iter().filter(|r| r.seed == seed && r.variant == v.name()).collect();
+            // The front as tested: plans no other of the run beats on test.
+            let pts: Vec<(f64, f64)> = mine
+                .iter()
+                .map(|r| (r.predicted_online_s / relu_online, r.test_accuracy_float))
                 .collect();
-        series.push(Series {
-            name: format!("{}: front (validation)", s.name()),
-            color: color(s),
-            mark: Mark::Line,
-            points: front,
-        });
-        let chosen: Vec<&Row> = rows.iter().filter(|r| r.chosen && s.matches(r)).collect();
-        series.push(Series {
-            name: format!("{}: chosen plans (fixed-point test accuracy)", s.name()),
-            color: color(s),
-            mark: Mark::Triangle,
-            points: chosen.iter().map(|r| (r.predicted_online_s, r.test_accuracy_fixed)).collect(),
-        });
-        let measured: Vec<(f64, f64)> = chosen
-            .iter()
-            .filter(|r| r.measured_online_s.is_finite())
-            .map(|r| (r.measured_online_s, r.test_accuracy_fixed))
-            .collect();
-        if !measured.is_empty() {
+            let front: Vec<(f64, f64)> =
+                policy::pareto(&pts.iter().map(|&(c, a)| (a, c)).collect::<Vec<_>>())
+                    .into_iter()
+                    .map(|i| pts[i])
+                    .collect();
             series.push(Series {
-                name: format!("{}: chosen plans at measured online time", s.name()),
-                color: color(s),
-                mark: Mark::Ring,
-                points: measured,
+                name: if k == 0 {
+                    format!("{} (one line per seed; test accuracy)", v.name())
+                } else {
+                    String::new()
+                },
+                color: color(v),
+                mark: Mark::Line,
+                points: front,
             });
         }
     }
@@ -415,210 +677,221 @@ fn plot(
     report::plot(
         &b.out.join("fronts.svg"),
         &format!(
-            "{} on {}: placement strategies at equal training budget",
+            "{} on {}: fronts over {} seeds at equal training budget",
             b.plan.arch_label(),
-            b.plan.dataset.name()
+            b.plan.dataset.name(),
+            b.seeds.len()
         ),
-        "predicted online seconds (loopback)",
+        "predicted online time / all-ReLU network's (loopback)",
         &series,
         &hlines,
     )
 }
 
-/// For every front plan of `pbt` per channel: the most accurate `pbt` per
-/// layer front plan that costs no more, and the cheapest that is at least
-/// as accurate (validation accuracy, predicted online time), per threshold.
-fn granularity_comparison(b: &BenchConfig, rows: &[Row]) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
+fn pm(m: (f64, f64), scale: f64, digits: usize) -> String {
+    if m.1.is_finite() {
+        format!("{:.*} ± {:.*}", digits, m.0 * scale, digits, m.1 * scale)
+    } else {
+        format!("{:.*}", digits, m.0 * scale)
+    }
+}
+
+/// The statistics `summary.md` and `bench.json` report.
+fn statistics(b: &BenchConfig, hv: &[Hv], chosen: &[Chosen]) -> serde_json::Value {
+    let variants = b.variants();
+    let ours = variants.iter().find(|v| v.ours()).map(|v| v.name());
+    let hv_of = |v: &str, s: u64| hv.iter().find(|h| h.variant == v && h.seed == s);
+    let mut per_variant = Vec::new();
+    for v in &variants {
+        let name = v.name();
+        let vals: Vec<f64> =
+            b.seeds.iter().filter_map(|&s| hv_of(&name, s)).map(|h| h.hv_predicted).collect();
+        let meas: Vec<f64> =
+            b.seeds.iter().filter_map(|&s| hv_of(&name, s)).map(|h| h.hv_measured).collect();
+        let diff: Vec<f64> = match &ours {
+            Some(o) if *o != name => b
+                .seeds
+                .iter()
+                .filter_map(|&s| Some(hv_of(o, s)?.hv_predicted - hv_of(&name, s)?.hv_predicted))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let steps: Vec<f64> =
+            b.seeds.iter().filter_map(|&s| hv_of(&name, s)).map(|h| h.steps_used as f64).collect();
+        let per_member: Vec<f64> = b
+            .seeds
+            .iter()
+            .filter_map(|&s| hv_of(&name, s))
+            .map(|h| h.steps_per_member as f64)
+            .collect();
+        let (d, dh) = mean_ci(&diff);
+        per_variant.push(serde_json::json!({
+            "variant": name,
+            "seeds": vals.len(),
+            "hv_predicted": mean_ci(&vals),
+            "hv_measured": mean_ci(&meas),
+            "ours_minus_this": (!diff.is_empty()).then_some((d, dh)),
+            "ours_better_ci_above_zero": (!diff.is_empty()).then_some(d - dh > 0.0),
+            "steps_used": mean_ci(&steps),
+            "steps_per_member": mean_ci(&per_member),
+        }));
+    }
+    let mut per_threshold = Vec::new();
     for &t in &b.thresholds {
-        let front = |g: &str| -> Vec<&Row> {
-            rows.iter()
-                .filter(|r| r.strategy == "pbt" && r.granularity == g && r.threshold == t)
+        let of = |v: &str| -> Vec<&Chosen> {
+            b.seeds
+                .iter()
+                .filter_map(|&s| {
+                    chosen.iter().find(|c| c.variant == v && c.seed == s && c.threshold == t)
+                })
                 .collect()
         };
-        let (channel, layer) = (front("channel"), front("layer"));
-        if channel.is_empty() || layer.is_empty() {
-            continue;
-        }
-        for c in channel {
-            let at_cost = layer
-                .iter()
-                .filter(|l| l.predicted_online_s <= c.predicted_online_s * 1.0001)
-                .map(|l| l.valid_accuracy)
-                .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
-            let at_accuracy = layer
-                .iter()
-                .filter(|l| l.valid_accuracy >= c.valid_accuracy)
-                .map(|l| l.predicted_online_s)
-                .fold(None, |m: Option<f64>, s| Some(m.map_or(s, |m| m.min(s))));
-            out.push(serde_json::json!({
-                "threshold": t,
-                "relu_channels": c.relu_channels,
-                "relus": c.relus,
-                "online_s": c.predicted_online_s,
-                "valid_accuracy": c.valid_accuracy,
-                "test_accuracy_fixed": c.test_accuracy_fixed,
-                "layer_at_cost": at_cost,
-                "accuracy_gain_points": at_cost.map(|a| (c.valid_accuracy - a) * 100.0),
-                "layer_at_accuracy_s": at_accuracy,
-                "cost_ratio": at_accuracy.map(|s| s / c.predicted_online_s.max(1e-12)),
+        let mut entries = Vec::new();
+        let our = ours.as_deref().map(of).unwrap_or_default();
+        for v in &variants {
+            let name = v.name();
+            let c = of(&name);
+            let online: Vec<f64> = c.iter().map(|x| x.measured_online_s).collect();
+            let predicted: Vec<f64> = c.iter().map(|x| x.predicted_online_s).collect();
+            let acc: Vec<f64> = c.iter().map(|x| x.test_accuracy_fixed).collect();
+            // Paired over seeds that both chose a plan.
+            let (mut a, mut o) = (Vec::new(), Vec::new());
+            for &s in &b.seeds {
+                let mine = our.iter().find(|x| x.seed == s);
+                let theirs = c.iter().find(|x| x.seed == s);
+                if let (Some(m), Some(th)) = (mine, theirs) {
+                    a.push(m.correct.clone());
+                    o.push(th.correct.clone());
+                }
+            }
+            let boot = (!v.ours() && !a.is_empty())
+                .then(|| paired_bootstrap(&a, &o, BOOTSTRAP_REPS, 7 + (t * 1e4) as u64));
+            entries.push(serde_json::json!({
+                "variant": name,
+                "plans": c.len(),
+                "measured_online_s": mean_ci(&online),
+                "predicted_online_s": mean_ci(&predicted),
+                "test_accuracy_fixed": mean_ci(&acc),
+                "ours_minus_this_accuracy": boot.map(|(m, lo, hi)| serde_json::json!({"mean": m, "ci95": [lo, hi]})),
             }));
         }
+        per_threshold.push(serde_json::json!({"threshold": t, "variants": entries}));
     }
-    out
+    serde_json::json!({"hypervolume": per_variant, "thresholds": per_threshold,
+                       "hv_floor": b.hv_floor(), "bootstrap_reps": BOOTSTRAP_REPS})
+}
+
+fn num(v: &serde_json::Value) -> (f64, f64) {
+    let g = |i: usize| v.get(i).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
+    (g(0), g(1))
 }
 
 fn summary(
     b: &BenchConfig,
-    outcomes: &[(Variant, Option<f64>, PlanConfig, Outcome)],
-    rows: &[Row],
+    runs: &[Run],
+    hv: &[Hv],
+    chosen: &[Chosen],
     cost_model: &Path,
     seconds: f64,
 ) -> Result<()> {
-    let base = outcomes.first().map(|o| &o.3);
+    let stats = statistics(b, hv, chosen);
+    let first = runs.first().map(|r| &r.outcome);
     let mut md = format!(
-        "# Planner benchmark `{}`\n\n{} on {}; strategies {} at equal training budget ({:.1} \
-         member-epochs each); population {}; thresholds {}; objective: {}; cost model `{}`. \
-         {:.0} s of search in all (each run's own, resumed runs included), {:.0} s in the \
-         process that wrote this summary.\n\n",
+        "# Planner benchmark `{}`\n\n{} on {}; variants {}; search seeds {}; equal training budget \
+         of {:.1} member-epochs per run; population {}; thresholds {} (on split B); objective: \
+         {}; cost model `{}`. {:.0} s of search in all (the runs' own, resumed runs included), \
+         {:.0} s in the process that wrote this summary. CPU: {} ({} cores).\n\n",
         b.out.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()),
         b.plan.arch(),
         b.plan.dataset.name(),
         b.variants().iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
+        b.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
         b.plan.budget_epochs(),
         b.plan.population,
         b.thresholds.iter().map(|t| format!("{:.1} %", t * 100.0)).collect::<Vec<_>>().join(", "),
         b.plan.objective.label(),
         cost_model.display(),
-        outcomes.iter().map(|o| o.3.search_seconds).sum::<f64>(),
-        seconds
+        runs.iter().map(|r| r.outcome.search_seconds).sum::<f64>(),
+        seconds,
+        delphi_crypto::bench::cpu_model(),
+        delphi_crypto::bench::cores(),
     );
-    if let Some(o) = base {
+    if let Some(o) = first {
         md += &format!(
-            "All-ReLU base: validation {:.2} %, {} ReLUs, predicted online {:.4} s / {:.2} MB.\n\n",
+            "All-ReLU base: split-A validation {:.2} %, {} ReLUs, predicted online {:.4} s / {:.2} MB. \
+             Fronts are built on split A ({} images); plans are chosen on split B ({} images); test \
+             ({} images) is used for no choice. Every figure is the mean ± the half-width of its \
+             95 % confidence interval over seeds (Student's t).\n\n",
             o.base_valid_accuracy * 100.0,
             o.relus,
             o.relu_cost.online_s,
-            o.relu_cost.online_bytes / 1e6
+            o.relu_cost.online_bytes / 1e6,
+            b.plan.valid_size,
+            b.plan.select_size,
+            b.plan.test_limit.map_or("all".to_string(), |n| n.to_string()),
         );
     }
-    md += "| threshold | strategy | placement | ReLUs | valid | test float | test fixed | predicted online s | measured online s | predicted online MB | measured online MB |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
-    for &t in &b.thresholds {
-        for s in b.variants() {
-            match rows
-                .iter()
-                .find(|r| r.chosen && s.matches(r) && r.threshold == t)
-            {
-                Some(r) => {
-                    md += &format!(
-                        "| {:.1} % | {} | `{}` | {} | {:.2} % | {:.2} % | {:.2} % | {:.4} | {:.4} | {:.3} | {:.3} |\n",
-                        t * 100.0,
-                        s.name(),
-                        if r.granularity == "channel" {
-                            format!("% ReLU per layer: {}", r.relu_channels)
-                        } else {
-                            r.placement.clone()
-                        },
-                        r.relus,
-                        r.valid_accuracy * 100.0,
-                        r.test_accuracy_float * 100.0,
-                        r.test_accuracy_fixed * 100.0,
-                        r.predicted_online_s,
-                        r.measured_online_s,
-                        r.predicted_online_bytes / 1e6,
-                        r.measured_online_bytes / 1e6
-                    )
-                }
-                None => md += &format!("| {:.1} % | {} | none met it | | | | | | | | |\n", t * 100.0, s.name()),
-            }
-        }
+    md += &format!(
+        "## Fronts: hypervolume\n\nIn (predicted online time as a fraction of the all-ReLU \
+         network's, test float accuracy), reference (1, {:.1} %), in accuracy points × cost \
+         fraction; `ours − this` is paired by seed.\n\n| variant | hypervolume | ours − this | \
+         training steps used | steps per member/probe |\n|---|---|---|---|---|\n",
+        b.hv_floor() * 100.0
+    );
+    for v in stats["hypervolume"].as_array().into_iter().flatten() {
+        md += &format!(
+            "| {} | {} | {} | {} | {} |\n",
+            v["variant"].as_str().unwrap_or(""),
+            pm(num(&v["hv_predicted"]), 1.0, 3),
+            v["ours_minus_this"].as_array().map_or("".into(), |_| pm(
+                num(&v["ours_minus_this"]),
+                1.0,
+                3
+            )),
+            pm(num(&v["steps_used"]), 1.0, 0),
+            pm(num(&v["steps_per_member"]), 1.0, 0),
+        );
     }
-    let mut verdicts = Vec::new();
-    let both = b.strategies.contains(&Strategy::Pbt)
-        && b.strategies.contains(&Strategy::Delphi)
-        && b.granularities.contains(&Granularity::Layer);
-    if both {
-        md += "\nOurs against DELPHI's planner (online time of the chosen plans: measured by \
-               `delphi verify` where it ran, predicted beside it):\n\n";
-    }
-    for &t in b.thresholds.iter().filter(|_| both) {
-        let get = |s: &str| {
-            rows.iter()
-                .find(|r| {
-                    r.chosen && r.strategy == s && r.granularity == "layer" && r.threshold == t
-                })
-                .map(|r| (r.predicted_online_s, r.measured_online_s))
-        };
-        let line = match (get("pbt"), get("delphi")) {
-            (Some((p, pm)), Some((d, dm))) => {
-                let measured = pm.is_finite() && dm.is_finite();
-                // The verdict follows measured time where both were measured.
-                let (mine, theirs) = if measured { (pm, dm) } else { (p, d) };
-                verdicts.push(mine <= theirs * 1.0001);
-                let verdict = if mine <= theirs * 1.0001 {
-                    "(ours at least as cheap)"
-                } else {
-                    "(DELPHI's cheaper)"
-                };
-                let predicted = format!("pbt {p:.4} s, delphi {d:.4} s → {:.2}×", d / p.max(1e-12));
-                if measured {
-                    format!(
-                        "- {:.1} %: measured pbt {pm:.4} s, delphi {dm:.4} s → {:.2}× {verdict}; \
-                         predicted {predicted}\n",
-                        t * 100.0,
-                        dm / pm.max(1e-12),
-                    )
-                } else {
-                    format!("- {:.1} %: predicted {predicted} {verdict}\n", t * 100.0)
-                }
-            }
-            (Some((p, _)), None) => {
-                format!("- {:.1} %: pbt {:.4} s, delphi found no plan\n", t * 100.0, p)
-            }
-            (None, Some((d, _))) => {
-                verdicts.push(false);
-                format!("- {:.1} %: pbt found no plan, delphi {:.4} s\n", t * 100.0, d)
-            }
-            (None, None) => format!("- {:.1} %: neither found a plan\n", t * 100.0),
-        };
-        md += &line;
-    }
-    let granularity = granularity_comparison(b, rows);
-    if !granularity.is_empty() {
-        md += "\nPer channel against per layer (`pbt`, each plan of one front against the other \
-               front; validation accuracy, predicted online time):\n\n";
-        for g in &granularity {
+    md += "\n## Chosen plans per threshold\n\nMeasured online time by `delphi verify` (loopback), \
+           fixed-point test accuracy, and ours − this in test accuracy by a paired bootstrap over \
+           the test images (mean over seeds, 95 % interval).\n\n| threshold | variant | plans | \
+           measured online s | predicted online s | test fixed % | ours − this (points) |\n\
+           |---|---|---|---|---|---|---|\n";
+    for t in stats["thresholds"].as_array().into_iter().flatten() {
+        let th = t["threshold"].as_f64().unwrap_or(f64::NAN);
+        for v in t["variants"].as_array().into_iter().flatten() {
+            let boot = &v["ours_minus_this_accuracy"];
             md += &format!(
-                "- {:.1} %: channel plan `{}` at {:.4} s, validation {:.2} % (test fixed {:.2} %); \
-                 the best layer plan at no more cost: {}; the cheapest layer plan at least as \
-                 accurate: {}\n",
-                g["threshold"].as_f64().unwrap_or(f64::NAN) * 100.0,
-                g["relu_channels"].as_str().unwrap_or(""),
-                g["online_s"].as_f64().unwrap_or(f64::NAN),
-                g["valid_accuracy"].as_f64().unwrap_or(f64::NAN) * 100.0,
-                g["test_accuracy_fixed"].as_f64().unwrap_or(f64::NAN) * 100.0,
-                match g["layer_at_cost"].as_f64() {
-                    Some(a) => format!(
-                        "{:.2} % ({:+.2} points)",
-                        a * 100.0,
-                        g["accuracy_gain_points"].as_f64().unwrap_or(f64::NAN)
-                    ),
-                    None => "none".into(),
-                },
-                match g["layer_at_accuracy_s"].as_f64() {
-                    Some(c) => format!(
-                        "{c:.4} s ({:.2}× the channel plan's cost)",
-                        g["cost_ratio"].as_f64().unwrap_or(f64::NAN)
-                    ),
-                    None => "none".into(),
-                },
+                "| {:.1} % | {} | {} | {} | {} | {} | {} |\n",
+                th * 100.0,
+                v["variant"].as_str().unwrap_or(""),
+                v["plans"],
+                pm(num(&v["measured_online_s"]), 1.0, 4),
+                pm(num(&v["predicted_online_s"]), 1.0, 4),
+                pm(num(&v["test_accuracy_fixed"]), 100.0, 2),
+                if boot.is_null() {
+                    String::new()
+                } else {
+                    format!(
+                        "{:+.2} [{:+.2}, {:+.2}]",
+                        boot["mean"].as_f64().unwrap_or(f64::NAN) * 100.0,
+                        boot["ci95"][0].as_f64().unwrap_or(f64::NAN) * 100.0,
+                        boot["ci95"][1].as_f64().unwrap_or(f64::NAN) * 100.0
+                    )
+                }
             );
         }
     }
+    let unprovable: usize = runs.iter().map(|r| r.outcome.unprovable).sum();
+    let refused: usize = runs.iter().map(|r| r.outcome.refused).sum();
     md += &format!(
-        "\nFiles: `fronts.csv` (every front plan per threshold; `chosen` marks each strategy's \
-         plan), `fronts.svg`, `bench.json`; each run's folder holds `members.csv`, `pareto.csv`, \
-         `lineage.log`, `summary.md` and its front plans under `front/`.\n\nRerun: `{}`\n",
+        "\nPlacements refused before training because their values could not be proven in range \
+         (base weights): {refused}; trained plans left out of a front for that reason: \
+         {unprovable}.\n\nFiles: `fronts.csv` (every front plan per seed and variant, split-A \
+         and split-B accuracy, test accuracy, predicted and measured cost; `chosen_for` lists the \
+         thresholds it was chosen for), `chosen.csv`, `hypervolume.csv`, `fronts.svg`, \
+         `bench.json`; each run's folder (`seed-<s>/<variant>/`) holds `members.csv`, \
+         `pareto.csv`, `lineage.log` and its front plans under `front/`.\n\nRerun: `{}`\n",
         std::env::args().collect::<Vec<_>>().join(" ")
     );
     let p = b.out.join("summary.md");
@@ -627,20 +900,23 @@ fn summary(
         "arch": b.plan.arch(),
         "dataset": b.plan.dataset.name(),
         "thresholds": b.thresholds,
-        "strategies": b.variants().iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "variants": b.variants().iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "seeds": b.seeds,
         "budget_member_epochs": b.plan.budget_epochs(),
         "population": b.plan.population,
+        "split_a_images": b.plan.valid_size,
+        "split_b_images": b.plan.select_size,
         "cpu_model": delphi_crypto::bench::cpu_model(),
         "cores": delphi_crypto::bench::cores(),
         "seconds": seconds,
-        "search_seconds_total": outcomes.iter().map(|o| o.3.search_seconds).sum::<f64>(),
-        "ours_at_least_as_cheap_at_every_threshold": (!verdicts.is_empty()).then(|| verdicts.iter().all(|v| *v)),
-        "channel_vs_layer": granularity,
-        "rows": rows,
-        "runs": outcomes.iter().map(|(s, t, c, o)| serde_json::json!({
-            "strategy": s.name(), "threshold": t, "out": c.out(),
-            "steps_used": o.steps.0, "budget_steps": o.steps.1,
-            "evaluations": o.evaluations.len(), "search_seconds": o.search_seconds,
+        "search_seconds_total": runs.iter().map(|r| r.outcome.search_seconds).sum::<f64>(),
+        "statistics": stats,
+        "refused_placements": refused,
+        "unprovable_front_plans": unprovable,
+        "runs": runs.iter().map(|r| serde_json::json!({
+            "seed": r.seed, "variant": r.variant.name(), "out": r.config.out(),
+            "steps_used": r.outcome.steps.0, "budget_steps": r.outcome.steps.1,
+            "evaluations": r.outcome.evaluations.len(), "search_seconds": r.outcome.search_seconds,
         })).collect::<Vec<_>>(),
         "rerun": std::env::args().collect::<Vec<_>>().join(" "),
     });

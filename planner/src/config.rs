@@ -103,6 +103,14 @@ delphi_net::text_enum! {
         /// Make quadratic, one at a time, the layer that loses the least
         /// accuracy per unit of predicted saving.
         Greedy = "greedy",
+        /// A control, not a search: the all-ReLU base fine-tuned for the
+        /// same budget (PBT over the hyperparameters only, distilling from
+        /// the base).
+        ReluControl = "relu-control",
+        /// A control, not a search: every activation quadratic with our
+        /// recipe (gradual swap, distillation from the base; PBT over the
+        /// hyperparameters only), for the same budget.
+        QuadControl = "quad-control",
     }
 }
 
@@ -169,8 +177,18 @@ pub struct PlanConfig {
     pub valid_size: usize,
     /// Use only the first N test images for the final report.
     pub test_limit: Option<usize>,
-    /// Seed of everything random.
+    /// Seed of everything random: the validation split, the base network
+    /// and (unless `search_seed` is given) the search.
     pub seed: u64,
+    /// Seed of the search's own draws (members' placements,
+    /// hyperparameters, exploration, data order); default: `seed`. Runs
+    /// with different search seeds share the data split and the base.
+    pub search_seed: Option<u64>,
+    /// Images held back from the search (split B, carved from the training
+    /// set beside the validation split A): the benchmark chooses each
+    /// threshold's plan among the front's plans by their accuracy here,
+    /// on images the search never saw. 0: none.
+    pub select_size: usize,
     /// Run folder (default results/plan/<name>).
     pub out: Option<PathBuf>,
     /// Run the chosen plan through the protocol engine at the end.
@@ -230,6 +248,8 @@ impl Default for PlanConfig {
             valid_size: 5000,
             test_limit: None,
             seed: 1,
+            search_seed: None,
+            select_size: 0,
             out: None,
             verify: false,
         }
@@ -259,6 +279,9 @@ impl PlanConfig {
                 Strategy::Pbt => String::new(),
                 s => format!("-{}", s.name()),
             };
+            if let Some(s) = self.search_seed.filter(|&s| s != self.seed) {
+                strategy += &format!("-s{s}");
+            }
             if self.granularity == Granularity::Channel {
                 strategy += "-channel";
             }
@@ -275,6 +298,11 @@ impl PlanConfig {
                 threshold_label(self.accuracy)
             )
         })
+    }
+
+    /// The seed of the search's own draws.
+    pub fn search_seed(&self) -> u64 {
+        self.search_seed.unwrap_or(self.seed)
     }
 
     /// Epochs each member trains (explicit or the architecture's default).

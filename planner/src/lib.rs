@@ -15,6 +15,7 @@ pub mod policy;
 pub mod pricing;
 pub mod report;
 pub mod search;
+pub mod stats;
 pub mod strategy;
 pub mod windows;
 

@@ -42,6 +42,14 @@ pub const WEIGHT_DECAY: (f64, f64) = (1e-5, 1e-2);
 pub const DISTILL: (f32, f32) = (0.0, 1.0);
 /// Swap-span bounds.
 pub const SPAN: (f32, f32) = (0.05, 0.6);
+/// Where every strategy's members draw their starting learning rate
+/// (log-uniform): fine-tuning from a trained base, and low enough for deep
+/// networks with many quadratic layers (all-quadratic `resnet26` diverged
+/// at 0.01 and above; see docs/planner.md).
+pub const START_LR: (f64, f64) = (0.002, 0.02);
+/// DELPHI's exchange: its code blends each quadratic layer in from ReLU
+/// over the first third of a member's run (`swap_period` 100 of 300 epochs).
+pub const DELPHI_SWAP: f32 = 1.0 / 3.0;
 
 fn log_uniform(rng: &mut ChaCha8Rng, (lo, hi): (f64, f64)) -> f64 {
     (lo.ln() + rng.gen::<f64>() * (hi.ln() - lo.ln())).exp()
@@ -81,7 +89,7 @@ impl Genome {
     pub fn random(layers: usize, quads: usize, rng: &mut ChaCha8Rng) -> Genome {
         Genome {
             placement: random_placement(layers, quads, rng),
-            lr: log_uniform(rng, (0.01, 0.05)),
+            lr: log_uniform(rng, START_LR),
             momentum: rng.gen_range(0.85..0.95),
             weight_decay: log_uniform(rng, (1e-4, 1e-3)),
             distill_weight: rng.gen_range(0.3..0.8),
@@ -91,16 +99,17 @@ impl Genome {
     }
 
     /// DELPHI's member: exactly `quads` quadratic layers at random places,
-    /// a random learning rate and momentum, no distillation, quadratics
-    /// from the start.
+    /// a random learning rate and momentum, no distillation, the quadratics
+    /// exchanged for the ReLUs gradually over the first third of the run
+    /// ([`DELPHI_SWAP`]).
     pub fn delphi(layers: usize, quads: usize, rng: &mut ChaCha8Rng) -> Genome {
         Genome {
             placement: random_placement(layers, quads, rng),
-            lr: log_uniform(rng, (0.01, 0.05)),
+            lr: log_uniform(rng, START_LR),
             momentum: rng.gen_range(0.85..0.95),
             weight_decay: 5e-4,
             distill_weight: 0.0,
-            swap_span: 0.0,
+            swap_span: DELPHI_SWAP,
             budget: 0.0,
         }
     }
@@ -162,6 +171,202 @@ pub fn spread(k: usize, n: usize, layers: usize) -> usize {
 pub fn pbt_fitness(accuracy: f64, cost: f64, threshold: f64, relu_cost: f64) -> f64 {
     let shortfall = (threshold - accuracy).max(0.0);
     -cost - relu_cost * 30.0 * shortfall
+}
+
+/// Non-dominated sorting of `(accuracy, cost)` points (Deb et al. 2002):
+/// per point its front number (0: no point dominates it; 1: only points of
+/// front 0 do; …) and its crowding distance inside its front (∞ at the
+/// front's two ends; else the normalised gap between its neighbours in
+/// accuracy plus that in cost). A point is better than another when its
+/// front number is lower, or equal with a larger crowding distance: this
+/// orders a population by how much it adds to the accuracy–cost front,
+/// with no threshold and no trade-off weight, and favours the sparse parts
+/// of the front (diversity).
+pub fn nondominated_ranks(points: &[(f64, f64)]) -> Vec<(usize, f64)> {
+    let n = points.len();
+    let dominates = |i: usize, j: usize| {
+        let ((ai, ci), (aj, cj)) = (points[i], points[j]);
+        ai >= aj && ci <= cj && (ai > aj || ci < cj)
+    };
+    let mut rank = vec![usize::MAX; n];
+    let mut left: Vec<usize> = (0..n).collect();
+    let mut r = 0;
+    while !left.is_empty() {
+        let front: Vec<usize> =
+            left.iter().copied().filter(|&i| !left.iter().any(|&j| dominates(j, i))).collect();
+        for &i in &front {
+            rank[i] = r;
+        }
+        left.retain(|i| !front.contains(i));
+        r += 1;
+    }
+    let mut crowd = vec![0.0f64; n];
+    for f in 0..r {
+        let members: Vec<usize> = (0..n).filter(|&i| rank[i] == f).collect();
+        for key in [0usize, 1] {
+            let v = |i: usize| if key == 0 { points[i].0 } else { points[i].1 };
+            let mut m = members.clone();
+            m.sort_by(|&a, &b| v(a).total_cmp(&v(b)));
+            let (lo, hi) = (v(m[0]), v(m[m.len() - 1]));
+            crowd[m[0]] = f64::INFINITY;
+            crowd[m[m.len() - 1]] = f64::INFINITY;
+            let span = (hi - lo).max(1e-12);
+            for w in m.windows(3) {
+                crowd[w[1]] += (v(w[2]) - v(w[0])) / span;
+            }
+        }
+    }
+    rank.into_iter().zip(crowd).collect()
+}
+
+/// A scalar that orders like [`nondominated_ranks`] (higher is better):
+/// −front number, plus a crowding bonus in [0, 1).
+pub fn front_fitness(rank: usize, crowding: f64) -> f64 {
+    let bonus = if crowding.is_infinite() { 0.999 } else { crowding / (1.0 + crowding) * 0.998 };
+    -(rank as f64) + bonus
+}
+
+/// Picks an index with probability proportional to `weights` (non-negative;
+/// non-finite and negative weights count as 0); `None` when every weight
+/// is 0. Proportional rather than the best, so that evidence steers the
+/// search without collapsing it onto one move.
+pub fn pick_weighted(weights: &[f64], rng: &mut ChaCha8Rng) -> Option<usize> {
+    let w: Vec<f64> =
+        weights.iter().map(|&x| if x.is_finite() && x > 0.0 { x } else { 0.0 }).collect();
+    let total: f64 = w.iter().sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let mut r = rng.gen::<f64>() * total;
+    for (i, &x) in w.iter().enumerate() {
+        if x > 0.0 && r < x {
+            return Some(i);
+        }
+        r -= x;
+    }
+    w.iter().rposition(|&x| x > 0.0)
+}
+
+/// Evidence about each activation layer: the validation accuracy it costs
+/// to make it quadratic (first from the base, zero-shot; then updated from
+/// what members saw when they made it quadratic or turned it back).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sensitivity {
+    /// Per layer: estimated accuracy loss (fraction; ≥ 0).
+    pub loss: Vec<f64>,
+    /// Per layer: observations so far (the zero-shot estimate counts as one).
+    pub seen: Vec<u32>,
+}
+
+/// Floor of a sensitivity in move weights: a layer that seems free is
+/// still not infinitely attractive (0.05 points).
+pub const SENSITIVITY_FLOOR: f64 = 0.0005;
+
+impl Sensitivity {
+    /// Zero-shot estimates, one per layer.
+    pub fn new(loss: Vec<f64>) -> Sensitivity {
+        let n = loss.len();
+        Sensitivity { loss: loss.into_iter().map(|l| l.max(0.0)).collect(), seen: vec![1; n] }
+    }
+
+    /// Adds an observation: making `layer` quadratic lost `loss` accuracy
+    /// (negative: gained). Running mean, so later evidence — after members
+    /// have learned — weighs as much as the first.
+    pub fn observe(&mut self, layer: usize, loss: f64) {
+        if let (Some(l), Some(n)) = (self.loss.get_mut(layer), self.seen.get_mut(layer)) {
+            *n += 1;
+            *l += (loss.max(0.0) - *l) / *n as f64;
+        }
+    }
+
+    /// Weights for making each ReLU layer quadratic: predicted saving per
+    /// unit of estimated loss (0 for layers already quadratic or that save
+    /// nothing).
+    pub fn to_quad_weights(&self, placement: &Placement, saving: &[f64]) -> Vec<f64> {
+        (0..placement.len())
+            .map(|i| {
+                let s = saving.get(i).copied().unwrap_or(0.0);
+                if placement.is_quad(i) || s <= 0.0 {
+                    0.0
+                } else {
+                    s / (self.loss.get(i).copied().unwrap_or(0.0) + SENSITIVITY_FLOOR)
+                }
+            })
+            .collect()
+    }
+
+    /// Weights for turning each quadratic layer back to ReLU: estimated
+    /// accuracy regained per unit of added cost (`saving[i]`: what the
+    /// layer saves while quadratic).
+    pub fn to_relu_weights(&self, placement: &Placement, saving: &[f64]) -> Vec<f64> {
+        (0..placement.len())
+            .map(|i| {
+                if !placement.is_quad(i) {
+                    return 0.0;
+                }
+                let s = saving.get(i).copied().unwrap_or(0.0).max(1e-12);
+                (self.loss.get(i).copied().unwrap_or(0.0) + SENSITIVITY_FLOOR) / s
+            })
+            .collect()
+    }
+}
+
+/// Exploit pairs `(replaced, source)` for a front-producing population:
+/// the bottom quantile by [`front_fitness`] — members not `ready` (mid-swap)
+/// excepted, and members of the first front only when every ready member
+/// is on it — each copies a random ready member of the first front other
+/// than itself.
+pub fn front_pairs(
+    ranks: &[(usize, f64)],
+    ready: &[bool],
+    quantile: f64,
+    rng: &mut ChaCha8Rng,
+) -> Vec<(usize, usize)> {
+    let n = ranks.len();
+    if n < 2 || quantile <= 0.0 {
+        return Vec::new();
+    }
+    let fit: Vec<f64> = ranks.iter().map(|&(r, c)| front_fitness(r, c)).collect();
+    let is_ready = |i: usize| ready.get(i) == Some(&true);
+    let top: Vec<usize> = (0..n).filter(|&i| ranks[i].0 == 0 && is_ready(i)).collect();
+    let mut order: Vec<usize> = (0..n).filter(|&i| is_ready(i)).collect();
+    order.sort_by(|&a, &b| fit[a].total_cmp(&fit[b]).then(a.cmp(&b)));
+    let q = ((n as f64 * quantile).round() as usize).clamp(1, n / 2);
+    let off_front = order.iter().any(|&i| ranks[i].0 > 0);
+    let mut out = Vec::new();
+    for &lo in order.iter().take(q) {
+        // A first-front member is replaced only when every ready member is
+        // on the first front.
+        if ranks[lo].0 == 0 && off_front {
+            continue;
+        }
+        let sources: Vec<usize> = top.iter().copied().filter(|&t| t != lo).collect();
+        if !sources.is_empty() {
+            out.push((lo, sources[rng.gen_range(0..sources.len())]));
+        }
+    }
+    out
+}
+
+/// A looser budget (the inverse of [`tighter_budget`]), at most 1.
+pub fn looser_budget(budget: f64, floor: f64) -> f64 {
+    (floor + (budget - floor).max(0.0) / 0.7).min(1.0)
+}
+
+/// Mixes evidence with chance: 80 % of the probability follows `weights`,
+/// 20 % is uniform over the entries with a positive weight, so no eligible
+/// move is ever ruled out by an estimate.
+pub fn temper(weights: &[f64]) -> Vec<f64> {
+    let ok = |x: f64| x.is_finite() && x > 0.0;
+    let total: f64 = weights.iter().copied().filter(|&x| ok(x)).sum();
+    let count = weights.iter().filter(|&&x| ok(x)).count();
+    if count == 0 {
+        return vec![0.0; weights.len()];
+    }
+    weights
+        .iter()
+        .map(|&x| if ok(x) { 0.8 * x / total + 0.2 / count as f64 } else { 0.0 })
+        .collect()
 }
 
 /// DELPHI's fitness: validation accuracy × (1 + replaced ReLUs / all ReLUs),
@@ -432,5 +637,87 @@ mod tests {
         let t = tighter_budget(0.6, floor);
         assert!((t - (floor + 0.4 * 0.7)).abs() < 1e-12);
         assert!(tighter_budget(floor, floor) >= floor);
+    }
+
+    #[test]
+    fn nondominated_sorting_ranks_fronts_and_prefers_sparse_points() {
+        // (accuracy, cost): 0, 1, 2 on the first front; 3 dominated by 1;
+        // 4 dominated by 3 too.
+        let pts = [(0.90, 1.0), (0.85, 0.5), (0.80, 0.2), (0.84, 0.6), (0.83, 0.7)];
+        let r = nondominated_ranks(&pts);
+        assert_eq!(r.iter().map(|x| x.0).collect::<Vec<_>>(), vec![0, 0, 0, 1, 2]);
+        // Ends of a front are infinitely uncrowded; the middle finite.
+        assert!(r[0].1.is_infinite() && r[2].1.is_infinite() && r[1].1.is_finite());
+        assert!(front_fitness(r[1].0, r[1].1) > front_fitness(r[3].0, r[3].1));
+        assert!(front_fitness(r[0].0, r[0].1) > front_fitness(r[1].0, r[1].1));
+        // Fitness stays inside its front's band.
+        assert!(front_fitness(0, f64::INFINITY) < 1.0 && front_fitness(1, 1e9) < 0.0);
+    }
+
+    #[test]
+    fn front_pairs_replace_dominated_members_from_the_first_front() {
+        let pts = [(0.90, 1.0), (0.85, 0.5), (0.80, 0.2), (0.84, 0.6), (0.83, 0.7), (0.70, 0.9)];
+        let ranks = nondominated_ranks(&pts);
+        let ready = [true; 6];
+        let pairs = front_pairs(&ranks, &ready, 0.25, &mut rng());
+        assert_eq!(pairs.len(), 2);
+        for (lo, hi) in &pairs {
+            assert!(ranks[*lo].0 > 0, "{pairs:?}");
+            assert_eq!(ranks[*hi].0, 0);
+        }
+        // The worst two (ranks 2 and the (0.70, 0.9) member) go first.
+        let lows: Vec<usize> = pairs.iter().map(|p| p.0).collect();
+        assert!(lows.contains(&5) && lows.contains(&4), "{lows:?}");
+        // Mid-swap members are neither replaced nor copied.
+        let mut ready = [true; 6];
+        ready[5] = false;
+        ready[0] = false;
+        let pairs = front_pairs(&ranks, &ready, 0.25, &mut rng());
+        assert!(pairs.iter().all(|&(lo, hi)| lo != 5 && hi != 0), "{pairs:?}");
+        // Everyone on the first front: the most crowded is replaced by another.
+        let all = [(0.9, 1.0), (0.85, 0.5), (0.8, 0.2), (0.86, 0.7)];
+        let ranks = nondominated_ranks(&all);
+        let pairs = front_pairs(&ranks, &[true; 4], 0.25, &mut rng());
+        assert_eq!(pairs.len(), 1);
+        assert!(pairs[0].0 != pairs[0].1);
+        assert!(ranks[pairs[0].0].1.is_finite());
+    }
+
+    #[test]
+    fn weighted_picks_follow_evidence_but_rule_nothing_out() {
+        let mut r = rng();
+        assert_eq!(pick_weighted(&[0.0, 0.0], &mut r), None);
+        assert_eq!(pick_weighted(&[0.0, 3.0, f64::NAN], &mut r), Some(1));
+        let t = temper(&[100.0, 1.0, 0.0]);
+        assert_eq!(t[2], 0.0);
+        assert!(t[1] >= 0.1 && t[0] > t[1]);
+        assert!((t.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        let mut counts = [0usize; 3];
+        for _ in 0..2000 {
+            counts[pick_weighted(&t, &mut r).unwrap_or(2)] += 1;
+        }
+        assert!(counts[0] > counts[1] && counts[1] > 100 && counts[2] == 0, "{counts:?}");
+    }
+
+    #[test]
+    fn sensitivity_weighs_saving_against_loss_and_learns() {
+        let mut s = Sensitivity::new(vec![0.05, 0.0, -0.01]);
+        assert_eq!(s.loss[2], 0.0);
+        let p: Placement = "RRQ".parse().unwrap();
+        let saving = [1.0, 1.0, 1.0];
+        let w = s.to_quad_weights(&p, &saving);
+        // The free layer is the most attractive; the quadratic one is not a candidate.
+        assert!(w[1] > w[0] && w[2] == 0.0, "{w:?}");
+        let back = s.to_relu_weights(&p, &saving);
+        assert!(back[2] > 0.0 && back[0] == 0.0 && back[1] == 0.0);
+        // Evidence moves the estimate: a running mean.
+        s.observe(1, 0.02);
+        assert!((s.loss[1] - 0.01).abs() < 1e-12);
+        s.observe(1, -0.5);
+        assert!((s.loss[1] - 0.02 / 3.0).abs() < 1e-12);
+        s.observe(9, 1.0);
+        assert_eq!(s.loss.len(), 3);
+        assert!((looser_budget(tighter_budget(0.6, 0.2), 0.2) - 0.6).abs() < 1e-12);
+        assert_eq!(looser_budget(0.95, 0.2), 1.0);
     }
 }

@@ -90,7 +90,7 @@ pub enum Mark {
 /// Points of one legend entry: (cost, accuracy).
 #[derive(Clone, Debug)]
 pub struct Series {
-    /// Legend text.
+    /// Legend text (empty: no legend entry).
     pub name: String,
     /// Colour.
     pub color: RGBColor,
@@ -181,6 +181,10 @@ pub fn plot(
                 .draw_series(pts.iter().map(|&p| TriangleMarker::new(p, 7, color.filled())))
                 .map_err(|e| err(&e))?,
         };
+        if s.name.is_empty() {
+            // No legend entry (e.g. a second seed of a series already named).
+            continue;
+        }
         let anno = anno.label(s.name.clone());
         match s.mark {
             Mark::Triangle => {

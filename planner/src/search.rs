@@ -105,7 +105,14 @@ pub(crate) enum Progress {
     /// Not started.
     Start,
     /// Population-based training.
-    Pbt { interval: usize, genomes: Vec<Genome> },
+    Pbt {
+        interval: usize,
+        genomes: Vec<Genome>,
+        #[serde(default)]
+        memory: crate::strategy::pbt::PbtMemory,
+    },
+    /// A control: a population with one fixed placement.
+    Control { interval: usize, genomes: Vec<Genome> },
     /// DELPHI's planner: one population per count of quadratic layers.
     Delphi { run: usize, interval: usize, genomes: Vec<Genome> },
     /// The greedy rule.
@@ -127,9 +134,17 @@ pub(crate) struct State {
     pub steps: usize,
     /// Seconds spent, over all processes (base training included).
     pub seconds: f64,
+    /// Settled evaluations that would have joined the front but whose
+    /// values cannot be proven inside the protocol's exact range.
+    #[serde(default)]
+    pub unprovable: Vec<usize>,
+    /// Placements refused before any training because they could not be
+    /// proven in range (with the base's weights).
+    #[serde(default)]
+    pub refused_placements: Vec<String>,
 }
 
-const STATE_VERSION: u32 = 2;
+const STATE_VERSION: u32 = 3;
 
 /// What a finished search returns.
 #[derive(Debug)]
@@ -163,6 +178,11 @@ pub struct Outcome {
     pub steps: (usize, usize),
     /// Notes for the user (assumed normalisation, import notes).
     pub notes: Vec<String>,
+    /// Settled evaluations left out of the front because their values could
+    /// not be proven inside the protocol's exact range.
+    pub unprovable: usize,
+    /// Placements refused before training for the same reason.
+    pub refused: usize,
 }
 
 impl Outcome {
@@ -175,9 +195,38 @@ impl Outcome {
     }
 }
 
-/// Loads the dataset the configuration names.
+/// Loads the dataset the configuration names: the training images, the
+/// validation split A the search sees (`valid`), and the test images.
+/// Split B ([`PlanConfig::select_size`]) is left out; see [`load_splits`].
 pub fn load_data(c: &PlanConfig) -> Result<Dataset> {
-    Ok(base_train_config(c).load_data()?)
+    Ok(load_splits(c)?.0)
+}
+
+/// The dataset and split B: `valid_size + select_size` images are carved
+/// from the training set (seeded by `seed`), then split at random (seeded)
+/// into A (`valid_size`, the search's validation images) and B (the rest,
+/// held back for choosing plans). With `select_size` 0, B is empty and A
+/// is exactly the validation split a plain run carves.
+pub fn load_splits(c: &PlanConfig) -> Result<(Dataset, delphi_train::data::Split)> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut t = base_train_config(c);
+    t.valid_size = c.valid_size + c.select_size;
+    let mut d = t.load_data()?;
+    if c.select_size == 0 {
+        let b = d.valid.select(&[]);
+        return Ok((d, b));
+    }
+    let mut idx: Vec<usize> = (0..d.valid.len()).collect();
+    idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(c.seed ^ 0x5e1e_c7b0));
+    let a_len = c.valid_size.min(idx.len());
+    let (a, b) = idx.split_at(a_len);
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort_unstable();
+    b.sort_unstable();
+    let sel = d.valid.select(&b);
+    d.valid = d.valid.select(&a);
+    Ok((d, sel))
 }
 
 /// The compute device the configuration names.
@@ -259,6 +308,10 @@ pub fn prepare_base(
     Ok(Base { plan, given, notes })
 }
 
+/// Every member's gradient clipping (by norm): all-quadratic `resnet26`
+/// trained from its base diverged with clipping at 1 and trained at 0.5.
+pub const GRAD_CLIP: f32 = 0.5;
+
 /// Per-channel placement: the fraction of a member's run by which its mask
 /// must be frozen (the rest fine-tunes with it).
 pub const GATE_FREEZE_BY: f32 = 0.5;
@@ -296,6 +349,8 @@ pub struct Search<'a> {
     pub quad_floor: f64,
     /// Training steps allowed.
     pub budget: usize,
+    /// The base network (unfolded, with weights), in memory.
+    pub(crate) base_net: Network,
     pub(crate) st: State,
     pub(crate) resumed: bool,
     notes: Vec<String>,
@@ -438,6 +493,8 @@ impl<'a> Search<'a> {
                     front: Vec::new(),
                     steps: 0,
                     seconds: started.elapsed().as_secs_f64(),
+                    unprovable: Vec::new(),
+                    refused_placements: Vec::new(),
                 },
                 false,
             )
@@ -471,6 +528,7 @@ impl<'a> Search<'a> {
             channel_saving,
             quad_floor,
             budget,
+            base_net,
             st,
             resumed,
             notes,
@@ -498,14 +556,14 @@ impl<'a> Search<'a> {
         t.lr = g.lr;
         t.momentum = g.momentum;
         t.weight_decay = g.weight_decay;
-        t.grad_clip = Some(1.0);
+        t.grad_clip = Some(GRAD_CLIP);
         t.distill = (g.distill_weight > 0.0).then(|| Distill {
             teacher: self.base_plan.clone(),
             weight: g.distill_weight,
             temperature: 4.0,
         });
         t.swap = (g.swap_span > 0.0).then_some(Swap { start: 0.0, end: g.swap_span });
-        t.seed = self.c.seed.wrapping_add(1000 * (k + 1));
+        t.seed = self.c.search_seed().wrapping_add(1000 * (k + 1));
         t.validate_epochs = false;
         if self.c.granularity == Granularity::Channel {
             // Every layer starts ReLU; the mask is learned per channel.
@@ -644,6 +702,74 @@ impl<'a> Search<'a> {
         Ok(())
     }
 
+    /// Why `p` cannot be a plan, if it cannot: the base's weights with `p`'s
+    /// activations (new quadratic layers at their starting coefficients),
+    /// batch norm folded, the plan's ReLU circuits and truncations, the
+    /// activation ranges measured on training images, and the engine's
+    /// range analysis. A placement refused here is never trained: its
+    /// values can leave the protocol's exact range before any training
+    /// (training rarely shrinks what a quadratic layer squares), and a
+    /// trained member that still fails is left out of the front when it is
+    /// evaluated ([`State::unprovable`]).
+    pub fn unprovable(&self, p: &Placement) -> Result<Option<String>> {
+        let mut net = self.base_net.clone();
+        p.apply(&mut net)?;
+        let mut net = net.fold_batch_norm()?;
+        net.fixed_point.truncation = self.c.truncation;
+        if self.c.relu_bits != ReluBitsMode::Full {
+            exact_relu_windows(&mut net)?;
+        }
+        delphi_train::evaluate::record_ranges(&mut net, &self.data.train, 64)?;
+        let prog = delphi_net::FixedProgram::lower(&net)?;
+        Ok(delphi_net::range::analyse_network(&net, &prog)?.check().err().map(|w| w.to_string()))
+    }
+
+    /// Records a placement refused by [`Search::unprovable`].
+    pub(crate) fn refuse(&mut self, p: &Placement, why: &str) -> Result<()> {
+        self.st.refused_placements.push(p.to_string());
+        self.lineage(serde_json::json!({"refused": {"placement": p.to_string(), "why": why}}))
+    }
+
+    /// Per activation layer, what making it quadratic saves under the
+    /// objective, the rest of `p` as it is (for a layer already quadratic:
+    /// what it saves by being so).
+    pub fn layer_savings(&self, p: &Placement) -> Result<Vec<f64>> {
+        (0..self.layers)
+            .map(|i| {
+                let (mut relu, mut quad) = (p.clone(), p.clone());
+                relu.set(i, false);
+                quad.set(i, true);
+                Ok(self.c.objective.of(&self.pricing.price(&relu)?)
+                    - self.c.objective.of(&self.pricing.price(&quad)?))
+            })
+            .collect()
+    }
+
+    /// Zero-shot sensitivity of every activation layer: the base's
+    /// validation accuracy (on the first `images` images of split A) minus
+    /// its accuracy with that one layer quadratic at its starting
+    /// coefficients, no training. Cheap (one pass per layer) and only a
+    /// first estimate: members update it as they learn
+    /// ([`policy::Sensitivity::observe`]).
+    pub fn zero_shot_sensitivity(&self, images: usize) -> Result<Vec<f64>> {
+        let sub = self.data.valid.clone().take(images);
+        let make = |p: Placement| -> Result<Trainer> {
+            let mut t = self.base_cfg.clone();
+            t.init = Some(self.base_plan.clone());
+            t.placement = Some(p);
+            t.validate_epochs = false;
+            Ok(Trainer::new(t, &self.device)?)
+        };
+        let base = make(Placement::all_relu(self.layers))?.accuracy(&sub);
+        (0..self.layers)
+            .map(|i| {
+                let mut p = Placement::all_relu(self.layers);
+                p.set(i, true);
+                Ok(base - make(p)?.accuracy(&sub))
+            })
+            .collect()
+    }
+
     fn front_file(&self, index: usize) -> PathBuf {
         self.out.join("front").join(format!("{index}.json"))
     }
@@ -679,6 +805,11 @@ impl<'a> Search<'a> {
         let prog = delphi_net::FixedProgram::lower(&net)?;
         if let Err(why) = delphi_net::range::analyse_network(&net, &prog)?.check() {
             self.say(&format!("placement {} left out of the front: {why}", e.placement));
+            self.st.unprovable.push(e.index);
+            self.lineage(serde_json::json!({
+                "unprovable": {"evaluation": e.index, "placement": e.placement.to_string(),
+                               "why": why.to_string()},
+            }))?;
             return Ok(());
         }
         net.metadata.planner_run = Some(self.c.name());
@@ -799,6 +930,8 @@ impl<'a> Search<'a> {
             search_seconds: self.st.seconds,
             steps: (self.st.steps, self.budget),
             notes: self.notes,
+            unprovable: self.st.unprovable.len(),
+            refused: self.st.refused_placements.len(),
         })
     }
 }

@@ -103,6 +103,14 @@ pub fn relu_windows(
 /// shares (seeded per image), which is the protocol's result in
 /// distribution: the accuracy a client will see. Uses every core.
 pub fn fixed_accuracy(net: &Network, split: &Split) -> Result<f64> {
+    let correct = fixed_correct(net, split)?;
+    Ok(correct.iter().filter(|&&c| c).count() as f64 / correct.len().max(1) as f64)
+}
+
+/// Per image of `split`, whether the fixed-point program classifies it
+/// correctly (as [`fixed_accuracy`] counts it): what a paired comparison of
+/// two plans on the same images needs.
+pub fn fixed_correct(net: &Network, split: &Split) -> Result<Vec<bool>> {
     let prog = FixedProgram::lower(net)?;
     let norm = net
         .metadata
@@ -113,13 +121,13 @@ pub fn fixed_accuracy(net: &Network, split: &Split) -> Result<f64> {
     let n = split.len();
     let threads = std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1);
     let per = n.div_ceil(threads.max(1)).max(1);
-    let correct: Result<usize> = std::thread::scope(|s| {
+    let parts: Result<Vec<Vec<bool>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
             .step_by(per)
             .map(|start| {
                 let prog = &prog;
-                s.spawn(move || -> Result<usize> {
-                    let mut c = 0;
+                s.spawn(move || -> Result<Vec<bool>> {
+                    let mut c = Vec::new();
                     let end = (start + per).min(n);
                     // Batches: the linear layers run over the batch.
                     let nb = prog.preferred_batch();
@@ -138,7 +146,7 @@ pub fn fixed_accuracy(net: &Network, split: &Split) -> Result<f64> {
                         })?;
                         for (i, y) in (from..to).zip(ys) {
                             let pred = argmax_iter(y.iter().map(|v| v.to_signed()));
-                            c += usize::from(pred == split.labels[i] as usize);
+                            c.push(pred == split.labels[i] as usize);
                         }
                     }
                     Ok(c)
@@ -148,7 +156,7 @@ pub fn fixed_accuracy(net: &Network, split: &Split) -> Result<f64> {
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or(Err(TrainError::Worker("a fixed-point evaluation thread"))))
-            .sum()
+            .collect()
     });
-    Ok(correct? as f64 / n.max(1) as f64)
+    Ok(parts?.concat())
 }

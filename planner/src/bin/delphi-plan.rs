@@ -215,13 +215,36 @@ struct BenchArgs {
     /// Validation-accuracy thresholds, comma separated.
     #[arg(long, value_delimiter = ',', required = true)]
     thresholds: Vec<f64>,
-    /// Strategies compared.
-    #[arg(long, value_delimiter = ',', default_value = "pbt,delphi,greedy")]
+    /// Strategies and controls compared (pbt, delphi, greedy, relu-control,
+    /// quad-control).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "pbt,delphi,greedy,relu-control,quad-control"
+    )]
     strategies: Vec<Strategy>,
     /// Granularities compared: `layer` runs every strategy; `channel` adds
-    /// pbt with per-channel placement, once per threshold.
+    /// pbt with per-channel placement.
     #[arg(long, value_delimiter = ',', default_value = "layer")]
     granularity: Vec<Granularity>,
+    /// Search seeds, comma separated: every variant runs once per seed, on
+    /// the same data split and base (--seed). Run one seed per command
+    /// and all of them in the last: finished runs are only reread.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    seeds: Vec<u64>,
+    /// Images held back from every search (split B, carved from the
+    /// training set beside the validation split A): each threshold's plan
+    /// is chosen among a run's front by its accuracy here.
+    #[arg(long, default_value_t = 5000)]
+    select_size: usize,
+    /// Run every front plan through `delphi verify`, not only the chosen
+    /// ones (the hypervolume in measured cost; slow on deep networks).
+    #[arg(long)]
+    measure_fronts: bool,
+    /// Hypervolume's accuracy reference [default: 2 points below the
+    /// lowest threshold].
+    #[arg(long)]
+    hv_floor: Option<f64>,
     /// Bench folder (default <results>/plan-bench/<dataset>-<arch>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -337,6 +360,8 @@ fn plan_config(a: &SearchArgs) -> PlanConfig {
         valid_size: a.data.valid_size,
         test_limit: a.data.test_limit,
         seed: a.seed,
+        search_seed: None,
+        select_size: 0,
         out: None,
         verify: false,
     }
@@ -480,6 +505,7 @@ fn main() -> Result<()> {
             }
         }
         plan.accuracy = b.thresholds.iter().cloned().fold(f64::INFINITY, f64::min);
+        plan.select_size = b.select_size;
         let out = b.out.clone().unwrap_or_else(|| {
             delphi_net::paths::results_path("plan-bench").join(format!(
                 "{}-{}",
@@ -492,8 +518,11 @@ fn main() -> Result<()> {
             thresholds: b.thresholds.clone(),
             strategies: b.strategies.clone(),
             granularities: b.granularity.clone(),
+            seeds: b.seeds.clone(),
             out: out.clone(),
             verify: !b.no_verify,
+            measure_fronts: b.measure_fronts,
+            hv_floor: b.hv_floor,
         };
         let say = |m: &str| eprintln!("[delphi-plan bench] {m}");
         let rows = bench::run(&cfg, b.search.quiet, &say)?;

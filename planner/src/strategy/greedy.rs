@@ -15,10 +15,12 @@ use crate::error::Result;
 use crate::policy::{greedy_pick, greedy_steps, Genome, GreedyState, Probe};
 use crate::search::{Progress, Search};
 
+/// The greedy rule's member: fixed hyperparameters (the learning rate at
+/// the geometric middle of [`crate::policy::START_LR`]).
 fn genome(placement: Placement) -> Genome {
     Genome {
         placement,
-        lr: 0.02,
+        lr: 0.006,
         momentum: 0.9,
         weight_decay: 5e-4,
         distill_weight: 0.5,

@@ -2,14 +2,19 @@
 //! the same base network, cost model and training budget:
 //!
 //! * [`pbt`] — ours: population-based training whose genome is the
-//!   placement and the hyperparameters, scored by the predicted cost;
-//! * [`delphi`] — DELPHI's published planner: one population per count of
-//!   quadratic layers, random placements, PBT over learning rate and
-//!   momentum, fitness = accuracy × (1 + replaced ReLUs / all ReLUs), the
-//!   threshold applied afterwards;
+//!   placement and the hyperparameters, ordered by non-dominated sorting
+//!   in (accuracy, predicted cost): one run makes a front for every
+//!   threshold;
+//! * [`delphi`] — DELPHI's planner as its code runs: one population per
+//!   count of quadratic layers, descending until the threshold is met,
+//!   random placements exchanged gradually, PBT over learning rate and
+//!   momentum, fitness = accuracy × (1 + replaced ReLUs / all ReLUs);
 //! * [`greedy`] — a simple rule: from all-ReLU, repeatedly make quadratic
-//!   the layer that loses the least accuracy per unit of predicted saving.
+//!   the layer that loses the least accuracy per unit of predicted saving;
+//! * [`control`] — the two controls, no search: the all-ReLU base
+//!   fine-tuned, and every layer quadratic with our recipe.
 
+pub mod control;
 pub mod delphi;
 pub mod greedy;
 pub mod pbt;
@@ -40,6 +45,8 @@ pub fn run(c: &PlanConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Outcome> {
         Strategy::Pbt => pbt::run(&mut s)?,
         Strategy::Delphi => delphi::run(&mut s)?,
         Strategy::Greedy => greedy::run(&mut s)?,
+        Strategy::ReluControl => control::run(&mut s, false)?,
+        Strategy::QuadControl => control::run(&mut s, true)?,
     }
     s.finish()
 }

@@ -1,36 +1,147 @@
 //! Our search: population-based training (Jaderberg et al. 2017) over
-//! placements and hyperparameters, scored by the cost model.
+//! placements and hyperparameters, producing a front of plans in one run.
 //!
-//! Members start with placements spread from one to all quadratic layers;
-//! quadratic layers blend in from ReLU over the member's swap span, and the
-//! members distil from the base. At every ready interval each member trains,
-//! is evaluated and priced; fitness is −cost, less a penalty proportional to
-//! the shortfall below the threshold ([`crate::policy::pbt_fitness`]). The
-//! bottom quantile — members mid-swap excepted, they cannot be judged yet —
-//! copies weights and genome from the top (exploit), perturbs the
-//! hyperparameters and, with probability ½, moves the placement toward the
-//! threshold (explore): one more ReLU layer starts swapping when the copied
-//! member meets it, one quadratic layer turns back to ReLU when it does not.
+//! No threshold shapes the search: one run serves every threshold. At every
+//! ready interval each member trains, is evaluated on validation split A
+//! and priced by the cost model; the population is ordered by
+//! non-dominated sorting in (accuracy, cost) with crowding distance
+//! ([`crate::policy::nondominated_ranks`], as in NSGA-II and MO-PBT), so a
+//! member is worth what it adds to the front, and the sparse parts of the
+//! front are kept. The bottom quantile — members mid-swap excepted, they
+//! cannot be judged yet — copies weights and genome from a member of the
+//! first front (exploit), perturbs the hyperparameters and moves the
+//! placement by one layer (explore): toward cheaper (one more ReLU layer
+//! starts swapping to quadratic) or toward accuracy (one quadratic layer
+//! turns back to ReLU).
+//!
+//! Moves follow evidence ([`crate::policy::Sensitivity`]): each layer's
+//! accuracy cost of being quadratic, first measured zero-shot on the base
+//! (the layer made quadratic alone, no training), then updated from what
+//! members saw after each move; and each layer's saving under the cost
+//! model, given the rest of the placement. A layer is made quadratic with
+//! probability ∝ saving / loss and turned back with probability ∝ loss /
+//! saving, tempered so that every eligible move keeps some chance
+//! ([`crate::policy::temper`]). Starting placements spread from one to all
+//! quadratic layers and are drawn by the same weights. A placement equal
+//! to another member's is not taken (diversity), and a placement whose
+//! values cannot be proven inside the protocol's exact range is refused
+//! before any training ([`Search::unprovable`]).
 //!
 //! Per channel (`--granularity channel`) a member's genome holds a cost
 //! budget instead of a placement: members start all-ReLU with budgets
 //! spread from just above the all-quadratic cost to half-way
 //! ([`crate::policy::channel_budget`]) and learn their channel masks under
 //! it ([`delphi_train::config::Gates`]); a member mid-learning cannot be
-//! judged yet. Explore perturbs the hyperparameters and, with probability
-//! ½ when the copied member meets the threshold, tightens the budget
-//! ([`crate::policy::tighter_budget`]): the mask learning resumes from the
-//! copied mask.
+//! judged yet. Explore perturbs the hyperparameters and tightens or loosens
+//! the budget (one or the other at random): the mask learning resumes from
+//! the copied mask.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
+use delphi_net::Placement;
 use delphi_train::train::Trainer;
 
 use crate::config::Granularity;
 use crate::error::Result;
-use crate::policy::{channel_budget, exploit_pairs, pbt_fitness, spread, tighter_budget, Genome};
+use crate::policy::{
+    channel_budget, front_fitness, front_pairs, looser_budget, nondominated_ranks, pick_weighted,
+    spread, temper, tighter_budget, Genome, Sensitivity,
+};
 use crate::search::{Evaluation, Progress, Search};
+
+/// Validation images of split A the zero-shot sensitivities are measured on.
+pub const SENSITIVITY_IMAGES: usize = 1000;
+
+/// A move whose outcome has not been seen yet: made at `interval`, on
+/// `layer`, toward quadratic or back to ReLU, from a source scoring
+/// `before`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The layer moved.
+    pub layer: usize,
+    /// Made quadratic (`true`) or turned back to ReLU.
+    pub to_quad: bool,
+    /// Validation accuracy of the member copied.
+    pub before: f64,
+}
+
+/// What our search saves besides the genomes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PbtMemory {
+    /// Per-layer evidence.
+    pub sensitivity: Sensitivity,
+    /// Per member, its last move until it is seen settled.
+    pub pending: Vec<Option<Pending>>,
+}
+
+/// A placement with `quads` quadratic layers drawn one by one with
+/// probability ∝ saving / loss (tempered).
+fn informed_placement(
+    layers: usize,
+    quads: usize,
+    sens: &Sensitivity,
+    saving: &[f64],
+    rng: &mut ChaCha8Rng,
+) -> Placement {
+    let mut p = Placement::all_relu(layers);
+    for _ in 0..quads.min(layers) {
+        match pick_weighted(&temper(&sens.to_quad_weights(&p, saving)), rng) {
+            Some(i) => p.set(i, true),
+            None => {
+                // Nothing saves: any ReLU layer.
+                let relus = p.relu_layers();
+                if relus.is_empty() {
+                    break;
+                }
+                p.set(relus[rng.gen_range(0..relus.len())], true);
+            }
+        }
+    }
+    p
+}
+
+/// The starting placements: spread from one to all quadratic layers,
+/// distinct, provable (a refused draw is redrawn, with one quadratic layer
+/// fewer after eight refusals).
+fn starting_placements(
+    s: &mut Search,
+    sens: &Sensitivity,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<Placement>> {
+    let (n, layers) = (s.c.population, s.layers);
+    let saving = s.layer_savings(&Placement::all_relu(layers))?;
+    let mut out: Vec<Placement> = Vec::new();
+    for k in 0..n {
+        let mut quads = spread(k, n, layers);
+        let mut tries = 0;
+        loop {
+            let p = informed_placement(layers, quads, sens, &saving, rng);
+            tries += 1;
+            if out.contains(&p) && tries < 16 {
+                continue;
+            }
+            match s.unprovable(&p)? {
+                Some(why) => {
+                    s.refuse(&p, &why)?;
+                    if tries % 8 == 0 {
+                        if quads == 0 {
+                            out.push(p);
+                            break;
+                        }
+                        quads -= 1;
+                    }
+                }
+                None => {
+                    out.push(p);
+                    break;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// Runs (or resumes) the population-based search.
 pub fn run(s: &mut Search) -> Result<()> {
@@ -40,29 +151,39 @@ pub fn run(s: &mut Search) -> Result<()> {
     let steps = (s.budget / n).max(1);
     let intervals = steps.div_ceil(s.interval_steps);
     let relu_obj = c.objective.of(&s.relu_cost);
-    let (mut interval, mut genomes, mut members) = match &s.st.progress {
-        Progress::Pbt { interval, genomes } => (*interval, genomes.clone(), s.load_members(n)?),
+    let channel = c.granularity == Granularity::Channel;
+    let (mut interval, mut genomes, mut members, mut mem) = match &s.st.progress {
+        Progress::Pbt { interval, genomes, memory } => {
+            (*interval, genomes.clone(), s.load_members(n)?, memory.clone())
+        }
         _ => {
-            let mut rng = ChaCha8Rng::seed_from_u64(c.seed ^ 0x9e37_79b9_7f4a_7c15);
+            let mut rng = ChaCha8Rng::seed_from_u64(c.search_seed() ^ 0x9e37_79b9_7f4a_7c15);
+            let mut mem = PbtMemory { sensitivity: Sensitivity::default(), pending: vec![None; n] };
+            let placements = if channel {
+                vec![Placement::all_relu(layers); n]
+            } else {
+                s.say("measuring each layer's zero-shot sensitivity on the base");
+                let loss = s.zero_shot_sensitivity(SENSITIVITY_IMAGES)?;
+                s.lineage(serde_json::json!({"zero_shot_sensitivity": &loss}))?;
+                mem.sensitivity = Sensitivity::new(loss);
+                starting_placements(s, &mem.sensitivity, &mut rng)?
+            };
             let mut genomes = Vec::new();
             let mut members = Vec::new();
-            for k in 0..n {
-                let g = if c.granularity == Granularity::Channel {
+            for (k, p) in placements.into_iter().enumerate() {
+                let mut g = Genome::random(layers, 0, &mut rng);
+                g.placement = p;
+                if channel {
                     // All ReLU; budgets spread above the all-quadratic floor.
-                    let mut g = Genome::random(layers, 0, &mut rng);
                     g.budget = channel_budget(k, n, s.quad_floor);
-                    g
-                } else {
-                    // Spread the starting placements from one to all quadratic layers.
-                    let quads = spread(k, n, layers);
-                    Genome::random(layers, quads, &mut rng)
-                };
+                }
                 members.push(s.member(&g, k as u64, steps)?);
                 genomes.push(g);
             }
-            (0, genomes, members)
+            (0, genomes, members, mem)
         }
     };
+    mem.pending.resize(n, None);
     while interval < intervals {
         if s.out_of_time() {
             s.say("wall-time budget spent; stopping the search");
@@ -71,74 +192,144 @@ pub fn run(s: &mut Search) -> Result<()> {
         interval += 1;
         // A generator per interval: a resumed run draws what an
         // uninterrupted one would have.
-        let mut rng = ChaCha8Rng::seed_from_u64(c.seed ^ ((interval as u64) << 24));
+        let mut rng = ChaCha8Rng::seed_from_u64(c.search_seed() ^ ((interval as u64) << 24));
         let evals = train_interval(
             s,
             &mut members,
             &genomes,
             interval,
             &format!("interval {interval}"),
-            &|acc, cost, _| pbt_fitness(acc, cost, c.accuracy, relu_obj),
+            &|_, _, _| 0.0,
         )?;
-        let fitness: Vec<f64> = evals.iter().map(|e| e.fitness).collect();
+        let pts: Vec<(f64, f64)> = evals.iter().map(|e| (e.valid_accuracy, e.cost)).collect();
+        let ranks = nondominated_ranks(&pts);
+        let fitness: Vec<f64> = ranks.iter().map(|&(r, d)| front_fitness(r, d)).collect();
+        for (e, f) in evals.iter().zip(&fitness) {
+            if let Some(x) = s.st.evaluations.get_mut(e.index) {
+                x.fitness = *f;
+            }
+        }
         let ready: Vec<bool> = evals.iter().map(|e| e.settled).collect();
+        // What the last moves did, now that their members have settled.
+        for (k, e) in evals.iter().enumerate() {
+            if let (true, Some(m)) = (e.settled, mem.pending[k].take()) {
+                let loss = if m.to_quad {
+                    m.before - e.valid_accuracy
+                } else {
+                    e.valid_accuracy - m.before
+                };
+                mem.sensitivity.observe(m.layer, loss);
+            }
+        }
         if interval < intervals {
-            for (lo, hi) in exploit_pairs(&fitness, &ready, c.quantile, &mut rng) {
+            for (lo, hi) in front_pairs(&ranks, &ready, c.quantile, &mut rng) {
                 let (tr, source) = pair(&mut members, lo, hi);
                 tr.copy_from(source);
                 let mut g = genomes[hi].clone();
                 g.perturb(&mut rng);
                 tr.set_hyperparameters(g.lr, g.momentum, g.weight_decay);
                 tr.set_distill_weight(g.distill_weight);
-                // Move the placement toward the threshold: one more layer
-                // starts swapping to quadratic when the copied member meets
-                // it, one quadratic layer turns back to ReLU when it does not.
-                let (mut swapped, mut reverted) = (None, None);
-                if c.granularity == Granularity::Channel {
-                    if rng.gen_bool(0.5) && evals[hi].valid_accuracy >= c.accuracy {
-                        g.budget = tighter_budget(g.budget, s.quad_floor);
-                        tr.set_gate_budget(g.budget * relu_obj)?;
-                    }
-                } else if rng.gen_bool(0.5) {
-                    if evals[hi].valid_accuracy >= c.accuracy {
-                        let relus = g.placement.relu_layers();
-                        if !relus.is_empty() {
-                            let i = relus[rng.gen_range(0..relus.len())];
-                            g.placement.set(i, true);
+                let mut moved = None;
+                if channel {
+                    g.budget = if rng.gen_bool(0.5) {
+                        tighter_budget(g.budget, s.quad_floor)
+                    } else {
+                        looser_budget(g.budget, s.quad_floor)
+                    };
+                    tr.set_gate_budget(g.budget * relu_obj)?;
+                } else {
+                    let others: Vec<Placement> = (0..n)
+                        .filter(|&j| j != lo && j != hi)
+                        .map(|j| genomes[j].placement.clone())
+                        .chain(std::iter::once(genomes[hi].placement.clone()))
+                        .collect();
+                    moved = explore_placement(s, &mut g, &mem.sensitivity, &others, &mut rng)?;
+                    if let Some((i, to_quad)) = moved {
+                        if to_quad {
                             let now = tr.progress(&s.data.train);
                             tr.swap_to_quad(i, now, g.swap_span);
-                            swapped = Some(i);
-                        }
-                    } else {
-                        let quads: Vec<usize> =
-                            (0..layers).filter(|&i| g.placement.is_quad(i)).collect();
-                        if !quads.is_empty() {
-                            let i = quads[rng.gen_range(0..quads.len())];
-                            g.placement.set(i, false);
+                        } else {
                             tr.revert_to_relu(i);
-                            reverted = Some(i);
                         }
+                        mem.pending[lo] =
+                            Some(Pending { layer: i, to_quad, before: evals[hi].valid_accuracy });
+                    } else {
+                        mem.pending[lo] = None;
                     }
                 }
                 s.lineage(serde_json::json!({
                     "interval": interval,
                     "exploit": {"member": lo, "copies": hi,
-                                "fitness": fitness[lo], "source_fitness": fitness[hi]},
-                    "explore": {"genome": &g, "swapped_layer": swapped, "reverted_layer": reverted,
+                                "front": ranks[lo].0, "source_front": ranks[hi].0},
+                    "explore": {"genome": &g,
+                                "swapped_layer": moved.filter(|m| m.1).map(|m| m.0),
+                                "reverted_layer": moved.filter(|m| !m.1).map(|m| m.0),
                                 "budget": g.budget},
                 }))?;
                 genomes[lo] = g;
             }
         }
-        s.st.progress = Progress::Pbt { interval, genomes: genomes.clone() };
+        s.st.progress = Progress::Pbt { interval, genomes: genomes.clone(), memory: mem.clone() };
         let refs: Vec<&_> = members.iter().collect();
         s.save(&refs)?;
+        let first = ranks.iter().filter(|r| r.0 == 0).count();
         s.say(&format!(
-            "interval {interval}/{intervals}: best fitness {:.4}",
-            fitness.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b))
+            "interval {interval}/{intervals}: {first} of {n} members on the population's front, \
+             {} plans on the run's front",
+            s.st.front.len()
         ));
     }
     Ok(())
+}
+
+/// Moves `g`'s placement by one layer, informed by `sens` and the cost
+/// model: toward cheaper or toward accuracy (at random; forced at either
+/// end), never onto a placement in `others`, never onto one that cannot be
+/// proven in range. Returns the layer moved and whether it became
+/// quadratic; `None` when no move is possible.
+fn explore_placement(
+    s: &mut Search,
+    g: &mut Genome,
+    sens: &Sensitivity,
+    others: &[Placement],
+    rng: &mut ChaCha8Rng,
+) -> Result<Option<(usize, bool)>> {
+    let p = g.placement.clone();
+    let quads = p.quad_count();
+    let mut directions = if quads == 0 {
+        vec![true]
+    } else if quads == p.len() {
+        vec![false]
+    } else if rng.gen_bool(0.5) {
+        vec![true, false]
+    } else {
+        vec![false, true]
+    };
+    let saving = s.layer_savings(&p)?;
+    for to_quad in directions.drain(..) {
+        let mut w = temper(&if to_quad {
+            sens.to_quad_weights(&p, &saving)
+        } else {
+            sens.to_relu_weights(&p, &saving)
+        });
+        while let Some(i) = pick_weighted(&w, rng) {
+            w[i] = 0.0;
+            let mut q = p.clone();
+            q.set(i, to_quad);
+            if others.contains(&q) {
+                continue;
+            }
+            if to_quad {
+                if let Some(why) = s.unprovable(&q)? {
+                    s.refuse(&q, &why)?;
+                    continue;
+                }
+            }
+            g.placement = q;
+            return Ok(Some((i, to_quad)));
+        }
+    }
+    Ok(None)
 }
 
 /// Trains every member for one interval and evaluates it (stage `stage`).

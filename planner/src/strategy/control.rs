@@ -1,0 +1,98 @@
+//! The controls: what a search must beat to have earned its keep.
+//!
+//! * `relu-control` — the all-ReLU base fine-tuned for the same budget
+//!   (distilling from itself, PBT over the hyperparameters): what the
+//!   training budget alone buys without replacing any ReLU;
+//! * `quad-control` — every activation quadratic with our recipe (gradual
+//!   swap, distillation from the base, PBT over the hyperparameters): what
+//!   our training recipe buys without any placement search.
+//!
+//! Both train `population` members for the whole budget, evaluate them at
+//! every interval like a search (so their front is made of the same kind
+//! of evaluations), and exploit by validation accuracy; the placement never
+//! changes. An all-quadratic placement whose values cannot be proven in
+//! range is refused before training, and the control then has no plan but
+//! the base.
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use delphi_net::Placement;
+
+use crate::error::Result;
+use crate::policy::{exploit_pairs, Genome};
+use crate::search::{Progress, Search};
+use crate::strategy::pbt::{pair, train_interval};
+
+/// Runs (or resumes) a control; `quad`: every layer quadratic, else ReLU.
+pub fn run(s: &mut Search, quad: bool) -> Result<()> {
+    let c = s.c.clone();
+    let n = c.population;
+    let layers = s.layers;
+    let steps = (s.budget / n).max(1);
+    let intervals = steps.div_ceil(s.interval_steps);
+    let placement = if quad { Placement::all_quad(layers) } else { Placement::all_relu(layers) };
+    let (mut interval, mut genomes, mut members) = match &s.st.progress {
+        Progress::Control { interval, genomes } => (*interval, genomes.clone(), s.load_members(n)?),
+        _ => {
+            if let Some(why) = s.unprovable(&placement)? {
+                s.refuse(&placement, &why)?;
+                s.say(&format!("placement {placement} cannot be proven in range: {why}"));
+                return Ok(());
+            }
+            let mut rng = ChaCha8Rng::seed_from_u64(c.search_seed() ^ 0x0c04_7701);
+            let mut genomes = Vec::new();
+            let mut members = Vec::new();
+            for k in 0..n {
+                let mut g = Genome::random(layers, 0, &mut rng);
+                g.placement = placement.clone();
+                members.push(s.member(&g, k as u64, steps)?);
+                genomes.push(g);
+            }
+            (0, genomes, members)
+        }
+    };
+    while interval < intervals {
+        if s.out_of_time() {
+            s.say("wall-time budget spent; stopping");
+            break;
+        }
+        interval += 1;
+        let mut rng = ChaCha8Rng::seed_from_u64(c.search_seed() ^ ((interval as u64) << 24));
+        let evals = train_interval(
+            s,
+            &mut members,
+            &genomes,
+            interval,
+            &format!("interval {interval}"),
+            &|acc, _, _| acc,
+        )?;
+        let fitness: Vec<f64> = evals.iter().map(|e| e.fitness).collect();
+        let ready: Vec<bool> = evals.iter().map(|e| e.settled).collect();
+        if interval < intervals {
+            for (lo, hi) in exploit_pairs(&fitness, &ready, c.quantile, &mut rng) {
+                let (tr, source) = pair(&mut members, lo, hi);
+                tr.copy_from(source);
+                let mut g = genomes[hi].clone();
+                g.perturb(&mut rng);
+                tr.set_hyperparameters(g.lr, g.momentum, g.weight_decay);
+                tr.set_distill_weight(g.distill_weight);
+                s.lineage(serde_json::json!({
+                    "interval": interval,
+                    "exploit": {"member": lo, "copies": hi,
+                                "fitness": fitness[lo], "source_fitness": fitness[hi]},
+                    "explore": {"genome": &g},
+                }))?;
+                genomes[lo] = g;
+            }
+        }
+        s.st.progress = Progress::Control { interval, genomes: genomes.clone() };
+        let refs: Vec<&_> = members.iter().collect();
+        s.save(&refs)?;
+        s.say(&format!(
+            "interval {interval}/{intervals}: best validation {:.2} %",
+            fitness.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b)) * 100.0
+        ));
+    }
+    Ok(())
+}
