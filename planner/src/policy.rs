@@ -497,6 +497,10 @@ pub struct GreedyState {
     pub probes: Vec<Probe>,
     /// Why the rounds ended, once they have.
     pub stopped: Option<String>,
+    /// Layers that cannot be made quadratic on top of the accepted plan
+    /// without leaving the protocol's range (not probed).
+    #[serde(default)]
+    pub unprovable: Vec<usize>,
 }
 
 #[cfg(test)]

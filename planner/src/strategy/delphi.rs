@@ -70,16 +70,51 @@ pub fn run(s: &mut Search) -> Result<()> {
             let mut rng =
                 ChaCha8Rng::seed_from_u64(c.search_seed() ^ 0xde1f ^ ((run as u64) << 32));
             genomes.clear();
+            // Draws whose placement cannot be proven in range are redrawn
+            // (16 tries a member); a member left without one takes a
+            // provable draw of another member of the count; a count with
+            // no provable draw at all is skipped, its budget unspent.
+            let mut provable: Vec<Genome> = Vec::new();
+            let mut failed = 0;
             for _ in 0..n {
-                let mut g = Genome::delphi(layers, q, &mut rng);
+                let mut found = None;
                 for _ in 0..16 {
+                    let g = Genome::delphi(layers, q, &mut rng);
                     match s.unprovable(&g.placement)? {
-                        None => break,
-                        Some(why) => {
-                            s.refuse(&g.placement, &why)?;
-                            g = Genome::delphi(layers, q, &mut rng);
+                        None => {
+                            found = Some(g);
+                            break;
                         }
+                        Some(why) => s.refuse(&g.placement, &why)?,
                     }
+                }
+                match found {
+                    Some(g) => provable.push(g),
+                    None => failed += 1,
+                }
+                if provable.is_empty() && failed >= 2 {
+                    // 32 draws and none provable: this count is out of range.
+                    break;
+                }
+            }
+            if provable.is_empty() {
+                s.say(&format!(
+                    "n = {q}: no random placement with {q} quadratic layers could be proven in \
+                     range; skipping this count"
+                ));
+                s.lineage(serde_json::json!({"run": run, "quadratic_layers": q,
+                                              "skipped": "no provable placement"}))?;
+                run += 1;
+                s.st.progress = Progress::Delphi { run, interval: 0, genomes: Vec::new() };
+                s.save(&[])?;
+                continue;
+            }
+            for k in 0..n {
+                let mut g = provable[k % provable.len()].clone();
+                if k >= provable.len() {
+                    // A fresh draw of the hyperparameters for the copy.
+                    let fresh = Genome::delphi(layers, q, &mut rng);
+                    (g.lr, g.momentum) = (fresh.lr, fresh.momentum);
                 }
                 genomes.push(g);
             }

@@ -72,6 +72,7 @@ pub fn run(s: &mut Search) -> Result<()> {
             round: 1,
             probes: Vec::new(),
             stopped: None,
+            unprovable: Vec::new(),
         },
     };
     let mut accepted = if Trainer::has_checkpoint(&accepted_dir) {
@@ -96,13 +97,22 @@ pub fn run(s: &mut Search) -> Result<()> {
             st.stopped = Some("the training budget is spent".into());
             break;
         }
-        // Probes (each saved, so a resumed run redoes at most one).
+        // Probes (each saved, so a resumed run redoes at most one). A layer
+        // whose placement cannot be proven in range is no candidate: it is
+        // not probed.
         for &k in &relus {
-            if st.probes.iter().any(|p| p.layer == k) {
+            if st.probes.iter().any(|p| p.layer == k) || st.unprovable.contains(&k) {
                 continue;
             }
             let mut p = st.accepted.clone();
             p.set(k, true);
+            if let Some(why) = s.unprovable(&p)? {
+                s.refuse(&p, &why)?;
+                st.unprovable.push(k);
+                s.st.progress = Progress::Greedy(st.clone());
+                s.save(&[])?;
+                continue;
+            }
             let seed = (st.round * 1000 + k) as u64;
             let mut tr = fork(s, &accepted, &p, Some(k), step, seed)?;
             s.train(&mut tr, step)?;
@@ -121,7 +131,11 @@ pub fn run(s: &mut Search) -> Result<()> {
             s.save(&[])?;
         }
         let Some(i) = greedy_pick(&st.probes, st.accuracy, st.cost) else {
-            st.stopped = Some("no remaining layer saves anything".into());
+            st.stopped = Some(if st.probes.is_empty() {
+                "no remaining layer can be made quadratic within the protocol's range".into()
+            } else {
+                "no remaining layer saves anything".into()
+            });
             break;
         };
         let pick = st.probes[i].clone();
@@ -167,6 +181,8 @@ pub fn run(s: &mut Search) -> Result<()> {
         st.cost = e.cost;
         st.round += 1;
         st.probes.clear();
+        // (Layers found unprovable stay out in later rounds: more quadratic
+        // layers, in practice, only widen the ranges.)
         for k in 0..layers {
             let _ = std::fs::remove_dir_all(probe_dir(k));
         }
