@@ -935,3 +935,32 @@ impl<'a> Search<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn images(s: &delphi_train::data::Split) -> std::collections::HashSet<Vec<u8>> {
+        s.pixels.chunks(28 * 28).map(|c| c.to_vec()).collect()
+    }
+
+    #[test]
+    fn split_b_is_held_back_from_a_and_from_training() {
+        let mut c = PlanConfig { train_limit: Some(3000), valid_size: 800, ..Default::default() };
+        c.test_limit = Some(10);
+        let (plain, empty) = load_splits(&c).unwrap();
+        assert!(empty.is_empty());
+        c.select_size = 600;
+        let (d, b) = load_splits(&c).unwrap();
+        assert_eq!((d.valid.len(), b.len(), d.train.len()), (800, 600, 3000));
+        let (a, b, train) = (images(&d.valid), images(&b), images(&d.train));
+        assert!(a.is_disjoint(&b) && a.is_disjoint(&train) && b.is_disjoint(&train));
+        // A, B and the training images do not depend on the search seed.
+        c.search_seed = Some(9);
+        let (d2, b2) = load_splits(&c).unwrap();
+        assert_eq!(images(&d2.valid), a);
+        assert_eq!(images(&b2), b);
+        // Without B, A is the plain validation split.
+        assert_eq!(plain.valid.len(), 800);
+    }
+}
