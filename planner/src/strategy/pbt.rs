@@ -12,7 +12,9 @@
 //! first front (exploit), perturbs the hyperparameters and moves the
 //! placement by one layer (explore): toward cheaper (one more ReLU layer
 //! starts swapping to quadratic) or toward accuracy (one quadratic layer
-//! turns back to ReLU).
+//! turns back to ReLU) — toward cheaper with probability ¾ when the member
+//! copied is the cheapest of the first front (it pushes the front's cheap
+//! end), ½ otherwise.
 //!
 //! Moves follow evidence ([`crate::policy::Sensitivity`]): each layer's
 //! accuracy cost of being quadratic, first measured zero-shot on the base
@@ -22,7 +24,8 @@
 //! probability ∝ saving / loss and turned back with probability ∝ loss /
 //! saving, tempered so that every eligible move keeps some chance
 //! ([`crate::policy::temper`]). Starting placements spread from one to all
-//! quadratic layers and are drawn by the same weights. A placement equal
+//! quadratic layers; each member starts from the cheapest provable of
+//! several candidates, drawn by the same weights and uniformly. A placement equal
 //! to another member's is not taken (diversity), and a placement whose
 //! values cannot be proven inside the protocol's exact range is refused
 //! before any training ([`Search::unprovable`]).
@@ -102,9 +105,20 @@ fn informed_placement(
     p
 }
 
-/// The starting placements: spread from one to all quadratic layers,
-/// distinct, provable (a refused draw is redrawn, with one quadratic layer
-/// fewer after eight refusals).
+/// Candidate placements drawn per count of quadratic layers when choosing
+/// a starting placement.
+pub const START_CANDIDATES: usize = 12;
+
+/// The starting placements: counts spread from one to all quadratic
+/// layers; for each, up to [`START_CANDIDATES`] candidates, drawn in turn
+/// by evidence ([`informed_placement`]) and uniformly (what evidence does
+/// not favour can still be what the range check allows), each checked
+/// against the range ([`Search::unprovable`], no training); the member
+/// starts from the cheapest provable candidate not already taken, the one
+/// with the smaller summed sensitivity on a tie. A count none of whose
+/// candidates is provable is lowered by a tenth (at least one) and tried
+/// again. Checks are cheap beside training: this spends seconds of range
+/// analysis to start every member on a plan the engine can run.
 fn starting_placements(
     s: &mut Search,
     sens: &Sensitivity,
@@ -115,29 +129,36 @@ fn starting_placements(
     let mut out: Vec<Placement> = Vec::new();
     for k in 0..n {
         let mut quads = spread(k, n, layers);
-        let mut tries = 0;
         loop {
-            let p = informed_placement(layers, quads, sens, &saving, rng);
-            tries += 1;
-            if out.contains(&p) && tries < 16 {
-                continue;
-            }
-            match s.unprovable(&p)? {
-                Some(why) => {
+            let mut best: Option<(f64, f64, Placement)> = None;
+            for t in 0..START_CANDIDATES {
+                let p = if t % 2 == 0 {
+                    informed_placement(layers, quads, sens, &saving, rng)
+                } else {
+                    crate::policy::random_placement(layers, quads, rng)
+                };
+                if out.contains(&p) || best.as_ref().is_some_and(|b| b.2 == p) {
+                    continue;
+                }
+                if let Some(why) = s.unprovable(&p)? {
                     s.refuse(&p, &why)?;
-                    if tries % 8 == 0 {
-                        if quads == 0 {
-                            out.push(p);
-                            break;
-                        }
-                        quads -= 1;
-                    }
+                    continue;
                 }
-                None => {
-                    out.push(p);
-                    break;
+                let cost = s.c.objective.of(&s.pricing.price(&p)?);
+                let loss: f64 = (0..layers).filter(|&i| p.is_quad(i)).map(|i| sens.loss[i]).sum();
+                if best.as_ref().is_none_or(|b| (cost, loss) < (b.0, b.1)) {
+                    best = Some((cost, loss, p));
                 }
             }
+            if let Some((_, _, p)) = best {
+                out.push(p);
+                break;
+            }
+            if quads == 0 {
+                out.push(Placement::all_relu(layers));
+                break;
+            }
+            quads -= quads.div_ceil(10).max(1);
         }
     }
     Ok(out)
@@ -243,7 +264,20 @@ pub fn run(s: &mut Search) -> Result<()> {
                         .map(|j| genomes[j].placement.clone())
                         .chain(std::iter::once(genomes[hi].placement.clone()))
                         .collect();
-                    moved = explore_placement(s, &mut g, &mem.sensitivity, &others, &mut rng)?;
+                    // The cheapest member of the first front pushes the
+                    // front's cheap end: it moves toward cheaper more often.
+                    let cheapest = (0..n)
+                        .filter(|&j| ranks[j].0 == 0 && ready[j])
+                        .min_by(|&a, &b| evals[a].cost.total_cmp(&evals[b].cost));
+                    let p_cheaper = if cheapest == Some(hi) { 0.75 } else { 0.5 };
+                    moved = explore_placement(
+                        s,
+                        &mut g,
+                        &mem.sensitivity,
+                        &others,
+                        p_cheaper,
+                        &mut rng,
+                    )?;
                     if let Some((i, to_quad)) = moved {
                         if to_quad {
                             let now = tr.progress(&s.data.train);
@@ -283,7 +317,8 @@ pub fn run(s: &mut Search) -> Result<()> {
 }
 
 /// Moves `g`'s placement by one layer, informed by `sens` and the cost
-/// model: toward cheaper or toward accuracy (at random; forced at either
+/// model: toward cheaper (with probability `p_cheaper`) or toward accuracy
+/// (the other direction when the first has no move; forced at either
 /// end), never onto a placement in `others`, never onto one that cannot be
 /// proven in range. Returns the layer moved and whether it became
 /// quadratic; `None` when no move is possible.
@@ -292,6 +327,7 @@ fn explore_placement(
     g: &mut Genome,
     sens: &Sensitivity,
     others: &[Placement],
+    p_cheaper: f64,
     rng: &mut ChaCha8Rng,
 ) -> Result<Option<(usize, bool)>> {
     let p = g.placement.clone();
@@ -300,7 +336,7 @@ fn explore_placement(
         vec![true]
     } else if quads == p.len() {
         vec![false]
-    } else if rng.gen_bool(0.5) {
+    } else if rng.gen_bool(p_cheaper.clamp(0.0, 1.0)) {
         vec![true, false]
     } else {
         vec![false, true]
