@@ -688,6 +688,25 @@ fn plot(b: &BenchConfig, rows: &[Row], relu_online: f64) -> Result<()> {
     )
 }
 
+/// A path as the reader of a committed summary should see it: relative to
+/// the working directory when it lies inside it (no machine's folders).
+fn relative(p: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|d| p.strip_prefix(d).ok().map(|r| r.display().to_string()))
+        .unwrap_or_else(|| p.display().to_string())
+}
+
+/// This process's command line, paths inside the working directory made
+/// relative to it.
+fn rerun_command() -> String {
+    let cwd = std::env::current_dir().map(|d| format!("{}/", d.display())).unwrap_or_default();
+    std::env::args()
+        .map(|a| if cwd.len() > 1 { a.replace(&cwd, "") } else { a })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn pm(m: (f64, f64), scale: f64, digits: usize) -> String {
     if m.1.is_finite() {
         format!("{:.*} ± {:.*}", digits, m.0 * scale, digits, m.1 * scale)
@@ -810,7 +829,7 @@ fn summary(
         b.plan.population,
         b.thresholds.iter().map(|t| format!("{:.1} %", t * 100.0)).collect::<Vec<_>>().join(", "),
         b.plan.objective.label(),
-        cost_model.display(),
+        relative(cost_model),
         runs.iter().map(|r| r.outcome.search_seconds).sum::<f64>(),
         seconds,
         delphi_crypto::bench::cpu_model(),
@@ -892,7 +911,7 @@ fn summary(
          thresholds it was chosen for), `chosen.csv`, `hypervolume.csv`, `fronts.svg`, \
          `bench.json`; each run's folder (`seed-<s>/<variant>/`) holds `members.csv`, \
          `pareto.csv`, `lineage.log` and its front plans under `front/`.\n\nRerun: `{}`\n",
-        std::env::args().collect::<Vec<_>>().join(" ")
+        rerun_command()
     );
     let p = b.out.join("summary.md");
     std::fs::write(&p, md).map_err(|e| perr(&p, e))?;
@@ -918,7 +937,7 @@ fn summary(
             "steps_used": r.outcome.steps.0, "budget_steps": r.outcome.steps.1,
             "evaluations": r.outcome.evaluations.len(), "search_seconds": r.outcome.search_seconds,
         })).collect::<Vec<_>>(),
-        "rerun": std::env::args().collect::<Vec<_>>().join(" "),
+        "rerun": rerun_command(),
     });
     let p = b.out.join("bench.json");
     std::fs::write(&p, serde_json::to_string_pretty(&json).unwrap_or_default() + "\n")
