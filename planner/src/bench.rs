@@ -43,7 +43,7 @@ use plotters::style::RGBColor;
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Granularity, PlanConfig, Strategy};
+use crate::config::{threshold_label, Granularity, PlanConfig, Strategy};
 use crate::engine::VerifyReport;
 use crate::error::{PlanError, Result};
 use crate::measure;
@@ -673,7 +673,7 @@ fn plot(b: &BenchConfig, rows: &[Row], relu_online: f64) -> Result<()> {
         }
     }
     let hlines: Vec<(f64, String)> =
-        b.thresholds.iter().map(|t| (*t, format!("threshold {:.1} %", t * 100.0))).collect();
+        b.thresholds.iter().map(|t| (*t, format!("threshold {} %", threshold_label(*t)))).collect();
     report::plot(
         &b.out.join("fronts.svg"),
         &format!(
@@ -827,7 +827,7 @@ fn summary(
         b.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
         b.plan.budget_epochs(),
         b.plan.population,
-        b.thresholds.iter().map(|t| format!("{:.1} %", t * 100.0)).collect::<Vec<_>>().join(", "),
+        b.thresholds.iter().map(|t| format!("{} %", threshold_label(*t))).collect::<Vec<_>>().join(", "),
         b.plan.objective.label(),
         relative(cost_model),
         runs.iter().map(|r| r.outcome.search_seconds).sum::<f64>(),
@@ -881,8 +881,8 @@ fn summary(
         for v in t["variants"].as_array().into_iter().flatten() {
             let boot = &v["ours_minus_this_accuracy"];
             md += &format!(
-                "| {:.1} % | {} | {} | {} | {} | {} | {} |\n",
-                th * 100.0,
+                "| {} % | {} | {} | {} | {} | {} | {} |\n",
+                threshold_label(th),
                 v["variant"].as_str().unwrap_or(""),
                 v["plans"],
                 pm(num(&v["measured_online_s"]), 1.0, 4),
