@@ -902,11 +902,9 @@ fn summary(
         }
     }
     let unprovable: usize = runs.iter().map(|r| r.outcome.unprovable).sum();
-    let refused: usize = runs.iter().map(|r| r.outcome.refused).sum();
     md += &format!(
-        "\nPlacements refused before training because their values could not be proven in range \
-         (base weights): {refused}; trained plans left out of a front for that reason: \
-         {unprovable}.\n\nFiles: `fronts.csv` (every front plan per seed and variant, split-A \
+        "\nSettled evaluations whose trained network could not be proven inside the protocol's \
+         range (never plans; ranked behind every plan): {unprovable}.\n\nFiles: `fronts.csv` (every front plan per seed and variant, split-A \
          and split-B accuracy, test accuracy, predicted and measured cost; `chosen_for` lists the \
          thresholds it was chosen for), `chosen.csv`, `hypervolume.csv`, `fronts.svg`, \
          `bench.json`; each run's folder (`seed-<s>/<variant>/`) holds `members.csv`, \
@@ -930,8 +928,7 @@ fn summary(
         "seconds": seconds,
         "search_seconds_total": runs.iter().map(|r| r.outcome.search_seconds).sum::<f64>(),
         "statistics": stats,
-        "refused_placements": refused,
-        "unprovable_front_plans": unprovable,
+        "unprovable_evaluations": unprovable,
         "runs": runs.iter().map(|r| serde_json::json!({
             "seed": r.seed, "variant": r.variant.name(), "out": r.config.out(),
             "steps_used": r.outcome.steps.0, "budget_steps": r.outcome.steps.1,

@@ -314,11 +314,12 @@ impl Sensitivity {
 /// Exploit pairs `(replaced, source)` for a front-producing population:
 /// the bottom quantile by [`front_fitness`] — members not `ready` (mid-swap)
 /// excepted, and members of the first front only when every ready member
-/// is on it — each copies a random ready member of the first front other
-/// than itself.
+/// is on it — each copies a random member of the first front other than
+/// itself that is a plan (`plan`: settled and provable).
 pub fn front_pairs(
     ranks: &[(usize, f64)],
     ready: &[bool],
+    plan: &[bool],
     quantile: f64,
     rng: &mut ChaCha8Rng,
 ) -> Vec<(usize, usize)> {
@@ -328,7 +329,8 @@ pub fn front_pairs(
     }
     let fit: Vec<f64> = ranks.iter().map(|&(r, c)| front_fitness(r, c)).collect();
     let is_ready = |i: usize| ready.get(i) == Some(&true);
-    let top: Vec<usize> = (0..n).filter(|&i| ranks[i].0 == 0 && is_ready(i)).collect();
+    let top: Vec<usize> =
+        (0..n).filter(|&i| ranks[i].0 == 0 && is_ready(i) && plan.get(i) == Some(&true)).collect();
     let mut order: Vec<usize> = (0..n).filter(|&i| is_ready(i)).collect();
     order.sort_by(|&a, &b| fit[a].total_cmp(&fit[b]).then(a.cmp(&b)));
     let q = ((n as f64 * quantile).round() as usize).clamp(1, n / 2);
@@ -461,15 +463,24 @@ pub struct Probe {
     pub accuracy: f64,
     /// Predicted cost with it quadratic.
     pub cost: f64,
+    /// Whether the probe's trained network is proven in range (an
+    /// unprovable probe is never picked).
+    #[serde(default = "yes")]
+    pub provable: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The greedy rule: the probe that loses the least accuracy per unit of
 /// predicted saving against the current plan (a gain counts as a negative
-/// loss; probes that save nothing are skipped).
+/// loss; probes that save nothing, or whose network cannot be proven in
+/// range, are skipped).
 pub fn greedy_pick(probes: &[Probe], accuracy: f64, cost: f64) -> Option<usize> {
     let score = |p: &Probe| (accuracy - p.accuracy) / (cost - p.cost);
     (0..probes.len())
-        .filter(|&i| cost - probes[i].cost > 0.0)
+        .filter(|&i| cost - probes[i].cost > 0.0 && probes[i].provable)
         .min_by(|&i, &j| score(&probes[i]).total_cmp(&score(&probes[j])))
 }
 
@@ -497,10 +508,6 @@ pub struct GreedyState {
     pub probes: Vec<Probe>,
     /// Why the rounds ended, once they have.
     pub stopped: Option<String>,
-    /// Layers that cannot be made quadratic on top of the accepted plan
-    /// without leaving the protocol's range (not probed).
-    #[serde(default)]
-    pub unprovable: Vec<usize>,
 }
 
 #[cfg(test)]
@@ -617,12 +624,16 @@ mod tests {
     #[test]
     fn greedy_prefers_the_cheapest_accuracy_per_saving() {
         let probes = [
-            Probe { layer: 0, accuracy: 0.88, cost: 0.5 }, // loses 2 pts for 0.5
-            Probe { layer: 1, accuracy: 0.895, cost: 0.9 }, // loses 0.5 pt for 0.1
-            Probe { layer: 2, accuracy: 0.90, cost: 0.95 }, // loses nothing
-            Probe { layer: 3, accuracy: 0.95, cost: 1.0 }, // saves nothing
+            Probe { layer: 0, accuracy: 0.88, cost: 0.5, provable: true }, // loses 2 pts for 0.5
+            Probe { layer: 1, accuracy: 0.895, cost: 0.9, provable: true }, // loses 0.5 pt for 0.1
+            Probe { layer: 2, accuracy: 0.90, cost: 0.95, provable: true }, // loses nothing
+            Probe { layer: 3, accuracy: 0.95, cost: 1.0, provable: true }, // saves nothing
         ];
         assert_eq!(greedy_pick(&probes, 0.90, 1.0), Some(2));
+        // An unprovable probe is never picked.
+        let mut out = probes.clone();
+        out[2].provable = false;
+        assert_eq!(greedy_pick(&out, 0.90, 1.0), Some(0));
         assert_eq!(greedy_pick(&probes[..2], 0.90, 1.0), Some(0));
         assert_eq!(greedy_pick(&probes[3..], 0.90, 1.0), None);
         // The longest run fits the budget.
@@ -663,7 +674,7 @@ mod tests {
         let pts = [(0.90, 1.0), (0.85, 0.5), (0.80, 0.2), (0.84, 0.6), (0.83, 0.7), (0.70, 0.9)];
         let ranks = nondominated_ranks(&pts);
         let ready = [true; 6];
-        let pairs = front_pairs(&ranks, &ready, 0.25, &mut rng());
+        let pairs = front_pairs(&ranks, &ready, &ready, 0.25, &mut rng());
         assert_eq!(pairs.len(), 2);
         for (lo, hi) in &pairs {
             assert!(ranks[*lo].0 > 0, "{pairs:?}");
@@ -676,12 +687,17 @@ mod tests {
         let mut ready = [true; 6];
         ready[5] = false;
         ready[0] = false;
-        let pairs = front_pairs(&ranks, &ready, 0.25, &mut rng());
+        let pairs = front_pairs(&ranks, &ready, &ready, 0.25, &mut rng());
         assert!(pairs.iter().all(|&(lo, hi)| lo != 5 && hi != 0), "{pairs:?}");
+        // A member that is no plan (unprovable) is never copied.
+        let mut plan = [true; 6];
+        plan[1] = false;
+        let pairs = front_pairs(&ranks, &[true; 6], &plan, 0.25, &mut rng());
+        assert!(pairs.iter().all(|&(_, hi)| hi != 1), "{pairs:?}");
         // Everyone on the first front: the most crowded is replaced by another.
         let all = [(0.9, 1.0), (0.85, 0.5), (0.8, 0.2), (0.86, 0.7)];
         let ranks = nondominated_ranks(&all);
-        let pairs = front_pairs(&ranks, &[true; 4], 0.25, &mut rng());
+        let pairs = front_pairs(&ranks, &[true; 4], &[true; 4], 0.25, &mut rng());
         assert_eq!(pairs.len(), 1);
         assert!(pairs[0].0 != pairs[0].1);
         assert!(ranks[pairs[0].0].1.is_finite());

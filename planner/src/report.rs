@@ -44,6 +44,9 @@ pub fn table(evals: &[Evaluation]) -> std::result::Result<DataFrame, PolarsError
             col_u("quads", &|e| e.quads as u64),
             col_u("relus", &|e| e.relus as u64),
             column("settled", evals, |e| e.settled),
+            // true / false for settled evaluations (checked against the
+            // protocol's range); empty while mid-swap.
+            col_s("provable", &|e| e.provable.map_or(String::new(), |p| p.to_string())),
             col_f("valid_accuracy", &|e| e.valid_accuracy),
             col_f("cost", &|e| e.cost),
             col_f("online_s", &|e| e.online_s),

@@ -96,6 +96,19 @@ pub struct Evaluation {
     /// all-ReLU cost); 0 at layer granularity.
     #[serde(default)]
     pub budget: f64,
+    /// Settled evaluations: whether the trained network's values are proven
+    /// inside the protocol's exact range (the engine's range check on the
+    /// plan as it would be exported). An unprovable one is never a plan.
+    /// `None`: not settled, not checked.
+    #[serde(default)]
+    pub provable: Option<bool>,
+}
+
+impl Evaluation {
+    /// Settled and proven in range: a plan the engine can run.
+    pub fn is_plan(&self) -> bool {
+        self.settled && self.provable == Some(true)
+    }
 }
 
 /// Per-strategy progress, saved with the state.
@@ -134,17 +147,13 @@ pub(crate) struct State {
     pub steps: usize,
     /// Seconds spent, over all processes (base training included).
     pub seconds: f64,
-    /// Settled evaluations that would have joined the front but whose
-    /// values cannot be proven inside the protocol's exact range.
+    /// Settled evaluations whose values cannot be proven inside the
+    /// protocol's exact range (never plans).
     #[serde(default)]
     pub unprovable: Vec<usize>,
-    /// Placements refused before any training because they could not be
-    /// proven in range (with the base's weights).
-    #[serde(default)]
-    pub refused_placements: Vec<String>,
 }
 
-const STATE_VERSION: u32 = 3;
+const STATE_VERSION: u32 = 4;
 
 /// What a finished search returns.
 #[derive(Debug)]
@@ -178,11 +187,9 @@ pub struct Outcome {
     pub steps: (usize, usize),
     /// Notes for the user (assumed normalisation, import notes).
     pub notes: Vec<String>,
-    /// Settled evaluations left out of the front because their values could
-    /// not be proven inside the protocol's exact range.
+    /// Settled evaluations that could not be proven inside the protocol's
+    /// exact range (never plans).
     pub unprovable: usize,
-    /// Placements refused before training for the same reason.
-    pub refused: usize,
 }
 
 impl Outcome {
@@ -349,8 +356,6 @@ pub struct Search<'a> {
     pub quad_floor: f64,
     /// Training steps allowed.
     pub budget: usize,
-    /// The base network (unfolded, with weights), in memory.
-    pub(crate) base_net: Network,
     pub(crate) st: State,
     pub(crate) resumed: bool,
     notes: Vec<String>,
@@ -494,7 +499,6 @@ impl<'a> Search<'a> {
                     steps: 0,
                     seconds: started.elapsed().as_secs_f64(),
                     unprovable: Vec::new(),
-                    refused_placements: Vec::new(),
                 },
                 false,
             )
@@ -528,7 +532,6 @@ impl<'a> Search<'a> {
             channel_saving,
             quad_floor,
             budget,
-            base_net,
             st,
             resumed,
             notes,
@@ -663,10 +666,33 @@ impl<'a> Search<'a> {
             steps: self.st.steps,
             relu_channels,
             budget: g.budget,
+            provable: None,
+        };
+        let mut e = e;
+        // Every settled evaluation is checked against the protocol's range
+        // as the plan it would be (trained weights and quadratics): an
+        // unprovable one is recorded as such, ranked last by the searches
+        // and never offered to the front.
+        let plan = if settled {
+            let (net, windows, why) = self.plan_network(tr)?;
+            e.provable = Some(why.is_none());
+            if let Some(why) = why {
+                self.say(&format!("placement {} cannot be proven in range: {why}", e.placement));
+                self.st.unprovable.push(e.index);
+                self.lineage(serde_json::json!({
+                    "unprovable": {"evaluation": e.index, "placement": e.placement.to_string(),
+                                   "why": why},
+                }))?;
+                None
+            } else {
+                Some((net, windows))
+            }
+        } else {
+            None
         };
         self.st.evaluations.push(e.clone());
-        if settled {
-            self.offer(tr, &e)?;
+        if let Some((net, windows)) = plan {
+            self.offer(net, windows, &e)?;
         }
         Ok(e)
     }
@@ -700,34 +726,6 @@ impl<'a> Search<'a> {
             }
         })?;
         Ok(())
-    }
-
-    /// Why `p` cannot be a plan, if it cannot: the base's weights with `p`'s
-    /// activations (new quadratic layers at their starting coefficients),
-    /// batch norm folded, the plan's ReLU circuits and truncations, the
-    /// activation ranges measured on training images, and the engine's
-    /// range analysis. A placement refused here is never trained: its
-    /// values can leave the protocol's exact range before any training
-    /// (training rarely shrinks what a quadratic layer squares), and a
-    /// trained member that still fails is left out of the front when it is
-    /// evaluated ([`State::unprovable`]).
-    pub fn unprovable(&self, p: &Placement) -> Result<Option<String>> {
-        let mut net = self.base_net.clone();
-        p.apply(&mut net)?;
-        let mut net = net.fold_batch_norm()?;
-        net.fixed_point.truncation = self.c.truncation;
-        if self.c.relu_bits != ReluBitsMode::Full {
-            exact_relu_windows(&mut net)?;
-        }
-        delphi_train::evaluate::record_ranges(&mut net, &self.data.train, 64)?;
-        let prog = delphi_net::FixedProgram::lower(&net)?;
-        Ok(delphi_net::range::analyse_network(&net, &prog)?.check().err().map(|w| w.to_string()))
-    }
-
-    /// Records a placement refused by [`Search::unprovable`].
-    pub(crate) fn refuse(&mut self, p: &Placement, why: &str) -> Result<()> {
-        self.st.refused_placements.push(p.to_string());
-        self.lineage(serde_json::json!({"refused": {"placement": p.to_string(), "why": why}}))
     }
 
     /// Per activation layer, what making it quadratic saves under the
@@ -774,9 +772,36 @@ impl<'a> Search<'a> {
         self.out.join("front").join(format!("{index}.json"))
     }
 
-    /// Adds a settled evaluation to the front if nothing there beats it,
-    /// keeping its network; drops what it beats.
-    fn offer(&mut self, tr: &Trainer, e: &Evaluation) -> Result<()> {
+    /// The plan a trained member would be — exported, batch norm folded,
+    /// the run's truncations and ReLU circuits, activation ranges recorded
+    /// on training images — and why the engine's range check refuses it,
+    /// if it does.
+    fn plan_network(
+        &self,
+        tr: &Trainer,
+    ) -> Result<(Network, Option<WindowChoice>, Option<String>)> {
+        let mut net = tr.export()?;
+        net.fixed_point.truncation = self.c.truncation;
+        let windows = match self.c.relu_bits {
+            ReluBitsMode::ReducedLeaky => Some(self.choose_windows(&mut net)?),
+            ReluBitsMode::Auto => Some(exact_relu_windows(&mut net)?),
+            ReluBitsMode::Full => None,
+        };
+        delphi_train::evaluate::record_ranges(&mut net, &self.data.train, 64)?;
+        let prog = delphi_net::FixedProgram::lower(&net)?;
+        let why =
+            delphi_net::range::analyse_network(&net, &prog)?.check().err().map(|w| w.to_string());
+        Ok((net, windows, why))
+    }
+
+    /// Adds a settled, provable evaluation (its plan `net`) to the front if
+    /// nothing there beats it, keeping its network; drops what it beats.
+    fn offer(
+        &mut self,
+        mut net: Network,
+        windows: Option<WindowChoice>,
+        e: &Evaluation,
+    ) -> Result<()> {
         let mut idx = self.st.front.clone();
         idx.push(e.index);
         let pts: Vec<(f64, f64)> = idx
@@ -788,28 +813,6 @@ impl<'a> Search<'a> {
             .collect();
         let keep: Vec<usize> = policy::pareto(&pts).into_iter().map(|k| idx[k]).collect();
         if !keep.contains(&e.index) {
-            return Ok(());
-        }
-        // A plan whose values can leave the protocol's exact range (on the
-        // training data's measured activation ranges or sampled inputs) is
-        // never a candidate: the engine would refuse it. Checked only for a
-        // plan that would join the front; the front is left as it was.
-        let mut net = tr.export()?;
-        net.fixed_point.truncation = self.c.truncation;
-        let windows = match self.c.relu_bits {
-            ReluBitsMode::ReducedLeaky => Some(self.choose_windows(&mut net)?),
-            ReluBitsMode::Auto => Some(exact_relu_windows(&mut net)?),
-            ReluBitsMode::Full => None,
-        };
-        delphi_train::evaluate::record_ranges(&mut net, &self.data.train, 64)?;
-        let prog = delphi_net::FixedProgram::lower(&net)?;
-        if let Err(why) = delphi_net::range::analyse_network(&net, &prog)?.check() {
-            self.say(&format!("placement {} left out of the front: {why}", e.placement));
-            self.st.unprovable.push(e.index);
-            self.lineage(serde_json::json!({
-                "unprovable": {"evaluation": e.index, "placement": e.placement.to_string(),
-                               "why": why.to_string()},
-            }))?;
             return Ok(());
         }
         net.metadata.planner_run = Some(self.c.name());
@@ -931,7 +934,6 @@ impl<'a> Search<'a> {
             steps: (self.st.steps, self.budget),
             notes: self.notes,
             unprovable: self.st.unprovable.len(),
-            refused: self.st.refused_placements.len(),
         })
     }
 }

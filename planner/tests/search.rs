@@ -290,6 +290,32 @@ fn the_benchmark_compares_strategies_and_controls_over_seeds_choosing_on_split_b
     assert!(first.contains(",n=3 "), "{delphi}");
     let greedy = members("1", "greedy");
     assert!(greedy.contains("probe layer"), "{greedy}");
+    // Every settled evaluation was checked against the protocol's range,
+    // and no front plan is one that failed it.
+    for seed in ["1", "2"] {
+        for v in variants {
+            let m = members(seed, v);
+            let mut lines = m.lines();
+            let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+            let at = |n: &str| head.iter().position(|h| *h == n).unwrap();
+            let mut failed = std::collections::HashSet::new();
+            for l in lines {
+                let r: Vec<&str> = l.split(',').map(|c| c.trim_matches('"')).collect();
+                match (r[at("settled")], r[at("provable")]) {
+                    ("true", "false") => {
+                        failed.insert(r[at("index")].to_string());
+                    }
+                    ("true", p) => assert_eq!(p, "true", "{l}"),
+                    (_, p) => assert_eq!(p, "", "{l}"),
+                }
+            }
+            for r in rows.iter().filter(|r| r[col("seed")] == seed && r[col("variant")] == v) {
+                let file = &r[col("file")];
+                let index = file.rsplit('/').next().unwrap().trim_end_matches(".json");
+                assert!(!failed.contains(index), "{v} seed {seed}: {file} failed the range check");
+            }
+        }
+    }
     std::fs::remove_dir_all(&out).ok();
 }
 

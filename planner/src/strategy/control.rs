@@ -10,9 +10,9 @@
 //! Both train `population` members for the whole budget, evaluate them at
 //! every interval like a search (so their front is made of the same kind
 //! of evaluations), and exploit by validation accuracy; the placement never
-//! changes. An all-quadratic placement whose values cannot be proven in
-//! range is refused before training, and the control then has no plan but
-//! the base.
+//! changes. An evaluation whose trained network cannot be proven inside
+//! the protocol's range is no plan (the run's front then holds only what
+//! can; at worst the base).
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -35,11 +35,6 @@ pub fn run(s: &mut Search, quad: bool) -> Result<()> {
     let (mut interval, mut genomes, mut members) = match &s.st.progress {
         Progress::Control { interval, genomes } => (*interval, genomes.clone(), s.load_members(n)?),
         _ => {
-            if let Some(why) = s.unprovable(&placement)? {
-                s.refuse(&placement, &why)?;
-                s.say(&format!("placement {placement} cannot be proven in range: {why}"));
-                return Ok(());
-            }
             let mut rng = ChaCha8Rng::seed_from_u64(c.search_seed() ^ 0x0c04_7701);
             let mut genomes = Vec::new();
             let mut members = Vec::new();

@@ -18,9 +18,9 @@
 //! settled evaluation joins the run's front, so the plan for any threshold
 //! is chosen afterwards by the rule every strategy shares.
 //!
-//! Where this differs from the original: a random placement that cannot be
-//! proven inside the protocol's range is redrawn (the engine would refuse
-//! it); gradients are clipped by norm at the members' common setting, not
+//! Where this differs from the original: a trained member whose network
+//! cannot be proven inside the protocol's range is no plan (the engine
+//! would refuse it) and does not meet the threshold; gradients are clipped by norm at the members' common setting, not
 //! by value at 2; the quadratic's coefficients are learned from the
 //! original's starting values rather than fixed; the hyperparameter ranges
 //! are those every strategy here draws from.
@@ -57,9 +57,8 @@ pub fn run(s: &mut Search) -> Result<()> {
     ));
     // Whether the current count's population has met the threshold.
     let mut met = s.st.evaluations.iter().any(|e| {
-        e.settled
+        e.is_plan()
             && e.valid_accuracy >= c.accuracy
-            && !s.st.unprovable.contains(&e.index)
             && run < counts.len()
             && e.quads == counts[run]
             && e.stage.starts_with(&format!("n={} ", counts[run]))
@@ -69,55 +68,7 @@ pub fn run(s: &mut Search) -> Result<()> {
         if members.is_empty() {
             let mut rng =
                 ChaCha8Rng::seed_from_u64(c.search_seed() ^ 0xde1f ^ ((run as u64) << 32));
-            genomes.clear();
-            // Draws whose placement cannot be proven in range are redrawn
-            // (16 tries a member); a member left without one takes a
-            // provable draw of another member of the count; a count with
-            // no provable draw at all is skipped, its budget unspent.
-            let mut provable: Vec<Genome> = Vec::new();
-            let mut failed = 0;
-            for _ in 0..n {
-                let mut found = None;
-                for _ in 0..16 {
-                    let g = Genome::delphi(layers, q, &mut rng);
-                    match s.unprovable(&g.placement)? {
-                        None => {
-                            found = Some(g);
-                            break;
-                        }
-                        Some(why) => s.refuse(&g.placement, &why)?,
-                    }
-                }
-                match found {
-                    Some(g) => provable.push(g),
-                    None => failed += 1,
-                }
-                if provable.is_empty() && failed >= 2 {
-                    // 32 draws and none provable: this count is out of range.
-                    break;
-                }
-            }
-            if provable.is_empty() {
-                s.say(&format!(
-                    "n = {q}: no random placement with {q} quadratic layers could be proven in \
-                     range; skipping this count"
-                ));
-                s.lineage(serde_json::json!({"run": run, "quadratic_layers": q,
-                                              "skipped": "no provable placement"}))?;
-                run += 1;
-                s.st.progress = Progress::Delphi { run, interval: 0, genomes: Vec::new() };
-                s.save(&[])?;
-                continue;
-            }
-            for k in 0..n {
-                let mut g = provable[k % provable.len()].clone();
-                if k >= provable.len() {
-                    // A fresh draw of the hyperparameters for the copy.
-                    let fresh = Genome::delphi(layers, q, &mut rng);
-                    (g.lr, g.momentum) = (fresh.lr, fresh.momentum);
-                }
-                genomes.push(g);
-            }
+            genomes = (0..n).map(|_| Genome::delphi(layers, q, &mut rng)).collect();
             for (k, g) in genomes.iter().enumerate() {
                 members.push(s.member(g, (run * n + k) as u64, steps)?);
             }
@@ -142,9 +93,7 @@ pub fn run(s: &mut Search) -> Result<()> {
             let fitness: Vec<f64> = evals.iter().map(|e| e.fitness).collect();
             let ready: Vec<bool> = evals.iter().map(|e| e.settled).collect();
             // Met by a plan the engine can run (not left out as unprovable).
-            met |= evals.iter().any(|e| {
-                e.settled && e.valid_accuracy >= c.accuracy && !s.st.unprovable.contains(&e.index)
-            });
+            met |= evals.iter().any(|e| e.is_plan() && e.valid_accuracy >= c.accuracy);
             if interval < intervals {
                 for (lo, hi) in exploit_pairs(&fitness, &ready, c.quantile, &mut rng) {
                     let (tr, source) = pair(&mut members, lo, hi);

@@ -72,7 +72,6 @@ pub fn run(s: &mut Search) -> Result<()> {
             round: 1,
             probes: Vec::new(),
             stopped: None,
-            unprovable: Vec::new(),
         },
     };
     let mut accepted = if Trainer::has_checkpoint(&accepted_dir) {
@@ -97,22 +96,14 @@ pub fn run(s: &mut Search) -> Result<()> {
             st.stopped = Some("the training budget is spent".into());
             break;
         }
-        // Probes (each saved, so a resumed run redoes at most one). A layer
-        // whose placement cannot be proven in range is no candidate: it is
-        // not probed.
+        // Probes (each saved, so a resumed run redoes at most one). A probe
+        // whose trained network cannot be proven in range is no candidate.
         for &k in &relus {
-            if st.probes.iter().any(|p| p.layer == k) || st.unprovable.contains(&k) {
+            if st.probes.iter().any(|p| p.layer == k) {
                 continue;
             }
             let mut p = st.accepted.clone();
             p.set(k, true);
-            if let Some(why) = s.unprovable(&p)? {
-                s.refuse(&p, &why)?;
-                st.unprovable.push(k);
-                s.st.progress = Progress::Greedy(st.clone());
-                s.save(&[])?;
-                continue;
-            }
             let seed = (st.round * 1000 + k) as u64;
             let mut tr = fork(s, &accepted, &p, Some(k), step, seed)?;
             s.train(&mut tr, step)?;
@@ -126,12 +117,17 @@ pub fn run(s: &mut Search) -> Result<()> {
                 &|acc, cost, _| -(st.accuracy - acc) / (st.cost - cost).max(1e-12),
             )?;
             tr.save_checkpoint(&probe_dir(k))?;
-            st.probes.push(Probe { layer: k, accuracy: e.valid_accuracy, cost: e.cost });
+            st.probes.push(Probe {
+                layer: k,
+                accuracy: e.valid_accuracy,
+                cost: e.cost,
+                provable: e.provable != Some(false),
+            });
             s.st.progress = Progress::Greedy(st.clone());
             s.save(&[])?;
         }
         let Some(i) = greedy_pick(&st.probes, st.accuracy, st.cost) else {
-            st.stopped = Some(if st.probes.is_empty() {
+            st.stopped = Some(if st.probes.iter().all(|p| !p.provable) {
                 "no remaining layer can be made quadratic within the protocol's range".into()
             } else {
                 "no remaining layer saves anything".into()
@@ -181,8 +177,6 @@ pub fn run(s: &mut Search) -> Result<()> {
         st.cost = e.cost;
         st.round += 1;
         st.probes.clear();
-        // (Layers found unprovable stay out in later rounds: more quadratic
-        // layers, in practice, only widen the ranges.)
         for k in 0..layers {
             let _ = std::fs::remove_dir_all(probe_dir(k));
         }

@@ -24,11 +24,13 @@
 //! probability ∝ saving / loss and turned back with probability ∝ loss /
 //! saving, tempered so that every eligible move keeps some chance
 //! ([`crate::policy::temper`]). Starting placements spread from one to all
-//! quadratic layers; each member starts from the cheapest provable of
-//! several candidates, drawn by the same weights and uniformly. A placement equal
-//! to another member's is not taken (diversity), and a placement whose
-//! values cannot be proven inside the protocol's exact range is refused
-//! before any training ([`Search::unprovable`]).
+//! quadratic layers, drawn by the same weights and uniformly in turn. A
+//! placement equal to another member's is not taken (diversity). Every
+//! settled evaluation is checked against the protocol's range as the plan
+//! it would be ([`crate::search::Evaluation::provable`]): only plans the
+//! engine can run take part in the sorting; an unprovable member sits
+//! behind them and is replaced first, and the move that led to it counts
+//! as a 5-point loss for its layer ([`UNPROVABLE_LOSS`]).
 //!
 //! Per channel (`--granularity channel`) a member's genome holds a cost
 //! budget instead of a placement: members start all-ReLU with budgets
@@ -105,20 +107,10 @@ fn informed_placement(
     p
 }
 
-/// Candidate placements drawn per count of quadratic layers when choosing
-/// a starting placement.
-pub const START_CANDIDATES: usize = 12;
-
 /// The starting placements: counts spread from one to all quadratic
-/// layers; for each, up to [`START_CANDIDATES`] candidates, drawn in turn
-/// by evidence ([`informed_placement`]) and uniformly (what evidence does
-/// not favour can still be what the range check allows), each checked
-/// against the range ([`Search::unprovable`], no training); the member
-/// starts from the cheapest provable candidate not already taken, the one
-/// with the smaller summed sensitivity on a tie. A count none of whose
-/// candidates is provable is lowered by a tenth (at least one) and tried
-/// again. Checks are cheap beside training: this spends seconds of range
-/// analysis to start every member on a plan the engine can run.
+/// layers, drawn by evidence ([`informed_placement`]) for even members and
+/// uniformly for odd ones (what evidence does not favour can still be what
+/// training makes work), distinct where a few redraws allow.
 fn starting_placements(
     s: &mut Search,
     sens: &Sensitivity,
@@ -128,41 +120,27 @@ fn starting_placements(
     let saving = s.layer_savings(&Placement::all_relu(layers))?;
     let mut out: Vec<Placement> = Vec::new();
     for k in 0..n {
-        let mut quads = spread(k, n, layers);
-        loop {
-            let mut best: Option<(f64, f64, Placement)> = None;
-            for t in 0..START_CANDIDATES {
-                let p = if t % 2 == 0 {
-                    informed_placement(layers, quads, sens, &saving, rng)
-                } else {
-                    crate::policy::random_placement(layers, quads, rng)
-                };
-                if out.contains(&p) || best.as_ref().is_some_and(|b| b.2 == p) {
-                    continue;
-                }
-                if let Some(why) = s.unprovable(&p)? {
-                    s.refuse(&p, &why)?;
-                    continue;
-                }
-                let cost = s.c.objective.of(&s.pricing.price(&p)?);
-                let loss: f64 = (0..layers).filter(|&i| p.is_quad(i)).map(|i| sens.loss[i]).sum();
-                if best.as_ref().is_none_or(|b| (cost, loss) < (b.0, b.1)) {
-                    best = Some((cost, loss, p));
-                }
-            }
-            if let Some((_, _, p)) = best {
-                out.push(p);
+        let quads = spread(k, n, layers);
+        let mut p = Placement::all_relu(layers);
+        for _ in 0..8 {
+            p = if k % 2 == 0 {
+                informed_placement(layers, quads, sens, &saving, rng)
+            } else {
+                crate::policy::random_placement(layers, quads, rng)
+            };
+            if !out.contains(&p) {
                 break;
             }
-            if quads == 0 {
-                out.push(Placement::all_relu(layers));
-                break;
-            }
-            quads -= quads.div_ceil(10).max(1);
         }
+        out.push(p);
     }
     Ok(out)
 }
+
+/// What a move that made a layer quadratic is taken to have cost when the
+/// member's trained network then cannot be proven in range: 5 points, so
+/// the evidence steers later moves away from that layer.
+pub const UNPROVABLE_LOSS: f64 = 0.05;
 
 /// Runs (or resumes) the population-based search.
 pub fn run(s: &mut Search) -> Result<()> {
@@ -222,7 +200,15 @@ pub fn run(s: &mut Search) -> Result<()> {
             &format!("interval {interval}"),
             &|_, _, _| 0.0,
         )?;
-        let pts: Vec<(f64, f64)> = evals.iter().map(|e| (e.valid_accuracy, e.cost)).collect();
+        // Only plans take part in the sorting: a member mid-swap (its
+        // accuracy still falling, its cost already the target's) or one
+        // whose trained network cannot be proven in range sits behind every
+        // plan — never copied, replaced first once settled.
+        let behind = (-1.0, 1e300);
+        let pts: Vec<(f64, f64)> = evals
+            .iter()
+            .map(|e| if e.is_plan() { (e.valid_accuracy, e.cost) } else { behind })
+            .collect();
         let ranks = nondominated_ranks(&pts);
         let fitness: Vec<f64> = ranks.iter().map(|&(r, d)| front_fitness(r, d)).collect();
         for (e, f) in evals.iter().zip(&fitness) {
@@ -231,19 +217,20 @@ pub fn run(s: &mut Search) -> Result<()> {
             }
         }
         let ready: Vec<bool> = evals.iter().map(|e| e.settled).collect();
+        let plans: Vec<bool> = evals.iter().map(|e| e.is_plan()).collect();
         // What the last moves did, now that their members have settled.
         for (k, e) in evals.iter().enumerate() {
             if let (true, Some(m)) = (e.settled, mem.pending[k].take()) {
-                let loss = if m.to_quad {
-                    m.before - e.valid_accuracy
-                } else {
-                    e.valid_accuracy - m.before
+                let loss = match (m.to_quad, e.provable) {
+                    (true, Some(false)) => UNPROVABLE_LOSS,
+                    (true, _) => m.before - e.valid_accuracy,
+                    (false, _) => e.valid_accuracy - m.before,
                 };
                 mem.sensitivity.observe(m.layer, loss);
             }
         }
         if interval < intervals {
-            for (lo, hi) in front_pairs(&ranks, &ready, c.quantile, &mut rng) {
+            for (lo, hi) in front_pairs(&ranks, &ready, &plans, c.quantile, &mut rng) {
                 let (tr, source) = pair(&mut members, lo, hi);
                 tr.copy_from(source);
                 let mut g = genomes[hi].clone();
@@ -267,7 +254,7 @@ pub fn run(s: &mut Search) -> Result<()> {
                     // The cheapest member of the first front pushes the
                     // front's cheap end: it moves toward cheaper more often.
                     let cheapest = (0..n)
-                        .filter(|&j| ranks[j].0 == 0 && ready[j])
+                        .filter(|&j| ranks[j].0 == 0 && plans[j])
                         .min_by(|&a, &b| evals[a].cost.total_cmp(&evals[b].cost));
                     let p_cheaper = if cheapest == Some(hi) { 0.75 } else { 0.5 };
                     moved = explore_placement(
@@ -319,8 +306,7 @@ pub fn run(s: &mut Search) -> Result<()> {
 /// Moves `g`'s placement by one layer, informed by `sens` and the cost
 /// model: toward cheaper (with probability `p_cheaper`) or toward accuracy
 /// (the other direction when the first has no move; forced at either
-/// end), never onto a placement in `others`, never onto one that cannot be
-/// proven in range. Returns the layer moved and whether it became
+/// end), never onto a placement in `others`. Returns the layer moved and whether it became
 /// quadratic; `None` when no move is possible.
 fn explore_placement(
     s: &mut Search,
@@ -354,12 +340,6 @@ fn explore_placement(
             q.set(i, to_quad);
             if others.contains(&q) {
                 continue;
-            }
-            if to_quad {
-                if let Some(why) = s.unprovable(&q)? {
-                    s.refuse(&q, &why)?;
-                    continue;
-                }
             }
             g.placement = q;
             return Ok(Some((i, to_quad)));
