@@ -153,6 +153,9 @@ pub(crate) struct State {
     pub unprovable: Vec<usize>,
 }
 
+/// Version 4: every settled evaluation carries its range check
+/// (`Evaluation::provable`); searches of version 3 checked placements
+/// before training instead (finished ones are still reread).
 const STATE_VERSION: u32 = 4;
 
 /// What a finished search returns.
@@ -471,7 +474,10 @@ impl<'a> Search<'a> {
                     format!("{e} (a search saved by another version? use another --out)"),
                 )
             })?;
-            if st.version != STATE_VERSION {
+            // A finished search of the previous version is only reread (its
+            // front and evaluations are what they were; nothing runs again).
+            let finished_v3 = st.version == 3 && matches!(st.progress, Progress::Done);
+            if st.version != STATE_VERSION && !finished_v3 {
                 return Err(file_err(
                     &state_path,
                     format!(
