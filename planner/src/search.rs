@@ -318,6 +318,9 @@ pub fn prepare_base(
     Ok(Base { plan, given, notes })
 }
 
+/// A member's plan: its network as exported, and its ReLU circuits' choice.
+type PlanNet = (Network, Option<WindowChoice>);
+
 /// Every member's gradient clipping (by norm): all-quadratic `resnet26`
 /// trained from its base diverged with clipping at 1 and trained at 0.5.
 pub const GRAD_CLIP: f32 = 0.5;
@@ -680,7 +683,7 @@ impl<'a> Search<'a> {
         // unprovable one is recorded as such, ranked last by the searches
         // and never offered to the front.
         let plan = if settled {
-            let (net, windows, why) = self.plan_network(tr)?;
+            let (plan, why) = self.plan_network(tr)?;
             e.provable = Some(why.is_none());
             if let Some(why) = why {
                 self.say(&format!("placement {} cannot be proven in range: {why}", e.placement));
@@ -691,7 +694,7 @@ impl<'a> Search<'a> {
                 }))?;
                 None
             } else {
-                Some((net, windows))
+                plan
             }
         } else {
             None
@@ -780,13 +783,17 @@ impl<'a> Search<'a> {
 
     /// The plan a trained member would be — exported, batch norm folded,
     /// the run's truncations and ReLU circuits, activation ranges recorded
-    /// on training images — and why the engine's range check refuses it,
-    /// if it does.
-    fn plan_network(
-        &self,
-        tr: &Trainer,
-    ) -> Result<(Network, Option<WindowChoice>, Option<String>)> {
-        let mut net = tr.export()?;
+    /// on training images — and why it is no plan, if it is not: the
+    /// engine's range check refuses it, or it cannot even be exported (a
+    /// member whose training diverged holds non-finite parameters; it is
+    /// no plan, and the search goes on).
+    fn plan_network(&self, tr: &Trainer) -> Result<(Option<PlanNet>, Option<String>)> {
+        let mut net = match tr.export() {
+            Ok(n) => n,
+            Err(e) => {
+                return Ok((None, Some(format!("the trained network cannot be exported: {e}"))))
+            }
+        };
         net.fixed_point.truncation = self.c.truncation;
         let windows = match self.c.relu_bits {
             ReluBitsMode::ReducedLeaky => Some(self.choose_windows(&mut net)?),
@@ -795,9 +802,10 @@ impl<'a> Search<'a> {
         };
         delphi_train::evaluate::record_ranges(&mut net, &self.data.train, 64)?;
         let prog = delphi_net::FixedProgram::lower(&net)?;
-        let why =
-            delphi_net::range::analyse_network(&net, &prog)?.check().err().map(|w| w.to_string());
-        Ok((net, windows, why))
+        match delphi_net::range::analyse_network(&net, &prog)?.check() {
+            Ok(()) => Ok((Some((net, windows)), None)),
+            Err(why) => Ok((None, Some(why.to_string()))),
+        }
     }
 
     /// Adds a settled, provable evaluation (its plan `net`) to the front if
