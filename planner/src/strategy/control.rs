@@ -22,7 +22,7 @@ use delphi_net::Placement;
 use crate::error::Result;
 use crate::policy::{exploit_pairs, Genome};
 use crate::search::{Progress, Search};
-use crate::strategy::pbt::{pair, train_interval};
+use crate::strategy::pbt::{next_interval, pair};
 
 /// Runs (or resumes) a control; `quad`: every layer quadratic, else ReLU.
 pub fn run(s: &mut Search, quad: bool) -> Result<()> {
@@ -48,20 +48,11 @@ pub fn run(s: &mut Search, quad: bool) -> Result<()> {
         }
     };
     while interval < intervals {
-        if s.out_of_time() {
-            s.say("wall-time budget spent; stopping");
+        let Some((evals, mut rng)) =
+            next_interval(s, &mut members, &genomes, &mut interval, &|acc, _, _| acc)?
+        else {
             break;
-        }
-        interval += 1;
-        let mut rng = ChaCha8Rng::seed_from_u64(c.search_seed() ^ ((interval as u64) << 24));
-        let evals = train_interval(
-            s,
-            &mut members,
-            &genomes,
-            interval,
-            &format!("interval {interval}"),
-            &|acc, _, _| acc,
-        )?;
+        };
         let fitness: Vec<f64> = evals.iter().map(|e| e.fitness).collect();
         let ready: Vec<bool> = evals.iter().map(|e| e.settled).collect();
         if interval < intervals {

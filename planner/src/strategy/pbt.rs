@@ -184,22 +184,11 @@ pub fn run(s: &mut Search) -> Result<()> {
     };
     mem.pending.resize(n, None);
     while interval < intervals {
-        if s.out_of_time() {
-            s.say("wall-time budget spent; stopping the search");
+        let Some((evals, mut rng)) =
+            next_interval(s, &mut members, &genomes, &mut interval, &|_, _, _| 0.0)?
+        else {
             break;
-        }
-        interval += 1;
-        // A generator per interval: a resumed run draws what an
-        // uninterrupted one would have.
-        let mut rng = ChaCha8Rng::seed_from_u64(c.search_seed() ^ ((interval as u64) << 24));
-        let evals = train_interval(
-            s,
-            &mut members,
-            &genomes,
-            interval,
-            &format!("interval {interval}"),
-            &|_, _, _| 0.0,
-        )?;
+        };
         // Only plans take part in the sorting: a member mid-swap (its
         // accuracy still falling, its cost already the target's) or one
         // whose trained network cannot be proven in range sits behind every
@@ -346,6 +335,29 @@ fn explore_placement(
         }
     }
     Ok(None)
+}
+
+/// The next interval of a population (stage `interval N`): `None` when
+/// the wall-time budget is spent; otherwise advances `interval`, trains
+/// and evaluates every member, and returns the evaluations with the
+/// interval's generator — one per interval, seeded by the search seed, so
+/// a resumed run draws what an uninterrupted one would have.
+pub(crate) fn next_interval(
+    s: &mut Search,
+    members: &mut [Trainer],
+    genomes: &[Genome],
+    interval: &mut usize,
+    fitness: &dyn Fn(f64, f64, usize) -> f64,
+) -> Result<Option<(Vec<Evaluation>, ChaCha8Rng)>> {
+    if s.out_of_time() {
+        s.say("wall-time budget spent; stopping");
+        return Ok(None);
+    }
+    *interval += 1;
+    let i = *interval;
+    let rng = ChaCha8Rng::seed_from_u64(s.c.search_seed() ^ ((i as u64) << 24));
+    let evals = train_interval(s, members, genomes, i, &format!("interval {i}"), fitness)?;
+    Ok(Some((evals, rng)))
 }
 
 /// Trains every member for one interval and evaluates it (stage `stage`).
