@@ -1,64 +1,70 @@
 #!/usr/bin/env bash
-# Pilot of a planner benchmark network: does placement decide on it? Trains
-# the all-ReLU base, then makes every activation quadratic starting from it
-# with our recipe (gradual swap over 10–60 % of the run, distillation from
-# the base, gradient clipping), and writes both validation accuracies.
-# The quadratic run uses learning rate $QUAD_LR (default 0.002) and clips
-# gradients at $QUAD_CLIP (default 0.5): on resnet26, all-quadratic from
-# the trained base diverged (loss NaN) at the default 0.05 and at 0.01 with
-# clipping at 1.
-# A network is a good benchmark when the all-quadratic network loses at
-# least 2 points against the base at the benchmark's data size.
+# Pilot of a planner benchmark workload: does placement decide on it?
+# Runs the benchmark's two controls on one seed, at the benchmark's budget
+# and recipe (member learning rates drawn, clipping, distillation from the
+# base, the range check after training):
+#   relu-control  the all-ReLU base fine-tuned for the whole budget;
+#   quad-control  every activation quadratic, trained with our recipe and no
+#                 search (a member that diverges or fails the range check is
+#                 no plan).
+# and writes how many points the best all-quadratic plan loses against the
+# fine-tuned all-ReLU network on split B (held out from both runs), split A
+# and test. A workload is a good benchmark when all-quadratic loses at least
+# 2 points on split B: otherwise the cheapest plan is nearly as accurate as
+# the dearest and there is nothing for a placement search to decide.
 #
-#   planner/scripts/pilot.sh [ARCH] [TRAIN_IMAGES] [EPOCHS] [SEED]
-#   (defaults: resnet26 20000 4 1)
+#   planner/scripts/pilot.sh [ARCH] [TRAIN_IMAGES] [SEED]
+#   (defaults: resnet38 10000 1; population 6 × 2 epochs, base 4 epochs,
+#   the benchmark's settings)
 #
-# Writes results/plan-bench/pilot-<arch>-<images>-s<seed>.json; the run
-# folders stay under $PILOT_DIR (default: a temporary folder). Needs the
-# release binaries and Debian's dataset-fashion-mnist.
+# Writes results/plan-bench/pilot-<arch>-<images>-s<seed>.json; the bench
+# folder stays under $PILOT_DIR (default: a temporary folder). Needs the
+# release binaries, Debian's dataset-fashion-mnist and python3.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-arch=${1:-resnet26}
-images=${2:-20000}
-epochs=${3:-4}
-seed=${4:-1}
+arch=${1:-resnet38}
+images=${2:-10000}
+seed=${3:-1}
 dir=${PILOT_DIR:-$(mktemp -d)}
-train=target/release/delphi-train
-common=(--dataset fashion-mnist --train-limit "$images" --epochs "$epochs" --seed "$seed" --quiet)
+model=${COST_MODEL:-$PWD/results/cost-model.json}
 
 start=$(date +%s)
-$train train --arch "$arch" "${common[@]}" --out "$dir/relu"
-base_s=$(( $(date +%s) - start ))
-acts=$(python3 -c "import json,sys; n=json.load(open(sys.argv[1])); print(sum(1 for l in n['layers'] if l['type']=='activation'))" "$dir/relu/model.json")
-quads=$(printf 'Q%.0s' $(seq 1 "$acts"))
-start=$(date +%s)
-$train train --arch "$arch" "${common[@]}" --placement "$quads" \
-  --init "$dir/relu/model.json" --teacher "$dir/relu/model.json" --swap 0.1,0.6 \
-  --lr "${QUAD_LR:-0.002}" --grad-clip "${QUAD_CLIP:-0.5}" --out "$dir/quad"
-quad_s=$(( $(date +%s) - start ))
+target/release/delphi-plan bench --arch "$arch" --dataset fashion-mnist \
+  --train-limit "$images" --valid-size 5000 --select-size 5000 --base-epochs 4 \
+  --population 6 --epochs 2 --intervals-per-epoch 4 --thresholds 0.5 \
+  --truncation faithful-leaky --strategies relu-control,quad-control \
+  --seed "$seed" --seeds 1 --no-verify --cost-model "$model" --out "$dir" --quiet
+seconds=$(( $(date +%s) - start ))
 
 out="results/plan-bench/pilot-$arch-$images-s$seed.json"
 mkdir -p "$(dirname "$out")"
-python3 - "$dir" "$out" "$arch" "$images" "$epochs" "$seed" "$base_s" "$quad_s" "${QUAD_LR:-0.002}" "${QUAD_CLIP:-0.5}" <<'PY'
-import json, sys
-d, out, arch, images, epochs, seed, base_s, quad_s, lr, clip = sys.argv[1:]
-def metrics(run):
-    m = json.load(open(f"{d}/{run}/metrics.json"))
-    return {"valid_accuracy": m["history"][-1]["valid_accuracy"],
-            "test_accuracy_float": m["test_accuracy_float"],
-            "test_accuracy_fixed": m["test_accuracy_fixed"],
-            "train_seconds": m["seconds"]}
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-relu, quad = metrics("relu"), metrics("quad")
+python3 - "$dir" "$out" "$arch" "$images" "$seed" "$seconds" <<'PY'
+import csv, json, sys
+d, out, arch, images, seed, seconds = sys.argv[1:]
+rows = list(csv.DictReader(open(f"{d}/fronts.csv")))
+acts = max(len(r["placement"]) for r in rows)
+def best(variant, quads):
+    plans = [r for r in rows if r["variant"] == variant and int(r["quads"]) == quads]
+    if not plans:
+        return None
+    r = max(plans, key=lambda r: float(r["split_a_accuracy"]))
+    return {k: float(r[k]) for k in ("split_a_accuracy", "split_b_accuracy",
+            "test_accuracy_float", "test_accuracy_fixed", "predicted_online_s")}
+relu, quad = best("relu-control", 0), best("quad-control", acts)
+lost = None if quad is None else {
+    k: round(100 * (relu[k] - quad[k]), 2)
+    for k in ("split_a_accuracy", "split_b_accuracy", "test_accuracy_fixed")}
+bench = json.load(open(f"{d}/bench.json"))
 doc = {
-    "rerun": f"planner/scripts/pilot.sh {arch} {images} {epochs} {seed}",
-    "cpu_model": cpu,
-    "arch": arch, "train_images": int(images), "epochs": int(epochs), "seed": int(seed),
-    "all_relu": relu, "all_quadratic_ours": quad,
-    "all_quadratic_recipe": {"swap": "0.1,0.6", "distill_from": "the all-ReLU base",
-                             "lr": float(lr), "grad_clip": float(clip)},
-    "valid_points_lost": 100 * (relu["valid_accuracy"] - quad["valid_accuracy"]),
-    "seconds": {"base": int(base_s), "all_quadratic": int(quad_s)},
+    "rerun": f"planner/scripts/pilot.sh {arch} {images} {seed}",
+    "cpu_model": bench["cpu_model"], "cores": bench["cores"],
+    "arch": arch, "activation_layers": acts, "train_images": int(images), "seed": int(seed),
+    "budget_member_epochs": bench["budget_member_epochs"],
+    "relu_control": relu,
+    "quad_control": quad,
+    "points_lost": lost,
+    "decides": lost is None or lost["split_b_accuracy"] >= 2.0,
+    "seconds": int(seconds),
 }
 json.dump(doc, open(out, "w"), indent=2)
 print(json.dumps(doc, indent=2))

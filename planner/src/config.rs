@@ -206,12 +206,12 @@ pub fn threshold_label(accuracy: f64) -> String {
 }
 
 /// Epochs each member trains by default: 4, and 2 for `resnet14` (and the
-/// deep `resnet26`, at about its compute), whose default search
+/// deep `resnet26` and `resnet38`, at about its compute), whose default search
 /// (population 6, all 55,000 Fashion-MNIST training images) is sized to
 /// finish within 45 minutes on a 2-core machine (37 minutes, base training
 /// included, on a 2-core Intel Xeon).
 pub fn default_epochs(arch: &str) -> usize {
-    if arch == "resnet14" || arch == "resnet26" {
+    if matches!(arch, "resnet14" | "resnet26" | "resnet38") {
         2
     } else {
         4

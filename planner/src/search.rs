@@ -35,6 +35,7 @@ use delphi_net::{Network, Placement, WeightStorage};
 use delphi_train::arch;
 use delphi_train::config::{Distill, Gates, Swap, TrainConfig};
 use delphi_train::data::Dataset;
+use delphi_train::error::TrainError;
 use delphi_train::train::Trainer;
 
 use crate::config::{Granularity, PlanConfig, ReluBitsMode, Strategy};
@@ -598,9 +599,28 @@ impl<'a> Search<'a> {
         Ok(Trainer::new(self.member_config(g, k, steps), &self.device)?)
     }
 
-    /// Trains `tr` for at most `steps` steps, counting them against the budget.
+    /// Trains `tr` for at most `steps` steps, counting them against the
+    /// budget. A member whose training diverges (loss not finite) does not
+    /// stop the search: its parameters are no longer finite, so every later
+    /// evaluation of it is no plan (it cannot be exported) and the searches
+    /// replace it; the steps it was given count as spent, and the lineage
+    /// log says so.
     pub fn train(&mut self, tr: &mut Trainer, steps: usize) -> Result<usize> {
-        let taken = tr.train_steps(&self.data, steps, true)?;
+        let taken = match tr.train_steps(&self.data, steps, true) {
+            Ok(taken) => taken,
+            Err(TrainError::Diverged { loss, epoch, step }) => {
+                self.say(&format!(
+                    "a member's training diverged (loss {loss} at epoch {epoch} step {step}); \
+                     it is no plan until it is replaced"
+                ));
+                self.lineage(serde_json::json!({
+                    "diverged": {"loss": loss.to_string(), "epoch": epoch, "step": step,
+                                 "steps_charged": steps},
+                }))?;
+                steps
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.st.steps += taken;
         self.bar.set_position(self.st.steps as u64);
         Ok(taken)
@@ -978,5 +998,45 @@ mod tests {
         assert_eq!(images(&b2), b);
         // Without B, A is the plain validation split.
         assert_eq!(plain.valid.len(), 800);
+    }
+
+    #[test]
+    fn a_member_that_diverges_is_no_plan_and_the_search_goes_on() {
+        use rand::SeedableRng;
+        let out = std::env::temp_dir().join(format!("delphi-diverge-{}", std::process::id()));
+        let c = PlanConfig {
+            arch: Some("small-cnn".into()),
+            train_limit: Some(256),
+            valid_size: 128,
+            test_limit: Some(16),
+            base_epochs: 1,
+            population: 2,
+            epochs: Some(1),
+            cost_model: Some(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../results/cost-model.json").into(),
+            ),
+            out: Some(out.clone()),
+            ..Default::default()
+        };
+        let said = std::cell::RefCell::new(Vec::new());
+        let say = |m: &str| said.borrow_mut().push(m.to_string());
+        let mut s = Search::open(&c, true, &say).unwrap();
+        let mut g = Genome::random(s.layers, 0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1));
+        g.placement = Placement::all_quad(s.layers);
+        g.swap_span = 0.0;
+        let mut cfg = s.member_config(&g, 0, 8);
+        cfg.lr = 1e30;
+        cfg.grad_clip = None;
+        let mut tr = Trainer::new(cfg, &s.device).unwrap();
+        // Diverges, and the steps it was given count as spent.
+        assert_eq!(s.train(&mut tr, 8).unwrap(), 8);
+        assert_eq!(s.st.steps, 8);
+        let e = s.evaluate(&mut tr, &g, 1, 0, "interval 1".into(), &|a, _, _| a).unwrap();
+        assert_eq!(e.provable, Some(false), "{e:?}");
+        assert!(!e.is_plan());
+        assert!(said.borrow().iter().any(|m| m.contains("diverged")), "{:?}", said.borrow());
+        let log = std::fs::read_to_string(s.out.join("lineage.log")).unwrap();
+        assert!(log.contains("\"diverged\""), "{log}");
+        std::fs::remove_dir_all(&out).ok();
     }
 }

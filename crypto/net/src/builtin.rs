@@ -25,6 +25,13 @@
 //!   25 activation layers, 29,184 ReLUs: many small layers, so where the
 //!   ReLUs stay matters more than how many (the planner's benchmark
 //!   network).
+//! * `resnet38`: deeper and narrower still, for 28×28×1 inputs, at about
+//!   the same compute (2.4 M multiply-accumulates): conv3×3(6)–bn–act–
+//!   avgpool2, then 3 stages × 6 basic blocks (6/12/24 channels at 14×14,
+//!   7×7, 4×4), global average pool, dense(classes). 37 activation layers,
+//!   30,480 ReLUs: enough layers in a row that an all-quadratic network
+//!   loses accuracy, so placement decides (the planner's harder benchmark
+//!   network).
 //!
 //! Weights are He-initialised from a seed; batch-norm statistics are then
 //! calibrated on random inputs ([`crate::eval::calibrate_batch_norm`]) so
@@ -37,7 +44,8 @@ use crate::desc::{Activation, Network, Op, Padding, Shape};
 use crate::error::{NetError, Result};
 
 /// Names of the built-in architectures.
-pub const ARCHITECTURES: [&str; 5] = ["small-cnn", "minionn", "resnet32", "resnet14", "resnet26"];
+pub const ARCHITECTURES: [&str; 6] =
+    ["small-cnn", "minionn", "resnet32", "resnet14", "resnet26", "resnet38"];
 
 struct Init {
     rng: ChaCha20Rng,
@@ -194,6 +202,7 @@ pub fn build(arch: &str, classes: usize, seed: u64) -> Result<Network> {
         "resnet32" => resnet(&mut init, "resnet32", Shape::new(3, 32, 32), false, 5, 16, classes),
         "resnet14" => resnet(&mut init, "resnet14", Shape::new(1, 28, 28), true, 2, 12, classes),
         "resnet26" => resnet(&mut init, "resnet26", Shape::new(1, 28, 28), true, 4, 8, classes),
+        "resnet38" => resnet(&mut init, "resnet38", Shape::new(1, 28, 28), true, 6, 6, classes),
         other => {
             return Err(NetError::Invalid(format!(
                 "unknown architecture {other:?} (known: {})",

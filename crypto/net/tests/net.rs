@@ -57,6 +57,9 @@ fn builtins_have_the_documented_shape() {
     assert_eq!((a14, relu14), (13, 26_592));
     assert_eq!((a26, relu26), (25, 29_184));
     assert!(mac26 < mac14 && mac26 * 10 > mac14 * 8, "{mac26} against {mac14}");
+    let (a38, relu38, mac38) = size(&build("resnet38", 10, 1).unwrap());
+    assert_eq!((a38, relu38), (37, 30_480));
+    assert!(mac38 < mac26 && mac38 * 10 > mac26 * 7, "{mac38} against {mac26}");
 }
 
 #[test]

@@ -257,7 +257,7 @@ struct BenchArgs {
 #[derive(Args)]
 struct SearchArgs {
     /// Architecture: a built-in (small-cnn, minionn, resnet32, resnet14,
-    /// resnet26;
+    /// resnet26, resnet38;
     /// default per dataset), or a network description (.json) or ONNX model
     /// (.onnx). With weights it is the trained all-ReLU base and is not
     /// retrained; without, it is trained first (--base-epochs).
@@ -271,7 +271,7 @@ struct SearchArgs {
     population: usize,
     /// Epochs each member trains (the budget is population × epochs
     /// member-epochs for every strategy unless --budget-epochs says otherwise)
-    /// [default: 4; 2 for resnet14 and resnet26, sized so its default search fits in 45
+    /// [default: 4; 2 for resnet14, resnet26 and resnet38, sized so its default search fits in 45
     /// minutes on 2 cores]
     #[arg(long, help_heading = "Search")]
     epochs: Option<usize>,

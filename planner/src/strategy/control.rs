@@ -11,8 +11,10 @@
 //! every interval like a search (so their front is made of the same kind
 //! of evaluations), and exploit by validation accuracy; the placement never
 //! changes. An evaluation whose trained network cannot be proven inside
-//! the protocol's range is no plan (the run's front then holds only what
-//! can; at worst the base).
+//! the protocol's range (or whose training diverged) is no plan: it ranks
+//! below every plan, so it is the first to be replaced by a copy of a
+//! better member, and the run's front holds only what can be proven; at
+//! worst the base.
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -53,7 +55,11 @@ pub fn run(s: &mut Search, quad: bool) -> Result<()> {
         else {
             break;
         };
-        let fitness: Vec<f64> = evals.iter().map(|e| e.fitness).collect();
+        // Accuracy, and below every plan what is settled but no plan.
+        let fitness: Vec<f64> = evals
+            .iter()
+            .map(|e| if e.provable == Some(false) { e.fitness - 2.0 } else { e.fitness })
+            .collect();
         let ready: Vec<bool> = evals.iter().map(|e| e.settled).collect();
         if interval < intervals {
             for (lo, hi) in exploit_pairs(&fitness, &ready, c.quantile, &mut rng) {
@@ -76,8 +82,12 @@ pub fn run(s: &mut Search, quad: bool) -> Result<()> {
         let refs: Vec<&_> = members.iter().collect();
         s.save(&refs)?;
         s.say(&format!(
-            "interval {interval}/{intervals}: best validation {:.2} %",
-            fitness.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b)) * 100.0
+            "interval {interval}/{intervals}: best validation {:.2} %{}",
+            evals.iter().map(|e| e.valid_accuracy).fold(f64::NEG_INFINITY, f64::max) * 100.0,
+            match evals.iter().filter(|e| e.provable == Some(false)).count() {
+                0 => String::new(),
+                n => format!(" ({n} of {} members no plan)", evals.len()),
+            }
         ));
     }
     Ok(())
