@@ -698,11 +698,19 @@ fn relative(p: &Path) -> String {
 }
 
 /// This process's command line, paths inside the working directory made
-/// relative to it.
+/// relative to it; a program outside it is named by its file name alone
+/// (where this machine keeps it says nothing to another).
 fn rerun_command() -> String {
     let cwd = std::env::current_dir().map(|d| format!("{}/", d.display())).unwrap_or_default();
     std::env::args()
-        .map(|a| if cwd.len() > 1 { a.replace(&cwd, "") } else { a })
+        .enumerate()
+        .map(|(i, a)| {
+            let rel = if cwd.len() > 1 { a.replace(&cwd, "") } else { a };
+            match std::path::Path::new(&rel).file_name() {
+                Some(name) if i == 0 && rel.starts_with('/') => name.to_string_lossy().into_owned(),
+                _ => rel,
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
