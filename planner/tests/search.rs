@@ -257,6 +257,25 @@ fn the_benchmark_compares_strategies_and_controls_over_seeds_choosing_on_split_b
     for f in ["fronts.svg", "summary.md"] {
         assert!(out.join(f).is_file(), "{f}");
     }
+    // Costs of the chosen plans paired by seed: this ÷ ours, a geometric
+    // mean with its interval over the two seeds (predicted here: the test
+    // runs no `delphi verify`, so the measured ratio is absent).
+    for t in bench["statistics"]["thresholds"].as_array().unwrap() {
+        let variants = t["variants"].as_array().unwrap();
+        let ours = variants.iter().find(|v| v["variant"] == "pbt").unwrap();
+        for v in variants {
+            let r = &v["this_over_ours_predicted_online"];
+            if v["variant"] == "pbt" {
+                assert!(r.is_null(), "{v}");
+            } else if v["plans"] == 2 && ours["plans"] == 2 {
+                let (g, lo, hi) =
+                    (r["geomean"].as_f64(), r["ci95"][0].as_f64(), r["ci95"][1].as_f64());
+                let (g, lo, hi) = (g.unwrap(), lo.unwrap(), hi.unwrap());
+                assert!(g > 0.0 && lo <= g && g <= hi, "{v}");
+                assert!(v["this_over_ours_measured_online"].is_null(), "{v}");
+            }
+        }
+    }
     // Different search seeds search differently on the same base.
     let members = |seed: &str, v: &str| {
         std::fs::read_to_string(out.join(format!("seed-{seed}/{v}/members.csv"))).unwrap()
