@@ -82,11 +82,14 @@ pub fn run(s: &mut Search) -> Result<()> {
             let mut rng = ChaCha8Rng::seed_from_u64(
                 c.search_seed() ^ ((interval as u64) << 24) ^ ((run as u64) << 40),
             );
+            // A member's share of the budget ends inside its last interval:
+            // that interval is cut short, so no count trains past its share.
+            let this = s.interval_steps.min(steps - (interval - 1) * s.interval_steps);
             let evals = train_interval(
                 s,
                 &mut members,
                 &genomes,
-                interval,
+                (interval, this),
                 &format!("n={q} interval {interval}"),
                 &|acc, _, relus| delphi_fitness(acc, all_relus - relus, all_relus),
             )?;
