@@ -23,7 +23,7 @@ pub fn test_accuracy(c: &PlanConfig, plan: &Path, data: &Dataset) -> Result<(f64
 /// Float accuracy of a plan on `split` (Burn, inference mode).
 pub fn float_accuracy(c: &PlanConfig, plan: &Path, split: &Split) -> Result<f64> {
     let net = Network::load(plan)?;
-    let mut tc = TrainConfig::new(c.dataset);
+    let mut tc = TrainConfig::new(c.dataset.clone());
     tc.init = Some(plan.to_path_buf());
     tc.placement = Some(Placement::of(&net));
     let tr = Trainer::new(tc, &device(c)?)?;

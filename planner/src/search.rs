@@ -257,7 +257,7 @@ pub struct Base {
 }
 
 fn base_train_config(c: &PlanConfig) -> TrainConfig {
-    let mut t = TrainConfig::new(c.dataset);
+    let mut t = TrainConfig::new(c.dataset.clone());
     t.arch = c.arch();
     t.data_dir = c.data_dir.clone();
     t.epochs = c.base_epochs;
@@ -279,7 +279,7 @@ pub fn prepare_base(
     quiet: bool,
     say: &dyn Fn(&str),
 ) -> Result<Base> {
-    let resolved = arch::resolve(&c.arch(), c.dataset, c.seed)?;
+    let resolved = arch::resolve(&c.arch(), &c.dataset, c.seed)?;
     let mut notes = resolved.notes.clone();
     for n in &notes {
         say(&format!("note: {n}"));

@@ -410,3 +410,56 @@ fn a_per_channel_search_keeps_mixed_plans_priced_exactly() {
     }
     std::fs::remove_dir_all(&out).ok();
 }
+
+#[test]
+fn a_provider_s_own_arrays_are_planned_and_the_plan_verifies() {
+    // 700 grey 28×28 images written as x.npy/y.npy: class 1 has a bright
+    // vertical bar, class 0 a horizontal one, both on noise.
+    let dir = std::env::temp_dir().join(format!("delphi-plan-npy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let n = 700;
+    let mut x = Vec::with_capacity(n * 784);
+    let mut y = Vec::with_capacity(n);
+    for i in 0..n {
+        let class = i % 2;
+        let at = 6 + (i * 7) % 16;
+        for r in 0..28 {
+            for c in 0..28 {
+                let bar = if class == 1 { c == at } else { r == at };
+                x.push(if bar { 230 } else { ((r * 13 + c * 7 + i * 5) % 60) as u8 });
+            }
+        }
+        y.push(class as u8);
+    }
+    let npy = delphi_train::disk::npy_bytes;
+    std::fs::write(dir.join("x.npy"), npy("|u1", &[n, 28, 28], &x)).unwrap();
+    std::fs::write(dir.join("y.npy"), npy("|u1", &[n], &y)).unwrap();
+    let out = dir.join("run");
+    let (_, err) = succeeds(
+        Command::new(env!("CARGO_BIN_EXE_delphi-plan"))
+            .arg("--dataset")
+            .arg(&dir)
+            .args("--accuracy 0.8 --population 2 --epochs 1 --base-epochs 3".split(' '))
+            .args("--valid-size 150 --quiet --cost-model".split(' '))
+            .arg(cost_model())
+            .arg("--out")
+            .arg(&out),
+    );
+    // One image in seven of each class is the test set; 150 validate.
+    assert!(err.contains("450 training, 150 validation, 100 test images"), "{err}");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert!(s["base_valid_accuracy"].as_f64().unwrap() > 0.9, "{s}");
+    let plan = delphi_net::Network::load(&out.join("plan.json")).unwrap();
+    assert_eq!(plan.metadata.dataset.as_deref(), Some(dir.file_name().unwrap().to_str().unwrap()));
+    assert_eq!(plan.metadata.extra["classes"], serde_json::json!(["0", "1"]));
+    let delphi = std::path::Path::new(env!("CARGO_BIN_EXE_delphi-plan")).with_file_name("delphi");
+    let v = Command::new(&delphi)
+        .args(["verify", "--inputs", "1", "--plan"])
+        .arg(out.join("plan.json"))
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -35,7 +35,7 @@ pub fn is_path(arch: &str) -> bool {
 
 /// Resolves `arch` for `dataset` (`seed` initialises weights a network
 /// does not have).
-pub fn resolve(arch: &str, dataset: DatasetKind, seed: u64) -> Result<Resolved> {
+pub fn resolve(arch: &str, dataset: &DatasetKind, seed: u64) -> Result<Resolved> {
     let mut notes = Vec::new();
     let (mut network, trained) = if !is_path(arch) {
         (build(arch, dataset.classes(), seed)?, false)
@@ -93,7 +93,7 @@ pub fn resolve(arch: &str, dataset: DatasetKind, seed: u64) -> Result<Resolved> 
 
 /// Checks that `net` takes the dataset's images and gives one output per
 /// class; the error names both shapes.
-pub fn check_fits(net: &Network, dataset: DatasetKind, arch: &str) -> Result<()> {
+pub fn check_fits(net: &Network, dataset: &DatasetKind, arch: &str) -> Result<()> {
     let [c, h, w] = dataset.shape();
     let out = net.output_shape().or_else(|_| {
         net.validate_architecture()?
@@ -107,9 +107,18 @@ pub fn check_fits(net: &Network, dataset: DatasetKind, arch: &str) -> Result<()>
     if input_ok && output_ok {
         return Ok(());
     }
+    let mut data = format!("{} has {c}×{h}×{w} images and {classes} classes", dataset.name());
+    if let (DatasetKind::Disk(d), false) = (dataset, input_ok) {
+        let (nc, nh, nw) = (net.input.channels, net.input.height, net.input.width);
+        let fit = if nc == c { format!("{nh}x{nw}") } else { format!("{nc}x{nh}x{nw}") };
+        data.push_str(&format!(
+            " (fit the data to the network's input with --dataset {}:{fit})",
+            d.path.display()
+        ));
+    }
     Err(TrainError::Mismatch {
         arch: arch.to_string(),
         network: format!("takes {} inputs and gives {} outputs", net.input, out.len()),
-        dataset: format!("{} has {c}×{h}×{w} images and {classes} classes", dataset.name()),
+        dataset: data,
     })
 }

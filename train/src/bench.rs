@@ -92,10 +92,11 @@ pub struct TrainBench {
 fn random_split(kind: DatasetKind, n: usize) -> Split {
     let len: usize = kind.shape().iter().product();
     let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let classes = kind.classes() as u8;
     Split {
         kind,
         pixels: (0..n * len).map(|_| rng.gen()).collect(),
-        labels: (0..n).map(|_| rng.gen_range(0..kind.classes() as u8)).collect(),
+        labels: (0..n).map(|_| rng.gen_range(0..classes)).collect(),
     }
 }
 
@@ -107,7 +108,7 @@ fn bench_data(
     data_dir: Option<&Path>,
 ) -> Result<(Dataset, &'static str)> {
     if kind == DatasetKind::FashionMnist {
-        match data::load(kind, data_dir, 0, 1) {
+        match data::load(kind.clone(), data_dir, 0, 1) {
             Ok(mut d) if d.train.len() >= n => {
                 d.train = d.train.take(n);
                 return Ok((d, "fashion-mnist"));
@@ -116,7 +117,7 @@ fn bench_data(
             _ => {}
         }
     }
-    let train = random_split(kind, n);
+    let train = random_split(kind.clone(), n);
     let empty = random_split(kind, 0);
     Ok((Dataset { train, valid: empty.clone(), test: empty }, "random"))
 }
@@ -150,7 +151,7 @@ pub fn train_bench(
         // Enough images that warm-up and timed steps stay inside one epoch.
         let rounds = rounds.max(1);
         let n = batch_size * (rounds * steps + 2);
-        let (data, source) = bench_data(kind, n, data_dir)?;
+        let (data, source) = bench_data(kind.clone(), n, data_dir)?;
         let mut config = TrainConfig::new(kind);
         config.arch = arch.clone();
         config.batch_size = batch_size;

@@ -11,8 +11,12 @@ use crate::data::{load_limited, Dataset, DatasetKind, Result};
 #[command(next_help_heading = "Data")]
 pub struct DataArgs {
     /// fashion-mnist, fashion-mnist-32 (padded to 3×32×32 for CIFAR networks
-    /// such as resnet32), cifar10 or cifar100.
-    #[arg(long, default_value = "fashion-mnist")]
+    /// such as resnet32), cifar10, cifar100, or your own data: a folder with
+    /// one sub-folder of images per class (PNG, JPEG, BMP; optionally under
+    /// train/ and test/ or val/), a .npz file (x and y, or x_train, y_train,
+    /// x_test, y_test), or a folder of such .npy files. PATH:HxW resizes every
+    /// image to H×W, PATH:CxHxW also converts it to C channels. See docs/data.md.
+    #[arg(long, default_value = "fashion-mnist", value_name = "NAME|PATH[:[Cx]HxW]")]
     pub dataset: DatasetKind,
     /// Folder with the dataset's files (default: $DELPHI_DATA, then Debian's
     /// /usr/share/datasets/fashion-mnist for Fashion-MNIST).
@@ -33,7 +37,7 @@ impl DataArgs {
     /// Loads the data these flags name (`seed` draws the validation split).
     pub fn load(&self, seed: u64) -> Result<Dataset> {
         load_limited(
-            self.dataset,
+            self.dataset.clone(),
             self.data_dir.as_deref(),
             self.valid_size,
             seed,

@@ -198,9 +198,9 @@ impl TrainConfig {
     /// momentum 0.9, weight decay 5e-4, cosine schedule, batch 64.
     pub fn new(dataset: DatasetKind) -> Self {
         TrainConfig {
+            arch: dataset.default_arch().into(),
             dataset,
             data_dir: None,
-            arch: dataset.default_arch().into(),
             init: None,
             placement: None,
             epochs: 5,
@@ -228,7 +228,7 @@ impl TrainConfig {
     /// seed, the limits applied).
     pub fn load_data(&self) -> Result<crate::data::Dataset> {
         Ok(crate::data::load_limited(
-            self.dataset,
+            self.dataset.clone(),
             self.data_dir.as_deref(),
             self.valid_size,
             self.seed,

@@ -1,4 +1,5 @@
-//! Datasets: Fashion-MNIST (IDX, gzip) and CIFAR-10/100 (binary version).
+//! Datasets: Fashion-MNIST (IDX, gzip), CIFAR-10/100 (binary version), and
+//! a provider's own images or NumPy arrays ([`crate::disk`]).
 //!
 //! Nothing is downloaded. Files are looked for in the `--data-dir` given,
 //! then `$DELPHI_DATA`, then (Fashion-MNIST) Debian's
@@ -11,7 +12,11 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use flate2::read::GzDecoder;
+
+use crate::disk::DiskData;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
@@ -23,7 +28,7 @@ pub enum DataError {
     #[error("{dataset}: {file} not found (looked in {looked}); {hint}")]
     Missing {
         /// The dataset.
-        dataset: &'static str,
+        dataset: String,
         /// The file looked for.
         file: String,
         /// The directories tried.
@@ -68,15 +73,35 @@ pub enum DataError {
         /// The record.
         index: usize,
         /// The label read.
-        label: u8,
+        label: i64,
         /// The number of classes.
         classes: usize,
     },
     /// Two files that belong together disagree.
     #[error("{0}")]
     Inconsistent(String),
+    /// An image that does not decode.
+    #[error("{path}: not a readable image: {reason}")]
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's complaint.
+        reason: String,
+    },
+    /// A NumPy array that is missing, malformed or not images/labels.
+    #[error("{file}: {reason}")]
+    Numpy {
+        /// The file (`archive.npz:array` inside an archive).
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// An unknown dataset name.
-    #[error("unknown dataset {0:?} (known: fashion-mnist, fashion-mnist-32, cifar10, cifar100)")]
+    #[error(
+        "unknown dataset {0:?}: not a built-in (fashion-mnist, fashion-mnist-32, cifar10, \
+         cifar100) and no such file or folder (a folder of class folders of images, a .npz \
+         file, or a folder of .npy files; PATH:HxW resizes, PATH:CxHxW also sets the channels)"
+    )]
     Unknown(String),
 }
 
@@ -84,19 +109,19 @@ pub enum DataError {
 pub type Result<T> = std::result::Result<T, DataError>;
 
 /// The datasets the toolkit reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DatasetKind {
     /// Fashion-MNIST, 28×28 grey, 10 classes.
     FashionMnist,
     /// Fashion-MNIST zero-padded to 32×32 and repeated over three channels:
     /// the same files, shaped for CIFAR networks (ResNet-32).
-    #[serde(rename = "fashion-mnist-32")]
     FashionMnist32,
     /// CIFAR-10, 32×32 RGB, 10 classes.
     Cifar10,
     /// CIFAR-100 (fine labels), 32×32 RGB, 100 classes.
     Cifar100,
+    /// A provider's own images or arrays, read from disk ([`crate::disk`]).
+    Disk(Arc<DiskData>),
 }
 
 impl std::str::FromStr for DatasetKind {
@@ -107,8 +132,16 @@ impl std::str::FromStr for DatasetKind {
             "fashion-mnist-32" | "fashion-mnist32" | "fmnist32" => Ok(DatasetKind::FashionMnist32),
             "cifar10" | "cifar-10" => Ok(DatasetKind::Cifar10),
             "cifar100" | "cifar-100" => Ok(DatasetKind::Cifar100),
+            _ if crate::disk::is_disk_spec(s) => Ok(DatasetKind::Disk(crate::disk::open(s)?)),
             _ => Err(DataError::Unknown(s.into())),
         }
+    }
+}
+
+/// Files store the name the command line takes (a path for data on disk).
+impl serde::Serialize for DatasetKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.spec())
     }
 }
 
@@ -121,35 +154,50 @@ impl<'de> serde::Deserialize<'de> for DatasetKind {
 }
 
 impl DatasetKind {
-    /// The name used on the command line.
-    pub fn name(self) -> &'static str {
+    /// A short name for logs, folder names and the description's metadata
+    /// (a built-in's name; the file or folder name of data on disk).
+    pub fn name(&self) -> &str {
         match self {
             DatasetKind::FashionMnist => "fashion-mnist",
             DatasetKind::FashionMnist32 => "fashion-mnist-32",
             DatasetKind::Cifar10 => "cifar10",
             DatasetKind::Cifar100 => "cifar100",
+            DatasetKind::Disk(d) => d.name(),
+        }
+    }
+
+    /// The name as the command line takes it (the path, with its `:HxW`,
+    /// for data on disk).
+    pub fn spec(&self) -> &str {
+        match self {
+            DatasetKind::Disk(d) => d.spec(),
+            _ => self.name(),
         }
     }
 
     /// Channels, height, width.
-    pub fn shape(self) -> [usize; 3] {
+    pub fn shape(&self) -> [usize; 3] {
         match self {
             DatasetKind::FashionMnist => [1, 28, 28],
+            DatasetKind::Disk(d) => d.shape,
             _ => [3, 32, 32],
         }
     }
 
     /// Number of classes.
-    pub fn classes(self) -> usize {
+    pub fn classes(&self) -> usize {
         match self {
             DatasetKind::Cifar100 => 100,
+            DatasetKind::Disk(d) => d.classes(),
             _ => 10,
         }
     }
 
-    /// Per-channel mean and standard deviation of the training set (pixels in [0, 1]).
-    pub fn normalization(self) -> (Vec<f32>, Vec<f32>) {
+    /// Per-channel mean and standard deviation of the training set (pixels
+    /// in [0, 1]; measured on the training images for data on disk).
+    pub fn normalization(&self) -> (Vec<f32>, Vec<f32>) {
         match self {
+            DatasetKind::Disk(d) => d.mean_std.clone(),
             DatasetKind::FashionMnist => (vec![0.2860], vec![0.3530]),
             // Padding zeros around 784 of 1024 pixels: the same moments, diluted.
             DatasetKind::FashionMnist32 => (vec![0.2190; 3], vec![0.3316; 3]),
@@ -159,23 +207,37 @@ impl DatasetKind {
     }
 
     /// [`DatasetKind::normalization`] as the description records it.
-    pub fn default_normalization(self) -> delphi_net::Normalization {
+    pub fn default_normalization(&self) -> delphi_net::Normalization {
         let (mean, std) = self.normalization();
-        delphi_net::Normalization { mean, std, pixels: Some("u8 / 255, CHW".into()) }
+        let pixels = match self {
+            DatasetKind::Disk(d) => match d.fit.size {
+                Some([h, w]) => {
+                    format!("u8 / 255, CHW, resized to {h}×{w} (shorter side scaled, centre crop)")
+                }
+                None => "u8 / 255, CHW".into(),
+            },
+            _ => "u8 / 255, CHW".into(),
+        };
+        delphi_net::Normalization { mean, std, pixels: Some(pixels) }
     }
 
-    /// The architecture a plan uses by default.
-    pub fn default_arch(self) -> &'static str {
+    /// The architecture a plan uses by default (for data on disk: small-cnn
+    /// for grey images, minionn for colour; a network of another input size
+    /// is named with --arch, or the data resized with PATH:HxW).
+    pub fn default_arch(&self) -> &'static str {
         match self {
             DatasetKind::FashionMnist => "small-cnn",
             DatasetKind::FashionMnist32 => "resnet32",
             DatasetKind::Cifar10 => "minionn",
             DatasetKind::Cifar100 => "resnet32",
+            DatasetKind::Disk(d) if d.shape[0] == 1 => "small-cnn",
+            DatasetKind::Disk(_) => "minionn",
         }
     }
 
-    /// Whether training uses random crops and flips.
-    pub fn augment(self) -> bool {
+    /// Whether training uses random crops and flips (CIFAR only: a flip
+    /// changes the meaning of digits, text and many provider images).
+    pub fn augment(&self) -> bool {
         matches!(self, DatasetKind::Cifar10 | DatasetKind::Cifar100)
     }
 }
@@ -221,7 +283,11 @@ impl Split {
         for &i in idx {
             pixels.extend_from_slice(&self.pixels[i * l..(i + 1) * l]);
         }
-        Split { kind: self.kind, pixels, labels: idx.iter().map(|&i| self.labels[i]).collect() }
+        Split {
+            kind: self.kind.clone(),
+            pixels,
+            labels: idx.iter().map(|&i| self.labels[i]).collect(),
+        }
     }
 
     /// One image as floats (CHW) normalised with `norm` (pixels / 255,
@@ -274,7 +340,7 @@ pub struct Dataset {
 }
 
 /// Where to look for a dataset's files.
-pub fn search_dirs(kind: DatasetKind, data_dir: Option<&Path>) -> Vec<PathBuf> {
+pub fn search_dirs(kind: &DatasetKind, data_dir: Option<&Path>) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(d) = data_dir {
         dirs.push(d.to_path_buf());
@@ -291,11 +357,12 @@ pub fn search_dirs(kind: DatasetKind, data_dir: Option<&Path>) -> Vec<PathBuf> {
         }
         DatasetKind::Cifar10 => dirs.push("cifar-10-batches-bin".into()),
         DatasetKind::Cifar100 => dirs.push("cifar-100-binary".into()),
+        DatasetKind::Disk(d) => dirs.push(d.path.clone()),
     }
     dirs
 }
 
-fn find(kind: DatasetKind, data_dir: Option<&Path>, file: &str) -> Result<PathBuf> {
+fn find(kind: &DatasetKind, data_dir: Option<&Path>, file: &str) -> Result<PathBuf> {
     let dirs = search_dirs(kind, data_dir);
     for d in &dirs {
         for sub in ["", "cifar-10-batches-bin", "cifar-100-binary"] {
@@ -306,7 +373,7 @@ fn find(kind: DatasetKind, data_dir: Option<&Path>, file: &str) -> Result<PathBu
         }
     }
     Err(DataError::Missing {
-        dataset: kind.name(),
+        dataset: kind.name().to_string(),
         file: file.into(),
         looked: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
         hint: match kind {
@@ -371,7 +438,7 @@ fn check_labels(path: &Path, labels: &[u8], classes: usize) -> Result<()> {
         Some(index) => Err(DataError::LabelOutOfRange {
             path: path.into(),
             index,
-            label: labels[index],
+            label: labels[index] as i64,
             classes,
         }),
         None => Ok(()),
@@ -380,8 +447,8 @@ fn check_labels(path: &Path, labels: &[u8], classes: usize) -> Result<()> {
 
 fn fashion_split(data_dir: Option<&Path>, prefix: &str) -> Result<Split> {
     let kind = DatasetKind::FashionMnist;
-    let ip = find(kind, data_dir, &format!("{prefix}-images-idx3-ubyte.gz"))?;
-    let lp = find(kind, data_dir, &format!("{prefix}-labels-idx1-ubyte.gz"))?;
+    let ip = find(&kind, data_dir, &format!("{prefix}-images-idx3-ubyte.gz"))?;
+    let lp = find(&kind, data_dir, &format!("{prefix}-labels-idx1-ubyte.gz"))?;
     let (ishape, pixels) = read_idx(&ip, 3)?;
     let (lshape, labels) = read_idx(&lp, 1)?;
     if ishape[1..] != [28, 28] || ishape[0] != lshape[0] {
@@ -451,7 +518,7 @@ pub fn load(
     valid: usize,
     seed: u64,
 ) -> Result<Dataset> {
-    let (train, test) = match kind {
+    let (train, test) = match &kind {
         DatasetKind::FashionMnist => {
             (fashion_split(data_dir, "train")?, fashion_split(data_dir, "t10k")?)
         }
@@ -461,15 +528,22 @@ pub fn load(
         ),
         DatasetKind::Cifar10 => {
             let train = (1..=5)
-                .map(|i| find(kind, data_dir, &format!("data_batch_{i}.bin")))
+                .map(|i| find(&kind, data_dir, &format!("data_batch_{i}.bin")))
                 .collect::<Result<Vec<_>>>()?;
-            let test = find(kind, data_dir, "test_batch.bin")?;
-            (read_cifar(kind, &train)?, read_cifar(kind, &[test])?)
+            let test = find(&kind, data_dir, "test_batch.bin")?;
+            (read_cifar(kind.clone(), &train)?, read_cifar(kind.clone(), &[test])?)
         }
         DatasetKind::Cifar100 => (
-            read_cifar(kind, &[find(kind, data_dir, "train.bin")?])?,
-            read_cifar(kind, &[find(kind, data_dir, "test.bin")?])?,
+            read_cifar(kind.clone(), &[find(&kind, data_dir, "train.bin")?])?,
+            read_cifar(kind.clone(), &[find(&kind, data_dir, "test.bin")?])?,
         ),
+        DatasetKind::Disk(d) => {
+            let ((tp, tl), (sp, sl)) = d.take()?;
+            (
+                Split { kind: kind.clone(), pixels: tp, labels: tl },
+                Split { kind: kind.clone(), pixels: sp, labels: sl },
+            )
+        }
     };
     Ok(split_valid(train, test, valid, seed))
 }

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod disk;
 pub mod error;
 pub mod evaluate;
 pub mod fast;

@@ -118,11 +118,11 @@ impl Trainer {
         let (template, load) = match &config.init {
             Some(p) => {
                 let net = Network::load(p)?;
-                crate::arch::check_fits(&net, config.dataset, &p.display().to_string())?;
+                crate::arch::check_fits(&net, &config.dataset, &p.display().to_string())?;
                 (net, true)
             }
             None => {
-                let r = crate::arch::resolve(&config.arch, config.dataset, config.seed)?;
+                let r = crate::arch::resolve(&config.arch, &config.dataset, config.seed)?;
                 notes = r.notes;
                 (r.network, r.trained)
             }
@@ -577,6 +577,10 @@ impl Trainer {
         net.metadata.extra.remove("input_normalization");
         net.metadata.input_normalization = Some(self.norm.clone());
         net.metadata.dataset = Some(self.config.dataset.name().into());
+        if let crate::data::DatasetKind::Disk(d) = &self.config.dataset {
+            // Which output is which class: the folder names (or label numbers).
+            net.metadata.extra.insert("classes".into(), serde_json::json!(d.class_names));
+        }
         Ok(net)
     }
 

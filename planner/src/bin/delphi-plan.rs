@@ -126,7 +126,7 @@ fn run_windows(a: &WindowsArgs) -> Result<()> {
         ReluBitsMode::Full => bail!("--mode full chooses no windows (a network without relu_bits is full width)"),
         ReluBitsMode::Auto => {}
     }
-    let resolved = delphi_train::arch::resolve(&a.arch, a.data.dataset, a.seed)?;
+    let resolved = delphi_train::arch::resolve(&a.arch, &a.data.dataset, a.seed)?;
     if !resolved.trained {
         bail!(
             "{} has no weights: windows are chosen for a trained network (train it with \
@@ -334,7 +334,7 @@ struct SearchArgs {
 fn plan_config(a: &SearchArgs) -> PlanConfig {
     PlanConfig {
         name: None,
-        dataset: a.data.dataset,
+        dataset: a.data.dataset.clone(),
         data_dir: a.data.data_dir.clone(),
         arch: a.arch.clone(),
         strategy: Strategy::Pbt,

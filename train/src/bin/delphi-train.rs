@@ -19,12 +19,14 @@ use delphi_train::train::Trainer;
     version,
     about = "Train networks for private inference (ReLU or quadratic activations) and export them",
     long_about = "Trains a built-in architecture, a network description or an ONNX model on \
-                  Fashion-MNIST, CIFAR-10 or CIFAR-100 with Burn, \
+                  Fashion-MNIST, CIFAR-10, CIFAR-100 or your own images (a folder of class \
+                  folders, or NumPy arrays) with Burn, \
                   evaluates it in floating point and in the protocol's fixed point, and writes a run \
                   folder with metrics.json and model.json (loadable by `delphi verify`/`serve`).",
     after_help = "Examples:\n  \
                   delphi-train train --dataset fashion-mnist --arch small-cnn --epochs 5 --out runs/relu\n  \
                   delphi-train train --arch small-cnn --placement RQR --init runs/relu/model.json --out runs/rqr\n  \
+                  delphi-train train --dataset /tmp/fashion-png:3x32x32 --arch minionn --out runs/png-rgb\n  \
                   delphi-train bench --archs small-cnn --steps 10"
 )]
 struct Cli {
@@ -224,7 +226,7 @@ fn parse_swap(s: &str) -> std::result::Result<Swap, String> {
 }
 
 fn config(a: &TrainArgs) -> TrainConfig {
-    let mut c = TrainConfig::new(a.data.dataset);
+    let mut c = TrainConfig::new(a.data.dataset.clone());
     if let Some(arch) = &a.arch {
         c.arch = arch.clone();
     }
