@@ -119,7 +119,11 @@ pub fn node_traffic(prog: &FixedProgram, i: usize) -> (Traffic, Traffic) {
             on.bytes = 2 * fields(n);
             on.rounds = 1.0;
         }
-        FixedOp::MulConst(_) | FixedOp::SumPool { .. } | FixedOp::Add => {}
+        FixedOp::MulConst(_)
+        | FixedOp::SumPool { .. }
+        | FixedOp::Add
+        | FixedOp::Sub
+        | FixedOp::Gather { .. } => {}
     }
     (off, on)
 }

@@ -408,9 +408,11 @@ impl CostModel {
                 None => (self.trunc_offline.at(active), self.trunc_online.at(active)),
             },
             FixedOp::Quad { .. } => (self.quad_offline.at(active), self.quad_online.at(active)),
-            FixedOp::MulConst(_) | FixedOp::SumPool { .. } | FixedOp::Add => {
-                (0.0, self.local_per_value_s * n)
-            }
+            FixedOp::MulConst(_)
+            | FixedOp::SumPool { .. }
+            | FixedOp::Add
+            | FixedOp::Sub
+            | FixedOp::Gather { .. } => (0.0, self.local_per_value_s * n),
         }
     }
 

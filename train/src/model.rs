@@ -115,6 +115,15 @@ pub enum Kind {
         /// Stride.
         stride: usize,
     },
+    /// Max pooling (padding never the maximum).
+    MaxPool {
+        /// Window.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+        /// Padding on every side.
+        padding: usize,
+    },
     /// Adds the output of layer `from`.
     Residual {
         /// The other operand.
@@ -253,6 +262,10 @@ impl Net {
                 Op::AvgPool { kernel, stride } => {
                     layer.kind = Kind::AvgPool { kernel: *kernel, stride: *stride }
                 }
+                Op::MaxPool { kernel, stride, padding } => {
+                    layer.kind =
+                        Kind::MaxPool { kernel: *kernel, stride: *stride, padding: *padding }
+                }
                 Op::Residual { from } => layer.kind = Kind::Residual { from: *from },
                 Op::Flatten => layer.kind = Kind::Flatten,
                 Op::Activation(a) => {
@@ -315,6 +328,14 @@ impl Net {
                 (Kind::BatchNorm, _, _, Some(bn), _) => bn.forward(src),
                 (Kind::AvgPool { kernel, stride }, ..) => {
                     crate::fast::avg_pool(src, *kernel, *stride)
+                }
+                (Kind::MaxPool { kernel, stride, padding }, ..) => {
+                    burn::tensor::module::max_pool2d(
+                        src,
+                        burn::tensor::ops::MaxPoolOptions::new([*kernel; 2])
+                            .with_stride([*stride; 2])
+                            .with_padding([*padding; 2]),
+                    )
                 }
                 (Kind::Residual { from }, ..) => src + outs[*from].clone(),
                 (Kind::Flatten, ..) => {

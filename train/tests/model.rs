@@ -43,4 +43,12 @@ fn burn_forward_equals_the_float_evaluator() {
     delphi_net::builtin::quad_last_with(&mut r, 3, delphi_net::builtin::BENCH_QUAD).unwrap();
     close(&r);
     close(&build("minionn", 10, 5).unwrap());
+    // Max pooling, after a ReLU and after a quadratic; padded, odd windows.
+    let mut m = build("small-cnn-max", 10, 6).unwrap();
+    close(&m);
+    "QRR".parse::<Placement>().unwrap().apply(&mut m).unwrap();
+    if let delphi_net::Op::MaxPool { kernel, padding, .. } = &mut m.layers[2].op {
+        (*kernel, *padding) = (3, 1);
+    }
+    close(&m);
 }

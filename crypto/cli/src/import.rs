@@ -35,7 +35,7 @@ pub(crate) struct ImportArgs {
 
 #[derive(clap::Args)]
 pub(crate) struct ExportArgs {
-    /// Architecture: small-cnn, minionn, resnet32, resnet14, resnet26 or resnet38.
+    /// Architecture: small-cnn, small-cnn-max, minionn, resnet32, resnet14, resnet26 or resnet38.
     #[arg(long)]
     arch: String,
     /// Number of output classes.

@@ -44,17 +44,26 @@ fn import_then_verify_and_refusals() {
         delphi().args(["verify", "--json", "--plan"]).arg(fixture("cnn.onnx")).output().unwrap();
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
 
-    // Refused by name, with what to use instead.
+    // Refused by name, with what to use instead: the CNN with its ReLUs
+    // turned into SELUs (the same length, so the protobuf stays valid).
+    let bytes = std::fs::read(fixture("cnn.onnx")).unwrap();
+    let mut selu = bytes.clone();
+    for k in 0..selu.len().saturating_sub(4) {
+        if &bytes[k..k + 4] == b"Relu" {
+            selu[k..k + 4].copy_from_slice(b"Selu");
+        }
+    }
+    std::fs::write(d.join("selu.onnx"), &selu).unwrap();
     let r = delphi()
         .args(["import"])
-        .arg(fixture("maxpool.onnx"))
+        .arg(d.join("selu.onnx"))
         .arg("--out")
         .arg(d.join("no.json"))
         .output()
         .unwrap();
     assert!(!r.status.success());
     let err = String::from_utf8_lossy(&r.stderr);
-    assert!(err.contains("MaxPool") && err.contains("AveragePool"), "{err}");
+    assert!(err.contains("Selu") && err.contains("use Relu"), "{err}");
     assert!(!d.join("no.json").exists());
     std::fs::remove_dir_all(&d).ok();
 }

@@ -122,6 +122,8 @@ fn local_op(prog: &FixedProgram, i: usize, vals: &[Vec<F>]) -> Option<Vec<F>> {
             sum_pool(x, prog.nodes[node.inputs[0]].shape, *kernel, *stride, F::ZERO, |a, b| a + b).0
         }
         FixedOp::Add => x.iter().zip(&vals[node.inputs[1]]).map(|(a, b)| *a + *b).collect(),
+        FixedOp::Sub => x.iter().zip(&vals[node.inputs[1]]).map(|(a, b)| *a - *b).collect(),
+        FixedOp::Gather { index } => delphi_net::fixed::gather(index, &node.inputs, vals, 1),
         _ => return None,
     })
 }
@@ -624,7 +626,13 @@ pub fn program_digest(prog: &FixedProgram) -> [u8; 32] {
             FixedOp::MulConst(m) => [*m, 0, 0],
             FixedOp::SumPool { kernel, stride } => [*kernel as i64, *stride as i64, 0],
             FixedOp::Linear { op, .. } => [op.kernel as i64, op.stride as i64, op.pad as i64],
-            FixedOp::Input | FixedOp::Add => [0; 3],
+            FixedOp::Gather { index } => {
+                for v in index {
+                    h.update(v.to_le_bytes());
+                }
+                [index.len() as i64, 0, 0]
+            }
+            FixedOp::Input | FixedOp::Add | FixedOp::Sub => [0; 3],
         };
         for v in params {
             h.update(v.to_le_bytes());

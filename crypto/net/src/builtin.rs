@@ -44,8 +44,8 @@ use crate::desc::{Activation, Network, Op, Padding, Shape};
 use crate::error::{NetError, Result};
 
 /// Names of the built-in architectures.
-pub const ARCHITECTURES: [&str; 6] =
-    ["small-cnn", "minionn", "resnet32", "resnet14", "resnet26", "resnet38"];
+pub const ARCHITECTURES: [&str; 7] =
+    ["small-cnn", "small-cnn-max", "minionn", "resnet32", "resnet14", "resnet26", "resnet38"];
 
 struct Init {
     rng: ChaCha20Rng,
@@ -163,6 +163,22 @@ pub fn build(arch: &str, classes: usize, seed: u64) -> Result<Network> {
     }
     let mut init = Init { rng: ChaCha20Rng::seed_from_u64(seed) };
     let net = match arch {
+        // small-cnn with max pooling, as ordinary PyTorch CNNs pool (each
+        // ReLU before a pool fused into it under the protocol).
+        "small-cnn-max" => {
+            let mut n = Network::new("small-cnn-max", Shape::new(1, 28, 28), 8);
+            n.push(init.conv(1, 16, 3, 1, true));
+            n.push(RELU);
+            n.push(Op::MaxPool { kernel: 2, stride: 2, padding: 0 });
+            n.push(init.conv(16, 32, 3, 1, true));
+            n.push(RELU);
+            n.push(Op::MaxPool { kernel: 2, stride: 2, padding: 0 });
+            n.push(Op::Flatten);
+            n.push(init.dense(32 * 7 * 7, 128));
+            n.push(RELU);
+            n.push(init.dense(128, classes));
+            n
+        }
         "small-cnn" => {
             let mut n = Network::new("small-cnn", Shape::new(1, 28, 28), 8);
             n.push(init.conv(1, 16, 3, 1, true));

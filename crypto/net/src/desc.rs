@@ -292,6 +292,20 @@ pub enum Op {
         /// Stride.
         stride: usize,
     },
+    /// Max pooling over square windows; padding positions are never the
+    /// maximum (PyTorch's −∞ padding). Under the protocol: a tree of
+    /// comparisons, each max(a, b) = b + ReLU(a − b) by a garbled circuit
+    /// (k² − 1 per window, ⌈log₂ k²⌉ rounds); after a ReLU layer the two
+    /// are fused (ReLU(max) = max(ReLU)), so that ReLU costs one per window.
+    MaxPool {
+        /// Window size.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+        /// Padding on every side (at most kernel / 2).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        padding: usize,
+    },
     /// Batch normalisation (inference form), folded into the preceding linear layer.
     BatchNorm {
         /// Numerical epsilon.
@@ -327,6 +341,7 @@ impl Op {
             Op::Conv2d { .. } => "conv2d",
             Op::Dense { .. } => "dense",
             Op::AvgPool { .. } => "avg_pool",
+            Op::MaxPool { .. } => "max_pool",
             Op::BatchNorm { .. } => "batch_norm",
             Op::Residual { .. } => "residual",
             Op::Flatten => "flatten",
@@ -1150,6 +1165,20 @@ impl Network {
                     }
                     x.windowed(x.channels, *kernel, *stride, 0)
                 }
+                Op::MaxPool { kernel, stride, padding } => {
+                    if *kernel == 0 || *stride == 0 {
+                        return Err(err("kernel and stride must be positive".into()));
+                    }
+                    if 2 * padding > *kernel {
+                        return Err(err(format!(
+                            "padding {padding} more than half the window {kernel}"
+                        )));
+                    }
+                    if x.height + 2 * padding < *kernel || x.width + 2 * padding < *kernel {
+                        return Err(err(format!("window {kernel} larger than the input {x}")));
+                    }
+                    x.windowed(x.channels, *kernel, *stride, *padding)
+                }
                 Op::BatchNorm { eps, gamma, beta, mean, var } => {
                     let prev = src.map(|j| &self.layers[j].op);
                     if !matches!(prev, Some(Op::Conv2d { .. } | Op::Dense { .. })) {
@@ -1374,6 +1403,7 @@ mod keys {
             }
             "dense" => &["out_features", "bias", "weight", "bias_values"],
             "avg_pool" => &["kernel", "stride"],
+            "max_pool" => &["kernel", "stride", "padding"],
             "batch_norm" => &["eps", "gamma", "beta", "mean", "var"],
             "residual" => &["from"],
             "activation" => &["kind", "a", "b", "c", "relu", "relu_bits"],
@@ -1461,4 +1491,8 @@ mod keys {
             Ok(Keys { top, layers: layers.unwrap_or_default() })
         }
     }
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }

@@ -125,6 +125,13 @@ fn eval_layer(
             let inv = 1.0 / (kernel * kernel) as f32;
             v.into_iter().map(|s| s * inv).collect()
         }
+        Op::MaxPool { kernel, stride, padding } => {
+            let (windows, _) = crate::linear::pool_windows(xs, *kernel, *stride, *padding);
+            windows
+                .iter()
+                .map(|w| w.iter().map(|&i| x[i]).fold(f32::NEG_INFINITY, f32::max))
+                .collect()
+        }
         Op::BatchNorm { eps, gamma, beta, mean, var } => {
             let per = xs.height * xs.width;
             x.iter()

@@ -42,7 +42,7 @@ use delphi_crypto::field::{F, HALF, P};
 use delphi_crypto::relu::spec::{ReluBits, ReluSpec};
 use delphi_crypto::trunc::{ExactTrunc, TruncKind, OFFSET_BITS};
 
-use crate::desc::{Network, Op, Shape, TruncChoice};
+use crate::desc::{Activation, Network, Op, Shape, TruncChoice};
 use crate::error::{layer_err, NetError, Result};
 use crate::linear::{sum_pool, LinearOp};
 
@@ -125,6 +125,15 @@ pub enum FixedOp {
     },
     /// Element-wise sum of the two inputs.
     Add,
+    /// Element-wise difference of the two inputs (first minus second).
+    Sub,
+    /// Picks elements of its inputs, read one after another as one vector:
+    /// output `i` is element `index[i]` of that vector (max pooling's
+    /// windows and comparison tree).
+    Gather {
+        /// Positions in the inputs' concatenation.
+        index: Vec<u32>,
+    },
 }
 
 impl FixedOp {
@@ -140,6 +149,8 @@ impl FixedOp {
             FixedOp::MulConst(_) => "mul_const",
             FixedOp::SumPool { .. } => "sum_pool",
             FixedOp::Add => "add",
+            FixedOp::Sub => "sub",
+            FixedOp::Gather { .. } => "gather",
         }
     }
 }
@@ -323,6 +334,66 @@ impl Lowering {
         n
     }
 
+    /// Max pooling of node `x` (shape `src`, scale `scale`) by a tree of
+    /// comparisons: the windows gathered item by item (a window cut by
+    /// the padding repeats its first element: max(a, a) = a), then per
+    /// level max(a, b) = b + ReLU(a − b), all pairs of a level in one ReLU
+    /// node (one round). Returns the node holding the maxima (CHW).
+    fn max_tree(
+        &mut self,
+        x: usize,
+        src: Shape,
+        (kernel, stride, pad): (usize, usize, usize),
+        scale: (u32, u64),
+        layer: usize,
+    ) -> Result<(usize, Shape)> {
+        let (windows, out) = crate::linear::pool_windows(src, kernel, stride, pad);
+        let w = windows.len();
+        let flat = |n: usize| Shape::new(n, 1, 1);
+        let push = |lw: &mut Lowering, op: FixedOp, inputs: Vec<usize>, len: usize| {
+            let n = lw.push(op, inputs, flat(len), layer);
+            lw.nodes[n].scale = scale;
+            n
+        };
+        let mut index = Vec::with_capacity(kernel * kernel * w);
+        for j in 0..kernel * kernel {
+            for win in &windows {
+                let at = win.get(j).or(win.first()).ok_or_else(|| {
+                    layer_err(layer, "max_pool", "a window lies wholly in the padding")
+                })?;
+                index.push(*at as u32);
+            }
+        }
+        let mut items = kernel * kernel;
+        let mut v = push(self, FixedOp::Gather { index }, vec![x], items * w);
+        while items > 1 {
+            let half = items / 2;
+            let range = |a: usize, b: usize| (a as u32..b as u32).collect::<Vec<u32>>();
+            let a = push(self, FixedOp::Gather { index: range(0, half * w) }, vec![v], half * w);
+            let b = push(
+                self,
+                FixedOp::Gather { index: range(half * w, 2 * half * w) },
+                vec![v],
+                half * w,
+            );
+            let d = push(self, FixedOp::Sub, vec![a, b], half * w);
+            let r = push(self, FixedOp::Relu { shift: 0, bits: None }, vec![d], half * w);
+            let m = push(self, FixedOp::Add, vec![b, r], half * w);
+            if items % 2 == 1 {
+                // The odd item out joins the next level.
+                let mut index = range(0, half * w);
+                let last = (half * w + (items - 1) * w) as u32;
+                index.extend(last..last + w as u32);
+                v = push(self, FixedOp::Gather { index }, vec![m, v], (half + 1) * w);
+            } else {
+                v = m;
+            }
+            items = items.div_ceil(2);
+        }
+        self.nodes[v].shape = out;
+        Ok((v, out))
+    }
+
     /// Brings a tensor to f bits with no pending divisor.
     fn normalize(&mut self, mut t: Tensor, layer: usize) -> Tensor {
         if t.div > 1 {
@@ -382,6 +453,18 @@ impl FixedProgram {
         };
         let input = Tensor { node: 0, bits: f, div: 1, shape: net.input };
         let mut out: Vec<Tensor> = Vec::with_capacity(net.layers.len());
+        // A ReLU layer read only by a max pool is fused into it: the pool's
+        // comparisons run on the ReLU's input and one ReLU per window
+        // follows (ReLU and the truncation are monotone, so
+        // ReLU(max x) >> s = max(ReLU(x) >> s) exactly).
+        let fused = |i: usize| -> bool {
+            let next = net.layers.get(i + 1);
+            next.is_some_and(|l| matches!(l.op, Op::MaxPool { .. }) && l.source(i + 1) == Some(i))
+                && net.readers(i) == 1
+                && matches!(net.layers[i].op, Op::Activation(Activation::Relu))
+                && net.layers[i].relu_bits.is_none_or(|b| b.is_exact())
+        };
+        let mut deferred: Vec<Option<FixedOp>> = vec![None; net.layers.len()];
         for (i, layer) in net.layers.iter().enumerate() {
             let kind = layer.op.kind();
             let src = layer.source(i);
@@ -412,6 +495,22 @@ impl FixedProgram {
                         i,
                     );
                     Tensor { node, bits: t.bits, div: t.div * (kernel * kernel) as u64, shape }
+                }
+                Op::MaxPool { kernel, stride, padding } => {
+                    let (node, shape) = lw.max_tree(
+                        t.node,
+                        t.shape,
+                        (*kernel, *stride, *padding),
+                        (t.bits, t.div),
+                        i,
+                    )?;
+                    match src.and_then(|j| deferred[j].take().map(|op| (j, op))) {
+                        Some((j, relu)) => {
+                            let r = lw.push(relu, vec![node], shape, j);
+                            Tensor { node: r, bits: f, div: t.div, shape }
+                        }
+                        None => Tensor { node, shape, ..t },
+                    }
                 }
                 Op::Residual { from } => {
                     let mut a = t;
@@ -452,7 +551,11 @@ impl FixedProgram {
                         spec.check().map_err(|e| layer_err(i, kind, e.to_string()))?;
                         Ok(FixedOp::Relu { shift, bits: layer.relu_bits })
                     };
-                    if relu.iter().all(|&r| r) {
+                    if relu.iter().all(|&r| r) && fused(i) {
+                        // Applied after the max pool that reads it.
+                        deferred[i] = Some(relu_op(t.bits - f)?);
+                        t
+                    } else if relu.iter().all(|&r| r) {
                         let shift = t.bits - f;
                         let node = lw.push(relu_op(shift)?, vec![t.node], t.shape, i);
                         Tensor { node, bits: f, div: t.div, shape: t.shape }
@@ -703,6 +806,11 @@ impl FixedProgram {
                     let y = &vals[node.inputs[1]];
                     x.iter().zip(y).map(|(a, b)| *a + *b).collect()
                 }
+                FixedOp::Sub => {
+                    let y = &vals[node.inputs[1]];
+                    x.iter().zip(y).map(|(a, b)| *a - *b).collect()
+                }
+                FixedOp::Gather { index } => gather(index, &node.inputs, vals, 1),
             }
         }
     }
@@ -884,6 +992,11 @@ impl FixedProgram {
                     let y = &vals[node.inputs[1]];
                     x.iter().zip(y).map(|(a, b)| *a + *b).collect()
                 }
+                FixedOp::Sub => {
+                    let y = &vals[node.inputs[1]];
+                    x.iter().zip(y).map(|(a, b)| *a - *b).collect()
+                }
+                FixedOp::Gather { index } => gather(index, &node.inputs, &vals, nb),
             };
             vals.push(v);
             for &j in &node.inputs {
@@ -995,4 +1108,22 @@ fn linear_params(
 /// reading is trustworthy (|v| below a quarter of p).
 pub fn in_safe_range(v: F) -> bool {
     v.to_signed().unsigned_abs() < HALF / 2
+}
+
+/// [`FixedOp::Gather`] on values laid out `nb` per element (a batch of `nb`
+/// inputs side by side): picks whole groups from the inputs' concatenation.
+pub fn gather<T: Copy>(index: &[u32], inputs: &[usize], vals: &[Vec<T>], nb: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(index.len() * nb);
+    for &k in index {
+        let mut k = k as usize * nb;
+        for &j in inputs {
+            let v = &vals[j];
+            if k < v.len() {
+                out.extend_from_slice(&v[k..k + nb]);
+                break;
+            }
+            k -= v.len();
+        }
+    }
+    out
 }

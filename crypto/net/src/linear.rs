@@ -132,6 +132,39 @@ pub fn sum_pool<T: Copy, A: Copy>(
     (v, out)
 }
 
+/// The windows of a pooling layer: for each output (CHW order), the input
+/// positions of its window that lie inside the image (padding positions
+/// are left out), and the output shape.
+pub fn pool_windows(
+    s: Shape,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+) -> (Vec<Vec<usize>>, Shape) {
+    let out = s.windowed(s.channels, kernel, stride, pad);
+    let mut windows = Vec::with_capacity(out.len());
+    for c in 0..s.channels {
+        for oy in 0..out.height {
+            for ox in 0..out.width {
+                let mut w = Vec::with_capacity(kernel * kernel);
+                for ky in 0..kernel {
+                    for kx in 0..kernel {
+                        let (y, x) = (
+                            (oy * stride + ky) as isize - pad as isize,
+                            (ox * stride + kx) as isize - pad as isize,
+                        );
+                        if y >= 0 && x >= 0 && (y as usize) < s.height && (x as usize) < s.width {
+                            w.push((c * s.height + y as usize) * s.width + x as usize);
+                        }
+                    }
+                }
+                windows.push(w);
+            }
+        }
+    }
+    (windows, out)
+}
+
 impl LinearOp {
     /// The operator on signed integers, exactly, when no partial sum can
     /// leave i64: `None` when `max|x| · Σ|w| + |b|` of some output channel

@@ -201,11 +201,32 @@ pub fn proven_bounds(prog: &FixedProgram, input_bound: f64) -> Vec<f64> {
             FixedOp::Trunc { shift, .. } => (x / (1u64 << shift) as f64).ceil() + 1.0,
             FixedOp::MulConst(m) => x * m.unsigned_abs() as f64,
             FixedOp::SumPool { kernel, .. } => x * (kernel * kernel) as f64,
-            FixedOp::Add => x + b[node.inputs[1]],
+            FixedOp::Add => match max_step(prog, &node.inputs) {
+                // b + ReLU(a − b) = max(a, b): no larger than either.
+                Some((a, bb)) => b[a].max(b[bb]),
+                None => x + b[node.inputs[1]],
+            },
+            FixedOp::Sub => x + b[node.inputs[1]],
+            FixedOp::Gather { .. } => node.inputs.iter().map(|&j| b[j]).fold(0.0, f64::max),
         };
         b.push(v);
     }
     b
+}
+
+/// Whether an `Add` of `inputs` is a step of a max pool's tree,
+/// b + ReLU(a − b) with no truncation: then (a, b).
+fn max_step(prog: &FixedProgram, inputs: &[usize]) -> Option<(usize, usize)> {
+    let (&b, &r) = (inputs.first()?, inputs.get(1)?);
+    let relu = &prog.nodes[r];
+    if !matches!(relu.op, FixedOp::Relu { shift: 0, bits: None }) {
+        return None;
+    }
+    let d = &prog.nodes[*relu.inputs.first()?];
+    match (&d.op, &d.inputs[..]) {
+        (FixedOp::Sub, &[a, b2]) if b2 == b => Some((a, b)),
+        _ => None,
+    }
 }
 
 /// The program's values on one input without wrap-around (f64, exact
@@ -254,6 +275,11 @@ pub fn eval_ideal(prog: &FixedProgram, input: &[f32]) -> Result<Vec<Vec<f64>>> {
                 let y = &vals[node.inputs[1]];
                 x.iter().zip(y).map(|(a, b)| a + b).collect()
             }
+            FixedOp::Sub => {
+                let y = &vals[node.inputs[1]];
+                x.iter().zip(y).map(|(a, b)| a - b).collect()
+            }
+            FixedOp::Gather { index } => crate::fixed::gather(index, &node.inputs, &vals, 1),
         };
         vals.push(v);
     }

@@ -438,3 +438,65 @@ fn batched_evaluation_equals_one_input_at_a_time() {
         }
     }
 }
+
+/// Max pooling of integers, windows cut by the padding (never the maximum).
+fn max_pool_ints(x: &[i64], s: delphi_net::Shape, k: usize, stride: usize, pad: usize) -> Vec<i64> {
+    let (windows, _) = delphi_net::linear::pool_windows(s, k, stride, pad);
+    windows.iter().map(|w| w.iter().map(|&i| x[i]).max().unwrap()).collect()
+}
+
+#[test]
+fn max_pooling_is_exact_in_fixed_point_with_and_without_a_fused_relu() {
+    let shape = delphi_net::Shape::new(3, 7, 7);
+    for (k, stride, pad, relu) in
+        [(2, 2, 0, false), (3, 2, 1, false), (3, 3, 0, true), (2, 2, 1, true), (7, 7, 0, true)]
+    {
+        let mut net = Network::new("pool", shape, 8);
+        if relu {
+            net.push(Op::Activation(Activation::Relu));
+        }
+        net.push(Op::MaxPool { kernel: k, stride, padding: pad });
+        net.validate().unwrap();
+        let prog = FixedProgram::lower(&net).unwrap();
+        // k² − 1 comparisons per window, plus one ReLU per window when fused.
+        let out = net.output_shape().unwrap();
+        let relus: usize = prog
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, FixedOp::Relu { .. }))
+            .map(|n| n.active_len())
+            .sum();
+        assert_eq!(relus, out.len() * (k * k - 1 + usize::from(relu)), "k {k} relu {relu}");
+        // A ReLU layer read only by the pool has no node of its own before it.
+        assert_eq!(prog.nodes[1].op.kind(), "gather", "k {k} relu {relu}");
+        for seed in 0..4 {
+            let x = random_input(&net, seed);
+            let enc = prog.encode_input(&x).unwrap();
+            let ints: Vec<i64> = enc
+                .iter()
+                .map(|v| v.to_signed())
+                .map(|v| if relu { v.max(0) } else { v })
+                .collect();
+            let want = max_pool_ints(&ints, shape, k, stride, pad);
+            let got: Vec<i64> = prog.eval(&enc).unwrap().iter().map(|v| v.to_signed()).collect();
+            assert_eq!(got, want, "k {k} stride {stride} pad {pad} relu {relu}");
+            // The float evaluator agrees to the encoding's precision.
+            let f = eval_float(&net, &x).unwrap();
+            for (a, b) in f.iter().zip(&want) {
+                assert!((a - *b as f32 / 256.0).abs() <= 1.0 / 256.0, "{a} vs {b}");
+            }
+        }
+        // The layer survives a file round trip.
+        let file = tmp("pool").join(format!("pool-{k}-{pad}-{relu}.json"));
+        net.save(&file, WeightStorage::Inline).unwrap();
+        let back = Network::load(&file).unwrap();
+        assert_eq!(back.layers.last().unwrap().op, net.layers.last().unwrap().op);
+        // The proven bound of the pooled values is the input's, not a sum.
+        let bounds = prog.proven_bounds_for(&net);
+        assert!(bounds[prog.output] <= bounds[0] + 1.0, "{} vs {}", bounds[prog.output], bounds[0]);
+    }
+    // A padding of more than half the window is refused.
+    let mut net = Network::new("pool", shape, 8);
+    net.push(Op::MaxPool { kernel: 2, stride: 2, padding: 2 });
+    assert!(net.validate().unwrap_err().to_string().contains("more than half the window"));
+}

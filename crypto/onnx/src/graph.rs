@@ -140,10 +140,8 @@ fn node_name(n: &NodeProto) -> String {
 /// What to use instead of an operator the description cannot express.
 fn refusal(op: &str) -> String {
     match op {
-        "MaxPool" | "GlobalMaxPool" | "MaxRoiPool" | "LpPool" | "GlobalLpPool" => {
-            "max pooling needs a comparison per element under the protocol; use AveragePool \
-             (or GlobalAveragePool), as DELPHI's networks do"
-                .into()
+        "MaxRoiPool" | "LpPool" | "GlobalLpPool" => {
+            format!("{op} is not supported; use MaxPool or AveragePool")
         }
         "Sigmoid" | "Tanh" | "Gelu" | "Elu" | "Selu" | "Celu" | "LeakyRelu" | "PRelu"
         | "HardSigmoid" | "HardSwish" | "Softplus" | "Softsign" | "Mish" | "Swish" | "Erf"
@@ -172,7 +170,8 @@ fn refusal(op: &str) -> String {
              logits and the class is the same)"
         ),
         _ => "this operator is not supported. The importer knows Conv, Gemm, MatMul, \
-              BatchNormalization, Relu, AveragePool, GlobalAveragePool, ReduceMean, Add, Sub, \
+              BatchNormalization, Relu, AveragePool, GlobalAveragePool, MaxPool, GlobalMaxPool, \
+              ReduceMean, Add, Sub, \
               Mul, Div, Neg, Pow, Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Identity, \
               Dropout, Cast, a final Softmax, and the shape arithmetic around Reshape"
             .into(),
@@ -300,6 +299,17 @@ impl Importer {
                     )));
                 }
                 x.windowed(x.channels, *kernel, *stride, 0)
+            }
+            Op::MaxPool { kernel, stride, padding } => {
+                if x.height + 2 * padding < *kernel
+                    || x.width + 2 * padding < *kernel
+                    || *stride == 0
+                {
+                    return Err(self.unsupported(format!(
+                        "pooling window {kernel} is larger than its padded input {x}"
+                    )));
+                }
+                x.windowed(x.channels, *kernel, *stride, *padding)
             }
             Op::Flatten => Shape::new(x.len(), 1, 1),
             _ => x,
@@ -1060,8 +1070,17 @@ impl Importer {
     }
 
     fn avg_pool(&mut self, n: &NodeProto) -> Result<()> {
+        self.pool(n, false)
+    }
+
+    /// `AveragePool` (no padding) or `MaxPool` (symmetric padding up to
+    /// half the window, never the maximum).
+    fn pool(&mut self, n: &NodeProto, max: bool) -> Result<()> {
         let a = Attrs::of(n);
         let (name, x) = self.image(n, "pooling")?;
+        if max && n.output.iter().skip(1).any(|o| !o.is_empty()) {
+            return Err(self.unsupported("MaxPool's indices output is not supported"));
+        }
         let k = a.ints("kernel_shape").unwrap_or_default();
         if k.len() != 2 || k[0] != k[1] || k[0] <= 0 {
             return Err(self.unsupported(format!("pooling window {k:?} is not square")));
@@ -1074,9 +1093,24 @@ impl Importer {
         let stride = s[0] as usize;
         let pads = a.ints("pads").unwrap_or_default();
         let auto = a.string("auto_pad").unwrap_or_default();
-        if pads.iter().any(|&p| p != 0) || !matches!(auto.as_str(), "" | "NOTSET" | "VALID") {
+        if !matches!(auto.as_str(), "" | "NOTSET" | "VALID") {
+            return Err(
+                self.unsupported(format!("auto_pad {auto} is not supported; give explicit pads"))
+            );
+        }
+        let pad = pads.first().copied().unwrap_or(0);
+        if pads.iter().any(|&p| p != pad) || pad < 0 {
+            return Err(self.unsupported(format!("pads {pads:?} are not the same on every side")));
+        }
+        let pad = pad as usize;
+        if pad != 0 && !max {
             return Err(
                 self.unsupported("padded average pooling is not supported; pool without padding")
+            );
+        }
+        if 2 * pad > kernel {
+            return Err(
+                self.unsupported(format!("padding {pad} is more than half the window {kernel}"))
             );
         }
         if let Some(d) = a.ints("dilations") {
@@ -1085,15 +1119,20 @@ impl Importer {
             }
         }
         if a.int("ceil_mode").unwrap_or(0) != 0
-            && ((x.shape.height.saturating_sub(kernel)) % stride != 0
-                || (x.shape.width.saturating_sub(kernel)) % stride != 0)
+            && ((x.shape.height + 2 * pad).saturating_sub(kernel) % stride != 0
+                || (x.shape.width + 2 * pad).saturating_sub(kernel) % stride != 0)
         {
             return Err(
                 self.unsupported("ceil_mode = 1 with a partial last window is not supported")
             );
         }
         let src = self.materialize(&name, &x)?;
-        let l = self.emit(src, Op::AvgPool { kernel, stride })?;
+        let op = if max {
+            Op::MaxPool { kernel, stride, padding: pad }
+        } else {
+            Op::AvgPool { kernel, stride }
+        };
+        let l = self.emit(src, op)?;
         let shape = self.shapes[l];
         self.set(n, Value::Val(Val::identity(Src::Layer(l), shape, false, Layout::Nchw)));
         Ok(())
@@ -1486,6 +1525,22 @@ impl Importer {
             "MatMul" => self.matmul(n),
             "BatchNormalization" => self.batch_norm(n),
             "AveragePool" => self.avg_pool(n),
+            "MaxPool" => self.pool(n, true),
+            "GlobalMaxPool" => {
+                let (name, v) = self.image(n, "pooling")?;
+                let s = v.shape;
+                if s.height != s.width {
+                    return Err(self.unsupported(format!(
+                        "global max pooling of a non-square {s} tensor is not supported"
+                    )));
+                }
+                let src = self.materialize(&name, &v)?;
+                let op = Op::MaxPool { kernel: s.height, stride: s.height, padding: 0 };
+                let l = self.emit(src, op)?;
+                let shape = self.shapes[l];
+                self.set(n, Value::Val(Val::identity(Src::Layer(l), shape, false, Layout::Nchw)));
+                Ok(())
+            }
             "GlobalAveragePool" => {
                 let (name, v) = self.val(n, 0)?;
                 if v.flat || v.layout != Layout::Nchw {

@@ -177,18 +177,27 @@ fn trained_fashion_cnn_keeps_its_predictions() {
 }
 
 #[test]
-fn maxpool_is_refused_by_name() {
-    let e = import(&fixture("maxpool.onnx"), &ImportOptions::default()).unwrap_err();
-    match &e {
-        OnnxError::Unsupported { node, op, reason } => {
-            assert_eq!(op, "MaxPool");
-            assert!(node.contains("MaxPool"), "{node}");
-            assert!(reason.contains("AveragePool"), "{reason}");
-        }
-        other => panic!("expected Unsupported, got {other}"),
-    }
-    let msg = e.to_string();
-    assert!(msg.contains("MaxPool") && msg.contains("AveragePool"), "{msg}");
+fn maxpool_matches_onnxruntime_and_runs_under_the_protocol() {
+    // PyTorch's Conv → ReLU → MaxPool2d(2) → Linear.
+    let net = check_against_onnxruntime("maxpool");
+    assert_eq!(count(&net, |o| matches!(o, Op::MaxPool { kernel: 2, stride: 2, padding: 0 })), 1);
+    let prog = delphi_net::FixedProgram::lower(&net).unwrap();
+    // The ReLU before the pool is fused into it: one ReLU per window
+    // (4·14·14) plus 3 comparisons per window, not 4·28·28 + 3 per window.
+    let relus: usize = prog
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, delphi_net::FixedOp::Relu { .. }))
+        .map(|n| n.active_len())
+        .sum();
+    assert_eq!(relus, 4 * 14 * 14 * 4);
+    let r = reference("maxpool");
+    let x = prog.encode_input(&r.inputs[0]).unwrap();
+    let report = delphi_engine::run::run_local(&prog, std::slice::from_ref(&x), &|_| {}).unwrap();
+    assert!(report.inferences[0].correct, "secure result differs from the fixed-point reference");
+    let y = prog.eval(&x).unwrap();
+    let class = (0..y.len()).max_by_key(|&k| y[k].to_signed()).unwrap();
+    assert_eq!(class, delphi_net::eval::argmax(&r.outputs[0]));
 }
 
 #[test]

@@ -256,7 +256,7 @@ struct BenchArgs {
 /// Settings shared by a search and the benchmark.
 #[derive(Args)]
 struct SearchArgs {
-    /// Architecture: a built-in (small-cnn, minionn, resnet32, resnet14,
+    /// Architecture: a built-in (small-cnn, small-cnn-max, minionn, resnet32, resnet14,
     /// resnet26, resnet38;
     /// default per dataset), or a network description (.json) or ONNX model
     /// (.onnx). With weights it is the trained all-ReLU base and is not

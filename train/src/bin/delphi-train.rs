@@ -97,7 +97,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct TrainArgs {
-    /// Architecture: small-cnn, minionn, resnet32, resnet14, resnet26 or resnet38 (default: per
+    /// Architecture: small-cnn, small-cnn-max, minionn, resnet32, resnet14, resnet26 or resnet38 (default: per
     /// dataset), or a path to a network description (.json) or an ONNX model
     /// (.onnx). A file with weights is the starting point (fine-tuning); one
     /// without is initialised from --seed.
