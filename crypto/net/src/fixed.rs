@@ -618,6 +618,15 @@ impl FixedProgram {
         Ok(prog)
     }
 
+    /// Whether node `i` is one of max pooling's comparisons (a ReLU of a
+    /// difference, no truncation): it belongs to the pooling layer, not to
+    /// an activation layer, and takes no ReLU window.
+    pub fn is_comparison(&self, i: usize) -> bool {
+        let n = &self.nodes[i];
+        matches!(n.op, FixedOp::Relu { shift: 0, bits: None })
+            && n.inputs.first().is_some_and(|&j| matches!(self.nodes[j].op, FixedOp::Sub))
+    }
+
     /// Settles what needs the program's proven bounds (interval arithmetic
     /// from the weights and the declared input range,
     /// [`crate::range::proven_bounds`]): each exact truncation runs the

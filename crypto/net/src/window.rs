@@ -45,7 +45,7 @@ pub fn relu_peaks(prog: &FixedProgram, inputs: &[Vec<F>]) -> Result<Vec<ReluPeak
         .iter()
         .enumerate()
         .filter_map(|(i, n)| match (&n.op, n.layer) {
-            (FixedOp::Relu { shift, .. }, Some(layer)) => {
+            (FixedOp::Relu { shift, .. }, Some(layer)) if !prog.is_comparison(i) => {
                 Some(ReluPeak { layer, node: i, shift: *shift, peak: 0, relus: n.active_len() })
             }
             _ => None,
@@ -112,8 +112,11 @@ pub fn exact_windows(net: &Network) -> Result<Vec<(usize, Option<ReluBits>)>> {
     let prog = FixedProgram::lower(&bare)?;
     let bounds = prog.proven_bounds_for(&bare);
     let mut out: Vec<(usize, Option<ReluBits>)> = Vec::new();
-    for n in &prog.nodes {
+    for (i, n) in prog.nodes.iter().enumerate() {
         let (FixedOp::Relu { shift, .. }, Some(layer)) = (&n.op, n.layer) else { continue };
+        if prog.is_comparison(i) {
+            continue;
+        }
         let need = bounds[n.inputs[0]];
         let w = (shift.saturating_add(2).max(2)..=MAX_HI)
             .map(ReluBits::exact)
