@@ -175,6 +175,21 @@ mod tests {
     use crate::builtin::build;
 
     #[test]
+    fn max_pooling_comparisons_take_no_window() {
+        let mut net = build("small-cnn-max", 10, 2).unwrap();
+        let w = exact_windows(&net).unwrap();
+        assert_eq!(w.iter().map(|(l, _)| *l).collect::<Vec<_>>(), net.activation_layers());
+        set_windows(&mut net, &w).unwrap();
+        let prog = FixedProgram::lower(&net).unwrap();
+        let x = prog
+            .encode_input(&crate::eval::random_inputs(prog.nodes[0].shape.len(), 1, 3)[0])
+            .unwrap();
+        let peaks = relu_peaks(&prog, std::slice::from_ref(&x)).unwrap();
+        assert_eq!(peaks.len(), 3, "one ReLU node per activation layer, the fused ones included");
+        assert!(peaks.iter().all(|p| net.layers[p.layer].has_relu()));
+    }
+
+    #[test]
     fn node_checks_allow_the_stated_bound_and_nothing_more() {
         let mut net = build("small-cnn", 10, 6).unwrap();
         let full = FixedProgram::lower(&net).unwrap();
