@@ -202,18 +202,29 @@ impl Net {
                 source: src,
             };
             match &l.op {
-                Op::Conv2d { out_channels, kernel, stride, padding, bias, weight, bias_values } => {
+                Op::Conv2d {
+                    out_channels,
+                    kernel,
+                    stride,
+                    padding,
+                    bias,
+                    weight,
+                    bias_values,
+                    groups,
+                } => {
                     let pad = padding.amount(*kernel);
                     let mut conv =
                         Conv2dConfig::new([in_shape.channels, *out_channels], [*kernel; 2])
                             .with_stride([*stride; 2])
                             .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
                             .with_bias(*bias)
+                            .with_groups(*groups)
                             .init(device);
                     if load_weights {
+                        // Burn and the description both store [out][in / groups][k][k].
                         conv.weight = Param::from_tensor(tensor(
                             weight,
-                            [*out_channels, in_shape.channels, *kernel, *kernel],
+                            [*out_channels, in_shape.channels / groups, *kernel, *kernel],
                             device,
                         ));
                         if *bias {

@@ -51,4 +51,31 @@ fn burn_forward_equals_the_float_evaluator() {
         (*kernel, *padding) = (3, 1);
     }
     close(&m);
+    // Grouped and depthwise convolutions (weights [out][in / groups][k][k]).
+    let mut g = delphi_net::Network::new("separable", delphi_net::Shape::new(1, 12, 12), 8);
+    let conv = |cout: usize, k: usize, groups: usize| delphi_net::Op::Conv2d {
+        out_channels: cout,
+        kernel: k,
+        stride: 1,
+        padding: delphi_net::Padding::Same,
+        bias: true,
+        weight: vec![],
+        bias_values: vec![],
+        groups,
+    };
+    g.push(conv(8, 3, 1));
+    g.push(delphi_net::Op::Activation(delphi_net::Activation::Relu));
+    g.push(conv(8, 3, 8));
+    g.push(delphi_net::Op::Activation(delphi_net::Activation::Relu));
+    g.push(conv(16, 3, 4));
+    g.push(delphi_net::Op::AvgPool { kernel: 2, stride: 2 });
+    g.push(delphi_net::Op::Flatten);
+    g.push(delphi_net::Op::Dense {
+        out_features: 4,
+        bias: true,
+        weight: vec![],
+        bias_values: vec![],
+    });
+    delphi_net::builtin::initialise(&mut g, 3).unwrap();
+    close(&g);
 }

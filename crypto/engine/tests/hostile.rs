@@ -33,6 +33,7 @@ fn tiny() -> Network {
         bias: true,
         weight: w(18),
         bias_values: w(2),
+        groups: 1,
     });
     net.push(Op::Activation(Activation::Relu));
     net.push(Op::Flatten);

@@ -75,6 +75,7 @@ fn every_kind(seed: u64) -> Network {
         bias: true,
         weight: w(cout * cin * k * k, 0.5),
         bias_values: w(cout, 0.1),
+        groups: 1,
     };
     let bn = |w: &mut dyn FnMut(usize, f32) -> Vec<f32>, c: usize| Op::BatchNorm {
         eps: 1e-5,
@@ -213,6 +214,7 @@ fn mixed_net(masks: [&[bool]; 5], seed: u64) -> Network {
         bias: true,
         weight: w(cout * cin * 9, 0.4),
         bias_values: w(cout, 0.1),
+        groups: 1,
     };
     let mut net = Network::new("mixed", Shape::new(2, 6, 6), 8);
     net.push(conv(&mut w, 2, 4));
@@ -318,5 +320,72 @@ fn dense(
         bias: true,
         weight: w(out * inputs, ws),
         bias_values: w(out, bs),
+    }
+}
+
+#[test]
+fn a_depthwise_separable_block_equals_the_reference_and_skips_zero_products() {
+    // Depthwise 3×3 (groups = channels), batch norm, ReLU, pointwise 1×1,
+    // a grouped 3×3 (2 groups), ReLU, max pool, dense: as MobileNet builds.
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
+    let mut w = |n: usize, s: f32| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-s..s)).collect() };
+    let mut net = Network::new("separable", Shape::new(4, 8, 8), 8);
+    let mut conv = |cin: usize, cout: usize, k: usize, groups: usize| Op::Conv2d {
+        out_channels: cout,
+        kernel: k,
+        stride: 1,
+        padding: Padding::Same,
+        bias: true,
+        weight: w(cout * cin / groups * k * k, 0.5),
+        bias_values: w(cout, 0.1),
+        groups,
+    };
+    net.push(conv(4, 4, 3, 4));
+    net.push(Op::Activation(Activation::Relu));
+    net.push(conv(4, 8, 1, 1));
+    net.push(Op::Activation(Activation::Relu));
+    net.push(conv(8, 8, 3, 2));
+    net.push(Op::Activation(Activation::Relu));
+    net.push(Op::MaxPool { kernel: 2, stride: 2, padding: 0 });
+    net.push(Op::Flatten);
+    let dense =
+        Op::Dense { out_features: 3, bias: true, weight: w(3 * 128, 0.3), bias_values: w(3, 0.1) };
+    net.push(dense);
+    net.validate().unwrap();
+    let prog = FixedProgram::lower(&net).unwrap();
+    assert_exact(&prog, 12, "separable");
+    // The float evaluator agrees with the fixed-point program.
+    let x = delphi_net::eval::random_inputs(net.input.len(), 1, 4).remove(0);
+    let f = delphi_net::eval::eval_float(&net, &x).unwrap();
+    let q = prog.decode_output(&prog.eval(&prog.encode_input(&x).unwrap()).unwrap());
+    for (a, b) in f.iter().zip(&q) {
+        assert!((*a as f64 - b).abs() < 0.05, "{a} vs {b}");
+    }
+}
+
+#[test]
+fn grouped_products_are_the_nonzero_weight_polynomials() {
+    use delphi_net::linear::{expand_groups, LinearOp};
+    use delphi_net::packing::Packing;
+    // 64 channels of 14×14 fill two input polynomials (32 padded 16×16 planes each).
+    for groups in [1, 2, 4, 64] {
+        let s = Shape::new(64, 14, 14);
+        let op = LinearOp::conv(s, 64, 3, 1, 1).with_groups(groups);
+        let p = Packing::new(&op).unwrap();
+        assert_eq!(p.input_polys(), 2);
+        let w: Vec<i64> = (0..64 * 64 / groups * 9).map(|i| (i % 7) as i64 - 3).collect();
+        let full = expand_groups(&w, 64, 64, groups, 9);
+        let nonzero: usize = (0..p.output_polys())
+            .map(|o| {
+                (0..p.input_polys())
+                    .filter(|&b| p.weight_poly(&full, o, b).iter().any(|&v| v != 0))
+                    .count()
+            })
+            .sum();
+        assert_eq!(p.products(), nonzero, "groups {groups}");
+        // A depthwise layer needs half the products of a dense one here.
+        if groups == 64 {
+            assert_eq!(2 * p.products(), 64 * 2);
+        }
     }
 }

@@ -73,6 +73,7 @@ impl Init {
             } else {
                 Vec::new()
             },
+            groups: 1,
         }
     }
 
@@ -269,7 +270,10 @@ pub fn initialise(net: &mut Network, seed: u64) -> Result<()> {
         let in_c = src.map_or(net.input.channels, |j| shapes[j].channels);
         let out_c = shapes[i].channels;
         let mut fresh = match &net.layers[i].op {
-            Op::Conv2d { kernel, stride, .. } => init.conv(in_c, out_c, *kernel, *stride, true),
+            // A grouped conv's output channel reads in_c / groups inputs.
+            Op::Conv2d { kernel, stride, groups, .. } => {
+                init.conv(in_c / (*groups).max(1), out_c, *kernel, *stride, true)
+            }
             Op::Dense { .. } => init.dense(in_c, out_c),
             Op::BatchNorm { .. } => Op::BatchNorm {
                 eps: 1e-5,

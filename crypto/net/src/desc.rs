@@ -265,12 +265,17 @@ pub enum Op {
         padding: Padding,
         /// Whether the layer has a bias.
         bias: bool,
-        /// Weights `[out][in][kh][kw]` (empty when in the sidecar).
+        /// Weights `[out][in / groups][kh][kw]` (empty when in the sidecar).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         weight: Vec<f32>,
         /// Bias values `[out]` (empty when in the sidecar or without bias).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         bias_values: Vec<f32>,
+        /// Channel groups: input and output channels split into `groups`
+        /// equal parts, output group g reading input group g only
+        /// (depthwise: groups = input channels). 1: an ordinary convolution.
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        groups: usize,
     },
     /// Fully connected layer on a flat input.
     Dense {
@@ -1094,7 +1099,23 @@ impl Network {
                 bits.check(0).map_err(|e| err(e.to_string()))?;
             }
             let out = match &layer.op {
-                Op::Conv2d { out_channels, kernel, stride, padding, bias, weight, bias_values } => {
+                Op::Conv2d {
+                    out_channels,
+                    kernel,
+                    stride,
+                    padding,
+                    bias,
+                    weight,
+                    bias_values,
+                    groups,
+                } => {
+                    if *groups == 0 || x.channels % groups != 0 || out_channels % groups != 0 {
+                        return Err(err(format!(
+                            "{groups} groups do not divide {} input and {out_channels} output \
+                             channels",
+                            x.channels
+                        )));
+                    }
                     if *stride != 1 && *stride != 2 {
                         return Err(err(format!("stride {stride} unsupported (1 or 2)")));
                     }
@@ -1122,13 +1143,12 @@ impl Network {
                             "kernel {kernel} larger than the padded input {x}"
                         )));
                     }
-                    let want =
-                        out_channels.saturating_mul(x.channels).saturating_mul(kernel * kernel);
+                    let cin = x.channels / groups;
+                    let want = out_channels.saturating_mul(cin).saturating_mul(kernel * kernel);
                     if weight.len() != want && (weights || !weight.is_empty()) {
                         return Err(err(format!(
-                            "weights of the wrong size: {} values, expected {want} ({out_channels}×{}×{kernel}×{kernel})",
+                            "weights of the wrong size: {} values, expected {want} ({out_channels}×{cin}×{kernel}×{kernel})",
                             weight.len(),
-                            x.channels
                         )));
                     }
                     if weights || !bias_values.is_empty() {
@@ -1398,9 +1418,16 @@ mod keys {
 
     fn allowed(ty: &str) -> &'static [&'static str] {
         match ty {
-            "conv2d" => {
-                &["out_channels", "kernel", "stride", "padding", "bias", "weight", "bias_values"]
-            }
+            "conv2d" => &[
+                "out_channels",
+                "kernel",
+                "stride",
+                "padding",
+                "bias",
+                "weight",
+                "bias_values",
+                "groups",
+            ],
             "dense" => &["out_features", "bias", "weight", "bias_values"],
             "avg_pool" => &["kernel", "stride"],
             "max_pool" => &["kernel", "stride", "padding"],
@@ -1495,4 +1522,12 @@ mod keys {
 
 fn is_zero(v: &usize) -> bool {
     *v == 0
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }

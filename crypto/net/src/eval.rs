@@ -112,10 +112,14 @@ fn eval_layer(
         None => (input, net.input),
     };
     match &layer.op {
-        Op::Conv2d { out_channels, kernel, stride, padding, weight, bias_values, .. } => {
+        Op::Conv2d {
+            out_channels, kernel, stride, padding, weight, bias_values, groups, ..
+        } => {
             let pad = padding.amount(*kernel);
             let op = LinearOp::conv(xs, *out_channels, *kernel, *stride, pad);
-            linear_f32(&op, x, weight, bias_values)
+            let kk = kernel * kernel;
+            let w = crate::linear::expand_groups(weight, *out_channels, xs.channels, *groups, kk);
+            linear_f32(&op, x, &w, bias_values)
         }
         Op::Dense { out_features, weight, bias_values, .. } => {
             linear_f32(&LinearOp::dense(xs.channels, *out_features), x, weight, bias_values)

@@ -1081,18 +1081,29 @@ fn linear_params(
     bn: Option<usize>,
 ) -> Result<(LinearOp, Vec<f64>, Vec<f64>)> {
     let (op, weight, bias_values, out_c) = match &net.layers[i].op {
-        Op::Conv2d { out_channels, kernel, stride, padding, weight, bias_values, .. } => {
+        Op::Conv2d {
+            out_channels, kernel, stride, padding, weight, bias_values, groups, ..
+        } => {
             let pad = padding.amount(*kernel);
             (
-                LinearOp::conv(xs, *out_channels, *kernel, *stride, pad),
-                weight,
+                LinearOp::conv(xs, *out_channels, *kernel, *stride, pad).with_groups(*groups),
+                std::borrow::Cow::Owned(crate::linear::expand_groups(
+                    weight,
+                    *out_channels,
+                    xs.channels,
+                    *groups,
+                    kernel * kernel,
+                )),
                 bias_values,
                 *out_channels,
             )
         }
-        Op::Dense { out_features, weight, bias_values, .. } => {
-            (LinearOp::dense(xs.channels, *out_features), weight, bias_values, *out_features)
-        }
+        Op::Dense { out_features, weight, bias_values, .. } => (
+            LinearOp::dense(xs.channels, *out_features),
+            std::borrow::Cow::Borrowed(weight),
+            bias_values,
+            *out_features,
+        ),
         _ => return Err(layer_err(i, net.layers[i].op.kind(), "not a linear layer")),
     };
     let mut w: Vec<f64> = weight.iter().map(|&v| v as f64).collect();

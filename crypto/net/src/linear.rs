@@ -23,6 +23,37 @@ pub struct LinearOp {
     pub stride: usize,
     /// Zero padding on every side.
     pub pad: usize,
+    /// Channel groups (1: ordinary). The operator's weights are always the
+    /// full `[out][in][k][k]` ([`expand_groups`] fills the zeros); the
+    /// groups say which products are zero, for packing and costs.
+    pub groups: usize,
+}
+
+/// A grouped convolution's weights `[out][in / groups][k][k]` as the full
+/// `[out][in][k][k]`, zero outside each output channel's group.
+pub fn expand_groups<T: Copy + Default>(
+    w: &[T],
+    out: usize,
+    cin: usize,
+    groups: usize,
+    kk: usize,
+) -> Vec<T> {
+    if groups <= 1 {
+        return w.to_vec();
+    }
+    let (gin, gout) = (cin / groups, out / groups);
+    let mut full = vec![T::default(); out * cin * kk];
+    for o in 0..out {
+        let g = o / gout.max(1);
+        for c in 0..gin {
+            let src = (o * gin + c) * kk;
+            let dst = (o * cin + g * gin + c) * kk;
+            if let (Some(s), Some(d)) = (w.get(src..src + kk), full.get_mut(dst..dst + kk)) {
+                d.copy_from_slice(s);
+            }
+        }
+    }
+    full
 }
 
 impl LinearOp {
@@ -35,7 +66,21 @@ impl LinearOp {
         pad: usize,
     ) -> Self {
         let output = input.windowed(out_channels, kernel, stride, pad);
-        LinearOp { input, output, kernel, stride, pad }
+        LinearOp { input, output, kernel, stride, pad, groups: 1 }
+    }
+
+    /// The same convolution with channel groups.
+    pub fn with_groups(mut self, groups: usize) -> Self {
+        self.groups = groups.max(1);
+        self
+    }
+
+    /// The input channels output channel `o` reads.
+    pub fn group_inputs(&self, o: usize) -> std::ops::Range<usize> {
+        let g = self.groups.max(1);
+        let (gin, gout) = (self.input.channels / g, (self.output.channels / g).max(1));
+        let first = (o / gout) * gin;
+        first..first + gin
     }
 
     /// A dense layer from `inputs` to `outputs` features.
@@ -46,6 +91,7 @@ impl LinearOp {
             kernel: 1,
             stride: 1,
             pad: 0,
+            groups: 1,
         }
     }
 
@@ -56,7 +102,7 @@ impl LinearOp {
 
     /// Multiply-accumulates per output element.
     pub fn macs_per_output(&self) -> usize {
-        self.input.channels * self.kernel * self.kernel
+        self.input.channels / self.groups.max(1) * self.kernel * self.kernel
     }
 
     /// Applies the operator: for each output element, starts from

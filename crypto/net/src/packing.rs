@@ -80,9 +80,19 @@ impl Packing {
         }
     }
 
-    /// Plaintext–ciphertext products the server computes.
+    /// Plaintext–ciphertext products the server computes: per result
+    /// polynomial, the input polynomials holding a channel it reads (all of
+    /// them for an ordinary conv; a grouped one's weight polynomials are
+    /// zero elsewhere, and the server skips zero products).
     pub fn products(&self) -> usize {
         match self {
+            Packing::Conv { op, blocks, per_block, .. } if op.groups > 1 => (0..op.output.channels)
+                .map(|o| {
+                    let r = op.group_inputs(o);
+                    let (first, last) = (r.start / per_block, (r.end - 1) / per_block);
+                    (last - first + 1).min(*blocks)
+                })
+                .sum(),
             Packing::Conv { op, blocks, .. } => op.output.channels * blocks,
             Packing::Dense { chunks, groups, .. } => chunks * groups,
         }

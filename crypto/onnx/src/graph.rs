@@ -821,14 +821,14 @@ impl Importer {
         }
         let (o, ci, kh, kw) = (w.dims[0], w.dims[1], w.dims[2], w.dims[3]);
         let group = a.int("group").unwrap_or(1);
-        if group != 1 {
-            return Err(self.unsupported(format!(
-                "grouped or depthwise convolutions (group = {group}) are not supported; use group = 1"
-            )));
+        if group < 1 || o % group as usize != 0 {
+            return Err(self
+                .unsupported(format!("group = {group} does not divide the {o} output channels")));
         }
-        if ci != x.shape.channels {
+        let group = group as usize;
+        if ci * group != x.shape.channels {
             return Err(self.unsupported(format!(
-                "weights expect {ci} input channels, the tensor has {}",
+                "weights expect {ci} input channels per group ({group} groups), the tensor has {}",
                 x.shape.channels
             )));
         }
@@ -898,6 +898,7 @@ impl Importer {
                 bias: bias.is_some(),
                 weight: w.floats(),
                 bias_values: bias.unwrap_or_default(),
+                groups: group,
             },
         )?;
         let shape = self.shapes[l];

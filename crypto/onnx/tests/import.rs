@@ -201,6 +201,38 @@ fn maxpool_matches_onnxruntime_and_runs_under_the_protocol() {
 }
 
 #[test]
+fn a_depthwise_separable_cnn_matches_onnxruntime_and_runs_under_the_protocol() {
+    // Conv → ReLU → depthwise Conv (group 8) → BatchNorm → ReLU → 1×1 Conv →
+    // ReLU → MaxPool → Flatten → Gemm(transB), dynamic batch axis.
+    let net = check_against_onnxruntime("separable");
+    let groups: Vec<usize> = net
+        .layers
+        .iter()
+        .filter_map(|l| match l.op {
+            Op::Conv2d { groups, .. } => Some(groups),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(groups, vec![1, 8, 1]);
+    let prog = delphi_net::FixedProgram::lower(&net).unwrap();
+    let r = reference("separable");
+    let x = prog.encode_input(&r.inputs[0]).unwrap();
+    let report = delphi_engine::run::run_local(&prog, std::slice::from_ref(&x), &|_| {}).unwrap();
+    assert!(report.inferences[0].correct, "secure result differs from the fixed-point reference");
+    // The depthwise layer's server products: one per channel, not 8 × blocks.
+    let dw = prog
+        .nodes
+        .iter()
+        .find_map(|n| match &n.op {
+            delphi_net::FixedOp::Linear { op, .. } if op.groups == 8 => Some(*op),
+            _ => None,
+        })
+        .unwrap();
+    let p = delphi_net::packing::Packing::new(&dw).unwrap();
+    assert_eq!(p.products(), 8);
+}
+
+#[test]
 fn user_normalisation_is_recorded() {
     let opts = ImportOptions {
         normalization: Some(Normalization { mean: vec![0.286], std: vec![0.353], pixels: None }),
