@@ -143,9 +143,13 @@ fn refusal(op: &str) -> String {
         "MaxRoiPool" | "LpPool" | "GlobalLpPool" => {
             format!("{op} is not supported; use MaxPool or AveragePool")
         }
+        "Clip" => "Clip (ReLU6 as MobileNet exports it, or a clamp) is not supported: its \
+                   upper bound would need a second comparison per value; use Relu \
+                   (nn.ReLU for nn.ReLU6) and fine-tune, e.g. with delphi-train --arch"
+            .into(),
         "Sigmoid" | "Tanh" | "Gelu" | "Elu" | "Selu" | "Celu" | "LeakyRelu" | "PRelu"
         | "HardSigmoid" | "HardSwish" | "Softplus" | "Softsign" | "Mish" | "Swish" | "Erf"
-        | "Exp" | "Log" | "ThresholdedRelu" | "Clip" | "Abs" | "Sqrt" | "Reciprocal" => format!(
+        | "Exp" | "Log" | "ThresholdedRelu" | "Abs" | "Sqrt" | "Reciprocal" => format!(
             "the activation {op} is not supported; use Relu, or a quadratic a·x·x + b·x + c \
              written with Mul and Add"
         ),

@@ -365,10 +365,20 @@ fn hand_written_graphs_import_and_refuse_by_name() {
     assert_eq!((node_name.as_str(), op.as_str()), ("conv", "Conv"));
     assert!(reason.contains("same on every side"), "{reason}");
 
-    // Grouped convolution.
+    // A group that does not fit the input's channels (one channel, 2 groups).
     let (nodes, inits) = conv_nodes(&[1, 1, 1, 1], 2);
     let (_, _, reason) = refused(&model(nodes, inits, "f"));
-    assert!(reason.contains("group"), "{reason}");
+    assert!(reason.contains("groups"), "{reason}");
+
+    // ReLU6 (Clip(x, 0, 6)).
+    let (mut nodes, mut inits) = conv_nodes(&[1, 1, 1, 1], 1);
+    nodes.insert(1, node("Clip", "relu6", &["c", "lo", "hi"], "r6", vec![]));
+    nodes[2].input = vec!["r6".into()];
+    inits.push(tensor("lo", &[], &[0.0]));
+    inits.push(tensor("hi", &[], &[6.0]));
+    let (node_name, op, reason) = refused(&model(nodes, inits, "f"));
+    assert_eq!((node_name.as_str(), op.as_str()), ("relu6", "Clip"));
+    assert!(reason.contains("ReLU6") && reason.contains("use Relu"), "{reason}");
 
     // Sigmoid.
     let (mut nodes, inits) = conv_nodes(&[1, 1, 1, 1], 1);
