@@ -270,6 +270,32 @@ mod tests {
         }
     }
 
+    /// [`check`] for a depthwise layer: weights on the diagonal only.
+    fn check_depthwise(op: LinearOp, seed: u64) {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+        let packing = Packing::new(&op).unwrap();
+        let client = ClientHe::new().unwrap();
+        let server = ServerHe::new(&client.public_key_bytes().unwrap()).unwrap();
+        let r: Vec<F> = (0..op.input.len()).map(|_| F::random(&mut rng)).collect();
+        let kk = op.kernel * op.kernel;
+        let diag: Vec<i64> =
+            (0..op.output.channels * kk).map(|_| rng.gen_range(-2000..2000)).collect();
+        let w = delphi_net::linear::expand_groups(
+            &diag,
+            op.output.channels,
+            op.input.channels,
+            op.groups,
+            kk,
+        );
+        let cts = client.encrypt_input(&packing, &r).unwrap();
+        let (res, s) = server.linear(&packing, &w, &cts, &mut rng).unwrap();
+        let got = client.decrypt_output(&packing, &res).unwrap();
+        let want = linear_field(&op, &r, &w, &[]);
+        for ((g, s), w) in got.iter().zip(&s).zip(&want) {
+            assert_eq!(*g + *s, *w);
+        }
+    }
+
     #[test]
     fn square_triples_from_bfv() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(8);
@@ -295,6 +321,22 @@ mod tests {
         check(LinearOp::conv(Shape::new(5, 9, 9), 3, 3, 2, 1), 2);
         check(LinearOp::conv(Shape::new(20, 10, 10), 2, 1, 2, 0), 3);
         check(LinearOp::conv(Shape::new(16, 32, 32), 2, 3, 1, 1), 4);
+        // Depthwise (the spaced layout, weights given in full, zero off the
+        // diagonal), strided and not, and one whose planes allow 2 per polynomial.
+        let dw = |s: Shape, k: usize, stride: usize, pad: usize| {
+            LinearOp::conv(s, s.channels, k, stride, pad).with_groups(s.channels)
+        };
+        for (i, op) in [
+            dw(Shape::new(7, 14, 14), 3, 1, 1),
+            dw(Shape::new(12, 9, 9), 3, 2, 1),
+            dw(Shape::new(3, 40, 40), 5, 1, 2),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert!(matches!(Packing::new(&op).unwrap(), Packing::Depthwise { .. }), "{op:?}");
+            check_depthwise(op, 10 + i as u64);
+        }
         check(LinearOp::dense(100, 7), 5);
         check(LinearOp::dense(9000, 3), 6);
     }

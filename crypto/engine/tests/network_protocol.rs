@@ -368,7 +368,7 @@ fn grouped_products_are_the_nonzero_weight_polynomials() {
     use delphi_net::linear::{expand_groups, LinearOp};
     use delphi_net::packing::Packing;
     // 64 channels of 14×14 fill two input polynomials (32 padded 16×16 planes each).
-    for groups in [1, 2, 4, 64] {
+    for groups in [1, 2, 4, 16] {
         let s = Shape::new(64, 14, 14);
         let op = LinearOp::conv(s, 64, 3, 1, 1).with_groups(groups);
         let p = Packing::new(&op).unwrap();
@@ -383,9 +383,18 @@ fn grouped_products_are_the_nonzero_weight_polynomials() {
             })
             .sum();
         assert_eq!(p.products(), nonzero, "groups {groups}");
-        // A depthwise layer needs half the products of a dense one here.
-        if groups == 64 {
-            assert_eq!(2 * p.products(), 64 * 2);
+        // 16 groups of 4 channels: one input polynomial each, 64 products.
+        if groups == 16 {
+            assert_eq!(p.products(), 64);
         }
     }
+    // Depthwise: 5 channels per polynomial both ways (5² planes of 16×16
+    // fit 8,192), 13 products and 26 polynomials where the dense layer has
+    // 128 products and 66 polynomials.
+    let op = LinearOp::conv(Shape::new(64, 14, 14), 64, 3, 1, 1).with_groups(64);
+    let p = Packing::new(&op).unwrap();
+    assert!(matches!(p, Packing::Depthwise { per: 5, .. }), "{p:?}");
+    assert_eq!((p.input_polys(), p.output_polys(), p.products()), (13, 13, 13));
+    let dense = Packing::new(&LinearOp::conv(Shape::new(64, 14, 14), 64, 3, 1, 1)).unwrap();
+    assert_eq!((dense.input_polys(), dense.output_polys(), dense.products()), (2, 64, 128));
 }

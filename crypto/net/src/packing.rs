@@ -27,6 +27,23 @@ pub enum Packing {
         /// Input polynomials.
         blocks: usize,
     },
+    /// Depthwise convolution (one input channel per output channel): `per`
+    /// channel planes per polynomial, spaced so that channel c's products
+    /// with channel c′'s kernel land in slot c′ + c·per and each channel's
+    /// output in slot c·(per + 1) — one result polynomial per `per`
+    /// channels instead of one per channel (per² planes ≤ [`N`]).
+    Depthwise {
+        /// The layer.
+        op: LinearOp,
+        /// Padded plane height.
+        hp: usize,
+        /// Padded plane width.
+        wp: usize,
+        /// Channels per polynomial (input and result).
+        per: usize,
+        /// Polynomials each way.
+        polys: usize,
+    },
     /// Dense: input chunks of `chunk` values, `rows` outputs per polynomial.
     Dense {
         /// The layer.
@@ -59,6 +76,15 @@ impl Packing {
                 "a padded input plane of {hp}×{wp} does not fit one ciphertext of {N}"
             ));
         }
+        let depthwise =
+            op.groups > 1 && op.groups == i.channels && op.output.channels == i.channels;
+        // Channels per polynomial for the spaced depthwise layout: per² planes fit.
+        let per = ((N / (hp * wp)) as f64).sqrt().floor() as usize;
+        if depthwise && per >= 2 {
+            let per = per.min(i.channels);
+            let polys = i.channels.div_ceil(per);
+            return Ok(Packing::Depthwise { op: *op, hp, wp, per, polys });
+        }
         let per_block = (N / (hp * wp)).min(i.channels);
         let blocks = i.channels.div_ceil(per_block);
         Ok(Packing::Conv { op: *op, hp, wp, per_block, blocks })
@@ -68,6 +94,7 @@ impl Packing {
     pub fn input_polys(&self) -> usize {
         match self {
             Packing::Conv { blocks, .. } => *blocks,
+            Packing::Depthwise { polys, .. } => *polys,
             Packing::Dense { chunks, .. } => *chunks,
         }
     }
@@ -76,6 +103,7 @@ impl Packing {
     pub fn output_polys(&self) -> usize {
         match self {
             Packing::Conv { op, .. } => op.output.channels,
+            Packing::Depthwise { polys, .. } => *polys,
             Packing::Dense { groups, .. } => *groups,
         }
     }
@@ -94,6 +122,7 @@ impl Packing {
                 })
                 .sum(),
             Packing::Conv { op, blocks, .. } => op.output.channels * blocks,
+            Packing::Depthwise { polys, .. } => *polys,
             Packing::Dense { chunks, groups, .. } => chunks * groups,
         }
     }
@@ -111,6 +140,24 @@ impl Packing {
                             if c >= i.channels {
                                 break;
                             }
+                            for y in 0..i.height {
+                                for xx in 0..i.width {
+                                    v[cb * hp * wp + (y + op.pad) * wp + xx + op.pad] =
+                                        x[(c * i.height + y) * i.width + xx].value();
+                                }
+                            }
+                        }
+                        v
+                    })
+                    .collect()
+            }
+            Packing::Depthwise { op, hp, wp, per, polys } => {
+                let i = op.input;
+                (0..polys)
+                    .map(|q| {
+                        let mut v = vec![0u64; N];
+                        for cb in 0..per.min(i.channels - q * per) {
+                            let c = q * per + cb;
                             for y in 0..i.height {
                                 for xx in 0..i.width {
                                     v[cb * hp * wp + (y + op.pad) * wp + xx + op.pad] =
@@ -155,6 +202,24 @@ impl Packing {
                     }
                 }
             }
+            Packing::Depthwise { op, hp, wp, per, .. } => {
+                // Result polynomial `out` reads input polynomial `out` only.
+                if out != inp {
+                    return v;
+                }
+                let (k, cin) = (op.kernel, op.input.channels);
+                let o = (k - 1) * wp + (k - 1);
+                for cb in 0..per.min(cin - inp * per) {
+                    let c = inp * per + cb;
+                    for l in 0..k {
+                        for l2 in 0..k {
+                            // The full weights' diagonal: [c][c][l][l2].
+                            v[cb * per * hp * wp + o - l * wp - l2] =
+                                w[((c * cin + c) * k + l) * k + l2];
+                        }
+                    }
+                }
+            }
             Packing::Dense { op, chunk, rows, .. } => {
                 let nin = op.input.channels;
                 for r in 0..rows {
@@ -183,6 +248,21 @@ impl Packing {
                     for oy in 0..out.height {
                         for ox in 0..out.width {
                             pos.push((m, o + oy * op.stride * wp + ox * op.stride));
+                        }
+                    }
+                }
+                pos
+            }
+            Packing::Depthwise { op, hp, wp, per, .. } => {
+                let k = op.kernel;
+                let o = (k - 1) * wp + (k - 1);
+                let out = op.output;
+                let mut pos = Vec::with_capacity(out.len());
+                for m in 0..out.channels {
+                    let slot = (m % per) * (per + 1) * hp * wp;
+                    for oy in 0..out.height {
+                        for ox in 0..out.width {
+                            pos.push((m / per, slot + o + oy * op.stride * wp + ox * op.stride));
                         }
                     }
                 }

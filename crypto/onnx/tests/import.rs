@@ -219,7 +219,8 @@ fn a_depthwise_separable_cnn_matches_onnxruntime_and_runs_under_the_protocol() {
     let x = prog.encode_input(&r.inputs[0]).unwrap();
     let report = delphi_engine::run::run_local(&prog, std::slice::from_ref(&x), &|_| {}).unwrap();
     assert!(report.inferences[0].correct, "secure result differs from the fixed-point reference");
-    // The depthwise layer's server products: one per channel, not 8 × blocks.
+    // The depthwise layer's packing: 3 channels of 30×30 planes per
+    // polynomial both ways (3 results where a dense layer returns 8).
     let dw = prog
         .nodes
         .iter()
@@ -229,7 +230,7 @@ fn a_depthwise_separable_cnn_matches_onnxruntime_and_runs_under_the_protocol() {
         })
         .unwrap();
     let p = delphi_net::packing::Packing::new(&dw).unwrap();
-    assert_eq!(p.products(), 8);
+    assert_eq!((p.input_polys(), p.output_polys(), p.products()), (3, 3, 3));
 }
 
 #[test]
