@@ -565,15 +565,37 @@ fn pad_to_32(s: Split) -> Split {
 }
 
 /// Splits `valid` images off `train` (seeded), keeping `test` as is.
-pub fn split_valid(train: Split, test: Split, valid: usize, seed: u64) -> Dataset {
+///
+/// Only the validation images are copied: the training images are
+/// compacted in place, so the data is never held twice.
+pub fn split_valid(mut train: Split, test: Split, valid: usize, seed: u64) -> Dataset {
     let mut idx: Vec<usize> = (0..train.len()).collect();
     idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_da7a));
     let valid = valid.min(train.len() / 2);
-    let (v, t) = idx.split_at(valid);
-    let (mut v, mut t) = (v.to_vec(), t.to_vec());
+    let mut v = idx[..valid].to_vec();
     v.sort_unstable();
-    t.sort_unstable();
-    Dataset { valid: train.select(&v), train: train.select(&t), test }
+    let valid_split = train.select(&v);
+    // Keep the others, in order, moving each image forward over the gaps.
+    let l = train.image_len();
+    let mut taken = vec![false; train.len()];
+    for &i in &v {
+        taken[i] = true;
+    }
+    let mut kept = 0;
+    for (i, &t) in taken.iter().enumerate() {
+        if t {
+            continue;
+        }
+        if kept != i {
+            train.pixels.copy_within(i * l..(i + 1) * l, kept * l);
+            train.labels[kept] = train.labels[i];
+        }
+        kept += 1;
+    }
+    train.pixels.truncate(kept * l);
+    train.pixels.shrink_to_fit();
+    train.labels.truncate(kept);
+    Dataset { valid: valid_split, train, test }
 }
 
 #[cfg(test)]
