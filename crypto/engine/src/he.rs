@@ -329,7 +329,7 @@ mod tests {
         for (i, op) in [
             dw(Shape::new(7, 14, 14), 3, 1, 1),
             dw(Shape::new(12, 9, 9), 3, 2, 1),
-            dw(Shape::new(3, 40, 40), 5, 1, 2),
+            dw(Shape::new(20, 14, 14), 5, 1, 2),
         ]
         .into_iter()
         .enumerate()

@@ -11,6 +11,12 @@ use crate::linear::LinearOp;
 /// Ring dimension of the BFV parameters.
 pub const N: usize = 8192;
 
+/// Bytes of a fresh ciphertext (the client's input, full modulus) over a
+/// linear result's (switched down to the last prime): 380 kB over 131 kB as
+/// calibrated on the reference machine (`results/cost-model.json`, `ct`).
+/// It decides between layouts that trade input for result polynomials.
+pub const FRESH_OVER_RESULT_BYTES: f64 = 2.9;
+
 /// How a linear layer's input and output are laid out in polynomials.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Packing {
@@ -80,14 +86,26 @@ impl Packing {
             op.groups > 1 && op.groups == i.channels && op.output.channels == i.channels;
         // Channels per polynomial for the spaced depthwise layout: per² planes fit.
         let per = ((N / (hp * wp)) as f64).sqrt().floor() as usize;
-        if depthwise && per >= 2 {
+        let depthwise = (depthwise && per >= 2).then(|| {
             let per = per.min(i.channels);
             let polys = i.channels.div_ceil(per);
-            return Ok(Packing::Depthwise { op: *op, hp, wp, per, polys });
-        }
+            Packing::Depthwise { op: *op, hp, wp, per, polys }
+        });
         let per_block = (N / (hp * wp)).min(i.channels);
         let blocks = i.channels.div_ceil(per_block);
-        Ok(Packing::Conv { op: *op, hp, wp, per_block, blocks })
+        let conv = Packing::Conv { op: *op, hp, wp, per_block, blocks };
+        // The spaced depthwise layout sends more input polynomials and
+        // fewer results: taken where that is fewer bytes.
+        if let Some(dw) = depthwise.filter(|d| d.bytes() < conv.bytes()) {
+            return Ok(dw);
+        }
+        Ok(conv)
+    }
+
+    /// Ciphertext bytes offline, in result ciphertexts
+    /// ([`FRESH_OVER_RESULT_BYTES`] per input polynomial).
+    pub fn bytes(&self) -> f64 {
+        self.input_polys() as f64 * FRESH_OVER_RESULT_BYTES + self.output_polys() as f64
     }
 
     /// Input polynomials (ciphertexts the client sends).
