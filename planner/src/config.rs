@@ -424,6 +424,21 @@ mod tests {
         assert_eq!(f.experiment[0].dataset, DatasetKind::FashionMnist);
         let f = load_text("[[experiment]]\naccuracy = 0.9\ndataset = \"CIFAR-10\"\n").unwrap();
         assert_eq!(f.experiment[0].dataset, DatasetKind::Cifar10);
+        // A provider's own arrays, by path; a path that is nothing, by name.
+        let d = std::env::temp_dir().join(format!("delphi-toml-data-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let npy = delphi_train::disk::npy_bytes;
+        std::fs::write(d.join("x.npy"), npy("|u1", &[4, 2, 2], &[9; 16])).unwrap();
+        std::fs::write(d.join("y.npy"), npy("|u1", &[4], &[0, 1, 0, 1])).unwrap();
+        let text = format!("[[experiment]]\naccuracy = 0.9\ndataset = {:?}\n", d.display());
+        let f = load_text(&text).unwrap();
+        assert_eq!(
+            (f.experiment[0].dataset.shape(), f.experiment[0].dataset.classes()),
+            ([1, 2, 2], 2)
+        );
+        let e = load_text("[[experiment]]\naccuracy = 0.9\ndataset = \"no/such/data\"\n");
+        assert!(e.unwrap_err().contains("no such file or folder"));
+        std::fs::remove_dir_all(&d).ok();
     }
 
     #[test]
