@@ -1090,9 +1090,17 @@ impl Network {
                         self.version
                     )));
                 }
-                if !layer.has_relu() {
+                let pool = matches!(layer.op, Op::MaxPool { .. });
+                if pool && !bits.is_exact() {
+                    return Err(err(format!(
+                        "a max pool's comparisons take an exact window (0..hi), not {bits}"
+                    )));
+                }
+                if !layer.has_relu() && !pool {
                     return Err(err(
-                        "\"relu_bits\" belongs on an activation with ReLU channels".into()
+                        "\"relu_bits\" belongs on an activation with ReLU channels (or a max \
+                         pool, for its comparisons)"
+                            .into(),
                     ));
                 }
                 // The truncation is known once lowered; here the window alone.
@@ -1430,7 +1438,7 @@ mod keys {
             ],
             "dense" => &["out_features", "bias", "weight", "bias_values"],
             "avg_pool" => &["kernel", "stride"],
-            "max_pool" => &["kernel", "stride", "padding"],
+            "max_pool" => &["kernel", "stride", "padding", "relu_bits"],
             "batch_norm" => &["eps", "gamma", "beta", "mean", "var"],
             "residual" => &["from"],
             "activation" => &["kind", "a", "b", "c", "relu", "relu_bits"],

@@ -346,6 +346,7 @@ impl Lowering {
         (kernel, stride, pad): (usize, usize, usize),
         scale: (u32, u64),
         layer: usize,
+        bits: Option<ReluBits>,
     ) -> Result<(usize, Shape)> {
         let (windows, out) = crate::linear::pool_windows(src, kernel, stride, pad);
         let w = windows.len();
@@ -377,7 +378,7 @@ impl Lowering {
                 half * w,
             );
             let d = push(self, FixedOp::Sub, vec![a, b], half * w);
-            let r = push(self, FixedOp::Relu { shift: 0, bits: None }, vec![d], half * w);
+            let r = push(self, FixedOp::Relu { shift: 0, bits }, vec![d], half * w);
             let m = push(self, FixedOp::Add, vec![b, r], half * w);
             if items % 2 == 1 {
                 // The odd item out joins the next level.
@@ -503,6 +504,7 @@ impl FixedProgram {
                         (*kernel, *stride, *padding),
                         (t.bits, t.div),
                         i,
+                        layer.relu_bits,
                     )?;
                     match src.and_then(|j| deferred[j].take().map(|op| (j, op))) {
                         Some((j, relu)) => {
@@ -623,8 +625,11 @@ impl FixedProgram {
     /// an activation layer, and takes no ReLU window.
     pub fn is_comparison(&self, i: usize) -> bool {
         let n = &self.nodes[i];
-        matches!(n.op, FixedOp::Relu { shift: 0, bits: None })
-            && n.inputs.first().is_some_and(|&j| matches!(self.nodes[j].op, FixedOp::Sub))
+        let exact = match n.op {
+            FixedOp::Relu { shift: 0, bits } => bits.is_none_or(|b| b.is_exact()),
+            _ => false,
+        };
+        exact && n.inputs.first().is_some_and(|&j| matches!(self.nodes[j].op, FixedOp::Sub))
     }
 
     /// Settles what needs the program's proven bounds (interval arithmetic

@@ -218,10 +218,10 @@ pub fn proven_bounds(prog: &FixedProgram, input_bound: f64) -> Vec<f64> {
 /// b + ReLU(a − b) with no truncation: then (a, b).
 fn max_step(prog: &FixedProgram, inputs: &[usize]) -> Option<(usize, usize)> {
     let (&b, &r) = (inputs.first()?, inputs.get(1)?);
-    let relu = &prog.nodes[r];
-    if !matches!(relu.op, FixedOp::Relu { shift: 0, bits: None }) {
+    if !prog.is_comparison(r) {
         return None;
     }
+    let relu = &prog.nodes[r];
     let d = &prog.nodes[*relu.inputs.first()?];
     match (&d.op, &d.inputs[..]) {
         (FixedOp::Sub, &[a, b2]) if b2 == b => Some((a, b)),

@@ -112,11 +112,10 @@ pub fn exact_windows(net: &Network) -> Result<Vec<(usize, Option<ReluBits>)>> {
     let prog = FixedProgram::lower(&bare)?;
     let bounds = prog.proven_bounds_for(&bare);
     let mut out: Vec<(usize, Option<ReluBits>)> = Vec::new();
-    for (i, n) in prog.nodes.iter().enumerate() {
+    // Max pooling's comparisons (no truncation) get theirs too, on the
+    // pooling layer: the same outputs as full width, fewer gates.
+    for n in &prog.nodes {
         let (FixedOp::Relu { shift, .. }, Some(layer)) = (&n.op, n.layer) else { continue };
-        if prog.is_comparison(i) {
-            continue;
-        }
         let need = bounds[n.inputs[0]];
         let w = (shift.saturating_add(2).max(2)..=MAX_HI)
             .map(ReluBits::exact)
@@ -175,18 +174,46 @@ mod tests {
     use crate::builtin::build;
 
     #[test]
-    fn max_pooling_comparisons_take_no_window() {
+    fn max_pooling_comparisons_take_exact_windows_only() {
         let mut net = build("small-cnn-max", 10, 2).unwrap();
+        let full = FixedProgram::lower(&net).unwrap();
         let w = exact_windows(&net).unwrap();
-        assert_eq!(w.iter().map(|(l, _)| *l).collect::<Vec<_>>(), net.activation_layers());
+        // The three activation layers and the two pools (their comparisons).
+        let mut layers: Vec<usize> = w.iter().map(|(l, _)| *l).collect();
+        layers.sort_unstable();
+        assert_eq!(layers, vec![1, 2, 4, 5, 8]);
         set_windows(&mut net, &w).unwrap();
+        // The pools' windows survive a file round trip.
+        let file =
+            std::env::temp_dir().join(format!("delphi-pool-win-{}.json", std::process::id()));
+        net.save(&file, crate::desc::WeightStorage::Inline).unwrap();
+        let net = Network::load(&file).unwrap();
+        std::fs::remove_file(&file).ok();
         let prog = FixedProgram::lower(&net).unwrap();
+        let cmp: Vec<_> = (0..prog.nodes.len()).filter(|&i| prog.is_comparison(i)).collect();
+        assert_eq!(cmp.len(), 4, "two levels per 2×2 pool");
+        for &i in &cmp {
+            assert!(
+                matches!(prog.nodes[i].op, FixedOp::Relu { shift: 0, bits: Some(b) } if b.is_exact() && b.hi < 41)
+            );
+        }
+        // Exact windows: the same outputs as full width.
+        for seed in 0..3 {
+            let x = crate::eval::random_inputs(prog.nodes[0].shape.len(), 1, seed).remove(0);
+            let enc = prog.encode_input(&x).unwrap();
+            assert_eq!(prog.eval(&enc).unwrap(), full.eval(&enc).unwrap());
+        }
+        // Measured (leaky) windows are for activation layers only.
         let x = prog
             .encode_input(&crate::eval::random_inputs(prog.nodes[0].shape.len(), 1, 3)[0])
             .unwrap();
         let peaks = relu_peaks(&prog, std::slice::from_ref(&x)).unwrap();
         assert_eq!(peaks.len(), 3, "one ReLU node per activation layer, the fused ones included");
         assert!(peaks.iter().all(|p| net.layers[p.layer].has_relu()));
+        // A reduced window on a pool is refused by name.
+        let mut bad = net.clone();
+        bad.layers[2].relu_bits = Some(ReluBits { lo: 2, hi: 20 });
+        assert!(bad.validate().unwrap_err().to_string().contains("exact window"));
     }
 
     #[test]
