@@ -433,9 +433,15 @@ fn read_image_folder(root: &Path, fit: Fit) -> Result<Read4> {
         };
         Ok(chw(&img, channels))
     };
+    // Each image decoded straight into its place in one buffer, on every core.
     let pixels = |files: &[(PathBuf, usize)]| -> Result<(Vec<u8>, Vec<u8>)> {
-        let imgs: Vec<Vec<u8>> = files.par_iter().map(|(p, _)| fit(p)).collect::<Result<_>>()?;
-        Ok((imgs.concat(), files.iter().map(|&(_, l)| l as u8).collect()))
+        let l = channels * h * w;
+        let mut all = vec![0u8; files.len() * l];
+        all.par_chunks_mut(l).zip(files.par_iter()).try_for_each(|(dst, (p, _))| {
+            dst.copy_from_slice(&fit(p)?);
+            Ok::<(), DataError>(())
+        })?;
+        Ok((all, files.iter().map(|&(_, l)| l as u8).collect()))
     };
     if names.len() > MAX_CLASSES {
         return Err(DataError::Inconsistent(format!(
@@ -592,21 +598,26 @@ fn read_array(name: &str, r: impl Read, claimed_max: u64) -> Result<Array> {
 }
 
 impl Array {
-    fn values(&self) -> impl Iterator<Item = f64> + '_ {
-        self.bytes.chunks_exact(self.size).map(move |b| {
-            let mut w = [0u8; 8];
-            w[..b.len()].copy_from_slice(b);
-            match (self.kind, self.size) {
-                ('f', 4) => f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
-                ('f', _) => f64::from_le_bytes(w),
-                ('u', _) => u64::from_le_bytes(w) as f64,
-                (_, s) => {
-                    // Sign-extend.
-                    let shift = 64 - 8 * s as u32;
-                    ((i64::from_le_bytes(w) << shift) >> shift) as f64
-                }
+    /// Element `i` as a number (read from the bytes; nothing is widened
+    /// in memory, so a large array is held once).
+    fn get(&self, i: usize) -> f64 {
+        let b = &self.bytes[i * self.size..(i + 1) * self.size];
+        let mut w = [0u8; 8];
+        w[..b.len()].copy_from_slice(b);
+        match (self.kind, self.size) {
+            ('f', 4) => f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
+            ('f', _) => f64::from_le_bytes(w),
+            ('u', _) => u64::from_le_bytes(w) as f64,
+            (_, s) => {
+                // Sign-extend.
+                let shift = 64 - 8 * s as u32;
+                ((i64::from_le_bytes(w) << shift) >> shift) as f64
             }
-        })
+        }
+    }
+
+    fn values(&self) -> impl Iterator<Item = f64> + '_ {
+        (0..self.bytes.len() / self.size).map(move |i| self.get(i))
     }
 }
 
@@ -731,12 +742,12 @@ fn images_of(
     if h == 0 || w == 0 {
         return Err(bad(format!("shape {:?} has empty images", x.shape)));
     }
-    let vals: Vec<f64> = x.values().collect();
     let scale = match x.kind {
         'f' => {
-            let (lo, hi) =
-                vals.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-            if vals.iter().any(|v| !v.is_finite()) || lo < 0.0 || hi > 255.0 {
+            let (lo, hi, finite) = x.values().fold((f64::MAX, f64::MIN, true), |(a, b, f), v| {
+                (a.min(v), b.max(v), f && v.is_finite())
+            });
+            if !finite || lo < 0.0 || hi > 255.0 {
                 return Err(bad(format!(
                     "float pixels from {lo} to {hi}: give raw pixels in [0, 1] or [0, 255] \
                      (normalisation is the toolkit's; it records it in the network)"
@@ -749,7 +760,7 @@ fn images_of(
             }
         }
         _ => {
-            if let Some(v) = vals.iter().find(|&&v| !(0.0..=255.0).contains(&v)) {
+            if let Some(v) = x.values().find(|v| !(0.0..=255.0).contains(v)) {
                 return Err(bad(format!("pixel value {v} outside 0..=255")));
             }
             1.0
@@ -769,14 +780,14 @@ fn images_of(
     let l = c * h * w;
     let mut out = Vec::with_capacity(n * c * oh * ow);
     for i in 0..n {
-        let img = &vals[i * l..(i + 1) * l];
+        let img = |k: usize| x.get(i * l + k);
         let mut chw_px = vec![0u8; l];
         for ch in 0..c {
             for y in 0..h {
                 for xx in 0..w {
                     let src = if nhwc { (y * w + xx) * c + ch } else { (ch * h + y) * w + xx };
                     chw_px[(ch * h + y) * w + xx] =
-                        (img[src] * scale).round().clamp(0.0, 255.0) as u8;
+                        (img(src) * scale).round().clamp(0.0, 255.0) as u8;
                 }
             }
         }
