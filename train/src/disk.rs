@@ -256,8 +256,30 @@ fn read(path: &Path, format: DiskFormat, fit: Fit) -> Result<(Meta, Decoded)> {
             d.test.1.len()
         )));
     }
+    let mut d = d;
+    // Files come sorted by class: a fixed pseudo-random order (the same on
+    // every run and machine) makes --train-limit and --test-limit take a
+    // sample of every class, not the first ones.
+    let l = shape.iter().product::<usize>();
+    for (k, set) in [&mut d.train, &mut d.test].into_iter().enumerate() {
+        shuffle_images(set, l, 0x0da7_a5e7 + k as u64);
+    }
     let mean_std = moments(&d.train.0, shape);
     Ok((Meta { shape, class_names, mean_std, split_note }, d))
+}
+
+/// Shuffles images (`l` bytes each) and their labels together, in place.
+fn shuffle_images((pixels, labels): &mut Images, l: usize, seed: u64) {
+    use rand::Rng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for i in (1..labels.len()).rev() {
+        let j = rng.gen_range(0..=i);
+        if i != j {
+            labels.swap(i, j);
+            let (a, b) = pixels.split_at_mut(i * l);
+            a[j * l..(j + 1) * l].swap_with_slice(&mut b[..l]);
+        }
+    }
 }
 
 /// Per-channel mean and standard deviation of pixels / 255 (CHW images of `shape`).

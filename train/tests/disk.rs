@@ -69,6 +69,9 @@ fn an_image_folder_is_read_split_and_normalised() {
     assert_eq!((ds.train.len(), ds.valid.len(), ds.test.len()), (30, 6, 6));
     let again = data::load(kind.clone(), None, 6, 1).unwrap();
     assert_eq!(ds.test.pixels, again.test.pixels);
+    // Shuffled once, by a fixed draw: a prefix (--train-limit) holds several classes.
+    let first = &ds.train.labels[..6];
+    assert!(first.iter().any(|&l| l != first[0]), "{first:?}");
     for c in 0..3u8 {
         assert_eq!(ds.test.labels.iter().filter(|&&l| l == c).count(), 2);
     }
@@ -214,10 +217,20 @@ fn npz_archives_in_either_layout_and_their_errors() {
     assert_eq!((kind.shape(), kind.classes()), ([3, 2, 3], 3));
     let ds = data::load(kind, None, 0, 1).unwrap();
     assert_eq!((ds.train.len(), ds.test.len()), (4, 2));
-    assert_eq!(ds.test.labels, vec![2, 0]);
-    // Channels first: image 1, channel 2, row 1, column 2 = 200 + 10 + 2 + 1.
-    assert_eq!(ds.train.pixels[18 + 2 * 6 + 3 + 2], 213);
-    assert_eq!(ds.train.labels, vec![0, 1, 2, 1]);
+    // Images come in a fixed shuffled order; each keeps its label and pixels.
+    // Pixel (channel 0, row 0, column 0) is the image's number n.
+    for (set, labels) in [(&ds.train, [0u8, 1, 2, 1]), (&ds.test, [2, 0, 0, 0])] {
+        for i in 0..set.len() {
+            let img = &set.pixels[i * 18..(i + 1) * 18];
+            let n = img[0] as usize;
+            assert_eq!(set.labels[i], labels[n]);
+            // Channels first: channel 2, row 1, column 2 = 200 + 10 + 2 + n.
+            assert_eq!(img[2 * 6 + 3 + 2] as usize, 212 + n);
+        }
+    }
+    let mut seen: Vec<u8> = (0..4).map(|i| ds.train.pixels[i * 18]).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, vec![0, 1, 2, 3]);
 
     // Floats in [0, 1], N×C×H×W, `x`/`y` with no test arrays: a fixed split.
     let n = 14;
