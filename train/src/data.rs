@@ -538,6 +538,14 @@ pub fn load(
             read_cifar(kind.clone(), &[find(&kind, data_dir, "test.bin")?])?,
         ),
         DatasetKind::Disk(d) => {
+            if let Some(dir) = data_dir {
+                return Err(DataError::Inconsistent(format!(
+                    "--data-dir {} is where built-in datasets are looked for; --dataset {} \
+                     names its data itself (drop one of them)",
+                    dir.display(),
+                    d.spec()
+                )));
+            }
             let ((tp, tl), (sp, sl)) = d.take()?;
             (
                 Split { kind: kind.clone(), pixels: tp, labels: tl },

@@ -87,6 +87,9 @@ fn an_image_folder_is_read_split_and_normalised() {
             }
         }
     }
+    // A --data-dir beside a path is a mistake, named.
+    let e = data::load(kind.clone(), Some(Path::new("/tmp")), 6, 1).unwrap_err().to_string();
+    assert!(e.contains("--data-dir") && e.contains("names its data itself"), "{e}");
     // Files store the path, and read it back.
     let json = serde_json::to_string(&kind).unwrap();
     assert_eq!(json, serde_json::to_string(root.to_str().unwrap()).unwrap());
