@@ -64,6 +64,9 @@ pub struct BenchConfig {
     pub strategies: Vec<Strategy>,
     /// Granularities: `layer` runs every strategy, `channel` adds `pbt` per channel.
     pub granularities: Vec<Granularity>,
+    /// Also run our search with the whole population to the end
+    /// (`pbt-whole`, the ablation of [`PlanConfig::halve_at`]).
+    pub whole_population: bool,
     /// Search seeds: every variant runs once per seed.
     pub seeds: Vec<u64>,
     /// The bench folder.
@@ -85,14 +88,25 @@ impl BenchConfig {
     pub fn variants(&self) -> Vec<Variant> {
         let mut v = Vec::new();
         if self.granularities.contains(&Granularity::Layer) {
-            v.extend(
-                self.strategies
-                    .iter()
-                    .map(|&strategy| Variant { strategy, granularity: Granularity::Layer }),
-            );
+            v.extend(self.strategies.iter().map(|&strategy| Variant {
+                strategy,
+                granularity: Granularity::Layer,
+                whole: false,
+            }));
+            if self.whole_population {
+                v.push(Variant {
+                    strategy: Strategy::Pbt,
+                    granularity: Granularity::Layer,
+                    whole: true,
+                });
+            }
         }
         if self.granularities.contains(&Granularity::Channel) {
-            v.push(Variant { strategy: Strategy::Pbt, granularity: Granularity::Channel });
+            v.push(Variant {
+                strategy: Strategy::Pbt,
+                granularity: Granularity::Channel,
+                whole: false,
+            });
         }
         v
     }
@@ -111,19 +125,23 @@ pub struct Variant {
     pub strategy: Strategy,
     /// The granularity.
     pub granularity: Granularity,
+    /// Our search with the whole population to the end (no halving).
+    pub whole: bool,
 }
 
 impl Variant {
-    /// `pbt`, `delphi`, `greedy`, `relu-control`, `quad-control`, or `pbt-channel`.
+    /// `pbt`, `delphi`, `greedy`, `relu-control`, `quad-control`,
+    /// `pbt-whole` or `pbt-channel`.
     pub fn name(self) -> String {
-        match self.granularity {
-            Granularity::Layer => self.strategy.name().to_string(),
-            g => format!("{}-{}", self.strategy.name(), g.name()),
+        match (self.granularity, self.whole) {
+            (Granularity::Layer, false) => self.strategy.name().to_string(),
+            (Granularity::Layer, true) => format!("{}-whole", self.strategy.name()),
+            (g, _) => format!("{}-{}", self.strategy.name(), g.name()),
         }
     }
 
     fn ours(self) -> bool {
-        self == Variant { strategy: Strategy::Pbt, granularity: Granularity::Layer }
+        self == Variant { strategy: Strategy::Pbt, granularity: Granularity::Layer, whole: false }
     }
 }
 
@@ -343,6 +361,9 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
             let mut c = shared.clone();
             c.strategy = v.strategy;
             c.granularity = v.granularity;
+            if v.whole {
+                c.halve_at = None;
+            }
             // DELPHI's counts descend until the highest threshold is met;
             // the others' plan.json answers the lowest.
             c.accuracy = if v.strategy == Strategy::Delphi { highest } else { lowest };

@@ -85,6 +85,10 @@ delphi_net::text_enum! {
     }
 }
 
+/// Default [`PlanConfig::halve_at`]: half the budget with the whole
+/// population, half with its better half.
+pub const DEFAULT_HALVE_AT: f64 = 0.5;
+
 /// Largest validation-accuracy loss (fraction) that reduced ReLU windows
 /// may cost against the same network with full-width ReLUs.
 pub const RELU_BITS_TOLERANCE: f64 = 0.003;
@@ -156,6 +160,13 @@ pub struct PlanConfig {
     pub intervals_per_epoch: usize,
     /// Fraction of the population replaced at each interval.
     pub quantile: f64,
+    /// Our search (layer and channel granularity): once this fraction of
+    /// the budget is spent, the population keeps its better half by front
+    /// order (the front's ends always among them) and the survivors train
+    /// on with the retired members' steps, so the plans a search ends with
+    /// have trained longer. `None` (or 1) keeps the whole population to the
+    /// end.
+    pub halve_at: Option<f64>,
     /// Stop starting new intervals after this many minutes.
     pub budget_minutes: Option<f64>,
     /// What to minimise.
@@ -237,6 +248,7 @@ impl Default for PlanConfig {
             base_epochs: 4,
             intervals_per_epoch: 2,
             quantile: 0.25,
+            halve_at: Some(DEFAULT_HALVE_AT),
             budget_minutes: None,
             objective: Objective::OnlineTime,
             bandwidth: None,
@@ -323,6 +335,22 @@ impl PlanConfig {
             .unwrap_or_else(|| delphi_net::paths::results_path("plan").join(self.name()))
     }
 
+    /// The settings as a search uses them: `halve_at` only where it
+    /// applies (our search at layer granularity and the controls), so a
+    /// saved search compares equal whatever the flag said elsewhere.
+    pub fn normalized(&self) -> PlanConfig {
+        let mut c = self.clone();
+        let halves = match c.strategy {
+            Strategy::Pbt => c.granularity == Granularity::Layer,
+            Strategy::ReluControl | Strategy::QuadControl => true,
+            Strategy::Delphi | Strategy::Greedy => false,
+        };
+        if !halves || c.halve_at == Some(1.0) {
+            c.halve_at = None;
+        }
+        c
+    }
+
     /// Checks the settings.
     pub fn check(&self) -> Result<(), String> {
         if !(0.0..=1.0).contains(&self.accuracy) {
@@ -336,6 +364,11 @@ impl PlanConfig {
         }
         if !(0.0..=0.5).contains(&self.quantile) {
             return Err("quantile must be in [0, 0.5]".into());
+        }
+        if let Some(h) = self.halve_at {
+            if !(h > 0.0 && h <= 1.0) {
+                return Err(format!("halve_at {h} must be in (0, 1]"));
+            }
         }
         if let Some(b) = self.budget_epochs {
             if !(b.is_finite() && b > 0.0) {

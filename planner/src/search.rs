@@ -154,10 +154,13 @@ pub(crate) struct State {
     pub unprovable: Vec<usize>,
 }
 
-/// Version 4: every settled evaluation carries its range check
-/// (`Evaluation::provable`); searches of version 3 checked placements
-/// before training instead (finished ones are still reread).
-const STATE_VERSION: u32 = 4;
+/// Version 5: our search and the controls halve their population
+/// (`PlanConfig::halve_at`); version 4 never did (finished ones are still
+/// reread, as searches that kept the whole population). Version 4: every
+/// settled evaluation carries its range check (`Evaluation::provable`);
+/// searches of version 3 checked placements before training instead
+/// (finished ones are still reread).
+const STATE_VERSION: u32 = 5;
 
 /// What a finished search returns.
 #[derive(Debug)]
@@ -377,6 +380,7 @@ impl<'a> Search<'a> {
     /// Opens (or resumes) the search the configuration describes: loads the
     /// data and cost model and makes the base network.
     pub fn open(c: &PlanConfig, quiet: bool, say: &'a dyn Fn(&str)) -> Result<Search<'a>> {
+        let c = &c.normalized();
         c.check().map_err(PlanError::Config)?;
         c.check_runnable().map_err(PlanError::Config)?;
         let started = Instant::now();
@@ -472,7 +476,7 @@ impl<'a> Search<'a> {
         let (st, resumed) = if state_path.is_file() {
             let text =
                 std::fs::read_to_string(&state_path).map_err(|e| file_err(&state_path, e))?;
-            let st: State = serde_json::from_str(&text).map_err(|e| {
+            let mut st: State = serde_json::from_str(&text).map_err(|e| {
                 file_err(
                     &state_path,
                     format!("{e} (a search saved by another version? use another --out)"),
@@ -480,8 +484,13 @@ impl<'a> Search<'a> {
             })?;
             // A finished search of the previous version is only reread (its
             // front and evaluations are what they were; nothing runs again).
-            let finished_v3 = st.version == 3 && matches!(st.progress, Progress::Done);
-            if st.version != STATE_VERSION && !finished_v3 {
+            let finished_old =
+                (3..STATE_VERSION).contains(&st.version) && matches!(st.progress, Progress::Done);
+            if st.version < 5 {
+                // Before version 5 no search halved its population.
+                st.config.halve_at = None;
+            }
+            if st.version != STATE_VERSION && !finished_old {
                 return Err(file_err(
                     &state_path,
                     format!(
@@ -913,6 +922,18 @@ impl<'a> Search<'a> {
         std::fs::write(&tmp, bytes).map_err(|e| file_err(&tmp, e))?;
         let path = self.out.join("state.json");
         std::fs::rename(&tmp, &path).map_err(|e| file_err(&path, e))
+    }
+
+    /// Removes the checkpoints of members `kept..before` (retired when a
+    /// population shrinks; the state saved next no longer points at them).
+    pub(crate) fn retire_members(&self, kept: usize, before: usize) -> Result<()> {
+        for k in kept..before {
+            let dir = self.out.join(format!("members/{k}"));
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| file_err(&dir, e))?;
+            }
+        }
+        Ok(())
     }
 
     /// Loads the members saved by [`Search::save`].

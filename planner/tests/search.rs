@@ -15,7 +15,10 @@ fn succeeds(cmd: &mut Command) -> (std::process::Output, String) {
 
 fn plan_cmd(out: &std::path::Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_delphi-plan"));
-    c.args("--dataset fashion-mnist --accuracy 0.6 --population 2 --epochs 2".split(' '))
+    // Four members halved after the first of four intervals (the kill
+    // lands after the halving, so the resumed run loads two members).
+    c.args("--dataset fashion-mnist --accuracy 0.6 --population 4 --epochs 2".split(' '))
+        .args(["--halve-at", "0.25"])
         .args("--base-epochs 1 --intervals-per-epoch 2 --train-limit 1500".split(' '))
         .args("--valid-size 500 --test-limit 500 --quiet --out".split(' '))
         .arg(out)
@@ -63,9 +66,13 @@ fn a_tiny_search_survives_a_kill_and_produces_a_plan() {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     // Every evaluation is a row: the all-ReLU base (a candidate plan too),
-    // then 2 members × 4 intervals.
+    // then 4 members for 1 interval of 12 steps; the other 4 × 2 × 24 −
+    // 4 × 12 = 144 steps go to the 2 survivors: 6 more intervals.
     let members = std::fs::read_to_string(out.join("members.csv")).unwrap();
-    assert_eq!(members.lines().count(), 1 + 1 + 2 * 4, "{members}");
+    assert_eq!(members.lines().count(), 1 + 1 + 4 + 2 * 6, "{members}");
+    let lineage = std::fs::read_to_string(out.join("lineage.log")).unwrap();
+    assert_eq!(lineage.matches("\"halved\"").count(), 1, "{lineage}");
+    assert!(out.join("members/1").is_dir() && !out.join("members/2").exists());
     assert!(members.lines().nth(1).unwrap().starts_with("0,base,0,0,RRR,0,"), "{members}");
     // The lineage is append-only: what was there before the kill is still there.
     let lineage = std::fs::read_to_string(out.join("lineage.log")).unwrap();

@@ -227,6 +227,10 @@ struct BenchArgs {
     /// pbt with per-channel placement.
     #[arg(long, value_delimiter = ',', default_value = "layer")]
     granularity: Vec<Granularity>,
+    /// Also run our search with the whole population to the end
+    /// (`pbt-whole`: what halving the population at --halve-at buys).
+    #[arg(long)]
+    whole_population: bool,
     /// Search seeds, comma separated: every variant runs once per seed, on
     /// the same data split and base (--seed). Run one seed per command
     /// and all of them in the last: finished runs are only reread.
@@ -284,6 +288,12 @@ struct SearchArgs {
     /// Ready intervals per epoch.
     #[arg(long, default_value_t = 2, help_heading = "Search")]
     intervals_per_epoch: usize,
+    /// Our search: once this fraction of the budget is spent, the
+    /// population keeps its better half (the front's ends among them) and
+    /// the survivors train on with the others' steps; 1 keeps the whole
+    /// population to the end (per-channel searches always do).
+    #[arg(long, default_value_t = delphi_planner::config::DEFAULT_HALVE_AT, help_heading = "Search")]
+    halve_at: f64,
     /// Wall-time budget in minutes (no new interval starts after it).
     #[arg(long, help_heading = "Search")]
     budget: Option<f64>,
@@ -349,6 +359,7 @@ fn plan_config(a: &SearchArgs) -> PlanConfig {
         base_epochs: a.base_epochs,
         intervals_per_epoch: a.intervals_per_epoch,
         quantile: 0.25,
+        halve_at: (a.halve_at != 1.0).then_some(a.halve_at),
         budget_minutes: a.budget,
         objective: a.objective,
         bandwidth: a.bandwidth,
@@ -518,6 +529,7 @@ fn main() -> Result<()> {
             thresholds: b.thresholds.clone(),
             strategies: b.strategies.clone(),
             granularities: b.granularity.clone(),
+            whole_population: b.whole_population,
             seeds: b.seeds.clone(),
             out: out.clone(),
             verify: !b.no_verify,

@@ -7,7 +7,9 @@
 //!   swap, distillation from the base, PBT over the hyperparameters): what
 //!   our training recipe buys without any placement search.
 //!
-//! Both train `population` members for the whole budget, evaluate them at
+//! Both train `population` members on our search's schedule (the better
+//! half by accuracy trains on alone once the budget is half spent; see
+//! [`crate::strategy::pbt::Schedule`]), evaluate them at
 //! every interval like a search (so their front is made of the same kind
 //! of evaluations), and exploit by validation accuracy; the placement never
 //! changes. An evaluation whose trained network cannot be proven inside
@@ -24,19 +26,23 @@ use delphi_net::Placement;
 use crate::error::Result;
 use crate::policy::{exploit_pairs, Genome};
 use crate::search::{Progress, Search};
-use crate::strategy::pbt::{next_interval, pair};
+use crate::strategy::pbt::{halve, next_interval, pair, Schedule};
 
 /// Runs (or resumes) a control; `quad`: every layer quadratic, else ReLU.
 pub fn run(s: &mut Search, quad: bool) -> Result<()> {
     let c = s.c.clone();
-    let n = c.population;
     let layers = s.layers;
-    let steps = (s.budget / n).max(1);
-    let intervals = steps.div_ceil(s.interval_steps);
+    // The same schedule as our search (halved at mid-budget by default):
+    // a control is what our recipe buys without a placement search.
+    let plan = Schedule::of(c.population, s.budget, s.interval_steps, c.halve_at, false);
+    let (steps, intervals) = (plan.member_steps, plan.intervals);
     let placement = if quad { Placement::all_quad(layers) } else { Placement::all_relu(layers) };
     let (mut interval, mut genomes, mut members) = match &s.st.progress {
-        Progress::Control { interval, genomes } => (*interval, genomes.clone(), s.load_members(n)?),
+        Progress::Control { interval, genomes } => {
+            (*interval, genomes.clone(), s.load_members(genomes.len())?)
+        }
         _ => {
+            let n = c.population;
             let mut rng = ChaCha8Rng::seed_from_u64(c.search_seed() ^ 0x0c04_7701);
             let mut genomes = Vec::new();
             let mut members = Vec::new();
@@ -61,7 +67,10 @@ pub fn run(s: &mut Search, quad: bool) -> Result<()> {
             .map(|e| if e.provable == Some(false) { e.fitness - 2.0 } else { e.fitness })
             .collect();
         let ready: Vec<bool> = evals.iter().map(|e| e.settled).collect();
-        if interval < intervals {
+        let n = members.len();
+        if plan.halve == Some(interval) && n > plan.survivors {
+            halve(s, interval, &fitness, plan.survivors, &mut members, &mut genomes)?;
+        } else if interval < intervals {
             for (lo, hi) in exploit_pairs(&fitness, &ready, c.quantile, &mut rng) {
                 let (tr, source) = pair(&mut members, lo, hi);
                 tr.copy_from(source);
@@ -81,6 +90,7 @@ pub fn run(s: &mut Search, quad: bool) -> Result<()> {
         s.st.progress = Progress::Control { interval, genomes: genomes.clone() };
         let refs: Vec<&_> = members.iter().collect();
         s.save(&refs)?;
+        s.retire_members(members.len(), n)?;
         s.say(&format!(
             "interval {interval}/{intervals}: best validation {:.2} %{}",
             evals.iter().map(|e| e.valid_accuracy).fold(f64::NEG_INFINITY, f64::max) * 100.0,

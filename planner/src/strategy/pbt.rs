@@ -142,20 +142,111 @@ fn starting_placements(
 /// the evidence steers later moves away from that layer.
 pub const UNPROVABLE_LOSS: f64 = 0.05;
 
+/// How our search spends its budget over intervals: the whole population
+/// until `halve` (if any), then `survivors` members until `intervals`;
+/// every member is made for `member_steps` (a survivor's whole run, so its
+/// learning-rate schedule ends with the search).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// The interval after whose evaluation the population is halved.
+    pub halve: Option<usize>,
+    /// Members kept at the halving.
+    pub survivors: usize,
+    /// Intervals in all.
+    pub intervals: usize,
+    /// Steps a member that trains to the end takes.
+    pub member_steps: usize,
+}
+
+impl Schedule {
+    /// The schedule of a search of `population` members, `budget` steps and
+    /// `interval_steps` steps per interval. Halving needs at least 4
+    /// members (2 survive) and an interval on each side; per-channel
+    /// members are never halved (a member's mask is still being learned at
+    /// mid-run, so a retired one would leave no plan).
+    pub fn of(
+        population: usize,
+        budget: usize,
+        interval_steps: usize,
+        halve_at: Option<f64>,
+        channel: bool,
+    ) -> Schedule {
+        let is = interval_steps.max(1);
+        let steps = (budget / population.max(1)).max(1);
+        let whole = steps.div_ceil(is);
+        let at = match halve_at {
+            Some(f) if !channel && population >= 4 && f < 1.0 && whole >= 2 => {
+                ((whole as f64 * f).round() as usize).clamp(1, whole - 1)
+            }
+            _ => 0,
+        };
+        if at == 0 || at >= whole {
+            return Schedule {
+                halve: None,
+                survivors: population,
+                intervals: whole,
+                member_steps: steps,
+            };
+        }
+        let survivors = population.div_ceil(2);
+        let rest = budget.saturating_sub(population * at * is);
+        let intervals = at + rest.div_ceil(survivors * is).max(1);
+        Schedule { halve: Some(at), survivors, intervals, member_steps: intervals * is }
+    }
+}
+
+/// The members kept at the halving: the best `keep` by front order
+/// (`fitness`, higher first; a front's ends carry the largest crowding
+/// bonus, so the cheapest and the most accurate plan of the first front
+/// stay), in their old order.
+pub fn survivors(fitness: &[f64], keep: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..fitness.len()).collect();
+    order.sort_by(|&a, &b| fitness[b].total_cmp(&fitness[a]).then(a.cmp(&b)));
+    order.truncate(keep);
+    order.sort_unstable();
+    order
+}
+
+/// Halves a population after `interval`: keeps [`survivors`] by
+/// `fitness`, says so in the lineage log, and returns the members kept
+/// (their old indices).
+pub(crate) fn halve(
+    s: &mut Search,
+    interval: usize,
+    fitness: &[f64],
+    keep: usize,
+    members: &mut Vec<Trainer>,
+    genomes: &mut Vec<Genome>,
+) -> Result<Vec<usize>> {
+    let n = members.len();
+    let kept = survivors(fitness, keep);
+    let retired: Vec<usize> = (0..n).filter(|k| !kept.contains(k)).collect();
+    s.lineage(serde_json::json!({
+        "interval": interval, "halved": {"kept": &kept, "retired": &retired},
+    }))?;
+    s.say(&format!(
+        "interval {interval}: half the budget spent; members {kept:?} train on, {retired:?} retire"
+    ));
+    let mut old: Vec<Option<Trainer>> = members.drain(..).map(Some).collect();
+    *members = kept.iter().filter_map(|&k| old[k].take()).collect();
+    *genomes = kept.iter().map(|&k| genomes[k].clone()).collect();
+    Ok(kept)
+}
+
 /// Runs (or resumes) the population-based search.
 pub fn run(s: &mut Search) -> Result<()> {
     let c = s.c.clone();
-    let n = c.population;
     let layers = s.layers;
-    let steps = (s.budget / n).max(1);
-    let intervals = steps.div_ceil(s.interval_steps);
     let relu_obj = c.objective.of(&s.relu_cost);
     let channel = c.granularity == Granularity::Channel;
+    let plan = Schedule::of(c.population, s.budget, s.interval_steps, c.halve_at, channel);
+    let (steps, intervals) = (plan.member_steps, plan.intervals);
     let (mut interval, mut genomes, mut members, mut mem) = match &s.st.progress {
         Progress::Pbt { interval, genomes, memory } => {
-            (*interval, genomes.clone(), s.load_members(n)?, memory.clone())
+            (*interval, genomes.clone(), s.load_members(genomes.len())?, memory.clone())
         }
         _ => {
+            let n = c.population;
             let mut rng = ChaCha8Rng::seed_from_u64(c.search_seed() ^ 0x9e37_79b9_7f4a_7c15);
             let mut mem = PbtMemory { sensitivity: Sensitivity::default(), pending: vec![None; n] };
             let placements = if channel {
@@ -182,8 +273,9 @@ pub fn run(s: &mut Search) -> Result<()> {
             (0, genomes, members, mem)
         }
     };
-    mem.pending.resize(n, None);
+    mem.pending.resize(genomes.len(), None);
     while interval < intervals {
+        let n = genomes.len();
         let Some((evals, mut rng)) =
             next_interval(s, &mut members, &genomes, &mut interval, &|_, _, _| 0.0)?
         else {
@@ -218,7 +310,12 @@ pub fn run(s: &mut Search) -> Result<()> {
                 mem.sensitivity.observe(m.layer, loss);
             }
         }
-        if interval < intervals {
+        if plan.halve == Some(interval) && n > plan.survivors {
+            // Half the budget spent: the better half trains on with the
+            // other half's steps.
+            let keep = halve(s, interval, &fitness, plan.survivors, &mut members, &mut genomes)?;
+            mem.pending = keep.iter().map(|&k| mem.pending[k].clone()).collect();
+        } else if interval < intervals {
             for (lo, hi) in front_pairs(&ranks, &ready, &plans, c.quantile, &mut rng) {
                 let (tr, source) = pair(&mut members, lo, hi);
                 tr.copy_from(source);
@@ -282,6 +379,8 @@ pub fn run(s: &mut Search) -> Result<()> {
         s.st.progress = Progress::Pbt { interval, genomes: genomes.clone(), memory: mem.clone() };
         let refs: Vec<&_> = members.iter().collect();
         s.save(&refs)?;
+        // After the state that no longer points at them is saved.
+        s.retire_members(members.len(), n)?;
         let first = ranks.iter().filter(|r| r.0 == 0).count();
         s.say(&format!(
             "interval {interval}/{intervals}: {first} of {n} members on the population's front, \
@@ -387,5 +486,42 @@ pub(crate) fn pair<T>(v: &mut [T], lo: usize, hi: usize) -> (&mut T, &T) {
     } else {
         let (a, b) = v.split_at_mut(lo);
         (&mut b[0], &a[hi])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn halving_spends_the_budget_and_no_more_than_one_interval_beyond() {
+        // 6 members, 1884 steps, 40 steps per interval, halved at half.
+        let s = Schedule::of(6, 1884, 40, Some(0.5), false);
+        assert_eq!(s.halve, Some(4));
+        assert_eq!(s.survivors, 3);
+        let spent = 6 * 4 * 40 + 3 * (s.intervals - 4) * 40;
+        assert!((1884..1884 + 3 * 40).contains(&spent), "{s:?}: {spent}");
+        assert_eq!(s.member_steps, s.intervals * 40);
+        // A survivor trains 1.5× what a member of the whole population does.
+        assert_eq!(s.member_steps, 480);
+    }
+
+    #[test]
+    fn no_halving_where_it_cannot_or_should_not_happen() {
+        let whole = Schedule { halve: None, survivors: 6, intervals: 8, member_steps: 314 };
+        assert_eq!(Schedule::of(6, 1884, 40, None, false), whole);
+        assert_eq!(Schedule::of(6, 1884, 40, Some(1.0), false), whole);
+        // Per channel, and with fewer than 4 members.
+        assert_eq!(Schedule::of(6, 1884, 40, Some(0.5), true), whole);
+        assert_eq!(Schedule::of(3, 942, 40, Some(0.5), false).halve, None);
+        // One interval in all: nothing on one side of the halving.
+        assert_eq!(Schedule::of(6, 60, 40, Some(0.5), false).halve, None);
+    }
+
+    #[test]
+    fn survivors_are_the_best_by_front_order_in_their_old_order() {
+        let fitness = [-1.5, 0.999, -0.2, 0.3, -2.0, 0.999];
+        assert_eq!(survivors(&fitness, 3), vec![1, 3, 5]);
+        assert_eq!(survivors(&fitness, 10), vec![0, 1, 2, 3, 4, 5]);
     }
 }
