@@ -56,7 +56,7 @@ PY
     tag="$name-$bw-$rtt"
     $bin cost predict --plan "$tmp/$name.json" --bandwidth "$bw" --rtt "$rtt" --json \
       > "$tmp/$tag.pred" 2>/dev/null
-    $bin serve --plan "$tmp/$name.json" --listen "127.0.0.1:$port" --sessions "$runs" \
+    $bin serve --plan "$tmp/$name.json" --listen "127.0.0.1:$port" --sessions "$runs" --plaintext \
       2> "$tmp/$tag.serve" &
     pids+=($!)
     $bin relay --listen "127.0.0.1:$((port + 1))" --to "127.0.0.1:$port" \
@@ -65,7 +65,7 @@ PY
     wait_for "$tmp/$tag.serve" "^serving "
     wait_for "$tmp/$tag.relay" "^relaying "
     for r in $(seq 1 $runs); do
-      $bin infer --connect "127.0.0.1:$((port + 1))" --input "$tmp/$name-input.json" --json \
+      $bin infer --connect "127.0.0.1:$((port + 1))" --input "$tmp/$name-input.json" --json --plaintext \
         > "$tmp/$tag-$r.out" 2> "$tmp/$tag-$r.err" || { cat "$tmp/$tag-$r.err" >&2; exit 1; }
     done
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

@@ -59,6 +59,10 @@ pub enum Error {
     /// Preprocessed material was used a second time (which would break security).
     #[error("this offline bundle was already consumed by an online run")]
     BundleConsumed,
+    /// TLS could not be set up: a certificate or key file, or a handshake
+    /// (an untrusted certificate, a peer that does not speak TLS).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A caller passed arguments the engine cannot use.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

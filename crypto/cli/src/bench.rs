@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use clap::Subcommand;
+use delphi_crypto::channel::tls::{ServerConfig, TlsClient};
 use delphi_engine::run::{peak_rss_bytes, run_local};
 use delphi_engine::session::{ClientOptions, ServeLimits, Server, SessionEvent};
 use delphi_net::builtin::{build, quad_last_with, BENCH_QUAD};
@@ -68,11 +69,45 @@ pub(crate) struct BenchServeArgs {
     /// Server worker threads (sessions served at once).
     #[arg(long, default_value_t = 8)]
     workers: usize,
+    /// TLS between the clients and the server: off, on (a private CA made
+    /// for the run), or both (plaintext, then TLS, in one run: what TLS
+    /// adds).
+    #[arg(long, default_value = "off")]
+    tls: TlsMode,
     /// Where to write the JSON figures (default <results>/bench/serve.json;
     /// <results> is $DELPHI_RESULTS, else results/ of the checkout the
     /// binary was built in, else ./results).
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+/// Which transports `delphi bench serve` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum TlsMode {
+    /// Plaintext TCP.
+    Off,
+    /// TLS 1.3.
+    On,
+    /// Plaintext, then TLS.
+    Both,
+}
+
+/// A server and client TLS set-up on a private CA made for this run.
+fn bench_tls() -> Result<(Arc<ServerConfig>, TlsClient)> {
+    use delphi_crypto::channel::tls::{client_config, make_pki, server_config, server_name};
+    let pki = make_pki(&["127.0.0.1".to_string()], 1)?;
+    let dir = std::env::temp_dir().join(format!("delphi-bench-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (ca, cert, key) = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&ca, &pki.ca_cert)?;
+    std::fs::write(&cert, &pki.server_cert)?;
+    std::fs::write(&key, &pki.server_key)?;
+    let out = (
+        server_config(&cert, &key)?,
+        TlsClient { config: client_config(&ca)?, name: server_name("127.0.0.1")? },
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(out)
 }
 
 #[derive(clap::Args)]
@@ -124,7 +159,12 @@ pub(crate) fn serve_bench(
     clients: usize,
     sessions: usize,
     workers: usize,
+    tls: Option<(Arc<ServerConfig>, TlsClient)>,
 ) -> Result<serde_json::Value> {
+    let (server_tls, client_tls) = match tls {
+        Some((s, c)) => (Some(s), Some(c)),
+        None => (None, None),
+    };
     let (prog, _) = checked_program(&net, false)?;
     let input_len = net.input.len();
     let range = net.input_range();
@@ -140,6 +180,7 @@ pub(crate) fn serve_bench(
             ..ServeLimits::default()
         },
         store: None,
+        tls: server_tls.clone(),
     };
     let total = clients * sessions;
     let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -154,12 +195,14 @@ pub(crate) fn serve_bench(
     let t = std::time::Instant::now();
     let handles: Vec<_> = (0..clients)
         .map(|c| {
-            let addr = addr.clone();
-            std::thread::spawn(move || -> Result<Vec<(f64, f64)>> {
+            let (addr, tls) = (addr.clone(), client_tls.clone());
+            std::thread::spawn(move || -> Result<Vec<(f64, f64, u64)>> {
                 let options = ClientOptions {
                     timeout: Duration::from_secs(600),
                     store: None,
                     normalize: false,
+                    tls,
+                    max_memory: delphi_engine::session::default_max_memory(),
                 };
                 let inputs =
                     delphi_net::range::sample_inputs(input_len, range, sessions + 2, c as u64 + 7);
@@ -172,7 +215,7 @@ pub(crate) fn serve_bench(
                             &options,
                             &|_| {},
                         )?;
-                        Ok((t.elapsed().as_secs_f64(), p[0].online_s))
+                        Ok((t.elapsed().as_secs_f64(), p[0].online_s, p[0].online_wire_bytes))
                     })
                     .collect()
             })
@@ -180,11 +223,13 @@ pub(crate) fn serve_bench(
         .collect();
     let mut session = Vec::with_capacity(total);
     let mut online = Vec::with_capacity(total);
+    let mut wire = Vec::with_capacity(total);
     for h in handles {
         let got = h.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
-        for (s, o) in got {
+        for (s, o, w) in got {
             session.push(s);
             online.push(o);
+            wire.push(w as f64);
         }
     }
     let wall = t.elapsed().as_secs_f64();
@@ -205,7 +250,12 @@ pub(crate) fn serve_bench(
             "p50": percentile(&mut online.clone(), 50.0),
             "p99": percentile(&mut online, 99.0),
         },
-        "note": "each session: key generation, one offline and one online phase; server and clients share the machine",
+        "online_wire_bytes": {
+            "p50": percentile(&mut wire.clone(), 50.0),
+            "max": wire.iter().cloned().fold(0.0, f64::max),
+        },
+        "tls": server_tls.is_some(),
+        "note": "each session: key generation (and a TLS 1.3 handshake with --tls), one offline and one online phase; server and clients share the machine; online wire bytes are what crossed the socket (TLS records included)",
         "cores": delphi_crypto::bench::cores(),
         "cpu_model": delphi_crypto::bench::cpu_model(),
         "peak_rss_bytes_all": peak_rss_bytes(),
@@ -263,7 +313,7 @@ pub(crate) fn run_bench_relu(args: BenchReluArgs) -> Result<()> {
 }
 
 pub(crate) fn run_bench_serve(args: BenchServeArgs) -> Result<()> {
-    let BenchServeArgs { plan, clients, sessions, workers, out } = args;
+    let BenchServeArgs { plan, clients, sessions, workers, tls, out } = args;
     let out = out.unwrap_or_else(|| delphi_net::paths::results_path("bench/serve.json"));
 
     ensure!(clients > 0 && sessions > 0, "--clients and --sessions must be at least 1");
@@ -276,15 +326,37 @@ pub(crate) fn run_bench_serve(args: BenchServeArgs) -> Result<()> {
             net
         }
     };
-    let summary = serve_bench(net, clients, sessions, workers)?;
-    let mut summary = summary;
+    let mut summary = match tls {
+        TlsMode::Off => serve_bench(net, clients, sessions, workers, None)?,
+        TlsMode::On => serve_bench(net, clients, sessions, workers, Some(bench_tls()?))?,
+        TlsMode::Both => {
+            let plain = serve_bench(net.clone(), clients, sessions, workers, None)?;
+            let tls = serve_bench(net, clients, sessions, workers, Some(bench_tls()?))?;
+            let ratio = |a: &serde_json::Value, b: &serde_json::Value| {
+                a.as_f64().zip(b.as_f64()).map(|(a, b)| a / b)
+            };
+            serde_json::json!({
+                "tls_over_plaintext": {
+                    "online_p50": ratio(&tls["online_latency_s"]["p50"], &plain["online_latency_s"]["p50"]),
+                    "online_wire_bytes_p50": ratio(&tls["online_wire_bytes"]["p50"], &plain["online_wire_bytes"]["p50"]),
+                    "session_p50": ratio(&tls["session_latency_s"]["p50"], &plain["session_latency_s"]["p50"]),
+                    "predictions_per_s": ratio(&tls["predictions_per_s"], &plain["predictions_per_s"]),
+                },
+                "plaintext": plain,
+                "tls": tls,
+                "cores": delphi_crypto::bench::cores(),
+                "cpu_model": delphi_crypto::bench::cpu_model(),
+            })
+        }
+    };
     summary["plan"] = plan
         .as_ref()
         .map_or("small-cnn (random weights)".to_string(), |p| p.display().to_string())
         .into();
     summary["rerun"] = format!(
-                "cargo run --release --bin delphi -- bench serve{} --clients {clients} --sessions {sessions} --workers {workers} --out {}",
+                "cargo run --release --bin delphi -- bench serve{} --clients {clients} --sessions {sessions} --workers {workers} --tls {} --out {}",
                 plan.as_ref().map_or(String::new(), |p| format!(" --plan {}", p.display())),
+                format!("{tls:?}").to_lowercase(),
                 out.display()
             )
             .into();

@@ -29,8 +29,9 @@ static ALLOC: delphi_crypto::alloc::HugePages = delphi_crypto::alloc::HugePages;
     after_help = "Examples:\n  \
                   delphi import model.onnx --out net.json\n  \
                   delphi verify --plan net.json --inputs 2 --compare-cost\n  \
-                  delphi serve --plan net.json --listen 127.0.0.1:7878 &\n  \
-                  delphi infer --connect 127.0.0.1:7878 --input image.json"
+                  delphi tls-cert --name localhost --out certs\n  \
+                  delphi serve --plan net.json --listen 127.0.0.1:7878 --tls-cert certs/server.pem --tls-key certs/server-key.pem &\n  \
+                  delphi infer --connect localhost:7878 --tls-ca certs/ca.pem --input image.json"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -61,6 +62,10 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Gets private predictions from a server: the input stays hidden from it.
     Infer(serve::InferArgs),
+    /// Makes a private CA and a server certificate it signed, for `delphi
+    /// serve --tls-cert/--tls-key` and `delphi infer --tls-ca` (a provider
+    /// with its own CA uses that instead).
+    TlsCert(serve::TlsCertArgs),
     /// Converts an ONNX model (as PyTorch or Keras/tf2onnx export it) into a
     /// network description; unsupported operators are refused by name.
     Import(import::ImportArgs),
@@ -87,6 +92,7 @@ fn main() -> Result<()> {
         Command::Cost(cost::CostCmd::Predict(a)) => cost::run_cost_predict(a),
         Command::Serve(a) => serve::run_serve(a),
         Command::Infer(a) => serve::run_infer(a),
+        Command::TlsCert(a) => serve::run_tls_cert(a),
         Command::Export(a) => import::run_export(a),
         Command::Relay(a) => relay::run_relay(a),
     }

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use delphi_crypto::channel::tls::{ServerConfig, TlsClient};
 use delphi_engine::run::{current_rss_bytes, peak_rss_bytes};
 use delphi_engine::session::{ClientOptions, ServeLimits, Server, SessionEvent};
 use delphi_engine::store::{default_key_path, BundleStore, Side};
@@ -69,6 +70,103 @@ pub(crate) struct ServeArgs {
     /// Most disk the store may use, in MB.
     #[arg(long, default_value_t = 20_000, requires = "bundle_dir", help_heading = "Bundle store")]
     max_store_mb: u64,
+    #[command(flatten)]
+    tls: ServerTls,
+}
+
+/// TLS for `delphi serve`: a certificate and key, or plaintext by name.
+#[derive(clap::Args)]
+pub(crate) struct ServerTls {
+    /// The server's certificate chain (PEM, its own certificate first).
+    /// Clients check it against their CA (`delphi infer --tls-ca`) and the
+    /// name they connect to. `delphi tls-cert` makes a private CA and one.
+    #[arg(long, requires = "tls_key", help_heading = "TLS")]
+    tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    #[arg(long, requires = "tls_cert", help_heading = "TLS")]
+    tls_key: Option<PathBuf>,
+    /// Serve without TLS: anyone on the path can pose as this server, and
+    /// read what clients send. For loopback and tests only.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"], help_heading = "TLS")]
+    plaintext: bool,
+}
+
+impl ServerTls {
+    /// The TLS configuration, `None` with `--plaintext`; neither is an error.
+    pub(crate) fn config(&self, listen: &str) -> Result<Option<Arc<ServerConfig>>> {
+        match (&self.tls_cert, &self.tls_key, self.plaintext) {
+            (Some(cert), Some(key), false) => Ok(Some(
+                delphi_crypto::channel::tls::server_config(cert, key)
+                    .context("setting up TLS (--tls-cert, --tls-key)")?,
+            )),
+            (None, None, true) => {
+                if !is_loopback(listen) {
+                    eprintln!(
+                        "[serve] warning: --plaintext on {listen}, which is not a loopback \
+                         address: anyone on the path can pose as this server"
+                    );
+                }
+                Ok(None)
+            }
+            _ => bail!(
+                "no TLS: give --tls-cert and --tls-key (`delphi tls-cert` makes a private CA \
+                 and a certificate; see docs/operating.md), or --plaintext for loopback and tests"
+            ),
+        }
+    }
+}
+
+/// TLS for `delphi infer`: the CA to trust, or plaintext by name.
+#[derive(clap::Args)]
+pub(crate) struct ClientTls {
+    /// The CA certificate(s) (PEM) that signed the server's certificate;
+    /// no other root is trusted.
+    #[arg(long, help_heading = "TLS")]
+    tls_ca: Option<PathBuf>,
+    /// The name the server's certificate must carry [default: the host of
+    /// --connect].
+    #[arg(long, requires = "tls_ca", help_heading = "TLS")]
+    tls_name: Option<String>,
+    /// Connect without TLS: anyone on the path can pose as the server. For
+    /// loopback and tests only.
+    #[arg(long, conflicts_with_all = ["tls_ca", "tls_name"], help_heading = "TLS")]
+    plaintext: bool,
+}
+
+impl ClientTls {
+    /// What the client checks, `None` with `--plaintext`.
+    pub(crate) fn client(&self, connect: &str) -> Result<Option<TlsClient>> {
+        use delphi_crypto::channel::tls::{client_config, host_of, server_name};
+        match (&self.tls_ca, self.plaintext) {
+            (Some(ca), false) => {
+                let name = self.tls_name.as_deref().unwrap_or_else(|| host_of(connect));
+                Ok(Some(TlsClient {
+                    config: client_config(ca).context("setting up TLS (--tls-ca)")?,
+                    name: server_name(name).context("--tls-name")?,
+                }))
+            }
+            (None, true) => {
+                if !is_loopback(connect) {
+                    eprintln!(
+                        "[infer] warning: --plaintext to {connect}, which is not a loopback \
+                         address: anyone on the path can pose as the server"
+                    );
+                }
+                Ok(None)
+            }
+            _ => bail!(
+                "no TLS: give --tls-ca (the CA that signed the server's certificate; see \
+                 docs/operating.md), or --plaintext for loopback and tests"
+            ),
+        }
+    }
+}
+
+/// Whether `addr` (`host:port`) names this machine's loopback.
+fn is_loopback(addr: &str) -> bool {
+    let host =
+        delphi_crypto::channel::tls::host_of(addr).trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[derive(clap::Args)]
@@ -104,6 +202,15 @@ pub(crate) struct InferArgs {
     /// starts at once.
     #[arg(long, value_name = "N", requires = "bundle_dir", conflicts_with = "input")]
     preprocess_only: Option<usize>,
+    /// Most memory, in MB, the client's preprocessed material may take:
+    /// a served network that needs more for one prediction is refused
+    /// before any work, and fewer bundles than the server asks are
+    /// prepared ahead when they would not fit [default: three quarters of
+    /// this machine's memory].
+    #[arg(long, value_name = "MB", value_parser = clap::value_parser!(u64).range(1..))]
+    max_memory: Option<u64>,
+    #[command(flatten)]
+    tls: ClientTls,
 }
 
 pub(crate) fn parse_inputs(v: &serde_json::Value) -> Option<Vec<Vec<f32>>> {
@@ -148,7 +255,9 @@ pub(crate) fn run_serve(args: ServeArgs) -> Result<()> {
         max_stored_bundles,
         max_store_mb,
         allow_overflow,
+        tls,
     } = args;
+    let tls = tls.config(&listen)?;
 
     let net = load_plan(&plan)?;
     let (prog, ranges) = checked_program(&net, allow_overflow)?;
@@ -160,9 +269,10 @@ pub(crate) fn run_serve(args: ServeArgs) -> Result<()> {
         std::net::TcpListener::bind(&listen).with_context(|| format!("listening on {listen}"))?;
     let (relus, quads) = prog.activation_counts();
     eprintln!(
-                "serving {} on {} ({relus} ReLUs, {quads} quadratics per inference; {preprocess} bundle(s) ahead; {workers} session(s) at once)",
+                "serving {} on {} {} ({relus} ReLUs, {quads} quadratics per inference; {preprocess} bundle(s) ahead; {workers} session(s) at once)",
                 net.name,
-                listener.local_addr()?
+                listener.local_addr()?,
+                if tls.is_some() { "over TLS 1.3" } else { "in plaintext" }
             );
     eprintln!("{ranges}");
     if let Some(st) = &store {
@@ -195,7 +305,7 @@ pub(crate) fn run_serve(args: ServeArgs) -> Result<()> {
             }
         }
     };
-    Server { net: Arc::new(net), prog: Arc::new(prog), preprocess, limits, store }.run(
+    Server { net: Arc::new(net), prog: Arc::new(prog), preprocess, limits, store, tls }.run(
         listener,
         sessions,
         Arc::new(log),
@@ -214,12 +324,18 @@ pub(crate) fn run_infer(args: InferArgs) -> Result<()> {
         bundle_dir,
         bundle_key,
         preprocess_only,
+        max_memory,
+        tls,
     } = args;
 
     let options = ClientOptions {
         normalize: !normalized,
         timeout: Duration::from_secs(timeout),
         store: open_store(bundle_dir, bundle_key, Side::Client)?,
+        tls: tls.client(&connect)?,
+        max_memory: max_memory.map_or_else(delphi_engine::session::default_max_memory, |mb| {
+            mb.saturating_mul(1 << 20)
+        }),
     };
     if let Some(count) = preprocess_only {
         let held = delphi_engine::session::preprocess(connect.as_str(), count, &options, &|m| {
@@ -270,5 +386,61 @@ pub(crate) fn run_infer(args: InferArgs) -> Result<()> {
         eprintln!("client peak memory {:.0} MB", peak as f64 / 1e6);
     }
 
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub(crate) struct TlsCertArgs {
+    /// A name clients connect to (DNS name or IP address); repeat for more.
+    #[arg(long = "name", required = true)]
+    names: Vec<String>,
+    /// Folder to write ca.pem, ca-key.pem, server.pem and server-key.pem
+    /// into (made if absent; existing files are not overwritten).
+    #[arg(long)]
+    out: PathBuf,
+    /// Days the certificates are valid.
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    days: u32,
+}
+
+/// `delphi tls-cert`: a private CA and a server certificate it signed.
+pub(crate) fn run_tls_cert(args: TlsCertArgs) -> Result<()> {
+    let TlsCertArgs { names, out, days } = args;
+    let pki = delphi_crypto::channel::tls::make_pki(&names, days)?;
+    std::fs::create_dir_all(&out).with_context(|| format!("making {}", out.display()))?;
+    let files = [
+        ("ca.pem", &pki.ca_cert, false),
+        ("ca-key.pem", &pki.ca_key, true),
+        ("server.pem", &pki.server_cert, false),
+        ("server-key.pem", &pki.server_key, true),
+    ];
+    for (name, _, _) in &files {
+        let p = out.join(name);
+        if p.exists() {
+            bail!("{} exists; not overwritten (choose another --out)", p.display());
+        }
+    }
+    for (name, text, private) in files {
+        let p = out.join(name);
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.mode(if private { 0o600 } else { 0o644 });
+        }
+        let _ = private;
+        use std::io::Write;
+        o.open(&p)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    eprintln!(
+        "wrote {dir}/ca.pem (give it to clients: --tls-ca), {dir}/server.pem and \
+         {dir}/server-key.pem (delphi serve --tls-cert/--tls-key) for {names}, valid {days} days; \
+         keep {dir}/ca-key.pem offline",
+        dir = out.display(),
+        names = names.join(", ")
+    );
     Ok(())
 }

@@ -11,6 +11,14 @@ fn delphi() -> Command {
     Command::new(env!("CARGO_BIN_EXE_delphi"))
 }
 
+/// `delphi infer` in plaintext (these tests run on loopback; TLS has its
+/// own test below).
+fn infer() -> Command {
+    let mut c = delphi();
+    c.args(["infer", "--plaintext"]);
+    c
+}
+
 /// Starts `delphi serve` on a free port; returns the child and its address.
 fn serve(plan: &std::path::Path, sessions: usize) -> (Child, String) {
     serve_with(plan, sessions, &[])
@@ -30,6 +38,7 @@ fn serve_with(plan: &std::path::Path, sessions: usize, extra: &[&str]) -> (Child
         ])
         .arg(plan)
         .args(extra)
+        .args(if extra.contains(&"--tls-cert") { &[][..] } else { &["--plaintext"][..] })
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -102,8 +111,7 @@ fn two_processes_on(d: &std::path::Path, net: &delphi_net::Network, plan: &std::
     .unwrap();
 
     let (mut server, addr) = serve(plan, 1);
-    let out =
-        succeeds(delphi().args(["infer", "--json", "--connect", &addr, "--input"]).arg(&input));
+    let out = succeeds(infer().args(["--json", "--connect", &addr, "--input"]).arg(&input));
     assert!(server.wait().unwrap().success());
 
     let out: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -132,9 +140,7 @@ fn bundles_prepared_in_one_process_are_used_once_in_another() {
     let (sdir, cdir) = (d.join("server-bundles"), d.join("client-bundles"));
     let (mut server, addr) = serve_with(&plan, 2, &["--bundle-dir", sdir.to_str().unwrap()]);
     succeeds(
-        delphi()
-            .args(["infer", "--connect", &addr, "--preprocess-only", "2", "--bundle-dir"])
-            .arg(&cdir),
+        infer().args(["--connect", &addr, "--preprocess-only", "2", "--bundle-dir"]).arg(&cdir),
     );
     let count = |p: &std::path::Path| {
         std::fs::read_dir(p)
@@ -157,8 +163,8 @@ fn bundles_prepared_in_one_process_are_used_once_in_another() {
     let input = d.join("inputs.json");
     std::fs::write(&input, serde_json::to_string(&inputs).unwrap()).unwrap();
     let out = succeeds(
-        delphi()
-            .args(["infer", "--json", "--connect", &addr, "--bundle-dir"])
+        infer()
+            .args(["--json", "--connect", &addr, "--bundle-dir"])
             .arg(&cdir)
             .arg("--input")
             .arg(&input),
@@ -198,8 +204,8 @@ fn garbage_and_dropped_peers_end_with_errors_not_hangs() {
     // A server that is not there: a clear error, non-zero exit.
     let input = d.join("input.json");
     std::fs::write(&input, serde_json::to_string(&vec![0.0f32; 784]).unwrap()).unwrap();
-    let out = delphi()
-        .args(["infer", "--connect", &addr, "--timeout", "5", "--input"])
+    let out = infer()
+        .args(["--connect", &addr, "--timeout", "5", "--input"])
         .arg(&input)
         .output()
         .unwrap();
@@ -210,7 +216,7 @@ fn garbage_and_dropped_peers_end_with_errors_not_hangs() {
     // A wrongly sized input is refused before any cryptography.
     let (mut server, addr) = serve(&plan, 1);
     std::fs::write(&input, "[1, 2, 3]").unwrap();
-    let out = delphi().args(["infer", "--connect", &addr, "--input"]).arg(&input).output().unwrap();
+    let out = infer().args(["--connect", &addr, "--input"]).arg(&input).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("takes 784"));
     server.kill().ok();
@@ -232,15 +238,12 @@ fn infer_applies_the_recorded_input_normalisation() {
 
     let (mut server, addr) = serve(&plan, 2);
     // Raw input: the client normalises it as the plan says.
-    let a = delphi()
-        .args(["infer", "--json", "--connect", &addr, "--input"])
-        .arg(&raw_file)
-        .output()
-        .unwrap();
+    let a =
+        infer().args(["--json", "--connect", &addr, "--input"]).arg(&raw_file).output().unwrap();
     assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
     // Already normalised input, sent as it is.
-    let b = delphi()
-        .args(["infer", "--json", "--normalized", "--connect", &addr, "--input"])
+    let b = infer()
+        .args(["--json", "--normalized", "--connect", &addr, "--input"])
         .arg(&norm_file)
         .output()
         .unwrap();
@@ -250,4 +253,78 @@ fn infer_applies_the_recorded_input_normalisation() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         check_logits(&net, std::slice::from_ref(&normalised), &v["predictions"]);
     }
+}
+
+/// TLS end to end: `delphi tls-cert` makes a private CA, the server proves
+/// itself with its certificate, the client checks it and gets the
+/// reference logits; a client that trusts another CA, or none, is refused
+/// by name, and so is a server with no TLS and no --plaintext.
+#[test]
+fn predictions_over_tls_and_an_untrusted_server_refused() {
+    let d = dir("tls");
+    let (net, plan) = small_cnn_plan(&d, 27, WeightStorage::Inline);
+    let (certs, other) = (d.join("certs"), d.join("other"));
+    for (dir, name) in [(&certs, "127.0.0.1"), (&other, "127.0.0.1")] {
+        succeeds(delphi().args(["tls-cert", "--name", name, "--out"]).arg(dir));
+    }
+    // Never overwritten.
+    let again = delphi().args(["tls-cert", "--name", "x", "--out"]).arg(&certs).output().unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not overwritten"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(certs.join("server-key.pem")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the private key is readable by others: {mode:o}");
+    }
+
+    let x: Vec<f32> = (0..784).map(|i| ((i * 29 % 100) as f32 / 50.0) - 1.0).collect();
+    let input = d.join("input.json");
+    std::fs::write(&input, serde_json::to_string(&x).unwrap()).unwrap();
+    let cert = certs.join("server.pem").to_string_lossy().into_owned();
+    let key = certs.join("server-key.pem").to_string_lossy().into_owned();
+    let (mut server, addr) = serve_with(&plan, 3, &["--tls-cert", &cert, "--tls-key", &key]);
+    let out = succeeds(
+        delphi()
+            .args(["infer", "--json", "--connect", &addr, "--tls-ca"])
+            .arg(certs.join("ca.pem"))
+            .arg("--input")
+            .arg(&input),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    check_logits(&net, std::slice::from_ref(&x), &v["predictions"]);
+    let p = &v["predictions"][0];
+    // TLS records cost bytes on the link beyond the protocol's own.
+    assert!(p["online_wire_bytes"].as_u64().unwrap() > p["online_bytes"].as_u64().unwrap(), "{p}");
+
+    // Another CA: refused by name, before anything is sent.
+    let bad = delphi()
+        .args(["infer", "--connect", &addr, "--tls-ca"])
+        .arg(other.join("ca.pem"))
+        .arg("--input")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("not trusted") && err.contains("--tls-ca"), "{err}");
+    // A plaintext client at a TLS server gets no prediction.
+    let plain = infer()
+        .args(["--connect", &addr, "--timeout", "3", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(!plain.status.success());
+    assert!(server.wait().unwrap().success(), "the server must survive both bad sessions");
+
+    // Neither TLS nor --plaintext: refused by name on both sides.
+    let c = delphi().args(["infer", "--connect", &addr, "--input"]).arg(&input).output().unwrap();
+    assert!(!c.status.success());
+    assert!(String::from_utf8_lossy(&c.stderr).contains("--plaintext"));
+    let s =
+        delphi().args(["serve", "--listen", "127.0.0.1:0", "--plan"]).arg(&plan).output().unwrap();
+    assert!(!s.status.success());
+    let err = String::from_utf8_lossy(&s.stderr);
+    assert!(err.contains("--tls-cert") && err.contains("--plaintext"), "{err}");
+    std::fs::remove_dir_all(&d).ok();
 }

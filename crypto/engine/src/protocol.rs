@@ -255,6 +255,31 @@ pub fn server_setup<C: Channel>(ch: &mut C) -> Result<ServerHe> {
     ServerHe::new(&pk)
 }
 
+/// Bytes the client holds for one offline bundle of `prog` (every node's
+/// share, the ReLUs' and truncations' garbled material, the quadratic
+/// layers' masks), computed from the program alone: a client checks it
+/// against its memory limit before it agrees to prepare anything, so a
+/// server cannot make it allocate more than it allows.
+pub fn client_bundle_bytes(prog: &FixedProgram) -> u64 {
+    let f = std::mem::size_of::<F>() as u64;
+    prog.nodes
+        .iter()
+        .map(|node| {
+            let (len, active) = (node.shape.len(), node.active_len());
+            let own = match &node.op {
+                FixedOp::Relu { shift, bits } => delphi_crypto::relu::client_bundle_bytes(
+                    active,
+                    ReluSpec { shift: *shift, bits: *bits },
+                ),
+                FixedOp::Trunc { shift, kind } => trunc::client_bundle_bytes(active, *shift, *kind),
+                FixedOp::Quad { .. } => 2 * f * active as u64,
+                _ => 0,
+            };
+            f * len as u64 + own
+        })
+        .fold(0u64, u64::saturating_add)
+}
+
 /// Offline phase, client side. `prog` needs the architecture only (weights unused).
 pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     ch: &mut C,

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use delphi_crypto::block::secret_rng;
+use delphi_crypto::channel::tls::{ServerConfig, TlsClient};
 use delphi_crypto::channel::{Channel, Counting, TcpChannel};
 use delphi_net::{FixedProgram, Network};
 
@@ -137,7 +138,8 @@ fn phase(ch: &mut Counting<TcpChannel>, limit: Duration) -> Result<()> {
 
 /// Serves one client on `stream` until it says goodbye or fails; returns
 /// what the session did (also on failure). With `store`, the server's
-/// bundles live on disk and survive the connection.
+/// bundles live on disk and survive the connection. With `tls`, the TLS
+/// handshake comes first, within the handshake timeout.
 pub fn serve_connection(
     stream: TcpStream,
     net: &Network,
@@ -145,11 +147,15 @@ pub fn serve_connection(
     preprocess: usize,
     limits: &ServeLimits,
     store: Option<&BundleStore>,
+    tls: Option<&Arc<ServerConfig>>,
 ) -> std::result::Result<SessionReport, (SessionReport, EngineError)> {
     let start = Instant::now();
     let mut report = SessionReport::default();
-    let mut ch = match TcpChannel::new(stream).and_then(|c| c.with_timeout(Some(limits.io_timeout)))
-    {
+    let ch = match tls {
+        Some(cfg) => TcpChannel::tls_server(stream, cfg.clone(), limits.handshake_timeout),
+        None => TcpChannel::new(stream),
+    };
+    let mut ch = match ch.and_then(|c| c.with_timeout(Some(limits.io_timeout))) {
         Ok(c) => Counting::new(c),
         Err(e) => return Err(session_error(&report, e.into())),
     };
@@ -254,6 +260,13 @@ fn serve_session(
 /// Writes at most a few hundred bytes with a one-second limit, so a client
 /// that does not read cannot hold the caller.
 pub fn refuse_busy(stream: TcpStream, why: &str) {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    if let Ok(ch) = TcpChannel::new(stream) {
+        send_busy(ch, why);
+    }
+}
+
+fn send_busy(ch: TcpChannel, why: &str) {
     let hello = Hello {
         version: SESSION_VERSION,
         preprocess: 1,
@@ -263,12 +276,39 @@ pub fn refuse_busy(stream: TcpStream, why: &str) {
     let Ok(json) = serde_json::to_vec(&hello) else {
         return;
     };
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    if let Ok(mut ch) =
-        TcpChannel::new(stream).and_then(|c| c.with_timeout(Some(Duration::from_secs(1))))
-    {
+    if let Ok(mut ch) = ch.with_timeout(Some(Duration::from_secs(1))) {
         let _ = ch.send_frame(&json).and_then(|()| ch.flush());
     }
+}
+
+/// Refusals over TLS in flight at once (each a handshake of at most a
+/// second on a thread of its own); beyond them a connection is closed
+/// without a word.
+const TLS_REFUSALS: usize = 16;
+
+/// [`refuse_busy`] over TLS when the server speaks it: the handshake and
+/// the hello on a short-lived thread (so the accepting loop never waits on
+/// a client), at most [`TLS_REFUSALS`] at once.
+fn refuse(
+    stream: TcpStream,
+    why: String,
+    tls: Option<&Arc<ServerConfig>>,
+    busy: &Arc<AtomicUsize>,
+) {
+    let Some(cfg) = tls else {
+        return refuse_busy(stream, &why);
+    };
+    if busy.fetch_add(1, Ordering::SeqCst) >= TLS_REFUSALS {
+        busy.fetch_sub(1, Ordering::SeqCst);
+        return;
+    }
+    let (cfg, busy) = (cfg.clone(), busy.clone());
+    std::thread::spawn(move || {
+        if let Ok(ch) = TcpChannel::tls_server(stream, cfg, Duration::from_secs(1)) {
+            send_busy(ch, &why);
+        }
+        busy.fetch_sub(1, Ordering::SeqCst);
+    });
 }
 
 /// A session's outcome, as [`serve`] reports it.
@@ -293,6 +333,8 @@ pub struct Server {
     pub limits: ServeLimits,
     /// Where bundles are kept across connections (none: memory).
     pub store: Option<BundleStore>,
+    /// TLS (none: plaintext, for loopback and tests).
+    pub tls: Option<Arc<ServerConfig>>,
 }
 
 impl Server {
@@ -317,7 +359,8 @@ fn serve(
     sessions: Option<usize>,
     on_event: Arc<dyn Fn(SessionEvent) + Send + Sync>,
 ) -> Result<()> {
-    let Server { net, prog, preprocess, limits, store } = server;
+    let Server { net, prog, preprocess, limits, store, tls } = server;
+    let refusing = Arc::new(AtomicUsize::new(0));
     let workers = limits.workers.max(1);
     let max_connections = limits.max_connections.max(1);
     // Connections served or waiting; bounded here, not by the queue.
@@ -328,7 +371,7 @@ fn serve(
     let active = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let (rx, net, prog, limits, store, active, on_event) = (
+        let (rx, net, prog, limits, store, active, on_event, tls) = (
             rx.clone(),
             net.clone(),
             prog.clone(),
@@ -336,6 +379,7 @@ fn serve(
             store.clone(),
             active.clone(),
             on_event.clone(),
+            tls.clone(),
         );
         handles.push(std::thread::spawn(move || loop {
             let next = match rx.lock() {
@@ -344,8 +388,15 @@ fn serve(
             };
             let Ok(stream) = next else { return };
             let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
-            let out =
-                serve_connection(stream, &net, &prog, preprocess, &limits, store.as_ref().as_ref());
+            let out = serve_connection(
+                stream,
+                &net,
+                &prog,
+                preprocess,
+                &limits,
+                store.as_ref().as_ref(),
+                tls.as_ref(),
+            );
             active.fetch_sub(1, Ordering::SeqCst);
             let (report, error) = match out {
                 Ok(r) => (r, None),
@@ -361,18 +412,20 @@ fn serve(
         }
         let Ok(stream) = stream else { continue };
         if active.load(Ordering::SeqCst) >= max_connections {
-            refuse_busy(
+            refuse(
                 stream,
-                &format!(
+                format!(
                     "the server is busy ({max_connections} clients served or waiting); try again later"
                 ),
+                tls.as_ref(),
+                &refusing,
             );
             continue;
         }
         active.fetch_add(1, Ordering::SeqCst);
         if let Err(mpsc::SendError(stream)) = tx.send(stream) {
             active.fetch_sub(1, Ordering::SeqCst);
-            refuse_busy(stream, "the server is shutting down");
+            refuse(stream, "the server is shutting down".into(), tls.as_ref(), &refusing);
             continue;
         }
         accepted += 1;
@@ -398,6 +451,9 @@ pub struct Prediction {
     pub online_s: f64,
     /// Online bytes, both directions.
     pub online_bytes: u64,
+    /// Online bytes on the link, both directions: with TLS its records
+    /// included (plaintext: `online_bytes`).
+    pub online_wire_bytes: u64,
     /// Seconds of the offline phase that prepared this prediction's bundle
     /// in this session, its request's round trip included (`None` when the
     /// bundle came from the store).
@@ -418,6 +474,46 @@ pub struct ClientOptions {
     /// records none, inputs are used as they are. `false`: the inputs are
     /// already normalised.
     pub normalize: bool,
+    /// TLS: the CA and the server's name (none: plaintext, for loopback
+    /// and tests).
+    pub tls: Option<TlsClient>,
+    /// The most memory the client's preprocessed material may take, bytes:
+    /// a server's network whose one bundle needs more is refused before any
+    /// work, and the client prepares only as many bundles ahead as fit
+    /// (whatever the server asks). Default [`default_max_memory`].
+    pub max_memory: u64,
+}
+
+/// Three quarters of this machine's memory (`MemTotal`), or 8 GiB where it
+/// cannot be read.
+pub fn default_max_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(8 << 30, |kb| kb * 1024 / 4 * 3)
+}
+
+/// What the client holds for one bundle of `prog`, checked against
+/// `max_memory` before anything is prepared; returns how many bundles fit.
+fn bundles_that_fit(prog: &FixedProgram, max_memory: u64) -> Result<usize> {
+    let one = crate::protocol::client_bundle_bytes(prog);
+    // The online phase works beside the bundle on every node's values.
+    let working: u64 = prog.nodes.iter().map(|n| 8 * n.shape.len() as u64).sum();
+    let need = one.saturating_add(working);
+    if need > max_memory {
+        return Err(EngineError::Refused(format!(
+            "the server's network needs {:.1} MB for one prediction's preprocessed material \
+             and working values, more than this client allows ({:.1} MB, --max-memory)",
+            need as f64 / 1e6,
+            max_memory as f64 / 1e6
+        )));
+    }
+    Ok(usize::try_from((max_memory - working) / one.max(1)).unwrap_or(usize::MAX).max(1))
 }
 
 /// A connected client: the session's hello, architecture and keys.
@@ -427,10 +523,17 @@ struct ClientSession {
     arch: Network,
     prog: FixedProgram,
     he: ClientHe,
+    /// Bundles prepared ahead: what the server asks, at most what fits.
+    ahead: usize,
 }
 
-fn connect<A: ToSocketAddrs>(addr: A, timeout: Duration) -> Result<ClientSession> {
-    let mut ch = Counting::new(TcpChannel::connect(addr)?.with_timeout(Some(timeout))?);
+fn connect<A: ToSocketAddrs>(addr: A, options: &ClientOptions) -> Result<ClientSession> {
+    let (timeout, tls, max_memory) = (options.timeout, options.tls.as_ref(), options.max_memory);
+    let ch = match tls {
+        Some(t) => TcpChannel::tls_connect(addr, t, timeout)?,
+        None => TcpChannel::connect(addr)?,
+    };
+    let mut ch = Counting::new(ch.with_timeout(Some(timeout))?);
     let hello: Hello = serde_json::from_slice(&ch.recv_frame_bounded(4096)?)
         .map_err(|e| EngineError::Malformed(format!("hello: {e}")))?;
     if let Some(why) = hello.busy {
@@ -444,9 +547,20 @@ fn connect<A: ToSocketAddrs>(addr: A, timeout: Duration) -> Result<ClientSession
     }
     let arch: Network = serde_json::from_slice(&ch.recv_frame_bounded(MAX_ARCH_FRAME)?)
         .map_err(|e| EngineError::Malformed(format!("architecture: {e}")))?;
+    // Its shapes bound what lowering it allocates: checked first.
+    let values: u64 = arch.validate()?.iter().map(|s| s.len() as u64).sum();
+    if values.saturating_mul(16) > max_memory {
+        return Err(EngineError::Refused(format!(
+            "the server's network has {values} values per prediction, more than this client's \
+             memory limit allows ({:.1} MB, --max-memory)",
+            max_memory as f64 / 1e6
+        )));
+    }
     let prog = FixedProgram::lower(&arch)?;
+    let fit = bundles_that_fit(&prog, max_memory)?;
     let he = client_setup(&mut ch)?;
-    Ok(ClientSession { ch, hello, arch, prog, he })
+    let ahead = hello.preprocess.clamp(1, MAX_BUNDLES).min(fit);
+    Ok(ClientSession { ch, hello, arch, prog, he, ahead })
 }
 
 impl ClientSession {
@@ -487,7 +601,7 @@ pub fn preprocess<A: ToSocketAddrs>(
         path: ".".into(),
         problem: "preprocessing ahead needs a bundle directory".into(),
     })?;
-    let mut s = connect(addr, options.timeout)?;
+    let mut s = connect(addr, options)?;
     if !s.hello.persistent {
         return Err(EngineError::Refused(
             "the server keeps no bundles across connections (start it with --bundle-dir)".into(),
@@ -511,7 +625,7 @@ pub fn infer<A: ToSocketAddrs>(
     options: &ClientOptions,
     progress: &dyn Fn(&str),
 ) -> Result<Vec<Prediction>> {
-    let mut s = connect(addr, options.timeout)?;
+    let mut s = connect(addr, options)?;
     for x in inputs {
         if x.len() != s.arch.input.len() {
             return Err(EngineError::Input(format!(
@@ -561,7 +675,14 @@ pub fn infer<A: ToSocketAddrs>(
         progress(&format!("{} stored bundle(s) available", stored.len()));
     }
     let mut bundles: VecDeque<(ClientBundle, (f64, u64))> = VecDeque::new();
-    let ahead = s.hello.preprocess.clamp(1, MAX_BUNDLES);
+    let ahead = s.ahead;
+    if ahead < s.hello.preprocess.clamp(1, MAX_BUNDLES) {
+        progress(&format!(
+            "preparing {ahead} bundle(s) ahead, not the {} the server asks: more would not fit \
+             in --max-memory",
+            s.hello.preprocess
+        ));
+    }
     let mut out = Vec::with_capacity(inputs.len());
     let mut prepared = 0;
     let mut top_up = |s: &mut ClientSession,
@@ -592,6 +713,7 @@ pub fn infer<A: ToSocketAddrs>(
         };
         progress(&format!("online phase {}", k + 1));
         let before = s.ch.stats();
+        let wire_before = s.ch.inner_mut().wire_bytes();
         let t = Instant::now();
         s.ch.send_u64(CMD_ONLINE)?;
         s.ch.send_bytes(&b.id())?;
@@ -612,6 +734,7 @@ pub fn infer<A: ToSocketAddrs>(
             class,
             online_s,
             online_bytes: s.ch.stats().since(&before).total(),
+            online_wire_bytes: s.ch.inner_mut().wire_bytes() - wire_before,
             offline_s: offline.map(|o| o.0),
             offline_bytes: offline.map(|o| o.1),
         });

@@ -53,7 +53,9 @@ fn a_decompression_bomb_is_refused_with_memory_flat() {
     });
     let (stream, _) = listener.accept().unwrap();
     let before = peak_rss_bytes();
-    let e = serve_connection(stream, &net, &prog, 1, &ServeLimits::default(), None).unwrap_err().1;
+    let e = serve_connection(stream, &net, &prog, 1, &ServeLimits::default(), None, None)
+        .unwrap_err()
+        .1;
     let grew = peak_rss_bytes().saturating_sub(before);
     client.join().unwrap();
     assert!(matches!(&e, EngineError::HeObject { what: "public key", .. }), "{e}");

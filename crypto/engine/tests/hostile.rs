@@ -59,7 +59,14 @@ fn start(
     let on_event = Arc::new(move |e: SessionEvent| {
         ev.lock().unwrap().push((e.error.map(|e| e.to_string()), e.report.predictions));
     });
-    let server = Server { net: Arc::new(net), prog: Arc::new(prog), preprocess: 1, limits, store };
+    let server = Server {
+        net: Arc::new(net),
+        prog: Arc::new(prog),
+        preprocess: 1,
+        limits,
+        store,
+        tls: None,
+    };
     let h = thread::spawn(move || server.run(listener, Some(sessions), on_event).unwrap());
     (addr, events, h)
 }
@@ -76,7 +83,13 @@ fn limits(workers: usize, max_connections: usize) -> ServeLimits {
 }
 
 fn options() -> ClientOptions {
-    ClientOptions { timeout: Duration::from_secs(30), store: None, normalize: false }
+    ClientOptions {
+        timeout: Duration::from_secs(30),
+        store: None,
+        normalize: false,
+        tls: None,
+        max_memory: 1 << 30,
+    }
 }
 
 /// A channel that waits before every read (for its first 20 reads: longer

@@ -9,10 +9,12 @@
 mod counting;
 mod mem;
 mod tcp;
+pub mod tls;
 
 pub use counting::{CommStats, Counting};
 pub use mem::MemChannel;
 pub use tcp::TcpChannel;
+pub use tls::TlsClient;
 
 use crate::block::Block;
 use crate::error::{Error, Result};

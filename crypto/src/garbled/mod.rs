@@ -14,7 +14,7 @@
 mod protocol;
 mod storage;
 
-pub use protocol::{ClientGcBundle, ServerGcBundle};
+pub use protocol::{client_bundle_bytes, ClientGcBundle, ServerGcBundle};
 
 use crate::error::Result;
 use crate::field::F;

@@ -69,6 +69,16 @@ impl<S: GcFunction> std::fmt::Debug for ClientGcBundle<S> {
     }
 }
 
+/// Bytes a client's bundle of `n` values of `spec` holds (its input
+/// labels, garbled tables and output ciphertexts), computed from the
+/// circuit before anything is received: what a client checks against its
+/// memory limit before it agrees to a plan.
+pub fn client_bundle_bytes<S: GcFunction>(spec: S, n: usize) -> u64 {
+    let c = &spec.gc().circuit;
+    let per = 16 * (2 * c.and_gates() + c.evaluator_inputs()) + 8 * c.outputs();
+    n as u64 * per as u64
+}
+
 pub(super) fn check_count<S: GcFunction>(n: usize) -> Result<()> {
     if n == 0 || n > MAX_VALUES {
         return Err(Error::InvalidArgument(format!(

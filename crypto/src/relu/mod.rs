@@ -119,6 +119,11 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     ClientGcBundle::offline(ch, shares, spec.into(), rng)
 }
 
+/// Bytes the client's half of an offline bundle of `n` ReLUs holds.
+pub fn client_bundle_bytes(n: usize, spec: impl Into<ReluSpec>) -> u64 {
+    crate::garbled::client_bundle_bytes(spec.into(), n)
+}
+
 impl GcFunction for ReluSpec {
     const WHAT: &'static str = "ReLUs";
     const AGREE: [&'static str; 3] = ["ReLU count", "ReLU truncation", "ReLU bits"];

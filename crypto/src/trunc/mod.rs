@@ -135,6 +135,16 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
     })
 }
 
+/// Bytes the client's half of an offline bundle of `n` truncated values
+/// holds (a garbled circuit each when exact; a share and a key each when
+/// faithful).
+pub fn client_bundle_bytes(n: usize, shift: u32, kind: TruncKind) -> u64 {
+    match kind.exact(shift) {
+        Some(e) => crate::garbled::client_bundle_bytes(e, n) + 8 * n as u64,
+        None => 16 * n as u64,
+    }
+}
+
 /// Offline phase, client side: `shares` are the client's (offline-known)
 /// shares of the values to truncate.
 pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
