@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use delphi_crypto::channel::tls::{ServerConfig, TlsClient};
 use delphi_engine::run::{current_rss_bytes, peak_rss_bytes};
 use delphi_engine::session::{ClientOptions, ServeLimits, Server, SessionEvent};
-use delphi_engine::store::{default_key_path, BundleStore, Side};
+use delphi_engine::store::{default_key_path, BundleStore, Side, StoreLimits};
 
 use crate::common::{chain, checked_program, load_plan};
 
@@ -70,6 +70,17 @@ pub(crate) struct ServeArgs {
     /// Most disk the store may use, in MB.
     #[arg(long, default_value_t = 20_000, requires = "bundle_dir", help_heading = "Bundle store")]
     max_store_mb: u64,
+    /// Most unused bundles one client (by IP address) may hold in the
+    /// store, so no client can fill it for the others.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..), requires = "bundle_dir", help_heading = "Bundle store")]
+    max_bundles_per_client: u64,
+    /// Hours an unused bundle is kept before it is deleted (its client did
+    /// not come back for it).
+    #[arg(long, default_value_t = 24.0, requires = "bundle_dir", help_heading = "Bundle store")]
+    bundle_ttl_hours: f64,
+    /// Seconds one session may last in all, whatever it does.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits")]
+    session_lifetime: u64,
     #[command(flatten)]
     tls: ServerTls,
 }
@@ -254,9 +265,15 @@ pub(crate) fn run_serve(args: ServeArgs) -> Result<()> {
         bundle_key,
         max_stored_bundles,
         max_store_mb,
+        max_bundles_per_client,
+        bundle_ttl_hours,
+        session_lifetime,
         allow_overflow,
         tls,
     } = args;
+    if !(bundle_ttl_hours.is_finite() && bundle_ttl_hours > 0.0) {
+        bail!("--bundle-ttl-hours {bundle_ttl_hours} must be a positive number of hours");
+    }
     let tls = tls.config(&listen)?;
 
     let net = load_plan(&plan)?;
@@ -276,7 +293,16 @@ pub(crate) fn run_serve(args: ServeArgs) -> Result<()> {
             );
     eprintln!("{ranges}");
     if let Some(st) = &store {
-        eprintln!("bundle store {}: {} bundle(s) ready", st.dir().display(), st.len()?);
+        let gone = st.evict(
+            Duration::from_secs_f64(bundle_ttl_hours * 3600.0),
+            Duration::from_secs(phase_timeout.saturating_mul(2)),
+        )?;
+        eprintln!(
+            "bundle store {}: {} bundle(s) ready{}",
+            st.dir().display(),
+            st.len()?,
+            if gone > 0 { format!(", {gone} expired ones deleted") } else { String::new() }
+        );
     }
     let limits = ServeLimits {
         workers: workers as usize,
@@ -285,8 +311,15 @@ pub(crate) fn run_serve(args: ServeArgs) -> Result<()> {
         handshake_timeout: Duration::from_secs(handshake_timeout),
         phase_timeout: Duration::from_secs(phase_timeout),
         max_bundles: max_bundles as usize,
-        store_bundles: max_stored_bundles,
-        store_bytes: max_store_mb.saturating_mul(1 << 20),
+        store: StoreLimits {
+            bundles: max_stored_bundles,
+            bytes: max_store_mb.saturating_mul(1 << 20),
+            per_owner: usize::try_from(max_bundles_per_client).unwrap_or(usize::MAX),
+            ttl: Duration::from_secs_f64(bundle_ttl_hours * 3600.0),
+            // A reservation outlives its offline phase only if its worker died.
+            stale_reservation: Duration::from_secs(phase_timeout.saturating_mul(2)),
+        },
+        session_lifetime: Duration::from_secs(session_lifetime),
     };
     let log = |e: SessionEvent| {
         let r = &e.report;

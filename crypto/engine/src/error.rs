@@ -70,6 +70,9 @@ pub enum StoreProblem {
     /// The id inside the file is not the id it was asked for by.
     #[error("the bundle inside has another id (a renamed or copied file): refused")]
     WrongId,
+    /// No such bundle here: already taken, expired, or never stored.
+    #[error("no such bundle (already taken, expired, or never stored here)")]
+    Missing,
     /// Anything else, said in words.
     #[error("{0}")]
     Other(String),

@@ -10,7 +10,9 @@
 //! 3. then commands from the client, one `u64` each: [`CMD_OFFLINE`] runs one
 //!    offline phase (a new bundle on each side, both knowing its id),
 //!    [`CMD_ONLINE`] followed by a bundle id runs the online phase on that
-//!    bundle (the server answers [`STATUS_OK`] or [`STATUS_UNKNOWN`] first),
+//!    bundle (the server answers [`STATUS_OK`] or [`STATUS_UNKNOWN`] first;
+//!    after "unknown" — expired, used, or never made here — the session
+//!    goes on),
 //!    [`CMD_BYE`] ends the session.
 //!
 //! With a [`BundleStore`] a party keeps its halves on disk instead of in
@@ -33,15 +35,15 @@ use delphi_crypto::channel::tls::{ServerConfig, TlsClient};
 use delphi_crypto::channel::{Channel, Counting, TcpChannel};
 use delphi_net::{FixedProgram, Network};
 
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, Result, StoreProblem};
 use crate::he::ClientHe;
 use crate::protocol::{
     client_offline, client_setup, server_offline, server_setup, ClientBundle, ServerBundle,
 };
-use crate::store::BundleStore;
+use crate::store::{BundleStore, StoreLimits};
 
 /// Version of the session messages.
-pub const SESSION_VERSION: u32 = 3;
+pub const SESSION_VERSION: u32 = 4;
 /// Command: run one offline phase (the server answers [`STATUS_OK`] or
 /// [`STATUS_FULL`] first).
 pub const CMD_OFFLINE: u64 = 1;
@@ -53,10 +55,14 @@ pub const CMD_BYE: u64 = 0;
 pub const STATUS_OK: u64 = 1;
 /// Server's answer to [`CMD_ONLINE`]: no such bundle.
 pub const STATUS_UNKNOWN: u64 = 2;
-/// Server's answer to [`CMD_OFFLINE`]: it holds as many bundles as it may.
+/// Server's answer to [`CMD_OFFLINE`]: it takes no more bundles (its store
+/// is full, or this client's quota is); a frame of at most [`MAX_REASON`]
+/// bytes saying why follows.
 pub const STATUS_FULL: u64 = 3;
 /// The most bundles a server holds in memory for one client.
 pub const MAX_BUNDLES: usize = 64;
+/// The longest reason a server gives with [`STATUS_FULL`], bytes.
+pub const MAX_REASON: usize = 1024;
 /// The largest architecture frame accepted: 256 MiB.
 pub const MAX_ARCH_FRAME: u64 = 256 << 20;
 
@@ -94,10 +100,11 @@ pub struct ServeLimits {
     pub phase_timeout: Duration,
     /// Bundles held in memory for one client (without a store).
     pub max_bundles: usize,
-    /// Bundles the store may hold (with `--bundle-dir`).
-    pub store_bundles: usize,
-    /// Bytes the store may hold on disk.
-    pub store_bytes: u64,
+    /// What the bundle store allows (with `--bundle-dir`): bundles and
+    /// bytes in all, bundles per client, their time to live.
+    pub store: StoreLimits,
+    /// The longest a session may last in all, however it is paced.
+    pub session_lifetime: Duration,
 }
 
 impl Default for ServeLimits {
@@ -109,8 +116,8 @@ impl Default for ServeLimits {
             handshake_timeout: Duration::from_secs(30),
             phase_timeout: Duration::from_secs(600),
             max_bundles: 16,
-            store_bundles: 1000,
-            store_bytes: 20 << 30,
+            store: StoreLimits::default(),
+            session_lifetime: Duration::from_secs(3600),
         }
     }
 }
@@ -122,6 +129,8 @@ pub struct SessionReport {
     pub predictions: usize,
     /// Offline phases run.
     pub offline_phases: usize,
+    /// Online phases asked for bundles this server does not hold.
+    pub unknown_bundles: usize,
     /// Bytes sent and received.
     pub bytes: u64,
     /// Wall time, seconds.
@@ -132,8 +141,21 @@ fn session_error(report: &SessionReport, e: EngineError) -> (SessionReport, Engi
     (report.clone(), e)
 }
 
-fn phase(ch: &mut Counting<TcpChannel>, limit: Duration) -> Result<()> {
-    Ok(ch.inner_mut().set_deadline(Some(Instant::now() + limit))?)
+fn lifetime_reached(limits: &ServeLimits) -> EngineError {
+    EngineError::Refused(format!(
+        "the session reached its lifetime ({} s, --session-lifetime); reconnect",
+        limits.session_lifetime.as_secs_f64()
+    ))
+}
+
+/// Sets the deadline of the next phase: `limit` from now, and never past
+/// the session's end (`Err(Timeout)` once it has passed).
+fn phase(ch: &mut Counting<TcpChannel>, limit: Duration, end: Instant) -> Result<()> {
+    let now = Instant::now();
+    if now >= end {
+        return Err(delphi_crypto::Error::Timeout.into());
+    }
+    Ok(ch.inner_mut().set_deadline(Some((now + limit).min(end)))?)
 }
 
 /// Serves one client on `stream` until it says goodbye or fails; returns
@@ -159,7 +181,16 @@ pub fn serve_connection(
         Ok(c) => Counting::new(c),
         Err(e) => return Err(session_error(&report, e.into())),
     };
-    let out = serve_session(&mut ch, net, prog, preprocess, limits, store, &mut report);
+    let owner = ch.inner_mut().peer_ip();
+    let end = start + limits.session_lifetime;
+    let store = store.map(|st| (st, owner.as_str()));
+    let out = serve_session(&mut ch, net, prog, preprocess, limits, store, &mut report)
+        .map_err(|e| match e {
+            EngineError::Crypto(delphi_crypto::Error::Timeout) if Instant::now() >= end => {
+                lifetime_reached(limits)
+            }
+            e => e,
+        });
     report.bytes = ch.stats().total();
     report.seconds = start.elapsed().as_secs_f64();
     match out {
@@ -174,10 +205,11 @@ fn serve_session(
     prog: &FixedProgram,
     preprocess: usize,
     limits: &ServeLimits,
-    store: Option<&BundleStore>,
+    store: Option<(&BundleStore, &str)>,
     report: &mut SessionReport,
 ) -> Result<()> {
-    phase(ch, limits.handshake_timeout)?;
+    let end = Instant::now() + limits.session_lifetime;
+    phase(ch, limits.handshake_timeout, end).map_err(|_| lifetime_reached(limits))?;
     let hello = Hello {
         version: SESSION_VERSION,
         preprocess: preprocess.clamp(1, limits.max_bundles.clamp(1, MAX_BUNDLES)),
@@ -193,37 +225,42 @@ fn serve_session(
     let mut rng = secret_rng();
     let mut bundles: VecDeque<ServerBundle> = VecDeque::new();
     loop {
-        phase(ch, limits.io_timeout)?;
+        phase(ch, limits.io_timeout, end)?;
         match ch.recv_u64()? {
             CMD_OFFLINE => {
-                let full = match store {
-                    Some(st) => {
-                        st.len()? >= limits.store_bundles || st.disk_bytes()? >= limits.store_bytes
-                    }
-                    None => bundles.len() >= limits.max_bundles.clamp(1, MAX_BUNDLES),
-                };
-                if full {
-                    ch.send_u64(STATUS_FULL)?;
-                    ch.flush()?;
-                    return Err(EngineError::Refused(match store {
-                        Some(_) => format!(
-                            "the bundle store is full (at most {} bundles, {} MB)",
-                            limits.store_bundles,
-                            limits.store_bytes >> 20
-                        ),
-                        None => format!(
+                // Room is reserved before any work (a store's limits count
+                // reservations in flight); refused, the client hears "full".
+                let room = match store {
+                    Some((st, owner)) => st.reserve(owner, &limits.store).map(Some),
+                    None if bundles.len() >= limits.max_bundles.clamp(1, MAX_BUNDLES) => {
+                        Err(EngineError::Refused(format!(
                             "a client may hold at most {} unused bundles",
                             limits.max_bundles.clamp(1, MAX_BUNDLES)
-                        ),
-                    }));
-                }
+                        )))
+                    }
+                    None => Ok(None),
+                };
+                let room = match room {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // "Full", and why (a quota, the store's limit).
+                        ch.send_u64(STATUS_FULL)?;
+                        let why = match &e {
+                            EngineError::Refused(why) => why.clone(),
+                            _ => "the bundle store cannot take a bundle".into(),
+                        };
+                        ch.send_frame(&why.as_bytes()[..why.len().min(MAX_REASON)])?;
+                        ch.flush()?;
+                        return Err(e);
+                    }
+                };
                 ch.send_u64(STATUS_OK)?;
                 ch.flush()?;
-                phase(ch, limits.phase_timeout)?;
+                phase(ch, limits.phase_timeout, end)?;
                 let b = server_offline(ch, prog, &he, &mut rng)?;
-                match store {
-                    Some(st) => st.put_server(prog, &b)?,
-                    None => bundles.push_back(b),
+                match (store, room) {
+                    (Some((st, _)), Some(r)) => st.put_server(prog, &b, r)?,
+                    _ => bundles.push_back(b),
                 }
                 report.offline_phases += 1;
             }
@@ -233,20 +270,31 @@ fn serve_session(
                 let found = match bundles.iter().position(|b| b.id() == id) {
                     Some(k) => bundles.remove(k),
                     None => match store {
-                        Some(st) if st.ids()?.contains(&id) => Some(st.take_server(prog, &id)?),
-                        _ => None,
+                        Some((st, _)) => {
+                            // Expired bundles go first: they are not served.
+                            st.evict(limits.store.ttl, limits.store.stale_reservation)?;
+                            match st.take_server(prog, &id) {
+                                Ok(b) => Some(b),
+                                Err(EngineError::Store {
+                                    problem: StoreProblem::Missing, ..
+                                }) => None,
+                                Err(e) => return Err(e),
+                            }
+                        }
+                        None => None,
                     },
                 };
                 let Some(b) = found else {
+                    // Expired, already used, or never made here: the client
+                    // may go on with another.
                     ch.send_u64(STATUS_UNKNOWN)?;
                     ch.flush()?;
-                    return Err(EngineError::Malformed(
-                        "online phase requested for a bundle this server does not hold".into(),
-                    ));
+                    report.unknown_bundles += 1;
+                    continue;
                 };
                 ch.send_u64(STATUS_OK)?;
                 ch.flush()?;
-                phase(ch, limits.phase_timeout)?;
+                phase(ch, limits.phase_timeout, end)?;
                 b.online(ch, prog)?;
                 report.predictions += 1;
             }
@@ -570,11 +618,11 @@ impl ClientSession {
         match self.ch.recv_u64()? {
             STATUS_OK => {}
             STATUS_FULL => {
-                return Err(EngineError::Refused(
-                    "the server is full: it holds as many unused bundles as it allows; \
-                     use them first"
-                        .into(),
-                ))
+                let why = self.ch.recv_frame_bounded(MAX_REASON as u64)?;
+                return Err(EngineError::Refused(format!(
+                    "the server takes no more bundles from this client: {}",
+                    String::from_utf8_lossy(&why)
+                )));
             }
             other => return Err(EngineError::Malformed(format!("offline status {other}"))),
         }
@@ -702,29 +750,38 @@ pub fn infer<A: ToSocketAddrs>(
         Ok(())
     };
     for (k, x) in inputs.iter().enumerate() {
-        top_up(&mut s, &mut bundles, &stored, k)?;
         let enc = s.prog.encode_input(x)?;
-        let (b, offline) = match (stored.pop_front(), &options.store) {
-            (Some(id), Some(st)) => (st.take_client(&s.prog, &id)?, None),
-            _ => bundles
-                .pop_front()
-                .map(|(b, cost)| (b, Some(cost)))
-                .ok_or_else(|| EngineError::Internal("no bundle prepared".into()))?,
+        // A stored bundle the server no longer holds (expired there, or
+        // made with another server) is discarded and the next one tried.
+        let (b, offline, before, wire_before, t) = loop {
+            top_up(&mut s, &mut bundles, &stored, k)?;
+            let (b, offline) = match (stored.pop_front(), &options.store) {
+                (Some(id), Some(st)) => (st.take_client(&s.prog, &id)?, None),
+                _ => bundles
+                    .pop_front()
+                    .map(|(b, cost)| (b, Some(cost)))
+                    .ok_or_else(|| EngineError::Internal("no bundle prepared".into()))?,
+            };
+            progress(&format!("online phase {}", k + 1));
+            let before = s.ch.stats();
+            let wire_before = s.ch.inner_mut().wire_bytes();
+            let t = Instant::now();
+            s.ch.send_u64(CMD_ONLINE)?;
+            s.ch.send_bytes(&b.id())?;
+            s.ch.flush()?;
+            match s.ch.recv_u64()? {
+                STATUS_OK => break (b, offline, before, wire_before, t),
+                STATUS_UNKNOWN if offline.is_none() => progress(
+                    "a stored bundle is no longer held by the server (expired, or made with \
+                     another server); discarded",
+                ),
+                _ => {
+                    return Err(EngineError::Refused(
+                        "the server does not hold the bundle prepared in this session".into(),
+                    ))
+                }
+            }
         };
-        progress(&format!("online phase {}", k + 1));
-        let before = s.ch.stats();
-        let wire_before = s.ch.inner_mut().wire_bytes();
-        let t = Instant::now();
-        s.ch.send_u64(CMD_ONLINE)?;
-        s.ch.send_bytes(&b.id())?;
-        s.ch.flush()?;
-        if s.ch.recv_u64()? != STATUS_OK {
-            return Err(EngineError::Refused(
-                "the server does not hold this bundle (it was made with another server or \
-                 already used); it is discarded"
-                    .into(),
-            ));
-        }
         let y = b.online(&mut s.ch, &s.prog, &enc)?.logits;
         let online_s = t.elapsed().as_secs_f64();
         let logits = s.prog.decode_output(&y);

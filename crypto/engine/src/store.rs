@@ -26,8 +26,9 @@
 //! and the key as private as a key.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, Mac};
 use rand::RngCore;
@@ -123,7 +124,11 @@ fn load_or_make_key(path: &Path) -> Result<Zeroizing<[u8; 32]>> {
             *key = bytes;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Written whole under a name of its own, then linked into
+            // place: another process sees no key or the whole key, never
+            // a half-written one; if it made one first, theirs is used.
             rand::rngs::OsRng.fill_bytes(&mut key[..]);
+            let tmp = unique_name(path, "tmp");
             let mut opts = OpenOptions::new();
             opts.write(true).create_new(true);
             #[cfg(unix)]
@@ -131,21 +136,33 @@ fn load_or_make_key(path: &Path) -> Result<Zeroizing<[u8; 32]>> {
                 use std::os::unix::fs::OpenOptionsExt;
                 opts.mode(0o600);
             }
-            let mut f = match opts.open(path) {
-                Ok(f) => f,
-                // Another process made it first: use theirs.
+            let mut f = opts.open(&tmp).map_err(|e| io_err(&tmp, e))?;
+            let text = Zeroizing::new(key.iter().map(|b| format!("{b:02x}")).collect::<String>());
+            let written = writeln!(f, "{}", text.as_str()).and_then(|()| f.sync_all());
+            let linked = written.and_then(|()| fs::hard_link(&tmp, path));
+            let _ = fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     return load_or_make_key(path)
                 }
                 Err(e) => return Err(io_err(path, e)),
-            };
-            let text = Zeroizing::new(key.iter().map(|b| format!("{b:02x}")).collect::<String>());
-            writeln!(f, "{}", text.as_str()).map_err(|e| io_err(path, e))?;
-            f.sync_all().map_err(|e| io_err(path, e))?;
+            }
         }
         Err(e) => return Err(io_err(path, e)),
     }
     Ok(key)
+}
+
+/// `<path>.<16 random hex digits>.<ext>`: a name no other writer or taker
+/// shares.
+fn unique_name(path: &Path, ext: &str) -> PathBuf {
+    let mut r = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut r);
+    let tag: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".{tag}.{ext}"));
+    path.with_file_name(name)
 }
 
 fn parse_key_hex(s: &str) -> Option<[u8; 32]> {
@@ -228,34 +245,47 @@ impl BundleStore {
         &self.dir
     }
 
-    fn path(&self, id: &[u8; 16]) -> PathBuf {
-        self.dir.join(format!("{}.{}", hex(id), self.side.suffix()))
-    }
-
-    /// Ids of the stored bundles, oldest first.
-    pub fn ids(&self) -> Result<Vec<[u8; 16]>> {
+    /// The file names of stored bundles: `<id>.<side>.bundle`, or on a
+    /// server `<id>.<owner>.server.bundle` (owner: 16 hex digits).
+    fn entries(&self) -> Result<Vec<Entry>> {
         let mut found = Vec::new();
+        let suffix = format!(".{}", self.side.suffix());
         for entry in fs::read_dir(&self.dir).map_err(|e| io_err(&self.dir, e))? {
             let entry = entry.map_err(|e| io_err(&self.dir, e))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            let Some(stem) = name.strip_suffix(&format!(".{}", self.side.suffix())) else {
-                continue;
+            let Some(stem) = name.strip_suffix(&suffix) else { continue };
+            let (id, owner) = match stem.split_once('.') {
+                Some((id, owner))
+                    if owner.len() == 16 && owner.bytes().all(|c| c.is_ascii_hexdigit()) =>
+                {
+                    (id, Some(owner.to_string()))
+                }
+                Some(_) => continue,
+                None => (stem, None),
             };
-            let Some(id) = parse_hex(stem) else { continue };
-            let modified = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .map_err(|e| io_err(&entry.path(), e))?;
-            found.push((modified, id));
+            let Some(id) = parse_hex(id) else { continue };
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                // Taken by another worker or process meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&entry.path(), e)),
+            };
+            let modified = meta.modified().map_err(|e| io_err(&entry.path(), e))?;
+            found.push(Entry { id, owner, path: entry.path(), modified, bytes: meta.len() });
         }
-        found.sort();
-        Ok(found.into_iter().map(|(_, id)| id).collect())
+        found.sort_by(|a, b| a.modified.cmp(&b.modified).then(a.id.cmp(&b.id)));
+        Ok(found)
+    }
+
+    /// Ids of the stored bundles, oldest first.
+    pub fn ids(&self) -> Result<Vec<[u8; 16]>> {
+        Ok(self.entries()?.into_iter().map(|e| e.id).collect())
     }
 
     /// Number of stored bundles.
     pub fn len(&self) -> Result<usize> {
-        Ok(self.ids()?.len())
+        Ok(self.entries()?.len())
     }
 
     /// Whether the store holds no bundle.
@@ -263,15 +293,134 @@ impl BundleStore {
         Ok(self.len()? == 0)
     }
 
+    /// Deletes the bundles stored longer than `ttl` (a server's: their
+    /// client has not come back for them) and reservations older than
+    /// `stale` (a worker that died mid-phase); returns how many bundles
+    /// went.
+    pub fn evict(&self, ttl: Duration, stale: Duration) -> Result<usize> {
+        let now = SystemTime::now();
+        let old = |t: SystemTime, age: Duration| now.duration_since(t).is_ok_and(|a| a > age);
+        let mut gone = 0;
+        for e in self.entries()? {
+            if old(e.modified, ttl) && remove_if_there(&e.path)? {
+                gone += 1;
+            }
+        }
+        for r in self.reservations()? {
+            if old(r.modified, stale) {
+                remove_if_there(&r.path)?;
+            }
+        }
+        Ok(gone)
+    }
+
+    fn reservations(&self) -> Result<Vec<Entry>> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(|e| io_err(&self.dir, e))? {
+            let entry = entry.map_err(|e| io_err(&self.dir, e))?;
+            let name = entry.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".reserved")) else {
+                continue;
+            };
+            // r.<random>.<owner>.<bytes>
+            let mut parts = stem.rsplitn(3, '.');
+            let (Some(bytes), Some(owner)) = (parts.next(), parts.next()) else { continue };
+            let (owner, bytes) = (owner.to_string(), bytes.parse::<u64>().unwrap_or(0));
+            let modified = match entry.metadata().and_then(|m| m.modified()) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&entry.path(), e)),
+            };
+            found.push(Entry {
+                id: [0; 16],
+                owner: Some(owner),
+                path: entry.path(),
+                modified,
+                bytes,
+            });
+        }
+        Ok(found)
+    }
+
+    /// Reserves room for one server bundle of `owner` (a client's
+    /// address; expected to take what the largest stored bundle takes on
+    /// disk), before its offline phase
+    /// runs: under the store's lock (one at a time across workers and
+    /// processes), expired bundles are evicted and the limits checked
+    /// counting every stored bundle *and* every reservation in flight, so
+    /// concurrent workers cannot overshoot them. The reservation ends when
+    /// the bundle is stored with it or when it is dropped.
+    pub fn reserve(&self, owner: &str, limits: &StoreLimits) -> Result<Reservation> {
+        let _lock = self.lock()?;
+        self.evict(limits.ttl, limits.stale_reservation)?;
+        let owner = owner_tag(owner);
+        let (stored, reserved) = (self.entries()?, self.reservations()?);
+        // A bundle is expected to take what the largest stored one takes.
+        let bytes = stored.iter().map(|e| e.bytes).max().unwrap_or(0);
+        let count = stored.len() + reserved.len();
+        let held =
+            stored.iter().map(|e| e.bytes).chain(reserved.iter().map(|r| r.bytes)).sum::<u64>();
+        let mine =
+            stored.iter().chain(&reserved).filter(|e| e.owner.as_deref() == Some(&owner)).count();
+        if mine >= limits.per_owner {
+            return Err(EngineError::Refused(format!(
+                "this client holds {mine} unused bundles on the server, its quota \
+                 (--max-bundles-per-client {}); use them first",
+                limits.per_owner
+            )));
+        }
+        if count >= limits.bundles || held.saturating_add(bytes) > limits.bytes {
+            return Err(EngineError::Refused(format!(
+                "the bundle store is full (at most {} bundles, {} MB; unused bundles expire \
+                 after {} s)",
+                limits.bundles,
+                limits.bytes >> 20,
+                limits.ttl.as_secs()
+            )));
+        }
+        let path = unique_name(&self.dir.join("r"), &format!("{owner}.{bytes}.reserved"));
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        Ok(Reservation { path: Some(path), owner })
+    }
+
+    /// Holds the store's lock (an exclusive `flock` on `<dir>/.lock`) while
+    /// the guard lives.
+    fn lock(&self) -> Result<StoreLock> {
+        let path = self.dir.join(".lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock on a descriptor this function owns; released by
+            // close when the guard drops.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return Err(io_err(&path, std::io::Error::last_os_error()));
+            }
+        }
+        Ok(StoreLock { _file: f })
+    }
+
     fn write(
         &self,
+        name: &str,
         id: &[u8; 16],
         f: impl FnOnce(&mut Tagging<BufWriter<File>>) -> Result<()>,
     ) -> Result<()> {
         if self.used()?.contains(id) {
             return Err(delphi_crypto::Error::BundleConsumed.into());
         }
-        let tmp = self.dir.join(format!("{}.tmp", hex(id)));
+        let path = self.dir.join(name);
+        // A name of its own: concurrent writers never share a temporary file.
+        let tmp = unique_name(&path, "tmp");
         let mut opts = OpenOptions::new();
         opts.write(true).create_new(true);
         #[cfg(unix)]
@@ -292,7 +441,6 @@ impl BundleStore {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        let path = self.path(id);
         fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))
     }
 
@@ -305,10 +453,9 @@ impl BundleStore {
         }
     }
 
-    /// Checks the tag of the file at `path` (streaming, without holding it);
-    /// returns the length of the bundle before the tag.
-    fn verify(&self, path: &Path) -> Result<u64> {
-        let mut file = File::open(path).map_err(|e| io_err(path, e))?;
+    /// Checks the tag of `file` (streaming, from its start, without
+    /// holding it); returns the length of the bundle before the tag.
+    fn verify(&self, file: &mut File, path: &Path) -> Result<u64> {
         let len = file.metadata().map_err(|e| io_err(path, e))?.len();
         let body = len.checked_sub(TAG as u64).ok_or_else(|| io_err(path, StoreProblem::Forged))?;
         let mut mac = self.tagger();
@@ -335,11 +482,19 @@ impl BundleStore {
         if self.used()?.contains(id) {
             return Err(delphi_crypto::Error::BundleConsumed.into());
         }
-        let path = self.path(id);
-        let taken = path.with_extension("taken");
+        let missing = || {
+            io_err(
+                &self.dir.join(format!("{}.{}", hex(id), self.side.suffix())),
+                StoreProblem::Missing,
+            )
+        };
+        let path = self.entries()?.into_iter().find(|e| e.id == *id).ok_or_else(missing)?.path;
+        // A name of its own: two takers of one id never share it, and only
+        // one of them wins the rename.
+        let taken = unique_name(&path, "taken");
         fs::rename(&path, &taken).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                io_err(&path, "no such bundle (already taken, or never stored here)")
+                missing()
             } else {
                 io_err(&path, e)
             }
@@ -352,8 +507,11 @@ impl BundleStore {
             .map_err(|e| io_err(&ledger, e))?;
         writeln!(log, "{}", hex(id)).map_err(|e| io_err(&ledger, e))?;
         log.sync_all().map_err(|e| io_err(&ledger, e))?;
-        let out = self.verify(&taken).and_then(|body| {
-            let file = File::open(&taken).map_err(|e| io_err(&taken, e))?;
+        // Verified and loaded through one descriptor: what is loaded is
+        // what was verified, whatever happens to the name meanwhile.
+        let out = File::open(&taken).map_err(|e| io_err(&taken, e)).and_then(|mut file| {
+            let body = self.verify(&mut file, &taken)?;
+            file.seek(SeekFrom::Start(0)).map_err(|e| io_err(&taken, e))?;
             let b = load(BufReader::with_capacity(1 << 20, file).take(body))?;
             if inner_id(&b) != *id {
                 return Err(io_err(&path, StoreProblem::WrongId));
@@ -367,13 +525,19 @@ impl BundleStore {
     /// Stores a client bundle.
     pub fn put_client(&self, prog: &FixedProgram, b: &ClientBundle) -> Result<()> {
         self.expect(Side::Client)?;
-        self.write(&b.id(), |w| b.store(prog, w))
+        let name = format!("{}.{}", hex(&b.id()), self.side.suffix());
+        self.write(&name, &b.id(), |w| b.store(prog, w))
     }
 
-    /// Stores a server bundle.
-    pub fn put_server(&self, prog: &FixedProgram, b: &ServerBundle) -> Result<()> {
+    /// Stores a server bundle in the room `r` reserved for it (its owner's).
+    pub fn put_server(&self, prog: &FixedProgram, b: &ServerBundle, r: Reservation) -> Result<()> {
         self.expect(Side::Server)?;
-        self.write(&b.id(), |w| b.store(prog, w))
+        let name = format!("{}.{}.{}", hex(&b.id()), r.owner, self.side.suffix());
+        // The bundle is renamed into place before the reservation ends, so
+        // the two are never both absent from the count.
+        self.write(&name, &b.id(), |w| b.store(prog, w))?;
+        drop(r);
+        Ok(())
     }
 
     /// Takes (loads and removes, once and for all) a client bundle.
@@ -393,5 +557,76 @@ impl BundleStore {
             return Err(io_err(&self.dir, format!("this store holds {:?} bundles", self.side)));
         }
         Ok(())
+    }
+}
+
+/// What a server's bundle store allows.
+#[derive(Clone, Debug)]
+pub struct StoreLimits {
+    /// Bundles held, reservations in flight included.
+    pub bundles: usize,
+    /// Bytes held on disk (reservations count what they expect).
+    pub bytes: u64,
+    /// Bundles one client (by address) may hold.
+    pub per_owner: usize,
+    /// How long an unused bundle is kept.
+    pub ttl: Duration,
+    /// How old a reservation is taken to be abandoned (its worker died).
+    pub stale_reservation: Duration,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits {
+            bundles: 1000,
+            bytes: 20 << 30,
+            per_owner: 100,
+            ttl: Duration::from_secs(24 * 3600),
+            stale_reservation: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Room for one bundle, held from before an offline phase until the bundle
+/// is stored ([`BundleStore::put_server`]) or the phase fails (dropped).
+#[derive(Debug)]
+pub struct Reservation {
+    path: Option<PathBuf>,
+    owner: String,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+struct StoreLock {
+    _file: File,
+}
+
+/// A stored bundle (or a reservation) as the directory lists it.
+struct Entry {
+    id: [u8; 16],
+    owner: Option<String>,
+    path: PathBuf,
+    modified: SystemTime,
+    bytes: u64,
+}
+
+/// 16 hex digits naming an owner (a client's address) in file names.
+fn owner_tag(owner: &str) -> String {
+    use sha2::Digest;
+    let d = Sha256::digest(owner.as_bytes());
+    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn remove_if_there(path: &Path) -> Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(path, e)),
     }
 }

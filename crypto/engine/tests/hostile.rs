@@ -17,7 +17,7 @@ use delphi_engine::protocol::{client_offline, client_setup};
 use delphi_engine::session::{
     infer, preprocess, ClientOptions, ServeLimits, Server, SessionEvent, CMD_OFFLINE, STATUS_OK,
 };
-use delphi_engine::store::{BundleStore, Side};
+use delphi_engine::store::{BundleStore, Side, StoreLimits};
 use delphi_engine::EngineError;
 use delphi_net::{Activation, FixedProgram, Network, Op, Padding, Shape};
 
@@ -219,8 +219,11 @@ fn a_client_cannot_fill_the_store_without_bound() {
     let d = std::env::temp_dir().join(format!("delphi-hostile-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     let store = BundleStore::open(d.join("server"), Side::Server).unwrap();
-    let (addr, _events, server) =
-        start(ServeLimits { store_bundles: 2, ..limits(2, 4) }, Some(store.clone()), 1);
+    let (addr, _events, server) = start(
+        ServeLimits { store: StoreLimits { bundles: 2, ..StoreLimits::default() }, ..limits(2, 4) },
+        Some(store.clone()),
+        1,
+    );
     let opts = ClientOptions {
         store: Some(BundleStore::open(d.join("client"), Side::Client).unwrap()),
         ..options()
@@ -244,4 +247,67 @@ fn an_input_outside_the_declared_range_is_refused_before_anything_runs() {
     assert!(e.to_string().contains("[-1, 1]"), "{e}");
     server.join().unwrap();
     assert_eq!(events.lock().unwrap()[0].1, 0, "no prediction was made");
+}
+
+#[test]
+fn one_client_cannot_take_every_place_in_the_store() {
+    let d = std::env::temp_dir().join(format!("delphi-hostile-quota-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    let store = BundleStore::open(d.join("server"), Side::Server).unwrap();
+    let quota = StoreLimits { bundles: 10, per_owner: 2, ..StoreLimits::default() };
+    let (addr, _events, server) =
+        start(ServeLimits { store: quota, ..limits(2, 4) }, Some(store.clone()), 1);
+    let opts = ClientOptions {
+        store: Some(BundleStore::open(d.join("client"), Side::Client).unwrap()),
+        ..options()
+    };
+    let e = preprocess(addr.as_str(), 3, &opts, &|_| {}).unwrap_err();
+    assert!(matches!(&e, EngineError::Refused(why) if why.contains("quota")), "{e}");
+    server.join().unwrap();
+    // Two places taken; eight left for other clients.
+    assert_eq!(store.len().unwrap(), 2);
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn an_expired_stored_bundle_is_skipped_and_the_prediction_still_made() {
+    let d = std::env::temp_dir().join(format!("delphi-hostile-ttl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    let store = BundleStore::open(d.join("server"), Side::Server).unwrap();
+    let ttl = StoreLimits { ttl: Duration::from_millis(500), ..StoreLimits::default() };
+    let (addr, _events, server) =
+        start(ServeLimits { store: ttl, ..limits(2, 4) }, Some(store.clone()), 2);
+    let opts = ClientOptions {
+        store: Some(BundleStore::open(d.join("client"), Side::Client).unwrap()),
+        ..options()
+    };
+    assert_eq!(preprocess(addr.as_str(), 1, &opts, &|_| {}).unwrap(), 1);
+    thread::sleep(Duration::from_millis(700));
+    let said = Mutex::new(Vec::new());
+    let p = infer(addr.as_str(), &[input()], &opts, &|m| said.lock().unwrap().push(m.to_string()))
+        .unwrap();
+    server.join().unwrap();
+    assert_eq!(p[0].logits, reference());
+    // Made in the session, not taken from the store.
+    assert!(p[0].offline_s.is_some());
+    let said = said.into_inner().unwrap().join("\n");
+    assert!(said.contains("no longer held by the server"), "{said}");
+    assert!(store.is_empty().unwrap());
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn a_session_ends_at_its_lifetime_however_it_is_paced() {
+    let lifetime = ServeLimits { session_lifetime: Duration::from_millis(800), ..limits(1, 2) };
+    let (addr, events, server) = start(lifetime, None, 1);
+    let mut ch = TcpChannel::connect(&addr).unwrap();
+    ch.recv_frame_bounded(4096).unwrap();
+    ch.recv_frame_bounded(1 << 30).unwrap();
+    delphi_engine::protocol::client_setup(&mut ch).unwrap();
+    // Every wait within the idle timeout, but the session outlives its cap.
+    thread::sleep(Duration::from_millis(1000));
+    let _ = ch.send_u64(delphi_engine::session::CMD_OFFLINE).and_then(|()| ch.flush());
+    server.join().unwrap();
+    let ev = events.lock().unwrap();
+    assert!(ev[0].0.as_deref().is_some_and(|e| e.contains("lifetime")), "{:?}", ev[0]);
 }

@@ -167,6 +167,16 @@ impl TcpChannel {
         self.reader.get_ref().wire().bytes
     }
 
+    /// The peer's IP address, as text ("?" when the socket cannot say).
+    pub fn peer_ip(&self) -> String {
+        self.reader
+            .get_ref()
+            .wire()
+            .s
+            .peer_addr()
+            .map_or_else(|_| "?".into(), |a| a.ip().to_string())
+    }
+
     /// Whether the connection is TLS.
     pub fn is_tls(&self) -> bool {
         !matches!(self.reader.get_ref(), Io::Plain(_))
