@@ -111,12 +111,7 @@ impl ServerTls {
                     .context("setting up TLS (--tls-cert, --tls-key)")?,
             )),
             (None, None, true) => {
-                if !is_loopback(listen) {
-                    eprintln!(
-                        "[serve] warning: --plaintext on {listen}, which is not a loopback \
-                         address: anyone on the path can pose as this server"
-                    );
-                }
+                warn_plaintext("serve", listen, "this server");
                 Ok(None)
             }
             _ => bail!(
@@ -157,12 +152,7 @@ impl ClientTls {
                 }))
             }
             (None, true) => {
-                if !is_loopback(connect) {
-                    eprintln!(
-                        "[infer] warning: --plaintext to {connect}, which is not a loopback \
-                         address: anyone on the path can pose as the server"
-                    );
-                }
+                warn_plaintext("infer", connect, "the server");
                 Ok(None)
             }
             _ => bail!(
@@ -170,6 +160,16 @@ impl ClientTls {
                  docs/operating.md), or --plaintext for loopback and tests"
             ),
         }
+    }
+}
+
+/// Warns when `--plaintext` is used on an address other than loopback.
+fn warn_plaintext(who: &str, addr: &str, server: &str) {
+    if !is_loopback(addr) {
+        eprintln!(
+            "[{who}] warning: --plaintext on {addr}, which is not a loopback address: anyone on \
+             the path can pose as {server}"
+        );
     }
 }
 

@@ -169,16 +169,18 @@ pub fn current_rss_bytes() -> u64 {
 }
 
 fn proc_status_kb(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
+    proc_kb("/proc/self/status", field).map_or(0, |kb| kb * 1024)
+}
+
+/// The kB figure after `field` in a /proc file (`None` where it cannot be
+/// read).
+pub(crate) fn proc_kb(file: &str, field: &str) -> Option<u64> {
+    std::fs::read_to_string(file).ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+    })
 }
 
 fn argmax(v: &[F]) -> usize {

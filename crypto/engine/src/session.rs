@@ -184,12 +184,14 @@ pub fn serve_connection(
     let owner = ch.inner_mut().peer_ip();
     let end = start + limits.session_lifetime;
     let store = store.map(|st| (st, owner.as_str()));
-    let out = serve_session(&mut ch, net, prog, preprocess, limits, store, &mut report)
-        .map_err(|e| match e {
-            EngineError::Crypto(delphi_crypto::Error::Timeout) if Instant::now() >= end => {
-                lifetime_reached(limits)
+    let out =
+        serve_session(&mut ch, net, prog, preprocess, limits, store, &mut report).map_err(|e| {
+            match e {
+                EngineError::Crypto(delphi_crypto::Error::Timeout) if Instant::now() >= end => {
+                    lifetime_reached(limits)
+                }
+                e => e,
             }
-            e => e,
         });
     report.bytes = ch.stats().total();
     report.seconds = start.elapsed().as_secs_f64();
@@ -535,15 +537,7 @@ pub struct ClientOptions {
 /// Three quarters of this machine's memory (`MemTotal`), or 8 GiB where it
 /// cannot be read.
 pub fn default_max_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(8 << 30, |kb| kb * 1024 / 4 * 3)
+    crate::run::proc_kb("/proc/meminfo", "MemTotal:").map_or(8 << 30, |kb| kb * 1024 / 4 * 3)
 }
 
 /// What the client holds for one bundle of `prog`, checked against

@@ -3,7 +3,9 @@
 //! peak-memory reading is this test's.)
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
+mod common;
+use common::bomb;
+
 use std::net::TcpListener;
 use std::thread;
 
@@ -13,26 +15,6 @@ use delphi_engine::session::{serve_connection, ServeLimits};
 use delphi_engine::EngineError;
 use delphi_net::builtin::build;
 use delphi_net::FixedProgram;
-
-/// `inflated` zero bytes, zstd-compressed, behind a SEAL header that says
-/// "zstd" and declares the frame's true length.
-fn bomb(inflated: usize) -> Vec<u8> {
-    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
-    let zeros = vec![0u8; 1 << 20];
-    for _ in 0..inflated >> 20 {
-        enc.write_all(&zeros).unwrap();
-    }
-    let body = enc.finish().unwrap();
-    let mut out = vec![0u8; 16];
-    out[0..2].copy_from_slice(&0xA15Eu16.to_le_bytes());
-    out[2] = 16;
-    out[3] = 4;
-    out[5] = 2;
-    out.extend(body);
-    let len = out.len() as u64;
-    out[8..16].copy_from_slice(&len.to_le_bytes());
-    out
-}
 
 #[test]
 fn a_decompression_bomb_is_refused_with_memory_flat() {

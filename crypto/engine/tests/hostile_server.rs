@@ -6,6 +6,9 @@
 //! tests'; they run one at a time through a lock for the same reason.)
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::bomb;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -163,26 +166,6 @@ fn oversized_truncated_and_stalled_messages_end_with_named_errors() {
     let (e, _) = client(&addr, &net, &options(1 << 30));
     h.join().unwrap();
     assert!(matches!(&e, EngineError::Malformed(why) if why.starts_with("hello")), "{e}");
-}
-
-/// `inflated` zero bytes, zstd-compressed, behind a SEAL header that says
-/// "zstd" and declares the frame's true length.
-fn bomb(inflated: usize) -> Vec<u8> {
-    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
-    let zeros = vec![0u8; 1 << 20];
-    for _ in 0..inflated >> 20 {
-        enc.write_all(&zeros).unwrap();
-    }
-    let body = enc.finish().unwrap();
-    let mut out = vec![0u8; 16];
-    out[0..2].copy_from_slice(&0xA15Eu16.to_le_bytes());
-    out[2] = 16;
-    out[3] = 4;
-    out[5] = 2;
-    out.extend(body);
-    let len = out.len() as u64;
-    out[8..16].copy_from_slice(&len.to_le_bytes());
-    out
 }
 
 #[test]
