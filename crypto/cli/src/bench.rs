@@ -28,6 +28,31 @@ pub(crate) enum Bench {
     Serve(BenchServeArgs),
     /// Garbled-circuit ReLU layer: throughput, bytes and end-to-end time over loopback TCP.
     Relu(BenchReluArgs),
+    /// Replicas on one PostgreSQL ledger: each client prepares a bundle on
+    /// one replica and uses it on the next (1 and 2 replicas, one run), and
+    /// the ledger's cost per reservation, store and claim.
+    Replicas(BenchReplicasArgs),
+}
+
+#[derive(clap::Args)]
+pub(crate) struct BenchReplicasArgs {
+    /// The ledger (PostgreSQL connection settings or URL); the bench makes
+    /// its table in it and leaves its rows there.
+    #[arg(long)]
+    ledger: String,
+    /// Replica counts measured, one after another in this run.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    replicas: Vec<usize>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Predictions each client makes (each: an offline phase on one
+    /// replica, the online phase on the next).
+    #[arg(long, default_value_t = 4)]
+    sessions: usize,
+    /// Where to write the JSON figures (default <results>/bench/replicas.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -475,5 +500,169 @@ pub(crate) fn bench_network_plan(
         "the run differs from the reference beyond what the protocol allows (see node_check in {})",
         out.display()
     );
+    Ok(())
+}
+
+/// One measurement of `replicas` servers sharing a store directory and the
+/// ledger: `clients` clients, each `sessions` times preparing a bundle on
+/// replica k and using it on replica k + 1.
+fn replicas_bench(
+    net: &Network,
+    ledger: &str,
+    replicas: usize,
+    clients: usize,
+    sessions: usize,
+) -> Result<serde_json::Value> {
+    use delphi_engine::ledger::Ledger;
+    use delphi_engine::store::{BundleStore, Side};
+    let dir = std::env::temp_dir()
+        .join(format!("delphi-bench-replicas-{}-{replicas}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let prog = Arc::new(checked_program(net, false)?.0);
+    let total = clients * sessions;
+    let mut addrs = Vec::new();
+    let mut servers = Vec::new();
+    for r in 0..replicas {
+        let store =
+            BundleStore::open_with_key(dir.join("bundles"), Side::Server, &dir.join("key"))?
+                .with_ledger(Arc::new(Ledger::connect(ledger, &format!("bench-{r}"))?));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        addrs.push(listener.local_addr()?.to_string());
+        let server = Server {
+            net: Arc::new(net.clone()),
+            prog: prog.clone(),
+            preprocess: 1,
+            limits: ServeLimits {
+                workers: clients.max(1),
+                max_connections: 4 * clients + 4,
+                ..ServeLimits::default()
+            },
+            store: Some(store),
+            tls: None,
+        };
+        servers.push(std::thread::spawn(move || {
+            server.run(listener, None, Arc::new(|_: SessionEvent| {}))
+        }));
+    }
+    let (input_len, range) = (net.input.len(), net.input_range());
+    let t = std::time::Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let (addrs, dir) = (addrs.clone(), dir.clone());
+            std::thread::spawn(move || -> Result<Vec<f64>> {
+                let options = ClientOptions {
+                    timeout: Duration::from_secs(600),
+                    store: Some(BundleStore::open(dir.join(format!("client-{c}")), Side::Client)?),
+                    normalize: false,
+                    tls: None,
+                    max_memory: delphi_engine::session::default_max_memory(),
+                };
+                let inputs =
+                    delphi_net::range::sample_inputs(input_len, range, sessions, c as u64 + 11);
+                (0..sessions)
+                    .map(|k| {
+                        let t = std::time::Instant::now();
+                        let (a, b) =
+                            (&addrs[(c + k) % addrs.len()], &addrs[(c + k + 1) % addrs.len()]);
+                        delphi_engine::session::preprocess(a.as_str(), 1, &options, &|_| {})?;
+                        let p = delphi_engine::session::infer(
+                            b.as_str(),
+                            &inputs[k..k + 1],
+                            &options,
+                            &|_| {},
+                        )?;
+                        ensure!(
+                            p[0].offline_s.is_none(),
+                            "the bundle prepared on {a} was not used on {b}"
+                        );
+                        Ok(t.elapsed().as_secs_f64())
+                    })
+                    .collect()
+            })
+        })
+        .collect();
+    let mut latency = Vec::with_capacity(total);
+    for h in handles {
+        latency.extend(h.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??);
+    }
+    let wall = t.elapsed().as_secs_f64();
+    // The servers serve forever: they end with the process.
+    drop(servers);
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(serde_json::json!({
+        "replicas": replicas,
+        "clients": clients,
+        "predictions": total,
+        "wall_s": wall,
+        "predictions_per_s": total as f64 / wall,
+        "latency_s": {"p50": percentile(&mut latency.clone(), 50.0), "p99": percentile(&mut latency, 99.0)},
+    }))
+}
+
+/// Milliseconds per ledger operation (reserve, store, claim), over `n` bundles.
+fn ledger_cost(ledger: &str, n: usize) -> Result<serde_json::Value> {
+    use delphi_engine::ledger::{Claim, Ledger};
+    let l = Ledger::connect(ledger, "bench-cost")?;
+    let (ttl, stale) = (Duration::from_secs(3600), Duration::from_secs(3600));
+    let mut ms = [0.0f64; 3];
+    for k in 0..n {
+        let mut res = [0u8; 16];
+        let mut id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut res);
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+        let t = std::time::Instant::now();
+        l.reserve(
+            &res,
+            &format!("bench-{}", k % 16),
+            1,
+            (usize::MAX, u64::MAX, usize::MAX),
+            ttl,
+            stale,
+        )?
+        .map_err(|why| anyhow::anyhow!(why))?;
+        ms[0] += t.elapsed().as_secs_f64() * 1e3;
+        let t = std::time::Instant::now();
+        l.ready(&res, &id, 1, ttl)?;
+        ms[1] += t.elapsed().as_secs_f64() * 1e3;
+        let t = std::time::Instant::now();
+        ensure!(l.claim(&id)? == Claim::Won, "a fresh bundle was not claimed");
+        ms[2] += t.elapsed().as_secs_f64() * 1e3;
+    }
+    Ok(serde_json::json!({
+        "operations": n,
+        "reserve_ms": ms[0] / n as f64,
+        "store_ms": ms[1] / n as f64,
+        "claim_ms": ms[2] / n as f64,
+    }))
+}
+
+pub(crate) fn run_bench_replicas(args: BenchReplicasArgs) -> Result<()> {
+    let BenchReplicasArgs { ledger, replicas, clients, sessions, out } = args;
+    let out = out.unwrap_or_else(|| delphi_net::paths::results_path("bench/replicas.json"));
+    ensure!(clients > 0 && sessions > 0, "--clients and --sessions must be at least 1");
+    ensure!(replicas.iter().all(|&r| r > 0), "--replicas counts must be at least 1");
+    let mut net = build("small-cnn", 10, 1)?;
+    let calib = random_inputs_f32(net.input.len(), 2, 2);
+    calibrate_batch_norm(&mut net, &calib)?;
+    let runs: Vec<serde_json::Value> = replicas
+        .iter()
+        .map(|&r| replicas_bench(&net, &ledger, r, clients, sessions))
+        .collect::<Result<_>>()?;
+    let summary = serde_json::json!({
+        "plan": "small-cnn (random weights)",
+        "runs": runs,
+        "ledger_cost": ledger_cost(&ledger, 200)?,
+        "note": "each prediction: an offline phase stored on one replica (reserved in the ledger), then the online phase on the next replica (claimed in the ledger); every replica, client and the PostgreSQL server share this machine",
+        "cores": delphi_crypto::bench::cores(),
+        "cpu_model": delphi_crypto::bench::cpu_model(),
+        "rerun": format!(
+            "cargo run --release --bin delphi -- bench replicas --ledger '<settings>' --replicas {} --clients {clients} --sessions {sessions} --out {}",
+            replicas.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(","),
+            out.display()
+        ),
+    });
+    write_json(&out, &summary)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }

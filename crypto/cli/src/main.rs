@@ -87,6 +87,7 @@ fn main() -> Result<()> {
         Command::Bench(bench::Bench::Relu(a)) => bench::run_bench_relu(a),
         Command::Bench(bench::Bench::Serve(a)) => bench::run_bench_serve(a),
         Command::Bench(bench::Bench::Network(a)) => bench::run_bench_network(a),
+        Command::Bench(bench::Bench::Replicas(a)) => bench::run_bench_replicas(a),
         Command::Verify(a) => verify::run_verify(a),
         Command::Cost(cost::CostCmd::Calibrate(a)) => cost::run_cost_calibrate(a),
         Command::Cost(cost::CostCmd::Predict(a)) => cost::run_cost_predict(a),

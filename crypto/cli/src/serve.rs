@@ -10,6 +10,7 @@ use delphi_crypto::channel::tls::{ServerConfig, TlsClient};
 use delphi_engine::run::{current_rss_bytes, peak_rss_bytes};
 use delphi_engine::session::{ClientOptions, ServeLimits, Server, SessionEvent};
 use delphi_engine::store::{default_key_path, BundleStore, Side, StoreLimits};
+use delphi_engine::EngineError;
 
 use crate::common::{chain, checked_program, load_plan};
 
@@ -78,6 +79,16 @@ pub(crate) struct ServeArgs {
     /// not come back for it).
     #[arg(long, default_value_t = 24.0, requires = "bundle_dir", help_heading = "Bundle store")]
     bundle_ttl_hours: f64,
+    /// Keep the bundle ledger (ids, owners, state, expiry, quotas) in
+    /// PostgreSQL, shared by replicas of this service: a URL
+    /// (`postgres://user@host/db`) or settings (`host=/run/postgresql
+    /// user=delphi dbname=delphi`). The bundles' bytes stay in --bundle-dir,
+    /// which every replica must read (shared storage, one --bundle-key).
+    #[arg(long, requires = "bundle_dir", help_heading = "Bundle store")]
+    ledger: Option<String>,
+    /// This replica's name in the ledger [default: host name and port].
+    #[arg(long, requires = "ledger", help_heading = "Bundle store")]
+    replica: Option<String>,
     /// Seconds one session may last in all, whatever it does.
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits")]
     session_lifetime: u64,
@@ -182,7 +193,9 @@ fn is_loopback(addr: &str) -> bool {
 
 #[derive(clap::Args)]
 pub(crate) struct InferArgs {
-    /// The server's address.
+    /// The server's address (host:port); several, comma separated, are
+    /// tried in turn when one cannot be reached, is busy or drops the
+    /// session (replicas of one service).
     #[arg(long, default_value = "127.0.0.1:7878")]
     connect: String,
     /// JSON file: one input (array of CHW numbers) or an array of inputs.
@@ -268,6 +281,8 @@ pub(crate) fn run_serve(args: ServeArgs) -> Result<()> {
         max_bundles_per_client,
         bundle_ttl_hours,
         session_lifetime,
+        ledger,
+        replica,
         allow_overflow,
         tls,
     } = args;
@@ -281,9 +296,19 @@ pub(crate) fn run_serve(args: ServeArgs) -> Result<()> {
     if let Some(w) = prog.rounding_warning() {
         eprintln!("[serve] warning: {w}");
     }
-    let store = open_store(bundle_dir, bundle_key, Side::Server)?;
     let listener =
         std::net::TcpListener::bind(&listen).with_context(|| format!("listening on {listen}"))?;
+    let mut store = open_store(bundle_dir, bundle_key, Side::Server)?;
+    if let Some(url) = &ledger {
+        let name = replica.unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+            format!("{}:{port}", host.trim())
+        });
+        let l = delphi_engine::ledger::Ledger::connect(url, &name)
+            .context("connecting to the ledger (--ledger)")?;
+        store = store.map(|st| st.with_ledger(Arc::new(l)));
+    }
     let (relus, quads) = prog.activation_counts();
     eprintln!(
                 "serving {} on {} {} ({relus} ReLUs, {quads} quadratics per inference; {preprocess} bundle(s) ahead; {workers} session(s) at once)",
@@ -297,10 +322,17 @@ pub(crate) fn run_serve(args: ServeArgs) -> Result<()> {
             Duration::from_secs_f64(bundle_ttl_hours * 3600.0),
             Duration::from_secs(phase_timeout.saturating_mul(2)),
         )?;
+        let ready = match st.ledger() {
+            Some(l) => format!(
+                "{} bundle(s) ready on all replicas (ledger, replica {})",
+                l.ready_count()?,
+                l.replica()
+            ),
+            None => format!("{} bundle(s) ready", st.len()?),
+        };
         eprintln!(
-            "bundle store {}: {} bundle(s) ready{}",
+            "bundle store {}: {ready}{}",
             st.dir().display(),
-            st.len()?,
             if gone > 0 { format!(", {gone} expired ones deleted") } else { String::new() }
         );
     }
@@ -361,20 +393,31 @@ pub(crate) fn run_infer(args: InferArgs) -> Result<()> {
         tls,
     } = args;
 
-    let options = ClientOptions {
-        normalize: !normalized,
-        timeout: Duration::from_secs(timeout),
-        store: open_store(bundle_dir, bundle_key, Side::Client)?,
-        tls: tls.client(&connect)?,
-        max_memory: max_memory.map_or_else(delphi_engine::session::default_max_memory, |mb| {
-            mb.saturating_mul(1 << 20)
-        }),
+    let store = open_store(bundle_dir, bundle_key, Side::Client)?;
+    let max_memory = max_memory
+        .map_or_else(delphi_engine::session::default_max_memory, |mb| mb.saturating_mul(1 << 20));
+    let addrs: Vec<&str> = connect.split(',').map(str::trim).filter(|a| !a.is_empty()).collect();
+    if addrs.is_empty() {
+        bail!(
+            "--connect needs an address (host:port; several, comma separated, are tried in turn)"
+        );
+    }
+    let options_for = |addr: &str| -> Result<ClientOptions> {
+        Ok(ClientOptions {
+            normalize: !normalized,
+            timeout: Duration::from_secs(timeout),
+            store: store.clone(),
+            tls: tls.client(addr)?,
+            max_memory,
+        })
     };
     if let Some(count) = preprocess_only {
-        let held = delphi_engine::session::preprocess(connect.as_str(), count, &options, &|m| {
-            eprintln!("[infer] {m}")
-        })
-        .with_context(|| format!("preprocessing with {connect}"))?;
+        let held = failover(&addrs, |addr| {
+            delphi_engine::session::preprocess(addr, count, &options_for(addr)?, &|m| {
+                eprintln!("[infer] {m}")
+            })
+            .with_context(|| format!("preprocessing with {addr}"))
+        })?;
         eprintln!(
             "{held} bundle(s) stored; client peak memory {:.0} MB",
             peak_rss_bytes() as f64 / 1e6
@@ -389,12 +432,14 @@ pub(crate) fn run_infer(args: InferArgs) -> Result<()> {
     let inputs = parse_inputs(&v).with_context(|| {
         format!("{}: expected an array of numbers or an array of such arrays", input.display())
     })?;
-    let preds = delphi_engine::session::infer(connect.as_str(), &inputs, &options, &|m| {
-        if !json {
-            eprintln!("[infer] {m}")
-        }
-    })
-    .with_context(|| format!("private inference with {connect}"))?;
+    let preds = failover(&addrs, |addr| {
+        delphi_engine::session::infer(addr, &inputs, &options_for(addr)?, &|m| {
+            if !json {
+                eprintln!("[infer] {m}")
+            }
+        })
+        .with_context(|| format!("private inference with {addr}"))
+    })?;
     let peak = peak_rss_bytes();
     if json {
         println!(
@@ -476,4 +521,37 @@ pub(crate) fn run_tls_cert(args: TlsCertArgs) -> Result<()> {
         names = names.join(", ")
     );
     Ok(())
+}
+
+/// Runs `f` on each address in turn until one serves: the next is tried
+/// when a server cannot be reached, is busy, or drops the session (a
+/// replica that died); any other error (a refused input, an untrusted
+/// certificate, a malformed message) ends it at once.
+fn failover<T>(addrs: &[&str], mut f: impl FnMut(&str) -> Result<T>) -> Result<T> {
+    use delphi_crypto::Error as C;
+    let mut last = None;
+    for (k, addr) in addrs.iter().enumerate() {
+        match f(addr) {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let retry = e.chain().any(|c| {
+                    matches!(
+                        c.downcast_ref::<EngineError>(),
+                        Some(EngineError::Crypto(C::Closed | C::Io(_) | C::Timeout))
+                            | Some(EngineError::Refused(_))
+                    ) || c.downcast_ref::<std::io::Error>().is_some()
+                });
+                if !retry || k + 1 == addrs.len() {
+                    return Err(e);
+                }
+                eprintln!("[infer] {}; trying {}", chain_anyhow(&e), addrs[k + 1]);
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no address to connect to")))
+}
+
+fn chain_anyhow(e: &anyhow::Error) -> String {
+    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
 }

@@ -4,6 +4,9 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 
+#[path = "../../engine/tests/common/postgres.rs"]
+mod pg;
+
 use delphi_net::builtin::build;
 use delphi_net::{FixedProgram, WeightStorage};
 
@@ -326,5 +329,81 @@ fn predictions_over_tls_and_an_untrusted_server_refused() {
     assert!(!s.status.success());
     let err = String::from_utf8_lossy(&s.stderr);
     assert!(err.contains("--tls-cert") && err.contains("--plaintext"), "{err}");
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// Two replicas on one PostgreSQL ledger and one shared bundle directory:
+/// bundles prepared on A; A is killed with a session open; the client,
+/// given both addresses, goes on with B, where its bundles still work.
+#[test]
+fn a_killed_replica_loses_only_its_session_and_the_client_goes_on_with_another() {
+    let pg = pg::Pg::get("kill");
+    let db = pg.fresh_db();
+    let d = dir("replicas");
+    let (net, plan) = small_cnn_plan(&d, 28, WeightStorage::Inline);
+    let shared = |p: &str| d.join("shared").join(p).to_string_lossy().into_owned();
+    let replica = |name: &str, sessions: usize| {
+        let args = [
+            "--bundle-dir",
+            &shared("bundles"),
+            "--bundle-key",
+            &shared("k"),
+            "--ledger",
+            &db,
+            "--replica",
+            name,
+        ];
+        serve_with(&plan, sessions, &args)
+    };
+    std::fs::create_dir_all(d.join("shared")).unwrap();
+    let (mut a, a_addr) = replica("a", 100);
+    let (mut b, b_addr) = replica("b", 1);
+    let client = d.join("client");
+    succeeds(
+        infer().args(["--connect", &a_addr, "--preprocess-only", "3", "--bundle-dir"]).arg(&client),
+    );
+    // A session in progress on A when it dies.
+    let mut open = std::net::TcpStream::connect(&a_addr).unwrap();
+    let mut hello = [0u8; 8];
+    std::io::Read::read_exact(&mut open, &mut hello).unwrap();
+    a.kill().unwrap();
+    a.wait().unwrap();
+    // That session is lost: its connection ends (not a silent hang).
+    open.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let ended = loop {
+        match std::io::Read::read(&mut open, &mut [0u8; 1 << 16]) {
+            Ok(0) => break true,
+            Ok(_) => {}
+            Err(e) => {
+                break !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            }
+        }
+    };
+    assert!(ended, "the killed replica's session did not end");
+
+    let inputs: Vec<Vec<f32>> =
+        (0..3).map(|k| (0..784).map(|i| ((i * (k + 5)) % 23) as f32 / 23.0).collect()).collect();
+    let input = d.join("input.json");
+    std::fs::write(&input, serde_json::to_string(&inputs).unwrap()).unwrap();
+    let out = infer()
+        .args(["--json", "--connect", &format!("{a_addr},{b_addr}"), "--bundle-dir"])
+        .arg(&client)
+        .arg("--input")
+        .arg(&input)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("trying {b_addr}")), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    check_logits(&net, &inputs, &v["predictions"]);
+    // All three from the bundles prepared on A.
+    for p in v["predictions"].as_array().unwrap() {
+        assert!(p["offline_s"].is_null(), "{p}");
+    }
+    assert!(b.wait().unwrap().success());
     std::fs::remove_dir_all(&d).ok();
 }

@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod he;
+pub mod ledger;
 pub mod params;
 pub mod protocol;
 pub mod run;

@@ -28,6 +28,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, Mac};
@@ -38,6 +39,7 @@ use zeroize::Zeroizing;
 use delphi_net::FixedProgram;
 
 use crate::error::{EngineError, Result, StoreProblem};
+use crate::ledger::{Claim, Ledger};
 use crate::protocol::{ClientBundle, ServerBundle};
 
 const LEDGER: &str = "used-ids";
@@ -69,6 +71,8 @@ pub struct BundleStore {
     dir: PathBuf,
     side: Side,
     key: Zeroizing<[u8; 32]>,
+    /// The shared ledger of replicas (a server's, with `--ledger`).
+    ledger: Option<Arc<Ledger>>,
 }
 
 impl std::fmt::Debug for BundleStore {
@@ -222,7 +226,21 @@ impl BundleStore {
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
                 .map_err(|e| io_err(&dir, e))?;
         }
-        Ok(BundleStore { dir, side, key })
+        Ok(BundleStore { dir, side, key, ledger: None })
+    }
+
+    /// Keeps the ledger of this (server) store in PostgreSQL, shared by
+    /// the replicas whose `dir` is this one ([`crate::ledger`]): limits,
+    /// quotas and expiry count every replica's bundles, and each bundle is
+    /// claimed by one replica only.
+    pub fn with_ledger(mut self, ledger: Arc<Ledger>) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// The shared ledger, if any.
+    pub fn ledger(&self) -> Option<&Ledger> {
+        self.ledger.as_deref()
     }
 
     /// Bytes the stored bundles take on disk.
@@ -301,9 +319,23 @@ impl BundleStore {
         let now = SystemTime::now();
         let old = |t: SystemTime, age: Duration| now.duration_since(t).is_ok_and(|a| a > age);
         let mut gone = 0;
-        for e in self.entries()? {
-            if old(e.modified, ttl) && remove_if_there(&e.path)? {
-                gone += 1;
+        match &self.ledger {
+            // The ledger says what expired (every replica's clock is the
+            // database's).
+            Some(l) => {
+                let expired = l.expire()?;
+                for e in self.entries()?.into_iter().filter(|e| expired.contains(&e.id)) {
+                    if remove_if_there(&e.path)? {
+                        gone += 1;
+                    }
+                }
+            }
+            None => {
+                for e in self.entries()? {
+                    if old(e.modified, ttl) && remove_if_there(&e.path)? {
+                        gone += 1;
+                    }
+                }
             }
         }
         for r in self.reservations()? {
@@ -357,6 +389,19 @@ impl BundleStore {
         let (stored, reserved) = (self.entries()?, self.reservations()?);
         // A bundle is expected to take what the largest stored one takes.
         let bytes = stored.iter().map(|e| e.bytes).max().unwrap_or(0);
+        if let Some(l) = &self.ledger {
+            let mut id = [0u8; 16];
+            rand::rngs::OsRng.fill_bytes(&mut id);
+            let caps = (limits.bundles, limits.bytes, limits.per_owner);
+            l.reserve(&id, &owner, bytes, caps, limits.ttl, limits.stale_reservation)?
+                .map_err(EngineError::Refused)?;
+            return Ok(Reservation {
+                path: None,
+                owner,
+                ttl: limits.ttl,
+                shared: Some((l.clone(), id)),
+            });
+        }
         let count = stored.len() + reserved.len();
         let held =
             stored.iter().map(|e| e.bytes).chain(reserved.iter().map(|r| r.bytes)).sum::<u64>();
@@ -384,7 +429,7 @@ impl BundleStore {
             .create_new(true)
             .open(&path)
             .map_err(|e| io_err(&path, e))?;
-        Ok(Reservation { path: Some(path), owner })
+        Ok(Reservation { path: Some(path), owner, ttl: limits.ttl, shared: None })
     }
 
     /// Holds the store's lock (an exclusive `flock` on `<dir>/.lock`) while
@@ -482,6 +527,19 @@ impl BundleStore {
         if self.used()?.contains(id) {
             return Err(delphi_crypto::Error::BundleConsumed.into());
         }
+        if let Some(l) = &self.ledger {
+            // One replica claims it; the others find it consumed.
+            match l.claim(id)? {
+                Claim::Won => {}
+                Claim::Consumed => return Err(delphi_crypto::Error::BundleConsumed.into()),
+                Claim::Missing => {
+                    return Err(io_err(
+                        &self.dir.join(format!("{}.{}", hex(id), self.side.suffix())),
+                        StoreProblem::Missing,
+                    ))
+                }
+            }
+        }
         let missing = || {
             io_err(
                 &self.dir.join(format!("{}.{}", hex(id), self.side.suffix())),
@@ -530,12 +588,25 @@ impl BundleStore {
     }
 
     /// Stores a server bundle in the room `r` reserved for it (its owner's).
-    pub fn put_server(&self, prog: &FixedProgram, b: &ServerBundle, r: Reservation) -> Result<()> {
+    pub fn put_server(
+        &self,
+        prog: &FixedProgram,
+        b: &ServerBundle,
+        mut r: Reservation,
+    ) -> Result<()> {
         self.expect(Side::Server)?;
         let name = format!("{}.{}.{}", hex(&b.id()), r.owner, self.side.suffix());
         // The bundle is renamed into place before the reservation ends, so
         // the two are never both absent from the count.
         self.write(&name, &b.id(), |w| b.store(prog, w))?;
+        if let Some((l, res)) = r.shared.take() {
+            let bytes = fs::metadata(self.dir.join(&name)).map(|m| m.len()).unwrap_or(0);
+            if let Err(e) = l.ready(&res, &b.id(), bytes, r.ttl) {
+                let _ = fs::remove_file(self.dir.join(&name));
+                let _ = l.release(&res);
+                return Err(e);
+            }
+        }
         drop(r);
         Ok(())
     }
@@ -593,12 +664,18 @@ impl Default for StoreLimits {
 pub struct Reservation {
     path: Option<PathBuf>,
     owner: String,
+    ttl: Duration,
+    /// With a shared ledger: it and the reservation's row.
+    shared: Option<(Arc<Ledger>, [u8; 16])>,
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         if let Some(p) = self.path.take() {
             let _ = fs::remove_file(p);
+        }
+        if let Some((l, id)) = self.shared.take() {
+            let _ = l.release(&id);
         }
     }
 }
