@@ -111,7 +111,6 @@ impl Ledger {
     /// transaction holding the ledger's advisory lock: abandoned
     /// reservations (older than `stale`) are dropped, stored and reserved
     /// bundles counted. `Ok(Err(why))` when a limit refuses it.
-    #[allow(clippy::too_many_arguments)]
     pub fn reserve(
         &self,
         reservation: &[u8; 16],

@@ -383,7 +383,9 @@ impl BundleStore {
     /// concurrent workers cannot overshoot them. The reservation ends when
     /// the bundle is stored with it or when it is dropped.
     pub fn reserve(&self, owner: &str, limits: &StoreLimits) -> Result<Reservation> {
-        let _lock = self.lock()?;
+        // With a ledger the database's lock serialises reservations (a
+        // file lock on shared storage may not hold across machines).
+        let _lock = if self.ledger.is_none() { Some(self.lock()?) } else { None };
         self.evict(limits.ttl, limits.stale_reservation)?;
         let owner = owner_tag(owner);
         let (stored, reserved) = (self.entries()?, self.reservations()?);
