@@ -211,7 +211,7 @@ fn serve_session(
     report: &mut SessionReport,
 ) -> Result<()> {
     let end = Instant::now() + limits.session_lifetime;
-    phase(ch, limits.handshake_timeout, end).map_err(|_| lifetime_reached(limits))?;
+    phase(ch, limits.handshake_timeout, end)?;
     let hello = Hello {
         version: SESSION_VERSION,
         preprocess: preprocess.clamp(1, limits.max_bundles.clamp(1, MAX_BUNDLES)),
