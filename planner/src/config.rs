@@ -204,6 +204,10 @@ pub struct PlanConfig {
     pub out: Option<PathBuf>,
     /// Run the chosen plan through the protocol engine at the end.
     pub verify: bool,
+    /// Where the members' units of work run (not saved with the search: a
+    /// search resumes with any executor and gives the same front).
+    #[serde(skip)]
+    pub exec: crate::executor::ExecConfig,
 }
 
 /// A threshold as a run folder names it: the percentage with as many
@@ -264,6 +268,7 @@ impl Default for PlanConfig {
             select_size: 0,
             out: None,
             verify: false,
+            exec: crate::executor::ExecConfig::default(),
         }
     }
 }

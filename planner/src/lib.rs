@@ -10,6 +10,7 @@ pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod executor;
 pub mod measure;
 pub mod policy;
 pub mod pricing;
@@ -17,6 +18,7 @@ pub mod report;
 pub mod search;
 pub mod stats;
 pub mod strategy;
+pub mod unit;
 pub mod windows;
 
 pub use error::{PlanError, Result};

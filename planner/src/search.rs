@@ -42,7 +42,8 @@ use crate::config::{Granularity, PlanConfig, ReluBitsMode, Strategy};
 use crate::error::{file_err, PlanError, Result};
 use crate::policy::{self, Genome};
 use crate::pricing::{cost_model_path, relu_channel_percent, Pricing};
-use crate::windows::{choose_relu_windows, exact_relu_windows, RELU_BITS_IMAGES};
+use crate::unit::{Measured, Unit, UnitDir, UNIT_FORMAT, UNIT_VERSION};
+use crate::windows::RELU_BITS_IMAGES;
 
 /// One evaluation of one member (a row of `members.csv`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -109,6 +110,40 @@ impl Evaluation {
     /// Settled and proven in range: a plan the engine can run.
     pub fn is_plan(&self) -> bool {
         self.settled && self.provable == Some(true)
+    }
+}
+
+/// What one unit of work took (a row of `units.csv`): `unit_s` is the
+/// worker's own training and evaluation; `wall_s` the unit's time as the
+/// executor saw it (in this process: the unit's call, checkpoint loading
+/// and writing included; local: its process from start to exit; Ray: its
+/// task from submission to result); the batch's phases are the
+/// controller's (writing the units, running them all, reading them back
+/// and recording).
+#[derive(Clone, Debug)]
+struct UnitTiming {
+    interval: usize,
+    stage: String,
+    executor: String,
+    member: usize,
+    unit_s: f64,
+    wall_s: f64,
+    batch_run_s: f64,
+    batch_write_s: f64,
+    batch_read_s: f64,
+    attempts: usize,
+    host: String,
+}
+
+/// Removes the unit folders under `root` other than `mine`, ignoring
+/// failures (a worker of a killed run may still be writing into one).
+fn remove_stale_units(root: &std::path::Path, mine: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten() {
+            if e.path() != mine {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
 }
 
@@ -322,9 +357,6 @@ pub fn prepare_base(
     Ok(Base { plan, given, notes })
 }
 
-/// A member's plan: its network as exported, and its ReLU circuits' choice.
-type PlanNet = (Network, Option<WindowChoice>);
-
 /// Every member's gradient clipping (by norm): all-quadratic `resnet26`
 /// trained from its base diverged with clipping at 1 and trained at 0.5.
 pub const GRAD_CLIP: f32 = 0.5;
@@ -374,6 +406,12 @@ pub struct Search<'a> {
     started: Instant,
     last: Instant,
     bar: ProgressBar,
+    /// Where this process's units of work are written
+    /// (`<out>/units/<random>`: a worker left over from a killed run never
+    /// writes into a live unit).
+    units: PathBuf,
+    /// The Ray driver, once started.
+    ray: Option<crate::executor::RayDriver>,
 }
 
 impl<'a> Search<'a> {
@@ -383,9 +421,20 @@ impl<'a> Search<'a> {
         let c = &c.normalized();
         c.check().map_err(PlanError::Config)?;
         c.check_runnable().map_err(PlanError::Config)?;
+        c.exec.check().map_err(PlanError::Config)?;
         let started = Instant::now();
         let out = c.out();
         std::fs::create_dir_all(&out).map_err(|e| file_err(&out, e))?;
+        // A Ray cluster is joined before anything trains: a wrong address
+        // or Python fails at once.
+        let ray = match c.exec.kind {
+            crate::executor::ExecutorKind::Ray => {
+                let d = crate::executor::RayDriver::start(&c.exec, &out)?;
+                say(&format!("units run on {}", d.cluster));
+                Some(d)
+            }
+            crate::executor::ExecutorKind::Local => None,
+        };
         let device = device(c)?;
         let data = load_data(c)?;
         say(&format!(
@@ -499,6 +548,8 @@ impl<'a> Search<'a> {
                     ),
                 ));
             }
+            // How units run is no part of the search's identity.
+            st.config.exec = c.exec.clone();
             if st.config != *c {
                 return Err(PlanError::Config(format!(
                     "{} holds a search with another configuration ({}); use another --out or delete it",
@@ -559,6 +610,8 @@ impl<'a> Search<'a> {
             started,
             last: Instant::now(),
             bar,
+            units: c.out().join("units").join(format!("{:016x}", rand::random::<u64>())),
+            ray,
         })
     }
 
@@ -635,6 +688,159 @@ impl<'a> Search<'a> {
         Ok(taken)
     }
 
+    /// Trains every member for `steps` steps and evaluates it, as units of
+    /// work ([`crate::unit`]) run by the configured executor
+    /// ([`crate::executor`]): each member's checkpoint is written into its
+    /// unit, the units run (here, in worker processes or on a Ray
+    /// cluster), and each member is read back from its unit's output with
+    /// its evaluation recorded in member order — so the search's draws,
+    /// its front and its log do not depend on where or in which order the
+    /// units ran.
+    pub(crate) fn run_members(
+        &mut self,
+        members: &mut [Trainer],
+        genomes: &[Genome],
+        (interval, steps): (usize, usize),
+        stage: &str,
+        fitness: &dyn Fn(f64, f64, usize) -> f64,
+    ) -> Result<Vec<Evaluation>> {
+        // This process's units of the last interval go; another process's
+        // (a killed run's) too, as far as they can.
+        if self.units.exists() {
+            std::fs::remove_dir_all(&self.units).map_err(|e| file_err(&self.units, e))?;
+        }
+        remove_stale_units(&self.out.join("units"), &self.units);
+        let dirs: Vec<UnitDir> =
+            (0..members.len()).map(|k| UnitDir(self.units.join(format!("m{k}")))).collect();
+        let t_write = Instant::now();
+        let mut config = self.c.clone();
+        config.exec = Default::default();
+        for (k, (tr, d)) in members.iter().zip(&dirs).enumerate() {
+            let unit = Unit {
+                format: UNIT_FORMAT.into(),
+                version: UNIT_VERSION,
+                config: config.clone(),
+                member: k,
+                steps,
+            };
+            d.write(&unit, tr)?;
+        }
+        let write_s = t_write.elapsed().as_secs_f64();
+        let t_run = Instant::now();
+        let wall = match self.c.exec.kind {
+            _ if self.c.exec.in_process() => {
+                let mut wall = Vec::with_capacity(dirs.len());
+                for d in &dirs {
+                    let t = Instant::now();
+                    crate::unit::run(d, &self.data, &self.device)?;
+                    wall.push(t.elapsed().as_secs_f64());
+                    self.bar.inc(steps as u64);
+                }
+                wall
+            }
+            crate::executor::ExecutorKind::Local => {
+                crate::executor::run_local(&dirs, &self.c.exec)?
+            }
+            crate::executor::ExecutorKind::Ray => {
+                if self.ray.is_none() {
+                    self.ray = Some(crate::executor::RayDriver::start(&self.c.exec, &self.out)?);
+                }
+                match self.ray.as_mut() {
+                    Some(d) => d.run(&dirs, &self.out)?,
+                    None => Vec::new(),
+                }
+            }
+        };
+        let run_s = t_run.elapsed().as_secs_f64();
+        let t_read = Instant::now();
+        let mut timings = Vec::with_capacity(members.len());
+        let mut out = Vec::with_capacity(members.len());
+        for (k, d) in dirs.iter().enumerate() {
+            let r = d.read_result(k)?;
+            members[k] = Trainer::load_checkpoint(&d.output(), &self.device)?;
+            let attempts = d.attempt_count();
+            if attempts > 1 {
+                self.say(&format!(
+                    "member {k}'s unit of interval {interval} ran {attempts} times (a worker \
+                     failed or was killed; retried)"
+                ));
+                self.lineage(serde_json::json!({
+                    "retried": {"interval": interval, "member": k, "attempts": attempts,
+                                "host": r.host},
+                }))?;
+            }
+            if let Some(dv) = &r.diverged {
+                self.say(&format!(
+                    "a member's training diverged (loss {} at epoch {} step {}); \
+                     it is no plan until it is replaced",
+                    dv.loss, dv.epoch, dv.step
+                ));
+                self.lineage(serde_json::json!({
+                    "diverged": {"loss": dv.loss, "epoch": dv.epoch, "step": dv.step,
+                                 "steps_charged": r.charged},
+                }))?;
+            }
+            self.st.steps += r.charged;
+            self.bar.set_position(self.st.steps as u64);
+            let plan = if r.plan { Some(crate::unit::read_plan(d)?) } else { None };
+            let m = Measured { found: r.found, plan };
+            out.push(self.record(m, &genomes[k], (interval, k), stage.to_string(), fitness)?);
+            timings.push((k, r.seconds, wall.get(k).copied().unwrap_or(0.0), attempts, r.host));
+        }
+        let read_s = t_read.elapsed().as_secs_f64();
+        let rows: Vec<UnitTiming> = timings
+            .into_iter()
+            .map(|(member, unit_s, wall_s, attempts, host)| UnitTiming {
+                interval,
+                stage: stage.to_string(),
+                executor: self.c.exec.describe(),
+                member,
+                unit_s,
+                wall_s,
+                batch_run_s: run_s,
+                batch_write_s: write_s,
+                batch_read_s: read_s,
+                attempts,
+                host,
+            })
+            .collect();
+        self.log_timings(&rows)?;
+        Ok(out)
+    }
+
+    /// Appends rows to `units.csv` (what each unit took, where it ran).
+    fn log_timings(&self, rows: &[UnitTiming]) -> Result<()> {
+        let path = self.out.join("units.csv");
+        let new = !path.is_file();
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| file_err(&path, e))?;
+        let mut text = String::new();
+        if new {
+            text += "interval,stage,executor,member,unit_s,wall_s,batch_run_s,batch_write_s,\
+                     batch_read_s,attempts,host\n";
+        }
+        for r in rows {
+            text += &format!(
+                "{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{},{}\n",
+                r.interval,
+                r.stage,
+                r.executor.replace(',', ";"),
+                r.member,
+                r.unit_s,
+                r.wall_s,
+                r.batch_run_s,
+                r.batch_write_s,
+                r.batch_read_s,
+                r.attempts,
+                r.host.replace(',', ";")
+            );
+        }
+        f.write_all(text.as_bytes()).map_err(|e| file_err(&path, e))
+    }
+
     /// Training steps left in the budget.
     pub fn budget_left(&self) -> usize {
         self.budget.saturating_sub(self.st.steps)
@@ -658,17 +864,23 @@ impl<'a> Search<'a> {
         stage: String,
         fitness: &dyn Fn(f64, f64, usize) -> f64,
     ) -> Result<Evaluation> {
-        let progress = tr.progress(&self.data.train);
-        let modes = tr.modes_at(progress);
-        let settled = modes.iter().all(|m| {
-            !matches!(
-                m,
-                delphi_train::model::ActMode::Blend { .. } | delphi_train::model::ActMode::Gated
-            )
-        });
-        let acc = tr.accuracy(&self.data.valid);
-        let placement = Placement::new(tr.placement());
-        let masks = tr.channel_masks();
+        let m = crate::unit::measure(&self.c, &self.data, tr)?;
+        self.record(m, g, (interval, member), stage, fitness)
+    }
+
+    /// Records what evaluating a member measured: prices it, adds the row,
+    /// notes an unprovable plan, and offers a plan to the front.
+    fn record(
+        &mut self,
+        m: Measured,
+        g: &Genome,
+        (interval, member): (usize, usize),
+        stage: String,
+        fitness: &dyn Fn(f64, f64, usize) -> f64,
+    ) -> Result<Evaluation> {
+        let Measured { found, plan } = m;
+        let crate::unit::Found { settled, valid_accuracy: acc, placement, masks, provable, why } =
+            found;
         let cost = self.pricing.price_masks(&placement, &masks)?;
         let relus = self.pricing.relus_masks(&placement, &masks);
         let relu_channels =
@@ -704,30 +916,20 @@ impl<'a> Search<'a> {
             steps: self.st.steps,
             relu_channels,
             budget: g.budget,
-            provable: None,
+            provable,
         };
-        let mut e = e;
         // Every settled evaluation is checked against the protocol's range
         // as the plan it would be (trained weights and quadratics): an
         // unprovable one is recorded as such, ranked last by the searches
         // and never offered to the front.
-        let plan = if settled {
-            let (plan, why) = self.plan_network(tr)?;
-            e.provable = Some(why.is_none());
-            if let Some(why) = why {
-                self.say(&format!("placement {} cannot be proven in range: {why}", e.placement));
-                self.st.unprovable.push(e.index);
-                self.lineage(serde_json::json!({
-                    "unprovable": {"evaluation": e.index, "placement": e.placement.to_string(),
-                                   "why": why},
-                }))?;
-                None
-            } else {
-                plan
-            }
-        } else {
-            None
-        };
+        if let Some(why) = why {
+            self.say(&format!("placement {} cannot be proven in range: {why}", e.placement));
+            self.st.unprovable.push(e.index);
+            self.lineage(serde_json::json!({
+                "unprovable": {"evaluation": e.index, "placement": e.placement.to_string(),
+                               "why": why},
+            }))?;
+        }
         self.st.evaluations.push(e.clone());
         if let Some((net, windows)) = plan {
             self.offer(net, windows, &e)?;
@@ -810,33 +1012,6 @@ impl<'a> Search<'a> {
         self.out.join("front").join(format!("{index}.json"))
     }
 
-    /// The plan a trained member would be — exported, batch norm folded,
-    /// the run's truncations and ReLU circuits, activation ranges recorded
-    /// on training images — and why it is no plan, if it is not: the
-    /// engine's range check refuses it, or it cannot even be exported (a
-    /// member whose training diverged holds non-finite parameters; it is
-    /// no plan, and the search goes on).
-    fn plan_network(&self, tr: &Trainer) -> Result<(Option<PlanNet>, Option<String>)> {
-        let mut net = match tr.export() {
-            Ok(n) => n,
-            Err(e) => {
-                return Ok((None, Some(format!("the trained network cannot be exported: {e}"))))
-            }
-        };
-        net.fixed_point.truncation = self.c.truncation;
-        let windows = match self.c.relu_bits {
-            ReluBitsMode::ReducedLeaky => Some(self.choose_windows(&mut net)?),
-            ReluBitsMode::Auto => Some(exact_relu_windows(&mut net)?),
-            ReluBitsMode::Full => None,
-        };
-        delphi_train::evaluate::record_ranges(&mut net, &self.data.train, 64)?;
-        let prog = delphi_net::FixedProgram::lower(&net)?;
-        match delphi_net::range::analyse_network(&net, &prog)?.check() {
-            Ok(()) => Ok((Some((net, windows)), None)),
-            Err(why) => Ok((None, Some(why.to_string()))),
-        }
-    }
-
     /// Adds a settled, provable evaluation (its plan `net`) to the front if
     /// nothing there beats it, keeping its network; drops what it beats.
     fn offer(
@@ -900,10 +1075,6 @@ impl<'a> Search<'a> {
         Ok(())
     }
 
-    fn choose_windows(&self, net: &mut Network) -> Result<WindowChoice> {
-        choose_relu_windows(net, &self.data, &|_| {})
-    }
-
     /// Appends a line to `lineage.log`.
     pub fn lineage(&mut self, line: serde_json::Value) -> Result<()> {
         writeln!(self.lineage, "{line}").map_err(|e| file_err(&self.out.join("lineage.log"), e))
@@ -950,6 +1121,13 @@ impl<'a> Search<'a> {
     pub fn finish(mut self) -> Result<Outcome> {
         self.st.progress = Progress::Done;
         self.save(&[])?;
+        self.ray = None;
+        let units = self.out.join("units");
+        if self.units.exists() {
+            std::fs::remove_dir_all(&self.units).map_err(|e| file_err(&self.units, e))?;
+        }
+        remove_stale_units(&units, &self.units);
+        let _ = std::fs::remove_dir(&units);
         self.bar.finish_and_clear();
         let front: Vec<(Evaluation, PathBuf)> = self
             .st

@@ -31,7 +31,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::error::Result;
 use crate::policy::{delphi_counts, delphi_fitness, exploit_pairs, Genome};
 use crate::search::{Progress, Search};
-use crate::strategy::pbt::{pair, train_interval};
+use crate::strategy::pbt::pair;
 
 /// Runs (or resumes) DELPHI's planner.
 pub fn run(s: &mut Search) -> Result<()> {
@@ -85,8 +85,7 @@ pub fn run(s: &mut Search) -> Result<()> {
             // A member's share of the budget ends inside its last interval:
             // that interval is cut short, so no count trains past its share.
             let this = s.interval_steps.min(steps - (interval - 1) * s.interval_steps);
-            let evals = train_interval(
-                s,
+            let evals = s.run_members(
                 &mut members,
                 &genomes,
                 (interval, this),

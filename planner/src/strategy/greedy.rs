@@ -82,6 +82,13 @@ pub fn run(s: &mut Search) -> Result<()> {
     s.say(&format!(
         "greedy rule: {step} steps per probe and per fine-tune after each accepted layer"
     ));
+    if !c.exec.in_process() {
+        s.say(&format!(
+            "note: the greedy rule's probes run in this process, one after another (they are \
+             not units); {} is not used",
+            c.exec.describe()
+        ));
+    }
     while st.stopped.is_none() {
         if s.out_of_time() {
             s.say("wall-time budget spent; stopping the search");

@@ -456,26 +456,8 @@ pub(crate) fn next_interval(
     let i = *interval;
     let rng = ChaCha8Rng::seed_from_u64(s.c.search_seed() ^ ((i as u64) << 24));
     let steps = s.interval_steps;
-    let evals = train_interval(s, members, genomes, (i, steps), &format!("interval {i}"), fitness)?;
+    let evals = s.run_members(members, genomes, (i, steps), &format!("interval {i}"), fitness)?;
     Ok(Some((evals, rng)))
-}
-
-/// Trains every member for `steps` steps (one interval) and evaluates it
-/// (stage `stage`).
-pub(crate) fn train_interval(
-    s: &mut Search,
-    members: &mut [Trainer],
-    genomes: &[Genome],
-    (interval, steps): (usize, usize),
-    stage: &str,
-    fitness: &dyn Fn(f64, f64, usize) -> f64,
-) -> Result<Vec<Evaluation>> {
-    let mut out = Vec::with_capacity(members.len());
-    for (k, tr) in members.iter_mut().enumerate() {
-        s.train(tr, steps)?;
-        out.push(s.evaluate(tr, &genomes[k], interval, k, stage.to_string(), fitness)?);
-    }
-    Ok(out)
 }
 
 /// `(&mut v[lo], &v[hi])` for `lo ≠ hi`.
