@@ -173,9 +173,9 @@ impl fmt::Display for Rtt {
         let n = self.nanos;
         if n == 0 {
             write!(f, "0ms")
-        } else if n % 1_000_000 == 0 {
+        } else if n.is_multiple_of(1_000_000) {
             write!(f, "{}ms", n / 1_000_000)
-        } else if n % 1_000 == 0 {
+        } else if n.is_multiple_of(1_000) {
             write!(f, "{}us", n / 1_000)
         } else {
             write!(f, "{n}ns")

@@ -10,7 +10,11 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::aesni::HashPath;
 use crate::block::{AesPrg, Block, SecretRng};
+
+/// AES calls per hash (TMMO: π(π(x) ⊕ i) ⊕ π(x)).
+pub const AES_CALLS_PER_HASH: usize = 2;
 use crate::channel::{Counting, TcpChannel};
 use crate::error::{Error, Result};
 use crate::field::F;
@@ -28,11 +32,23 @@ pub struct ReluBench {
     /// Inputs were drawn uniformly with |v| < this (fixed-point units at
     /// f + f_w = 20 fractional bits: 2^24 is 16.0).
     pub input_magnitude: i64,
-    /// Fixed-key AES-128 blocks per second on one core, many blocks in
-    /// flight (the bound every garbling rate is compared with).
+    /// Fixed-key AES-128 blocks per second on one core through AES-NI,
+    /// many blocks in flight (the `aes` crate's pipelined path): the AES-NI
+    /// bound every garbling rate is compared with.
     pub aes_blocks_per_s: f64,
     /// AES calls per hash in this build (TMMO: π(π(x) ⊕ i) ⊕ π(x)).
     pub aes_calls_per_hash: usize,
+    /// AND gates per second the AES-NI bound (at the start of the run)
+    /// allows when garbling: four hashes per AND (half-gates), each
+    /// `aes_calls_per_hash` AES calls. Each row has its own bound too.
+    pub garble_and_bound_per_s: f64,
+    /// The same for evaluating: two hashes per AND.
+    pub eval_and_bound_per_s: f64,
+    /// The hash paths this CPU has (`portable`, `aesni`, `vaes`); every
+    /// width is measured on each, in this run.
+    pub hash_paths: Vec<String>,
+    /// The path the engine uses by default here.
+    pub default_hash_path: String,
     /// One row per width.
     pub rows: Vec<ReluRow>,
     /// Logical CPUs of the machine.
@@ -50,17 +66,26 @@ pub struct ReluBench {
 pub struct ReluRow {
     /// "full" (the exact 41-bit circuit) or the reduced window "lo..hi".
     pub bits: String,
+    /// The hash path this row ran on (`portable`: the `aes` crate, two
+    /// passes per hash; `aesni`/`vaes`: fused in registers).
+    pub hash_path: String,
+    /// The AES-NI bound measured right before this row (blocks/s, one
+    /// core): the row's fractions are against it.
+    pub aes_blocks_per_s: f64,
     /// Circuit input bits per party (41, or hi − lo).
     pub input_bits_per_party: usize,
     /// AND gates in one ReLU circuit.
     pub and_gates_per_relu: usize,
-    /// Garbling throughput on one core (AND gates per second, no network).
+    /// Garbling throughput on one core (AND gates per second, no network;
+    /// best of three passes).
     pub garble_and_gates_per_s: f64,
-    /// Evaluation throughput on one core (AND gates per second, no network).
+    /// Evaluation throughput on one core (AND gates per second, no network;
+    /// best of three passes).
     pub eval_and_gates_per_s: f64,
-    /// Garbling rate over the AES bound for half-gates (4 AES blocks per AND).
+    /// Garbling rate over the row's AES-NI bound (4 hashes of
+    /// `aes_calls_per_hash` AES calls per AND); VAES can pass 1.
     pub garble_fraction_of_aes_bound: f64,
-    /// Evaluation rate over the AES bound for half-gates (2 AES blocks per AND).
+    /// Evaluation rate over the AES-NI bound (2 hashes per AND).
     pub eval_fraction_of_aes_bound: f64,
     /// Bytes exchanged offline (both directions, including base OT and OT extension), per ReLU.
     pub offline_bytes_per_relu: f64,
@@ -206,19 +231,32 @@ pub fn relu_bench(
     }
     progress("measuring the AES bound");
     let aes = aes_blocks_per_s();
+    let calls = AES_CALLS_PER_HASH as f64;
+    let (garble_bound, eval_bound) = (aes / (4.0 * calls), aes / (2.0 * calls));
+    let default_path = HashPath::detect();
+    let paths = HashPath::available();
     let magnitude = 1i64 << 24;
     let mut rng = SecretRng::seed_from_u64(seed ^ 0x5eed);
     let ys: Vec<F> =
         (0..count).map(|_| F::from_i64(rng.gen_range(-magnitude..magnitude))).collect();
     let a: Vec<F> = (0..count).map(|_| F::random(&mut rng)).collect();
     let b: Vec<F> = ys.iter().zip(&a).map(|(y, a)| *y - *a).collect();
-    let mut rows = Vec::with_capacity(specs.len());
-    for &spec in specs {
+    let mut rows = Vec::with_capacity(specs.len() * paths.len());
+    for (&spec, &path) in specs.iter().flat_map(|s| paths.iter().map(move |p| (s, p))) {
+        HashPath::limit_to(path);
         let name = spec.bits.map_or("full".to_string(), |b| b.to_string());
-        progress(&format!("{name}: single-core garbling and evaluation"));
-        let (garble, eval) = gate_throughput(count.min(200_000), spec, seed);
-        progress(&format!("{name}: offline and online over loopback TCP"));
-        let run = relu_protocol_run(spec, &a, &b)?;
+        progress(&format!("{name} on {}: single-core garbling and evaluation", path.name()));
+        // The bound again beside each row (this shared machine's speed
+        // drifts over a run), and the rates best of three passes each.
+        let row_aes = aes_blocks_per_s();
+        let (garble_bound, eval_bound) = (row_aes / (4.0 * calls), row_aes / (2.0 * calls));
+        let (garble, eval) = (0..3)
+            .map(|r| gate_throughput(count.min(100_000), spec, seed + r))
+            .fold((0f64, 0f64), |(g, e), (g2, e2)| (g.max(g2), e.max(e2)));
+        progress(&format!("{name} on {}: offline and online over loopback TCP", path.name()));
+        let run = relu_protocol_run(spec, &a, &b);
+        HashPath::limit_to(default_path);
+        let run = run?;
         let rc = relu_circuit_for(spec);
         let plain = |i: usize| -> F {
             let (mut ab, mut bb) = (Vec::new(), Vec::new());
@@ -242,12 +280,14 @@ pub fn relu_bench(
         let ands = rc.circuit().and_gates();
         rows.push(ReluRow {
             bits: name,
+            hash_path: path.name().into(),
+            aes_blocks_per_s: row_aes,
             input_bits_per_party: spec.input_bits(),
             and_gates_per_relu: ands,
             garble_and_gates_per_s: garble,
             eval_and_gates_per_s: eval,
-            garble_fraction_of_aes_bound: garble * 4.0 / aes,
-            eval_fraction_of_aes_bound: eval * 2.0 / aes,
+            garble_fraction_of_aes_bound: garble / garble_bound,
+            eval_fraction_of_aes_bound: eval / eval_bound,
             offline_bytes_per_relu: run.offline_bytes as f64 / count as f64,
             online_bytes_per_relu: run.online_bytes as f64 / count as f64,
             offline_bytes: run.offline_bytes,
@@ -261,12 +301,17 @@ pub fn relu_bench(
             differ_from_exact_relu: differ,
         });
     }
+    HashPath::limit_to(default_path);
     Ok(ReluBench {
         relus: count,
         shift,
         input_magnitude: magnitude,
         aes_blocks_per_s: aes,
-        aes_calls_per_hash: 2,
+        aes_calls_per_hash: AES_CALLS_PER_HASH,
+        garble_and_bound_per_s: garble_bound,
+        eval_and_bound_per_s: eval_bound,
+        hash_paths: paths.iter().map(|p| p.name().to_string()).collect(),
+        default_hash_path: default_path.name().into(),
         rows,
         cores: cores(),
         cpu_model: cpu_model(),

@@ -195,23 +195,51 @@ impl AesPerm {
 /// second AES call roughly halves the hash's throughput (see
 /// docs/protocol.md's measured garbling rates). The permutation key is drawn fresh for every
 /// garbling session and sent in the clear.
+///
+/// Where the CPU has them, both AES calls run fused in registers on VAES
+/// (four blocks per instruction) or AES-NI ([`crate::aesni`]); the `aes`
+/// crate's path is the portable fallback, and every path gives the same
+/// hashes.
 #[derive(Clone)]
 pub struct TweakHash {
     perm: AesPerm,
+    keys: crate::aesni::RoundKeys,
+    path: crate::aesni::HashPath,
 }
 
 impl TweakHash {
-    /// The hash under a (public) session key.
+    /// The hash under a (public) session key, on the fastest path this CPU
+    /// has ([`crate::aesni::HashPath::detect`]).
     pub fn new(key: Block) -> Self {
-        TweakHash { perm: AesPerm::new(key) }
+        Self::with_path(key, crate::aesni::HashPath::detect())
+    }
+
+    /// The hash on a given path (one of [`crate::aesni::HashPath::available`];
+    /// the portable one otherwise), for measurements and tests.
+    pub fn with_path(key: Block, path: crate::aesni::HashPath) -> Self {
+        let path = if crate::aesni::HashPath::available().contains(&path) {
+            path
+        } else {
+            crate::aesni::HashPath::Portable
+        };
+        TweakHash { perm: AesPerm::new(key), keys: crate::aesni::RoundKeys::new(key), path }
+    }
+
+    /// The path this hash runs on.
+    pub fn path(&self) -> crate::aesni::HashPath {
+        self.path
     }
 
     /// Replaces each `xs[i]` by `H(xs[i], tweaks[i])`; `scratch` holds at
-    /// least `xs.len()` blocks. Pipelined over the whole slice.
+    /// least `xs.len()` blocks (used by the portable path). Pipelined over
+    /// the whole slice.
     #[inline]
     pub fn hash_many(&self, xs: &mut [Block], tweaks: &[u128], scratch: &mut [Block]) {
         let n = xs.len();
         assert!(tweaks.len() >= n && scratch.len() >= n);
+        if crate::aesni::tmmo(self.path, &self.keys, xs, tweaks) {
+            return;
+        }
         let s = &mut scratch[..n];
         self.perm.encrypt_to(xs, s);
         for ((x, p), t) in xs.iter_mut().zip(s.iter()).zip(tweaks) {

@@ -5,6 +5,7 @@
 //! Security model: semi-honest two-party. The client (evaluator) learns the
 //! prediction; the server (garbler) learns nothing.
 
+pub mod aesni;
 pub mod alloc;
 pub mod bench;
 pub mod block;

@@ -729,7 +729,7 @@ mod tests {
         // intercept below 0: no coefficient is negative and the line still
         // prices every row as the truth does, within the noise.
         let zero = GcLine { fixed_s: 0.0, ..line };
-        let noise = |i: usize| if i % 3 == 0 { -2e-3 } else { 0.0 };
+        let noise = |i: usize| if i.is_multiple_of(3) { -2e-3 } else { 0.0 };
         let fit = fit_gc_line("test", &rows(zero, &noise)).unwrap();
         assert!(fit.fixed_s >= 0.0 && fit.per_and_s >= 0.0 && fit.per_label_s >= 0.0, "{fit:?}");
         // The best non-negative fit: no worse than the one through the

@@ -306,21 +306,30 @@ pub(crate) fn run_bench_relu(args: BenchReluArgs) -> Result<()> {
     println!("{json}");
     eprintln!("[relu bench] wrote {}", out.display());
     eprintln!(
-        "[relu bench] AES bound {:.0} M blocks/s on one core ({})",
+        "[relu bench] AES-NI bound {:.0} M blocks/s on one core ({}): {} AES calls per hash, so \
+         {:.0} M AND/s garbling (4 hashes per AND), {:.0} M AND/s evaluating (2); default hash \
+         path {}",
         r.aes_blocks_per_s / 1e6,
-        r.cpu_model
+        r.cpu_model,
+        r.aes_calls_per_hash,
+        r.garble_and_bound_per_s / 1e6,
+        r.eval_and_bound_per_s / 1e6,
+        r.default_hash_path
     );
     for row in &r.rows {
         eprintln!(
-            "[relu bench] {:>6}: {:>3} AND, online {:>5.0} B, offline {:>5.0} B per ReLU; garble {:.0} M AND/s ({:.0} % of bound), eval {:.0} M AND/s ({:.0} %)",
+            "[relu bench] {:>6} {:>8}: {:>3} AND, online {:>5.0} B, offline {:>5.0} B per ReLU, online {:.3} s; garble {:.0} M AND/s ({:.0} % of bound), eval {:.0} M AND/s ({:.0} %); bound {:.0} M blocks/s",
             row.bits,
+            row.hash_path,
             row.and_gates_per_relu,
             row.online_bytes_per_relu,
             row.offline_bytes_per_relu,
+            row.online_s,
             row.garble_and_gates_per_s / 1e6,
             100.0 * row.garble_fraction_of_aes_bound,
             row.eval_and_gates_per_s / 1e6,
-            100.0 * row.eval_fraction_of_aes_bound
+            100.0 * row.eval_fraction_of_aes_bound,
+            row.aes_blocks_per_s / 1e6
         );
     }
     for row in &r.rows {

@@ -1124,8 +1124,8 @@ impl Importer {
             }
         }
         if a.int("ceil_mode").unwrap_or(0) != 0
-            && ((x.shape.height + 2 * pad).saturating_sub(kernel) % stride != 0
-                || (x.shape.width + 2 * pad).saturating_sub(kernel) % stride != 0)
+            && (!(x.shape.height + 2 * pad).saturating_sub(kernel).is_multiple_of(stride)
+                || !(x.shape.width + 2 * pad).saturating_sub(kernel).is_multiple_of(stride))
         {
             return Err(
                 self.unsupported("ceil_mode = 1 with a partial last window is not supported")

@@ -11,7 +11,9 @@
 //! carry chain is sequential. All buffers are allocated once per engine.
 //!
 //! Table order (both sides rely on it): for each batch, for each AND gate in
-//! circuit order, for each instance of the batch: T_G then T_E.
+//! circuit order, for each instance of the batch: T_G then T_E. An AND
+//! gate's hash inputs are laid out in planes (all instances' A₀, then all
+//! A₀ ⊕ Δ, …) so that gathering them is a copy.
 //!
 //! Tweaks: AND gate a of instance i uses 2·(i·n_and + a) and that plus one;
 //! arithmetic output j of instance i uses 2^127 + i·n_out + j. Instance
@@ -23,6 +25,7 @@ use subtle::{Choice, ConditionallySelectable};
 use zeroize::Zeroize;
 
 use super::circuit::{Circuit, Gate};
+use crate::aesni::HashPath;
 use crate::block::{Block, TweakHash};
 use crate::field::F;
 
@@ -35,6 +38,19 @@ const OUTPUT_DOMAIN: u128 = 1 << 127;
 #[inline(always)]
 fn and_tweak(base: u128, a: usize) -> u128 {
     (base + a as u128) << 1
+}
+
+/// Fills planes 1.. of `tw` (each `k` long) from plane 0: plane p's tweak
+/// is plane 0's with `or[p]` set.
+#[inline(always)]
+fn planes(tw: &mut [u128], k: usize, or: &[u128]) {
+    let (first, rest) = tw.split_at_mut(k);
+    for (p, plane) in rest.chunks_exact_mut(k).enumerate() {
+        let bit = or[p + 1];
+        for (d, s) in plane.iter_mut().zip(first.iter()) {
+            *d = *s | bit;
+        }
+    }
 }
 
 fn tweak_bases(first: u64, k: usize, n_and: usize, out: &mut [u128; BATCH]) {
@@ -158,8 +174,14 @@ impl<'c> Garbler<'c> {
     /// An engine for `circ` with offset `delta` (lsb must be 1) and the
     /// session's public hash key.
     pub fn new(circ: &'c Circuit, hash_key: Block, delta: Block) -> Self {
+        Self::with_hash(circ, TweakHash::new(hash_key), delta)
+    }
+
+    /// An engine whose hash runs on a given path (for tests and
+    /// measurements; every path gives the same tables).
+    pub fn with_hash(circ: &'c Circuit, hash: TweakHash, delta: Block) -> Self {
         assert!(delta.lsb(), "point-and-permute needs lsb(Δ) = 1");
-        Garbler { circ, hash: TweakHash::new(hash_key), delta, work: Work::new(circ, 4) }
+        Garbler { circ, hash, delta, work: Work::new(circ, 4) }
     }
 
     /// Garbles instances `first .. first + k` (k ≤ [`BATCH`]).
@@ -175,6 +197,40 @@ impl<'c> Garbler<'c> {
         tables: &mut Vec<Block>,
         out_zero: &mut [Block],
     ) {
+        #[cfg(target_arch = "x86_64")]
+        if self.hash.path() == HashPath::Vaes {
+            // SAFETY: the VAES path is only chosen where the CPU has
+            // AVX-512F/VL and AVX2 (HashPath::available).
+            unsafe { self.garble_batch_avx512(first, ev_zero, ga_zero, tables, out_zero) };
+            return;
+        }
+        self.garble_batch_body(first, ev_zero, ga_zero, tables, out_zero);
+    }
+
+    /// [`Garbler::garble_batch`] compiled for AVX-512: the gate loops (free
+    /// XORs, gathering hash inputs, tables) four blocks to a register.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx2")]
+    unsafe fn garble_batch_avx512(
+        &mut self,
+        first: u64,
+        ev_zero: &[Block],
+        ga_zero: &[Block],
+        tables: &mut Vec<Block>,
+        out_zero: &mut [Block],
+    ) {
+        self.garble_batch_body(first, ev_zero, ga_zero, tables, out_zero);
+    }
+
+    #[inline(always)]
+    fn garble_batch_body(
+        &mut self,
+        first: u64,
+        ev_zero: &[Block],
+        ga_zero: &[Block],
+        tables: &mut Vec<Block>,
+        out_zero: &mut [Block],
+    ) {
         let c = self.circ;
         let k = instances(c, ev_zero, ga_zero);
         assert!(k <= BATCH && k > 0);
@@ -183,7 +239,8 @@ impl<'c> Garbler<'c> {
         let mut and_idx = 0usize;
         let mut bases = [0u128; BATCH];
         tweak_bases(first, k, c.n_and, &mut bases);
-        tables.reserve(2 * c.n_and * k);
+        let mut table_at = tables.len();
+        tables.resize(table_at + 2 * c.n_and * k, Block::ZERO);
         for g in &c.gates {
             match *g {
                 Gate::Xor(a, b, o) => self.work.xor(a, b, o, k),
@@ -191,34 +248,42 @@ impl<'c> Garbler<'c> {
                 Gate::And(a, b, o) => {
                     let (a, b, o) = (a as usize * BATCH, b as usize * BATCH, o as usize * BATCH);
                     let Work { wires: w, x, tweaks, scratch } = &mut self.work;
+                    // Four planes of k hash inputs: A₀, A₀ ⊕ Δ, B₀, B₀ ⊕ Δ
+                    // (tweaks t, t, t | 1, t | 1).
                     let x = &mut x[..4 * k];
+                    let tw = &mut tweaks[..4 * k];
                     for i in 0..k {
-                        let t = and_tweak(bases[i], and_idx);
-                        let (la, lb) = (w[a + i], w[b + i]);
-                        x[4 * i] = la;
-                        x[4 * i + 1] = la ^ delta;
-                        x[4 * i + 2] = lb;
-                        x[4 * i + 3] = lb ^ delta;
-                        tweaks[4 * i] = t;
-                        tweaks[4 * i + 1] = t;
-                        tweaks[4 * i + 2] = t | 1;
-                        tweaks[4 * i + 3] = t | 1;
+                        tw[i] = and_tweak(bases[i], and_idx);
                     }
-                    self.hash.hash_many(x, tweaks, scratch);
+                    planes(tw, k, &[0, 0, 1, 1]);
+                    let (wa, wb) = (&w[a..a + k], &w[b..b + k]);
+                    let (xa, xb) = x.split_at_mut(2 * k);
+                    let (xa0, xa1) = xa.split_at_mut(k);
+                    let (xb0, xb1) = xb.split_at_mut(k);
+                    for i in 0..k {
+                        xa0[i] = wa[i];
+                        xa1[i] = wa[i] ^ delta;
+                        xb0[i] = wb[i];
+                        xb1[i] = wb[i] ^ delta;
+                    }
+                    self.hash.hash_many(x, tw, scratch);
+                    let (xa, xb) = x.split_at(2 * k);
+                    let (ha0, ha1) = xa.split_at(k);
+                    let (hb0, hb1) = xb.split_at(k);
+                    let tab = &mut tables[table_at..table_at + 2 * k];
+                    table_at += 2 * k;
                     for i in 0..k {
                         let (a0, b0) = (w[a + i], w[b + i]);
-                        let (ha0, ha1, hb0, hb1) =
-                            (x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3]);
                         let (pa, pb) = (a0.lsb(), b0.lsb());
                         // Garbler half-gate: a ∧ p_b.
-                        let tg = ha0 ^ ha1 ^ delta.and_bit(pb);
-                        let wg = ha0 ^ tg.and_bit(pa);
+                        let tg = ha0[i] ^ ha1[i] ^ delta.and_bit(pb);
+                        let wg = ha0[i] ^ tg.and_bit(pa);
                         // Evaluator half-gate: a ∧ (b ⊕ p_b).
-                        let te = hb0 ^ hb1 ^ a0;
-                        let we = hb0 ^ (te ^ a0).and_bit(pb);
+                        let te = hb0[i] ^ hb1[i] ^ a0;
+                        let we = hb0[i] ^ (te ^ a0).and_bit(pb);
                         w[o + i] = wg ^ we;
-                        tables.push(tg);
-                        tables.push(te);
+                        tab[2 * i] = tg;
+                        tab[2 * i + 1] = te;
                     }
                     and_idx += 1;
                 }
@@ -240,7 +305,7 @@ impl<'c> Garbler<'c> {
         offsets: &mut Vec<F>,
     ) {
         let n = weights.len();
-        assert!(n > 0 && zero.len() % n == 0 && cts.len() == zero.len());
+        assert!(n > 0 && zero.len().is_multiple_of(n) && cts.len() == zero.len());
         let k = zero.len() / n;
         self.work.reserve_hashes(2 * n * k);
         let Work { x, tweaks, scratch, .. } = &mut self.work;
@@ -322,12 +387,50 @@ impl fmt::Debug for Evaluator<'_> {
 impl<'c> Evaluator<'c> {
     /// An engine for `circ` under the session's public hash key.
     pub fn new(circ: &'c Circuit, hash_key: Block) -> Self {
-        Evaluator { circ, hash: TweakHash::new(hash_key), work: Work::new(circ, 2) }
+        Self::with_hash(circ, TweakHash::new(hash_key))
+    }
+
+    /// An engine whose hash runs on a given path (for tests and
+    /// measurements).
+    pub fn with_hash(circ: &'c Circuit, hash: TweakHash) -> Self {
+        Evaluator { circ, hash, work: Work::new(circ, 2) }
     }
 
     /// Evaluates instances `first .. first + k` on active input labels and
     /// the batch's `tables` (exactly 2·n_and·k blocks); writes output labels.
     pub fn eval_batch(
+        &mut self,
+        first: u64,
+        ev: &[Block],
+        ga: &[Block],
+        tables: &[Block],
+        out: &mut [Block],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if self.hash.path() == HashPath::Vaes {
+            // SAFETY: as in `Garbler::garble_batch`.
+            unsafe { self.eval_batch_avx512(first, ev, ga, tables, out) };
+            return;
+        }
+        self.eval_batch_body(first, ev, ga, tables, out);
+    }
+
+    /// [`Evaluator::eval_batch`] compiled for AVX-512.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx2")]
+    unsafe fn eval_batch_avx512(
+        &mut self,
+        first: u64,
+        ev: &[Block],
+        ga: &[Block],
+        tables: &[Block],
+        out: &mut [Block],
+    ) {
+        self.eval_batch_body(first, ev, ga, tables, out);
+    }
+
+    #[inline(always)]
+    fn eval_batch_body(
         &mut self,
         first: u64,
         ev: &[Block],
@@ -355,20 +458,22 @@ impl<'c> Evaluator<'c> {
                         None => unreachable!("table length checked above"),
                     };
                     let Work { wires: w, x, tweaks, scratch } = &mut self.work;
+                    // Two planes of k hash inputs: A, B (tweaks t, t | 1).
                     let x = &mut x[..2 * k];
+                    let tw = &mut tweaks[..2 * k];
                     for i in 0..k {
-                        let tw = and_tweak(bases[i], and_idx);
-                        x[2 * i] = w[a + i];
-                        x[2 * i + 1] = w[b + i];
-                        tweaks[2 * i] = tw;
-                        tweaks[2 * i + 1] = tw | 1;
+                        tw[i] = and_tweak(bases[i], and_idx);
                     }
-                    self.hash.hash_many(x, tweaks, scratch);
+                    planes(tw, k, &[0, 1]);
+                    x[..k].copy_from_slice(&w[a..a + k]);
+                    x[k..].copy_from_slice(&w[b..b + k]);
+                    self.hash.hash_many(x, tw, scratch);
+                    let (ha, hb) = x.split_at(k);
                     for i in 0..k {
                         let (la, lb) = (w[a + i], w[b + i]);
                         let (tg, te) = (t[2 * i], t[2 * i + 1]);
-                        let wg = x[2 * i] ^ tg.and_bit(la.lsb());
-                        let we = x[2 * i + 1] ^ (te ^ la).and_bit(lb.lsb());
+                        let wg = ha[i] ^ tg.and_bit(la.lsb());
+                        let we = hb[i] ^ (te ^ la).and_bit(lb.lsb());
                         w[o + i] = wg ^ we;
                     }
                     and_idx += 1;
@@ -389,7 +494,7 @@ impl<'c> Evaluator<'c> {
         cts: &[F],
         out: &mut Vec<F>,
     ) {
-        assert!(n_out > 0 && labels.len() % n_out == 0 && cts.len() == labels.len());
+        assert!(n_out > 0 && labels.len().is_multiple_of(n_out) && cts.len() == labels.len());
         let k = labels.len() / n_out;
         self.work.reserve_hashes(labels.len());
         let Work { x, tweaks, scratch, .. } = &mut self.work;
@@ -520,6 +625,47 @@ mod tests {
                     g.arith_outputs(first + i as u64, &out_zero[r.clone()], &weights, &mut one);
                 assert_eq!((off, &one[..]), (offs[i], &cts[r.clone()]));
                 assert_eq!(e.arith_outputs(first + i as u64, &out[r], &one), vals[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn every_hash_path_garbles_the_same_tables_and_evaluates_the_others() {
+        use crate::aesni::HashPath;
+        let circ = adder();
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
+        let mut delta = Block::random(&mut rng);
+        delta.0 |= 1;
+        let key = Block::random(&mut rng);
+        let paths = HashPath::available();
+        for k in [BATCH, 33, 1] {
+            let ev_zero: Vec<Block> = (0..16 * k).map(|_| Block::random(&mut rng)).collect();
+            let ga_zero: Vec<Block> = (0..16 * k).map(|_| Block::random(&mut rng)).collect();
+            let no = circ.outputs();
+            let garbled: Vec<(Vec<Block>, Vec<Block>)> = paths
+                .iter()
+                .map(|&p| {
+                    let h = TweakHash::with_path(key, p);
+                    assert_eq!(h.path(), p);
+                    let mut g = Garbler::with_hash(&circ, h, delta);
+                    let (mut tables, mut out0) = (Vec::new(), vec![Block::ZERO; no * k]);
+                    g.garble_batch(5, &ev_zero, &ga_zero, &mut tables, &mut out0);
+                    (tables, out0)
+                })
+                .collect();
+            for (p, gb) in paths.iter().zip(&garbled) {
+                assert!(gb == &garbled[0], "{p:?} garbles other tables than portable, k = {k}");
+            }
+            // Each path evaluates the portable path's tables: all-zero
+            // inputs give the labels of the circuit's value on zeros.
+            let plain = circ.eval_plain(&[false; 16], &[false; 16]);
+            let want: Vec<Block> =
+                (0..no * k).map(|e| garbled[0].1[e] ^ delta.and_bit(plain[e % no])).collect();
+            for &p in &paths {
+                let mut e = Evaluator::with_hash(&circ, TweakHash::with_path(key, p));
+                let mut out = vec![Block::ZERO; no * k];
+                e.eval_batch(5, &ev_zero, &ga_zero, &garbled[0].0, &mut out);
+                assert!(out == want, "{p:?} evaluates other labels, k = {k}");
             }
         }
     }

@@ -8,7 +8,7 @@ use crate::block::Block;
 
 /// Transposes `rows` (128 rows of `n` bits, `n` a multiple of 8) into `out`.
 pub(crate) fn transpose128(rows: &[u8], n: usize, out: &mut [Block]) {
-    assert!(n % 8 == 0 && rows.len() == 128 * (n / 8) && out.len() == n);
+    assert!(n.is_multiple_of(8) && rows.len() == 128 * (n / 8) && out.len() == n);
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: SSE2 is part of the x86_64 baseline; the sizes were
