@@ -190,8 +190,12 @@ impl Schedule {
         }
         let survivors = population.div_ceil(2);
         let rest = budget.saturating_sub(population * at * is);
-        let intervals = at + rest.div_ceil(survivors * is).max(1);
-        Schedule { halve: Some(at), survivors, intervals, member_steps: intervals * is }
+        // The survivors share the rest exactly: their runs end there (the
+        // last interval is shorter), so the search spends its budget and no
+        // more (less by under one step per survivor).
+        let per = (rest / survivors).max(1);
+        let intervals = at + per.div_ceil(is);
+        Schedule { halve: Some(at), survivors, intervals, member_steps: at * is + per }
     }
 }
 
@@ -476,16 +480,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn halving_spends_the_budget_and_no_more_than_one_interval_beyond() {
+    fn halving_spends_the_budget_and_no_more() {
         // 6 members, 1884 steps, 40 steps per interval, halved at half.
         let s = Schedule::of(6, 1884, 40, Some(0.5), false);
         assert_eq!(s.halve, Some(4));
         assert_eq!(s.survivors, 3);
-        let spent = 6 * 4 * 40 + 3 * (s.intervals - 4) * 40;
-        assert!((1884..1884 + 3 * 40).contains(&spent), "{s:?}: {spent}");
-        assert_eq!(s.member_steps, s.intervals * 40);
-        // A survivor trains 1.5× what a member of the whole population does.
-        assert_eq!(s.member_steps, 480);
+        // Each survivor's run ends with its share: 308 more steps, the last
+        // interval 28 of them.
+        assert_eq!(s.member_steps, 4 * 40 + 308);
+        assert_eq!(s.intervals, 4 + 8);
+        let spent = 6 * 4 * 40 + 3 * (s.member_steps - 4 * 40);
+        assert_eq!(spent, 1884);
+        // A budget the survivors cannot share evenly: under one step each short.
+        let s = Schedule::of(6, 1885, 40, Some(0.5), false);
+        let spent = 6 * 4 * 40 + 3 * (s.member_steps - 4 * 40);
+        assert!((1885 - 2..=1885).contains(&spent), "{s:?}: {spent}");
     }
 
     #[test]
