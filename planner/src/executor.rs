@@ -1,11 +1,12 @@
 //! Where a search's units of work ([`crate::unit`]) run.
 //!
-//! * `local` with one worker (the default): in this process, one after
-//!   another — through the same files as any executor, so what a unit
-//!   computes does not depend on where it ran.
-//! * `local` with `--workers K` (K ≥ 2): up to K child processes
-//!   (`delphi-plan step --unit DIR`) at once, each with its share of the
-//!   cores (`RAYON_NUM_THREADS`).
+//! * `local` with `--workers K` (K ≥ 2; by default one per core, up to the
+//!   population, on the CPU): up to K child processes (`delphi-plan step
+//!   --unit DIR`) at once, each with its share of the cores
+//!   (`RAYON_NUM_THREADS`).
+//! * `local` with one worker: in this process, one after another — through
+//!   the same files as any executor, so what a unit computes does not
+//!   depend on where it ran.
 //! * `ray`: every unit a task on a Ray cluster, through a small driver
 //!   built into this binary (`planner/ray/driver.py`, Ray's own Python
 //!   API), started once per search.
@@ -48,8 +49,10 @@ pub enum ExecutorKind {
 pub struct ExecConfig {
     /// The executor.
     pub kind: ExecutorKind,
-    /// Local: processes at once (1: in this process). Ray: units in flight
-    /// at once (0: all of an interval).
+    /// Local: processes at once (1: in this process; the library's
+    /// default, where `delphi-plan` defaults to one per core up to the
+    /// population on the CPU). Ray: units in flight at once (0: all of an
+    /// interval).
     pub workers: usize,
     /// Retries of a failed unit.
     pub retries: usize,
