@@ -29,7 +29,10 @@ impl Block {
     /// `self` if `bit`, else zero, without a branch.
     #[inline(always)]
     pub fn and_bit(self, bit: bool) -> Block {
-        Block(self.0 & (bit as u128).wrapping_neg())
+        // One 64-bit mask for both halves (vectorises; a 128-bit negation
+        // does not).
+        let m = (bit as u64).wrapping_neg() as u128;
+        Block(self.0 & (m | (m << 64)))
     }
 
     /// The little-endian bytes.
