@@ -135,6 +135,14 @@ struct UnitTiming {
     host: String,
 }
 
+/// How a unit's evaluation is logged: its round, member number and stage.
+#[derive(Clone, Debug)]
+pub(crate) struct Label {
+    pub interval: usize,
+    pub member: usize,
+    pub stage: String,
+}
+
 /// Removes the unit folders under `root` other than `mine`, ignoring
 /// failures (a worker of a killed run may still be writing into one).
 fn remove_stale_units(root: &std::path::Path, mine: &std::path::Path) {
@@ -704,6 +712,23 @@ impl<'a> Search<'a> {
         stage: &str,
         fitness: &dyn Fn(f64, f64, usize) -> f64,
     ) -> Result<Vec<Evaluation>> {
+        let labels: Vec<Label> = (0..members.len())
+            .map(|k| Label { interval, member: k, stage: stage.into() })
+            .collect();
+        self.run_units(members, genomes, steps, &labels, fitness)
+    }
+
+    /// [`Search::run_members`] with each unit's own round, member number
+    /// and stage in the log (the greedy rule's probes of one round).
+    pub(crate) fn run_units(
+        &mut self,
+        members: &mut [Trainer],
+        genomes: &[Genome],
+        steps: usize,
+        labels: &[Label],
+        fitness: &dyn Fn(f64, f64, usize) -> f64,
+    ) -> Result<Vec<Evaluation>> {
+        assert_eq!(labels.len(), members.len());
         // This process's units of the last interval go; another process's
         // (a killed run's) too, as far as they can.
         if self.units.exists() {
@@ -758,15 +783,17 @@ impl<'a> Search<'a> {
         for (k, d) in dirs.iter().enumerate() {
             let r = d.read_result(k)?;
             members[k] = Trainer::load_checkpoint(&d.output(), &self.device)?;
+            let Label { interval, member, stage } = &labels[k];
+            let (interval, member) = (*interval, *member);
             let attempts = d.attempt_count();
             if attempts > 1 {
                 self.say(&format!(
-                    "member {k}'s unit of interval {interval} ran {attempts} times (a worker \
+                    "the unit of {stage} (member {member}) ran {attempts} times (a worker \
                      failed or was killed; retried)"
                 ));
                 self.lineage(serde_json::json!({
-                    "retried": {"interval": interval, "member": k, "attempts": attempts,
-                                "host": r.host},
+                    "retried": {"interval": interval, "member": member, "stage": stage,
+                                "attempts": attempts, "host": r.host},
                 }))?;
             }
             if let Some(dv) = &r.diverged {
@@ -784,17 +811,17 @@ impl<'a> Search<'a> {
             self.bar.set_position(self.st.steps as u64);
             let plan = if r.plan { Some(crate::unit::read_plan(d)?) } else { None };
             let m = Measured { found: r.found, plan };
-            out.push(self.record(m, &genomes[k], (interval, k), stage.to_string(), fitness)?);
+            out.push(self.record(m, &genomes[k], (interval, member), stage.clone(), fitness)?);
             timings.push((k, r.seconds, wall.get(k).copied().unwrap_or(0.0), attempts, r.host));
         }
         let read_s = t_read.elapsed().as_secs_f64();
         let rows: Vec<UnitTiming> = timings
             .into_iter()
-            .map(|(member, unit_s, wall_s, attempts, host)| UnitTiming {
-                interval,
-                stage: stage.to_string(),
+            .map(|(k, unit_s, wall_s, attempts, host)| UnitTiming {
+                interval: labels[k].interval,
+                stage: labels[k].stage.clone(),
+                member: labels[k].member,
                 executor: self.c.exec.describe(),
-                member,
                 unit_s,
                 wall_s,
                 batch_run_s: run_s,

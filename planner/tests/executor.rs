@@ -218,3 +218,23 @@ fn a_unit_from_another_build_is_refused_by_name() {
     assert!(err.contains("larger than"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn the_greedy_rule_s_probes_run_as_units_with_the_same_result() {
+    let root = std::env::temp_dir().join(format!("delphi-exec-greedy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let one = root.join("one");
+    plan(&one, &["--strategy", "greedy", "--workers", "1"]);
+    let two = root.join("two");
+    std::fs::create_dir_all(&two).unwrap();
+    copy_dir(&one.join("base"), &two.join("base"));
+    plan(&two, &["--strategy", "greedy", "--workers", "2"]);
+    let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+    assert_eq!(read(&one, "members.csv"), read(&two, "members.csv"));
+    // The probes were units: three of the first round, on two workers.
+    let units = read(&two, "units.csv");
+    let probes = units.lines().filter(|l| l.contains("round 1 probe layer")).count();
+    assert_eq!(probes, 3, "{units}");
+    assert!(units.contains("2 local worker processes"), "{units}");
+    std::fs::remove_dir_all(&root).ok();
+}

@@ -6,14 +6,16 @@
 //! below the threshold (the threshold binds), when every layer is
 //! quadratic, or when the budget is spent. The budget is split so that the
 //! longest run fits ([`crate::policy::greedy_steps`]); what a shorter run
-//! leaves is spent fine-tuning the last accepted plan.
+//! leaves is spent fine-tuning the last accepted plan. A round's probes run
+//! as units of work ([`crate::unit`]) on the configured executor; the
+//! fine-tunes after each accepted layer run in the controller.
 
 use delphi_net::Placement;
 use delphi_train::train::Trainer;
 
 use crate::error::Result;
 use crate::policy::{greedy_pick, greedy_steps, Genome, GreedyState, Probe};
-use crate::search::{Progress, Search};
+use crate::search::{Label, Progress, Search};
 
 /// The greedy rule's member: fixed hyperparameters (the learning rate at
 /// the geometric middle of [`crate::policy::START_LR`]).
@@ -82,13 +84,7 @@ pub fn run(s: &mut Search) -> Result<()> {
     s.say(&format!(
         "greedy rule: {step} steps per probe and per fine-tune after each accepted layer"
     ));
-    if !c.exec.in_process() {
-        s.say(&format!(
-            "note: the greedy rule's probes run in this process, one after another (they are \
-             not units); {} is not used",
-            c.exec.describe()
-        ));
-    }
+
     while st.stopped.is_none() {
         if s.out_of_time() {
             s.say("wall-time budget spent; stopping the search");
@@ -103,33 +99,42 @@ pub fn run(s: &mut Search) -> Result<()> {
             st.stopped = Some("the training budget is spent".into());
             break;
         }
-        // Probes (each saved, so a resumed run redoes at most one). A probe
-        // whose trained network cannot be proven in range is no candidate.
-        for &k in &relus {
-            if st.probes.iter().any(|p| p.layer == k) {
-                continue;
+        // Probes: independent of one another, so they run as units, all of
+        // a round at once (the configured executor's workers share them);
+        // the round's results are saved together, so a resumed run redoes
+        // the probes of at most one round. A probe whose trained network
+        // cannot be proven in range is no candidate.
+        let todo: Vec<usize> =
+            relus.iter().copied().filter(|&k| !st.probes.iter().any(|p| p.layer == k)).collect();
+        if !todo.is_empty() {
+            let mut trs = Vec::with_capacity(todo.len());
+            let mut genomes = Vec::with_capacity(todo.len());
+            let mut labels = Vec::with_capacity(todo.len());
+            for &k in &todo {
+                let mut p = st.accepted.clone();
+                p.set(k, true);
+                let seed = (st.round * 1000 + k) as u64;
+                trs.push(fork(s, &accepted, &p, Some(k), step, seed)?);
+                genomes.push(genome(p));
+                labels.push(Label {
+                    interval: st.round,
+                    member: k,
+                    stage: format!("round {} probe layer {k}", st.round),
+                });
             }
-            let mut p = st.accepted.clone();
-            p.set(k, true);
-            let seed = (st.round * 1000 + k) as u64;
-            let mut tr = fork(s, &accepted, &p, Some(k), step, seed)?;
-            s.train(&mut tr, step)?;
-            let g = genome(p.clone());
-            let e = s.evaluate(
-                &mut tr,
-                &g,
-                st.round,
-                k,
-                format!("round {} probe layer {k}", st.round),
-                &|acc, cost, _| -(st.accuracy - acc) / (st.cost - cost).max(1e-12),
-            )?;
-            tr.save_checkpoint(&probe_dir(k))?;
-            st.probes.push(Probe {
-                layer: k,
-                accuracy: e.valid_accuracy,
-                cost: e.cost,
-                provable: e.provable != Some(false),
-            });
+            let (base_acc, base_cost) = (st.accuracy, st.cost);
+            let evals = s.run_units(&mut trs, &genomes, step, &labels, &|acc, cost, _| {
+                -(base_acc - acc) / (base_cost - cost).max(1e-12)
+            })?;
+            for ((&k, tr), e) in todo.iter().zip(&trs).zip(&evals) {
+                tr.save_checkpoint(&probe_dir(k))?;
+                st.probes.push(Probe {
+                    layer: k,
+                    accuracy: e.valid_accuracy,
+                    cost: e.cost,
+                    provable: e.provable != Some(false),
+                });
+            }
             s.st.progress = Progress::Greedy(st.clone());
             s.save(&[])?;
         }
