@@ -165,11 +165,14 @@ impl UnitDir {
         if format.and_then(|f| f.as_str()) != Some(UNIT_FORMAT)
             || version.and_then(|v| v.as_u64()) != Some(u64::from(UNIT_VERSION))
         {
+            let shown = |x: Option<&serde_json::Value>| x.map_or("none".into(), |x| x.to_string());
             return Err(file_err(
                 &self.unit(),
                 format!(
-                    "format {format:?} version {version:?} (this build reads {UNIT_FORMAT:?} \
-                     version {UNIT_VERSION}): are the workers' binaries the controller's?"
+                    "format {} version {} (this build reads {UNIT_FORMAT:?} version \
+                     {UNIT_VERSION}): are the workers' binaries the controller's?",
+                    shown(format),
+                    shown(version)
                 ),
             ));
         }

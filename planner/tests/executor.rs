@@ -195,26 +195,26 @@ fn a_ray_executor_without_a_cluster_is_refused_by_name() {
     std::fs::remove_dir_all(&out).ok();
 }
 
+/// Runs `delphi-plan step --unit dir`, checks that it fails, and returns its stderr.
+fn step_fails(dir: &Path) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_delphi-plan"))
+        .args(["step", "--unit"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 #[test]
 fn a_unit_from_another_build_is_refused_by_name() {
     let dir = std::env::temp_dir().join(format!("delphi-unit-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("unit.json"), r#"{"format":"delphi-plan unit","version":99}"#).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_delphi-plan"))
-        .args(["step", "--unit"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("unit.json"), "{err}");
+    let err = step_fails(&dir);
+    assert!(err.contains("unit.json") && err.contains("version 99 (this build reads"), "{err}");
     std::fs::write(dir.join("unit.json"), "x".repeat(5 << 20)).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_delphi-plan"))
-        .args(["step", "--unit"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = step_fails(&dir);
     assert!(err.contains("larger than"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
