@@ -10,6 +10,11 @@ use std::io::{self, Read, Write};
 use crate::block::Block;
 use crate::error::{Error, Result};
 use crate::field::F;
+use crate::spool::{Spool, Stash, StashBuilder};
+
+/// Items read at a time into a stash (a stored length never allocates more
+/// than this ahead of the data that fills it).
+const STASH_PIECE: usize = 1 << 16;
 
 /// Writes values to a byte sink.
 pub struct Encoder<W: Write> {
@@ -65,11 +70,26 @@ impl<W: Write> Encoder<W> {
         self.u64(xs.len() as u64)?;
         xs.iter().try_for_each(|x| self.u64(x.value()))
     }
+
+    /// Writes a stash of blocks as [`Encoder::blocks`] does (read back a
+    /// piece at a time when it is on disk).
+    pub fn stash_blocks(&mut self, s: &Stash<Block>) -> Result<()> {
+        self.u64(s.len() as u64)?;
+        s.for_each_piece(|p| p.iter().try_for_each(|b| self.block(*b)))
+    }
+
+    /// Writes a stash of field elements as [`Encoder::fields`] does.
+    pub fn stash_fields(&mut self, s: &Stash<F>) -> Result<()> {
+        self.u64(s.len() as u64)?;
+        s.for_each_piece(|p| p.iter().try_for_each(|x| self.u64(x.value())))
+    }
 }
 
 /// Reads values from a byte source, bounding every length.
 pub struct Decoder<R: Read> {
     r: R,
+    /// Where large material goes as it is read (none: memory).
+    spool: Option<Spool>,
 }
 
 fn read_err(e: io::Error) -> Error {
@@ -83,7 +103,14 @@ fn read_err(e: io::Error) -> Error {
 impl<R: Read> Decoder<R> {
     /// A decoder over `r`.
     pub fn new(r: R) -> Self {
-        Decoder { r }
+        Decoder { r, spool: None }
+    }
+
+    /// A decoder over `r` that writes the garbled material it reads
+    /// ([`Decoder::stash_blocks`], [`Decoder::stash_fields`]) to `spool`
+    /// instead of memory, when given one.
+    pub fn with_spool(r: R, spool: Option<Spool>) -> Self {
+        Decoder { r, spool }
     }
 
     /// Fills `out` with raw bytes.
@@ -142,6 +169,37 @@ impl<R: Read> Decoder<R> {
             return Err(Error::Stored { what });
         }
         self.read_vec(len, |d| d.block())
+    }
+
+    /// Reads what [`Encoder::stash_blocks`] wrote: exactly `len` blocks, into
+    /// this decoder's spool if it has one.
+    pub fn stash_blocks(&mut self, len: usize, what: &'static str) -> Result<Stash<Block>> {
+        self.read_stash(len, what, |d| d.block())
+    }
+
+    /// Reads what [`Encoder::stash_fields`] wrote: exactly `len` field
+    /// elements, into this decoder's spool if it has one.
+    pub fn stash_fields(&mut self, len: usize, what: &'static str) -> Result<Stash<F>> {
+        self.read_stash(len, what, |d| d.field())
+    }
+
+    fn read_stash<T: crate::spool::Raw>(
+        &mut self,
+        len: usize,
+        what: &'static str,
+        mut item: impl FnMut(&mut Self) -> Result<T>,
+    ) -> Result<Stash<T>> {
+        if self.u64()? != len as u64 {
+            return Err(Error::Stored { what });
+        }
+        let mut b = StashBuilder::new(len, self.spool.clone().as_ref());
+        let mut start = 0;
+        while start < len {
+            let k = STASH_PIECE.min(len - start);
+            b.fill(k, |out| out.iter_mut().try_for_each(|x| item(self).map(|v| *x = v)))?;
+            start += k;
+        }
+        b.finish()
     }
 
     /// Reads `len` items, growing the vector only as items actually arrive

@@ -63,6 +63,16 @@ pub enum Error {
     /// (an untrusted certificate, a peer that does not speak TLS).
     #[error("TLS: {0}")]
     Tls(String),
+    /// Preprocessed material could not be kept on disk or read back (a
+    /// [`crate::spool::Spool`] in `dir`: full, not writable, not mappable).
+    #[error("preprocessed material on disk (in {}): {source}", dir.display())]
+    Spool {
+        /// The spool's directory.
+        dir: std::path::PathBuf,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
     /// A caller passed arguments the engine cannot use.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

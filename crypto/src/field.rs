@@ -37,6 +37,7 @@ impl FieldConfig for DelphiField {
 
 /// An element of the prime field defined by `C`, always kept reduced.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(transparent)]
 pub struct Fp<C: FieldConfig>(u64, PhantomData<C>);
 
 /// The protocol's field.

@@ -19,6 +19,7 @@ pub mod gc;
 pub mod ot;
 pub mod relu;
 pub mod share;
+pub mod spool;
 pub mod trunc;
 
 pub use error::{Error, Result};

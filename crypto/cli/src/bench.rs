@@ -228,6 +228,7 @@ pub(crate) fn serve_bench(
                     normalize: false,
                     tls,
                     max_memory: delphi_engine::session::default_max_memory(),
+                    keep: delphi_engine::session::Keep::default(),
                 };
                 let inputs =
                     delphi_net::range::sample_inputs(input_len, range, sessions + 2, c as u64 + 7);
@@ -566,6 +567,7 @@ fn replicas_bench(
                     normalize: false,
                     tls: None,
                     max_memory: delphi_engine::session::default_max_memory(),
+                    keep: delphi_engine::session::Keep::default(),
                 };
                 let inputs =
                     delphi_net::range::sample_inputs(input_len, range, sessions, c as u64 + 11);

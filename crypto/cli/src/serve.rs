@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use delphi_crypto::channel::tls::{ServerConfig, TlsClient};
 use delphi_engine::run::{current_rss_bytes, peak_rss_bytes};
-use delphi_engine::session::{ClientOptions, ServeLimits, Server, SessionEvent};
+use delphi_engine::session::{ClientOptions, Keep, ServeLimits, Server, SessionEvent};
 use delphi_engine::store::{default_key_path, BundleStore, Side, StoreLimits};
 use delphi_engine::EngineError;
 
@@ -233,8 +233,50 @@ pub(crate) struct InferArgs {
     /// this machine's memory].
     #[arg(long, value_name = "MB", value_parser = clap::value_parser!(u64).range(1..))]
     max_memory: Option<u64>,
+    /// Where a prepared bundle's garbled material (labels, tables, output
+    /// conversions) waits for its online phase: `disk` writes it to an
+    /// unlinked temporary file in --spool-dir as it arrives and streams it
+    /// back a chunk at a time online, so memory does not grow with the
+    /// network; `memory` holds it; `auto` chooses disk when one bundle's
+    /// material is over 256 MiB.
+    #[arg(long, value_enum, default_value_t = KeepArg::Auto)]
+    keep_material: KeepArg,
+    /// The directory for material kept on disk [default: the system's
+    /// temporary directory, $TMPDIR or /tmp]. Put it on a disk, not a RAM
+    /// file system, and somewhere as private as a key.
+    #[arg(long, value_name = "DIR")]
+    spool_dir: Option<PathBuf>,
     #[command(flatten)]
     tls: ClientTls,
+}
+
+/// `--keep-material`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum KeepArg {
+    /// Disk when one bundle's material is over 256 MiB, memory otherwise.
+    Auto,
+    /// Always in memory.
+    Memory,
+    /// Always on disk.
+    Disk,
+}
+
+impl KeepArg {
+    /// The engine's choice, with the spool directory (checked to exist).
+    pub(crate) fn keep(self, dir: Option<PathBuf>) -> Result<Keep> {
+        if self == KeepArg::Memory && dir.is_some() {
+            bail!("--spool-dir with --keep-material memory: nothing would be kept on disk");
+        }
+        let dir = dir.unwrap_or_else(std::env::temp_dir);
+        if self != KeepArg::Memory && !dir.is_dir() {
+            bail!("--spool-dir {}: not a directory", dir.display());
+        }
+        Ok(match self {
+            KeepArg::Auto => Keep::Auto(dir),
+            KeepArg::Memory => Keep::Memory,
+            KeepArg::Disk => Keep::Disk(dir),
+        })
+    }
 }
 
 pub(crate) fn parse_inputs(v: &serde_json::Value) -> Option<Vec<Vec<f32>>> {
@@ -390,8 +432,11 @@ pub(crate) fn run_infer(args: InferArgs) -> Result<()> {
         bundle_key,
         preprocess_only,
         max_memory,
+        keep_material,
+        spool_dir,
         tls,
     } = args;
+    let keep = keep_material.keep(spool_dir)?;
 
     let store = open_store(bundle_dir, bundle_key, Side::Client)?;
     let max_memory = max_memory
@@ -409,6 +454,7 @@ pub(crate) fn run_infer(args: InferArgs) -> Result<()> {
             store: store.clone(),
             tls: tls.client(addr)?,
             max_memory,
+            keep: keep.clone(),
         })
     };
     if let Some(count) = preprocess_only {

@@ -82,7 +82,7 @@ fn succeeds(cmd: &mut std::process::Command) -> std::process::Output {
 fn two_processes_give_the_reference_logits() {
     let d = dir("ok");
     let (net, plan) = small_cnn_plan(&d, 21, WeightStorage::Sidecar);
-    two_processes_on(&d, &net, &plan);
+    two_processes_on(&d, &net, &plan, &[]);
 }
 
 /// The README's default plan shape (every activation quadratic: bounded and
@@ -97,14 +97,36 @@ fn exact_truncations_and_windows_give_the_reference_logits_across_processes() {
     let mut windows = build("small-cnn", 10, 26).unwrap();
     let w = delphi_net::window::exact_windows(&windows).unwrap();
     delphi_net::window::set_windows(&mut windows, &w).unwrap();
+    // The client keeps its garbled material on disk (in a directory of the
+    // test's own, left empty: spool files are unlinked as they are made).
+    let spool = d.join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let on_disk = ["--keep-material", "disk", "--spool-dir", spool.to_str().unwrap()];
     for (k, net) in [qqq, windows].into_iter().enumerate() {
         let plan = d.join(format!("plan-{k}.json"));
         net.save(&plan, WeightStorage::Inline).unwrap();
-        two_processes_on(&d, &net, &plan);
+        two_processes_on(&d, &net, &plan, &on_disk);
+    }
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
+    // A spool directory that is not one, or one with nothing to keep on
+    // disk, is refused before connecting.
+    for (args, why) in [
+        (&["--spool-dir", "/nonexistent/spool"][..], "not a directory"),
+        (&["--keep-material", "memory", "--spool-dir", "/tmp"][..], "nothing would be kept"),
+    ] {
+        let out =
+            infer().args(["--connect", "127.0.0.1:9", "--input", "x.json"]).args(args).output();
+        let err = String::from_utf8_lossy(&out.unwrap().stderr).to_string();
+        assert!(err.contains(why), "{err}");
     }
 }
 
-fn two_processes_on(d: &std::path::Path, net: &delphi_net::Network, plan: &std::path::Path) {
+fn two_processes_on(
+    d: &std::path::Path,
+    net: &delphi_net::Network,
+    plan: &std::path::Path,
+    extra: &[&str],
+) {
     let x: Vec<f32> = (0..784).map(|i| ((i * 37 % 100) as f32 / 50.0) - 1.0).collect();
     let input = d.join("input.json");
     std::fs::write(
@@ -114,7 +136,8 @@ fn two_processes_on(d: &std::path::Path, net: &delphi_net::Network, plan: &std::
     .unwrap();
 
     let (mut server, addr) = serve(plan, 1);
-    let out = succeeds(infer().args(["--json", "--connect", &addr, "--input"]).arg(&input));
+    let out =
+        succeeds(infer().args(["--json", "--connect", &addr, "--input"]).arg(&input).args(extra));
     assert!(server.wait().unwrap().success());
 
     let out: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -37,9 +37,10 @@ use delphi_crypto::codec::Stored;
 use delphi_crypto::codec::{Decoder, Encoder};
 use delphi_crypto::field::F;
 use delphi_crypto::relu::{
-    client_offline as relu_client_offline, server_offline as relu_server_offline,
+    client_offline_to as relu_client_offline, server_offline as relu_server_offline,
 };
 use delphi_crypto::relu::{ClientReluBundle, ReluSpec, ServerReluBundle};
+use delphi_crypto::spool::Spool;
 use delphi_crypto::trunc::{self, ClientTruncBundle, ServerTruncBundle, TruncKind};
 use delphi_net::fixed::{linear_field, FixedOp, FixedProgram};
 use delphi_net::linear::sum_pool;
@@ -280,6 +281,48 @@ pub fn client_bundle_bytes(prog: &FixedProgram) -> u64 {
         .fold(0u64, u64::saturating_add)
 }
 
+/// The part of [`client_bundle_bytes`] that is garbled material (input
+/// labels, tables, output conversions of the ReLUs and exact truncations):
+/// what [`Material::Disk`] keeps out of memory.
+pub fn client_spooled_bytes(prog: &FixedProgram) -> u64 {
+    prog.nodes
+        .iter()
+        .map(|node| match &node.op {
+            FixedOp::Relu { shift, bits } => delphi_crypto::relu::client_bundle_bytes(
+                node.active_len(),
+                ReluSpec { shift: *shift, bits: *bits },
+            ),
+            FixedOp::Trunc { shift, kind } => {
+                trunc::client_spooled_bytes(node.active_len(), *shift, *kind)
+            }
+            _ => 0,
+        })
+        .fold(0u64, u64::saturating_add)
+}
+
+/// Where a client keeps a bundle's garbled material until its online phase.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Material {
+    /// In memory (fastest; the client's memory grows with the network).
+    #[default]
+    Memory,
+    /// In a temporary file in this directory, one per bundle, unlinked as it
+    /// is made, and streamed back a chunk at a time online
+    /// ([`delphi_crypto::spool`]): memory holds the shares, the quadratic
+    /// layers' triples and one chunk of garbled material.
+    Disk(std::path::PathBuf),
+}
+
+impl Material {
+    /// A fresh spool for one bundle (none in memory).
+    pub fn spool(&self) -> Result<Option<Spool>> {
+        match self {
+            Material::Memory => Ok(None),
+            Material::Disk(dir) => Ok(Some(Spool::create(dir)?)),
+        }
+    }
+}
+
 /// Offline phase, client side. `prog` needs the architecture only (weights unused).
 pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     ch: &mut C,
@@ -287,6 +330,18 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     he: &ClientHe,
     rng: &mut R,
 ) -> Result<ClientBundle> {
+    client_offline_to(ch, prog, he, rng, &Material::Memory)
+}
+
+/// [`client_offline`] keeping the garbled material where `material` says.
+pub fn client_offline_to<C: Channel, R: RngCore + CryptoRng>(
+    ch: &mut C,
+    prog: &FixedProgram,
+    he: &ClientHe,
+    rng: &mut R,
+    material: &Material,
+) -> Result<ClientBundle> {
+    let spool = material.spool()?;
     let n = prog.nodes.len();
     ch.agree_u64("program nodes", n as u64)?;
     let mut id = [0u8; 16];
@@ -321,16 +376,18 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
                     &node.gather(&shares[node.inputs[0]]),
                     ReluSpec { shift: *shift, bits: *bits },
                     rng,
+                    spool.as_ref(),
                 )?);
                 node.scatter(random(node.active_len(), rng), F::ZERO)
             }
             FixedOp::Trunc { shift, kind } => {
-                truncs[i] = Some(trunc::client_offline(
+                truncs[i] = Some(trunc::client_offline_to(
                     ch,
                     &node.gather(&shares[node.inputs[0]]),
                     *shift,
                     *kind,
                     rng,
+                    spool.as_ref(),
                 )?);
                 node.scatter(random(node.active_len(), rng), F::ZERO)
             }
@@ -825,7 +882,13 @@ impl ClientBundle {
 
     /// Reads a bundle written by [`ClientBundle::store`] for the same program.
     pub fn load<R: Read>(prog: &FixedProgram, r: R) -> Result<Self> {
-        let mut d = Decoder::new(r);
+        Self::load_to(prog, r, &Material::Memory)
+    }
+
+    /// [`ClientBundle::load`] keeping the garbled material where `material`
+    /// says (read a piece at a time: a spooled load never holds it).
+    pub fn load_to<R: Read>(prog: &FixedProgram, r: R, material: &Material) -> Result<Self> {
+        let mut d = Decoder::with_spool(r, material.spool()?);
         let id = read_header(&mut d, SIDE_CLIENT, prog)?;
         let n = prog.nodes.len();
         let mut b = ClientBundle {

@@ -24,6 +24,7 @@
 
 use std::collections::VecDeque;
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,7 +39,8 @@ use delphi_net::{FixedProgram, Network};
 use crate::error::{EngineError, Result, StoreProblem};
 use crate::he::ClientHe;
 use crate::protocol::{
-    client_offline, client_setup, server_offline, server_setup, ClientBundle, ServerBundle,
+    client_bundle_bytes, client_offline_to, client_setup, client_spooled_bytes, server_offline,
+    server_setup, ClientBundle, Material, ServerBundle,
 };
 use crate::store::{BundleStore, StoreLimits};
 
@@ -532,6 +534,68 @@ pub struct ClientOptions {
     /// work, and the client prepares only as many bundles ahead as fit
     /// (whatever the server asks). Default [`default_max_memory`].
     pub max_memory: u64,
+    /// Where the garbled material of prepared bundles is kept.
+    pub keep: Keep,
+}
+
+/// Where a client keeps its bundles' garbled material (labels, tables,
+/// output conversions) between the offline and the online phase.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// On disk in this directory when one bundle's material is more than
+    /// [`SPOOL_ABOVE`] bytes, in memory otherwise (the default, in the
+    /// system's temporary directory).
+    Auto(PathBuf),
+    /// Always in memory.
+    Memory,
+    /// Always on disk, in this directory.
+    Disk(PathBuf),
+}
+
+impl Default for Keep {
+    fn default() -> Self {
+        Keep::Auto(std::env::temp_dir())
+    }
+}
+
+/// Garbled material per bundle above which [`Keep::Auto`] spools it to disk
+/// (256 MiB: small networks keep theirs in memory — an all-ReLU small-cnn's
+/// is 97 MB — and a larger one's client stays under about 400 MB however
+/// large the network; an all-ReLU ResNet-32's material is 1.27 GB).
+pub const SPOOL_ABOVE: u64 = 256 << 20;
+
+impl Keep {
+    /// Where `prog`'s material goes.
+    pub fn material(&self, prog: &FixedProgram) -> Material {
+        match self {
+            Keep::Memory => Material::Memory,
+            Keep::Disk(d) => Material::Disk(d.clone()),
+            Keep::Auto(d) if client_spooled_bytes(prog) > SPOOL_ABOVE => Material::Disk(d.clone()),
+            Keep::Auto(_) => Material::Memory,
+        }
+    }
+}
+
+/// Bytes free for this user on the file system that holds `dir`.
+fn free_bytes(dir: &Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| EngineError::Input(format!("{}: a path with a NUL byte", dir.display())))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: a NUL-terminated path and a struct statvfs to fill.
+    if unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(delphi_crypto::Error::Spool {
+            dir: dir.to_path_buf(),
+            source: std::io::Error::last_os_error(),
+        }
+        .into());
+    }
+    // SAFETY: statvfs succeeded and filled it.
+    let st = unsafe { st.assume_init() };
+    // The field types differ between platforms (u64 on 64-bit Linux).
+    #[allow(clippy::useless_conversion)]
+    let (blocks, size) = (u64::from(st.f_bavail), u64::from(st.f_frsize));
+    Ok(blocks.saturating_mul(size))
 }
 
 /// Three quarters of this machine's memory (`MemTotal`), or 8 GiB where it
@@ -541,11 +605,21 @@ pub fn default_max_memory() -> u64 {
 }
 
 /// What the client holds for one bundle of `prog`, checked against
-/// `max_memory` before anything is prepared; returns how many bundles fit.
-fn bundles_that_fit(prog: &FixedProgram, max_memory: u64) -> Result<usize> {
-    let one = crate::protocol::client_bundle_bytes(prog);
-    // The online phase works beside the bundle on every node's values.
-    let working: u64 = prog.nodes.iter().map(|n| 8 * n.shape.len() as u64).sum();
+/// `max_memory` (and, with material on disk, the disk's free space) before
+/// anything is prepared; returns how many bundles fit.
+fn bundles_that_fit(prog: &FixedProgram, max_memory: u64, material: &Material) -> Result<usize> {
+    let all = client_bundle_bytes(prog);
+    let spooled = client_spooled_bytes(prog);
+    let (one, disk) = match material {
+        Material::Memory => (all, None),
+        Material::Disk(dir) => (all - spooled, Some((dir, spooled))),
+    };
+    // The online phase works beside the bundle on every node's values (and
+    // on one chunk of mapped material, a few tens of MB at most).
+    let mut working: u64 = prog.nodes.iter().map(|n| 8 * n.shape.len() as u64).sum();
+    if disk.is_some() {
+        working = working.saturating_add(SPOOL_WINDOW);
+    }
     let need = one.saturating_add(working);
     if need > max_memory {
         return Err(EngineError::Refused(format!(
@@ -555,8 +629,28 @@ fn bundles_that_fit(prog: &FixedProgram, max_memory: u64) -> Result<usize> {
             max_memory as f64 / 1e6
         )));
     }
-    Ok(usize::try_from((max_memory - working) / one.max(1)).unwrap_or(usize::MAX).max(1))
+    let mut fit = usize::try_from((max_memory - working) / one.max(1)).unwrap_or(usize::MAX);
+    if let Some((dir, spooled)) = disk {
+        // Leave a tenth of the free space to everything else.
+        let free = free_bytes(dir)? / 10 * 9;
+        if spooled > free {
+            return Err(EngineError::Refused(format!(
+                "the server's network needs {:.1} MB on disk for one prediction's garbled \
+                 material, more than {} has free ({:.1} MB usable; choose another --spool-dir, \
+                 or --keep-material memory)",
+                spooled as f64 / 1e6,
+                dir.display(),
+                free as f64 / 1e6
+            )));
+        }
+        fit = fit.min(usize::try_from(free / spooled.max(1)).unwrap_or(usize::MAX));
+    }
+    Ok(fit.max(1))
 }
+
+/// Memory a spooled online phase maps at once, bounded: one chunk of each
+/// piece of material and the next one read ahead.
+const SPOOL_WINDOW: u64 = 64 << 20;
 
 /// A connected client: the session's hello, architecture and keys.
 struct ClientSession {
@@ -567,6 +661,8 @@ struct ClientSession {
     he: ClientHe,
     /// Bundles prepared ahead: what the server asks, at most what fits.
     ahead: usize,
+    /// Where their garbled material is kept.
+    material: Material,
 }
 
 fn connect<A: ToSocketAddrs>(addr: A, options: &ClientOptions) -> Result<ClientSession> {
@@ -599,10 +695,11 @@ fn connect<A: ToSocketAddrs>(addr: A, options: &ClientOptions) -> Result<ClientS
         )));
     }
     let prog = FixedProgram::lower(&arch)?;
-    let fit = bundles_that_fit(&prog, max_memory)?;
+    let material = options.keep.material(&prog);
+    let fit = bundles_that_fit(&prog, max_memory, &material)?;
     let he = client_setup(&mut ch)?;
     let ahead = hello.preprocess.clamp(1, MAX_BUNDLES).min(fit);
-    Ok(ClientSession { ch, hello, arch, prog, he, ahead })
+    Ok(ClientSession { ch, hello, arch, prog, he, ahead, material })
 }
 
 impl ClientSession {
@@ -620,7 +717,7 @@ impl ClientSession {
             }
             other => return Err(EngineError::Malformed(format!("offline status {other}"))),
         }
-        client_offline(&mut self.ch, &self.prog, &self.he, &mut secret_rng())
+        client_offline_to(&mut self.ch, &self.prog, &self.he, &mut secret_rng(), &self.material)
     }
 
     fn bye(mut self) -> Result<()> {
@@ -683,6 +780,13 @@ pub fn infer<A: ToSocketAddrs>(
         "connected: {} ({relus} ReLUs, {quads} quadratics per inference)",
         s.arch.name
     ));
+    if let Material::Disk(dir) = &s.material {
+        progress(&format!(
+            "garbled material kept on disk in {} ({:.0} MB per prediction, streamed back online)",
+            dir.display(),
+            client_spooled_bytes(&s.prog) as f64 / 1e6
+        ));
+    }
     let norm = s.arch.metadata.input_normalization.clone();
     let inputs: Vec<Vec<f32>> = match (&norm, options.normalize) {
         (Some(n), true) => {
@@ -750,7 +854,7 @@ pub fn infer<A: ToSocketAddrs>(
         let (b, offline, before, wire_before, t) = loop {
             top_up(&mut s, &mut bundles, &stored, k)?;
             let (b, offline) = match (stored.pop_front(), &options.store) {
-                (Some(id), Some(st)) => (st.take_client(&s.prog, &id)?, None),
+                (Some(id), Some(st)) => (st.take_client_to(&s.prog, &id, &s.material)?, None),
                 _ => bundles
                     .pop_front()
                     .map(|(b, cost)| (b, Some(cost)))

@@ -40,7 +40,7 @@ use delphi_net::FixedProgram;
 
 use crate::error::{EngineError, Result, StoreProblem};
 use crate::ledger::{Claim, Ledger};
-use crate::protocol::{ClientBundle, ServerBundle};
+use crate::protocol::{ClientBundle, Material, ServerBundle};
 
 const LEDGER: &str = "used-ids";
 const TAG: usize = 32;
@@ -615,8 +615,19 @@ impl BundleStore {
 
     /// Takes (loads and removes, once and for all) a client bundle.
     pub fn take_client(&self, prog: &FixedProgram, id: &[u8; 16]) -> Result<ClientBundle> {
+        self.take_client_to(prog, id, &Material::Memory)
+    }
+
+    /// [`BundleStore::take_client`] keeping the garbled material where
+    /// `material` says (read from the file a piece at a time).
+    pub fn take_client_to(
+        &self,
+        prog: &FixedProgram,
+        id: &[u8; 16],
+        material: &Material,
+    ) -> Result<ClientBundle> {
         self.expect(Side::Client)?;
-        self.take(id, |r| ClientBundle::load(prog, r), ClientBundle::id)
+        self.take(id, |r| ClientBundle::load_to(prog, r, material), ClientBundle::id)
     }
 
     /// Takes (loads and removes, once and for all) a server bundle.

@@ -89,6 +89,7 @@ fn options() -> ClientOptions {
         normalize: false,
         tls: None,
         max_memory: 1 << 30,
+        keep: delphi_engine::session::Keep::default(),
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 use delphi_engine::protocol::client_bundle_bytes;
 use delphi_engine::run::peak_rss_bytes;
 use delphi_engine::session::{
-    infer, ClientOptions, ServeLimits, Server, SessionEvent, SESSION_VERSION,
+    infer, ClientOptions, Keep, ServeLimits, Server, SessionEvent, SESSION_VERSION,
 };
 use delphi_engine::EngineError;
 use delphi_net::builtin::build;
@@ -33,6 +33,7 @@ fn options(max_memory: u64) -> ClientOptions {
         normalize: false,
         tls: None,
         max_memory,
+        keep: Keep::default(),
     }
 }
 
@@ -81,19 +82,28 @@ fn a_network_beyond_the_memory_limit_is_refused_before_any_work() {
     let net = build("resnet32", 100, 1).unwrap();
     let need = client_bundle_bytes(&FixedProgram::lower(&net).unwrap());
     assert!(need > 1 << 30, "{need}");
-    let arch = serde_json::to_vec(&net.architecture_only()).unwrap();
-    let (addr, server) = fake(move |mut s| {
-        frame(&mut s, &hello(1));
-        frame(&mut s, &arch);
-        // The client must hang up without asking for an offline phase.
-        let mut got = Vec::new();
-        let _ = s.read_to_end(&mut got);
-        assert!(got.len() < 64, "the client sent {} bytes", got.len());
-    });
-    let (e, grew) = client(&addr, &net, &options(256 << 20));
-    server.join().unwrap();
-    assert!(matches!(&e, EngineError::Refused(why) if why.contains("--max-memory")), "{e}");
-    assert!(grew < 128 << 20, "peak memory grew by {} MB", grew >> 20);
+    // Held in memory, it needs more than 256 MB; kept on disk, its shares
+    // and one chunk still need more than 48 MB.
+    let on_disk = Keep::Disk(std::env::temp_dir());
+    for (keep, limit) in [(Keep::Memory, 256 << 20), (on_disk, 48 << 20)] {
+        let arch = serde_json::to_vec(&net.architecture_only()).unwrap();
+        let (addr, server) = fake(move |mut s| {
+            frame(&mut s, &hello(1));
+            frame(&mut s, &arch);
+            // The client must hang up without asking for an offline phase.
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            assert!(got.len() < 64, "the client sent {} bytes", got.len());
+        });
+        let opts = ClientOptions { keep: keep.clone(), ..options(limit) };
+        let (e, grew) = client(&addr, &net, &opts);
+        server.join().unwrap();
+        assert!(
+            matches!(&e, EngineError::Refused(why) if why.contains("--max-memory")),
+            "{keep:?}: {e}"
+        );
+        assert!(grew < 128 << 20, "peak memory grew by {} MB", grew >> 20);
+    }
 }
 
 #[test]

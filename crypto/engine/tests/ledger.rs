@@ -103,6 +103,7 @@ fn options(client_dir: &std::path::Path) -> ClientOptions {
         normalize: false,
         tls: None,
         max_memory: 1 << 30,
+        keep: delphi_engine::session::Keep::default(),
     }
 }
 

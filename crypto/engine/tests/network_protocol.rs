@@ -6,7 +6,9 @@ use std::thread;
 use delphi_crypto::block::SecretRng;
 use delphi_crypto::channel::{Channel, Counting, TcpChannel};
 use delphi_crypto::field::F;
-use delphi_engine::protocol::{client_offline, client_setup, server_offline, server_setup};
+use delphi_engine::protocol::{
+    client_offline_to, client_setup, server_offline, server_setup, Material,
+};
 use delphi_net::builtin::build;
 use delphi_net::Placement;
 use delphi_net::{Activation, FixedProgram, Network, Op, Padding, Shape};
@@ -23,6 +25,16 @@ fn run(prog: &FixedProgram, inputs: &[Vec<F>]) -> Vec<Vec<F>> {
 
 /// [`run`] in a session whose randomness (keys, masks, shares) comes from `seed`.
 fn run_seeded(prog: &FixedProgram, inputs: &[Vec<F>], seed: u64) -> Vec<Vec<F>> {
+    run_keeping(prog, inputs, seed, &Material::Memory)
+}
+
+/// [`run_seeded`] with the client's garbled material kept where `material` says.
+fn run_keeping(
+    prog: &FixedProgram,
+    inputs: &[Vec<F>],
+    seed: u64,
+    material: &Material,
+) -> Vec<Vec<F>> {
     let (s, c) = tcp_pair();
     let sp = prog.clone();
     let n = inputs.len();
@@ -41,7 +53,7 @@ fn run_seeded(prog: &FixedProgram, inputs: &[Vec<F>], seed: u64) -> Vec<Vec<F>> 
     let he = client_setup(&mut ch).unwrap();
     let mut out = Vec::new();
     for x in inputs {
-        let b = client_offline(&mut ch, prog, &he, &mut rng).unwrap();
+        let b = client_offline_to(&mut ch, prog, &he, &mut rng, material).unwrap();
         out.push(b.online(&mut ch, prog, x).unwrap().logits);
     }
     server.join().unwrap();
@@ -138,6 +150,29 @@ fn all_relu_networks_equal_the_reference_exactly() {
             assert_eq!(got, prog.eval(x).unwrap(), "{}", net.name);
         }
     }
+}
+
+#[test]
+fn material_kept_on_disk_gives_what_it_gives_in_memory() {
+    // ReLUs, exact truncations after quadratics and a residual: every kind of
+    // spooled material, more than one evaluation chunk in the ReLU layer.
+    let spool = std::env::temp_dir().join(format!("delphi-spool-test-{}", std::process::id()));
+    std::fs::create_dir_all(&spool).unwrap();
+    let disk = Material::Disk(spool.clone());
+    let mut relu = every_kind(7);
+    relu.layers[9].op = Op::Activation(Activation::Relu);
+    for net in [every_kind(7), relu, build("small-cnn", 10, 8).unwrap()] {
+        let prog = FixedProgram::lower(&net).unwrap();
+        let inputs = random_inputs(&prog, 2, 9);
+        let on_disk = run_keeping(&prog, &inputs, 3, &disk);
+        assert_eq!(on_disk, run_keeping(&prog, &inputs, 3, &Material::Memory), "{}", net.name);
+        for (x, got) in inputs.iter().zip(&on_disk) {
+            assert_eq!(*got, prog.eval(x).unwrap(), "{}", net.name);
+        }
+    }
+    // Spool files are unlinked as they are made: nothing is left behind.
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
+    std::fs::remove_dir_all(&spool).ok();
 }
 
 #[test]

@@ -6,7 +6,8 @@ use std::thread;
 use delphi_crypto::block::SecretRng;
 use delphi_crypto::channel::TcpChannel;
 use delphi_engine::protocol::{
-    client_offline, client_setup, server_offline, server_setup, ClientBundle,
+    client_offline, client_offline_to, client_setup, server_offline, server_setup, ClientBundle,
+    Material,
 };
 use delphi_engine::store::{BundleStore, Side, StoreLimits};
 use delphi_engine::EngineError;
@@ -46,7 +47,12 @@ fn stored_bundles_run_like_fresh_ones_and_only_once() {
     let mut ch = c;
     let mut rng = SecretRng::seed_from_u64(2);
     let he = client_setup(&mut ch).unwrap();
-    let b = client_offline(&mut ch, &arch, &he, &mut rng).unwrap();
+    // The client keeps its garbled material on disk: stored from the spool,
+    // and loaded back into one.
+    let spool = d.join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let disk = Material::Disk(spool.clone());
+    let b = client_offline_to(&mut ch, &arch, &he, &mut rng, &disk).unwrap();
     let cstore = BundleStore::open(&cdir, Side::Client).unwrap();
     cstore.put_client(&arch, &b).unwrap();
     let id = server.join().unwrap();
@@ -77,8 +83,9 @@ fn stored_bundles_run_like_fresh_ones_and_only_once() {
         assert!(st.is_empty().unwrap());
     });
     let mut ch = c;
-    let b = cstore.take_client(&arch, &id).unwrap();
+    let b = cstore.take_client_to(&arch, &id, &disk).unwrap();
     let got = b.online(&mut ch, &arch, &x).unwrap().logits;
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0, "spool files are unlinked");
     server.join().unwrap();
     let want = prog.decode_output(&prog.eval(&x).unwrap());
     let got = prog.decode_output(&got);

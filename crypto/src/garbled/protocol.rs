@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::field::F;
 use crate::gc::{Evaluator, Garbler, BATCH};
 use crate::ot::{CotReceiver, CotSender};
+use crate::spool::{Spool, Stash, StashBuilder};
 
 use super::{GcFunction, MAX_VALUES};
 
@@ -46,9 +47,9 @@ pub struct ClientGcBundle<S: GcFunction> {
 pub(super) struct ClientSecrets {
     pub(super) id: [u8; 16],
     pub(super) hash_key: Block,
-    pub(super) labels: Vec<Block>,
-    pub(super) tables: Vec<Block>,
-    pub(super) cts: Vec<F>,
+    pub(super) labels: Stash<Block>,
+    pub(super) tables: Stash<Block>,
+    pub(super) cts: Stash<F>,
 }
 
 impl<S: GcFunction> std::fmt::Debug for ServerGcBundle<S> {
@@ -204,12 +205,25 @@ impl<S: GcFunction> ServerGcBundle<S> {
 
 impl<S: GcFunction> ClientGcBundle<S> {
     /// Offline phase, client side: obtains the garbled circuits for its
-    /// shares (which it knows before the input exists).
+    /// shares (which it knows before the input exists), held in memory.
     pub fn offline<C: Channel, R: RngCore + CryptoRng>(
         ch: &mut C,
         shares: &[F],
         spec: S,
         rng: &mut R,
+    ) -> Result<Self> {
+        Self::offline_to(ch, shares, spec, rng, None)
+    }
+
+    /// [`ClientGcBundle::offline`] that writes the garbled material (input
+    /// labels, tables, output conversions) to `spool` as it arrives, when
+    /// given one: the online phase then streams it back a chunk at a time.
+    pub fn offline_to<C: Channel, R: RngCore + CryptoRng>(
+        ch: &mut C,
+        shares: &[F],
+        spec: S,
+        rng: &mut R,
+        spool: Option<&Spool>,
     ) -> Result<Self> {
         let n = shares.len();
         check_count::<S>(n)?;
@@ -223,18 +237,30 @@ impl<S: GcFunction> ClientGcBundle<S> {
             spec.client_input(a, &mut choices);
         }
         debug_assert_eq!(choices.len(), n * gc.circuit.evaluator_inputs());
-        let labels = cot.receive(ch, &choices)?;
+        let labels = Stash::keep(cot.receive(ch, &choices)?, spool)?;
         choices.zeroize();
 
         let no = gc.circuit.outputs();
         let per = 2 * gc.circuit.and_gates();
-        let mut tables = vec![Block::ZERO; n * per];
-        let mut cts = vec![F::ZERO; n * no];
-        for start in (0..n).step_by(BATCH) {
-            let k = BATCH.min(n - start);
-            ch.recv_blocks(&mut tables[start * per..(start + k) * per])?;
-            ch.recv_fields(&mut cts[start * no..(start + k) * no])?;
+        let mut tables = StashBuilder::new(n * per, spool);
+        let mut cts = StashBuilder::new(n * no, spool);
+        // The server sends a batch's tables, then its conversions; a spool
+        // is written a chunk of batches at a time.
+        let step = if spool.is_some() { EVAL_CHUNK_BATCHES * BATCH } else { n.max(1) };
+        for group in (0..n).step_by(step) {
+            let g = step.min(n - group);
+            tables.fill(g * per, |t| {
+                cts.fill(g * no, |c| {
+                    for start in (0..g).step_by(BATCH) {
+                        let k = BATCH.min(g - start);
+                        ch.recv_blocks(&mut t[start * per..(start + k) * per])?;
+                        ch.recv_fields(&mut c[start * no..(start + k) * no])?;
+                    }
+                    Ok(())
+                })
+            })?;
         }
+        let (tables, cts) = (tables.finish()?, cts.finish()?);
         Ok(ClientGcBundle { n, spec, inner: ClientSecrets { id, hash_key, labels, tables, cts } })
     }
 
@@ -259,10 +285,27 @@ impl<S: GcFunction> ClientGcBundle<S> {
         let chunk = EVAL_CHUNK_BATCHES * BATCH;
         let mut ga = zeroize::Zeroizing::new(vec![Block::ZERO; chunk * ga_bits]);
         let mut result = vec![F::ZERO; self.n];
+        // Material on disk is mapped and read a chunk at a time: each chunk
+        // is populated before its labels arrive and handed back after use.
+        let (mut labels, mut tables, mut cts) = (s.labels.view()?, s.tables.view()?, s.cts.view()?);
+        let n = self.n;
+        let prepare = |c: usize,
+                       l: &crate::spool::StashView<'_, Block>,
+                       t: &crate::spool::StashView<'_, Block>,
+                       o: &crate::spool::StashView<'_, F>| {
+            let (a, b) = (c * chunk, ((c + 1) * chunk).min(n));
+            if a < b {
+                l.prepare(a * ev_bits..b * ev_bits);
+                t.prepare(a * per..b * per);
+                o.prepare(a * no..b * no);
+            }
+        };
+        prepare(0, &labels, &tables, &cts);
         for (c, res) in result.chunks_mut(chunk).enumerate() {
             let first = c * chunk;
             let ck = res.len();
             ch.recv_blocks(&mut ga[..ck * ga_bits])?;
+            let (lv, tv, ov) = (&labels, &tables, &cts);
             res.par_chunks_mut(BATCH)
                 .zip(ga[..ck * ga_bits].par_chunks(BATCH * ga_bits))
                 .enumerate()
@@ -279,9 +322,9 @@ impl<S: GcFunction> ClientGcBundle<S> {
                         let k = res.len();
                         ev.eval_batch(
                             start as u64,
-                            &s.labels[start * ev_bits..(start + k) * ev_bits],
+                            lv.get(start * ev_bits..(start + k) * ev_bits),
                             ga,
-                            &s.tables[start * per..(start + k) * per],
+                            tv.get(start * per..(start + k) * per),
                             &mut out[..k * no],
                         );
                         vals.clear();
@@ -289,12 +332,17 @@ impl<S: GcFunction> ClientGcBundle<S> {
                             start as u64,
                             no,
                             &out[..k * no],
-                            &s.cts[start * no..(start + k) * no],
+                            ov.get(start * no..(start + k) * no),
                             vals,
                         );
                         res.copy_from_slice(vals);
                     },
                 );
+            let end = first + ck;
+            labels.done(end * ev_bits);
+            tables.done(end * per);
+            cts.done(end * no);
+            prepare(c + 1, &labels, &tables, &cts);
         }
         Ok(result)
     }

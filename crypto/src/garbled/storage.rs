@@ -60,9 +60,9 @@ impl<S: GcFunction> ClientGcBundle<S> {
         let s = &self.inner;
         store_head(e, S::TAGS[1], self.n, self.spec, &s.id)?;
         e.block(s.hash_key)?;
-        e.blocks(&s.labels)?;
-        e.blocks(&s.tables)?;
-        e.fields(&s.cts)
+        e.stash_blocks(&s.labels)?;
+        e.stash_blocks(&s.tables)?;
+        e.stash_fields(&s.cts)
     }
 
     /// Reads a bundle written by [`ClientGcBundle::store`].
@@ -72,9 +72,9 @@ impl<S: GcFunction> ClientGcBundle<S> {
         let no = gc.circuit.outputs();
         let per = 2 * gc.circuit.and_gates();
         let hash_key = d.block()?;
-        let labels = d.blocks(n * gc.circuit.evaluator_inputs(), "stored input labels")?;
-        let tables = d.blocks(n * per, "stored garbled tables")?;
-        let cts = d.fields(n * no, "stored output conversions")?;
+        let labels = d.stash_blocks(n * gc.circuit.evaluator_inputs(), "stored input labels")?;
+        let tables = d.stash_blocks(n * per, "stored garbled tables")?;
+        let cts = d.stash_fields(n * no, "stored output conversions")?;
         Ok(ClientGcBundle { n, spec, inner: ClientSecrets { id, hash_key, labels, tables, cts } })
     }
 }

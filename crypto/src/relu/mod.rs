@@ -119,6 +119,18 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     ClientGcBundle::offline(ch, shares, spec.into(), rng)
 }
 
+/// [`client_offline`] that keeps the garbled material in `spool` when given
+/// one ([`crate::spool`]).
+pub fn client_offline_to<C: Channel, R: RngCore + CryptoRng>(
+    ch: &mut C,
+    shares: &[F],
+    spec: impl Into<ReluSpec>,
+    rng: &mut R,
+    spool: Option<&crate::spool::Spool>,
+) -> Result<ClientReluBundle> {
+    ClientGcBundle::offline_to(ch, shares, spec.into(), rng, spool)
+}
+
 /// Bytes the client's half of an offline bundle of `n` ReLUs holds.
 pub fn client_bundle_bytes(n: usize, spec: impl Into<ReluSpec>) -> u64 {
     crate::garbled::client_bundle_bytes(spec.into(), n)

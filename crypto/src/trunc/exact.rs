@@ -271,7 +271,19 @@ impl ClientExactBundle {
         spec: ExactTrunc,
         rng: &mut R,
     ) -> Result<Self> {
-        let gc = ClientGcBundle::offline(ch, shares, spec, rng)?;
+        Self::offline_to(ch, shares, spec, rng, None)
+    }
+
+    /// [`ClientExactBundle::offline`] that keeps the garbled material in
+    /// `spool` when given one.
+    pub fn offline_to<C: Channel, R: RngCore + CryptoRng>(
+        ch: &mut C,
+        shares: &[F],
+        spec: ExactTrunc,
+        rng: &mut R,
+        spool: Option<&crate::spool::Spool>,
+    ) -> Result<Self> {
+        let gc = ClientGcBundle::offline_to(ch, shares, spec, rng, spool)?;
         let local = Zeroizing::new(shares.iter().map(|c| spec.client_local(*c)).collect());
         Ok(ClientExactBundle { gc, local })
     }

@@ -145,6 +145,12 @@ pub fn client_bundle_bytes(n: usize, shift: u32, kind: TruncKind) -> u64 {
     }
 }
 
+/// The part of [`client_bundle_bytes`] that is garbled material (what a
+/// [`crate::spool::Spool`] keeps out of memory): the exact protocols' circuits.
+pub fn client_spooled_bytes(n: usize, shift: u32, kind: TruncKind) -> u64 {
+    kind.exact(shift).map_or(0, |e| crate::garbled::client_bundle_bytes(e, n))
+}
+
 /// Offline phase, client side: `shares` are the client's (offline-known)
 /// shares of the values to truncate.
 pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
@@ -154,8 +160,24 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     kind: TruncKind,
     rng: &mut R,
 ) -> Result<ClientTruncBundle> {
+    client_offline_to(ch, shares, shift, kind, rng, None)
+}
+
+/// [`client_offline`] that keeps an exact truncation's garbled material in
+/// `spool` when given one ([`crate::spool`]; the faithful protocol's
+/// material, 16 bytes per value, stays in memory).
+pub fn client_offline_to<C: Channel, R: RngCore + CryptoRng>(
+    ch: &mut C,
+    shares: &[F],
+    shift: u32,
+    kind: TruncKind,
+    rng: &mut R,
+    spool: Option<&crate::spool::Spool>,
+) -> Result<ClientTruncBundle> {
     Ok(match kind.exact(shift) {
-        Some(e) => ClientTruncBundle::Exact(ClientExactBundle::offline(ch, shares, e, rng)?),
+        Some(e) => {
+            ClientTruncBundle::Exact(ClientExactBundle::offline_to(ch, shares, e, rng, spool)?)
+        }
         None => ClientTruncBundle::Faithful(faithful::client_offline(ch, shares, shift, rng)?),
     })
 }
