@@ -241,9 +241,9 @@ pub(crate) struct InferArgs {
     /// material is over 256 MiB.
     #[arg(long, value_enum, default_value_t = KeepArg::Auto)]
     keep_material: KeepArg,
-    /// The directory for material kept on disk [default: the system's
-    /// temporary directory, $TMPDIR or /tmp]. Put it on a disk, not a RAM
-    /// file system, and somewhere as private as a key.
+    /// The directory for material kept on disk [default: $TMPDIR if set,
+    /// else /var/tmp]. Put it on a disk, not a file system in memory
+    /// (tmpfs: a warning says so), and somewhere as private as a key.
     #[arg(long, value_name = "DIR")]
     spool_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -267,7 +267,7 @@ impl KeepArg {
         if self == KeepArg::Memory && dir.is_some() {
             bail!("--spool-dir with --keep-material memory: nothing would be kept on disk");
         }
-        let dir = dir.unwrap_or_else(std::env::temp_dir);
+        let dir = dir.unwrap_or_else(delphi_engine::session::default_spool_dir);
         if self != KeepArg::Memory && !dir.is_dir() {
             bail!("--spool-dir {}: not a directory", dir.display());
         }

@@ -554,7 +554,7 @@ pub enum Keep {
 
 impl Default for Keep {
     fn default() -> Self {
-        Keep::Auto(std::env::temp_dir())
+        Keep::Auto(default_spool_dir())
     }
 }
 
@@ -574,6 +574,39 @@ impl Keep {
             Keep::Auto(_) => Material::Memory,
         }
     }
+}
+
+/// Where material kept on disk goes by default: `$TMPDIR` if set, else
+/// `/var/tmp` (on a disk on Debian and most systems, where `/tmp` may be a
+/// RAM file system), else the system's temporary directory.
+pub fn default_spool_dir() -> PathBuf {
+    if std::env::var_os("TMPDIR").is_some_and(|d| !d.is_empty()) {
+        return std::env::temp_dir();
+    }
+    let var_tmp = Path::new("/var/tmp");
+    if var_tmp.is_dir() {
+        var_tmp.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// Whether `dir` is on a file system held in memory (tmpfs, ramfs), where
+/// material "on disk" would stay in memory after all.
+pub fn in_memory_file_system(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: a NUL-terminated path and a struct statfs to fill.
+    if unsafe { libc::statfs(path.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: statfs succeeded and filled it.
+    #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+    let kind = unsafe { st.assume_init() }.f_type as i64;
+    kind == TMPFS_MAGIC || kind == RAMFS_MAGIC
 }
 
 /// Bytes free for this user on the file system that holds `dir`.
@@ -786,6 +819,13 @@ pub fn infer<A: ToSocketAddrs>(
             dir.display(),
             client_spooled_bytes(&s.prog) as f64 / 1e6
         ));
+        if in_memory_file_system(dir) {
+            progress(&format!(
+                "warning: {} is a file system in memory (tmpfs): the material kept there still \
+                 takes memory; choose a --spool-dir on a disk",
+                dir.display()
+            ));
+        }
     }
     let norm = s.arch.metadata.input_normalization.clone();
     let inputs: Vec<Vec<f32>> = match (&norm, options.normalize) {
@@ -896,4 +936,39 @@ pub fn infer<A: ToSocketAddrs>(
     }
     s.bye()?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file system /proc/mounts lists as tmpfs or ramfs is one, and the
+    /// others are not.
+    #[test]
+    fn file_systems_in_memory_are_recognised() {
+        let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else { return };
+        // A path mounted over keeps its last (visible) mount.
+        let mut top = std::collections::BTreeMap::new();
+        for line in mounts.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 2 {
+                top.insert(f[1], (f[2], line));
+            }
+        }
+        let mut seen = 0;
+        for (dir, (kind, line)) in top {
+            let dir = Path::new(dir);
+            if !dir.is_dir() || dir.read_dir().is_err() {
+                continue;
+            }
+            if kind == "tmpfs" || kind == "ramfs" {
+                assert!(in_memory_file_system(dir), "{line}");
+                seen += 1;
+            } else if ["ext4", "xfs", "btrfs", "overlay"].contains(&kind) {
+                assert!(!in_memory_file_system(dir), "{line}");
+                seen += 1;
+            }
+        }
+        assert!(seen > 0, "no file system of a known kind in /proc/mounts");
+    }
 }
