@@ -222,11 +222,120 @@ pub(crate) fn tmmo(path: HashPath, rk: &RoundKeys, xs: &mut [Block], tweaks: &[u
     false
 }
 
+/// Checks a fused gate's ranges (n labels from `a`, `b` and to `o` inside
+/// `wires`, the output's apart from the inputs', 2n table rows) and says
+/// whether it runs fused: on the VAES path, n a multiple of 16.
+fn fused_gate(
+    path: HashPath,
+    wires: usize,
+    (a, b, o): (usize, usize, usize),
+    n: usize,
+    tables: usize,
+) -> bool {
+    assert!(tables == 2 * n, "two table rows per instance");
+    assert!(a + n <= wires && b + n <= wires && o + n <= wires, "labels inside the wires");
+    assert!((o + n <= a || a + n <= o) && (o + n <= b || b + n <= o), "output apart from inputs");
+    path == HashPath::Vaes && n.is_multiple_of(16)
+}
+
+/// One evaluated AND gate of n = 16·m instances in one pass, on the VAES
+/// path. The batch's wire labels lie in `wires`, n per wire; the gate's
+/// inputs start at `a` and `b`, its output at `o` (not overlapping either).
+/// For instance i with labels x = `wires[a + i]`, y = `wires[b + i]`,
+/// tweak t = `tweaks[i]` + 2·`gate` (even) and tables (g, e) =
+/// `tables[2i]`, `tables[2i + 1]`: `wires[o + i]` ← H(x, t) ⊕ lsb(x)·g ⊕
+/// H(y, t | 1) ⊕ lsb(y)·(e ⊕ x), H the TMMO hash — what the evaluator's
+/// gate loop computes through [`tmmo`], with the hash inputs, tweaks and
+/// tables kept in registers. Returns `false` (nothing done) unless `path`
+/// is VAES and n a multiple of 16. Every `tweaks[i]` + 2·`gate` must fit in
+/// 64 bits (the caller checks).
+pub(crate) fn eval_and(
+    path: HashPath,
+    rk: &RoundKeys,
+    wires: &mut [Block],
+    (a, b, o): (usize, usize, usize),
+    tweaks: &[u64],
+    gate: u64,
+    tables: &[Block],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if fused_gate(path, wires.len(), (a, b, o), tweaks.len(), tables.len()) {
+        // SAFETY: the path is only chosen when the CPU has AVX-512F and
+        // VAES; the ranges were checked to lie in `wires`, the output's
+        // apart from the inputs'.
+        unsafe {
+            let w = wires.as_mut_ptr();
+            x86::eval_and_vaes(&rk.0, (w.add(a), w.add(b), w.add(o)), tweaks, gate, tables)
+        };
+        return true;
+    }
+    let _ = (path, rk, wires, a, b, o, tweaks, gate, tables);
+    false
+}
+
+/// One garbled AND gate of n = 16·m instances in one pass, on the VAES
+/// path, in the layout of [`eval_and`]: for instance i with zero labels
+/// x = `wires[a + i]`, y = `wires[b + i]` and tweak t as there, with
+/// p = lsb(x), q = lsb(y), the half gates g = H(x, t) ⊕ H(x ⊕ Δ, t) ⊕ q·Δ
+/// and e = H(y, t | 1) ⊕ H(y ⊕ Δ, t | 1) ⊕ x go to `tables[2i]`,
+/// `tables[2i + 1]` and the output's zero label H(x, t) ⊕ p·g ⊕
+/// H(y, t | 1) ⊕ q·(e ⊕ x) to `wires[o + i]` — what the garbler's gate loop
+/// computes through [`tmmo`]. Returns `false` (nothing done) unless `path`
+/// is VAES and n a multiple of 16.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn garble_and(
+    path: HashPath,
+    rk: &RoundKeys,
+    wires: &mut [Block],
+    (a, b, o): (usize, usize, usize),
+    delta: Block,
+    tweaks: &[u64],
+    gate: u64,
+    tables: &mut [Block],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if fused_gate(path, wires.len(), (a, b, o), tweaks.len(), tables.len()) {
+        // SAFETY: as in `eval_and`.
+        unsafe {
+            let w = wires.as_mut_ptr();
+            x86::garble_and_vaes(&rk.0, (w.add(a), w.add(b), w.add(o)), delta, tweaks, gate, tables)
+        };
+        return true;
+    }
+    let _ = (path, rk, wires, a, b, o, delta, tweaks, gate, tables);
+    false
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
     use crate::block::Block;
+
+    /// The 11 round keys `$rk`, each broadcast to the four lanes of a register.
+    macro_rules! keys512 {
+        ($rk:ident) => {{
+            let mut k = [_mm512_setzero_si512(); 11];
+            for (d, s) in k.iter_mut().zip($rk) {
+                *d = _mm512_broadcast_i32x4(_mm_loadu_si128((s as *const u128).cast()));
+            }
+            k
+        }};
+    }
+
+    /// Eight instances' tweaks for gate `$gate` from the u64 register at
+    /// `$pt` (each 2·base): two registers of four (2·(base + gate), 0) lanes.
+    macro_rules! tweaks8 {
+        ($pt:expr, $gate:ident) => {{
+            let raw =
+                _mm512_add_epi64(_mm512_loadu_si512($pt), _mm512_set1_epi64((2 * $gate) as i64));
+            let zero = _mm512_setzero_si512();
+            [
+                _mm512_permutex2var_epi64(raw, _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0), zero),
+                _mm512_permutex2var_epi64(raw, _mm512_set_epi64(11, 7, 10, 6, 9, 5, 8, 4), zero),
+            ]
+        }};
+    }
 
     /// Ten AES rounds on `$v` (an array of registers) with round keys `$k`.
     macro_rules! aes10 {
@@ -275,10 +384,7 @@ mod x86 {
         // inside the slices (i + 32, then i + 16, ≤ len for both); Block
         // and u128 are 16 bytes, so 4 of them are one 64-byte register.
         unsafe {
-            let mut k = [_mm512_setzero_si512(); 11];
-            for (d, s) in k.iter_mut().zip(rk) {
-                *d = _mm512_broadcast_i32x4(_mm_loadu_si128((s as *const u128).cast()));
-            }
+            let k = keys512!(rk);
             let len = xs.len();
             let mut i = 0;
             while i + 32 <= len {
@@ -290,6 +396,159 @@ mod x86 {
                 i += 16;
             }
             i
+        }
+    }
+
+    /// Each 128-bit lane of `$x` all ones where its least significant bit
+    /// is set: the low qword's bit 0 moved to its top and spread over the
+    /// qword, then copied to the lane's high qword.
+    macro_rules! lsb_mask {
+        ($x:expr) => {
+            _mm512_shuffle_epi32::<0x44>(_mm512_srai_epi64::<63>(_mm512_slli_epi64::<63>($x)))
+        };
+    }
+
+    /// [`super::eval_and`] on 16 instances per step (4 registers of A
+    /// labels and 4 of B: 8 hashes in flight, as in [`tmmo_vaes`]).
+    #[target_feature(enable = "avx512f,vaes")]
+    pub(super) unsafe fn eval_and_vaes(
+        rk: &[u128; 11],
+        (wa, wb, wo): (*const Block, *const Block, *mut Block),
+        tweaks: &[u64],
+        gate: u64,
+        tables: &[Block],
+    ) {
+        // SAFETY: unaligned loads and stores of n = tweaks.len() labels
+        // from wa, wb and to wo (the caller checked they lie in one slice,
+        // wo's apart), n tweaks and 2n table rows (n a multiple of 16);
+        // Block is 16 bytes, 4 to a register, and 8 u64 tweaks are one.
+        unsafe {
+            let k = keys512!(rk);
+            let one = _mm512_set_epi64(0, 1, 0, 1, 0, 1, 0, 1);
+            // Tables: [g0 e0 g1 e1] [g2 e2 g3 e3] → [g0 g1 g2 g3], [e0 e1 e2 e3].
+            let gi = _mm512_set_epi64(13, 12, 9, 8, 5, 4, 1, 0);
+            let ei = _mm512_set_epi64(15, 14, 11, 10, 7, 6, 3, 2);
+            let zero = _mm512_setzero_si512();
+            let (pa, pb) = (wa.cast::<__m512i>(), wb.cast::<__m512i>());
+            let (pt, ptab) = (tweaks.as_ptr().cast::<__m512i>(), tables.as_ptr().cast::<__m512i>());
+            let pout = wo.cast::<__m512i>();
+            let mut i = 0;
+            while i < tweaks.len() / 4 {
+                // Registers i .. i + 4 of labels: 16 instances.
+                let mut a = [zero; 4];
+                let mut b = [zero; 4];
+                let mut t = [zero; 4];
+                for j in 0..4 {
+                    a[j] = _mm512_loadu_si512(pa.add(i + j));
+                    b[j] = _mm512_loadu_si512(pb.add(i + j));
+                }
+                for h in 0..2 {
+                    [t[2 * h], t[2 * h + 1]] = tweaks8!(pt.add(i / 2 + h), gate);
+                }
+                // p = π(x) for the 8 registers, then y = π(p ⊕ tweak) ⊕ p.
+                let mut p = [zero; 8];
+                p[..4].copy_from_slice(&a);
+                p[4..].copy_from_slice(&b);
+                aes10!(p, k, _mm512_xor_si512, _mm512_aesenc_epi128, _mm512_aesenclast_epi128);
+                let mut y = [zero; 8];
+                for j in 0..4 {
+                    y[j] = _mm512_xor_si512(p[j], t[j]);
+                    y[4 + j] = _mm512_xor_si512(p[4 + j], _mm512_or_si512(t[j], one));
+                }
+                aes10!(y, k, _mm512_xor_si512, _mm512_aesenc_epi128, _mm512_aesenclast_epi128);
+                for j in 0..4 {
+                    let ha = _mm512_xor_si512(y[j], p[j]);
+                    let hb = _mm512_xor_si512(y[4 + j], p[4 + j]);
+                    let z0 = _mm512_loadu_si512(ptab.add(2 * (i + j)));
+                    let z1 = _mm512_loadu_si512(ptab.add(2 * (i + j) + 1));
+                    let g = _mm512_permutex2var_epi64(z0, gi, z1);
+                    let e = _mm512_permutex2var_epi64(z0, ei, z1);
+                    let wg = _mm512_xor_si512(ha, _mm512_and_si512(g, lsb_mask!(a[j])));
+                    let we = _mm512_xor_si512(
+                        hb,
+                        _mm512_and_si512(_mm512_xor_si512(e, a[j]), lsb_mask!(b[j])),
+                    );
+                    _mm512_storeu_si512(pout.add(i + j), _mm512_xor_si512(wg, we));
+                }
+                i += 4;
+            }
+        }
+    }
+
+    /// [`super::garble_and`] on 8 instances per step (2 registers of A
+    /// labels, 2 of B, each hashed as itself and ⊕ Δ: 8 hashes in flight).
+    #[target_feature(enable = "avx512f,vaes")]
+    pub(super) unsafe fn garble_and_vaes(
+        rk: &[u128; 11],
+        (wa, wb, wo): (*const Block, *const Block, *mut Block),
+        delta: Block,
+        tweaks: &[u64],
+        gate: u64,
+        tables: &mut [Block],
+    ) {
+        // SAFETY: as in `eval_and_vaes`; the tables are 2n blocks.
+        unsafe {
+            let k = keys512!(rk);
+            let d = _mm512_broadcast_i32x4(_mm_loadu_si128((&delta.0 as *const u128).cast()));
+            let one = _mm512_set_epi64(0, 1, 0, 1, 0, 1, 0, 1);
+            // [g0 g1 g2 g3], [e0 e1 e2 e3] → [g0 e0 g1 e1], [g2 e2 g3 e3].
+            let z0i = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+            let z1i = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+            let zero = _mm512_setzero_si512();
+            let (pa, pb) = (wa.cast::<__m512i>(), wb.cast::<__m512i>());
+            let (pt, ptab) =
+                (tweaks.as_ptr().cast::<__m512i>(), tables.as_mut_ptr().cast::<__m512i>());
+            let pout = wo.cast::<__m512i>();
+            let mut i = 0;
+            while i < tweaks.len() / 4 {
+                // Registers i, i + 1 of labels: 8 instances, one tweak register.
+                let a = [_mm512_loadu_si512(pa.add(i)), _mm512_loadu_si512(pa.add(i + 1))];
+                let b = [_mm512_loadu_si512(pb.add(i)), _mm512_loadu_si512(pb.add(i + 1))];
+                let t = tweaks8!(pt.add(i / 2), gate);
+                // A₀, A₀ ⊕ Δ, B₀, B₀ ⊕ Δ for both registers.
+                let mut p = [
+                    a[0],
+                    _mm512_xor_si512(a[0], d),
+                    a[1],
+                    _mm512_xor_si512(a[1], d),
+                    b[0],
+                    _mm512_xor_si512(b[0], d),
+                    b[1],
+                    _mm512_xor_si512(b[1], d),
+                ];
+                aes10!(p, k, _mm512_xor_si512, _mm512_aesenc_epi128, _mm512_aesenclast_epi128);
+                let mut y = [zero; 8];
+                for j in 0..2 {
+                    let tb = _mm512_or_si512(t[j], one);
+                    y[2 * j] = _mm512_xor_si512(p[2 * j], t[j]);
+                    y[2 * j + 1] = _mm512_xor_si512(p[2 * j + 1], t[j]);
+                    y[4 + 2 * j] = _mm512_xor_si512(p[4 + 2 * j], tb);
+                    y[4 + 2 * j + 1] = _mm512_xor_si512(p[4 + 2 * j + 1], tb);
+                }
+                aes10!(y, k, _mm512_xor_si512, _mm512_aesenc_epi128, _mm512_aesenclast_epi128);
+                for j in 0..2 {
+                    let ha0 = _mm512_xor_si512(y[2 * j], p[2 * j]);
+                    let ha1 = _mm512_xor_si512(y[2 * j + 1], p[2 * j + 1]);
+                    let hb0 = _mm512_xor_si512(y[4 + 2 * j], p[4 + 2 * j]);
+                    let hb1 = _mm512_xor_si512(y[4 + 2 * j + 1], p[4 + 2 * j + 1]);
+                    let (ma, mb) = (lsb_mask!(a[j]), lsb_mask!(b[j]));
+                    let tg = _mm512_xor_si512(_mm512_xor_si512(ha0, ha1), _mm512_and_si512(d, mb));
+                    let wg = _mm512_xor_si512(ha0, _mm512_and_si512(tg, ma));
+                    let te = _mm512_xor_si512(_mm512_xor_si512(hb0, hb1), a[j]);
+                    let we =
+                        _mm512_xor_si512(hb0, _mm512_and_si512(_mm512_xor_si512(te, a[j]), mb));
+                    _mm512_storeu_si512(pout.add(i + j), _mm512_xor_si512(wg, we));
+                    _mm512_storeu_si512(
+                        ptab.add(2 * (i + j)),
+                        _mm512_permutex2var_epi64(tg, z0i, te),
+                    );
+                    _mm512_storeu_si512(
+                        ptab.add(2 * (i + j) + 1),
+                        _mm512_permutex2var_epi64(tg, z1i, te),
+                    );
+                }
+                i += 2;
+            }
         }
     }
 

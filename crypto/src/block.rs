@@ -254,6 +254,11 @@ impl TweakHash {
         }
     }
 
+    /// The AES round keys (for the fused kernels of [`crate::aesni`]).
+    pub(crate) fn keys(&self) -> &crate::aesni::RoundKeys {
+        &self.keys
+    }
+
     /// Hashes one block (slow path; for tests and small uses).
     pub fn hash(&self, x: Block, tweak: u128) -> Block {
         let mut v = [x];

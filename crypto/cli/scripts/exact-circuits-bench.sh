@@ -23,6 +23,9 @@ for v in full exact windows; do
   [ "$v" = exact ] && plan="$tmp/exact.json"
   target/release/delphi bench network --plan "$plan" --inputs 2 \
     --out "results/bench/resnet32-fmnist32-$v.json"
+  # The exact plan lives in a temporary folder: name the script instead.
+  sed -i 's#"rerun": ".*"#"rerun": "crypto/cli/scripts/exact-circuits-bench.sh"#' \
+    "results/bench/resnet32-fmnist32-$v.json"
 done
 target/release/delphi bench relu --count 100000 \
   --bits full,0..25,0..28,0..32,0..35,16..25,16..27 --out results/bench/relu.json

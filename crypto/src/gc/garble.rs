@@ -53,6 +53,29 @@ fn planes(tw: &mut [u128], k: usize, or: &[u128]) {
     }
 }
 
+/// Whether a batch of `k` instances runs the fused VAES gates of
+/// [`crate::aesni`] (hash, tweaks and tables in registers): on that path,
+/// for whole registers of instances, when every tweak of the batch,
+/// 2·(base + gate), fits in 64 bits. With it, each instance's first tweak
+/// 2·base.
+fn fused_tweaks(
+    path: crate::aesni::HashPath,
+    k: usize,
+    n_and: usize,
+    bases: &[u128; BATCH],
+) -> (bool, [u64; BATCH]) {
+    let mut tw = [0u64; BATCH];
+    let fused = path == crate::aesni::HashPath::Vaes
+        && k.is_multiple_of(16)
+        && bases[k - 1] + (n_and as u128) < 1 << 63;
+    if fused {
+        for (d, b) in tw.iter_mut().zip(&bases[..k]) {
+            *d = (*b as u64) << 1;
+        }
+    }
+    (fused, tw)
+}
+
 fn tweak_bases(first: u64, k: usize, n_and: usize, out: &mut [u128; BATCH]) {
     for (i, b) in out.iter_mut().take(k).enumerate() {
         *b = (first + i as u64) as u128 * n_and as u128;
@@ -241,12 +264,29 @@ impl<'c> Garbler<'c> {
         tweak_bases(first, k, c.n_and, &mut bases);
         let mut table_at = tables.len();
         tables.resize(table_at + 2 * c.n_and * k, Block::ZERO);
+        let (fused, tw64) = fused_tweaks(self.hash.path(), k, c.n_and, &bases);
         for g in &c.gates {
             match *g {
                 Gate::Xor(a, b, o) => self.work.xor(a, b, o, k),
                 Gate::Not(a, o) => self.work.xor_const(a, o, k, delta),
                 Gate::And(a, b, o) => {
                     let (a, b, o) = (a as usize * BATCH, b as usize * BATCH, o as usize * BATCH);
+                    if fused
+                        && crate::aesni::garble_and(
+                            self.hash.path(),
+                            self.hash.keys(),
+                            &mut self.work.wires,
+                            (a, b, o),
+                            delta,
+                            &tw64[..k],
+                            and_idx as u64,
+                            &mut tables[table_at..table_at + 2 * k],
+                        )
+                    {
+                        table_at += 2 * k;
+                        and_idx += 1;
+                        continue;
+                    }
                     let Work { wires: w, x, tweaks, scratch } = &mut self.work;
                     // Four planes of k hash inputs: A₀, A₀ ⊕ Δ, B₀, B₀ ⊕ Δ
                     // (tweaks t, t, t | 1, t | 1).
@@ -446,6 +486,7 @@ impl<'c> Evaluator<'c> {
         let mut and_idx = 0usize;
         let mut bases = [0u128; BATCH];
         tweak_bases(first, k, c.n_and, &mut bases);
+        let (fused, tw64) = fused_tweaks(self.hash.path(), k, c.n_and, &bases);
         let mut tab = tables.chunks_exact(2 * k);
         for g in &c.gates {
             match *g {
@@ -457,6 +498,20 @@ impl<'c> Evaluator<'c> {
                         Some(t) => t,
                         None => unreachable!("table length checked above"),
                     };
+                    if fused
+                        && crate::aesni::eval_and(
+                            self.hash.path(),
+                            self.hash.keys(),
+                            &mut self.work.wires,
+                            (a, b, o),
+                            &tw64[..k],
+                            and_idx as u64,
+                            t,
+                        )
+                    {
+                        and_idx += 1;
+                        continue;
+                    }
                     let Work { wires: w, x, tweaks, scratch } = &mut self.work;
                     // Two planes of k hash inputs: A, B (tweaks t, t | 1).
                     let x = &mut x[..2 * k];
@@ -638,7 +693,8 @@ mod tests {
         delta.0 |= 1;
         let key = Block::random(&mut rng);
         let paths = HashPath::available();
-        for k in [BATCH, 33, 1] {
+        // 64 and 48, 16: whole registers, which the VAES path fuses; 33, 1: not.
+        for k in [BATCH, 48, 33, 16, 1] {
             let ev_zero: Vec<Block> = (0..16 * k).map(|_| Block::random(&mut rng)).collect();
             let ga_zero: Vec<Block> = (0..16 * k).map(|_| Block::random(&mut rng)).collect();
             let no = circ.outputs();
