@@ -38,6 +38,10 @@ pub enum EngineError {
     /// The server refused the request (busy, or a limit reached).
     #[error("refused by the server: {0}")]
     Refused(String),
+    /// The client declines the server's network: serving it would take more
+    /// than this client allows (`--max-memory`, the spool's free space).
+    #[error("beyond this client's limits: {0}")]
+    OverLimit(String),
     /// A bundle store on disk failed.
     #[error("bundle store {path}: {problem}")]
     Store {

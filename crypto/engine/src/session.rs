@@ -655,7 +655,7 @@ fn bundles_that_fit(prog: &FixedProgram, max_memory: u64, material: &Material) -
     }
     let need = one.saturating_add(working);
     if need > max_memory {
-        return Err(EngineError::Refused(format!(
+        return Err(EngineError::OverLimit(format!(
             "the server's network needs {:.1} MB for one prediction's preprocessed material \
              and working values, more than this client allows ({:.1} MB, --max-memory)",
             need as f64 / 1e6,
@@ -667,7 +667,7 @@ fn bundles_that_fit(prog: &FixedProgram, max_memory: u64, material: &Material) -
         // Leave a tenth of the free space to everything else.
         let free = free_bytes(dir)? / 10 * 9;
         if spooled > free {
-            return Err(EngineError::Refused(format!(
+            return Err(EngineError::OverLimit(format!(
                 "the server's network needs {:.1} MB on disk for one prediction's garbled \
                  material, more than {} has free ({:.1} MB usable; choose another --spool-dir, \
                  or --keep-material memory)",
@@ -721,7 +721,7 @@ fn connect<A: ToSocketAddrs>(addr: A, options: &ClientOptions) -> Result<ClientS
     // Its shapes bound what lowering it allocates: checked first.
     let values: u64 = arch.validate()?.iter().map(|s| s.len() as u64).sum();
     if values.saturating_mul(16) > max_memory {
-        return Err(EngineError::Refused(format!(
+        return Err(EngineError::OverLimit(format!(
             "the server's network has {values} values per prediction, more than this client's \
              memory limit allows ({:.1} MB, --max-memory)",
             max_memory as f64 / 1e6

@@ -99,7 +99,7 @@ fn a_network_beyond_the_memory_limit_is_refused_before_any_work() {
         let (e, grew) = client(&addr, &net, &opts);
         server.join().unwrap();
         assert!(
-            matches!(&e, EngineError::Refused(why) if why.contains("--max-memory")),
+            matches!(&e, EngineError::OverLimit(why) if why.contains("--max-memory")),
             "{keep:?}: {e}"
         );
         assert!(grew < 128 << 20, "peak memory grew by {} MB", grew >> 20);
