@@ -132,6 +132,96 @@ impl ClientHe {
     }
 }
 
+/// NTT-domain transforms of SEAL's evaluator, which `seal_fhe` does not
+/// wrap: its C API functions, called on the handles `seal_fhe` exposes.
+mod ntt {
+    use std::os::raw::{c_long, c_void};
+
+    use seal_fhe::{BFVEvaluator, Ciphertext, Plaintext};
+
+    use crate::error::{EngineError, Result};
+
+    // SEAL's C API (native/src/seal/c), linked through seal_fhe.
+    unsafe extern "C" {
+        fn Evaluator_TransformToNTT1(
+            thisptr: *mut c_void,
+            plain: *mut c_void,
+            parms_id: *mut u64,
+            destination_ntt: *mut c_void,
+            pool: *mut c_void,
+        ) -> c_long;
+        fn Evaluator_TransformToNTT2(
+            thisptr: *mut c_void,
+            encrypted: *mut c_void,
+            destination_ntt: *mut c_void,
+        ) -> c_long;
+        fn Evaluator_TransformFromNTT(
+            thisptr: *mut c_void,
+            encrypted_ntt: *mut c_void,
+            destination: *mut c_void,
+        ) -> c_long;
+        fn Ciphertext_ParmsId(thisptr: *mut c_void, parms_id: *mut u64) -> c_long;
+    }
+
+    fn check(code: c_long, what: &str) -> Result<()> {
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(EngineError::Internal(format!("SEAL {what}: error {code:#x}")))
+        }
+    }
+
+    /// The ciphertext in NTT form.
+    pub(super) fn ciphertext_to_ntt(ev: &BFVEvaluator, ct: &Ciphertext) -> Result<Ciphertext> {
+        let out = Ciphertext::new()?;
+        // SAFETY: live SEAL objects owned by their wrappers; SEAL reads
+        // `ct` and writes `out`, which it resizes itself.
+        let code = unsafe {
+            Evaluator_TransformToNTT2(ev.get_handle(), ct.get_handle(), out.get_handle())
+        };
+        check(code, "ciphertext to NTT")?;
+        Ok(out)
+    }
+
+    /// The ciphertext back from NTT form.
+    pub(super) fn ciphertext_from_ntt(ev: &BFVEvaluator, ct: &Ciphertext) -> Result<Ciphertext> {
+        let out = Ciphertext::new()?;
+        // SAFETY: as in `ciphertext_to_ntt`.
+        let code = unsafe {
+            Evaluator_TransformFromNTT(ev.get_handle(), ct.get_handle(), out.get_handle())
+        };
+        check(code, "ciphertext from NTT")?;
+        Ok(out)
+    }
+
+    /// The plaintext in NTT form at the level of `like` (lifted to the
+    /// ciphertext modulus as multiply_plain lifts it: centred).
+    pub(super) fn plaintext_to_ntt(
+        ev: &BFVEvaluator,
+        pt: &Plaintext,
+        like: &Ciphertext,
+    ) -> Result<Plaintext> {
+        let mut parms = [0u64; 4];
+        let out = Plaintext::new()?;
+        // SAFETY: live SEAL objects; a parms_id is four u64s, which SEAL
+        // writes and then reads; a null pool is SEAL's global pool.
+        unsafe {
+            check(Ciphertext_ParmsId(like.get_handle(), parms.as_mut_ptr()), "parms id")?;
+            check(
+                Evaluator_TransformToNTT1(
+                    ev.get_handle(),
+                    pt.get_handle(),
+                    parms.as_mut_ptr(),
+                    out.get_handle(),
+                    std::ptr::null_mut(),
+                ),
+                "plaintext to NTT",
+            )?;
+        }
+        Ok(out)
+    }
+}
+
 /// The server's side: the client's public key and the evaluator.
 pub struct ServerHe {
     ctx: Context,
@@ -190,14 +280,25 @@ impl ServerHe {
         }
         let mut results = Vec::with_capacity(packing.output_polys());
         let mut masks: Vec<Vec<u64>> = Vec::with_capacity(packing.output_polys());
+        // Products in the NTT domain: each input ciphertext is transformed
+        // once, each weight polynomial once, a product is a pointwise one
+        // and the sum goes back once per output (SEAL's multiply_plain on a
+        // normal ciphertext transforms both of its polynomials there and
+        // back for every product). The same exact ring products, so the same
+        // ciphertexts (tested).
+        let inputs_ntt = inputs
+            .iter()
+            .map(|ct| ntt::ciphertext_to_ntt(&self.evaluator, ct))
+            .collect::<Result<Vec<_>>>()?;
         for out in 0..packing.output_polys() {
             let mut acc: Option<Ciphertext> = None;
-            for (inp, ct) in inputs.iter().enumerate() {
+            for (inp, ct) in inputs_ntt.iter().enumerate() {
                 let wp = packing.weight_poly(w, out, inp);
                 if wp.iter().all(|&c| c == 0) {
                     continue;
                 }
                 let pt = plaintext_from(wp.into_iter().map(|c| F::from_i64(c).value()))?;
+                let pt = ntt::plaintext_to_ntt(&self.evaluator, &pt, ct)?;
                 let prod = self.evaluator.multiply_plain(ct, &pt)?;
                 match acc.as_mut() {
                     None => acc = Some(prod),
@@ -205,7 +306,7 @@ impl ServerHe {
                 }
             }
             let mut c = match acc {
-                Some(c) => c,
+                Some(c) => ntt::ciphertext_from_ntt(&self.evaluator, &c)?,
                 None => self.encryptor.encrypt(&plaintext_from(std::iter::empty())?)?,
             };
             let s: Vec<u64> = (0..N).map(|_| F::random(rng).value()).collect();
@@ -274,6 +375,36 @@ mod tests {
         }
     }
 
+    /// A product in the NTT domain is the very ciphertext SEAL's
+    /// multiply_plain gives on the normal one (centred lift included: the
+    /// weights are small negative and positive field elements, and large
+    /// ones near p).
+    #[test]
+    fn ntt_domain_products_are_seals_products_bit_for_bit() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(12);
+        let client = ClientHe::new().unwrap();
+        let server = ServerHe::new(&client.public_key_bytes().unwrap()).unwrap();
+        let r: Vec<F> = (0..N).map(|_| F::random(&mut rng)).collect();
+        let ct = client
+            .encryptor
+            .encrypt(&plaintext_from(r.iter().map(|x| x.value())).unwrap())
+            .unwrap();
+        let w: Vec<u64> = (0..N)
+            .map(|i| match i % 3 {
+                0 => F::from_i64(rng.gen_range(-2000..2000)).value(),
+                1 => F::random(&mut rng).value(),
+                _ => 0,
+            })
+            .collect();
+        let pt = plaintext_from(w.into_iter()).unwrap();
+        let want = server.evaluator.multiply_plain(&ct, &pt).unwrap();
+        let ct_ntt = ntt::ciphertext_to_ntt(&server.evaluator, &ct).unwrap();
+        let pt_ntt = ntt::plaintext_to_ntt(&server.evaluator, &pt, &ct_ntt).unwrap();
+        let prod = server.evaluator.multiply_plain(&ct_ntt, &pt_ntt).unwrap();
+        let got = ntt::ciphertext_from_ntt(&server.evaluator, &prod).unwrap();
+        assert!(got.as_bytes().unwrap() == want.as_bytes().unwrap(), "NTT product differs");
+    }
+
     #[test]
     fn square_triples_from_bfv() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(8);
@@ -317,5 +448,48 @@ mod tests {
         }
         check(LinearOp::dense(100, 7), 5);
         check(LinearOp::dense(9000, 3), 6);
+    }
+}
+/// Side by side, by hand: `cargo test --release -p delphi-engine --lib
+/// ntt_products -- --ignored --nocapture` times 64 products and their sum
+/// through SEAL's multiply_plain on the normal ciphertext and in the NTT
+/// domain (and checks that both give the same ciphertext).
+#[cfg(test)]
+mod ntt_products {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    #[ignore]
+    fn timed_beside_seals_multiply_plain() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+        let client = ClientHe::new().unwrap();
+        let server = ServerHe::new(&client.public_key_bytes().unwrap()).unwrap();
+        let ev = &server.evaluator;
+        let r = (0..N).map(|_| F::random(&mut rng).value());
+        let ct = client.encryptor.encrypt(&plaintext_from(r).unwrap()).unwrap();
+        let pts: Vec<Plaintext> = (0..64)
+            .map(|_| plaintext_from((0..N).map(|_| F::random(&mut rng).value())).unwrap())
+            .collect();
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            let mut normal = ev.multiply_plain(&ct, &pts[0]).unwrap();
+            for p in &pts[1..] {
+                ev.add_inplace(&mut normal, &ev.multiply_plain(&ct, p).unwrap()).unwrap();
+            }
+            let a = t.elapsed();
+            let t = std::time::Instant::now();
+            let c = ntt::ciphertext_to_ntt(ev, &ct).unwrap();
+            let mut acc = ev.multiply_plain(&c, &ntt::plaintext_to_ntt(ev, &pts[0], &c).unwrap());
+            let acc = acc.as_mut().unwrap();
+            for p in &pts[1..] {
+                let x = ev.multiply_plain(&c, &ntt::plaintext_to_ntt(ev, p, &c).unwrap()).unwrap();
+                ev.add_inplace(acc, &x).unwrap();
+            }
+            let back = ntt::ciphertext_from_ntt(ev, acc).unwrap();
+            let b = t.elapsed();
+            assert!(back.as_bytes().unwrap() == normal.as_bytes().unwrap());
+            eprintln!("64 products and their sum: multiply_plain {a:?}, NTT domain {b:?}");
+        }
     }
 }
