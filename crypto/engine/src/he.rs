@@ -171,27 +171,32 @@ mod ntt {
         }
     }
 
+    /// A SEAL transform of a ciphertext into a new one.
+    type Transform = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void) -> c_long;
+
+    fn transform(
+        ev: &BFVEvaluator,
+        ct: &Ciphertext,
+        f: Transform,
+        what: &str,
+    ) -> Result<Ciphertext> {
+        let out = Ciphertext::new()?;
+        // SAFETY: `f` is one of SEAL's C transforms (evaluator, source,
+        // destination); live SEAL objects owned by their wrappers; SEAL reads
+        // `ct` and writes `out`, which it resizes itself.
+        let code = unsafe { f(ev.get_handle(), ct.get_handle(), out.get_handle()) };
+        check(code, what)?;
+        Ok(out)
+    }
+
     /// The ciphertext in NTT form.
     pub(super) fn ciphertext_to_ntt(ev: &BFVEvaluator, ct: &Ciphertext) -> Result<Ciphertext> {
-        let out = Ciphertext::new()?;
-        // SAFETY: live SEAL objects owned by their wrappers; SEAL reads
-        // `ct` and writes `out`, which it resizes itself.
-        let code = unsafe {
-            Evaluator_TransformToNTT2(ev.get_handle(), ct.get_handle(), out.get_handle())
-        };
-        check(code, "ciphertext to NTT")?;
-        Ok(out)
+        transform(ev, ct, Evaluator_TransformToNTT2, "ciphertext to NTT")
     }
 
     /// The ciphertext back from NTT form.
     pub(super) fn ciphertext_from_ntt(ev: &BFVEvaluator, ct: &Ciphertext) -> Result<Ciphertext> {
-        let out = Ciphertext::new()?;
-        // SAFETY: as in `ciphertext_to_ntt`.
-        let code = unsafe {
-            Evaluator_TransformFromNTT(ev.get_handle(), ct.get_handle(), out.get_handle())
-        };
-        check(code, "ciphertext from NTT")?;
-        Ok(out)
+        transform(ev, ct, Evaluator_TransformFromNTT, "ciphertext from NTT")
     }
 
     /// The plaintext in NTT form at the level of `like` (lifted to the

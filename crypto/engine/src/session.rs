@@ -645,7 +645,7 @@ fn bundles_that_fit(prog: &FixedProgram, max_memory: u64, material: &Material) -
     let spooled = client_spooled_bytes(prog);
     let (one, disk) = match material {
         Material::Memory => (all, None),
-        Material::Disk(dir) => (all - spooled, Some((dir, spooled))),
+        Material::Disk(dir) => (all.saturating_sub(spooled), Some((dir, spooled))),
     };
     // The online phase works beside the bundle on every node's values (and
     // on one chunk of mapped material, a few tens of MB at most).
