@@ -1,8 +1,9 @@
 //! Exact traffic of every protocol step, both directions, from the protocol
-//! itself (message by message). Only the sizes of serialised ciphertexts are
-//! not known in advance — SEAL compresses them with zstd — so ciphertext
-//! traffic is counted in *frames*, and a [`CtSizes`] (measured by
-//! calibration) turns frames into bytes.
+//! itself (message by message). Only the sizes of the client's fresh
+//! ciphertexts are not known in advance — SEAL compresses them with zstd —
+//! so they are counted in *frames*, and a [`CtSizes`] (measured by
+//! calibration) turns frames into bytes; the server's results travel in a
+//! compact form of fixed size and are counted exactly.
 //!
 //! The test `tests/bytes.rs` runs real networks and checks every non-
 //! ciphertext byte and every ciphertext frame against these formulas.
@@ -12,7 +13,7 @@ use delphi_crypto::garbled::{GcCircuit, GcFunction};
 use delphi_crypto::ot::iknp::KAPPA;
 use delphi_crypto::relu::{relu_circuit_for, ReluSpec};
 use delphi_net::fixed::{FixedOp, FixedProgram};
-use delphi_net::packing::{Packing, N as SLOTS};
+use delphi_net::packing::{result_frame_bytes, Packing, N as SLOTS};
 
 /// A `u64` agreed by both sides: 8 bytes each way.
 const AGREE: u64 = 16;
@@ -42,9 +43,11 @@ fn cot(m: usize) -> u64 {
 pub struct CtSizes {
     /// A fresh encryption (the client's Enc(r) for linear layers and triples).
     pub fresh: f64,
-    /// A linear layer's result after switching to the last prime.
+    /// A linear layer's result after switching to the last prime, in its
+    /// compact form (a mean over the calibration's layers, for the record:
+    /// predictions count results exactly, [`Traffic::result_bytes`]).
     pub linear_result: f64,
-    /// A square-triple reply.
+    /// A square-triple reply, compact (for the record, likewise).
     pub triple_reply: f64,
     /// The client's public key (setup).
     pub public_key: f64,
@@ -61,6 +64,10 @@ pub struct Traffic {
     pub result_frames: u64,
     /// Triple-reply frames (server to client).
     pub triple_frames: u64,
+    /// Bytes of both kinds of result frames, prefixes included: exact (a
+    /// result's compact form has a fixed size,
+    /// [`delphi_net::packing::result_frame_bytes`]).
+    pub result_bytes: u64,
     /// Round trips (a message each way that the other side waits for).
     pub rounds: f64,
 }
@@ -70,8 +77,7 @@ impl Traffic {
     pub fn total(&self, ct: &CtSizes) -> f64 {
         self.bytes as f64
             + self.fresh_frames as f64 * (FRAME_PREFIX as f64 + ct.fresh)
-            + self.result_frames as f64 * (FRAME_PREFIX as f64 + ct.linear_result)
-            + self.triple_frames as f64 * (FRAME_PREFIX as f64 + ct.triple_reply)
+            + self.result_bytes as f64
     }
 
     /// Ciphertext frames of all kinds.
@@ -95,6 +101,11 @@ pub fn node_traffic(prog: &FixedProgram, i: usize) -> (Traffic, Traffic) {
             if let Ok(p) = Packing::new(op) {
                 off.fresh_frames = p.input_polys() as u64;
                 off.result_frames = p.output_polys() as u64;
+                off.result_bytes = p
+                    .kept()
+                    .iter()
+                    .map(|k| FRAME_PREFIX + result_frame_bytes(k.len()) as u64)
+                    .sum();
                 off.rounds = 1.0;
             }
         }
@@ -114,6 +125,7 @@ pub fn node_traffic(prog: &FixedProgram, i: usize) -> (Traffic, Traffic) {
             let chunks = n.div_ceil(SLOTS) as u64;
             off.fresh_frames = chunks;
             off.triple_frames = chunks;
+            off.result_bytes = chunks * (FRAME_PREFIX + result_frame_bytes(SLOTS) as u64);
             off.bytes = fields(n);
             off.rounds = chunks as f64 + 0.5;
             on.bytes = 2 * fields(n);

@@ -85,8 +85,9 @@ pub struct HeLinear {
 /// 2: garbled-circuit layers priced by AND gates and labels (exact ReLU
 /// windows, exact truncations). 3: the offline phase also pays the first
 /// touch of the memory its material fills
-/// ([`CostModel::fresh_memory_per_byte_s`]).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// ([`CostModel::fresh_memory_per_byte_s`]). 4: results travel compact
+/// (the server rounds and packs them, the client rebuilds them).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Where and when the model was measured.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -306,6 +307,7 @@ fn add_traffic(a: &mut Traffic, b: &Traffic) {
     a.fresh_frames += b.fresh_frames;
     a.result_frames += b.result_frames;
     a.triple_frames += b.triple_frames;
+    a.result_bytes += b.result_bytes;
     a.rounds += b.rounds;
 }
 

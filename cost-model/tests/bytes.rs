@@ -1,5 +1,5 @@
 //! The byte predictions against real two-party runs: every non-ciphertext
-//! byte and every ciphertext frame, exactly.
+//! byte, every ciphertext frame and every result ciphertext's bytes, exactly.
 #![allow(clippy::unwrap_used)]
 
 use delphi_cost::bytes::{node_traffic, program_traffic, Traffic};
@@ -16,6 +16,7 @@ fn predicted(prog: &FixedProgram) -> (Traffic, Traffic) {
         off.fresh_frames += a.fresh_frames;
         off.result_frames += a.result_frames;
         off.triple_frames += a.triple_frames;
+        off.result_bytes += a.result_bytes;
         on.bytes += b.bytes;
         on.fresh_frames += b.fresh_frames;
     }
@@ -71,6 +72,11 @@ fn byte_predictions_are_exact_on_real_runs() {
                 inf.offline_he.received_frames,
                 off.result_frames + off.triple_frames,
                 "{}: returned ciphertexts",
+                net.name
+            );
+            assert_eq!(
+                inf.offline_he.received_bytes, off.result_bytes,
+                "{}: returned ciphertexts' bytes",
                 net.name
             );
             assert_eq!(

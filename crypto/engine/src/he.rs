@@ -27,6 +27,10 @@ use crate::seal_check::{checked, Expect};
 pub use crate::params::{
     BfvParams, Packing, BFV_N8192, COEFF_BITS, N, RESULT_LEVEL, RESULT_LEVEL_DROPS, SLOTS,
 };
+use delphi_net::packing::{
+    result_frame_bytes, RESULT_C0_BITS, RESULT_C0_DROP, RESULT_C1_BITS, RESULT_C1_DROP,
+    RESULT_PRIME_BITS,
+};
 
 fn plaintext_from(coeffs: impl Iterator<Item = u64>) -> Result<Plaintext> {
     let mut pt = Plaintext::new()?;
@@ -55,6 +59,10 @@ pub struct ClientHe {
     encryptor: Encryptor,
     decryptor: Decryptor,
     encoder: BFVEncoder,
+    /// A ciphertext at the result level, whose coefficients a compact
+    /// result overwrites ([`wire`]).
+    template: Ciphertext,
+    q: u64,
 }
 
 impl std::fmt::Debug for ClientHe {
@@ -73,7 +81,13 @@ impl ClientHe {
         let encryptor = Encryptor::with_public_and_secret_key(&ctx, &public, &secret)?;
         let decryptor = Decryptor::new(&ctx, &secret)?;
         let encoder = BFVEncoder::new(&ctx)?;
-        Ok(ClientHe { ctx, public, encryptor, decryptor, encoder })
+        let template = encryptor.encrypt(&plaintext_from(std::iter::empty())?)?;
+        let evaluator = BFVEvaluator::new(&ctx)?;
+        for _ in 0..RESULT_LEVEL_DROPS {
+            evaluator.mod_switch_to_next_inplace(&template)?;
+        }
+        let q = wire::result_prime()?;
+        Ok(ClientHe { ctx, public, encryptor, decryptor, encoder, template, q })
     }
 
     /// The public key, serialised for the server.
@@ -129,6 +143,236 @@ impl ClientHe {
         let plain = checked(b, Expect::Result)?;
         Ciphertext::from_bytes(&self.ctx, &plain)
             .map_err(|e| EngineError::Malformed(format!("result ciphertext: {e}")))
+    }
+
+    /// Reads a compact result ([`ServerHe::result_to_wire`]) that keeps the
+    /// c₀ coefficients `kept` (`None`: all of them): exactly
+    /// [`result_frame_bytes`] long, every value in range, or refused.
+    pub fn result_from_wire(&self, b: &[u8], kept: Option<&[u32]>) -> Result<Ciphertext> {
+        let ct = self.template.clone();
+        wire::expand(b, kept, self.q, &ct)?;
+        Ok(ct)
+    }
+}
+
+/// Result ciphertexts on the wire, compact. A result lives at the last
+/// level (one 60-bit prime q); the client decrypts coefficient i as
+/// c₀[i] + (c₁·s)[i], so
+///
+/// * of c₀ only the coefficients that hold outputs are sent (the others
+///   decrypt to values nobody reads): a convolution's result polynomial
+///   holds one output plane, 1–13 % of its 8,192 coefficients;
+/// * every coefficient is rounded to a multiple of 2^d before it is sent
+///   (d = [`RESULT_C1_DROP`] for c₁, [`RESULT_C0_DROP`] for c₀), which
+///   adds Σ sⱼ·eⱼ + e₀ to the decryption's noise: at most 2^16 + 2^13 in
+///   all except with probability 2^−91 per coefficient (Hoeffding over the
+///   client's uniform ternary secret, which the rounding errors — functions
+///   of c₁ = a·u + …, computed without the secret — do not depend on),
+///   against the 2^18 − noise that decryption at t ≈ 2^41 tolerates
+///   (a result keeps about 11 of its 18 bits of budget; tests measure what
+///   is left after the rounding);
+/// * the rounded values are bit-packed: [`RESULT_C1_BITS`] bits per c₁
+///   coefficient, [`RESULT_C0_BITS`] per kept c₀ coefficient.
+///
+/// What is sent is a public function of the ciphertext the server would
+/// otherwise send, so the client learns nothing more (and the server's
+/// masking and re-randomisation are unchanged).
+mod wire {
+    use std::os::raw::{c_long, c_void};
+
+    use seal_fhe::{Ciphertext, CoefficientModulus};
+
+    use super::{
+        result_frame_bytes, COEFF_BITS, N, RESULT_C0_BITS, RESULT_C0_DROP, RESULT_C1_BITS,
+        RESULT_C1_DROP, RESULT_PRIME_BITS,
+    };
+    use crate::error::{EngineError, Result};
+
+    // SEAL's C API (native/src/seal/c), linked through seal_fhe.
+    unsafe extern "C" {
+        fn Ciphertext_GetDataAt1(thisptr: *mut c_void, index: u64, data: *mut u64) -> c_long;
+        fn Ciphertext_SetDataAt(thisptr: *mut c_void, index: u64, value: u64) -> c_long;
+    }
+
+    /// The result level's prime (SEAL drops the last primes first, so the
+    /// first data prime remains), checked against the widths on the wire.
+    pub(super) fn result_prime() -> Result<u64> {
+        let primes = CoefficientModulus::create(N as u64, &COEFF_BITS)?;
+        let q = primes
+            .first()
+            .map(|m| m.value())
+            .ok_or_else(|| EngineError::Internal("no coefficient primes".into()))?;
+        let width = |d: u32| 64 - ((q - 1 + (1 << (d - 1))) >> d).leading_zeros();
+        if 64 - q.leading_zeros() != RESULT_PRIME_BITS
+            || width(RESULT_C1_DROP) != RESULT_C1_BITS
+            || width(RESULT_C0_DROP) != RESULT_C0_BITS
+        {
+            return Err(EngineError::Internal(format!(
+                "result prime {q:#x} does not fit the wire widths"
+            )));
+        }
+        Ok(q)
+    }
+
+    fn check(ct: &Ciphertext) -> Result<()> {
+        if ct.num_polynomials() != 2 || ct.coeff_modulus_size() != 1 || ct.is_ntt_form() {
+            return Err(EngineError::Internal(format!(
+                "a result ciphertext of {} polynomials at {} primes",
+                ct.num_polynomials(),
+                ct.coeff_modulus_size()
+            )));
+        }
+        Ok(())
+    }
+
+    /// c rounded to a multiple of 2^d, divided by 2^d.
+    fn round(c: u64, d: u32) -> u64 {
+        (c + (1 << (d - 1))) >> d
+    }
+
+    /// Little-endian bit packing of values of a fixed width.
+    struct Bits {
+        out: Vec<u8>,
+        acc: u128,
+        n: u32,
+    }
+
+    impl Bits {
+        fn put(&mut self, v: u64, w: u32) {
+            self.acc |= (v as u128) << self.n;
+            self.n += w;
+            while self.n >= 8 {
+                self.out.push(self.acc as u8);
+                self.acc >>= 8;
+                self.n -= 8;
+            }
+        }
+
+        fn finish(mut self) -> Vec<u8> {
+            if self.n > 0 {
+                self.out.push(self.acc as u8);
+            }
+            self.out
+        }
+    }
+
+    struct Unbits<'a> {
+        b: &'a [u8],
+        at: usize,
+        acc: u128,
+        n: u32,
+    }
+
+    impl Unbits<'_> {
+        fn get(&mut self, w: u32) -> u64 {
+            while self.n < w {
+                let byte = self.b.get(self.at).copied().unwrap_or(0);
+                self.acc |= (byte as u128) << self.n;
+                self.at += 1;
+                self.n += 8;
+            }
+            let v = (self.acc & ((1u128 << w) - 1)) as u64;
+            self.acc >>= w;
+            self.n -= w;
+            v
+        }
+    }
+
+    /// A result's compact bytes: c₁ whole, then c₀ at `kept` (all if `None`).
+    pub(super) fn compact(ct: &Ciphertext, kept: Option<&[u32]>, q: u64) -> Result<Vec<u8>> {
+        check(ct)?;
+        let len = kept.map_or(N, <[u32]>::len);
+        let mut bits = Bits { out: Vec::with_capacity(result_frame_bytes(len)), acc: 0, n: 0 };
+        let get = |i: usize| -> Result<u64> {
+            let mut v = 0u64;
+            // SAFETY: a live ciphertext of 2 polynomials of N coefficients at
+            // one prime (checked above); i < 2N; SEAL writes one u64.
+            let code = unsafe { Ciphertext_GetDataAt1(ct.get_handle(), i as u64, &mut v) };
+            if code != 0 || v >= q {
+                return Err(EngineError::Internal(format!("result coefficient {i}: {code:#x}")));
+            }
+            Ok(v)
+        };
+        for i in 0..N {
+            bits.put(round(get(N + i)?, RESULT_C1_DROP), RESULT_C1_BITS);
+        }
+        match kept {
+            None => {
+                for i in 0..N {
+                    bits.put(round(get(i)?, RESULT_C0_DROP), RESULT_C0_BITS);
+                }
+            }
+            Some(k) => {
+                for &i in k {
+                    let i = i as usize;
+                    if i >= N {
+                        return Err(EngineError::Internal(format!("kept coefficient {i}")));
+                    }
+                    bits.put(round(get(i)?, RESULT_C0_DROP), RESULT_C0_BITS);
+                }
+            }
+        }
+        Ok(bits.finish())
+    }
+
+    /// Writes a compact result into `ct` (a result-level ciphertext): c₁
+    /// whole, c₀ at `kept` and zero elsewhere.
+    pub(super) fn expand(b: &[u8], kept: Option<&[u32]>, q: u64, ct: &Ciphertext) -> Result<()> {
+        check(ct)?;
+        let len = kept.map_or(N, <[u32]>::len);
+        if len > N || b.len() != result_frame_bytes(len) {
+            return Err(EngineError::Malformed(format!(
+                "a result of {} bytes where {} coefficients make {}",
+                b.len(),
+                len,
+                result_frame_bytes(len.min(N))
+            )));
+        }
+        let mut bits = Unbits { b, at: 0, acc: 0, n: 0 };
+        let set = |i: usize, v: u64, d: u32| -> Result<()> {
+            // v ≤ ⌈(q − 1)/2^d⌉ (checked by the caller), so v·2^d < 2q.
+            let c = v << d;
+            let c = if c >= q { c - q } else { c };
+            // SAFETY: as in `compact`; i < 2N.
+            let code = unsafe { Ciphertext_SetDataAt(ct.get_handle(), i as u64, c) };
+            if code != 0 {
+                return Err(EngineError::Internal(format!("result coefficient {i}: {code:#x}")));
+            }
+            Ok(())
+        };
+        let top = |d: u32| round(q - 1, d);
+        let bad = |what: &str| EngineError::Malformed(format!("a result's {what} out of range"));
+        for i in 0..N {
+            let v = bits.get(RESULT_C1_BITS);
+            if v > top(RESULT_C1_DROP) {
+                return Err(bad("c1 coefficient"));
+            }
+            set(N + i, v, RESULT_C1_DROP)?;
+        }
+        let mut next = 0usize;
+        for j in 0..len {
+            let i = kept.map_or(j, |k| k[j] as usize);
+            if i >= N || (j > 0 && i < next) {
+                return Err(EngineError::Internal(format!("kept coefficient {i}")));
+            }
+            for z in next..i {
+                set(z, 0, RESULT_C0_DROP)?;
+            }
+            let v = bits.get(RESULT_C0_BITS);
+            if v > top(RESULT_C0_DROP) {
+                return Err(bad("c0 coefficient"));
+            }
+            set(i, v, RESULT_C0_DROP)?;
+            next = i + 1;
+        }
+        for z in next..N {
+            set(z, 0, RESULT_C0_DROP)?;
+        }
+        // Padding bits of the last byte must be zero.
+        if bits.acc != 0 {
+            return Err(bad("padding"));
+        }
+        Ok(())
     }
 }
 
@@ -233,6 +477,7 @@ pub struct ServerHe {
     encryptor: Encryptor,
     evaluator: BFVEvaluator,
     encoder: BFVEncoder,
+    q: u64,
 }
 
 impl ServerHe {
@@ -245,7 +490,8 @@ impl ServerHe {
         let encryptor = Encryptor::with_public_key(&ctx, &pk)?;
         let evaluator = BFVEvaluator::new(&ctx)?;
         let encoder = BFVEncoder::new(&ctx)?;
-        Ok(ServerHe { ctx, encryptor, evaluator, encoder })
+        let q = wire::result_prime()?;
+        Ok(ServerHe { ctx, encryptor, evaluator, encoder, q })
     }
 
     /// Parses a fresh ciphertext from the client: checked against the
@@ -340,6 +586,12 @@ impl ServerHe {
     pub fn to_bytes(c: &Ciphertext) -> Result<Vec<u8>> {
         Ok(c.as_bytes()?)
     }
+
+    /// A result ciphertext in its compact form on the wire ([`wire`]),
+    /// keeping the c₀ coefficients `kept` (ascending; `None`: all).
+    pub fn result_to_wire(&self, c: &Ciphertext, kept: Option<&[u32]>) -> Result<Vec<u8>> {
+        wire::compact(c, kept, self.q)
+    }
 }
 
 #[cfg(test)]
@@ -368,12 +620,24 @@ mod tests {
             .map(|c| server.ciphertext_from_bytes(&ServerHe::to_bytes(c).unwrap()).unwrap())
             .collect();
         let (res, s) = server.linear(&packing, &w, &cts, &mut rng).unwrap();
-        for c in &res {
+        let kept = packing.kept();
+        let mut wired = Vec::new();
+        for (c, k) in res.iter().zip(&kept) {
             // Measured: 11 bits left at the 60-bit level, whatever the weights
-            // (the modulus-switch rounding noise dominates).
+            // (the modulus-switch rounding noise dominates) ...
             assert!(client.noise_budget(c).unwrap() >= 6, "too little noise budget left");
+            // ... and what the compact form's rounding leaves (c₀ whole, to
+            // measure: a result sent keeps only the outputs' coefficients).
+            let all = client.result_from_wire(&server.result_to_wire(c, None).unwrap(), None);
+            let left = client.noise_budget(&all.unwrap()).unwrap();
+            assert!(left >= 2, "{left} bits of noise budget left on the wire");
+            let b = server.result_to_wire(c, Some(k)).unwrap();
+            assert_eq!(b.len(), result_frame_bytes(k.len()));
+            wired.push(client.result_from_wire(&b, Some(k)).unwrap());
         }
-        let got = client.decrypt_output(&packing, &res).unwrap();
+        let got = client.decrypt_output(&packing, &wired).unwrap();
+        // SEAL's own serialisation still loads and decrypts to the same.
+        assert_eq!(got, client.decrypt_output(&packing, &res).unwrap());
         let want = linear_field(&op, &r, &w, &[]);
         for ((g, s), w) in got.iter().zip(&s).zip(&want) {
             assert_eq!(*g + *s, *w);
@@ -410,6 +674,37 @@ mod tests {
         assert!(got.as_bytes().unwrap() == want.as_bytes().unwrap(), "NTT product differs");
     }
 
+    /// A compact result that is not what the format allows is refused by
+    /// name: a byte short or long, a coefficient at or past q, padding
+    /// bits set.
+    #[test]
+    fn malformed_compact_results_are_refused() {
+        let client = ClientHe::new().unwrap();
+        let server = ServerHe::new(&client.public_key_bytes().unwrap()).unwrap();
+        let one = [F::ONE; 4];
+        let c = server.square_cross(&client.encrypt_slots(&one).unwrap(), &one, &one).unwrap();
+        let kept: Vec<u32> = (0..101).map(|i| i * 3).collect();
+        let good = server.result_to_wire(&c, Some(&kept)).unwrap();
+        assert!(client.result_from_wire(&good, Some(&kept)).is_ok());
+        let malformed = |b: &[u8]| {
+            matches!(client.result_from_wire(b, Some(&kept)), Err(EngineError::Malformed(_)))
+        };
+        assert!(malformed(&good[1..]));
+        assert!(malformed(&[good.clone(), vec![0]].concat()));
+        let mut top = good.clone();
+        // The first c₁ coefficient all ones: 2^53 − 1 > ⌈(q − 1)/2^7⌉.
+        for b in &mut top[..6] {
+            *b = 0xff;
+        }
+        top[6] |= 0x1f;
+        assert!(malformed(&top));
+        let mut pad = good.clone();
+        let bits = N * RESULT_C1_BITS as usize + kept.len() * RESULT_C0_BITS as usize;
+        assert!(!bits.is_multiple_of(8), "the test needs padding bits");
+        *pad.last_mut().unwrap() |= 0x80;
+        assert!(malformed(&pad));
+    }
+
     #[test]
     fn square_triples_from_bfv() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(8);
@@ -421,6 +716,8 @@ mod tests {
         let t: Vec<F> = (0..n).map(|_| F::random(&mut rng)).collect();
         let c = server.square_cross(&client.encrypt_slots(&ac).unwrap(), &a_s, &t).unwrap();
         assert!(client.noise_budget(&c).unwrap() >= 6);
+        let c = client.result_from_wire(&server.result_to_wire(&c, None).unwrap(), None).unwrap();
+        assert!(client.noise_budget(&c).unwrap() >= 2);
         let u = client.decrypt_slots(&c, n).unwrap();
         for i in 0..n {
             let a = ac[i] + a_s[i];

@@ -46,7 +46,8 @@ use delphi_net::fixed::{linear_field, FixedOp, FixedProgram};
 use delphi_net::linear::sum_pool;
 
 use crate::error::{EngineError, Result};
-use crate::he::{ClientHe, Packing, ServerHe, SLOTS};
+use crate::he::{ClientHe, Packing, ServerHe, N, SLOTS};
+use delphi_net::packing::result_frame_bytes;
 
 use crate::seal_check::Expect;
 
@@ -57,11 +58,28 @@ fn send_ct<C: Channel>(ch: &mut C, c: &Ciphertext) -> Result<u64> {
     Ok(8 + b.len() as u64)
 }
 
-/// Receives a ciphertext frame; adds its bytes on the wire to `count`.
-fn recv_ct_bytes<C: Channel>(ch: &mut C, count: &mut HeCount) -> Result<Vec<u8>> {
-    let b = ch.recv_frame_bounded(Expect::Result.max_frame())?;
+/// Sends a result ciphertext in its compact form ([`ServerHe::result_to_wire`]).
+fn send_result<C: Channel>(
+    ch: &mut C,
+    he: &ServerHe,
+    c: &Ciphertext,
+    kept: Option<&[u32]>,
+) -> Result<()> {
+    ch.send_frame(&he.result_to_wire(c, kept)?)?;
+    Ok(())
+}
+
+/// Receives a compact result ciphertext that keeps the c₀ coefficients
+/// `kept`; adds its bytes on the wire to `count`.
+fn recv_result<C: Channel>(
+    ch: &mut C,
+    he: &ClientHe,
+    kept: Option<&[u32]>,
+    count: &mut HeCount,
+) -> Result<Ciphertext> {
+    let b = ch.recv_frame_bounded(result_frame_bytes(N) as u64)?;
     count.received(8 + b.len() as u64);
-    Ok(b)
+    he.result_from_wire(&b, kept)
 }
 
 /// Ciphertext traffic of one node, as the client sees it.
@@ -365,8 +383,8 @@ pub fn client_offline_to<C: Channel, R: RngCore + CryptoRng>(
                 }
                 ch.flush()?;
                 let mut res = Vec::with_capacity(p.output_polys());
-                for _ in 0..p.output_polys() {
-                    res.push(he.result_from_bytes(&recv_ct_bytes(ch, &mut hc)?)?);
+                for kept in p.kept() {
+                    res.push(recv_result(ch, he, Some(&kept), &mut hc)?);
                 }
                 he.decrypt_output(&p, &res)?
             }
@@ -398,10 +416,7 @@ pub fn client_offline_to<C: Channel, R: RngCore + CryptoRng>(
                 for chunk in a_c.chunks(SLOTS) {
                     hc.sent(send_ct(ch, &he.encrypt_slots(chunk)?)?);
                     ch.flush()?;
-                    let u = he.decrypt_slots(
-                        &he.result_from_bytes(&recv_ct_bytes(ch, &mut hc)?)?,
-                        chunk.len(),
-                    )?;
+                    let u = he.decrypt_slots(&recv_result(ch, he, None, &mut hc)?, chunk.len())?;
                     sq.extend(chunk.iter().zip(u).map(|(a, u)| *a * *a + u));
                 }
                 let opened: Vec<F> = x.iter().zip(&a_c).map(|(x, a)| *x - *a).collect();
@@ -453,8 +468,8 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
                     )?);
                 }
                 let (res, sigma) = he.linear(&p, weight, &cts, rng)?;
-                for c in &res {
-                    send_ct(ch, c)?;
+                for (c, kept) in res.iter().zip(p.kept()) {
+                    send_result(ch, he, c, Some(&kept))?;
                 }
                 ch.flush()?;
                 sigmas[i] = Some(sigma);
@@ -478,7 +493,7 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
                     )?;
                     let a: Vec<F> = (0..k).map(|_| F::random(rng)).collect();
                     let t: Vec<F> = (0..k).map(|_| F::random(rng)).collect();
-                    send_ct(ch, &he.square_cross(&enc, &a, &t)?)?;
+                    send_result(ch, he, &he.square_cross(&enc, &a, &t)?, None)?;
                     ch.flush()?;
                     sq.extend(a.iter().zip(&t).map(|(a, t)| *a * *a + *t));
                     a_s.extend(a);

@@ -3,9 +3,10 @@
 //! SEAL's own loader trusts the size a compressed object declares: a 10 KiB
 //! zstd frame that inflates to gigabytes is decompressed in full before any
 //! check runs (a decompression bomb). Here, for each object the protocol
-//! expects (the client's public key, its fresh ciphertexts, the server's
-//! result ciphertexts), the exact uncompressed layout is known from the
-//! agreed parameters, so:
+//! expects (the client's public key, its fresh ciphertexts; and results in
+//! SEAL's own format, though the protocol sends them in a compact form of
+//! its own, [`crate::he::ClientHe::result_from_wire`]), the exact
+//! uncompressed layout is known from the agreed parameters, so:
 //!
 //! * the outer header must be SEAL's (magic, header size, this SEAL major
 //!   version), with compression `none` or `zstd` only (zlib is refused: no

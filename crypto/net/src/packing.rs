@@ -11,11 +11,31 @@ use crate::linear::LinearOp;
 /// Ring dimension of the BFV parameters.
 pub const N: usize = 8192;
 
-/// Bytes of a fresh ciphertext (the client's input, full modulus) over a
-/// linear result's (switched down to the last prime): 380 kB over 131 kB as
+/// Bytes of a fresh ciphertext (the client's input, two primes, zstd) as
 /// calibrated on the reference machine (`results/cost-model.json`, `ct`).
-/// It decides between layouts that trade input for result polynomials.
-pub const FRESH_OVER_RESULT_BYTES: f64 = 2.9;
+pub const FRESH_CT_BYTES: f64 = 262_000.0;
+
+/// Bits of the result level's prime (the one 60-bit prime a result keeps
+/// after modulus switching).
+pub const RESULT_PRIME_BITS: u32 = 60;
+/// Low bits of each c₁ coefficient a result drops on the wire (rounded to
+/// nearest): the client's decryption adds Σ sⱼ·eⱼ with |eⱼ| ≤ 2^6 over the
+/// ternary secret, below 2^16 except with probability 2^−91 (Hoeffding),
+/// against the 2^18 that decryption tolerates at t ≈ 2^41, q ≈ 2^60.
+pub const RESULT_C1_DROP: u32 = 7;
+/// Low bits of each c₀ coefficient dropped: adds at most 2^13.
+pub const RESULT_C0_DROP: u32 = 14;
+/// Bits per c₁ coefficient on the wire: ⌈(q − 1 + 2^6) / 2^7⌉ < 2^53.
+pub const RESULT_C1_BITS: u32 = RESULT_PRIME_BITS - RESULT_C1_DROP;
+/// Bits per kept c₀ coefficient on the wire.
+pub const RESULT_C0_BITS: u32 = RESULT_PRIME_BITS - RESULT_C0_DROP;
+
+/// Bytes of a result ciphertext on the wire (no frame prefix) that keeps
+/// `kept` coefficients of c₀: all [`N`] of c₁, then the kept ones of c₀,
+/// bit-packed.
+pub fn result_frame_bytes(kept: usize) -> usize {
+    (N * RESULT_C1_BITS as usize + kept * RESULT_C0_BITS as usize).div_ceil(8)
+}
 
 /// How a linear layer's input and output are laid out in polynomials.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,17 +115,37 @@ impl Packing {
         let blocks = i.channels.div_ceil(per_block);
         let conv = Packing::Conv { op: *op, hp, wp, per_block, blocks };
         // The spaced depthwise layout sends more input polynomials and
-        // fewer results: taken where that is fewer bytes.
-        if let Some(dw) = depthwise.filter(|d| d.bytes() < conv.bytes()) {
+        // fewer results: taken where that makes fewer polynomials in all
+        // (each costs milliseconds of BFV work at one end or the other,
+        // more than its bytes take on a gigabit link), or as many and fewer
+        // bytes.
+        let polys = |p: &Packing| p.input_polys() + p.output_polys();
+        if let Some(dw) = depthwise.filter(|d| {
+            polys(d) < polys(&conv) || (polys(d) == polys(&conv) && d.bytes() < conv.bytes())
+        }) {
             return Ok(dw);
         }
         Ok(conv)
     }
 
-    /// Ciphertext bytes offline, in result ciphertexts
-    /// ([`FRESH_OVER_RESULT_BYTES`] per input polynomial).
+    /// Ciphertext bytes offline (fresh ones at [`FRESH_CT_BYTES`]).
     pub fn bytes(&self) -> f64 {
-        self.input_polys() as f64 * FRESH_OVER_RESULT_BYTES + self.output_polys() as f64
+        let results: usize = self.kept().iter().map(|k| result_frame_bytes(k.len())).sum();
+        self.input_polys() as f64 * FRESH_CT_BYTES + results as f64
+    }
+
+    /// Per result polynomial, the coefficients that hold outputs (in
+    /// ascending order): the only ones of c₀ a result sends.
+    pub fn kept(&self) -> Vec<Vec<u32>> {
+        let mut kept = vec![Vec::new(); self.output_polys()];
+        for (p, c) in self.output_positions() {
+            kept[p].push(c as u32);
+        }
+        for k in &mut kept {
+            k.sort_unstable();
+            k.dedup();
+        }
+        kept
     }
 
     /// Input polynomials (ciphertexts the client sends).

@@ -219,9 +219,10 @@ fn a_depthwise_separable_cnn_matches_onnxruntime_and_runs_under_the_protocol() {
     let x = prog.encode_input(&r.inputs[0]).unwrap();
     let report = delphi_engine::run::run_local(&prog, std::slice::from_ref(&x), &|_| {}).unwrap();
     assert!(report.inferences[0].correct, "secure result differs from the fixed-point reference");
-    // The depthwise layer (8 channels of 28×28): the spaced layout would
-    // send 3 input polynomials for 3 results, the ordinary one 1 for 8 —
-    // fewer bytes — with 8 products, not 8 × blocks.
+    // The depthwise layer (8 channels of 28×28): the spaced layout sends
+    // 3 input polynomials for 3 results, the ordinary one 1 for 8 — the
+    // spaced one has fewer polynomials in all (Packing::new), and 3
+    // products, not 8.
     let dw = prog
         .nodes
         .iter()
@@ -231,8 +232,8 @@ fn a_depthwise_separable_cnn_matches_onnxruntime_and_runs_under_the_protocol() {
         })
         .unwrap();
     let p = delphi_net::packing::Packing::new(&dw).unwrap();
-    assert!(matches!(p, delphi_net::packing::Packing::Conv { .. }), "{p:?}");
-    assert_eq!((p.input_polys(), p.output_polys(), p.products()), (1, 8, 8));
+    assert!(matches!(p, delphi_net::packing::Packing::Depthwise { .. }), "{p:?}");
+    assert_eq!((p.input_polys(), p.output_polys(), p.products()), (3, 3, 3));
 }
 
 #[test]
