@@ -161,7 +161,7 @@ impl ClientHe {
 ///
 /// * of c₀ only the coefficients that hold outputs are sent (the others
 ///   decrypt to values nobody reads): a convolution's result polynomial
-///   holds one output plane, 1–13 % of its 8,192 coefficients;
+///   holds one or a few output planes;
 /// * every coefficient is rounded to a multiple of 2^d before it is sent
 ///   (d = [`RESULT_C1_DROP`] for c₁, [`RESULT_C0_DROP`] for c₀), which
 ///   adds Σ sⱼ·eⱼ + e₀ to the decryption's noise: at most 2^16 + 2^13 in
@@ -732,6 +732,20 @@ mod tests {
         check(LinearOp::conv(Shape::new(5, 9, 9), 3, 3, 2, 1), 2);
         check(LinearOp::conv(Shape::new(20, 10, 10), 2, 1, 2, 0), 3);
         check(LinearOp::conv(Shape::new(16, 32, 32), 2, 3, 1, 1), 4);
+        // Several output channels per result: small planes, many channels
+        // (plain, strided, 1×1 with stride and an odd count).
+        for (i, op) in [
+            LinearOp::conv(Shape::new(64, 8, 8), 64, 3, 1, 1),
+            LinearOp::conv(Shape::new(32, 16, 16), 64, 3, 2, 1),
+            LinearOp::conv(Shape::new(24, 9, 9), 37, 1, 2, 0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let p = Packing::new(&op).unwrap();
+            assert!(matches!(p, Packing::Conv { outs, .. } if outs > 1), "{p:?}");
+            check(op, 20 + i as u64);
+        }
         // Depthwise (the spaced layout, weights given in full, zero off the
         // diagonal), strided and not, and one whose planes allow 2 per polynomial.
         let dw = |s: Shape, k: usize, stride: usize, pad: usize| {

@@ -402,12 +402,16 @@ fn a_depthwise_separable_block_equals_the_reference_and_skips_zero_products() {
 fn grouped_products_are_the_nonzero_weight_polynomials() {
     use delphi_net::linear::{expand_groups, LinearOp};
     use delphi_net::packing::Packing;
-    // 64 channels of 14×14 fill two input polynomials (32 padded 16×16 planes each).
+    // Grouped: 64 channels of 14×14 fill two input polynomials (32 padded
+    // 16×16 planes each), one output channel per result. (Ungrouped, the
+    // layout with several output channels per result may be cheaper.)
     for groups in [1, 2, 4, 16] {
         let s = Shape::new(64, 14, 14);
         let op = LinearOp::conv(s, 64, 3, 1, 1).with_groups(groups);
         let p = Packing::new(&op).unwrap();
-        assert_eq!(p.input_polys(), 2);
+        if groups > 1 {
+            assert_eq!((p.input_polys(), p.output_polys()), (2, 64));
+        }
         let w: Vec<i64> = (0..64 * 64 / groups * 9).map(|i| (i % 7) as i64 - 3).collect();
         let full = expand_groups(&w, 64, 64, groups, 9);
         let nonzero: usize = (0..p.output_polys())
@@ -424,12 +428,13 @@ fn grouped_products_are_the_nonzero_weight_polynomials() {
         }
     }
     // Depthwise: 5 channels per polynomial both ways (5² planes of 16×16
-    // fit 8,192), 13 products and 26 polynomials where the dense layer has
-    // 128 products and 66 polynomials.
+    // fit 8,192), 13 products and 26 polynomials where the ungrouped layer
+    // has 176 products and 27 polynomials (6 channels per input block, 4
+    // output channels per result).
     let op = LinearOp::conv(Shape::new(64, 14, 14), 64, 3, 1, 1).with_groups(64);
     let p = Packing::new(&op).unwrap();
     assert!(matches!(p, Packing::Depthwise { per: 5, .. }), "{p:?}");
     assert_eq!((p.input_polys(), p.output_polys(), p.products()), (13, 13, 13));
     let dense = Packing::new(&LinearOp::conv(Shape::new(64, 14, 14), 64, 3, 1, 1)).unwrap();
-    assert_eq!((dense.input_polys(), dense.output_polys(), dense.products()), (2, 64, 128));
+    assert_eq!((dense.input_polys(), dense.output_polys(), dense.products()), (11, 16, 176));
 }

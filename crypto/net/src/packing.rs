@@ -30,6 +30,12 @@ pub const RESULT_C1_BITS: u32 = RESULT_PRIME_BITS - RESULT_C1_DROP;
 /// Bits per kept c₀ coefficient on the wire.
 pub const RESULT_C0_BITS: u32 = RESULT_PRIME_BITS - RESULT_C0_DROP;
 
+/// A polynomial's BFV work (≈ 5 ms at one end or the other on the 2-core
+/// Xeon: encryption, transforms, the mask and re-randomisation) priced as
+/// the bytes a 400 Mbit/s link carries meanwhile: how [`Packing::new`]
+/// weighs a layout's polynomials against its bytes.
+pub const POLY_WORK_BYTES: f64 = 250_000.0;
+
 /// Bytes of a result ciphertext on the wire (no frame prefix) that keeps
 /// `kept` coefficients of c₀: all [`N`] of c₁, then the kept ones of c₀,
 /// bit-packed.
@@ -40,7 +46,10 @@ pub fn result_frame_bytes(kept: usize) -> usize {
 /// How a linear layer's input and output are laid out in polynomials.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Packing {
-    /// Convolution: input blocks of `per_block` padded channel planes.
+    /// Convolution: input blocks of `per_block` padded channel planes;
+    /// `outs` output channels per result polynomial, the kernels of output
+    /// channel j of a result `span` coefficients apart (see
+    /// [`Packing::conv`]).
     Conv {
         /// The layer.
         op: LinearOp,
@@ -52,6 +61,10 @@ pub enum Packing {
         per_block: usize,
         /// Input polynomials.
         blocks: usize,
+        /// Output channels per result polynomial.
+        outs: usize,
+        /// Coefficients between two output channels' kernels (and results).
+        span: usize,
     },
     /// Depthwise convolution (one input channel per output channel): `per`
     /// channel planes per polynomial, spaced so that channel c's products
@@ -111,21 +124,70 @@ impl Packing {
             let polys = i.channels.div_ceil(per);
             Packing::Depthwise { op: *op, hp, wp, per, polys }
         });
-        let per_block = (N / (hp * wp)).min(i.channels);
-        let blocks = i.channels.div_ceil(per_block);
-        let conv = Packing::Conv { op: *op, hp, wp, per_block, blocks };
+        let conv = Packing::conv(op, hp, wp);
         // The spaced depthwise layout sends more input polynomials and
-        // fewer results: taken where that makes fewer polynomials in all
-        // (each costs milliseconds of BFV work at one end or the other,
-        // more than its bytes take on a gigabit link), or as many and fewer
-        // bytes.
-        let polys = |p: &Packing| p.input_polys() + p.output_polys();
-        if let Some(dw) = depthwise.filter(|d| {
-            polys(d) < polys(&conv) || (polys(d) == polys(&conv) && d.bytes() < conv.bytes())
-        }) {
+        // fewer results: taken where that costs less.
+        if let Some(dw) = depthwise.filter(|d| d.cost() < conv.cost()) {
             return Ok(dw);
         }
         Ok(conv)
+    }
+
+    /// The convolution layout that costs least ([`Packing::cost`]). With
+    /// `c` input channels per block (T, degree < c·P for padded planes of
+    /// P = hp·wp coefficients) and output channel j's kernel K_j laid out
+    /// reversed to end at o = (c − 1)·P + (k − 1)·(wp + 1), the product
+    /// T·K_j holds j's outputs at o + y·wp + x and garbage elsewhere in
+    /// [0, L), L = c·P + o. One output channel per result (the layout of
+    /// Cheetah) takes any c with c·P ≤ N: the negacyclic wrap of the
+    /// garbage lands below o. Several, j = 0, 1, …, m − 1, as Σ X^(j·D)·K_j
+    /// with D = o + P, keep each channel's outputs clear of the others'
+    /// garbage (the next one starts past them, the previous one ends at
+    /// them) and need no wrap: (m − 1)·D + L ≤ N. Deep layers with small
+    /// planes and many channels (8×8 planes of 64 channels: one input
+    /// polynomial and 64 results, or 8 and 8) return far fewer results.
+    /// Grouped convolutions keep one output channel per result.
+    fn conv(op: &LinearOp, hp: usize, wp: usize) -> Packing {
+        let (cin, cout) = (op.input.channels, op.output.channels);
+        let plane = hp * wp;
+        let top = (N / plane).min(cin);
+        let layout = |per_block: usize, outs: usize| {
+            let o = (per_block - 1) * plane + (op.kernel - 1) * (wp + 1);
+            Packing::Conv {
+                op: *op,
+                hp,
+                wp,
+                per_block,
+                blocks: cin.div_ceil(per_block),
+                outs,
+                span: o + plane,
+            }
+        };
+        let mut best = layout(top, 1);
+        if op.groups > 1 {
+            return best;
+        }
+        for per_block in 1..=top {
+            let o = (per_block - 1) * plane + (op.kernel - 1) * (wp + 1);
+            let (span, len) = (o + plane, per_block * plane + o);
+            if len > N {
+                continue;
+            }
+            let outs = ((N - len) / span + 1).min(cout);
+            // As few results, with as few output channels per result.
+            let outs = cout.div_ceil(cout.div_ceil(outs));
+            let p = layout(per_block, outs);
+            if outs > 1 && p.cost() < best.cost() {
+                best = p;
+            }
+        }
+        best
+    }
+
+    /// What [`Packing::new`] minimises: offline bytes plus
+    /// [`POLY_WORK_BYTES`] per polynomial each way.
+    pub fn cost(&self) -> f64 {
+        self.bytes() + POLY_WORK_BYTES * (self.input_polys() + self.output_polys()) as f64
     }
 
     /// Ciphertext bytes offline (fresh ones at [`FRESH_CT_BYTES`]).
@@ -160,7 +222,7 @@ impl Packing {
     /// Result polynomials (ciphertexts the server returns).
     pub fn output_polys(&self) -> usize {
         match self {
-            Packing::Conv { op, .. } => op.output.channels,
+            Packing::Conv { op, outs, .. } => op.output.channels.div_ceil(*outs),
             Packing::Depthwise { polys, .. } => *polys,
             Packing::Dense { groups, .. } => *groups,
         }
@@ -179,7 +241,7 @@ impl Packing {
                     (last - first + 1).min(*blocks)
                 })
                 .sum(),
-            Packing::Conv { op, blocks, .. } => op.output.channels * blocks,
+            Packing::Conv { op, blocks, outs, .. } => op.output.channels.div_ceil(*outs) * blocks,
             Packing::Depthwise { polys, .. } => *polys,
             Packing::Dense { chunks, groups, .. } => chunks * groups,
         }
@@ -188,7 +250,7 @@ impl Packing {
     /// Lays the layer's input vector (CHW) out as coefficient vectors.
     pub fn pack_input(&self, x: &[F]) -> Vec<Vec<u64>> {
         match *self {
-            Packing::Conv { op, hp, wp, per_block, blocks } => {
+            Packing::Conv { op, hp, wp, per_block, blocks, .. } => {
                 let i = op.input;
                 (0..blocks)
                     .map(|b| {
@@ -244,18 +306,24 @@ impl Packing {
     pub fn weight_poly(&self, w: &[i64], out: usize, inp: usize) -> Vec<i64> {
         let mut v = vec![0i64; N];
         match *self {
-            Packing::Conv { op, hp, wp, per_block, .. } => {
+            Packing::Conv { op, hp, wp, per_block, outs, span, .. } => {
                 let (k, cin) = (op.kernel, op.input.channels);
                 let o = (per_block - 1) * hp * wp + (k - 1) * wp + (k - 1);
-                for cb in 0..per_block {
-                    let c = inp * per_block + cb;
-                    if c >= cin {
+                for j in 0..outs {
+                    let m = out * outs + j;
+                    if m >= op.output.channels {
                         break;
                     }
-                    for l in 0..k {
-                        for l2 in 0..k {
-                            v[o - cb * hp * wp - l * wp - l2] =
-                                w[((out * cin + c) * k + l) * k + l2];
+                    for cb in 0..per_block {
+                        let c = inp * per_block + cb;
+                        if c >= cin {
+                            break;
+                        }
+                        for l in 0..k {
+                            for l2 in 0..k {
+                                v[j * span + o - cb * hp * wp - l * wp - l2] =
+                                    w[((m * cin + c) * k + l) * k + l2];
+                            }
                         }
                     }
                 }
@@ -297,15 +365,16 @@ impl Packing {
     /// Where each layer output sits: (result polynomial, coefficient), in CHW order.
     pub fn output_positions(&self) -> Vec<(usize, usize)> {
         match *self {
-            Packing::Conv { op, wp, per_block, hp, .. } => {
+            Packing::Conv { op, wp, per_block, hp, outs, span, .. } => {
                 let k = op.kernel;
                 let o = (per_block - 1) * hp * wp + (k - 1) * wp + (k - 1);
                 let out = op.output;
                 let mut pos = Vec::with_capacity(out.len());
                 for m in 0..out.channels {
+                    let at = (m % outs) * span + o;
                     for oy in 0..out.height {
                         for ox in 0..out.width {
-                            pos.push((m, o + oy * op.stride * wp + ox * op.stride));
+                            pos.push((m / outs, at + oy * op.stride * wp + ox * op.stride));
                         }
                     }
                 }
