@@ -101,11 +101,8 @@ pub fn node_traffic(prog: &FixedProgram, i: usize) -> (Traffic, Traffic) {
             if let Ok(p) = Packing::new(op) {
                 off.fresh_frames = p.input_polys() as u64;
                 off.result_frames = p.output_polys() as u64;
-                off.result_bytes = p
-                    .kept()
-                    .iter()
-                    .map(|k| FRAME_PREFIX + result_frame_bytes(k.len()) as u64)
-                    .sum();
+                off.result_bytes =
+                    p.kept_counts().map(|k| FRAME_PREFIX + result_frame_bytes(k) as u64).sum();
                 off.rounds = 1.0;
             }
         }

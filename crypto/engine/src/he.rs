@@ -621,6 +621,8 @@ mod tests {
             .collect();
         let (res, s) = server.linear(&packing, &w, &cts, &mut rng).unwrap();
         let kept = packing.kept();
+        let counts: Vec<usize> = kept.iter().map(Vec::len).collect();
+        assert_eq!(packing.kept_counts().collect::<Vec<_>>(), counts, "{op:?}");
         let mut wired = Vec::new();
         for (c, k) in res.iter().zip(&kept) {
             // Measured: 11 bits left at the 60-bit level, whatever the weights

@@ -192,8 +192,30 @@ impl Packing {
 
     /// Ciphertext bytes offline (fresh ones at [`FRESH_CT_BYTES`]).
     pub fn bytes(&self) -> f64 {
-        let results: usize = self.kept().iter().map(|k| result_frame_bytes(k.len())).sum();
+        // All results but perhaps the last keep as many coefficients.
+        let (total, per) = self.kept_split();
+        let results = (total / per) * result_frame_bytes(per)
+            + if total % per > 0 { result_frame_bytes(total % per) } else { 0 };
         self.input_polys() as f64 * FRESH_CT_BYTES + results as f64
+    }
+
+    /// Per result polynomial, how many coefficients hold outputs
+    /// ([`Packing::kept`]'s lengths, without listing them: the cost model
+    /// prices thousands of layouts a second).
+    pub fn kept_counts(&self) -> impl Iterator<Item = usize> {
+        let (total, per) = self.kept_split();
+        (0..self.output_polys()).map(move |k| per.min(total.saturating_sub(k * per)))
+    }
+
+    /// Outputs in all, and per result polynomial (the last may hold fewer).
+    fn kept_split(&self) -> (usize, usize) {
+        let plane = |op: LinearOp| op.output.height * op.output.width;
+        let (total, per) = match *self {
+            Packing::Conv { op, outs, .. } => (op.output.len(), outs * plane(op)),
+            Packing::Depthwise { op, per, .. } => (op.output.len(), per * plane(op)),
+            Packing::Dense { op, rows, .. } => (op.output.channels, rows),
+        };
+        (total, per.max(1))
     }
 
     /// Per result polynomial, the coefficients that hold outputs (in
