@@ -1,9 +1,9 @@
 //! Exact traffic of every protocol step, both directions, from the protocol
-//! itself (message by message). Only the sizes of the client's fresh
-//! ciphertexts are not known in advance — SEAL compresses them with zstd —
-//! so they are counted in *frames*, and a [`CtSizes`] (measured by
-//! calibration) turns frames into bytes; the server's results travel in a
-//! compact form of fixed size and are counted exactly.
+//! itself (message by message). Ciphertexts travel in compact forms of fixed
+//! size (the client's fresh ones as a seed and c₀, [`FRESH_CT_BYTES`]; the
+//! server's results as c₁ and the kept part of c₀) and are counted exactly;
+//! a [`CtSizes`] keeps what calibration measured, for the record (and the
+//! public key, which SEAL serialises with zstd).
 //!
 //! The test `tests/bytes.rs` runs real networks and checks every non-
 //! ciphertext byte and every ciphertext frame against these formulas.
@@ -13,7 +13,7 @@ use delphi_crypto::garbled::{GcCircuit, GcFunction};
 use delphi_crypto::ot::iknp::KAPPA;
 use delphi_crypto::relu::{relu_circuit_for, ReluSpec};
 use delphi_net::fixed::{FixedOp, FixedProgram};
-use delphi_net::packing::{result_frame_bytes, Packing, N as SLOTS};
+use delphi_net::packing::{result_frame_bytes, Packing, FRESH_CT_BYTES, N as SLOTS};
 
 /// A `u64` agreed by both sides: 8 bytes each way.
 const AGREE: u64 = 16;
@@ -38,10 +38,12 @@ fn cot(m: usize) -> u64 {
     (m.div_ceil(KAPPA) * KAPPA * KAPPA / 8) as u64
 }
 
-/// Mean serialised ciphertext sizes (zstd-compressed, so measured).
+/// Mean serialised ciphertext sizes as calibration measured them.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CtSizes {
-    /// A fresh encryption (the client's Enc(r) for linear layers and triples).
+    /// A fresh encryption (the client's Enc(r) for linear layers and
+    /// triples), compact: for the record, predictions count
+    /// [`FRESH_CT_BYTES`] a frame.
     pub fresh: f64,
     /// A linear layer's result after switching to the last prime, in its
     /// compact form (a mean over the calibration's layers, for the record:
@@ -73,11 +75,11 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    /// Total bytes with ciphertext frames at the given sizes.
-    pub fn total(&self, ct: &CtSizes) -> f64 {
-        self.bytes as f64
-            + self.fresh_frames as f64 * (FRAME_PREFIX as f64 + ct.fresh)
-            + self.result_bytes as f64
+    /// Total bytes, every ciphertext frame included.
+    pub fn total(&self) -> f64 {
+        (self.bytes
+            + self.fresh_frames * (FRAME_PREFIX + FRESH_CT_BYTES as u64)
+            + self.result_bytes) as f64
     }
 
     /// Ciphertext frames of all kinds.

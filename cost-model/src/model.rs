@@ -86,8 +86,9 @@ pub struct HeLinear {
 /// windows, exact truncations). 3: the offline phase also pays the first
 /// touch of the memory its material fills
 /// ([`CostModel::fresh_memory_per_byte_s`]). 4: results travel compact
-/// (the server rounds and packs them, the client rebuilds them).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// (the server rounds and packs them, the client rebuilds them). 5: so do
+/// fresh ciphertexts (symmetric-key encryption, c₁ sent as its seed).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Where and when the model was measured.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -369,7 +370,7 @@ impl CostModel {
     }
 
     fn transfer(&self, t: &Traffic, link: &Link) -> f64 {
-        t.total(&self.ct) / link.bytes_per_s + t.rounds * link.rtt_s
+        t.total() / link.bytes_per_s + t.rounds * link.rtt_s
     }
 
     /// The computation of one node (no transfer), offline and online.
@@ -430,8 +431,8 @@ impl CostModel {
         let extra = Cost {
             offline_s: self.transfer(&poff, link),
             online_s: self.transfer(&pon, link),
-            offline_bytes: poff.total(&self.ct),
-            online_bytes: pon.total(&self.ct),
+            offline_bytes: poff.total(),
+            online_bytes: pon.total(),
         };
         let mut current: Option<(Option<usize>, Vec<&'static str>, Cost)> = None;
         for i in 0..prog.nodes.len() {
@@ -444,8 +445,8 @@ impl CostModel {
                     + self.transfer(&off, link)
                     + off.bytes as f64 * self.fresh_memory_per_byte_s,
                 online_s: c_on + self.transfer(&on, link),
-                offline_bytes: off.total(&self.ct),
-                online_bytes: on.total(&self.ct),
+                offline_bytes: off.total(),
+                online_bytes: on.total(),
             };
             let layer = prog.nodes[i].layer;
             let kind = prog.nodes[i].op.kind();

@@ -85,6 +85,8 @@ fn byte_predictions_are_exact_on_real_runs() {
                 "{}: offline bytes outside ciphertexts",
                 net.name
             );
+            // Fresh ciphertexts have a fixed size too: every byte predicted.
+            assert_eq!(inf.offline_bytes as f64, off.total(), "{}: offline bytes", net.name);
         }
     }
 }

@@ -162,8 +162,8 @@ fn fresh_memory_per_byte() -> f64 {
     ((cold - warm) / (PIECE * PIECES) as f64).max(0.0)
 }
 
-fn transfer(t: &Traffic, ct: &CtSizes, link: &Link) -> f64 {
-    t.total(ct) / link.bytes_per_s + t.rounds * link.rtt_s
+fn transfer(t: &Traffic, link: &Link) -> f64 {
+    t.total() / link.bytes_per_s + t.rounds * link.rtt_s
 }
 
 /// Offline and online wall times of a layer of `n` values run with a
@@ -384,10 +384,9 @@ fn he_linear_time(
     let cts = he_c.encrypt_input(&p, &x)?;
     let mut fresh = 0.0;
     let mut received = Vec::with_capacity(cts.len());
-    for c in &cts {
-        let b = ServerHe::to_bytes(c)?;
+    for b in &cts {
         fresh += b.len() as f64;
-        received.push(he_s.ciphertext_from_bytes(&b)?);
+        received.push(he_s.fresh_from_wire(b)?);
     }
     let (res, _) = he_s.linear(&p, &w, &received, &mut r)?;
     let mut result = 0.0;
@@ -591,8 +590,8 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
                 circuit.evaluator_inputs() as f64,
                 circuit.garbler_inputs() as f64,
             );
-            off_rows.push((n as f64, a, l_off, off - transfer(&t_off, &ct, &link)));
-            on_rows.push((n as f64, a, l_on, on - transfer(&t_on, &ct, &link)));
+            off_rows.push((n as f64, a, l_off, off - transfer(&t_off, &link)));
+            on_rows.push((n as f64, a, l_on, on - transfer(&t_on, &link)));
         }
     }
     let gc_offline = fit_gc_line("garbled-circuit layers offline", &off_rows)?;
@@ -613,12 +612,7 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
         let ((o1, p1), (o2, p2)) = (times(n1, runs)?, times(n2, runs)?);
         let (t1, t2) = (traffic(n1), traffic(n2));
         let line = |a: f64, ta: &Traffic, b: f64, tb: &Traffic| {
-            Affine::fit(
-                n1 as f64,
-                a - transfer(ta, &ct, &link),
-                n2 as f64,
-                b - transfer(tb, &ct, &link),
-            )
+            Affine::fit(n1 as f64, a - transfer(ta, &link), n2 as f64, b - transfer(tb, &link))
         };
         Ok((line(o1, &t1.0, o2, &t2.0), line(p1, &t1.1, p2, &t2.1)))
     };
@@ -635,9 +629,7 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
     let t = Instant::now();
     let mut reply = 0.0;
     for _ in 0..chunks {
-        let enc = he_c.encrypt_slots(&a)?;
-        let bytes = ServerHe::to_bytes(&enc)?;
-        let enc = he_s.ciphertext_from_bytes(&bytes)?;
+        let enc = he_s.fresh_from_wire(&he_c.encrypt_slots(&a)?)?;
         let a_s: Vec<F> = (0..SLOTS).map(|_| F::random(&mut r)).collect();
         let tv: Vec<F> = (0..SLOTS).map(|_| F::random(&mut r)).collect();
         let rep = he_s.result_to_wire(&he_s.square_cross(&enc, &a_s, &tv)?, None)?;

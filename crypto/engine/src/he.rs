@@ -28,8 +28,8 @@ pub use crate::params::{
     BfvParams, Packing, BFV_N8192, COEFF_BITS, N, RESULT_LEVEL, RESULT_LEVEL_DROPS, SLOTS,
 };
 use delphi_net::packing::{
-    result_frame_bytes, RESULT_C0_BITS, RESULT_C0_DROP, RESULT_C1_BITS, RESULT_C1_DROP,
-    RESULT_PRIME_BITS,
+    result_frame_bytes, FRESH_CT_BYTES, FRESH_PRIME_BITS, FRESH_SEED_BYTES, RESULT_C0_BITS,
+    RESULT_C0_DROP, RESULT_C1_BITS, RESULT_C1_DROP, RESULT_PRIME_BITS,
 };
 
 fn plaintext_from(coeffs: impl Iterator<Item = u64>) -> Result<Plaintext> {
@@ -56,7 +56,8 @@ fn coefficients(pt: &Plaintext) -> Vec<u64> {
 pub struct ClientHe {
     ctx: Context,
     public: PublicKey,
-    encryptor: Encryptor,
+    /// Symmetric-key encryption with a seeded c₁ ([`fresh`]).
+    seeded: fresh::SeededEncryptor,
     decryptor: Decryptor,
     encoder: BFVEncoder,
     /// A ciphertext at the result level, whose coefficients a compact
@@ -79,6 +80,7 @@ impl ClientHe {
         let public = keygen.create_public_key();
         let secret = keygen.secret_key();
         let encryptor = Encryptor::with_public_and_secret_key(&ctx, &public, &secret)?;
+        let seeded = fresh::SeededEncryptor::new(&ctx, &public, &secret)?;
         let decryptor = Decryptor::new(&ctx, &secret)?;
         let encoder = BFVEncoder::new(&ctx)?;
         let template = encryptor.encrypt(&plaintext_from(std::iter::empty())?)?;
@@ -87,7 +89,7 @@ impl ClientHe {
             evaluator.mod_switch_to_next_inplace(&template)?;
         }
         let q = wire::result_prime()?;
-        Ok(ClientHe { ctx, public, encryptor, decryptor, encoder, template, q })
+        Ok(ClientHe { ctx, public, seeded, decryptor, encoder, template, q })
     }
 
     /// The public key, serialised for the server.
@@ -95,12 +97,14 @@ impl ClientHe {
         Ok(self.public.as_bytes()?)
     }
 
-    /// Encrypts the layer-input mask `r` as the packing lays it out.
-    pub fn encrypt_input(&self, packing: &Packing, r: &[F]) -> Result<Vec<Ciphertext>> {
+    /// Encrypts the layer-input mask `r` as the packing lays it out: one
+    /// fresh ciphertext per input polynomial, each in its compact form on
+    /// the wire ([`fresh`], [`FRESH_CT_BYTES`] bytes).
+    pub fn encrypt_input(&self, packing: &Packing, r: &[F]) -> Result<Vec<Vec<u8>>> {
         packing
             .pack_input(r)
             .into_iter()
-            .map(|v| Ok(self.encryptor.encrypt(&plaintext_from(v.into_iter())?)?))
+            .map(|v| self.seeded.encrypt(&plaintext_from(v.into_iter())?))
             .collect()
     }
 
@@ -120,10 +124,11 @@ impl ClientHe {
         Ok(packing.output_positions().into_iter().map(|(p, c)| F::from_u64(polys[p][c])).collect())
     }
 
-    /// Encrypts a vector in the batching slots (for Beaver triples).
-    pub fn encrypt_slots(&self, v: &[F]) -> Result<Ciphertext> {
+    /// Encrypts a vector in the batching slots (for Beaver triples), in
+    /// the compact form of a fresh ciphertext on the wire ([`fresh`]).
+    pub fn encrypt_slots(&self, v: &[F]) -> Result<Vec<u8>> {
         let vals: Vec<u64> = v.iter().map(|x| x.value()).collect();
-        Ok(self.encryptor.encrypt(&self.encoder.encode_unsigned(&vals)?)?)
+        self.seeded.encrypt(&self.encoder.encode_unsigned(&vals)?)
     }
 
     /// Decrypts batching slots.
@@ -190,7 +195,11 @@ mod wire {
 
     // SEAL's C API (native/src/seal/c), linked through seal_fhe.
     unsafe extern "C" {
-        fn Ciphertext_GetDataAt1(thisptr: *mut c_void, index: u64, data: *mut u64) -> c_long;
+        pub(super) fn Ciphertext_GetDataAt1(
+            thisptr: *mut c_void,
+            index: u64,
+            data: *mut u64,
+        ) -> c_long;
         fn Ciphertext_SetDataAt(thisptr: *mut c_void, index: u64, value: u64) -> c_long;
     }
 
@@ -231,14 +240,14 @@ mod wire {
     }
 
     /// Little-endian bit packing of values of a fixed width.
-    struct Bits {
-        out: Vec<u8>,
-        acc: u128,
-        n: u32,
+    pub(super) struct Bits {
+        pub(super) out: Vec<u8>,
+        pub(super) acc: u128,
+        pub(super) n: u32,
     }
 
     impl Bits {
-        fn put(&mut self, v: u64, w: u32) {
+        pub(super) fn put(&mut self, v: u64, w: u32) {
             self.acc |= (v as u128) << self.n;
             self.n += w;
             while self.n >= 8 {
@@ -248,7 +257,7 @@ mod wire {
             }
         }
 
-        fn finish(mut self) -> Vec<u8> {
+        pub(super) fn finish(mut self) -> Vec<u8> {
             if self.n > 0 {
                 self.out.push(self.acc as u8);
             }
@@ -256,15 +265,16 @@ mod wire {
         }
     }
 
-    struct Unbits<'a> {
-        b: &'a [u8],
-        at: usize,
-        acc: u128,
-        n: u32,
+    /// Reads back what [`Bits`] wrote (zeros past the end).
+    pub(super) struct Unbits<'a> {
+        pub(super) b: &'a [u8],
+        pub(super) at: usize,
+        pub(super) acc: u128,
+        pub(super) n: u32,
     }
 
     impl Unbits<'_> {
-        fn get(&mut self, w: u32) -> u64 {
+        pub(super) fn get(&mut self, w: u32) -> u64 {
             while self.n < w {
                 let byte = self.b.get(self.at).copied().unwrap_or(0);
                 self.acc |= (byte as u128) << self.n;
@@ -376,6 +386,221 @@ mod wire {
     }
 }
 
+/// Fresh ciphertexts on the wire, compact. The client encrypts with its
+/// secret key (SEAL's symmetric encryption: c₁ = a uniform, c₀ = −a·s + e +
+/// Δ·m), and a uniform c₁ need not travel: SEAL draws it from a public
+/// 64-byte seed, which goes instead (SEAL's own "seeded" serialisation does
+/// the same). c₀ travels whole, at both data primes, bit-packed at
+/// [`FRESH_PRIME_BITS`] bits. Layout: SEAL's PRNG type (one byte: 1
+/// Blake2xb, 2 SHAKE-256), the seed (64 bytes), then c₀'s 2·N coefficients
+/// prime by prime: exactly [`FRESH_CT_BYTES`], less than half of a public-key
+/// encryption in SEAL's format (262 kB).
+///
+/// Security is that of SEAL's seeded ciphertexts: a is public in any RLWE
+/// sample, and symmetric-key BFV is semantically secure under the same RLWE
+/// assumption as public-key BFV (with less noise: e alone, no e·u terms).
+/// The server never hands the client's bytes to SEAL's parser as they come:
+/// it checks the length, the PRNG type and every coefficient against its
+/// prime, then writes SEAL's seeded serialisation itself, from the head of a
+/// fresh ciphertext it encrypted ([`head`]), and SEAL expands the seed.
+mod fresh {
+    use std::os::raw::{c_long, c_void};
+
+    use seal_fhe::{
+        Ciphertext, CoefficientModulus, Context, Plaintext, PublicKey, SecretKey, ToBytes,
+    };
+
+    use super::wire::{Bits, Ciphertext_GetDataAt1, Unbits};
+    use super::{COEFF_BITS, FRESH_CT_BYTES, FRESH_PRIME_BITS, FRESH_SEED_BYTES, N};
+    use crate::error::{EngineError, Result};
+    use crate::seal_check::{checked, Expect, HEADER};
+
+    // SEAL's C API (native/src/seal/c), linked through seal_fhe.
+    unsafe extern "C" {
+        fn Encryptor_Create(
+            context: *mut c_void,
+            public_key: *mut c_void,
+            secret_key: *mut c_void,
+            encryptor: *mut *mut c_void,
+        ) -> c_long;
+        fn Encryptor_Destroy(thisptr: *mut c_void) -> c_long;
+        fn Encryptor_EncryptSymmetric(
+            thisptr: *mut c_void,
+            plaintext: *mut c_void,
+            save_seed: bool,
+            destination: *mut c_void,
+            pool: *mut c_void,
+        ) -> c_long;
+    }
+
+    /// SEAL's seed marker: the first word of a seeded ciphertext's c₁.
+    const SEED_MARKER: u64 = u64::MAX;
+    /// Bytes of SEAL's serialised PRNG info (its header, type and seed).
+    const PRNG_INFO: usize = HEADER + FRESH_SEED_BYTES;
+    /// SEAL's PRNG types (`prng_type`): Blake2xb and SHAKE-256.
+    const PRNG_TYPES: [u8; 2] = [1, 2];
+
+    fn check(code: c_long, what: &str) -> Result<()> {
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(EngineError::Internal(format!("SEAL {what}: error {code:#x}")))
+        }
+    }
+
+    /// The two data primes, checked against the wire's width.
+    fn data_primes() -> Result<[u64; 2]> {
+        let primes = CoefficientModulus::create(N as u64, &COEFF_BITS)?;
+        match primes.as_slice() {
+            [a, b, _] if a.value() < 1 << FRESH_PRIME_BITS && b.value() < 1 << FRESH_PRIME_BITS => {
+                Ok([a.value(), b.value()])
+            }
+            _ => Err(EngineError::Internal("the data primes do not fit the wire width".into())),
+        }
+    }
+
+    /// A SEAL encryptor with the client's secret key (`seal_fhe` wraps one
+    /// but exposes neither its handle nor symmetric encryption).
+    pub(super) struct SeededEncryptor {
+        handle: *mut c_void,
+        primes: [u64; 2],
+    }
+
+    // SAFETY: SEAL's Encryptor keeps no per-call state (each encryption
+    // creates its own PRNGs and memory), as `seal_fhe`'s own wrapper of it,
+    // which is `Send + Sync`, relies on.
+    unsafe impl Send for SeededEncryptor {}
+    // SAFETY: as above.
+    unsafe impl Sync for SeededEncryptor {}
+
+    impl Drop for SeededEncryptor {
+        fn drop(&mut self) {
+            // SAFETY: the handle was created by Encryptor_Create and is
+            // destroyed once.
+            unsafe {
+                Encryptor_Destroy(self.handle);
+            }
+        }
+    }
+
+    impl SeededEncryptor {
+        pub(super) fn new(ctx: &Context, public: &PublicKey, secret: &SecretKey) -> Result<Self> {
+            let mut handle: *mut c_void = std::ptr::null_mut();
+            // SAFETY: live SEAL objects; SEAL copies the keys and writes the
+            // new encryptor's handle.
+            let code = unsafe {
+                Encryptor_Create(
+                    ctx.get_handle(),
+                    public.get_handle(),
+                    secret.get_handle(),
+                    &mut handle,
+                )
+            };
+            check(code, "encryptor")?;
+            Ok(SeededEncryptor { handle, primes: data_primes()? })
+        }
+
+        /// Encrypts `pt` with the secret key; returns the compact form.
+        pub(super) fn encrypt(&self, pt: &Plaintext) -> Result<Vec<u8>> {
+            let ct = Ciphertext::new()?;
+            // SAFETY: live SEAL objects; SEAL resizes and writes `ct`; a null
+            // pool is SEAL's global pool.
+            let code = unsafe {
+                Encryptor_EncryptSymmetric(
+                    self.handle,
+                    pt.get_handle(),
+                    true,
+                    ct.get_handle(),
+                    std::ptr::null_mut(),
+                )
+            };
+            check(code, "symmetric encryption")?;
+            if ct.num_polynomials() != 2 || ct.coeff_modulus_size() != 2 || ct.is_ntt_form() {
+                return Err(EngineError::Internal("an unexpected fresh ciphertext".into()));
+            }
+            let word = |i: usize| -> Result<u64> {
+                let mut v = 0u64;
+                // SAFETY: a live ciphertext of 2 polynomials of N coefficients
+                // at 2 primes (checked above); i < 4N; SEAL writes one u64.
+                let code = unsafe { Ciphertext_GetDataAt1(ct.get_handle(), i as u64, &mut v) };
+                check(code, "ciphertext coefficient")?;
+                Ok(v)
+            };
+            // c₁ holds the marker, then SEAL's serialised PRNG info.
+            let c1 = 2 * N;
+            if word(c1)? != SEED_MARKER {
+                return Err(EngineError::Internal("SEAL did not seed the encryption".into()));
+            }
+            let mut info = Vec::with_capacity(PRNG_INFO + 8);
+            for w in 0..PRNG_INFO.div_ceil(8) {
+                info.extend_from_slice(&word(c1 + 1 + w)?.to_le_bytes());
+            }
+            let mut bits = Bits { out: Vec::with_capacity(FRESH_CT_BYTES), acc: 0, n: 0 };
+            bits.out.extend_from_slice(&info[HEADER..PRNG_INFO]);
+            for (j, q) in self.primes.iter().enumerate() {
+                for i in 0..N {
+                    let v = word(j * N + i)?;
+                    if v >= *q {
+                        return Err(EngineError::Internal(format!("c0 coefficient {v:#x}")));
+                    }
+                    bits.put(v, FRESH_PRIME_BITS);
+                }
+            }
+            let out = bits.finish();
+            if out.len() != FRESH_CT_BYTES || !PRNG_TYPES.contains(&out[0]) {
+                return Err(EngineError::Internal("a malformed fresh ciphertext".into()));
+            }
+            Ok(out)
+        }
+    }
+
+    /// SEAL's uncompressed serialisation of `template` (a fresh ciphertext)
+    /// up to its coefficients: outer header, members, array header.
+    pub(super) fn head(template: &Ciphertext) -> Result<Vec<u8>> {
+        let plain = checked(&template.as_bytes()?, Expect::Fresh)?;
+        Ok(plain[..Expect::Fresh.coefficients_at()].to_vec())
+    }
+
+    /// SEAL's seeded serialisation of the compact fresh ciphertext `b`.
+    pub(super) fn expand(head: &[u8], b: &[u8]) -> Result<Vec<u8>> {
+        let bad = |what: String| EngineError::Malformed(format!("fresh ciphertext: {what}"));
+        if b.len() != FRESH_CT_BYTES {
+            return Err(bad(format!("{} bytes; the format has exactly {FRESH_CT_BYTES}", b.len())));
+        }
+        if !PRNG_TYPES.contains(&b[0]) {
+            return Err(bad(format!("PRNG type {}", b[0])));
+        }
+        let words = 2 * N;
+        let mut out = Vec::with_capacity(head.len() + 8 * words + PRNG_INFO);
+        out.extend_from_slice(head);
+        let array = head.len() - HEADER - 8;
+        // The array holds c₀ only: SEAL reads that as seeded.
+        out[array + 8..array + 16]
+            .copy_from_slice(&((HEADER + 8 + 8 * words) as u64).to_le_bytes());
+        out[head.len() - 8..].copy_from_slice(&(words as u64).to_le_bytes());
+        let primes = data_primes()?;
+        let mut bits = Unbits { b: &b[FRESH_SEED_BYTES..], at: 0, acc: 0, n: 0 };
+        for q in primes {
+            for _ in 0..N {
+                let v = bits.get(FRESH_PRIME_BITS);
+                if v >= q {
+                    return Err(bad("a coefficient past its prime".into()));
+                }
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        // SEAL's PRNG info: a SEAL header (the outer one's, resized), then
+        // the type and the seed.
+        let mut info = head[..HEADER].to_vec();
+        info[8..16].copy_from_slice(&(PRNG_INFO as u64).to_le_bytes());
+        out.extend_from_slice(&info);
+        out.extend_from_slice(&b[..FRESH_SEED_BYTES]);
+        let total = out.len() as u64;
+        out[8..16].copy_from_slice(&total.to_le_bytes());
+        Ok(out)
+    }
+}
+
 /// NTT-domain transforms of SEAL's evaluator, which `seal_fhe` does not
 /// wrap: its C API functions, called on the handles `seal_fhe` exposes.
 mod ntt {
@@ -475,6 +700,9 @@ mod ntt {
 pub struct ServerHe {
     ctx: Context,
     encryptor: Encryptor,
+    /// SEAL's serialisation of a fresh ciphertext up to its coefficients,
+    /// which a compact fresh ciphertext completes ([`fresh`]).
+    fresh_head: Vec<u8>,
     evaluator: BFVEvaluator,
     encoder: BFVEncoder,
     q: u64,
@@ -491,15 +719,18 @@ impl ServerHe {
         let evaluator = BFVEvaluator::new(&ctx)?;
         let encoder = BFVEncoder::new(&ctx)?;
         let q = wire::result_prime()?;
-        Ok(ServerHe { ctx, encryptor, evaluator, encoder, q })
+        let fresh_head = fresh::head(&encryptor.encrypt(&plaintext_from(std::iter::empty())?)?)?;
+        Ok(ServerHe { ctx, encryptor, fresh_head, evaluator, encoder, q })
     }
 
-    /// Parses a fresh ciphertext from the client: checked against the
-    /// agreed parameters ([`crate::seal_check`]) before SEAL loads it.
-    pub fn ciphertext_from_bytes(&self, b: &[u8]) -> Result<Ciphertext> {
-        let plain = checked(b, Expect::Fresh)?;
+    /// Reads a fresh ciphertext from the client in its compact form
+    /// ([`ClientHe::encrypt_input`]): exactly [`FRESH_CT_BYTES`] long, every
+    /// coefficient below its prime and a PRNG SEAL knows, or refused
+    /// ([`EngineError::Malformed`]); SEAL then expands c₁ from the seed.
+    pub fn fresh_from_wire(&self, b: &[u8]) -> Result<Ciphertext> {
+        let plain = fresh::expand(&self.fresh_head, b)?;
         Ciphertext::from_bytes(&self.ctx, &plain)
-            .map_err(|e| EngineError::Malformed(format!("ciphertext: {e}")))
+            .map_err(|e| EngineError::Malformed(format!("fresh ciphertext: {e}")))
     }
 
     /// Adds a fresh encryption of zero and drops to the result level.
@@ -613,11 +844,14 @@ mod tests {
         let own: Vec<i64> =
             (0..out * cin / op.groups * kk).map(|_| rng.gen_range(-2000..2000)).collect();
         let w = delphi_net::linear::expand_groups(&own, out, cin, op.groups, kk);
-        let cts = client.encrypt_input(&packing, &r).unwrap();
-        // Round trip through bytes, as over the wire.
-        let cts: Vec<Ciphertext> = cts
+        let wired = client.encrypt_input(&packing, &r).unwrap();
+        // Through the compact form, as over the wire.
+        let cts: Vec<Ciphertext> = wired
             .iter()
-            .map(|c| server.ciphertext_from_bytes(&ServerHe::to_bytes(c).unwrap()).unwrap())
+            .map(|b| {
+                assert_eq!(b.len(), FRESH_CT_BYTES);
+                server.fresh_from_wire(b).unwrap()
+            })
             .collect();
         let (res, s) = server.linear(&packing, &w, &cts, &mut rng).unwrap();
         let kept = packing.kept();
@@ -656,7 +890,7 @@ mod tests {
         let client = ClientHe::new().unwrap();
         let server = ServerHe::new(&client.public_key_bytes().unwrap()).unwrap();
         let r: Vec<F> = (0..N).map(|_| F::random(&mut rng)).collect();
-        let ct = client
+        let ct = server
             .encryptor
             .encrypt(&plaintext_from(r.iter().map(|x| x.value())).unwrap())
             .unwrap();
@@ -684,7 +918,8 @@ mod tests {
         let client = ClientHe::new().unwrap();
         let server = ServerHe::new(&client.public_key_bytes().unwrap()).unwrap();
         let one = [F::ONE; 4];
-        let c = server.square_cross(&client.encrypt_slots(&one).unwrap(), &one, &one).unwrap();
+        let enc = server.fresh_from_wire(&client.encrypt_slots(&one).unwrap()).unwrap();
+        let c = server.square_cross(&enc, &one, &one).unwrap();
         let kept: Vec<u32> = (0..101).map(|i| i * 3).collect();
         let good = server.result_to_wire(&c, Some(&kept)).unwrap();
         assert!(client.result_from_wire(&good, Some(&kept)).is_ok());
@@ -707,6 +942,42 @@ mod tests {
         assert!(malformed(&pad));
     }
 
+    /// A compact fresh ciphertext that is not what the format allows is
+    /// refused by name: a byte short or long, an unknown PRNG, a coefficient
+    /// at or past its prime. One that is well formed decrypts to what was
+    /// encrypted.
+    #[test]
+    fn malformed_compact_fresh_ciphertexts_are_refused() {
+        let client = ClientHe::new().unwrap();
+        let server = ServerHe::new(&client.public_key_bytes().unwrap()).unwrap();
+        let v: Vec<F> = (0..50).map(|i| F::from_u64(i * 1_000_003)).collect();
+        let good = client.encrypt_slots(&v).unwrap();
+        assert_eq!(good.len(), FRESH_CT_BYTES);
+        let ct = server.fresh_from_wire(&good).unwrap();
+        assert_eq!(client.decrypt_slots(&ct, v.len()).unwrap(), v);
+        let malformed =
+            |b: &[u8]| matches!(server.fresh_from_wire(b), Err(EngineError::Malformed(_)));
+        assert!(malformed(&good[1..]));
+        assert!(malformed(&[good.clone(), vec![0]].concat()));
+        for t in [0u8, 3, 255] {
+            let mut b = good.clone();
+            b[0] = t;
+            assert!(malformed(&b), "PRNG type {t}");
+        }
+        // The first coefficient all ones: 2^60 − 1 is past the 60-bit prime.
+        let mut top = good.clone();
+        for b in &mut top[FRESH_SEED_BYTES..FRESH_SEED_BYTES + 7] {
+            *b = 0xff;
+        }
+        top[FRESH_SEED_BYTES + 7] |= 0x0f;
+        assert!(malformed(&top));
+        // Another seed expands to another c₁: a valid ciphertext of noise.
+        let mut reseeded = good.clone();
+        reseeded[1] ^= 1;
+        let other = server.fresh_from_wire(&reseeded).unwrap();
+        assert_ne!(client.decrypt_slots(&other, v.len()).unwrap(), v);
+    }
+
     #[test]
     fn square_triples_from_bfv() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(8);
@@ -716,7 +987,10 @@ mod tests {
         let ac: Vec<F> = (0..n).map(|_| F::random(&mut rng)).collect();
         let a_s: Vec<F> = (0..n).map(|_| F::random(&mut rng)).collect();
         let t: Vec<F> = (0..n).map(|_| F::random(&mut rng)).collect();
-        let c = server.square_cross(&client.encrypt_slots(&ac).unwrap(), &a_s, &t).unwrap();
+        let enc = server.fresh_from_wire(&client.encrypt_slots(&ac).unwrap()).unwrap();
+        // Measured: 71 bits fresh (the symmetric encryption's e alone).
+        assert!(client.noise_budget(&enc).unwrap() >= 65);
+        let c = server.square_cross(&enc, &a_s, &t).unwrap();
         assert!(client.noise_budget(&c).unwrap() >= 6);
         let c = client.result_from_wire(&server.result_to_wire(&c, None).unwrap(), None).unwrap();
         assert!(client.noise_budget(&c).unwrap() >= 2);
@@ -785,7 +1059,7 @@ mod ntt_products {
         let server = ServerHe::new(&client.public_key_bytes().unwrap()).unwrap();
         let ev = &server.evaluator;
         let r = (0..N).map(|_| F::random(&mut rng).value());
-        let ct = client.encryptor.encrypt(&plaintext_from(r).unwrap()).unwrap();
+        let ct = server.encryptor.encrypt(&plaintext_from(r).unwrap()).unwrap();
         let pts: Vec<Plaintext> = (0..64)
             .map(|_| plaintext_from((0..N).map(|_| F::random(&mut rng).value())).unwrap())
             .collect();

@@ -47,14 +47,13 @@ use delphi_net::linear::sum_pool;
 
 use crate::error::{EngineError, Result};
 use crate::he::{ClientHe, Packing, ServerHe, N, SLOTS};
-use delphi_net::packing::result_frame_bytes;
+use delphi_net::packing::{result_frame_bytes, FRESH_CT_BYTES};
 
 use crate::seal_check::Expect;
 
 /// Sends a ciphertext frame; returns its bytes on the wire (with the prefix).
-fn send_ct<C: Channel>(ch: &mut C, c: &Ciphertext) -> Result<u64> {
-    let b = ServerHe::to_bytes(c)?;
-    ch.send_frame(&b)?;
+fn send_fresh<C: Channel>(ch: &mut C, b: &[u8]) -> Result<u64> {
+    ch.send_frame(b)?;
     Ok(8 + b.len() as u64)
 }
 
@@ -379,7 +378,7 @@ pub fn client_offline_to<C: Channel, R: RngCore + CryptoRng>(
             FixedOp::Linear { .. } => {
                 let p = packing(prog, i)?;
                 for c in he.encrypt_input(&p, &shares[node.inputs[0]])? {
-                    hc.sent(send_ct(ch, &c)?);
+                    hc.sent(send_fresh(ch, &c)?);
                 }
                 ch.flush()?;
                 let mut res = Vec::with_capacity(p.output_polys());
@@ -414,7 +413,7 @@ pub fn client_offline_to<C: Channel, R: RngCore + CryptoRng>(
                 let a_c = random(node.active_len(), rng);
                 let mut sq = Vec::with_capacity(len);
                 for chunk in a_c.chunks(SLOTS) {
-                    hc.sent(send_ct(ch, &he.encrypt_slots(chunk)?)?);
+                    hc.sent(send_fresh(ch, &he.encrypt_slots(chunk)?)?);
                     ch.flush()?;
                     let u = he.decrypt_slots(&recv_result(ch, he, None, &mut hc)?, chunk.len())?;
                     sq.extend(chunk.iter().zip(u).map(|(a, u)| *a * *a + u));
@@ -463,9 +462,7 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
                 let p = packing(prog, i)?;
                 let mut cts = Vec::with_capacity(p.input_polys());
                 for _ in 0..p.input_polys() {
-                    cts.push(he.ciphertext_from_bytes(
-                        &ch.recv_frame_bounded(Expect::Fresh.max_frame())?,
-                    )?);
+                    cts.push(he.fresh_from_wire(&ch.recv_frame_bounded(FRESH_CT_BYTES as u64)?)?);
                 }
                 let (res, sigma) = he.linear(&p, weight, &cts, rng)?;
                 for (c, kept) in res.iter().zip(p.kept()) {
@@ -488,9 +485,7 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
                 let mut remaining = len;
                 while remaining > 0 {
                     let k = remaining.min(SLOTS);
-                    let enc = he.ciphertext_from_bytes(
-                        &ch.recv_frame_bounded(Expect::Fresh.max_frame())?,
-                    )?;
+                    let enc = he.fresh_from_wire(&ch.recv_frame_bounded(FRESH_CT_BYTES as u64)?)?;
                     let a: Vec<F> = (0..k).map(|_| F::random(rng)).collect();
                     let t: Vec<F> = (0..k).map(|_| F::random(rng)).collect();
                     send_result(ch, he, &he.square_cross(&enc, &a, &t)?, None)?;

@@ -2,11 +2,12 @@
 //!
 //! SEAL's own loader trusts the size a compressed object declares: a 10 KiB
 //! zstd frame that inflates to gigabytes is decompressed in full before any
-//! check runs (a decompression bomb). Here, for each object the protocol
-//! expects (the client's public key, its fresh ciphertexts; and results in
-//! SEAL's own format, though the protocol sends them in a compact form of
-//! its own, [`crate::he::ClientHe::result_from_wire`]), the exact
-//! uncompressed layout is known from the agreed parameters, so:
+//! check runs (a decompression bomb). Here, for each object in SEAL's format
+//! (the client's public key, the one the protocol sends so; fresh
+//! ciphertexts and results, though the protocol sends both in compact forms
+//! of its own, [`crate::he::ServerHe::fresh_from_wire`],
+//! [`crate::he::ClientHe::result_from_wire`]), the exact uncompressed layout
+//! is known from the agreed parameters, so:
 //!
 //! * the outer header must be SEAL's (magic, header size, this SEAL major
 //!   version), with compression `none` or `zstd` only (zlib is refused: no
@@ -31,7 +32,8 @@ use crate::error::{EngineError, Result};
 use crate::params::N;
 
 const MAGIC: u16 = 0xA15E;
-const HEADER: usize = 16;
+/// Bytes of a SEAL header (every serialised object, and its arrays, start with one).
+pub(crate) const HEADER: usize = 16;
 /// SEAL's `compr_mode_type` values (byte 5 of the header).
 mod compr {
     pub(super) const NONE: u8 = 0;
@@ -83,9 +85,15 @@ impl Expect {
         2 * N * self.primes()
     }
 
+    /// Where the coefficients start in the uncompressed serialised object
+    /// (after the outer header, the members and the array's header and length).
+    pub fn coefficients_at(self) -> usize {
+        HEADER + CT_MEMBERS + HEADER + 8
+    }
+
     /// The exact size of the uncompressed serialised object.
     pub fn plain_len(self) -> usize {
-        HEADER + CT_MEMBERS + HEADER + 8 + 8 * self.words()
+        self.coefficients_at() + 8 * self.words()
     }
 
     /// The largest frame accepted for it (zstd's worst-case expansion of
@@ -246,9 +254,11 @@ mod tests {
         let packing = crate::he::Packing::new(&delphi_net::linear::LinearOp::dense(10, 3)).unwrap();
         let r: Vec<F> = (0..10).map(F::from_u64).collect();
         let fresh = client.encrypt_input(&packing, &r).unwrap();
-        let bytes = ServerHe::to_bytes(&fresh[0]).unwrap();
-        let cts = vec![server.ciphertext_from_bytes(&bytes).unwrap()];
-        // A fresh ciphertext is not a result, and the other way round.
+        let cts = vec![server.fresh_from_wire(&fresh[0]).unwrap()];
+        // A fresh ciphertext in SEAL's format passes as one, not as a
+        // result, and the other way round.
+        let bytes = ServerHe::to_bytes(&cts[0]).unwrap();
+        assert_eq!(checked(&bytes, Expect::Fresh).unwrap().len(), Expect::Fresh.plain_len());
         assert!(matches!(checked(&bytes, Expect::Result), Err(EngineError::HeObject { .. })));
         let (res, _) = server.linear(&packing, &[1; 30], &cts, &mut rand::thread_rng()).unwrap();
         let rb = ServerHe::to_bytes(&res[0]).unwrap();
@@ -282,10 +292,12 @@ mod tests {
     #[test]
     fn a_third_polynomial_is_refused() {
         let client = ClientHe::new().unwrap();
+        let server = ServerHe::new(&client.public_key_bytes().unwrap()).unwrap();
         let packing = crate::he::Packing::new(&delphi_net::linear::LinearOp::dense(10, 3)).unwrap();
         let r: Vec<F> = (0..10).map(F::from_u64).collect();
-        let fresh = client.encrypt_input(&packing, &r).unwrap();
-        let mut plain = checked(&ServerHe::to_bytes(&fresh[0]).unwrap(), Expect::Fresh).unwrap();
+        let fresh =
+            server.fresh_from_wire(&client.encrypt_input(&packing, &r).unwrap()[0]).unwrap();
+        let mut plain = checked(&ServerHe::to_bytes(&fresh).unwrap(), Expect::Fresh).unwrap();
         plain[HEADER + 33] = 3;
         let e = checked(&plain, Expect::Fresh).unwrap_err();
         assert!(e.to_string().contains("3 polynomials"), "{e}");

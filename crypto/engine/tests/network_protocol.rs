@@ -429,12 +429,12 @@ fn grouped_products_are_the_nonzero_weight_polynomials() {
     }
     // Depthwise: 5 channels per polynomial both ways (5² planes of 16×16
     // fit 8,192), 13 products and 26 polynomials where the ungrouped layer
-    // has 176 products and 27 polynomials (6 channels per input block, 4
+    // has 169 products and 26 polynomials (5 channels per input block, 5
     // output channels per result).
     let op = LinearOp::conv(Shape::new(64, 14, 14), 64, 3, 1, 1).with_groups(64);
     let p = Packing::new(&op).unwrap();
     assert!(matches!(p, Packing::Depthwise { per: 5, .. }), "{p:?}");
     assert_eq!((p.input_polys(), p.output_polys(), p.products()), (13, 13, 13));
     let dense = Packing::new(&LinearOp::conv(Shape::new(64, 14, 14), 64, 3, 1, 1)).unwrap();
-    assert_eq!((dense.input_polys(), dense.output_polys(), dense.products()), (11, 16, 176));
+    assert_eq!((dense.input_polys(), dense.output_polys(), dense.products()), (13, 13, 169));
 }

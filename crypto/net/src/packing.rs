@@ -11,9 +11,16 @@ use crate::linear::LinearOp;
 /// Ring dimension of the BFV parameters.
 pub const N: usize = 8192;
 
-/// Bytes of a fresh ciphertext (the client's input, two primes, zstd) as
-/// calibrated on the reference machine (`results/cost-model.json`, `ct`).
-pub const FRESH_CT_BYTES: f64 = 262_000.0;
+/// Bits of each of the two data primes a fresh ciphertext lives under.
+pub const FRESH_PRIME_BITS: u32 = 60;
+/// Bytes of the seed a fresh ciphertext's c₁ is expanded from on the wire:
+/// SEAL's PRNG type (one byte) and its 64-byte seed.
+pub const FRESH_SEED_BYTES: usize = 1 + 64;
+/// Bytes of a fresh ciphertext on the wire (the client's encryption of its
+/// input masks and triple shares, no frame prefix): symmetric-key BFV, so
+/// c₁ is uniform and travels as the seed it is expanded from; c₀ at both
+/// data primes, bit-packed at [`FRESH_PRIME_BITS`] bits a coefficient.
+pub const FRESH_CT_BYTES: usize = FRESH_SEED_BYTES + 2 * N * FRESH_PRIME_BITS as usize / 8;
 
 /// Bits of the result level's prime (the one 60-bit prime a result keeps
 /// after modulus switching).
@@ -196,7 +203,7 @@ impl Packing {
         let (total, per) = self.kept_split();
         let results = (total / per) * result_frame_bytes(per)
             + if total % per > 0 { result_frame_bytes(total % per) } else { 0 };
-        self.input_polys() as f64 * FRESH_CT_BYTES + results as f64
+        (self.input_polys() * FRESH_CT_BYTES + results) as f64
     }
 
     /// Per result polynomial, how many coefficients hold outputs
