@@ -11,6 +11,7 @@
 use delphi_crypto::channel::FIELD_BYTES;
 use delphi_crypto::garbled::{GcCircuit, GcFunction};
 use delphi_crypto::ot::iknp::KAPPA;
+use delphi_crypto::ot::silent::{iknp_bytes, silent_extensions, CotKind, FERRET};
 use delphi_crypto::relu::{relu_circuit_for, ReluSpec};
 use delphi_net::fixed::{FixedOp, FixedProgram};
 use delphi_net::packing::{result_frame_bytes, Packing, FRESH_CT_BYTES, N as SLOTS};
@@ -24,6 +25,9 @@ const ID: u64 = 16;
 /// Chou–Orlandi base OTs for the extension: one point from the sender and
 /// one per base OT from the receiver, 32 bytes each.
 pub const BASE_OT: u64 = 32 + KAPPA as u64 * 32;
+/// A correlated-OT pool's set-up: the base OTs, then its hash key and code
+/// seed (two blocks).
+pub const POOL_SETUP: u64 = BASE_OT + 32;
 /// Bytes of a frame's length prefix.
 pub const FRAME_PREFIX: u64 = 8;
 
@@ -88,8 +92,19 @@ impl Traffic {
     }
 }
 
+fn with_pool((mut off, on): (Traffic, Traffic), ot: Traffic) -> (Traffic, Traffic) {
+    off.bytes += ot.bytes;
+    off.rounds += ot.rounds;
+    (off, on)
+}
+
 /// Offline and online traffic of one program node.
 pub fn node_traffic(prog: &FixedProgram, i: usize) -> (Traffic, Traffic) {
+    node_traffic_with(prog, i, &OtPlan::of(prog))
+}
+
+/// [`node_traffic`] with the program's [`OtPlan`] at hand.
+pub fn node_traffic_with(prog: &FixedProgram, i: usize, ots: &OtPlan) -> (Traffic, Traffic) {
     let node = &prog.nodes[i];
     let n = node.shape.len();
     let mut off = Traffic::default();
@@ -109,13 +124,17 @@ pub fn node_traffic(prog: &FixedProgram, i: usize) -> (Traffic, Traffic) {
             }
         }
         // A node working on some channels only runs on those elements.
+        // Garbled-circuit layers take their correlated OTs from the pool.
         FixedOp::Relu { shift, bits } => {
             let spec = ReluSpec { shift: *shift, bits: *bits };
-            return relu_traffic(node.active_len(), spec);
+            let c = relu_circuit_for(spec).circuit();
+            return with_pool(gc_traffic_of(node.active_len(), c), ots.traffic(i));
         }
         FixedOp::Trunc { shift, kind } => {
             return match kind.exact(*shift) {
-                Some(e) => gc_traffic(node.active_len(), e.gc()),
+                Some(e) => {
+                    with_pool(gc_traffic_of(node.active_len(), e.gc().circuit()), ots.traffic(i))
+                }
                 None => node_traffic_trunc(node.active_len()),
             };
         }
@@ -146,18 +165,25 @@ pub fn relu_traffic(n: usize, spec: impl Into<ReluSpec>) -> (Traffic, Traffic) {
 }
 
 /// Offline and online traffic of `n` values of a garbled-circuit layer
-/// ([`delphi_crypto::garbled`]: ReLUs, exact truncations) of circuit `gc`.
+/// ([`delphi_crypto::garbled`]: ReLUs, exact truncations) of circuit `gc`,
+/// run alone (its own pool of IKNP correlated OTs).
 pub fn gc_traffic(n: usize, gc: &GcCircuit) -> (Traffic, Traffic) {
-    gc_traffic_of(n, gc.circuit())
+    gc_traffic_alone(n, gc.circuit())
 }
 
 /// [`gc_traffic`] from the recorded circuit alone.
+pub fn gc_traffic_alone(n: usize, c: &delphi_crypto::gc::Circuit) -> (Traffic, Traffic) {
+    let (mut off, on) = gc_traffic_of(n, c);
+    off.bytes += POOL_SETUP + cot(n * c.evaluator_inputs());
+    (off, on)
+}
+
+/// A garbled-circuit layer's traffic but for its correlated OTs (which
+/// come from the offline phase's pool, [`OtPlan`]).
 pub fn gc_traffic_of(n: usize, c: &delphi_crypto::gc::Circuit) -> (Traffic, Traffic) {
     let off = Traffic {
         bytes: 3 * AGREE
             + ID_AND_KEY
-            + BASE_OT
-            + cot(n * c.evaluator_inputs())
             + (n * 2 * c.and_gates() * 16) as u64
             + fields(n * c.outputs()),
         rounds: 4.0,
@@ -169,6 +195,83 @@ pub fn gc_traffic_of(n: usize, c: &delphi_crypto::gc::Circuit) -> (Traffic, Traf
         ..Traffic::default()
     };
     (off, on)
+}
+
+/// The offline phase's correlated OTs over a program: one pool serves every
+/// garbled-circuit layer in order ([`delphi_crypto::ot::CotSenderPool`],
+/// of the kind that sends fewer bytes for the program's OTs), set up at
+/// the first; a silent pool runs an extension whenever its ready OTs run
+/// out (the first from IKNP, the later ones from its reserve) and corrects
+/// each OT's choice bit with one bit.
+#[derive(Clone, Debug)]
+pub struct OtPlan {
+    /// Each node's OTs.
+    ots: Vec<usize>,
+    /// The OTs of the nodes before each.
+    before: Vec<usize>,
+    /// The pool's kind.
+    pub kind: CotKind,
+}
+
+impl OtPlan {
+    /// The plan of `prog`'s offline phase.
+    pub fn of(prog: &FixedProgram) -> OtPlan {
+        let ots: Vec<usize> = (0..prog.nodes.len()).map(|i| prog.node_ots(i)).collect();
+        let mut sum = 0;
+        let before = ots
+            .iter()
+            .map(|&m| {
+                sum += m;
+                sum - m
+            })
+            .collect();
+        OtPlan { ots, before, kind: CotKind::for_count(sum) }
+    }
+
+    /// Node `i`'s correlated OTs.
+    pub fn ots(&self, i: usize) -> usize {
+        self.ots[i]
+    }
+
+    /// Silent extensions node `i` runs (0 for an IKNP pool).
+    pub fn extensions(&self, i: usize) -> usize {
+        match self.kind {
+            CotKind::Iknp => 0,
+            CotKind::Silent => {
+                silent_extensions(self.before[i] + self.ots[i]) - silent_extensions(self.before[i])
+            }
+        }
+    }
+
+    /// What node `i`'s OTs cost: bytes both ways and round trips.
+    pub fn traffic(&self, i: usize) -> Traffic {
+        let (m, before) = (self.ots[i], self.before[i]);
+        if m == 0 {
+            return Traffic::default();
+        }
+        let setup = if before == 0 { POOL_SETUP } else { 0 };
+        match self.kind {
+            CotKind::Iknp => Traffic { bytes: setup + cot(m), ..Traffic::default() },
+            CotKind::Silent => {
+                let (e0, e1) = (silent_extensions(before), silent_extensions(before + m));
+                let runs: u64 = (e0..e1)
+                    .map(|e| {
+                        let base = if e == 0 {
+                            iknp_bytes(FERRET.base())
+                        } else {
+                            FERRET.base().div_ceil(8) as u64
+                        };
+                        base + FERRET.extension_bytes()
+                    })
+                    .sum();
+                Traffic {
+                    bytes: setup + runs + m.div_ceil(8) as u64,
+                    rounds: (e1 - e0) as f64,
+                    ..Traffic::default()
+                }
+            }
+        }
+    }
 }
 
 /// [`relu_traffic`] with the engine's usual truncation (12 bits).

@@ -2,7 +2,8 @@
 //! byte, every ciphertext frame and every result ciphertext's bytes, exactly.
 #![allow(clippy::unwrap_used)]
 
-use delphi_cost::bytes::{node_traffic, program_traffic, Traffic};
+use delphi_cost::bytes::{node_traffic, program_traffic, OtPlan, Traffic};
+use delphi_crypto::ot::CotKind;
 use delphi_engine::run::run_local;
 use delphi_net::builtin::build;
 use delphi_net::FixedProgram;
@@ -52,8 +53,15 @@ fn byte_predictions_are_exact_on_real_runs() {
         .collect();
     delphi_net::window::set_windows(&mut reduced, &windows).unwrap();
     reduced.name = "reduced".into();
-    for net in [mixed, channels, reduced, build("small-cnn", 10, 42).unwrap()] {
+    // ReLUs in the last activation layer only and faithful truncations
+    // (their own random OTs): few correlated OTs, an IKNP pool.
+    let mut last = build("small-cnn", 10, 44).unwrap();
+    "QQR".parse::<Placement>().unwrap().apply(&mut last).unwrap();
+    last.fixed_point.truncation = delphi_net::desc::TruncChoice::FaithfulLeaky;
+    let mut kinds = Vec::new();
+    for net in [mixed, channels, reduced, last, build("small-cnn", 10, 42).unwrap()] {
         let prog = FixedProgram::lower(&net).unwrap();
+        kinds.push(OtPlan::of(&prog).kind);
         let inputs: Vec<_> = delphi_net::eval::random_inputs(784, 1, 3)
             .iter()
             .map(|x| prog.encode_input(x).unwrap())
@@ -89,4 +97,6 @@ fn byte_predictions_are_exact_on_real_runs() {
             assert_eq!(inf.offline_bytes as f64, off.total(), "{}: offline bytes", net.name);
         }
     }
+    // Both kinds of correlated-OT pool were counted against real runs.
+    assert!(kinds.contains(&CotKind::Silent) && kinds.contains(&CotKind::Iknp), "{kinds:?}");
 }

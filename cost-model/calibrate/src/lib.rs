@@ -37,6 +37,7 @@ use delphi_cost::model::{Affine, CostModel, GcLine, HeLinear, Provenance, FORMAT
 use delphi_cost::Link;
 use delphi_crypto::garbled::{ClientGcBundle, GcFunction, ServerGcBundle};
 use delphi_crypto::gc::Circuit;
+use delphi_crypto::ot::{CotKind, CotReceiverPool, CotSenderPool};
 
 /// What can go wrong while calibrating.
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +167,34 @@ fn transfer(t: &Traffic, link: &Link) -> f64 {
     t.total() / link.bytes_per_s + t.rounds * link.rtt_s
 }
 
+/// Seconds of one silent-OT extension over `link` (loopback), transfers
+/// excluded: a silent pool serving three extensions' worth of OTs in one
+/// request (the first extension from IKNP, two bootstrapped), both sides
+/// at once; the fastest of `runs`.
+fn silent_extension_time(runs: usize, link: &Link) -> Result<f64> {
+    use delphi_crypto::ot::silent::{silent_bytes, FERRET};
+    let m = 3 * FERRET.fresh();
+    let mut best = f64::INFINITY;
+    for run in 0..runs.max(1) {
+        let (mut s, mut c) = pair()?;
+        let h = thread::spawn(move || -> Result<()> {
+            let mut r = rng(40 + run as u64);
+            CotSenderPool::new(CotKind::Silent).send(&mut s, m, &mut r)?;
+            Ok(())
+        });
+        let mut r = rng(41 + run as u64);
+        let choices: Vec<bool> = (0..m).map(|i| i % 3 == 0).collect();
+        let t = Instant::now();
+        CotReceiverPool::new(CotKind::Silent).receive(&mut c, &choices, &mut r)?;
+        let secs = t.elapsed().as_secs_f64();
+        h.join().map_err(|_| CalibrateError::Invalid("calibration thread panicked".into()))??;
+        let bytes =
+            (silent_bytes(m) + m.div_ceil(8) as u64 + delphi_cost::bytes::POOL_SETUP) as f64;
+        best = best.min(secs - bytes / link.bytes_per_s - 3.0 * link.rtt_s);
+    }
+    Ok((best / 3.0).max(0.0))
+}
+
 /// Offline and online wall times of a layer of `n` values run with a
 /// single-use bundle protocol (ReLU, truncation), the client re-masking its
 /// output as the network protocol does: offline the fastest of `runs`
@@ -251,20 +280,23 @@ where
 }
 
 /// Offline and online wall times of a garbled-circuit layer of `n` values
-/// of `spec` (any [`GcFunction`]: a ReLU of any window, an exact truncation).
+/// of `spec` (any [`GcFunction`]: a ReLU of any window, an exact truncation),
+/// its correlated OTs from IKNP (the per-label cost; a silent pool's
+/// extensions are priced apart, [`silent_extension_time`]).
 fn gc_times<G: GcFunction>(n: usize, runs: usize, spec: G) -> Result<(f64, f64)> {
     bundle_times(
         n,
         runs,
         (
             move |ch: &mut TcpChannel, n, r: &mut SecretRng| {
-                ServerGcBundle::offline(ch, n, spec, r)
+                ServerGcBundle::offline_with(ch, n, spec, r, &mut CotSenderPool::new(CotKind::Iknp))
             },
             |b: ServerGcBundle<G>, ch: &mut TcpChannel, x: &[F]| b.online(ch, x),
         ),
         (
             move |ch: &mut TcpChannel, x: &[F], r: &mut SecretRng| {
-                ClientGcBundle::offline(ch, x, spec, r)
+                let mut ot = CotReceiverPool::new(CotKind::Iknp);
+                ClientGcBundle::offline_with(ch, x, spec, r, None, &mut ot)
             },
             |b: ClientGcBundle<G>, ch: &mut TcpChannel| b.online(ch),
         ),
@@ -584,7 +616,7 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
         times(sizes[0], 1)?;
         for &n in sizes {
             let (off, on) = times(n, runs_at(n))?;
-            let (t_off, t_on) = delphi_cost::bytes::gc_traffic_of(n, circuit);
+            let (t_off, t_on) = delphi_cost::bytes::gc_traffic_alone(n, circuit);
             let (a, l_off, l_on) = (
                 circuit.and_gates() as f64,
                 circuit.evaluator_inputs() as f64,
@@ -616,6 +648,9 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
         };
         Ok((line(o1, &t1.0, o2, &t2.0), line(p1, &t1.1, p2, &t2.1)))
     };
+
+    say("silent OT extensions");
+    let silent_extension_s = silent_extension_time(if quick { 2 } else { 3 }, &link)?;
 
     say("truncations (OT)");
     let sizes = if quick { (4096, 32768) } else { (16384, 262144) };
@@ -679,6 +714,7 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
         quad_online,
         local_per_value_s: per,
         fresh_memory_per_byte_s,
+        silent_extension_s,
     })
 }
 

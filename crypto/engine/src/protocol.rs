@@ -36,8 +36,9 @@ use delphi_crypto::channel::Channel;
 use delphi_crypto::codec::Stored;
 use delphi_crypto::codec::{Decoder, Encoder};
 use delphi_crypto::field::F;
+use delphi_crypto::ot::{CotKind, CotReceiverPool, CotSenderPool};
 use delphi_crypto::relu::{
-    client_offline_to as relu_client_offline, server_offline as relu_server_offline,
+    client_offline_with as relu_client_offline, server_offline_with as relu_server_offline,
 };
 use delphi_crypto::relu::{ClientReluBundle, ReluSpec, ServerReluBundle};
 use delphi_crypto::spool::Spool;
@@ -369,6 +370,7 @@ pub fn client_offline_to<C: Channel, R: RngCore + CryptoRng>(
     let mut quads: Vec<Option<(Vec<F>, Vec<F>)>> = vec![None; n];
     let random = |len: usize, rng: &mut R| -> Vec<F> { (0..len).map(|_| F::random(rng)).collect() };
     let mut tracer = Tracer::new(ch);
+    let mut ot = CotReceiverPool::new(CotKind::for_count(prog.correlated_ots()));
     for i in 0..n {
         let node = &prog.nodes[i];
         let len = node.shape.len();
@@ -394,17 +396,19 @@ pub fn client_offline_to<C: Channel, R: RngCore + CryptoRng>(
                     ReluSpec { shift: *shift, bits: *bits },
                     rng,
                     spool.as_ref(),
+                    &mut ot,
                 )?);
                 node.scatter(random(node.active_len(), rng), F::ZERO)
             }
             FixedOp::Trunc { shift, kind } => {
-                truncs[i] = Some(trunc::client_offline_to(
+                truncs[i] = Some(trunc::client_offline_with(
                     ch,
                     &node.gather(&shares[node.inputs[0]]),
                     *shift,
                     *kind,
                     rng,
                     spool.as_ref(),
+                    &mut ot,
                 )?);
                 node.scatter(random(node.active_len(), rng), F::ZERO)
             }
@@ -455,6 +459,7 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
     let mut relus: Vec<Option<ServerReluBundle>> = (0..n).map(|_| None).collect();
     let mut truncs: Vec<Option<ServerTruncBundle>> = (0..n).map(|_| None).collect();
     let mut quads: Vec<Option<(Vec<F>, Vec<F>)>> = vec![None; n];
+    let mut ot = CotSenderPool::new(CotKind::for_count(prog.correlated_ots()));
     for i in 0..n {
         let node = &prog.nodes[i];
         match &node.op {
@@ -473,10 +478,17 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
             }
             FixedOp::Relu { shift, bits } => {
                 let spec = ReluSpec { shift: *shift, bits: *bits };
-                relus[i] = Some(relu_server_offline(ch, node.active_len(), spec, rng)?);
+                relus[i] = Some(relu_server_offline(ch, node.active_len(), spec, rng, &mut ot)?);
             }
             FixedOp::Trunc { shift, kind } => {
-                truncs[i] = Some(trunc::server_offline(ch, node.active_len(), *shift, *kind, rng)?);
+                truncs[i] = Some(trunc::server_offline_with(
+                    ch,
+                    node.active_len(),
+                    *shift,
+                    *kind,
+                    rng,
+                    &mut ot,
+                )?);
             }
             FixedOp::Quad { .. } => {
                 let len = node.active_len();

@@ -421,6 +421,30 @@ impl Lowering {
 }
 
 impl FixedProgram {
+    /// The correlated OTs node `i`'s offline phase takes: one per client
+    /// input bit of its garbled circuits (ReLUs, exact truncations).
+    pub fn node_ots(&self, i: usize) -> usize {
+        let node = &self.nodes[i];
+        let per = match &node.op {
+            FixedOp::Relu { shift, bits } => {
+                let spec = ReluSpec { shift: *shift, bits: *bits };
+                delphi_crypto::relu::relu_circuit_for(spec).circuit().evaluator_inputs()
+            }
+            FixedOp::Trunc { shift, kind } => kind.exact(*shift).map_or(0, |e| {
+                use delphi_crypto::garbled::GcFunction;
+                e.gc().circuit().evaluator_inputs()
+            }),
+            _ => 0,
+        };
+        node.active_len() * per
+    }
+
+    /// The correlated OTs of the whole offline phase (one pool serves
+    /// them all, [`delphi_crypto::ot::CotSenderPool`]).
+    pub fn correlated_ots(&self) -> usize {
+        (0..self.nodes.len()).map(|i| self.node_ots(i)).sum()
+    }
+
     /// Lowers a (validated) network.
     pub fn lower(net: &Network) -> Result<FixedProgram> {
         let shapes = net.validate()?;

@@ -14,7 +14,7 @@
 mod protocol;
 mod storage;
 
-pub use protocol::{client_bundle_bytes, ClientGcBundle, ServerGcBundle};
+pub use protocol::{client_bundle_bytes, own_ot_kind, ClientGcBundle, ServerGcBundle};
 
 use crate::error::Result;
 use crate::field::F;

@@ -11,7 +11,7 @@ use crate::channel::Channel;
 use crate::error::{Error, Result};
 use crate::field::F;
 use crate::gc::{Evaluator, Garbler, BATCH};
-use crate::ot::{CotReceiver, CotSender};
+use crate::ot::{CotKind, CotReceiverPool, CotSenderPool};
 use crate::spool::{Spool, Stash, StashBuilder};
 
 use super::{GcFunction, MAX_VALUES};
@@ -80,6 +80,16 @@ pub fn client_bundle_bytes<S: GcFunction>(spec: S, n: usize) -> u64 {
     n as u64 * per as u64
 }
 
+/// The kind of correlated OT a bundle of `n` values run alone uses: the one
+/// that sends fewer bytes for its `n` × (client input bits) OTs.
+/// (An invalid `spec` gets IKNP; the bundle then refuses it by name.)
+pub fn own_ot_kind<S: GcFunction>(spec: S, n: usize) -> CotKind {
+    if spec.check().is_err() {
+        return CotKind::Iknp;
+    }
+    CotKind::for_count(n.saturating_mul(spec.gc().circuit.evaluator_inputs()))
+}
+
 pub(super) fn check_count<S: GcFunction>(n: usize) -> Result<()> {
     if n == 0 || n > MAX_VALUES {
         return Err(Error::InvalidArgument(format!(
@@ -99,12 +109,26 @@ fn agree<C: Channel, S: GcFunction>(ch: &mut C, n: usize, spec: S) -> Result<()>
 }
 
 impl<S: GcFunction> ServerGcBundle<S> {
-    /// Offline phase, server side: garbles `n` circuits and sends them.
+    /// Offline phase, server side: garbles `n` circuits and sends them,
+    /// with correlated OTs of its own ([`own_ot_kind`]).
     pub fn offline<C: Channel, R: RngCore + CryptoRng>(
         ch: &mut C,
         n: usize,
         spec: S,
         rng: &mut R,
+    ) -> Result<Self> {
+        let mut ot = CotSenderPool::new(own_ot_kind(spec, n));
+        Self::offline_with(ch, n, spec, rng, &mut ot)
+    }
+
+    /// [`ServerGcBundle::offline`] with the correlated OTs (and so Δ) of
+    /// `ot`, a pool that serves a whole offline phase.
+    pub fn offline_with<C: Channel, R: RngCore + CryptoRng>(
+        ch: &mut C,
+        n: usize,
+        spec: S,
+        rng: &mut R,
+        ot: &mut CotSenderPool,
     ) -> Result<Self> {
         check_count::<S>(n)?;
         spec.check()?;
@@ -112,9 +136,7 @@ impl<S: GcFunction> ServerGcBundle<S> {
         let gc = spec.gc();
         let (ev_bits, ga_bits) = (gc.circuit.evaluator_inputs(), gc.circuit.garbler_inputs());
         let (id, hash_key) = ch.start_bundle(rng)?;
-        let mut cot = CotSender::setup(ch, rng)?;
-        let ev_zero = cot.send(ch, n * ev_bits)?;
-        let delta = cot.delta();
+        let (delta, ev_zero) = ot.send(ch, n * ev_bits, rng)?;
 
         let no = gc.circuit.outputs();
         let label_seed = Block::random(rng);
@@ -225,19 +247,32 @@ impl<S: GcFunction> ClientGcBundle<S> {
         rng: &mut R,
         spool: Option<&Spool>,
     ) -> Result<Self> {
+        let mut ot = CotReceiverPool::new(own_ot_kind(spec, shares.len()));
+        Self::offline_with(ch, shares, spec, rng, spool, &mut ot)
+    }
+
+    /// [`ClientGcBundle::offline_to`] with the correlated OTs of `ot`, a
+    /// pool that serves a whole offline phase.
+    pub fn offline_with<C: Channel, R: RngCore + CryptoRng>(
+        ch: &mut C,
+        shares: &[F],
+        spec: S,
+        rng: &mut R,
+        spool: Option<&Spool>,
+        ot: &mut CotReceiverPool,
+    ) -> Result<Self> {
         let n = shares.len();
         check_count::<S>(n)?;
         spec.check()?;
         agree(ch, n, spec)?;
         let gc = spec.gc();
         let (id, hash_key) = ch.join_bundle()?;
-        let mut cot = CotReceiver::setup(ch, rng)?;
         let mut choices: Vec<bool> = Vec::with_capacity(n * gc.circuit.evaluator_inputs());
         for &a in shares {
             spec.client_input(a, &mut choices);
         }
         debug_assert_eq!(choices.len(), n * gc.circuit.evaluator_inputs());
-        let labels = Stash::keep(cot.receive(ch, &choices)?, spool)?;
+        let labels = Stash::keep(ot.receive(ch, &choices, rng)?, spool)?;
         choices.zeroize();
 
         let no = gc.circuit.outputs();

@@ -92,6 +92,7 @@ use crate::channel::Channel;
 use crate::error::Result;
 use crate::field::F;
 use crate::garbled::{ClientGcBundle, GcCircuit, GcFunction, ServerGcBundle};
+use crate::ot::{CotReceiverPool, CotSenderPool};
 
 /// Server's half of an offline ReLU bundle.
 pub type ServerReluBundle = ServerGcBundle<ReluSpec>;
@@ -106,6 +107,18 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
     rng: &mut R,
 ) -> Result<ServerReluBundle> {
     ServerGcBundle::offline(ch, n, spec.into(), rng)
+}
+
+/// [`server_offline`] with the correlated OTs of `ot`, a pool that serves
+/// a whole offline phase.
+pub fn server_offline_with<C: Channel, R: RngCore + CryptoRng>(
+    ch: &mut C,
+    n: usize,
+    spec: impl Into<ReluSpec>,
+    rng: &mut R,
+    ot: &mut CotSenderPool,
+) -> Result<ServerReluBundle> {
+    ServerGcBundle::offline_with(ch, n, spec.into(), rng, ot)
 }
 
 /// Offline phase, client side: obtains the garbled ReLUs for its shares
@@ -129,6 +142,19 @@ pub fn client_offline_to<C: Channel, R: RngCore + CryptoRng>(
     spool: Option<&crate::spool::Spool>,
 ) -> Result<ClientReluBundle> {
     ClientGcBundle::offline_to(ch, shares, spec.into(), rng, spool)
+}
+
+/// [`client_offline_to`] with the correlated OTs of `ot`, a pool that
+/// serves a whole offline phase.
+pub fn client_offline_with<C: Channel, R: RngCore + CryptoRng>(
+    ch: &mut C,
+    shares: &[F],
+    spec: impl Into<ReluSpec>,
+    rng: &mut R,
+    spool: Option<&crate::spool::Spool>,
+    ot: &mut CotReceiverPool,
+) -> Result<ClientReluBundle> {
+    ClientGcBundle::offline_with(ch, shares, spec.into(), rng, spool, ot)
 }
 
 /// Bytes the client's half of an offline bundle of `n` ReLUs holds.

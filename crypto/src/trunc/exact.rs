@@ -41,6 +41,7 @@ use crate::error::{Error, Result};
 use crate::field::{F, HALF, P};
 use crate::garbled::{add_gadget, ClientGcBundle, GcCircuit, GcFunction, ServerGcBundle};
 use crate::gc::{Circuit, Fancy};
+use crate::ot::{CotReceiverPool, CotSenderPool};
 use crate::relu::{client_bits, relu_circuit, relu_trunc_reference, server_bits};
 
 use super::faithful::{trunc_reference, MAX_SHIFT, OFFSET_BITS};
@@ -244,6 +245,17 @@ impl ServerExactBundle {
         Ok(ServerExactBundle { gc: ServerGcBundle::offline(ch, n, spec, rng)? })
     }
 
+    /// [`ServerExactBundle::offline`] with the correlated OTs of `ot`.
+    pub fn offline_with<C: Channel, R: RngCore + CryptoRng>(
+        ch: &mut C,
+        n: usize,
+        spec: ExactTrunc,
+        rng: &mut R,
+        ot: &mut CotSenderPool,
+    ) -> Result<Self> {
+        Ok(ServerExactBundle { gc: ServerGcBundle::offline_with(ch, n, spec, rng, ot)? })
+    }
+
     /// Values in the bundle.
     pub fn len(&self) -> usize {
         self.gc.len()
@@ -283,7 +295,20 @@ impl ClientExactBundle {
         rng: &mut R,
         spool: Option<&crate::spool::Spool>,
     ) -> Result<Self> {
-        let gc = ClientGcBundle::offline_to(ch, shares, spec, rng, spool)?;
+        let mut ot = CotReceiverPool::new(crate::garbled::own_ot_kind(spec, shares.len()));
+        Self::offline_with(ch, shares, spec, rng, spool, &mut ot)
+    }
+
+    /// [`ClientExactBundle::offline_to`] with the correlated OTs of `ot`.
+    pub fn offline_with<C: Channel, R: RngCore + CryptoRng>(
+        ch: &mut C,
+        shares: &[F],
+        spec: ExactTrunc,
+        rng: &mut R,
+        spool: Option<&crate::spool::Spool>,
+        ot: &mut CotReceiverPool,
+    ) -> Result<Self> {
+        let gc = ClientGcBundle::offline_with(ch, shares, spec, rng, spool, ot)?;
         let local = Zeroizing::new(shares.iter().map(|c| spec.client_local(*c)).collect());
         Ok(ClientExactBundle { gc, local })
     }

@@ -29,6 +29,7 @@ use crate::channel::Channel;
 use crate::codec::{Decoder, Encoder, Stored};
 use crate::error::{Error, Result};
 use crate::field::F;
+use crate::ot::{CotReceiverPool, CotSenderPool};
 
 /// Which truncation protocol a node runs (in descriptions: `exact`,
 /// `exact-wide`, `faithful-leaky`).
@@ -135,6 +136,23 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
     })
 }
 
+/// [`server_offline`] whose exact protocol takes its correlated OTs from
+/// `ot`, a pool that serves a whole offline phase (the faithful one runs
+/// its own random OTs).
+pub fn server_offline_with<C: Channel, R: RngCore + CryptoRng>(
+    ch: &mut C,
+    n: usize,
+    shift: u32,
+    kind: TruncKind,
+    rng: &mut R,
+    ot: &mut CotSenderPool,
+) -> Result<ServerTruncBundle> {
+    Ok(match kind.exact(shift) {
+        Some(e) => ServerTruncBundle::Exact(ServerExactBundle::offline_with(ch, n, e, rng, ot)?),
+        None => ServerTruncBundle::Faithful(faithful::server_offline(ch, n, shift, rng)?),
+    })
+}
+
 /// Bytes the client's half of an offline bundle of `n` truncated values
 /// holds (a garbled circuit each when exact; a share and a key each when
 /// faithful).
@@ -178,6 +196,25 @@ pub fn client_offline_to<C: Channel, R: RngCore + CryptoRng>(
         Some(e) => {
             ClientTruncBundle::Exact(ClientExactBundle::offline_to(ch, shares, e, rng, spool)?)
         }
+        None => ClientTruncBundle::Faithful(faithful::client_offline(ch, shares, shift, rng)?),
+    })
+}
+
+/// [`client_offline_to`] whose exact protocol takes its correlated OTs
+/// from `ot`.
+pub fn client_offline_with<C: Channel, R: RngCore + CryptoRng>(
+    ch: &mut C,
+    shares: &[F],
+    shift: u32,
+    kind: TruncKind,
+    rng: &mut R,
+    spool: Option<&crate::spool::Spool>,
+    ot: &mut CotReceiverPool,
+) -> Result<ClientTruncBundle> {
+    Ok(match kind.exact(shift) {
+        Some(e) => ClientTruncBundle::Exact(ClientExactBundle::offline_with(
+            ch, shares, e, rng, spool, ot,
+        )?),
         None => ClientTruncBundle::Faithful(faithful::client_offline(ch, shares, shift, rng)?),
     })
 }
