@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use delphi_net::fixed::{FixedOp, FixedProgram};
 use delphi_net::packing::Packing;
 
+use delphi_crypto::ot::CotKind;
+
 use crate::bytes::{node_traffic_with, program_traffic, setup_bytes, CtSizes, OtPlan, Traffic};
 use crate::error::{CostError, Result};
 use crate::link::Link;
@@ -229,6 +231,11 @@ pub struct CostModel {
     /// are refused as stale.)
     #[serde(default)]
     pub silent_extension_s: f64,
+    /// Seconds per IKNP correlated OT (both sides at once, transfers
+    /// excluded): the work in the garbled-circuit lines that a silent pool
+    /// does not do.
+    #[serde(default)]
+    pub iknp_per_ot_s: f64,
 }
 
 /// The reduced ReLU the calibration measures (window 12..27, truncation 12:
@@ -379,6 +386,18 @@ impl CostModel {
         self.relu_reduced_offline.is_some() && self.relu_reduced_online.is_some()
     }
 
+    /// What node `i`'s OTs from a silent pool cost beyond the IKNP OTs
+    /// its garbled-circuit line counts (0 for an IKNP pool).
+    fn silent_ot_s(&self, ots: &OtPlan, i: usize) -> f64 {
+        match ots.kind {
+            CotKind::Iknp => 0.0,
+            CotKind::Silent => {
+                ots.extensions(i) as f64 * self.silent_extension_s
+                    - ots.ots(i) as f64 * self.iknp_per_ot_s
+            }
+        }
+    }
+
     fn transfer(&self, t: &Traffic, link: &Link) -> f64 {
         t.total() / link.bytes_per_s + t.rounds * link.rtt_s
     }
@@ -455,7 +474,7 @@ impl CostModel {
             let held = off.bytes - ots.traffic(i).bytes + 16 * ots.ots(i) as u64;
             let cost = Cost {
                 offline_s: c_off
-                    + ots.extensions(i) as f64 * self.silent_extension_s
+                    + self.silent_ot_s(&ots, i)
                     + self.transfer(&off, link)
                     + held as f64 * self.fresh_memory_per_byte_s,
                 online_s: c_on + self.transfer(&on, link),

@@ -167,32 +167,39 @@ fn transfer(t: &Traffic, link: &Link) -> f64 {
     t.total() / link.bytes_per_s + t.rounds * link.rtt_s
 }
 
-/// Seconds of one silent-OT extension over `link` (loopback), transfers
-/// excluded: a silent pool serving three extensions' worth of OTs in one
-/// request (the first extension from IKNP, two bootstrapped), both sides
-/// at once; the fastest of `runs`.
-fn silent_extension_time(runs: usize, link: &Link) -> Result<f64> {
-    use delphi_crypto::ot::silent::{silent_bytes, FERRET};
+/// Seconds of one silent-OT extension, and of one IKNP OT, over `link`
+/// (loopback), transfers excluded: a pool of each kind serving three
+/// silent extensions' worth of OTs in one request (the first extension
+/// from IKNP, two bootstrapped), both sides at once; the fastest of `runs`.
+fn ot_times(runs: usize, link: &Link) -> Result<(f64, f64)> {
+    use delphi_crypto::ot::silent::{iknp_bytes, silent_bytes, FERRET};
     let m = 3 * FERRET.fresh();
-    let mut best = f64::INFINITY;
-    for run in 0..runs.max(1) {
+    let time = |kind: CotKind, run: usize| -> Result<f64> {
         let (mut s, mut c) = pair()?;
         let h = thread::spawn(move || -> Result<()> {
             let mut r = rng(40 + run as u64);
-            CotSenderPool::new(CotKind::Silent).send(&mut s, m, &mut r)?;
+            CotSenderPool::new(kind).send(&mut s, m, &mut r)?;
             Ok(())
         });
         let mut r = rng(41 + run as u64);
         let choices: Vec<bool> = (0..m).map(|i| i % 3 == 0).collect();
         let t = Instant::now();
-        CotReceiverPool::new(CotKind::Silent).receive(&mut c, &choices, &mut r)?;
+        CotReceiverPool::new(kind).receive(&mut c, &choices, &mut r)?;
         let secs = t.elapsed().as_secs_f64();
         h.join().map_err(|_| CalibrateError::Invalid("calibration thread panicked".into()))??;
-        let bytes =
-            (silent_bytes(m) + m.div_ceil(8) as u64 + delphi_cost::bytes::POOL_SETUP) as f64;
-        best = best.min(secs - bytes / link.bytes_per_s - 3.0 * link.rtt_s);
+        let (bytes, rounds) = match kind {
+            CotKind::Silent => (silent_bytes(m) + m.div_ceil(8) as u64, 4.0),
+            CotKind::Iknp => (iknp_bytes(m), 1.0),
+        };
+        let bytes = (bytes + delphi_cost::bytes::POOL_SETUP) as f64;
+        Ok(secs - bytes / link.bytes_per_s - rounds * link.rtt_s)
+    };
+    let (mut silent, mut iknp) = (f64::INFINITY, f64::INFINITY);
+    for run in 0..runs.max(1) {
+        silent = silent.min(time(CotKind::Silent, run)?);
+        iknp = iknp.min(time(CotKind::Iknp, run)?);
     }
-    Ok((best / 3.0).max(0.0))
+    Ok(((silent / 3.0).max(0.0), (iknp / m as f64).max(0.0)))
 }
 
 /// Offline and online wall times of a layer of `n` values run with a
@@ -282,7 +289,7 @@ where
 /// Offline and online wall times of a garbled-circuit layer of `n` values
 /// of `spec` (any [`GcFunction`]: a ReLU of any window, an exact truncation),
 /// its correlated OTs from IKNP (the per-label cost; a silent pool's
-/// extensions are priced apart, [`silent_extension_time`]).
+/// extensions are priced apart, [`ot_times`]).
 fn gc_times<G: GcFunction>(n: usize, runs: usize, spec: G) -> Result<(f64, f64)> {
     bundle_times(
         n,
@@ -512,7 +519,7 @@ fn least_squares_raw(rows: &[([f64; 3], f64)]) -> [f64; 3] {
 /// line per step.
 pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
     let start = Instant::now();
-    let steps = 7;
+    let steps = 8;
     let mut step = 0;
     let mut say = |m: &str| {
         step += 1;
@@ -649,8 +656,8 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
         Ok((line(o1, &t1.0, o2, &t2.0), line(p1, &t1.1, p2, &t2.1)))
     };
 
-    say("silent OT extensions");
-    let silent_extension_s = silent_extension_time(if quick { 2 } else { 3 }, &link)?;
+    say("correlated OTs (silent extensions, IKNP)");
+    let (silent_extension_s, iknp_per_ot_s) = ot_times(if quick { 2 } else { 3 }, &link)?;
 
     say("truncations (OT)");
     let sizes = if quick { (4096, 32768) } else { (16384, 262144) };
@@ -715,6 +722,7 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
         local_per_value_s: per,
         fresh_memory_per_byte_s,
         silent_extension_s,
+        iknp_per_ot_s,
     })
 }
 

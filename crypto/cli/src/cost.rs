@@ -199,6 +199,8 @@ fn report_spread(a: &delphi_cost::CostModel, b: &delphi_cost::CostModel) -> Resu
             ("faithful trunc offline s per value", m.trunc_offline.per_item_s),
             ("quad offline s per value", m.quad_offline.per_item_s),
             ("fresh memory s per byte", m.fresh_memory_per_byte_s),
+            ("silent OT s per extension", m.silent_extension_s),
+            ("IKNP s per OT", m.iknp_per_ot_s),
         ]
     };
     let mut rows = Vec::new();

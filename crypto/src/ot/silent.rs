@@ -202,7 +202,15 @@ fn xor_rows(code: &Code, p: &LpnParams, secret: &[Block], noise: &mut [Block]) {
 /// Where a pool's next COTs come from.
 enum Source<T> {
     Iknp(T),
-    Silent { iknp: T, reserve: Vec<Block>, ready: Vec<Block>, pos: usize, ext: u64 },
+    Silent {
+        iknp: T,
+        reserve: Vec<Block>,
+        ready: Vec<Block>,
+        pos: usize,
+        ext: u64,
+        /// An extension's outputs, reused (no fresh pages per extension).
+        scratch: Vec<Block>,
+    },
 }
 
 /// The garbler's side of a run's correlated OTs: one Δ for every layer.
@@ -215,8 +223,9 @@ pub struct CotSenderPool {
 pub struct CotReceiverPool {
     kind: CotKind,
     state: Option<(Source<CotReceiver>, TweakHash, Code)>,
-    /// The choice bits of the silent pool's reserve and ready COTs.
-    bits: (Vec<bool>, Vec<bool>),
+    /// The choice bits of the silent pool's reserve and ready COTs, and
+    /// of an extension's outputs.
+    bits: (Vec<bool>, Vec<bool>, Vec<bool>),
 }
 
 impl fmt::Debug for CotSenderPool {
@@ -233,9 +242,10 @@ impl fmt::Debug for CotReceiverPool {
 
 impl<T> Drop for Source<T> {
     fn drop(&mut self) {
-        if let Source::Silent { reserve, ready, .. } = self {
+        if let Source::Silent { reserve, ready, scratch, .. } = self {
             reserve.zeroize();
             ready.zeroize();
+            scratch.zeroize();
         }
     }
 }
@@ -244,6 +254,7 @@ impl Drop for CotReceiverPool {
     fn drop(&mut self) {
         self.bits.0.zeroize();
         self.bits.1.zeroize();
+        self.bits.2.zeroize();
     }
 }
 
@@ -300,9 +311,14 @@ impl CotSenderPool {
             ch.flush()?;
             let source = match self.kind {
                 CotKind::Iknp => Source::Iknp(iknp),
-                CotKind::Silent => {
-                    Source::Silent { iknp, reserve: Vec::new(), ready: Vec::new(), pos: 0, ext: 0 }
-                }
+                CotKind::Silent => Source::Silent {
+                    iknp,
+                    reserve: Vec::new(),
+                    ready: Vec::new(),
+                    pos: 0,
+                    ext: 0,
+                    scratch: Vec::new(),
+                },
             };
             self.state = Some((source, TweakHash::new(hash_key), code));
         }
@@ -311,7 +327,7 @@ impl CotSenderPool {
         };
         match source {
             Source::Iknp(iknp) => Ok((iknp.delta(), iknp.send(ch, m)?)),
-            Source::Silent { iknp, reserve, ready, pos, ext } => {
+            Source::Silent { iknp, reserve, ready, pos, ext, scratch } => {
                 let delta = iknp.delta();
                 while ready.len() - *pos < m {
                     let base = if reserve.is_empty() {
@@ -319,12 +335,13 @@ impl CotSenderPool {
                     } else {
                         derandomize_send(ch, reserve, FERRET.base(), delta)?
                     };
-                    let out = extend_send(ch, &FERRET, hash, code, delta, &base, *ext, rng)?;
+                    extend_send(ch, &FERRET, (hash, code), delta, &base, *ext, scratch, rng)?;
                     *ext += 1;
                     ready.drain(..*pos);
                     *pos = 0;
-                    *reserve = out[..FERRET.base()].to_vec();
-                    ready.extend_from_slice(&out[FERRET.base()..]);
+                    reserve.clear();
+                    reserve.extend_from_slice(&scratch[..FERRET.base()]);
+                    ready.extend_from_slice(&scratch[FERRET.base()..]);
                 }
                 let take = &ready[*pos..*pos + m];
                 *pos += m;
@@ -349,21 +366,21 @@ fn derandomize_send<C: Channel>(
 }
 
 /// One extension, sender side: `base` holds k COTs for the secret, then
-/// t·h for the trees' OTs.
+/// t·h for the trees' OTs; writes the n outputs to `s`.
 #[allow(clippy::too_many_arguments)]
 fn extend_send<C: Channel, R: RngCore + CryptoRng>(
     ch: &mut C,
     p: &LpnParams,
-    hash: &TweakHash,
-    code: &Code,
+    (hash, code): (&TweakHash, &Code),
     delta: Block,
     base: &[Block],
     ext: u64,
+    s: &mut Vec<Block>,
     rng: &mut R,
-) -> Result<Vec<Block>> {
+) -> Result<()> {
     let leaves = 1 << p.h;
     let ggm = Ggm::new();
-    let mut s = vec![Block::ZERO; p.n];
+    s.resize(p.n, Block::ZERO);
     let mut tmp = vec![Block::ZERO; leaves];
     let mut msgs = Vec::with_capacity(2 * p.h + 1);
     let mut hx = [Block::ZERO; 2];
@@ -393,8 +410,8 @@ fn extend_send<C: Channel, R: RngCore + CryptoRng>(
     }
     ch.flush()?;
     tmp.zeroize();
-    xor_rows(code, p, &base[..p.k], &mut s);
-    Ok(s)
+    xor_rows(code, p, &base[..p.k], s);
+    Ok(())
 }
 
 /// A unique tweak per (extension, tree, level).
@@ -406,7 +423,7 @@ impl CotReceiverPool {
     /// A pool of the given kind; nothing runs before the first
     /// [`Self::receive`].
     pub fn new(kind: CotKind) -> Self {
-        CotReceiverPool { kind, state: None, bits: (Vec::new(), Vec::new()) }
+        CotReceiverPool { kind, state: None, bits: (Vec::new(), Vec::new(), Vec::new()) }
     }
 
     /// The kind of this pool.
@@ -429,9 +446,14 @@ impl CotReceiverPool {
             ch.recv_blocks(&mut keys)?;
             let source = match self.kind {
                 CotKind::Iknp => Source::Iknp(iknp),
-                CotKind::Silent => {
-                    Source::Silent { iknp, reserve: Vec::new(), ready: Vec::new(), pos: 0, ext: 0 }
-                }
+                CotKind::Silent => Source::Silent {
+                    iknp,
+                    reserve: Vec::new(),
+                    ready: Vec::new(),
+                    pos: 0,
+                    ext: 0,
+                    scratch: Vec::new(),
+                },
             };
             self.state = Some((source, TweakHash::new(keys[0]), Code { prg_seed: keys[1] }));
         }
@@ -440,8 +462,8 @@ impl CotReceiverPool {
         };
         match source {
             Source::Iknp(iknp) => iknp.receive(ch, choices),
-            Source::Silent { iknp, reserve, ready, pos, ext } => {
-                let (reserve_bits, ready_bits) = &mut self.bits;
+            Source::Silent { iknp, reserve, ready, pos, ext, scratch } => {
+                let (reserve_bits, ready_bits, x) = &mut self.bits;
                 while ready.len() - *pos < m {
                     // The secret u is random; the trees' choice bits are
                     // the complements of each α's bits, most significant
@@ -459,15 +481,18 @@ impl CotReceiverPool {
                     } else {
                         derandomize_receive(ch, reserve, reserve_bits, &want)?
                     };
-                    let (x, z) =
-                        extend_receive(ch, &FERRET, hash, code, &base, &want, &alphas, *ext)?;
+                    let z = &mut *scratch;
+                    let tree = (&want[..], &alphas[..]);
+                    extend_receive(ch, &FERRET, (hash, code), &base, tree, *ext, (x, z))?;
                     want.zeroize();
                     *ext += 1;
                     ready.drain(..*pos);
                     ready_bits.drain(..*pos);
                     *pos = 0;
-                    *reserve = z[..FERRET.base()].to_vec();
-                    *reserve_bits = x[..FERRET.base()].to_vec();
+                    reserve.clear();
+                    reserve.extend_from_slice(&z[..FERRET.base()]);
+                    reserve_bits.clear();
+                    reserve_bits.extend_from_slice(&x[..FERRET.base()]);
                     ready.extend_from_slice(&z[FERRET.base()..]);
                     ready_bits.extend_from_slice(&x[FERRET.base()..]);
                 }
@@ -499,21 +524,21 @@ fn derandomize_receive<C: Channel>(
     Ok(z[..want.len()].to_vec())
 }
 
-/// One extension, receiver side: returns x (random choice bits) and z.
-#[allow(clippy::too_many_arguments)]
+/// One extension, receiver side: `base` holds the COTs on the bits `want`
+/// (the secret's, then the trees' complements of each α's bits); writes x
+/// (random choice bits) and z.
 fn extend_receive<C: Channel>(
     ch: &mut C,
     p: &LpnParams,
-    hash: &TweakHash,
-    code: &Code,
+    (hash, code): (&TweakHash, &Code),
     base: &[Block],
-    want: &[bool],
-    alphas: &[usize],
+    (want, alphas): (&[bool], &[usize]),
     ext: u64,
-) -> Result<(Vec<bool>, Vec<Block>)> {
+    (x, r): (&mut Vec<bool>, &mut Vec<Block>),
+) -> Result<()> {
     let leaves = 1 << p.h;
     let ggm = Ggm::new();
-    let mut r = vec![Block::ZERO; p.n];
+    r.resize(p.n, Block::ZERO);
     let mut tmp = vec![Block::ZERO; leaves];
     let mut msgs = vec![Block::ZERO; 2 * p.h + 1];
     let mut hx = [Block::ZERO; 1];
@@ -542,7 +567,8 @@ fn extend_receive<C: Channel>(
         buf[alpha] = msgs[2 * p.h] ^ sum;
     }
     tmp.zeroize();
-    let mut x = vec![false; p.n];
+    x.clear();
+    x.resize(p.n, false);
     for (tree, &alpha) in alphas.iter().enumerate() {
         x[tree * leaves + alpha] = true;
     }
@@ -556,7 +582,7 @@ fn extend_receive<C: Channel>(
         r[i] = z;
         x[i] = b;
     });
-    Ok((x, r))
+    Ok(())
 }
 
 #[cfg(test)]
