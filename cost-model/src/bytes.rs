@@ -233,6 +233,13 @@ impl OtPlan {
         self.ots[i]
     }
 
+    /// Whether node `i` draws on the pool after another node set it up
+    /// (its garbled-circuit line, measured on layers run alone, counts a
+    /// set-up it does not run).
+    pub fn joins(&self, i: usize) -> bool {
+        self.ots[i] > 0 && self.before[i] > 0
+    }
+
     /// Silent extensions node `i` runs (0 for an IKNP pool).
     pub fn extensions(&self, i: usize) -> usize {
         match self.kind {

@@ -236,6 +236,11 @@ pub struct CostModel {
     /// does not do.
     #[serde(default)]
     pub iknp_per_ot_s: f64,
+    /// Seconds to set up a pool of correlated OTs (the base OTs and the
+    /// IKNP set-up): paid once per offline phase, where the garbled-circuit
+    /// lines, measured on layers run alone, count it in every layer.
+    #[serde(default)]
+    pub ot_setup_s: f64,
 }
 
 /// The reduced ReLU the calibration measures (window 12..27, truncation 12:
@@ -386,16 +391,19 @@ impl CostModel {
         self.relu_reduced_offline.is_some() && self.relu_reduced_online.is_some()
     }
 
-    /// What node `i`'s OTs from a silent pool cost beyond the IKNP OTs
-    /// its garbled-circuit line counts (0 for an IKNP pool).
+    /// What node `i`'s OTs cost beyond what its garbled-circuit line
+    /// counts: a silent pool's extensions for the IKNP OTs of the line,
+    /// and for its share of the pool's set-up (paid by the first layer).
     fn silent_ot_s(&self, ots: &OtPlan, i: usize) -> f64 {
-        match ots.kind {
-            CotKind::Iknp => 0.0,
-            CotKind::Silent => {
-                ots.extensions(i) as f64 * self.silent_extension_s
-                    - ots.ots(i) as f64 * self.iknp_per_ot_s
+        let setup = if ots.joins(i) { -self.ot_setup_s } else { 0.0 };
+        setup
+            + match ots.kind {
+                CotKind::Iknp => 0.0,
+                CotKind::Silent => {
+                    ots.extensions(i) as f64 * self.silent_extension_s
+                        - ots.ots(i) as f64 * self.iknp_per_ot_s
+                }
             }
-        }
     }
 
     fn transfer(&self, t: &Traffic, link: &Link) -> f64 {

@@ -202,6 +202,30 @@ fn ot_times(runs: usize, link: &Link) -> Result<(f64, f64)> {
     Ok(((silent / 3.0).max(0.0), (iknp / m as f64).max(0.0)))
 }
 
+/// Seconds to set up a pool of correlated OTs (base OTs, IKNP set-up,
+/// one OT), transfers excluded, both sides at once: the median of `runs`.
+fn ot_setup_time(runs: usize, link: &Link) -> Result<f64> {
+    let mut times = Vec::new();
+    for run in 0..runs.max(1) {
+        let (mut s, mut c) = pair()?;
+        let h = thread::spawn(move || -> Result<()> {
+            let mut r = rng(60 + run as u64);
+            CotSenderPool::new(CotKind::Iknp).send(&mut s, 1, &mut r)?;
+            Ok(())
+        });
+        let mut r = rng(61 + run as u64);
+        let t = Instant::now();
+        CotReceiverPool::new(CotKind::Iknp).receive(&mut c, &[true], &mut r)?;
+        let secs = t.elapsed().as_secs_f64();
+        h.join().map_err(|_| CalibrateError::Invalid("calibration thread panicked".into()))??;
+        let bytes =
+            (delphi_cost::bytes::POOL_SETUP + delphi_crypto::ot::silent::iknp_bytes(1)) as f64;
+        times.push(secs - bytes / link.bytes_per_s - 3.0 * link.rtt_s);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2].max(0.0))
+}
+
 /// Offline and online wall times of a layer of `n` values run with a
 /// single-use bundle protocol (ReLU, truncation), the client re-masking its
 /// output as the network protocol does: offline the fastest of `runs`
@@ -656,8 +680,9 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
         Ok((line(o1, &t1.0, o2, &t2.0), line(p1, &t1.1, p2, &t2.1)))
     };
 
-    say("correlated OTs (silent extensions, IKNP)");
+    say("correlated OTs (set-up, silent extensions, IKNP)");
     let (silent_extension_s, iknp_per_ot_s) = ot_times(if quick { 2 } else { 3 }, &link)?;
+    let ot_setup_s = ot_setup_time(if quick { 5 } else { 15 }, &link)?;
 
     say("truncations (OT)");
     let sizes = if quick { (4096, 32768) } else { (16384, 262144) };
@@ -723,6 +748,7 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
         fresh_memory_per_byte_s,
         silent_extension_s,
         iknp_per_ot_s,
+        ot_setup_s,
     })
 }
 

@@ -201,6 +201,7 @@ fn report_spread(a: &delphi_cost::CostModel, b: &delphi_cost::CostModel) -> Resu
             ("fresh memory s per byte", m.fresh_memory_per_byte_s),
             ("silent OT s per extension", m.silent_extension_s),
             ("IKNP s per OT", m.iknp_per_ot_s),
+            ("OT pool set-up s", m.ot_setup_s),
         ]
     };
     let mut rows = Vec::new();

@@ -26,8 +26,8 @@
 //! base COTs' choice bits' corrections from the receiver. The first
 //! extension's base COTs come from IKNP ([`super::iknp`]); each extension
 //! keeps `base` of its own outputs as the next one's base (Ferret's
-//! bootstrapping), so after the first one a pool costs 2.3 bits per new
-//! OT rather than IKNP's 128. Outputs have random choice bits; a pool turns
+//! bootstrapping), so after the first one a pool costs about 3 bits per
+//! new OT (and one more to choose its bit) rather than IKNP's 128. Outputs have random choice bits; a pool turns
 //! them into the caller's chosen bits with one bit each (d = b ⊕ x, and the
 //! sender's zero label becomes y ⊕ d·Δ).
 
@@ -91,8 +91,9 @@ impl LpnParams {
 pub enum CotKind {
     /// IKNP extension: 16 bytes per OT.
     Iknp,
-    /// Silent OT (Ferret) bootstrapped from IKNP: ≈ 0.4 bytes per OT
-    /// after a first extension of ≈ 1.4 MB.
+    /// Silent OT (Ferret) bootstrapped from IKNP: ≈ 0.5 bytes per OT
+    /// (its choice-bit correction included) after a first extension of
+    /// ≈ 1.4 MB.
     Silent,
 }
 
