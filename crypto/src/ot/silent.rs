@@ -241,6 +241,23 @@ impl fmt::Debug for CotReceiverPool {
     }
 }
 
+impl<T> Source<T> {
+    /// A source of `kind` over an IKNP extension just set up.
+    fn new(kind: CotKind, iknp: T) -> Self {
+        match kind {
+            CotKind::Iknp => Source::Iknp(iknp),
+            CotKind::Silent => Source::Silent {
+                iknp,
+                reserve: Vec::new(),
+                ready: Vec::new(),
+                pos: 0,
+                ext: 0,
+                scratch: Vec::new(),
+            },
+        }
+    }
+}
+
 impl<T> Drop for Source<T> {
     fn drop(&mut self) {
         if let Source::Silent { reserve, ready, scratch, .. } = self {
@@ -310,17 +327,7 @@ impl CotSenderPool {
             let code = Code { prg_seed: Block::random(rng) };
             ch.send_blocks(&[hash_key, code.prg_seed])?;
             ch.flush()?;
-            let source = match self.kind {
-                CotKind::Iknp => Source::Iknp(iknp),
-                CotKind::Silent => Source::Silent {
-                    iknp,
-                    reserve: Vec::new(),
-                    ready: Vec::new(),
-                    pos: 0,
-                    ext: 0,
-                    scratch: Vec::new(),
-                },
-            };
+            let source = Source::new(self.kind, iknp);
             self.state = Some((source, TweakHash::new(hash_key), code));
         }
         let Some((source, hash, code)) = self.state.as_mut() else {
@@ -445,17 +452,7 @@ impl CotReceiverPool {
             let iknp = CotReceiver::setup(ch, rng)?;
             let mut keys = [Block::ZERO; 2];
             ch.recv_blocks(&mut keys)?;
-            let source = match self.kind {
-                CotKind::Iknp => Source::Iknp(iknp),
-                CotKind::Silent => Source::Silent {
-                    iknp,
-                    reserve: Vec::new(),
-                    ready: Vec::new(),
-                    pos: 0,
-                    ext: 0,
-                    scratch: Vec::new(),
-                },
-            };
+            let source = Source::new(self.kind, iknp);
             self.state = Some((source, TweakHash::new(keys[0]), Code { prg_seed: keys[1] }));
         }
         let Some((source, hash, code)) = self.state.as_mut() else {

@@ -29,7 +29,7 @@ use crate::channel::Channel;
 use crate::codec::{Decoder, Encoder, Stored};
 use crate::error::{Error, Result};
 use crate::field::F;
-use crate::ot::{CotReceiverPool, CotSenderPool};
+use crate::ot::{CotKind, CotReceiverPool, CotSenderPool};
 
 /// Which truncation protocol a node runs (in descriptions: `exact`,
 /// `exact-wide`, `faithful-leaky`).
@@ -130,10 +130,14 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
     kind: TruncKind,
     rng: &mut R,
 ) -> Result<ServerTruncBundle> {
-    Ok(match kind.exact(shift) {
-        Some(e) => ServerTruncBundle::Exact(ServerExactBundle::offline(ch, n, e, rng)?),
-        None => ServerTruncBundle::Faithful(faithful::server_offline(ch, n, shift, rng)?),
-    })
+    let mut ot = CotSenderPool::new(own_ot_kind(kind, shift, n));
+    server_offline_with(ch, n, shift, kind, rng, &mut ot)
+}
+
+/// The kind of correlated OT a truncation layer of `n` values run alone
+/// uses (the faithful protocol runs its own random OTs and takes none).
+fn own_ot_kind(kind: TruncKind, shift: u32, n: usize) -> CotKind {
+    kind.exact(shift).map_or(CotKind::Iknp, |e| crate::garbled::own_ot_kind(e, n))
 }
 
 /// [`server_offline`] whose exact protocol takes its correlated OTs from
@@ -192,12 +196,8 @@ pub fn client_offline_to<C: Channel, R: RngCore + CryptoRng>(
     rng: &mut R,
     spool: Option<&crate::spool::Spool>,
 ) -> Result<ClientTruncBundle> {
-    Ok(match kind.exact(shift) {
-        Some(e) => {
-            ClientTruncBundle::Exact(ClientExactBundle::offline_to(ch, shares, e, rng, spool)?)
-        }
-        None => ClientTruncBundle::Faithful(faithful::client_offline(ch, shares, shift, rng)?),
-    })
+    let mut ot = CotReceiverPool::new(own_ot_kind(kind, shift, shares.len()));
+    client_offline_with(ch, shares, shift, kind, rng, spool, &mut ot)
 }
 
 /// [`client_offline_to`] whose exact protocol takes its correlated OTs
