@@ -127,14 +127,12 @@ pub fn node_traffic_with(prog: &FixedProgram, i: usize, ots: &OtPlan) -> (Traffi
         // Garbled-circuit layers take their correlated OTs from the pool.
         FixedOp::Relu { shift, bits } => {
             let spec = ReluSpec { shift: *shift, bits: *bits };
-            let c = relu_circuit_for(spec).circuit();
+            let c = relu_circuit_for(spec);
             return with_pool(gc_traffic_of(node.active_len(), c), ots.traffic(i));
         }
         FixedOp::Trunc { shift, kind } => {
             return match kind.exact(*shift) {
-                Some(e) => {
-                    with_pool(gc_traffic_of(node.active_len(), e.gc().circuit()), ots.traffic(i))
-                }
+                Some(e) => with_pool(gc_traffic_of(node.active_len(), e.gc()), ots.traffic(i)),
                 None => node_traffic_trunc(node.active_len()),
             };
         }
@@ -168,24 +166,20 @@ pub fn relu_traffic(n: usize, spec: impl Into<ReluSpec>) -> (Traffic, Traffic) {
 /// ([`delphi_crypto::garbled`]: ReLUs, exact truncations) of circuit `gc`,
 /// run alone (its own pool of IKNP correlated OTs).
 pub fn gc_traffic(n: usize, gc: &GcCircuit) -> (Traffic, Traffic) {
-    gc_traffic_alone(n, gc.circuit())
-}
-
-/// [`gc_traffic`] from the recorded circuit alone.
-pub fn gc_traffic_alone(n: usize, c: &delphi_crypto::gc::Circuit) -> (Traffic, Traffic) {
-    let (mut off, on) = gc_traffic_of(n, c);
-    off.bytes += POOL_SETUP + cot(n * c.evaluator_inputs());
+    let (mut off, on) = gc_traffic_of(n, gc);
+    off.bytes += POOL_SETUP + cot(n * gc.circuit().evaluator_inputs());
     (off, on)
 }
 
 /// A garbled-circuit layer's traffic but for its correlated OTs (which
 /// come from the offline phase's pool, [`OtPlan`]).
-pub fn gc_traffic_of(n: usize, c: &delphi_crypto::gc::Circuit) -> (Traffic, Traffic) {
+pub fn gc_traffic_of(n: usize, gc: &GcCircuit) -> (Traffic, Traffic) {
+    let c = gc.circuit();
     let off = Traffic {
         bytes: 3 * AGREE
             + ID_AND_KEY
             + (n * 2 * c.and_gates() * 16) as u64
-            + fields(n * c.outputs()),
+            + fields(n * gc.elements()),
         rounds: 4.0,
         ..Traffic::default()
     };

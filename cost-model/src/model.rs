@@ -91,8 +91,9 @@ pub struct HeLinear {
 /// (the server rounds and packs them, the client rebuilds them). 5: so do
 /// fresh ciphertexts (symmetric-key encryption, c₁ sent as its seed). 6:
 /// one pool of correlated OTs per offline phase, silent (Ferret) when
-/// that sends fewer bytes.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// that sends fewer bytes. 7: a ReLU's sign masks its outputs in the
+/// output conversion (two field elements per product), not with AND gates.
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Where and when the model was measured.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -346,7 +347,7 @@ impl CostModel {
         if spec.bits.is_none() && self.gc_offline.is_none() {
             return (self.relu_offline, self.relu_online);
         }
-        self.gc_costs(relu_circuit_for(spec).circuit())
+        self.gc_costs(relu_circuit_for(spec))
     }
 
     /// Offline and online computation of a garbled-circuit layer (ReLUs of
@@ -355,18 +356,19 @@ impl CostModel {
     /// per-value slope interpolated linearly in AND gates between
     /// [`REDUCED_ANCHOR`] and the full circuit, as
     /// [`CostModel::relu_costs`] describes.
-    pub fn gc_costs(&self, circuit: &delphi_crypto::gc::Circuit) -> (Affine, Affine) {
+    pub fn gc_costs(&self, gc: &delphi_crypto::garbled::GcCircuit) -> (Affine, Affine) {
         use delphi_crypto::relu::{relu_circuit_for, ReluSpec};
+        let circuit = gc.circuit();
         if let (Some(off), Some(on)) = (self.gc_offline, self.gc_online) {
-            let ands = circuit.and_gates();
+            let ands = gc.and_work();
             return (
                 off.for_circuit(ands, circuit.evaluator_inputs()),
                 on.for_circuit(ands, circuit.garbler_inputs()),
             );
         }
-        let ands = circuit.and_gates() as f64;
-        let full = relu_circuit_for(ReluSpec::full(12)).circuit().and_gates() as f64;
-        let anchor = relu_circuit_for(REDUCED_ANCHOR).circuit().and_gates() as f64;
+        let ands = gc.and_work() as f64;
+        let full = relu_circuit_for(ReluSpec::full(12)).and_work() as f64;
+        let anchor = relu_circuit_for(REDUCED_ANCHOR).and_work() as f64;
         let line = |f: Affine, r: Option<Affine>| -> Affine {
             match r {
                 Some(r) => {
@@ -442,7 +444,7 @@ impl CostModel {
                 }
                 Some(e) => {
                     use delphi_crypto::garbled::GcFunction;
-                    let (off, on) = self.gc_costs(e.gc().circuit());
+                    let (off, on) = self.gc_costs(e.gc());
                     (off.at(active), on.at(active))
                 }
                 None => (self.trunc_offline.at(active), self.trunc_online.at(active)),

@@ -35,8 +35,7 @@ use delphi_net::Shape;
 use delphi_cost::bytes::{CtSizes, Traffic};
 use delphi_cost::model::{Affine, CostModel, GcLine, HeLinear, Provenance, FORMAT};
 use delphi_cost::Link;
-use delphi_crypto::garbled::{ClientGcBundle, GcFunction, ServerGcBundle};
-use delphi_crypto::gc::Circuit;
+use delphi_crypto::garbled::{ClientGcBundle, GcCircuit, GcFunction, ServerGcBundle};
 use delphi_crypto::ot::{CotKind, CotReceiverPool, CotSenderPool};
 
 /// What can go wrong while calibrating.
@@ -366,8 +365,8 @@ type LayerTimes = Box<dyn Fn(usize, usize) -> Result<(f64, f64)>>;
 
 /// The circuits the garbled-circuit lines are fitted on: the full ReLU,
 /// an exact window, the reduced anchor and a bounded exact truncation —
-/// 20 to 132 AND gates, 11 to 41 labels a party.
-fn gc_circuits() -> Vec<(&'static str, LayerTimes, &'static Circuit)> {
+/// 20 to 131 AND gates and products, 11 to 41 labels a party.
+fn gc_circuits() -> Vec<(&'static str, LayerTimes, &'static GcCircuit)> {
     use delphi_crypto::relu::{relu_circuit_for, ReluBits, ReluSpec};
     use delphi_crypto::trunc::ExactTrunc;
     let full = ReluSpec::full(12);
@@ -375,18 +374,14 @@ fn gc_circuits() -> Vec<(&'static str, LayerTimes, &'static Circuit)> {
     let anchor = delphi_cost::model::REDUCED_ANCHOR;
     let trunc = ExactTrunc { shift: 20, wide: false };
     vec![
-        ("full ReLU", Box::new(move |n, k| gc_times(n, k, full)), relu_circuit_for(full).circuit()),
+        ("full ReLU", Box::new(move |n, k| gc_times(n, k, full)), relu_circuit_for(full)),
         (
             "exact window 0..27",
             Box::new(move |n, k| gc_times(n, k, exact)),
-            relu_circuit_for(exact).circuit(),
+            relu_circuit_for(exact),
         ),
-        (
-            "reduced 12..27",
-            Box::new(move |n, k| gc_times(n, k, anchor)),
-            relu_circuit_for(anchor).circuit(),
-        ),
-        ("exact truncation", Box::new(move |n, k| gc_times(n, k, trunc)), trunc.gc().circuit()),
+        ("reduced 12..27", Box::new(move |n, k| gc_times(n, k, anchor)), relu_circuit_for(anchor)),
+        ("exact truncation", Box::new(move |n, k| gc_times(n, k, trunc)), trunc.gc()),
     ]
 }
 
@@ -656,11 +651,11 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
             times(sizes[0], 1)?;
             for &n in sizes {
                 let (off, on) = times(n, runs_at(n))?;
-                let (t_off, t_on) = delphi_cost::bytes::gc_traffic_alone(n, circuit);
+                let (t_off, t_on) = delphi_cost::bytes::gc_traffic(n, circuit);
                 let (a, l_off, l_on) = (
-                    circuit.and_gates() as f64,
-                    circuit.evaluator_inputs() as f64,
-                    circuit.garbler_inputs() as f64,
+                    circuit.and_work() as f64,
+                    circuit.circuit().evaluator_inputs() as f64,
+                    circuit.circuit().garbler_inputs() as f64,
                 );
                 off_rows.push((n as f64, a, l_off, off - transfer(&t_off, &link)));
                 on_rows.push((n as f64, a, l_on, on - transfer(&t_on, &link)));
@@ -678,10 +673,11 @@ pub fn calibrate(quick: bool, progress: &dyn Fn(&str)) -> Result<CostModel> {
         }
     };
     let line_of = |spec: delphi_crypto::relu::ReluSpec| {
-        let c = delphi_crypto::relu::relu_circuit_for(spec).circuit();
+        let gc = delphi_crypto::relu::relu_circuit_for(spec);
+        let c = gc.circuit();
         (
-            gc_offline.for_circuit(c.and_gates(), c.evaluator_inputs()),
-            gc_online.for_circuit(c.and_gates(), c.garbler_inputs()),
+            gc_offline.for_circuit(gc.and_work(), c.evaluator_inputs()),
+            gc_online.for_circuit(gc.and_work(), c.garbler_inputs()),
         )
     };
     let (relu_offline, relu_online) = line_of(delphi_crypto::relu::ReluSpec::full(12));

@@ -45,7 +45,7 @@ use crate::protocol::{
 use crate::store::{BundleStore, StoreLimits};
 
 /// Version of the session messages.
-pub const SESSION_VERSION: u32 = 6;
+pub const SESSION_VERSION: u32 = 7;
 /// Command: run one offline phase (the server answers [`STATUS_OK`] or
 /// [`STATUS_FULL`] first).
 pub const CMD_OFFLINE: u64 = 1;

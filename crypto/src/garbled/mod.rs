@@ -18,25 +18,35 @@ pub use protocol::{client_bundle_bytes, own_ot_kind, ClientGcBundle, ServerGcBun
 
 use crate::error::Result;
 use crate::field::F;
-use crate::gc::{Circuit, Fancy};
+use crate::gc::{Circuit, Conversion, Fancy};
 
 /// The most values one bundle holds (bounds what a peer can ask for).
 pub const MAX_VALUES: usize = 1 << 24;
 
-/// A recorded circuit and the weights that combine its output bits into a
-/// field element.
+/// A recorded circuit and how its outputs combine into a field element
+/// (weighted bits and weighted products of two bits, [`Conversion`]).
 #[derive(Debug)]
 pub struct GcCircuit {
     pub(crate) circuit: Circuit,
-    pub(crate) weights: Vec<F>,
+    pub(crate) conversion: Conversion,
     pub(crate) shift: u32,
 }
 
 impl GcCircuit {
-    /// Records `circuit` with its output `weights`.
+    /// Records `circuit` with one `weight` per output.
     pub(crate) fn new(circuit: Circuit, weights: Vec<F>, shift: u32) -> GcCircuit {
         assert_eq!(circuit.outputs(), weights.len(), "one weight per output");
-        GcCircuit { circuit, weights, shift }
+        GcCircuit { circuit, conversion: Conversion::plain(weights), shift }
+    }
+
+    /// Records `circuit` with the outputs' `conversion`.
+    pub(crate) fn with_conversion(
+        circuit: Circuit,
+        conversion: Conversion,
+        shift: u32,
+    ) -> GcCircuit {
+        assert_eq!(circuit.outputs(), conversion.labels(), "a conversion of every output");
+        GcCircuit { circuit, conversion, shift }
     }
 
     /// The recorded circuit.
@@ -44,9 +54,9 @@ impl GcCircuit {
         &self.circuit
     }
 
-    /// The output weights.
-    pub fn weights(&self) -> &[F] {
-        &self.weights
+    /// How the outputs combine.
+    pub fn conversion(&self) -> &Conversion {
+        &self.conversion
     }
 
     /// The truncation this circuit applies.
@@ -56,7 +66,19 @@ impl GcCircuit {
 
     /// Combines plaintext output bits into the value.
     pub fn combine(&self, bits: &[bool]) -> F {
-        bits.iter().zip(&self.weights).map(|(&b, &w)| if b { w } else { F::ZERO }).sum()
+        self.conversion.value(bits)
+    }
+
+    /// Field elements the server sends per value for the output conversion.
+    pub fn elements(&self) -> usize {
+        self.conversion.elements()
+    }
+
+    /// The work per value in AND gates: the circuit's, plus one per
+    /// converted product (it hashes as much as an AND gate: four hashes to
+    /// garble, two to evaluate). What the cost model's per-AND line counts.
+    pub fn and_work(&self) -> usize {
+        self.circuit.and_gates() + self.conversion.products().len()
     }
 }
 

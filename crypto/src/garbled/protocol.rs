@@ -75,8 +75,9 @@ impl<S: GcFunction> std::fmt::Debug for ClientGcBundle<S> {
 /// circuit before anything is received: what a client checks against its
 /// memory limit before it agrees to a plan.
 pub fn client_bundle_bytes<S: GcFunction>(spec: S, n: usize) -> u64 {
-    let c = &spec.gc().circuit;
-    let per = 16 * (2 * c.and_gates() + c.evaluator_inputs()) + 8 * c.outputs();
+    let gc = spec.gc();
+    let c = &gc.circuit;
+    let per = 16 * (2 * c.and_gates() + c.evaluator_inputs()) + 8 * gc.elements();
     n as u64 * per as u64
 }
 
@@ -138,14 +139,14 @@ impl<S: GcFunction> ServerGcBundle<S> {
         let (id, hash_key) = ch.start_bundle(rng)?;
         let (delta, ev_zero) = ot.send(ch, n * ev_bits, rng)?;
 
-        let no = gc.circuit.outputs();
+        let (no, nc) = (gc.circuit.outputs(), gc.elements());
         let label_seed = Block::random(rng);
         let mut prg = AesPrg::new(label_seed);
         let mut garbler = Garbler::new(&gc.circuit, hash_key, delta);
         let mut ga_zero = vec![Block::ZERO; BATCH * ga_bits];
         let mut tables = Vec::with_capacity(2 * gc.circuit.and_gates() * BATCH);
         let mut out_zero = vec![Block::ZERO; BATCH * no];
-        let mut cts = vec![F::ZERO; BATCH * no];
+        let mut cts = vec![F::ZERO; BATCH * nc];
         let mut rho = Vec::with_capacity(n);
         for start in (0..n).step_by(BATCH) {
             let k = BATCH.min(n - start);
@@ -163,14 +164,14 @@ impl<S: GcFunction> ServerGcBundle<S> {
             garbler.arith_outputs_batch(
                 start as u64,
                 &out_zero[..k * no],
-                &gc.weights,
-                &mut cts[..k * no],
+                &gc.conversion,
+                &mut cts[..k * nc],
                 &mut rho,
             );
             for r in &mut rho[before..] {
                 *r = -*r;
             }
-            ch.send_fields(&cts[..k * no])?;
+            ch.send_fields(&cts[..k * nc])?;
         }
         ch.flush()?;
         ga_zero.zeroize();
@@ -275,21 +276,21 @@ impl<S: GcFunction> ClientGcBundle<S> {
         let labels = Stash::keep(ot.receive(ch, &choices, rng)?, spool)?;
         choices.zeroize();
 
-        let no = gc.circuit.outputs();
+        let nc = gc.elements();
         let per = 2 * gc.circuit.and_gates();
         let mut tables = StashBuilder::new(n * per, spool);
-        let mut cts = StashBuilder::new(n * no, spool);
+        let mut cts = StashBuilder::new(n * nc, spool);
         // The server sends a batch's tables, then its conversions; a spool
         // is written a chunk of batches at a time.
         let step = if spool.is_some() { EVAL_CHUNK_BATCHES * BATCH } else { n.max(1) };
         for group in (0..n).step_by(step) {
             let g = step.min(n - group);
             tables.fill(g * per, |t| {
-                cts.fill(g * no, |c| {
+                cts.fill(g * nc, |c| {
                     for start in (0..g).step_by(BATCH) {
                         let k = BATCH.min(g - start);
                         ch.recv_blocks(&mut t[start * per..(start + k) * per])?;
-                        ch.recv_fields(&mut c[start * no..(start + k) * no])?;
+                        ch.recv_fields(&mut c[start * nc..(start + k) * nc])?;
                     }
                     Ok(())
                 })
@@ -312,7 +313,7 @@ impl<S: GcFunction> ClientGcBundle<S> {
         ch.expect_bundle_id(&s.id)?;
         use rayon::prelude::*;
         let gc = self.spec.gc();
-        let no = gc.circuit.outputs();
+        let (no, nc) = (gc.circuit.outputs(), gc.elements());
         let per = 2 * gc.circuit.and_gates();
         let (ev_bits, ga_bits) = (gc.circuit.evaluator_inputs(), gc.circuit.garbler_inputs());
         // Labels arrive a chunk at a time; the chunk's batches are evaluated
@@ -332,7 +333,7 @@ impl<S: GcFunction> ClientGcBundle<S> {
             if a < b {
                 l.prepare(a * ev_bits..b * ev_bits);
                 t.prepare(a * per..b * per);
-                o.prepare(a * no..b * no);
+                o.prepare(a * nc..b * nc);
             }
         };
         prepare(0, &labels, &tables, &cts);
@@ -365,9 +366,9 @@ impl<S: GcFunction> ClientGcBundle<S> {
                         vals.clear();
                         ev.arith_outputs_batch(
                             start as u64,
-                            no,
                             &out[..k * no],
-                            ov.get(start * no..(start + k) * no),
+                            &gc.conversion,
+                            ov.get(start * nc..(start + k) * nc),
                             vals,
                         );
                         res.copy_from_slice(vals);
@@ -376,7 +377,7 @@ impl<S: GcFunction> ClientGcBundle<S> {
             let end = first + ck;
             labels.done(end * ev_bits);
             tables.done(end * per);
-            cts.done(end * no);
+            cts.done(end * nc);
             prepare(c + 1, &labels, &tables, &cts);
         }
         Ok(result)

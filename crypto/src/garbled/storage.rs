@@ -69,12 +69,12 @@ impl<S: GcFunction> ClientGcBundle<S> {
     pub fn load<R: std::io::Read>(d: &mut Decoder<R>) -> Result<Self> {
         let (n, spec, id) = load_head::<_, S>(d, S::TAGS[1], S::NOT_TAGGED[1])?;
         let gc = spec.gc();
-        let no = gc.circuit.outputs();
+        let nc = gc.elements();
         let per = 2 * gc.circuit.and_gates();
         let hash_key = d.block()?;
         let labels = d.stash_blocks(n * gc.circuit.evaluator_inputs(), "stored input labels")?;
         let tables = d.stash_blocks(n * per, "stored garbled tables")?;
-        let cts = d.stash_fields(n * no, "stored output conversions")?;
+        let cts = d.stash_fields(n * nc, "stored output conversions")?;
         Ok(ClientGcBundle { n, spec, inner: ClientSecrets { id, hash_key, labels, tables, cts } })
     }
 }

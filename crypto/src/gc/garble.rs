@@ -21,13 +21,11 @@
 
 use std::fmt;
 
-use subtle::{Choice, ConditionallySelectable};
 use zeroize::Zeroize;
 
 use super::circuit::{Circuit, Gate};
 use crate::aesni::HashPath;
 use crate::block::{Block, TweakHash};
-use crate::field::F;
 
 /// Instances garbled or evaluated side by side.
 pub const BATCH: usize = 64;
@@ -83,7 +81,7 @@ fn tweak_bases(first: u64, k: usize, n_and: usize, out: &mut [u128; BATCH]) {
 }
 
 #[inline(always)]
-fn out_tweak(inst: u64, n_out: usize, j: usize) -> u128 {
+pub(super) fn out_tweak(inst: u64, n_out: usize, j: usize) -> u128 {
     OUTPUT_DOMAIN | (inst as u128 * n_out as u128 + j as u128)
 }
 
@@ -138,6 +136,20 @@ impl Work {
         }
     }
 
+    /// Hashes `n` inputs that `fill` writes (with their tweaks).
+    fn hash_with(
+        &mut self,
+        hash: &TweakHash,
+        n: usize,
+        fill: impl FnOnce(&mut [Block], &mut [u128]),
+    ) -> &[Block] {
+        self.reserve_hashes(n);
+        let Work { x, tweaks, scratch, .. } = self;
+        fill(&mut x[..n], &mut tweaks[..n]);
+        hash.hash_many(&mut x[..n], &tweaks[..n], scratch);
+        &x[..n]
+    }
+
     /// Loads the batch's input labels.
     fn load(&mut self, c: &Circuit, k: usize, ev: &[Block], ga: &[Block]) {
         load_inputs(&mut self.wires, 0, c.evaluator_inputs, k, ev);
@@ -177,7 +189,7 @@ impl Drop for Work {
 pub struct Garbler<'c> {
     circ: &'c Circuit,
     hash: TweakHash,
-    delta: Block,
+    pub(super) delta: Block,
     work: Work,
 }
 
@@ -332,82 +344,14 @@ impl<'c> Garbler<'c> {
         store_outputs(c, &self.work.wires, k, out_zero);
     }
 
-    /// [`Garbler::arith_outputs`] for instances `first .. first + k` at once
-    /// (`zero` and `cts` hold k·n_out entries, instance by instance): one
-    /// pipelined hash call for the whole batch. Appends each instance's
-    /// offset to `offsets`.
-    pub fn arith_outputs_batch(
+    /// Hashes `n` inputs that `fill` writes (with their tweaks) in the
+    /// engine's buffers; returns the hashes.
+    pub(super) fn hash_with(
         &mut self,
-        first: u64,
-        zero: &[Block],
-        weights: &[F],
-        cts: &mut [F],
-        offsets: &mut Vec<F>,
-    ) {
-        let n = weights.len();
-        assert!(n > 0 && zero.len().is_multiple_of(n) && cts.len() == zero.len());
-        let k = zero.len() / n;
-        self.work.reserve_hashes(2 * n * k);
-        let Work { x, tweaks, scratch, .. } = &mut self.work;
-        let x = &mut x[..2 * n * k];
-        for i in 0..k {
-            for j in 0..n {
-                let e = i * n + j;
-                let t = out_tweak(first + i as u64, n, j);
-                x[2 * e] = zero[e];
-                x[2 * e + 1] = zero[e] ^ self.delta;
-                tweaks[2 * e] = t;
-                tweaks[2 * e + 1] = t;
-            }
-        }
-        self.hash.hash_many(x, tweaks, scratch);
-        for i in 0..k {
-            let mut offset = F::ZERO;
-            for (j, w) in weights.iter().enumerate() {
-                let e = i * n + j;
-                let h0 = F::from_u128(x[2 * e].0);
-                let h1 = F::from_u128(x[2 * e + 1].0);
-                let p = Choice::from(zero[e].lsb() as u8);
-                let c = *w - h1 + h0;
-                let c = F::conditional_select(&c, &-c, p);
-                cts[e] = c;
-                offset += h0 + F::conditional_select(&F::ZERO, &c, p);
-            }
-            offsets.push(offset);
-        }
-    }
-
-    /// Turns the output labels of one instance into an additive share of
-    /// Σ_j weight_j·out_j mod p.
-    ///
-    /// For each output wire one field element is written to `cts` (sent to
-    /// the evaluator). Returns the garbler's offset G: the evaluator's
-    /// result is G + Σ_j weight_j·out_j, so G's negation is the garbler's share.
-    pub fn arith_outputs(&mut self, inst: u64, zero: &[Block], weights: &[F], cts: &mut [F]) -> F {
-        let n = zero.len();
-        assert!(n == weights.len() && n == cts.len());
-        self.work.reserve_hashes(2 * n);
-        let Work { x, tweaks, scratch, .. } = &mut self.work;
-        let x = &mut x[..2 * n];
-        for (j, z) in zero.iter().enumerate() {
-            let t = out_tweak(inst, n, j);
-            x[2 * j] = *z;
-            x[2 * j + 1] = *z ^ self.delta;
-            tweaks[2 * j] = t;
-            tweaks[2 * j + 1] = t;
-        }
-        self.hash.hash_many(x, tweaks, scratch);
-        let mut offset = F::ZERO;
-        for j in 0..n {
-            let h0 = F::from_u128(x[2 * j].0);
-            let h1 = F::from_u128(x[2 * j + 1].0);
-            let p = Choice::from(zero[j].lsb() as u8);
-            let c = weights[j] - h1 + h0;
-            let c = F::conditional_select(&c, &-c, p);
-            cts[j] = c;
-            offset += h0 + F::conditional_select(&F::ZERO, &c, p);
-        }
-        offset
+        n: usize,
+        fill: impl FnOnce(&mut [Block], &mut [u128]),
+    ) -> &[Block] {
+        self.work.hash_with(&self.hash, n, fill)
     }
 }
 
@@ -538,68 +482,22 @@ impl<'c> Evaluator<'c> {
         store_outputs(c, &self.work.wires, k, out);
     }
 
-    /// [`Evaluator::arith_outputs`] for instances `first .. first + k` at
-    /// once (`labels` and `cts` hold k·`n_out` entries, instance by
-    /// instance); appends each instance's value to `out`.
-    pub fn arith_outputs_batch(
+    /// Hashes `n` inputs that `fill` writes (with their tweaks) in the
+    /// engine's buffers; returns the hashes.
+    pub(super) fn hash_with(
         &mut self,
-        first: u64,
-        n_out: usize,
-        labels: &[Block],
-        cts: &[F],
-        out: &mut Vec<F>,
-    ) {
-        assert!(n_out > 0 && labels.len().is_multiple_of(n_out) && cts.len() == labels.len());
-        let k = labels.len() / n_out;
-        self.work.reserve_hashes(labels.len());
-        let Work { x, tweaks, scratch, .. } = &mut self.work;
-        let x = &mut x[..labels.len()];
-        for i in 0..k {
-            for j in 0..n_out {
-                let e = i * n_out + j;
-                x[e] = labels[e];
-                tweaks[e] = out_tweak(first + i as u64, n_out, j);
-            }
-        }
-        self.hash.hash_many(x, tweaks, scratch);
-        for i in 0..k {
-            let mut acc = F::ZERO;
-            for j in 0..n_out {
-                let e = i * n_out + j;
-                let c =
-                    F::conditional_select(&F::ZERO, &cts[e], Choice::from(labels[e].lsb() as u8));
-                acc += F::from_u128(x[e].0) + c;
-            }
-            out.push(acc);
-        }
-    }
-
-    /// The evaluator's half of [`Garbler::arith_outputs`]: returns
-    /// G + Σ_j weight_j·out_j for the instance's output labels.
-    pub fn arith_outputs(&mut self, inst: u64, labels: &[Block], cts: &[F]) -> F {
-        let n = labels.len();
-        assert_eq!(n, cts.len());
-        self.work.reserve_hashes(n);
-        let Work { x, tweaks, scratch, .. } = &mut self.work;
-        let x = &mut x[..n];
-        for (j, l) in labels.iter().enumerate() {
-            x[j] = *l;
-            tweaks[j] = out_tweak(inst, n, j);
-        }
-        self.hash.hash_many(x, tweaks, scratch);
-        let mut acc = F::ZERO;
-        for j in 0..n {
-            let c = F::conditional_select(&F::ZERO, &cts[j], Choice::from(labels[j].lsb() as u8));
-            acc += F::from_u128(x[j].0) + c;
-        }
-        acc
+        n: usize,
+        fill: impl FnOnce(&mut [Block], &mut [u128]),
+    ) -> &[Block] {
+        self.work.hash_with(&self.hash, n, fill)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gc::{Circuit, Fancy};
+    use crate::field::F;
+    use crate::gc::{Circuit, Conversion, Fancy, Product};
     use rand::{Rng, SeedableRng};
 
     /// A 16-bit adder with a comparison: exercises XOR, NOT and AND.
@@ -654,32 +552,45 @@ mod tests {
                     assert!(l == z || l == z ^ delta, "label is neither zero nor one label");
                     assert_eq!(l == z ^ delta, want[j]);
                 }
-                // Arithmetic output: Σ 2^j out_j.
-                let weights: Vec<F> = (0..no).map(|j| F::from_u64(1 << j)).collect();
-                let mut cts = vec![F::ZERO; no];
-                let off = g.arith_outputs(
-                    first + i as u64,
-                    &out_zero[i * no..(i + 1) * no],
-                    &weights,
-                    &mut cts,
-                );
-                let got = e.arith_outputs(first + i as u64, &out[i * no..(i + 1) * no], &cts);
-                let value: u64 = want.iter().enumerate().map(|(j, &b)| (b as u64) << j).sum();
-                assert_eq!(got - off, F::from_u64(value));
             }
-            // The batched conversions give the same offsets, elements and values.
+            // Arithmetic outputs: Σ w_j out_j plainly, and products of
+            // outputs with two selectors (one of them also a plain output).
             let weights: Vec<F> = (0..no).map(|j| F::from_u64(3 * j as u64 + 1)).collect();
-            let (mut cts, mut offs) = (vec![F::ZERO; no * k], Vec::new());
-            g.arith_outputs_batch(first, &out_zero, &weights, &mut cts, &mut offs);
-            let mut vals = Vec::new();
-            e.arith_outputs_batch(first, no, &out, &cts, &mut vals);
-            for i in 0..k {
-                let mut one = vec![F::ZERO; no];
-                let r = no * i..no * (i + 1);
-                let off =
-                    g.arith_outputs(first + i as u64, &out_zero[r.clone()], &weights, &mut one);
-                assert_eq!((off, &one[..]), (offs[i], &cts[r.clone()]));
-                assert_eq!(e.arith_outputs(first + i as u64, &out[r], &one), vals[i]);
+            for conv in [
+                Conversion::plain(weights.clone()),
+                Conversion::new(
+                    no,
+                    weights[..3].to_vec(),
+                    (0..no)
+                        .map(|j| Product {
+                            sel: if j % 3 == 0 { 2 } else { no - 1 },
+                            bit: j,
+                            weight: F::from_u64(1 << j) - F::from_u64(5),
+                        })
+                        .collect(),
+                ),
+            ] {
+                let ne = conv.elements();
+                let (mut cts, mut offs) = (vec![F::ZERO; ne * k], Vec::new());
+                g.arith_outputs_batch(first, &out_zero, &conv, &mut cts, &mut offs);
+                let mut vals = Vec::new();
+                e.arith_outputs_batch(first, &out, &conv, &cts, &mut vals);
+                for i in 0..k {
+                    let want =
+                        circ.eval_plain(&ebits[i * 16..(i + 1) * 16], &gbits[i * 16..(i + 1) * 16]);
+                    assert_eq!(vals[i] - offs[i], conv.value(&want), "instance {i}");
+                }
+                // One instance converted alone gives the same elements.
+                let (mut one, mut off) = (vec![F::ZERO; ne], Vec::new());
+                let r = no * (k - 1)..no * k;
+                g.arith_outputs_batch(
+                    first + k as u64 - 1,
+                    &out_zero[r],
+                    &conv,
+                    &mut one,
+                    &mut off,
+                );
+                assert_eq!((off[0], &one[..]), (offs[k - 1], &cts[ne * (k - 1)..]));
             }
         }
     }

@@ -7,7 +7,9 @@
 //! gates without any cryptography.
 
 mod circuit;
+mod convert;
 mod garble;
 
 pub use circuit::{Builder, Circuit, Fancy, Gate, GateCounter, PlainEval};
+pub use convert::{Conversion, Product};
 pub use garble::{Evaluator, Garbler, BATCH};

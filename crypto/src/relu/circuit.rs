@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use crate::field::F;
 use crate::garbled::{add_gadget, GcCircuit};
-use crate::gc::{Circuit, Fancy};
+use crate::gc::{Circuit, Conversion, Fancy, Product};
 
 use super::spec::*;
 
@@ -14,8 +14,10 @@ use super::spec::*;
 /// `shift`.
 ///
 /// `a` and `b` hold bits lo..hi of the client's A and the server's B (see
-/// the module documentation), least significant first. Outputs pos ∧ S_j
-/// for j = max(0, shift − lo) .. n − 1, with weights 2^(j + lo − shift).
+/// the module documentation), least significant first. Outputs pos, then
+/// S_j for j = max(0, shift − lo) .. n − 2: the value is Σ_j
+/// 2^(j + lo − shift)·(pos ∧ S_j), products the output conversion computes
+/// ([`relu_circuit_for`]), not AND gates.
 pub fn relu_reduced_gadget<Fy: Fancy>(
     f: &mut Fy,
     a: &[Fy::Item],
@@ -31,11 +33,19 @@ pub fn relu_reduced_gadget<Fy: Fancy>(
     masked_by_sign(f, &sum, j0)
 }
 
-/// pos ∧ S_j for j = j0 .. n − 1, where pos is the top bit of S.
-fn masked_by_sign<Fy: Fancy>(f: &mut Fy, sum: &[Fy::Item], j0: usize) -> Vec<Fy::Item> {
+/// pos (the top bit of S), then S_j for j = j0 .. n − 2: the outputs whose
+/// products pos ∧ S_j the conversion computes ([`sign_products`]).
+fn masked_by_sign<Fy: Fancy>(_: &mut Fy, sum: &[Fy::Item], j0: usize) -> Vec<Fy::Item> {
     let n = sum.len();
-    let pos = sum[n - 1].clone();
-    sum[j0..n - 1].iter().map(|s| f.and(&pos, s)).collect()
+    let mut out = vec![sum[n - 1].clone()];
+    out.extend_from_slice(&sum[j0..n - 1]);
+    out
+}
+
+/// Products of the selector output `sel` with the outputs `first ..` that
+/// follow it, one per weight.
+fn sign_products(sel: usize, first: usize, weights: impl Iterator<Item = F>) -> Vec<Product> {
+    weights.enumerate().map(|(i, weight)| Product { sel, bit: first + i, weight }).collect()
 }
 
 /// The exact windowed ReLU circuit (window `0..hi`, truncation `shift`).
@@ -44,8 +54,9 @@ fn masked_by_sign<Fy: Fancy>(f: &mut Fy, sum: &[Fy::Item], j0: usize) -> Vec<Fy:
 /// the low hi bits of B = b + 2^(hi−1) mod p then y = [B < 2^hi] (server),
 /// least significant first. The circuit adds them mod 2^hi with carry-in
 /// z ∧ y, which is exactly the carry the mod-p wrap removes (module
-/// documentation), and outputs pos ∧ S_j for j = shift .. hi − 1 with
-/// weights 2^(j − shift): 2·hi − 1 − shift ANDs.
+/// documentation): hi ANDs. Outputs pos and S_j for j = shift .. hi − 2;
+/// the value is Σ_j 2^(j − shift)·(pos ∧ S_j), products the conversion
+/// computes.
 pub fn relu_exact_window_gadget<Fy: Fancy>(
     f: &mut Fy,
     a: &[Fy::Item],
@@ -63,11 +74,11 @@ pub fn relu_exact_window_gadget<Fy: Fancy>(
 /// Writes the ReLU circuit for any interpreter.
 ///
 /// `a` holds the bits of a + [`CLIENT_OFFSET`] (client), `b` the bits of b
-/// (server), least significant first. The outputs, combined with
-/// [`ReluCircuit::weights`], give ReLU(y) >> `shift` exactly (floor of the
-/// non-negative value): with shift 0, pos ∧ s'_j for j = 0..42 and pos
-/// (131 ANDs); with shift f > 0 the low f bits are dropped and one carry is
-/// kept (see [`ReluCircuit::weights`]; 132 ANDs for f = 8).
+/// (server), least significant first. The outputs, combined by the
+/// circuit's conversion ([`relu_circuit`]), give ReLU(y) >> `shift` exactly
+/// (floor of the non-negative value): pos first, then with shift 0 the 42
+/// bits s'_j (the value is Σ 2^j·(pos ∧ s'_j) − K·pos; 89 ANDs); with
+/// shift f > 0 the bits s'_f..s'_41 and one carry c (90 ANDs for f = 8).
 pub fn relu_gadget<Fy: Fancy>(
     f: &mut Fy,
     a: &[Fy::Item],
@@ -116,10 +127,10 @@ pub fn relu_gadget<Fy: Fancy>(
     let neg = f.xor(&x, &ge_t2);
     let pos = f.not(&neg);
 
+    let mut out = vec![pos];
     if shift == 0 {
-        // ReLU(y) ≡ pos·(s' − K): weights 2^j and −K.
-        let mut out: Vec<Fy::Item> = sum.iter().map(|s| f.and(&pos, s)).collect();
-        out.push(pos);
+        // ReLU(y) ≡ pos·(s' − K): products with weights 2^j, pos with −K.
+        out.extend(sum);
         return out;
     }
     // With W = s'_41: if W, y = s' − 2^41 (as p + K = 2^41) and y >> f is
@@ -127,19 +138,20 @@ pub fn relu_gadget<Fy: Fancy>(
     // y >> f = (s' >> f) + [low f bits of s' all ones] − 2^(37−f). Hence
     // ReLU(y) >> f = pos·(Σ_{j=f}^{40} 2^(j−f) s'_j + (¬W ∧ c) − 2^(37−f) + 2^(37−f)·W).
     let sh = shift as usize;
-    let mut out: Vec<Fy::Item> = sum[sh..].iter().map(|s| f.and(&pos, s)).collect();
     let carry = f.and_all(&sum[..sh]);
     let not_w = f.not(s41);
     let c = f.and(&not_w, &carry);
-    out.push(f.and(&pos, &c));
-    out.push(pos);
+    out.extend_from_slice(&sum[sh..]);
+    out.push(c);
     out
 }
 
-/// A recorded ReLU circuit and the weights of its outputs. Full width,
-/// shift 0: 2^j for the 42 masked sum bits, −K for `pos`. Shift f: 2^(j−f)
-/// for bits j = f..40, 2^(37−f) for bit 41, 1 for the carry term,
-/// −2^(37−f) for `pos`. Reduced: 2^(j + lo − shift) per output.
+/// A recorded ReLU circuit and its conversion. Full width: `pos` is a plain
+/// output (weight −K for shift 0, −2^(37−f) for shift f) and the selector of
+/// products with the sum bits: 2^j for the 42 bits at shift 0; at shift f,
+/// 2^(j−f) for bits j = f..40, 2^(37−f) for bit 41 and 1 for the carry term.
+/// Reduced and exact windows: products of `pos` with 2^(j + lo − shift) per
+/// sum bit, no plain output.
 pub type ReluCircuit = GcCircuit;
 
 /// The circuit of `spec`, recorded once per spec.
@@ -170,9 +182,13 @@ pub fn relu_circuit_for(spec: ReluSpec) -> &'static ReluCircuit {
             Circuit::record(n, n, |f, a, b| relu_reduced_gadget(f, a, b, spec.shift, bits))
         };
         let j0 = spec.shift.saturating_sub(bits.lo);
-        let weights =
-            (j0..n as u32 - 1).map(|j| F::from_u64(1u64 << (j + bits.lo - spec.shift))).collect();
-        Box::leak(Box::new(GcCircuit::new(circuit, weights, spec.shift)))
+        let products = sign_products(
+            0,
+            1,
+            (j0..n as u32 - 1).map(|j| F::from_u64(1u64 << (j + bits.lo - spec.shift))),
+        );
+        let conversion = Conversion::new(circuit.outputs(), Vec::new(), products);
+        Box::leak(Box::new(GcCircuit::with_conversion(circuit, conversion, spec.shift)))
     })
 }
 
@@ -187,17 +203,16 @@ pub fn relu_circuit(shift: u32) -> &'static ReluCircuit {
     C[shift as usize].get_or_init(|| {
         let circuit =
             Circuit::record(CLIENT_BITS, SERVER_BITS, |f, a, b| relu_gadget(f, a, b, shift));
-        let weights: Vec<F> = if shift == 0 {
-            let mut w: Vec<F> = (0..42).map(|j| F::from_u64(1 << j)).collect();
-            w.push(-F::from_u64(CLIENT_OFFSET));
-            w
+        let (pos_weight, weights): (F, Vec<F>) = if shift == 0 {
+            (-F::from_u64(CLIENT_OFFSET), (0..42).map(|j| F::from_u64(1 << j)).collect())
         } else {
             let mut w: Vec<F> = (shift..41).map(|j| F::from_u64(1 << (j - shift))).collect();
             w.push(F::from_u64(1 << (37 - shift)));
             w.push(F::ONE);
-            w.push(-F::from_u64(1 << (37 - shift)));
-            w
+            (-F::from_u64(1 << (37 - shift)), w)
         };
-        GcCircuit::new(circuit, weights, shift)
+        let products = sign_products(0, 1, weights.into_iter());
+        let conversion = Conversion::new(circuit.outputs(), vec![pos_weight], products);
+        GcCircuit::with_conversion(circuit, conversion, shift)
     })
 }

@@ -1,6 +1,6 @@
 //! The ReLU circuit and the two-party ReLU-layer protocol.
 //!
-//! # The circuit (131 AND gates; DELPHI's ReLU6 circuit had 288)
+//! # The circuit (89 AND gates and 42 products; DELPHI's ReLU6 circuit had 288 ANDs)
 //!
 //! Inputs: the client's share `a` (evaluator, known offline, entered as
 //! a' = a + K with K = 2^37 − 1, 41 bits) and the server's share `b`
@@ -12,12 +12,14 @@
 //!   the last two read the top bits only, the first also needs "the low 36
 //!   bits of s' are all ones", which is the AND of the adder's 36 propagate
 //!   bits (35 ANDs) — 55 ANDs for the sign in all;
-//! * ReLU(y) ≡ pos·(s' − K) (mod p), because s ≡ y: the circuit outputs the
-//!   42 bits pos ∧ s'_j (42 ANDs) and pos, never reducing s mod p.
+//! * ReLU(y) ≡ pos·(s' − K) (mod p), because s ≡ y: the circuit outputs
+//!   pos and the 42 bits s'_j, never reducing s mod p; the 42 products
+//!   pos ∧ s'_j are formed by the output conversion from the two wires'
+//!   labels ([`crate::gc::Conversion`]: two field elements each, no AND gate).
 //!
 //! With a truncation `shift` f > 0 the outputs give ReLU(y) >> f exactly
-//! (132 ANDs for f = 8), so no probabilistic truncation is needed after a
-//! linear layer that feeds a ReLU.
+//! (89 + f ANDs), so no probabilistic truncation is needed after a linear
+//! layer that feeds a ReLU.
 //!
 //! # Reduced ReLUs (fewer bits, fewer gates, fewer bytes)
 //!
@@ -36,9 +38,10 @@
 //! lost carry); the circuit adds the two n-bit halves mod 2^n (n − 1 ANDs) and
 //! obtains S = T + e with T = ⌊(v + 2^(hi−1)) / 2^lo⌋ mod 2^n and
 //! e ∈ {−1, 0, 1} (the carry of the dropped bits and w, which depend on the
-//! random shares). The top bit of S is the sign; the outputs are
-//! pos ∧ S_j (so the multiplication by the sign happens in the circuit:
-//! n − 1 − max(0, shift − lo) more ANDs, no extra round online).
+//! random shares). The top bit of S is the sign; the value is
+//! Σ 2^(j + lo − shift)·(pos ∧ S_j) (so the multiplication by the sign
+//! happens in the output conversion: n − 1 − max(0, shift − lo) products,
+//! no extra round online).
 //!
 //! **What it computes.** The reference ([`relu_reduced_reference`]) is
 //! g(T), where g(S) = [S ≥ 2^(n−1)]·⌊(S mod 2^(n−1))·2^lo / 2^shift⌋; the
@@ -56,13 +59,14 @@
 //!
 //! # Output masking
 //!
-//! The outputs are not decoded. Each output label is turned into an additive
-//! share with one field element per wire (see
-//! [`Garbler::arith_outputs`](crate::gc::Garbler::arith_outputs)): the client
-//! obtains ReLU(y) − ρ mod p for a fresh pseudorandom ρ that only the server
-//! knows. This replaces a mod-p subtraction of a garbler-input mask (≈123 ANDs
-//! plus 41 offline input labels) by 43 field elements, and the client never
-//! sees a plaintext bit of the computation.
+//! The outputs are not decoded. The output labels are turned into an
+//! additive share with one field element per plain output and two per
+//! product (see [`crate::gc::Conversion`] and
+//! [`Garbler::arith_outputs_batch`](crate::gc::Garbler::arith_outputs_batch)):
+//! the client obtains ReLU(y) − ρ mod p for a fresh pseudorandom ρ that only
+//! the server knows. This replaces a mod-p subtraction of a garbler-input
+//! mask (≈123 ANDs plus 41 offline input labels), and the client never sees
+//! a plaintext bit of the computation.
 //!
 //! # Protocol
 //!
@@ -165,7 +169,7 @@ pub fn client_bundle_bytes(n: usize, spec: impl Into<ReluSpec>) -> u64 {
 impl GcFunction for ReluSpec {
     const WHAT: &'static str = "ReLUs";
     const AGREE: [&'static str; 3] = ["ReLU count", "ReLU truncation", "ReLU bits"];
-    const TAGS: [u64; 2] = [u64::from_le_bytes(*b"dlRELUs2"), u64::from_le_bytes(*b"dlRELUc2")];
+    const TAGS: [u64; 2] = [u64::from_le_bytes(*b"dlRELUs3"), u64::from_le_bytes(*b"dlRELUc3")];
     const NOT_TAGGED: [&'static str; 2] =
         ["not a stored server ReLU bundle", "not a stored client ReLU bundle"];
 

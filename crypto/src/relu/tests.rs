@@ -44,18 +44,23 @@ fn splits(y: u64) -> Vec<(F, F)> {
 }
 
 #[test]
-fn gadget_counts_131_ands() {
+fn gadget_counts_89_ands() {
     let mut c = GateCounter::default();
     let a = vec![(); CLIENT_BITS];
     let b = vec![(); SERVER_BITS];
     let outs = relu_gadget(&mut c, &a, &b, 0);
     assert_eq!(outs.len(), 43);
-    assert_eq!(c.ands, 131);
-    assert_eq!(relu_circuit(0).circuit().and_gates(), 131);
-    assert_eq!(relu_circuit(8).circuit().and_gates(), 132);
+    assert_eq!(c.ands, 89);
+    assert_eq!(relu_circuit(0).circuit().and_gates(), 89);
+    // pos ∧ s'_j are 42 products of the conversion: pos plain, pos as the
+    // selector, two elements per product.
+    assert_eq!(relu_circuit(0).conversion().products().len(), 42);
+    assert_eq!(relu_circuit(0).elements(), 1 + 1 + 2 * 42);
+    assert_eq!(relu_circuit(8).circuit().and_gates(), 97);
+    assert_eq!(relu_circuit(8).conversion().products().len(), 35);
     for shift in 0..=MAX_SHIFT {
         let rc = relu_circuit(shift);
-        assert_eq!(rc.weights().len(), rc.circuit().outputs());
+        assert_eq!(rc.conversion().labels(), rc.circuit().outputs());
     }
 }
 
@@ -203,13 +208,17 @@ fn check_reduced(a: F, b: F, shift: u32, bits: ReluBits) {
 fn reduced_gadget_counts() {
     let bits = ReluBits { lo: 12, hi: 27 };
     let rc = relu_circuit_for(ReluSpec::reduced(12, bits));
-    assert_eq!(rc.circuit().and_gates(), 28);
+    // The adder's 14 carries; the 14 products pos ∧ S_j are converted.
+    assert_eq!(rc.circuit().and_gates(), 14);
+    assert_eq!(rc.conversion().products().len(), 14);
+    assert_eq!(rc.elements(), 1 + 2 * 14);
     assert_eq!(rc.circuit().evaluator_inputs(), 15);
     assert_eq!(rc.circuit().garbler_inputs(), 15);
-    assert_eq!(rc.weights().len(), rc.circuit().outputs());
+    assert_eq!(rc.conversion().labels(), rc.circuit().outputs());
     // lo below the truncation: the low sum bits only feed carries.
     let rc = relu_circuit_for(ReluSpec::reduced(12, ReluBits { lo: 8, hi: 24 }));
-    assert_eq!(rc.circuit().and_gates(), 15 + 11);
+    assert_eq!(rc.circuit().and_gates(), 15);
+    assert_eq!(rc.conversion().products().len(), 11);
 }
 
 #[test]
@@ -335,7 +344,9 @@ fn exact_circuit_output(a: F, b: F, shift: u32, bits: ReluBits) -> F {
 #[test]
 fn exact_window_counts() {
     let rc = relu_circuit_for(ReluSpec::reduced(12, ReluBits::exact(27)));
-    assert_eq!(rc.circuit().and_gates(), 2 * 27 - 1 - 12);
+    // The wrap's carry and 26 carries; 27 − 1 − 12 products pos ∧ S_j.
+    assert_eq!(rc.circuit().and_gates(), 27);
+    assert_eq!(rc.conversion().products().len(), 27 - 1 - 12);
     assert_eq!(rc.circuit().evaluator_inputs(), 28);
     assert_eq!(rc.circuit().garbler_inputs(), 28);
     assert_eq!(ReluSpec::reduced(12, ReluBits::exact(27)).input_bits(), 28);
