@@ -1,13 +1,15 @@
 //! The TMMO hash ([`crate::block::TweakHash`]) fused on AES instructions:
 //! both AES calls of each hash, the tweak and the feed-forward in
 //! registers, many blocks in flight — with VAES on 512-bit registers (four
-//! blocks per instruction) where the CPU has it (AVX-512F + VAES), else
-//! AES-NI on 128-bit registers. Chosen once at run time
+//! blocks per instruction) where the CPU has it (AVX-512F + VAES), with
+//! VAES on 256-bit registers (two blocks per instruction) where it has VAES
+//! and AVX2 only (AMD Zen 3), else AES-NI on 128-bit registers. Chosen once
+//! at run time
 //! ([`HashPath::detect`]); the portable path (the `aes` crate, used where
 //! neither exists) stays available and the tests check that every path
 //! gives the same hashes.
 //!
-//! `DELPHI_AES=portable|aesni|vaes` caps the path (a slower one can be
+//! `DELPHI_AES=portable|aesni|vaes256|vaes` caps the path (a slower one can be
 //! forced for measurement, as `delphi bench relu` does for each path in one
 //! run; a faster one than the CPU has is never used).
 
@@ -30,6 +32,9 @@ pub enum HashPath {
     Portable,
     /// Fused, AES-NI on 128-bit registers, eight blocks in flight.
     AesNi,
+    /// Fused, VAES on 256-bit registers, 16 blocks in flight (needs VAES
+    /// and AVX2): the hash only; the gate loops are AES-NI's.
+    Vaes256,
     /// Fused, VAES on 512-bit registers, 32 blocks in flight (needs
     /// AVX-512F/VL, AVX2 and VAES; the garbling loops are compiled for
     /// AVX-512 on this path too).
@@ -47,6 +52,7 @@ impl HashPath {
                 let cap = match std::env::var("DELPHI_AES").as_deref() {
                     Ok("portable") => HashPath::Portable,
                     Ok("aesni") => HashPath::AesNi,
+                    Ok("vaes256") => HashPath::Vaes256,
                     _ => HashPath::Vaes,
                 };
                 CAP.store(cap as u8, Ordering::Relaxed);
@@ -67,6 +73,7 @@ impl HashPath {
         match v {
             0 => HashPath::Portable,
             1 => HashPath::AesNi,
+            2 => HashPath::Vaes256,
             _ => HashPath::Vaes,
         }
     }
@@ -80,6 +87,11 @@ impl HashPath {
                 && std::arch::is_x86_feature_detected!("sse2")
             {
                 v.push(HashPath::AesNi);
+                if std::arch::is_x86_feature_detected!("vaes")
+                    && std::arch::is_x86_feature_detected!("avx2")
+                {
+                    v.push(HashPath::Vaes256);
+                }
                 if std::arch::is_x86_feature_detected!("vaes")
                     && std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512vl")
@@ -97,6 +109,7 @@ impl HashPath {
         match self {
             HashPath::Portable => "portable",
             HashPath::AesNi => "aesni",
+            HashPath::Vaes256 => "vaes256",
             HashPath::Vaes => "vaes",
         }
     }
@@ -211,6 +224,10 @@ pub(crate) fn tmmo(path: HashPath, rk: &RoundKeys, xs: &mut [Block], tweaks: &[u
             // SAFETY: the path is only chosen when the CPU has AVX-512F and
             // VAES (HashPath::available).
             done = unsafe { x86::tmmo_vaes(&rk.0, xs, tweaks) };
+        } else if path == HashPath::Vaes256 {
+            // SAFETY: the path is only chosen when the CPU has VAES and
+            // AVX2 (HashPath::available).
+            done = unsafe { x86::tmmo_vaes256(&rk.0, xs, tweaks) };
         }
         if path >= HashPath::AesNi {
             // SAFETY: AES-NI and SSE2 are present for these paths.
@@ -354,25 +371,48 @@ mod x86 {
         };
     }
 
-    /// The fused hash on `4·R` blocks from `i` (R 512-bit registers).
-    macro_rules! vaes_chunk {
-        ($R:literal, $k:ident, $xs:ident, $tweaks:ident, $i:ident) => {{
-            let px = $xs.as_mut_ptr().add($i).cast::<__m512i>();
-            let pt = $tweaks.as_ptr().add($i).cast::<__m512i>();
-            let mut p = [_mm512_setzero_si512(); $R];
+    /// The fused hash on R registers of blocks from `i`, with the
+    /// register type and the load, store, XOR and AES intrinsics given
+    /// (`$w`: 512 or 256-bit ones).
+    macro_rules! fused_chunk {
+        ($R:literal, $k:ident, $xs:ident, $tweaks:ident, $i:ident,
+         $ty:ty, $zero:ident, $load:ident, $store:ident, $xor:ident, $enc:ident, $last:ident) => {{
+            let px = $xs.as_mut_ptr().add($i).cast::<$ty>();
+            let pt = $tweaks.as_ptr().add($i).cast::<$ty>();
+            let mut p = [$zero(); $R];
             for (j, r) in p.iter_mut().enumerate() {
-                *r = _mm512_loadu_si512(px.add(j));
+                *r = $load(px.add(j));
             }
-            aes10!(p, $k, _mm512_xor_si512, _mm512_aesenc_epi128, _mm512_aesenclast_epi128);
-            let mut y = [_mm512_setzero_si512(); $R];
+            aes10!(p, $k, $xor, $enc, $last);
+            let mut y = [$zero(); $R];
             for (j, r) in y.iter_mut().enumerate() {
-                *r = _mm512_xor_si512(p[j], _mm512_loadu_si512(pt.add(j)));
+                *r = $xor(p[j], $load(pt.add(j)));
             }
-            aes10!(y, $k, _mm512_xor_si512, _mm512_aesenc_epi128, _mm512_aesenclast_epi128);
+            aes10!(y, $k, $xor, $enc, $last);
             for j in 0..$R {
-                _mm512_storeu_si512(px.add(j), _mm512_xor_si512(y[j], p[j]));
+                $store(px.add(j), $xor(y[j], p[j]));
             }
         }};
+    }
+
+    /// The fused hash on `4·R` blocks from `i` (R 512-bit registers).
+    macro_rules! vaes_chunk {
+        ($R:literal, $k:ident, $xs:ident, $tweaks:ident, $i:ident) => {
+            fused_chunk!(
+                $R,
+                $k,
+                $xs,
+                $tweaks,
+                $i,
+                __m512i,
+                _mm512_setzero_si512,
+                _mm512_loadu_si512,
+                _mm512_storeu_si512,
+                _mm512_xor_si512,
+                _mm512_aesenc_epi128,
+                _mm512_aesenclast_epi128
+            )
+        };
     }
 
     /// The fused hash on 32 blocks at a time (8 × 512-bit registers: with
@@ -394,6 +434,54 @@ mod x86 {
             while i + 16 <= len {
                 vaes_chunk!(4, k, xs, tweaks, i);
                 i += 16;
+            }
+            i
+        }
+    }
+
+    /// The fused hash on `2·R` blocks from `i` (R 256-bit registers; the
+    /// round keys `$k` are 256-bit broadcasts).
+    macro_rules! vaes256_chunk {
+        ($R:literal, $k:ident, $xs:ident, $tweaks:ident, $i:ident) => {
+            fused_chunk!(
+                $R,
+                $k,
+                $xs,
+                $tweaks,
+                $i,
+                __m256i,
+                _mm256_setzero_si256,
+                _mm256_loadu_si256,
+                _mm256_storeu_si256,
+                _mm256_xor_si256,
+                _mm256_aesenc_epi128,
+                _mm256_aesenclast_epi128
+            )
+        };
+    }
+
+    /// The fused hash on 16 blocks at a time (8 × 256-bit registers; the
+    /// round keys come from memory, as AVX2 has 16 registers), then 4;
+    /// returns how many blocks it did (a multiple of 4).
+    #[target_feature(enable = "avx2,vaes")]
+    pub(super) unsafe fn tmmo_vaes256(rk: &[u128; 11], xs: &mut [Block], tweaks: &[u128]) -> usize {
+        // SAFETY: loads and stores are unaligned ones inside the slices
+        // (i + 16, then i + 4, ≤ len for both); Block and u128 are 16
+        // bytes, so 2 of them are one 32-byte register.
+        unsafe {
+            let mut k = [_mm256_setzero_si256(); 11];
+            for (d, s) in k.iter_mut().zip(rk) {
+                *d = _mm256_broadcastsi128_si256(_mm_loadu_si128((s as *const u128).cast()));
+            }
+            let len = xs.len();
+            let mut i = 0;
+            while i + 16 <= len {
+                vaes256_chunk!(8, k, xs, tweaks, i);
+                i += 16;
+            }
+            while i + 4 <= len {
+                vaes256_chunk!(2, k, xs, tweaks, i);
+                i += 4;
             }
             i
         }
@@ -566,21 +654,20 @@ mod x86 {
             let len = xs.len();
             let mut i = 0;
             while i + 8 <= len {
-                let px = xs.as_mut_ptr().add(i).cast::<__m128i>();
-                let pt = tweaks.as_ptr().add(i).cast::<__m128i>();
-                let mut p = [_mm_setzero_si128(); 8];
-                for (j, r) in p.iter_mut().enumerate() {
-                    *r = _mm_loadu_si128(px.add(j));
-                }
-                aes10!(p, k, _mm_xor_si128, _mm_aesenc_si128, _mm_aesenclast_si128);
-                let mut y = [_mm_setzero_si128(); 8];
-                for (j, r) in y.iter_mut().enumerate() {
-                    *r = _mm_xor_si128(p[j], _mm_loadu_si128(pt.add(j)));
-                }
-                aes10!(y, k, _mm_xor_si128, _mm_aesenc_si128, _mm_aesenclast_si128);
-                for j in 0..8 {
-                    _mm_storeu_si128(px.add(j), _mm_xor_si128(y[j], p[j]));
-                }
+                fused_chunk!(
+                    8,
+                    k,
+                    xs,
+                    tweaks,
+                    i,
+                    __m128i,
+                    _mm_setzero_si128,
+                    _mm_loadu_si128,
+                    _mm_storeu_si128,
+                    _mm_xor_si128,
+                    _mm_aesenc_si128,
+                    _mm_aesenclast_si128
+                );
                 i += 8;
             }
             while i < len {
@@ -617,8 +704,8 @@ mod tests {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
         for key in [Block(0), Block(0x5eed), Block::random(&mut rng), Block(u128::MAX)] {
             let rk = RoundKeys::new(key);
-            // Lengths around the 16- and 8-block strides.
-            for n in [0usize, 1, 7, 8, 15, 16, 17, 33, 256, 257] {
+            // Lengths around the 16-, 8- and 4-block strides.
+            for n in [0usize, 1, 3, 4, 5, 7, 8, 15, 16, 17, 21, 33, 256, 257] {
                 let xs: Vec<Block> = (0..n).map(|_| Block::random(&mut rng)).collect();
                 let ts: Vec<u128> = (0..n as u128).map(|i| i * 0x9e37_79b9 + 3).collect();
                 let want = portable(key, &xs, &ts);

@@ -365,7 +365,7 @@ type LayerTimes = Box<dyn Fn(usize, usize) -> Result<(f64, f64)>>;
 
 /// The circuits the garbled-circuit lines are fitted on: the full ReLU,
 /// an exact window, the reduced anchor and a bounded exact truncation —
-/// 20 to 131 AND gates and products, 11 to 41 labels a party.
+/// 20 to 132 AND gates and sign products, 11 to 41 labels a party.
 fn gc_circuits() -> Vec<(&'static str, LayerTimes, &'static GcCircuit)> {
     use delphi_crypto::relu::{relu_circuit_for, ReluBits, ReluSpec};
     use delphi_crypto::trunc::ExactTrunc;
