@@ -30,12 +30,12 @@ pub fn relu_reduced_gadget<Fy: Fancy>(
     // Adder mod 2^n: the carry out of the top bit is not needed.
     let sum = add_gadget(f, a, b, None, n);
     let j0 = shift.saturating_sub(bits.lo) as usize;
-    masked_by_sign(f, &sum, j0)
+    sign_and_bits::<Fy>(&sum, j0)
 }
 
 /// pos (the top bit of S), then S_j for j = j0 .. n − 2: the outputs whose
 /// products pos ∧ S_j the conversion computes ([`sign_products`]).
-fn masked_by_sign<Fy: Fancy>(_: &mut Fy, sum: &[Fy::Item], j0: usize) -> Vec<Fy::Item> {
+fn sign_and_bits<Fy: Fancy>(sum: &[Fy::Item], j0: usize) -> Vec<Fy::Item> {
     let n = sum.len();
     let mut out = vec![sum[n - 1].clone()];
     out.extend_from_slice(&sum[j0..n - 1]);
@@ -68,7 +68,7 @@ pub fn relu_exact_window_gadget<Fy: Fancy>(
     assert!(n >= 2 && a.len() == n + 1 && b.len() == n + 1, "exact window inputs");
     let cin = f.and(&a[n], &b[n]);
     let sum = add_gadget(f, &a[..n], &b[..n], Some(&cin), n);
-    masked_by_sign(f, &sum, shift as usize)
+    sign_and_bits::<Fy>(&sum, shift as usize)
 }
 
 /// Writes the ReLU circuit for any interpreter.
