@@ -3,9 +3,11 @@
 //! registers, many blocks in flight — with VAES on 512-bit registers (four
 //! blocks per instruction) where the CPU has it (AVX-512F + VAES), with
 //! VAES on 256-bit registers (two blocks per instruction) where it has VAES
-//! and AVX2 only (AMD Zen 3), else AES-NI on 128-bit registers. Chosen once
-//! at run time
-//! ([`HashPath::detect`]); the portable path (the `aes` crate, used where
+//! and AVX2 only (AMD Zen 3), else AES-NI on 128-bit registers — and the
+//! garbled AND gate fused on the same registers ([`garble_and`],
+//! [`eval_and`]: labels, tweaks and tables loaded beside the hashes, no
+//! pass over memory between them), one body for the three widths. Chosen
+//! once at run time ([`HashPath::detect`]); the portable path (the `aes` crate, used where
 //! neither exists) stays available and the tests check that every path
 //! gives the same hashes.
 //!
@@ -33,7 +35,7 @@ pub enum HashPath {
     /// Fused, AES-NI on 128-bit registers, eight blocks in flight.
     AesNi,
     /// Fused, VAES on 256-bit registers, 16 blocks in flight (needs VAES
-    /// and AVX2): the hash only; the gate loops are AES-NI's.
+    /// and AVX2; the garbling loops are compiled for AVX2 on this path).
     Vaes256,
     /// Fused, VAES on 512-bit registers, 32 blocks in flight (needs
     /// AVX-512F/VL, AVX2 and VAES; the garbling loops are compiled for
@@ -241,7 +243,7 @@ pub(crate) fn tmmo(path: HashPath, rk: &RoundKeys, xs: &mut [Block], tweaks: &[u
 
 /// Checks a fused gate's ranges (n labels from `a`, `b` and to `o` inside
 /// `wires`, the output's apart from the inputs', 2n table rows) and says
-/// whether it runs fused: on the VAES path, n a multiple of 16.
+/// whether it runs fused: on the AES-NI and VAES paths, n a multiple of 16.
 fn fused_gate(
     path: HashPath,
     wires: usize,
@@ -252,20 +254,20 @@ fn fused_gate(
     assert!(tables == 2 * n, "two table rows per instance");
     assert!(a + n <= wires && b + n <= wires && o + n <= wires, "labels inside the wires");
     assert!((o + n <= a || a + n <= o) && (o + n <= b || b + n <= o), "output apart from inputs");
-    path == HashPath::Vaes && n.is_multiple_of(16)
+    path >= HashPath::AesNi && n.is_multiple_of(16)
 }
 
-/// One evaluated AND gate of n = 16·m instances in one pass, on the VAES
-/// path. The batch's wire labels lie in `wires`, n per wire; the gate's
-/// inputs start at `a` and `b`, its output at `o` (not overlapping either).
-/// For instance i with labels x = `wires[a + i]`, y = `wires[b + i]`,
-/// tweak t = `tweaks[i]` + 2·`gate` (even) and tables (g, e) =
-/// `tables[2i]`, `tables[2i + 1]`: `wires[o + i]` ← H(x, t) ⊕ lsb(x)·g ⊕
-/// H(y, t | 1) ⊕ lsb(y)·(e ⊕ x), H the TMMO hash — what the evaluator's
-/// gate loop computes through [`tmmo`], with the hash inputs, tweaks and
-/// tables kept in registers. Returns `false` (nothing done) unless `path`
-/// is VAES and n a multiple of 16. Every `tweaks[i]` + 2·`gate` must fit in
-/// 64 bits (the caller checks).
+/// One evaluated AND gate of n = 16·m instances in one pass, on the AES-NI
+/// or a VAES path. The batch's wire labels lie in `wires`, n per wire; the
+/// gate's inputs start at `a` and `b`, its output at `o` (not overlapping
+/// either). For instance i with labels x = `wires[a + i]`, y =
+/// `wires[b + i]`, tweak t = `tweaks[i]` + 2·`gate` (even) and tables
+/// (g, e) = `tables[2i]`, `tables[2i + 1]`: `wires[o + i]` ← H(x, t) ⊕
+/// lsb(x)·g ⊕ H(y, t | 1) ⊕ lsb(y)·(e ⊕ x), H the TMMO hash — what the
+/// evaluator's gate loop computes through [`tmmo`], with the hash inputs,
+/// tweaks and tables kept in registers. Returns `false` (nothing done) on
+/// the portable path or unless n is a multiple of 16. Every `tweaks[i]` +
+/// 2·`gate` must fit in 64 bits (the caller checks).
 pub(crate) fn eval_and(
     path: HashPath,
     rk: &RoundKeys,
@@ -277,12 +279,17 @@ pub(crate) fn eval_and(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     if fused_gate(path, wires.len(), (a, b, o), tweaks.len(), tables.len()) {
-        // SAFETY: the path is only chosen when the CPU has AVX-512F and
-        // VAES; the ranges were checked to lie in `wires`, the output's
-        // apart from the inputs'.
+        let w = wires.as_mut_ptr();
+        // SAFETY: each path is only chosen when the CPU has its features
+        // (HashPath::available); the ranges were checked to lie in `wires`,
+        // the output's apart from the inputs'.
         unsafe {
-            let w = wires.as_mut_ptr();
-            x86::eval_and_vaes(&rk.0, (w.add(a), w.add(b), w.add(o)), tweaks, gate, tables)
+            let ws = (w.add(a).cast_const(), w.add(b).cast_const(), w.add(o));
+            match path {
+                HashPath::Vaes => x86::eval_and_vaes(&rk.0, ws, tweaks, gate, tables),
+                HashPath::Vaes256 => x86::eval_and_vaes256(&rk.0, ws, tweaks, gate, tables),
+                _ => x86::eval_and_aesni(&rk.0, ws, tweaks, gate, tables),
+            }
         };
         return true;
     }
@@ -290,15 +297,15 @@ pub(crate) fn eval_and(
     false
 }
 
-/// One garbled AND gate of n = 16·m instances in one pass, on the VAES
-/// path, in the layout of [`eval_and`]: for instance i with zero labels
-/// x = `wires[a + i]`, y = `wires[b + i]` and tweak t as there, with
-/// p = lsb(x), q = lsb(y), the half gates g = H(x, t) ⊕ H(x ⊕ Δ, t) ⊕ q·Δ
-/// and e = H(y, t | 1) ⊕ H(y ⊕ Δ, t | 1) ⊕ x go to `tables[2i]`,
+/// One garbled AND gate of n = 16·m instances in one pass, on the AES-NI
+/// or a VAES path, in the layout of [`eval_and`]: for instance i with zero
+/// labels x = `wires[a + i]`, y = `wires[b + i]` and tweak t as there,
+/// with p = lsb(x), q = lsb(y), the half gates g = H(x, t) ⊕ H(x ⊕ Δ, t) ⊕
+/// q·Δ and e = H(y, t | 1) ⊕ H(y ⊕ Δ, t | 1) ⊕ x go to `tables[2i]`,
 /// `tables[2i + 1]` and the output's zero label H(x, t) ⊕ p·g ⊕
 /// H(y, t | 1) ⊕ q·(e ⊕ x) to `wires[o + i]` — what the garbler's gate loop
-/// computes through [`tmmo`]. Returns `false` (nothing done) unless `path`
-/// is VAES and n a multiple of 16.
+/// computes through [`tmmo`]. Returns `false` (nothing done) on the
+/// portable path or unless n is a multiple of 16.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn garble_and(
     path: HashPath,
@@ -312,10 +319,17 @@ pub(crate) fn garble_and(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     if fused_gate(path, wires.len(), (a, b, o), tweaks.len(), tables.len()) {
+        let w = wires.as_mut_ptr();
         // SAFETY: as in `eval_and`.
         unsafe {
-            let w = wires.as_mut_ptr();
-            x86::garble_and_vaes(&rk.0, (w.add(a), w.add(b), w.add(o)), delta, tweaks, gate, tables)
+            let ws = (w.add(a).cast_const(), w.add(b).cast_const(), w.add(o));
+            match path {
+                HashPath::Vaes => x86::garble_and_vaes(&rk.0, ws, delta, tweaks, gate, tables),
+                HashPath::Vaes256 => {
+                    x86::garble_and_vaes256(&rk.0, ws, delta, tweaks, gate, tables)
+                }
+                _ => x86::garble_and_aesni(&rk.0, ws, delta, tweaks, gate, tables),
+            }
         };
         return true;
     }
@@ -329,21 +343,116 @@ mod x86 {
 
     use crate::block::Block;
 
-    /// The 11 round keys `$rk`, each broadcast to the four lanes of a register.
-    macro_rules! keys512 {
-        ($rk:ident) => {{
-            let mut k = [_mm512_setzero_si512(); 11];
-            for (d, s) in k.iter_mut().zip($rk) {
-                *d = _mm512_broadcast_i32x4(_mm_loadu_si128((s as *const u128).cast()));
-            }
-            k
-        }};
-    }
-
-    /// Eight instances' tweaks for gate `$gate` from the u64 register at
-    /// `$pt` (each 2·base): two registers of four (2·(base + gate), 0) lanes.
-    macro_rules! tweaks8 {
-        ($pt:expr, $gate:ident) => {{
+    /// The operations of the fused hash and gates on `W`-bit registers
+    /// (`W` = 512 or 256 with VAES, 128 with AES-NI; L = W / 128 blocks to
+    /// a register), so that one body of each serves the three widths.
+    macro_rules! v {
+        (512, ty) => {
+            __m512i
+        };
+        (256, ty) => {
+            __m256i
+        };
+        (128, ty) => {
+            __m128i
+        };
+        (512, zero) => {
+            _mm512_setzero_si512()
+        };
+        (256, zero) => {
+            _mm256_setzero_si256()
+        };
+        (128, zero) => {
+            _mm_setzero_si128()
+        };
+        (512, load, $p:expr) => {
+            _mm512_loadu_si512($p)
+        };
+        (256, load, $p:expr) => {
+            _mm256_loadu_si256($p)
+        };
+        (128, load, $p:expr) => {
+            _mm_loadu_si128($p)
+        };
+        (512, store, $p:expr, $x:expr) => {
+            _mm512_storeu_si512($p, $x)
+        };
+        (256, store, $p:expr, $x:expr) => {
+            _mm256_storeu_si256($p, $x)
+        };
+        (128, store, $p:expr, $x:expr) => {
+            _mm_storeu_si128($p, $x)
+        };
+        (512, xor, $a:expr, $b:expr) => {
+            _mm512_xor_si512($a, $b)
+        };
+        (256, xor, $a:expr, $b:expr) => {
+            _mm256_xor_si256($a, $b)
+        };
+        (128, xor, $a:expr, $b:expr) => {
+            _mm_xor_si128($a, $b)
+        };
+        (512, and, $a:expr, $b:expr) => {
+            _mm512_and_si512($a, $b)
+        };
+        (256, and, $a:expr, $b:expr) => {
+            _mm256_and_si256($a, $b)
+        };
+        (128, and, $a:expr, $b:expr) => {
+            _mm_and_si128($a, $b)
+        };
+        (512, or, $a:expr, $b:expr) => {
+            _mm512_or_si512($a, $b)
+        };
+        (256, or, $a:expr, $b:expr) => {
+            _mm256_or_si256($a, $b)
+        };
+        (128, or, $a:expr, $b:expr) => {
+            _mm_or_si128($a, $b)
+        };
+        // Ten AES rounds on the registers of array `$r` with round keys `$k`.
+        (512, aes10, $r:ident, $k:ident) => {
+            aes10!($r, $k, _mm512_xor_si512, _mm512_aesenc_epi128, _mm512_aesenclast_epi128)
+        };
+        (256, aes10, $r:ident, $k:ident) => {
+            aes10!($r, $k, _mm256_xor_si256, _mm256_aesenc_epi128, _mm256_aesenclast_epi128)
+        };
+        (128, aes10, $r:ident, $k:ident) => {
+            aes10!($r, $k, _mm_xor_si128, _mm_aesenc_si128, _mm_aesenclast_si128)
+        };
+        // The 16 bytes at `$p` in each lane.
+        (512, bcast, $p:expr) => {
+            _mm512_broadcast_i32x4(_mm_loadu_si128($p))
+        };
+        (256, bcast, $p:expr) => {
+            _mm256_broadcastsi128_si256(_mm_loadu_si128($p))
+        };
+        (128, bcast, $p:expr) => {
+            _mm_loadu_si128($p)
+        };
+        // Each lane 1 (the tweak bit of a gate's second hash).
+        (512, one) => {
+            _mm512_set_epi64(0, 1, 0, 1, 0, 1, 0, 1)
+        };
+        (256, one) => {
+            _mm256_set_epi64x(0, 1, 0, 1)
+        };
+        (128, one) => {
+            _mm_set_epi64x(0, 1)
+        };
+        // Each lane all ones where its least significant bit is set.
+        (512, lsb, $x:expr) => {
+            _mm512_shuffle_epi32::<0x44>(_mm512_srai_epi64::<63>(_mm512_slli_epi64::<63>($x)))
+        };
+        (256, lsb, $x:expr) => {
+            _mm256_shuffle_epi32::<0>(_mm256_srai_epi32::<31>(_mm256_slli_epi32::<31>($x)))
+        };
+        (128, lsb, $x:expr) => {
+            _mm_shuffle_epi32::<0>(_mm_srai_epi32::<31>(_mm_slli_epi32::<31>($x)))
+        };
+        // 2L instances' tweaks for gate `$gate` from the register of u64s at
+        // `$pt` (each 2·base): two registers of L (2·(base + gate), 0) lanes.
+        (512, tweaks, $pt:expr, $gate:ident) => {{
             let raw =
                 _mm512_add_epi64(_mm512_loadu_si512($pt), _mm512_set1_epi64((2 * $gate) as i64));
             let zero = _mm512_setzero_si512();
@@ -352,6 +461,50 @@ mod x86 {
                 _mm512_permutex2var_epi64(raw, _mm512_set_epi64(11, 7, 10, 6, 9, 5, 8, 4), zero),
             ]
         }};
+        (256, tweaks, $pt:expr, $gate:ident) => {{
+            let raw =
+                _mm256_add_epi64(_mm256_loadu_si256($pt), _mm256_set1_epi64x((2 * $gate) as i64));
+            // [t0 t1 t2 t3] → lanes (t0, t2), (t1, t3), then each lane's low
+            // and high u64 beside a zero.
+            let r = _mm256_permute4x64_epi64::<0xd8>(raw);
+            let zero = _mm256_setzero_si256();
+            [_mm256_unpacklo_epi64(r, zero), _mm256_unpackhi_epi64(r, zero)]
+        }};
+        (128, tweaks, $pt:expr, $gate:ident) => {{
+            let raw = _mm_add_epi64(_mm_loadu_si128($pt), _mm_set1_epi64x((2 * $gate) as i64));
+            let zero = _mm_setzero_si128();
+            [_mm_unpacklo_epi64(raw, zero), _mm_unpackhi_epi64(raw, zero)]
+        }};
+        // Two registers of table rows [g0 e0 g1 e1 …] → ([g0 g1 …], [e0 e1 …]).
+        (512, split, $z0:expr, $z1:expr) => {{
+            let (z0, z1) = ($z0, $z1);
+            (
+                _mm512_permutex2var_epi64(z0, _mm512_set_epi64(13, 12, 9, 8, 5, 4, 1, 0), z1),
+                _mm512_permutex2var_epi64(z0, _mm512_set_epi64(15, 14, 11, 10, 7, 6, 3, 2), z1),
+            )
+        }};
+        (256, split, $z0:expr, $z1:expr) => {{
+            let (z0, z1) = ($z0, $z1);
+            (_mm256_permute2x128_si256::<0x20>(z0, z1), _mm256_permute2x128_si256::<0x31>(z0, z1))
+        }};
+        (128, split, $z0:expr, $z1:expr) => {
+            ($z0, $z1)
+        };
+        // The inverse of `split`.
+        (512, join, $g:expr, $e:expr) => {{
+            let (g, e) = ($g, $e);
+            (
+                _mm512_permutex2var_epi64(g, _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0), e),
+                _mm512_permutex2var_epi64(g, _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4), e),
+            )
+        }};
+        (256, join, $g:expr, $e:expr) => {{
+            let (g, e) = ($g, $e);
+            (_mm256_permute2x128_si256::<0x20>(g, e), _mm256_permute2x128_si256::<0x31>(g, e))
+        }};
+        (128, join, $g:expr, $e:expr) => {
+            ($g, $e)
+        };
     }
 
     /// Ten AES rounds on `$v` (an array of registers) with round keys `$k`.
@@ -371,48 +524,36 @@ mod x86 {
         };
     }
 
-    /// The fused hash on R registers of blocks from `i`, with the
-    /// register type and the load, store, XOR and AES intrinsics given
-    /// (`$w`: 512 or 256-bit ones).
-    macro_rules! fused_chunk {
-        ($R:literal, $k:ident, $xs:ident, $tweaks:ident, $i:ident,
-         $ty:ty, $zero:ident, $load:ident, $store:ident, $xor:ident, $enc:ident, $last:ident) => {{
-            let px = $xs.as_mut_ptr().add($i).cast::<$ty>();
-            let pt = $tweaks.as_ptr().add($i).cast::<$ty>();
-            let mut p = [$zero(); $R];
-            for (j, r) in p.iter_mut().enumerate() {
-                *r = $load(px.add(j));
+    /// The 11 round keys `$rk`, each in every lane of a `W`-bit register.
+    macro_rules! keys {
+        ($W:tt, $rk:ident) => {{
+            let mut k = [v!($W, zero); 11];
+            for (d, s) in k.iter_mut().zip($rk) {
+                *d = v!($W, bcast, (s as *const u128).cast());
             }
-            aes10!(p, $k, $xor, $enc, $last);
-            let mut y = [$zero(); $R];
-            for (j, r) in y.iter_mut().enumerate() {
-                *r = $xor(p[j], $load(pt.add(j)));
-            }
-            aes10!(y, $k, $xor, $enc, $last);
-            for j in 0..$R {
-                $store(px.add(j), $xor(y[j], p[j]));
-            }
+            k
         }};
     }
 
-    /// The fused hash on `4·R` blocks from `i` (R 512-bit registers).
-    macro_rules! vaes_chunk {
-        ($R:literal, $k:ident, $xs:ident, $tweaks:ident, $i:ident) => {
-            fused_chunk!(
-                $R,
-                $k,
-                $xs,
-                $tweaks,
-                $i,
-                __m512i,
-                _mm512_setzero_si512,
-                _mm512_loadu_si512,
-                _mm512_storeu_si512,
-                _mm512_xor_si512,
-                _mm512_aesenc_epi128,
-                _mm512_aesenclast_epi128
-            )
-        };
+    /// The fused hash on R `W`-bit registers of blocks from `i`.
+    macro_rules! fused_chunk {
+        ($W:tt, $R:literal, $k:ident, $xs:ident, $tweaks:ident, $i:ident) => {{
+            let px = $xs.as_mut_ptr().add($i).cast::<v!($W, ty)>();
+            let pt = $tweaks.as_ptr().add($i).cast::<v!($W, ty)>();
+            let mut p = [v!($W, zero); $R];
+            for (j, r) in p.iter_mut().enumerate() {
+                *r = v!($W, load, px.add(j));
+            }
+            v!($W, aes10, p, $k);
+            let mut y = [v!($W, zero); $R];
+            for (j, r) in y.iter_mut().enumerate() {
+                *r = v!($W, xor, p[j], v!($W, load, pt.add(j)));
+            }
+            v!($W, aes10, y, $k);
+            for j in 0..$R {
+                v!($W, store, px.add(j), v!($W, xor, y[j], p[j]));
+            }
+        }};
     }
 
     /// The fused hash on 32 blocks at a time (8 × 512-bit registers: with
@@ -424,40 +565,19 @@ mod x86 {
         // inside the slices (i + 32, then i + 16, ≤ len for both); Block
         // and u128 are 16 bytes, so 4 of them are one 64-byte register.
         unsafe {
-            let k = keys512!(rk);
+            let k = keys!(512, rk);
             let len = xs.len();
             let mut i = 0;
             while i + 32 <= len {
-                vaes_chunk!(8, k, xs, tweaks, i);
+                fused_chunk!(512, 8, k, xs, tweaks, i);
                 i += 32;
             }
             while i + 16 <= len {
-                vaes_chunk!(4, k, xs, tweaks, i);
+                fused_chunk!(512, 4, k, xs, tweaks, i);
                 i += 16;
             }
             i
         }
-    }
-
-    /// The fused hash on `2·R` blocks from `i` (R 256-bit registers; the
-    /// round keys `$k` are 256-bit broadcasts).
-    macro_rules! vaes256_chunk {
-        ($R:literal, $k:ident, $xs:ident, $tweaks:ident, $i:ident) => {
-            fused_chunk!(
-                $R,
-                $k,
-                $xs,
-                $tweaks,
-                $i,
-                __m256i,
-                _mm256_setzero_si256,
-                _mm256_loadu_si256,
-                _mm256_storeu_si256,
-                _mm256_xor_si256,
-                _mm256_aesenc_epi128,
-                _mm256_aesenclast_epi128
-            )
-        };
     }
 
     /// The fused hash on 16 blocks at a time (8 × 256-bit registers; the
@@ -469,174 +589,18 @@ mod x86 {
         // (i + 16, then i + 4, ≤ len for both); Block and u128 are 16
         // bytes, so 2 of them are one 32-byte register.
         unsafe {
-            let mut k = [_mm256_setzero_si256(); 11];
-            for (d, s) in k.iter_mut().zip(rk) {
-                *d = _mm256_broadcastsi128_si256(_mm_loadu_si128((s as *const u128).cast()));
-            }
+            let k = keys!(256, rk);
             let len = xs.len();
             let mut i = 0;
             while i + 16 <= len {
-                vaes256_chunk!(8, k, xs, tweaks, i);
+                fused_chunk!(256, 8, k, xs, tweaks, i);
                 i += 16;
             }
             while i + 4 <= len {
-                vaes256_chunk!(2, k, xs, tweaks, i);
+                fused_chunk!(256, 2, k, xs, tweaks, i);
                 i += 4;
             }
             i
-        }
-    }
-
-    /// Each 128-bit lane of `$x` all ones where its least significant bit
-    /// is set: the low qword's bit 0 moved to its top and spread over the
-    /// qword, then copied to the lane's high qword.
-    macro_rules! lsb_mask {
-        ($x:expr) => {
-            _mm512_shuffle_epi32::<0x44>(_mm512_srai_epi64::<63>(_mm512_slli_epi64::<63>($x)))
-        };
-    }
-
-    /// [`super::eval_and`] on 16 instances per step (4 registers of A
-    /// labels and 4 of B: 8 hashes in flight, as in [`tmmo_vaes`]).
-    #[target_feature(enable = "avx512f,vaes")]
-    pub(super) unsafe fn eval_and_vaes(
-        rk: &[u128; 11],
-        (wa, wb, wo): (*const Block, *const Block, *mut Block),
-        tweaks: &[u64],
-        gate: u64,
-        tables: &[Block],
-    ) {
-        // SAFETY: unaligned loads and stores of n = tweaks.len() labels
-        // from wa, wb and to wo (the caller checked they lie in one slice,
-        // wo's apart), n tweaks and 2n table rows (n a multiple of 16);
-        // Block is 16 bytes, 4 to a register, and 8 u64 tweaks are one.
-        unsafe {
-            let k = keys512!(rk);
-            let one = _mm512_set_epi64(0, 1, 0, 1, 0, 1, 0, 1);
-            // Tables: [g0 e0 g1 e1] [g2 e2 g3 e3] → [g0 g1 g2 g3], [e0 e1 e2 e3].
-            let gi = _mm512_set_epi64(13, 12, 9, 8, 5, 4, 1, 0);
-            let ei = _mm512_set_epi64(15, 14, 11, 10, 7, 6, 3, 2);
-            let zero = _mm512_setzero_si512();
-            let (pa, pb) = (wa.cast::<__m512i>(), wb.cast::<__m512i>());
-            let (pt, ptab) = (tweaks.as_ptr().cast::<__m512i>(), tables.as_ptr().cast::<__m512i>());
-            let pout = wo.cast::<__m512i>();
-            let mut i = 0;
-            while i < tweaks.len() / 4 {
-                // Registers i .. i + 4 of labels: 16 instances.
-                let mut a = [zero; 4];
-                let mut b = [zero; 4];
-                let mut t = [zero; 4];
-                for j in 0..4 {
-                    a[j] = _mm512_loadu_si512(pa.add(i + j));
-                    b[j] = _mm512_loadu_si512(pb.add(i + j));
-                }
-                for h in 0..2 {
-                    [t[2 * h], t[2 * h + 1]] = tweaks8!(pt.add(i / 2 + h), gate);
-                }
-                // p = π(x) for the 8 registers, then y = π(p ⊕ tweak) ⊕ p.
-                let mut p = [zero; 8];
-                p[..4].copy_from_slice(&a);
-                p[4..].copy_from_slice(&b);
-                aes10!(p, k, _mm512_xor_si512, _mm512_aesenc_epi128, _mm512_aesenclast_epi128);
-                let mut y = [zero; 8];
-                for j in 0..4 {
-                    y[j] = _mm512_xor_si512(p[j], t[j]);
-                    y[4 + j] = _mm512_xor_si512(p[4 + j], _mm512_or_si512(t[j], one));
-                }
-                aes10!(y, k, _mm512_xor_si512, _mm512_aesenc_epi128, _mm512_aesenclast_epi128);
-                for j in 0..4 {
-                    let ha = _mm512_xor_si512(y[j], p[j]);
-                    let hb = _mm512_xor_si512(y[4 + j], p[4 + j]);
-                    let z0 = _mm512_loadu_si512(ptab.add(2 * (i + j)));
-                    let z1 = _mm512_loadu_si512(ptab.add(2 * (i + j) + 1));
-                    let g = _mm512_permutex2var_epi64(z0, gi, z1);
-                    let e = _mm512_permutex2var_epi64(z0, ei, z1);
-                    let wg = _mm512_xor_si512(ha, _mm512_and_si512(g, lsb_mask!(a[j])));
-                    let we = _mm512_xor_si512(
-                        hb,
-                        _mm512_and_si512(_mm512_xor_si512(e, a[j]), lsb_mask!(b[j])),
-                    );
-                    _mm512_storeu_si512(pout.add(i + j), _mm512_xor_si512(wg, we));
-                }
-                i += 4;
-            }
-        }
-    }
-
-    /// [`super::garble_and`] on 8 instances per step (2 registers of A
-    /// labels, 2 of B, each hashed as itself and ⊕ Δ: 8 hashes in flight).
-    #[target_feature(enable = "avx512f,vaes")]
-    pub(super) unsafe fn garble_and_vaes(
-        rk: &[u128; 11],
-        (wa, wb, wo): (*const Block, *const Block, *mut Block),
-        delta: Block,
-        tweaks: &[u64],
-        gate: u64,
-        tables: &mut [Block],
-    ) {
-        // SAFETY: as in `eval_and_vaes`; the tables are 2n blocks.
-        unsafe {
-            let k = keys512!(rk);
-            let d = _mm512_broadcast_i32x4(_mm_loadu_si128((&delta.0 as *const u128).cast()));
-            let one = _mm512_set_epi64(0, 1, 0, 1, 0, 1, 0, 1);
-            // [g0 g1 g2 g3], [e0 e1 e2 e3] → [g0 e0 g1 e1], [g2 e2 g3 e3].
-            let z0i = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
-            let z1i = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
-            let zero = _mm512_setzero_si512();
-            let (pa, pb) = (wa.cast::<__m512i>(), wb.cast::<__m512i>());
-            let (pt, ptab) =
-                (tweaks.as_ptr().cast::<__m512i>(), tables.as_mut_ptr().cast::<__m512i>());
-            let pout = wo.cast::<__m512i>();
-            let mut i = 0;
-            while i < tweaks.len() / 4 {
-                // Registers i, i + 1 of labels: 8 instances, one tweak register.
-                let a = [_mm512_loadu_si512(pa.add(i)), _mm512_loadu_si512(pa.add(i + 1))];
-                let b = [_mm512_loadu_si512(pb.add(i)), _mm512_loadu_si512(pb.add(i + 1))];
-                let t = tweaks8!(pt.add(i / 2), gate);
-                // A₀, A₀ ⊕ Δ, B₀, B₀ ⊕ Δ for both registers.
-                let mut p = [
-                    a[0],
-                    _mm512_xor_si512(a[0], d),
-                    a[1],
-                    _mm512_xor_si512(a[1], d),
-                    b[0],
-                    _mm512_xor_si512(b[0], d),
-                    b[1],
-                    _mm512_xor_si512(b[1], d),
-                ];
-                aes10!(p, k, _mm512_xor_si512, _mm512_aesenc_epi128, _mm512_aesenclast_epi128);
-                let mut y = [zero; 8];
-                for j in 0..2 {
-                    let tb = _mm512_or_si512(t[j], one);
-                    y[2 * j] = _mm512_xor_si512(p[2 * j], t[j]);
-                    y[2 * j + 1] = _mm512_xor_si512(p[2 * j + 1], t[j]);
-                    y[4 + 2 * j] = _mm512_xor_si512(p[4 + 2 * j], tb);
-                    y[4 + 2 * j + 1] = _mm512_xor_si512(p[4 + 2 * j + 1], tb);
-                }
-                aes10!(y, k, _mm512_xor_si512, _mm512_aesenc_epi128, _mm512_aesenclast_epi128);
-                for j in 0..2 {
-                    let ha0 = _mm512_xor_si512(y[2 * j], p[2 * j]);
-                    let ha1 = _mm512_xor_si512(y[2 * j + 1], p[2 * j + 1]);
-                    let hb0 = _mm512_xor_si512(y[4 + 2 * j], p[4 + 2 * j]);
-                    let hb1 = _mm512_xor_si512(y[4 + 2 * j + 1], p[4 + 2 * j + 1]);
-                    let (ma, mb) = (lsb_mask!(a[j]), lsb_mask!(b[j]));
-                    let tg = _mm512_xor_si512(_mm512_xor_si512(ha0, ha1), _mm512_and_si512(d, mb));
-                    let wg = _mm512_xor_si512(ha0, _mm512_and_si512(tg, ma));
-                    let te = _mm512_xor_si512(_mm512_xor_si512(hb0, hb1), a[j]);
-                    let we =
-                        _mm512_xor_si512(hb0, _mm512_and_si512(_mm512_xor_si512(te, a[j]), mb));
-                    _mm512_storeu_si512(pout.add(i + j), _mm512_xor_si512(wg, we));
-                    _mm512_storeu_si512(
-                        ptab.add(2 * (i + j)),
-                        _mm512_permutex2var_epi64(tg, z0i, te),
-                    );
-                    _mm512_storeu_si512(
-                        ptab.add(2 * (i + j) + 1),
-                        _mm512_permutex2var_epi64(tg, z1i, te),
-                    );
-                }
-                i += 2;
-            }
         }
     }
 
@@ -645,42 +609,180 @@ mod x86 {
     #[target_feature(enable = "aes,sse2")]
     pub(super) unsafe fn tmmo_aesni(rk: &[u128; 11], xs: &mut [Block], tweaks: &[u128]) {
         // SAFETY: unaligned loads and stores inside the
-        // slices (i + 8 ≤ len, then i < len, for both).
+        // slices (i + 8 ≤ len, then i + 1 ≤ len, for both).
         unsafe {
-            let mut k = [_mm_setzero_si128(); 11];
-            for (d, s) in k.iter_mut().zip(rk) {
-                *d = _mm_loadu_si128((s as *const u128).cast());
-            }
+            let k = keys!(128, rk);
             let len = xs.len();
             let mut i = 0;
             while i + 8 <= len {
-                fused_chunk!(
-                    8,
-                    k,
-                    xs,
-                    tweaks,
-                    i,
-                    __m128i,
-                    _mm_setzero_si128,
-                    _mm_loadu_si128,
-                    _mm_storeu_si128,
-                    _mm_xor_si128,
-                    _mm_aesenc_si128,
-                    _mm_aesenclast_si128
-                );
+                fused_chunk!(128, 8, k, xs, tweaks, i);
                 i += 8;
             }
             while i < len {
-                let px = xs.as_mut_ptr().add(i).cast::<__m128i>();
-                let mut p = [_mm_loadu_si128(px)];
-                aes10!(p, k, _mm_xor_si128, _mm_aesenc_si128, _mm_aesenclast_si128);
-                let mut y = [_mm_xor_si128(p[0], _mm_loadu_si128(tweaks.as_ptr().add(i).cast()))];
-                aes10!(y, k, _mm_xor_si128, _mm_aesenc_si128, _mm_aesenclast_si128);
-                _mm_storeu_si128(px, _mm_xor_si128(y[0], p[0]));
+                fused_chunk!(128, 1, k, xs, tweaks, i);
                 i += 1;
             }
         }
     }
+
+    /// [`super::eval_and`] on `W`-bit registers: 4 registers of A labels
+    /// and 4 of B per step (4·L instances, 8 hashes in flight), the tables
+    /// and tweaks loaded beside them.
+    macro_rules! eval_and_body {
+        ($W:tt, $rk:ident, $wa:ident, $wb:ident, $wo:ident, $tweaks:ident, $gate:ident,
+         $tables:ident) => {{
+            let k = keys!($W, $rk);
+            let one = v!($W, one);
+            let zero = v!($W, zero);
+            let (pa, pb) = ($wa.cast::<v!($W, ty)>(), $wb.cast::<v!($W, ty)>());
+            let pt = $tweaks.as_ptr().cast::<v!($W, ty)>();
+            let ptab = $tables.as_ptr().cast::<v!($W, ty)>();
+            let pout = $wo.cast::<v!($W, ty)>();
+            let regs = $tweaks.len() / ($W / 128);
+            let mut i = 0;
+            while i < regs {
+                // Registers i .. i + 4 of labels.
+                let mut a = [zero; 4];
+                let mut b = [zero; 4];
+                let mut t = [zero; 4];
+                for j in 0..4 {
+                    a[j] = v!($W, load, pa.add(i + j));
+                    b[j] = v!($W, load, pb.add(i + j));
+                }
+                for h in 0..2 {
+                    [t[2 * h], t[2 * h + 1]] = v!($W, tweaks, pt.add(i / 2 + h), $gate);
+                }
+                // p = π(x) for the 8 registers, then y = π(p ⊕ tweak) ⊕ p.
+                let mut p = [zero; 8];
+                p[..4].copy_from_slice(&a);
+                p[4..].copy_from_slice(&b);
+                v!($W, aes10, p, k);
+                let mut y = [zero; 8];
+                for j in 0..4 {
+                    y[j] = v!($W, xor, p[j], t[j]);
+                    y[4 + j] = v!($W, xor, p[4 + j], v!($W, or, t[j], one));
+                }
+                v!($W, aes10, y, k);
+                for j in 0..4 {
+                    let ha = v!($W, xor, y[j], p[j]);
+                    let hb = v!($W, xor, y[4 + j], p[4 + j]);
+                    let (g, e) = v!(
+                        $W,
+                        split,
+                        v!($W, load, ptab.add(2 * (i + j))),
+                        v!($W, load, ptab.add(2 * (i + j) + 1))
+                    );
+                    let wg = v!($W, xor, ha, v!($W, and, g, v!($W, lsb, a[j])));
+                    let we = v!($W, xor, hb, v!($W, and, v!($W, xor, e, a[j]), v!($W, lsb, b[j])));
+                    v!($W, store, pout.add(i + j), v!($W, xor, wg, we));
+                }
+                i += 4;
+            }
+        }};
+    }
+
+    /// [`super::garble_and`] on `W`-bit registers: 2 registers of A labels
+    /// and 2 of B per step, each hashed as itself and ⊕ Δ (2·L instances, 8
+    /// hashes in flight).
+    macro_rules! garble_and_body {
+        ($W:tt, $rk:ident, $wa:ident, $wb:ident, $wo:ident, $delta:ident, $tweaks:ident,
+         $gate:ident, $tables:ident) => {{
+            let k = keys!($W, $rk);
+            let d = v!($W, bcast, (&$delta.0 as *const u128).cast());
+            let one = v!($W, one);
+            let zero = v!($W, zero);
+            let (pa, pb) = ($wa.cast::<v!($W, ty)>(), $wb.cast::<v!($W, ty)>());
+            let pt = $tweaks.as_ptr().cast::<v!($W, ty)>();
+            let ptab = $tables.as_mut_ptr().cast::<v!($W, ty)>();
+            let pout = $wo.cast::<v!($W, ty)>();
+            let regs = $tweaks.len() / ($W / 128);
+            let mut i = 0;
+            while i < regs {
+                // Registers i, i + 1 of labels, one register of tweaks.
+                let a = [v!($W, load, pa.add(i)), v!($W, load, pa.add(i + 1))];
+                let b = [v!($W, load, pb.add(i)), v!($W, load, pb.add(i + 1))];
+                let t = v!($W, tweaks, pt.add(i / 2), $gate);
+                // A₀, A₀ ⊕ Δ, B₀, B₀ ⊕ Δ for both registers.
+                let mut p = [
+                    a[0],
+                    v!($W, xor, a[0], d),
+                    a[1],
+                    v!($W, xor, a[1], d),
+                    b[0],
+                    v!($W, xor, b[0], d),
+                    b[1],
+                    v!($W, xor, b[1], d),
+                ];
+                v!($W, aes10, p, k);
+                let mut y = [zero; 8];
+                for j in 0..2 {
+                    let tb = v!($W, or, t[j], one);
+                    y[2 * j] = v!($W, xor, p[2 * j], t[j]);
+                    y[2 * j + 1] = v!($W, xor, p[2 * j + 1], t[j]);
+                    y[4 + 2 * j] = v!($W, xor, p[4 + 2 * j], tb);
+                    y[4 + 2 * j + 1] = v!($W, xor, p[4 + 2 * j + 1], tb);
+                }
+                v!($W, aes10, y, k);
+                for j in 0..2 {
+                    let ha0 = v!($W, xor, y[2 * j], p[2 * j]);
+                    let ha1 = v!($W, xor, y[2 * j + 1], p[2 * j + 1]);
+                    let hb0 = v!($W, xor, y[4 + 2 * j], p[4 + 2 * j]);
+                    let hb1 = v!($W, xor, y[4 + 2 * j + 1], p[4 + 2 * j + 1]);
+                    let (ma, mb) = (v!($W, lsb, a[j]), v!($W, lsb, b[j]));
+                    let tg = v!($W, xor, v!($W, xor, ha0, ha1), v!($W, and, d, mb));
+                    let wg = v!($W, xor, ha0, v!($W, and, tg, ma));
+                    let te = v!($W, xor, v!($W, xor, hb0, hb1), a[j]);
+                    let we = v!($W, xor, hb0, v!($W, and, v!($W, xor, te, a[j]), mb));
+                    v!($W, store, pout.add(i + j), v!($W, xor, wg, we));
+                    let (z0, z1) = v!($W, join, tg, te);
+                    v!($W, store, ptab.add(2 * (i + j)), z0);
+                    v!($W, store, ptab.add(2 * (i + j) + 1), z1);
+                }
+                i += 2;
+            }
+        }};
+    }
+
+    /// The fused gates on one width: `$eval` and `$garble`, compiled for
+    /// `$features`.
+    macro_rules! fused_gates {
+        ($W:tt, $features:literal, $eval:ident, $garble:ident) => {
+            /// [`super::eval_and`] on this width.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $eval(
+                rk: &[u128; 11],
+                (wa, wb, wo): (*const Block, *const Block, *mut Block),
+                tweaks: &[u64],
+                gate: u64,
+                tables: &[Block],
+            ) {
+                // SAFETY: unaligned loads and stores of n = tweaks.len()
+                // labels from wa, wb and to wo (the caller checked they lie
+                // in one slice, wo's apart), n tweaks and 2n table rows (n a
+                // multiple of 16); Block is 16 bytes, L to a register, and
+                // 2L u64 tweaks are one.
+                unsafe { eval_and_body!($W, rk, wa, wb, wo, tweaks, gate, tables) }
+            }
+
+            /// [`super::garble_and`] on this width.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $garble(
+                rk: &[u128; 11],
+                (wa, wb, wo): (*const Block, *const Block, *mut Block),
+                delta: Block,
+                tweaks: &[u64],
+                gate: u64,
+                tables: &mut [Block],
+            ) {
+                // SAFETY: as in the evaluator's; the tables are 2n blocks.
+                unsafe { garble_and_body!($W, rk, wa, wb, wo, delta, tweaks, gate, tables) }
+            }
+        };
+    }
+
+    fused_gates!(512, "avx512f,vaes", eval_and_vaes, garble_and_vaes);
+    fused_gates!(256, "avx2,vaes", eval_and_vaes256, garble_and_vaes256);
+    fused_gates!(128, "aes,sse2", eval_and_aesni, garble_and_aesni);
 }
 
 #[cfg(test)]

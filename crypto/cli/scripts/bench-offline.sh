@@ -5,20 +5,21 @@
 # alternating between rounds, each run INPUTS predictions (one offline phase
 # each). Records offline bytes (exact) and seconds, and online seconds.
 #
-#   crypto/cli/scripts/bench-offline.sh BASE [PLAN] [ROUNDS] [INPUTS]
+#   [OUT=FILE] crypto/cli/scripts/bench-offline.sh BASE [PLAN] [ROUNDS] [INPUTS]
 #
 # BASE is a git revision (e.g. the commit before a change); PLAN defaults to
 # ResNet-32 with leaky ReLU windows (32×32 Fashion-MNIST, 303,104 ReLUs);
 # ROUNDS to 3, INPUTS to 2. The base is built from a temporary worktree
 # into this checkout's target directory (its dependencies are reused), then
-# this checkout's binary is rebuilt (its sources touched first, see below). Writes results/bench/offline.json and
-# prints a table.
+# this checkout's binary is rebuilt (its sources touched first, see below).
+# Writes $OUT (default results/bench/offline.json) and prints a table.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 base="${1:?usage: bench-offline.sh BASE [PLAN] [ROUNDS] [INPUTS]}"
 plan="${2:-results/plan/fashion-mnist-32-resnet32-windows/windows.json}"
 rounds="${3:-3}"
 inputs="${4:-2}"
+out="${OUT:-results/bench/offline.json}"
 repo="$PWD"
 work="$(mktemp -d /tmp/delphi-bench-offline.XXXXXX)"
 trap 'git -C "$repo" worktree remove --force "$work/base" 2>/dev/null; rm -rf "$work"' EXIT
@@ -42,14 +43,15 @@ for r in $(seq "$rounds"); do
   done
 done
 python3 - "$work" "$plan" "$rounds" "$inputs" "$base" "$rev" \
-  "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!results' || echo +changes)" <<'EOF'
+  "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!results' || echo +changes)" "$out" <<'EOF'
 import json, os, platform, statistics, sys
-work, plan, rounds, inputs, base, rev, this = sys.argv[1:8]
+work, plan, rounds, inputs, base, rev, this, path = sys.argv[1:9]
 rounds, inputs = int(rounds), int(inputs)
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 out = {"plan": plan, "cpu_model": cpu, "cores": os.cpu_count(), "rounds": rounds,
        "inputs_per_run": inputs, "base_revision": rev, "this_revision": this,
-       "rerun": f"crypto/cli/scripts/bench-offline.sh {base} {plan} {rounds} {inputs}", "ways": {}}
+       "rerun": ("" if path == "results/bench/offline.json" else f"OUT={path} ")
+       + f"crypto/cli/scripts/bench-offline.sh {base} {plan} {rounds} {inputs}", "ways": {}}
 for way in ["base", "this"]:
     runs = [json.load(open(f"{work}/{way}-{r}.json")) for r in range(1, rounds + 1)]
     infs = [i for d in runs for i in d["inferences"]]
@@ -69,14 +71,16 @@ for way in ["base", "this"]:
 b, t = out["ways"]["base"], out["ways"]["this"]
 out["offline_bytes_base_over_this"] = b["offline_bytes"][0] / t["offline_bytes"][0]
 out["offline_s_median_this_over_base"] = t["offline_s_median"] / b["offline_s_median"]
-os.makedirs("results/bench", exist_ok=True)
-json.dump(out, open("results/bench/offline.json", "w"), indent=1)
+out["online_s_median_this_over_base"] = t["online_s_median"] / b["online_s_median"]
+os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+json.dump(out, open(path, "w"), indent=1)
 print(f"{plan} on {cpu} ({os.cpu_count()} cores), {rounds} rounds x {inputs} predictions each way")
 print(f"{'':8} {'offline MB':>11} {'HE sent MB':>11} {'HE recv MB':>11} {'offline s (median, best)':>26} {'online s (median)':>18}")
 for way, w in out["ways"].items():
     print(f"{way:8} {w['offline_bytes'][0]/1e6:11.1f} {w['offline_he_sent_bytes']/1e6:11.1f} "
           f"{w['offline_he_received_bytes']/1e6:11.1f} {w['offline_s_median']:17.2f} {w['offline_s_best']:8.2f} "
           f"{w['online_s_median']:18.3f}")
-print(f"offline bytes {out['offline_bytes_base_over_this']:.2f}x fewer; offline time x{out['offline_s_median_this_over_base']:.2f}")
-print("wrote results/bench/offline.json")
+print(f"offline bytes {out['offline_bytes_base_over_this']:.2f}x fewer; offline time x{out['offline_s_median_this_over_base']:.2f}; "
+      f"online time x{out['online_s_median_this_over_base']:.2f}")
+print(f"wrote {path}")
 EOF

@@ -51,8 +51,9 @@ fn planes(tw: &mut [u128], k: usize, or: &[u128]) {
     }
 }
 
-/// Whether a batch of `k` instances runs the fused VAES gates of
-/// [`crate::aesni`] (hash, tweaks and tables in registers): on that path,
+/// Whether a batch of `k` instances runs the fused gates of
+/// [`crate::aesni`] (hash, tweaks and tables in registers): on the AES-NI
+/// and VAES paths,
 /// for whole registers of instances, when every tweak of the batch,
 /// 2·(base + gate), fits in 64 bits. With it, each instance's first tweak
 /// 2·base.
@@ -63,7 +64,7 @@ fn fused_tweaks(
     bases: &[u128; BATCH],
 ) -> (bool, [u64; BATCH]) {
     let mut tw = [0u64; BATCH];
-    let fused = path == crate::aesni::HashPath::Vaes
+    let fused = path >= crate::aesni::HashPath::AesNi
         && k.is_multiple_of(16)
         && bases[k - 1] + (n_and as u128) < 1 << 63;
     if fused {
