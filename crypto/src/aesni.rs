@@ -625,12 +625,12 @@ mod x86 {
         }
     }
 
-    /// [`super::eval_and`] on `W`-bit registers: 4 registers of A labels
-    /// and 4 of B per step (4·L instances, 8 hashes in flight), the tables
+    /// [`super::eval_and`] on `W`-bit registers: R registers of A labels
+    /// and R of B per step (R·L instances, 2R hashes in flight), the tables
     /// and tweaks loaded beside them.
     macro_rules! eval_and_body {
-        ($W:tt, $rk:ident, $wa:ident, $wb:ident, $wo:ident, $tweaks:ident, $gate:ident,
-         $tables:ident) => {{
+        ($W:tt, $R:literal, $rk:ident, $wa:ident, $wb:ident, $wo:ident, $tweaks:ident,
+         $gate:ident, $tables:ident) => {{
             let k = keys!($W, $rk);
             let one = v!($W, one);
             let zero = v!($W, zero);
@@ -641,52 +641,51 @@ mod x86 {
             let regs = $tweaks.len() / ($W / 128);
             let mut i = 0;
             while i < regs {
-                // Registers i .. i + 4 of labels.
-                let mut a = [zero; 4];
-                let mut b = [zero; 4];
-                let mut t = [zero; 4];
-                for j in 0..4 {
-                    a[j] = v!($W, load, pa.add(i + j));
-                    b[j] = v!($W, load, pb.add(i + j));
-                }
-                for h in 0..2 {
+                // Registers i .. i + R of labels; a register of u64 tweaks
+                // serves two of them.
+                let mut t = [zero; $R];
+                for h in 0..$R / 2 {
                     [t[2 * h], t[2 * h + 1]] = v!($W, tweaks, pt.add(i / 2 + h), $gate);
                 }
-                // p = π(x) for the 8 registers, then y = π(p ⊕ tweak) ⊕ p.
-                let mut p = [zero; 8];
-                p[..4].copy_from_slice(&a);
-                p[4..].copy_from_slice(&b);
+                // p = π(x) for the A and B registers, then y = π(p ⊕ tweak) ⊕ p.
+                let mut p = [zero; 2 * $R];
+                for j in 0..$R {
+                    p[j] = v!($W, load, pa.add(i + j));
+                    p[$R + j] = v!($W, load, pb.add(i + j));
+                }
+                let x = p;
                 v!($W, aes10, p, k);
-                let mut y = [zero; 8];
-                for j in 0..4 {
+                let mut y = [zero; 2 * $R];
+                for j in 0..$R {
                     y[j] = v!($W, xor, p[j], t[j]);
-                    y[4 + j] = v!($W, xor, p[4 + j], v!($W, or, t[j], one));
+                    y[$R + j] = v!($W, xor, p[$R + j], v!($W, or, t[j], one));
                 }
                 v!($W, aes10, y, k);
-                for j in 0..4 {
+                for j in 0..$R {
+                    let (a, b) = (x[j], x[$R + j]);
                     let ha = v!($W, xor, y[j], p[j]);
-                    let hb = v!($W, xor, y[4 + j], p[4 + j]);
+                    let hb = v!($W, xor, y[$R + j], p[$R + j]);
                     let (g, e) = v!(
                         $W,
                         split,
                         v!($W, load, ptab.add(2 * (i + j))),
                         v!($W, load, ptab.add(2 * (i + j) + 1))
                     );
-                    let wg = v!($W, xor, ha, v!($W, and, g, v!($W, lsb, a[j])));
-                    let we = v!($W, xor, hb, v!($W, and, v!($W, xor, e, a[j]), v!($W, lsb, b[j])));
+                    let wg = v!($W, xor, ha, v!($W, and, g, v!($W, lsb, a)));
+                    let we = v!($W, xor, hb, v!($W, and, v!($W, xor, e, a), v!($W, lsb, b)));
                     v!($W, store, pout.add(i + j), v!($W, xor, wg, we));
                 }
-                i += 4;
+                i += $R;
             }
         }};
     }
 
-    /// [`super::garble_and`] on `W`-bit registers: 2 registers of A labels
-    /// and 2 of B per step, each hashed as itself and ⊕ Δ (2·L instances, 8
-    /// hashes in flight).
+    /// [`super::garble_and`] on `W`-bit registers: R registers of A labels
+    /// and R of B per step, each hashed as itself and ⊕ Δ (R·L instances,
+    /// 4R hashes in flight).
     macro_rules! garble_and_body {
-        ($W:tt, $rk:ident, $wa:ident, $wb:ident, $wo:ident, $delta:ident, $tweaks:ident,
-         $gate:ident, $tables:ident) => {{
+        ($W:tt, $R:literal, $rk:ident, $wa:ident, $wb:ident, $wo:ident, $delta:ident,
+         $tweaks:ident, $gate:ident, $tables:ident) => {{
             let k = keys!($W, $rk);
             let d = v!($W, bcast, (&$delta.0 as *const u128).cast());
             let one = v!($W, one);
@@ -698,47 +697,48 @@ mod x86 {
             let regs = $tweaks.len() / ($W / 128);
             let mut i = 0;
             while i < regs {
-                // Registers i, i + 1 of labels, one register of tweaks.
-                let a = [v!($W, load, pa.add(i)), v!($W, load, pa.add(i + 1))];
-                let b = [v!($W, load, pb.add(i)), v!($W, load, pb.add(i + 1))];
-                let t = v!($W, tweaks, pt.add(i / 2), $gate);
-                // A₀, A₀ ⊕ Δ, B₀, B₀ ⊕ Δ for both registers.
-                let mut p = [
-                    a[0],
-                    v!($W, xor, a[0], d),
-                    a[1],
-                    v!($W, xor, a[1], d),
-                    b[0],
-                    v!($W, xor, b[0], d),
-                    b[1],
-                    v!($W, xor, b[1], d),
-                ];
+                // Registers i .. i + R of labels.
+                let mut t = [zero; $R];
+                for h in 0..$R / 2 {
+                    [t[2 * h], t[2 * h + 1]] = v!($W, tweaks, pt.add(i / 2 + h), $gate);
+                }
+                // A₀, A₀ ⊕ Δ for each register, then B₀, B₀ ⊕ Δ.
+                let mut p = [zero; 4 * $R];
+                for j in 0..$R {
+                    let (a, b) = (v!($W, load, pa.add(i + j)), v!($W, load, pb.add(i + j)));
+                    p[2 * j] = a;
+                    p[2 * j + 1] = v!($W, xor, a, d);
+                    p[2 * $R + 2 * j] = b;
+                    p[2 * $R + 2 * j + 1] = v!($W, xor, b, d);
+                }
+                let x = p;
                 v!($W, aes10, p, k);
-                let mut y = [zero; 8];
-                for j in 0..2 {
+                let mut y = [zero; 4 * $R];
+                for j in 0..$R {
                     let tb = v!($W, or, t[j], one);
                     y[2 * j] = v!($W, xor, p[2 * j], t[j]);
                     y[2 * j + 1] = v!($W, xor, p[2 * j + 1], t[j]);
-                    y[4 + 2 * j] = v!($W, xor, p[4 + 2 * j], tb);
-                    y[4 + 2 * j + 1] = v!($W, xor, p[4 + 2 * j + 1], tb);
+                    y[2 * $R + 2 * j] = v!($W, xor, p[2 * $R + 2 * j], tb);
+                    y[2 * $R + 2 * j + 1] = v!($W, xor, p[2 * $R + 2 * j + 1], tb);
                 }
                 v!($W, aes10, y, k);
-                for j in 0..2 {
+                for j in 0..$R {
+                    let (a, b) = (x[2 * j], x[2 * $R + 2 * j]);
                     let ha0 = v!($W, xor, y[2 * j], p[2 * j]);
                     let ha1 = v!($W, xor, y[2 * j + 1], p[2 * j + 1]);
-                    let hb0 = v!($W, xor, y[4 + 2 * j], p[4 + 2 * j]);
-                    let hb1 = v!($W, xor, y[4 + 2 * j + 1], p[4 + 2 * j + 1]);
-                    let (ma, mb) = (v!($W, lsb, a[j]), v!($W, lsb, b[j]));
+                    let hb0 = v!($W, xor, y[2 * $R + 2 * j], p[2 * $R + 2 * j]);
+                    let hb1 = v!($W, xor, y[2 * $R + 2 * j + 1], p[2 * $R + 2 * j + 1]);
+                    let (ma, mb) = (v!($W, lsb, a), v!($W, lsb, b));
                     let tg = v!($W, xor, v!($W, xor, ha0, ha1), v!($W, and, d, mb));
                     let wg = v!($W, xor, ha0, v!($W, and, tg, ma));
-                    let te = v!($W, xor, v!($W, xor, hb0, hb1), a[j]);
-                    let we = v!($W, xor, hb0, v!($W, and, v!($W, xor, te, a[j]), mb));
+                    let te = v!($W, xor, v!($W, xor, hb0, hb1), a);
+                    let we = v!($W, xor, hb0, v!($W, and, v!($W, xor, te, a), mb));
                     v!($W, store, pout.add(i + j), v!($W, xor, wg, we));
                     let (z0, z1) = v!($W, join, tg, te);
                     v!($W, store, ptab.add(2 * (i + j)), z0);
                     v!($W, store, ptab.add(2 * (i + j) + 1), z1);
                 }
-                i += 2;
+                i += $R;
             }
         }};
     }
@@ -746,7 +746,7 @@ mod x86 {
     /// The fused gates on one width: `$eval` and `$garble`, compiled for
     /// `$features`.
     macro_rules! fused_gates {
-        ($W:tt, $features:literal, $eval:ident, $garble:ident) => {
+        ($W:tt, $features:literal, $eval:ident, $RE:literal, $garble:ident, $RG:literal) => {
             /// [`super::eval_and`] on this width.
             #[target_feature(enable = $features)]
             pub(super) unsafe fn $eval(
@@ -761,7 +761,7 @@ mod x86 {
                 // in one slice, wo's apart), n tweaks and 2n table rows (n a
                 // multiple of 16); Block is 16 bytes, L to a register, and
                 // 2L u64 tweaks are one.
-                unsafe { eval_and_body!($W, rk, wa, wb, wo, tweaks, gate, tables) }
+                unsafe { eval_and_body!($W, $RE, rk, wa, wb, wo, tweaks, gate, tables) }
             }
 
             /// [`super::garble_and`] on this width.
@@ -775,14 +775,14 @@ mod x86 {
                 tables: &mut [Block],
             ) {
                 // SAFETY: as in the evaluator's; the tables are 2n blocks.
-                unsafe { garble_and_body!($W, rk, wa, wb, wo, delta, tweaks, gate, tables) }
+                unsafe { garble_and_body!($W, $RG, rk, wa, wb, wo, delta, tweaks, gate, tables) }
             }
         };
     }
 
-    fused_gates!(512, "avx512f,vaes", eval_and_vaes, garble_and_vaes);
-    fused_gates!(256, "avx2,vaes", eval_and_vaes256, garble_and_vaes256);
-    fused_gates!(128, "aes,sse2", eval_and_aesni, garble_and_aesni);
+    fused_gates!(512, "avx512f,vaes", eval_and_vaes, 4, garble_and_vaes, 2);
+    fused_gates!(256, "avx2,vaes", eval_and_vaes256, 4, garble_and_vaes256, 2);
+    fused_gates!(128, "aes,sse2", eval_and_aesni, 8, garble_and_aesni, 4);
 }
 
 #[cfg(test)]

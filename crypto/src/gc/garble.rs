@@ -88,9 +88,13 @@ pub(super) fn out_tweak(inst: u64, n_out: usize, j: usize) -> u128 {
 
 fn load_inputs(wires: &mut [Block], first_wire: usize, per: usize, k: usize, src: &[Block]) {
     assert_eq!(src.len(), per * k, "input labels for {k} instances");
-    for i in 0..k {
-        for j in 0..per {
-            wires[(first_wire + j) * BATCH + i] = src[i * per + j];
+    // Plane by plane: each instance's j-th label into plane j (the
+    // instances' rows read at stride `per`; every index is in range by
+    // construction, so the loops run without bounds checks).
+    let planes = &mut wires[first_wire * BATCH..(first_wire + per) * BATCH];
+    for (j, plane) in planes.chunks_exact_mut(BATCH).enumerate() {
+        for (d, row) in plane[..k].iter_mut().zip(src.chunks_exact(per)) {
+            *d = row[j];
         }
     }
 }
@@ -102,9 +106,10 @@ fn instances(c: &Circuit, ev: &[Block], ga: &[Block]) -> usize {
 fn store_outputs(circ: &Circuit, wires: &[Block], k: usize, out: &mut [Block]) {
     let no = circ.outputs.len();
     assert_eq!(out.len(), no * k, "output buffer for {k} instances");
-    for i in 0..k {
-        for (j, &w) in circ.outputs.iter().enumerate() {
-            out[i * no + j] = wires[w as usize * BATCH + i];
+    for (j, &w) in circ.outputs.iter().enumerate() {
+        let plane = &wires[w as usize * BATCH..][..k];
+        for (row, s) in out.chunks_exact_mut(no).zip(plane) {
+            row[j] = *s;
         }
     }
 }
@@ -160,20 +165,32 @@ impl Work {
     /// out = a ⊕ b for the batch: free-XOR, the same on both sides.
     #[inline(always)]
     fn xor(&mut self, a: u32, b: u32, o: u32, k: usize) {
-        let w = &mut self.wires;
         let (a, b, o) = (a as usize * BATCH, b as usize * BATCH, o as usize * BATCH);
-        for i in 0..k {
-            w[o + i] = w[a + i] ^ w[b + i];
+        if o >= a.max(b) + k {
+            // The output's plane after both inputs' (as the circuit builder
+            // numbers wires): one pass over three slices, no bounds checks.
+            let (before, out) = self.wires.split_at_mut(o);
+            crate::block::xor_blocks(&mut out[..k], &before[a..a + k], &before[b..b + k]);
+        } else {
+            let w = &mut self.wires;
+            for i in 0..k {
+                w[o + i] = w[a + i] ^ w[b + i];
+            }
         }
     }
 
     /// out = a ⊕ `offset` (Δ for the garbler's NOT, zero for the evaluator's).
     #[inline(always)]
     fn xor_const(&mut self, a: u32, o: u32, k: usize, offset: Block) {
-        let w = &mut self.wires;
         let (a, o) = (a as usize * BATCH, o as usize * BATCH);
-        for i in 0..k {
-            w[o + i] = w[a + i] ^ offset;
+        if o >= a + k {
+            let (before, out) = self.wires.split_at_mut(o);
+            crate::block::xor_block_const(&mut out[..k], &before[a..a + k], offset);
+        } else {
+            let w = &mut self.wires;
+            for i in 0..k {
+                w[o + i] = w[a + i] ^ offset;
+            }
         }
     }
 }
