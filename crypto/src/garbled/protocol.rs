@@ -319,7 +319,9 @@ impl<S: GcFunction> ClientGcBundle<S> {
         // Labels arrive a chunk at a time; the chunk's batches are evaluated
         // on every core (each worker its own engine), in order of the result.
         let chunk = EVAL_CHUNK_BATCHES * BATCH;
-        let mut ga = zeroize::Zeroizing::new(vec![Block::ZERO; chunk * ga_bits]);
+        // (No larger than the layer: a small layer's buffer, zeroed here and
+        // again on drop, would otherwise cost more than its evaluation.)
+        let mut ga = zeroize::Zeroizing::new(vec![Block::ZERO; chunk.min(self.n) * ga_bits]);
         let mut result = vec![F::ZERO; self.n];
         // Material on disk is mapped and read a chunk at a time: each chunk
         // is populated before its labels arrive and handed back after use.
