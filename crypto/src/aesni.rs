@@ -498,10 +498,10 @@ mod x86 {
                 _mm512_permutex2var_epi64(g, _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4), e),
             )
         }};
-        (256, join, $g:expr, $e:expr) => {{
-            let (g, e) = ($g, $e);
-            (_mm256_permute2x128_si256::<0x20>(g, e), _mm256_permute2x128_si256::<0x31>(g, e))
-        }};
+        // (With one or two lanes a register, the exchange is its own inverse.)
+        (256, join, $g:expr, $e:expr) => {
+            v!(256, split, $g, $e)
+        };
         (128, join, $g:expr, $e:expr) => {
             ($g, $e)
         };
