@@ -556,28 +556,34 @@ mod x86 {
         }};
     }
 
+    /// The fused hash over `$xs`: R1 registers of blocks at a time, then R2;
+    /// returns how many blocks it did (a multiple of R2 · L).
+    macro_rules! tmmo_body {
+        ($W:tt, $R1:literal, $R2:literal, $rk:ident, $xs:ident, $tweaks:ident) => {{
+            let k = keys!($W, $rk);
+            let (len, lanes) = ($xs.len(), $W / 128);
+            let mut i = 0;
+            while i + $R1 * lanes <= len {
+                fused_chunk!($W, $R1, k, $xs, $tweaks, i);
+                i += $R1 * lanes;
+            }
+            while i + $R2 * lanes <= len {
+                fused_chunk!($W, $R2, k, $xs, $tweaks, i);
+                i += $R2 * lanes;
+            }
+            i
+        }};
+    }
+
     /// The fused hash on 32 blocks at a time (8 × 512-bit registers: with
     /// the 11 round keys, 27 of the 32), then 16; returns how many blocks
     /// it did (a multiple of 16).
     #[target_feature(enable = "avx512f,vaes")]
     pub(super) unsafe fn tmmo_vaes(rk: &[u128; 11], xs: &mut [Block], tweaks: &[u128]) -> usize {
-        // SAFETY: loads and stores are unaligned ones
-        // inside the slices (i + 32, then i + 16, ≤ len for both); Block
-        // and u128 are 16 bytes, so 4 of them are one 64-byte register.
-        unsafe {
-            let k = keys!(512, rk);
-            let len = xs.len();
-            let mut i = 0;
-            while i + 32 <= len {
-                fused_chunk!(512, 8, k, xs, tweaks, i);
-                i += 32;
-            }
-            while i + 16 <= len {
-                fused_chunk!(512, 4, k, xs, tweaks, i);
-                i += 16;
-            }
-            i
-        }
+        // SAFETY: loads and stores are unaligned ones inside the slices
+        // (i + 32, then i + 16, ≤ len for both); Block and u128 are 16
+        // bytes, so 4 of them are one 64-byte register.
+        unsafe { tmmo_body!(512, 8, 4, rk, xs, tweaks) }
     }
 
     /// The fused hash on 16 blocks at a time (8 × 256-bit registers; the
@@ -585,44 +591,31 @@ mod x86 {
     /// returns how many blocks it did (a multiple of 4).
     #[target_feature(enable = "avx2,vaes")]
     pub(super) unsafe fn tmmo_vaes256(rk: &[u128; 11], xs: &mut [Block], tweaks: &[u128]) -> usize {
-        // SAFETY: loads and stores are unaligned ones inside the slices
-        // (i + 16, then i + 4, ≤ len for both); Block and u128 are 16
-        // bytes, so 2 of them are one 32-byte register.
-        unsafe {
-            let k = keys!(256, rk);
-            let len = xs.len();
-            let mut i = 0;
-            while i + 16 <= len {
-                fused_chunk!(256, 8, k, xs, tweaks, i);
-                i += 16;
-            }
-            while i + 4 <= len {
-                fused_chunk!(256, 2, k, xs, tweaks, i);
-                i += 4;
-            }
-            i
-        }
+        // SAFETY: as in `tmmo_vaes` (i + 16, then i + 4; 2 blocks to a
+        // 32-byte register).
+        unsafe { tmmo_body!(256, 8, 2, rk, xs, tweaks) }
     }
 
     /// The fused hash on 8 blocks at a time (8 × 128-bit registers), then
-    /// one at a time.
+    /// one at a time: all of them.
     #[target_feature(enable = "aes,sse2")]
     pub(super) unsafe fn tmmo_aesni(rk: &[u128; 11], xs: &mut [Block], tweaks: &[u128]) {
-        // SAFETY: unaligned loads and stores inside the
-        // slices (i + 8 ≤ len, then i + 1 ≤ len, for both).
-        unsafe {
-            let k = keys!(128, rk);
-            let len = xs.len();
-            let mut i = 0;
-            while i + 8 <= len {
-                fused_chunk!(128, 8, k, xs, tweaks, i);
-                i += 8;
+        // SAFETY: as in `tmmo_vaes` (i + 8, then i + 1; one block to a
+        // register).
+        let _all = unsafe { tmmo_body!(128, 8, 1, rk, xs, tweaks) };
+    }
+
+    /// The tweaks of label registers `$i` .. `$i` + R for gate `$gate`, one
+    /// register of lanes each, from the u64 tweaks at `$pt` (a register of
+    /// them serves two label registers).
+    macro_rules! tweak_lanes {
+        ($W:tt, $R:literal, $pt:ident, $i:ident, $gate:ident) => {{
+            let mut t = [v!($W, zero); $R];
+            for h in 0..$R / 2 {
+                [t[2 * h], t[2 * h + 1]] = v!($W, tweaks, $pt.add($i / 2 + h), $gate);
             }
-            while i < len {
-                fused_chunk!(128, 1, k, xs, tweaks, i);
-                i += 1;
-            }
-        }
+            t
+        }};
     }
 
     /// [`super::eval_and`] on `W`-bit registers: R registers of A labels
@@ -641,12 +634,8 @@ mod x86 {
             let regs = $tweaks.len() / ($W / 128);
             let mut i = 0;
             while i < regs {
-                // Registers i .. i + R of labels; a register of u64 tweaks
-                // serves two of them.
-                let mut t = [zero; $R];
-                for h in 0..$R / 2 {
-                    [t[2 * h], t[2 * h + 1]] = v!($W, tweaks, pt.add(i / 2 + h), $gate);
-                }
+                // Registers i .. i + R of labels.
+                let t = tweak_lanes!($W, $R, pt, i, $gate);
                 // p = π(x) for the A and B registers, then y = π(p ⊕ tweak) ⊕ p.
                 let mut p = [zero; 2 * $R];
                 for j in 0..$R {
@@ -698,10 +687,7 @@ mod x86 {
             let mut i = 0;
             while i < regs {
                 // Registers i .. i + R of labels.
-                let mut t = [zero; $R];
-                for h in 0..$R / 2 {
-                    [t[2 * h], t[2 * h + 1]] = v!($W, tweaks, pt.add(i / 2 + h), $gate);
-                }
+                let t = tweak_lanes!($W, $R, pt, i, $gate);
                 // A₀, A₀ ⊕ Δ for each register, then B₀, B₀ ⊕ Δ.
                 let mut p = [zero; 4 * $R];
                 for j in 0..$R {
