@@ -53,10 +53,9 @@ fn planes(tw: &mut [u128], k: usize, or: &[u128]) {
 
 /// Whether a batch of `k` instances runs the fused gates of
 /// [`crate::aesni`] (hash, tweaks and tables in registers): on the AES-NI
-/// and VAES paths,
-/// for whole registers of instances, when every tweak of the batch,
-/// 2·(base + gate), fits in 64 bits. With it, each instance's first tweak
-/// 2·base.
+/// and VAES paths, for whole registers of instances, when every tweak of
+/// the batch, 2·(base + gate), fits in 64 bits. With it, each instance's
+/// first tweak 2·base.
 fn fused_tweaks(
     path: crate::aesni::HashPath,
     k: usize,
