@@ -113,6 +113,47 @@ fn store_outputs(circ: &Circuit, wires: &[Block], k: usize, out: &mut [Block]) {
     }
 }
 
+/// A batch method `$name` that runs `$body` compiled for the hash path's
+/// registers — AVX-512 on the 512-bit VAES path, AVX2 on the 256-bit one, so
+/// that the free XORs and label moves vectorise to those widths — else as
+/// it is, through the wrappers `$avx2` and `$avx512`.
+macro_rules! compiled_per_path {
+    ($(#[$doc:meta])* $name:ident, $avx2:ident, $avx512:ident => $body:ident(
+        $($arg:ident: $ty:ty),* $(,)?
+    )) => {
+        $(#[$doc])*
+        pub fn $name(&mut self, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if self.hash.path() == HashPath::Vaes {
+                // SAFETY: the VAES path is only chosen where the CPU has
+                // AVX-512F/VL and AVX2 (HashPath::available).
+                unsafe { self.$avx512($($arg),*) };
+                return;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if self.hash.path() == HashPath::Vaes256 {
+                // SAFETY: the 256-bit VAES path is only chosen where the CPU
+                // has AVX2 (HashPath::available).
+                unsafe { self.$avx2($($arg),*) };
+                return;
+            }
+            self.$body($($arg),*);
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        unsafe fn $avx2(&mut self, $($arg: $ty),*) {
+            self.$body($($arg),*);
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512vl,avx2")]
+        unsafe fn $avx512(&mut self, $($arg: $ty),*) {
+            self.$body($($arg),*);
+        }
+    };
+}
+
 /// Buffers shared by both engines: the batch's wire labels and the hash
 /// inputs/outputs. Allocated once, zeroized on drop.
 struct Work {
@@ -236,65 +277,20 @@ impl<'c> Garbler<'c> {
         Garbler { circ, hash, delta, work: Work::new(circ, 4) }
     }
 
-    /// Garbles instances `first .. first + k` (k ≤ [`BATCH`]).
-    ///
-    /// `ev_zero` and `ga_zero` hold the zero labels of the evaluator's and
-    /// the garbler's inputs, instance by instance; 2·n_and·k table blocks are
-    /// appended to `tables`; the outputs' zero labels go to `out_zero`.
-    pub fn garble_batch(
-        &mut self,
-        first: u64,
-        ev_zero: &[Block],
-        ga_zero: &[Block],
-        tables: &mut Vec<Block>,
-        out_zero: &mut [Block],
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        if self.hash.path() == HashPath::Vaes {
-            // SAFETY: the VAES path is only chosen where the CPU has
-            // AVX-512F/VL and AVX2 (HashPath::available).
-            unsafe { self.garble_batch_avx512(first, ev_zero, ga_zero, tables, out_zero) };
-            return;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if self.hash.path() == HashPath::Vaes256 {
-            // SAFETY: the 256-bit VAES path is only chosen where the CPU
-            // has AVX2 (HashPath::available).
-            unsafe { self.garble_batch_avx2(first, ev_zero, ga_zero, tables, out_zero) };
-            return;
-        }
-        self.garble_batch_body(first, ev_zero, ga_zero, tables, out_zero);
-    }
-
-    /// [`Garbler::garble_batch`] compiled for AVX2: the gate loops two
-    /// blocks to a register.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn garble_batch_avx2(
-        &mut self,
-        first: u64,
-        ev_zero: &[Block],
-        ga_zero: &[Block],
-        tables: &mut Vec<Block>,
-        out_zero: &mut [Block],
-    ) {
-        self.garble_batch_body(first, ev_zero, ga_zero, tables, out_zero);
-    }
-
-    /// [`Garbler::garble_batch`] compiled for AVX-512: the gate loops (free
-    /// XORs, gathering hash inputs, tables) four blocks to a register.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512vl,avx2")]
-    unsafe fn garble_batch_avx512(
-        &mut self,
-        first: u64,
-        ev_zero: &[Block],
-        ga_zero: &[Block],
-        tables: &mut Vec<Block>,
-        out_zero: &mut [Block],
-    ) {
-        self.garble_batch_body(first, ev_zero, ga_zero, tables, out_zero);
-    }
+    compiled_per_path!(
+        /// Garbles instances `first .. first + k` (k ≤ [`BATCH`]).
+        ///
+        /// `ev_zero` and `ga_zero` hold the zero labels of the evaluator's and
+        /// the garbler's inputs, instance by instance; 2·n_and·k table blocks are
+        /// appended to `tables`; the outputs' zero labels go to `out_zero`.
+        garble_batch, garble_batch_avx2, garble_batch_avx512 => garble_batch_body(
+            first: u64,
+            ev_zero: &[Block],
+            ga_zero: &[Block],
+            tables: &mut Vec<Block>,
+            out_zero: &mut [Block]
+        )
+    );
 
     #[inline(always)]
     fn garble_batch_body(
@@ -419,58 +415,17 @@ impl<'c> Evaluator<'c> {
         Evaluator { circ, hash, work: Work::new(circ, 2) }
     }
 
-    /// Evaluates instances `first .. first + k` on active input labels and
-    /// the batch's `tables` (exactly 2·n_and·k blocks); writes output labels.
-    pub fn eval_batch(
-        &mut self,
-        first: u64,
-        ev: &[Block],
-        ga: &[Block],
-        tables: &[Block],
-        out: &mut [Block],
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        if self.hash.path() == HashPath::Vaes {
-            // SAFETY: as in `Garbler::garble_batch`.
-            unsafe { self.eval_batch_avx512(first, ev, ga, tables, out) };
-            return;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if self.hash.path() == HashPath::Vaes256 {
-            // SAFETY: as in `Garbler::garble_batch`.
-            unsafe { self.eval_batch_avx2(first, ev, ga, tables, out) };
-            return;
-        }
-        self.eval_batch_body(first, ev, ga, tables, out);
-    }
-
-    /// [`Evaluator::eval_batch`] compiled for AVX2.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn eval_batch_avx2(
-        &mut self,
-        first: u64,
-        ev: &[Block],
-        ga: &[Block],
-        tables: &[Block],
-        out: &mut [Block],
-    ) {
-        self.eval_batch_body(first, ev, ga, tables, out);
-    }
-
-    /// [`Evaluator::eval_batch`] compiled for AVX-512.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512vl,avx2")]
-    unsafe fn eval_batch_avx512(
-        &mut self,
-        first: u64,
-        ev: &[Block],
-        ga: &[Block],
-        tables: &[Block],
-        out: &mut [Block],
-    ) {
-        self.eval_batch_body(first, ev, ga, tables, out);
-    }
+    compiled_per_path!(
+        /// Evaluates instances `first .. first + k` on active input labels and
+        /// the batch's `tables` (exactly 2·n_and·k blocks); writes output labels.
+        eval_batch, eval_batch_avx2, eval_batch_avx512 => eval_batch_body(
+            first: u64,
+            ev: &[Block],
+            ga: &[Block],
+            tables: &[Block],
+            out: &mut [Block]
+        )
+    );
 
     #[inline(always)]
     fn eval_batch_body(
