@@ -321,11 +321,32 @@ impl Net {
     }
 
     /// Logits `[n, classes]` for a batch `[n, c, h, w]`.
+    ///
+    /// Each layer's output is dropped after its last reader (a ResNet-32
+    /// batch of 256 otherwise held every output, 1.5 GB, which glibc gave
+    /// back and faulted in again on every batch: a third of inference time);
+    /// autodiff keeps what the backward pass needs on its own.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut outs: Vec<Tensor<4>> = Vec::with_capacity(self.layers.len());
-        for l in &self.layers {
+        let n = self.layers.len();
+        let mut last_use: Vec<usize> = (0..n).collect();
+        for (i, l) in self.layers.iter().enumerate() {
+            for j in l.source.into_iter().chain(match l.kind {
+                Kind::Residual { from } => Some(from),
+                _ => None,
+            }) {
+                if j < n {
+                    last_use[j] = last_use[j].max(i);
+                }
+            }
+        }
+        let mut outs: Vec<Option<Tensor<4>>> = Vec::with_capacity(n);
+        let read = |outs: &[Option<Tensor<4>>], j: usize| match &outs[j] {
+            Some(t) => t.clone(),
+            None => unreachable!("layer {j}'s output is kept until its last reader"),
+        };
+        for (i, l) in self.layers.iter().enumerate() {
             let src = match l.source {
-                Some(j) => outs[j].clone(),
+                Some(j) => read(&outs, j),
                 None => x.clone(),
             };
             let y = match (&l.kind, &l.conv, &l.dense, &l.bn, &l.act) {
@@ -348,7 +369,7 @@ impl Net {
                             .with_padding([*padding; 2]),
                     )
                 }
-                (Kind::Residual { from }, ..) => src + outs[*from].clone(),
+                (Kind::Residual { from }, ..) => src + read(&outs, *from),
                 (Kind::Flatten, ..) => {
                     let [n, c, h, w] = src.dims();
                     src.reshape([n, c * h * w, 1, 1])
@@ -359,9 +380,15 @@ impl Net {
                 // A layer whose module is missing cannot be built by `from_description`.
                 _ => src,
             };
-            outs.push(y);
+            outs.push(Some(y));
+            // Outputs no later layer reads (the last layer's is the result).
+            for (j, out) in outs.iter_mut().enumerate().take(i) {
+                if last_use[j] <= i {
+                    *out = None;
+                }
+            }
         }
-        let last = outs.pop().unwrap_or(x);
+        let last = outs.pop().flatten().unwrap_or(x);
         let [n, c, h, w] = last.dims();
         last.reshape([n, c * h * w])
     }
