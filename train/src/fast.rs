@@ -865,14 +865,22 @@ fn conv_backward(
                             );
                         }
                     }
-                    product([o, depth, len], &mut acc, true, (gt, len, 1), (cols, 1, len));
+                    // dWᵀ (depth × o) += Col · G_tileᵀ: gemm packs the
+                    // smaller operand transposed.
+                    product([depth, o, len], &mut acc, true, (cols, len, 1), (gt, 1, len));
                 }
                 acc
             })
             .collect();
-        let mut dw = vec![0f32; o * depth];
+        let mut dwt = vec![0f32; depth * o];
         for part in &groups {
-            dw.iter_mut().zip(part).for_each(|(x, y)| *x += y);
+            dwt.iter_mut().zip(part).for_each(|(x, y)| *x += y);
+        }
+        let mut dw = vec![0f32; o * depth];
+        for (d, row) in dwt.chunks_exact(o.max(1)).enumerate() {
+            for (oi, v) in row.iter().enumerate() {
+                dw[oi * depth + d] = *v;
+            }
         }
         grads.register::<Flex>(node, tensor(dw, [o, c, k, k]));
     }
