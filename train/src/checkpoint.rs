@@ -143,8 +143,10 @@ impl Trainer {
         tr.template = template;
         let modes = tr.modes_at(0.0);
         tr.model.set_modes(&modes)?;
-        let model =
-            std::mem::replace(&mut tr.model, Net { layers: Vec::new(), input: tr.template.input });
+        let model = std::mem::replace(
+            &mut tr.model,
+            Net { layers: Vec::new(), input: tr.template.input, largest_output: 0 },
+        );
         tr.model = model
             .try_load_file(cur.join("model"))
             .map_err(|e| err(Cause::from(format!("model: {e:?}"))))?;

@@ -165,6 +165,9 @@ pub struct Net {
     /// The input shape.
     #[module(skip)]
     pub input: Shape,
+    /// The largest layer output of one image (values).
+    #[module(skip)]
+    pub largest_output: usize,
 }
 
 fn scalar(v: f32, device: &Device) -> Param<Tensor<1>> {
@@ -317,7 +320,8 @@ impl Net {
             }
             layers.push(layer);
         }
-        Ok(Net { layers, input: net.input })
+        let largest_output = shapes.iter().map(|s| s.len()).max().unwrap_or(0).max(net.input.len());
+        Ok(Net { layers, input: net.input, largest_output })
     }
 
     /// Logits `[n, classes]` for a batch `[n, c, h, w]`.

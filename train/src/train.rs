@@ -173,7 +173,11 @@ impl Trainer {
         let mut tr = Trainer {
             config,
             template,
-            model: Net { layers: Vec::new(), input: delphi_net::Shape::new(c, h, w) },
+            model: Net {
+                layers: Vec::new(),
+                input: delphi_net::Shape::new(c, h, w),
+                largest_output: 0,
+            },
             optim,
             device,
             teacher,
@@ -453,7 +457,7 @@ impl Trainer {
                     let lr = self.lr_at(global as f64 / total as f64);
                     let model = std::mem::replace(
                         &mut self.model,
-                        Net { layers: Vec::new(), input: self.template.input },
+                        Net { layers: Vec::new(), input: self.template.input, largest_output: 0 },
                     );
                     self.model = self.optim.step(lr, model, grads);
                     let lv = values(loss).first().copied().unwrap_or(f32::NAN) as f64;
