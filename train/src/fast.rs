@@ -16,7 +16,7 @@
 //! * **forward**: the input is zero-padded image by image into a buffer of
 //!   the thread's and convolved by a direct kernel (module `direct`, AVX2 +
 //!   FMA, chosen at run time): for stride 1, eight output positions of a row
-//!   per register, two rows' segments by six output channels in twelve
+//!   per register, two such segments by six output channels in twelve
 //!   accumulators, each step one (input channel, tap) — two input loads,
 //!   six weight broadcasts, twelve multiply-adds — and vector stores; rows'
 //!   last `ow mod 8` columns and strided layers take a second kernel with
@@ -29,9 +29,10 @@
 //! * **input gradient**: the output gradient spread by the stride inside a
 //!   border of k − 1 − p, convolved (stride 1) with the flipped kernel as
 //!   `[in][out][kh][kw]`: the forward's code;
-//! * **weight gradient**: `dW = Σ_tiles G_tile · Col_tileᵀ` over tiles of
-//!   output rows (Col the gathered input), summed into per-thread partial
-//!   sums;
+//! * **weight gradient**: `dWᵀ = Σ_tiles Col_tile · G_tileᵀ` over tiles of
+//!   output rows (Col the gathered input; gemm packs the smaller operand
+//!   transposed), summed in a fixed number of groups of tiles, each in
+//!   order, then the groups in order — the same bits whatever the threads;
 //! * bias gradient: a per-channel sum.
 //!
 //! Measured on a 2-core AMD EPYC (batch 64): the 64→64 layer on 32×32 maps
@@ -465,13 +466,14 @@ fn valid_conv(
     out
 }
 
-/// A direct convolution kernel for AVX2 with FMA: 16 output channels (two
-/// 8-lane registers) by up to 6 positions of an output row in twelve
-/// accumulators, each step one kernel tap of one input channel — two weight
-/// loads, a broadcast per position, twelve multiply-adds — so nothing is
-/// copied per tap (the matrix-product path gathers every input value k²
-/// times, as much work as the products when a layer has 16 channels).
-/// Chosen at run time; other CPUs take the matrix-product path.
+/// Direct convolution kernels for AVX2 with FMA, nothing copied per tap
+/// (the matrix-product path gathers every input value k² times, as much
+/// work as the products when a layer has 16 channels): `segments` (stride
+/// 1, the whole 8-column segments of each row: positions in the lanes, two
+/// segments × six output channels, vector stores) and `plane` (the rest,
+/// and strided layers: 16 output channels in two registers × up to 6
+/// positions, scattered stores). Chosen at run time; other CPUs take the
+/// matrix-product path.
 mod direct {
     use rayon::prelude::*;
 
