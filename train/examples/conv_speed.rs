@@ -2,9 +2,10 @@
 //! forward (inference) and forward + backward (training, batch 64) on Burn's
 //! flex backend, Burn's own operation beside the trainer's
 //! (`delphi_train::fast`), for the layer shapes of small-cnn, MiniONN and
-//! ResNet-32, in milliseconds per call (median of `reps`, default 10).
+//! ResNet-32, in milliseconds per call (median of `reps`, default 10); where
+//! Winograd's transform applies, also ours by the direct kernel alone.
 //!
-//! `cargo run --release -p delphi-train --example conv_speed [reps]`
+//! `cargo run --release -p delphi-train --example conv_speed [reps] [name filter]`
 
 use std::time::Instant;
 
@@ -34,18 +35,35 @@ fn time(reps: usize, mut f: impl FnMut()) -> f64 {
     )
 }
 
-fn row(name: &str, burn: (f64, f64), ours: (f64, f64)) {
-    println!("{name:<28} {:>9.2} {:>9.2} {:>11.2} {:>11.2}", burn.0, ours.0, burn.1, ours.1);
+fn row(name: &str, burn: (f64, f64), ours: (f64, f64), direct: Option<(f64, f64)>) {
+    let d = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    println!(
+        "{name:<28} {:>9.2} {:>9.2} {:>9} {:>11.2} {:>11.2} {:>11}",
+        burn.0,
+        ours.0,
+        d(direct.map(|d| d.0)),
+        burn.1,
+        ours.1,
+        d(direct.map(|d| d.1))
+    );
 }
 
 fn main() {
     let reps: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10);
+    // Only the rows whose name contains this (all without it).
+    let only = std::env::args().nth(2).unwrap_or_default();
     let base = Device::flex();
     let ad = base.clone().autodiff();
     let n = 64;
     println!(
-        "{:<28} {:>9} {:>9} {:>11} {:>11}",
-        "layer (batch 64, ms)", "fwd burn", "fwd ours", "train burn", "train ours"
+        "{:<28} {:>9} {:>9} {:>9} {:>11} {:>11} {:>11}",
+        "layer (batch 64, ms)",
+        "fwd burn",
+        "fwd ours",
+        "fwd dir.",
+        "train burn",
+        "train ours",
+        "train dir."
     );
     for (name, c, o, hw, k, s) in [
         ("conv 1->16 3x3 28x28", 1, 16, 28, 3, 1),
@@ -59,6 +77,9 @@ fn main() {
         ("conv 64->64 3x3 8x8", 64, 64, 8, 3, 1),
         ("conv 16->32 3x3 s2 32x32", 16, 32, 32, 3, 2),
     ] {
+        if !name.contains(&only) {
+            continue;
+        }
         let conv = Conv2dConfig::new([c, o], [k, k])
             .with_stride([s, s])
             .with_padding(PaddingConfig2d::Explicit(k / 2, k / 2, k / 2, k / 2))
@@ -86,9 +107,28 @@ fn main() {
                 let _ = y.sum().backward();
             }),
         );
-        row(name, burn, ours);
+        // Ours without Winograd's transform (the direct kernel), where
+        // Winograd's applies.
+        let direct = (k == 3 && s == 1 && c >= 16 && o >= 16).then(|| {
+            let by = fast::Path::Direct;
+            (
+                time(reps, || {
+                    let y = fast::conv_with(xb.clone(), wi.clone(), bi.clone(), opts.clone(), by);
+                    let _ = y.into_data();
+                }),
+                time(reps, || {
+                    let x = x.clone().require_grad();
+                    let y = fast::conv_with(x, w.clone(), b.clone(), opts.clone(), by);
+                    let _ = y.sum().backward();
+                }),
+            )
+        });
+        row(name, burn, ours, direct);
     }
     for (name, c, hw) in [("avgpool2 16ch 28x28", 16, 28), ("avgpool2 64ch 32x32", 64, 32)] {
+        if !name.contains(&only) {
+            continue;
+        }
         let x = Tensor::<4>::random([n, c, hw, hw], Distribution::Default, &ad);
         let xb = Tensor::<4>::random([n, c, hw, hw], Distribution::Default, &base);
         let opts = AvgPoolOptions::new([2, 2]).with_stride([2, 2]);
@@ -109,6 +149,6 @@ fn main() {
                 let _ = fast::avg_pool(x.clone().require_grad(), 2, 2).sum().backward();
             }),
         );
-        row(name, burn, ours);
+        row(name, burn, ours, None);
     }
 }

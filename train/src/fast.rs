@@ -26,6 +26,12 @@
 //!   per tile of output rows (im2col rows `[c][kh][kw]`, the tile sized to
 //!   stay in L2) and multiplied by the kernel with `gemm`, the matrix
 //!   library flex itself uses;
+//! * **Winograd's F(2×2, 3×3)** (module `winograd`) instead, for 3×3
+//!   stride-1 layers wide enough that it measured faster (64 or more
+//!   channels both ways on maps at least 32 wide; 128 × 128 on narrower
+//!   ones): 16 products per 2×2 outputs and channel pair instead of 36, as
+//!   16 `gemm` products per band of tile rows (64→64 on 32×32, batch 64:
+//!   28 ms against the direct kernel's 31; 128→128: 84 against 132);
 //! * **input gradient**: the output gradient spread by the stride inside a
 //!   border of k − 1 − p, convolved (stride 1) with the flipped kernel as
 //!   `[in][out][kh][kw]`: the forward's code;
@@ -46,7 +52,7 @@
 //!
 //! Other shapes and other devices (wgpu, cuda) take Burn's own operation.
 //! Tests compare values and all gradients with Burn's on random layers,
-//! through both paths.
+//! through each path (Winograd, direct, matrix products).
 
 use burn::tensor::module::{avg_pool2d, conv2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions};
@@ -101,16 +107,33 @@ pub fn conv(
     b: Option<Tensor<1>>,
     options: ConvOptions<2>,
 ) -> Tensor<4> {
-    conv_with(x, w, b, options, true)
+    conv_with(x, w, b, options, Path::Auto)
 }
 
-/// [`conv`], with or without the direct kernel.
-fn conv_with(
+/// Which of our convolution routes may run; each falls back to the next
+/// where it does not apply (tests and `conv_speed` pin one to check or time
+/// it against Burn).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Winograd's F(2×2, 3×3) where it pays ([`winograd::pays`]), else as
+    /// `Direct` (what [`conv`] runs).
+    Auto,
+    /// Winograd's F(2×2, 3×3) wherever it applies (3×3, stride 1), else as
+    /// `Direct`.
+    Winograd,
+    /// The direct kernel where the CPU has it, else as `Products`.
+    Direct,
+    /// Gathered tiles times the kernel (any CPU).
+    Products,
+}
+
+/// [`conv`], by the given path.
+pub fn conv_with(
     x: Tensor<4>,
     w: Tensor<4>,
     b: Option<Tensor<1>>,
     options: ConvOptions<2>,
-    direct: bool,
+    path: Path,
 ) -> Tensor<4> {
     let [_, _, h, wd] = x.dims();
     let k = w.dims()[2];
@@ -123,7 +146,7 @@ fn conv_with(
     {
         return conv2d(x, w, b, options);
     }
-    let geo = Geometry { k, p, s: options.stride[0], direct };
+    let geo = Geometry { k, p, s: options.stride[0], path };
     if let (Ok(xp), Ok(wp)) =
         (x.clone().try_into_primitive::<Ad>(), w.clone().try_into_primitive::<Ad>())
     {
@@ -147,9 +170,9 @@ struct Geometry {
     k: usize,
     p: usize,
     s: usize,
-    /// Whether the direct kernel ([`direct`]) may run (tests turn it off
-    /// to check the matrix-product path on CPUs that have it).
-    direct: bool,
+    /// Which routes may run (tests pin one to check each on CPUs that
+    /// have the faster ones).
+    path: Path,
 }
 
 /// How a source `[n][ch][h][w]` is placed in zeros of `[n][ch][hh][ww]`:
@@ -186,6 +209,58 @@ impl Spread {
                         row[x * self.s] = *v;
                     }
                 }
+            }
+        }
+    }
+
+    /// Row `y` of channel `ci` of image `img` placed (`src`: the whole
+    /// source batch), its even columns in `even` and odd ones in `odd`,
+    /// zeros elsewhere; columns past the buffers are left out, and rows past
+    /// the placed height are zeros.
+    #[inline(always)]
+    fn row_split(&self, src: &[f32], [img, ci, y]: [usize; 3], even: &mut [f32], odd: &mut [f32]) {
+        let [_, ch, h, w] = self.dims;
+        even.fill(0.0);
+        odd.fill(0.0);
+        let Some(sy) = y.checked_sub(self.q) else { return };
+        if sy % self.s != 0 || sy / self.s >= h || w == 0 {
+            return;
+        }
+        let line = &src[((img * ch + ci) * h + sy / self.s) * w..][..w];
+        if self.s == 1 {
+            // Source column x lands at q + x: pairs of columns go to one
+            // even and one odd slot (which first, by q's parity).
+            let (first, second, at) = if self.q.is_multiple_of(2) {
+                (even, odd, self.q / 2)
+            } else {
+                (odd, even, self.q / 2)
+            };
+            let second_at = if self.q.is_multiple_of(2) { at } else { at + 1 };
+            let pairs = line.chunks_exact(2);
+            let last = pairs.remainder().first().copied();
+            let n = pairs.len();
+            let fit =
+                n.min(first.len().saturating_sub(at)).min(second.len().saturating_sub(second_at));
+            let (f, sc) = (&mut first[at..][..fit], &mut second[second_at..][..fit]);
+            for ((f, sc), pair) in f.iter_mut().zip(sc.iter_mut()).zip(pairs) {
+                *f = pair[0];
+                *sc = pair[1];
+            }
+            // (Columns past the buffers are not read: the buffers hold what
+            // the tiles read.)
+            if let (Some(v), true) = (last, fit == n) {
+                if let Some(d) = first.get_mut(at + n) {
+                    *d = v;
+                }
+            }
+            return;
+        }
+        for (x, v) in line.iter().enumerate() {
+            let px = self.q + x * self.s;
+            if let Some(d) =
+                if px.is_multiple_of(2) { even.get_mut(px / 2) } else { odd.get_mut(px / 2) }
+            {
+                *d = *v;
             }
         }
     }
@@ -416,14 +491,16 @@ fn conv_forward(
     let padded = Spread { dims: [n, c, h, wd], q: g.p, s: 1, size: [hh, ww] };
     let bias = bias.map(flex_f32);
     let out =
-        valid_conv(slice(&x), padded, slice(&w), o, [g.k, g.s], bias.as_ref().map(slice), g.direct);
+        valid_conv(slice(&x), padded, slice(&w), o, [g.k, g.s], bias.as_ref().map(slice), g.path);
     tensor(out, [n, o, oh, ow])
 }
 
 /// A convolution without padding of `src` placed as `spread` says
 /// (`[n][c][hh][ww]`) by `w` (`[o][c][k][k]`) with stride s, plus `bias`:
-/// the direct kernel where allowed and available, else per tile of output
-/// rows, the gathered views times the kernel.
+/// Winograd's F(2×2, 3×3) or the direct kernel where allowed and
+/// applicable, else per tile of output rows, the gathered views times the
+/// kernel.
+#[allow(clippy::too_many_arguments)]
 fn valid_conv(
     src: &[f32],
     spread: Spread,
@@ -431,11 +508,19 @@ fn valid_conv(
     o: usize,
     [k, s]: [usize; 2],
     bias: Option<&[f32]>,
-    direct: bool,
+    path: Path,
 ) -> Vec<f32> {
     let ([n, c, _, _], [hh, ww]) = (spread.dims, spread.size);
     let (oh, ow) = ((hh - k) / s + 1, (ww - k) / s + 1);
-    if direct {
+    let winograd = match path {
+        Path::Auto => winograd::pays(c, o, k, s, ow),
+        Path::Winograd => k == 3 && s == 1,
+        Path::Direct | Path::Products => false,
+    };
+    if winograd {
+        return winograd::conv(src, spread, w, o, bias);
+    }
+    if path != Path::Products {
         if let Some(out) = direct::conv(src, spread, w, o, [k, s], bias) {
             return out;
         }
@@ -464,6 +549,284 @@ fn valid_conv(
         }
     });
     out
+}
+
+/// Winograd's minimal filtering F(2×2, 3×3) (Lavin and Gray, "Fast
+/// algorithms for convolutional neural networks", 2016) for 3×3 stride-1
+/// convolutions: each 2×2 block of outputs ("tile") from its 4×4 input
+/// patch in 16 products per (input, output) channel pair instead of 36.
+/// With V = Bᵀ d B (the patch), U = G g Gᵀ (the kernel) and M = U ⊙ V
+/// summed over input channels, the outputs are Aᵀ M A; over many tiles the
+/// sum is 16 matrix products `M_ξ = U_ξ · V_ξ` ([`super::product`]), one per
+/// position ξ of the 4×4 transform.
+///
+/// Tiles are taken a band of tile rows at a time (whole rows of tiles, of
+/// one or several images), the band sized so that its transformed inputs
+/// and products stay in a core's L2; bands run in parallel and each sums
+/// in a fixed order, so results do not depend on the threads. Rounding
+/// differs from a direct sum by a few units in the last place of the
+/// operands' scale (the transforms add and halve), well inside the
+/// tolerance the tests hold every path to.
+mod winograd {
+    use super::{for_tiles, product, Shared, Spread};
+
+    /// Where the transforms pay for themselves (3×3, stride 1): 64 or more
+    /// channels both ways on maps 32 or more wide, or 128 × 128 and more on
+    /// narrower ones. Measured against the direct kernel, batch 64, on the
+    /// 2-core AMD EPYC (`conv_speed`, forward): 64→64 on 32×32 28 ms
+    /// against 31, 128→128 84 against 132, 64→64 on 64×64 104 against 158,
+    /// 128→128 on 16×16 26 against 28; but 64→64 on 16×16 9.7 against 7.9,
+    /// 32→32 on 32×32 9.5 against 7.7, 16→16 4.0 against 2.2 (the
+    /// transforms' short rows cost more than the products save).
+    pub(super) fn pays(c: usize, o: usize, k: usize, s: usize, ow: usize) -> bool {
+        k == 3 && s == 1 && c >= 64 && o >= 64 && (ow >= 32 || c * o >= 128 * 128)
+    }
+
+    /// `U_ξ = (G g Gᵀ)_ξ` of every kernel `g` (`w`: `[o][c][3][3]`), laid
+    /// out `[ξ][o][c]`; G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]].
+    fn kernels(w: &[f32], o: usize, c: usize) -> Vec<f32> {
+        let mut u = vec![0f32; 16 * o * c];
+        let g3 = |a: f32, b: f32, d: f32| [a, 0.5 * (a + b + d), 0.5 * (a - b + d), d];
+        for oi in 0..o {
+            for ci in 0..c {
+                let g = &w[(oi * c + ci) * 9..][..9];
+                // G g (4 × 3), then (G g) Gᵀ (4 × 4).
+                let cols = [0, 1, 2].map(|j| g3(g[j], g[3 + j], g[6 + j]));
+                for i in 0..4 {
+                    let row = g3(cols[0][i], cols[1][i], cols[2][i]);
+                    for (j, v) in row.into_iter().enumerate() {
+                        u[((4 * i + j) * o + oi) * c + ci] = v;
+                    }
+                }
+            }
+        }
+        u
+    }
+
+    /// Tile rows per band: transformed inputs (16·c per tile) and products
+    /// (16·o per tile) within about 512 KiB.
+    fn band_rows(c: usize, o: usize, tiles_x: usize) -> usize {
+        ((8192 / (c + o).max(1)).max(8) / tiles_x.max(1)).max(1)
+    }
+
+    /// The convolution [`super::valid_conv`] describes (k = 3, s = 1).
+    pub(super) fn conv(
+        src: &[f32],
+        spread: Spread,
+        w: &[f32],
+        o: usize,
+        bias: Option<&[f32]>,
+    ) -> Vec<f32> {
+        let ([n, c, h, wd], [hh, ww]) = (spread.dims, spread.size);
+        assert!(hh >= 3 && ww >= 3, "Winograd: input smaller than the kernel");
+        assert!(src.len() >= n * c * h * wd && w.len() >= o * c * 9, "Winograd operands");
+        assert!(bias.is_none_or(|b| b.len() >= o), "bias length");
+        let (oh, ow) = (hh - 2, ww - 2);
+        let (tiles_y, tiles_x) = (oh.div_ceil(2), ow.div_ceil(2));
+        let u = kernels(w, o, c);
+        let rows = band_rows(c, o, tiles_x);
+        let tmax = rows * tiles_x;
+        let mut out = vec![0f32; n * o * oh * ow];
+        if out.is_empty() {
+            return out;
+        }
+        let dst = Shared(out.as_mut_ptr());
+        let geo = Geo { c, o, oh, ow, tiles_y, tiles_x, tmax };
+        let scratch = 16 * (c + o) * tmax + 16 * (tiles_x + 1);
+        for_tiles(n * tiles_y, rows, scratch, |r0, r1, buf| {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: AVX2 and FMA were detected just above.
+                unsafe { band_avx2(src, &spread, &u, bias, geo, [r0, r1], buf, dst) };
+                return;
+            }
+            band(src, &spread, &u, bias, geo, [r0, r1], buf, dst);
+        });
+        out
+    }
+
+    /// Sizes of one call.
+    #[derive(Clone, Copy)]
+    struct Geo {
+        c: usize,
+        o: usize,
+        oh: usize,
+        ow: usize,
+        tiles_y: usize,
+        tiles_x: usize,
+        /// Tiles per band (the products' row stride).
+        tmax: usize,
+    }
+
+    /// [`band`] compiled for AVX2 and FMA (its loops vectorise 8 wide).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn band_avx2(
+        src: &[f32],
+        spread: &Spread,
+        u: &[f32],
+        bias: Option<&[f32]>,
+        geo: Geo,
+        r: [usize; 2],
+        buf: &mut [f32],
+        dst: Shared,
+    ) {
+        band(src, spread, u, bias, geo, r, buf, dst);
+    }
+
+    /// Tile rows `r0..r1` (row r: image r / tiles_y, tile row r % tiles_y):
+    /// inputs transformed, the 16 products, outputs transformed and written
+    /// with the bias.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn band(
+        src: &[f32],
+        spread: &Spread,
+        u: &[f32],
+        bias: Option<&[f32]>,
+        Geo { c, o, oh, ow, tiles_y, tiles_x, tmax }: Geo,
+        [r0, r1]: [usize; 2],
+        buf: &mut [f32],
+        dst: Shared,
+    ) {
+        let t = (r1 - r0) * tiles_x;
+        let half = tiles_x + 1;
+        let (v, rest) = buf.split_at_mut(16 * c * tmax);
+        let (m, rest) = rest.split_at_mut(16 * o * tmax);
+        // Placed rows and their column transforms, each as its even and
+        // odd columns (tile xt reads even xt, odd xt, even xt + 1, odd
+        // xt + 1: contiguous runs, so the loops below vectorise).
+        let (lines, rest) = rest.split_at_mut(8 * half);
+        let cols = &mut rest[..8 * half];
+        // V_ξ[ci][tile] = (Bᵀ d B)_ξ, Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0],
+        // [0, −1, 1, 0], [0, 1, 0, −1]]: columns first (over the patch's
+        // rows, along whole placed rows), then each tile's four columns.
+        for r in r0..r1 {
+            let (img, ty) = (r / tiles_y, r % tiles_y);
+            let first = (r - r0) * tiles_x;
+            for ci in 0..c {
+                for (i, line) in lines.chunks_exact_mut(2 * half).enumerate() {
+                    let (even, odd) = line.split_at_mut(half);
+                    spread.row_split(src, [img, ci, 2 * ty + i], even, odd);
+                }
+                let l: [&[f32]; 4] = std::array::from_fn(|i| &lines[2 * half * i..][..2 * half]);
+                let [c0, c1, c2, c3] = split4(cols);
+                zip2(c0, l[0], l[2], |a, b| a - b);
+                zip2(c1, l[1], l[2], |a, b| a + b);
+                zip2(c2, l[2], l[1], |a, b| a - b);
+                zip2(c3, l[1], l[3], |a, b| a - b);
+                for (i, row) in [&*c0, &*c1, &*c2, &*c3].into_iter().enumerate() {
+                    let (even, odd) = row.split_at(half);
+                    let (e0, e1, o0, o1) =
+                        (&even[..tiles_x], &even[1..], &odd[..tiles_x], &odd[1..]);
+                    let step = c * tmax;
+                    let [v0, v1, v2, v3] = four(v, 4 * i * step + ci * tmax + first, step, tiles_x);
+                    zip2(v0, e0, e1, |a, b| a - b);
+                    zip2(v1, o0, e1, |a, b| a + b);
+                    zip2(v2, e1, o0, |a, b| a - b);
+                    zip2(v3, o0, o1, |a, b| a - b);
+                }
+            }
+        }
+        // M_ξ (o × t, rows t apart) = U_ξ (o × c) · V_ξ (c × t).
+        for xi in 0..16 {
+            product(
+                [o, t, c],
+                &mut m[xi * o * tmax..],
+                false,
+                (&u[xi * o * c..], c, 1),
+                (&v[xi * c * tmax..], tmax, 1),
+            );
+        }
+        // Y = Aᵀ M A, Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]], plus the bias:
+        // row a of Aᵀ M (four runs over the tiles), then its columns into
+        // the even and odd output columns.
+        let mut tmp = vec![0f32; 6 * tiles_x];
+        for oi in 0..o {
+            let b = bias.map_or(0.0, |b| b[oi]);
+            for r in r0..r1 {
+                let (img, ty) = (r / tiles_y, r % tiles_y);
+                let first = (r - r0) * tiles_x;
+                let mm: [&[f32]; 16] =
+                    std::array::from_fn(|xi| &m[xi * o * tmax + oi * t + first..][..tiles_x]);
+                for a in 0..2 {
+                    let y = 2 * ty + a;
+                    if y >= oh {
+                        break;
+                    }
+                    let (p, ys) = tmp.split_at_mut(4 * tiles_x);
+                    for (j, pj) in p.chunks_exact_mut(tiles_x).enumerate() {
+                        if a == 0 {
+                            zip3(pj, mm[j], mm[4 + j], mm[8 + j], |x, y, z| x + y + z);
+                        } else {
+                            zip3(pj, mm[4 + j], mm[8 + j], mm[12 + j], |x, y, z| x - y - z);
+                        }
+                    }
+                    let (p0, rest) = p.split_at(tiles_x);
+                    let (p1, rest) = rest.split_at(tiles_x);
+                    let (p2, p3) = rest.split_at(tiles_x);
+                    let (ye, yo) = ys.split_at_mut(tiles_x);
+                    zip3(ye, p0, p1, p2, |x, y, z| x + y + z + b);
+                    zip3(yo, p1, p2, p3, |x, y, z| x - y - z + b);
+                    // SAFETY: output row y of (img, oi) belongs to tile row
+                    // r alone, and bands hold disjoint tile rows.
+                    let line = unsafe { dst.slice(((img * o + oi) * oh + y) * ow, ow) };
+                    let pairs = line.chunks_exact_mut(2);
+                    let n = pairs.len();
+                    for (pair, (e, d)) in pairs.zip(ye.iter().zip(yo.iter())) {
+                        pair[0] = *e;
+                        pair[1] = *d;
+                    }
+                    // An odd width: the last tile's left column only.
+                    if let (Some(x), Some(e)) = (line.get_mut(2 * n), ye.get(n)) {
+                        if ow % 2 == 1 {
+                            *x = *e;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The four runs of `len` at `first`, `first + step`, … (step ≥ len).
+    fn four(v: &mut [f32], first: usize, step: usize, len: usize) -> [&mut [f32]; 4] {
+        let (_, rest) = v.split_at_mut(first);
+        let (a, rest) = rest.split_at_mut(step);
+        let (b, rest) = rest.split_at_mut(step);
+        let (c, d) = rest.split_at_mut(step);
+        [&mut a[..len], &mut b[..len], &mut c[..len], &mut d[..len]]
+    }
+
+    /// Four equal quarters of `s`.
+    fn split4(s: &mut [f32]) -> [&mut [f32]; 4] {
+        let q = s.len() / 4;
+        let (a, rest) = s.split_at_mut(q);
+        let (b, rest) = rest.split_at_mut(q);
+        let (c, d) = rest.split_at_mut(q);
+        [a, b, c, &mut d[..q]]
+    }
+
+    /// `out[i] = f(a[i], b[i])` (a loop the compiler vectorises).
+    #[inline(always)]
+    fn zip2(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+        for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
+            *o = f(*a, *b);
+        }
+    }
+
+    /// `out[i] = f(a[i], b[i], c[i])` (a loop the compiler vectorises).
+    #[inline(always)]
+    fn zip3(out: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
+        for (((o, a), b), c) in out.iter_mut().zip(a).zip(b).zip(c) {
+            *o = f(*a, *b, *c);
+        }
+    }
 }
 
 /// Direct convolution kernels for AVX2 with FMA, nothing copied per tap
@@ -830,7 +1193,7 @@ fn conv_backward(
         let q = k - 1 - geo.p;
         let (hh, ww) = (h + k - 1, wd + k - 1);
         let spread = Spread { dims: [n, o, oh, ow], q, s: geo.s, size: [hh, ww] };
-        let dx = valid_conv(slice(&g), spread, &wt, c, [k, 1], None, geo.direct);
+        let dx = valid_conv(slice(&g), spread, &wt, c, [k, 1], None, geo.path);
         grads.register::<Flex>(node, tensor(dx, [n, c, h, wd]));
     }
     if let Some(node) = node_w {
@@ -1056,14 +1419,14 @@ mod tests {
         bias: bool,
         m: &Tensor<4>,
         opts: &ConvOptions<2>,
-        fast: Option<bool>,
+        fast: Option<Path>,
     ) -> Grads {
         let (x, wt, b) =
             (x.clone().require_grad(), wt.clone().require_grad(), b.clone().require_grad());
         let bias_t = bias.then(|| b.clone());
-        // Some(direct): ours, with or without the direct kernel; None: Burn's.
+        // Some(path): ours, by that path; None: Burn's.
         let y = match fast {
-            Some(direct) => conv_with(x.clone(), wt.clone(), bias_t, opts.clone(), direct),
+            Some(path) => conv_with(x.clone(), wt.clone(), bias_t, opts.clone(), path),
             None => conv2d(x.clone(), wt.clone(), bias_t, opts.clone()),
         };
         // A non-uniform upstream gradient.
@@ -1089,6 +1452,12 @@ mod tests {
             // The direct kernel's 8-column segments (an odd count per
             // image), a 3-column tail, channel groups of 6, 6, 1.
             (3, 8, 13, 7, 27, 3, 1, true),
+            // Winograd's bands: five of eight tile rows (11 tiles each),
+            // an odd width; with p = 0 and 2 the gradient's border is 2
+            // and 0 (both parities of the placed columns).
+            (4, 40, 48, 20, 21, 3, 1, true),
+            (2, 5, 6, 9, 8, 3, 0, true),
+            (2, 5, 6, 6, 7, 3, 2, false),
         ] {
             check_conv(n, c, o, h, w, k, p, 1, bias);
         }
@@ -1128,10 +1497,17 @@ mod tests {
             // The fast path must be the one taken on this device.
             assert!(x.clone().try_into_primitive::<Ad>().is_ok());
             let (ys, gxs, gws, gbs) = run(&x, &wt, &b, bias, &m, &opts, None);
-            // Both of our paths (the direct kernel runs where the CPU has it).
-            for direct in [true, false] {
-                let what = format!("{what} direct {direct}");
-                let (yf, gxf, gwf, gbf) = run(&x, &wt, &b, bias, &m, &opts, Some(direct));
+            // Each of our paths (the direct kernel runs where the CPU has
+            // it; Winograd's on 3×3 layers: their forward where stride 1,
+            // the input gradient, a stride-1 convolution, always).
+            let paths = if k == 3 {
+                vec![Path::Winograd, Path::Direct, Path::Products]
+            } else {
+                vec![Path::Direct, Path::Products]
+            };
+            for path in paths {
+                let what = format!("{what} {path:?}");
+                let (yf, gxf, gwf, gbf) = run(&x, &wt, &b, bias, &m, &opts, Some(path));
                 close(yf, ys.clone(), &format!("{what} output"));
                 close(gxf, gxs.clone(), &format!("{what} dx"));
                 close(gwf, gws.clone(), &format!("{what} dW"));
