@@ -135,6 +135,31 @@ pub fn conv_with(
     options: ConvOptions<2>,
     path: Path,
 ) -> Tensor<4> {
+    conv_impl(x, w, b, options, path, false)
+}
+
+/// ReLU of a convolution: [`conv`] followed by ReLU, the ReLU applied as
+/// the outputs are written where the operands are plain flex tensors
+/// (inference), so that no pass over memory and no second buffer is spent
+/// on it; elsewhere (autodiff, other devices) the two operations.
+pub fn conv_relu(
+    x: Tensor<4>,
+    w: Tensor<4>,
+    b: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+) -> Tensor<4> {
+    conv_impl(x, w, b, options, Path::Auto, true)
+}
+
+fn conv_impl(
+    x: Tensor<4>,
+    w: Tensor<4>,
+    b: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+    path: Path,
+    relu: bool,
+) -> Tensor<4> {
+    let then_relu = |y: Tensor<4>| if relu { burn::tensor::activation::relu(y) } else { y };
     let [_, _, h, wd] = x.dims();
     let k = w.dims()[2];
     let p = options.padding[0].0;
@@ -144,24 +169,25 @@ pub fn conv_with(
         || h + 2 * p < k
         || wd + 2 * p < k
     {
-        return conv2d(x, w, b, options);
+        return then_relu(conv2d(x, w, b, options));
     }
-    let geo = Geometry { k, p, s: options.stride[0], path };
+    let geo = Geometry { k, p, s: options.stride[0], path, relu: false };
     if let (Ok(xp), Ok(wp)) =
         (x.clone().try_into_primitive::<Ad>(), w.clone().try_into_primitive::<Ad>())
     {
         if let Ok(bp) = b.clone().map(|b| b.try_into_primitive::<Ad>()).transpose() {
-            return Tensor::from_primitive::<Ad>(conv_ad(xp, wp, bp, geo));
+            return then_relu(Tensor::from_primitive::<Ad>(conv_ad(xp, wp, bp, geo)));
         }
     }
     if let (Ok(xp), Ok(wp)) =
         (x.clone().try_into_primitive::<Flex>(), w.clone().try_into_primitive::<Flex>())
     {
         if let Ok(bp) = b.clone().map(|b| b.try_into_primitive::<Flex>()).transpose() {
+            let geo = Geometry { relu, ..geo };
             return Tensor::from_primitive::<Flex>(conv_forward(&xp, &wp, bp.as_ref(), geo));
         }
     }
-    conv2d(x, w, b, options)
+    then_relu(conv2d(x, w, b, options))
 }
 
 /// Kernel size, padding and stride of a supported convolution.
@@ -173,6 +199,10 @@ struct Geometry {
     /// Which routes may run (tests pin one to check each on CPUs that
     /// have the faster ones).
     path: Path,
+    /// Whether the forward pass applies ReLU to its outputs as it writes
+    /// them (inference only: autodiff takes Burn's ReLU after the
+    /// convolution).
+    relu: bool,
 }
 
 /// How a source `[n][ch][h][w]` is placed in zeros of `[n][ch][hh][ww]`:
@@ -490,8 +520,7 @@ fn conv_forward(
     let (oh, ow) = ((hh - g.k) / g.s + 1, (ww - g.k) / g.s + 1);
     let padded = Spread { dims: [n, c, h, wd], q: g.p, s: 1, size: [hh, ww] };
     let bias = bias.map(flex_f32);
-    let out =
-        valid_conv(slice(&x), padded, slice(&w), o, [g.k, g.s], bias.as_ref().map(slice), g.path);
+    let out = valid_conv(slice(&x), padded, slice(&w), o, [g.k, g.s], bias.as_ref().map(slice), g);
     tensor(out, [n, o, oh, ow])
 }
 
@@ -499,7 +528,9 @@ fn conv_forward(
 /// (`[n][c][hh][ww]`) by `w` (`[o][c][k][k]`) with stride s, plus `bias`:
 /// Winograd's F(2×2, 3×3) or the direct kernel where allowed and
 /// applicable, else per tile of output rows, the gathered views times the
-/// kernel.
+/// kernel; ReLU applied to the outputs as they are written where `g.relu`
+/// (`g`'s path and ReLU are read; k and s are given, since the input
+/// gradient convolves with stride 1).
 #[allow(clippy::too_many_arguments)]
 fn valid_conv(
     src: &[f32],
@@ -508,8 +539,9 @@ fn valid_conv(
     o: usize,
     [k, s]: [usize; 2],
     bias: Option<&[f32]>,
-    path: Path,
+    g: Geometry,
 ) -> Vec<f32> {
+    let (path, relu) = (g.path, g.relu);
     let ([n, c, _, _], [hh, ww]) = (spread.dims, spread.size);
     let (oh, ow) = ((hh - k) / s + 1, (ww - k) / s + 1);
     let winograd = match path {
@@ -518,10 +550,10 @@ fn valid_conv(
         Path::Direct | Path::Products => false,
     };
     if winograd {
-        return winograd::conv(src, spread, w, o, bias);
+        return winograd::conv(src, spread, w, o, bias, relu);
     }
     if path != Path::Products {
-        if let Some(out) = direct::conv(src, spread, w, o, [k, s], bias) {
+        if let Some(out) = direct::conv(src, spread, w, o, [k, s], bias, relu) {
             return out;
         }
     }
@@ -544,7 +576,11 @@ fn valid_conv(
                 // SAFETY: output row (r / oh, oi, r % oh) belongs to tile
                 // row r alone, and tiles hold disjoint rows.
                 let row = unsafe { dst.slice((((r / oh) * o + oi) * oh + r % oh) * ow, ow) };
-                row.iter_mut().zip(src).for_each(|(d, v)| *d = v + b);
+                if relu {
+                    row.iter_mut().zip(src).for_each(|(d, v)| *d = (v + b).max(0.0));
+                } else {
+                    row.iter_mut().zip(src).for_each(|(d, v)| *d = v + b);
+                }
             }
         }
     });
@@ -568,18 +604,19 @@ fn valid_conv(
 /// operands' scale (the transforms add and halve), well inside the
 /// tolerance the tests hold every path to.
 mod winograd {
-    use super::{for_tiles, product, Shared, Spread};
+    use super::{product, Shared, Spread};
+    use rayon::prelude::*;
 
     /// Where the transforms pay for themselves (3×3, stride 1): 64 or more
-    /// channels both ways on maps 32 or more wide, or 128 × 128 and more on
-    /// narrower ones. Measured against the direct kernel, batch 64, on the
-    /// 2-core AMD EPYC (`conv_speed`, forward): 64→64 on 32×32 28 ms
-    /// against 31, 128→128 84 against 132, 64→64 on 64×64 104 against 158,
-    /// 128→128 on 16×16 26 against 28; but 64→64 on 16×16 9.7 against 7.9,
-    /// 32→32 on 32×32 9.5 against 7.7, 16→16 4.0 against 2.2 (the
-    /// transforms' short rows cost more than the products save).
+    /// channels both ways on maps at least 16 wide, or 32 on maps at least
+    /// 32 wide. Measured against the direct kernel, batch 64, on the 2-core
+    /// AMD EPYC (forward, best of 20): 64→64 on 32×32 20.5 ms against 31,
+    /// on 16×16 5.9 against 7.0; 128→128 on 16×16 19.6 against 28.0; 32→32
+    /// on 32×32 7.0 against 8.1. Where it lost: every 8×8 map (64→64 4.5
+    /// against 1.9: 20 tile slots per image make small products), 32→32 on
+    /// 16×16 (2.0 against 1.9), 16→16 on 32×32 (3.0 against 2.4).
     pub(super) fn pays(c: usize, o: usize, k: usize, s: usize, ow: usize) -> bool {
-        k == 3 && s == 1 && c >= 64 && o >= 64 && (ow >= 32 || c * o >= 128 * 128)
+        k == 3 && s == 1 && ((c >= 64 && o >= 64 && ow >= 16) || (c >= 32 && o >= 32 && ow >= 32))
     }
 
     /// `U_ξ = (G g Gᵀ)_ξ` of every kernel `g` (`w`: `[o][c][3][3]`), laid
@@ -603,10 +640,14 @@ mod winograd {
         u
     }
 
-    /// Tile rows per band: transformed inputs (16·c per tile) and products
-    /// (16·o per tile) within about 512 KiB.
-    fn band_rows(c: usize, o: usize, tiles_x: usize) -> usize {
-        ((8192 / (c + o).max(1)).max(8) / tiles_x.max(1)).max(1)
+    /// Tile rows per band: transformed inputs (16·c per tile slot) and
+    /// products (16·o) within about 4 MiB, so that a 32×32 image is one
+    /// band. Smaller bands (fitting L2) measured slower: the products over
+    /// fewer tiles (50–60 columns) ran far below `gemm`'s pace (64→64 on
+    /// 32×32: 27 ms at 512 KiB, 24 at 1 MiB, 21 at 4 MiB; on 16×16: 7.4,
+    /// 6.1, 5.9; alternating runs).
+    fn band_rows(c: usize, o: usize, stride: usize) -> usize {
+        ((65536 / (c + o).max(1)).max(8) / stride.max(1)).max(1)
     }
 
     /// The convolution [`super::valid_conv`] describes (k = 3, s = 1).
@@ -616,6 +657,7 @@ mod winograd {
         w: &[f32],
         o: usize,
         bias: Option<&[f32]>,
+        relu: bool,
     ) -> Vec<f32> {
         let ([n, c, h, wd], [hh, ww]) = (spread.dims, spread.size);
         assert!(hh >= 3 && ww >= 3, "Winograd: input smaller than the kernel");
@@ -624,26 +666,40 @@ mod winograd {
         let (oh, ow) = (hh - 2, ww - 2);
         let (tiles_y, tiles_x) = (oh.div_ceil(2), ow.div_ceil(2));
         let u = kernels(w, o, c);
-        let rows = band_rows(c, o, tiles_x);
-        let tmax = rows * tiles_x;
+        // Tiles are indexed row · (tiles_x + 1) + column: one column past
+        // each row's last tile is computed and never read, so that every
+        // transform below is one run along the band, not one per row.
+        let stride = tiles_x + 1;
+        // Bands of equal height (within one row) per image.
+        let per_image = tiles_y.div_ceil(band_rows(c, o, stride).min(tiles_y));
+        let rows = tiles_y.div_ceil(per_image);
+        let tmax = rows * stride;
         let mut out = vec![0f32; n * o * oh * ow];
         if out.is_empty() {
             return out;
         }
         let dst = Shared(out.as_mut_ptr());
-        let geo = Geo { c, o, oh, ow, tiles_y, tiles_x, tmax };
-        let scratch = 16 * (c + o) * tmax + 16 * (tiles_x + 1);
-        for_tiles(n * tiles_y, rows, scratch, |r0, r1, buf| {
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                // SAFETY: AVX2 and FMA were detected just above.
-                unsafe { band_avx2(src, &spread, &u, bias, geo, [r0, r1], buf, dst) };
-                return;
-            }
-            band(src, &spread, &u, bias, geo, [r0, r1], buf, dst);
-        });
+        let geo = Geo { c, o, oh, ow, tiles_x, tmax, relu };
+        // Transformed inputs and products, four placed planes and eight
+        // column transforms (each a run past the band by one row and one),
+        // and the outputs' six runs.
+        let scratch = 16 * (c + o) * tmax + 12 * (tmax + stride + 1) + 6 * tmax;
+        (0..n * per_image).into_par_iter().for_each_init(
+            || vec![0f32; scratch],
+            |buf, band_index| {
+                let (img, first) = (band_index / per_image, band_index % per_image * rows);
+                let ty = [first, (first + rows).min(tiles_y)];
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: AVX2 and FMA were detected just above.
+                    unsafe { band_avx2(src, &spread, &u, bias, geo, img, ty, buf, dst) };
+                    return;
+                }
+                band(src, &spread, &u, bias, geo, img, ty, buf, dst);
+            },
+        );
         out
     }
 
@@ -654,10 +710,12 @@ mod winograd {
         o: usize,
         oh: usize,
         ow: usize,
-        tiles_y: usize,
         tiles_x: usize,
-        /// Tiles per band (the products' row stride).
+        /// Tile slots per band, rows · (tiles_x + 1): the products' row
+        /// stride.
         tmax: usize,
+        /// ReLU on the outputs.
+        relu: bool,
     }
 
     /// [`band`] compiled for AVX2 and FMA (its loops vectorise 8 wide).
@@ -673,16 +731,16 @@ mod winograd {
         u: &[f32],
         bias: Option<&[f32]>,
         geo: Geo,
-        r: [usize; 2],
+        img: usize,
+        ty: [usize; 2],
         buf: &mut [f32],
         dst: Shared,
     ) {
-        band(src, spread, u, bias, geo, r, buf, dst);
+        band(src, spread, u, bias, geo, img, ty, buf, dst);
     }
 
-    /// Tile rows `r0..r1` (row r: image r / tiles_y, tile row r % tiles_y):
-    /// inputs transformed, the 16 products, outputs transformed and written
-    /// with the bias.
+    /// Tile rows `ty0..ty1` of image `img`: inputs transformed, the 16
+    /// products, outputs transformed and written with the bias.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn band(
@@ -690,48 +748,69 @@ mod winograd {
         spread: &Spread,
         u: &[f32],
         bias: Option<&[f32]>,
-        Geo { c, o, oh, ow, tiles_y, tiles_x, tmax }: Geo,
-        [r0, r1]: [usize; 2],
+        Geo { c, o, oh, ow, tiles_x, tmax, relu }: Geo,
+        img: usize,
+        [ty0, ty1]: [usize; 2],
         buf: &mut [f32],
         dst: Shared,
     ) {
-        let t = (r1 - r0) * tiles_x;
-        let half = tiles_x + 1;
+        let x = tiles_x + 1;
+        // Tile slots of this band (row r, column xt at r·x + xt).
+        let t = (ty1 - ty0) * x;
+        let plane = t + x + 1;
         let (v, rest) = buf.split_at_mut(16 * c * tmax);
         let (m, rest) = rest.split_at_mut(16 * o * tmax);
-        // Placed rows and their column transforms, each as its even and
-        // odd columns (tile xt reads even xt, odd xt, even xt + 1, odd
-        // xt + 1: contiguous runs, so the loops below vectorise).
-        let (lines, rest) = rest.split_at_mut(8 * half);
-        let cols = &mut rest[..8 * half];
-        // V_ξ[ci][tile] = (Bᵀ d B)_ξ, Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0],
-        // [0, −1, 1, 0], [0, 1, 0, −1]]: columns first (over the patch's
-        // rows, along whole placed rows), then each tile's four columns.
-        for r in r0..r1 {
-            let (img, ty) = (r / tiles_y, r % tiles_y);
-            let first = (r - r0) * tiles_x;
-            for ci in 0..c {
-                for (i, line) in lines.chunks_exact_mut(2 * half).enumerate() {
-                    let (even, odd) = line.split_at_mut(half);
-                    spread.row_split(src, [img, ci, 2 * ty + i], even, odd);
-                }
-                let l: [&[f32]; 4] = std::array::from_fn(|i| &lines[2 * half * i..][..2 * half]);
-                let [c0, c1, c2, c3] = split4(cols);
-                zip2(c0, l[0], l[2], |a, b| a - b);
-                zip2(c1, l[1], l[2], |a, b| a + b);
-                zip2(c2, l[2], l[1], |a, b| a - b);
-                zip2(c3, l[1], l[3], |a, b| a - b);
-                for (i, row) in [&*c0, &*c1, &*c2, &*c3].into_iter().enumerate() {
-                    let (even, odd) = row.split_at(half);
-                    let (e0, e1, o0, o1) =
-                        (&even[..tiles_x], &even[1..], &odd[..tiles_x], &odd[1..]);
-                    let step = c * tmax;
-                    let [v0, v1, v2, v3] = four(v, 4 * i * step + ci * tmax + first, step, tiles_x);
-                    zip2(v0, e0, e1, |a, b| a - b);
-                    zip2(v1, o0, e1, |a, b| a + b);
-                    zip2(v2, e1, o0, |a, b| a - b);
-                    zip2(v3, o0, o1, |a, b| a - b);
-                }
+        // The placed input rows 2·ty0 … 2·ty1 + 1, split four ways: even
+        // or odd row (E, O) by even or odd column (e, o), each plane one
+        // row per tile row plus the next one, x values a row.
+        let (placed, rest) = rest.split_at_mut(4 * plane);
+        let [ee, eo, oe, oo] = split4(placed);
+        // (The last value of each plane is read by the slot past the last
+        // row's tiles only.)
+        for p in [&mut *ee, &mut *eo, &mut *oe, &mut *oo] {
+            p[t + x..].fill(0.0);
+        }
+        // Columns' transforms t0…t3 of the 4×4 patches, even and odd
+        // columns.
+        let (cols, rest) = rest.split_at_mut(8 * plane);
+        let ys = &mut rest[..6 * t];
+        // V_ξ[ci][slot] = (Bᵀ d B)_ξ, Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0],
+        // [0, −1, 1, 0], [0, 1, 0, −1]]: tile row r's patch is rows r and
+        // r + 1 of the E and O planes; its columns xt and xt + 1 of the e
+        // and o planes.
+        for ci in 0..c {
+            for r in 0..=ty1 - ty0 {
+                let y = 2 * (ty0 + r);
+                spread.row_split(src, [img, ci, y], &mut ee[r * x..][..x], &mut eo[r * x..][..x]);
+                spread.row_split(
+                    src,
+                    [img, ci, y + 1],
+                    &mut oe[r * x..][..x],
+                    &mut oo[r * x..][..x],
+                );
+            }
+            let (d0e, d0o, d1e, d1o) = (&ee[..t + 1], &eo[..t + 1], &oe[..t + 1], &oo[..t + 1]);
+            let (d2e, d2o, d3e, d3o) = (&ee[x..], &eo[x..], &oe[x..], &oo[x..]);
+            let [c0e, c0o, c1e, c1o, c2e, c2o, c3e, c3o] = split8(cols, t + 1);
+            zip2(c0e, d0e, d2e, |a, b| a - b);
+            zip2(c0o, d0o, d2o, |a, b| a - b);
+            zip2(c1e, d1e, d2e, |a, b| a + b);
+            zip2(c1o, d1o, d2o, |a, b| a + b);
+            zip2(c2e, d2e, d1e, |a, b| a - b);
+            zip2(c2o, d2o, d1o, |a, b| a - b);
+            zip2(c3e, d1e, d3e, |a, b| a - b);
+            zip2(c3o, d1o, d3o, |a, b| a - b);
+            for (i, (e, od)) in [(&*c0e, &*c0o), (&*c1e, &*c1o), (&*c2e, &*c2o), (&*c3e, &*c3o)]
+                .into_iter()
+                .enumerate()
+            {
+                let step = c * tmax;
+                let [v0, v1, v2, v3] = four(v, 4 * i * step + ci * tmax, step, t);
+                let (e0, e1, o0, o1) = (&e[..t], &e[1..], &od[..t], &od[1..]);
+                zip2(v0, e0, e1, |a, b| a - b);
+                zip2(v1, o0, e1, |a, b| a + b);
+                zip2(v2, e1, o0, |a, b| a - b);
+                zip2(v3, o0, o1, |a, b| a - b);
             }
         }
         // M_ξ (o × t, rows t apart) = U_ξ (o × c) · V_ξ (c × t).
@@ -745,53 +824,63 @@ mod winograd {
             );
         }
         // Y = Aᵀ M A, Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]], plus the bias:
-        // row a of Aᵀ M (four runs over the tiles), then its columns into
-        // the even and odd output columns.
-        let mut tmp = vec![0f32; 6 * tiles_x];
+        // row a of Aᵀ M (four runs along the band), then its columns into
+        // the even and odd output columns of each tile row's output row.
+        let (p, ys) = ys.split_at_mut(4 * t);
         for oi in 0..o {
             let b = bias.map_or(0.0, |b| b[oi]);
-            for r in r0..r1 {
-                let (img, ty) = (r / tiles_y, r % tiles_y);
-                let first = (r - r0) * tiles_x;
-                let mm: [&[f32]; 16] =
-                    std::array::from_fn(|xi| &m[xi * o * tmax + oi * t + first..][..tiles_x]);
-                for a in 0..2 {
-                    let y = 2 * ty + a;
+            let mm: [&[f32]; 16] = std::array::from_fn(|xi| &m[xi * o * tmax + oi * t..][..t]);
+            for a in 0..2 {
+                for (j, pj) in p.chunks_exact_mut(t).enumerate() {
+                    if a == 0 {
+                        zip3(pj, mm[j], mm[4 + j], mm[8 + j], |x, y, z| x + y + z);
+                    } else {
+                        zip3(pj, mm[4 + j], mm[8 + j], mm[12 + j], |x, y, z| x - y - z);
+                    }
+                }
+                let (p0, rest) = p.split_at(t);
+                let (p1, rest) = rest.split_at(t);
+                let (p2, p3) = rest.split_at(t);
+                let (ye, yo) = ys.split_at_mut(t);
+                if relu {
+                    zip3(ye, p0, p1, p2, |x, y, z| (x + y + z + b).max(0.0));
+                    zip3(yo, p1, p2, p3, |x, y, z| (x - y - z + b).max(0.0));
+                } else {
+                    zip3(ye, p0, p1, p2, |x, y, z| x + y + z + b);
+                    zip3(yo, p1, p2, p3, |x, y, z| x - y - z + b);
+                }
+                for r in 0..ty1 - ty0 {
+                    let y = 2 * (ty0 + r) + a;
                     if y >= oh {
                         break;
                     }
-                    let (p, ys) = tmp.split_at_mut(4 * tiles_x);
-                    for (j, pj) in p.chunks_exact_mut(tiles_x).enumerate() {
-                        if a == 0 {
-                            zip3(pj, mm[j], mm[4 + j], mm[8 + j], |x, y, z| x + y + z);
-                        } else {
-                            zip3(pj, mm[4 + j], mm[8 + j], mm[12 + j], |x, y, z| x - y - z);
-                        }
-                    }
-                    let (p0, rest) = p.split_at(tiles_x);
-                    let (p1, rest) = rest.split_at(tiles_x);
-                    let (p2, p3) = rest.split_at(tiles_x);
-                    let (ye, yo) = ys.split_at_mut(tiles_x);
-                    zip3(ye, p0, p1, p2, |x, y, z| x + y + z + b);
-                    zip3(yo, p1, p2, p3, |x, y, z| x - y - z + b);
                     // SAFETY: output row y of (img, oi) belongs to tile row
-                    // r alone, and bands hold disjoint tile rows.
+                    // ty0 + r alone, and bands hold disjoint tile rows.
                     let line = unsafe { dst.slice(((img * o + oi) * oh + y) * ow, ow) };
+                    let (ye, yo) = (&ye[r * x..][..tiles_x], &yo[r * x..][..tiles_x]);
                     let pairs = line.chunks_exact_mut(2);
                     let n = pairs.len();
-                    for (pair, (e, d)) in pairs.zip(ye.iter().zip(yo.iter())) {
+                    for (pair, (e, d)) in pairs.zip(ye.iter().zip(yo)) {
                         pair[0] = *e;
                         pair[1] = *d;
                     }
                     // An odd width: the last tile's left column only.
-                    if let (Some(x), Some(e)) = (line.get_mut(2 * n), ye.get(n)) {
-                        if ow % 2 == 1 {
-                            *x = *e;
-                        }
+                    if ow % 2 == 1 {
+                        line[2 * n] = ye[n];
                     }
                 }
             }
         }
+    }
+
+    /// Eight runs of `len` from the front of `s`.
+    fn split8(s: &mut [f32], len: usize) -> [&mut [f32]; 8] {
+        let mut rest = s;
+        std::array::from_fn(|_| {
+            let (a, b) = std::mem::take(&mut rest).split_at_mut(len);
+            rest = b;
+            a
+        })
     }
 
     /// The four runs of `len` at `first`, `first + step`, … (step ≥ len).
@@ -868,6 +957,7 @@ mod direct {
         o: usize,
         [k, s]: [usize; 2],
         bias: Option<&[f32]>,
+        relu: bool,
     ) -> Option<Vec<f32>> {
         let ([n, c, h, wd], [hh, ww]) = (spread.dims, spread.size);
         // Layers with few input channels (the first: c = 1, 3) do too
@@ -907,23 +997,35 @@ mod direct {
                             avx2::segments(x, [c, hh, ww], &by_six, k, [oh, ow], bias, image)
                         };
                     }
-                    if x_from == ow {
-                        return;
+                    if x_from < ow {
+                        for (ob, dst) in image.chunks_mut(LANES * plane).enumerate() {
+                            let lanes = dst.len() / plane;
+                            let wb = &packed[ob * c * k * k * LANES..][..c * k * k * LANES];
+                            let b = bias.map(|b| &b[ob * LANES..][..lanes]);
+                            // SAFETY: AVX2 and FMA were detected above.
+                            unsafe {
+                                avx2::plane(
+                                    x,
+                                    [c, hh, ww],
+                                    wb,
+                                    [k, s],
+                                    [oh, ow, x_from],
+                                    lanes,
+                                    b,
+                                    dst,
+                                )
+                            };
+                        }
                     }
-                    for (ob, dst) in image.chunks_mut(LANES * plane).enumerate() {
-                        let lanes = dst.len() / plane;
-                        let wb = &packed[ob * c * k * k * LANES..][..c * k * k * LANES];
-                        let b = bias.map(|b| &b[ob * LANES..][..lanes]);
-                        // SAFETY: AVX2 and FMA were detected above.
-                        unsafe {
-                            avx2::plane(x, [c, hh, ww], wb, [k, s], [oh, ow, x_from], lanes, b, dst)
-                        };
+                    // The image's planes are still in cache.
+                    if relu {
+                        image.iter_mut().for_each(|v| *v = v.max(0.0));
                     }
                 },
             );
             return Some(out);
         }
-        let _ = (src, n, c, h, wd, hh, ww, w, o, k, s, bias);
+        let _ = (src, n, c, h, wd, hh, ww, w, o, k, s, bias, relu);
         None
     }
 
@@ -1193,7 +1295,8 @@ fn conv_backward(
         let q = k - 1 - geo.p;
         let (hh, ww) = (h + k - 1, wd + k - 1);
         let spread = Spread { dims: [n, o, oh, ow], q, s: geo.s, size: [hh, ww] };
-        let dx = valid_conv(slice(&g), spread, &wt, c, [k, 1], None, geo.path);
+        let dx =
+            valid_conv(slice(&g), spread, &wt, c, [k, 1], None, Geometry { relu: false, ..geo });
         grads.register::<Flex>(node, tensor(dx, [n, c, h, wd]));
     }
     if let Some(node) = node_w {
@@ -1521,13 +1624,37 @@ mod tests {
                     _ => panic!("{what}: bias gradient on one side only"),
                 }
             }
-            // Inference (no autodiff) takes the same forward.
+            // Inference (no autodiff) takes the same forward, and with
+            // ReLU applied as the outputs are written, by every path.
             let (xi, wi, bi) = (x.clone().inner(), wt.clone().inner(), b.clone().inner());
             let bi = bias.then_some(bi);
             close(
                 conv(xi.clone(), wi.clone(), bi.clone(), opts.clone()),
-                conv2d(xi, wi, bi, opts.clone()),
+                conv2d(xi.clone(), wi.clone(), bi.clone(), opts.clone()),
                 &format!("{what} inference"),
+            );
+            // (Weights and biases of both signs, so that ReLU zeroes some
+            // outputs.)
+            let (wi, wt) = (wi.sub_scalar(0.5), wt.sub_scalar(0.5));
+            let bi = bi.map(|b| b.sub_scalar(0.5));
+            let b = b.sub_scalar(0.5);
+            let relu = burn::tensor::activation::relu(conv2d(
+                xi.clone(),
+                wi.clone(),
+                bi.clone(),
+                opts.clone(),
+            ));
+            let zeros: i64 = relu.clone().equal_elem(0.0).int().sum().into_scalar();
+            assert!(zeros > 0, "{what}: no output below zero");
+            for path in [Path::Auto, Path::Winograd, Path::Direct, Path::Products] {
+                let fused = conv_impl(xi.clone(), wi.clone(), bi.clone(), opts.clone(), path, true);
+                close(fused, relu.clone(), &format!("{what} inference + ReLU, {path:?}"));
+            }
+            // Under autodiff, ReLU after the convolution.
+            close(
+                conv_relu(x.clone(), wt, bias.then(|| b.clone()), opts.clone()).inner(),
+                relu,
+                &format!("{what} autodiff + ReLU"),
             );
         }
     }

@@ -75,15 +75,26 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 
 /// A convolution through [`crate::fast::conv`] (the trainer's faster
 /// backward on flex) when its padding is explicit and symmetric, as the
-/// descriptions build it; else Burn's module.
-fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+/// descriptions build it; else Burn's module. With `relu`, followed by ReLU
+/// ([`crate::fast::conv_relu`]: applied as the outputs are written, at
+/// inference).
+fn conv_forward(conv: &Conv2d, x: Tensor<4>, relu: bool) -> Tensor<4> {
     match conv.padding {
-        PaddingConfig2d::Explicit(t, l, b, r) if t == l && t == b && t == r => crate::fast::conv(
-            x,
-            conv.weight.val(),
-            conv.bias.as_ref().map(|b| b.val()),
-            burn::tensor::ops::ConvOptions::new(conv.stride, [t, t], conv.dilation, conv.groups),
-        ),
+        PaddingConfig2d::Explicit(t, l, b, r) if t == l && t == b && t == r => {
+            let (w, bias) = (conv.weight.val(), conv.bias.as_ref().map(|b| b.val()));
+            let options = burn::tensor::ops::ConvOptions::new(
+                conv.stride,
+                [t, t],
+                conv.dilation,
+                conv.groups,
+            );
+            if relu {
+                crate::fast::conv_relu(x, w, bias, options)
+            } else {
+                crate::fast::conv(x, w, bias, options)
+            }
+        }
+        _ if relu => activation::relu(conv.forward(x)),
         _ => conv.forward(x),
     }
 }
@@ -348,41 +359,33 @@ impl Net {
             Some(t) => t.clone(),
             None => unreachable!("layer {j}'s output is kept until its last reader"),
         };
+        // A convolution whose only reader is a ReLU layer right after it
+        // gives that layer's output directly (`pending`), the ReLU applied
+        // as the convolution writes it.
+        let fused = |i: usize| {
+            let next = self.layers.get(i + 1);
+            matches!(self.layers[i].kind, Kind::Conv)
+                && next.is_some_and(|l| {
+                    l.kind == Kind::Activation(ActMode::Relu) && l.source == Some(i)
+                })
+                && last_use[i] == i + 1
+        };
+        let mut pending: Option<Tensor<4>> = None;
         for (i, l) in self.layers.iter().enumerate() {
-            let src = match l.source {
-                Some(j) => read(&outs, j),
+            let source = |outs: &[Option<Tensor<4>>]| match l.source {
+                Some(j) => read(outs, j),
                 None => x.clone(),
             };
-            let y = match (&l.kind, &l.conv, &l.dense, &l.bn, &l.act) {
-                (Kind::Conv, Some(conv), ..) => conv_forward(conv, src),
-                (Kind::Dense, _, Some(lin), ..) => {
-                    let [n, c, h, w] = src.dims();
-                    let y = lin.forward(src.reshape([n, c * h * w]));
-                    let out = y.dims()[1];
-                    y.reshape([n, out, 1, 1])
-                }
-                (Kind::BatchNorm, _, _, Some(bn), _) => bn.forward(src),
-                (Kind::AvgPool { kernel, stride }, ..) => {
-                    crate::fast::avg_pool(src, *kernel, *stride)
-                }
-                (Kind::MaxPool { kernel, stride, padding }, ..) => {
-                    burn::tensor::module::max_pool2d(
-                        src,
-                        burn::tensor::ops::MaxPoolOptions::new([*kernel; 2])
-                            .with_stride([*stride; 2])
-                            .with_padding([*padding; 2]),
-                    )
-                }
-                (Kind::Residual { from }, ..) => src + read(&outs, *from),
-                (Kind::Flatten, ..) => {
-                    let [n, c, h, w] = src.dims();
-                    src.reshape([n, c * h * w, 1, 1])
-                }
-                (Kind::Activation(mode), _, _, _, Some(q)) => {
-                    activate(*mode, q, l.gate.as_ref(), src)
-                }
-                // A layer whose module is missing cannot be built by `from_description`.
-                _ => src,
+            let y = if let Some(y) = pending.take() {
+                // The ReLU computed with the convolution before it.
+                y
+            } else if let (true, Some(conv)) = (fused(i), &l.conv) {
+                // This convolution keeps no output of its own.
+                pending = Some(conv_forward(conv, source(&outs), true));
+                outs.push(None);
+                continue;
+            } else {
+                self.layer_forward(l, source(&outs), &outs, read)
             };
             outs.push(Some(y));
             // Outputs no later layer reads (the last layer's is the result).
@@ -395,6 +398,42 @@ impl Net {
         let last = outs.pop().flatten().unwrap_or(x);
         let [n, c, h, w] = last.dims();
         last.reshape([n, c * h * w])
+    }
+
+    /// One layer's output (not a convolution fused with its ReLU), `src`
+    /// its input and `outs` the outputs so far (`read` gives one).
+    fn layer_forward(
+        &self,
+        l: &Layer,
+        src: Tensor<4>,
+        outs: &[Option<Tensor<4>>],
+        read: impl Fn(&[Option<Tensor<4>>], usize) -> Tensor<4>,
+    ) -> Tensor<4> {
+        match (&l.kind, &l.conv, &l.dense, &l.bn, &l.act) {
+            (Kind::Conv, Some(conv), ..) => conv_forward(conv, src, false),
+            (Kind::Dense, _, Some(lin), ..) => {
+                let [n, c, h, w] = src.dims();
+                let y = lin.forward(src.reshape([n, c * h * w]));
+                let out = y.dims()[1];
+                y.reshape([n, out, 1, 1])
+            }
+            (Kind::BatchNorm, _, _, Some(bn), _) => bn.forward(src),
+            (Kind::AvgPool { kernel, stride }, ..) => crate::fast::avg_pool(src, *kernel, *stride),
+            (Kind::MaxPool { kernel, stride, padding }, ..) => burn::tensor::module::max_pool2d(
+                src,
+                burn::tensor::ops::MaxPoolOptions::new([*kernel; 2])
+                    .with_stride([*stride; 2])
+                    .with_padding([*padding; 2]),
+            ),
+            (Kind::Residual { from }, ..) => src + read(outs, *from),
+            (Kind::Flatten, ..) => {
+                let [n, c, h, w] = src.dims();
+                src.reshape([n, c * h * w, 1, 1])
+            }
+            (Kind::Activation(mode), _, _, _, Some(q)) => activate(*mode, q, l.gate.as_ref(), src),
+            // A layer whose module is missing cannot be built by `from_description`.
+            _ => src,
+        }
     }
 
     /// Indices of the activation layers.
