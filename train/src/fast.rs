@@ -757,62 +757,11 @@ mod winograd {
         let x = tiles_x + 1;
         // Tile slots of this band (row r, column xt at r·x + xt).
         let t = (ty1 - ty0) * x;
-        let plane = t + x + 1;
         let (v, rest) = buf.split_at_mut(16 * c * tmax);
         let (m, rest) = rest.split_at_mut(16 * o * tmax);
-        // The placed input rows 2·ty0 … 2·ty1 + 1, split four ways: even
-        // or odd row (E, O) by even or odd column (e, o), each plane one
-        // row per tile row plus the next one, x values a row.
-        let (placed, rest) = rest.split_at_mut(4 * plane);
-        let [ee, eo, oe, oo] = split4(placed);
-        // (The last value of each plane is read by the slot past the last
-        // row's tiles only.)
-        for p in [&mut *ee, &mut *eo, &mut *oe, &mut *oo] {
-            p[t + x..].fill(0.0);
-        }
-        // Columns' transforms t0…t3 of the 4×4 patches, even and odd
-        // columns.
-        let (cols, rest) = rest.split_at_mut(8 * plane);
+        let (scratch, rest) = rest.split_at_mut(12 * (t + x + 1));
         let ys = &mut rest[..6 * t];
-        // V_ξ[ci][slot] = (Bᵀ d B)_ξ, Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0],
-        // [0, −1, 1, 0], [0, 1, 0, −1]]: tile row r's patch is rows r and
-        // r + 1 of the E and O planes; its columns xt and xt + 1 of the e
-        // and o planes.
-        for ci in 0..c {
-            for r in 0..=ty1 - ty0 {
-                let y = 2 * (ty0 + r);
-                spread.row_split(src, [img, ci, y], &mut ee[r * x..][..x], &mut eo[r * x..][..x]);
-                spread.row_split(
-                    src,
-                    [img, ci, y + 1],
-                    &mut oe[r * x..][..x],
-                    &mut oo[r * x..][..x],
-                );
-            }
-            let (d0e, d0o, d1e, d1o) = (&ee[..t + 1], &eo[..t + 1], &oe[..t + 1], &oo[..t + 1]);
-            let (d2e, d2o, d3e, d3o) = (&ee[x..], &eo[x..], &oe[x..], &oo[x..]);
-            let [c0e, c0o, c1e, c1o, c2e, c2o, c3e, c3o] = split8(cols, t + 1);
-            zip2(c0e, d0e, d2e, |a, b| a - b);
-            zip2(c0o, d0o, d2o, |a, b| a - b);
-            zip2(c1e, d1e, d2e, |a, b| a + b);
-            zip2(c1o, d1o, d2o, |a, b| a + b);
-            zip2(c2e, d2e, d1e, |a, b| a - b);
-            zip2(c2o, d2o, d1o, |a, b| a - b);
-            zip2(c3e, d1e, d3e, |a, b| a - b);
-            zip2(c3o, d1o, d3o, |a, b| a - b);
-            for (i, (e, od)) in [(&*c0e, &*c0o), (&*c1e, &*c1o), (&*c2e, &*c2o), (&*c3e, &*c3o)]
-                .into_iter()
-                .enumerate()
-            {
-                let step = c * tmax;
-                let [v0, v1, v2, v3] = four(v, 4 * i * step + ci * tmax, step, t);
-                let (e0, e1, o0, o1) = (&e[..t], &e[1..], &od[..t], &od[1..]);
-                zip2(v0, e0, e1, |a, b| a - b);
-                zip2(v1, o0, e1, |a, b| a + b);
-                zip2(v2, e1, o0, |a, b| a - b);
-                zip2(v3, o0, o1, |a, b| a - b);
-            }
-        }
+        inputs(src, spread, [c, tiles_x, tmax], img, [ty0, ty1], v, scratch);
         // M_ξ (o × t, rows t apart) = U_ξ (o × c) · V_ξ (c × t).
         for xi in 0..16 {
             product(
@@ -869,6 +818,241 @@ mod winograd {
                         line[2 * n] = ye[n];
                     }
                 }
+            }
+        }
+    }
+
+    /// The weight gradient of a 3×3 stride-1 convolution (`[o][c][3][3]`):
+    /// `src` placed as `spread` says is the forward's input, `g` the output
+    /// gradient `[n][o][oh][ow]`. By the transposition principle each 2×2
+    /// tile h of G and its 4×4 input patch d give the 3×3 correlation
+    /// `Gᵀ [(A h Aᵀ) ⊙ (Bᵀ d B)] G` with the forward's matrices (A = (Aᵀ)ᵀ),
+    /// so the sum over tiles is taken in the transformed domain — 16
+    /// products `M_ξ += H_ξ · V_ξᵀ` whose depth is the tiles — and
+    /// transformed back once. Bands are summed in a fixed number of groups,
+    /// each in order, then the groups in order: the same sums whatever the
+    /// threads.
+    pub(super) fn weight_grad(src: &[f32], spread: Spread, g: &[f32], o: usize) -> Vec<f32> {
+        let ([n, c, h, wd], [hh, ww]) = (spread.dims, spread.size);
+        assert!(hh >= 3 && ww >= 3, "Winograd: input smaller than the kernel");
+        let (oh, ow) = (hh - 2, ww - 2);
+        assert!(src.len() >= n * c * h * wd && g.len() >= n * o * oh * ow, "Winograd operands");
+        let (tiles_y, tiles_x) = (oh.div_ceil(2), ow.div_ceil(2));
+        let stride = tiles_x + 1;
+        let per_image = tiles_y.div_ceil(band_rows(c, o, stride).min(tiles_y).max(1));
+        let rows = tiles_y.div_ceil(per_image.max(1));
+        let tmax = rows * stride;
+        let bands = n * per_image;
+        let per_group = bands.div_ceil(super::DW_GROUPS).max(1);
+        let scratch = 16 * (c + o) * tmax + 12 * (tmax + stride + 1) + 6 * tmax;
+        let groups: Vec<Vec<f32>> = (0..bands.div_ceil(per_group))
+            .into_par_iter()
+            .map(|gi| {
+                let mut acc = vec![0f32; 16 * o * c];
+                let mut buf = vec![0f32; scratch];
+                for bi in gi * per_group..((gi + 1) * per_group).min(bands) {
+                    let (img, first) = (bi / per_image, bi % per_image * rows);
+                    let ty = [first, (first + rows).min(tiles_y)];
+                    let args = (src, &spread, g, [c, o, oh, ow, tiles_x, tmax], img, ty);
+                    #[cfg(target_arch = "x86_64")]
+                    if std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                    {
+                        // SAFETY: AVX2 and FMA were detected just above.
+                        unsafe { grad_band_avx2(args, &mut buf, &mut acc) };
+                        continue;
+                    }
+                    grad_band(args, &mut buf, &mut acc);
+                }
+                acc
+            })
+            .collect();
+        let mut m = vec![0f32; 16 * o * c];
+        for part in &groups {
+            m.iter_mut().zip(part).for_each(|(x, y)| *x += y);
+        }
+        // dW[oi][ci] = Gᵀ M G, Gᵀ = [[1, ½, ½, 0], [0, ½, −½, 0],
+        // [0, ½, ½, 1]].
+        let back = |m0: f32, m1: f32, m2: f32, m3: f32| {
+            [m0 + 0.5 * (m1 + m2), 0.5 * (m1 - m2), 0.5 * (m1 + m2) + m3]
+        };
+        let mut dw = vec![0f32; o * c * 9];
+        for oi in 0..o {
+            for ci in 0..c {
+                let at = |xi: usize| m[(xi * o + oi) * c + ci];
+                let cols: [[f32; 3]; 4] =
+                    std::array::from_fn(|j| back(at(j), at(4 + j), at(8 + j), at(12 + j)));
+                let out = &mut dw[(oi * c + ci) * 9..][..9];
+                for i in 0..3 {
+                    let row = back(cols[0][i], cols[1][i], cols[2][i], cols[3][i]);
+                    out[3 * i..3 * i + 3].copy_from_slice(&row);
+                }
+            }
+        }
+        dw
+    }
+
+    type GradArgs<'a> = (&'a [f32], &'a Spread, &'a [f32], [usize; 6], usize, [usize; 2]);
+
+    /// [`grad_band`] compiled for AVX2 and FMA.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn grad_band_avx2(args: GradArgs<'_>, buf: &mut [f32], acc: &mut [f32]) {
+        grad_band(args, buf, acc);
+    }
+
+    /// One band's terms of the weight gradient added to `acc`
+    /// (`[16][o][c]`): V of its input patches, H = A h Aᵀ of its gradient
+    /// tiles (zero in the spare slot past each row, so that slot adds
+    /// nothing), then `M_ξ += H_ξ · V_ξᵀ`.
+    #[inline(always)]
+    fn grad_band(
+        (src, spread, g, [c, o, oh, ow, tiles_x, tmax], img, [ty0, ty1]): GradArgs<'_>,
+        buf: &mut [f32],
+        acc: &mut [f32],
+    ) {
+        let x = tiles_x + 1;
+        let t = (ty1 - ty0) * x;
+        let (v, rest) = buf.split_at_mut(16 * c * tmax);
+        let (hv, rest) = rest.split_at_mut(16 * o * tmax);
+        let (scratch, rest) = rest.split_at_mut(12 * (t + x + 1));
+        inputs(src, spread, [c, tiles_x, tmax], img, [ty0, ty1], v, scratch);
+        // G's rows 2·ty and 2·ty + 1 of each tile row, even and odd
+        // columns (zeros past oh, ow and in the spare slot).
+        let (rows, rest) = rest.split_at_mut(4 * t);
+        let [e0, o0, e1, o1] = split4(rows);
+        let (re, ro) = rest[..2 * t].split_at_mut(t);
+        for oi in 0..o {
+            for p in [&mut *e0, &mut *o0, &mut *e1, &mut *o1] {
+                p.fill(0.0);
+            }
+            for r in 0..ty1 - ty0 {
+                for a in 0..2 {
+                    let y = 2 * (ty0 + r) + a;
+                    if y >= oh {
+                        break;
+                    }
+                    let line = &g[((img * o + oi) * oh + y) * ow..][..ow];
+                    let (e, od) = if a == 0 { (&mut *e0, &mut *o0) } else { (&mut *e1, &mut *o1) };
+                    let (e, od) = (&mut e[r * x..][..tiles_x], &mut od[r * x..][..tiles_x]);
+                    for (xt, pair) in line.chunks(2).enumerate() {
+                        e[xt] = pair[0];
+                        if let Some(v) = pair.get(1) {
+                            od[xt] = *v;
+                        }
+                    }
+                }
+            }
+            // Rows of A h: h0, h0 + h1, h0 − h1, −h1; then the same over
+            // each row's two columns.
+            for i in 0..4 {
+                match i {
+                    0 => {
+                        re.copy_from_slice(e0);
+                        ro.copy_from_slice(o0);
+                    }
+                    1 => {
+                        zip2(re, e0, e1, |a, b| a + b);
+                        zip2(ro, o0, o1, |a, b| a + b);
+                    }
+                    2 => {
+                        zip2(re, e0, e1, |a, b| a - b);
+                        zip2(ro, o0, o1, |a, b| a - b);
+                    }
+                    _ => {
+                        zip2(re, e1, e1, |a, _| -a);
+                        zip2(ro, o1, o1, |a, _| -a);
+                    }
+                }
+                let step = o * tmax;
+                let [h0, h1, h2, h3] = four(hv, 4 * i * step + oi * tmax, step, t);
+                h0.copy_from_slice(re);
+                zip2(h1, re, ro, |a, b| a + b);
+                zip2(h2, re, ro, |a, b| a - b);
+                zip2(h3, ro, ro, |a, _| -a);
+            }
+        }
+        // M_ξ (o × c) += H_ξ (o × t) · V_ξᵀ (t × c).
+        for xi in 0..16 {
+            product(
+                [o, c, t],
+                &mut acc[xi * o * c..],
+                true,
+                (&hv[xi * o * tmax..], tmax, 1),
+                (&v[xi * c * tmax..], 1, tmax),
+            );
+        }
+    }
+
+    /// `V_ξ[ci][slot] = (Bᵀ d B)_ξ` of every 4×4 input patch d of tile
+    /// rows `ty0..ty1` of image `img` (`v`: `[16][c][tmax]`), with
+    /// Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]:
+    /// columns first (over the patch's rows), then each tile's four
+    /// columns, each a run along the band. `scratch` holds 12 · (slots +
+    /// tiles_x + 2) floats.
+    #[inline(always)]
+    fn inputs(
+        src: &[f32],
+        spread: &Spread,
+        [c, tiles_x, tmax]: [usize; 3],
+        img: usize,
+        [ty0, ty1]: [usize; 2],
+        v: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let x = tiles_x + 1;
+        let t = (ty1 - ty0) * x;
+        let plane = t + x + 1;
+        // The placed input rows 2·ty0 … 2·ty1 + 1, split four ways: even
+        // or odd row (E, O) by even or odd column (e, o), each plane one
+        // row per tile row plus the next one, x values a row. Tile row r's
+        // patch is rows r and r + 1 of the E and O planes; its columns xt
+        // and xt + 1 of the e and o planes.
+        let (placed, rest) = scratch.split_at_mut(4 * plane);
+        let [ee, eo, oe, oo] = split4(placed);
+        // (The last value of each plane is read by the slot past the last
+        // row's tiles only.)
+        for p in [&mut *ee, &mut *eo, &mut *oe, &mut *oo] {
+            p[t + x..].fill(0.0);
+        }
+        // Columns' transforms t0…t3 of the patches, even and odd columns.
+        let cols = &mut rest[..8 * plane];
+        for ci in 0..c {
+            for r in 0..=ty1 - ty0 {
+                let y = 2 * (ty0 + r);
+                spread.row_split(src, [img, ci, y], &mut ee[r * x..][..x], &mut eo[r * x..][..x]);
+                spread.row_split(
+                    src,
+                    [img, ci, y + 1],
+                    &mut oe[r * x..][..x],
+                    &mut oo[r * x..][..x],
+                );
+            }
+            let (d0e, d0o, d1e, d1o) = (&ee[..t + 1], &eo[..t + 1], &oe[..t + 1], &oo[..t + 1]);
+            let (d2e, d2o, d3e, d3o) = (&ee[x..], &eo[x..], &oe[x..], &oo[x..]);
+            let [c0e, c0o, c1e, c1o, c2e, c2o, c3e, c3o] = split8(cols, t + 1);
+            zip2(c0e, d0e, d2e, |a, b| a - b);
+            zip2(c0o, d0o, d2o, |a, b| a - b);
+            zip2(c1e, d1e, d2e, |a, b| a + b);
+            zip2(c1o, d1o, d2o, |a, b| a + b);
+            zip2(c2e, d2e, d1e, |a, b| a - b);
+            zip2(c2o, d2o, d1o, |a, b| a - b);
+            zip2(c3e, d1e, d3e, |a, b| a - b);
+            zip2(c3o, d1o, d3o, |a, b| a - b);
+            for (i, (e, od)) in [(&*c0e, &*c0o), (&*c1e, &*c1o), (&*c2e, &*c2o), (&*c3e, &*c3o)]
+                .into_iter()
+                .enumerate()
+            {
+                let step = c * tmax;
+                let [v0, v1, v2, v3] = four(v, 4 * i * step + ci * tmax, step, t);
+                let (e0, e1, o0, o1) = (&e[..t], &e[1..], &od[..t], &od[1..]);
+                zip2(v0, e0, e1, |a, b| a - b);
+                zip2(v1, o0, e1, |a, b| a + b);
+                zip2(v2, e1, o0, |a, b| a - b);
+                zip2(v3, o0, o1, |a, b| a - b);
             }
         }
     }
@@ -1263,6 +1447,17 @@ struct ConvStepNoBias;
 /// The state kept for the backward pass: input, weights, geometry.
 type ConvState = (FlexTensor, FlexTensor, Geometry);
 
+/// Whether the weight gradient goes through Winograd's transform: as the
+/// forward pass decides for this layer (`wd` its input width).
+fn winograd_dw(geo: Geometry, c: usize, o: usize, wd: usize) -> bool {
+    let ow = (wd + 2 * geo.p).saturating_sub(geo.k) / geo.s + 1;
+    match geo.path {
+        Path::Auto => winograd::pays(c, o, geo.k, geo.s, ow),
+        Path::Winograd => geo.k == 3 && geo.s == 1,
+        Path::Direct | Path::Products => false,
+    }
+}
+
 fn conv_backward(
     parents: [Option<burn_autodiff::NodeId>; 3],
     g: FlexTensor,
@@ -1299,7 +1494,12 @@ fn conv_backward(
             valid_conv(slice(&g), spread, &wt, c, [k, 1], None, Geometry { relu: false, ..geo });
         grads.register::<Flex>(node, tensor(dx, [n, c, h, wd]));
     }
-    if let Some(node) = node_w {
+    if let Some(node) = node_w.filter(|_| winograd_dw(geo, c, o, wd)) {
+        let (hh, ww) = (h + 2 * geo.p, wd + 2 * geo.p);
+        let padded = Spread { dims: [n, c, h, wd], q: geo.p, s: 1, size: [hh, ww] };
+        let dw = winograd::weight_grad(slice(&x), padded, slice(&g), o);
+        grads.register::<Flex>(node, tensor(dw, [o, c, k, k]));
+    } else if let Some(node) = node_w {
         // dW = Σ_tiles G_tile · Col_tileᵀ (Col the forward's gathered
         // views), summed into per-thread partial sums; the result is in the
         // kernel's own layout.
