@@ -79,24 +79,52 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 /// ([`crate::fast::conv_relu`]: applied as the outputs are written, at
 /// inference).
 fn conv_forward(conv: &Conv2d, x: Tensor<4>, relu: bool) -> Tensor<4> {
-    match conv.padding {
-        PaddingConfig2d::Explicit(t, l, b, r) if t == l && t == b && t == r => {
+    match conv_options(conv) {
+        Some(options) => {
             let (w, bias) = (conv.weight.val(), conv.bias.as_ref().map(|b| b.val()));
-            let options = burn::tensor::ops::ConvOptions::new(
-                conv.stride,
-                [t, t],
-                conv.dilation,
-                conv.groups,
-            );
             if relu {
                 crate::fast::conv_relu(x, w, bias, options)
             } else {
                 crate::fast::conv(x, w, bias, options)
             }
         }
-        _ if relu => activation::relu(conv.forward(x)),
-        _ => conv.forward(x),
+        None if relu => activation::relu(conv.forward(x)),
+        None => conv.forward(x),
     }
+}
+
+/// The options of a convolution with explicit, symmetric padding (what
+/// descriptions build), for [`crate::fast`].
+fn conv_options(conv: &Conv2d) -> Option<burn::tensor::ops::ConvOptions<2>> {
+    match conv.padding {
+        PaddingConfig2d::Explicit(t, l, b, r) if t == l && t == b && t == r => Some(
+            burn::tensor::ops::ConvOptions::new(conv.stride, [t, t], conv.dilation, conv.groups),
+        ),
+        _ => None,
+    }
+}
+
+/// At inference, a convolution followed by the batch norm that alone reads
+/// it, as one convolution: weights times γ / √(var + ε) per output
+/// channel, bias (b − mean) · γ / √(var + ε) + β (the running statistics);
+/// then ReLU as the outputs are written where `relu`. `None` where the
+/// convolution's padding is not explicit and symmetric.
+fn conv_bn_forward(conv: &Conv2d, bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Option<Tensor<4>> {
+    let options = conv_options(conv)?;
+    let w = conv.weight.val();
+    let o = w.dims()[0];
+    let scale = bn.gamma.val() / (bn.running_var.value() + bn.epsilon).sqrt();
+    let w = w * scale.clone().reshape([o, 1, 1, 1]);
+    let b = match &conv.bias {
+        Some(b) => b.val(),
+        None => Tensor::zeros([o], &scale.device()),
+    };
+    let b = (b - bn.running_mean.value()) * scale + bn.beta.val();
+    Some(if relu {
+        crate::fast::conv_relu(x, w, Some(b), options)
+    } else {
+        crate::fast::conv(x, w, Some(b), options)
+    })
 }
 
 /// The learnable coefficients of an activation layer (scalars).
@@ -359,33 +387,65 @@ impl Net {
             Some(t) => t.clone(),
             None => unreachable!("layer {j}'s output is kept until its last reader"),
         };
-        // A convolution whose only reader is a ReLU layer right after it
-        // gives that layer's output directly (`pending`), the ReLU applied
-        // as the convolution writes it.
-        let fused = |i: usize| {
-            let next = self.layers.get(i + 1);
-            matches!(self.layers[i].kind, Kind::Conv)
-                && next.is_some_and(|l| {
-                    l.kind == Kind::Activation(ActMode::Relu) && l.source == Some(i)
-                })
-                && last_use[i] == i + 1
+        // A convolution whose only reader is the layer right after it may
+        // take that layer along: at inference a batch norm (folded into its
+        // weights), then a ReLU (applied as the outputs are written). `plan`
+        // gives the last layer taken along, the batch norm and whether a
+        // ReLU is.
+        let inference = !x.device().is_autodiff();
+        let only_reader = |a: usize, b: usize| {
+            self.layers.get(b).is_some_and(|l| l.source == Some(a)) && last_use[a] == b
         };
-        let mut pending: Option<Tensor<4>> = None;
+        let plan = |i: usize| -> Option<(usize, Option<&BatchNorm>, bool)> {
+            if !matches!(self.layers[i].kind, Kind::Conv) {
+                return None;
+            }
+            let (mut j, mut bn) = (i, None);
+            if inference && only_reader(j, j + 1) {
+                if let (Kind::BatchNorm, Some(b)) =
+                    (&self.layers[j + 1].kind, &self.layers[j + 1].bn)
+                {
+                    (j, bn) = (j + 1, Some(b));
+                }
+            }
+            let relu =
+                only_reader(j, j + 1) && self.layers[j + 1].kind == Kind::Activation(ActMode::Relu);
+            let last = if relu { j + 1 } else { j };
+            (last > i).then_some((last, bn, relu))
+        };
+        // The output of layer `.0`, computed with an earlier convolution.
+        let mut ahead: Option<(usize, Tensor<4>)> = None;
         for (i, l) in self.layers.iter().enumerate() {
             let source = |outs: &[Option<Tensor<4>>]| match l.source {
                 Some(j) => read(outs, j),
                 None => x.clone(),
             };
-            let y = if let Some(y) = pending.take() {
-                // The ReLU computed with the convolution before it.
-                y
-            } else if let (true, Some(conv)) = (fused(i), &l.conv) {
-                // This convolution keeps no output of its own.
-                pending = Some(conv_forward(conv, source(&outs), true));
-                outs.push(None);
-                continue;
-            } else {
-                self.layer_forward(l, source(&outs), &outs, read)
+            let y = match ahead.take() {
+                Some((j, y)) if j == i => y,
+                Some(later) => {
+                    // A layer taken along keeps no output of its own.
+                    ahead = Some(later);
+                    outs.push(None);
+                    continue;
+                }
+                None => match (plan(i), &l.conv) {
+                    (Some((last, bn, relu)), Some(conv)) => {
+                        let src = source(&outs);
+                        let y = match bn {
+                            Some(bn) => conv_bn_forward(conv, bn, src, relu),
+                            None => Some(conv_forward(conv, src, relu)),
+                        };
+                        match y {
+                            Some(y) => {
+                                ahead = Some((last, y));
+                                outs.push(None);
+                                continue;
+                            }
+                            None => conv_forward(conv, source(&outs), false),
+                        }
+                    }
+                    _ => self.layer_forward(l, source(&outs), &outs, read),
+                },
             };
             outs.push(Some(y));
             // Outputs no later layer reads (the last layer's is the result).
