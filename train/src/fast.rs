@@ -276,10 +276,13 @@ impl Spread {
             let n = pairs.len();
             let fit =
                 n.min(first.len().saturating_sub(at)).min(second.len().saturating_sub(second_at));
-            let (f, sc) = (&mut first[at..][..fit], &mut second[second_at..][..fit]);
-            for ((f, sc), pair) in f.iter_mut().zip(sc.iter_mut()).zip(pairs) {
-                *f = pair[0];
-                *sc = pair[1];
+            if let (Some(f), Some(sc)) =
+                (first.get_mut(at..at + fit), second.get_mut(second_at..second_at + fit))
+            {
+                for ((f, sc), pair) in f.iter_mut().zip(sc.iter_mut()).zip(pairs) {
+                    *f = pair[0];
+                    *sc = pair[1];
+                }
             }
             // (Columns past the buffers are not read: the buffers hold what
             // the tiles read.)
