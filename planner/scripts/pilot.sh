@@ -13,9 +13,10 @@
 # 2 points on split B: otherwise the cheapest plan is nearly as accurate as
 # the dearest and there is nothing for a placement search to decide.
 #
-#   planner/scripts/pilot.sh [ARCH] [TRAIN_IMAGES] [SEED]
+#   [BASE_EPOCHS=N] planner/scripts/pilot.sh [ARCH] [TRAIN_IMAGES] [SEED]
 #   (defaults: resnet38 10000 1; population 6 × 2 epochs, base 4 epochs,
-#   the benchmark's settings)
+#   the benchmark's settings; BASE_EPOCHS trains the base longer, and the
+#   output's name then ends in -b<N>)
 #
 # (The threshold, 80 %, only picks which plan the bench's summary names; the
 # controls' searches do not depend on it.)
@@ -29,20 +30,23 @@ images=${2:-10000}
 seed=${3:-1}
 dir=${PILOT_DIR:-$(mktemp -d)}
 model=${COST_MODEL:-$PWD/results/cost-model.json}
+base_epochs=${BASE_EPOCHS:-4}
+suffix=""
+if [ "$base_epochs" != 4 ]; then suffix="-b$base_epochs"; fi
 
 start=$(date +%s)
 target/release/delphi-plan bench --arch "$arch" --dataset fashion-mnist \
-  --train-limit "$images" --valid-size 5000 --select-size 5000 --base-epochs 4 \
+  --train-limit "$images" --valid-size 5000 --select-size 5000 --base-epochs "$base_epochs" \
   --population 6 --epochs 2 --intervals-per-epoch 4 --thresholds 0.8 \
   --truncation faithful-leaky --strategies relu-control,quad-control \
   --seed "$seed" --seeds 1 --no-verify --cost-model "$model" --out "$dir" --quiet
 seconds=$(( $(date +%s) - start ))
 
-out="results/plan-bench/pilot-$arch-$images-s$seed.json"
+out="results/plan-bench/pilot-$arch-$images-s$seed$suffix.json"
 mkdir -p "$(dirname "$out")"
-python3 - "$dir" "$out" "$arch" "$images" "$seed" "$seconds" <<'PY'
+python3 - "$dir" "$out" "$arch" "$images" "$seed" "$seconds" "$base_epochs" <<'PY'
 import csv, json, sys
-d, out, arch, images, seed, seconds = sys.argv[1:]
+d, out, arch, images, seed, seconds, base_epochs = sys.argv[1:]
 rows = list(csv.DictReader(open(f"{d}/fronts.csv")))
 acts = max(len(r["placement"]) for r in rows)
 def best(variant, quads):
@@ -58,7 +62,9 @@ lost = None if quad is None else {
     for k in ("split_a_accuracy", "split_b_accuracy", "test_accuracy_fixed")}
 bench = json.load(open(f"{d}/bench.json"))
 doc = {
-    "rerun": f"planner/scripts/pilot.sh {arch} {images} {seed}",
+    "rerun": (f"BASE_EPOCHS={base_epochs} " if base_epochs != "4" else "")
+             + f"planner/scripts/pilot.sh {arch} {images} {seed}",
+    "base_epochs": int(base_epochs),
     "cpu_model": bench["cpu_model"], "cores": bench["cores"],
     "arch": arch, "activation_layers": acts, "train_images": int(images), "seed": int(seed),
     "budget_member_epochs": bench["budget_member_epochs"],

@@ -45,8 +45,9 @@ pub struct CheckpointState {
     /// which counted steps per epoch only).
     #[serde(default)]
     pub steps_done: Option<usize>,
-    /// The current epoch's running sums: loss × images, correct, images, seconds.
-    #[serde(default)]
+    /// The current epoch's running sums: loss × images, correct, images,
+    /// seconds (a diverged run's loss sum is NaN, written as null).
+    #[serde(default, deserialize_with = "crate::train::running_nan_if_null")]
     pub running: (f64, usize, usize, f64),
     /// Per-epoch figures so far.
     pub history: Vec<EpochMetrics>,
@@ -211,5 +212,40 @@ mod tests {
         let back: CheckpointState = serde_json::from_value(v).expect("reads");
         assert_eq!((back.epoch, back.step_in_epoch, back.steps_done), (2, 5, None));
         assert_eq!(back.running, (1.0, 2, 3, 4.0));
+    }
+
+    #[test]
+    fn a_diverged_runs_state_reads_back_with_its_nans() {
+        // serde_json writes NaN as null; a diverged member's checkpoint must
+        // still load (the search then counts it as no plan and goes on).
+        let template = delphi_net::builtin::build("small-cnn", 10, 1).expect("built-in");
+        let nan_epoch = EpochMetrics {
+            epoch: 1,
+            loss: f64::NAN,
+            train_accuracy: 0.1,
+            valid_accuracy: f64::NAN,
+            images_per_s: 100.0,
+            seconds: 1.0,
+        };
+        let text = serde_json::to_string(&CheckpointState {
+            format: CHECKPOINT_FORMAT.into(),
+            version: CHECKPOINT_VERSION,
+            config: TrainConfig::new(crate::data::DatasetKind::FashionMnist),
+            epoch: 1,
+            step_in_epoch: 31,
+            steps_done: Some(188),
+            running: (f64::NAN, 1647, 1984, 2.9),
+            history: vec![nan_epoch],
+            quad_from: None,
+            gate_mode: None,
+            penalty: None,
+            template,
+        })
+        .expect("serialises");
+        assert!(text.contains("\"running\":[null,1647,1984,2.9]"), "NaN is written as null");
+        let back: CheckpointState = serde_json::from_str(&text).expect("reads");
+        assert!(back.running.0.is_nan());
+        assert_eq!((back.running.1, back.running.2, back.running.3), (1647, 1984, 2.9));
+        assert!(back.history[0].loss.is_nan() && back.history[0].valid_accuracy.is_nan());
     }
 }

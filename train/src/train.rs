@@ -32,8 +32,22 @@ use crate::evaluate::{argmax_rows, float_accuracy};
 use crate::model::{values, ActMode, ModelError, Net};
 use crate::progress::progress_bar;
 
-fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+/// JSON has no NaN: serde_json writes a non-finite float as `null`, which
+/// reads back as NaN here (a diverged run's loss, an unmeasured accuracy).
+pub(crate) fn nan_if_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// [`nan_if_null`] for a running-sums tuple (loss × images, correct, images,
+/// seconds).
+pub(crate) fn running_nan_if_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<(f64, usize, usize, f64), D::Error> {
+    let (loss, correct, images, seconds) =
+        <(Option<f64>, usize, usize, Option<f64>)>::deserialize(d)?;
+    Ok((loss.unwrap_or(f64::NAN), correct, images, seconds.unwrap_or(f64::NAN)))
 }
 
 /// One epoch's figures.
@@ -41,7 +55,8 @@ fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f6
 pub struct EpochMetrics {
     /// Epoch number (from 1).
     pub epoch: usize,
-    /// Mean training loss.
+    /// Mean training loss (NaN once training diverged, written as null).
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
     /// Training accuracy (on augmented batches).
     pub train_accuracy: f64,
