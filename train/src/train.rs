@@ -34,9 +34,7 @@ use crate::progress::progress_bar;
 
 /// JSON has no NaN: serde_json writes a non-finite float as `null`, which
 /// reads back as NaN here (a diverged run's loss, an unmeasured accuracy).
-pub(crate) fn nan_if_null<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<f64, D::Error> {
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
