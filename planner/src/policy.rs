@@ -69,11 +69,22 @@ pub fn random_placement(layers: usize, count: usize, rng: &mut ChaCha8Rng) -> Pl
 /// One multiplicative perturbation: ×0.8 or ×1.2, or (with probability
 /// 0.2) a fresh draw, clamped to the bounds.
 fn perturb_value(v: f64, b: (f64, f64), log: bool, rng: &mut ChaCha8Rng) -> f64 {
+    perturb_within(v, b, b, log, rng)
+}
+
+/// [`perturb_value`] whose fresh draws come from `fresh` (inside `b`).
+fn perturb_within(
+    v: f64,
+    b: (f64, f64),
+    fresh: (f64, f64),
+    log: bool,
+    rng: &mut ChaCha8Rng,
+) -> f64 {
     let v = if rng.gen_bool(0.2) {
         if log {
-            log_uniform(rng, b)
+            log_uniform(rng, fresh)
         } else {
-            rng.gen_range(b.0..b.1)
+            rng.gen_range(fresh.0..fresh.1)
         }
     } else if rng.gen_bool(0.5) {
         v * 0.8
@@ -114,9 +125,14 @@ impl Genome {
         }
     }
 
-    /// Explore: every hyperparameter perturbed within its bounds.
+    /// Explore: every hyperparameter perturbed within its bounds; a fresh
+    /// learning rate is drawn from the starting range ([`START_LR`]), not
+    /// from the whole bound: a member that copied a trained network and
+    /// draws a rate near 0.2 wrecks it (a resnet38 member that drew 0.197
+    /// fell from 87.5 % to 83.5 % in one interval), and
+    /// the multiplicative steps still reach the whole bound over intervals.
     pub fn perturb(&mut self, rng: &mut ChaCha8Rng) {
-        self.lr = perturb_value(self.lr, LR, true, rng);
+        self.lr = perturb_within(self.lr, LR, START_LR, true, rng);
         self.momentum = perturb_value(self.momentum, MOMENTUM, false, rng);
         self.weight_decay = perturb_value(self.weight_decay, WEIGHT_DECAY, true, rng);
         self.distill_weight = perturb_value(

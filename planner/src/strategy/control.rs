@@ -9,7 +9,11 @@
 //!
 //! Both train `population` members on our search's schedule (the better
 //! half by accuracy trains on alone once the budget is half spent; see
-//! [`crate::strategy::pbt::Schedule`]), evaluate them at
+//! [`crate::strategy::pbt::Schedule`]; the starting swaps span the whole
+//! run, not only the steps before the halving as ours do
+//! ([`crate::strategy::pbt::starting_swap_scale`]): every layer of a deep
+//! network swapped that fast diverged all six all-quadratic members of a
+//! `resnet38` run, so the control keeps its better, slower swap), evaluate them at
 //! every interval like a search (so their front is made of the same kind
 //! of evaluations), and exploit by validation accuracy; the placement never
 //! changes. An evaluation whose trained network cannot be proven inside

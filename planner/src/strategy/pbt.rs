@@ -11,7 +11,8 @@
 //! cannot be judged yet — copies weights and genome from a member of the
 //! first front (exploit), perturbs the hyperparameters and moves the
 //! placement by one layer (explore): toward cheaper (one more ReLU layer
-//! starts swapping to quadratic) or toward accuracy (one quadratic layer
+//! starts swapping to quadratic, ending at most half-way through what is
+//! left of the run) or toward accuracy (one quadratic layer
 //! turns back to ReLU) — toward cheaper with probability ¾ when the member
 //! copied is the cheapest of the first front (it pushes the front's cheap
 //! end), ½ otherwise.
@@ -24,7 +25,8 @@
 //! probability ∝ saving / loss and turned back with probability ∝ loss /
 //! saving, tempered so that every eligible move keeps some chance
 //! ([`crate::policy::temper`]). Starting placements spread from one to all
-//! quadratic layers, drawn by the same weights and uniformly in turn. A
+//! quadratic layers: even members take the placement the evidence ranks
+//! best for their count, odd members draw theirs by the same weights. A
 //! placement equal to another member's is not taken (diversity). Every
 //! settled evaluation is checked against the protocol's range as the plan
 //! it would be ([`crate::search::Evaluation::provable`]): only plans the
@@ -107,10 +109,38 @@ fn informed_placement(
     p
 }
 
+/// The placement with `quads` quadratic layers the evidence favours most:
+/// layers made quadratic one at a time, each the ReLU layer of the largest
+/// saving per unit of estimated loss given the layers already chosen (the
+/// savings priced again after each choice). The placements for successive
+/// counts are nested, like the greedy rule's path, but drawn from the
+/// evidence alone, with no training.
+fn ranked_placement(
+    layers: usize,
+    quads: usize,
+    sens: &Sensitivity,
+    savings: impl Fn(&Placement) -> Result<Vec<f64>>,
+) -> Result<Placement> {
+    let mut p = Placement::all_relu(layers);
+    for _ in 0..quads.min(layers) {
+        let w = sens.to_quad_weights(&p, &savings(&p)?);
+        let best = (0..layers)
+            .filter(|&i| !p.is_quad(i))
+            .max_by(|&a, &b| w[a].total_cmp(&w[b]).then(b.cmp(&a)));
+        match best {
+            Some(i) => p.set(i, true),
+            None => break,
+        }
+    }
+    Ok(p)
+}
+
 /// The starting placements: counts spread from one to all quadratic
-/// layers, drawn by evidence ([`informed_placement`]) for even members and
-/// uniformly for odd ones (what evidence does not favour can still be what
-/// training makes work), distinct where a few redraws allow.
+/// layers; even members take the evidence's ranked placement for their
+/// count ([`ranked_placement`]), odd members draw theirs by the same
+/// evidence, tempered ([`informed_placement`]: one draw in five of each
+/// layer is uniform, so what the evidence does not favour can still be
+/// tried), distinct where a few redraws allow.
 fn starting_placements(
     s: &mut Search,
     sens: &Sensitivity,
@@ -121,15 +151,13 @@ fn starting_placements(
     let mut out: Vec<Placement> = Vec::new();
     for k in 0..n {
         let quads = spread(k, n, layers);
-        let mut p = Placement::all_relu(layers);
-        for _ in 0..8 {
-            p = if k % 2 == 0 {
-                informed_placement(layers, quads, sens, &saving, rng)
-            } else {
-                crate::policy::random_placement(layers, quads, rng)
-            };
-            if !out.contains(&p) {
-                break;
+        let mut p = ranked_placement(layers, quads, sens, |p| s.layer_savings(p))?;
+        if k % 2 == 1 || out.contains(&p) {
+            for _ in 0..8 {
+                p = informed_placement(layers, quads, sens, &saving, rng);
+                if !out.contains(&p) {
+                    break;
+                }
             }
         }
         out.push(p);
@@ -199,6 +227,30 @@ impl Schedule {
     }
 }
 
+/// What a starting member's swap span (a fraction of its whole run) is
+/// scaled by: with a halving, the starting swaps end within the steps
+/// before it, so every starting member has settled (is the plan it will
+/// be) when the halving judges it — a member still mid-swap cannot be
+/// judged, and a halving among unjudged members keeps them by chance; a
+/// resnet38 run so kept an all-quadratic member that had diverged and
+/// spent a third of the rest of the budget on it. Without a halving, 1.
+pub fn starting_swap_scale(plan: &Schedule, interval_steps: usize) -> f32 {
+    match plan.halve {
+        Some(h) if plan.member_steps > 0 => {
+            ((h * interval_steps) as f32 / plan.member_steps as f32).min(1.0)
+        }
+        _ => 1.0,
+    }
+}
+
+/// The span of a swap an explore starts at `now` (fractions of the run):
+/// the genome's, but ending at most half-way through what is left, so the
+/// member has at least as long to recover as the swap took and is judged
+/// settled before the search ends.
+pub fn explore_span(span: f32, now: f32) -> f32 {
+    span.min((1.0 - now).max(0.0) / 2.0)
+}
+
 /// The members kept at the halving: the best `keep` by front order
 /// (`fitness`, higher first; a front's ends carry the largest crowding
 /// bonus, so the cheapest and the most accurate plan of the first front
@@ -264,6 +316,7 @@ pub fn run(s: &mut Search) -> Result<()> {
             };
             let mut genomes = Vec::new();
             let mut members = Vec::new();
+            let first = starting_swap_scale(&plan, s.interval_steps);
             for (k, p) in placements.into_iter().enumerate() {
                 let mut g = Genome::random(layers, 0, &mut rng);
                 g.placement = p;
@@ -271,7 +324,8 @@ pub fn run(s: &mut Search) -> Result<()> {
                     // All ReLU; budgets spread above the all-quadratic floor.
                     g.budget = channel_budget(k, n, s.quad_floor);
                 }
-                members.push(s.member(&g, k as u64, steps)?);
+                let swap = Genome { swap_span: g.swap_span * first, ..g.clone() };
+                members.push(s.member(&swap, k as u64, steps)?);
                 genomes.push(g);
             }
             (0, genomes, members, mem)
@@ -358,7 +412,7 @@ pub fn run(s: &mut Search) -> Result<()> {
                     if let Some((i, to_quad)) = moved {
                         if to_quad {
                             let now = tr.progress(&s.data.train);
-                            tr.swap_to_quad(i, now, g.swap_span);
+                            tr.swap_to_quad(i, now, explore_span(g.swap_span, now));
                         } else {
                             tr.revert_to_relu(i);
                         }
@@ -480,6 +534,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_ranked_placement_follows_saving_per_loss_and_nests() {
+        // Layer 1 and 3 seem free, layer 0 loses 2 points, layer 2 one.
+        let sens = Sensitivity::new(vec![0.02, 0.0, 0.01, 0.0]);
+        let flat = |_: &Placement| Ok(vec![1.0; 4]);
+        let two = ranked_placement(4, 2, &sens, flat).unwrap();
+        assert_eq!(two.to_string(), "RQRQ");
+        let three = ranked_placement(4, 3, &sens, flat).unwrap();
+        assert_eq!(three.to_string(), "RQQQ");
+        // Savings priced given the layers chosen: once layer 1 is
+        // quadratic, layer 3 saves nothing and layer 2 comes next.
+        let priced = |p: &Placement| {
+            Ok(if p.is_quad(1) { vec![1.0, 0.0, 1.0, 0.0] } else { vec![1.0, 2.0, 1.0, 1.0] })
+        };
+        assert_eq!(ranked_placement(4, 2, &sens, priced).unwrap().to_string(), "RQQR");
+        // More than there are layers: all of them.
+        assert_eq!(ranked_placement(4, 9, &sens, flat).unwrap().to_string(), "QQQQ");
+    }
+
+    #[test]
     fn halving_spends_the_budget_and_no_more() {
         // 6 members, 1884 steps, 40 steps per interval, halved at half.
         let s = Schedule::of(6, 1884, 40, Some(0.5), false);
@@ -495,6 +568,25 @@ mod tests {
         let s = Schedule::of(6, 1885, 40, Some(0.5), false);
         let spent = 6 * 4 * 40 + 3 * (s.member_steps - 4 * 40);
         assert!((1885 - 2..=1885).contains(&spent), "{s:?}: {spent}");
+    }
+
+    #[test]
+    fn starting_swaps_end_before_the_halving() {
+        let s = Schedule::of(6, 1884, 40, Some(0.5), false);
+        let scale = starting_swap_scale(&s, 40);
+        // The longest starting span (0.6 of the run) ends by the halving.
+        let ends = (crate::policy::SPAN.1 * scale * s.member_steps as f32).round() as usize;
+        assert!(ends <= 4 * 40, "{ends}");
+        assert!((scale - 160.0 / 468.0).abs() < 1e-6);
+        let whole = Schedule::of(6, 1884, 40, None, false);
+        assert_eq!(starting_swap_scale(&whole, 40), 1.0);
+    }
+
+    #[test]
+    fn an_explore_swap_leaves_time_to_recover() {
+        assert_eq!(explore_span(0.3, 0.1), 0.3);
+        assert!((explore_span(0.3, 0.8) - 0.1).abs() < 1e-6);
+        assert_eq!(explore_span(0.3, 1.0), 0.0);
     }
 
     #[test]
