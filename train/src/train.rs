@@ -498,6 +498,12 @@ impl Trainer {
                     self.check_mask(total);
                     if !lv.is_finite() {
                         pb.finish_and_clear();
+                        // The model's modes stay where the run stands, as
+                        // after any call: what is said of a diverged
+                        // member is then that its parameters are not
+                        // finite, not that it is mid-swap.
+                        let modes = self.modes_at(self.steps_done as f32 / total as f32);
+                        self.model.set_modes(&modes)?;
                         return Err(TrainError::Diverged { loss: lv, epoch: epoch + 1, step: s });
                     }
                 }

@@ -273,9 +273,14 @@ fn divergence_is_its_own_error_not_a_bad_setting() {
     let mut c = config("QQQ", 1);
     c.grad_clip = None;
     c.lr = 1e9;
+    // Mid-swap over the whole run, so the modes move at every step.
+    c.swap = Some(delphi_train::config::Swap { start: 0.0, end: 1.0 });
+    let data = dataset(640);
     let mut tr = Trainer::new(c, &Device::flex()).unwrap();
-    let err = tr.train_steps(&dataset(640), 10, true).expect_err("diverges");
+    let err = tr.train_steps(&data, 10, true).expect_err("diverges");
     assert!(matches!(err, delphi_train::TrainError::Diverged { .. }), "{err}");
     assert!(err.to_string().contains("diverged"), "{err}");
     assert!(!err.to_string().contains("invalid configuration"), "{err}");
+    // The model stands where the run does, as after a call that ends well.
+    assert_eq!(tr.model.modes(), tr.modes_at(tr.progress(&data.train)));
 }
