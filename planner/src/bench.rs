@@ -24,7 +24,9 @@
 //!    `--measure-fronts`, every front plan is.
 //! 4. Statistics ([`crate::stats`]): every figure as mean ± 95 % CI over
 //!    seeds; each front's hypervolume in (online cost as a fraction of the
-//!    all-ReLU network's, test accuracy), and its difference from ours
+//!    all-ReLU network's, test accuracy) — over the plans no other of the
+//!    run beats on split A, so the extra candidates a front with slack
+//!    keeps (`--front-slack`) earn no area — and its difference from ours
 //!    paired by seed; at each threshold, the chosen plans' measured online
 //!    cost and a paired bootstrap over the test images of the accuracy
 //!    difference from ours.
@@ -167,6 +169,11 @@ pub struct Row {
     pub split_a_accuracy: f64,
     /// Accuracy on split B (held back; the choice's).
     pub split_b_accuracy: f64,
+    /// Whether no other plan of the run beats it on split A (true for
+    /// every plan but those a front with slack keeps; the all-ReLU base
+    /// may be kept too): only these count in the hypervolume, so a front
+    /// with slack is not credited for its extra candidates.
+    pub on_a_front: bool,
     /// Test accuracy, float.
     pub test_accuracy_float: f64,
     /// Test accuracy, the protocol's fixed point (chosen plans; NaN otherwise).
@@ -274,6 +281,7 @@ fn rows_table(rows: &[Row]) -> std::result::Result<DataFrame, PolarsError> {
             u("relus", &|r| r.relus as u64),
             f("split_a_accuracy", &|r| r.split_a_accuracy),
             f("split_b_accuracy", &|r| r.split_b_accuracy),
+            s("on_a_front", &|r| r.on_a_front.to_string()),
             f("test_accuracy_float", &|r| r.test_accuracy_float),
             f("test_accuracy_fixed", &|r| r.test_accuracy_fixed),
             f("predicted_online_s", &|r| r.predicted_online_s),
@@ -405,6 +413,9 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
             b_acc.push(cache.get(file).split_b.unwrap_or(f64::NAN));
         }
         let pts: Vec<(f64, f64)> = b_acc.iter().copied().zip(pts_cost.iter().copied()).collect();
+        let on_a_front = policy::pareto(
+            &r.outcome.front.iter().map(|(e, _)| (e.valid_accuracy, e.cost)).collect::<Vec<_>>(),
+        );
         let mut chosen_for: Vec<Vec<f64>> = vec![Vec::new(); r.outcome.front.len()];
         for &t in &b.thresholds {
             if let Some(k) = policy::choose(&pts, t) {
@@ -480,6 +491,7 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
                 relus: e.relus,
                 split_a_accuracy: e.valid_accuracy,
                 split_b_accuracy: b_acc[k],
+                on_a_front: on_a_front.contains(&k),
                 test_accuracy_float: m.test_float.unwrap_or(f64::NAN),
                 test_accuracy_fixed: fixed,
                 predicted_online_s: e.online_s,
@@ -558,8 +570,10 @@ fn hypervolumes(b: &BenchConfig, runs: &[Run], rows: &[Row], relu_online: f64) -
     let floor = b.hv_floor();
     runs.iter()
         .map(|r| {
-            let mine: Vec<&Row> =
-                rows.iter().filter(|x| x.seed == r.seed && x.variant == r.variant.name()).collect();
+            let mine: Vec<&Row> = rows
+                .iter()
+                .filter(|x| x.seed == r.seed && x.variant == r.variant.name() && x.on_a_front)
+                .collect();
             let hv = |cost: &dyn Fn(&Row) -> f64| {
                 100.0
                     * hypervolume(
@@ -669,8 +683,10 @@ fn plot(b: &BenchConfig, rows: &[Row], relu_online: f64) -> Result<()> {
     let mut series = Vec::new();
     for v in b.variants() {
         for (k, &seed) in b.seeds.iter().enumerate() {
-            let mine: Vec<&Row> =
-                rows.iter().filter(|r| r.seed == seed && r.variant == v.name()).collect();
+            let mine: Vec<&Row> = rows
+                .iter()
+                .filter(|r| r.seed == seed && r.variant == v.name() && r.on_a_front)
+                .collect();
             // The front as tested: plans no other of the run beats on test.
             let pts: Vec<(f64, f64)> = mine
                 .iter()
@@ -904,7 +920,7 @@ fn summary(
     if let Some(o) = first {
         md += &format!(
             "All-ReLU base: split-A validation {:.2} %, {} ReLUs, predicted online {:.4} s / {:.2} MB. \
-             Fronts are built on split A ({} images); plans are chosen on split B ({} images); test \
+             Fronts are built on split A ({} images){}; plans are chosen on split B ({} images); test \
              ({} images) is used for no choice. Every figure is the mean ± the half-width of its \
              95 % confidence interval over seeds (Student's t).\n\n",
             o.base_valid_accuracy * 100.0,
@@ -912,6 +928,16 @@ fn summary(
             o.relu_cost.online_s,
             o.relu_cost.online_bytes / 1e6,
             b.plan.valid_size,
+            if b.plan.front_slack > 0.0 {
+                format!(
+                    ", with a slack of {} standard errors (plans within it of the front kept for \
+                     the choice, at most {}; the hypervolume counts the plain front only)",
+                    b.plan.front_slack,
+                    policy::FRONT_MAX
+                )
+            } else {
+                String::new()
+            },
             b.plan.select_size,
             b.plan.test_limit.map_or("all".to_string(), |n| n.to_string()),
         );

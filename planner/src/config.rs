@@ -167,6 +167,14 @@ pub struct PlanConfig {
     /// have trained longer. `None` (or 1) keeps the whole population to the
     /// end.
     pub halve_at: Option<f64>,
+    /// Slack of the run's front, in standard errors of a split-A accuracy
+    /// estimate: besides the plans no other beats, the front keeps every
+    /// settled plan that no cheaper (or equally cheap) plan beats by more
+    /// than this many standard errors, at most [`crate::policy::FRONT_MAX`]
+    /// plans in all, so that a choice on held-back images (split B) sees
+    /// the plans split A cannot tell apart. 0: the plain front.
+    #[serde(default)]
+    pub front_slack: f64,
     /// Stop starting new intervals after this many minutes.
     pub budget_minutes: Option<f64>,
     /// What to minimise.
@@ -253,6 +261,7 @@ impl Default for PlanConfig {
             intervals_per_epoch: 2,
             quantile: 0.25,
             halve_at: Some(DEFAULT_HALVE_AT),
+            front_slack: 0.0,
             budget_minutes: None,
             objective: Objective::OnlineTime,
             bandwidth: None,
@@ -374,6 +383,9 @@ impl PlanConfig {
             if !(h > 0.0 && h <= 1.0) {
                 return Err(format!("halve_at {h} must be in (0, 1]"));
             }
+        }
+        if !(self.front_slack.is_finite() && self.front_slack >= 0.0) {
+            return Err(format!("front_slack {} must be 0 or more", self.front_slack));
         }
         if let Some(b) = self.budget_epochs {
             if !(b.is_finite() && b > 0.0) {

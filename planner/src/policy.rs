@@ -433,6 +433,46 @@ pub fn pareto(points: &[(f64, f64)]) -> Vec<usize> {
     front
 }
 
+/// The most plans a front with slack keeps ([`slack_front`]).
+pub const FRONT_MAX: usize = 24;
+
+/// A front with slack: the Pareto front of `(accuracy, cost)` points
+/// ([`pareto`]) and every point that no other at most as dear beats by
+/// more than `slack(accuracy)` in accuracy — at most `max` points in all:
+/// the Pareto front always, then the others by how little the best point
+/// at most as dear beats them. Cheapest first; exact duplicates once.
+/// With a slack of 0 everywhere, the Pareto front.
+pub fn slack_front(points: &[(f64, f64)], slack: &dyn Fn(f64) -> f64, max: usize) -> Vec<usize> {
+    let strict = pareto(points);
+    // How far the best point at most as dear is above each point.
+    let gap = |i: usize| {
+        let (a, c) = points[i];
+        points
+            .iter()
+            .enumerate()
+            .filter(|&(j, &(_, oc))| j != i && oc <= c)
+            .map(|(_, &(oa, _))| oa - a)
+            .fold(f64::NEG_INFINITY, f64::max)
+    };
+    let mut extra: Vec<(usize, f64)> = (0..points.len())
+        .filter(|i| !strict.contains(i))
+        .map(|i| (i, gap(i)))
+        .filter(|&(i, g)| g < slack(points[i].0))
+        .collect();
+    extra.sort_by(|x, y| x.1.total_cmp(&y.1).then(x.0.cmp(&y.0)));
+    let room = max.saturating_sub(strict.len());
+    let mut out: Vec<usize> =
+        strict.iter().copied().chain(extra.into_iter().take(room).map(|x| x.0)).collect();
+    out.sort_by(|&i, &j| points[i].1.total_cmp(&points[j].1).then(i.cmp(&j)));
+    out.dedup_by(|i, j| points[*i] == points[*j]);
+    out
+}
+
+/// The standard error of an accuracy `a` estimated on `n` images.
+pub fn accuracy_se(a: f64, n: usize) -> f64 {
+    (a.clamp(0.0, 1.0) * (1.0 - a.clamp(0.0, 1.0)) / n.max(1) as f64).sqrt()
+}
+
 /// Costs within this fraction of the cheapest plan meeting a threshold are
 /// a tie, and the tie goes to the more accurate plan: 0.5 %, far below what
 /// the cost model can tell apart (its predictions move by several percent
@@ -601,6 +641,28 @@ mod tests {
             (before.weight_decay, before.distill_weight, before.swap_span, &before.placement)
         );
         assert_ne!((d.lr, d.momentum), (before.lr, before.momentum));
+    }
+
+    #[test]
+    fn a_front_with_slack_keeps_what_the_estimate_cannot_tell_apart() {
+        // (accuracy, cost): 0 cheap and good; 1 dearer and 0.3 points
+        // worse; 2 dearer still and 2 points worse; 3 the dearest and best.
+        let pts = [(0.880, 1.0), (0.877, 2.0), (0.860, 3.0), (0.885, 4.0)];
+        assert_eq!(pareto(&pts), vec![0, 3]);
+        let half = |_: f64| 0.005;
+        assert_eq!(slack_front(&pts, &half, 24), vec![0, 1, 3]);
+        // No slack: the Pareto front.
+        assert_eq!(slack_front(&pts, &|_| 0.0, 24), pareto(&pts));
+        // A cap keeps the Pareto front first, then the closest.
+        let wide = |_: f64| 0.05;
+        assert_eq!(slack_front(&pts, &wide, 3), vec![0, 1, 3]);
+        assert_eq!(slack_front(&pts, &wide, 24), vec![0, 1, 2, 3]);
+        assert_eq!(slack_front(&pts, &wide, 1), vec![0, 3]);
+        // Duplicates once.
+        let dup = [(0.88, 1.0), (0.88, 1.0), (0.879, 2.0)];
+        assert_eq!(slack_front(&dup, &half, 24), vec![0, 2]);
+        // One standard error at 88 % on 5,000 images: 0.46 points.
+        assert!((accuracy_se(0.88, 5000) - 0.004596).abs() < 1e-5);
     }
 
     #[test]

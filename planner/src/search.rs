@@ -1045,7 +1045,9 @@ impl<'a> Search<'a> {
     }
 
     /// Adds a settled, provable evaluation (its plan `net`) to the front if
-    /// nothing there beats it, keeping its network; drops what it beats.
+    /// nothing there beats it (by more than the front's slack,
+    /// [`PlanConfig::front_slack`]), keeping its network; drops what it
+    /// beats.
     fn offer(
         &mut self,
         mut net: Network,
@@ -1061,7 +1063,14 @@ impl<'a> Search<'a> {
                 (x.valid_accuracy, x.cost)
             })
             .collect();
-        let mut keep: Vec<usize> = policy::pareto(&pts).into_iter().map(|k| idx[k]).collect();
+        let n_a = self.data.valid.len();
+        let slack = self.c.front_slack;
+        let kept = if slack > 0.0 {
+            policy::slack_front(&pts, &|a| slack * policy::accuracy_se(a, n_a), policy::FRONT_MAX)
+        } else {
+            policy::pareto(&pts)
+        };
+        let mut keep: Vec<usize> = kept.into_iter().map(|k| idx[k]).collect();
         // The all-ReLU base stays: it needs no training and is the plan
         // whenever nothing cheaper meets a threshold, and its split-A
         // accuracy is one estimate among many — a fine-tuned plan that

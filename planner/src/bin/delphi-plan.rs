@@ -365,6 +365,13 @@ struct SearchArgs {
     /// population to the end (per-channel searches always do).
     #[arg(long, default_value_t = delphi_planner::config::DEFAULT_HALVE_AT, help_heading = "Search")]
     halve_at: f64,
+    /// Keep on the run's front, besides the plans no other beats, every
+    /// plan that no cheaper one beats by more than this many standard
+    /// errors of a validation estimate (at most 24 plans): a choice on
+    /// held-back images (the benchmark's split B) then sees the plans
+    /// validation cannot tell apart. 0: the plain front.
+    #[arg(long, default_value_t = 0.0, help_heading = "Search")]
+    front_slack: f64,
     /// Wall-time budget in minutes (no new interval starts after it).
     #[arg(long, help_heading = "Search")]
     budget: Option<f64>,
@@ -433,6 +440,7 @@ fn plan_config(a: &SearchArgs) -> PlanConfig {
         intervals_per_epoch: a.intervals_per_epoch,
         quantile: 0.25,
         halve_at: (a.halve_at != 1.0).then_some(a.halve_at),
+        front_slack: a.front_slack,
         budget_minutes: a.budget,
         objective: a.objective,
         bandwidth: a.bandwidth,
