@@ -678,16 +678,16 @@ impl<'a> Search<'a> {
     pub fn train(&mut self, tr: &mut Trainer, steps: usize) -> Result<usize> {
         let taken = match tr.train_steps(&self.data, steps, true) {
             Ok(taken) => taken,
-            Err(TrainError::Diverged { loss, epoch, step }) => {
+            Err(TrainError::Diverged { loss, epoch, step, spent }) => {
                 self.say(&format!(
                     "a member's training diverged (loss {loss} at epoch {epoch} step {step}); \
                      it is no plan until it is replaced"
                 ));
                 self.lineage(serde_json::json!({
                     "diverged": {"loss": loss.to_string(), "epoch": epoch, "step": step,
-                                 "steps_charged": steps},
+                                 "steps_charged": spent},
                 }))?;
-                steps
+                spent
             }
             Err(e) => return Err(e.into()),
         };

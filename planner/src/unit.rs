@@ -240,8 +240,8 @@ pub fn run(dir: &UnitDir, data: &Dataset, device: &burn::tensor::Device) -> Resu
     let mut tr = Trainer::load_checkpoint(&dir.input(), device)?;
     let (charged, diverged) = match tr.train_steps(data, unit.steps, true) {
         Ok(taken) => (taken, None),
-        Err(TrainError::Diverged { loss, epoch, step }) => {
-            (unit.steps, Some(Diverged { loss: loss.to_string(), epoch, step }))
+        Err(TrainError::Diverged { loss, epoch, step, spent }) => {
+            (spent, Some(Diverged { loss: loss.to_string(), epoch, step }))
         }
         Err(e) => return Err(e.into()),
     };

@@ -42,6 +42,10 @@ pub enum TrainError {
         epoch: usize,
         /// The step inside the epoch (from 0).
         step: usize,
+        /// Steps of the run the call used up: those taken and the rest it
+        /// was given (to the run's end at most), over which the run has
+        /// moved on.
+        spent: usize,
     },
     /// A worker thread of the trainer stopped (it panicked or hung up).
     #[error("{0} stopped unexpectedly")]

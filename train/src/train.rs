@@ -498,13 +498,29 @@ impl Trainer {
                     self.check_mask(total);
                     if !lv.is_finite() {
                         pb.finish_and_clear();
+                        // The steps this call was given are spent: the run
+                        // moves on over them (to its end at most), so a
+                        // diverged member stays in step with the others —
+                        // a member that later copies weights into it, or a
+                        // budget that charged them, sees the position it
+                        // was paid for.
+                        let rest = (max_steps - taken).min(total.saturating_sub(self.steps_done));
+                        self.steps_done += rest;
+                        self.epoch = self.steps_done / per_epoch;
+                        self.step_in_epoch = self.steps_done % per_epoch;
+                        self.running = Default::default();
                         // The model's modes stay where the run stands, as
                         // after any call: what is said of a diverged
                         // member is then that its parameters are not
                         // finite, not that it is mid-swap.
                         let modes = self.modes_at(self.steps_done as f32 / total as f32);
                         self.model.set_modes(&modes)?;
-                        return Err(TrainError::Diverged { loss: lv, epoch: epoch + 1, step: s });
+                        return Err(TrainError::Diverged {
+                            loss: lv,
+                            epoch: epoch + 1,
+                            step: s,
+                            spent: taken + rest,
+                        });
                     }
                 }
                 Ok(())
