@@ -251,12 +251,13 @@ pub fn starting_swap_scale(plan: &Schedule, interval_steps: usize) -> f32 {
 /// genome's span, or — when more is made quadratic at once — the share of
 /// the layers made quadratic times 0.9, whichever is longer; scaled by
 /// [`starting_swap_scale`], so it still ends before the halving, with a
-/// tenth of the steps before it left to recover at least. Many layers
-/// blended into their quadratics over a few dozen steps diverge: on
-/// `resnet38` our all-quadratic starting member (37 layers over 33–96
-/// steps) diverged or fell to chance in all three seeds of the
-/// converged-base benchmark, while the all-quadratic control, swapping
-/// over 94–280 steps, reached 87.8–88.2 % on split B in two.
+/// tenth of the steps before it left to recover at least: a network that
+/// changes many activations at once gets more steps to follow them. On
+/// its own this did not save `resnet38`'s all-quadratic starting member
+/// (37 layers over 33–96 steps, then over 0.9 of the steps before the
+/// halving: it fell to chance in all three seeds either way); the
+/// starting learning rate did ([`crate::policy::starting_lrs`]). The two
+/// were benchmarked together.
 pub fn starting_span(genome_span: f32, quads: usize, layers: usize, scale: f32) -> f32 {
     let share = quads as f32 / layers.max(1) as f32;
     (genome_span.max(0.9 * share) * scale).min(0.9 * scale)
