@@ -102,6 +102,10 @@ pub struct Trainer {
     pub(crate) running: (f64, usize, usize, f64),
 }
 
+/// What varies the seeded order of [`Trainer::recalibrate_batch_norm`]'s
+/// batches from the run's seed.
+const RECALIBRATION_SEED: u64 = 0x5ec0_11b8;
+
 pub(crate) fn build_optimizer(c: &TrainConfig) -> ModuleOptimizer {
     let wd = (c.weight_decay > 0.0).then(|| WeightDecayConfig::new(c.weight_decay as f32));
     let clip = c.grad_clip.map(GradientClippingConfig::Norm);
@@ -601,6 +605,69 @@ impl Trainer {
     /// Trains to the end of the run.
     pub fn train(&mut self, data: &Dataset, quiet: bool) -> Result<()> {
         self.train_steps(data, usize::MAX, quiet).map(|_| ())
+    }
+
+    /// Re-estimates the batch-norm running statistics from the first
+    /// `batches` batches of a fixed, seeded order of `train` (no
+    /// augmentation), the weights and the activation modes of the current
+    /// position unchanged ("precise batch norm", Wu & Johnson 2021): each
+    /// layer's statistics become the plain average of those batches'
+    /// (momentum 1/k for the k-th), whatever they were before.
+    ///
+    /// Why: training keeps them as a moving average of the last steps' batches
+    /// (momentum 0.1), which lags the weights while they change. Measured on
+    /// `resnet38` (Fashion-MNIST) made all-quadratic from its base: mid-run,
+    /// 2,000 validation images scored 13.6–61 % with the running
+    /// statistics and 27.8–88.5 % after re-estimating them; at the end of
+    /// one run 83.1 % against 87.9 % (`examples/quad_stability.rs`). An
+    /// evaluation with lagging statistics judges the network by numbers it
+    /// will not keep, and a network exported with them (batch norm folded)
+    /// is worse than its weights. A layer whose re-estimated statistics are
+    /// not finite (an image's activations overflowed) keeps its old ones.
+    /// No-op for `batches` = 0 or a network without batch norm.
+    pub fn recalibrate_batch_norm(&mut self, train: &Split, batches: usize) -> Result<()> {
+        let has_bn = self.model.layers.iter().any(|l| l.bn.is_some());
+        if batches == 0 || !has_bn || train.is_empty() {
+            return Ok(());
+        }
+        let modes = self.modes_at(self.progress(train));
+        self.model.set_modes(&modes)?;
+        let momentum: Vec<Option<f64>> =
+            self.model.layers.iter().map(|l| l.bn.as_ref().map(|b| b.momentum)).collect();
+        let before: Vec<Option<(Tensor<1>, Tensor<1>)>> = self
+            .model
+            .layers
+            .iter()
+            .map(|l| {
+                l.bn.as_ref().map(|b| (b.running_mean.value_sync(), b.running_var.value_sync()))
+            })
+            .collect();
+        let bs = self.config.batch_size.max(1);
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(self.config.seed ^ RECALIBRATION_SEED));
+        for (k, chunk) in order.chunks(bs).take(batches).enumerate() {
+            for bn in self.model.layers.iter_mut().filter_map(|l| l.bn.as_mut()) {
+                bn.momentum = 1.0 / (k + 1) as f64;
+            }
+            let (x, _) = HostBatch::new(train, chunk, None, &self.norm).to_device(&self.device);
+            let _ = self.model.forward(x);
+        }
+        for ((l, m), old) in self.model.layers.iter_mut().zip(momentum).zip(before) {
+            if let (Some(bn), Some(m), Some((mean, var))) = (l.bn.as_mut(), m, old) {
+                bn.momentum = m;
+                // (Syncing also takes in the last batch's statistics,
+                // pending until then.)
+                let finite = |t: Tensor<1>| values(t).iter().all(|v| v.is_finite());
+                if !(finite(bn.running_mean.value_sync()) && finite(bn.running_var.value_sync())) {
+                    // Some image's activations overflowed: the layer keeps
+                    // what it had (a network that far out of range is no
+                    // plan either way; the range check says so).
+                    bn.running_mean = burn::module::RunningState::new(mean);
+                    bn.running_var = burn::module::RunningState::new(var);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Float accuracy on a split (inference mode: batch-norm running statistics).

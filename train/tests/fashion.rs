@@ -292,3 +292,56 @@ fn divergence_is_its_own_error_not_a_bad_setting() {
     // The model stands where the run does, as after a call that ends well.
     assert_eq!(tr.model.modes(), tr.modes_at(tr.progress(&data.train)));
 }
+
+/// Re-estimated batch-norm statistics are the average of the batches they
+/// are estimated on, whatever the statistics were before: corrupted ones
+/// come back bit for bit, and the accuracy they cost returns.
+#[test]
+fn recalibrated_batch_norm_statistics_do_not_remember_what_they_were() {
+    use burn::module::RunningState;
+    let data = dataset(1500);
+    let mut c = TrainConfig::new(DatasetKind::FashionMnist);
+    c.arch = "resnet14".into();
+    c.epochs = 1;
+    c.valid_size = 1000;
+    let mut tr = Trainer::new(c, &Device::flex()).unwrap();
+    tr.train(&data, true).unwrap();
+    let before = tr.export().unwrap();
+    tr.recalibrate_batch_norm(&data.train, 0).unwrap();
+    assert_eq!(tr.export().unwrap().layers, before.layers, "0 batches must change nothing");
+
+    tr.recalibrate_batch_norm(&data.train, 6).unwrap();
+    let want = tr.export().unwrap();
+    assert_ne!(want.layers, before.layers, "re-estimating changed no statistic");
+    let good = tr.accuracy(&data.valid);
+    for bn in tr.model.layers.iter_mut().filter_map(|l| l.bn.as_mut()) {
+        bn.running_mean = RunningState::new(bn.running_mean.value().add_scalar(3.0));
+        bn.running_var = RunningState::new(bn.running_var.value().mul_scalar(50.0));
+    }
+    let bad = tr.accuracy(&data.valid);
+    assert!(bad < good - 0.2, "corrupted statistics scored {bad} against {good}");
+    tr.recalibrate_batch_norm(&data.train, 6).unwrap();
+    assert_eq!(tr.export().unwrap().layers, want.layers);
+    assert_eq!(tr.accuracy(&data.valid), good);
+    let momenta: Vec<f64> =
+        tr.model.layers.iter().filter_map(|l| l.bn.as_ref().map(|b| b.momentum)).collect();
+    assert!(momenta.iter().all(|&m| m == 0.1), "momentum left at {momenta:?}");
+
+    // Activations that overflow leave the statistics as they were.
+    let stats = |tr: &Trainer| -> Vec<Vec<f32>> {
+        tr.model
+            .layers
+            .iter()
+            .filter_map(|l| l.bn.as_ref())
+            .flat_map(|b| [b.running_mean.value(), b.running_var.value()])
+            .map(delphi_train::model::values)
+            .collect()
+    };
+    let kept = stats(&tr);
+    let conv = tr.model.layers.iter_mut().find_map(|l| l.conv.as_mut()).unwrap();
+    conv.weight = conv.weight.clone().map(|w| w.mul_scalar(1e30));
+    tr.recalibrate_batch_norm(&data.train, 2).unwrap();
+    let after = stats(&tr);
+    assert!(after.iter().flatten().all(|v| v.is_finite()), "non-finite statistics kept");
+    assert_eq!(after[0], kept[0], "the first batch norm reads the overflowing layer");
+}
