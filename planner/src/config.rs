@@ -89,6 +89,11 @@ delphi_net::text_enum! {
 /// population, half with its better half.
 pub const DEFAULT_HALVE_AT: f64 = 0.5;
 
+/// Batches (of `batch_size` training images) a member's batch-norm
+/// statistics are re-estimated on before each evaluation: 16 × 64 = 1,024
+/// images, a sixth of the forward passes of evaluating 5,000.
+pub const DEFAULT_BN_RECALIBRATION: usize = 16;
+
 /// Largest validation-accuracy loss (fraction) that reduced ReLU windows
 /// may cost against the same network with full-width ReLUs.
 pub const RELU_BITS_TOLERANCE: f64 = 0.003;
@@ -175,6 +180,14 @@ pub struct PlanConfig {
     /// the plans split A cannot tell apart. 0: the plain front.
     #[serde(default)]
     pub front_slack: f64,
+    /// Batches of training images each member's batch-norm statistics are
+    /// re-estimated on after it trains, before it is evaluated and its plan
+    /// exported ([`delphi_train::train::Trainer::recalibrate_batch_norm`]):
+    /// the moving averages training keeps lag the weights, most of all
+    /// while layers turn quadratic. 0: the statistics training left
+    /// (searches saved before this setting read back as 0, what they did).
+    #[serde(default)]
+    pub bn_recalibration: usize,
     /// Stop starting new intervals after this many minutes.
     pub budget_minutes: Option<f64>,
     /// What to minimise.
@@ -262,6 +275,7 @@ impl Default for PlanConfig {
             quantile: 0.25,
             halve_at: Some(DEFAULT_HALVE_AT),
             front_slack: 0.0,
+            bn_recalibration: DEFAULT_BN_RECALIBRATION,
             budget_minutes: None,
             objective: Objective::OnlineTime,
             bandwidth: None,

@@ -220,7 +220,8 @@ fn host() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Runs the unit in `dir` here: resumes the member, trains, evaluates,
+/// Runs the unit in `dir` here: resumes the member, trains, re-estimates
+/// its batch-norm statistics ([`PlanConfig::bn_recalibration`]), evaluates,
 /// writes the checkpoint, the plan (if any) and the result. `data` must be
 /// the configuration's ([`crate::search::load_data`]).
 pub fn run(dir: &UnitDir, data: &Dataset, device: &burn::tensor::Device) -> Result<UnitResult> {
@@ -245,6 +246,9 @@ pub fn run(dir: &UnitDir, data: &Dataset, device: &burn::tensor::Device) -> Resu
         }
         Err(e) => return Err(e.into()),
     };
+    if diverged.is_none() {
+        tr.recalibrate_batch_norm(&data.train, unit.config.bn_recalibration)?;
+    }
     let m = measure(&unit.config, data, &tr)?;
     let plan = match &m.plan {
         Some((net, windows)) => {

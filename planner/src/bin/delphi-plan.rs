@@ -372,6 +372,12 @@ struct SearchArgs {
     /// validation cannot tell apart. 0: the plain front.
     #[arg(long, default_value_t = 0.0, help_heading = "Search")]
     front_slack: f64,
+    /// Re-estimate each member's batch-norm statistics on this many
+    /// training batches after it trains, before it is evaluated and
+    /// exported (the moving averages training keeps lag the weights while
+    /// layers turn quadratic); 0: keep the statistics training left.
+    #[arg(long, default_value_t = delphi_planner::config::DEFAULT_BN_RECALIBRATION, help_heading = "Search")]
+    bn_recalibration: usize,
     /// Wall-time budget in minutes (no new interval starts after it).
     #[arg(long, help_heading = "Search")]
     budget: Option<f64>,
@@ -441,6 +447,7 @@ fn plan_config(a: &SearchArgs) -> PlanConfig {
         quantile: 0.25,
         halve_at: (a.halve_at != 1.0).then_some(a.halve_at),
         front_slack: a.front_slack,
+        bn_recalibration: a.bn_recalibration,
         budget_minutes: a.budget,
         objective: a.objective,
         bandwidth: a.bandwidth,
