@@ -1,14 +1,14 @@
 //! How an all-quadratic network trained from its all-ReLU base behaves,
 //! interval by interval: the recipe a planner member uses (gradual swap,
 //! distillation from the base, per-parameter gradient clipping 0.5, cosine
-//! schedule, momentum 0.9), with the accuracy on 2,000 validation images
+//! schedule; momentum 0.9 and clipping 0.5 unless given), with the accuracy on 2,000 validation images
 //! printed every `every` steps
 //! twice — with the batch-norm running statistics as training left them,
 //! and after recalibrating them on `RECAL_BATCHES` training batches (the
 //! weights unchanged) — and the largest |a| of the quadratic coefficients.
 //!
 //! `cargo run --release -p delphi-train --example quad_stability -- \
-//!    BASE.json LR SEED [STEPS] [EVERY] [SPAN] [TRAIN_LIMIT]`
+//!    BASE.json LR SEED [STEPS] [EVERY] [SPAN] [TRAIN_LIMIT] [MOMENTUM] [CLIP]`
 //!
 //! BASE.json: a trained all-ReLU description with its batch norms (e.g. a
 //! planner run's `base/model.json`); given a delphi-train checkpoint folder
@@ -34,7 +34,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     delphi_train::tune_allocator();
     let v: Vec<String> = std::env::args().skip(1).collect();
     let Some(base) = v.first().map(PathBuf::from) else {
-        eprintln!("usage: quad_stability BASE.json LR SEED [STEPS] [EVERY] [SPAN] [TRAIN_LIMIT]");
+        eprintln!(
+            "usage: quad_stability BASE.json LR SEED [STEPS] [EVERY] [SPAN] [TRAIN_LIMIT] \
+             [MOMENTUM] [CLIP]"
+        );
         std::process::exit(2);
     };
     let lr: f64 = arg(&v, 1, 0.005);
@@ -43,6 +46,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let every: usize = arg(&v, 4, 40);
     let span: f32 = arg(&v, 5, 0.46);
     let limit: usize = arg(&v, 6, 10_000);
+    let momentum: f64 = arg(&v, 7, 0.9);
+    let clip: f32 = arg(&v, 8, 0.5);
     if base.is_dir() {
         // A delphi-train checkpoint: its model with the batch norms kept
         // (a run's model.json has them folded, and a network without batch
@@ -63,8 +68,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     t.epochs = steps.div_ceil(limit / t.batch_size).max(1);
     t.placement = Some(Placement::all_quad(layers));
     t.lr = lr;
-    t.momentum = 0.9;
-    t.grad_clip = Some(0.5);
+    t.momentum = momentum;
+    t.grad_clip = Some(clip);
     t.distill = Some(Distill { teacher: base.clone(), weight: 0.5, temperature: 4.0 });
     t.swap = (span > 0.0).then_some(Swap { start: 0.0, end: span });
     t.seed = seed;
