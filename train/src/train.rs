@@ -618,8 +618,9 @@ impl Trainer {
     /// (momentum 0.1), which lags the weights while they change. Measured on
     /// `resnet38` (Fashion-MNIST) made all-quadratic from its base: mid-run,
     /// 2,000 validation images scored 13.6–61 % with the running
-    /// statistics and 27.8–88.5 % after re-estimating them; at the end of
-    /// one run 83.1 % against 87.9 % (`examples/quad_stability.rs`). An
+    /// statistics and 85.8–88.5 % after re-estimating them on 16 batches;
+    /// at the end of one run 83.1 % against 87.6 %
+    /// (`examples/quad_stability.rs`; docs/planner.md has the table). An
     /// evaluation with lagging statistics judges the network by numbers it
     /// will not keep, and a network exported with them (batch norm folded)
     /// is worse than its weights. A layer whose re-estimated statistics are
