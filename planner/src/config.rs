@@ -184,9 +184,10 @@ pub struct PlanConfig {
     /// re-estimated on after it trains, before it is evaluated and its plan
     /// exported ([`delphi_train::train::Trainer::recalibrate_batch_norm`]):
     /// the moving averages training keeps lag the weights, most of all
-    /// while layers turn quadratic. 0: the statistics training left
-    /// (searches saved before this setting read back as 0, what they did).
-    #[serde(default)]
+    /// while layers turn quadratic. 0: the statistics training left.
+    /// Missing from an experiment file: [`DEFAULT_BN_RECALIBRATION`];
+    /// missing from a search saved before the setting existed: 0, what it
+    /// did ([`crate::search`] reads it so).
     pub bn_recalibration: usize,
     /// Stop starting new intervals after this many minutes.
     pub budget_minutes: Option<f64>,
@@ -580,6 +581,15 @@ mod tests {
         assert_eq!(c.experiment[0].strategy, Strategy::Delphi);
         assert_eq!(c.experiment[0].arch_label(), "net");
         assert!(c.experiment[0].name().ends_with("-delphi"));
+    }
+
+    #[test]
+    fn an_experiment_file_re_estimates_batch_norm_unless_told_not_to() {
+        let f: ExperimentFile = toml::from_str("[[experiment]]\naccuracy = 0.9\n").unwrap();
+        assert_eq!(f.experiment[0].bn_recalibration, DEFAULT_BN_RECALIBRATION);
+        let f: ExperimentFile =
+            toml::from_str("[[experiment]]\naccuracy = 0.9\nbn_recalibration = 0\n").unwrap();
+        assert_eq!(f.experiment[0].bn_recalibration, 0);
     }
 
     #[test]

@@ -547,6 +547,14 @@ impl<'a> Search<'a> {
                 // Before version 5 no search halved its population.
                 st.config.halve_at = None;
             }
+            // A search saved before `bn_recalibration` existed never
+            // re-estimated its statistics (the setting's default is for new
+            // searches).
+            let raw: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| file_err(&state_path, e))?;
+            if raw.pointer("/config/bn_recalibration").is_none() {
+                st.config.bn_recalibration = 0;
+            }
             if st.version != STATE_VERSION && !finished_old {
                 return Err(file_err(
                     &state_path,

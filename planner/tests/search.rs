@@ -130,6 +130,18 @@ fn a_tiny_search_survives_a_kill_and_produces_a_plan() {
     let vout = String::from_utf8_lossy(&v.stdout);
     assert!(v.status.success(), "{}{vout}", String::from_utf8_lossy(&v.stderr));
     assert!(vout.contains("reduced ReLU node"), "{vout}");
+
+    // A search saved before `bn_recalibration` existed re-estimated no
+    // batch-norm statistics: it reads back as 0, so the same command with
+    // the default refuses it and `--bn-recalibration 0` rereads it.
+    let mut saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    saved["config"].as_object_mut().unwrap().remove("bn_recalibration").unwrap();
+    std::fs::write(&state, serde_json::to_string(&saved).unwrap()).unwrap();
+    let o = plan_cmd(&out).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("bn_recalibration: 0 then, 16 now"), "{err}");
+    succeeds(plan_cmd(&out).args(["--bn-recalibration", "0"]));
     std::fs::remove_dir_all(&out).ok();
 }
 
