@@ -26,8 +26,13 @@ use delphi_train::train::Trainer;
 /// Training batches the running statistics are recalibrated on.
 const RECAL_BATCHES: usize = 16;
 
-fn arg<T: std::str::FromStr>(v: &[String], i: usize, default: T) -> T {
-    v.get(i).and_then(|s| s.parse().ok()).unwrap_or(default)
+/// Argument `i`, or `default` when it is not given; one given that does
+/// not parse is an error (a typo must not run with the default).
+fn arg<T: std::str::FromStr>(v: &[String], i: usize, default: T) -> Result<T, String> {
+    match v.get(i) {
+        None => Ok(default),
+        Some(s) => s.parse().map_err(|_| format!("argument {i}: {s:?} is not a valid value")),
+    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -40,14 +45,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         std::process::exit(2);
     };
-    let lr: f64 = arg(&v, 1, 0.005);
-    let seed: u64 = arg(&v, 2, 1);
-    let steps: usize = arg(&v, 3, 314);
-    let every: usize = arg(&v, 4, 40);
-    let span: f32 = arg(&v, 5, 0.46);
-    let limit: usize = arg(&v, 6, 10_000);
-    let momentum: f64 = arg(&v, 7, 0.9);
-    let clip: f32 = arg(&v, 8, 0.5);
+    let lr: f64 = arg(&v, 1, 0.005)?;
+    let seed: u64 = arg(&v, 2, 1)?;
+    let steps: usize = arg(&v, 3, 314)?;
+    let every: usize = arg(&v, 4, 40)?;
+    let span: f32 = arg(&v, 5, 0.46)?;
+    let limit: usize = arg(&v, 6, 10_000)?;
+    let momentum: f64 = arg(&v, 7, 0.9)?;
+    let clip: f32 = arg(&v, 8, 0.5)?;
     if base.is_dir() {
         // A delphi-train checkpoint: its model with the batch norms kept
         // (a run's model.json has them folded, and a network without batch
@@ -65,7 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     t.train_limit = Some(limit);
     t.valid_size = 5000;
     t.steps = Some(steps);
-    t.epochs = steps.div_ceil(limit / t.batch_size).max(1);
+    t.epochs = steps.div_ceil((limit / t.batch_size).max(1)).max(1);
     t.placement = Some(Placement::all_quad(layers));
     t.lr = lr;
     t.momentum = momentum;
