@@ -340,8 +340,13 @@ impl Trainer {
 
     /// Copies another member's weights and activation plan (exploit); the
     /// optimizer state restarts, the position in the run is kept.
+    ///
+    /// The batch norms get statistics of their own: Burn's `clone()` shares
+    /// a running state between the copies, so without this, training one
+    /// would move the other's statistics.
     pub fn copy_from(&mut self, other: &Trainer) {
         self.model = other.model.clone();
+        self.set_batch_norm_statistics(&other.batch_norm_statistics());
         self.quad_from = other.quad_from.clone();
         self.gate_mode = other.gate_mode;
         self.penalty = other.penalty;

@@ -352,3 +352,33 @@ fn recalibrated_batch_norm_statistics_do_not_remember_what_they_were() {
     assert!(after.iter().flatten().all(|v| v.is_finite()), "non-finite statistics kept");
     assert_eq!(after[0], kept[0], "the first batch norm reads the overflowing layer");
 }
+
+/// A member copied from another (PBT's exploit) trains its own batch-norm
+/// statistics: Burn's `clone()` shares a running state between copies, and
+/// the copy must not move the statistics of the network it came from.
+#[test]
+fn a_copied_member_trains_statistics_of_its_own() {
+    let data = dataset(600);
+    let mut c = TrainConfig::new(DatasetKind::FashionMnist);
+    c.arch = "resnet14".into();
+    c.valid_size = 200;
+    let source = Trainer::new(c.clone(), &Device::flex()).unwrap();
+    c.seed += 1;
+    let mut copy = Trainer::new(c, &Device::flex()).unwrap();
+    copy.copy_from(&source);
+    let stats = |tr: &Trainer| -> Vec<Vec<f32>> {
+        tr.model
+            .layers
+            .iter()
+            .filter_map(|l| l.bn.as_ref())
+            .flat_map(|b| [b.running_mean.value(), b.running_var.value()])
+            .map(delphi_train::model::values)
+            .collect()
+    };
+    let before = stats(&source);
+    assert!(!before.is_empty(), "resnet14 has batch norms");
+    assert_eq!(stats(&copy), before, "a copy starts from the source's statistics");
+    assert_eq!(copy.train_steps(&data, 3, true).unwrap(), 3);
+    assert_ne!(stats(&copy), before, "training moved no statistic of the copy");
+    assert_eq!(stats(&source), before, "training the copy moved the source's statistics");
+}
