@@ -21,7 +21,10 @@
 //!    never used for any choice. Chosen plans are measured on the test
 //!    images in the protocol's fixed point, image by image, and run through
 //!    `delphi verify --compare-cost` (measured cost); with
-//!    `--measure-fronts`, every front plan is.
+//!    `--measure-fronts`, every front plan is. A plan's measured cost is
+//!    the median of `--measure-repeats` runs, taken in rounds (every plan
+//!    once, then every plan again), so that a slow spell of the machine
+//!    falls on the plans of one round alike, not on one variant's plans.
 //! 4. Statistics ([`crate::stats`]): every figure as mean ± 95 % CI over
 //!    seeds; each front's hypervolume in (online cost as a fraction of the
 //!    all-ReLU network's, test accuracy) — over the plans no other of the
@@ -77,6 +80,9 @@ pub struct BenchConfig {
     pub verify: bool,
     /// Run every front plan through it too (hypervolume in measured cost).
     pub measure_fronts: bool,
+    /// Runs of `delphi verify` per measured plan, in rounds over all the
+    /// plans; a plan's measured cost is their median (at least 1).
+    pub measure_repeats: usize,
     /// Hypervolume's accuracy reference (default: 2 points below the lowest
     /// threshold).
     pub hv_floor: Option<f64>,
@@ -209,7 +215,30 @@ struct Measured {
     test_float: Option<f64>,
     /// Fixed-point correctness per test image, as `0`/`1` characters.
     test_fixed: Option<String>,
+    /// The first run of `delphi verify`.
     verify: Option<VerifyReport>,
+    /// Its further runs (`--measure-repeats`), one per later round.
+    #[serde(default)]
+    repeats: Vec<VerifyReport>,
+}
+
+impl Measured {
+    /// Runs of `delphi verify` so far.
+    fn runs(&self) -> usize {
+        self.verify.iter().len() + self.repeats.len()
+    }
+
+    /// The median over the runs of one measured figure (NaN: none).
+    fn median(&self, k: fn(&delphi_cost::Cost) -> f64) -> f64 {
+        let mut v: Vec<f64> =
+            self.verify.iter().chain(&self.repeats).map(|r| k(&r.measured)).collect();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
 }
 
 struct Cache {
@@ -244,6 +273,14 @@ impl Cache {
         let text = serde_json::to_string(&self.map).map_err(|e| perr(&self.path, e))?;
         std::fs::write(&self.path, text).map_err(|e| perr(&self.path, e))
     }
+}
+
+/// Per run, per front plan: its split-B accuracy and the thresholds it
+/// is chosen for; and which front plans no other beats on split A.
+struct Picks {
+    b_acc: Vec<f64>,
+    chosen_for: Vec<Vec<f64>>,
+    on_a_front: Vec<usize>,
 }
 
 /// One finished run of the benchmark.
@@ -387,10 +424,12 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
         }
     }
 
-    // Measurements of the front plans.
+    // Measurements of the front plans: split B and test accuracy, and the
+    // choice at each threshold.
     let mut cache = Cache::open(b.out.join("measurements.json"));
     let mut rows = Vec::new();
     let mut chosen: Vec<Chosen> = Vec::new();
+    let mut picks: Vec<Picks> = Vec::with_capacity(runs.len());
     for r in &runs {
         let pts_cost: Vec<f64> = r.outcome.front.iter().map(|(e, _)| e.cost).collect();
         let mut b_acc = Vec::new();
@@ -423,8 +462,7 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
             }
         }
         for (k, (e, file)) in r.outcome.front.iter().enumerate() {
-            let is_chosen = !chosen_for[k].is_empty();
-            if is_chosen && cache.get(file).test_fixed.is_none() {
+            if !chosen_for[k].is_empty() && cache.get(file).test_fixed.is_none() {
                 say(&format!(
                     "seed {}: {} plan {}: fixed-point test",
                     r.seed,
@@ -436,17 +474,47 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
                     Some(v.iter().map(|&x| if x { '1' } else { '0' }).collect());
                 cache.save()?;
             }
-            if (is_chosen && b.verify || b.measure_fronts) && cache.get(file).verify.is_none() {
-                say(&format!(
-                    "seed {}: {} plan {}: delphi verify",
-                    r.seed,
-                    r.variant.name(),
-                    e.placement
-                ));
-                let v = crate::engine::verify(file, &cost_model)?;
-                cache.get(file).verify = Some(v);
-                cache.save()?;
+        }
+        picks.push(Picks { b_acc, chosen_for, on_a_front });
+    }
+
+    // Measured cost: rounds of `delphi verify` over every plan to measure,
+    // each plan's figure the median of its rounds.
+    let mut timed: Vec<(&Run, &crate::search::Evaluation, &PathBuf)> = Vec::new();
+    for (r, Picks { chosen_for, .. }) in runs.iter().zip(&picks) {
+        for (k, (e, file)) in r.outcome.front.iter().enumerate() {
+            let is_chosen = !chosen_for[k].is_empty();
+            if (is_chosen && b.verify || b.measure_fronts) && !timed.iter().any(|t| t.2 == file) {
+                timed.push((r, e, file));
             }
+        }
+    }
+    let repeats = b.measure_repeats.max(1);
+    for round in 0..repeats {
+        for &(r, e, file) in &timed {
+            if cache.get(file).runs() > round {
+                continue;
+            }
+            say(&format!(
+                "seed {}: {} plan {}: delphi verify (round {}/{repeats})",
+                r.seed,
+                r.variant.name(),
+                e.placement,
+                round + 1
+            ));
+            let v = crate::engine::verify(file, &cost_model)?;
+            let m = cache.get(file);
+            if m.verify.is_none() {
+                m.verify = Some(v);
+            } else {
+                m.repeats.push(v);
+            }
+            cache.save()?;
+        }
+    }
+
+    for (r, Picks { b_acc, chosen_for, on_a_front }) in runs.iter().zip(&picks) {
+        for (k, (e, file)) in r.outcome.front.iter().enumerate() {
             let m = cache.get(file).clone();
             let correct: Vec<bool> = m
                 .test_fixed
@@ -454,9 +522,7 @@ pub fn run(b: &BenchConfig, quiet: bool, say: &dyn Fn(&str)) -> Result<Vec<Row>>
                 .map(|s| s.chars().map(|c| c == '1').collect())
                 .unwrap_or_default();
             let fixed = if correct.is_empty() { f64::NAN } else { measure::share(&correct) };
-            let meas = |k: fn(&delphi_cost::Cost) -> f64| {
-                m.verify.as_ref().map_or(f64::NAN, |v| k(&v.measured))
-            };
+            let meas = |k: fn(&delphi_cost::Cost) -> f64| m.median(k);
             let placement = if r.variant.granularity == Granularity::Channel {
                 format!("% ReLU per layer: {}", e.relu_channels)
             } else {
@@ -963,8 +1029,12 @@ fn summary(
             pm(num(&v["steps_per_member"]), 1.0, 0),
         );
     }
-    md += "\n## Chosen plans per threshold\n\nMeasured online time by `delphi verify` (loopback), \
-           fixed-point test accuracy, and ours − this in test accuracy by a paired bootstrap over \
+    md += &format!(
+        "\n## Chosen plans per threshold\n\nMeasured online time by `delphi verify` (loopback; \
+         each plan's median of {} run(s), taken in rounds over all measured plans), ",
+        b.measure_repeats.max(1)
+    );
+    md += "fixed-point test accuracy, and ours − this in test accuracy by a paired bootstrap over \
            the test images (mean over seeds, 95 % interval); this ÷ ours is the measured online \
            time of this variant's plan over ours, paired by seed (geometric mean over seeds, 95 % \
            interval).\n\n| threshold | variant | plans | measured online s | predicted online s | \

@@ -183,7 +183,7 @@ fn a_provided_onnx_network_is_the_base_and_is_not_retrained() {
 fn the_benchmark_compares_strategies_and_controls_over_seeds_choosing_on_split_b() {
     let out = std::env::temp_dir().join(format!("delphi-plan-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let run_bench = || {
+    let bench_with = |measuring: &str| {
         succeeds(
             Command::new(env!("CARGO_BIN_EXE_delphi-plan"))
                 .args(
@@ -191,12 +191,14 @@ fn the_benchmark_compares_strategies_and_controls_over_seeds_choosing_on_split_b
                 )
                 .args("--epochs 2 --base-epochs 1 --train-limit 1500 --valid-size 500".split(' '))
                 .args("--select-size 400 --seeds 1,2".split(' '))
-                .args("--test-limit 300 --no-verify --quiet --cost-model".split(' '))
+                .args(measuring.split(' '))
+                .args("--test-limit 300 --quiet --cost-model".split(' '))
                 .arg(cost_model())
                 .arg("--out")
                 .arg(&out),
         )
     };
+    let run_bench = || bench_with("--no-verify");
     let (_, stderr) = run_bench();
     assert!(stderr.contains("500 validation (split A), 400 held back (split B)"), "{stderr}");
     let table = |f: &str| -> (Vec<String>, Vec<Vec<String>>) {
@@ -354,6 +356,35 @@ fn the_benchmark_compares_strategies_and_controls_over_seeds_choosing_on_split_b
             }
         }
     }
+    // Measured cost: the chosen plans go through `delphi verify` in rounds,
+    // each plan's figure the median of its runs; a rerun with more rounds
+    // only adds the missing ones.
+    let runs_of = || -> Vec<usize> {
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("measurements.json")).unwrap())
+                .unwrap();
+        m.as_object()
+            .unwrap()
+            .values()
+            .filter(|p| !p["verify"].is_null())
+            .map(|p| 1 + p["repeats"].as_array().map_or(0, Vec::len))
+            .collect()
+    };
+    let (_, stderr) = bench_with("--measure-repeats 2");
+    assert!(stderr.contains("delphi verify (round 2/2)"), "{stderr}");
+    let timed = runs_of();
+    assert!(!timed.is_empty() && timed.iter().all(|&n| n == 2), "{timed:?}");
+    let (_, stderr) = bench_with("--measure-repeats 3");
+    assert!(!stderr.contains("(round 1/3)") && !stderr.contains("(round 2/3)"), "{stderr}");
+    assert!(runs_of().iter().all(|&n| n == 3));
+    let (ch, chosen) = table("chosen.csv");
+    let at = ch.iter().position(|h| h == "measured_online_s").unwrap();
+    for r in &chosen {
+        let s: f64 = r[at].parse().unwrap();
+        assert!(s.is_finite() && s > 0.0, "{r:?}");
+    }
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(md.contains("median of 3 run(s)"), "{md}");
     std::fs::remove_dir_all(&out).ok();
 }
 

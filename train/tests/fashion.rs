@@ -293,6 +293,17 @@ fn divergence_is_its_own_error_not_a_bad_setting() {
     assert_eq!(tr.model.modes(), tr.modes_at(tr.progress(&data.train)));
 }
 
+/// Every batch norm's running mean and variance, layer by layer.
+fn stats(tr: &Trainer) -> Vec<Vec<f32>> {
+    tr.model
+        .layers
+        .iter()
+        .filter_map(|l| l.bn.as_ref())
+        .flat_map(|b| [b.running_mean.value(), b.running_var.value()])
+        .map(delphi_train::model::values)
+        .collect()
+}
+
 /// Re-estimated batch-norm statistics are the average of the batches they
 /// are estimated on, whatever the statistics were before: two different
 /// corruptions come back to the same statistics bit for bit, and the
@@ -335,15 +346,6 @@ fn recalibrated_batch_norm_statistics_do_not_remember_what_they_were() {
     assert!(momenta.iter().all(|&m| m == 0.1), "momentum left at {momenta:?}");
 
     // Activations that overflow leave the statistics as they were.
-    let stats = |tr: &Trainer| -> Vec<Vec<f32>> {
-        tr.model
-            .layers
-            .iter()
-            .filter_map(|l| l.bn.as_ref())
-            .flat_map(|b| [b.running_mean.value(), b.running_var.value()])
-            .map(delphi_train::model::values)
-            .collect()
-    };
     let kept = stats(&tr);
     let conv = tr.model.layers.iter_mut().find_map(|l| l.conv.as_mut()).unwrap();
     conv.weight = conv.weight.clone().map(|w| w.mul_scalar(1e30));
@@ -366,15 +368,6 @@ fn a_copied_member_trains_statistics_of_its_own() {
     c.seed += 1;
     let mut copy = Trainer::new(c, &Device::flex()).unwrap();
     copy.copy_from(&source);
-    let stats = |tr: &Trainer| -> Vec<Vec<f32>> {
-        tr.model
-            .layers
-            .iter()
-            .filter_map(|l| l.bn.as_ref())
-            .flat_map(|b| [b.running_mean.value(), b.running_var.value()])
-            .map(delphi_train::model::values)
-            .collect()
-    };
     let before = stats(&source);
     assert!(!before.is_empty(), "resnet14 has batch norms");
     assert_eq!(stats(&copy), before, "a copy starts from the source's statistics");

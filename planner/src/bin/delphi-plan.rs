@@ -316,6 +316,13 @@ struct BenchArgs {
     /// ones (the hypervolume in measured cost; slow on deep networks).
     #[arg(long)]
     measure_fronts: bool,
+    /// Runs of `delphi verify` per measured plan: a plan's measured cost is
+    /// their median. The runs go in rounds (every plan once, then every
+    /// plan again), so a slow spell of the machine falls on one round's
+    /// plans alike rather than on one variant's. A finished benchmark
+    /// rerun with a larger number only adds the missing rounds.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=99))]
+    measure_repeats: u64,
     /// Hypervolume's accuracy reference [default: 2 points below the
     /// lowest threshold].
     #[arg(long)]
@@ -650,6 +657,7 @@ fn main() -> Result<()> {
             out: out.clone(),
             verify: !b.no_verify,
             measure_fronts: b.measure_fronts,
+            measure_repeats: b.measure_repeats as usize,
             hv_floor: b.hv_floor,
         };
         let say = |m: &str| eprintln!("[delphi-plan bench] {m}");
