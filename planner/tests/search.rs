@@ -385,6 +385,27 @@ fn the_benchmark_compares_strategies_and_controls_over_seeds_choosing_on_split_b
     }
     let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(md.contains("median of 3 run(s)"), "{md}");
+    // Fewer rounds than the cache holds: no run is added and each figure
+    // is the first run's, as the summary then says.
+    let (_, stderr) = bench_with("--measure-repeats 1");
+    assert!(!stderr.contains("delphi verify"), "{stderr}");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("measurements.json")).unwrap())
+            .unwrap();
+    let first: Vec<f64> = m
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|p| p["verify"]["measured"]["online_s"].as_f64())
+        .collect();
+    let (_, chosen) = table("chosen.csv");
+    for r in &chosen {
+        let s: f64 = r[at].parse().unwrap();
+        let near = |f: &f64| (f - s).abs() <= 1e-9 * s.abs().max(1e-12);
+        assert!(first.iter().any(near), "{s} is no plan's first run: {first:?}");
+    }
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(md.contains("median of 1 run(s)"), "{md}");
     std::fs::remove_dir_all(&out).ok();
 }
 
