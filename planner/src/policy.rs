@@ -355,8 +355,8 @@ impl Sensitivity {
 /// Exploit pairs `(replaced, source)` for a front-producing population:
 /// the bottom quantile by [`front_fitness`] — members not `ready` (mid-swap)
 /// excepted, and members of the first front only when every ready member
-/// is on it — each copies a random member of the first front other than
-/// itself that is a plan (`plan`: settled and provable).
+/// is on it — each copies a random member of the first front that is a
+/// plan (`plan`: settled and provable) and is not replaced itself.
 pub fn front_pairs(
     ranks: &[(usize, f64)],
     ready: &[bool],
@@ -376,14 +376,17 @@ pub fn front_pairs(
     order.sort_by(|&a, &b| fit[a].total_cmp(&fit[b]).then(a.cmp(&b)));
     let q = ((n as f64 * quantile).round() as usize).clamp(1, n / 2);
     let off_front = order.iter().any(|&i| ranks[i].0 > 0);
+    // A first-front member is replaced only when every ready member is on
+    // the first front.
+    let replaced: Vec<usize> =
+        order.iter().take(q).copied().filter(|&lo| !(ranks[lo].0 == 0 && off_front)).collect();
+    // No member replaced in this interval is a source: the pairs are
+    // carried out one after another, and a source replaced before its
+    // copy is made would hand on the genome and weights of another member
+    // under its own evaluation.
+    let sources: Vec<usize> = top.iter().copied().filter(|t| !replaced.contains(t)).collect();
     let mut out = Vec::new();
-    for &lo in order.iter().take(q) {
-        // A first-front member is replaced only when every ready member is
-        // on the first front.
-        if ranks[lo].0 == 0 && off_front {
-            continue;
-        }
-        let sources: Vec<usize> = top.iter().copied().filter(|&t| t != lo).collect();
+    for &lo in &replaced {
         if !sources.is_empty() {
             out.push((lo, sources[rng.gen_range(0..sources.len())]));
         }
@@ -804,6 +807,18 @@ mod tests {
         assert_eq!(pairs.len(), 1);
         assert!(pairs[0].0 != pairs[0].1);
         assert!(ranks[pairs[0].0].1.is_finite());
+        // Six on the first front, two replaced: neither is the other's
+        // source (they are copied one after the other, so a replaced
+        // source would hand on another member's weights).
+        let six = [(0.90, 1.0), (0.89, 0.8), (0.88, 0.6), (0.87, 0.4), (0.86, 0.3), (0.80, 0.1)];
+        let ranks = nondominated_ranks(&six);
+        for seed in 0..50 {
+            let mut r = ChaCha8Rng::seed_from_u64(seed);
+            let pairs = front_pairs(&ranks, &[true; 6], &[true; 6], 0.25, &mut r);
+            assert_eq!(pairs.len(), 2);
+            let lows: Vec<usize> = pairs.iter().map(|p| p.0).collect();
+            assert!(pairs.iter().all(|(_, hi)| !lows.contains(hi)), "{pairs:?}");
+        }
     }
 
     #[test]
