@@ -9,18 +9,25 @@
 //! member is worth what it adds to the front, and the sparse parts of the
 //! front are kept. The bottom quantile — members mid-swap excepted, they
 //! cannot be judged yet — copies weights and genome from a member of the
-//! first front (exploit), perturbs the hyperparameters and moves the
-//! placement by one layer (explore): toward cheaper (one more ReLU layer
-//! starts swapping to quadratic, ending at most half-way through what is
-//! left of the run) or toward accuracy (one quadratic layer
-//! turns back to ReLU) — toward cheaper with probability ¾ when the member
-//! copied is the cheapest of the first front (it pushes the front's cheap
-//! end), ½ otherwise.
+//! first front that is not replaced itself (exploit), perturbs the
+//! hyperparameters and moves the placement (explore): toward cheaper or
+//! toward accuracy (one quadratic layer turns back to ReLU), heading for
+//! the wider of the two gaps around the member copied on the population's
+//! front ([`crate::policy::toward_cheaper`]: by the gaps' log cost ratios,
+//! within ¼–¾; ¾ toward cheaper from the front's cheapest plan). A move
+//! toward cheaper aims half-way (geometrically) to the next cheaper plan
+//! of the population's front ([`crate::policy::gap_target`]): ReLU layers
+//! start swapping to quadratic one by one until the predicted cost gets
+//! there (`cheaper_move`) — one layer when the neighbour is one layer
+//! away, several across a gap — in the first half of the member's run
+//! ([`GAP_MOVES_UNTIL`]; one layer after it). Every swap ends at most
+//! half-way through what is left of the run.
 //!
 //! Moves follow evidence ([`crate::policy::Sensitivity`]): each layer's
 //! accuracy cost of being quadratic, first measured zero-shot on the base
 //! (the layer made quadratic alone, no training), then updated from what
-//! members saw after each move; and each layer's saving under the cost
+//! members saw after each move (a move of several layers shares what it
+//! cost among them equally); and each layer's saving under the cost
 //! model, given the rest of the placement. A layer is made quadratic with
 //! probability ∝ saving / loss and turned back with probability ∝ loss /
 //! saving, tempered so that every eligible move keeps some chance
@@ -57,8 +64,9 @@ use delphi_train::train::Trainer;
 use crate::config::Granularity;
 use crate::error::Result;
 use crate::policy::{
-    channel_budget, front_fitness, front_pairs, looser_budget, nondominated_ranks, pick_weighted,
-    spread, starting_lrs, temper, tighter_budget, Genome, Sensitivity,
+    channel_budget, front_fitness, front_pairs, gap_target, looser_budget, nondominated_ranks,
+    pick_weighted, spread, starting_lrs, temper, tighter_budget, toward_cheaper, Genome,
+    Sensitivity,
 };
 use crate::search::{Evaluation, Progress, Search};
 
@@ -76,6 +84,18 @@ pub struct Pending {
     pub to_quad: bool,
     /// Validation accuracy of the member copied.
     pub before: f64,
+    /// The other layers made quadratic in the same move (a move toward
+    /// cheaper may make several at once, `cheaper_move`); the loss seen
+    /// is shared among them equally.
+    #[serde(default)]
+    pub with: Vec<usize>,
+}
+
+impl Pending {
+    /// Every layer of the move.
+    pub fn layers(&self) -> Vec<usize> {
+        std::iter::once(self.layer).chain(self.with.iter().copied()).collect()
+    }
 }
 
 /// What our search saves besides the genomes.
@@ -168,6 +188,14 @@ fn starting_placements(
     }
     Ok(out)
 }
+
+/// How far into a member's run (a fraction) a move toward cheaper may
+/// make several layers quadratic at once ([`gap_target`]); later, one
+/// layer. Like the starting swaps, which all end in the first half, a
+/// member that makes many layers quadratic needs steps to recover: a
+/// `resnet38` member that made 14 more layers quadratic at interval 10 of
+/// 12 ended out of the protocol's range.
+pub const GAP_MOVES_UNTIL: f32 = 0.5;
 
 /// What a move that made a layer quadratic is taken to have cost when the
 /// member's trained network then cannot be proven in range: 5 points, so
@@ -389,7 +417,10 @@ pub fn run(s: &mut Search) -> Result<()> {
                     (true, _) => m.before - e.valid_accuracy,
                     (false, _) => e.valid_accuracy - m.before,
                 };
-                mem.sensitivity.observe(m.layer, loss);
+                let layers = m.layers();
+                for l in &layers {
+                    mem.sensitivity.observe(*l, loss / layers.len() as f64);
+                }
             }
         }
         if plan.halve == Some(interval) && n > plan.survivors {
@@ -419,31 +450,46 @@ pub fn run(s: &mut Search) -> Result<()> {
                         .map(|j| genomes[j].placement.clone())
                         .chain(std::iter::once(genomes[hi].placement.clone()))
                         .collect();
-                    // The cheapest member of the first front pushes the
-                    // front's cheap end: it moves toward cheaper more often.
-                    let cheapest = (0..n)
+                    // The move heads for the wider of the two gaps
+                    // around the member copied on the population's
+                    // front, and toward cheaper it aims half-way across.
+                    let front: Vec<f64> = (0..n)
                         .filter(|&j| ranks[j].0 == 0 && plans[j])
-                        .min_by(|&a, &b| evals[a].cost.total_cmp(&evals[b].cost));
-                    let p_cheaper = if cheapest == Some(hi) { 0.75 } else { 0.5 };
+                        .map(|j| evals[j].cost)
+                        .collect();
+                    let p_cheaper = toward_cheaper(evals[hi].cost, &front, relu_obj);
+                    let now = tr.progress(&s.data.train);
+                    let target = if now <= GAP_MOVES_UNTIL {
+                        gap_target(evals[hi].cost, &front)
+                    } else {
+                        None
+                    };
                     moved = explore_placement(
                         s,
                         &mut g,
                         &mem.sensitivity,
                         &others,
-                        p_cheaper,
+                        (p_cheaper, target),
                         &mut rng,
                     )?;
-                    if let Some((i, to_quad)) = moved {
-                        if to_quad {
-                            let now = tr.progress(&s.data.train);
-                            tr.swap_to_quad(i, now, explore_span(g.swap_span, now));
-                        } else {
-                            tr.revert_to_relu(i);
+                    mem.pending[lo] = None;
+                    if let Some((layers, to_quad)) = &moved {
+                        let now = tr.progress(&s.data.train);
+                        for &i in layers {
+                            if *to_quad {
+                                tr.swap_to_quad(i, now, explore_span(g.swap_span, now));
+                            } else {
+                                tr.revert_to_relu(i);
+                            }
                         }
-                        mem.pending[lo] =
-                            Some(Pending { layer: i, to_quad, before: evals[hi].valid_accuracy });
-                    } else {
-                        mem.pending[lo] = None;
+                        if let Some((&layer, with)) = layers.split_first() {
+                            mem.pending[lo] = Some(Pending {
+                                layer,
+                                to_quad: *to_quad,
+                                before: evals[hi].valid_accuracy,
+                                with: with.to_vec(),
+                            });
+                        }
                     }
                 }
                 s.lineage(serde_json::json!({
@@ -451,8 +497,9 @@ pub fn run(s: &mut Search) -> Result<()> {
                     "exploit": {"member": lo, "copies": hi,
                                 "front": ranks[lo].0, "source_front": ranks[hi].0},
                     "explore": {"genome": &g,
-                                "swapped_layer": moved.filter(|m| m.1).map(|m| m.0),
-                                "reverted_layer": moved.filter(|m| !m.1).map(|m| m.0),
+                                "swapped_layer": moved.as_ref().filter(|m| m.1).map(|m| m.0[0]),
+                                "swapped_layers": moved.as_ref().filter(|m| m.1).map(|m| &m.0),
+                                "reverted_layer": moved.as_ref().filter(|m| !m.1).map(|m| m.0[0]),
                                 "budget": g.budget},
                 }))?;
                 genomes[lo] = g;
@@ -473,19 +520,20 @@ pub fn run(s: &mut Search) -> Result<()> {
     Ok(())
 }
 
-/// Moves `g`'s placement by one layer, informed by `sens` and the cost
-/// model: toward cheaper (with probability `p_cheaper`) or toward accuracy
-/// (the other direction when the first has no move; forced at either
-/// end), never onto a placement in `others`. Returns the layer moved and whether it became
-/// quadratic; `None` when no move is possible.
+/// Moves `g`'s placement, informed by `sens` and the cost model: toward
+/// cheaper (with probability `p_cheaper`) by [`cheaper_move`] aiming at
+/// `target`, or toward accuracy by one layer (the other direction when the
+/// first has no move; forced at either end), never onto a placement in
+/// `others`. Returns the layers moved and whether they became quadratic;
+/// `None` when no move is possible.
 fn explore_placement(
     s: &mut Search,
     g: &mut Genome,
     sens: &Sensitivity,
     others: &[Placement],
-    p_cheaper: f64,
+    (p_cheaper, target): (f64, Option<f64>),
     rng: &mut ChaCha8Rng,
-) -> Result<Option<(usize, bool)>> {
+) -> Result<Option<(Vec<usize>, bool)>> {
     let p = g.placement.clone();
     let quads = p.quad_count();
     let mut directions = if quads == 0 {
@@ -497,25 +545,92 @@ fn explore_placement(
     } else {
         vec![false, true]
     };
-    let saving = s.layer_savings(&p)?;
     for to_quad in directions.drain(..) {
-        let mut w = temper(&if to_quad {
-            sens.to_quad_weights(&p, &saving)
-        } else {
-            sens.to_relu_weights(&p, &saving)
-        });
+        if to_quad {
+            let objective = s.c.objective;
+            let moved = cheaper_move(
+                &p,
+                sens,
+                |q| s.layer_savings(q),
+                |q| Ok(objective.of(&s.pricing.price(q)?)),
+                target,
+                others,
+                rng,
+            )?;
+            if let Some((q, layers)) = moved {
+                g.placement = q;
+                return Ok(Some((layers, true)));
+            }
+            continue;
+        }
+        let saving = s.layer_savings(&p)?;
+        let mut w = temper(&sens.to_relu_weights(&p, &saving));
         while let Some(i) = pick_weighted(&w, rng) {
             w[i] = 0.0;
             let mut q = p.clone();
-            q.set(i, to_quad);
+            q.set(i, false);
             if others.contains(&q) {
                 continue;
             }
             g.placement = q;
-            return Ok(Some((i, to_quad)));
+            return Ok(Some((vec![i], false)));
         }
     }
     Ok(None)
+}
+
+/// A move toward cheaper from `p`: ReLU layers made quadratic one at a
+/// time, each drawn with probability ∝ saving / loss (tempered; the
+/// savings priced again after each), until the placement's `cost` is at
+/// most `target` — one layer when `target` is `None` or the first reaches
+/// it — never ending on a placement in `others`. Returns the placement and
+/// the layers in the order drawn; `None` when no layer can move. Several
+/// layers at once let a member land in a gap of the front that one-layer
+/// moves would take many intervals to cross ([`gap_target`]).
+fn cheaper_move(
+    p: &Placement,
+    sens: &Sensitivity,
+    savings: impl Fn(&Placement) -> Result<Vec<f64>>,
+    cost: impl Fn(&Placement) -> Result<f64>,
+    target: Option<f64>,
+    others: &[Placement],
+    rng: &mut ChaCha8Rng,
+) -> Result<Option<(Placement, Vec<usize>)>> {
+    let mut q = p.clone();
+    let mut layers = Vec::new();
+    loop {
+        let mut w = temper(&sens.to_quad_weights(&q, &savings(&q)?));
+        let mut took = None;
+        while let Some(i) = pick_weighted(&w, rng) {
+            w[i] = 0.0;
+            let mut r = q.clone();
+            r.set(i, true);
+            let done = match target {
+                None => true,
+                Some(t) => cost(&r)? <= t,
+            };
+            if done && others.contains(&r) {
+                continue;
+            }
+            took = Some((i, r, done));
+            break;
+        }
+        match took {
+            // Every layer quadratic, or every last step lands on another
+            // member: stop where the move got to, if anywhere new.
+            None => {
+                let new = !layers.is_empty() && !others.contains(&q);
+                return Ok(new.then_some((q, layers)));
+            }
+            Some((i, r, done)) => {
+                layers.push(i);
+                q = r;
+                if done {
+                    return Ok(Some((q, layers)));
+                }
+            }
+        }
+    }
 }
 
 /// The next interval of a population (stage `interval N`): `None` when
@@ -556,6 +671,61 @@ pub(crate) fn pair<T>(v: &mut [T], lo: usize, hi: usize) -> (&mut T, &T) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cheaper_move_goes_as_far_as_its_target_and_no_further() {
+        // Each ReLU layer i costs w[i]; making it quadratic saves w[i].
+        let w = [6.0, 5.0, 4.0, 3.0, 2.0, 1.0];
+        let cost = |q: &Placement| Ok((0..6).filter(|&i| !q.is_quad(i)).map(|i| w[i]).sum());
+        let savings =
+            |q: &Placement| Ok((0..6).map(|i| if q.is_quad(i) { 0.0 } else { w[i] }).collect());
+        let sens = Sensitivity::new(vec![0.01; 6]);
+        let start = Placement::all_relu(6);
+        for seed in 0..20 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            // No target: one layer, as a plain move.
+            let (q, layers) =
+                cheaper_move(&start, &sens, savings, cost, None, &[], &mut rng).unwrap().unwrap();
+            assert_eq!((layers.len(), q.quad_count()), (1, 1));
+            // A target: layers until the cost is at most 10, and the move
+            // one layer shorter had not reached it.
+            let (q, layers) = cheaper_move(&start, &sens, savings, cost, Some(10.0), &[], &mut rng)
+                .unwrap()
+                .unwrap();
+            assert!(cost(&q).unwrap() <= 10.0, "seed {seed}: {q}");
+            let mut before = q.clone();
+            before.set(*layers.last().unwrap(), false);
+            assert!(cost(&before).unwrap() > 10.0, "seed {seed}: {q}");
+            assert_eq!(q.quad_count(), layers.len());
+            // Out of reach: every layer, then it stops.
+            let (q, _) = cheaper_move(&start, &sens, savings, cost, Some(-1.0), &[], &mut rng)
+                .unwrap()
+                .unwrap();
+            assert_eq!(q.quad_count(), 6);
+        }
+        // Every one-layer move lands on another member's placement: none.
+        let others: Vec<Placement> = (0..6)
+            .map(|i| {
+                let mut p = Placement::all_relu(6);
+                p.set(i, true);
+                p
+            })
+            .collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        assert!(cheaper_move(&start, &sens, savings, cost, None, &others, &mut rng)
+            .unwrap()
+            .is_none());
+        // With a target it goes past them.
+        let (q, _) = cheaper_move(&start, &sens, savings, cost, Some(18.0), &others, &mut rng)
+            .unwrap()
+            .unwrap();
+        assert!(q.quad_count() >= 2 && !others.contains(&q));
+        // Nothing left to make quadratic: no move.
+        let all = Placement::all_quad(6);
+        assert!(cheaper_move(&all, &sens, savings, cost, Some(0.0), &[], &mut rng)
+            .unwrap()
+            .is_none());
+    }
 
     #[test]
     fn the_ranked_placement_follows_saving_per_loss_and_nests() {
