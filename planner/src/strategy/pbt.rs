@@ -30,7 +30,9 @@
 //! cost among them equally); and each layer's saving under the cost
 //! model, given the rest of the placement. A layer is made quadratic with
 //! probability ∝ saving / loss and turned back with probability ∝ loss /
-//! saving, tempered so that every eligible move keeps some chance
+//! saving — every loss counted at least at the evidence's resolution, one
+//! split-A estimate's standard error ([`Sensitivity::new`]) — tempered so
+//! that every eligible move keeps some chance
 //! ([`crate::policy::temper`]). Starting placements spread from one to all
 //! quadratic layers: even members take the placement the evidence ranks
 //! best for their count, odd members draw theirs by the same weights, and
@@ -64,9 +66,9 @@ use delphi_train::train::Trainer;
 use crate::config::Granularity;
 use crate::error::Result;
 use crate::policy::{
-    channel_budget, front_fitness, front_pairs, gap_target, looser_budget, nondominated_ranks,
-    pick_weighted, spread, starting_lrs, temper, tighter_budget, toward_cheaper, Genome,
-    Sensitivity,
+    accuracy_se, channel_budget, front_fitness, front_pairs, gap_target, looser_budget,
+    nondominated_ranks, pick_weighted, spread, starting_lrs, temper, tighter_budget,
+    toward_cheaper, Genome, Sensitivity,
 };
 use crate::search::{Evaluation, Progress, Search};
 
@@ -359,7 +361,10 @@ pub fn run(s: &mut Search) -> Result<()> {
                 s.say("measuring each layer's zero-shot sensitivity on the base");
                 let loss = s.zero_shot_sensitivity(SENSITIVITY_IMAGES)?;
                 s.lineage(serde_json::json!({"zero_shot_sensitivity": &loss}))?;
-                mem.sensitivity = Sensitivity::new(loss);
+                // The evidence's resolution: one split-A estimate's
+                // standard error (see `Sensitivity::new`).
+                let floor = accuracy_se(s.base_valid_accuracy, s.data.valid.len());
+                mem.sensitivity = Sensitivity::new(loss, floor);
                 starting_placements(s, &mem.sensitivity, &mut rng)?
             };
             let mut genomes = Vec::new();
@@ -679,7 +684,7 @@ mod tests {
         let cost = |q: &Placement| Ok((0..6).filter(|&i| !q.is_quad(i)).map(|i| w[i]).sum());
         let savings =
             |q: &Placement| Ok((0..6).map(|i| if q.is_quad(i) { 0.0 } else { w[i] }).collect());
-        let sens = Sensitivity::new(vec![0.01; 6]);
+        let sens = Sensitivity::new(vec![0.01; 6], 0.0);
         let start = Placement::all_relu(6);
         for seed in 0..20 {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -730,7 +735,7 @@ mod tests {
     #[test]
     fn the_ranked_placement_follows_saving_per_loss_and_nests() {
         // Layer 1 and 3 seem free, layer 0 loses 2 points, layer 2 one.
-        let sens = Sensitivity::new(vec![0.02, 0.0, 0.01, 0.0]);
+        let sens = Sensitivity::new(vec![0.02, 0.0, 0.01, 0.0], 0.0);
         let flat = |_: &Placement| Ok(vec![1.0; 4]);
         let two = ranked_placement(4, 2, &sens, flat).unwrap();
         assert_eq!(two.to_string(), "RQRQ");
